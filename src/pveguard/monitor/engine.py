@@ -1,0 +1,156 @@
+"""One poll: sweep -> derive -> evaluate alerts -> persist state + queue notifications -> record series
+-> deliver. The only place that ties the pure parts to the store and the network.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pveguard.errors import PveguardError, UsageError
+from pveguard.monitor.alerts import AlertState, Event, Rule, Silence, evaluate
+from pveguard.monitor.collector import Derived, Source, Sweep, derive
+from pveguard.monitor.notify import Dispatcher, Notifier, enqueue
+from pveguard.monitor.series import DEFAULT_MAX_TARGETS, SeriesStore, TargetInfo, open_monitor_store
+from pveguard.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PollResult:
+    ts: float
+    sweep: Sweep | None
+    derived: dict[str, Derived] = field(default_factory=dict)
+    states: dict[tuple[str, str], AlertState] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    delivery: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    duration: float = 0.0
+
+
+def observations(sweep: Sweep, derived: dict[str, Derived]) -> dict[str, dict[str, float]]:
+    """Alertable values per guest (templates excluded); `down` is 1 for a managed guest not running."""
+    out: dict[str, dict[str, float]] = {}
+    for s in sweep.samples:
+        if not s.is_guest or s.template:
+            continue
+        values = dict(derived[s.id].values) if s.id in derived else {}
+        if s.managed:
+            values["down"] = 0.0 if s.up else 1.0
+        out[s.id] = values
+    return out
+
+
+class Monitor:
+    """Polls a source and keeps alerts, series and notifications in the store."""
+
+    def __init__(self, store: Store, source: Source, rules: list[Rule], notifiers: Iterable[Notifier] = (),
+                 clock: Callable[[], float] = time.time, max_targets: int = DEFAULT_MAX_TARGETS,
+                 record_series: bool = True) -> None:
+        self.store = open_monitor_store(store)
+        self.source = source
+        self.rules = rules
+        self.notifiers = list(notifiers)
+        self.clock = clock
+        self.series = SeriesStore(store, max_targets=max_targets)
+        self.dispatcher = Dispatcher(store, self.notifiers)
+        self.record_series = record_series
+        self.prev: Sweep | None = None
+        self.last: PollResult | None = None
+        self.polls = 0
+        self.errors = 0
+
+    def poll(self) -> PollResult:
+        """One cycle; a failing source is reported in the result (and the exporter), not raised."""
+        started = time.perf_counter()
+        now = self.clock()
+        try:
+            sweep = self.source.sweep()
+        except PveguardError as exc:
+            self.errors += 1
+            self.polls += 1
+            result = PollResult(now, None, states=load_states(self.store), error=exc.message,
+                                duration=time.perf_counter() - started)
+            # notifications queued earlier still go out while the API is unreachable
+            result.delivery = self.dispatcher.deliver(now)
+            self.last = result
+            return result
+        derived = derive(self.prev, sweep)
+        obs = observations(sweep, derived)
+        names = {s.id: s.name for s in sweep.samples}
+        managed = [s.id for s in sweep.samples if s.managed]
+        states = load_states(self.store)
+        ev = evaluate(self.rules, states, obs, now, names, managed, load_silences(self.store, now))
+        with self.store.transaction() as conn:
+            save_states(conn, states, ev.states)
+            enqueue(conn, [e.to_dict() for e in ev.events], list(self.dispatcher.notifiers), now)
+        if self.record_series:
+            targets = [TargetInfo(s.id, s.vmid, s.name, s.node, s.type, s.managed, sweep.ts)
+                       for s in sweep.samples if s.is_guest and not s.template]
+            self.series.record(sweep.ts, {k: dict(v.values) for k, v in derived.items()}, targets)
+        delivery = self.dispatcher.deliver(now)
+        self.prev = sweep
+        self.polls += 1
+        result = PollResult(now, sweep, derived, ev.states, ev.events, delivery,
+                            duration=time.perf_counter() - started)
+        self.last = result
+        return result
+
+
+# --- alert state and silences in the store -------------------------------------------------------
+
+
+def load_states(store: Store) -> dict[tuple[str, str], AlertState]:
+    open_monitor_store(store)
+    rows = store.conn.execute("SELECT data FROM monitor_alerts").fetchall()
+    states = [AlertState.from_dict(json.loads(r["data"])) for r in rows]
+    return {s.key: s for s in states}
+
+
+def save_states(conn: Any, old: dict[tuple[str, str], AlertState], new: dict[tuple[str, str], AlertState]) -> None:
+    gone = [k for k in old if k not in new]
+    conn.executemany("DELETE FROM monitor_alerts WHERE rule = ? AND target = ?", gone)
+    conn.executemany(
+        "INSERT INTO monitor_alerts(rule, target, state, data) VALUES(?,?,?,?) "
+        "ON CONFLICT(rule, target) DO UPDATE SET state = excluded.state, data = excluded.data",
+        [(s.rule, s.target, s.state, json.dumps(s.to_dict(), sort_keys=True))
+         for k, s in new.items() if old.get(k) != s])
+
+
+def load_silences(store: Store, now: float, include_expired: bool = False) -> list[Silence]:
+    open_monitor_store(store)
+    sql = "SELECT * FROM monitor_silences" + ("" if include_expired else " WHERE until > ?") + " ORDER BY id"
+    rows = store.conn.execute(sql, () if include_expired else (now,)).fetchall()
+    return [Silence(r["id"], r["target"], r["until"], r["reason"], r["rule"], r["created"]) for r in rows]
+
+
+def add_silence(store: Store, target: str, duration: float, reason: str, now: float,
+                rule: str | None = None) -> Silence:
+    """Store a silence; the caller writes the ledger entry."""
+    if duration <= 0:
+        raise UsageError("a silence needs a positive duration", hint="e.g. --for 2h")
+    if not reason.strip():
+        raise UsageError("a silence needs a reason", hint="e.g. --reason 'kernel update on pve1'")
+    open_monitor_store(store)
+    actor = os.environ.get("SUDO_USER") or os.environ.get("USER") or ""
+    with store.transaction() as conn:
+        cur = conn.execute("INSERT INTO monitor_silences(target, rule, until, reason, created, actor) "
+                           "VALUES(?,?,?,?,?,?)", (target, rule, now + duration, reason, now, actor))
+        sid = int(cur.lastrowid or 0)
+    return Silence(sid, target, now + duration, reason, rule, now)
+
+
+def end_silence(store: Store, silence_id: int, now: float) -> Silence:
+    open_monitor_store(store)
+    row = store.conn.execute("SELECT * FROM monitor_silences WHERE id = ?", (silence_id,)).fetchone()
+    if row is None:
+        raise UsageError(f"no silence with id {silence_id}", hint="list them with 'pveguard alerts --json'")
+    with store.transaction() as conn:
+        conn.execute("UPDATE monitor_silences SET until = ? WHERE id = ? AND until > ?", (now, silence_id, now))
+    return Silence(row["id"], row["target"], min(row["until"], now), row["reason"], row["rule"], row["created"])
