@@ -21,6 +21,8 @@ SERIES_UNITS: dict[str, str] = {
     "cpu": "%", "memory": "%", "disk": "%",
     "disk_read": "B/s", "disk_write": "B/s", "net_in": "B/s", "net_out": "B/s",
 }
+_USAGE_FIELDS = ("cpu", "maxcpu", "mem", "maxmem", "disk", "maxdisk", "netin", "netout", "diskread",
+                 "diskwrite", "uptime", "shared")
 _RATE_OF = {"net_in": "netin", "net_out": "netout", "disk_read": "diskread", "disk_write": "diskwrite"}
 
 
@@ -49,6 +51,10 @@ class Sample:
     tags: tuple[str, ...] = ()
     managed: bool = False
     shared: bool | None = None
+    plugintype: str = ""
+    content: str = ""  # storage content types, sorted (PVE lists them in random order)
+    # the usage fields the API reported (an offline node reports none); empty = all of its type
+    fields: frozenset[str] = frozenset()
 
     @property
     def is_guest(self) -> bool:
@@ -135,6 +141,9 @@ def parse_resources(items: Iterable[Mapping[str, Any]], managed_names: Iterable[
             tags=tags,
             managed=rtype in ("lxc", "qemu") and (MANAGED_TAG in tags or name in names),
             shared=bool(_int(r.get("shared"))) if rtype == "storage" else None,
+            plugintype=str(r.get("plugintype", "")),
+            content=",".join(sorted(str(r.get("content", "")).split(","))) if r.get("content") else "",
+            fields=frozenset(k for k in _USAGE_FIELDS if k in r),
         ))
     return out
 

@@ -1,0 +1,167 @@
+"""Prometheus exposition of the last poll: pve_* metrics compatible with prometheus-pve-exporter
+(same names, one `id` label, same values, taken from the same /cluster/resources fields) plus
+pveguard's own alert and cost metrics.
+
+A scrape renders the last sweep; it never calls the PVE API itself, so the API load is one call per
+poll however many Prometheus servers scrape us.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from pveguard.monitor.alerts import AlertState
+from pveguard.monitor.collector import Sample, Sweep
+
+# Which /cluster/resources fields each resource type carries (pve-api.md §3.10): the reference
+# exporter emits a metric for every field present, so we emit the same set per type.
+_FIELDS = {
+    "lxc": ("maxdisk", "disk", "maxmem", "mem", "cpu", "maxcpu", "uptime"),
+    "qemu": ("maxdisk", "disk", "maxmem", "mem", "cpu", "maxcpu", "uptime"),
+    "node": ("maxdisk", "disk", "maxmem", "mem", "cpu", "maxcpu", "uptime"),
+    "storage": ("maxdisk", "disk", "shared"),
+}
+_GAUGES: dict[str, tuple[str, str]] = {
+    "maxdisk": ("pve_disk_size_bytes",
+                "Storage size in bytes (for type 'storage'), root image size for VMs (for types 'qemu' and 'lxc')."),
+    "disk": ("pve_disk_usage_bytes",
+             "Used disk space in bytes (for type 'storage'), used root image space for VMs "
+             "(for types 'qemu' and 'lxc')."),
+    "maxmem": ("pve_memory_size_bytes", "Number of available memory in bytes (for types 'node', 'qemu' and 'lxc')."),
+    "mem": ("pve_memory_usage_bytes", "Used memory in bytes (for types 'node', 'qemu' and 'lxc')."),
+    "cpu": ("pve_cpu_usage_ratio", "CPU utilization (for types 'node', 'qemu' and 'lxc')."),
+    "maxcpu": ("pve_cpu_usage_limit", "Number of available CPUs (for types 'node', 'qemu' and 'lxc')."),
+    "uptime": ("pve_uptime_seconds",
+               "Uptime of node or virtual guest in seconds (for types 'node', 'qemu' and 'lxc')."),
+    "shared": ("pve_storage_shared", "Whether or not the storage is shared among cluster nodes"),
+}
+_COUNTERS: dict[str, tuple[str, str]] = {
+    "netout": ("pve_network_transmit_bytes",
+               "The amount of traffic in bytes that was sent from the guest over the network since it was started. "
+               "(for types 'qemu' and 'lxc')"),
+    "netin": ("pve_network_receive_bytes",
+              "The amount of traffic in bytes that was sent to the guest over the network since it was started. "
+              "(for types 'qemu' and 'lxc')"),
+    "diskwrite": ("pve_disk_written_bytes",
+                  "The amount of bytes the guest wrote to its block devices since the guest was started. "
+                  "(for types 'qemu' and 'lxc')"),
+    "diskread": ("pve_disk_read_bytes",
+                 "The amount of bytes the guest read from its block devices since the guest was started. "
+                 "(for types 'qemu' and 'lxc')"),
+}
+
+
+@dataclass
+class ExportView:
+    """What a scrape shows: the last sweep, the alert states and the poll counters."""
+
+    sweep: Sweep | None
+    states: Mapping[tuple[str, str], AlertState] = field(default_factory=dict)
+    polls: int = 0
+    errors: int = 0
+    poll_duration: float = 0.0
+    compliance_score: float | None = None
+    severities: Mapping[str, str] = field(default_factory=dict)  # rule name -> severity
+
+
+def _value(s: Sample, key: str) -> float:
+    if key == "shared":
+        return 1.0 if s.shared else 0.0
+    return float(getattr(s, key))
+
+
+def pve_families(samples: Iterable[Sample]) -> list[Metric]:
+    """The pve_* families for a sweep's samples."""
+    samples = list(samples)
+    up = GaugeMetricFamily("pve_up", "Node/VM/CT-Status is online/running", labels=["id"])
+    gauges = {k: GaugeMetricFamily(name, doc, labels=["id"]) for k, (name, doc) in _GAUGES.items()}
+    counters = {k: CounterMetricFamily(name, doc, labels=["id"]) for k, (name, doc) in _COUNTERS.items()}
+    guest_info = GaugeMetricFamily("pve_guest_info", "VM/CT info",
+                                   labels=["id", "node", "name", "type", "template", "tags"])
+    storage_info = GaugeMetricFamily("pve_storage_info", "Storage info",
+                                     labels=["id", "node", "storage", "plugintype", "content"])
+    for s in samples:
+        up.add_metric([s.id], 1.0 if s.up else 0.0)
+        for key in _FIELDS.get(s.type, ()):
+            if not s.fields or key in s.fields:
+                gauges[key].add_metric([s.id], _value(s, key))
+        if s.is_guest:
+            for key, fam in counters.items():
+                if not s.fields or key in s.fields:
+                    fam.add_metric([s.id], float(getattr(s, key)))
+            guest_info.add_metric([s.id, s.node, s.name, s.type, str(int(s.template)), ";".join(s.tags)], 1)
+        elif s.type == "storage":
+            storage_info.add_metric([s.id, s.node, s.name, s.plugintype, s.content], 1)
+    return [up, *gauges.values(), *counters.values(), guest_info, storage_info]
+
+
+def pveguard_families(view: ExportView) -> list[Metric]:
+    """pveguard's own metrics: alerts, poll cost, compliance."""
+    firing = GaugeMetricFamily("pveguard_alert_firing",
+                               "1 while a pveguard alert fires, 0 while it is pending",
+                               labels=["rule", "id", "name", "severity"])
+    for (rule, target), st in sorted(view.states.items()):
+        if st.state in ("pending", "firing"):
+            firing.add_metric([rule, target, st.name, view.severities.get(rule, "warning")],
+                              1.0 if st.state == "firing" else 0.0)
+    sweep = view.sweep
+    out: list[Metric] = [firing]
+    out.append(GaugeMetricFamily("pveguard_poll_duration_seconds", "Wall time of the last poll (sweep + alerts)",
+                                 value=view.poll_duration))
+    out.append(GaugeMetricFamily("pveguard_api_calls_per_poll", "PVE API requests the last poll made",
+                                 value=float(sweep.api_calls if sweep else 0)))
+    out.append(GaugeMetricFamily("pveguard_sweep_duration_seconds", "Wall time of the last API sweep",
+                                 value=sweep.duration if sweep else 0.0))
+    out.append(GaugeMetricFamily("pveguard_last_poll_timestamp_seconds", "When the last successful poll ran",
+                                 value=sweep.ts if sweep else 0.0))
+    out.append(GaugeMetricFamily("pveguard_resources", "Resources seen in the last poll",
+                                 value=float(len(sweep.samples) if sweep else 0)))
+    out.append(CounterMetricFamily("pveguard_polls", "Polls since start", value=float(view.polls)))
+    out.append(CounterMetricFamily("pveguard_poll_errors", "Polls whose sweep failed", value=float(view.errors)))
+    if view.compliance_score is not None:
+        out.append(GaugeMetricFamily("pveguard_compliance_score", "Strategy compliance, 0..100",
+                                     value=view.compliance_score))
+    return out
+
+
+class ViewCollector(Collector):
+    """A prometheus-client collector over whatever `get_view` returns at scrape time."""
+
+    def __init__(self, get_view: Callable[[], ExportView]) -> None:
+        self.get_view = get_view
+
+    def collect(self) -> Iterator[Metric]:
+        view = self.get_view()
+        if view.sweep is not None:
+            yield from pve_families(view.sweep.samples)
+        yield from pveguard_families(view)
+
+
+def render(view: ExportView) -> bytes:
+    """The text exposition of a view (what /metrics serves)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ViewCollector(lambda: view))
+    return generate_latest(registry)
+
+
+def serve(listen: str, get_view: Callable[[], ExportView]) -> tuple[object, object]:
+    """Serve /metrics on host:port in a background thread; returns (server, thread)."""
+    from prometheus_client import start_http_server
+
+    from pveguard.errors import UsageError
+
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UsageError(f"--listen {listen!r} is not HOST:PORT", hint="e.g. --listen 127.0.0.1:9632")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ViewCollector(get_view))
+    try:
+        return start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {listen}: {exc.strerror}",
+                         hint="pick a free port, or stop what listens there") from None
