@@ -103,8 +103,8 @@ class JournalEntry:
     """A create that an earlier apply began and did not finish (see provision.journal)."""
 
     name: str
-    vmid: int
-    node: str
+    vmid: int | None  # None: the create was sent but its answer (the VMID) never recorded
+    node: str | None
     step: str  # "creating" | "created" | "started"
 
 
@@ -197,7 +197,7 @@ def plan(desired: list[Desired], observed: Observed, *, prune: bool = False,
             notes.append(f"guest is locked ({g.lock}); apply waits for the lock to clear")
         j = pending.get(name)
         resume = []
-        if j is not None and j.vmid == g.vmid:
+        if j is not None and j.vmid in (None, g.vmid):
             resume = [s for s in _RESUME_STEPS.get(j.step, []) if s != "packages" or d.packages]
         possible = [c for c in changes if c.possible]
         kind: ActionKind = "update" if possible else ("resume" if resume else "unchanged")
