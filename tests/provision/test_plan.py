@@ -243,3 +243,33 @@ def test_candidates_are_tagged_lxc_only() -> None:
 def test_actual_fields_defaults_of_a_bare_config() -> None:
     f = actual_fields({"memory": 512, "rootfs": "local:100/vm-100-disk-0.raw"})
     assert (f["rootfs"], f["onboot"], f["unprivileged"], f["net0"], f["swap"]) == ("4G", "0", "0", "", "512")
+
+
+@pytest.mark.parametrize(("override", "params", "delete"), [
+    ({"memory": 2048}, {"memory": "4096"}, []),
+    ({"net0": "name=eth0,bridge=vmbr1,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,tag=7,type=veth,mtu=1400"},
+     {"net0": "name=eth0,bridge=vmbr0,firewall=1,hwaddr=BC:24:11:AA:BB:CC,ip=dhcp,mtu=1400,tag=100,type=veth"}, []),
+    ({"net0": "name=eth0,bridge=vmbr0,firewall=1,gw=10.0.0.1,ip=10.0.0.5/24,tag=100"},
+     {"net0": "name=eth0,bridge=vmbr0,firewall=1,ip=dhcp,tag=100"}, []),
+    ({"features": "nesting=1,keyctl=1"}, {"features": "nesting=1"}, []),
+    ({"rootfs": "local-lvm:vm-100-disk-0,size=8G"}, {"rootfs": "20G"}, []),
+    ({"unprivileged": 0}, {}, []),
+])
+def test_update_params(override: dict[str, Any], params: dict[str, Any], delete: list[str]) -> None:
+    from pveguard.provision.apply import update_params
+
+    obs = converged()
+    obs.configs[100].update(override)
+    a = plan(DESIRED, obs).actions[0]
+    got, got_delete = update_params(a.changes, obs.configs[100])
+    expected = {**params, "digest": "0" * 40} if params else {}
+    assert (got, got_delete) == (expected, delete)
+
+
+def test_update_params_deletes_unset_optional_keys() -> None:
+    from pveguard.provision.apply import update_params
+    from pveguard.provision.plan import FieldChange
+
+    got = update_params([FieldChange("features", "nesting=1", "", False), FieldChange("startup", "order=1", "", True)],
+                        {})
+    assert got == ({}, ["features", "startup"])

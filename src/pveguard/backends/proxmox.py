@@ -178,7 +178,7 @@ class NodeInfo:
     ip: str | None = None
 
 
-def choose_node(nodes: list[NodeInfo], placed: dict[str, int], memory: int) -> str | None:
+def choose_node(nodes: list[NodeInfo], placed: dict[str, int]) -> str | None:
     """The online node with the most free memory after what this run already placed (None if none)."""
     best: tuple[int, str] | None = None
     for n in nodes:
@@ -188,7 +188,6 @@ def choose_node(nodes: list[NodeInfo], placed: dict[str, int], memory: int) -> s
         # ties go to the alphabetically first node, so placement is repeatable
         if best is None or free > best[0] or (free == best[0] and n.name < best[1]):
             best = (free, n.name)
-    _ = memory
     return best[1] if best else None
 
 
@@ -339,16 +338,17 @@ class ProxmoxBackend(Backend):
     def place(self, spec: GuestSpec) -> str:
         """The node for a new guest: the pinned one (checked), else the one with most free memory."""
         nodes = self.nodes()
-        if spec.node:
-            n = next((x for x in nodes if x.name == spec.node), None)
+        pinned = spec.node or self.settings.node
+        if pinned:
+            n = next((x for x in nodes if x.name == pinned), None)
             if n is None:
-                raise BackendError(f"node {spec.node!r} (pinned for {spec.name}) is not in the cluster",
+                raise BackendError(f"node {pinned!r} (pinned for {spec.name}) is not in the cluster",
                                    hint="known nodes: " + ", ".join(x.name for x in nodes))
             if not n.online:
-                raise BackendError(f"node {spec.node} (pinned for {spec.name}) is offline",
+                raise BackendError(f"node {pinned} (pinned for {spec.name}) is offline",
                                    hint="bring it back, or pin the container to another node")
             return n.name
-        chosen = choose_node(nodes, self._placed, spec.memory_mib << 20)
+        chosen = choose_node(nodes, self._placed)
         if chosen is None:
             raise BackendError("no online node in the cluster to place " + spec.name)
         return chosen
