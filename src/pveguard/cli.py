@@ -15,6 +15,7 @@ import typer
 from pveguard import __version__
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, EXIT_USAGE, PveguardError, UsageError
+from pveguard.monitor import cli as monitor_cli
 from pveguard.output import console, error, print_json, warn
 from pveguard.provision import cli as provision_cli
 from pveguard.security import cli as audit_log_cli
@@ -28,6 +29,9 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(audit_log_cli.app, name="audit-log")
+app.add_typer(monitor_cli.monitor_app, name="monitor")
+app.add_typer(monitor_cli.alerts_app, name="alerts")
+app.add_typer(monitor_cli.export_app, name="export")
 app.command("plan")(provision_cli.plan_cmd)
 app.command("apply")(provision_cli.apply_cmd)
 app.command("status")(provision_cli.status_cmd)

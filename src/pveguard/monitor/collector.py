@@ -255,42 +255,18 @@ class BackendStatsSource:
                      api_calls=0, duration=time.perf_counter() - started, source=self.name)
 
 
-def proxmox_api_from_target(target: Any) -> Any:
-    """A proxmoxer client from the strategy's `target.proxmox` (https + token or password)."""
-    from pveguard.errors import BackendUnavailable
+def open_source(strategy: Any, env: Mapping[str, str] | None = None,
+                clock: Callable[[], float] = time.time) -> Source:
+    """The sweep source for the strategy's target: one /cluster/resources call on the proxmox
+    backend's API object, else the backend's own stats() sweep (lxc)."""
+    from pveguard.backends import connect
 
-    try:
-        from proxmoxer import ProxmoxAPI
-    except ImportError:  # pragma: no cover - a declared dependency
-        raise BackendUnavailable("proxmoxer is not installed", hint="pip install proxmoxer") from None
-    if not target.host:
-        raise BackendUnavailable("target.proxmox.host is not set",
-                                 hint="set target.proxmox.host (and a token) in the strategy")
-    host, _, port = str(target.host).partition(":")
-    kwargs: dict[str, Any] = {"verify_ssl": target.verify_ssl}
-    if port:
-        kwargs["port"] = int(port)
-    try:
-        if target.token_id and target.token_secret_file:
-            with open(target.token_secret_file, encoding="utf-8") as f:
-                secret = f.read().strip()
-            user, _, token_name = str(target.token_id).partition("!")
-            kwargs.update(user=target.user or user, token_name=token_name or target.token_id,
-                          token_value=secret)
-        elif target.user and target.password_file:
-            with open(target.password_file, encoding="utf-8") as f:
-                kwargs.update(user=target.user, password=f.read().strip())
-        else:
-            raise BackendUnavailable("target.proxmox has no credentials",
-                                     hint="set token_id + token_secret_file (or user + password_file)")
-    except OSError as exc:
-        raise BackendUnavailable(f"cannot read a credential file: {exc}",
-                                 hint="check target.proxmox.token_secret_file / password_file") from None
-    try:
-        return ProxmoxAPI(host, **kwargs)
-    except Exception as exc:  # password login talks to the API at construction time
-        raise BackendUnavailable(f"cannot connect to {target.host}: {exc}",
-                                 hint="check target.proxmox in the strategy") from None
+    backend = connect(strategy, env)
+    names = [c.name for c in strategy.containers]
+    api = getattr(backend, "api", None)
+    if api is not None:
+        return ProxmoxResourcesSource(api, names, clock)
+    return BackendStatsSource(backend, names, clock)
 
 
 def with_managed(samples: list[Sample], managed_names: Iterable[str]) -> list[Sample]:

@@ -14,6 +14,8 @@ import json
 import logging
 import smtplib
 import sqlite3
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from typing import Any, Protocol
@@ -159,7 +161,10 @@ class AlertmanagerNotifier:
     resolved one carries endsAt = the resolution time."""
 
     def __init__(self, url: str, name: str | None = None, hold: float = 4 * 3600.0 + 900.0,
-                 timeout: float = 10.0, attempts: int = 4, max_wait: float = 5.0) -> None:
+                 timeout: float = 10.0, attempts: int = 4, max_wait: float = 5.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        # Alertmanager judges endsAt against its own wall clock, so ours is the wall clock too
+        self.clock = clock
         self.url = url.rstrip("/")
         self.name = name or f"alertmanager:{url}"
         self.hold = hold
@@ -167,7 +172,8 @@ class AlertmanagerNotifier:
         self._post = _retrying(attempts, max_wait)(self._post_once)
 
     def alerts(self, event: dict[str, Any]) -> list[dict[str, Any]]:
-        ends = event["ts"] if event["kind"] == "resolved" else event["ts"] + self.hold
+        now = self.clock()
+        ends = min(event["ts"], now) if event["kind"] == "resolved" else now + self.hold
         labels = {"alertname": f"Pveguard{event['rule'].capitalize()}", "id": event["target"],
                   "rule": event["rule"], "severity": event["severity"], "source": "pveguard"}
         if event.get("name"):

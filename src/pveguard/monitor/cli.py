@@ -1,0 +1,359 @@
+"""`pveguard monitor`, `pveguard alerts` and `pveguard export`: the monitoring commands."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from pveguard.errors import UsageError
+from pveguard.output import console, info, print_json
+
+monitor_app = typer.Typer(help="Poll the containers, keep series and alerts, serve /metrics.",
+                          invoke_without_command=True)
+alerts_app = typer.Typer(help="Alert states and silences.", invoke_without_command=True)
+export_app = typer.Typer(help="Export monitoring configuration for the pve-monitoring container.",
+                         no_args_is_help=True)
+
+SPARK = "▁▂▃▄▅▆▇█"
+METRIC_NAMES = ("cpu", "memory", "disk", "disk_read", "disk_write", "net_in", "net_out")
+
+
+def _app_ctx(ctx: typer.Context) -> Any:
+    from pveguard.cli import get_ctx
+
+    return get_ctx(ctx)
+
+
+def _duration(text: str, option: str) -> float:
+    from pveguard.strategy.units import parse_duration
+
+    try:
+        seconds = parse_duration(text).total_seconds()
+    except ValueError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+    if seconds <= 0:
+        raise UsageError(f"{option} must be longer than 0s", hint="e.g. 30m, 6h or 2d")
+    return seconds
+
+
+def sparkline(values: list[float], lo: float = 0.0, hi: float = 100.0) -> str:
+    """Values as block characters between lo and hi (percent by default)."""
+    span = (hi - lo) or 1.0
+    return "".join(SPARK[min(len(SPARK) - 1, max(0, int((v - lo) / span * len(SPARK))))] for v in values)
+
+
+def _rate(v: float | None) -> str:
+    if v is None:
+        return "-"
+    for unit in ("B/s", "KiB/s", "MiB/s", "GiB/s"):
+        if abs(v) < 1024:
+            return f"{v:.0f} {unit}" if unit == "B/s" else f"{v:.1f} {unit}"
+        v /= 1024
+    return f"{v:.1f} TiB/s"
+
+
+def _iso(ts: float | None) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
+
+
+# --- building the monitor -----------------------------------------------------------------------
+
+
+def build_monitor(app_ctx: Any, source: Any = None, clock: Any = time.time) -> Any:
+    """A Monitor for the strategy's target, rules and notifiers."""
+    from pveguard.monitor.alerts import rules_from_strategy
+    from pveguard.monitor.collector import open_source
+    from pveguard.monitor.engine import Monitor
+    from pveguard.monitor.notify import notifiers_from_strategy
+
+    strategy = app_ctx.strategy_or_default()
+    m = strategy.monitoring
+    source = source or open_source(strategy, clock=clock)
+    return Monitor(app_ctx.store, source, rules_from_strategy(m),
+                   notifiers_from_strategy(m.notify, m.renotify.total_seconds()), clock=clock)
+
+
+def export_view(mon: Any) -> Any:
+    from pveguard.monitor.exporter import ExportView
+
+    last = mon.last
+    return ExportView(sweep=mon.prev, states=last.states if last else {}, polls=mon.polls, errors=mon.errors,
+                      poll_duration=last.duration if last else 0.0,
+                      severities={r.name: r.severity for r in mon.rules})
+
+
+def status_table(mon: Any, limit: int = 40) -> Table:
+    """Guests with current values, sparklines and alert states (alerting and managed first)."""
+    res = mon.last
+    table = Table(title=_title(mon), expand=False)
+    for col in ("guest", "name", "status", "cpu %", "cpu trend", "mem %", "mem trend", "disk %",
+                "net in", "net out", "disk r", "disk w", "alerts"):
+        table.add_column(col, no_wrap=True)
+    if res is None or res.sweep is None:
+        return table
+    alerts: dict[str, list[str]] = {}
+    for (rule, target), st in sorted(res.states.items()):
+        if st.state != "inactive":
+            tag = "" if not st.flapping(res.ts) else " (flapping)"
+            alerts.setdefault(target, []).append(f"{rule}:{st.state}{tag}")
+    guests = [s for s in res.sweep.samples if s.is_guest and not s.template]
+    guests.sort(key=lambda s: (s.id not in alerts, not s.managed, -s.cpu, s.id))
+    for s in guests[:limit]:
+        v = res.derived.get(s.id).values if s.id in res.derived else {}
+        state = " ".join(alerts.get(s.id, [])) or "ok"
+        style = "red" if "firing" in state else ("yellow" if "pending" in state else None)
+        table.add_row(
+            s.id, s.name + (" *" if s.managed else ""), s.status,
+            f"{v['cpu']:.1f}" if "cpu" in v else "-", sparkline(mon.series.latest(s.id, "cpu", 20)),
+            f"{v['memory']:.1f}" if "memory" in v else "-", sparkline(mon.series.latest(s.id, "memory", 20)),
+            f"{v['disk']:.1f}" if "disk" in v else "-",
+            _rate(v.get("net_in")), _rate(v.get("net_out")), _rate(v.get("disk_read")), _rate(v.get("disk_write")),
+            state, style=style)
+    if len(guests) > limit:
+        table.caption = f"{len(guests) - limit} more guests not shown (--limit); * = managed by pveguard"
+    else:
+        table.caption = "* = managed by pveguard"
+    return table
+
+
+def _title(mon: Any) -> str:
+    res = mon.last
+    if res is None:
+        return "pveguard monitor"
+    if res.error:
+        return f"pveguard monitor - last poll FAILED: {res.error}"
+    calls = res.sweep.api_calls if res.sweep else 0
+    return (f"pveguard monitor - {_iso(res.ts)} UTC, poll {res.duration * 1000:.0f} ms, "
+            f"{calls} API call(s), {len(res.events)} notification(s)")
+
+
+# --- pveguard monitor ---------------------------------------------------------------------------
+
+
+@monitor_app.callback()
+def monitor(
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option("--once", help="Poll once, show the table and exit (the default).")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Keep polling and redraw the table.")] = False,
+    listen: Annotated[str | None, typer.Option(
+        "--listen", metavar="HOST:PORT", help="Serve Prometheus /metrics here and keep polling.")] = None,
+    interval: Annotated[str | None, typer.Option(
+        "--interval", help="Poll interval [default: monitoring.poll_interval].")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Rows in the table.")] = 40,
+    json_out: Annotated[bool, typer.Option("--json", help="With --once: print the poll as JSON.")] = False,
+) -> None:
+    """Poll the guests (one API call per poll), evaluate alerts, notify, record series."""
+    if ctx.invoked_subcommand:
+        return
+    if once and (watch or listen):
+        raise UsageError("--once cannot be combined with --watch or --listen")
+    app_ctx = _app_ctx(ctx)
+    every = _duration(interval, "--interval") if interval else \
+        app_ctx.strategy_or_default().monitoring.poll_interval.total_seconds()
+    mon = build_monitor(app_ctx)
+    if not (watch or listen):
+        res = mon.poll()
+        if json_out:
+            print_json(_poll_json(res))
+        else:
+            console.print(status_table(mon, limit))
+        if res.error:
+            raise UsageError(f"the poll failed: {res.error}", hint="check the target settings and the API")
+        return
+    stop = threading.Event()
+    if listen:
+        from pveguard.monitor.exporter import serve
+
+        serve(listen, lambda: export_view(mon))
+        info(f"serving /metrics on http://{listen}/metrics (poll every {every:g}s; Ctrl-C stops)")
+    try:
+        if watch:
+            with Live(status_table(mon, limit), console=console, refresh_per_second=1) as live:
+                while not stop.is_set():
+                    mon.poll()
+                    live.update(status_table(mon, limit))
+                    stop.wait(every)
+        else:
+            while not stop.is_set():
+                res = mon.poll()
+                if res.error:
+                    info(f"poll failed: {res.error}")
+                stop.wait(every)
+    except KeyboardInterrupt:
+        return
+
+
+def _poll_json(res: Any) -> dict[str, Any]:
+    samples = res.sweep.samples if res.sweep else []
+    return {
+        "ts": res.ts, "error": res.error, "duration": res.duration,
+        "api_calls": res.sweep.api_calls if res.sweep else 0,
+        "guests": [{"id": s.id, "name": s.name, "status": s.status, "managed": s.managed,
+                    "values": dict(res.derived[s.id].values) if s.id in res.derived else {}}
+                   for s in samples if s.is_guest],
+        "alerts": [st.to_dict() for st in res.states.values()],
+        "notifications": [e.to_dict() for e in res.events],
+    }
+
+
+@monitor_app.command("history")
+def history(
+    ctx: typer.Context,
+    guest: Annotated[str, typer.Argument(help="Guest name, vmid or id (lxc/101).")],
+    metric: Annotated[str, typer.Option("--metric", help=f"One of: {', '.join(METRIC_NAMES)}.")] = "cpu",
+    since: Annotated[str, typer.Option("--since", help="How far back, e.g. 30m, 6h, 7d.")] = "6h",
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a guest's recorded series (raw for the last day, 5-minute buckets beyond)."""
+    from pveguard.monitor.series import SeriesStore
+
+    if metric not in METRIC_NAMES:
+        raise UsageError(f"unknown metric {metric!r}", hint=f"use one of: {', '.join(METRIC_NAMES)}")
+    seconds = _duration(since, "--since")
+    series = SeriesStore(_app_ctx(ctx).store)
+    target = series.resolve(guest)
+    if target is None:
+        known = ", ".join(t.name or t.id for t in series.targets()[:10]) or "none yet"
+        raise UsageError(f"no recorded series for guest {guest!r}",
+                         hint=f"run 'pveguard monitor' first; known guests: {known}")
+    now = time.time()
+    tier, points = series.history(target.id, metric, now - seconds, now)
+    if json_out:
+        print_json({"guest": target.id, "name": target.name, "metric": metric, "tier": tier,
+                    "points": [{"ts": p.ts, "value": p.value, "min": p.min, "max": p.max} for p in points]})
+        return
+    from pveguard.monitor.collector import SERIES_UNITS
+
+    unit = SERIES_UNITS[metric]
+    console.print(f"{target.id} ({target.name}) {metric} [{unit}], last {since}, {tier} tier, {len(points)} points")
+    if not points:
+        return
+    vals = [p.value for p in points]
+    lo, hi = (0.0, 100.0) if unit == "%" else (min(vals), max(vals))
+    console.print(sparkline(vals[-120:], lo, hi))
+    table = Table("time (UTC)", "value", "min", "max")
+    for p in points[-30:]:
+        table.add_row(_iso(p.ts), f"{p.value:.2f}", f"{p.min:.2f}" if p.min is not None else "",
+                      f"{p.max:.2f}" if p.max is not None else "")
+    console.print(table)
+
+
+# --- pveguard alerts ----------------------------------------------------------------------------
+
+
+@alerts_app.callback()
+def alerts(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List pending and firing alerts, active silences and undelivered notifications."""
+    if ctx.invoked_subcommand:
+        return
+    from pveguard.monitor.engine import load_silences, load_states
+    from pveguard.monitor.notify import Dispatcher
+
+    store = _app_ctx(ctx).store
+    now = time.time()
+    states = sorted(load_states(store).values(), key=lambda s: (s.state != "firing", s.rule, s.target))
+    active = [s for s in states if s.state != "inactive"]
+    silences = load_silences(store, now)
+    undelivered = Dispatcher(store, []).undelivered()
+    if json_out:
+        print_json({"alerts": [dict(s.to_dict(), flapping=s.flapping(now)) for s in active],
+                    "silences": [s.__dict__ for s in silences], "undelivered": undelivered})
+        return
+    if not active:
+        console.print("no pending or firing alerts")
+    else:
+        table = Table("rule", "target", "name", "state", "since (UTC)", "value", "notified", "flapping")
+        for s in active:
+            table.add_row(s.rule, s.target, s.name, s.state, _iso(s.since),
+                          f"{s.value:.1f}" if s.value is not None else "-", "yes" if s.notified else "no",
+                          "yes" if s.flapping(now) else "", style="red" if s.state == "firing" else "yellow")
+        console.print(table)
+    if silences:
+        table = Table("silence", "target", "rule", "until (UTC)", "reason", title="silences")
+        for sil in silences:
+            table.add_row(str(sil.id), sil.target, sil.rule or "any", _iso(sil.until), sil.reason)
+        console.print(table)
+    if undelivered:
+        console.print(f"{len(undelivered)} notification(s) not delivered yet; last error: "
+                      f"{undelivered[-1]['last_error'] or 'not tried yet'}")
+
+
+@alerts_app.command("silence")
+def silence(
+    ctx: typer.Context,
+    target: Annotated[str, typer.Argument(help="Guest name, id (lxc/101) or a glob (pve-*).")],
+    for_: Annotated[str, typer.Option("--for", help="How long, e.g. 30m, 2h, 1d.")] = "2h",
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit ledger).")] = "",
+    rule: Annotated[str | None, typer.Option("--rule", help="Only this rule: cpu, memory, disk, down.")] = None,
+) -> None:
+    """Hold notifications for TARGET; alerts still change state and show in 'pveguard alerts'."""
+    from pveguard.monitor.engine import add_silence
+
+    if rule is not None and rule not in ("cpu", "memory", "disk", "down"):
+        raise UsageError(f"unknown rule {rule!r}", hint="use cpu, memory, disk or down")
+    if not reason.strip():
+        raise UsageError("a silence needs --reason", hint="e.g. --reason 'planned kernel update'")
+    seconds = _duration(for_, "--for")
+    app_ctx = _app_ctx(ctx)
+    sil = add_silence(app_ctx.store, target, seconds, reason, time.time(), rule)
+    app_ctx.record("alerts.silence", target, silence_id=sil.id, rule=rule, until=_iso(sil.until) + "Z",
+                   reason=reason)
+    console.print(f"silence {sil.id}: {target} ({rule or 'all rules'}) until {_iso(sil.until)} UTC")
+
+
+@alerts_app.command("unsilence")
+def unsilence(
+    ctx: typer.Context,
+    silence_id: Annotated[int, typer.Argument(help="The silence's number (see 'pveguard alerts').")],
+) -> None:
+    """End a silence now."""
+    from pveguard.monitor.engine import end_silence
+
+    app_ctx = _app_ctx(ctx)
+    sil = end_silence(app_ctx.store, silence_id, time.time())
+    app_ctx.record("alerts.unsilence", sil.target, silence_id=sil.id)
+    console.print(f"silence {sil.id} for {sil.target} ended")
+
+
+# --- pveguard export ----------------------------------------------------------------------------
+
+
+def _write(text: str, output: Path | None) -> None:
+    if output is None:
+        typer.echo(text, nl=not text.endswith("\n"))
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {output}: {exc.strerror}") from None
+    info(f"wrote {output}")
+
+
+OutputOpt = Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")]
+
+
+@export_app.command("prometheus-rules")
+def export_prometheus_rules(ctx: typer.Context, output: OutputOpt = None) -> None:
+    """The strategy's thresholds as Prometheus alerting rules (check with 'promtool check rules')."""
+    from pveguard.monitor.rules import prometheus_rules_yaml
+
+    _write(prometheus_rules_yaml(_app_ctx(ctx).strategy_or_default()), output)
+
+
+@export_app.command("grafana-dashboard")
+def export_grafana_dashboard(ctx: typer.Context, output: OutputOpt = None) -> None:
+    """A Grafana dashboard (JSON) with a panel per strategy metric."""
+    from pveguard.monitor.rules import grafana_dashboard
+
+    _write(json.dumps(grafana_dashboard(_app_ctx(ctx).strategy_or_default()), indent=2) + "\n", output)
