@@ -1,0 +1,3 @@
+"""backup handlers."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""firewall handlers."""
+
+from __future__ import annotations

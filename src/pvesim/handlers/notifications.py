@@ -1,0 +1,3 @@
+"""notifications handlers."""
+
+from __future__ import annotations
