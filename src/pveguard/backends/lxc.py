@@ -294,6 +294,16 @@ def parse_lxc_ls(text: str) -> dict[str, tuple[str, int | None]]:
     return out
 
 
+def parse_lxc_info(text: str) -> dict[str, str]:
+    """`lxc-info -s -p` output (`State:   RUNNING`, `PID:  123`) -> {'State': 'RUNNING', 'PID': '123'}."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
 def _state(lxc_state: str | None) -> GuestState:
     if lxc_state == "RUNNING":
         return "running"
@@ -387,12 +397,11 @@ class LxcBackend(Backend):
         return parse_lxc_ls(proc.stdout.decode(errors="replace"))
 
     def _status(self, vmid: int) -> tuple[GuestState, int | None]:
-        proc = self._run(["lxc-info", "-P", str(self.lxcpath), "-n", str(vmid), "-s", "-p", "-H"],
+        proc = self._run(["lxc-info", "-P", str(self.lxcpath), "-n", str(vmid), "-s", "-p"],
                          what=f"read the state of {vmid}", check=False)
-        lines = proc.stdout.decode(errors="replace").split()
-        state = _state(lines[0] if lines else None)
-        pid = int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else None
-        return state, pid
+        info = parse_lxc_info(proc.stdout.decode(errors="replace"))
+        pid = info.get("PID", "")
+        return _state(info.get("State")), int(pid) if pid.isdigit() else None
 
     def _vmids(self) -> list[int]:
         if not self.lxcpath.is_dir():
