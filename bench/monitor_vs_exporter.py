@@ -1,0 +1,201 @@
+"""Side by side: one pveguard poll vs one scrape of the unmodified prometheus-pve-exporter, on the
+same pvesim cluster (pvesim runs as its own process so its CPU is the "PVE node" cost).
+
+Per size it reports, medians over the runs:
+  * wall time and client CPU time per poll/scrape (this process's CPU, measured around the call);
+  * pvesim CPU time per poll/scrape (utime+stime of the pvesim process: what the API side pays);
+  * API calls per poll/scrape (pvesim's request counter);
+  * agreement of the overlapping metrics (same name and `id` label) with the clock frozen.
+
+pveguard's poll is the whole daemon cycle: the /cluster/resources sweep, rates, alert evaluation,
+state and series writes in SQLite, plus rendering /metrics once. The exporter's scrape is what its
+/pve?target=...&cluster=1&node=1 handler does (`collect_pve` with its default collectors).
+
+    .venv/bin/python bench/monitor_vs_exporter.py --sizes 1000 5000 10000 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from pveguard.monitor.alerts import rules_from_strategy
+from pveguard.monitor.collector import ProxmoxResourcesSource
+from pveguard.monitor.engine import Monitor
+from pveguard.monitor.exporter import ExportView, render
+from pveguard.store import Store
+from pveguard.strategy.models import Strategy
+
+OVERLAP = ("pve_up", "pve_cpu_usage_ratio", "pve_cpu_usage_limit", "pve_memory_usage_bytes",
+           "pve_memory_size_bytes", "pve_disk_usage_bytes", "pve_disk_size_bytes", "pve_uptime_seconds",
+           "pve_network_receive_bytes_total", "pve_network_transmit_bytes_total", "pve_disk_read_bytes_total",
+           "pve_disk_written_bytes_total", "pve_storage_shared", "pve_guest_info")
+
+
+class Sim:
+    """pvesim in a child process."""
+
+    def __init__(self, guests: int, nodes: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pvesim", "--port", "0", "--nodes", str(nodes), "--guests", str(guests),
+             "--seed", "1"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert self.proc.stdout
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit("pvesim did not start (is the PVE API schema available?)")
+        self.info = json.loads(line)
+        self.url = self.info["url"]
+        import ssl
+
+        self.ssl = ssl.create_default_context(cafile=self.info["cafile"])
+
+    def control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"{self.url}/_sim{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, context=self.ssl, timeout=60) as r:
+            return json.loads(r.read())["data"]
+
+    def cpu(self) -> float:
+        """utime + stime of the pvesim process, seconds."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def calls(self) -> int:
+        return int(self.control("GET", "/calls")["total"])
+
+    def api_kwargs(self) -> dict[str, Any]:
+        user, rest = self.info["token"].split("!", 1)
+        name, value = rest.split("=", 1)
+        host, port = self.url.split("://", 1)[1].rsplit(":", 1)
+        return {"host": host, "port": int(port), "user": user, "token_name": name, "token_value": value,
+                "verify_ssl": self.info["cafile"]}
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def measure(sim: Sim, fn: Any) -> dict[str, float]:
+    """Run fn once; wall, client CPU, server CPU and API calls it cost."""
+    calls0, scpu0 = sim.calls(), sim.cpu()
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = fn()
+    wall, ccpu = time.perf_counter() - w0, time.process_time() - c0
+    time.sleep(0.05)  # let the server finish accounting the last response
+    calls = sim.calls() - calls0  # control calls (/_sim) are not counted by pvesim
+    return {"wall": wall, "client_cpu": ccpu, "server_cpu": sim.cpu() - scpu0, "calls": calls, "out": out}
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name in OVERLAP:
+                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def run_size(guests: int, nodes: int, runs: int, exporter_runs: int) -> dict[str, Any]:
+    from proxmoxer import ProxmoxAPI
+    from pve_exporter.collector import CollectorsOptions, collect_pve
+
+    sim = Sim(guests, nodes)
+    try:
+        kw = sim.api_kwargs()
+        host = kw.pop("host")
+        api = ProxmoxAPI(host, **kw)
+        with tempfile.TemporaryDirectory() as state:
+            mon = Monitor(Store(Path(state)), ProxmoxResourcesSource(api), rules_from_strategy(Strategy().monitoring))
+
+            def pveguard_poll() -> bytes:
+                res = mon.poll()
+                if res.error:
+                    raise SystemExit(res.error)
+                return render(ExportView(res.sweep, res.states, mon.polls, mon.errors, res.duration))
+
+            exporter_cfg = dict(kw)
+            # the exporter's default collectors, minus any whose endpoint pvesim does not implement
+            names = CollectorsOptions._fields
+            skipped = []
+            for name in names:
+                only = CollectorsOptions(**{n: n == name for n in names})
+                try:
+                    collect_pve(exporter_cfg, host, True, True, only)
+                except Exception as exc:
+                    skipped.append(f"{name} ({str(exc).splitlines()[0][:80]})")
+            options = CollectorsOptions(**{n: not any(x.startswith(n + " ") for x in skipped) for n in names})
+
+            def exporter_scrape() -> bytes:
+                return bytes(collect_pve(exporter_cfg, host, True, True, options))
+
+            pveguard_poll()  # warm-up: connection, schema migration, first sweep
+            ours = [measure(sim, pveguard_poll) for _ in range(runs)]
+            theirs = [measure(sim, exporter_scrape) for _ in range(exporter_runs)]
+            # agreement: freeze the sim clock so both read the same values
+            sim.control("POST", "/clock", {"time_scale": 0})
+            a = samples(pveguard_poll().decode())
+            b = samples(exporter_scrape().decode())
+            sim.control("POST", "/clock", {"time_scale": 1})
+    finally:
+        sim.close()
+    common = set(a) & set(b)
+    equal = sum(1 for k in common if a[k] == b[k] or abs(a[k] - b[k]) <= 1e-9 * max(abs(a[k]), abs(b[k])))
+
+    def med(rows: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    return {
+        "guests": guests, "nodes": nodes,
+        "pveguard": {k: med(ours, k) for k in ("wall", "client_cpu", "server_cpu", "calls")},
+        "exporter": {k: med(theirs, k) for k in ("wall", "client_cpu", "server_cpu", "calls")},
+        "overlap_series": len(common), "agree": equal,
+        "only_pveguard": len(set(a) - set(b)), "only_exporter": len(set(b) - set(a)),
+        "runs": runs, "exporter_runs": exporter_runs, "exporter_collectors_skipped": skipped,
+    }
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    lines = ["| guests | tool | API calls | wall (s) | client CPU (s) | pvesim CPU (s) | cost ratio (exporter/pveguard, client+server CPU) | overlapping series agreeing |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        p, e = r["pveguard"], r["exporter"]
+        ratio = (e["client_cpu"] + e["server_cpu"]) / max(p["client_cpu"] + p["server_cpu"], 1e-9)
+        lines.append(f"| {r['guests']:,} | pveguard poll | {p['calls']:.0f} | {p['wall']:.3f} | {p['client_cpu']:.3f} | "
+                     f"{p['server_cpu']:.3f} | {ratio:.1f}x | {r['agree']:,}/{r['overlap_series']:,} |")
+        lines.append(f"| {r['guests']:,} | exporter scrape | {e['calls']:.0f} | {e['wall']:.3f} | {e['client_cpu']:.3f} | "
+                     f"{e['server_cpu']:.3f} | | |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 10000])
+    ap.add_argument("--nodes", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=3, help="pveguard polls per size")
+    ap.add_argument("--exporter-runs", type=int, default=1, help="exporter scrapes per size (slow: one call per guest)")
+    ap.add_argument("--json", type=Path, help="also write the raw results here")
+    args = ap.parse_args()
+    results = []
+    for n in args.sizes:
+        r = run_size(n, args.nodes, args.runs, args.exporter_runs)
+        print(json.dumps(r), file=sys.stderr, flush=True)
+        results.append(r)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()
