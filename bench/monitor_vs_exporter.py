@@ -167,15 +167,17 @@ def run_size(guests: int, nodes: int, runs: int, exporter_runs: int) -> dict[str
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| guests | tool | API calls | wall (s) | client CPU (s) | pvesim CPU (s) | cost ratio (exporter/pveguard, client+server CPU) | overlapping series agreeing |",
+    lines = ["| guests | tool | API calls | wall (s) | client CPU (s) | pvesim CPU (s) "
+             "| exporter cost / pveguard cost (client+pvesim CPU) | overlapping series agreeing |",
              "|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         p, e = r["pveguard"], r["exporter"]
         ratio = (e["client_cpu"] + e["server_cpu"]) / max(p["client_cpu"] + p["server_cpu"], 1e-9)
-        lines.append(f"| {r['guests']:,} | pveguard poll | {p['calls']:.0f} | {p['wall']:.3f} | {p['client_cpu']:.3f} | "
-                     f"{p['server_cpu']:.3f} | {ratio:.1f}x | {r['agree']:,}/{r['overlap_series']:,} |")
-        lines.append(f"| {r['guests']:,} | exporter scrape | {e['calls']:.0f} | {e['wall']:.3f} | {e['client_cpu']:.3f} | "
-                     f"{e['server_cpu']:.3f} | | |")
+        lines.append(f"| {r['guests']:,} | pveguard poll | {p['calls']:.0f} | {p['wall']:.3f} | "
+                     f"{p['client_cpu']:.3f} | {p['server_cpu']:.3f} | {ratio:.1f}x | "
+                     f"{r['agree']:,}/{r['overlap_series']:,} |")
+        lines.append(f"| {r['guests']:,} | exporter scrape | {e['calls']:.0f} | {e['wall']:.3f} | "
+                     f"{e['client_cpu']:.3f} | {e['server_cpu']:.3f} | | |")
     return "\n".join(lines)
 
 

@@ -96,7 +96,7 @@ def test_monitor_once_and_history(sim_env: tuple[Any, dict[str, str]]) -> None:
 
 
 def test_monitor_listen_serves_metrics(sim_env: tuple[Any, dict[str, str]]) -> None:
-    sim, env = sim_env
+    _, env = sim_env
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "pveguard", "monitor", "--listen", f"127.0.0.1:{port}",
                              "--interval", "1s"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
