@@ -73,7 +73,7 @@ def parse_status(text: str) -> dict[str, Package]:
         if not para.strip():
             continue
         fields: dict[str, str] = {}
-        key = None
+        key = ""
         for line in para.split("\n"):
             if not line:
                 continue
