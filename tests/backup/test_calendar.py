@@ -186,7 +186,7 @@ def test_rejected_with_reason(expr: str, reason: str) -> None:
         parse(expr)
     message = str(info.value)
     assert reason in message
-    assert "Valid forms look like 'daily'" in message
+    assert "valid forms look like 'daily'" in message
 
 
 PVE_QUIRKS = [

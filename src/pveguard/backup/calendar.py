@@ -33,6 +33,8 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from pveguard.errors import UsageError
+
 __all__ = [
     "CalendarError",
     "CalendarEvent",
@@ -67,8 +69,8 @@ _WEEKDAYS = {
 _SEARCH_YEARS = 400
 
 
-class CalendarError(ValueError):
-    """A calendar event that Proxmox VE would reject; the message says why and shows valid forms."""
+class CalendarError(UsageError, ValueError):
+    """A calendar event that Proxmox VE would reject; the message says why, the hint shows valid forms."""
 
 
 @dataclass(frozen=True)
@@ -210,9 +212,7 @@ class _Parser:
                 end = None
             if end is not None:
                 if value > end:
-                    raise self.fail(
-                        pos, f"range {value}..{end} for the {what[0]} starts after it ends", value=True
-                    )
+                    raise self.fail(pos, f"range {value}..{end} for the {what[0]} starts after it ends", value=True)
                 if self.text.startswith("/", after):
                     step, after = self.digits(after + 1, what)
                     return FieldSpec(value, end, step), after
@@ -329,8 +329,9 @@ _KEYWORDS["semi-annually"] = _KEYWORDS["semiannually"]
 
 def _reject(expr: str, reason: str) -> CalendarError:
     return CalendarError(
-        f"invalid calendar event {expr!r}: {reason}. Valid forms look like {VALID_EXAMPLES}"
-        " (see `man systemd.time`, minus '~' and time zones other than UTC)"
+        f"invalid calendar event {expr!r}: {reason}",
+        hint=f"valid forms look like {VALID_EXAMPLES}"
+        " (the systemd.time(7) syntax without '~' and without time zones other than UTC)",
     )
 
 
@@ -411,7 +412,12 @@ def _describe(p: _Parser, pos: int, fallback: str) -> str:
     if re.search(r"\d\.\d", p.text) and not re.search(r"\d\.\.\d", p.text):
         return "seconds must be whole numbers (no fractions)"
     stripped = rest.strip()
-    if pos > 0 and re.fullmatch(r"[A-Za-z_]+(/[A-Za-z_+-]+)*", stripped) and stripped != "UTC":
+    last = p.text.split()[-1] if len(p.text.split()) > 1 else ""
+    if re.fullmatch(r"[A-Za-z_]+/[A-Za-z_+-]+(/[A-Za-z_+-]+)*|[A-Z]{2,5}", last) and last.lower() not in _WEEKDAYS:
+        stripped = last
+    elif not (pos > 0 and re.fullmatch(r"[A-Za-z_]+(/[A-Za-z_+-]+)*", stripped)):
+        stripped = ""
+    if stripped:
         return f"time zone {stripped!r} is not supported; only a trailing 'UTC' is (else local time)"
     best = p.best_value
     if best is None or best.pos < pos:

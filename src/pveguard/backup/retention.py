@@ -25,6 +25,7 @@ from datetime import UTC, date, datetime, tzinfo
 from enum import StrEnum
 
 from pveguard.backup.calendar import local_zone
+from pveguard.errors import UsageError
 
 __all__ = [
     "RULES",
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 
-class RetentionError(ValueError):
+class RetentionError(UsageError, ValueError):
     """A retention policy that Proxmox VE would reject; the message says how to write it."""
 
 
@@ -73,9 +74,7 @@ class KeepPolicy:
     @property
     def keeps_everything(self) -> bool:
         """True when nothing is ever removed (keep-all, or no rule above 0)."""
-        return self.keep_all or not any(
-            (self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly)
-        )
+        return self.keep_all or not any((self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly))
 
     @classmethod
     def parse(cls, text: str) -> KeepPolicy:
