@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from pveguard import __version__
+from pveguard.backup import cli as backup_cli
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, EXIT_USAGE, PveguardError, UsageError
 from pveguard.monitor import cli as monitor_cli
@@ -35,6 +36,7 @@ app.add_typer(monitor_cli.export_app, name="export")
 app.command("plan")(provision_cli.plan_cmd)
 app.command("apply")(provision_cli.apply_cmd)
 app.command("status")(provision_cli.status_cmd)
+app.add_typer(backup_cli.app, name="backup")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable shape, see docs/json.md).")]
 
