@@ -101,3 +101,54 @@ def test_pveguard_metrics() -> None:
     view = _view()
     view.compliance_score = 87.5
     assert _families(render(view).decode())[("pveguard_compliance_score", ())] == 87.5
+
+
+def test_fast_render_is_byte_identical_to_prometheus_client() -> None:
+    from pveguard.monitor.exporter import render_reference
+
+    assert render(_view()) == render_reference(_view())
+    nasty = [dict(r) for r in RESOURCES]
+    nasty[2] = {**nasty[2], "name": 'we"ird\\na\nme', "tags": 'a"b;c\\d'}
+    nasty[7] = {**nasty[7], "content": "z,\"q\",a", "plugintype": "dir\n"}
+    nasty.append({"id": "lxc/104", "type": "lxc", "vmid": 104, "node": "pve1", "status": "running",
+                  "cpu": 1e-7, "mem": 2**53 + 1, "maxmem": 1.5, "uptime": 12345678901})
+    view = ExportView(Sweep(1.0, parse_resources(nasty)), {}, severities={})
+    assert render(view) == render_reference(view)
+    empty = ExportView(None)
+    assert render(empty) == render_reference(empty)
+
+
+def test_metrics_endpoint_plain_and_gzip() -> None:
+    import gzip
+
+    import requests
+
+    from pveguard.monitor.exporter import serve
+
+    from .receivers import free_port
+
+    port = free_port()
+    server = serve(f"127.0.0.1:{port}", _view)
+    try:
+        plain = requests.get(f"http://127.0.0.1:{port}/metrics", headers={"Accept-Encoding": "identity"}, timeout=5)
+        assert plain.status_code == 200 and plain.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert plain.content == GOLDEN.read_bytes()
+        raw = requests.get(f"http://127.0.0.1:{port}/metrics", headers={"Accept-Encoding": "gzip"}, timeout=5,
+                           stream=True)
+        assert raw.headers["Content-Encoding"] == "gzip"
+        assert gzip.decompress(raw.raw.read()) == GOLDEN.read_bytes()
+        assert requests.get(f"http://127.0.0.1:{port}/nope", timeout=5).status_code == 404
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0, -1.0, 0.5, 1e-7, 123456.0, 1234567.0, 8589934592.0, 2.0**53 + 1,
+                                   1e16, 1e22, 12345678.9, -12345678.9, 0.1 + 0.2, float("inf"), float("-inf"),
+                                   float("nan"), 1000000.0, 100000.0])
+def test_float_format_matches_prometheus_client(value: float) -> None:
+    from prometheus_client.utils import floatToGoString
+
+    from pveguard.monitor.exporter import _go
+
+    assert _go(value) == floatToGoString(value)

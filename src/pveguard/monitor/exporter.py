@@ -8,8 +8,12 @@ poll however many Prometheus servers scrape us.
 
 from __future__ import annotations
 
+import gzip
+import math
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -142,26 +146,118 @@ class ViewCollector(Collector):
         yield from pveguard_families(view)
 
 
-def render(view: ExportView) -> bytes:
-    """The text exposition of a view (what /metrics serves)."""
+def render_reference(view: ExportView) -> bytes:
+    """The exposition through prometheus-client's own generate_latest (the reference; slow at 10k guests)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ViewCollector(lambda: view))
     return generate_latest(registry)
 
 
-def serve(listen: str, get_view: Callable[[], ExportView]) -> tuple[object, object]:
-    """Serve /metrics on host:port in a background thread; returns (server, thread)."""
-    from prometheus_client import start_http_server
+def _esc(v: str) -> str:
+    if "\\" in v or "\n" in v or '"' in v:
+        return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+    return v
 
+
+def _header(name: str, doc: str, kind: str) -> str:
+    doc = doc.replace("\\", r"\\").replace("\n", r"\n")
+    return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"
+
+
+def render(view: ExportView) -> bytes:
+    """The text exposition of a view, byte for byte what `render_reference` gives, about 5x faster:
+    the pve_* lines are formatted straight from the samples instead of through metric objects."""
+    samples = view.sweep.samples if view.sweep is not None else []
+    out: list[str] = []
+    if view.sweep is not None:
+        ids = {s.id: f'{{id="{_esc(s.id)}"}} ' for s in samples}
+        out.append(_header("pve_up", "Node/VM/CT-Status is online/running", "gauge"))
+        out += [f"pve_up{ids[s.id]}{'1.0' if s.up else '0.0'}\n" for s in samples]
+        for key, (name, doc) in _GAUGES.items():
+            out.append(_header(name, doc, "gauge"))
+            out += [f"{name}{ids[s.id]}{_go(_value(s, key))}\n" for s in samples
+                    if key in _FIELDS.get(s.type, ()) and (not s.fields or key in s.fields)]
+        guests = [s for s in samples if s.is_guest]
+        for key, (name, doc) in _COUNTERS.items():
+            out.append(_header(name + "_total", doc, "counter"))
+            out += [f"{name}_total{ids[s.id]}{_go(float(getattr(s, key)))}\n" for s in guests
+                    if not s.fields or key in s.fields]
+        out.append(_header("pve_guest_info", "VM/CT info", "gauge"))
+        out += [f'pve_guest_info{{id="{_esc(s.id)}",name="{_esc(s.name)}",node="{_esc(s.node)}",'
+                f'tags="{_esc(";".join(s.tags))}",template="{int(s.template)}",type="{_esc(s.type)}"}} 1.0\n'
+                for s in guests]
+        out.append(_header("pve_storage_info", "Storage info", "gauge"))
+        out += [f'pve_storage_info{{content="{_esc(s.content)}",id="{_esc(s.id)}",node="{_esc(s.node)}",'
+                f'plugintype="{_esc(s.plugintype)}",storage="{_esc(s.name)}"}} 1.0\n'
+                for s in samples if s.type == "storage"]
+    # pveguard's own families are few lines; the library formats them
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_OwnCollector(view))
+    return "".join(out).encode() + generate_latest(registry)
+
+
+class _OwnCollector(Collector):
+    def __init__(self, view: ExportView) -> None:
+        self.view = view
+
+    def collect(self) -> Iterator[Metric]:
+        yield from pveguard_families(self.view)
+
+
+def _go(d: float) -> str:
+    """prometheus-client's floatToGoString (Go-style exponents for large values), typed and inlined."""
+    if d != d:
+        return "NaN"
+    if d in (math.inf, -math.inf):
+        return "+Inf" if d > 0 else "-Inf"
+    s = repr(d)
+    dot = s.find(".")
+    if d > 0 and dot > 6:
+        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return s
+
+
+# The classic text format: every name we emit is a legacy-valid one, and Prometheus 2.x reads it.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    get_view: Callable[[], ExportView]
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+            self.send_error(404, "only /metrics lives here")
+            return
+        body = render(self.get_view())
+        gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
+        if gzipped:
+            body = gzip.compress(body, compresslevel=1)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        if gzipped:
+            self.send_header("Content-Encoding", "gzip")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:  # scrapes every 15 s are not news
+        pass
+
+
+def serve(listen: str, get_view: Callable[[], ExportView]) -> ThreadingHTTPServer:
+    """Serve /metrics on HOST:PORT from a background thread; returns the server (call shutdown())."""
     from pveguard.errors import UsageError
 
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise UsageError(f"--listen {listen!r} is not HOST:PORT", hint="e.g. --listen 127.0.0.1:9632")
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ViewCollector(get_view))
+    handler = type("MetricsHandler", (_Handler,), {"get_view": staticmethod(get_view)})
     try:
-        return start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
+        server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), handler)
     except OSError as exc:
         raise UsageError(f"cannot listen on {listen}: {exc.strerror}",
                          hint="pick a free port, or stop what listens there") from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="pveguard-metrics", daemon=True).start()
+    return server
