@@ -52,3 +52,16 @@ def test_source_failure_is_reported_and_delivery_continues(tmp_path: Path) -> No
         assert mon.errors == 1 and mon.polls == 2
         text = render(ExportView(mon.prev, res.states, mon.polls, mon.errors)).decode()
         assert "pveguard_poll_errors_total 1.0" in text
+
+
+def test_series_follow_the_strategy_metrics(tmp_path: Path) -> None:
+    from pveguard.monitor.engine import series_for
+
+    assert series_for(["cpu_usage"]) == {"cpu", "memory", "disk"}
+    assert series_for(["network_traffic", "disk_io"]) == {"cpu", "memory", "disk", "net_in", "net_out",
+                                                          "disk_read", "disk_write"}
+    src = ScriptedSource()
+    mon = Monitor(Store(tmp_path), src, [], clock=lambda: src.now, series_metrics={"cpu"})
+    mon.poll()
+    assert mon.series.latest("lxc/101", "cpu") == [10.0]
+    assert mon.series.latest("lxc/101", "memory") == []

@@ -71,14 +71,15 @@ def build_monitor(app_ctx: Any, source: Any = None, clock: Any = time.time) -> A
     """A Monitor for the strategy's target, rules and notifiers."""
     from pveguard.monitor.alerts import rules_from_strategy
     from pveguard.monitor.collector import open_source
-    from pveguard.monitor.engine import Monitor
+    from pveguard.monitor.engine import Monitor, series_for
     from pveguard.monitor.notify import notifiers_from_strategy
 
     strategy = app_ctx.strategy_or_default()
     m = strategy.monitoring
     source = source or open_source(strategy, clock=clock)
     return Monitor(app_ctx.store, source, rules_from_strategy(m),
-                   notifiers_from_strategy(m.notify, m.renotify.total_seconds()), clock=clock)
+                   notifiers_from_strategy(m.notify, m.renotify.total_seconds()), clock=clock,
+                   series_metrics=series_for(m.metrics))
 
 
 def export_view(mon: Any) -> Any:

@@ -34,6 +34,20 @@ class PollResult:
     duration: float = 0.0
 
 
+# strategy metric name -> the series that record it; cpu, memory and disk are always kept because
+# the alert thresholds apply to them
+STRATEGY_SERIES = {"cpu_usage": ("cpu",), "memory_usage": ("memory",), "disk_usage": ("disk",),
+                   "disk_io": ("disk_read", "disk_write"), "network_traffic": ("net_in", "net_out")}
+
+
+def series_for(metrics: Iterable[str]) -> set[str]:
+    """The series to record for the strategy's `monitoring.metrics`."""
+    out = {"cpu", "memory", "disk"}
+    for m in metrics:
+        out.update(STRATEGY_SERIES.get(m, ()))
+    return out
+
+
 def observations(sweep: Sweep, derived: dict[str, Derived]) -> dict[str, dict[str, float]]:
     """Alertable values per guest (templates excluded); `down` is 1 for a managed guest not running."""
     out: dict[str, dict[str, float]] = {}
@@ -52,7 +66,7 @@ class Monitor:
 
     def __init__(self, store: Store, source: Source, rules: list[Rule], notifiers: Iterable[Notifier] = (),
                  clock: Callable[[], float] = time.time, max_targets: int = DEFAULT_MAX_TARGETS,
-                 record_series: bool = True) -> None:
+                 record_series: bool = True, series_metrics: Iterable[str] | None = None) -> None:
         self.store = open_monitor_store(store)
         self.source = source
         self.rules = rules
@@ -61,6 +75,7 @@ class Monitor:
         self.series = SeriesStore(store, max_targets=max_targets)
         self.dispatcher = Dispatcher(store, self.notifiers)
         self.record_series = record_series
+        self.series_metrics = set(series_metrics) if series_metrics is not None else None
         self.prev: Sweep | None = None
         self.last: PollResult | None = None
         self.polls = 0
@@ -93,7 +108,9 @@ class Monitor:
         if self.record_series:
             targets = [TargetInfo(s.id, s.vmid, s.name, s.node, s.type, s.managed, sweep.ts)
                        for s in sweep.samples if s.is_guest and not s.template]
-            self.series.record(sweep.ts, {k: dict(v.values) for k, v in derived.items()}, targets)
+            keep = self.series_metrics
+            self.series.record(sweep.ts, {k: {m: x for m, x in v.values.items() if keep is None or m in keep}
+                                          for k, v in derived.items()}, targets)
         delivery = self.dispatcher.deliver(now)
         self.prev = sweep
         self.polls += 1
