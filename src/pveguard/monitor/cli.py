@@ -147,8 +147,8 @@ def monitor(
     listen: Annotated[str | None, typer.Option(
         "--listen", metavar="HOST:PORT", help="Serve Prometheus /metrics here and keep polling.")] = None,
     interval: Annotated[str | None, typer.Option(
-        "--interval", help="Poll interval [default: monitoring.poll_interval].")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="Rows in the table.")] = 40,
+        "--interval", metavar="DURATION", help="Poll interval, e.g. 10s [default: monitoring.poll_interval].")] = None,
+    limit: Annotated[int, typer.Option("--limit", min=1, metavar="N", help="Rows in the table.")] = 40,
     json_out: Annotated[bool, typer.Option("--json", help="With --once: print the poll as JSON.")] = False,
 ) -> None:
     """Poll the guests (one API call per poll), evaluate alerts, notify, record series."""
@@ -210,7 +210,7 @@ def history(
     ctx: typer.Context,
     guest: Annotated[str, typer.Argument(help="Guest name, vmid or id (lxc/101).")],
     metric: Annotated[str, typer.Option("--metric", help=f"One of: {', '.join(METRIC_NAMES)}.")] = "cpu",
-    since: Annotated[str, typer.Option("--since", help="How far back, e.g. 30m, 6h, 7d.")] = "6h",
+    since: Annotated[str, typer.Option("--since", metavar="DURATION", help="How far back, e.g. 30m, 6h, 7d.")] = "6h",
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Show a guest's recorded series (raw for the last day, 5-minute buckets beyond)."""
@@ -294,7 +294,7 @@ def alerts(
 def silence(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="Guest name, id (lxc/101) or a glob (pve-*).")],
-    for_: Annotated[str, typer.Option("--for", help="How long, e.g. 30m, 2h, 1d.")] = "2h",
+    for_: Annotated[str, typer.Option("--for", metavar="DURATION", help="How long, e.g. 30m, 2h, 1d.")] = "2h",
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit ledger).")] = "",
     rule: Annotated[str | None, typer.Option("--rule", help="Only this rule: cpu, memory, disk, down.")] = None,
 ) -> None:
