@@ -50,7 +50,7 @@ def test_source_failure_is_reported_and_delivery_continues(tmp_path: Path) -> No
         assert [b["kind"] for b in hook.bodies()] == ["firing"]
         assert load_states(mon.store)[("cpu", "lxc/101")].state == "firing"  # an outage does not resolve
         assert mon.errors == 1 and mon.polls == 2
-        text = render(ExportView(mon.prev, res.states, mon.polls, mon.errors)).decode()
+        text = render(ExportView(mon.last_good, res.states, mon.polls, mon.errors)).decode()
         assert "pveguard_poll_errors_total 1.0" in text
 
 
@@ -65,3 +65,21 @@ def test_series_follow_the_strategy_metrics(tmp_path: Path) -> None:
     mon.poll()
     assert mon.series.latest("lxc/101", "cpu") == [10.0]
     assert mon.series.latest("lxc/101", "memory") == []
+
+
+def test_rates_survive_a_restart(tmp_path: Path) -> None:
+    class Counting(ScriptedSource):
+        def sweep(self) -> Sweep:
+            sw = super().sweep()
+            item = {"id": "lxc/101", "type": "lxc", "vmid": 101, "node": "n", "status": "running",
+                    "netin": int(self.now * 100), "uptime": 1000 + int(self.now)}
+            return Sweep(self.now, parse_resources([item]) + sw.samples[1:])
+
+    src = Counting()
+    Monitor(Store(tmp_path), src, [], clock=lambda: src.now).poll()
+    src.now = 30.0
+    res = Monitor(Store(tmp_path), src, [], clock=lambda: src.now).poll()  # a new process
+    assert res.derived["lxc/101"].values["net_in"] == 100.0
+    src.now = 30.0 + 7200  # counters older than an hour are not used
+    res = Monitor(Store(tmp_path), src, [], clock=lambda: src.now).poll()
+    assert "net_in" not in res.derived["lxc/101"].values

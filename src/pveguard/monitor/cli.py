@@ -86,7 +86,7 @@ def export_view(mon: Any) -> Any:
     from pveguard.monitor.exporter import ExportView
 
     last = mon.last
-    return ExportView(sweep=mon.prev, states=last.states if last else {}, polls=mon.polls, errors=mon.errors,
+    return ExportView(sweep=mon.last_good, states=last.states if last else {}, polls=mon.polls, errors=mon.errors,
                       poll_duration=last.duration if last else 0.0,
                       severities={r.name: r.severity for r in mon.rules})
 

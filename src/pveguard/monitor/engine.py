@@ -76,7 +76,8 @@ class Monitor:
         self.dispatcher = Dispatcher(store, self.notifiers)
         self.record_series = record_series
         self.series_metrics = set(series_metrics) if series_metrics is not None else None
-        self.prev: Sweep | None = None
+        self.prev: Sweep | None = load_counters(store, clock())  # only for rates
+        self.last_good: Sweep | None = None  # what /metrics shows, kept while the API is down
         self.last: PollResult | None = None
         self.polls = 0
         self.errors = 0
@@ -105,6 +106,7 @@ class Monitor:
         with self.store.transaction() as conn:
             save_states(conn, states, ev.states)
             enqueue(conn, [e.to_dict() for e in ev.events], list(self.dispatcher.notifiers), now)
+            save_counters(conn, sweep)
         if self.record_series:
             targets = [TargetInfo(s.id, s.vmid, s.name, s.node, s.type, s.managed, sweep.ts)
                        for s in sweep.samples if s.is_guest and not s.template]
@@ -112,12 +114,45 @@ class Monitor:
             self.series.record(sweep.ts, {k: {m: x for m, x in v.values.items() if keep is None or m in keep}
                                           for k, v in derived.items()}, targets)
         delivery = self.dispatcher.deliver(now)
-        self.prev = sweep
+        self.prev = self.last_good = sweep
         self.polls += 1
         result = PollResult(now, sweep, derived, ev.states, ev.events, delivery,
                             duration=time.perf_counter() - started)
         self.last = result
         return result
+
+
+# --- the previous sweep's counters, so the next process computes rates at its first poll ----------
+
+COUNTERS_KEY = "last_counters"
+COUNTERS_MAX_AGE = 3600.0  # older counters would average a rate over too long a stretch
+
+
+def save_counters(conn: Any, sweep: Sweep) -> None:
+    items = {s.id: [s.status, s.netin, s.netout, s.diskread, s.diskwrite, s.uptime]
+             for s in sweep.samples if s.is_guest}
+    conn.execute("INSERT INTO monitor_meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = "
+                 "excluded.value", (COUNTERS_KEY, json.dumps({"ts": sweep.ts, "items": items}, separators=(",", ":"))))
+
+
+def load_counters(store: Store, now: float) -> Sweep | None:
+    """The last sweep's counters (a `pveguard monitor --once` from a timer gets rates too)."""
+    from pveguard.monitor.collector import Sample
+
+    open_monitor_store(store)
+    row = store.conn.execute("SELECT value FROM monitor_meta WHERE key = ?", (COUNTERS_KEY,)).fetchone()
+    if row is None:
+        return None
+    try:
+        data = json.loads(row["value"])
+        if not 0 <= now - float(data["ts"]) <= COUNTERS_MAX_AGE:
+            return None
+        samples = [Sample(id=i, type=i.split("/", 1)[0], node="", status=str(v[0]), netin=int(v[1]),
+                          netout=int(v[2]), diskread=int(v[3]), diskwrite=int(v[4]), uptime=int(v[5]))
+                   for i, v in data["items"].items()]
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None  # a damaged entry only costs one poll without rates
+    return Sweep(ts=float(data["ts"]), samples=samples, api_calls=0)
 
 
 # --- alert state and silences in the store -------------------------------------------------------
