@@ -179,17 +179,28 @@ def monitor(
         if watch:
             with Live(status_table(mon, limit), console=console, refresh_per_second=1) as live:
                 while not stop.is_set():
-                    mon.poll()
+                    _poll_and_report(mon, quiet=True)
                     live.update(status_table(mon, limit))
                     stop.wait(every)
         else:
             while not stop.is_set():
-                res = mon.poll()
-                if res.error:
-                    info(f"poll failed: {res.error}")
+                _poll_and_report(mon)
                 stop.wait(every)
     except KeyboardInterrupt:
         return
+
+
+def _poll_and_report(mon: Any, quiet: bool = False) -> None:
+    """One poll of a long-running monitor: a failure is reported and the loop goes on."""
+    from pveguard.errors import PveguardError
+
+    try:
+        res = mon.poll()
+    except PveguardError as exc:  # e.g. the state database busy for longer than its timeout
+        info(f"poll failed: {exc.message}")
+        return
+    if res.error and not quiet:
+        info(f"poll failed: {res.error}")
 
 
 def _poll_json(res: Any) -> dict[str, Any]:

@@ -249,8 +249,14 @@ class BackendStatsSource:
         self.name = backend.name
 
     def sweep(self) -> Sweep:
+        from pveguard.errors import BackendError
+
         started = time.perf_counter()
-        stats = self.backend.stats()
+        try:
+            stats = self.backend.stats()
+        except OSError as exc:  # a container vanishing mid-sweep, an unreadable cgroup file
+            raise BackendError(f"{self.name} stats sweep failed: {exc}",
+                               hint="the next poll retries; check the backend if this persists") from None
         return Sweep(ts=self.clock(), samples=samples_from_stats(stats, self.managed_names),
                      api_calls=0, duration=time.perf_counter() - started, source=self.name)
 
