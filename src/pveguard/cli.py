@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import typer
 
 from pveguard import __version__
+from pveguard.audit import cli as audit_cli
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, EXIT_USAGE, PveguardError, UsageError
 from pveguard.output import console, error, print_json, warn
@@ -27,6 +28,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(audit_log_cli.app, name="audit-log")
+app.command("audit")(audit_cli.audit)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable shape, see docs/json.md).")]
 

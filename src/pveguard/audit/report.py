@@ -1,0 +1,108 @@
+"""Render the audit document as a terminal table, JSON, Markdown or HTML (jinja2 templates)."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import jinja2
+from rich.console import Console
+from rich.table import Table
+
+FORMATS = ("table", "json", "markdown", "html")
+
+
+def _md(value: Any) -> str:
+    """Markdown table cells must not break the row."""
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _env(autoescape: bool) -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("pveguard.audit", "templates"),
+                             autoescape=autoescape, trim_blocks=False, keep_trailing_newline=True,
+                             undefined=jinja2.StrictUndefined)
+    env.filters["md"] = _md
+    return env
+
+
+def render(report: dict[str, Any], fmt: str, width: int | None = None) -> str:
+    """The report in `fmt` (one of FORMATS) as text."""
+    if fmt == "json":
+        return json.dumps(report, indent=2, sort_keys=True) + "\n"
+    if fmt == "markdown":
+        return _env(False).get_template("report.md.j2").render(r=report)
+    if fmt == "html":
+        return _env(True).get_template("report.html.j2").render(r=report)
+    if fmt == "table":
+        return render_table(report, width)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def render_table(r: dict[str, Any], width: int | None = None) -> str:
+    """The terminal view: summary, findings, services with suggestions, dependency map, gaps."""
+    buf = io.StringIO()
+    con = Console(file=buf, width=width or 140, highlight=False, force_terminal=False, color_system=None)
+    h = r["host"]
+    pve = f"detected ({h['pve']['evidence']})" if h["pve"]["detected"] else "not detected"
+    con.print(f"pveguard audit of {h['hostname']}  root {h['root']} ({'live' if h['live'] else 'offline'})",
+              markup=False)
+    con.print(f"Proxmox VE: {pve}; core roots: {', '.join(h['core_roots'])}", markup=False)
+    s = r["score"]
+    con.print(f"compliance score: {s['value']}/100  ({s['explanation']})", markup=False)
+    con.print(f"  {s['formula']}", markup=False)
+
+    t = Table("severity", "finding", "fix", title=f"findings ({len(r['findings'])})", title_justify="left")
+    for f in r["findings"]:
+        t.add_row(f["severity"], f"{f['title']}\n{f['detail']}", f["fix"])
+    con.print(t)
+
+    t = Table("unit", "state", "package", "class", "reason", "suggested container", title="services",
+              title_justify="left")
+    for sv in r["services"]:
+        state = sv["enablement"] + (f", {sv['active']}/{sv['sub']}" if sv["active"] else "")
+        sug = sv["suggestion"]
+        target = f"{sug['container'] or 'none'} ({sug['confidence']:.2f})" if sug else ""
+        t.add_row(sv["unit"], state, sv["package"] or "-", "core" if sv["core"] else "NON-CORE", sv["detail"],
+                  target)
+    con.print(t)
+
+    for sv in r["services"]:
+        if sv["core"]:
+            continue
+        m = sv["migration"]
+        con.print(f"migration facts for {sv['unit']} -> {sv['suggestion']['container'] or '(no matching container)'}",
+                  markup=False)
+        for label, key in (("ports", "ports"), ("config", "config_paths"), ("data", "data_paths"),
+                           ("logs", "log_paths"), ("users", "users"), ("ExecStart", "exec_start"), ("note", "notes")):
+            if m[key]:
+                con.print(f"  {label}: {', '.join(m[key])}", markup=False)
+
+    if r["dependency_map"]:
+        t = Table("unit", "requires", "wants", "after", "required/wanted by", "packages (exclusive)", "ports",
+                  title="dependency map", title_justify="left")
+        for d in r["dependency_map"]:
+            t.add_row(d["unit"], ", ".join(d["requires"] + d["binds_to"] + d["requisite"]), ", ".join(d["wants"]),
+                      ", ".join(d["after"]), ", ".join(d["required_by"] + d["wanted_by"]),
+                      f"{', '.join(d['packages'])} ({', '.join(d['exclusive_packages'])})", ", ".join(d["ports"]))
+        con.print(t)
+
+    p = r["packages"]
+    con.print(f"packages: {p['installed']} installed, {p['core']} core, {p['non_core']} non-core; "
+              f"manually installed non-core: {', '.join(p['manual_non_core']) or 'none'}", markup=False)
+    if r["sockets"]:
+        t = Table("proto", "address", "port", "process", "unit", title="listening sockets", title_justify="left")
+        for sk in r["sockets"]:
+            t.add_row(sk["proto"], sk["address"], str(sk["port"]), f"{sk['process'] or '?'} ({sk['pid'] or '?'})",
+                      sk["unit"] or "?")
+        con.print(t)
+    custom = [c for c in r["cron"] if not c["package"]]
+    con.print(f"cron jobs: {len(r['cron'])} ({len(custom)} not from a package)", markup=False)
+    g = r["guests"]
+    con.print("guests: " + (", ".join(f"{x['vmid']} {x['name']} ({x['status']})" for x in g["items"]) or "none"
+                            if g["available"] else f"unavailable ({g['reason']})"), markup=False)
+    for u in r["unavailable"]:
+        con.print(f"not collected: {u['fact']}: {u['reason']}", markup=False)
+    for n in r["needs_root"]:
+        con.print(f"needs root: {n}", markup=False)
+    return buf.getvalue()

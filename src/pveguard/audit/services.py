@@ -1,0 +1,46 @@
+"""Core or non-core for systemd units, on top of the shared package classification.
+
+Rules, in order: the never-stop list (host.md §2.2 rule 5) is core whatever owns it; otherwise a unit
+is what its owning package is (the shared `Classifier`); a unit file that no package owns is non-core
+(someone put it there by hand); a unit without any file (transient, generated) is runtime state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pveguard.audit.facts import Unit
+from pveguard.packages.classify import REASON_TEXT, Classifier, is_never_stop_unit
+
+# Units worth listing: what a service inventory shows (targets, mounts, paths are plumbing).
+SERVICE_KINDS = ("service", "timer", "socket")
+
+
+@dataclass(frozen=True)
+class ServiceVerdict:
+    core: bool
+    reason: str      # never-stop | package | local | runtime
+    detail: str
+
+
+def classify_unit(unit: Unit, classifier: Classifier) -> ServiceVerdict:
+    """The verdict for one unit, with a human-readable reason."""
+    if is_never_stop_unit(unit.name):
+        owner = f" (owned by {unit.package})" if unit.package else ""
+        return ServiceVerdict(True, "never-stop", f"on the never-stop list{owner}")
+    if unit.package:
+        verdict = classifier.classify(unit.package)
+        why = REASON_TEXT.get(verdict.reason, verdict.reason)
+        if verdict.detail:
+            why += f", {verdict.detail}"
+        return ServiceVerdict(verdict.core, "package", f"owned by {unit.package}: {why}")
+    if unit.path:
+        return ServiceVerdict(False, "local", f"unit file {unit.path} is not owned by any package")
+    return ServiceVerdict(True, "runtime", "transient or generated unit (no unit file, no package)")
+
+
+def relevant(unit: Unit) -> bool:
+    """Services, timers and sockets that are enabled or currently active (what the report lists)."""
+    if unit.kind not in SERVICE_KINDS or unit.name.endswith("@.service") or unit.enablement == "alias":
+        return False  # templates are listed through their instances, aliases through their target
+    return unit.enabled or unit.active == "active"

@@ -1,0 +1,87 @@
+"""What the audit asks other parts of pveguard: the guard's own check, the backend's guests and the
+backup module's coverage. Each answer may be unavailable; the reason is carried into the report.
+
+Seams: `pveguard.guard.install.guard_findings(ctx)` and `pveguard.backup.coverage.uncovered_guests(ctx,
+guests)` are imported when present (the modules are being written on other branches); until then
+the report says the fact is unavailable and why, instead of guessing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from pathlib import Path
+from typing import Any
+
+from pveguard.audit.assemble import External
+from pveguard.audit.findings import GuestView
+from pveguard.context import AppContext
+from pveguard.errors import PveguardError
+from pveguard.strategy.models import Strategy
+
+
+def _optional(module: str, attr: str) -> Any:
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError):
+        return None
+
+
+def guests(strategy: Strategy, root: Path) -> tuple[GuestView, Any]:
+    """The backend's guests plus each strategy container's config; (view, backend or None)."""
+    if root != Path("/"):
+        return GuestView(False, f"offline audit of {root}: guests are only listed for /"), None
+    connect = _optional("pveguard.backends", "connect")
+    if connect is None:
+        return GuestView(False, "no backend in this build (pveguard.backends.connect is not available yet)"), None
+    try:
+        backend = connect(strategy)
+        listed = backend.list_guests()
+    except PveguardError as exc:
+        return GuestView(False, exc.message), None
+    except OSError as exc:
+        return GuestView(False, f"backend not reachable: {exc}"), None
+    view = GuestView(True, "", getattr(backend, "name", type(backend).__name__))
+    wanted = {c.name for c in strategy.containers}
+    for g in listed:
+        view.guests.append({"vmid": g.vmid, "name": g.name, "node": g.node, "type": g.type, "status": g.status,
+                            "managed": g.managed, "tags": list(g.tags)})
+        if g.name in wanted:
+            try:
+                view.configs[g.name] = dict(backend.get_config(g))
+            except PveguardError as exc:
+                view.reason += f"config of {g.name} unavailable: {exc.message}; "
+    return view, backend
+
+
+def guard(ctx: AppContext, root: Path) -> tuple[list[Any] | None, str]:
+    fn = _optional("pveguard.guard.install", "guard_findings")
+    if fn is None:
+        return None, "the guard's self-check is not in this build (pveguard.guard.install.guard_findings missing)"
+    params = inspect.signature(fn).parameters
+    if "root" in params:
+        return list(fn(ctx, root=root)), ""
+    if root != Path("/"):
+        return None, f"offline audit of {root}: the guard's self-check only reads the live host"
+    return list(fn(ctx)), ""
+
+
+def backup_coverage(ctx: AppContext, view: GuestView, backend: Any) -> tuple[list[dict[str, Any]] | None, str]:
+    if not view.available:
+        return None, "needs the guest list, which is unavailable"
+    fn = _optional("pveguard.backup.coverage", "uncovered_guests")
+    if fn is None:
+        return None, "backup jobs are not in this build (pveguard.backup.coverage.uncovered_guests missing)"
+    result = fn(ctx, backend)
+    return [g if isinstance(g, dict) else {"vmid": g.vmid, "name": g.name} for g in result], ""
+
+
+def external(ctx: AppContext, strategy: Strategy, root: Path) -> External:
+    view, backend = guests(strategy, root)
+    try:
+        guard_result, guard_reason = guard(ctx, root)
+        uncovered, backup_reason = backup_coverage(ctx, view, backend)
+    finally:
+        if backend is not None:
+            backend.close()
+    return External(view, guard_result, guard_reason, uncovered, backup_reason)
