@@ -11,7 +11,7 @@ from typing import Any
 from pveguard.audit import depmap, findings, score, services, suggest
 from pveguard.audit.facts import HostFacts
 from pveguard.audit.findings import Finding, GuestView, ServiceRow
-from pveguard.packages.classify import REASON_TEXT, Classifier, closure
+from pveguard.packages.classify import REASON_TEXT, Classifier
 from pveguard.strategy.models import Strategy
 
 SCHEMA = "pveguard.audit/1"
@@ -33,11 +33,10 @@ class External:
 def build(facts: HostFacts, strategy: Strategy, external: External, now: datetime | None = None) -> dict[str, Any]:
     """The whole audit as one JSON-able document."""
     policy = strategy.installation_policy
-    classifier = Classifier(facts.packages, tuple(policy.core_roots), tuple(policy.extra_allowed),
-                            base_priorities=BASE_PRIORITIES)
-    core_packages = classifier.core_set()
+    classifier = services.HostClassifier(Classifier(facts.packages, tuple(policy.core_roots),
+                                                    tuple(policy.extra_allowed), base_priorities=BASE_PRIORITIES))
     # What core packages need stays on the host anyway (libc6 is not "pulled in" by a service).
-    core_closure = set(closure(sorted(core_packages), facts.packages))
+    core_closure = classifier.core_set()
     containers = [(c.name, c.components) for c in strategy.containers]
     idx = depmap.reverse_index(facts.units)
     manual = sorted(n for n, p in facts.packages.items() if p.installed and n not in facts.auto_installed)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from pveguard.strategy.models import Strategy
 from pveguard.strategy.units import MIB
@@ -65,7 +65,7 @@ def guard_findings(result: Sequence[Any] | None, reason: str) -> list[Finding]:
     for item in result:
         get = item.get if isinstance(item, Mapping) else (lambda k, d="", _i=item: getattr(_i, k, d))
         raw = str(get("severity", "high"))
-        severity: Severity = cast(Severity, raw) if raw in SEVERITIES else "high"
+        severity: Severity = raw if raw in SEVERITIES else "high"
         out.append(Finding(
             id=str(get("id", "guard")), category="guard", severity=severity,
             title=str(get("title", "apt guard")), detail=str(get("detail", "")), fix=str(get("fix", "")),

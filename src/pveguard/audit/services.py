@@ -7,13 +7,42 @@ is what its owning package is (the shared `Classifier`); a unit file that no pac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from pveguard.audit.facts import Unit
-from pveguard.packages.classify import REASON_TEXT, Classifier, is_never_stop_unit
+from pveguard.packages.classify import REASON_TEXT, Classifier, Verdict, closure, is_never_stop_unit
+from pveguard.packages.status import Package
 
 # Units worth listing: what a service inventory shows (targets, mounts, paths are plumbing).
 SERVICE_KINDS = ("service", "timer", "socket")
+
+
+class PackageClassifier(Protocol):
+    def classify(self, name: str, pkg: Package | None = None) -> Verdict: ...
+
+
+@dataclass
+class HostClassifier:
+    """The shared classification plus one audit rule: an installed package that a core package depends on
+    (libapt-pkg for apt, libc6 for everything) stays on the host with it, so it is core too."""
+
+    base: Classifier
+    needed_by: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.core = self.base.core_set()
+        self.needed_by = closure(sorted(self.core), self.base.packages)
+
+    def classify(self, name: str, pkg: Package | None = None) -> Verdict:
+        verdict = self.base.classify(name, pkg)
+        if not verdict.core and name in self.needed_by:
+            return Verdict(True, "closure", f"needed by core package {self.needed_by[name]}")
+        return verdict
+
+    def core_set(self) -> set[str]:
+        """Core packages and everything installed that they depend on."""
+        return set(self.needed_by)
 
 
 @dataclass(frozen=True)
@@ -23,7 +52,7 @@ class ServiceVerdict:
     detail: str
 
 
-def classify_unit(unit: Unit, classifier: Classifier) -> ServiceVerdict:
+def classify_unit(unit: Unit, classifier: PackageClassifier) -> ServiceVerdict:
     """The verdict for one unit, with a human-readable reason."""
     if is_never_stop_unit(unit.name):
         owner = f" (owned by {unit.package})" if unit.package else ""
