@@ -23,6 +23,8 @@ from audit import fakehost
 from infra.rootfs import extract, have_debootstrap, mounted_chroot, rootfs_tarball
 from pveguard.audit import report
 
+from .test_json_shape import assert_conforms
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,6 +120,7 @@ def _check_classification(doc: dict[str, Any]) -> None:
 def test_offline_audit_of_the_chroot(host_root: Path) -> None:
     doc = _audit("--root", str(host_root))
     _check_classification(doc)
+    assert_conforms(doc)
     assert doc["host"]["live"] is False
     missing = {u["fact"]: u["reason"] for u in doc["unavailable"]}
     assert "offline audit" in missing["running units"] and "offline audit" in missing["listening sockets"]
@@ -231,6 +234,7 @@ def test_live_audit_inside_the_booted_container(host_root: Path, tmp_path: Path)
         (out / "live-report.txt").write_text(table)
         (out / "live-report.md").write_text(report.render(doc, "markdown"))
     _check_classification(doc)
+    assert_conforms(doc)
     assert doc["host"]["live"] is True and doc["host"]["systemd_running"] is True
     assert not any(u["fact"] in ("running units", "listening sockets") for u in doc["unavailable"])
     svc = _services(doc)

@@ -121,15 +121,25 @@ def service_names(unit: Unit, facts: HostFacts) -> dict[str, list[str]]:
         source = pkg.fields.get("source", "").split(" ")[0] if pkg else ""
         if source and source != unit.package:
             names["source"] = [source]
-    if unit.file is not None:
-        binaries = []
-        for value in unit.file.get("Service", "ExecStart"):
-            argv = unitfile.exec_argv(value)
-            if argv:
-                binaries.append(argv[0].rsplit("/", 1)[-1])
-        if binaries:
-            names["binary"] = binaries
+    binaries = []
+    for origin in (unit, activated_service(unit, facts)):
+        if origin is not None and origin.file is not None:
+            for value in origin.file.get("Service", "ExecStart"):
+                argv = unitfile.exec_argv(value)
+                if argv:
+                    binaries.append(argv[0].rsplit("/", 1)[-1])
+    if binaries:
+        names["binary"] = binaries
     return names
+
+
+def activated_service(unit: Unit, facts: HostFacts) -> Unit | None:
+    """The service a timer or socket starts (Unit=, else the same-named .service)."""
+    if unit.kind not in ("timer", "socket") or unit.file is None:
+        return None
+    section = "Timer" if unit.kind == "timer" else "Socket"
+    stem = unit.name.rsplit(".", 1)[0]
+    return facts.units.get(unit.file.first(section, "Unit") or f"{stem}.service")
 
 
 # --- migration facts -------------------------------------------------------------------------
@@ -202,8 +212,9 @@ def migration_facts(unit: Unit, facts: HostFacts) -> MigrationFacts:
         logs.update(lg)
         config.update(package_paths(facts.conffiles.get(unit.package, []))[0])
     user = "root"
-    if unit.file is not None:
-        f = unit.file
+    source = activated_service(unit, facts) or unit
+    if source.file is not None:
+        f = source.file
         dirs = unitfile.directories(f)
         config.update(dirs.get("ConfigurationDirectory", []))
         data.update(dirs.get("StateDirectory", []) + dirs.get("CacheDirectory", []))
