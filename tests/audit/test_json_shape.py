@@ -38,7 +38,7 @@ def check(value: Any, shape: Any, defs: dict[str, Any], path: str = "$") -> list
                 problems += sub
             elif isinstance(value, TYPES[alt]) and not (alt in ("int", "float") and isinstance(value, bool)):
                 return []
-        return [f"{path}: {value!r} is not {shape}"] + problems
+        return [f"{path}: {value!r} is not {shape}", *problems]
     if isinstance(shape, list):
         if not isinstance(value, list):
             return [f"{path}: expected a list, got {value!r}"]

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from audit import fakehost
 from infra.rootfs import extract, have_debootstrap, mounted_chroot, rootfs_tarball
 from pveguard.audit import report
 
+from . import fakehost
 from .test_json_shape import assert_conforms
 
 pytestmark = pytest.mark.slow
