@@ -14,6 +14,7 @@ import typer
 
 from pveguard import __version__
 from pveguard.audit import cli as audit_cli
+from pveguard.backup import cli as backup_cli
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, EXIT_USAGE, PveguardError, UsageError
 from pveguard.output import console, error, print_json, warn
@@ -28,6 +29,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(audit_log_cli.app, name="audit-log")
+app.add_typer(backup_cli.app, name="backup")
 app.command("audit")(audit_cli.audit)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable shape, see docs/json.md).")]
