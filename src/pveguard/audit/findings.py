@@ -57,18 +57,26 @@ class ServiceRow:
     ports: list[str]
 
 
+# The guard's own severities (pveguard.guard.install.GuardFinding) on the audit's scale.
+GUARD_SEVERITY: dict[str, Severity] = {"critical": "critical", "warning": "high"}
+
+
 def guard_findings(result: Sequence[Any] | None, reason: str) -> list[Finding]:
-    """Normalise the guard module's findings (objects or dicts with the same fields)."""
+    """Normalise the guard's findings: `GuardFinding` objects (kind, path, message, hint, severity) or
+    dicts in the audit's own form (id, severity, title, detail, fix)."""
     if result is None:
         return []
     out = []
     for item in result:
         get = item.get if isinstance(item, Mapping) else (lambda k, d="", _i=item: getattr(_i, k, d))
         raw = str(get("severity", "high"))
-        severity: Severity = raw if raw in SEVERITIES else "high"
+        severity: Severity = GUARD_SEVERITY.get(raw) or (raw if raw in SEVERITIES else "high")
+        kind = get("kind", "")
         out.append(Finding(
-            id=str(get("id", "guard")), category="guard", severity=severity,
-            title=str(get("title", "apt guard")), detail=str(get("detail", "")), fix=str(get("fix", "")),
+            id=f"guard:{kind}" if kind else str(get("id", "guard")), category="guard", severity=severity,
+            title=str(get("message", "") or get("title", "apt guard")),
+            detail=str(get("path", "") or get("detail", "")),
+            fix=str(get("hint", "") or get("fix", "")),
         ))
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 from pathlib import Path
 from typing import Any
 
@@ -62,8 +63,20 @@ def guard(ctx: AppContext, root: Path) -> tuple[list[Any] | None, str]:
     if "root" in params:
         return list(fn(ctx, root=root)), ""
     if root != Path("/"):
-        return None, f"offline audit of {root}: the guard's self-check only reads the live host"
-    return list(fn(ctx)), ""
+        return None, f"offline audit of {root}: the guard's self-check reads this host's state database"
+    if not (ctx.state_dir / "pveguard.db").exists():
+        # The guard records what it installed in the state database; without one it was never installed.
+        # Asking its self-check would create the database, and the audit writes nothing.
+        return [{"id": "guard:not-installed", "severity": "high", "title": "the apt install guard is not installed",
+                 "detail": f"no pveguard state database in {ctx.state_dir}",
+                 "fix": "run 'pveguard guard install'"}], ""
+    try:
+        return list(fn(ctx)), ""
+    except PveguardError as exc:
+        return None, f"the guard's self-check failed: {exc.message}"
+    except OSError as exc:
+        return None, f"the guard's self-check could not read its files: {exc}" + (
+            " (run the audit as root)" if os.geteuid() != 0 else "")
 
 
 def backup_coverage(ctx: AppContext, view: GuestView, backend: Any) -> tuple[list[dict[str, Any]] | None, str]:
