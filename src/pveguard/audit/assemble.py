@@ -11,12 +11,10 @@ from typing import Any
 from pveguard.audit import depmap, findings, score, services, suggest
 from pveguard.audit.facts import HostFacts
 from pveguard.audit.findings import Finding, GuestView, ServiceRow
-from pveguard.packages.classify import REASON_TEXT, Classifier
+from pveguard.packages.classify import Classifier
 from pveguard.strategy.models import Strategy
 
 SCHEMA = "pveguard.audit/1"
-# The audit counts Debian's base system as core so a non-PVE host's systemd/cron are not "non-core".
-BASE_PRIORITIES = ("important",)
 
 
 @dataclass
@@ -34,7 +32,7 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
     """The whole audit as one JSON-able document."""
     policy = strategy.installation_policy
     classifier = services.HostClassifier(Classifier(facts.packages, tuple(policy.core_roots),
-                                                    tuple(policy.extra_allowed), base_priorities=BASE_PRIORITIES))
+                                                    tuple(policy.extra_allowed)))
     # What core packages need stays on the host anyway (libc6 is not "pulled in" by a service).
     core_closure = classifier.core_set()
     containers = [(c.name, c.components) for c in strategy.containers]
@@ -80,7 +78,7 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
             continue
         v = classifier.classify(name, pkg)
         package_docs.append({"name": name, "version": pkg.version, "core": v.core, "reason": v.reason,
-                             "detail": REASON_TEXT.get(v.reason, v.reason) + (f", {v.detail}" if v.detail else ""),
+                             "detail": v.text,
                              "manual": name not in facts.auto_installed})
     manual_non_core = [p["name"] for p in package_docs if not p["core"] and p["manual"]]
 

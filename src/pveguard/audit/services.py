@@ -11,33 +11,64 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pveguard.audit.facts import Unit
-from pveguard.packages.classify import REASON_TEXT, Classifier, Verdict, closure, is_never_stop_unit
+from pveguard.packages.classify import REASON_TEXT, Classifier, closure, is_never_stop_unit
 from pveguard.packages.status import Package
+
+# Priorities counted as Debian's base system: a non-PVE host's systemd, cron, iproute2 are not "non-core".
+BASE_PRIORITIES = ("important",)
+AUDIT_REASON_TEXT = {**REASON_TEXT, "base": "Debian base system (Priority: important)"}
 
 # Units worth listing: what a service inventory shows (targets, mounts, paths are plumbing).
 SERVICE_KINDS = ("service", "timer", "socket")
 
 
+@dataclass(frozen=True)
+class PackageVerdict:
+    """A package's class for the audit: the shared `Verdict`'s fields, with the audit's extra reasons."""
+
+    core: bool
+    reason: str
+    detail: str = ""
+
+    @property
+    def text(self) -> str:
+        why = AUDIT_REASON_TEXT.get(self.reason, self.reason)
+        return f"{why}, {self.detail}" if self.detail else why
+
+
 class PackageClassifier(Protocol):
-    def classify(self, name: str, pkg: Package | None = None) -> Verdict: ...
+    def classify(self, name: str, pkg: Package | None = None) -> PackageVerdict: ...
 
 
 @dataclass
 class HostClassifier:
-    """The shared classification plus one audit rule: an installed package that a core package depends on
-    (libapt-pkg for apt, libc6 for everything) stays on the host with it, so it is core too."""
+    """The shared classification (`packages.classify.Classifier`, the guard's rules) plus two audit rules:
+
+    * base: a `Priority: important` package is Debian's base system (core on any host);
+    * needed by core: an installed package a core package depends on (libapt-pkg for apt, libc6 for
+      everything) stays on the host with it, so it is core too.
+    """
 
     base: Classifier
     needed_by: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.core = self.base.core_set()
-        self.needed_by = closure(sorted(self.core), self.base.packages)
+        packages = self.base.packages
+        self.core = {n for n, p in packages.items() if p.installed and self.classify_own(n, p).core}
+        self.needed_by = closure(sorted(self.core), packages)
 
-    def classify(self, name: str, pkg: Package | None = None) -> Verdict:
-        verdict = self.base.classify(name, pkg)
+    def classify_own(self, name: str, pkg: Package | None = None) -> PackageVerdict:
+        """The shared verdict plus the base-system rule (no dependency closure of core)."""
+        pkg = pkg or self.base.packages.get(name)
+        v = self.base.classify(name, pkg)
+        if not v.core and pkg is not None and pkg.priority in BASE_PRIORITIES:
+            return PackageVerdict(True, "base")
+        return PackageVerdict(v.core, v.reason, v.detail)
+
+    def classify(self, name: str, pkg: Package | None = None) -> PackageVerdict:
+        verdict = self.classify_own(name, pkg)
         if not verdict.core and name in self.needed_by:
-            return Verdict(True, "closure", f"needed by core package {self.needed_by[name]}")
+            return PackageVerdict(True, "closure", f"needed by core package {self.needed_by[name]}")
         return verdict
 
     def core_set(self) -> set[str]:
@@ -59,10 +90,7 @@ def classify_unit(unit: Unit, classifier: PackageClassifier) -> ServiceVerdict:
         return ServiceVerdict(True, "never-stop", f"on the never-stop list{owner}")
     if unit.package:
         verdict = classifier.classify(unit.package)
-        why = REASON_TEXT.get(verdict.reason, verdict.reason)
-        if verdict.detail:
-            why += f", {verdict.detail}"
-        return ServiceVerdict(verdict.core, "package", f"owned by {unit.package}: {why}")
+        return ServiceVerdict(verdict.core, "package", f"owned by {unit.package}: {verdict.text}")
     if unit.path:
         return ServiceVerdict(False, "local", f"unit file {unit.path} is not owned by any package")
     return ServiceVerdict(True, "runtime", "transient or generated unit (no unit file, no package)")

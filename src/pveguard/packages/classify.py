@@ -46,7 +46,7 @@ NEVER_STOP_UNITS = ("pve-cluster", "corosync", "pvedaemon", "pveproxy", "pvestat
                     "pve-ha-crm", "watchdog-mux", "pve-firewall", "qmeventd", "lxcfs", "pve-lxc-syscalld",
                     "rrdcached", "spiceproxy", "ssh", "sshd", "chrony", "pve-guests", "pve-container@*")
 
-Reason = Literal["closure", "pveversion", "kernel", "boot", "essential", "required", "base", "extra", "optional",
+Reason = Literal["closure", "pveversion", "kernel", "boot", "essential", "required", "extra", "optional",
                  "non-core"]
 
 
@@ -68,7 +68,6 @@ REASON_TEXT: dict[str, str] = {
     "boot": "part of the boot chain",
     "essential": "Essential: yes",
     "required": "Priority: required",
-    "base": "Debian base system (Priority: important)",
     "extra": "allowed by the strategy (installation_policy.extra_allowed)",
     "optional": "optional PVE component ('pveversion -v' optional list)",
     "non-core": "not a core PVE package",
@@ -128,9 +127,6 @@ class Classifier:
     packages: Mapping[str, Package]
     core_roots: tuple[str, ...] = ("proxmox-ve",)
     extra_allowed: tuple[str, ...] = ()
-    # Priorities counted as the Debian base system (the audit passes ("important",) so a non-PVE host's
-    # systemd, cron, iproute2 are core; the default keeps the guard's rules unchanged).
-    base_priorities: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.closure = closure(self.core_roots, self.packages)
@@ -151,8 +147,6 @@ class Classifier:
             return Verdict(True, "essential")
         if pkg is not None and pkg.priority == "required":
             return Verdict(True, "required")
-        if pkg is not None and pkg.priority in self.base_priorities:
-            return Verdict(True, "base")
         if any(fnmatch.fnmatchcase(name, p) for p in self.extra_allowed):
             return Verdict(True, "extra")
         if name in PVEVERSION_OPTIONAL:
