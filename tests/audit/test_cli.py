@@ -105,4 +105,5 @@ def test_this_machine_without_pve() -> None:
     assert doc["host"]["pve"]["detected"] is False
     assert any(f["id"] == "pve-not-detected" and f["severity"] == "info" for f in doc["findings"])
     assert doc["host"]["core_roots"] == ["proxmox-ve"]
-    assert any(u["fact"] == "guests" for u in doc["unavailable"])
+    # guests come from whichever backend is reachable here (the lxc one when the lxc tools are installed)
+    assert doc["guests"]["available"] or any(u["fact"] == "guests" for u in doc["unavailable"])
