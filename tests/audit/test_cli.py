@@ -107,3 +107,19 @@ def test_this_machine_without_pve() -> None:
     assert doc["host"]["core_roots"] == ["proxmox-ve"]
     # guests come from whichever backend is reachable here (the lxc one when the lxc tools are installed)
     assert doc["guests"]["available"] or any(u["fact"] == "guests" for u in doc["unavailable"])
+
+
+def test_unprivileged_run_names_what_needs_root() -> None:
+    """As nobody: the audit still works and says which facts need root."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to drop to nobody")
+    drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if subprocess.run([*drop, sys.executable, "-c", "import pveguard"], capture_output=True, check=False).returncode:
+        pytest.skip("nobody cannot read this checkout or its virtualenv")
+    proc = subprocess.run([*drop, sys.executable, "-m", "pveguard", "--strategy", "/nonexistent/s.yaml",
+                           "--state-dir", "/nonexistent/state", "audit", "--json"],
+                          capture_output=True, text=True, check=False, timeout=60, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    if doc["sockets"]:
+        assert any("/proc/PID/fd" in n for n in doc["needs_root"]), doc["needs_root"]

@@ -11,7 +11,7 @@ from typing import Any
 from pveguard.audit import depmap, findings, score, services, suggest
 from pveguard.audit.facts import HostFacts
 from pveguard.audit.findings import Finding, GuestView, ServiceRow
-from pveguard.packages.classify import Classifier
+from pveguard.packages.classify import Classifier, closure
 from pveguard.strategy.models import Strategy
 
 SCHEMA = "pveguard.audit/1"
@@ -98,7 +98,10 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
     all_findings += findings.service_findings(rows)
     all_findings += findings.cron_findings(cron_docs)
     all_findings += findings.docker_findings(facts.container_runtimes, facts.pve_detected)
-    all_findings += findings.package_findings(manual_non_core, service_packages)
+    # A package that exists to pull in a service's package (nginx -> nginx-common) leaves with that service.
+    with_services = service_packages | {m for m in manual_non_core
+                                        if service_packages & set(closure([m], facts.packages))}
+    all_findings += findings.package_findings(manual_non_core, with_services)
     all_findings += findings.backup_findings(external.backup_uncovered)
     all_findings += findings.host_findings(facts.pve_detected, policy.core_roots)
     order = {s: i for i, s in enumerate(findings.SEVERITIES)}

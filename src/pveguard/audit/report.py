@@ -39,6 +39,14 @@ def render(report: dict[str, Any], fmt: str, width: int | None = None) -> str:
     raise ValueError(f"unknown format {fmt!r}")
 
 
+def _table(*columns: str, title: str) -> Table:
+    """A table whose cells fold long names (unit and package names must stay whole to be useful)."""
+    t = Table(title=title, title_justify="left")
+    for c in columns:
+        t.add_column(c, overflow="fold")
+    return t
+
+
 def render_table(r: dict[str, Any], width: int | None = None) -> str:
     """The terminal view: summary, findings, services with suggestions, dependency map, gaps."""
     buf = io.StringIO()
@@ -52,13 +60,12 @@ def render_table(r: dict[str, Any], width: int | None = None) -> str:
     con.print(f"compliance score: {s['value']}/100  ({s['explanation']})", markup=False)
     con.print(f"  {s['formula']}", markup=False)
 
-    t = Table("severity", "finding", "fix", title=f"findings ({len(r['findings'])})", title_justify="left")
+    t = _table("severity", "finding", "fix", title=f"findings ({len(r['findings'])})")
     for f in r["findings"]:
         t.add_row(f["severity"], f"{f['title']}\n{f['detail']}", f["fix"])
     con.print(t)
 
-    t = Table("unit", "state", "package", "class", "reason", "suggested container", title="services",
-              title_justify="left")
+    t = _table("unit", "state", "package", "class", "reason", "suggested container", title="services")
     for sv in r["services"]:
         state = sv["enablement"] + (f", {sv['active']}/{sv['sub']}" if sv["active"] else "")
         sug = sv["suggestion"]
@@ -79,19 +86,22 @@ def render_table(r: dict[str, Any], width: int | None = None) -> str:
                 con.print(f"  {label}: {', '.join(m[key])}", markup=False)
 
     if r["dependency_map"]:
-        t = Table("unit", "requires", "wants", "after", "required/wanted by", "packages (exclusive)", "ports",
-                  title="dependency map", title_justify="left")
+        t = _table("unit", "requires", "wants", "after", "required/wanted by", "packages pulled in", "ports",
+                   title="dependency map (--format json or markdown for the full package lists)")
         for d in r["dependency_map"]:
+            pkgs = d["packages"]
+            pulled = (f"{pkgs[0]}" + (f" +{len(pkgs) - 1} more" if len(pkgs) > 1 else "")
+                      + f"; only for it: {', '.join(d['exclusive_packages']) or 'none'}") if pkgs else ""
             t.add_row(d["unit"], ", ".join(d["requires"] + d["binds_to"] + d["requisite"]), ", ".join(d["wants"]),
-                      ", ".join(d["after"]), ", ".join(d["required_by"] + d["wanted_by"]),
-                      f"{', '.join(d['packages'])} ({', '.join(d['exclusive_packages'])})", ", ".join(d["ports"]))
+                      ", ".join(d["after"]), ", ".join(d["required_by"] + d["wanted_by"]), pulled,
+                      ", ".join(d["ports"]))
         con.print(t)
 
     p = r["packages"]
     con.print(f"packages: {p['installed']} installed, {p['core']} core, {p['non_core']} non-core; "
               f"manually installed non-core: {', '.join(p['manual_non_core']) or 'none'}", markup=False)
     if r["sockets"]:
-        t = Table("proto", "address", "port", "process", "unit", title="listening sockets", title_justify="left")
+        t = _table("proto", "address", "port", "process", "unit", title="listening sockets")
         for sk in r["sockets"]:
             t.add_row(sk["proto"], sk["address"], str(sk["port"]), f"{sk['process'] or '?'} ({sk['pid'] or '?'})",
                       sk["unit"] or "?")
