@@ -11,7 +11,7 @@ from typing import Any
 from pveguard.audit import depmap, findings, score, services, suggest
 from pveguard.audit.facts import HostFacts
 from pveguard.audit.findings import Finding, GuestView, ServiceRow
-from pveguard.packages.classify import Classifier, closure
+from pveguard.packages.classify import Classifier, closure, providers
 from pveguard.strategy.models import Strategy
 
 SCHEMA = "pveguard.audit/1"
@@ -37,7 +37,8 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
     core_closure = classifier.core_set()
     containers = [(c.name, c.components) for c in strategy.containers]
     idx = depmap.reverse_index(facts.units)
-    manual = sorted(n for n, p in facts.packages.items() if p.installed and n not in facts.auto_installed)
+    manual_set = manually_installed(facts)
+    manual = sorted(manual_set)
 
     service_docs: list[dict[str, Any]] = []
     dep_docs: list[dict[str, Any]] = []
@@ -79,7 +80,7 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
         v = classifier.classify(name, pkg)
         package_docs.append({"name": name, "version": pkg.version, "core": v.core, "reason": v.reason,
                              "detail": v.text,
-                             "manual": name not in facts.auto_installed})
+                             "manual": name in manual_set})
     manual_non_core = [p["name"] for p in package_docs if not p["core"] and p["manual"]]
 
     cron_docs = []
@@ -147,6 +148,21 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
         "unavailable": unavailable,
         "needs_root": facts.needs_root,
     }
+
+
+def manually_installed(facts: HostFacts) -> set[str]:
+    """Installed packages someone asked for: apt's marks when it has them; without extended_states
+    (a debootstrap root, dpkg -i only) the leaf packages, which nothing installed depends on."""
+    installed = {n for n, p in facts.packages.items() if p.installed}
+    if not facts.is_unavailable("manual/automatic marks"):
+        return installed - facts.auto_installed
+    needed: set[str] = set()
+    provided = providers(facts.packages)
+    for name in installed:
+        for group in facts.packages[name].depends():
+            for alt in group:
+                needed.update([alt] if alt in installed else provided.get(alt, []))
+    return installed - needed
 
 
 def _command_words(command: str) -> list[str]:
