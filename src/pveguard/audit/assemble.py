@@ -46,17 +46,18 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
     service_packages: set[str] = set()
     for name in sorted(facts.units):
         unit = facts.units[name]
-        if not services.relevant(unit):
+        if not services.listed(unit):
             continue
+        used = services.in_use(unit)
         verdict = services.classify_unit(unit, classifier)
         doc: dict[str, Any] = {
             "unit": name, "kind": unit.kind, "path": unit.path, "package": unit.package,
-            "enablement": unit.enablement, "active": unit.active, "sub": unit.sub,
+            "enablement": unit.enablement, "active": unit.active, "sub": unit.sub, "in_use": used,
             "core": verdict.core, "reason": verdict.reason, "detail": verdict.detail,
             "suggestion": None, "migration": None,
         }
         if not verdict.core:
-            if unit.package:
+            if unit.package and used:
                 service_packages.add(unit.package)
             sug = suggest.suggest(suggest.service_names(unit, facts), containers)
             mig = suggest.migration_facts(unit, facts)
@@ -68,8 +69,9 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
             }
             doc["migration"] = asdict(mig)
             dep_docs.append(asdict(depmap.dependencies(unit, facts, idx, core_closure, manual)))
-            rows.append(ServiceRow(name, unit.package, unit.running, unit.enabled, sug.container, sug.confidence,
-                                   mig.ports))
+            if used:
+                rows.append(ServiceRow(name, unit.package, unit.running, unit.enabled, sug.container,
+                                       sug.confidence, mig.ports))
         service_docs.append(doc)
 
     package_docs: list[dict[str, Any]] = []

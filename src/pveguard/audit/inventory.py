@@ -175,14 +175,14 @@ def _units(facts: HostFacts) -> None:
     for inside_dir, real_dir in dirs:
         for entry in _scandir(real_dir):
             name = entry.name
-            if not name.endswith(UNIT_SUFFIXES) or name in fragments or name in masked:
+            if not name.endswith(UNIT_SUFFIXES) or name in fragments:
                 continue
             inside = f"{inside_dir}/{name}"
             if entry.is_symlink():
                 target = resolve_in_root(root, inside)
                 if target == "/dev/null":
                     masked.add(name)
-                    continue
+                    continue  # a masked unit's file further down the path still says what it is
                 target_name = target.rsplit("/", 1)[1]
                 if target_name != name and target_name.endswith(UNIT_SUFFIXES):
                     aliases[name] = target_name
@@ -196,7 +196,10 @@ def _units(facts: HostFacts) -> None:
         _drop_ins(root, dirs, name, unit)
         facts.units[name] = unit
     for name in masked:
-        facts.units[name] = Unit(name=name, enablement="masked")
+        if name in facts.units:
+            facts.units[name].enablement = "masked"
+        else:
+            facts.units[name] = Unit(name=name, enablement="masked")
     wanted = _wants_links(root, dirs)
     for name, unit in facts.units.items():
         unit.wanted_by = sorted(wanted.get(name, (set(), False))[0])

@@ -66,13 +66,18 @@ def render_table(r: dict[str, Any], width: int | None = None) -> str:
     con.print(t)
 
     t = _table("unit", "state", "package", "class", "reason", "suggested container", title="services")
-    for sv in r["services"]:
+    shown = [sv for sv in r["services"] if sv["in_use"] or not sv["core"]]
+    for sv in shown:
         state = sv["enablement"] + (f", {sv['active']}/{sv['sub']}" if sv["active"] else "")
         sug = sv["suggestion"]
         target = f"{sug['container'] or 'none'} ({sug['confidence']:.2f})" if sug else ""
         t.add_row(sv["unit"], state, sv["package"] or "-", "core" if sv["core"] else "NON-CORE", sv["detail"],
                   target)
     con.print(t)
+    hidden = len(r["services"]) - len(shown)
+    if hidden:
+        con.print(f"({hidden} more core units are installed but neither enabled nor running; --format json lists "
+                  "them)", markup=False)
 
     for sv in r["services"]:
         if sv["core"]:

@@ -85,7 +85,9 @@ class ServiceVerdict:
 
 def classify_unit(unit: Unit, classifier: PackageClassifier) -> ServiceVerdict:
     """The verdict for one unit, with a human-readable reason."""
-    if is_never_stop_unit(unit.name):
+    stem = unit.name.rsplit(".", 1)[0]
+    # A socket or timer that starts a never-stop service (ssh.socket -> ssh.service) is as vital as it.
+    if is_never_stop_unit(unit.name) or (unit.kind in ("socket", "timer") and is_never_stop_unit(stem)):
         owner = f" (owned by {unit.package})" if unit.package else ""
         return ServiceVerdict(True, "never-stop", f"on the never-stop list{owner}")
     if unit.package:
@@ -93,11 +95,17 @@ def classify_unit(unit: Unit, classifier: PackageClassifier) -> ServiceVerdict:
         return ServiceVerdict(verdict.core, "package", f"owned by {unit.package}: {verdict.text}")
     if unit.path:
         return ServiceVerdict(False, "local", f"unit file {unit.path} is not owned by any package")
+    if unit.enablement == "masked":
+        return ServiceVerdict(True, "masked", "masked (linked to /dev/null) and no unit file behind it")
     return ServiceVerdict(True, "runtime", "transient or generated unit (no unit file, no package)")
 
 
-def relevant(unit: Unit) -> bool:
-    """Services, timers and sockets that are enabled or currently active (what the report lists)."""
-    if unit.kind not in SERVICE_KINDS or unit.name.endswith("@.service") or unit.enablement == "alias":
-        return False  # templates are listed through their instances, aliases through their target
+def listed(unit: Unit) -> bool:
+    """Services, timers and sockets, each once: templates appear through their instances, aliases
+    through their target."""
+    return unit.kind in SERVICE_KINDS and not unit.name.endswith("@.service") and unit.enablement != "alias"
+
+
+def in_use(unit: Unit) -> bool:
+    """Enabled or currently active: what runs (or will run at boot) on the host."""
     return unit.enabled or unit.active == "active"
