@@ -11,7 +11,8 @@ from typing import Any
 from pveguard.audit import depmap, findings, score, services, suggest
 from pveguard.audit.facts import HostFacts
 from pveguard.audit.findings import Finding, GuestView, ServiceRow
-from pveguard.packages.classify import Classifier, closure, providers
+from pveguard.audit.pkggraph import DependencyGraph
+from pveguard.packages.classify import Classifier
 from pveguard.strategy.models import Strategy
 
 SCHEMA = "pveguard.audit/1"
@@ -31,13 +32,14 @@ class External:
 def build(facts: HostFacts, strategy: Strategy, external: External, now: datetime | None = None) -> dict[str, Any]:
     """The whole audit as one JSON-able document."""
     policy = strategy.installation_policy
+    graph = DependencyGraph(facts.packages)
     classifier = services.HostClassifier(Classifier(facts.packages, tuple(policy.core_roots),
-                                                    tuple(policy.extra_allowed)))
+                                                    tuple(policy.extra_allowed)), graph)
     # What core packages need stays on the host anyway (libc6 is not "pulled in" by a service).
     core_closure = classifier.core_set()
     containers = [(c.name, c.components) for c in strategy.containers]
     idx = depmap.reverse_index(facts.units)
-    manual_set = manually_installed(facts)
+    manual_set = manually_installed(facts, graph)
     manual = sorted(manual_set)
 
     service_docs: list[dict[str, Any]] = []
@@ -68,7 +70,7 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
                                  for m in sug.alternatives],
             }
             doc["migration"] = asdict(mig)
-            dep_docs.append(asdict(depmap.dependencies(unit, facts, idx, core_closure, manual)))
+            dep_docs.append(asdict(depmap.dependencies(unit, facts, idx, core_closure, manual, graph)))
             if used:
                 rows.append(ServiceRow(name, unit.package, unit.running, unit.enabled, sug.container,
                                        sug.confidence, mig.ports))
@@ -102,8 +104,7 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
     all_findings += findings.cron_findings(cron_docs)
     all_findings += findings.docker_findings(facts.container_runtimes, facts.pve_detected)
     # A package that exists to pull in a service's package (nginx -> nginx-common) leaves with that service.
-    with_services = service_packages | {m for m in manual_non_core
-                                        if service_packages & set(closure([m], facts.packages))}
+    with_services = service_packages | (set(manual_non_core) & graph.dependents(service_packages))
     all_findings += findings.package_findings(manual_non_core, with_services)
     all_findings += findings.backup_findings(external.backup_uncovered)
     all_findings += findings.host_findings(facts.pve_detected, policy.core_roots)
@@ -152,18 +153,13 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
     }
 
 
-def manually_installed(facts: HostFacts) -> set[str]:
+def manually_installed(facts: HostFacts, graph: DependencyGraph) -> set[str]:
     """Installed packages someone asked for: apt's marks when it has them; without extended_states
     (a debootstrap root, dpkg -i only) the leaf packages, which nothing installed depends on."""
     installed = {n for n, p in facts.packages.items() if p.installed}
     if not facts.is_unavailable("manual/automatic marks"):
         return installed - facts.auto_installed
-    needed: set[str] = set()
-    provided = providers(facts.packages)
-    for name in installed:
-        for group in facts.packages[name].depends():
-            for alt in group:
-                needed.update([alt] if alt in installed else provided.get(alt, []))
+    needed = {dep for deps in graph.edges.values() for dep in deps}
     return installed - needed
 
 

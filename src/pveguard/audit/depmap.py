@@ -1,6 +1,7 @@
 """Dependency map of a service: unit dependencies both ways, the packages it pulls in, its ports.
 
-Pure functions over `HostFacts`; the package closure is the shared one from `packages.classify`.
+Pure functions over `HostFacts`; package closures come from the resolved `DependencyGraph` (the shared
+`packages.classify.closure` semantics).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pveguard.audit.facts import HostFacts, Unit
-from pveguard.packages.classify import closure
+from pveguard.audit.pkggraph import DependencyGraph
 
 FORWARD = ("Requires", "Requisite", "BindsTo", "Wants", "PartOf", "After")
 
@@ -62,7 +63,7 @@ def reverse_index(units: Mapping[str, Unit]) -> ReverseIndex:
 
 
 def dependencies(unit: Unit, facts: HostFacts, idx: ReverseIndex, core: set[str],
-                 manual: Iterable[str]) -> DepEntry:
+                 manual: Iterable[str], graph: DependencyGraph | None = None) -> DepEntry:
     """The dependency map entry of one unit.
 
     `core` = core packages and everything they depend on (staying on the host anyway); `manual` =
@@ -83,9 +84,10 @@ def dependencies(unit: Unit, facts: HostFacts, idx: ReverseIndex, core: set[str]
     entry.ordered_before = sorted(idx.after_it.get(unit.name, set()))
     entry.ports = sorted({f"{s.proto}/{s.port}" for s in facts.sockets if s.unit == unit.name})
     if unit.package and unit.package in facts.packages:
-        pulled = closure([unit.package], facts.packages)
+        graph = graph or DependencyGraph(facts.packages)
+        pulled = graph.closure([unit.package])
         non_core = [p for p in pulled if p not in core]
         entry.packages = [unit.package, *sorted(p for p in non_core if p != unit.package)]
-        others = set(closure([m for m in manual if m != unit.package], facts.packages)) | core
+        others = set(graph.closure([m for m in manual if m != unit.package])) | core
         entry.exclusive_packages = [p for p in entry.packages if p not in others]
     return entry

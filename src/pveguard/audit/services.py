@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pveguard.audit.facts import Unit
-from pveguard.packages.classify import REASON_TEXT, Classifier, closure, is_never_stop_unit
+from pveguard.audit.pkggraph import DependencyGraph
+from pveguard.packages.classify import REASON_TEXT, Classifier, is_never_stop_unit
 from pveguard.packages.status import Package
 
 # Priorities counted as Debian's base system: a non-PVE host's systemd, cron, iproute2 are not "non-core".
@@ -50,12 +51,14 @@ class HostClassifier:
     """
 
     base: Classifier
+    graph: DependencyGraph | None = None
     needed_by: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         packages = self.base.packages
+        self.graph = self.graph or DependencyGraph(packages)
         self.core = {n for n, p in packages.items() if p.installed and self.classify_own(n, p).core}
-        self.needed_by = closure(sorted(self.core), packages)
+        self.needed_by = self.graph.closure(sorted(self.core))
 
     def classify_own(self, name: str, pkg: Package | None = None) -> PackageVerdict:
         """The shared verdict plus the base-system rule (no dependency closure of core)."""
