@@ -318,8 +318,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Pragma", "no-cache")
         for k, v in ans.headers:
             self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(ans.body)
+        # Headers and body in one write: two small writes meet Nagle + delayed ACK (40 ms stalls).
+        self._headers_buffer.append(b"\r\n" + ans.body)
+        self.flush_headers()
 
     do_GET = do_POST = do_PUT = do_DELETE = _serve
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import json
 import random
 import re
 import threading
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pvesim.access import Access, Auth
-from pvesim.usage import STAT_INTERVAL, guest_usage, node_usage
+from pvesim.usage import STAT_INTERVAL, USAGE_KEYS, GuestConsts, guest_consts, node_usage, usage_at
 
 GiB = 1024**3
 MiB = 1024**2
@@ -195,12 +196,12 @@ class Guest:
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: int = 0
     _digest: str | None = None
-    _res_cache: tuple[Any, dict[str, Any], bytes | None] | None = None
+    _static: tuple[Any, ...] | None = None
+    _fast: tuple[Any, ...] | None = None
 
     def touch(self) -> None:
         self.version += 1
         self._digest = None
-        self._res_cache = None
 
     @property
     def name(self) -> str:
@@ -434,6 +435,7 @@ class Sim:
         self.unavailable_packages: set[str] = set()
         self._res_bytes: dict[Any, bytes] = {}
         self.state_file: str | None = None
+        self._consts: dict[int, GuestConsts] = {}
         for name in self.nodes:
             for tmpl, _os, _ver, size in TEMPLATES:
                 self.add_volume(
@@ -599,23 +601,18 @@ class Sim:
         return [t for t in self._heap if t.id == str(vmid)]
 
     # -- guests -------------------------------------------------------------------------------
-    def guest_usage(self, g: Guest) -> dict[str, Any]:
-        """Current cpu/mem/disk/net/io/uptime (zeros when stopped), with control-API overrides."""
-        node = self.nodes.get(g.node)
+    def consts(self, vmid: int) -> GuestConsts:
+        c = self._consts.get(vmid)
+        if c is None:
+            c = self._consts[vmid] = guest_consts(self.seed, vmid)
+        return c
+
+    def _usage_tuple(self, g: Guest, node: Node | None) -> tuple[Any, ...]:
         if g.status != "running":
-            u: dict[str, Any] = {
-                "cpu": 0,
-                "mem": 0,
-                "disk": 0,
-                "netin": 0,
-                "netout": 0,
-                "diskread": 0,
-                "diskwrite": 0,
-                "uptime": 0,
-            }
+            u: tuple[Any, ...] = (0, 0, 0, 0, 0, 0, 0, 0)
         else:
-            u = guest_usage(
-                self.seed,
+            u = usage_at(
+                self.consts(g.vmid),
                 g.vmid,
                 g.maxmem(),
                 g.maxdisk(),
@@ -624,53 +621,89 @@ class Sim:
                 g.started_at,
             )
         if g.override:
-            for k in ("cpu", "mem", "disk", "netin", "netout", "diskread", "diskwrite", "uptime"):
+            lst = list(u)
+            for i, k in enumerate(USAGE_KEYS):
                 if k in g.override and (g.status == "running" or k == "disk"):
-                    u[k] = g.override[k]
+                    lst[i] = g.override[k]
+            u = tuple(lst)
         return u
 
-    def resource_entry(self, g: Guest) -> dict[str, Any]:
-        """The /cluster/resources entry of a guest (cached per stat interval and guest version)."""
+    def guest_usage(self, g: Guest) -> dict[str, Any]:
+        """Current cpu/mem/disk/net/io/uptime (zeros when stopped), with control-API overrides."""
+        return dict(zip(USAGE_KEYS, self._usage_tuple(g, self.nodes.get(g.node)), strict=True))
+
+    def resource_json(self, g: Guest, bucket: int) -> tuple[bytes, float, int]:
+        """The guest's /cluster/resources entry as JSON bytes, plus (cpu x maxcpu, mem) for node totals.
+
+        Cached per stat interval and guest version; the static part is encoded once per version.
+        """
         node = self.nodes.get(g.node)
         online = node is not None and node.online
-        bucket = int(self.now()) // STAT_INTERVAL
-        key = (bucket, g.version, online)
-        cache = g._res_cache
-        if cache is not None and cache[0] == key:
-            return cache[1]
-        u = self.guest_usage(g)
-        e: dict[str, Any] = {
-            "id": f"{g.type}/{g.vmid}",
-            "type": g.type,
-            "vmid": g.vmid,
-            "node": g.node,
-            "status": g.status if online else "unknown",
-            "name": g.name,
-            "template": int(bool(g.config.get("template"))),
-            "uptime": u["uptime"],
-            "maxcpu": g.cpus(node.maxcpu if node else 1),
-            "cpu": u["cpu"],
-            "maxmem": g.maxmem(),
-            "mem": u["mem"],
-            "maxdisk": g.maxdisk(),
-            "disk": u["disk"],
-            "netin": u["netin"],
-            "netout": u["netout"],
-            "diskread": u["diskread"],
-            "diskwrite": u["diskwrite"],
-        }
-        pool = self.access.pool_of.get(g.vmid)
-        if pool:
-            e["pool"] = pool
-        if g.config.get("lock"):
-            e["lock"] = g.config["lock"]
-        if g.config.get("tags"):
-            e["tags"] = g.config["tags"]
-        ha = self.ha_resources.get(f"ct:{g.vmid}" if g.type == "lxc" else f"vm:{g.vmid}")
-        if ha:
-            e["hastate"] = ha.get("state", "started")
-        g._res_cache = (key, e, None)
-        return e
+        fast = g._fast
+        if fast is not None and fast[0] == bucket and fast[1] == g.version and fast[2] == online:
+            return fast[3], fast[4], fast[5]
+        static = g._static
+        if static is None or static[0] != g.version or static[1] != online:
+            head = {
+                "id": f"{g.type}/{g.vmid}",
+                "type": g.type,
+                "vmid": g.vmid,
+                "node": g.node,
+                "status": g.status if online else "unknown",
+                "name": g.name,
+                "template": int(bool(g.config.get("template"))),
+            }
+            tail: dict[str, Any] = {}
+            pool = self.access.pool_of.get(g.vmid)
+            if pool:
+                tail["pool"] = pool
+            if g.config.get("lock"):
+                tail["lock"] = g.config["lock"]
+            if g.config.get("tags"):
+                tail["tags"] = g.config["tags"]
+            ha = self.ha_resources.get(f"ct:{g.vmid}" if g.type == "lxc" else f"vm:{g.vmid}")
+            if ha:
+                tail["hastate"] = ha.get("state", "started")
+            pre = json.dumps(head, separators=(",", ":")).encode()[:-1] + b","
+            post = (b"," + json.dumps(tail, separators=(",", ":")).encode()[1:]) if tail else b"}"
+            cpus = g.cpus(node.maxcpu if node else 1)
+            static = (g.version, online, pre, post, g.maxmem(), g.maxdisk(), cpus)
+            g._static = static
+        _v, _o, pre, post, maxmem, maxdisk, cpus = static
+        if online:
+            cpu, mem, disk, netin, netout, dread, dwrite, up = self._usage_tuple(g, node)
+        else:
+            cpu, mem, disk, netin, netout, dread, dwrite, up = 0, 0, 0, 0, 0, 0, 0, 0
+        body = (
+            pre
+            + (
+                b'"uptime":%d,"maxcpu":%s,"cpu":%s,"maxmem":%d,"mem":%d,"maxdisk":%d,"disk":%d,"netin":%d,'
+                b'"netout":%d,"diskread":%d,"diskwrite":%d'
+                % (
+                    up,
+                    repr(cpus).encode(),
+                    repr(cpu).encode(),
+                    maxmem,
+                    mem,
+                    maxdisk,
+                    disk,
+                    netin,
+                    netout,
+                    dread,
+                    dwrite,
+                )
+            )
+            + post
+        )
+        weight = float(cpu) * float(cpus)
+        g._fast = (bucket, g.version, online, body, weight, int(mem))
+        return body, weight, int(mem)
+
+    def resource_entry(self, g: Guest) -> dict[str, Any]:
+        """The /cluster/resources entry of a guest as a dict."""
+        body, _w, _m = self.resource_json(g, int(self.now()) // STAT_INTERVAL)
+        result: dict[str, Any] = json.loads(body)
+        return result
 
     def guest_status(self, g: Guest, with_ha: bool = True) -> dict[str, Any]:
         """status/current (and the per-node guest list entries)."""

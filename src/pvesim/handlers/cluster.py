@@ -7,7 +7,7 @@ from typing import Any
 
 from pvesim.formats import split_list
 from pvesim.handlers import Ctx, RawData, api
-from pvesim.state import Guest, die, param_error
+from pvesim.state import die, param_error
 from pvesim.usage import STAT_INTERVAL
 
 
@@ -16,17 +16,6 @@ def _full_view(ctx: Ctx) -> bool:
     return ctx.sim.access.privs(ctx.auth.authid, "/") >= ctx.sim.access.roles["Administrator"] and not any(
         e.roleid == "NoAccess" for e in ctx.sim.access.acl
     )
-
-
-def _guest_bytes(ctx: Ctx, g: Guest) -> bytes:
-    e = ctx.sim.resource_entry(g)
-    cache = g._res_cache
-    if cache is not None and cache[2] is not None:
-        return cache[2]
-    b = json.dumps(e, separators=(",", ":")).encode()
-    if cache is not None:
-        g._res_cache = (cache[0], cache[1], b)
-    return b
 
 
 @api("GET", "/cluster/resources")
@@ -44,13 +33,15 @@ def resources(ctx: Ctx) -> RawData:
     access = sim.access
     authid = ctx.auth.authid
     want_vm = typ in (None, "vm")
+    bucket = int(sim.now()) // STAT_INTERVAL
+    rj = sim.resource_json
     for g in sim.guests.values():
-        e = sim.resource_entry(g)
+        body, weight, mem = rj(g, bucket)
         if g.status == "running" and g.node in node_cpu:
-            node_cpu[g.node] += float(e["cpu"]) * float(e["maxcpu"])
-            node_mem[g.node] += int(e["mem"])
+            node_cpu[g.node] += weight
+            node_mem[g.node] += mem
         if want_vm and (full or "VM.Audit" in access.privs(authid, f"/vms/{g.vmid}")):
-            parts.append(_guest_bytes(ctx, g))
+            parts.append(body)
     extra: list[dict[str, Any]] = []
     if typ in (None, "node"):
         for n in sim.nodes.values():
