@@ -311,16 +311,22 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
         ans = self.api.handle(self.command, self.path, headers, body)
-        self.send_response(ans.status, ans.reason)
-        self.send_header("Content-Type", ans.content_type)
-        self.send_header("Content-Length", str(len(ans.body)))
-        self.send_header("Cache-Control", "max-age=0")
-        self.send_header("Pragma", "no-cache")
-        for k, v in ans.headers:
-            self.send_header(k, v)
+        self.log_request(ans.status)
+        head = [
+            f"HTTP/1.1 {ans.status} {ans.reason}",
+            f"Server: {self.server_version}",
+            f"Date: {self.date_time_string()}",
+            f"Content-Type: {ans.content_type}",
+            f"Content-Length: {len(ans.body)}",
+            "Cache-Control: max-age=0",
+            "Pragma: no-cache",
+            "Expires: " + self.date_time_string(),
+        ]
+        head += [f"{k}: {v}" for k, v in ans.headers]
+        if self.close_connection:
+            head.append("Connection: close")
         # Headers and body in one write: two small writes meet Nagle + delayed ACK (40 ms stalls).
-        self._headers_buffer.append(b"\r\n" + ans.body)
-        self.flush_headers()
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace") + ans.body)
 
     do_GET = do_POST = do_PUT = do_DELETE = _serve
 
