@@ -313,7 +313,11 @@ class Task:
 
 
 class TaskError(Exception):
-    """Raised by task work functions: the task ends with `TASK ERROR: <msg>`."""
+    """Raised by task work functions: the task ends with `TASK ERROR: <msg>` (after `lines`)."""
+
+    def __init__(self, msg: str, lines: list[str] | None = None) -> None:
+        super().__init__(msg)
+        self.lines = lines or []
 
 
 @dataclass
@@ -575,6 +579,7 @@ class Sim:
                 if more:
                     t.log.extend(more)
             except TaskError as e:
+                t.log.extend(e.lines)
                 err = str(e)
         if err is not None and t.on_error is not None:
             err = t.on_error(err)
