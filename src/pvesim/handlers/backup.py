@@ -257,9 +257,8 @@ def vzdump(ctx: Ctx) -> str:
     job_id = p.get("job-id")
 
     def work() -> list[str]:
-        lines = [
-            f"INFO: starting new backup job: vzdump {' '.join(f'--{k} {v}' for k, v in sorted(p.items()) if k != 'node')}"
-        ]
+        args = " ".join(f"--{k} {v}" for k, v in sorted(p.items()) if k != "node")
+        lines = [f"INFO: starting new backup job: vzdump {args}"]
         errors = 0
         for vmid in missing:
             lines.append(f"ERROR: Backup of VM {vmid} failed - unable to find VM '{vmid}'")
