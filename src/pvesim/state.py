@@ -434,6 +434,7 @@ class Sim:
         self.calls_total = 0
         self.pct_log: list[dict[str, Any]] = []
         self.pct_scripts: list[dict[str, Any]] = []
+        self.pct_default_exit = 0
         self.guest_packages: dict[int, dict[str, str]] = {}
         self.guest_files: dict[int, dict[str, bytes]] = {}
         self.unavailable_packages: set[str] = set()
