@@ -337,7 +337,9 @@ def control(sim: Sim, method: str, rest: list[str], doc: dict[str, Any], q: dict
         return list(sim.pct_log)
     if head == "scripts":
         if method == "POST":
-            s = {k: doc[k] for k in ("vmid", "match", "stdout", "stderr", "exit", "times") if k in doc}
+            s: dict[str, Any] = {
+                k: doc[k] for k in ("vmid", "match", "stdout", "stderr", "exit", "times") if k in doc
+            }
             re.compile(str(s.get("match", ".*")))
             sim.pct_scripts.append(s)
         elif method == "DELETE":
