@@ -15,6 +15,7 @@ from pvesim.testing import SimHandle, running, schema_available
 
 pytestmark = pytest.mark.skipif(not schema_available(), reason="PVE API schema not found (set PVESIM_SCHEMA)")
 
+NOT_DEFINED = "property is not defined in schema and the schema does not allow additional properties"
 TEMPLATE = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst"
 
 
@@ -93,7 +94,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str, dict[str, Any] | None
             "data": None,
             "errors": {
                 "vmid": "value must have a minimum value of 100",
-                "bogus": "property is not defined in schema and the schema does not allow additional properties",
+                "bogus": NOT_DEFINED,
                 "ostemplate": "property is missing and it is not optional",
             },
             "message": "Parameter verification failed.\n",
