@@ -1,4 +1,6 @@
-"""Pure logic in tables: parameter validation, prune marks (upstream vectors), calendar events, usage model."""
+"""Pure logic in tables: validation, prune marks (upstream vectors), calendar events, usage model."""
+
+# ruff: noqa: E501  (expected PVE messages are kept verbatim on one line)
 
 from __future__ import annotations
 
