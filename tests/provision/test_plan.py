@@ -273,3 +273,13 @@ def test_update_params_deletes_unset_optional_keys() -> None:
     got = update_params([FieldChange("features", "nesting=1", "", False), FieldChange("startup", "order=1", "", True)],
                         {})
     assert got == ({}, ["features", "startup"])
+
+
+def test_guest_still_being_created_is_resumed_not_diffed() -> None:
+    obs = converged()
+    del obs.configs[100]["rootfs"]
+    obs.configs[100]["lock"] = "create"
+    desired = desired_state(STRATEGY)
+    desired[0].packages = ["curl"]
+    a = plan(desired, obs).actions[0]
+    assert (a.kind, a.changes, a.resume) == ("resume", [], ["wait", "start", "packages"])

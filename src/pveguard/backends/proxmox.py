@@ -202,6 +202,7 @@ class ProxmoxBackend(Backend):
         self._placed: dict[str, int] = {}
         self._templates: dict[tuple[str, str], str] = {}
         self._node_ips: dict[str, str] | None = None
+        self._local_name: str | None = None
         self.calls = 0
 
     def __repr__(self) -> str:
@@ -246,34 +247,41 @@ class ProxmoxBackend(Backend):
 
     def wait_task(self, upid: str, what: str, progress: Progress | None = None,
                   timeout: float | None = None) -> None:
-        """Wait for a PVE task; raise BackendError with the task's own error on failure or timeout."""
+        """Wait for a PVE task; raise BackendError with the task's own error on failure or timeout.
+
+        Polls like proxmoxer's Tasks.blocking_status, but starts fast and slows down (most tasks take
+        a second), reports progress, survives a transient 5xx/595 while polling, and does not sleep
+        once more after the task stopped.
+        """
         timeout = self.settings.task_timeout if timeout is None else timeout
         try:
             node = Tasks.decode_upid(upid)["node"]
         except AssertionError:
             raise BackendError(f"{what}: PVE returned {upid!r} where a task id (UPID) was expected") from None
         start = time.monotonic()
-        chunk = max(self.settings.poll_interval * 5, 2.0)
-        status: dict[str, Any] | None = None
+        interval = min(0.1, self.settings.poll_interval)
+        last_report = start
+        path = f"/nodes/{node}/tasks/{upid}/status"
         while True:
-            left = timeout - (time.monotonic() - start)
-            if left <= 0:
+            try:
+                status = self._raw("GET", path)
+            except (ResourceException, requests.exceptions.RequestException) as exc:
+                if not is_retryable(exc):
+                    raise self._error(exc, f"{what}: reading the task status") from None
+                status = {"status": "unknown"}
+            if status.get("status") == "stopped":
+                break
+            elapsed = time.monotonic() - start
+            if elapsed >= timeout:
                 raise BackendError(
                     f"{what}: task {upid} did not finish within {timeout:.0f}s",
                     hint="it may still be running on the node; look at the task log in PVE, then run the "
                          "command again (it picks up where this one stopped)")
-            try:
-                self.calls += 1
-                status = Tasks.blocking_status(self.api, upid, timeout=min(chunk, left),
-                                               polling_interval=self.settings.poll_interval)
-            except ResourceException as exc:
-                if not is_retryable(exc):
-                    raise self._error(exc, f"{what}: reading task status") from None
-                status = None
-            if status is not None:
-                break
-            if progress:
-                progress(f"{what}: running on {node} ({time.monotonic() - start:.0f}s)")
+            if progress and time.monotonic() - last_report >= 5:
+                progress(f"{what}: running on {node} ({elapsed:.0f}s)")
+                last_report = time.monotonic()
+            time.sleep(min(interval, max(0.0, timeout - elapsed)))
+            interval = min(interval * 1.5, self.settings.poll_interval)
         exitstatus = str(status.get("exitstatus", ""))
         if exitstatus != "OK" and not exitstatus.startswith("WARNINGS"):
             raise BackendError(f"{what} failed on node {node}: {exitstatus or 'unknown task error'}",
@@ -404,6 +412,9 @@ class ProxmoxBackend(Backend):
             "startup": startup or None, "tags": ";".join(spec.tags), "description": spec.description,
         })
 
+    def _nextid(self) -> int:
+        return _int(self.call("GET", "/cluster/nextid", what="asking PVE for a free VMID"))
+
     def find_created(self, node: str, vmid: int, name: str) -> str:
         """After a failed create: 'ours' when the guest exists as we asked, 'taken' by another, or 'absent'."""
         for g in self.list_guests():
@@ -439,8 +450,11 @@ class ProxmoxBackend(Backend):
         ostemplate = self.ensure_template(node, spec.template, progress)
         what = f"creating {spec.name}"
         last: BackendError | None = None
+        # The VMID doubles as an idempotency key: after an ambiguous failure (timeout, lost answer) we
+        # send the same VMID again, so a create that did happen makes the retry fail with "already
+        # exists" instead of making a second guest. Only a VMID taken by someone else is replaced.
+        vmid = spec.vmid or self._nextid()
         for attempt in range(1, self.settings.retries + 1):
-            vmid = spec.vmid or _int(self.call("GET", "/cluster/nextid", what="asking PVE for a free VMID"))
             if progress:
                 progress(f"{what} as CT {vmid} on {node}")
             params = self.create_params(spec, vmid, ostemplate)
@@ -456,9 +470,11 @@ class ProxmoxBackend(Backend):
                     break
                 if found == "absent" and not getattr(exc, "retryable", False):
                     raise
-                if found == "taken" and spec.vmid:
-                    raise BackendError(f"{what}: VMID {vmid} is taken by another guest",
-                                       hint="change or remove 'vmid' for this container in the strategy") from None
+                if found == "taken":
+                    if spec.vmid:
+                        raise BackendError(f"{what}: VMID {vmid} is taken by another guest",
+                                           hint="change or remove 'vmid' for this container in the strategy") from None
+                    vmid = self._nextid()
                 if progress:
                     progress(f"{what}: {exc.message}; retrying (attempt {attempt + 1})")
                 time.sleep(self.settings.retry_wait * attempt)
@@ -545,18 +561,31 @@ class ProxmoxBackend(Backend):
 
     # --- inside the guest (pct on the node) ---------------------------------------------------
 
+    def _cluster_status(self) -> None:
+        """Node addresses and which node we run on, from one GET /cluster/status."""
+        if self._node_ips is not None:
+            return
+        try:
+            rows = self.call("GET", "/cluster/status", what="reading node addresses")
+        except BackendError:
+            rows = []
+        self._node_ips = {str(r["name"]): str(r["ip"]) for r in rows if r.get("type") == "node" and r.get("ip")}
+        local = [str(r["name"]) for r in rows if r.get("type") == "node" and r.get("local")]
+        if local and self._local_name is None:
+            self._local_name = local[0]
+
     def _local_node(self) -> str | None:
+        """The node we run on (pct works directly there); None over https."""
         if self.settings.mode != "local":
             return None
-        return self.settings.local_node or socket.gethostname().split(".")[0]
+        if self.settings.local_node:
+            return self.settings.local_node
+        self._cluster_status()
+        return self._local_name or socket.gethostname().split(".")[0]
 
     def _node_address(self, node: str) -> str:
-        if self._node_ips is None:
-            try:
-                rows = self.call("GET", "/cluster/status", what="reading node addresses")
-                self._node_ips = {str(r["name"]): str(r["ip"]) for r in rows if r.get("type") == "node" and r.get("ip")}
-            except BackendError:
-                self._node_ips = {}
+        self._cluster_status()
+        assert self._node_ips is not None
         return self._node_ips.get(node, node)
 
     def _pct_argv(self, guest: Guest, args: list[str]) -> list[str]:

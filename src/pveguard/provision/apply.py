@@ -110,7 +110,7 @@ class Applier:
             except PveguardError as exc:
                 report.failed[a.name] = str(exc)
                 self.recorder.record(f"provision.{a.kind}.failed", _target(a), name=a.name, error=exc.message)
-                self.done(f"[failed] {a.kind} {a.name}: {exc.message}")
+                self.done(f"failed: {a.kind} {a.name}")
         return report
 
     # --- the actions ----------------------------------------------------------------------------
@@ -136,8 +136,9 @@ class Applier:
     def _finish(self, guest: Guest, d: Desired, steps: list[str]) -> None:
         """The steps after creation: start, then packages; the journal advances after each."""
         wait = getattr(self.backend, "wait_unlocked", None)
-        if wait is not None and guest.lock:
-            wait(guest, f"finishing {guest.name}", self.progress)
+        if wait is not None and (guest.lock or "wait" in steps):
+            wait(guest, f"waiting for the creation of {guest.name}", self.progress)
+            guest.lock = None
         if "start" in steps:
             if guest.status != "running":
                 self.progress(f"starting {guest.name} (CT {guest.vmid})")

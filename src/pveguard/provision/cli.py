@@ -46,23 +46,23 @@ def render_plan(p: Plan) -> None:
     for a in p.actions:
         sym, style = _SYMBOL[a.kind]
         where = f" (CT {a.vmid} on {a.node})" if a.vmid is not None and a.node else ""
-        console.print(f"[{style}]{sym} {a.kind} {escape(a.name)}[/]{escape(where)}")
+        console.print(f"[{style}]{sym} {a.kind} {escape(a.name)}[/]{escape(where)}", soft_wrap=True)
         if a.kind == "create" and a.desired is not None:
             f = desired_fields(a.desired.spec)
             console.print(escape(f"    cores {f['cores']}, memory {f['memory']} MiB, swap {f['swap']} MiB, "
-                                 f"rootfs {f['rootfs']}, net0 {f['net0']}"), highlight=False)
+                                 f"rootfs {f['rootfs']}, net0 {f['net0']}"), soft_wrap=True)
             console.print(escape(f"    unprivileged {f['unprivileged']}, features {f['features'] or '-'}, onboot "
-                                 f"{f['onboot']}, startup {f['startup'] or '-'}, tags {f['tags']}"))
+                                 f"{f['onboot']}, startup {f['startup'] or '-'}, tags {f['tags']}"), soft_wrap=True)
             if a.desired.packages:
                 console.print(escape(f"    packages: {' '.join(a.desired.packages)}"))
         for c in a.changes:
             flag = "" if c.possible else "  [not possible in place]"
             flag = flag or ("" if c.live else "  [after restart]")
-            console.print(escape(f"    {c.text()}{flag}"))
+            console.print(escape(f"    {c.text()}{flag}"), soft_wrap=True)
         if a.resume and a.kind != "create":
             console.print(escape(f"    finish interrupted creation: {', '.join(a.resume)}"))
         for n in a.notes:
-            console.print(f"    [dim]{escape(n)}[/]")
+            console.print(f"    [dim]{escape(n)}[/]", soft_wrap=True)
     cnt = p.counts()
     console.print(f"Plan: {cnt['create']} to create, {cnt['update']} to update, {cnt['resume']} to finish, "
                   f"{cnt['delete']} to delete, {cnt['unchanged']} unchanged"
@@ -137,7 +137,11 @@ def apply_cmd(
             _confirm_deletes(p, yes)
             with err_console.status("applying") as status:
                 def progress(msg: str) -> None:
-                    status.update(escape(msg))
+                    # a spinner in a terminal; plain lines in logs and CI, where a spinner shows nothing
+                    if err_console.is_terminal:
+                        status.update(escape(msg))
+                    else:
+                        err_console.print(escape(msg), highlight=False, soft_wrap=True)
 
                 def done(msg: str) -> None:
                     err_console.print(escape(msg), highlight=False)

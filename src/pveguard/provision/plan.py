@@ -189,13 +189,20 @@ def plan(desired: list[Desired], observed: Observed, *, prune: bool = False,
             continue
         g = found[0]
         cfg = observed.configs[g.vmid]
+        j = pending.get(name)
+        if cfg.get("lock") == "create":
+            # still being created (a run that died or timed out): the config is not complete yet
+            steps = _RESUME_STEPS["creating"] if j is None or j.vmid in (None, g.vmid) else []
+            actions.append(Action("resume", name, vmid=g.vmid, node=g.node, desired=d, guest=g, config=cfg,
+                                  resume=["wait", *(s for s in steps if s != "packages" or d.packages)],
+                                  notes=["creation still in progress (lock: create); apply waits for it"]))
+            continue
         changes = diff_fields(desired_fields(d.spec), actual_fields(cfg))
         notes = [f"{c.field} cannot change from {c.old} to {c.new} in place "
                  f"({'a new container is needed' if c.field in IMMUTABLE_FIELDS else 'disks only grow'}); "
                  f"left as is" for c in changes if not c.possible]
         if g.lock:
-            notes.append(f"guest is locked ({g.lock}); apply waits for the lock to clear")
-        j = pending.get(name)
+            notes.append(f"guest is locked ({g.lock}); changes fail until the lock is released")
         resume = []
         if j is not None and j.vmid in (None, g.vmid):
             resume = [s for s in _RESUME_STEPS.get(j.step, []) if s != "packages" or d.packages]
