@@ -54,7 +54,7 @@ def test_kill_after_create_before_start_resumes(penv: Env, capsys: pytest.Captur
     kill_when(start_apply(penv), "created pve-monitoring")
     assert [g["name"] for g in penv.lxc()] == ["pve-monitoring"]
     plan = penv.json("plan", capsys=capsys)
-    assert [(a["action"], a["name"]) for a in plan["actions"]][0] == ("resume", "pve-monitoring")
+    assert (plan["actions"][0]["action"], plan["actions"][0]["name"]) == ("resume", "pve-monitoring")
     penv.sim.control("POST", "/tasks", {"seconds": {"vzstart": 0.1}})
     assert_converged(penv, capsys)
 
