@@ -63,7 +63,7 @@ def test_local_pvesh_errors_are_pves_own(penv: Env, capsys: pytest.CaptureFixtur
 
 def fake_ssh(tmp_path: Path, penv: Env) -> Path:
     """An `ssh` that runs the remote command here, as pct on the node the address belongs to."""
-    status, _r, body = penv.sim.api("GET", "/cluster/status")
+    _status, _r, body = penv.sim.api("GET", "/cluster/status")
     nodes = {r["ip"]: r["name"] for r in body["data"] if r["type"] == "node"}
     bindir = tmp_path / "sshbin"
     bindir.mkdir()
