@@ -227,8 +227,8 @@ def test_unmanaged_namesake_is_a_conflict_and_untouched(penv: Env, capsys: pytes
     status, reason, _ = penv.sim.api("PUT", f"/nodes/{g['node']}/lxc/{vmid}/config", {"hostname": "pve-monitoring"})
     assert status == 200, reason
     before = penv.config(vmid)
-    code, out, _ = penv.run("apply", capsys=capsys)
-    assert code == 0 and "! conflict pve-monitoring" in out
+    code, out, err = penv.run("apply", capsys=capsys)
+    assert code == 1 and "! conflict pve-monitoring" in out and "pve-monitoring: not provided" in err
     assert penv.config(vmid) == before
     assert sorted(managed(penv)) == sorted(set(EXPECTED) - {"pve-monitoring"})
 

@@ -217,7 +217,6 @@ class ProxmoxBackend(Backend):
         self._templates: dict[tuple[str, str], str] = {}
         self._node_ips: dict[str, str] | None = None
         self._local_name: str | None = None
-        self.calls = 0
 
     def __repr__(self) -> str:
         return f"ProxmoxBackend({self.settings.describe()})"
@@ -225,7 +224,6 @@ class ProxmoxBackend(Backend):
     # --- calling the API ----------------------------------------------------------------------
 
     def _raw(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
-        self.calls += 1
         res = self.api(path.strip("/"))
         fn = {"GET": res.get, "POST": res.post, "PUT": res.put, "DELETE": res.delete}[method]
         return fn(**pve_params(params or {}))
