@@ -656,10 +656,25 @@ class LxcBackend(Backend):
                 hint=f"run 'lxc-start -P {self.lxcpath} -n {vmid} -F' to see the full boot")
         self._run(["lxc-wait", "-P", str(self.lxcpath), "-n", str(vmid), "-s", "RUNNING", "-t", "30"],
                   what=f"wait for container {vmid} to run")
-        # Wait until systemd inside has finished booting, so exec right after start sees networking up.
-        self._run(["lxc-attach", "-P", str(self.lxcpath), "-n", str(vmid), "--clear-env", "--set-var",
-                   f"PATH={PATH}", "--", "systemctl", "is-system-running", "--wait"],
-                  what=f"wait for {vmid} to boot", timeout=120, check=False)
+        self._wait_booted(vmid)
+
+    def _wait_booted(self, vmid: int, timeout: float = 90) -> None:
+        """Wait until systemd inside has finished booting, so exec right after start sees the network up.
+
+        `is-system-running --wait` can return `starting` (or fail) while PID 1 is still setting up its
+        bus, so it is asked again until it reports a settled state. A template without systemd
+        (exit 127) or a timeout is not an error: the container runs, it is just still booting.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self._run(["lxc-attach", "-P", str(self.lxcpath), "-n", str(vmid), "--clear-env", "--set-var",
+                              f"PATH={PATH}", "--", "systemctl", "is-system-running", "--wait"],
+                             what=f"wait for {vmid} to boot", timeout=max(1.0, deadline - time.monotonic()),
+                             check=False)
+            state = proc.stdout.decode(errors="replace").strip()
+            if proc.returncode == 127 or state in ("running", "degraded", "maintenance", "stopping"):
+                return
+            time.sleep(0.2)
 
     def stop(self, guest: Guest) -> None:
         self._meta(guest.vmid)
