@@ -11,6 +11,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -114,11 +115,14 @@ def lxcfs() -> Iterator[bool]:
 
 
 @pytest.fixture
-def lxc_env(tmp_path_factory: pytest.TempPathFactory, lxcfs: bool) -> Iterator[LxcEnv]:
+def lxc_env(lxcfs: bool) -> Iterator[LxcEnv]:
     reason = lxc_skip_reason()
     if reason:
         pytest.skip(reason)
-    root = tmp_path_factory.mktemp("lxc")
+    # Not under pytest's 0700 basetemp: an unprivileged container's mapped root must be able to
+    # reach its lxcpath, as it can reach /var/lib/lxc.
+    root = Path(tempfile.mkdtemp(prefix="pveguard-lxc-", dir="/var/tmp"))
+    root.chmod(0o755)
     target = LxcTarget(lxcpath=str(root / "lxc"), disk_dir=str(root / "disks"), template_cache=str(TEMPLATE_CACHE))
     env = LxcEnv(LxcBackend(target), root, prefix=f"pgt{secrets.token_hex(2)}")
     try:

@@ -9,6 +9,12 @@ inside the containers, on bridges the test creates.
 
 from __future__ import annotations
 
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -195,3 +201,41 @@ def test_bad_input_fails_cleanly_and_leaves_nothing(lxc_env: Any) -> None:
         b.update(g, {"memory": 4})
     b.destroy(g)
     assert b.list_guests() == []
+
+
+def test_unprivileged_container_with_an_id_range(lxc_env: Any) -> None:
+    """An unprivileged container: root inside is uid 100000 outside, files are shifted, systemd boots.
+
+    This host's /etc/subuid grants root no range (containers run privileged, see capabilities), so
+    the scenario runs in a private mount namespace with `root:100000:65536` bind-mounted over
+    /etc/subuid and /etc/subgid: the host's files stay untouched and vanish with the namespace.
+    """
+    b = lxc_env.backend
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    br = lxc_env.bridge("u")
+    argv = [sys.executable, str(Path(__file__).with_name("unpriv_scenario.py")), str(lxc_env.root),
+            b.config.template_cache, br]
+    if not b.facts.unprivileged_ok:
+        if not (Path("/etc/subuid").is_file() and Path("/etc/subgid").is_file()):
+            pytest.skip("no /etc/subuid and /etc/subgid to overlay with an id range")
+        ids = lxc_env.root / "subid"
+        ids.write_text("root:100000:65536\n")
+        script = (f"mount --bind {ids} /etc/subuid && mount --bind {ids} /etc/subgid && "
+                  + " ".join(shlex.quote(a) for a in argv))
+        argv = ["unshare", "-m", "--propagation", "private", "sh", "-c", script]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout)
+    assert seen["unprivileged_ok"] is True
+    assert seen["config_unprivileged"] == 1
+    assert seen["lxc_config_idmap"] == ["lxc.idmap = u 0 100000 65536", "lxc.idmap = g 0 100000 65536"]
+    assert seen["uid_map"] == ["0", "100000", "65536"]
+    assert seen["whoami"] == "0"
+    assert seen["host_uid_of_init"] == "100000"
+    assert seen["passwd_owner"] == "0"  # unpacked inside the map: root-owned as seen from inside
+    assert seen["system"] in ("running", "degraded")
+    assert seen["limit"] == str(192 * MIB)
+    assert seen["after_destroy"] == []
+    assert [x for x in lxc_env.leftovers() if not x.startswith(f"link {br}")] == []

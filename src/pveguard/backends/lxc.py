@@ -523,8 +523,13 @@ class LxcBackend(Backend):
                                f"VLAN-aware", hint="set vlan_mode: auto (one bridge per VLAN) or enable "
                                                    "vlan_filtering on the bridge")
         self.lxcpath.mkdir(parents=True, exist_ok=True)
-        vmid = self._claim_vmid(spec.vmid)
         unpriv = spec.unprivileged and facts.unprivileged_ok
+        if unpriv:
+            closed = [p for p in (self.lxcpath, *self.lxcpath.parents) if not p.stat().st_mode & 0o001]
+            if closed:
+                raise BackendError(f"unprivileged containers cannot reach {self.lxcpath}: {closed[0]} is not "
+                                   f"searchable by other users", hint=f"chmod o+x {closed[0]}, or move lxcpath")
+        vmid = self._claim_vmid(spec.vmid)
         meta: dict[str, Any] = {"version": 1, "lock": "create", "template": spec.template,
                                 "config": pve_config(spec, vmid, unpriv, spec.net.hwaddr or lxc_net.random_hwaddr())}
         try:
@@ -574,14 +579,23 @@ class LxcBackend(Backend):
             owner = ["-E", f"root_owner={uid}:{gid}"]
         self._run(["mkfs.ext4", "-q", "-F", *owner, str(image)], what=f"format the root disk of {vmid}")
         with self._mounted(vmid) as root:
-            argv = ["tar", "--numeric-owner", "--xattrs", "-xpf", str(tarball), "-C", str(root)]
+            # The tarball arrives on stdin and tar works in its cwd, so an id-mapped tar needs no
+            # access to the host paths above the mount (a 0700 /tmp/... or /var/cache/...).
+            argv = ["tar", "--numeric-owner", "--xattrs", "-xp", *_decompress_flag(tarball), "-f", "-", "-C", "."]
             if unpriv:
                 # As PVE: unpack inside the container's id map, so files belong to the mapped ids.
                 fu, fg = self.facts.uid_range, self.facts.gid_range
                 assert fu is not None and fg is not None
                 argv = ["lxc-usernsexec", "-m", f"u:0:{fu.start}:{fu.count}", "-m", f"g:0:{fg.start}:{fg.count}",
                         "--", *argv, "--exclude=./dev/*"]
-            self._run(argv, what=f"unpack the template into {vmid}'s root disk", timeout=900)
+            with open(tarball, "rb") as src:
+                try:
+                    proc = subprocess.run(argv, stdin=src, cwd=root, capture_output=True, timeout=900, check=False)
+                except subprocess.TimeoutExpired:
+                    raise BackendError(f"unpacking the template into {vmid}'s root disk took over 900s") from None
+            if proc.returncode != 0:
+                raise BackendError(f"unpacking the template into {vmid}'s root disk failed: "
+                                   f"{proc.stderr.decode(errors='replace').strip()[-2000:]}")
 
     def _ids(self) -> tuple[int, int]:
         f = self.facts
@@ -650,7 +664,8 @@ class LxcBackend(Backend):
         proc = self._run(["lxc-start", "-P", str(self.lxcpath), "-n", str(vmid), "-o", str(log), "-l", "ERROR"],
                          what=f"start container {vmid}", check=False)
         if proc.returncode != 0:
-            detail = _read_text(log).strip().splitlines()[-5:]
+            # LXC logs the cause first and a cascade of "failed to start" after it.
+            detail = [line.split(" - ", 1)[-1] for line in _read_text(log).strip().splitlines()][:6]
             raise BackendError(f"container {vmid} failed to start:\n  " + "\n  ".join(detail or [
                 proc.stderr.decode(errors="replace").strip()]),
                 hint=f"run 'lxc-start -P {self.lxcpath} -n {vmid} -F' to see the full boot")
@@ -890,6 +905,13 @@ def _write_cpuset_tree(path: Path | None, value: str) -> None:
         (d / "cpuset.cpus").write_text(union)
     for d in reversed(levels):
         (d / "cpuset.cpus").write_text(value)
+
+
+def _decompress_flag(tarball: Path) -> list[str]:
+    for suffix, flag in ((".zst", "--zstd"), (".gz", "--gzip"), (".xz", "--xz")):
+        if tarball.name.endswith(suffix):
+            return [flag]
+    return []
 
 
 def _atomic_write(path: Path, text: str) -> None:
