@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pveguard.backends import lxc_net
+from pveguard.backends import cgroups, lxc_net
 from pveguard.backends.base import Guest, GuestSpec, NetSpec
 from pveguard.backends.lxc import LxcBackend
 from pveguard.errors import BackendError, ConfigError
@@ -91,6 +91,12 @@ def test_three_containers_vlan_isolation_live_memory_and_clean_destroy(lxc_env: 
         assert b.cgroup_value(g, host_key) == str(256 * MIB)
     if lxcfs:
         assert free_total_mib(b, a1) == 256
+    # cores -> a cpuset: one CPU each, spread over the host's CPUs.
+    cpusets = [b.cgroup_value(g, "cpuset.cpus") for g in (a1, a2, b1)]
+    assert all(c is not None and len(cgroups.parse_cpulist(c)) == 1 for c in cpusets), cpusets
+    if len(b.facts.cpus) >= 2:
+        assert cpusets[0] != cpusets[1]
+    assert sh(b, a1, "nproc")[1].strip() == "1"
 
     # Isolation: VLAN 10 reaches VLAN 10, VLAN 20 reaches nothing, though all share one subnet.
     rc, out = sh(b, a1, "ping -c 2 -W 2 10.250.10.12")
@@ -171,6 +177,17 @@ def test_stop_push_pull_hostname_and_disk_growth(lxc_env: Any) -> None:
     assert size_kib > 1.5 * 1024 * 1024
     with pytest.raises(BackendError, match="cannot shrink"):
         b.update(g, {"rootfs": "local:x,size=1G"})
+    # cpulimit and cores change live: quota and cpuset of the running container.
+    assert b.update(g, {"cpulimit": 0.5, "cores": 2}) == []
+    if b.facts.layout.version == 2:
+        assert b.cgroup_value(g, "cpu.max") == "50000 100000"
+    else:
+        assert b.cgroup_value(g, "cpu.cfs_quota_us") == "50000"
+    assert len(cgroups.parse_cpulist(b.cgroup_value(g, "cpuset.cpus") or "")) == min(2, len(b.facts.cpus))
+    assert sh(b, g, "nproc")[1].strip() == str(min(2, len(b.facts.cpus)))
+    assert b.update(g, {"cores": 1}, delete=["cpulimit"]) == []
+    assert b.cgroup_value(g, "cpu.max" if b.facts.layout.version == 2 else "cpu.cfs_quota_us") in ("max 100000", "-1")
+    assert "cpulimit" not in b.get_config(g)
     r = b.exec(g, ["sh", "-c", "exit 3"])
     assert r.returncode == 3 and not r.ok
     b.stop(g)
