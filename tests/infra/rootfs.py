@@ -45,7 +45,9 @@ def rootfs_tarball(include: list[str] | tuple[str, ...] = (), variant: str = "mi
             argv += [SUITE, str(build), debian_mirror(SUITE)]
             proc = subprocess.run(argv, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
-                raise RuntimeError(f"debootstrap failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+                raise RuntimeError(
+                    f"debootstrap failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+                )
             # Drop downloaded .debs: they are not part of a root and double the size.
             for deb in (build / "var/cache/apt/archives").glob("*.deb"):
                 deb.unlink()
