@@ -256,3 +256,43 @@ def test_unprivileged_container_with_an_id_range(lxc_env: Any) -> None:
     assert seen["limit"] == str(192 * MIB)
     assert seen["after_destroy"] == []
     assert [x for x in lxc_env.leftovers() if not x.startswith(f"link {br}")] == []
+
+
+KILLED_CREATE = """
+import sys
+from pveguard.backends.base import GuestSpec, NetSpec
+from pveguard.backends.lxc import LxcBackend
+from pveguard.strategy.models import LxcTarget
+root, cache, bridge = sys.argv[1:4]
+b = LxcBackend(LxcTarget(lxcpath=root + "/lxc", disk_dir=root + "/disks", template_cache=cache))
+b.create(GuestSpec(name="pgt-killed", role="test", cores=1, memory_mib=128, swap_mib=0, disk_gib=1,
+                   net=NetSpec(bridge=bridge, vlan=40, ip="10.250.40.9/24")))
+"""
+
+
+def test_create_killed_half_way_leaves_no_guest_and_is_redone(lxc_env: Any) -> None:
+    """kill -9 during create: the half-made container is not listed, and the next create clears it."""
+    b = lxc_env.backend
+    br = lxc_env.bridge("k")
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_CREATE, str(lxc_env.root), b.config.template_cache, br],
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    image_dir = lxc_env.root / "disks"
+    deadline = time.monotonic() + 60
+    # Kill it once the root disk is being filled (mounted on the host), the messiest moment.
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(str(image_dir) in line for line in Path("/proc/self/mounts").read_text().splitlines()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the create finished before it could be killed"
+    proc.kill()
+    proc.wait()
+    meta = next((lxc_env.root / "lxc").glob("*/pveguard.json"))
+    assert json.loads(meta.read_text())["lock"] == "create"
+    assert b.list_guests() == []
+    g = b.create(small("pgt-killed", br, 40, "10.250.40.9/24"))
+    # The stale one is gone and its VMID (the lowest free) is used again.
+    assert [x.vmid for x in b.list_guests()] == [g.vmid] == [int(meta.parent.name)]
+    b.start(g)
+    assert b.exec(g, ["hostname"]).stdout.strip() == "pgt-killed"
+    b.destroy(g)
+    assert [x for x in lxc_env.leftovers() if not x.startswith(f"link {br}")] == []

@@ -476,6 +476,8 @@ class LxcBackend(Backend):
         guests = []
         for vmid in self._vmids():
             meta = self._read_meta(vmid) or {}
+            if _stale_create(meta):
+                continue  # a create that died half-way: not a guest; the next create clears it
             conf = meta.get("config", {})
             state, _ = states.get(str(vmid), ("STOPPED", None))
             name = conf.get("hostname") or _uts_name(self._dir(vmid) / "config") or str(vmid)
@@ -523,6 +525,7 @@ class LxcBackend(Backend):
                                f"VLAN-aware", hint="set vlan_mode: auto (one bridge per VLAN) or enable "
                                                    "vlan_filtering on the bridge")
         self.lxcpath.mkdir(parents=True, exist_ok=True)
+        self._clear_stale_creates()
         unpriv = spec.unprivileged and facts.unprivileged_ok
         if unpriv:
             closed = [p for p in (self.lxcpath, *self.lxcpath.parents) if not p.stat().st_mode & 0o001]
@@ -530,7 +533,8 @@ class LxcBackend(Backend):
                 raise BackendError(f"unprivileged containers cannot reach {self.lxcpath}: {closed[0]} is not "
                                    f"searchable by other users", hint=f"chmod o+x {closed[0]}, or move lxcpath")
         vmid = self._claim_vmid(spec.vmid)
-        meta: dict[str, Any] = {"version": 1, "lock": "create", "template": spec.template,
+        meta: dict[str, Any] = {"version": 1, "lock": "create", "creator": _process_id(os.getpid()),
+                                "template": spec.template,
                                 "config": pve_config(spec, vmid, unpriv, spec.net.hwaddr or lxc_net.random_hwaddr())}
         try:
             self._write_meta(vmid, meta)
@@ -549,6 +553,13 @@ class LxcBackend(Backend):
         g.name, g.status, g.managed, g.tags = spec.name, "stopped", True, meta["config"]["tags"].split(";")
         g.maxmem, g.maxdisk, g.cpus = spec.memory_mib * MIB, spec.disk_gib * GIB, float(spec.cores)
         return g
+
+    def _clear_stale_creates(self) -> None:
+        """Remove what creates killed half-way left behind (their process is gone), freeing the VMIDs."""
+        for vmid in self._vmids():
+            meta = self._read_meta(vmid)
+            if meta is not None and _stale_create(meta):
+                self._remove_files(vmid)
 
     def _claim_vmid(self, wanted: int | None) -> int:
         """Reserve a VMID by creating its directory (atomic, so parallel creates never share one)."""
@@ -745,6 +756,11 @@ class LxcBackend(Backend):
                 raise ConfigError(f"cannot delete {key!r} from container {vmid}",
                                   hint=f"deletable keys: {', '.join(sorted(defaults))}")
             new.pop(key, None)
+        changes = dict(changes)
+        digest = changes.pop("digest", None)
+        if digest is not None and digest != self.get_config(guest)["digest"]:
+            raise BackendError(f"the configuration of container {vmid} changed since it was read",
+                               hint="read it again (plan again) and retry")
         for key, value in changes.items():
             new[key] = _checked_value(key, value, old)
         for key in ("cpulimit", "onboot", "features", "startup", "tags"):
@@ -907,6 +923,22 @@ def _write_cpuset_tree(path: Path | None, value: str) -> None:
         (d / "cpuset.cpus").write_text(value)
 
 
+def _process_id(pid: int) -> list[int]:
+    """(pid, start time in ticks): names a process without mistaking a later one with the same pid."""
+    fields = _read_text(Path(f"/proc/{pid}/stat")).rsplit(")", 1)[-1].split()
+    return [pid, int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else 0]
+
+
+def _stale_create(meta: dict[str, Any]) -> bool:
+    """True for a create whose process is gone (killed or crashed before it finished)."""
+    if meta.get("lock") != "create":
+        return False
+    creator = meta.get("creator")
+    if not isinstance(creator, list) or len(creator) != 2:
+        return False
+    return _process_id(int(creator[0])) != [int(creator[0]), int(creator[1])]
+
+
 def _decompress_flag(tarball: Path) -> list[str]:
     for suffix, flag in ((".zst", "--zstd"), (".gz", "--gzip"), (".xz", "--xz")):
         if tarball.name.endswith(suffix):
@@ -1018,8 +1050,12 @@ def _checked_value(key: str, value: Any, old: dict[str, Any]) -> Any:
                 net[keep] = oldnet[keep]
         return lxc_net.format_net0(net)
     if key == "rootfs":
-        rootfs_size_gib(str(value))
-        return str(value)
+        text = str(value).strip()
+        if "," not in text and ":" not in text:  # just a size ("20G"), as the planner sends it
+            volume = str(old.get("rootfs", "")).split(",", 1)[0]
+            text = f"{volume},size={text}"
+        rootfs_size_gib(text)
+        return text
     if key == "features":
         feats = parse_features(str(value))
         bad = {k for k, v in feats.items() if v} - SUPPORTED_FEATURES
