@@ -303,6 +303,17 @@ def test_render_v2_unprivileged_vlan_filtering() -> None:
     assert not any(line.startswith("lxc.cgroup.") for line in lines)
 
 
+def test_bridge_per_vlan_adds_a_pre_start_hook_that_makes_the_bridge() -> None:
+    conf = pve_config(spec(), 105, unprivileged=False, hwaddr="BC:24:11:AA:BB:CC")
+    text = render_lxc_config(105, conf, facts(1, ids=False), image=Path("/d/105.raw"),
+                             net=NetPlan("vmbr0v10", None, "bridge_per_vlan"), cpuset="0")
+    hook = next(line for line in text.splitlines() if line.startswith("lxc.hook.pre-start"))
+    assert "ip link add vmbr0v10 type bridge" in hook and "ip link set dev vmbr0v10 up" in hook
+    untagged = render_lxc_config(105, conf, facts(1, ids=False), image=Path("/d/105.raw"),
+                                 net=NetPlan("vmbr0", None, "untagged"), cpuset="0")
+    assert "lxc.hook.pre-start" not in untagged
+
+
 def test_render_v1_without_subuid_runs_privileged() -> None:
     conf = pve_config(spec(), 105, unprivileged=True, hwaddr="BC:24:11:AA:BB:CC")
     text = render_lxc_config(105, conf, facts(1, ids=False), image=Path("/d/105.raw"),
@@ -353,6 +364,8 @@ def test_features_round_trip() -> None:
     ("cpulimit", 9000, ConfigError, "between 0 and 8192"),
     ("hostname", "Not_Valid", ConfigError, "not a valid hostname"),
     ("net0", "name=eth0,ip=dhcp", ConfigError, "no bridge"),
+    ("net0", "bridge=vmbr0,tag=5000", ConfigError, "not a VLAN id"),
+    ("net0", "bridge=$(reboot)", ConfigError, "not a valid bridge name"),
     ("features", "mknod=1", ConfigError, "not supported"),
     ("unprivileged", 1, BackendError, "cannot change"),
     ("arch", "arm64", ConfigError, "cannot change 'arch'"),
@@ -377,6 +390,8 @@ def test_update_net0_keeps_hwaddr() -> None:
     ({"features": {"mknod": True}}, "not supported"),
     ({"net": NetSpec(bridge="vmbr0", vlan=5000)}, "outside 1..4094"),
     ({"net": NetSpec(bridge="vmbr0", ip="10.0.0.1")}, "prefix length"),
+    ({"net": NetSpec(bridge="vmbr0'; reboot")}, "not a valid bridge name"),
+    ({"net": NetSpec(bridge="a-very-long-bridge-name")}, "not a valid bridge name"),
 ])
 def test_bad_specs_are_refused(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -294,5 +294,17 @@ def test_create_killed_half_way_leaves_no_guest_and_is_redone(lxc_env: Any) -> N
     assert [x.vmid for x in b.list_guests()] == [g.vmid] == [int(meta.parent.name)]
     b.start(g)
     assert b.exec(g, ["hostname"]).stdout.strip() == "pgt-killed"
+
+    # After a reboot the per-VLAN bridge is gone; LXC itself (lxc-autostart for onboot) recreates it.
+    b.stop(g)
+    vbr = lxc_net.vlan_bridge_name(br, 40)
+    if b.capabilities().vlan_mode == "bridge_per_vlan":
+        subprocess.run(["ip", "link", "del", vbr], check=True)
+        lxcpath = b.config.lxcpath
+        subprocess.run(["lxc-start", "-P", lxcpath, "-n", str(g.vmid)], check=True)
+        subprocess.run(["lxc-wait", "-P", lxcpath, "-n", str(g.vmid), "-s", "RUNNING", "-t", "30"], check=True)
+        assert lxc_net.bridge_ports(vbr) == [lxc_net.host_veth_name(g.vmid)]
+        assert lxc_net.alias(vbr).startswith(lxc_net.BRIDGE_ALIAS)
     b.destroy(g)
+    assert not lxc_net.exists(vbr)
     assert [x for x in lxc_env.leftovers() if not x.startswith(f"link {br}")] == []

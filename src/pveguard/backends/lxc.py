@@ -263,6 +263,10 @@ def render_lxc_config(vmid: int, conf: dict[str, Any], facts: HostFacts, *, imag
         lines.append(f"lxc.net.0.hwaddr = {net0['hwaddr']}")
     if net.vlan_id is not None:
         lines.append(f"lxc.net.0.veth.vlan.id = {net.vlan_id}")
+    if net.mode == "bridge_per_vlan":
+        # The per-VLAN bridge does not survive a reboot; this makes lxc-start / lxc-autostart
+        # (onboot) recreate it even when pveguard is not the one starting the container.
+        lines.append(f"lxc.hook.pre-start = {lxc_net.ensure_bridge_command(net0['bridge'], int(net0['tag']))}")
     lines.append(f"lxc.start.auto = {1 if int(conf.get('onboot', 0)) else 0}")
     startup = dict(p.partition("=")[::2] for p in str(conf.get("startup", "")).split(",") if "=" in p)
     if startup.get("order", "").isdigit():
@@ -1010,6 +1014,7 @@ def _validate_spec(spec: GuestSpec) -> None:
         raise ConfigError(f"feature(s) {', '.join(sorted(unknown))} are not supported by the LXC backend",
                           hint=f"supported: {', '.join(sorted(SUPPORTED_FEATURES))}")
     lxc_net.validate_ip(spec.net.ip, spec.net.gateway)
+    lxc_net.validate_bridge(spec.net.bridge)
     if spec.net.vlan is not None and not 1 <= spec.net.vlan <= 4094:
         raise ConfigError(f"VLAN tag {spec.net.vlan} is outside 1..4094")
 
@@ -1043,6 +1048,9 @@ def _checked_value(key: str, value: Any, old: dict[str, Any]) -> Any:
         net = lxc_net.parse_net0(str(value))
         if not net.get("bridge"):
             raise ConfigError(f"net0 {value!r} has no bridge=")
+        lxc_net.validate_bridge(net["bridge"])
+        if net.get("tag") and not (net["tag"].isdigit() and 1 <= int(net["tag"]) <= 4094):
+            raise ConfigError(f"net0 tag {net['tag']!r} is not a VLAN id (1..4094)")
         lxc_net.validate_ip(net.get("ip", "dhcp"), net.get("gw"))
         oldnet = lxc_net.parse_net0(str(old.get("net0", "")))
         for keep in ("name", "hwaddr", "type"):  # PVE keeps what the caller left out
