@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from pveguard.backends.lxc import (
     IdRange,
     NetPlan,
     _checked_value,
+    _process_id,
+    _stale_create,
     _validate_spec,
     format_features,
     next_free_vmid,
@@ -396,3 +399,12 @@ def test_update_net0_keeps_hwaddr() -> None:
 def test_bad_specs_are_refused(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         _validate_spec(spec(**kw))
+
+
+def test_stale_create_only_when_the_creator_is_gone() -> None:
+    me = _process_id(os.getpid())
+    assert not _stale_create({"lock": "create", "creator": me})
+    assert _stale_create({"lock": "create", "creator": [me[0], me[1] + 1]})  # same pid, another process
+    assert _stale_create({"lock": "create", "creator": [2**22 + 12345, 1]})  # no such pid
+    assert not _stale_create({"creator": [2**22 + 12345, 1]})  # finished creates carry no lock
+    assert not _stale_create({"lock": "create"})  # unknown creator: never assumed dead
