@@ -56,13 +56,13 @@ class LxcEnv:
         self.bridges.append(name)
         return name
 
-    def leftovers(self) -> list[str]:
-        """What is still on the host from this test (empty when everything is gone)."""
+    def leftovers(self, keep: list[str] | None = None) -> list[str]:
+        """What is still on the host from this test (empty when everything is gone), except `keep` links."""
         out = []
         names = run("lxc-ls", "-P", str(self.root / "lxc"), "-1").split()
         out += [f"container {n}" for n in names]
-        out += [f"link {line.split(':')[1].strip().split('@')[0]}" for line in run("ip", "-o", "link").splitlines()
-                if line.split(":")[1].strip().startswith(self.prefix)]
+        links = [line.split(":")[1].strip().split("@")[0] for line in run("ip", "-o", "link").splitlines()]
+        out += [f"link {n}" for n in links if n.startswith(self.prefix) and n not in (keep or [])]
         out += [f"loop {line}" for line in run("losetup", "-a").splitlines() if str(self.root) in line]
         out += [f"mount {line}" for line in run("cat", "/proc/self/mounts").splitlines() if str(self.root) in line]
         return out

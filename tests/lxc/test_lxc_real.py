@@ -146,8 +146,7 @@ def test_three_containers_vlan_isolation_live_memory_and_clean_destroy(lxc_env: 
     assert b.list_guests() == []
     assert not any(lxc_net.exists(n) for n in vlan_bridges)
     assert not any(Path(b.config.disk_dir).iterdir())
-    subprocess_leftovers = [x for x in lxc_env.leftovers() if not x.startswith(f"link {br}")]
-    assert subprocess_leftovers == []
+    assert lxc_env.leftovers(keep=lxc_env.bridges) == []
 
 
 def test_stop_push_pull_hostname_and_disk_growth(lxc_env: Any) -> None:
@@ -194,7 +193,7 @@ def test_stop_push_pull_hostname_and_disk_growth(lxc_env: Any) -> None:
     with pytest.raises(BackendError, match="not running"):
         b.exec(g, ["true"])
     b.destroy(g)
-    assert [x for x in lxc_env.leftovers() if not x.startswith(f"link {br}")] == []
+    assert lxc_env.leftovers(keep=lxc_env.bridges) == []
 
 
 def test_bad_input_fails_cleanly_and_leaves_nothing(lxc_env: Any) -> None:
@@ -255,7 +254,7 @@ def test_unprivileged_container_with_an_id_range(lxc_env: Any) -> None:
     assert seen["system"] in ("running", "degraded")
     assert seen["limit"] == str(192 * MIB)
     assert seen["after_destroy"] == []
-    assert [x for x in lxc_env.leftovers() if not x.startswith(f"link {br}")] == []
+    assert lxc_env.leftovers(keep=lxc_env.bridges) == []
 
 
 KILLED_CREATE = """
@@ -307,4 +306,4 @@ def test_create_killed_half_way_leaves_no_guest_and_is_redone(lxc_env: Any) -> N
         assert lxc_net.alias(vbr).startswith(lxc_net.BRIDGE_ALIAS)
     b.destroy(g)
     assert not lxc_net.exists(vbr)
-    assert [x for x in lxc_env.leftovers() if not x.startswith(f"link {br}")] == []
+    assert lxc_env.leftovers(keep=lxc_env.bridges) == []
