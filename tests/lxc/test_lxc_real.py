@@ -257,6 +257,10 @@ def test_unprivileged_container_with_an_id_range(lxc_env: Any) -> None:
     assert lxc_env.leftovers(keep=lxc_env.bridges) == []
 
 
+def _process_start(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[19])
+
+
 KILLED_CREATE = """
 import sys
 from pveguard.backends.base import GuestSpec, NetSpec
@@ -288,9 +292,21 @@ def test_create_killed_half_way_leaves_no_guest_and_is_redone(lxc_env: Any) -> N
     meta = next((lxc_env.root / "lxc").glob("*/pveguard.json"))
     assert json.loads(meta.read_text())["lock"] == "create"
     assert b.list_guests() == []
+    half = Guest(vmid=int(meta.parent.name), name="pgt-killed", node=b.node, type="lxc", status="stopped")
+    with pytest.raises(BackendError, match="was interrupted"):
+        b.wait_unlocked(half, "waiting")
     g = b.create(small("pgt-killed", br, 40, "10.250.40.9/24"))
     # The stale one is gone and its VMID (the lowest free) is used again.
     assert [x.vmid for x in b.list_guests()] == [g.vmid] == [int(meta.parent.name)]
+    assert b.wait_unlocked(g, "waiting")["hostname"] == "pgt-killed"
+    # A create still running in a live process is waited for, not treated as dead.
+    data = json.loads((Path(b.config.lxcpath) / str(g.vmid) / "pveguard.json").read_text())
+    (Path(b.config.lxcpath) / str(g.vmid) / "pveguard.json").write_text(
+        json.dumps({**data, "lock": "create", "creator": [os.getpid(), _process_start(os.getpid())]}))
+    assert [x.lock for x in b.list_guests()] == ["create"]
+    with pytest.raises(BackendError, match="still locked"):
+        b.wait_unlocked(g, "waiting", timeout=1)
+    (Path(b.config.lxcpath) / str(g.vmid) / "pveguard.json").write_text(json.dumps(data))
     b.start(g)
     assert b.exec(g, ["hostname"]).stdout.strip() == "pgt-killed"
 

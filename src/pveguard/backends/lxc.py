@@ -505,6 +505,24 @@ class LxcBackend(Backend):
             conf["lock"] = meta["lock"]
         return conf
 
+    def wait_unlocked(self, guest: Guest, what: str, progress: Any = None, timeout: float = 900
+                      ) -> dict[str, Any]:
+        """Wait while another process is still creating the container (its `lock: create`)."""
+        start = time.monotonic()
+        while True:
+            meta = self._meta(guest.vmid)
+            if not meta.get("lock"):
+                return self.get_config(guest)
+            if _stale_create(meta):
+                raise BackendError(f"{what}: the creation of CT {guest.vmid} was interrupted",
+                                   hint="run the command again: the next create clears the leftovers")
+            if time.monotonic() - start > timeout:
+                raise BackendError(f"{what}: CT {guest.vmid} is still locked ({meta['lock']}) after {timeout:.0f}s",
+                                   hint="another pveguard process is creating it; wait for it, then run again")
+            if callable(progress):
+                progress(f"{what}: CT {guest.vmid} is locked ({meta['lock']}), waiting")
+            time.sleep(1)
+
     def next_vmid(self) -> int:
         """The lowest VMID >= 100 without a container, a disk or a host veth of that number."""
         taken = set(self._vmids())
