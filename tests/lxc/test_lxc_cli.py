@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,39 @@ def test_plan_apply_converge_update_prune_through_the_cli(lxc_env: Any) -> None:
     assert not lxc_net.exists(lxc_net.vlan_bridge_name(br, 10))
     assert lxc_env.leftovers(keep=lxc_env.bridges) == []
     assert not any(Path(b.config.disk_dir).iterdir())
+
+
+def test_apply_killed_during_create_then_apply_again_converges(lxc_env: Any) -> None:
+    """kill -9 of `pveguard apply` while a root disk is being filled; the next apply makes each container once."""
+    b = lxc_env.backend
+    br = lxc_env.bridge("k")
+    strategy = lxc_env.root / "strategy.yaml"
+    doc = {"version": 1, "network": {"bridge": br, "container_vlan": 10},
+           "containers": [container("pgt-k1", 10, "10.250.10.31/24"), container("pgt-k2", 10, "10.250.10.32/24")],
+           "target": {"backend": "lxc", "lxc": {"lxcpath": b.config.lxcpath, "disk_dir": b.config.disk_dir,
+                                                "template_cache": b.config.template_cache}}}
+    strategy.write_text(yaml.safe_dump(doc, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PVEGUARD_BACKEND": "lxc",
+           "PVEGUARD_STRATEGY": str(strategy), "PVEGUARD_STATE_DIR": str(lxc_env.root / "state")}
+    proc = subprocess.Popen([sys.executable, "-m", "pveguard", "apply", "--yes"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    disks = str(Path(b.config.disk_dir))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(disks in line for line in Path("/proc/self/mounts").read_text().splitlines()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "apply finished before it could be killed"
+    proc.kill()
+    proc.wait()
+
+    code, out, err = pveguard(env, "apply", "--yes")
+    assert code == 0, out + err
+    guests = b.list_guests()
+    assert sorted(g.name for g in guests) == ["pgt-k1", "pgt-k2"]
+    assert all(g.status == "running" and g.lock is None for g in guests)
+    assert len({g.vmid for g in guests}) == 2
+    assert pveguard(env, "plan", "--detailed-exitcode")[0] == 0
+    for g in guests:
+        b.destroy(g)
+    assert lxc_env.leftovers(keep=lxc_env.bridges) == []

@@ -898,7 +898,8 @@ class LxcBackend(Backend):
             cores = float(conf.get("cores", 0) or len(self.facts.cpus))
             cpulimit = float(conf.get("cpulimit", 0) or 0)
             cpus = min(cores, cpulimit) if cpulimit else cores
-            s = GuestStats(vmid=vmid, name=str(conf.get("hostname", vmid)), node=self.node, status=_state(state),
+            name = conf.get("hostname") or _uts_name(self._dir(vmid) / "config") or str(vmid)
+            s = GuestStats(vmid=vmid, name=name, node=self.node, status=_state(state),
                            cpus=cpus, maxmem=int(conf.get("memory", 0)) * MIB,
                            maxdisk=rootfs_size_gib(conf["rootfs"]) * GIB if conf.get("rootfs") else 0)
             if s.status == "running" and pid is not None:
