@@ -106,10 +106,15 @@ def _read_text(path: Path) -> str:
 
 def detect_facts(subuid: Path = Path("/etc/subuid"), subgid: Path = Path("/etc/subgid")) -> HostFacts:
     """Detect the cgroup layout, id ranges for unprivileged containers, AppArmor, lxcfs, 8021q."""
+    uids, gids = parse_subid(_read_text(subuid)), parse_subid(_read_text(subgid))
+    if (uids is None or gids is None) and shutil.which("newuidmap") is None:
+        # Without shadow's newuidmap nobody hands out subordinate ids, and LXC lets root map any
+        # range; take PVE's default one.
+        uids = gids = IdRange(100000, 65536)
     return HostFacts(
         layout=cgroups.detect_layout(),
-        uid_range=parse_subid(_read_text(subuid)),
-        gid_range=parse_subid(_read_text(subgid)),
+        uid_range=uids,
+        gid_range=gids,
         apparmor=_read_text(Path("/sys/module/apparmor/parameters/enabled")).strip() == "Y",
         lxcfs=(LXCFS_DIR / "proc/meminfo").exists(),
         vlan_module=Path("/proc/net/vlan").exists(),
@@ -450,7 +455,7 @@ class LxcBackend(Backend):
             notes.append("no swap accounting (memory.memsw.*): swap limits are recorded, not enforced")
         if f.unprivileged_ok:
             assert f.uid_range is not None
-            notes.append(f"unprivileged containers map root to uid {f.uid_range.start} (from /etc/subuid)")
+            notes.append(f"unprivileged containers map root to uid {f.uid_range.start}")
         else:
             notes.append("unprivileged containers are not available: /etc/subuid and /etc/subgid grant root no "
                          "range of 65536 ids, and LXC refuses id maps without one when newuidmap is "
