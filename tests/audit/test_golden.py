@@ -55,3 +55,30 @@ def test_golden(case: str) -> None:
 
 def test_cases_exist() -> None:
     assert {"debian-nginx", "pve-fake", "pve-alternatives"} <= set(CASES)
+
+
+def systemctl_states(root: Path) -> dict[str, str]:
+    """`systemctl --root=ROOT list-unit-files`: systemd's own reading of the unit files and links."""
+    import subprocess
+
+    proc = subprocess.run(["systemctl", f"--root={root}", "list-unit-files", "--no-legend", "--no-pager"],
+                          capture_output=True, text=True, check=True)
+    return dict(line.split()[:2] for line in proc.stdout.splitlines() if len(line.split()) >= 2)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_enablement_matches_systemctl(case: str) -> None:
+    """Our enablement of every listed unit agrees with systemctl's on enabled, masked and static."""
+    import shutil
+
+    if shutil.which("systemctl") is None:
+        pytest.skip("systemctl is not installed")
+    theirs = systemctl_states(GOLDEN / case / "root")
+    ours = {s["unit"]: s["enablement"] for s in audit_case(case)["services"]}
+    compared = [u for u in ours if u in theirs]
+    assert len(compared) >= len(ours) - 3, set(ours) - set(theirs)  # instances are not unit files
+    mismatches = {u: (ours[u], theirs[u]) for u in compared
+                  if (ours[u] == "enabled") != (theirs[u] in ("enabled", "enabled-runtime"))
+                  or (ours[u] == "masked") != (theirs[u] == "masked")
+                  or (ours[u] == "static") != (theirs[u] == "static")}
+    assert not mismatches

@@ -172,6 +172,7 @@ def _units(facts: HostFacts) -> None:
     fragments: dict[str, tuple[str, Path]] = {}
     masked: set[str] = set()
     aliases: dict[str, str] = {}
+    etc_aliased: set[str] = set()
     for inside_dir, real_dir in dirs:
         for entry in _scandir(real_dir):
             name = entry.name
@@ -186,6 +187,8 @@ def _units(facts: HostFacts) -> None:
                 target_name = target.rsplit("/", 1)[1]
                 if target_name != name and target_name.endswith(UNIT_SUFFIXES):
                     aliases[name] = target_name
+                    if inside_dir.startswith("/etc/"):
+                        etc_aliased.add(target_name)  # `systemctl enable` made it; vendor aliases do not enable
                     continue
                 inside = target
             if (root / inside.lstrip("/")).is_file():
@@ -209,7 +212,7 @@ def _units(facts: HostFacts) -> None:
         instances_enabled = any(
             unitfile.instance_template(n) == name and wanted[n][1] for n in wanted
         )
-        if in_etc or instances_enabled or name in aliases.values():
+        if in_etc or instances_enabled or name in etc_aliased:
             unit.enablement = "enabled"
         elif unit.file is not None and not unit.file.has_install:
             unit.enablement = "static"
