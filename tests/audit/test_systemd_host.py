@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,7 +30,7 @@ from .test_json_shape import assert_conforms
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-SITE = Path(next(p for p in sys.path if p.endswith("site-packages")))
+SITE = Path(sysconfig.get_paths()["purelib"])  # this venv's packages, bind-mounted into the container
 
 
 def _need(*tools: str) -> None:
@@ -208,6 +209,9 @@ def _attach(name: str, lxcpath: Path, argv: list[str]) -> subprocess.CompletedPr
 
 def test_live_audit_inside_the_booted_container(host_root: Path, tmp_path: Path) -> None:
     _need("lxc-start", "lxc-attach", "lxc-stop")
+    if sys.version_info[:2] != (3, 11):
+        pytest.skip("pveguard runs inside with the container's python3 (Debian 12: 3.11) and this venv's "
+                    f"packages, which are built for {sys.version_info[0]}.{sys.version_info[1]}")
     if Path("/sys/fs/cgroup/systemd").exists() is False and not Path("/sys/fs/cgroup/cgroup.controllers").exists():
         pytest.skip("no systemd-compatible cgroup hierarchy for a systemd container")
     with booted(host_root) as handle:
