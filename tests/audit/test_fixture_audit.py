@@ -124,3 +124,13 @@ def test_container_findings() -> None:
         "container-stopped:pve-dev-tools": "low",   # onboot=False in the default strategy
     }
     assert container_findings(strategy, GuestView(False, "no backend")) == []
+
+
+@pytest.mark.parametrize(("severities", "text"), [
+    ([], "100 (no penalised findings)"), (["info"], "100 (no penalised findings)"),
+    (["high", "high", "low"], "100 - 10*2 - 2*1 = 78"),
+    (["critical"] * 5, "100 - 25*5 = -25 -> 0"),
+])
+def test_score_explanation(severities: list[str], text: str) -> None:
+    fs = [Finding(str(i), "x", s, "t", "d", "f") for i, s in enumerate(severities)]  # type: ignore[arg-type]
+    assert score.compute(fs).explanation == text

@@ -46,7 +46,7 @@ def test_guard_without_state_is_not_installed_and_writes_nothing(monkeypatch: py
     _module(monkeypatch, "pveguard.guard.install", guard_findings=lambda c: calls.append(c) or [])
     result, _ = sources.guard(ctx, Path("/"))
     assert calls == [] and not ctx.state_dir.exists()
-    got = findings.guard_findings(result, "")
+    got = findings.guard_findings(result)
     assert [(f.id, f.severity) for f in got] == [("guard:not-installed", "high")]
 
 
@@ -73,7 +73,8 @@ def test_guard_findings_are_normalised(monkeypatch: pytest.MonkeyPatch, ctx: App
              FakeGuardFinding("not-installed", "/etc/apt/x", "not installed", "install it", "warning")]
     _module(monkeypatch, "pveguard.guard.install", guard_findings=lambda c: items)
     result, reason = sources.guard(ctx, Path("/"))
-    got = [f.as_dict() for f in findings.guard_findings(result, reason)]
+    assert reason == ""
+    got = [f.as_dict() for f in findings.guard_findings(result)]
     assert got[0] == {"id": "guard:changed", "category": "guard", "severity": "critical",
                       "title": "the guard's apt-conf file changed", "detail": "/etc/apt/apt.conf.d/05pveguard",
                       "fix": "run 'pveguard guard install'"}
@@ -83,7 +84,7 @@ def test_guard_findings_are_normalised(monkeypatch: pytest.MonkeyPatch, ctx: App
 def test_real_guard_finding_shape() -> None:
     install = pytest.importorskip("pveguard.guard.install", reason="the guard is not merged into this branch yet")
     f = install.GuardFinding("removed", "/usr/local/sbin/x", "was removed", "reinstall", "critical")
-    (got,) = findings.guard_findings([f], "")
+    (got,) = findings.guard_findings([f])
     assert (got.id, got.severity, got.title, got.fix) == ("guard:removed", "critical", "was removed", "reinstall")
 
 

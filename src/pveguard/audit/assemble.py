@@ -98,7 +98,7 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
                           "package": job.package, "core": core, "suggestion": target})
 
     all_findings: list[Finding] = []
-    all_findings += findings.guard_findings(external.guard, external.guard_reason)
+    all_findings += findings.guard_findings(external.guard)
     all_findings += findings.container_findings(strategy, external.guests)
     all_findings += findings.service_findings(rows)
     all_findings += findings.cron_findings(cron_docs)

@@ -61,7 +61,7 @@ class ServiceRow:
 GUARD_SEVERITY: dict[str, Severity] = {"critical": "critical", "warning": "high"}
 
 
-def guard_findings(result: Sequence[Any] | None, reason: str) -> list[Finding]:
+def guard_findings(result: Sequence[Any] | None) -> list[Finding]:
     """Normalise the guard's findings: `GuardFinding` objects (kind, path, message, hint, severity) or
     dicts in the audit's own form (id, severity, title, detail, fix)."""
     if result is None:

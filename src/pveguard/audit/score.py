@@ -24,9 +24,12 @@ class Score:
 
     @property
     def explanation(self) -> str:
+        """The formula with this host's counts filled in, e.g. `100 - 10*2 - 5*1 = 75`."""
         terms = " - ".join(f"{PENALTY[s]}*{self.counts[s]}" for s in SEVERITIES if PENALTY[s] and self.counts[s])
-        return f"100 - {terms} = {100 - self.penalty}" + (" -> 0" if self.value == 0 and self.penalty > 100 else "") \
-            if terms else "100 (no penalised findings)"
+        if not terms:
+            return "100 (no penalised findings)"
+        text = f"100 - {terms} = {100 - self.penalty}"
+        return text + " -> 0" if self.penalty > 100 else text
 
 
 def compute(findings: Iterable[Finding]) -> Score:
