@@ -142,3 +142,33 @@ def test_external_closes_the_backend(monkeypatch: pytest.MonkeyPatch, ctx: AppCo
     ext = sources.external(ctx, Strategy(), Path("/"))
     assert stand_in.closed and ext.guests.available
     assert ext.backup_uncovered is None and "pveguard.backup.coverage" in ext.backup_reason
+
+
+def test_failing_backend_and_backup_hook_are_reported(monkeypatch: pytest.MonkeyPatch, ctx: AppContext) -> None:
+    import pveguard.backends as backends
+
+    class Broken(StandInBackend):
+        def list_guests(self) -> list[Guest]:
+            raise ConnectionError("connection refused")
+
+    broken = Broken([], {})
+    monkeypatch.setattr(backends, "connect", lambda s: broken, raising=False)
+    view, backend = sources.guests(Strategy(), Path("/"))
+    assert not view.available and "ConnectionError: connection refused" in view.reason
+    assert backend is None and broken.closed
+
+    stand_in = StandInBackend([Guest(101, "web", "n1", "lxc", "running")], {})
+    monkeypatch.setattr(backends, "connect", lambda s: stand_in, raising=False)
+
+    def coverage(c: AppContext, b: Any) -> list[Any]:
+        raise RuntimeError("jobs.cfg unreadable")
+
+    _module(monkeypatch, "pveguard.backup.coverage", uncovered_guests=coverage)
+    ext = sources.external(ctx, Strategy(), Path("/"))
+    assert ext.backup_uncovered is None and "RuntimeError: jobs.cfg unreadable" in ext.backup_reason
+
+    _module(monkeypatch, "pveguard.backup.coverage", uncovered_guests=lambda c, b: b.list_guests())
+    ext = sources.external(ctx, Strategy(), Path("/"))
+    assert ext.backup_uncovered == [{"vmid": 101, "name": "web"}]
+    got = findings.backup_findings(ext.backup_uncovered)
+    assert [(f.id, f.severity) for f in got] == [("backup-uncovered", "high")] and "web (101)" in got[0].detail

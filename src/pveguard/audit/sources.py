@@ -8,9 +8,11 @@ the report says the fact is unavailable and why, instead of guessing.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +37,16 @@ def guests(strategy: Strategy, root: Path) -> tuple[GuestView, Any]:
     connect = _optional("pveguard.backends", "connect")
     if connect is None:
         return GuestView(False, "no backend in this build (pveguard.backends.connect is not available yet)"), None
+    backend = None
     try:
         backend = connect(strategy)
         listed = backend.list_guests()
     except PveguardError as exc:
+        _close(backend)
         return GuestView(False, exc.message), None
-    except OSError as exc:
-        return GuestView(False, f"backend not reachable: {exc}"), None
+    except Exception as exc:  # the audit reports a failing backend and goes on with the host facts
+        _close(backend)
+        return GuestView(False, f"backend not reachable: {type(exc).__name__}: {exc}"), None
     view = GuestView(True, "", getattr(backend, "name", type(backend).__name__))
     wanted = {c.name for c in strategy.containers}
     for g in listed:
@@ -50,9 +55,17 @@ def guests(strategy: Strategy, root: Path) -> tuple[GuestView, Any]:
         if g.name in wanted:
             try:
                 view.configs[g.name] = dict(backend.get_config(g))
-            except PveguardError as exc:
-                view.reason += f"config of {g.name} unavailable: {exc.message}; "
+            except Exception as exc:  # one unreadable config must not hide the others
+                text = exc.message if isinstance(exc, PveguardError) else f"{type(exc).__name__}: {exc}"
+                view.reason += f"config of {g.name} unavailable: {text}; "
     return view, backend
+
+
+def _close(backend: Any) -> None:
+    if backend is not None:
+        # closing a broken connection may fail too; there is nothing left to report then
+        with contextlib.suppress(Exception):
+            backend.close()
 
 
 def guard(ctx: AppContext, root: Path) -> tuple[list[Any] | None, str]:
@@ -74,7 +87,7 @@ def guard(ctx: AppContext, root: Path) -> tuple[list[Any] | None, str]:
         return list(fn(ctx)), ""
     except PveguardError as exc:
         return None, f"the guard's self-check failed: {exc.message}"
-    except OSError as exc:
+    except (OSError, sqlite3.Error) as exc:
         return None, f"the guard's self-check could not read its files: {exc}" + (
             " (run the audit as root)" if os.geteuid() != 0 else "")
 
@@ -85,7 +98,11 @@ def backup_coverage(ctx: AppContext, view: GuestView, backend: Any) -> tuple[lis
     fn = _optional("pveguard.backup.coverage", "uncovered_guests")
     if fn is None:
         return None, "backup jobs are not in this build (pveguard.backup.coverage.uncovered_guests missing)"
-    result = fn(ctx, backend)
+    try:
+        result = fn(ctx, backend)
+    except Exception as exc:  # reported as unavailable, like any other fact the audit could not read
+        text = exc.message if isinstance(exc, PveguardError) else f"{type(exc).__name__}: {exc}"
+        return None, f"backup coverage check failed: {text}"
     return [g if isinstance(g, dict) else {"vmid": g.vmid, "name": g.name} for g in result], ""
 
 
@@ -95,6 +112,5 @@ def external(ctx: AppContext, strategy: Strategy, root: Path) -> External:
         guard_result, guard_reason = guard(ctx, root)
         uncovered, backup_reason = backup_coverage(ctx, view, backend)
     finally:
-        if backend is not None:
-            backend.close()
+        _close(backend)
     return External(view, guard_result, guard_reason, uncovered, backup_reason)
