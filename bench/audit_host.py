@@ -18,8 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pveguard.audit import assemble, inventory, report
+from pveguard.audit import assemble, inventory, report, sources
 from pveguard.audit.findings import GuestView
+from pveguard.context import AppContext
 from pveguard.strategy.models import Strategy
 
 GOLDEN = Path(__file__).resolve().parents[1] / "tests/audit/golden/pve-fake/root"
@@ -54,12 +55,19 @@ def main() -> None:
         ("end to end: `pveguard audit` (table, new process)", lambda: cli("table")),
         ("end to end: `pveguard audit --root <pve-fake golden root> --json`", lambda: cli("json", str(GOLDEN))),
         ("phase: inventory.collect(/)", lambda: inventory.collect(Path("/"))),
+        ("phase: sources.external (backend guests, guard, backup seams)",
+         lambda: sources.external(AppContext(Path("/nonexistent/s.yaml"), Path("/nonexistent/state")), Strategy(),
+                                  Path("/"))),
         ("phase: assemble.build (classify, suggest, depmap, findings, score)",
          lambda: assemble.build(facts, Strategy(), ext)),
         ("phase: render table", lambda: report.render(doc, "table")),
         ("phase: render html", lambda: report.render(doc, "html")),
     ]
-    print(f"host: {os.uname().nodename}, {sizes}; repeat {args.repeat}\n")
+    ext_now = sources.external(AppContext(Path("/nonexistent/s.yaml"), Path("/nonexistent/state")), Strategy(),
+                               Path("/"))
+    guests = (f"backend {ext_now.guests.backend}: {len(ext_now.guests.guests)} guests" if ext_now.guests.available
+              else f"guests unavailable ({ext_now.guests.reason})")
+    print(f"host: {os.uname().nodename}, {sizes}, {guests}; repeat {args.repeat}\n")
     print("| what | best (s) | median (s) |\n|---|---:|---:|")
     for label, fn in rows:
         best, median = timed(fn, args.repeat)
