@@ -123,3 +123,11 @@ def test_unprivileged_run_names_what_needs_root() -> None:
     doc = json.loads(proc.stdout)
     if doc["sockets"]:
         assert any("/proc/PID/fd" in n for n in doc["needs_root"]), doc["needs_root"]
+
+
+@pytest.mark.parametrize("fmt", ["table", "markdown", "html"])
+def test_live_audit_of_this_machine_in_every_format(fmt: str) -> None:
+    """Whatever this machine has (guests from a backend or not, sockets, cron), every view renders."""
+    proc = run("--format", fmt)
+    assert proc.returncode == 0, proc.stderr
+    assert "compliance" in proc.stdout and "Traceback" not in proc.stderr

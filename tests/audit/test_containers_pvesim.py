@@ -90,3 +90,8 @@ def test_container_findings_from_a_pve_api(tmp_path: Path) -> None:
         "container-missing:pve-dev-tools": "high",
     }
     assert {g["name"] for g in doc["guests"]["items"]} == {"pve-monitoring", "pve-backup-manager", "pve-api-gateway"}
+    from pveguard.audit import report
+
+    md = report.render(doc, "markdown")
+    assert "pve-backup-manager (lxc, running)" in md and "pve-api-gateway (lxc, stopped)" in md
+    assert "pve-backup-manager is off the container VLAN" in report.render(doc, "html")

@@ -262,3 +262,8 @@ def test_live_audit_inside_the_booted_container(host_root: Path, tmp_path: Path)
     assert findings["non-core-service:grafana"]["severity"] == "high"
     assert findings["non-core-service:webhook-relay.service"]["severity"] == "medium"
     assert "grafana-server.service" in table and "pve-monitoring" in table and "compliance score" in table
+    md = report.render(doc, "markdown")
+    assert "| tcp | 0.0.0.0 | 3000 | python3 (" in md and ") | grafana-server.service |" in md
+    assert "### Migration: grafana-server.service → pve-monitoring" in md
+    html = report.render(doc, "html")
+    assert "<td>grafana-server.service</td>" in html and "tcp/3000 on 0.0.0.0" in html
