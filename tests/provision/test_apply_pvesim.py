@@ -251,3 +251,37 @@ def test_connection_problems_are_clear(penv: Env, capsys: pytest.CaptureFixture[
     for text in expected:
         assert text in err, (case, err)
     assert "Traceback" not in err and "not-the-password" not in err
+
+
+def test_missing_template_is_downloaded_through_aplinfo(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    penv.edit(lambda d: d.update(containers=[{**d["containers"][0], "template": "rockylinux-9-default"}]))
+    code, _out, err = penv.run("apply", capsys=capsys)
+    assert code == 0, err
+    assert "downloading template rockylinux-9-default_20240912_amd64.tar.xz" in err
+    [g] = penv.lxc()
+    _status, _r, body = penv.sim.api("GET", f"/nodes/{g['node']}/storage/local/content", {"content": "vztmpl"})
+    assert "local:vztmpl/rockylinux-9-default_20240912_amd64.tar.xz" in {c["volid"] for c in body["data"]}
+    assert penv.calls()["POST /nodes/{node}/aplinfo"] == 1
+
+
+def test_unknown_template_is_a_clear_error(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    penv.edit(lambda d: d.update(containers=[{**d["containers"][0], "template": "nosuch-os-1"}]))
+    code, _out, err = penv.run("apply", capsys=capsys)
+    assert code == 1 and "template 'nosuch-os-1' is neither on" in err and "pveam update" in err
+    assert penv.lxc() == []
+
+
+def test_lost_update_answer_is_not_a_failure(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    assert penv.run("apply", capsys=capsys)[0] == 0
+    penv.edit(lambda d: d["containers"][0]["resources"].update(memory="5G"))
+    # the PUT lands but its answer arrives after our timeout; the retry then trips over the digest
+    penv.env.update(PVEGUARD_PVE_HTTP_TIMEOUT="0.5", PVEGUARD_PVE_RETRY_WAIT="1.5")  # retry after it landed
+    penv.sim.control("POST", "/faults", {"method": "PUT", "path": r"/lxc/\d+/config$", "delay_ms": 1000,
+                                         "times": 1})
+    penv.reset_calls()
+    code, _out, err = penv.run("apply", capsys=capsys)
+    assert code == 0, err
+    vmid = next(g["vmid"] for g in penv.lxc() if g["name"] == "pve-monitoring")
+    assert penv.config(vmid)["memory"] == 5120
+    assert penv.calls()["PUT /nodes/{node}/lxc/{vmid}/config"] == 2
+    assert penv.run("plan", "--detailed-exitcode", capsys=capsys)[0] == 0

@@ -120,7 +120,8 @@ def pve_params(values: dict[str, Any]) -> dict[str, Any]:
 def is_retryable(exc: BaseException) -> bool:
     """Server errors, proxy pseudo-codes (595 node unreachable...) and transport timeouts."""
     if isinstance(exc, ResourceException):
-        return exc.status_code in _RETRY_STATUS
+        # a digest mismatch stays one however often it is repeated
+        return exc.status_code in _RETRY_STATUS and "detected modified configuration" not in str(exc.content)
     return isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout
                       | subprocess.TimeoutExpired)
 
@@ -515,8 +516,13 @@ class ProxmoxBackend(Backend):
         if delete:
             params["delete"] = ",".join(delete)
         if params:
-            self.call("PUT", f"{self._ct(guest)}/config", params, safe=True,
-                      what=f"updating CT {guest.vmid} ({guest.name})")
+            try:
+                self.call("PUT", f"{self._ct(guest)}/config", params, safe=True,
+                          what=f"updating CT {guest.vmid} ({guest.name})")
+            except BackendError as exc:
+                # A retried PUT whose first attempt did land fails the digest check; that is success.
+                if "detected modified configuration" not in exc.message or not self._has(guest, params, delete):
+                    raise
         if size:
             upid = self.call("PUT", f"{self._ct(guest)}/resize", {"disk": "rootfs", "size": str(size)}, safe=True,
                              what=f"growing the root disk of CT {guest.vmid} to {size}")
@@ -529,6 +535,20 @@ class ProxmoxBackend(Backend):
         except BackendError:
             return []
         return sorted(str(p["key"]) for p in pending if "pending" in p or p.get("delete"))
+
+    def _has(self, guest: Guest, params: dict[str, Any], delete: list[str] | None) -> bool:
+        """True when the guest's config already holds these values (property strings compared as sets)."""
+        cfg = self.get_config(guest)
+        for k, v in params.items():
+            if k in ("digest", "delete"):
+                continue
+            have, want = str(cfg.get(k, "")), str(v)
+            if "=" in want:
+                if set(have.split(",")) != set(want.split(",")):
+                    return False
+            elif have != want:
+                return False
+        return not any(k in cfg for k in delete or [])
 
     def _power(self, guest: Guest, action: str, params: dict[str, Any] | None = None,
                done_when: str | None = None, progress: Progress | None = None) -> None:

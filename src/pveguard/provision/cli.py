@@ -15,7 +15,7 @@ from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, UsageError
 from pveguard.output import console, err_console, print_json
 from pveguard.provision.apply import Applier, ApplyReport
-from pveguard.provision.desired import actual_fields, desired_fields, desired_state
+from pveguard.provision.desired import actual_fields, desired_fields, desired_state, is_managed_description
 from pveguard.provision.journal import Journal
 from pveguard.provision.observe import observe
 from pveguard.provision.plan import Plan, plan
@@ -175,10 +175,10 @@ def status_data(app: AppContext, backend: Backend) -> dict[str, Any]:
     seen = set()
     for g in obs.guests:
         cfg = obs.configs.get(g.vmid)
-        if cfg is None or g.type != "lxc" or not cfg.get("description") or "pveguard" not in g.tags:
+        if cfg is None or g.type != "lxc":
             continue
         f = actual_fields(cfg)
-        if "managed-by: pveguard" not in f["description"]:
+        if not is_managed_description(f["description"]):
             continue
         seen.add(g.name)
         s = stats.get(g.vmid)
