@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pveguard.errors import BackendError
 from pveguard.security.ledger import Ledger
 from pveguard.store import Store
 
@@ -285,3 +288,53 @@ def test_lost_update_answer_is_not_a_failure(penv: Env, capsys: pytest.CaptureFi
     assert penv.config(vmid)["memory"] == 5120
     assert penv.calls()["PUT /nodes/{node}/lxc/{vmid}/config"] == 2
     assert penv.run("plan", "--detailed-exitcode", capsys=capsys)[0] == 0
+
+
+def test_change_that_needs_a_restart_is_reported(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    penv.edit(lambda d: d.update(containers=d["containers"][:1]))
+    assert penv.run("apply", capsys=capsys)[0] == 0
+    penv.edit(lambda d: d["containers"][0].update(features={"nesting": True, "keyctl": True}))
+    penv.edit(lambda d: d["containers"][0]["resources"].update(memory="6G"))
+    code, out, _ = penv.run("plan", capsys=capsys)
+    assert "features: nesting=1 -> keyctl=1,nesting=1  [after restart]" in out
+    assert "memory: 4096 -> 6144\n" in out
+    code, out, err = penv.run("apply", "--json", capsys=capsys)
+    assert code == 0, err
+    import json
+
+    result = json.loads(out)["result"]
+    assert result["restart_needed"] == {"pve-monitoring": ["features"]}
+    [g] = penv.lxc()
+    _status, _r, body = penv.sim.api("GET", f"/nodes/{g['node']}/lxc/{g['vmid']}/pending")
+    pending = {p["key"]: p for p in body["data"]}
+    assert pending["features"].get("pending") == "keyctl=1,nesting=1" and "pending" not in pending["memory"]
+
+
+def test_push_pull_and_exec_through_pct(penv: Env, tmp_path: Path) -> None:
+    from pveguard.backends import connect
+    from pveguard.strategy.models import Strategy
+
+    from .test_exec_pvesim import fake_ssh
+
+    sim_env = penv.sim.env()
+    bindir = fake_ssh(tmp_path, penv)
+    env = {**penv.env, "PATH": f"{bindir}{os.pathsep}{sim_env['PATH']}", "PVESIM_INFO": sim_env["PVESIM_INFO"]}
+    [vmid] = penv.sim.control("POST", "/guests", {"count": 1, "type": "lxc", "status": "running"})
+    backend = connect(Strategy(), env)
+    old_path = os.environ["PATH"]
+    os.environ.update(PATH=env["PATH"], PVESIM_INFO=env["PVESIM_INFO"])
+    try:
+        guest = next(g for g in backend.list_guests() if g.vmid == vmid)
+        src = tmp_path / "motd"
+        src.write_text("hello from pveguard\n")
+        backend.push(guest, str(src), "/etc/motd", 0o600)
+        back = tmp_path / "back"
+        backend.pull(guest, "/etc/motd", str(back))
+        assert back.read_text() == "hello from pveguard\n"
+        r = backend.exec(guest, ["cat", "/etc/motd"])
+        assert (r.returncode, r.stdout) == (0, "hello from pveguard\n")
+        with pytest.raises(BackendError, match="copying CT"):
+            backend.pull(guest, "/no/such/file", str(tmp_path / "x"))
+    finally:
+        os.environ["PATH"] = old_path
+        os.environ.pop("PVESIM_INFO", None)
