@@ -184,13 +184,22 @@ def _tags(raw: Any) -> list[str]:
     return sorted({t for t in str(raw or "").replace(",", ";").replace(" ", ";").split(";") if t})
 
 
+class PveCallError(BackendError):
+    """A failed API call: PVE's message, plus what the retry logic needs to know about it."""
+
+    def __init__(self, message: str, hint: str | None = None, *, status: int | None = None,
+                 retryable: bool = False) -> None:
+        super().__init__(message, hint)
+        self.status = status
+        self.retryable = retryable
+
+
 @dataclass
 class NodeInfo:
     name: str
     online: bool
     maxmem: int
     mem: int
-    ip: str | None = None
 
 
 def choose_node(nodes: list[NodeInfo], placed: dict[str, int]) -> str | None:
@@ -250,14 +259,10 @@ class ProxmoxBackend(Backend):
             raise self._error(exc, what or f"{method} {path}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _error(self, exc: BaseException, what: str) -> BackendError:
+    def _error(self, exc: BaseException, what: str) -> PveCallError:
         where = f" at {self.settings.host}" if isinstance(exc, requests.exceptions.RequestException) else ""
-        msg = f"{what} failed{where}: {pve_message(exc)}"
-        err = BackendError(msg, hint=_hint_for(exc))
-        err.__cause__ = None
-        err.retryable = is_retryable(exc)  # type: ignore[attr-defined]
-        err.status = getattr(exc, "status_code", None)  # type: ignore[attr-defined]
-        return err
+        return PveCallError(f"{what} failed{where}: {pve_message(exc)}", hint=_hint_for(exc),
+                            status=getattr(exc, "status_code", None), retryable=is_retryable(exc))
 
     def wait_task(self, upid: str, what: str, progress: Progress | None = None,
                   timeout: float | None = None) -> None:
@@ -482,7 +487,7 @@ class ProxmoxBackend(Backend):
                                   tags=list(spec.tags), managed=True)
                     self.wait_unlocked(guest, what, progress)
                     break
-                if found == "absent" and not getattr(exc, "retryable", False):
+                if found == "absent" and not (isinstance(exc, PveCallError) and exc.retryable):
                     raise
                 if found == "taken":
                     if spec.vmid:
@@ -559,7 +564,7 @@ class ProxmoxBackend(Backend):
             # start/stop are idempotent in effect: if the guest is already where we want it, fine
             if done_when and self._status(guest) == done_when:
                 return
-            if getattr(exc, "retryable", False):
+            if isinstance(exc, PveCallError) and exc.retryable:
                 upid = self.call("POST", f"{self._ct(guest)}/status/{action}", params, safe=False, what=what)
             else:
                 raise
