@@ -338,3 +338,19 @@ def test_push_pull_and_exec_through_pct(penv: Env, tmp_path: Path) -> None:
     finally:
         os.environ["PATH"] = old_path
         os.environ.pop("PVESIM_INFO", None)
+
+
+def test_secrets_never_in_output_or_ledger(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    secret = penv.sim.token_value
+    outputs = [penv.run(*argv, capsys=capsys) for argv in (["-v", "apply"], ["plan", "--json"], ["status"],
+                                                           ["status", "--json"], ["audit-log", "show", "--json"])]
+    penv.env.update(PVEGUARD_PVE_TOKEN="", PVEGUARD_PVE_USER="root@pam", PVEGUARD_PVE_PASSWORD=penv.sim.password)
+    outputs.append(penv.run("-v", "status", capsys=capsys))
+    penv.env["PVEGUARD_PVE_HOST"] = "127.0.0.1:9"
+    outputs.append(penv.run("-v", "status", capsys=capsys))
+    assert outputs[0][0] == 0 and outputs[-2][0] == 0 and outputs[-1][0] == 1
+    for _code, out, err in outputs:
+        assert secret not in out + err and penv.sim.password not in out + err
+    for f in (penv.dir / "state").iterdir():  # the database, its WAL, anything else kept there
+        data = f.read_bytes()
+        assert secret.encode() not in data and penv.sim.password.encode() not in data, f
