@@ -79,3 +79,19 @@ def test_repeated_kills_at_any_point_converge(penv: Env, capsys: pytest.CaptureF
         names = [g["name"] for g in penv.lxc()]
         assert len(names) == len(set(names)), names
     assert_converged(penv, capsys)
+
+
+def test_stale_journal_row_is_cleared_without_work(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    from pveguard.provision.journal import Journal
+    from pveguard.store import Store
+
+    assert penv.run("apply", capsys=capsys)[0] == 0
+    g = next(x for x in penv.lxc() if x["name"] == "pve-monitoring")
+    with Store(penv.dir / "state") as store:  # as if killed between start and journal.done
+        Journal(store).set("pve-monitoring", "started", g["vmid"], g["node"])
+    assert penv.run("plan", "--detailed-exitcode", capsys=capsys)[0] == 0  # no packages: nothing to do
+    penv.reset_calls()
+    assert penv.run("apply", capsys=capsys)[0] == 0
+    assert not any(k.startswith(("POST", "PUT", "DELETE")) for k in penv.calls())
+    with Store(penv.dir / "state") as store:
+        assert Journal(store).entries() == []

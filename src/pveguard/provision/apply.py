@@ -100,8 +100,11 @@ class Applier:
 
     def apply(self, plan: Plan) -> ApplyReport:
         report = ApplyReport()
+        journaled = {j.name for j in self.journal.entries()}
         for a in plan.actions:
             if a.kind == "unchanged":
+                if a.name in journaled and a.guest is not None:
+                    self.journal.done(a.name)  # an interrupted create with nothing left to do
                 continue
             if a.kind == "conflict":
                 report.skipped.append(a.name)

@@ -1,0 +1,30 @@
+"""The provisioning journal in the state store, and how the applier uses it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pveguard.provision.journal import Journal
+from pveguard.provision.plan import JournalEntry
+from pveguard.store import Store
+
+
+def test_journal_steps_keep_known_vmid_and_node(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        j = Journal(store)
+        j.begin("a")
+        assert j.entries() == [JournalEntry("a", None, None, "creating")]
+        j.set("a", "created", 101, "pve2")
+        j.set("a", "started")
+        assert j.entries() == [JournalEntry("a", 101, "pve2", "started")]
+        j.begin("a")  # a fresh create of the same name forgets the old guest
+        assert j.entries() == [JournalEntry("a", None, None, "creating")]
+        j.done("a")
+        assert j.entries() == []
+
+
+def test_journal_survives_reopening(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        Journal(store).set("b", "created", 7, "pve1")
+    with Store(tmp_path) as store:
+        assert Journal(store).entries() == [JournalEntry("b", 7, "pve1", "created")]
