@@ -132,7 +132,8 @@ def apply_cmd(
         if not json_out:
             render_plan(p)
         if not p.has_changes:
-            report = ApplyReport(skipped=[a.name for a in p.of("conflict")])
+            # nothing to change; this only forgets journal rows of creates that had finished
+            report = Applier(backend, app, Journal(app.store)).apply(p)
         else:
             _confirm_deletes(p, yes)
             with err_console.status("applying") as status:
