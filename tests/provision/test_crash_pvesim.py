@@ -95,3 +95,19 @@ def test_stale_journal_row_is_cleared_without_work(penv: Env, capsys: pytest.Cap
     assert not any(k.startswith(("POST", "PUT", "DELETE")) for k in penv.calls())
     with Store(penv.dir / "state") as store:
         assert Journal(store).entries() == []
+
+
+def test_second_concurrent_apply_is_refused(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    penv.sim.control("POST", "/tasks", {"seconds": {"vzcreate": 3}})
+    proc = start_apply(penv)
+    kill_when_seen = "creating pve-monitoring as CT"
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if kill_when_seen in line:
+            break
+    code, _out, err = penv.run("apply", capsys=capsys)
+    assert code == 1 and "another pveguard apply is running" in err
+    proc.send_signal(signal.SIGKILL)  # the kernel releases the lock with the process
+    proc.wait(timeout=10)
+    penv.sim.control("POST", "/tasks", {"seconds": {"vzcreate": 0.2}})
+    assert_converged(penv, capsys)

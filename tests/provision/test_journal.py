@@ -28,3 +28,17 @@ def test_journal_survives_reopening(tmp_path: Path) -> None:
         Journal(store).set("b", "created", 7, "pve1")
     with Store(tmp_path) as store:
         assert Journal(store).entries() == [JournalEntry("b", 7, "pve1", "created")]
+
+
+def test_apply_lock_is_exclusive_and_released(tmp_path: Path) -> None:
+    import pytest
+
+    from pveguard.errors import OperationError
+    from pveguard.provision.runlock import apply_lock
+
+    with apply_lock(tmp_path):
+        with pytest.raises(OperationError, match=r"another pveguard apply is running \(pid \d+\)"), \
+                apply_lock(tmp_path):
+            pass
+    with apply_lock(tmp_path):  # released on exit
+        pass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -19,6 +21,7 @@ from pveguard.provision.desired import actual_fields, desired_fields, desired_st
 from pveguard.provision.journal import Journal
 from pveguard.provision.observe import observe
 from pveguard.provision.plan import Plan, plan
+from pveguard.provision.runlock import apply_lock
 
 EXIT_CHANGES = 2
 
@@ -127,7 +130,7 @@ def apply_cmd(
     """Carry out the plan: create, converge and (with --prune) delete managed containers."""
     app = _app(ctx)
     backend = connect(app.strategy)
-    try:
+    with apply_lock(app.state_dir), _closing(backend):
         p = compute_plan(app, backend, prune)
         if not json_out:
             render_plan(p)
@@ -148,14 +151,20 @@ def apply_cmd(
                     err_console.print(escape(msg), highlight=False)
 
                 report = Applier(backend, app, Journal(app.store), progress=progress, done=done).apply(p)
-    finally:
-        backend.close()
     if json_out:
         print_json({"plan": p.as_dict(), "result": report.as_dict()})
     else:
         render_report(report)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+@contextmanager
+def _closing(backend: Backend) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        backend.close()
 
 
 def _mib(n: int) -> str:
