@@ -36,9 +36,8 @@ def test_apply_lock_is_exclusive_and_released(tmp_path: Path) -> None:
     from pveguard.errors import OperationError
     from pveguard.provision.runlock import apply_lock
 
-    with apply_lock(tmp_path):
-        with pytest.raises(OperationError, match=r"another pveguard apply is running \(pid \d+\)"), \
-                apply_lock(tmp_path):
-            pass
+    with apply_lock(tmp_path), pytest.raises(OperationError, match=r"another pveguard apply is running"), \
+            apply_lock(tmp_path):
+        pass
     with apply_lock(tmp_path):  # released on exit
         pass
