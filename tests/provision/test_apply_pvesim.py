@@ -354,3 +354,10 @@ def test_secrets_never_in_output_or_ledger(penv: Env, capsys: pytest.CaptureFixt
     for f in (penv.dir / "state").iterdir():  # the database, its WAL, anything else kept there
         data = f.read_bytes()
         assert secret.encode() not in data and penv.sim.password.encode() not in data, f
+
+
+def test_detailed_exitcode_keeps_2_for_changes_only(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    penv.strategy.write_text("containers: [{name: BAD NAME}]\n")
+    assert penv.run("plan", capsys=capsys)[0] == 2  # a strategy error is a usage error...
+    code, _out, err = penv.run("plan", "--detailed-exitcode", capsys=capsys)
+    assert code == 1 and "BAD NAME" in err  # ...but 2 would read as "changes pending"

@@ -14,7 +14,7 @@ from rich.table import Table
 from pveguard.backends import connect
 from pveguard.backends.base import Backend
 from pveguard.context import AppContext
-from pveguard.errors import EXIT_FAILED, UsageError
+from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
 from pveguard.output import console, err_console, print_json
 from pveguard.provision.apply import Applier, ApplyReport
 from pveguard.provision.desired import actual_fields, desired_fields, desired_state, is_managed_description
@@ -83,11 +83,15 @@ def plan_cmd(
 ) -> None:
     """Show what apply would do: creates, updates (field: old -> new), unchanged, deletes (--prune)."""
     app = _app(ctx)
-    backend = connect(app.strategy)
     try:
-        p = compute_plan(app, backend, prune)
-    finally:
-        backend.close()
+        backend = connect(app.strategy)
+        with _closing(backend):
+            p = compute_plan(app, backend, prune)
+    except PveguardError as exc:
+        if detailed_exitcode:
+            # 2 means "changes pending" here, so a broken strategy must not exit 2 (like terraform: 1)
+            exc.exit_code = EXIT_FAILED
+        raise
     if json_out:
         print_json(p.as_dict())
     else:
