@@ -154,16 +154,25 @@ def test_locked_container_gives_pves_message(penv: Env, capsys: pytest.CaptureFi
 
 
 def test_node_offline_595(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    penv.edit(lambda d: d["containers"][0].update(node="pve1"))  # the others go to pve2 (most free memory)
     assert penv.run("apply", capsys=capsys)[0] == 0
-    node = managed(penv)["pve-monitoring"]["node"]
-    penv.sim.control("POST", f"/nodes/{node}", {"online": False})
-    code, _out, err = penv.run("plan", capsys=capsys)
-    assert code == 1
-    assert "[HTTP 595]" in err and "unreachable" in err
-    assert "Traceback" not in err
-    # reads are retried: each config read on that node was tried several times
-    assert penv.calls()["GET /nodes/{node}/lxc/{vmid}/config"] > 4
-    penv.sim.control("POST", f"/nodes/{node}", {"online": True})
+    assert {g["name"]: g["node"] for g in managed(penv).values()}["pve-monitoring"] == "pve1"
+    penv.sim.control("POST", "/nodes/pve2", {"online": False})
+    penv.edit(lambda d: [c["resources"].update(cores=3) for c in d["containers"]])
+    penv.reset_calls()
+    code, out, err = penv.run("plan", capsys=capsys)
+    assert code == 1 and "Traceback" not in out + err
+    assert "~ update pve-monitoring" in out and "cores: 2 -> 3" in out
+    assert out.count("! conflict") == 3 and "[HTTP 595]" in out and "cannot be provided" in err
+    # reads are safe to repeat: each config read on the offline node was retried
+    assert penv.calls()["GET /nodes/{node}/lxc/{vmid}/config"] == 1 + 3 * 4
+    code, out, err = penv.run("apply", capsys=capsys)
+    assert code == 1 and "not provided" in err  # pve1's container was updated, the rest is reported
+    mon = managed(penv)["pve-monitoring"]
+    assert penv.config(mon["vmid"])["cores"] == 3
+    assert len(penv.lxc()) == 4  # nothing re-created for the guests it could not read
+    penv.sim.control("POST", "/nodes/pve2", {"online": True})
+    assert penv.run("apply", capsys=capsys)[0] == 0
     assert penv.run("plan", "--detailed-exitcode", capsys=capsys)[0] == 0
 
 

@@ -15,7 +15,7 @@ from pveguard.backends import connect
 from pveguard.backends.base import Backend
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
-from pveguard.output import console, err_console, print_json
+from pveguard.output import console, err_console, error, print_json
 from pveguard.provision.apply import Applier, ApplyReport
 from pveguard.provision.desired import actual_fields, desired_fields, desired_state, is_managed_description
 from pveguard.provision.journal import Journal
@@ -96,6 +96,12 @@ def plan_cmd(
         print_json(p.as_dict())
     else:
         render_plan(p)
+    conflicts = p.of("conflict")
+    if conflicts:
+        # the strategy cannot be reached as it stands: say so in the exit code too
+        error(f"{len(conflicts)} container(s) cannot be provided: {', '.join(a.name for a in conflicts)} "
+              f"(see the notes above)")
+        raise typer.Exit(EXIT_FAILED)
     if detailed_exitcode and p.has_changes:
         raise typer.Exit(EXIT_CHANGES)
 
