@@ -287,7 +287,7 @@ def test_guest_still_being_created_is_resumed_not_diffed() -> None:
 
 def test_unreadable_tagged_guest_blocks_its_name_only() -> None:
     obs = converged()
-    obs = Observed(obs.guests + [guest("old", 150)], {k: v for k, v in obs.configs.items() if k != 101},
+    obs = Observed([*obs.guests, guest("old", 150)], {k: v for k, v in obs.configs.items() if k != 101},
                    {101: "node unreachable [HTTP 595]", 150: "node unreachable [HTTP 595]"})
     p = plan(DESIRED, obs, prune=True)
     kinds = {a.name: a.kind for a in p.actions}
