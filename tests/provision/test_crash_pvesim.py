@@ -55,6 +55,8 @@ def test_kill_after_create_before_start_resumes(penv: Env, capsys: pytest.Captur
     assert [g["name"] for g in penv.lxc()] == ["pve-monitoring"]
     plan = penv.json("plan", capsys=capsys)
     assert (plan["actions"][0]["action"], plan["actions"][0]["name"]) == ("resume", "pve-monitoring")
+    status = penv.json("status", capsys=capsys)
+    assert [(j["name"], j["step"]) for j in status["unfinished"]] == [("pve-monitoring", "created")]
     penv.sim.control("POST", "/tasks", {"seconds": {"vzstart": 0.1}})
     assert_converged(penv, capsys)
 

@@ -211,9 +211,12 @@ def status_data(app: AppContext, backend: Backend) -> dict[str, Any]:
                      "maxdisk_bytes": s.maxdisk, "uptime": s.uptime} if s else None,
         })
     missing = [n for n in desired if n not in seen]
-    return {"backend": {"name": caps.name, "vlan_mode": caps.vlan_mode, "live_memory_update": caps.live_memory_update,
-                        "live_cpu_update": caps.live_cpu_update, "backups": caps.backups, "notes": caps.notes},
-            "containers": sorted(rows, key=lambda r: str(r["name"])), "missing": missing}
+    unfinished = [{"name": j.name, "vmid": j.vmid, "node": j.node, "step": j.step}
+                  for j in Journal(app.store).entries()]
+    backend_info = {"name": caps.name, "vlan_mode": caps.vlan_mode, "live_memory_update": caps.live_memory_update,
+                    "live_cpu_update": caps.live_cpu_update, "backups": caps.backups, "notes": caps.notes}
+    return {"backend": backend_info, "containers": sorted(rows, key=lambda r: str(r["name"])),
+            "missing": missing, "unfinished": unfinished}
 
 
 def status_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
@@ -241,3 +244,6 @@ def status_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     console.print(t)
     if data["missing"]:
         console.print(escape("not created yet: " + ", ".join(data["missing"]) + " (run 'pveguard apply')"))
+    for j in data["unfinished"]:
+        console.print(escape(f"unfinished create: {j['name']} (CT {j['vmid'] or '?'}, reached '{j['step']}'; "
+                             f"'pveguard apply' finishes it)"))
