@@ -189,7 +189,8 @@ def plan(desired: list[Desired], observed: Observed, *, prune: bool = False,
                     f"rename it, or adopt it by adding the tag 'pveguard' and the line "
                     f"'managed-by: pveguard' to its description"]))
                 continue
-            notes = [f"pinned to node {d.spec.node}"] if d.spec.node else ["node: most free memory (chosen at apply)"]
+            notes = ([f"pinned to node {d.spec.node}"] if d.spec.node
+                     else ["node: chosen at apply (on PVE: most free memory)"])
             if d.spec.vmid is not None:
                 clash = next((g for g in observed.guests if g.vmid == d.spec.vmid), None)
                 if clash is not None:
