@@ -139,9 +139,8 @@ class Applier:
 
     def _finish(self, guest: Guest, d: Desired, steps: list[str]) -> None:
         """The steps after creation: start, then packages; the journal advances after each."""
-        wait = getattr(self.backend, "wait_unlocked", None)
-        if wait is not None and (guest.lock or "wait" in steps):
-            wait(guest, f"waiting for the creation of {guest.name}", self.progress)
+        if guest.lock or "wait" in steps:
+            self.backend.wait_unlocked(guest, f"waiting for the creation of {guest.name}", self.progress)
             guest.lock = None
         if "start" in steps:
             if guest.status != "running":
