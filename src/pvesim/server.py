@@ -366,6 +366,8 @@ class SimServer:
             self.cafile = str(cert)
             self.fingerprint = fp
         self._thread: threading.Thread | None = None
+        self._statd: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def url(self) -> str:
@@ -388,11 +390,35 @@ class SimServer:
     def start(self) -> None:
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="pvesim", daemon=True)
         self._thread.start()
+        self.start_statd()
+
+    def start_statd(self) -> None:
+        """Refresh guest stats at each stat-interval boundary in the background (like pvestatd)."""
+        self._statd = threading.Thread(target=self._statd_loop, name="pvesim-statd", daemon=True)
+        self._statd.start()
+
+    def _statd_loop(self) -> None:
+        from pvesim.usage import STAT_INTERVAL
+
+        last = -1
+        while not self._stopping.is_set():
+            sim = self.sim
+            now = sim.now()
+            bucket = int(now) // STAT_INTERVAL
+            if bucket != last and sim.guests:
+                with sim.lock:
+                    sim.tick()
+                    last = sim.refresh_stats()
+            scale = max(sim.clock.time_scale, 1e-6)
+            wait = ((bucket + 1) * STAT_INTERVAL - sim.now()) / scale
+            self._stopping.wait(min(max(wait, 0.05), 1.0))
 
     def serve_forever(self) -> None:
+        self.start_statd()
         self.httpd.serve_forever()
 
     def stop(self) -> None:
+        self._stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         if self._thread:

@@ -638,7 +638,7 @@ class Sim:
         """Current cpu/mem/disk/net/io/uptime (zeros when stopped), with control-API overrides."""
         return dict(zip(USAGE_KEYS, self._usage_tuple(g, self.nodes.get(g.node)), strict=True))
 
-    def resource_json(self, g: Guest, bucket: int) -> tuple[bytes, float, int]:
+    def resource_json(self, g: Guest, bucket: int, now: float | None = None) -> tuple[bytes, float, int]:
         """The guest's /cluster/resources entry as JSON bytes, plus (cpu x maxcpu, mem) for node totals.
 
         Cached per stat interval and guest version; the static part is encoded once per version.
@@ -676,10 +676,28 @@ class Sim:
             static = (g.version, online, pre, post, g.maxmem(), g.maxdisk(), cpus)
             g._static = static
         _v, _o, pre, post, maxmem, maxdisk, cpus = static
-        if online:
-            cpu, mem, disk, netin, netout, dread, dwrite, up = self._usage_tuple(g, node)
+        u: tuple[Any, ...]
+        if not online:
+            u = (0, 0, 0, 0, 0, 0, 0, 0)
+        elif g.status != "running":
+            u = (0, 0, g.override.get("disk", 0), 0, 0, 0, 0, 0)
         else:
-            cpu, mem, disk, netin, netout, dread, dwrite, up = 0, 0, 0, 0, 0, 0, 0, 0
+            u = usage_at(
+                self.consts(g.vmid),
+                g.vmid,
+                maxmem,
+                maxdisk,
+                cpus,
+                self.now() if now is None else now,
+                g.started_at,
+            )
+            if g.override:
+                lst = list(u)
+                for i, k in enumerate(USAGE_KEYS):
+                    if k in g.override:
+                        lst[i] = g.override[k]
+                u = tuple(lst)
+        cpu, mem, disk, netin, netout, dread, dwrite, up = u
         body = (
             pre
             + (
@@ -704,6 +722,15 @@ class Sim:
         weight = float(cpu) * float(cpus)
         g._fast = (bucket, g.version, online, body, weight, int(mem))
         return body, weight, int(mem)
+
+    def refresh_stats(self) -> int:
+        """Precompute every guest's resource entry for the current stat interval (what pvestatd does
+        every 10 s on a real node, so /cluster/resources reads a warm cache). Returns the interval."""
+        now = self.now()
+        bucket = int(now) // STAT_INTERVAL
+        for g in list(self.guests.values()):
+            self.resource_json(g, bucket, now)
+        return bucket
 
     def resource_entry(self, g: Guest) -> dict[str, Any]:
         """The /cluster/resources entry of a guest as a dict."""

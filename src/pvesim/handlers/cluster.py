@@ -33,10 +33,11 @@ def resources(ctx: Ctx) -> RawData:
     access = sim.access
     authid = ctx.auth.authid
     want_vm = typ in (None, "vm")
-    bucket = int(sim.now()) // STAT_INTERVAL
+    now = sim.now()
+    bucket = int(now) // STAT_INTERVAL
     rj = sim.resource_json
     for g in sim.guests.values():
-        body, weight, mem = rj(g, bucket)
+        body, weight, mem = rj(g, bucket, now)
         if g.status == "running" and g.node in node_cpu:
             node_cpu[g.node] += weight
             node_mem[g.node] += mem

@@ -1,0 +1,212 @@
+"""Benchmark: GET /cluster/resources on 10 nodes x 10,000 guests, and pvesim's memory at that size.
+
+Starts `python -m pvesim` as a separate process (so its RSS is measured alone), then times requests
+over one keep-alive HTTPS connection with the API token:
+
+* warm     - repeated polls within one 10 s stat interval (served from the encoded cache)
+* polling  - one poll per stat interval as time passes (sim at --time-scale 10, a poll every 1.1 s):
+             the background stats refresher (pvesim's pvestatd) has recomputed usage beforehand
+* clock-jump - right after `POST /_sim/clock {"advance": 10}`: the request itself recomputes every
+             guest's usage (worst case)
+* after-write  - after a config PUT on one guest (index rebuilt, other guests' entries reused)
+* config   - GET /nodes/{node}/lxc/{vmid}/config
+
+Run:  .venv/bin/python bench/pvesim_cluster_resources.py [--nodes 10 --guests 10000 --rounds 20]
+      [--write-docs docs/benchmarks.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process in KiB, from /proc."""
+    vals = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            k, v = line.split(":", 1)
+            vals[k] = int(v.split()[0])
+    return vals["VmRSS"], vals["VmHWM"]
+
+
+def timed(fn: Any, rounds: int) -> list[float]:
+    out = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def summary(ms: list[float]) -> str:
+    ms = sorted(ms)
+    p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
+    return f"{statistics.median(ms):.1f} | {p95:.1f} | {ms[-1]:.1f}"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--nodes", type=int, default=10)
+    ap.add_argument("--guests", type=int, default=10000)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--write-docs", help="update the 'pvesim' section of this markdown file")
+    args = ap.parse_args()
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pvesim",
+            "--port",
+            "0",
+            "--nodes",
+            str(args.nodes),
+            "--guests",
+            str(args.guests),
+            "--seed",
+            "1",
+            "--time-scale",
+            "10",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            print(
+                "pvesim did not start (is the PVE API schema available? see PVESIM_SCHEMA)", file=sys.stderr
+            )
+            return 2
+        info = json.loads(line)
+        startup = time.perf_counter() - t0
+        s = requests.Session()
+        s.trust_env = False  # REQUESTS_CA_BUNDLE would override the sim's CA
+        s.verify = info["cafile"]
+        s.headers["Authorization"] = f"PVEAPIToken={info['token']}"
+        url = info["url"] + "/api2/json"
+
+        def get(path: str, **params: str) -> requests.Response:
+            r = s.get(url + path, params=params, timeout=60)
+            r.raise_for_status()
+            return r
+
+        def ctl(path: str, doc: dict[str, Any]) -> None:
+            s.post(info["url"] + "/_sim" + path, json=doc, timeout=60).raise_for_status()
+
+        first = get("/cluster/resources")
+        entries = len(first.json()["data"])
+        size = len(first.content)
+        vm = next(r for r in first.json()["data"] if r["type"] == "lxc")
+
+        warm = timed(lambda: get("/cluster/resources"), args.rounds)
+
+        polling: list[float] = []
+        for _ in range(args.rounds):
+            time.sleep(1.1)  # > one 10 s stat interval at time-scale 10
+            t = time.perf_counter()
+            get("/cluster/resources")
+            polling.append((time.perf_counter() - t) * 1000)
+
+        def new_interval() -> None:
+            ctl("/clock", {"advance": 10})
+            t = time.perf_counter()
+            get("/cluster/resources")
+            cold.append((time.perf_counter() - t) * 1000)
+
+        cold: list[float] = []
+        for _ in range(args.rounds):
+            new_interval()
+
+        after_write: list[float] = []
+        for i in range(args.rounds):
+            s.put(
+                url + f"/nodes/{vm['node']}/lxc/{vm['vmid']}/config",
+                data={"description": f"bench {i}"},
+                timeout=60,
+            ).raise_for_status()
+            t = time.perf_counter()
+            get("/cluster/resources")
+            after_write.append((time.perf_counter() - t) * 1000)
+
+        vm_only = timed(lambda: get("/cluster/resources", type="vm"), args.rounds)
+        config = timed(lambda: get(f"/nodes/{vm['node']}/lxc/{vm['vmid']}/config"), args.rounds * 5)
+        rss, hwm = rss_kib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    cpu = platform.processor() or platform.machine()
+    load = os.getloadavg()[0]
+    rows = [
+        ("GET /cluster/resources, warm (same 10 s interval)", summary(warm)),
+        (
+            "GET /cluster/resources, polling once per stat interval (usage refreshed in background)",
+            summary(polling),
+        ),
+        ("GET /cluster/resources, right after a clock jump (request recomputes all usage)", summary(cold)),
+        ("GET /cluster/resources, after a config write", summary(after_write)),
+        ("GET /cluster/resources?type=vm, warm", summary(vm_only)),
+        ("GET /nodes/{node}/lxc/{vmid}/config", summary(config)),
+    ]
+    cmd = (
+        "`.venv/bin/python bench/pvesim_cluster_resources.py --nodes "
+        f"{args.nodes} --guests {args.guests} --rounds {args.rounds}`"
+    )
+    md = [
+        "## pvesim",
+        "",
+        f"`/cluster/resources` on {args.nodes} nodes x {args.guests:,} guests ({entries:,} entries, "
+        f"{size / 1e6:.1f} MB JSON) over one keep-alive HTTPS connection with an API token; "
+        f"{os.cpu_count()} CPUs ({cpu}, shared with other jobs: load average {load:.1f} at the end), "
+        f"Python {platform.python_version()}. Target: < 200 ms.",
+        "",
+        "| request | p50 ms | p95 ms | max ms |",
+        "|---|---|---|---|",
+        *[f"| {name} | {vals} |" for name, vals in rows],
+        "",
+        f"pvesim process memory at that size: RSS {rss / 1024:.0f} MiB (peak {hwm / 1024:.0f} MiB); "
+        f"start-up incl. seeding {startup:.1f} s.",
+        "",
+        f"Reproduce: {cmd}",
+        "",
+    ]
+    text = "\n".join(md)
+    print(text)
+    if args.write_docs:
+        _write_section(Path(args.write_docs), text)
+    return 0
+
+
+def _write_section(path: Path, section: str) -> None:
+    """Replace (or append) the '## pvesim' section, leaving other sections alone."""
+    if path.exists():
+        doc = path.read_text()
+    else:
+        doc = "# Benchmarks\n\nMeasured figures with the exact command that reproduces each.\n\n"
+    start = doc.find("## pvesim\n")
+    if start == -1:
+        doc = doc.rstrip("\n") + "\n\n" + section
+    else:
+        end = doc.find("\n## ", start + 1)
+        doc = doc[:start] + section + (doc[end + 1 :] if end != -1 else "")
+    path.write_text(doc)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
