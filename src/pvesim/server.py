@@ -409,9 +409,18 @@ class SimServer:
                 with sim.lock:
                     sim.tick()
                     last = sim.refresh_stats()
+                    self._prebuild_resources()
             scale = max(sim.clock.time_scale, 1e-6)
             wait = ((bucket + 1) * STAT_INTERVAL - sim.now()) / scale
             self._stopping.wait(min(max(wait, 0.05), 1.0))
+
+    def _prebuild_resources(self) -> None:
+        """Encode the full /cluster/resources answers (all and type=vm) so the next poll is a cache hit."""
+        from pvesim.access import Auth
+        from pvesim.handlers.cluster import resources
+
+        for typ in (None, "vm"):
+            resources(Ctx(self.sim, Auth("root@pam"), {"type": typ} if typ else {}, "GET", "/cluster/resources"))
 
     def serve_forever(self) -> None:
         self.start_statd()

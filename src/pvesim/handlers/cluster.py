@@ -77,8 +77,9 @@ def resources(ctx: Ctx) -> RawData:
             )
     parts.extend(json.dumps(e, separators=(",", ":")).encode() for e in extra)
     body = b"[" + b",".join(parts) + b"]"
-    if len(sim._res_bytes) > 64:
-        sim._res_bytes.clear()
+    # keep only answers of the current interval and state version (each is MBs at 10k guests)
+    for old in [k for k in sim._res_bytes if k[:2] != key[:2]]:
+        del sim._res_bytes[old]
     sim._res_bytes[key] = body
     return RawData(body)
 
