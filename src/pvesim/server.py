@@ -420,7 +420,9 @@ class SimServer:
         from pvesim.handlers.cluster import resources
 
         for typ in (None, "vm"):
-            resources(Ctx(self.sim, Auth("root@pam"), {"type": typ} if typ else {}, "GET", "/cluster/resources"))
+            resources(
+                Ctx(self.sim, Auth("root@pam"), {"type": typ} if typ else {}, "GET", "/cluster/resources")
+            )
 
     def serve_forever(self) -> None:
         self.start_statd()
