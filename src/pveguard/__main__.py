@@ -1,0 +1,3 @@
+from pveguard.cli import main
+
+main()

@@ -1,0 +1,170 @@
+"""How pveguard reaches guests: one small interface, one module per way (proxmox, lxc).
+
+Backends are thin: they translate these verbs into PVE API calls or lxc-* commands. Planning,
+policy and retries for non-idempotent steps live above them, once.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+GuestState = Literal["running", "stopped", "unknown"]
+
+MANAGED_TAG = "pveguard"
+MANAGED_MARKER = "managed-by: pveguard"
+
+
+@dataclass
+class NetSpec:
+    """A guest's first network interface."""
+
+    bridge: str
+    vlan: int | None = None
+    ip: str = "dhcp"
+    gateway: str | None = None
+    firewall: bool = True
+    hwaddr: str | None = None
+
+
+@dataclass
+class GuestSpec:
+    """What a guest should look like, in backend-neutral units (MiB, GiB, cores)."""
+
+    name: str
+    role: str
+    cores: int
+    memory_mib: int
+    swap_mib: int
+    disk_gib: int
+    net: NetSpec
+    template: str = "debian-12-standard"
+    storage: str | None = None
+    cpulimit: float = 0
+    cpuunits: int = 100
+    unprivileged: bool = True
+    features: dict[str, bool] = field(default_factory=dict)
+    onboot: bool = True
+    startup_order: int | None = None
+    tags: list[str] = field(default_factory=list)
+    node: str | None = None
+    vmid: int | None = None
+    description: str = ""
+    extra_volumes: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Guest:
+    """A guest as a backend sees it (from one listing call, no per-guest reads)."""
+
+    vmid: int
+    name: str
+    node: str
+    type: Literal["lxc", "qemu"]
+    status: GuestState
+    tags: list[str] = field(default_factory=list)
+    managed: bool = False
+    maxmem: int = 0
+    maxdisk: int = 0
+    cpus: float = 0
+    lock: str | None = None
+
+
+@dataclass
+class GuestStats:
+    """One usage sample: ratios in 0..1 and byte counters that only grow (until a restart)."""
+
+    vmid: int
+    name: str
+    node: str
+    status: GuestState
+    cpu: float = 0.0
+    cpus: float = 0.0
+    mem: int = 0
+    maxmem: int = 0
+    disk: int = 0
+    maxdisk: int = 0
+    netin: int = 0
+    netout: int = 0
+    diskread: int = 0
+    diskwrite: int = 0
+    uptime: int = 0
+
+
+@dataclass
+class ExecResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+@dataclass
+class Capabilities:
+    """What a backend can do here, reported by `pveguard status`."""
+
+    name: str
+    live_memory_update: bool = True
+    live_cpu_update: bool = True
+    vlan_mode: str = "tag"
+    backups: bool = True
+    notes: list[str] = field(default_factory=list)
+
+
+class Backend(abc.ABC):
+    """The verbs every backend implements."""
+
+    name: str = "base"
+
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities: ...
+
+    @abc.abstractmethod
+    def list_guests(self) -> list[Guest]:
+        """All guests the backend can see, with one call (or one directory scan)."""
+
+    @abc.abstractmethod
+    def get_config(self, guest: Guest) -> dict[str, Any]:
+        """The guest's configuration in PVE's key/value form (cores, memory, swap, net0, rootfs...)."""
+
+    @abc.abstractmethod
+    def create(self, spec: GuestSpec, progress: Any = None) -> Guest:
+        """Create (not start) a guest; idempotency is the caller's job (it checks the listing first)."""
+
+    @abc.abstractmethod
+    def update(self, guest: Guest, changes: dict[str, Any], delete: list[str] | None = None) -> list[str]:
+        """Apply config changes; return the keys that only take effect after a restart."""
+
+    @abc.abstractmethod
+    def start(self, guest: Guest) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self, guest: Guest) -> None: ...
+
+    @abc.abstractmethod
+    def shutdown(self, guest: Guest, timeout: int = 60) -> None: ...
+
+    @abc.abstractmethod
+    def destroy(self, guest: Guest) -> None: ...
+
+    @abc.abstractmethod
+    def exec(self, guest: Guest, argv: list[str], *, input: str | None = None,
+             timeout: float = 600) -> ExecResult:
+        """Run a command inside the guest."""
+
+    @abc.abstractmethod
+    def push(self, guest: Guest, local: str, remote: str, mode: int = 0o644) -> None: ...
+
+    @abc.abstractmethod
+    def pull(self, guest: Guest, remote: str, local: str) -> None: ...
+
+    @abc.abstractmethod
+    def stats(self) -> list[GuestStats]:
+        """Usage of every guest in one sweep (never one call per guest)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

@@ -1,0 +1,165 @@
+"""The `pveguard` command line: global options, command groups, one place for error handling.
+
+Exit codes: 0 ok, 1 operation failed, 2 usage or configuration error, 3 refused by policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from pveguard import __version__
+from pveguard.backup import cli as backup_cli
+from pveguard.context import AppContext
+from pveguard.errors import EXIT_FAILED, EXIT_USAGE, PveguardError, UsageError
+from pveguard.output import console, error, print_json, warn
+from pveguard.security import cli as audit_log_cli
+
+app = typer.Typer(
+    name="pveguard",
+    help="Container-first guardrails for Proxmox VE hosts: audit -> plan -> apply -> serve.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    add_completion=False,
+)
+app.add_typer(audit_log_cli.app, name="audit-log")
+app.add_typer(backup_cli.app, name="backup")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable shape, see docs/json.md).")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"pveguard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    strategy: Annotated[str | None, typer.Option(
+        "--strategy", envvar="PVEGUARD_STRATEGY", metavar="PATH",
+        help="Strategy file [default: /etc/pveguard/strategy.yaml].")] = None,
+    state_dir: Annotated[str | None, typer.Option(
+        "--state-dir", envvar="PVEGUARD_STATE_DIR", metavar="DIR",
+        help="State directory (SQLite database, caches) [default: /var/lib/pveguard].")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail, tracebacks for bugs.")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Global options go before the command: pveguard --strategy s.yaml --state-dir st init."""
+    ctx.obj = AppContext.from_options(strategy, state_dir, verbose)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def get_ctx(ctx: typer.Context) -> AppContext:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, AppContext)
+    return obj
+
+
+@app.command()
+def init(
+    ctx: typer.Context,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing strategy file.")] = False,
+) -> None:
+    """Write the default strategy as a commented YAML file."""
+    from pveguard.strategy.defaults import render
+
+    app_ctx = get_ctx(ctx)
+    path = app_ctx.strategy_path
+    before = None
+    if path.exists():
+        if not force:
+            raise UsageError(f"{path} already exists", hint="use 'pveguard init --force' to overwrite it")
+        before = hashlib.sha256(path.read_bytes()).hexdigest()
+    text = render()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}",
+                         hint="run as root or choose another path with --strategy") from None
+    app_ctx.record("strategy.init", str(path), before_sha256=before,
+                   after_sha256=hashlib.sha256(text.encode()).hexdigest())
+    console.print(f"wrote the default strategy to {path}")
+
+
+@app.command()
+def check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """Validate the strategy file; report every error as FILE:LINE:COL: field: message."""
+    from pveguard.strategy.load import check_text
+
+    app_ctx = get_ctx(ctx)
+    path = app_ctx.strategy_path
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"strategy file {path} does not exist",
+                         hint="create one with 'pveguard init' or pass --strategy PATH") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    strategy, problems = check_text(text, str(path))
+    if json_out:
+        print_json({"file": str(path), "valid": strategy is not None,
+                    "problems": [p.__dict__ for p in problems]})
+    else:
+        for p in problems:
+            (warn if p.severity == "warning" else error)(p.text())
+        if strategy is not None:
+            console.print(f"{path}: ok ({len(strategy.containers)} containers)")
+    if strategy is None:
+        raise typer.Exit(EXIT_USAGE)
+
+
+@app.command()
+def info(ctx: typer.Context, json_out: JsonOpt = False) -> None:
+    """Show the loaded strategy and what pveguard sees on this machine."""
+    from pveguard.hostinfo import describe, render_info
+
+    app_ctx = get_ctx(ctx)
+    data = describe(app_ctx)
+    if json_out:
+        print_json(data)
+    else:
+        render_info(data)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: user errors become one clear message and an exit code, never a traceback."""
+    verbose = "--verbose" in (argv or sys.argv) or "-v" in (argv or sys.argv)
+    try:
+        return app(args=argv, standalone_mode=True)
+    except PveguardError as exc:
+        error(exc.message)
+        if exc.hint:
+            _hint(exc.hint)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        error("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(EXIT_FAILED)
+    except Exception as exc:  # a bug: say so plainly, show the traceback only on request
+        if verbose:
+            raise
+        error(f"internal error (this is a bug in pveguard): {type(exc).__name__}: {exc}")
+        _hint("re-run with --verbose for the traceback and report it")
+        sys.exit(EXIT_FAILED)
+
+
+def _hint(text: str) -> None:
+    from pveguard.output import err_console
+
+    err_console.print(f"  hint: {text}", markup=False, highlight=False, soft_wrap=True)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,163 @@
+"""Core or non-core: the one classification the apt guard and the host audit share.
+
+Rules, in priority order (see docs/classification.md and the reference notes on a stock PVE 8 node):
+1. the installed Depends/Pre-Depends closure of the core roots (default `proxmox-ve`), alternatives
+   and Provides resolved against what dpkg says is installed, Recommends ignored;
+2. the `pveversion -v` always-list, PVE/Proxmox kernels and the boot chain;
+3. `Essential: yes` and `Priority: required` packages;
+4. the strategy's extra allowed packages;
+5. core-optional: the `pveversion -v` optional list (allowed, and its removal is guarded);
+6. everything else is non-core.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from pveguard.packages.status import Package
+
+PVEVERSION_ALWAYS = frozenset("""
+proxmox-ve pve-manager ceph-fuse corosync glusterfs-client libjs-extjs libknet1 libproxmox-acme-perl
+libproxmox-backup-qemu0 libproxmox-rs-perl libpve-access-control libpve-cluster-api-perl libpve-cluster-perl
+libpve-common-perl libpve-guest-common-perl libpve-http-server-perl libpve-notify-perl libpve-rs-perl
+libpve-storage-perl libqb0 libspice-server1 lvm2 lxc-pve lxcfs novnc-pve proxmox-backup-client
+proxmox-backup-restore-image proxmox-mail-forward proxmox-mini-journalreader proxmox-widget-toolkit pve-cluster
+pve-container pve-docs pve-edk2-firmware pve-firewall pve-firmware pve-ha-manager pve-i18n pve-qemu-kvm
+pve-xtermjs qemu-server smartmontools spiceterm swtpm vncterm
+""".split())
+
+PVEVERSION_OPTIONAL = frozenset("""
+amd64-microcode ceph criu dnsmasq frr-pythontools gfs2-utils ifupdown ifupdown2 intel-microcode
+ksm-control-daemon ksmtuned libpve-apiclient-perl libpve-network-perl openvswitch-switch
+proxmox-backup-file-restore proxmox-firewall proxmox-kernel-helper proxmox-offline-mirror-helper
+pve-esxi-import-tools pve-zsync zfsutils-linux
+""".split())
+
+KERNEL_PATTERNS = ("proxmox-kernel-*", "pve-kernel-*", "proxmox-default-kernel", "pve-headers-*",
+                   "proxmox-headers-*")
+BOOT_CHAIN = frozenset({"grub-pc", "grub-efi-amd64", "grub-efi-amd64-signed", "grub-common", "grub2-common",
+                        "shim-signed", "systemd-boot", "efibootmgr", "proxmox-kernel-helper"})
+
+# Units that must never be stopped or moved, whatever owns them.
+NEVER_STOP_UNITS = ("pve-cluster", "corosync", "pvedaemon", "pveproxy", "pvestatd", "pvescheduler", "pve-ha-lrm",
+                    "pve-ha-crm", "watchdog-mux", "pve-firewall", "qmeventd", "lxcfs", "pve-lxc-syscalld",
+                    "rrdcached", "spiceproxy", "ssh", "sshd", "chrony", "pve-guests", "pve-container@*")
+
+Reason = Literal["closure", "pveversion", "kernel", "boot", "essential", "required", "extra", "optional",
+                 "non-core"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    core: bool
+    reason: Reason
+    detail: str = ""
+
+    @property
+    def optional(self) -> bool:
+        return self.reason == "optional"
+
+
+REASON_TEXT: dict[str, str] = {
+    "closure": "in the dependency closure of the core roots",
+    "pveversion": "listed by 'pveversion -v'",
+    "kernel": "a Proxmox kernel package",
+    "boot": "part of the boot chain",
+    "essential": "Essential: yes",
+    "required": "Priority: required",
+    "extra": "allowed by the strategy (installation_policy.extra_allowed)",
+    "optional": "optional PVE component ('pveversion -v' optional list)",
+    "non-core": "not a core PVE package",
+}
+
+
+def providers(packages: Mapping[str, Package]) -> dict[str, list[str]]:
+    """Virtual name -> installed packages that provide it."""
+    out: dict[str, list[str]] = {}
+    for pkg in packages.values():
+        if pkg.installed:
+            for virtual in pkg.provides():
+                out.setdefault(virtual, []).append(pkg.name)
+    return out
+
+
+def closure(roots: Iterable[str], packages: Mapping[str, Package]) -> dict[str, str]:
+    """Installed packages reachable from `roots` by Depends/Pre-Depends -> the package that pulled each in.
+
+    An alternative group is satisfied by the first alternative that is installed (directly or through
+    Provides); only that one joins the closure, as only it is what the root actually uses here.
+    """
+    provided = providers(packages)
+    via: dict[str, str] = {}
+    stack: list[tuple[str, str]] = []
+    for root in roots:
+        for name in _resolve(root, packages, provided):
+            stack.append((name, root))
+    while stack:
+        name, parent = stack.pop()
+        if name in via:
+            continue
+        via[name] = parent
+        pkg = packages.get(name)
+        if pkg is None:
+            continue
+        for group in pkg.depends():
+            for alt in group:
+                resolved = _resolve(alt, packages, provided)
+                if resolved:
+                    stack.extend((r, name) for r in resolved if r not in via)
+                    break
+    return via
+
+
+def _resolve(name: str, packages: Mapping[str, Package], provided: Mapping[str, list[str]]) -> list[str]:
+    pkg = packages.get(name)
+    if pkg is not None and pkg.installed:
+        return [name]
+    return list(provided.get(name, []))
+
+
+@dataclass
+class Classifier:
+    """Classifies package names against one dpkg status snapshot."""
+
+    packages: Mapping[str, Package]
+    core_roots: tuple[str, ...] = ("proxmox-ve",)
+    extra_allowed: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.closure = closure(self.core_roots, self.packages)
+
+    def classify(self, name: str, pkg: Package | None = None) -> Verdict:
+        """The verdict for `name`; `pkg` supplies fields for a package not yet installed."""
+        pkg = pkg or self.packages.get(name)
+        if name in self.closure:
+            parent = self.closure[name]
+            return Verdict(True, "closure", "a core root" if parent == name else f"via {parent}")
+        if name in PVEVERSION_ALWAYS:
+            return Verdict(True, "pveversion")
+        if any(fnmatch.fnmatchcase(name, p) for p in KERNEL_PATTERNS):
+            return Verdict(True, "kernel")
+        if name in BOOT_CHAIN:
+            return Verdict(True, "boot")
+        if pkg is not None and pkg.essential:
+            return Verdict(True, "essential")
+        if pkg is not None and pkg.priority == "required":
+            return Verdict(True, "required")
+        if any(fnmatch.fnmatchcase(name, p) for p in self.extra_allowed):
+            return Verdict(True, "extra")
+        if name in PVEVERSION_OPTIONAL:
+            return Verdict(True, "optional")
+        return Verdict(False, "non-core")
+
+    def core_set(self) -> set[str]:
+        """Names of installed packages that are core (any reason)."""
+        return {n for n, p in self.packages.items() if p.installed and self.classify(n, p).core}
+
+
+def is_never_stop_unit(unit: str) -> bool:
+    base = unit.removesuffix(".service")
+    return any(fnmatch.fnmatchcase(base, p) for p in NEVER_STOP_UNITS)

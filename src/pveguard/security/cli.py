@@ -1,0 +1,81 @@
+"""`pveguard audit-log show|verify`: read and check the hash-chained ledger."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from pveguard.output import console, error, print_json
+
+app = typer.Typer(help="Read and verify the audit ledger.", no_args_is_help=True)
+
+
+def _ctx(ctx: typer.Context):  # type: ignore[no-untyped-def]
+    from pveguard.cli import get_ctx
+
+    return get_ctx(ctx)
+
+
+@app.command("show")
+def show(
+    ctx: typer.Context,
+    since: Annotated[str | None, typer.Option(help="Only entries at or after this ISO 8601 time.")] = None,
+    action: Annotated[str | None, typer.Option(help="Only this action (or prefix, e.g. 'guard').")] = None,
+    target: Annotated[str | None, typer.Option(help="Only entries about this target.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Only the newest N entries.", min=1)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List ledger entries, oldest first."""
+    if since:
+        since = _normalise_since(since)
+    entries = _ctx(ctx).ledger.entries(since=since, action=action, target=target, limit=limit)
+    if json_out:
+        print_json([e.as_dict() for e in entries])
+        return
+    table = Table("seq", "time (UTC)", "actor", "action", "target", "details")
+    for e in entries:
+        details = ", ".join(f"{k}={v}" for k, v in e.details.items())
+        table.add_row(str(e.seq), e.ts[:19].replace("T", " "), e.actor, e.action, e.target,
+                      details[:120], )
+    console.print(table)
+
+
+@app.command("verify")
+def verify(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Check the hash chain; exit 1 naming the first bad entry."""
+    result = _ctx(ctx).ledger.verify()
+    if json_out:
+        print_json(result.as_dict())
+    elif result.ok:
+        console.print(f"ledger intact: {result.entries} entries")
+    else:
+        error(f"ledger damaged at entry {result.first_bad}: {result.reason} "
+              f"({result.entries} entries verified before it)")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _normalise_since(value: str) -> str:
+    """Accept an ISO time or a relative age like 6h / 7d; return an ISO UTC timestamp."""
+    from datetime import UTC, datetime
+
+    from pveguard.errors import UsageError
+    from pveguard.strategy.units import parse_duration
+
+    try:
+        return (datetime.now(UTC) - parse_duration(value)).isoformat()
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--since {value!r} is neither a time nor an age",
+                         hint="use e.g. 2026-11-26T10:00:00Z or 6h") from None
+    if dt.tzinfo is None:
+        dt = dt.astimezone()
+    return dt.astimezone(UTC).isoformat()

@@ -1,0 +1,117 @@
+"""The default strategy as the commented YAML file that `pveguard init` writes.
+
+The text is generated from the models, so it can never disagree with them; comments come from the
+field descriptions plus the section notes below.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel
+
+from pveguard.strategy.models import Strategy
+
+SECTION_NOTES = {
+    "core_functions": "Functions that stay on the hypervisor host. Everything else runs in a container.",
+    "installation_policy": (
+        "The apt guard's policy (ALLOW_CORE_ONLY / REQUIRE_APPROVAL / CONTAINER_FIRST).\n"
+        "Core = the dependency closure of core_roots, Essential/required packages and extra_allowed."
+    ),
+    "containers": (
+        "Service containers: resource-limited, unprivileged, on the container VLAN with the firewall on.\n"
+        "Sizes are binary: 4G = 4096 MiB, as in pct. Durations: 30s, 15m, 1h, 7d."
+    ),
+    "network": "Container bridge and VLAN, management network, isolation.",
+    "resources": "Hard limits through cgroups; host capacity (detected when empty) and overcommit bounds.",
+    "monitoring": "Metrics, poll interval, alert thresholds in percent, notification targets.",
+    "security": "Network isolation and access control (RBAC, audit logging, certificates).",
+    "backup": (
+        "Containers daily, kept 7 days; host configuration hourly, kept 30 days.\n"
+        "Schedules are 'hourly', 'daily' or a PVE calendar event such as 'mon..fri 02:30'."
+    ),
+    "emergency": "Recovery from container failure and resource exhaustion.",
+    "target": (
+        "Where containers live: auto (local PVE when /etc/pve exists, else LXC), proxmox or lxc.\n"
+        "Overridden by PVEGUARD_BACKEND, PVEGUARD_PVE_HOST, PVEGUARD_PVE_TOKEN, PVEGUARD_PVE_USER,\n"
+        "PVEGUARD_PVE_PASSWORD, PVEGUARD_PVE_VERIFY_SSL, PVEGUARD_PVE_NODE."
+    ),
+}
+
+HEADER = """\
+# pveguard strategy: the container-first plan for this Proxmox VE host.
+# Validate with 'pveguard check'. Reference: the README's configuration section.
+"""
+
+
+def _scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    text = str(value)
+    # Quote anything YAML might read as another type or that has special characters.
+    plain_ok = text and text[0].isalnum() and not any(ch in text for ch in ":#{}[],&*!|>'\"%@`") \
+        and text.lower() not in ("yes", "no", "on", "off", "true", "false", "null", "~")
+    try:
+        float(text)
+        plain_ok = False
+    except ValueError:
+        pass
+    return text if plain_ok else json.dumps(text)
+
+
+def _descriptions(model: type[BaseModel] | None) -> dict[str, str]:
+    if model is None:
+        return {}
+    return {name: f.description for name, f in model.model_fields.items() if f.description}
+
+
+def _field_model(model: type[BaseModel] | None, name: str) -> type[BaseModel] | None:
+    from pveguard.strategy.load import _unwrap_model
+
+    if model is None or name not in model.model_fields:
+        return None
+    found = _unwrap_model(model.model_fields[name].annotation)
+    return found if isinstance(found, type) and issubclass(found, BaseModel) else None
+
+
+def _emit(value: Any, model: type[BaseModel] | None, indent: int, out: list[str]) -> None:
+    pad = "  " * indent
+    if isinstance(value, dict):
+        notes = _descriptions(model)
+        for key, item in value.items():
+            comment = f"  # {notes[key]}" if key in notes else ""
+            sub = _field_model(model, key)
+            if (isinstance(item, dict) and item) or (isinstance(item, list) and item and isinstance(item[0], dict)):
+                out.append(f"{pad}{key}:{comment}")
+                _emit(item, sub, indent + 1, out)
+            elif isinstance(item, list):
+                out.append(f"{pad}{key}: [{', '.join(_scalar(v) for v in item)}]{comment}")
+            elif isinstance(item, dict):
+                out.append(f"{pad}{key}: {{}}{comment}")
+            else:
+                out.append(f"{pad}{key}: {_scalar(item)}{comment}")
+    elif isinstance(value, list):
+        for item in value:
+            sub_out: list[str] = []
+            _emit(item, model, indent + 1, sub_out)
+            first = sub_out[0].lstrip()
+            out.append(f"{pad}- {first}")
+            out.extend(sub_out[1:])
+
+
+def render(strategy: Strategy | None = None) -> str:
+    """The strategy (default: the defaults) as commented YAML that loads back to the same model."""
+    strategy = strategy or Strategy()
+    data = strategy.model_dump(mode="json")
+    out = [HEADER.rstrip("\n")]
+    for section, value in data.items():
+        out.append("")
+        for line in SECTION_NOTES.get(section, "").splitlines():
+            out.append(f"# {line}")
+        _emit({section: value}, Strategy, 0, out)
+    return "\n".join(out) + "\n"

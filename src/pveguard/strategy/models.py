@@ -1,0 +1,529 @@
+"""The strategy: one validated model that every part of pveguard reads.
+
+Defaults equal the container-first strategy's own numbers (four service containers, alerts at
+80/85/90 %, containers backed up daily and kept 7 days, host configuration hourly and kept 30 days,
+ALLOW_CORE_ONLY / REQUIRE_APPROVAL / CONTAINER_FIRST all on). `defaults.py` renders them as the
+commented file `pveguard init` writes.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
+
+from pveguard.strategy.units import GIB, MIB, format_duration, format_size, parse_duration, parse_size
+
+Size = Annotated[int, BeforeValidator(parse_size), PlainSerializer(format_size, return_type=str)]
+Duration = Annotated[
+    timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
+]
+
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_FREQUENCY_KEYWORDS = {"minutely", "hourly", "daily", "weekly", "monthly", "yearly", "annually", "quarterly"}
+
+
+def _check_frequency(value: str) -> str:
+    """`hourly`, `daily`, ... or a PVE calendar event (validated by the backup calendar parser)."""
+    text = str(value).strip()
+    if not text:
+        raise ValueError("empty schedule; use e.g. 'daily', 'hourly' or a calendar event like 'mon..fri 02:30'")
+    if text in _FREQUENCY_KEYWORDS:
+        return text
+    import importlib
+
+    try:
+        calendar = importlib.import_module("pveguard.backup.calendar")
+    except ImportError:  # until the calendar parser ships, accept the text as given
+        return text
+    try:
+        calendar.parse(text)
+    except ValueError as exc:
+        message, hint = getattr(exc, "message", str(exc)), getattr(exc, "hint", None)
+        raise ValueError(f"{message}; {hint}" if hint else message) from None
+    return text
+
+
+Frequency = Annotated[str, BeforeValidator(_check_frequency)]
+
+
+def _check_vlan(v: int) -> int:
+    if not 1 <= v <= 4094:
+        raise ValueError(f"VLAN {v} is outside 1..4094")
+    return v
+
+
+Vlan = Annotated[int, AfterValidator(_check_vlan)]
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors (reported with a "did you mean" hint by the loader)."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
+
+
+# --- core functions and installation policy -------------------------------------------------
+
+
+class CoreFunction(StrictModel):
+    name: str
+    description: str = ""
+    packages: list[str] = Field(default_factory=list, description="package names that implement it")
+
+
+DEFAULT_CORE_FUNCTIONS: list[dict[str, Any]] = [
+    {"name": "hypervisor", "description": "KVM/QEMU and LXC guest runtime",
+     "packages": ["pve-qemu-kvm", "qemu-server", "pve-container", "lxc-pve", "lxcfs"]},
+    {"name": "storage", "description": "storage plugins, ZFS, Ceph client, LVM",
+     "packages": ["libpve-storage-perl", "zfsutils-linux", "lvm2", "ceph-common"]},
+    {"name": "network", "description": "bridges, bonds, VLANs, SDN",
+     "packages": ["ifupdown2", "libpve-network-perl"]},
+    {"name": "cluster", "description": "corosync, pmxcfs, HA manager",
+     "packages": ["pve-cluster", "corosync", "pve-ha-manager"]},
+    {"name": "backup-restore-core", "description": "vzdump and the PBS client",
+     "packages": ["pve-manager", "proxmox-backup-client"]},
+    {"name": "security-access-control", "description": "users, realms, ACLs, firewall, certificates",
+     "packages": ["libpve-access-control", "pve-firewall"]},
+    {"name": "hardware-monitoring", "description": "SMART, sensors, RRD statistics",
+     "packages": ["smartmontools", "rrdcached"]},
+]
+
+
+class InstallationPolicy(StrictModel):
+    """The apt guard's policy: ALLOW_CORE_ONLY / REQUIRE_APPROVAL / CONTAINER_FIRST."""
+
+    allow_core_only: bool = True
+    require_approval: bool = True
+    container_first: bool = True
+    core_roots: list[str] = Field(default_factory=lambda: ["proxmox-ve"], min_length=1)
+    extra_allowed: list[str] = Field(default_factory=list)
+    approval_ttl: Duration = timedelta(hours=24)
+
+
+# --- containers -------------------------------------------------------------------------------
+
+
+class ContainerResources(StrictModel):
+    cores: int = Field(ge=1, le=8192)
+    memory: Size
+    swap: Size = 512 * MIB
+    storage: Size = 8 * GIB
+    cpulimit: float = Field(0, ge=0, le=8192, description="0 = no quota beyond cores")
+    cpuunits: int = Field(100, ge=1, le=10000)
+
+    @field_validator("memory")
+    @classmethod
+    def _memory_min(cls, v: int) -> int:
+        if v < 16 * MIB:
+            raise ValueError(f"{format_size(v)} is too little memory; PVE needs at least 16M")
+        return v
+
+    @field_validator("storage")
+    @classmethod
+    def _storage_min(cls, v: int) -> int:
+        if v < GIB:
+            raise ValueError(f"{format_size(v)} is too small for a root disk; use at least 1G")
+        return v
+
+
+class ContainerNetwork(StrictModel):
+    bridge: str | None = Field(None, description="default: network.bridge")
+    vlan: Vlan | None = Field(None, description="default: network.container_vlan")
+    ip: str = Field("dhcp", description="dhcp, or a static address in CIDR form like 10.10.0.5/24")
+    gateway: str | None = None
+    firewall: bool = True
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        import ipaddress
+
+        if v in ("dhcp", "manual"):
+            return v
+        try:
+            ipaddress.ip_interface(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not 'dhcp' or an address in CIDR form like 10.10.0.5/24") from None
+        if "/" not in v:
+            raise ValueError(f"{v!r} needs a prefix length, e.g. {v}/24")
+        return v
+
+
+class Startup(StrictModel):
+    order: int = Field(1, ge=0)
+    up: int | None = Field(None, ge=0, description="seconds to wait after start")
+    down: int | None = Field(None, ge=0)
+
+
+class HealthCheck(StrictModel):
+    type: Literal["tcp", "http", "command"]
+    port: int | None = Field(None, ge=1, le=65535)
+    url: str | None = None
+    command: list[str] | None = None
+    interval: Duration = timedelta(seconds=30)
+    timeout: Duration = timedelta(seconds=5)
+
+    @model_validator(mode="after")
+    def _needs_target(self) -> HealthCheck:
+        needed = {"tcp": "port", "http": "url", "command": "command"}[self.type]
+        if getattr(self, needed) is None:
+            raise ValueError(f"a {self.type} health check needs '{needed}'")
+        return self
+
+
+class BackupVolume(StrictModel):
+    size: Size = 100 * GIB
+    mountpoint: str = "/srv/backup"
+    storage: str | None = None
+
+
+class Container(StrictModel):
+    name: str
+    role: str = Field(description="short role used as a tag, e.g. monitoring")
+    purpose: str = ""
+    components: list[str] = Field(default_factory=list)
+    resources: ContainerResources
+    template: str = "debian-12-standard"
+    storage: str | None = Field(None, description="storage for the root disk; default: target's")
+    network: ContainerNetwork = Field(default_factory=ContainerNetwork)
+    unprivileged: bool = True
+    features: dict[str, bool] = Field(default_factory=lambda: {"nesting": True})
+    onboot: bool = True
+    startup: Startup = Field(default_factory=Startup)
+    tags: list[str] = Field(default_factory=list)
+    packages: list[str] = Field(default_factory=list)
+    health_checks: list[HealthCheck] = Field(default_factory=list)
+    node: str | None = Field(None, description="pin to a PVE node; default: most free memory")
+    vmid: int | None = Field(None, ge=100, le=999999999)
+    backup_volume: BackupVolume | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _hostname(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"{v!r} is not a valid hostname; use lower-case letters, digits and '-'")
+        return v
+
+    @field_validator("features")
+    @classmethod
+    def _features(cls, v: dict[str, bool]) -> dict[str, bool]:
+        known = {"nesting", "keyctl", "fuse", "mknod", "force_rw_sys"}
+        for key in v:
+            if key not in known:
+                raise ValueError(f"unknown feature {key!r}; known: {', '.join(sorted(known))}")
+        return v
+
+
+def _default_containers() -> list[Container]:
+    return [
+        Container(
+            name="pve-monitoring", role="monitoring",
+            purpose="Grafana, Prometheus and metric collectors, off the hypervisor",
+            components=["grafana", "prometheus", "custom metrics collectors", "performance analyzers",
+                        "node-exporter", "alertmanager", "loki", "influxdb", "telegraf"],
+            resources=ContainerResources(cores=2, memory=4 * GIB, storage=20 * GIB),
+            startup=Startup(order=2),
+            health_checks=[HealthCheck(type="tcp", port=22)],
+        ),
+        Container(
+            name="pve-backup-manager", role="backup",
+            purpose="backup schedulers, retention, offsite sync and verification",
+            components=["backup schedulers", "retention managers", "offsite sync tools",
+                        "backup verification", "restic", "rclone", "borg", "borgbackup", "rsync"],
+            # "storage based on backup needs": a modest root disk plus an optional backup volume.
+            resources=ContainerResources(cores=1, memory=2 * GIB, storage=16 * GIB),
+            startup=Startup(order=3),
+        ),
+        Container(
+            name="pve-dev-tools", role="devtools",
+            purpose="CI/CD pipelines, testing frameworks, development environments",
+            components=["ci/cd pipelines", "testing frameworks", "development environments",
+                        "code repositories", "gitlab-runner", "jenkins", "docker", "podman", "git"],
+            resources=ContainerResources(cores=2, memory=4 * GIB, storage=50 * GIB),
+            onboot=False, startup=Startup(order=4),
+        ),
+        Container(
+            name="pve-api-gateway", role="gateway",
+            purpose="API servers, integration services, custom scripts and webhooks",
+            components=["api servers", "integration services", "custom scripts", "webhooks",
+                        "nginx", "caddy", "traefik", "haproxy", "webhook"],
+            resources=ContainerResources(cores=1, memory=2 * GIB, storage=10 * GIB),
+            startup=Startup(order=1),
+        ),
+    ]
+
+
+# --- network, resources -----------------------------------------------------------------------
+
+
+class ManagementNetwork(StrictModel):
+    bridge: str = "vmbr0"
+    vlan: Vlan | None = None
+    cidr: str | None = None
+
+
+class Isolation(StrictModel):
+    separate_vlans: bool = True
+    firewall_rules: bool = True
+    traffic_monitoring: bool = True
+
+
+class Network(StrictModel):
+    bridge: str = "vmbr0"
+    container_vlan: Vlan = 100
+    management: ManagementNetwork = Field(default_factory=ManagementNetwork)
+    isolation: Isolation = Field(default_factory=Isolation)
+
+
+class HostCapacity(StrictModel):
+    cores: int | None = Field(None, ge=1, description="default: detected")
+    memory: Size | None = Field(None, description="default: detected")
+
+
+class Resources(StrictModel):
+    hard_limits: bool = Field(True, description="enforce limits through cgroups")
+    host: HostCapacity = Field(default_factory=HostCapacity)
+    max_cpu_overcommit: float = Field(2.0, gt=0, le=64)
+    max_memory_overcommit: float = Field(1.0, gt=0, le=8)
+    host_reserved_memory: Size = 2 * GIB
+
+
+# --- monitoring ---------------------------------------------------------------------------------
+
+
+Metric = Literal["cpu_usage", "memory_usage", "disk_io", "network_traffic", "disk_usage"]
+DEFAULT_METRICS: tuple[Metric, ...] = ("cpu_usage", "memory_usage", "disk_io", "network_traffic")
+
+
+class Thresholds(StrictModel):
+    cpu: float = Field(80, ge=1, le=100)
+    memory: float = Field(85, ge=1, le=100)
+    disk: float = Field(90, ge=1, le=100)
+
+
+class Notifier(StrictModel):
+    type: Literal["webhook", "email", "alertmanager"]
+    name: str | None = None
+    url: str | None = None
+    secret_file: str | None = Field(None, description="webhook HMAC-SHA256 key file")
+    smtp_host: str | None = None
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_starttls: bool = False
+    smtp_user: str | None = None
+    smtp_password_file: str | None = None
+    mail_from: str | None = None
+    mail_to: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Notifier:
+        if self.type in ("webhook", "alertmanager") and not self.url:
+            raise ValueError(f"a {self.type} notifier needs 'url'")
+        if self.type == "email" and (not self.smtp_host or not self.mail_to or not self.mail_from):
+            raise ValueError("an email notifier needs 'smtp_host', 'mail_from' and 'mail_to'")
+        return self
+
+
+class Monitoring(StrictModel):
+    metrics: list[Metric] = Field(default_factory=lambda: list(DEFAULT_METRICS))
+    poll_interval: Duration = timedelta(seconds=30)
+    thresholds: Thresholds = Field(default_factory=Thresholds)
+    sustain: Duration = timedelta(minutes=2)
+    hysteresis: float = Field(5, ge=0, le=50, description="percentage points below the threshold to clear")
+    renotify: Duration = timedelta(hours=4)
+    notify: list[Notifier] = Field(default_factory=list)
+
+
+# --- security -----------------------------------------------------------------------------------
+
+
+class SecurityNetwork(StrictModel):
+    vlans: bool = True
+    firewall_rules: bool = True
+    traffic_monitoring: bool = True
+    allowed_inbound: list[str] = Field(
+        default_factory=lambda: ["tcp/22 from management"],
+        description="firewall rules for the container VLAN, e.g. 'tcp/443 from any'",
+    )
+
+
+class Certificates(StrictModel):
+    manage: bool = True
+    warn_before: Duration = timedelta(days=30)
+
+
+class Access(StrictModel):
+    rbac: bool = True
+    audit_logging: bool = True
+    api_token_privsep: bool = True
+    certificates: Certificates = Field(default_factory=Certificates)
+
+
+class Security(StrictModel):
+    network: SecurityNetwork = Field(default_factory=SecurityNetwork)
+    access: Access = Field(default_factory=Access)
+    ledger_hmac_key_file: str | None = Field(None, description="key file that makes the audit chain keyed")
+
+
+# --- backup -------------------------------------------------------------------------------------
+
+
+class Keep(StrictModel):
+    """PVE/PBS keep-* rules; when set they replace what `retention` implies."""
+
+    last: int | None = Field(None, ge=0)
+    hourly: int | None = Field(None, ge=0)
+    daily: int | None = Field(None, ge=0)
+    weekly: int | None = Field(None, ge=0)
+    monthly: int | None = Field(None, ge=0)
+    yearly: int | None = Field(None, ge=0)
+
+
+class ContainerBackups(StrictModel):
+    schedule: Frequency = "daily"
+    retention: Duration = timedelta(days=7)
+    keep: Keep | None = None
+    guests: Literal["managed", "all"] = "managed"
+    storage: str = "local"
+    mode: Literal["snapshot", "suspend", "stop"] = "snapshot"
+    compress: Literal["zstd", "gzip", "lzo", "0"] = "zstd"
+    notes_template: str = "{{guestname}} (pveguard)"
+
+
+def _default_config_paths() -> list[str]:
+    return ["/etc/pve", "/etc/network", "/etc/apt", "/etc/pveguard", "/etc/hosts", "/etc/hostname",
+            "/etc/fstab", "/etc/systemd/system", "/etc/corosync", "/etc/ssh", "/etc/lvm", "/etc/modprobe.d",
+            "/etc/sysctl.d", "/etc/cron.d", "/etc/vzdump.conf", "/root/.ssh"]
+
+
+class HostConfigBackups(StrictModel):
+    schedule: Frequency = "hourly"
+    retention: Duration = timedelta(days=30)
+    paths: list[str] = Field(default_factory=_default_config_paths)
+    repository: str | None = Field(None, description="restic repository; default: <state-dir>/restic")
+    password_file: str | None = Field(None, description="default: <state-dir>/restic.pass (created)")
+
+
+class Offsite(StrictModel):
+    type: Literal["none", "restic", "directory", "sftp", "rclone"] = "none"
+    target: str | None = None
+    schedule: Frequency = "daily"
+
+    @model_validator(mode="after")
+    def _target(self) -> Offsite:
+        if self.type != "none" and not self.target:
+            raise ValueError(f"offsite type {self.type!r} needs 'target'")
+        return self
+
+
+class Verification(StrictModel):
+    enabled: bool = True
+    schedule: Frequency = "weekly"
+    restore_test: bool = True
+    restic_read_data_subset: str = "5%"
+
+
+class Backup(StrictModel):
+    containers: ContainerBackups = Field(default_factory=ContainerBackups)
+    host_config: HostConfigBackups = Field(default_factory=HostConfigBackups)
+    offsite: Offsite = Field(default_factory=Offsite)
+    verification: Verification = Field(default_factory=Verification)
+
+
+# --- emergency ----------------------------------------------------------------------------------
+
+
+class ContainerFailure(StrictModel):
+    restart: bool = True
+    max_restarts: int = Field(3, ge=0, le=100)
+    window: Duration = timedelta(hours=1)
+    backoff: Duration = timedelta(seconds=30)
+    on_exhausted: Literal["alert", "restore-last-backup", "migrate"] = "alert"
+
+
+ExhaustionAction = Literal["identify_high_usage", "scale_resources", "migrate", "root_cause_analysis"]
+DEFAULT_EXHAUSTION_ACTIONS: tuple[ExhaustionAction, ...] = (
+    "identify_high_usage", "scale_resources", "migrate", "root_cause_analysis")
+
+
+class ResourceExhaustion(StrictModel):
+    actions: list[ExhaustionAction] = Field(default_factory=lambda: list(DEFAULT_EXHAUSTION_ACTIONS))
+    scale_step: float = Field(0.25, gt=0, le=4, description="grow limits by this fraction per step")
+    scale_max: float = Field(2.0, ge=1, le=16, description="never beyond this multiple of the strategy")
+
+
+class Emergency(StrictModel):
+    container_failure: ContainerFailure = Field(default_factory=ContainerFailure)
+    resource_exhaustion: ResourceExhaustion = Field(default_factory=ResourceExhaustion)
+
+
+# --- target -------------------------------------------------------------------------------------
+
+
+class ProxmoxTarget(StrictModel):
+    host: str | None = Field(None, description="host[:port]; empty = the local node (pvesh)")
+    user: str | None = Field(None, description="user@realm for password or token auth")
+    token_id: str | None = None
+    token_secret_file: str | None = None
+    password_file: str | None = None
+    verify_ssl: bool = True
+    node: str | None = Field(None, description="pin every container to this node")
+    storage: str = "local-lvm"
+    template_storage: str = "local"
+    ssh_user: str = "root"
+    task_timeout: Duration = timedelta(minutes=10)
+
+
+class LxcTarget(StrictModel):
+    lxcpath: str = "/var/lib/lxc"
+    template_cache: str = "/var/cache/pveguard/templates"
+    disk_dir: str = "/var/lib/pveguard/disks"
+    vlan_mode: Literal["auto", "vlan_filtering", "bridge_per_vlan"] = "auto"
+
+
+class Target(StrictModel):
+    backend: Literal["auto", "proxmox", "lxc"] = "auto"
+    proxmox: ProxmoxTarget = Field(default_factory=ProxmoxTarget)
+    lxc: LxcTarget = Field(default_factory=LxcTarget)
+
+
+# --- the strategy -------------------------------------------------------------------------------
+
+
+class Strategy(StrictModel):
+    version: Literal[1] = 1
+    core_functions: list[CoreFunction] = Field(
+        default_factory=lambda: [CoreFunction(**c) for c in DEFAULT_CORE_FUNCTIONS]
+    )
+    installation_policy: InstallationPolicy = Field(default_factory=InstallationPolicy)
+    containers: list[Container] = Field(default_factory=_default_containers)
+    network: Network = Field(default_factory=Network)
+    resources: Resources = Field(default_factory=Resources)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
+    security: Security = Field(default_factory=Security)
+    backup: Backup = Field(default_factory=Backup)
+    emergency: Emergency = Field(default_factory=Emergency)
+    target: Target = Field(default_factory=Target)
+
+    def container(self, name: str) -> Container:
+        """The container called `name`; KeyError when the strategy has none."""
+        for c in self.containers:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def container_bridge(self, c: Container) -> str:
+        return c.network.bridge or self.network.bridge
+
+    def container_vlan(self, c: Container) -> int | None:
+        return c.network.vlan if c.network.vlan is not None else self.network.container_vlan
