@@ -796,11 +796,13 @@ class Sim:
         """The /cluster/resources entry of a node; pass the guests' summed cpu/mem if already known."""
         if gcpu is None or gmem is None:
             gcpu, gmem = 0.0, 0
+            now = self.now()
+            bucket = int(now) // STAT_INTERVAL
             for g in self.guests.values():
                 if g.node == n.name and g.status == "running":
-                    e = self.resource_entry(g)
-                    gcpu += float(e["cpu"]) * float(e["maxcpu"]) / n.maxcpu
-                    gmem += int(e["mem"])
+                    _body, weight, mem = self.resource_json(g, bucket, now)
+                    gcpu += weight / n.maxcpu
+                    gmem += mem
         u = node_usage(self.seed, n.index, n.maxmem, n.maxdisk, gcpu, gmem, self.now())
         e2: dict[str, Any] = {
             "id": f"node/{n.name}",
