@@ -32,9 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="TYPE=SECONDS",
         help="duration of a task type in sim seconds, e.g. vzcreate=5 (repeatable)",
     )
-    ap.add_argument(
-        "--auth-fail-delay", type=float, default=0.0, help="seconds to delay 401 answers (real PVE: 3)"
-    )
+    ap.add_argument("--auth-fail-delay", type=float, default=0.0, help="seconds to delay 401 answers (real PVE: 3)")
     ap.add_argument("--certdir", help="write the self-signed certificate here (default: temp dir)")
     ap.add_argument("--info-file", help="also write the JSON line to this file")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every request")

@@ -124,9 +124,7 @@ def parse_calendar_event(text: str) -> CalendarEvent:
     def expand(s: frozenset[int] | None, hi: int) -> tuple[int, ...]:
         return tuple(range(hi + 1)) if s is None else tuple(sorted(s))
 
-    return CalendarEvent(
-        weekdays, years, months, days, expand(hours, 23), expand(minutes, 59), expand(seconds, 59)
-    )
+    return CalendarEvent(weekdays, years, months, days, expand(hours, 23), expand(minutes, 59), expand(seconds, 59))
 
 
 def next_run(event: CalendarEvent, after: float, tz: dt.tzinfo | None = None) -> int | None:

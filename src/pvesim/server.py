@@ -92,9 +92,7 @@ class Api:
         path = parts.path
         if path.startswith("/_sim"):
             status, data = control.handle(self, method, path, parts.query, body)
-            return Answer(
-                status, "OK" if status == 200 else _reason(str(data.get("error", "Error"))), _json(data)
-            )
+            return Answer(status, "OK" if status == 200 else _reason(str(data.get("error", "Error"))), _json(data))
         m = re.match(r"/api2/(json|extjs)(/.*)?$", path)
         if not m:
             return Answer(501, f"Method '{method} {path}' not implemented", _json({"data": None}))
@@ -111,9 +109,7 @@ class Api:
                 pass
             return Answer(200, "OK", _json(doc))
         if fmt == "extjs" and ans.status == 200:
-            return Answer(
-                200, "OK", ans.body[:-1] + b',"success":1}' if ans.body.endswith(b"}") else ans.body
-            )
+            return Answer(200, "OK", ans.body[:-1] + b',"success":1}' if ans.body.endswith(b"}") else ans.body)
         return ans
 
     def _count(self, key: str) -> None:
@@ -223,13 +219,13 @@ class Api:
                 sim.tick()
                 if auth is not None:
                     if auth.tokenid and not minfo.allowtoken:
-                        raise PermError(
-                            f"URI '{api_path}' not available with API token, need proper ticket.\n"
-                        )
+                        raise PermError(f"URI '{api_path}' not available with API token, need proper ticket.\n")
                     self._check_perms(auth, minfo.permissions, params)
                     self._proxy_check(minfo.proxyto, params)
             typed = self.validator(method, template).validate(params)
             handler = HANDLERS.get((method, template))
+            if handler is None and method == "GET" and self.schema.children.get(template):
+                return self._ok(self._index(minfo.returns, self.schema.children[template]))
             if handler is None:
                 msg = f"Method '{method} {api_path}' not implemented"
                 return Answer(501, msg, _json({"data": None, "message": msg + "\n"}))
@@ -248,6 +244,16 @@ class Api:
         except Exception as e:  # a handler bug must still answer like PVE (500), and be logged
             log.exception("handler failed: %s %s", method, api_path)
             return self._error(ApiError(500, f"pvesim internal error: {e}"))
+
+    @staticmethod
+    def _index(returns: dict[str, Any], children: list[str]) -> list[dict[str, str]]:
+        """Directory-style index answers (`[{"subdir": "config"}, ...]`) generated from the schema tree."""
+        key = "subdir"
+        for link in returns.get("links") or []:
+            m = re.fullmatch(r"\{(\w+)\}", str(link.get("href", "")))
+            if m:
+                key = m.group(1)
+        return [{key: c} for c in children if not c.startswith("{")]
 
     def _check_perms(self, auth: Auth, perms: dict[str, Any] | None, params: dict[str, Any]) -> None:
         if perms is None:
@@ -270,8 +276,7 @@ class Api:
                 return
             raise ApiError(
                 500,
-                f"hostname lookup '{node}' failed - failed to get address info for: "
-                f"{node}: Name or service not known",
+                f"hostname lookup '{node}' failed - failed to get address info for: {node}: Name or service not known",
             )
         if not n.online:
             raise ApiError(595, "No route to host", empty_body=True)
@@ -420,9 +425,7 @@ class SimServer:
         from pvesim.handlers.cluster import resources
 
         for typ in (None, "vm"):
-            resources(
-                Ctx(self.sim, Auth("root@pam"), {"type": typ} if typ else {}, "GET", "/cluster/resources")
-            )
+            resources(Ctx(self.sim, Auth("root@pam"), {"type": typ} if typ else {}, "GET", "/cluster/resources"))
 
     def serve_forever(self) -> None:
         self.start_statd()

@@ -348,9 +348,7 @@ class Sim:
         self.clock = Clock(opts.time_scale)
         self.version = 0
         self.password = opts.password or uuid.UUID(int=self.rng.getrandbits(128)).hex[:20]
-        self.access = Access(
-            self.password, secret=uuid.UUID(int=self.rng.getrandbits(128)).bytes + uuid.uuid4().bytes
-        )
+        self.access = Access(self.password, secret=uuid.UUID(int=self.rng.getrandbits(128)).bytes + uuid.uuid4().bytes)
         token = self.access.add_token(
             "root@pam",
             "pvesim",
@@ -482,9 +480,7 @@ class Sim:
         st = self.storages.get(storage)
         return st is not None and not st.disable and (not st.nodes or node in st.nodes)
 
-    def alloc_disk(
-        self, node: str, storage: str, vmid: int, size_gib: float, content: str = "rootdir"
-    ) -> str:
+    def alloc_disk(self, node: str, storage: str, vmid: int, size_gib: float, content: str = "rootdir") -> str:
         """Allocate vm-<vmid>-disk-N (subvol- on zfspool); returns the volid."""
         st = self.storages[storage]
         prefix = "subvol" if st.type in ("zfspool",) and content == "rootdir" else "vm"
@@ -774,9 +770,7 @@ class Sim:
             sid = f"ct:{g.vmid}" if g.type == "lxc" else f"vm:{g.vmid}"
             ha = self.ha_resources.get(sid)
             d["ha"] = (
-                {"managed": 1, "state": ha.get("state", "started"), "group": ha.get("group")}
-                if ha
-                else {"managed": 0}
+                {"managed": 1, "state": ha.get("state", "started"), "group": ha.get("group")} if ha else {"managed": 0}
             )
             if ha and not ha.get("group"):
                 d["ha"].pop("group")
@@ -816,9 +810,7 @@ class Sim:
             "maxdisk": n.maxdisk,
         }
         if n.online:
-            e2.update(
-                {"uptime": int(self.now() - n.boot), "cpu": u["cpu"], "mem": u["mem"], "disk": u["disk"]}
-            )
+            e2.update({"uptime": int(self.now() - n.boot), "cpu": u["cpu"], "mem": u["mem"], "disk": u["disk"]})
         return e2
 
     def storage_entry(self, node: str, st: Storage) -> dict[str, Any]:

@@ -125,9 +125,7 @@ class SimHandle:
             with urllib.request.urlopen(req, context=self._ssl, timeout=30) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
-            raise RuntimeError(
-                f"pvesim control {method} {path} failed: {e.code} {e.read().decode()}"
-            ) from None
+            raise RuntimeError(f"pvesim control {method} {path} failed: {e.code} {e.read().decode()}") from None
 
 
 @contextmanager

@@ -311,9 +311,7 @@ def vzdump(ctx: Ctx) -> str:
                         lines.append(f"INFO: removing backup '{r}'")
                     lines.append(f"INFO: pruned {len(removed)} backup(s)")
             lines.append(f"INFO: Finished Backup of VM {g.vmid} (00:00:{int(per):02d})")
-        lines.append(
-            "INFO: Backup job finished with errors" if errors else "INFO: Backup job finished successfully"
-        )
+        lines.append("INFO: Backup job finished with errors" if errors else "INFO: Backup job finished successfully")
         notify(
             sim,
             "error" if errors else "info",
@@ -332,9 +330,7 @@ def vzdump(ctx: Ctx) -> str:
         sim.changed()
         return msg
 
-    upid = sim.new_task(
-        node, "vzdump", tid, ctx.auth, work=work, on_error=on_error, seconds=per * max(1, len(guests))
-    )
+    upid = sim.new_task(node, "vzdump", tid, ctx.auth, work=work, on_error=on_error, seconds=per * max(1, len(guests)))
     return upid
 
 

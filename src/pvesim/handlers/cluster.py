@@ -307,9 +307,7 @@ def ha_resources(ctx: Ctx) -> list[dict[str, Any]]:
     for sid, r in ctx.sim.ha_resources.items():
         if ctx.p.get("type") and not sid.startswith(str(ctx.p["type"]) + ":"):
             continue
-        out.append(
-            {"sid": sid, "type": sid.split(":")[0], **{k: v for k, v in r.items()}, "digest": _ha_digest(ctx)}
-        )
+        out.append({"sid": sid, "type": sid.split(":")[0], **{k: v for k, v in r.items()}, "digest": _ha_digest(ctx)})
     return out
 
 

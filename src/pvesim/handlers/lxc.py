@@ -9,7 +9,7 @@ from pvesim.access import PermError
 from pvesim.formats import split_list
 from pvesim.handlers import Ctx, api
 from pvesim.schema import load_schema
-from pvesim.state import Guest, Sim, TaskError, apply_pending, die, param_error
+from pvesim.state import Guest, Sim, TaskError, Volume, apply_pending, die, param_error
 from pvesim.usage import guest_usage
 from pvesim.validate import PropertyString, PropertyStringError
 
@@ -101,19 +101,14 @@ class _Alloc:
         self.items: list[tuple[str, str, float, dict[str, Any]]] = []
 
 
-def _plan_volume(
-    sim: Sim, node: str, key: str, value: str, default_storage: str, alloc: _Alloc
-) -> str | None:
+def _plan_volume(sim: Sim, node: str, key: str, value: str, default_storage: str, alloc: _Alloc) -> str | None:
     """For rootfs/mpN: parse; a `STORAGE:SIZE` or bare size becomes an allocation. Returns normalised text."""
     fmtname = "rootfs" if key == "rootfs" else "mp[n]"
     try:
         parsed = _fmt(fmtname).parse(value)
     except PropertyStringError as e:
         raise param_error(
-            {
-                key: "invalid format - format error\n"
-                + "\n".join(f"{key}.{k}: {m}" for k, m in e.errors.items())
-            }
+            {key: "invalid format - format error\n" + "\n".join(f"{key}.{k}: {m}" for k, m in e.errors.items())}
         ) from None
     vol = str(parsed.get("volume", ""))
     storage, size = None, None
@@ -158,10 +153,7 @@ def _normalize_net(sim: Sim, key: str, value: str, old: str | None = None) -> st
         parsed = _fmt("net[n]").parse(value)
     except PropertyStringError as e:
         raise param_error(
-            {
-                key: "invalid format - format error\n"
-                + "\n".join(f"{key}.{k}: {m}" for k, m in e.errors.items())
-            }
+            {key: "invalid format - format error\n" + "\n".join(f"{key}.{k}: {m}" for k, m in e.errors.items())}
         ) from None
     if "hwaddr" not in parsed:
         if old:
@@ -364,8 +356,7 @@ def create_lxc(ctx: Ctx) -> str:
         if not restore:
             lines += [
                 "Creating SSH host key 'ssh_host_rsa_key' - this may take some time ...",
-                "done: SHA256:3mX8f6yk0rXx0X4l7Xo1g0Qx9QqGk5C1XfQx2yBv2ag root@"
-                + str(g.config.get("hostname")),
+                "done: SHA256:3mX8f6yk0rXx0X4l7Xo1g0Qx9QqGk5C1XfQx2yBv2ag root@" + str(g.config.get("hostname")),
             ]
         g.config.pop("lock", None)
         g.touch()
@@ -385,9 +376,7 @@ def create_lxc(ctx: Ctx) -> str:
         sim.changed()
         return f"unable to create CT {vmid} - {msg}"
 
-    return sim.new_task(
-        node, "vzrestore" if restore else "vzcreate", str(vmid), ctx.auth, work=work, on_error=on_error
-    )
+    return sim.new_task(node, "vzrestore" if restore else "vzcreate", str(vmid), ctx.auth, work=work, on_error=on_error)
 
 
 @api("GET", "/nodes/{node}/lxc/{vmid}/config")
@@ -518,9 +507,7 @@ def sim_validator() -> Any:
     if _VALIDATOR is None:
         from pvesim.validate import MethodValidator
 
-        _VALIDATOR = MethodValidator(
-            load_schema().methods[("PUT", "/nodes/{node}/lxc/{vmid}/config")].parameters
-        )
+        _VALIDATOR = MethodValidator(load_schema().methods[("PUT", "/nodes/{node}/lxc/{vmid}/config")].parameters)
     return _VALIDATOR
 
 
@@ -635,9 +622,7 @@ def destroy(ctx: Ctx, g: Guest) -> str:
         vols = _volumes_of(g)
         if ctx.p.get("destroy-unreferenced-disks"):
             for (_n, _s), vs in sim.volumes.items():
-                vols += [
-                    v for v, vol in vs.items() if vol.vmid == g.vmid and vol.content in ("images", "rootdir")
-                ]
+                vols += [v for v, vol in vs.items() if vol.vmid == g.vmid and vol.content in ("images", "rootdir")]
         for v in vols:
             lines.append(f'  Logical volume "{v.split(":", 1)[1]}" successfully removed.')
         _free_volumes(sim, g.node, vols)
@@ -704,9 +689,7 @@ def migrate(ctx: Ctx, g: Guest) -> str:
         for key in list(g.config):
             val = str(g.config[key])
             vol = val.split(",", 1)[0]
-            if ":" not in vol or not (
-                key == "rootfs" or re.fullmatch(r"(mp|unused|scsi|virtio|sata|ide)\d+", key)
-            ):
+            if ":" not in vol or not (key == "rootfs" or re.fullmatch(r"(mp|unused|scsi|virtio|sata|ide)\d+", key)):
                 continue
             sid = vol.split(":", 1)[0]
             st = sim.storages.get(sid)
@@ -831,6 +814,183 @@ def create_snapshot(ctx: Ctx) -> str:
         sim.changed()
 
     return sim.new_task(ctx.node, "vzsnapshot", str(g.vmid), ctx.auth, work=work)
+
+
+@api("GET", "/nodes/{node}/lxc/{vmid}/interfaces")
+def interfaces(ctx: Ctx) -> list[dict[str, Any]]:
+    g = ctx.guest()
+    if g.status != "running":
+        raise die(f"CT {g.vmid} not running")
+    out: list[dict[str, Any]] = [
+        {
+            "name": "lo",
+            "hwaddr": "00:00:00:00:00:00",
+            "hardware-address": "00:00:00:00:00:00",
+            "inet": "127.0.0.1/8",
+            "inet6": "::1/128",
+        }
+    ]
+    for k in sorted(g.config):
+        if not re.fullmatch(r"net\d+", k):
+            continue
+        parsed = _fmt("net[n]").parse(str(g.config[k]))
+        mac = str(parsed.get("hwaddr", "00:00:00:00:00:00"))
+        ip = str(parsed.get("ip", "dhcp"))
+        idx = int(k[3:])
+        inet = ip if "/" in ip else f"10.{(g.vmid >> 8) & 255}.{g.vmid & 255}.{10 + idx}/24"
+        e: dict[str, Any] = {
+            "name": str(parsed.get("name", f"eth{idx}")),
+            "hwaddr": mac.lower(),
+            "hardware-address": mac.lower(),
+            "inet": inet,
+        }
+        out.append(e)
+    return out
+
+
+@api("POST", "/nodes/{node}/lxc/{vmid}/template")
+def make_template(ctx: Ctx) -> None:
+    g = ctx.guest()
+    err = lock_error(g)
+    if err:
+        raise die(err)
+    if g.config.get("template"):
+        raise die("CT is already a template")
+    if g.status == "running":
+        raise die("not possible to convert a running CT to a template")
+    for key in list(g.config):
+        if key == "rootfs" or re.fullmatch(r"mp\d+", key):
+            val = str(g.config[key])
+            vol = val.split(",", 1)[0]
+            if "-disk-" in vol:
+                new = vol.replace(f"vm-{g.vmid}-disk-", f"base-{g.vmid}-disk-")
+                for (_n, _s), vols in ctx.sim.volumes.items():
+                    if vol in vols:
+                        v = vols.pop(vol)
+                        v.volid = new
+                        vols[new] = v
+                g.config[key] = val.replace(vol, new, 1)
+    g.config["template"] = 1
+    g.touch()
+    ctx.sim.changed()
+    return None
+
+
+@api("PUT", "/nodes/{node}/lxc/{vmid}/resize")
+def resize(ctx: Ctx) -> str:
+    sim = ctx.sim
+    g = ctx.guest()
+    disk = str(ctx.p["disk"])
+    err = lock_error(g)
+    if err:
+        raise die(err)
+    if ctx.p.get("digest") and str(ctx.p["digest"]) != g.digest:
+        raise die("detected modified configuration - file changed by other user? Try again.")
+    if disk not in g.config:
+        raise die(f"disk '{disk}' does not exist")
+    m = re.fullmatch(r"(\+?)(\d+(?:\.\d+)?)([KMGT]?)", str(ctx.p["size"]))
+    if not m:
+        raise param_error({"size": "invalid format - unable to parse size"})
+    mult = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[m.group(3)]
+    parsed = _fmt("rootfs" if disk == "rootfs" else "mp[n]").parse(str(g.config[disk]))
+    sm = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)", str(parsed.get("size", "4G")))
+    cur = float(sm.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[sm.group(2)] if sm else 0
+    want = float(m.group(2)) * mult + (cur if m.group(1) else 0)
+    if want < cur:
+        raise die("unable to shrink disk size")
+
+    def work() -> list[str]:
+        gib = want / 1024**3
+        parsed["size"] = _fmt_size(gib)
+        g.config[disk] = _fmt("rootfs" if disk == "rootfs" else "mp[n]").print(parsed)
+        vol = str(parsed.get("volume", ""))
+        for (_n, _s), vols in sim.volumes.items():
+            if vol in vols:
+                vols[vol].size = int(want)
+        g.touch()
+        sim.changed()
+        return [
+            f"  Size of logical volume pve/{vol.split(':', 1)[-1]} changed to {gib:.2f} GiB.",
+            f"  Logical volume pve/{vol.split(':', 1)[-1]} successfully resized.",
+        ]
+
+    return sim.new_task(ctx.node, "resize", str(g.vmid), ctx.auth, work=work, seconds=0.5)
+
+
+@api("POST", "/nodes/{node}/lxc/{vmid}/clone")
+def clone(ctx: Ctx) -> str:
+    sim, p = ctx.sim, ctx.p
+    g = ctx.guest()
+    newid = int(p["newid"])
+    if newid in sim.guests:
+        other = sim.guests[newid]
+        raise die(f"{'CT' if other.type == 'lxc' else 'VM'} {newid} already exists on node '{other.node}'")
+    ctx.check(f"/vms/{newid}", ["VM.Allocate"]) if not ctx.is_root else None
+    full = bool(p.get("full", not g.config.get("template")))
+    if not full and not g.config.get("template"):
+        raise die("linked clone feature for 'rootfs' is not available")
+    target = str(p.get("target", ctx.node))
+    if target not in sim.nodes:
+        raise die(f"no such cluster node '{target}'")
+    err = lock_error(g)
+    if err:
+        raise die(err)
+    cfg = {k: v for k, v in g.config.items() if k not in ("lock", "template")}
+    cfg["hostname"] = p.get("hostname", g.config.get("hostname", f"{g.name}-clone"))
+    if p.get("description"):
+        cfg["description"] = p["description"]
+    for k in list(cfg):
+        if re.fullmatch(r"net\d+", k):
+            cfg[k] = re.sub(r"hwaddr=[0-9A-Fa-f:]{17}", f"hwaddr={sim.mac()}", str(cfg[k]))
+    cfg["lock"] = "create"
+    new = Guest(newid, "lxc", target, cfg)
+    sim.guests[newid] = new
+    g.config["lock"] = "disk"
+    g.touch()
+    sim.changed()
+    storage = p.get("storage")
+
+    def work() -> list[str]:
+        lines = []
+        for key in list(new.config):
+            if key != "rootfs" and not re.fullmatch(r"mp\d+", key):
+                continue
+            parsed = _fmt("rootfs" if key == "rootfs" else "mp[n]").parse(str(new.config[key]))
+            vol = str(parsed.get("volume", ""))
+            sid = str(storage or vol.split(":", 1)[0])
+            if sid not in sim.storages:
+                continue
+            sm = re.fullmatch(r"(\d+(?:\.\d+)?)G", str(parsed.get("size", "4G")))
+            size = float(sm.group(1)) if sm else 4.0
+            if full:
+                newvol = sim.alloc_disk(target, sid, newid, size)
+            else:
+                newvol = f"{sid}:{vol.split(':', 1)[1]}/vm-{newid}-disk-0"
+                sim.add_volume(
+                    target, sid, Volume(newvol, "rootdir", "raw", int(size * 1024**3), int(sim.now()), newid)
+                )
+            parsed["volume"] = newvol
+            new.config[key] = _fmt("rootfs" if key == "rootfs" else "mp[n]").print(parsed)
+            lines.append(f"create {'full' if full else 'linked'} clone of {key} ({vol})")
+        new.config.pop("lock", None)
+        g.config.pop("lock", None)
+        new.touch()
+        g.touch()
+        if p.get("pool") and p["pool"] in sim.pools:
+            sim.pools[p["pool"]].setdefault("vms", set()).add(newid)
+            sim.access.pool_of[newid] = str(p["pool"])
+            sim.access.changed()
+        sim.changed()
+        return lines
+
+    def on_error(msg: str) -> str:
+        sim.guests.pop(newid, None)
+        g.config.pop("lock", None)
+        g.touch()
+        sim.changed()
+        return f"clone failed: {msg}"
+
+    return sim.new_task(ctx.node, "vzclone", str(g.vmid), ctx.auth, work=work, on_error=on_error)
 
 
 __all__ = ["destroy", "migrate", "power", "rrddata"]

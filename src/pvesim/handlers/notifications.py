@@ -198,8 +198,7 @@ def matcher_fields(ctx: Ctx) -> list[dict[str, Any]]:
 @api("GET", "/cluster/notifications/matcher-field-values")
 def matcher_field_values(ctx: Ctx) -> list[dict[str, Any]]:
     out = [
-        {"field": "type", "value": v}
-        for v in ("vzdump", "replication", "fencing", "package-updates", "system-mail")
+        {"field": "type", "value": v} for v in ("vzdump", "replication", "fencing", "package-updates", "system-mail")
     ]
     out += [{"field": "hostname", "value": n} for n in ctx.sim.nodes]
     out += [{"field": "job-id", "value": j} for j in ctx.sim.backup_jobs]
