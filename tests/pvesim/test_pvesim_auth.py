@@ -62,9 +62,7 @@ def test_token_privsep_and_filtered_resources(pvesim_factory) -> None:  # type: 
     root.access.acl.put(path="/vms/101", roles="PVEAuditor", users="mon@pve")
     root.access.acl.put(path="/vms/102", roles="PVEAuditor", users="mon@pve")
     root.access.acl.put(path="/vms/102", roles="PVEAuditor", tokens="mon@pve!ro")
-    user_px = ProxmoxAPI(
-        sim.hostname, port=sim.port, user="mon@pve", password="monitor1", verify_ssl=sim.cafile
-    )
+    user_px = ProxmoxAPI(sim.hostname, port=sim.port, user="mon@pve", password="monitor1", verify_ssl=sim.cafile)
     tok_px = ProxmoxAPI(
         sim.hostname,
         port=sim.port,
@@ -84,19 +82,13 @@ def test_token_privsep_and_filtered_resources(pvesim_factory) -> None:  # type: 
 
 
 def test_ticket_renewal_with_ticket_as_password(pvesim: SimHandle) -> None:
-    status, _r, body = pvesim.api(
-        "POST", "/access/ticket", {"username": "root@pam", "password": pvesim.password}
-    )
+    status, _r, body = pvesim.api("POST", "/access/ticket", {"username": "root@pam", "password": pvesim.password})
     assert status == 200 and body is not None
     first = body["data"]
     assert first["ticket"].startswith("PVE:root@pam:") and first["username"] == "root@pam"
-    status, _r, body = pvesim.api(
-        "POST", "/access/ticket", {"username": "root@pam", "password": first["ticket"]}
-    )
+    status, _r, body = pvesim.api("POST", "/access/ticket", {"username": "root@pam", "password": first["ticket"]})
     assert status == 200 and body is not None and body["data"]["ticket"].startswith("PVE:root@pam:")
-    status, reason, _ = pvesim.api(
-        "POST", "/access/ticket", {"username": "root@pam", "password": "PVE:forged"}
-    )
+    status, reason, _ = pvesim.api("POST", "/access/ticket", {"username": "root@pam", "password": "PVE:forged"})
     assert (status, reason) == (401, "authentication failure")
 
 

@@ -69,7 +69,11 @@ def test_every_schema_path_routes() -> None:
 def test_unimplemented_schema_method_answers_501(pvesim: SimHandle) -> None:
     load_all()
     schema = load_schema()
-    missing = [(m, p) for (m, p) in schema.methods if (m, p) not in HANDLERS and "{" not in p and m == "GET"]
+    missing = [
+        (m, p)
+        for (m, p) in schema.methods
+        if (m, p) not in HANDLERS and "{" not in p and m == "GET" and not schema.children.get(p)
+    ]
     assert missing, "expected some schema methods without a handler"
     m, p = missing[0]
     status, reason, _ = pvesim.api(m, p)
@@ -119,9 +123,7 @@ def world() -> Iterator[tuple[SimHandle, dict[str, str]]]:
         w("POST", "/access/users/u1@pve/token/t1", {})
         w("PUT", "/access/acl", {"path": "/vms/300", "roles": "PVEAuditor", "users": "u1@pve"})
         w("POST", "/cluster/backup", {"id": "job1", "schedule": "daily", "vmid": "300", "storage": "local"})
-        upid = w(
-            "POST", "/nodes/pve1/vzdump", {"vmid": 300, "storage": "local", "notes-template": "{{guestname}}"}
-        )
+        upid = w("POST", "/nodes/pve1/vzdump", {"vmid": 300, "storage": "local", "notes-template": "{{guestname}}"})
         w("POST", "/cluster/firewall/groups", {"group": "web"})
         w(
             "POST",

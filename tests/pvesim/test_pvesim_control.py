@@ -101,9 +101,7 @@ def test_faults_times_delay_and_calls(pvesim: SimHandle) -> None:
 
 def test_task_faults_and_locks(pvesim: SimHandle) -> None:
     px = pvesim.proxmoxer()
-    pvesim.control(
-        "POST", "/task-faults", {"type": "vzcreate", "error": "no space left on device", "times": 1}
-    )
+    pvesim.control("POST", "/task-faults", {"type": "vzcreate", "error": "no space left on device", "times": 1})
     up = px.nodes("pve1").lxc.post(vmid=300, ostemplate=TEMPLATE, rootfs="local-lvm:4")
     st = Tasks.blocking_status(px, up, polling_interval=0.05)
     assert st["exitstatus"] == "unable to create CT 300 - no space left on device"
@@ -145,10 +143,7 @@ def test_backup_and_prune_through_api(pvesim_factory) -> None:  # type: ignore[n
         assert px.nodes("pve1").tasks(up).status.get()["exitstatus"] == "OK"
         vols = px.nodes("pve1").storage("local").content.get(content="backup", vmid=100)
     assert len(vols) == 2
-    assert all(
-        v["volid"].startswith("local:backup/vzdump-lxc-100-") and v["volid"].endswith(".tar.zst")
-        for v in vols
-    )
+    assert all(v["volid"].startswith("local:backup/vzdump-lxc-100-") and v["volid"].endswith(".tar.zst") for v in vols)
     assert {v["format"] for v in vols} == {"tar.zst"} and {v["notes"] for v in vols} == {"ct100"}
     # protect one, delete the other
     px.nodes("pve1").storage("local").content(vols[0]["volid"]).put(protected=1)
@@ -156,9 +151,7 @@ def test_backup_and_prune_through_api(pvesim_factory) -> None:  # type: ignore[n
         px.nodes("pve1").storage("local").content(vols[0]["volid"]).delete()
     up = px.nodes("pve1").storage("local").content(vols[1]["volid"]).delete()
     Tasks.blocking_status(px, up, polling_interval=0.05)
-    assert [v["volid"] for v in px.nodes("pve1").storage("local").content.get(content="backup")] == [
-        vols[0]["volid"]
-    ]
+    assert [v["volid"] for v in px.nodes("pve1").storage("local").content.get(content="backup")] == [vols[0]["volid"]]
     # not-backed-up follows backup jobs
     assert {g["vmid"] for g in px.cluster("backup-info")("not-backed-up").get()} == {100, 101}
     px.cluster.backup.post(id="nightly", schedule="mon..fri 22:00", vmid="100", storage="local")

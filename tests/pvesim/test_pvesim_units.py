@@ -15,9 +15,7 @@ from pvesim.testing import schema_available
 from pvesim.usage import guest_usage
 
 UTC = dt.UTC
-needs_schema = pytest.mark.skipif(
-    not schema_available(), reason="PVE API schema not found (set PVESIM_SCHEMA)"
-)
+needs_schema = pytest.mark.skipif(not schema_available(), reason="PVE API schema not found (set PVESIM_SCHEMA)")
 
 
 def _validator(method: str, path: str) -> Any:
@@ -64,9 +62,7 @@ VALIDATION = [
     ({"node": "pve1", "vmid": "100", "ostemplate": "x", "features": "nesting=yes,keyctl=off"}, None, {}),
     (
         {"node": "pve1", "vmid": "100", "ostemplate": "x", "features": "nesting=2"},
-        {
-            "features": "invalid format - format error\nfeatures.nesting: type check ('boolean') failed - got '2'"
-        },
+        {"features": "invalid format - format error\nfeatures.nesting: type check ('boolean') failed - got '2'"},
         None,
     ),
     (
@@ -92,9 +88,7 @@ VALIDATION = [
     ),
     (
         {"node": "pve1", "vmid": "100", "ostemplate": "x", "rootfs": "local-lvm:8,mountoptions=bogus"},
-        {
-            "rootfs": "invalid format - format error\nrootfs.mountoptions: value does not match the regex pattern"
-        },
+        {"rootfs": "invalid format - format error\nrootfs.mountoptions: value does not match the regex pattern"},
         None,
     ),
     (
@@ -144,15 +138,11 @@ def test_json_body_booleans_and_prune_format() -> None:
     from pvesim.validate import ParamError
 
     v = _validator("POST", "/cluster/backup")
-    assert (
-        v.validate({"schedule": "daily", "all": True, "prune-backups": "keep-last=3,keep-daily=7"})["all"]
-        == 1
-    )
+    assert v.validate({"schedule": "daily", "all": True, "prune-backups": "keep-last=3,keep-daily=7"})["all"] == 1
     with pytest.raises(ParamError) as ei:
         v.validate({"schedule": "daily", "all": 1, "prune-backups": "keep-last=0"})
     assert ei.value.errors == {
-        "prune-backups": "invalid format - format error\n"
-        "prune-backups.keep-last: value must have a minimum value of 1"
+        "prune-backups": "invalid format - format error\nprune-backups.keep-last: value must have a minimum value of 1"
     }
     with pytest.raises(ParamError) as ei:
         v.validate({"schedule": "mon..fri 25:00", "all": 1})

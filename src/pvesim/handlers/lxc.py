@@ -828,6 +828,10 @@ def interfaces(ctx: Ctx) -> list[dict[str, Any]]:
             "hardware-address": "00:00:00:00:00:00",
             "inet": "127.0.0.1/8",
             "inet6": "::1/128",
+            "ip-addresses": [
+                {"ip-address": "127.0.0.1", "ip-address-type": "inet", "prefix": 8},
+                {"ip-address": "::1", "ip-address-type": "inet6", "prefix": 128},
+            ],
         }
     ]
     for k in sorted(g.config):
@@ -843,6 +847,9 @@ def interfaces(ctx: Ctx) -> list[dict[str, Any]]:
             "hwaddr": mac.lower(),
             "hardware-address": mac.lower(),
             "inet": inet,
+            "ip-addresses": [
+                {"ip-address": inet.split("/")[0], "ip-address-type": "inet", "prefix": int(inet.split("/")[1])}
+            ],
         }
         out.append(e)
     return out
