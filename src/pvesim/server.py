@@ -222,6 +222,8 @@ class Api:
                         raise PermError(f"URI '{api_path}' not available with API token, need proper ticket.\n")
                     self._check_perms(auth, minfo.permissions, params)
                     self._proxy_check(minfo.proxyto, params)
+                    if method != "GET" and template != "/access/ticket" and not sim.quorate():
+                        raise ApiError(500, "cluster not ready - no quorum?")
             typed = self.validator(method, template).validate(params)
             handler = HANDLERS.get((method, template))
             if handler is None and method == "GET" and self.schema.children.get(template):

@@ -457,6 +457,10 @@ class Sim:
     def now(self) -> float:
         return self.clock.now()
 
+    def quorate(self) -> bool:
+        """More than half of the nodes online (corosync votes, one each)."""
+        return sum(1 for n in self.nodes.values() if n.online) * 2 > len(self.nodes)
+
     def new_pid(self) -> int:
         self._pid += self.rng.randrange(1, 50)
         return self._pid

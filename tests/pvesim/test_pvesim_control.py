@@ -227,3 +227,26 @@ def test_cli_reports_missing_schema(tmp_path: Path) -> None:
     )
     assert r.returncode == 2 and r.stdout == ""
     assert "PVE API schema not found" in r.stderr and "PVESIM_SCHEMA" in r.stderr
+
+
+def test_quorum_loss_blocks_writes_and_rrddata(pvesim_factory) -> None:  # type: ignore[no-untyped-def]
+    sim: SimHandle = pvesim_factory(guests=2, seed=1, qemu_share=0.0, running_share=1.0)
+    rows = sim.api("GET", "/nodes/pve1/lxc/100/rrddata", {"timeframe": "hour"})[2]["data"]
+    assert len(rows) == 70 and rows[1]["time"] - rows[0]["time"] == 60
+    assert {"cpu", "mem", "maxmem", "netin"} <= set(rows[-1])
+    sim.control("POST", "/nodes/pve2", {"online": False})
+    sim.control("POST", "/nodes/pve3", {"online": False})
+    assert sim.api("PUT", "/nodes/pve1/lxc/100/config", {"memory": 1024})[:2] == (500, "cluster not ready - no quorum?")
+    assert sim.api("GET", "/nodes/pve1/lxc/100/config")[0] == 200
+
+
+def test_vzdump_without_prune_respects_limit(pvesim_factory) -> None:  # type: ignore[no-untyped-def]
+    sim: SimHandle = pvesim_factory(guests=1, seed=1, qemu_share=0.0, task_seconds={"vzdump": 0})
+    px = sim.proxmoxer()
+    opts = {"vmid": 100, "storage": "local", "remove": 0, "prune-backups": "keep-last=1"}
+    for expected in ("OK", "job errors"):
+        sim.control("POST", "/clock", {"advance": 60})
+        up = px.nodes("pve1").vzdump.post(**opts)
+        assert px.nodes("pve1").tasks(up).status.get()["exitstatus"] == expected
+    log = [line["t"] for line in px.nodes("pve1").tasks(up).log.get()]
+    assert any("There is a max backup limit of 1 enforced" in t for t in log)

@@ -272,6 +272,24 @@ def vzdump(ctx: Ctx) -> str:
                 continue
             g.config.pop("lock", None)
             g.touch()
+            limit = sum(v for k, v in keep.items() if k != "keep-all")
+            if not remove and limit and not keep.get("keep-all"):
+                have = sum(
+                    1
+                    for v in sim.storage_volumes(node, sid).values()
+                    if v.content == "backup"
+                    and v.vmid == g.vmid
+                    and not v.protected
+                    and parse_archive_name(v.volid) is not None
+                )
+                if have >= limit:
+                    lines.append(
+                        f"ERROR: Backup of VM {g.vmid} failed - There is a max backup limit of {limit} "
+                        "enforced by the target storage or the vzdump parameters. Either increase the "
+                        "limit or delete old backup(s)."
+                    )
+                    errors += 1
+                    continue
             if sim.guests.get(g.vmid) is not g:
                 lines.append(f"ERROR: Backup of VM {g.vmid} failed - guest vanished")
                 errors += 1

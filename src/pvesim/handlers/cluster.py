@@ -61,9 +61,28 @@ def resources(ctx: Ctx) -> RawData:
                 }:
                     extra.append(sim.storage_entry(nname, st))
     if typ is None:
-        for pid in sim.pools:
+        for pid, pool in sim.pools.items():
             if full or "Pool.Audit" in access.privs(authid, f"/pool/{pid}"):
-                extra.append({"id": f"/pool/{pid}", "type": "pool", "pool": pid})
+                pe: dict[str, Any] = {"id": f"/pool/{pid}", "type": "pool", "pool": pid}
+                members = [sim.guests[v] for v in pool.get("vms", set()) if v in sim.guests]
+                if members:
+                    bucket = int(sim.now()) // STAT_INTERVAL
+                    ents = [json.loads(sim.resource_json(g, bucket)[0]) for g in members]
+                    for k in (
+                        "cpu",
+                        "maxcpu",
+                        "mem",
+                        "maxmem",
+                        "disk",
+                        "maxdisk",
+                        "netin",
+                        "netout",
+                        "diskread",
+                        "diskwrite",
+                    ):
+                        pe[k] = sum(x.get(k, 0) for x in ents)
+                    pe["cpu"] = round(pe["cpu"] / max(1, len(ents)), 6)
+                extra.append(pe)
     if typ in (None, "sdn"):
         for n in sim.nodes.values():
             extra.append(
