@@ -5,6 +5,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
+import shutil
+import subprocess
 from typing import Any
 
 import pytest
@@ -254,3 +258,48 @@ def test_usage_counters_grow_and_seeded() -> None:
     assert guest_usage(7, 101, 2**30, 2**33, 2, 1_000_000, 999_000) != guest_usage(
         8, 101, 2**30, 2**33, 2, 1_000_000, 999_000
     )
+
+
+# (PVE expression, the same in systemd's spelling) - host.md §3 rewrites for minute-only specs.
+ORACLE = [
+    ("daily", "daily"),
+    ("hourly", "hourly"),
+    ("sat 02:00", "sat 02:00"),
+    ("mon..fri 21:00", "mon..fri 21:00"),
+    ("mon..fri 8..17,22:0/15", "mon..fri 8..17,22:0/15"),
+    ("Sat *-1..7 15:00", "Sat *-1..7 15:00"),
+    ("12/2:5", "12/2:5"),
+    ("quarterly", "quarterly"),
+    ("*/15", "*:0/15"),
+    ("0", "*:0"),
+    ("30/10", "*:30/10"),
+    ("mon..wed 30/10", "mon..wed *:30/10"),
+    ("*-*-01 03:30", "*-*-01 03:30"),
+    ("sun 01:00", "sun 01:00"),
+]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@pytest.mark.parametrize(("pve", "systemd"), ORACLE)
+def test_calendar_against_systemd_oracle(pve: str, systemd: str) -> None:
+    base = "2020-01-02 00:00:00"
+    r = subprocess.run(
+        ["systemd-analyze", "calendar", "--iterations=4", f"--base-time={base} UTC", systemd],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TZ": "UTC"},
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    want = [
+        int(dt.datetime.strptime(m, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp())
+        for m in re.findall(r"(?:Next elapse|Iter\. #\d+): \w+ (\S+ \S+) UTC", r.stdout)
+    ]
+    ev = parse_calendar_event(pve)
+    got, t = [], _ts("2020-01-02 00:00")
+    for _ in want:
+        nxt = next_run(ev, t, UTC)
+        assert nxt is not None
+        got.append(nxt)
+        t = nxt
+    assert got == want and len(want) == 4
