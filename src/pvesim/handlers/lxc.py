@@ -73,6 +73,20 @@ def lock_error(g: Guest) -> str | None:
     return f"{'CT' if g.type == 'lxc' else 'VM'} is locked ({lock})"
 
 
+def check_bridge_access(ctx: Ctx, netvalue: str) -> None:
+    """PVE 8: using a bridge needs SDN.Use on /sdn/zones/localnetwork/<bridge>[/<vlan tag>]."""
+    if ctx.is_root:
+        return
+    m = re.search(r"(?:^|,)bridge=([^,]+)", netvalue)
+    if not m:
+        return
+    base = f"/sdn/zones/localnetwork/{m.group(1)}"
+    tag = re.search(r"(?:^|,)tag=(\d+)", netvalue)
+    path = f"{base}/{tag.group(1)}" if tag else base
+    if not ctx.can(path, "SDN.Use"):
+        raise PermError(f"{path}, SDN.Use")
+
+
 def _perm_for_key(key: str) -> str:
     if key in ("memory", "swap"):
         return "VM.Config.Memory"
@@ -333,7 +347,7 @@ def create_lxc(ctx: Ctx) -> str:
     for k in list(cfg):
         if re.fullmatch(r"net\d+", k) and not ctx.is_root:
             ctx.check(f"/vms/{vmid}", ["VM.Config.Network"])
-            break
+            check_bridge_access(ctx, str(cfg[k]))
     cfg["lock"] = "create"
     g = Guest(vmid, "lxc", node, cfg)
     if existing is not None:
@@ -459,6 +473,9 @@ def put_config(ctx: Ctx) -> None:
     normalized: dict[str, Any] = {}
     for k, v in changes.items():
         if re.fullmatch(r"net\d+", k):
+            if g.config.get(k):
+                check_bridge_access(ctx, str(g.config[k]))
+            check_bridge_access(ctx, str(v))
             normalized[k] = _normalize_net(sim, k, str(v), str(g.config.get(k, "")) or None)
         elif k == "rootfs" or re.fullmatch(r"mp\d+", k):
             t = _plan_volume(sim, g.node, k, str(v), "local", alloc)
