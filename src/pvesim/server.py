@@ -304,6 +304,7 @@ class Api:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "pve-api-daemon/3.0"
+    timeout = 300  # idle keep-alive connections are closed after this many seconds
     sys_version = ""
     api: Api
 
@@ -369,7 +370,9 @@ class SimServer:
             cert, key, fp = make_self_signed(certdir, [host] if host not in ("0.0.0.0", "::") else [])
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(str(cert), str(key))
-            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+            # Handshake in the connection's thread, not in the accept loop (a silent client must not
+            # stall everyone else).
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True, do_handshake_on_connect=False)
             self.cafile = str(cert)
             self.fingerprint = fp
         self._thread: threading.Thread | None = None
