@@ -250,3 +250,23 @@ def test_vzdump_without_prune_respects_limit(pvesim_factory) -> None:  # type: i
         assert px.nodes("pve1").tasks(up).status.get()["exitstatus"] == expected
     log = [line["t"] for line in px.nodes("pve1").tasks(up).log.get()]
     assert any("There is a max backup limit of 1 enforced" in t for t in log)
+
+
+def test_control_bulk_guests_finish_files_and_save(pvesim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sim: SimHandle = pvesim_factory(task_seconds={"vzcreate": 3600})
+    added = sim.control("POST", "/guests", {"count": 5, "type": "lxc", "node": "pve2", "status": "running"})
+    assert added == [100, 101, 102, 103, 104]
+    listed = sim.control("GET", "/guests")
+    assert {(g["node"], g["status"], g["type"]) for g in listed} == {("pve2", "running", "lxc")}
+    px = sim.proxmoxer()
+    up = px.nodes("pve1").lxc.post(vmid=300, ostemplate=TEMPLATE, rootfs="local-lvm:4")
+    assert px.nodes("pve1").tasks(up).status.get()["status"] == "running"
+    sim.control("POST", "/tasks/finish")
+    assert px.nodes("pve1").tasks(up).status.get()["exitstatus"] == "OK"
+    sim.control("POST", "/guests/100/files", {"path": "/etc/motd", "content": "hi\n"})
+    assert sim.control("GET", "/guests/100/files") == {"/etc/motd": "aGkK"}
+    path = tmp_path / "s.json"
+    assert sim.control("POST", "/save", {"path": str(path)}) == {"saved": str(path)}
+    assert {g["vmid"] for g in json.loads(path.read_text())["guests"]} == {100, 101, 102, 103, 104, 300}
+    with pytest.raises(RuntimeError, match="404"):
+        sim.control("GET", "/nope")
