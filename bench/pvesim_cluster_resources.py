@@ -11,7 +11,9 @@ over one keep-alive HTTPS connection with the API token:
 * after-write  - after a config PUT on one guest (index rebuilt, other guests' entries reused)
 * config   - GET /nodes/{node}/lxc/{vmid}/config
 
-Run:  .venv/bin/python bench/pvesim_cluster_resources.py [--nodes 10 --guests 10000 --rounds 20]
+* create   - POST /nodes/{node}/lxc (what planning 1,000 containers costs on the API side)
+
+Run:  .venv/bin/python bench/pvesim_cluster_resources.py [--nodes 10 --guests 10000 --rounds 20 --creates 1000]
       [--write-docs docs/benchmarks.md]
 """
 
@@ -61,6 +63,7 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=10)
     ap.add_argument("--guests", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--creates", type=int, default=1000, help="POST /nodes/{node}/lxc calls to time")
     ap.add_argument("--write-docs", help="update the 'pvesim' section of this markdown file")
     args = ap.parse_args()
 
@@ -89,9 +92,7 @@ def main() -> int:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line:
-            print(
-                "pvesim did not start (is the PVE API schema available? see PVESIM_SCHEMA)", file=sys.stderr
-            )
+            print("pvesim did not start (is the PVE API schema available? see PVESIM_SCHEMA)", file=sys.stderr)
             return 2
         info = json.loads(line)
         startup = time.perf_counter() - t0
@@ -145,6 +146,23 @@ def main() -> int:
             after_write.append((time.perf_counter() - t) * 1000)
 
         vm_only = timed(lambda: get("/cluster/resources", type="vm"), args.rounds)
+
+        creates: list[float] = []
+        for i in range(args.creates):
+            t = time.perf_counter()
+            s.post(
+                url + f"/nodes/pve{i % args.nodes + 1}/lxc",
+                data={
+                    "vmid": 900000 + i,
+                    "ostemplate": "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst",
+                    "rootfs": "local-lvm:8",
+                    "net0": "name=eth0,bridge=vmbr0,ip=dhcp",
+                    "tags": "bench",
+                },
+                timeout=60,
+            ).raise_for_status()
+            creates.append((time.perf_counter() - t) * 1000)
+        after_creates = timed(lambda: get("/cluster/resources"), args.rounds)
         config = timed(lambda: get(f"/nodes/{vm['node']}/lxc/{vm['vmid']}/config"), args.rounds * 5)
         rss, hwm = rss_kib(proc.pid)
     finally:
@@ -163,10 +181,16 @@ def main() -> int:
         ("GET /cluster/resources, after a config write", summary(after_write)),
         ("GET /cluster/resources?type=vm, warm", summary(vm_only)),
         ("GET /nodes/{node}/lxc/{vmid}/config", summary(config)),
+        (f"POST /nodes/{{node}}/lxc (create, returns the UPID) x {args.creates}", summary(creates)),
+        (
+            f"GET /cluster/resources, warm, after those creates ({args.guests + args.creates:,} guests)",
+            summary(after_creates),
+        ),
     ]
     cmd = (
         "`.venv/bin/python bench/pvesim_cluster_resources.py --nodes "
-        f"{args.nodes} --guests {args.guests} --rounds {args.rounds}`"
+        f"{args.nodes} --guests {args.guests} --rounds {args.rounds} --creates {args.creates} "
+        "--write-docs docs/benchmarks.md`"
     )
     md = [
         "## pvesim",
