@@ -420,3 +420,23 @@ def test_task_errors_arrive_inside_tasks(sim: SimHandle) -> None:
     assert status["status"] == "stopped" and status["exitstatus"] == "CT is locked (backup)"
     log = sim.api("GET", f"/nodes/pve1/tasks/{upid}/log")[2]
     assert log["data"][-1] == {"n": log["total"], "t": "TASK ERROR: CT is locked (backup)"}
+
+
+def test_extjs_format_and_path_param_conflict(sim: SimHandle) -> None:
+    ctx = ssl.create_default_context(cafile=sim.cafile)
+    conn = http.client.HTTPSConnection(sim.hostname, sim.port, context=ctx, timeout=10)
+    conn.request("GET", "/api2/extjs/nodes/pve1/lxc/999/config", headers={"Authorization": f"PVEAPIToken={sim.token}"})
+    r = conn.getresponse()
+    assert r.status == 200
+    assert json.loads(r.read()) == {
+        "success": 0,
+        "status": 500,
+        "data": None,
+        "message": "Configuration file 'nodes/pve1/lxc/999.conf' does not exist",
+    }
+    conn.close()
+    st, rs, body = raw(sim, "POST", "/nodes/pve1/lxc/200/status/start", {"vmid": "201"})
+    assert (st, rs) == (400, "Parameter verification failed.")
+    assert json.loads(body)["errors"] == {
+        "vmid": "duplicate parameter (already defined in URI) with conflicting values!"
+    }
