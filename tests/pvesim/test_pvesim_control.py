@@ -270,3 +270,28 @@ def test_control_bulk_guests_finish_files_and_save(pvesim_factory, tmp_path: Pat
     assert {g["vmid"] for g in json.loads(path.read_text())["guests"]} == {100, 101, 102, 103, 104, 300}
     with pytest.raises(RuntimeError, match="404"):
         sim.control("GET", "/nope")
+
+
+def test_snapshot_rollback_and_extractconfig(pvesim_factory) -> None:  # type: ignore[no-untyped-def]
+    sim: SimHandle = pvesim_factory(
+        guests=1,
+        seed=1,
+        qemu_share=0.0,
+        running_share=0.0,
+        task_seconds={"vzsnapshot": 0, "vzrollback": 0, "vzdelsnapshot": 0, "vzdump": 0},
+    )
+    px = sim.proxmoxer()
+    ct = px.nodes("pve1").lxc(100)
+    ct.snapshot.post(snapname="before")
+    ct.config.put(memory=2048, hostname="changed")
+    assert ct.snapshot("before").config.get()["memory"] != 2048
+    up = ct.snapshot("before").rollback.post()
+    assert px.nodes("pve1").tasks(up).status.get()["exitstatus"] == "OK"
+    cfg = ct.config.get()
+    assert cfg["hostname"] == "ct100" and "lock" not in cfg
+    ct.snapshot("before").delete()
+    assert [s["name"] for s in ct.snapshot.get()] == ["current"]
+    up = px.nodes("pve1").vzdump.post(vmid=100, storage="local")
+    vol = px.nodes("pve1").storage("local").content.get(content="backup")[0]["volid"]
+    text = px.nodes("pve1").vzdump.extractconfig.get(volume=vol)
+    assert "hostname: ct100\n" in text and text.endswith("\n")

@@ -353,3 +353,41 @@ def vzdump(ctx: Ctx) -> str:
 
 
 __all__ = ["apply_prune", "job_guests"]
+
+
+@api("GET", "/nodes/{node}/vzdump/extractconfig")
+def extractconfig(ctx: Ctx) -> str:
+    """The guest config stored in a backup archive, as config-file text."""
+    volid = str(ctx.p["volume"])
+    sid = volid.split(":", 1)[0]
+    if sid not in ctx.sim.storages:
+        raise die(f"storage '{sid}' does not exist")
+    vol = ctx.sim.storage_volumes(ctx.node, sid).get(volid)
+    if vol is None or vol.content != "backup":
+        raise die(f"volume '{volid}' does not exist")
+    if vol.vmid is not None and not ctx.is_root:
+        ctx.check(f"/vms/{vol.vmid}", ["VM.Backup"])
+    cfg = dict(vol.guest_config or {})
+    lines = ["#" + line for line in str(cfg.pop("description", "")).split("\n") if line]
+    lines += [f"{k}: {v}" for k, v in sorted(cfg.items())]
+    return "\n".join(lines) + "\n"
+
+
+@api("GET", "/nodes/{node}/vzdump/defaults")
+def vzdump_defaults(ctx: Ctx) -> dict[str, Any]:
+    sid = str(ctx.p.get("storage", "local"))
+    st = ctx.sim.storages.get(sid)
+    d: dict[str, Any] = {
+        "storage": sid,
+        "mode": "snapshot",
+        "compress": "0",
+        "all": 0,
+        "remove": 1,
+        "stdexcludes": 1,
+        "lockwait": 180,
+        "stopwait": 10,
+        "ionice": 7,
+    }
+    if st is not None and st.prune_backups:
+        d["prune-backups"] = st.prune_backups
+    return d

@@ -1017,4 +1017,77 @@ def clone(ctx: Ctx) -> str:
     return sim.new_task(ctx.node, "vzclone", str(g.vmid), ctx.auth, work=work, on_error=on_error)
 
 
+def _snapshot(ctx: Ctx) -> tuple[Guest, str, dict[str, Any]]:
+    g = ctx.guest()
+    name = str(ctx.p["snapname"])
+    snap = g.snapshots.get(name)
+    if snap is None:
+        raise die(f"snapshot '{name}' does not exist")
+    return g, name, snap
+
+
+@api("GET", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/config")
+def snapshot_config(ctx: Ctx) -> dict[str, Any]:
+    _g, _name, snap = _snapshot(ctx)
+    return dict(snap)
+
+
+@api("PUT", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/config")
+def snapshot_update(ctx: Ctx) -> None:
+    g, _name, snap = _snapshot(ctx)
+    if "description" in ctx.p:
+        snap["description"] = ctx.p["description"]
+    g.touch()
+    return None
+
+
+@api("DELETE", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}")
+def snapshot_delete(ctx: Ctx) -> str:
+    sim = ctx.sim
+    g, name, _snap = _snapshot(ctx)
+    err = lock_error(g)
+    if err and not ctx.p.get("force"):
+        raise die(err)
+    g.config["lock"] = "snapshot-delete"
+    g.touch()
+
+    def work() -> None:
+        g.snapshots.pop(name, None)
+        g.config.pop("lock", None)
+        g.touch()
+        sim.changed()
+
+    return sim.new_task(ctx.node, "vzdelsnapshot", str(g.vmid), ctx.auth, work=work)
+
+
+@api("POST", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/rollback")
+def snapshot_rollback(ctx: Ctx) -> str:
+    sim = ctx.sim
+    g, name, snap = _snapshot(ctx)
+    err = lock_error(g)
+    if err:
+        raise die(err)
+    g.config["lock"] = "rollback"
+    g.touch()
+    start = bool(ctx.p.get("start"))
+
+    def work() -> list[str]:
+        if g.status == "running":
+            sim.set_running(g, False)
+        g.config = {k: v for k, v in snap.items() if k not in ("snaptime", "description", "parent")}
+        g.pending, g.pending_delete = {}, []
+        g.touch()
+        if start:
+            sim.set_running(g, True)
+        sim.changed()
+        return [f"rollback to snapshot '{name}'"]
+
+    def on_error(msg: str) -> str:
+        g.config.pop("lock", None)
+        g.touch()
+        return msg
+
+    return sim.new_task(ctx.node, "vzrollback", str(g.vmid), ctx.auth, work=work, on_error=on_error)
+
+
 __all__ = ["destroy", "migrate", "power", "rrddata"]
