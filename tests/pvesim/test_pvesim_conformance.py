@@ -240,7 +240,10 @@ def test_get_handlers_conform_to_returns(world: tuple[SimHandle, dict[str, str]]
         url = _fill(path, vals, sim.qemu_vmid)  # type: ignore[attr-defined]
         assert url is not None, f"no value for a path parameter of {path}"
         props = m.parameters.get("properties") or {}
-        params = {k: EXTRA[k] for k, s in props.items() if not s.get("optional") and k in EXTRA}
+        extra = {**EXTRA, "volume": vals["volume"]}
+        params = {
+            k: extra[k] for k, s in props.items() if not s.get("optional") and k in extra and "{" + k + "}" not in path
+        }
         status, reason, body = sim.api("GET", url, params)
         if status != 200:
             problems.append(f"GET {url}: {status} {reason}")
