@@ -335,6 +335,7 @@ def vzdump(ctx: Ctx) -> str:
             "error" if errors else "info",
             f"vzdump backup status ({node}): backup {'failed' if errors else 'successful'}",
             {"type": "vzdump", "hostname": node, **({"job-id": str(job_id)} if job_id else {})},
+            "\n".join(lines),
         )
         if errors:
             raise TaskError("job errors", lines)
