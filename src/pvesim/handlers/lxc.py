@@ -162,6 +162,19 @@ def _do_alloc(sim: Sim, node: str, vmid: int, alloc: _Alloc, cfg: dict[str, Any]
     return lines
 
 
+def _detach_to_unused(g: Guest, mpvalue: str) -> None:
+    """A removed volume mount point is not destroyed: its volume becomes the first free unusedN."""
+    vol = mpvalue.split(",", 1)[0]
+    if vol.startswith("volume="):
+        vol = vol[7:]
+    if ":" not in vol or vol.startswith("/"):
+        return  # bind mounts and devices have no volume to keep
+    n = 0
+    while f"unused{n}" in g.config:
+        n += 1
+    g.config[f"unused{n}"] = vol
+
+
 def _normalize_net(sim: Sim, key: str, value: str, old: str | None = None) -> str:
     try:
         parsed = _fmt("net[n]").parse(value)
@@ -498,6 +511,8 @@ def put_config(ctx: Ctx) -> None:
             if re.fullmatch(r"unused\d+", k) and k in g.config:
                 vol = str(g.config[k]).split(",", 1)[0]
                 _free_volumes(sim, g.node, [vol])
+            elif re.fullmatch(r"mp\d+", k) and k in g.config:
+                _detach_to_unused(g, str(g.config[k]))
             g.config.pop(k, None)
             g.pending.pop(k, None)
         elif k in g.config and k not in g.pending_delete:
@@ -645,6 +660,10 @@ def destroy(ctx: Ctx, g: Guest) -> str:
         _free_volumes(sim, g.node, vols)
         sim.fw_guest.pop(g.vmid, None)
         sim.access.acl = [e for e in sim.access.acl if e.path != f"/vms/{g.vmid}"]
+        # like PVE's remove_vm_access: ACLs and pool membership always go
+        for pool in sim.pools.values():
+            pool.get("vms", set()).discard(g.vmid)
+        sim.access.pool_of.pop(g.vmid, None)
         if purge:
             for job in sim.backup_jobs.values():
                 if job.get("vmid"):
@@ -654,9 +673,6 @@ def destroy(ctx: Ctx, g: Guest) -> str:
                     else:
                         job.pop("vmid")
             sim.ha_resources.pop(sid, None)
-            for pool in sim.pools.values():
-                pool.get("vms", set()).discard(g.vmid)
-            sim.access.pool_of.pop(g.vmid, None)
         sim.access.changed()
         sim.guests.pop(g.vmid, None)
         sim.guest_packages.pop(g.vmid, None)
