@@ -295,3 +295,17 @@ def test_snapshot_rollback_and_extractconfig(pvesim_factory) -> None:  # type: i
     vol = px.nodes("pve1").storage("local").content.get(content="backup")[0]["volid"]
     text = px.nodes("pve1").vzdump.extractconfig.get(volume=vol)
     assert "hostname: ct100\n" in text and text.endswith("\n")
+
+
+def test_prunebackups_dry_run_and_prune(pvesim_factory) -> None:  # type: ignore[no-untyped-def]
+    sim: SimHandle = pvesim_factory(guests=1, seed=1, qemu_share=0.0, task_seconds={"vzdump": 0})
+    px = sim.proxmoxer()
+    for _ in range(3):
+        sim.control("POST", "/clock", {"advance": 86400})
+        px.nodes("pve1").vzdump.post(vmid=100, storage="local")
+    plan = px.nodes("pve1").storage("local").prunebackups.get(**{"prune-backups": "keep-last=1", "vmid": 100})
+    assert [e["mark"] for e in plan] == ["keep", "remove", "remove"]  # newest first
+    assert all(e["type"] == "lxc" and e["vmid"] == 100 for e in plan)
+    up = px.nodes("pve1").storage("local").prunebackups.delete(**{"prune-backups": "keep-last=1", "vmid": 100})
+    assert Tasks.blocking_status(px, up, polling_interval=0.05)["exitstatus"] == "OK"
+    assert [v["volid"] for v in px.nodes("pve1").storage("local").content.get(content="backup")] == [plan[0]["volid"]]

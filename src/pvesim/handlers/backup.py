@@ -392,3 +392,67 @@ def vzdump_defaults(ctx: Ctx) -> dict[str, Any]:
     if st is not None and st.prune_backups:
         d["prune-backups"] = st.prune_backups
     return d
+
+
+def _prune_plan(ctx: Ctx) -> tuple[str, list[dict[str, Any]]]:
+    """Marks for every backup on a storage (optionally one vmid/type), like `pvesm prune-backups --dry-run`."""
+    sim = ctx.sim
+    sid = str(ctx.p["storage"])
+    st = sim.storages.get(sid)
+    if st is None:
+        raise die(f"storage '{sid}' does not exist")
+    keep = parse_prune_backups(str(ctx.p.get("prune-backups") or st.prune_backups or "keep-all=1"))
+    groups: dict[tuple[str, int], list[tuple[str, int, bool]]] = {}
+    out: list[dict[str, Any]] = []
+    for v in sim.storage_volumes(ctx.node, sid).values():
+        if v.content != "backup":
+            continue
+        if ctx.p.get("vmid") is not None and v.vmid != int(ctx.p["vmid"]):
+            continue
+        a = parse_archive_name(v.volid)
+        kind = a.type if a else (v.subtype or "unknown")
+        if ctx.p.get("type") and kind != ctx.p["type"]:
+            continue
+        if a is None:
+            e: dict[str, Any] = {"volid": v.volid, "ctime": v.ctime, "mark": "renamed", "type": kind}
+            if v.vmid is not None:
+                e["vmid"] = v.vmid
+            out.append(e)
+            continue
+        groups.setdefault((a.type, a.vmid), []).append((v.volid, a.ctime, bool(v.protected)))
+    for (kind, vmid), items in groups.items():
+        marks = prune_marks(items, keep)
+        out += [{"volid": vid, "ctime": ct, "mark": marks[vid], "type": kind, "vmid": vmid} for vid, ct, _p in items]
+    out.sort(key=lambda e: (str(e.get("vmid", "")), -int(e["ctime"])))
+    return sid, out
+
+
+@api("GET", "/nodes/{node}/storage/{storage}/prunebackups")
+def prunebackups_dry_run(ctx: Ctx) -> list[dict[str, Any]]:
+    return _prune_plan(ctx)[1]
+
+
+@api("DELETE", "/nodes/{node}/storage/{storage}/prunebackups")
+def prunebackups(ctx: Ctx) -> str:
+    sim = ctx.sim
+    sid = str(ctx.p["storage"])
+    if not ctx.is_root:
+        if ctx.p.get("vmid") is not None:
+            ctx.check(f"/storage/{sid}", ["Datastore.AllocateSpace"])
+            ctx.check(f"/vms/{ctx.p['vmid']}", ["VM.Backup"])
+        else:
+            ctx.check(f"/storage/{sid}", ["Datastore.Allocate"])
+    sid, plan = _prune_plan(ctx)
+    node = ctx.node
+
+    def work() -> list[str]:
+        vols = sim.storage_volumes(node, sid)
+        lines = []
+        for e in plan:
+            if e["mark"] == "remove":
+                vols.pop(e["volid"], None)
+                lines.append(f"removing backup '{e['volid']}'")
+        sim.changed()
+        return lines
+
+    return sim.new_task(node, "prunebackups", str(ctx.p.get("vmid", "")), ctx.auth, work=work, seconds=0.2)
