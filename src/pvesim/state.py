@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import logging
 import random
 import re
 import threading
@@ -19,6 +20,8 @@ from typing import Any
 
 from pvesim.access import Access, Auth
 from pvesim.usage import STAT_INTERVAL, USAGE_KEYS, GuestConsts, guest_consts, node_usage, usage_at
+
+log = logging.getLogger("pvesim")
 
 GiB = 1024**3
 MiB = 1024**2
@@ -467,8 +470,8 @@ class Sim:
 
     # -- storage ------------------------------------------------------------------------------
     def storage_key(self, node: str, storage: str) -> tuple[str, str]:
-        st = self.storages[storage]
-        return ("", storage) if st.shared else (node, storage)
+        st = self.storages.get(storage)
+        return ("", storage) if st is not None and st.shared else (node, storage)
 
     def storage_volumes(self, node: str, storage: str) -> dict[str, Volume]:
         return self.volumes.setdefault(self.storage_key(node, storage), {})
@@ -582,6 +585,9 @@ class Sim:
             except TaskError as e:
                 t.log.extend(e.lines)
                 err = str(e)
+            except Exception as e:  # a bug in a work function fails its task, not the request that ticked
+                log.exception("task %s failed unexpectedly", t.upid)
+                err = f"pvesim internal error: {e}"
         if err is not None and t.on_error is not None:
             err = t.on_error(err)
         warnings = sum(1 for line in t.log if line.startswith("WARN:"))
