@@ -1,5 +1,6 @@
-"""Every implemented handler, called with schema-valid parameters (required ones, then all optional ones
-with simple valid values), answers like PVE would - never with a pvesim internal error."""
+"""Every schema method (so every implemented handler), called with schema-valid parameters (required
+ones, then all optional ones with simple valid values), answers like PVE would - never with a pvesim
+internal error."""
 
 from __future__ import annotations
 
