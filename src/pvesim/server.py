@@ -422,7 +422,8 @@ class SimServer:
                     self._prebuild_resources()
             scale = max(sim.clock.time_scale, 1e-6)
             wait = ((bucket + 1) * STAT_INTERVAL - sim.now()) / scale
-            self._stopping.wait(min(max(wait, 0.05), 1.0))
+            # at high --time-scale refresh at most twice a second; polls in between recompute lazily
+            self._stopping.wait(min(max(wait, 0.5), 1.0))
 
     def _prebuild_resources(self) -> None:
         """Encode the full /cluster/resources answers (all and type=vm) so the next poll is a cache hit."""
