@@ -33,6 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="duration of a task type in sim seconds, e.g. vzcreate=5 (repeatable)",
     )
     ap.add_argument("--auth-fail-delay", type=float, default=0.0, help="seconds to delay 401 answers (real PVE: 3)")
+    ap.add_argument(
+        "--status-lag",
+        type=float,
+        default=0.0,
+        help="sim seconds a new guest shows status 'unknown' in /cluster/resources (real PVE: ~10)",
+    )
     ap.add_argument("--certdir", help="write the self-signed certificate here (default: temp dir)")
     ap.add_argument("--info-file", help="also write the JSON line to this file")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every request")
@@ -76,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             token_secret=args.token_secret,
             task_seconds=seconds,
             auth_fail_delay=args.auth_fail_delay,
+            status_lag=args.status_lag,
         )
     )
     if args.state:

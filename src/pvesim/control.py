@@ -94,6 +94,15 @@ def _route(sim: Sim, method: str, parts: list[str], doc: dict[str, Any], q: dict
         return {"node": n.name, "online": n.online, "maxcpu": n.maxcpu, "maxmem": n.maxmem}
     if head == "guests":
         return _guests(sim, method, rest, doc)
+    if head == "options":
+        if method == "POST":
+            for k in ("status_lag", "auth_fail_delay"):
+                if k in doc:
+                    setattr(sim.opts, k, float(doc[k]))
+            for g in sim.guests.values():
+                g.touch()
+            sim.changed()
+        return {"status_lag": sim.opts.status_lag, "auth_fail_delay": sim.opts.auth_fail_delay}
     if head == "faults":
         if method == "POST":
             f: dict[str, Any] = {

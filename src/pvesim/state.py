@@ -197,6 +197,7 @@ class Guest:
     pending_delete: list[str] = field(default_factory=list)
     override: dict[str, Any] = field(default_factory=dict)
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
+    created_at: float = 0.0
     version: int = 0
     _digest: str | None = None
     _static: tuple[Any, ...] | None = None
@@ -338,6 +339,7 @@ class SimOptions:
     qemu_share: float = 0.2
     running_share: float = 0.85
     auth_fail_delay: float = 0.0
+    status_lag: float = 0.0  # seconds a new guest shows status "unknown" in /cluster/resources (PVE: ~10)
 
 
 class Sim:
@@ -650,7 +652,11 @@ class Sim:
         Cached per stat interval and guest version; the static part is encoded once per version.
         """
         node = self.nodes.get(g.node)
+        # "online" here means pvestatd has data: node up and (with --status-lag) the guest old enough
         online = node is not None and node.online
+        lag = self.opts.status_lag
+        if lag and online and (now if now is not None else self.now()) - g.created_at < lag:
+            online = False
         fast = g._fast
         if fast is not None and fast[0] == bucket and fast[1] == g.version and fast[2] == online:
             return fast[3], fast[4], fast[5]

@@ -135,7 +135,8 @@ def running(
     """Start pvesim in a thread on a free port; yield a SimHandle; stop it afterwards.
 
     opts are pvesim.state.SimOptions fields: nodes, guests, seed, time_scale, password, token_secret,
-    cluster_name, task_seconds ({"vzcreate": 0.2, ...}), qemu_share, running_share, auth_fail_delay.
+    cluster_name, task_seconds ({"vzcreate": 0.2, ...}), qemu_share, running_share, auth_fail_delay,
+    status_lag.
     """
     from pvesim.persist import load_state
     from pvesim.server import SimServer

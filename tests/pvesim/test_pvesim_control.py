@@ -309,3 +309,13 @@ def test_prunebackups_dry_run_and_prune(pvesim_factory) -> None:  # type: ignore
     up = px.nodes("pve1").storage("local").prunebackups.delete(**{"prune-backups": "keep-last=1", "vmid": 100})
     assert Tasks.blocking_status(px, up, polling_interval=0.05)["exitstatus"] == "OK"
     assert [v["volid"] for v in px.nodes("pve1").storage("local").content.get(content="backup")] == [plan[0]["volid"]]
+
+
+def test_status_lag_shows_unknown_until_statd_reported(pvesim_factory) -> None:  # type: ignore[no-untyped-def]
+    sim: SimHandle = pvesim_factory(status_lag=10, task_seconds={"vzcreate": 0})
+    px = sim.proxmoxer()
+    px.nodes("pve1").lxc.post(vmid=300, ostemplate=TEMPLATE, rootfs="local-lvm:4")
+    assert px.cluster.resources.get(type="vm")[0]["status"] == "unknown"
+    assert px.nodes("pve1").lxc(300).status.current.get()["status"] == "stopped"  # the node itself knows
+    sim.control("POST", "/clock", {"advance": 10})
+    assert px.cluster.resources.get(type="vm")[0]["status"] == "stopped"

@@ -362,7 +362,7 @@ def create_lxc(ctx: Ctx) -> str:
             ctx.check(f"/vms/{vmid}", ["VM.Config.Network"])
             check_bridge_access(ctx, str(cfg[k]))
     cfg["lock"] = "create"
-    g = Guest(vmid, "lxc", node, cfg)
+    g = Guest(vmid, "lxc", node, cfg, created_at=sim.now())
     if existing is not None:
         _free_volumes(sim, existing.node, _volumes_of(existing))
     sim.guests[vmid] = g
@@ -983,7 +983,7 @@ def clone(ctx: Ctx) -> str:
         if re.fullmatch(r"net\d+", k):
             cfg[k] = re.sub(r"hwaddr=[0-9A-Fa-f:]{17}", f"hwaddr={sim.mac()}", str(cfg[k]))
     cfg["lock"] = "create"
-    new = Guest(newid, "lxc", target, cfg)
+    new = Guest(newid, "lxc", target, cfg, created_at=sim.now())
     sim.guests[newid] = new
     g.config["lock"] = "disk"
     g.touch()
