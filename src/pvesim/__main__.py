@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except SchemaNotFoundError as e:
         print(f"pvesim: {e}", file=sys.stderr)
         return 2
+    if args.nodes < 1 or args.guests < 0 or args.time_scale <= 0:
+        print("pvesim: --nodes must be at least 1, --guests at least 0 and --time-scale above 0", file=sys.stderr)
+        return 2
     seconds: dict[str, float] = {}
     for item in args.task_seconds:
         k, sep, v = item.partition("=")
