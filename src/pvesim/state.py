@@ -341,6 +341,10 @@ class SimOptions:
     auth_fail_delay: float = 0.0
     status_lag: float = 0.0  # seconds a new guest shows status "unknown" in /cluster/resources (PVE: ~10)
 
+    def __post_init__(self) -> None:
+        if self.nodes < 1 or self.guests < 0 or self.time_scale <= 0:
+            raise ValueError("pvesim needs nodes >= 1, guests >= 0 and time_scale > 0")
+
 
 class Sim:
     """The whole emulated cluster."""
