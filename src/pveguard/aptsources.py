@@ -30,11 +30,8 @@ def _candidates(root: Path) -> list[tuple[str, str]]:
             if "deb" in fields.get("types", "").split() and "uris" in fields:
                 for uri in fields["uris"].split():
                     found.append((uri, fields.get("suites", "")))
-    lists = (
-        [root / "etc/apt/sources.list", *sorted(sources_d.glob("*.list"))]
-        if sources_d.is_dir()
+    lists = [root / "etc/apt/sources.list", *sorted(sources_d.glob("*.list"))] if sources_d.is_dir() \
         else [root / "etc/apt/sources.list"]
-    )
     for path in lists:
         if not path.is_file():
             continue

@@ -46,28 +46,15 @@ def _version(value: bool) -> None:
 @app.callback()
 def main_options(
     ctx: typer.Context,
-    strategy: Annotated[
-        str | None,
-        typer.Option(
-            "--strategy",
-            envvar="PVEGUARD_STRATEGY",
-            metavar="PATH",
-            help="Strategy file [default: /etc/pveguard/strategy.yaml].",
-        ),
-    ] = None,
-    state_dir: Annotated[
-        str | None,
-        typer.Option(
-            "--state-dir",
-            envvar="PVEGUARD_STATE_DIR",
-            metavar="DIR",
-            help="State directory (SQLite database, caches) [default: /var/lib/pveguard].",
-        ),
-    ] = None,
+    strategy: Annotated[str | None, typer.Option(
+        "--strategy", envvar="PVEGUARD_STRATEGY", metavar="PATH",
+        help="Strategy file [default: /etc/pveguard/strategy.yaml].")] = None,
+    state_dir: Annotated[str | None, typer.Option(
+        "--state-dir", envvar="PVEGUARD_STATE_DIR", metavar="DIR",
+        help="State directory (SQLite database, caches) [default: /var/lib/pveguard].")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail, tracebacks for bugs.")] = False,
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
-    ] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Show the version and exit.")] = False,
 ) -> None:
     """Global options go before the command: pveguard --strategy s.yaml --state-dir st init."""
     ctx.obj = AppContext.from_options(strategy, state_dir, verbose)
@@ -102,12 +89,10 @@ def init(
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     except OSError as exc:
-        raise UsageError(
-            f"cannot write {path}: {exc.strerror}", hint="run as root or choose another path with --strategy"
-        ) from None
-    app_ctx.record(
-        "strategy.init", str(path), before_sha256=before, after_sha256=hashlib.sha256(text.encode()).hexdigest()
-    )
+        raise UsageError(f"cannot write {path}: {exc.strerror}",
+                         hint="run as root or choose another path with --strategy") from None
+    app_ctx.record("strategy.init", str(path), before_sha256=before,
+                   after_sha256=hashlib.sha256(text.encode()).hexdigest())
     console.print(f"wrote the default strategy to {path}")
 
 
@@ -121,14 +106,14 @@ def check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise UsageError(
-            f"strategy file {path} does not exist", hint="create one with 'pveguard init' or pass --strategy PATH"
-        ) from None
+        raise UsageError(f"strategy file {path} does not exist",
+                         hint="create one with 'pveguard init' or pass --strategy PATH") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {exc}") from None
     strategy, problems = check_text(text, str(path))
     if json_out:
-        print_json({"file": str(path), "valid": strategy is not None, "problems": [p.__dict__ for p in problems]})
+        print_json({"file": str(path), "valid": strategy is not None,
+                    "problems": [p.__dict__ for p in problems]})
     else:
         for p in problems:
             (warn if p.severity == "warning" else error)(p.text())

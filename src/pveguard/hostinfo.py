@@ -62,15 +62,9 @@ def describe(ctx: AppContext) -> dict[str, Any]:
                 "CONTAINER_FIRST": strategy.installation_policy.container_first,
             },
             "containers": [
-                {
-                    "name": c.name,
-                    "role": c.role,
-                    "cores": c.resources.cores,
-                    "memory": format_size(c.resources.memory),
-                    "storage": format_size(c.resources.storage),
-                    "bridge": strategy.container_bridge(c),
-                    "vlan": strategy.container_vlan(c),
-                }
+                {"name": c.name, "role": c.role, "cores": c.resources.cores,
+                 "memory": format_size(c.resources.memory), "storage": format_size(c.resources.storage),
+                 "bridge": strategy.container_bridge(c), "vlan": strategy.container_vlan(c)}
                 for c in strategy.containers
             ],
             "thresholds": strategy.monitoring.thresholds.model_dump(),
@@ -99,7 +93,8 @@ def render_info(data: dict[str, Any]) -> None:
     console.print("policy: " + "  ".join(f"{k}={'true' if v else 'false'}" for k, v in s["policy"].items()))
     table = Table("container", "role", "cores", "memory", "storage", "bridge", "vlan")
     for c in s["containers"]:
-        table.add_row(c["name"], c["role"], str(c["cores"]), c["memory"], c["storage"], c["bridge"], str(c["vlan"]))
+        table.add_row(c["name"], c["role"], str(c["cores"]), c["memory"], c["storage"], c["bridge"],
+                      str(c["vlan"]))
     console.print(table)
     t = s["thresholds"]
     console.print(f"alerts at cpu {t['cpu']:g} %, memory {t['memory']:g} %, disk {t['disk']:g} %")

@@ -51,20 +51,17 @@ class Store:
                     "or point --state-dir / PVEGUARD_STATE_DIR at the right directory",
                 )
             uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
-            self.conn = sqlite3.connect(
-                uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
-            )
+            self.conn = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                                        isolation_level=None, check_same_thread=False)
             self.conn.row_factory = sqlite3.Row
             self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self.conn.execute("PRAGMA foreign_keys=ON")
             if not readonly:
                 _retry_busy(lambda: self.conn.execute("PRAGMA journal_mode=WAL"))
                 self.conn.execute("PRAGMA synchronous=NORMAL")
-                _retry_busy(
-                    lambda: self.conn.execute(
-                        "CREATE TABLE IF NOT EXISTS schema_version (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-                    )
-                )
+                _retry_busy(lambda: self.conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_version (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+                ))
         except PermissionError as exc:
             raise StateError(
                 f"cannot open the state directory {state_dir}: {exc.strerror}",

@@ -37,10 +37,8 @@ def _read_secret(path: str, what: str) -> str:
     try:
         return Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
-        raise ConfigError(
-            f"cannot read the {what} file {path}: {exc.strerror}",
-            hint="check the path in target.proxmox and that pveguard may read it",
-        ) from None
+        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}",
+                          hint="check the path in target.proxmox and that pveguard may read it") from None
 
 
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -58,23 +56,15 @@ def proxmox_settings(strategy: Strategy, env: Mapping[str, str]) -> Any:
 
     t = strategy.target.proxmox
     s = PveSettings(
-        host=env.get("PVEGUARD_PVE_HOST") or t.host,
-        user=t.user,
-        token_id=t.token_id,
+        host=env.get("PVEGUARD_PVE_HOST") or t.host, user=t.user, token_id=t.token_id,
         verify_ssl=_flag(env, "PVEGUARD_PVE_VERIFY_SSL", t.verify_ssl),
-        node=env.get("PVEGUARD_PVE_NODE") or t.node,
-        storage=t.storage,
-        template_storage=t.template_storage,
-        ssh_user=t.ssh_user,
-        task_timeout=t.task_timeout.total_seconds(),
+        node=env.get("PVEGUARD_PVE_NODE") or t.node, storage=t.storage, template_storage=t.template_storage,
+        ssh_user=t.ssh_user, task_timeout=t.task_timeout.total_seconds(),
     )
     s.mode = "https" if s.host else "local"
     # tuning for slow or flaky clusters (and fast tests); not secrets, not in the strategy
-    for var, attr in (
-        ("PVEGUARD_PVE_RETRY_WAIT", "retry_wait"),
-        ("PVEGUARD_PVE_POLL_INTERVAL", "poll_interval"),
-        ("PVEGUARD_PVE_HTTP_TIMEOUT", "http_timeout"),
-    ):
+    for var, attr in (("PVEGUARD_PVE_RETRY_WAIT", "retry_wait"), ("PVEGUARD_PVE_POLL_INTERVAL", "poll_interval"),
+                      ("PVEGUARD_PVE_HTTP_TIMEOUT", "http_timeout")):
         if env.get(var):
             try:
                 setattr(s, attr, float(env[var]))
@@ -84,19 +74,15 @@ def proxmox_settings(strategy: Strategy, env: Mapping[str, str]) -> Any:
     if token:
         m = _TOKEN_RE.match(token.strip())
         if not m:  # never echo the value: it holds the secret
-            raise ConfigError(
-                "PVEGUARD_PVE_TOKEN is not of the form user@realm!tokenid=secret",
-                hint="e.g. pveguard@pve!apply=<uuid> as shown once by 'pveum user token add'",
-            )
+            raise ConfigError("PVEGUARD_PVE_TOKEN is not of the form user@realm!tokenid=secret",
+                              hint="e.g. pveguard@pve!apply=<uuid> as shown once by 'pveum user token add'")
         s.user, s.token_id, s.token_secret = m["user"], m["tokenid"], m["secret"]
     elif env.get("PVEGUARD_PVE_USER") or env.get("PVEGUARD_PVE_PASSWORD"):
         s.user, s.token_id = env.get("PVEGUARD_PVE_USER") or t.user, None
         s.password = env.get("PVEGUARD_PVE_PASSWORD")
         if not s.user or s.password is None:
-            raise ConfigError(
-                "PVEGUARD_PVE_USER and PVEGUARD_PVE_PASSWORD go together",
-                hint="set both, or use PVEGUARD_PVE_TOKEN instead",
-            )
+            raise ConfigError("PVEGUARD_PVE_USER and PVEGUARD_PVE_PASSWORD go together",
+                              hint="set both, or use PVEGUARD_PVE_TOKEN instead")
     elif t.token_id:
         if not t.user or not t.token_secret_file:
             raise ConfigError("target.proxmox.token_id needs 'user' and 'token_secret_file'")
@@ -117,17 +103,13 @@ def _lxc_missing() -> list[str]:
 def _open_lxc(strategy: Strategy, env: Mapping[str, str]) -> Backend:
     missing = _lxc_missing()
     if missing:
-        raise BackendUnavailable(
-            f"the LXC backend needs the lxc tools; missing: {', '.join(missing)}",
-            hint="install them with 'apt-get install lxc' (Debian/Ubuntu)",
-        )
+        raise BackendUnavailable(f"the LXC backend needs the lxc tools; missing: {', '.join(missing)}",
+                                 hint="install them with 'apt-get install lxc' (Debian/Ubuntu)")
     try:
         lxc = importlib.import_module("pveguard.backends.lxc")
     except ImportError as exc:
-        raise BackendUnavailable(
-            f"the LXC backend is not available in this pveguard build ({exc})",
-            hint="use a PVE target (PVEGUARD_PVE_HOST) or install a complete pveguard",
-        ) from None
+        raise BackendUnavailable(f"the LXC backend is not available in this pveguard build ({exc})",
+                                 hint="use a PVE target (PVEGUARD_PVE_HOST) or install a complete pveguard") from None
     if hasattr(lxc, "connect"):
         backend: Backend = lxc.connect(strategy, env)
     else:
@@ -141,16 +123,12 @@ def _open_proxmox(strategy: Strategy, env: Mapping[str, str]) -> Backend:
     s = proxmox_settings(strategy, env)
     if s.mode == "local":
         if shutil.which("pvesh") is None:
-            raise BackendUnavailable(
-                "the local PVE backend needs pvesh, which is not on PATH",
-                hint="run pveguard on a PVE node, or set PVEGUARD_PVE_HOST and "
-                "PVEGUARD_PVE_TOKEN to use the API over https",
-            )
+            raise BackendUnavailable("the local PVE backend needs pvesh, which is not on PATH",
+                                     hint="run pveguard on a PVE node, or set PVEGUARD_PVE_HOST and "
+                                          "PVEGUARD_PVE_TOKEN to use the API over https")
         if os.geteuid() != 0:
-            raise BackendUnavailable(
-                "the local PVE backend (pvesh) must run as root",
-                hint="use sudo, or the API over https with PVEGUARD_PVE_HOST/PVEGUARD_PVE_TOKEN",
-            )
+            raise BackendUnavailable("the local PVE backend (pvesh) must run as root",
+                                     hint="use sudo, or the API over https with PVEGUARD_PVE_HOST/PVEGUARD_PVE_TOKEN")
     return ProxmoxBackend(s)
 
 
@@ -171,8 +149,7 @@ def choose(strategy: Strategy, env: Mapping[str, str] | None = None, pve_dir: Pa
         f"no backend found: {pve_dir} does not exist (not a PVE node), no PVE host is configured, "
         f"and the lxc tools are missing ({', '.join(missing)})",
         hint="set PVEGUARD_PVE_HOST and PVEGUARD_PVE_TOKEN for a remote PVE, or install lxc for the LXC "
-        "backend, or set target.backend in the strategy",
-    )
+             "backend, or set target.backend in the strategy")
 
 
 def connect(strategy: Strategy, env: Mapping[str, str] | None = None, pve_dir: Path = PVE_DIR) -> Backend:

@@ -158,7 +158,8 @@ class Backend(abc.ABC):
     def destroy(self, guest: Guest) -> None: ...
 
     @abc.abstractmethod
-    def exec(self, guest: Guest, argv: list[str], *, input: str | None = None, timeout: float = 600) -> ExecResult:
+    def exec(self, guest: Guest, argv: list[str], *, input: str | None = None,
+             timeout: float = 600) -> ExecResult:
         """Run a command inside the guest."""
 
     @abc.abstractmethod

@@ -115,14 +115,8 @@ def settings(limits: Limits, version: CgroupVersion, *, memsw: bool = True) -> l
         out.append(("memory.max", str(mem)))
         out.append(("memory.high", str(memory_high_bytes(limits.memory_mib))))
         out.append(("memory.swap.max", str(limits.swap_mib * MIB)))
-        out.append(
-            (
-                "cpu.max",
-                f"{int(CFS_PERIOD_US * limits.cpulimit)} {CFS_PERIOD_US}"
-                if limits.cpulimit > 0
-                else f"max {CFS_PERIOD_US}",
-            )
-        )
+        out.append(("cpu.max", f"{int(CFS_PERIOD_US * limits.cpulimit)} {CFS_PERIOD_US}"
+                    if limits.cpulimit > 0 else f"max {CFS_PERIOD_US}"))
         out.append(("cpu.weight", str(max(1, min(10000, limits.cpuunits)))))
         if limits.cpuset:
             out.append(("cpuset.cpus", limits.cpuset))
@@ -161,20 +155,16 @@ def live_writes(old: Limits, new: Limits, version: CgroupVersion, *, memsw: bool
     changed = [(k, v) for k, v in after if before.get(k) != v]
     if not changed:
         return []
-    mem_keys = (
-        ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes") if version == 1 else ("memory.high", "memory.max")
-    )
+    mem_keys = ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes") if version == 1 \
+        else ("memory.high", "memory.max")
     mem_changes = {k: v for k, v in changed if k in mem_keys}
     others = [(k, v) for k, v in changed if k not in mem_keys]
     ordered: list[tuple[str, str]] = []
     if version == 1:
         # memsw first when either total grows; limit first when everything shrinks.
         grow = new.memory_mib + new.swap_mib > old.memory_mib + old.swap_mib or new.memory_mib > old.memory_mib
-        order = (
-            ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"]
-            if grow
+        order = ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"] if grow \
             else ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
-        )
     else:
         order = ["memory.high", "memory.max"] if new.memory_mib < old.memory_mib else ["memory.max", "memory.high"]
     ordered += [(k, mem_changes[k]) for k in order if k in mem_changes]
@@ -349,9 +339,8 @@ def read_usage(layout: CgroupLayout, paths: dict[str, str]) -> Usage:
     stat = parse_kv(_read(file_path(layout, paths, "memory.stat")))
     if current.isdigit():
         u.mem = max(0, int(current) - stat.get("total_inactive_file", 0))
-    blk = _read(file_path(layout, paths, "blkio.throttle.io_service_bytes_recursive")) or _read(
-        file_path(layout, paths, "blkio.throttle.io_service_bytes")
-    )
+    blk = _read(file_path(layout, paths, "blkio.throttle.io_service_bytes_recursive")) \
+        or _read(file_path(layout, paths, "blkio.throttle.io_service_bytes"))
     u.diskread, u.diskwrite = parse_blkio_v1(blk)
     return u
 

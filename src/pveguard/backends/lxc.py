@@ -46,15 +46,16 @@ from pveguard.backends.base import (
 from pveguard.errors import BackendError, BackendUnavailable, ConfigError
 from pveguard.strategy.models import LxcTarget
 
-GIB = 1024**3
-MIB = 1024**2
+GIB = 1024 ** 3
+MIB = 1024 ** 2
 FIRST_VMID = 100
 META = "pveguard.json"
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LXCFS_DIR = Path("/var/lib/lxcfs")
 # Keys a running container takes at once (cgroup writes or metadata only).
-LIVE_KEYS = frozenset({"memory", "swap", "cores", "cpulimit", "cpuunits", "onboot", "startup", "tags", "description"})
+LIVE_KEYS = frozenset({"memory", "swap", "cores", "cpulimit", "cpuunits", "onboot", "startup", "tags",
+                       "description"})
 # Keys written into the lxc config or the root disk, which LXC reads only at start.
 RESTART_KEYS = frozenset({"hostname", "net0", "features", "rootfs"})
 SUPPORTED_FEATURES = frozenset({"nesting", "fuse", "keyctl"})
@@ -90,13 +91,8 @@ def parse_subid(text: str, user: str = "root", need: int = 65536) -> IdRange | N
     """The first range of at least `need` ids that /etc/subuid (or subgid) grants `user`."""
     for line in text.splitlines():
         parts = line.strip().split(":")
-        if (
-            len(parts) == 3
-            and parts[0] in (user, "0")
-            and parts[1].isdigit()
-            and parts[2].isdigit()
-            and int(parts[2]) >= need
-        ):
+        if (len(parts) == 3 and parts[0] in (user, "0") and parts[1].isdigit() and parts[2].isdigit()
+                and int(parts[2]) >= need):
             return IdRange(int(parts[1]), need)
     return None
 
@@ -162,14 +158,8 @@ def format_features(features: dict[str, bool]) -> str:
 
 def pve_config(spec: GuestSpec, vmid: int, unprivileged: bool, hwaddr: str) -> dict[str, Any]:
     """A new container's configuration in PVE's key/value form."""
-    net: dict[str, str] = {
-        "name": "eth0",
-        "bridge": spec.net.bridge,
-        "hwaddr": hwaddr,
-        "ip": spec.net.ip,
-        "type": "veth",
-        "firewall": "1" if spec.net.firewall else "0",
-    }
+    net: dict[str, str] = {"name": "eth0", "bridge": spec.net.bridge, "hwaddr": hwaddr, "ip": spec.net.ip,
+                           "type": "veth", "firewall": "1" if spec.net.firewall else "0"}
     if spec.net.vlan is not None:
         net["tag"] = str(spec.net.vlan)
     if spec.net.gateway:
@@ -200,11 +190,8 @@ def pve_config(spec: GuestSpec, vmid: int, unprivileged: bool, hwaddr: str) -> d
         conf["features"] = feats
     if spec.onboot:
         conf["onboot"] = 1
-    startup = {
-        "order": spec.startup_order,
-        "up": getattr(spec, "startup_up", None),
-        "down": getattr(spec, "startup_down", None),
-    }
+    startup = {"order": spec.startup_order, "up": getattr(spec, "startup_up", None),
+               "down": getattr(spec, "startup_down", None)}
     startup_text = ",".join(f"{k}={v}" for k, v in startup.items() if v is not None)
     if startup_text:
         conf["startup"] = startup_text
@@ -212,13 +199,9 @@ def pve_config(spec: GuestSpec, vmid: int, unprivileged: bool, hwaddr: str) -> d
 
 
 def limits_of(conf: dict[str, Any], cpuset: str | None) -> cgroups.Limits:
-    return cgroups.Limits(
-        memory_mib=int(conf.get("memory", 512)),
-        swap_mib=int(conf.get("swap", 0)),
-        cpulimit=float(conf.get("cpulimit", 0) or 0),
-        cpuunits=int(conf.get("cpuunits", 100)),
-        cpuset=cpuset,
-    )
+    return cgroups.Limits(memory_mib=int(conf.get("memory", 512)), swap_mib=int(conf.get("swap", 0)),
+                          cpulimit=float(conf.get("cpulimit", 0) or 0), cpuunits=int(conf.get("cpuunits", 100)),
+                          cpuset=cpuset)
 
 
 @dataclass(frozen=True)
@@ -242,9 +225,8 @@ def plan_net(net0: dict[str, str], configured_mode: str, bridge_filters: bool) -
     return NetPlan(lxc_net.vlan_bridge_name(bridge, int(tag)), None, mode)
 
 
-def render_lxc_config(
-    vmid: int, conf: dict[str, Any], facts: HostFacts, *, image: Path, net: NetPlan, cpuset: str | None
-) -> str:
+def render_lxc_config(vmid: int, conf: dict[str, Any], facts: HostFacts, *, image: Path, net: NetPlan,
+                      cpuset: str | None) -> str:
     """The lxc config for a container, from its PVE-form config and this host's facts."""
     unpriv = bool(int(conf.get("unprivileged", 0))) and facts.unprivileged_ok
     features = parse_features(conf.get("features", ""))
@@ -297,9 +279,8 @@ def render_lxc_config(
     if startup.get("up", "").isdigit():
         lines.append(f"lxc.start.delay = {startup['up']}")
     layout = facts.layout
-    lines += cgroups.lxc_config_lines(
-        limits_of(conf, cpuset), layout.version, memsw=layout.memsw or layout.version == 2
-    )
+    lines += cgroups.lxc_config_lines(limits_of(conf, cpuset), layout.version,
+                                      memsw=layout.memsw or layout.version == 2)
     return "\n".join(lines) + "\n"
 
 
@@ -348,9 +329,8 @@ class LxcBackend(Backend):
 
     name = "lxc"
 
-    def __init__(
-        self, config: LxcTarget, *, subuid: Path = Path("/etc/subuid"), subgid: Path = Path("/etc/subgid")
-    ) -> None:
+    def __init__(self, config: LxcTarget, *, subuid: Path = Path("/etc/subuid"),
+                 subgid: Path = Path("/etc/subgid")) -> None:
         self.config = config
         self.lxcpath = Path(config.lxcpath)
         self.template_cache = Path(config.template_cache)
@@ -371,23 +351,17 @@ class LxcBackend(Backend):
 
     @staticmethod
     def _require_tools() -> None:
-        missing = [
-            t for t in ("lxc-start", "lxc-attach", "lxc-stop", "lxc-ls", "mkfs.ext4", "ip") if shutil.which(t) is None
-        ]
+        missing = [t for t in ("lxc-start", "lxc-attach", "lxc-stop", "lxc-ls", "mkfs.ext4", "ip")
+                   if shutil.which(t) is None]
         if missing:
-            raise BackendUnavailable(
-                f"the LXC backend needs {', '.join(missing)}, which is not installed",
-                hint="apt-get install lxc e2fsprogs iproute2",
-            )
+            raise BackendUnavailable(f"the LXC backend needs {', '.join(missing)}, which is not installed",
+                                     hint="apt-get install lxc e2fsprogs iproute2")
         if os.geteuid() != 0:
-            raise BackendUnavailable(
-                "the LXC backend must run as root (it creates containers, bridges and loop mounts)",
-                hint="run pveguard with sudo, or use the proxmox backend",
-            )
+            raise BackendUnavailable("the LXC backend must run as root (it creates containers, bridges and "
+                                     "loop mounts)", hint="run pveguard with sudo, or use the proxmox backend")
 
-    def _run(
-        self, argv: list[str], *, what: str, timeout: float = 120, input: bytes | None = None, check: bool = True
-    ) -> subprocess.CompletedProcess[bytes]:
+    def _run(self, argv: list[str], *, what: str, timeout: float = 120, input: bytes | None = None,
+             check: bool = True) -> subprocess.CompletedProcess[bytes]:
         try:
             proc = subprocess.run(argv, capture_output=True, input=input, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
@@ -411,19 +385,15 @@ class LxcBackend(Backend):
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
-            raise BackendError(
-                f"the metadata of container {vmid} ({self._dir(vmid) / META}) is unreadable: {e}",
-                hint="restore the file, or remove the container with lxc-destroy",
-            ) from None
+            raise BackendError(f"the metadata of container {vmid} ({self._dir(vmid) / META}) is unreadable: {e}",
+                               hint="restore the file, or remove the container with lxc-destroy") from None
         return data if isinstance(data, dict) else None
 
     def _meta(self, vmid: int) -> dict[str, Any]:
         meta = self._read_meta(vmid)
         if meta is None:
-            raise BackendError(
-                f"container {vmid} was not created by pveguard (no {META} in {self._dir(vmid)})",
-                hint="pveguard only changes containers it created",
-            )
+            raise BackendError(f"container {vmid} was not created by pveguard (no {META} in {self._dir(vmid)})",
+                               hint="pveguard only changes containers it created")
         return meta
 
     def _write_meta(self, vmid: int, meta: dict[str, Any]) -> None:
@@ -436,11 +406,8 @@ class LxcBackend(Backend):
         return parse_lxc_ls(proc.stdout.decode(errors="replace"))
 
     def _status(self, vmid: int) -> tuple[GuestState, int | None]:
-        proc = self._run(
-            ["lxc-info", "-P", str(self.lxcpath), "-n", str(vmid), "-s", "-p"],
-            what=f"read the state of {vmid}",
-            check=False,
-        )
+        proc = self._run(["lxc-info", "-P", str(self.lxcpath), "-n", str(vmid), "-s", "-p"],
+                         what=f"read the state of {vmid}", check=False)
         info = parse_lxc_info(proc.stdout.decode(errors="replace"))
         pid = info.get("PID", "")
         return _state(info.get("State")), int(pid) if pid.isdigit() else None
@@ -448,11 +415,8 @@ class LxcBackend(Backend):
     def _vmids(self) -> list[int]:
         if not self.lxcpath.is_dir():
             return []
-        return sorted(
-            int(p.name)
-            for p in self.lxcpath.iterdir()
-            if p.name.isdigit() and ((p / "config").exists() or (p / META).exists())
-        )
+        return sorted(int(p.name) for p in self.lxcpath.iterdir()
+                      if p.name.isdigit() and ((p / "config").exists() or (p / META).exists()))
 
     def _cpusets_in_use(self, exclude: int) -> list[list[int]]:
         out = []
@@ -473,9 +437,8 @@ class LxcBackend(Backend):
 
     def _write_lxc_config(self, vmid: int, meta: dict[str, Any]) -> None:
         conf = meta["config"]
-        text = render_lxc_config(
-            vmid, conf, self.facts, image=self._image(vmid), net=self._net_plan(conf), cpuset=meta.get("cpuset")
-        )
+        text = render_lxc_config(vmid, conf, self.facts, image=self._image(vmid), net=self._net_plan(conf),
+                                 cpuset=meta.get("cpuset"))
         _atomic_write(self._dir(vmid) / "config", text)
 
     def _guest(self, vmid: int) -> Guest:
@@ -485,46 +448,36 @@ class LxcBackend(Backend):
 
     def capabilities(self) -> Capabilities:
         f = self.facts
-        notes = [
-            f"cgroup v{f.layout.version}"
-            + (" (hybrid: v1 controllers, cgroup2 without them)" if f.layout.version == 1 and f.layout.v2 else "")
-            + ": limits are written as "
-            + ("lxc.cgroup2.*" if f.layout.version == 2 else "lxc.cgroup.*")
-        ]
+        notes = [f"cgroup v{f.layout.version}" + (" (hybrid: v1 controllers, cgroup2 without them)"
+                                                   if f.layout.version == 1 and f.layout.v2 else "")
+                 + ": limits are written as " + ("lxc.cgroup2.*" if f.layout.version == 2 else "lxc.cgroup.*")]
         if f.layout.version == 1 and not f.layout.memsw:
             notes.append("no swap accounting (memory.memsw.*): swap limits are recorded, not enforced")
         if f.unprivileged_ok:
             assert f.uid_range is not None
             notes.append(f"unprivileged containers map root to uid {f.uid_range.start}")
         else:
-            notes.append(
-                "unprivileged containers are not available: /etc/subuid and /etc/subgid grant root no "
-                "range of 65536 ids, and LXC refuses id maps without one when newuidmap is "
-                "installed; containers run PRIVILEGED (unprivileged=0). Add 'root:100000:65536' "
-                "to both files, as PVE does, to enable them for new containers"
-            )
+            notes.append("unprivileged containers are not available: /etc/subuid and /etc/subgid grant root no "
+                         "range of 65536 ids, and LXC refuses id maps without one when newuidmap is "
+                         "installed; containers run PRIVILEGED (unprivileged=0). Add 'root:100000:65536' "
+                         "to both files, as PVE does, to enable them for new containers")
         if not f.lxcfs:
-            notes.append(
-                "lxcfs is not mounted at /var/lib/lxcfs: limits apply, but free/top inside show the "
-                "host's memory and CPUs"
-            )
+            notes.append("lxcfs is not mounted at /var/lib/lxcfs: limits apply, but free/top inside show the "
+                         "host's memory and CPUs")
         if not f.apparmor:
             notes.append("AppArmor is not enabled: containers run without an AppArmor profile")
         mode: str = self.config.vlan_mode
         if mode == "auto":
             aware = sorted(p.name for p in lxc_net.SYS_NET.iterdir() if lxc_net.vlan_filtering(p.name))
             mode = "vlan_filtering" if aware else "bridge_per_vlan"
-            notes.append(
-                f"VLAN mode auto: tags ride on VLAN-aware bridges ({', '.join(aware)})"
-                if aware
-                else "VLAN mode auto: no bridge here is VLAN-aware, so each tag gets its own bridge <bridge>v<tag>"
-            )
+            notes.append(f"VLAN mode auto: tags ride on VLAN-aware bridges ({', '.join(aware)})" if aware else
+                         "VLAN mode auto: no bridge here is VLAN-aware, so each tag gets its own bridge "
+                         "<bridge>v<tag>")
         if not f.vlan_module:
             notes.append("no 8021q: per-VLAN bridges are host-local segments, not joined to an uplink")
         notes.append("firewall=1 is recorded in net0 but not enforced (no PVE firewall); isolation is by VLAN")
-        return Capabilities(
-            name=self.name, live_memory_update=True, live_cpu_update=True, vlan_mode=mode, backups=False, notes=notes
-        )
+        return Capabilities(name=self.name, live_memory_update=True, live_cpu_update=True, vlan_mode=mode,
+                            backups=False, notes=notes)
 
     def list_guests(self) -> list[Guest]:
         """Every container in lxcpath named by a VMID: one directory scan plus one lxc-ls call."""
@@ -540,21 +493,9 @@ class LxcBackend(Backend):
             tags = [t for t in str(conf.get("tags", "")).split(";") if t]
             managed = MANAGED_MARKER in [line.strip() for line in str(conf.get("description", "")).splitlines()]
             maxdisk = rootfs_size_gib(conf["rootfs"]) * GIB if conf.get("rootfs") else 0
-            guests.append(
-                Guest(
-                    vmid=vmid,
-                    name=name,
-                    node=self.node,
-                    type="lxc",
-                    status=_state(state),
-                    tags=tags,
-                    managed=managed,
-                    maxmem=int(conf.get("memory", 0)) * MIB,
-                    maxdisk=maxdisk,
-                    cpus=float(conf.get("cores", 0)),
-                    lock=meta.get("lock"),
-                )
-            )
+            guests.append(Guest(vmid=vmid, name=name, node=self.node, type="lxc", status=_state(state), tags=tags,
+                                managed=managed, maxmem=int(conf.get("memory", 0)) * MIB, maxdisk=maxdisk,
+                                cpus=float(conf.get("cores", 0)), lock=meta.get("lock")))
         return guests
 
     def get_config(self, guest: Guest) -> dict[str, Any]:
@@ -569,7 +510,8 @@ class LxcBackend(Backend):
             conf["lock"] = meta["lock"]
         return conf
 
-    def wait_unlocked(self, guest: Guest, what: str, progress: Any = None, timeout: float = 900) -> dict[str, Any]:
+    def wait_unlocked(self, guest: Guest, what: str, progress: Any = None, timeout: float = 900
+                      ) -> dict[str, Any]:
         """Wait while another process is still creating the container (its `lock: create`)."""
         start = time.monotonic()
         while True:
@@ -577,15 +519,11 @@ class LxcBackend(Backend):
             if not meta.get("lock"):
                 return self.get_config(guest)
             if _stale_create(meta):
-                raise BackendError(
-                    f"{what}: the creation of CT {guest.vmid} was interrupted",
-                    hint="run the command again: the next create clears the leftovers",
-                )
+                raise BackendError(f"{what}: the creation of CT {guest.vmid} was interrupted",
+                                   hint="run the command again: the next create clears the leftovers")
             if time.monotonic() - start > timeout:
-                raise BackendError(
-                    f"{what}: CT {guest.vmid} is still locked ({meta['lock']}) after {timeout:.0f}s",
-                    hint="another pveguard process is creating it; wait for it, then run again",
-                )
+                raise BackendError(f"{what}: CT {guest.vmid} is still locked ({meta['lock']}) after {timeout:.0f}s",
+                                   hint="another pveguard process is creating it; wait for it, then run again")
             if callable(progress):
                 progress(f"{what}: CT {guest.vmid} is locked ({meta['lock']}), waiting")
             time.sleep(1)
@@ -606,38 +544,25 @@ class LxcBackend(Backend):
         _validate_spec(spec)
         facts = self.facts
         if not lxc_net.is_bridge(spec.net.bridge):
-            raise BackendError(
-                f"bridge {spec.net.bridge!r} does not exist on this host",
-                hint=f"create it (ip link add {spec.net.bridge} type bridge) or set network.bridge",
-            )
-        if (
-            spec.net.vlan is not None
-            and self.config.vlan_mode == "vlan_filtering"
-            and not lxc_net.vlan_filtering(spec.net.bridge)
-        ):
-            raise BackendError(
-                f"target.lxc.vlan_mode is vlan_filtering but bridge {spec.net.bridge} is not VLAN-aware",
-                hint="set vlan_mode: auto (one bridge per VLAN) or enable vlan_filtering on the bridge",
-            )
+            raise BackendError(f"bridge {spec.net.bridge!r} does not exist on this host",
+                               hint=f"create it (ip link add {spec.net.bridge} type bridge) or set network.bridge")
+        if spec.net.vlan is not None and self.config.vlan_mode == "vlan_filtering" \
+                and not lxc_net.vlan_filtering(spec.net.bridge):
+            raise BackendError(f"target.lxc.vlan_mode is vlan_filtering but bridge {spec.net.bridge} is not "
+                               f"VLAN-aware", hint="set vlan_mode: auto (one bridge per VLAN) or enable "
+                                                   "vlan_filtering on the bridge")
         self.lxcpath.mkdir(parents=True, exist_ok=True)
         self._clear_stale_creates()
         unpriv = spec.unprivileged and facts.unprivileged_ok
         if unpriv:
             closed = [p for p in (self.lxcpath, *self.lxcpath.parents) if not p.stat().st_mode & 0o001]
             if closed:
-                raise BackendError(
-                    f"unprivileged containers cannot reach {self.lxcpath}: {closed[0]} is not "
-                    f"searchable by other users",
-                    hint=f"chmod o+x {closed[0]}, or move lxcpath",
-                )
+                raise BackendError(f"unprivileged containers cannot reach {self.lxcpath}: {closed[0]} is not "
+                                   f"searchable by other users", hint=f"chmod o+x {closed[0]}, or move lxcpath")
         vmid = self._claim_vmid(spec.vmid)
-        meta: dict[str, Any] = {
-            "version": 1,
-            "lock": "create",
-            "creator": _process_id(os.getpid()),
-            "template": spec.template,
-            "config": pve_config(spec, vmid, unpriv, spec.net.hwaddr or lxc_net.random_hwaddr()),
-        }
+        meta: dict[str, Any] = {"version": 1, "lock": "create", "creator": _process_id(os.getpid()),
+                                "template": spec.template,
+                                "config": pve_config(spec, vmid, unpriv, spec.net.hwaddr or lxc_net.random_hwaddr())}
         try:
             self._write_meta(vmid, meta)
             say(f"{vmid}: template {spec.template}")
@@ -669,10 +594,8 @@ class LxcBackend(Backend):
             try:
                 self._dir(wanted).mkdir()
             except FileExistsError:
-                raise BackendError(
-                    f"VMID {wanted} is already in use in {self.lxcpath}",
-                    hint="choose another vmid, or leave it out to get the next free one",
-                ) from None
+                raise BackendError(f"VMID {wanted} is already in use in {self.lxcpath}",
+                                   hint="choose another vmid, or leave it out to get the next free one") from None
             return wanted
         for _ in range(100):
             vmid = self.next_vmid()
@@ -701,26 +624,16 @@ class LxcBackend(Backend):
                 # As PVE: unpack inside the container's id map, so files belong to the mapped ids.
                 fu, fg = self.facts.uid_range, self.facts.gid_range
                 assert fu is not None and fg is not None
-                argv = [
-                    "lxc-usernsexec",
-                    "-m",
-                    f"u:0:{fu.start}:{fu.count}",
-                    "-m",
-                    f"g:0:{fg.start}:{fg.count}",
-                    "--",
-                    *argv,
-                    "--exclude=./dev/*",
-                ]
+                argv = ["lxc-usernsexec", "-m", f"u:0:{fu.start}:{fu.count}", "-m", f"g:0:{fg.start}:{fg.count}",
+                        "--", *argv, "--exclude=./dev/*"]
             with open(tarball, "rb") as src:
                 try:
                     proc = subprocess.run(argv, stdin=src, cwd=root, capture_output=True, timeout=900, check=False)
                 except subprocess.TimeoutExpired:
                     raise BackendError(f"unpacking the template into {vmid}'s root disk took over 900s") from None
             if proc.returncode != 0:
-                raise BackendError(
-                    f"unpacking the template into {vmid}'s root disk failed: "
-                    f"{proc.stderr.decode(errors='replace').strip()[-2000:]}"
-                )
+                raise BackendError(f"unpacking the template into {vmid}'s root disk failed: "
+                                   f"{proc.stderr.decode(errors='replace').strip()[-2000:]}")
 
     def _ids(self) -> tuple[int, int]:
         f = self.facts
@@ -732,10 +645,8 @@ class LxcBackend(Backend):
         """The root disk mounted on a temporary host directory (loop device released on unmount)."""
         mnt = Path(tempfile.mkdtemp(prefix=f".mnt-{vmid}-", dir=self.disk_dir))
         try:
-            self._run(
-                ["mount", "-o", "loop,nosuid,nodev", str(self._image(vmid)), str(mnt)],
-                what=f"mount the root disk of {vmid}",
-            )
+            self._run(["mount", "-o", "loop,nosuid,nodev", str(self._image(vmid)), str(mnt)],
+                      what=f"mount the root disk of {vmid}")
             try:
                 yield mnt
             finally:
@@ -752,11 +663,9 @@ class LxcBackend(Backend):
         net0 = lxc_net.parse_net0(str(conf.get("net0", "")))
         ip, gw = net0.get("ip", "dhcp"), net0.get("gw")
         owner = self._ids() if int(conf.get("unprivileged", 0)) and self.facts.unprivileged_ok else (0, 0)
-        files = {
-            "etc/hostname": conf["hostname"] + "\n",
-            "etc/hosts": lxc_net.render_hosts(conf["hostname"], ip),
-            "etc/network/interfaces": lxc_net.render_interfaces(ip, gw, net0.get("name", "eth0")),
-        }
+        files = {"etc/hostname": conf["hostname"] + "\n",
+                 "etc/hosts": lxc_net.render_hosts(conf["hostname"], ip),
+                 "etc/network/interfaces": lxc_net.render_interfaces(ip, gw, net0.get("name", "eth0"))}
         for rel, text in files.items():
             _write_inside(root, rel, text.encode(), 0o644, owner)
 
@@ -779,10 +688,8 @@ class LxcBackend(Backend):
         net = self._net_plan(conf)
         net0 = lxc_net.parse_net0(str(conf.get("net0", "")))
         if not lxc_net.is_bridge(net0.get("bridge", "")):
-            raise BackendError(
-                f"bridge {net0.get('bridge')!r} of container {vmid} does not exist on this host",
-                hint="create the bridge, or change net0 with pveguard",
-            )
+            raise BackendError(f"bridge {net0.get('bridge')!r} of container {vmid} does not exist on this host",
+                               hint="create the bridge, or change net0 with pveguard")
         if net.mode == "bridge_per_vlan":
             lxc_net.ensure_vlan_bridge(net0["bridge"], int(net0["tag"]))
         if conf.get("rootfs"):
@@ -792,23 +699,16 @@ class LxcBackend(Backend):
         self._write_lxc_config(vmid, meta)
         log = self._dir(vmid) / "start.log"
         log.unlink(missing_ok=True)
-        proc = self._run(
-            ["lxc-start", "-P", str(self.lxcpath), "-n", str(vmid), "-o", str(log), "-l", "ERROR"],
-            what=f"start container {vmid}",
-            check=False,
-        )
+        proc = self._run(["lxc-start", "-P", str(self.lxcpath), "-n", str(vmid), "-o", str(log), "-l", "ERROR"],
+                         what=f"start container {vmid}", check=False)
         if proc.returncode != 0:
             # LXC logs the cause first and a cascade of "failed to start" after it.
             detail = [line.split(" - ", 1)[-1] for line in _read_text(log).strip().splitlines()][:6]
-            raise BackendError(
-                f"container {vmid} failed to start:\n  "
-                + "\n  ".join(detail or [proc.stderr.decode(errors="replace").strip()]),
-                hint=f"run 'lxc-start -P {self.lxcpath} -n {vmid} -F' to see the full boot",
-            )
-        self._run(
-            ["lxc-wait", "-P", str(self.lxcpath), "-n", str(vmid), "-s", "RUNNING", "-t", "30"],
-            what=f"wait for container {vmid} to run",
-        )
+            raise BackendError(f"container {vmid} failed to start:\n  " + "\n  ".join(detail or [
+                proc.stderr.decode(errors="replace").strip()]),
+                hint=f"run 'lxc-start -P {self.lxcpath} -n {vmid} -F' to see the full boot")
+        self._run(["lxc-wait", "-P", str(self.lxcpath), "-n", str(vmid), "-s", "RUNNING", "-t", "30"],
+                  what=f"wait for container {vmid} to run")
         self._wait_booted(vmid)
 
     def _wait_booted(self, vmid: int, timeout: float = 90) -> None:
@@ -820,25 +720,10 @@ class LxcBackend(Backend):
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            proc = self._run(
-                [
-                    "lxc-attach",
-                    "-P",
-                    str(self.lxcpath),
-                    "-n",
-                    str(vmid),
-                    "--clear-env",
-                    "--set-var",
-                    f"PATH={PATH}",
-                    "--",
-                    "systemctl",
-                    "is-system-running",
-                    "--wait",
-                ],
-                what=f"wait for {vmid} to boot",
-                timeout=max(1.0, deadline - time.monotonic()),
-                check=False,
-            )
+            proc = self._run(["lxc-attach", "-P", str(self.lxcpath), "-n", str(vmid), "--clear-env", "--set-var",
+                              f"PATH={PATH}", "--", "systemctl", "is-system-running", "--wait"],
+                             what=f"wait for {vmid} to boot", timeout=max(1.0, deadline - time.monotonic()),
+                             check=False)
             state = proc.stdout.decode(errors="replace").strip()
             if proc.returncode == 127 or state in ("running", "degraded", "maintenance", "stopping"):
                 return
@@ -848,35 +733,26 @@ class LxcBackend(Backend):
         self._meta(guest.vmid)
         if self._status(guest.vmid)[0] != "running":
             return
-        self._run(
-            ["lxc-stop", "-P", str(self.lxcpath), "-n", str(guest.vmid), "-k"],
-            what=f"stop container {guest.vmid}",
-            timeout=60,
-        )
+        self._run(["lxc-stop", "-P", str(self.lxcpath), "-n", str(guest.vmid), "-k"],
+                  what=f"stop container {guest.vmid}", timeout=60)
 
     def shutdown(self, guest: Guest, timeout: int = 60) -> None:
         self._meta(guest.vmid)
         if self._status(guest.vmid)[0] != "running":
             return
-        proc = self._run(
-            ["lxc-stop", "-P", str(self.lxcpath), "-n", str(guest.vmid), "--nokill", "-t", str(timeout)],
-            what=f"shut down container {guest.vmid}",
-            timeout=timeout + 30,
-            check=False,
-        )
+        proc = self._run(["lxc-stop", "-P", str(self.lxcpath), "-n", str(guest.vmid), "--nokill",
+                          "-t", str(timeout)], what=f"shut down container {guest.vmid}", timeout=timeout + 30,
+                         check=False)
         if proc.returncode != 0 and self._status(guest.vmid)[0] == "running":
-            raise BackendError(
-                f"container {guest.vmid} did not shut down within {timeout}s",
-                hint="stop it (hard stop), or give it more time",
-            )
+            raise BackendError(f"container {guest.vmid} did not shut down within {timeout}s",
+                               hint="stop it (hard stop), or give it more time")
 
     def destroy(self, guest: Guest) -> None:
         vmid = guest.vmid
         meta = self._meta(vmid)
         if self._status(vmid)[0] == "running":
-            self._run(
-                ["lxc-stop", "-P", str(self.lxcpath), "-n", str(vmid), "-k"], what=f"stop container {vmid}", timeout=60
-            )
+            self._run(["lxc-stop", "-P", str(self.lxcpath), "-n", str(vmid), "-k"],
+                      what=f"stop container {vmid}", timeout=60)
         self._remove_files(vmid)
         net = self._net_plan(meta.get("config", {}))
         if net.mode == "bridge_per_vlan":
@@ -900,30 +776,18 @@ class LxcBackend(Backend):
         meta = self._meta(vmid)
         old = dict(meta["config"])
         new = dict(old)
-        defaults: dict[str, Any] = {
-            "cpulimit": 0,
-            "onboot": 0,
-            "tags": "",
-            "description": "",
-            "features": "",
-            "startup": "",
-            "cpuunits": 100,
-            "swap": 0,
-        }
+        defaults: dict[str, Any] = {"cpulimit": 0, "onboot": 0, "tags": "", "description": "", "features": "",
+                                    "startup": "", "cpuunits": 100, "swap": 0}
         for key in delete or []:
             if key not in defaults:
-                raise ConfigError(
-                    f"cannot delete {key!r} from container {vmid}",
-                    hint=f"deletable keys: {', '.join(sorted(defaults))}",
-                )
+                raise ConfigError(f"cannot delete {key!r} from container {vmid}",
+                                  hint=f"deletable keys: {', '.join(sorted(defaults))}")
             new.pop(key, None)
         changes = dict(changes)
         digest = changes.pop("digest", None)
         if digest is not None and digest != self.get_config(guest)["digest"]:
-            raise BackendError(
-                f"the configuration of container {vmid} changed since it was read",
-                hint="read it again (plan again) and retry",
-            )
+            raise BackendError(f"the configuration of container {vmid} changed since it was read",
+                               hint="read it again (plan again) and retry")
         for key, value in changes.items():
             new[key] = _checked_value(key, value, old)
         for key in ("cpulimit", "onboot", "features", "startup", "tags"):
@@ -933,11 +797,8 @@ class LxcBackend(Backend):
         if not changed:
             return []
         if "rootfs" in changed and rootfs_size_gib(new["rootfs"]) < rootfs_size_gib(old["rootfs"]):
-            raise BackendError(
-                f"rootfs of {vmid} cannot shrink from {rootfs_size_gib(old['rootfs'])}G to "
-                f"{rootfs_size_gib(new['rootfs'])}G",
-                hint="disks only grow",
-            )
+            raise BackendError(f"rootfs of {vmid} cannot shrink from {rootfs_size_gib(old['rootfs'])}G to "
+                               f"{rootfs_size_gib(new['rootfs'])}G", hint="disks only grow")
         state, pid = self._status(vmid)
         cpuset = meta.get("cpuset")
         if "cores" in changed:
@@ -961,11 +822,10 @@ class LxcBackend(Backend):
                 else:
                     cgroups.write_setting(layout, paths, key, value)
             except OSError as e:
-                raise BackendError(
-                    f"the kernel refused {key} = {value} for container {vmid}: {e.strerror or e}",
-                    hint="a memory limit below what the container uses now is refused; stop "
-                    "services inside first, or change it while the container is stopped",
-                ) from None
+                raise BackendError(f"the kernel refused {key} = {value} for container {vmid}: {e.strerror or e}",
+                                   hint="a memory limit below what the container uses now is refused; stop "
+                                        "services inside first, or change it while the container is stopped"
+                                   ) from None
 
     def cgroup_value(self, guest: Guest, key: str) -> str | None:
         """The live value of one cgroup file of a running container (e.g. memory.limit_in_bytes)."""
@@ -975,31 +835,17 @@ class LxcBackend(Backend):
         paths = cgroups.container_paths(_read_text(Path(f"/proc/{pid}/cgroup")), str(guest.vmid))
         return cgroups.read_setting(self.facts.layout, paths, key)
 
-    def _attach(
-        self, vmid: int, argv: list[str], *, input: bytes | None, timeout: float
-    ) -> subprocess.CompletedProcess[bytes]:
+    def _attach(self, vmid: int, argv: list[str], *, input: bytes | None, timeout: float
+                ) -> subprocess.CompletedProcess[bytes]:
         if self._status(vmid)[0] != "running":
             raise BackendError(f"container {vmid} is not running", hint="start it first")
-        cmd = [
-            "lxc-attach",
-            "-P",
-            str(self.lxcpath),
-            "-n",
-            str(vmid),
-            "--clear-env",
-            "--set-var",
-            f"PATH={PATH}",
-            "--set-var",
-            "LANG=C.UTF-8",
-            "--set-var",
-            "HOME=/root",
-            "--",
-            *argv,
-        ]
+        cmd = ["lxc-attach", "-P", str(self.lxcpath), "-n", str(vmid), "--clear-env",
+               "--set-var", f"PATH={PATH}", "--set-var", "LANG=C.UTF-8", "--set-var", "HOME=/root", "--", *argv]
         try:
             return subprocess.run(cmd, capture_output=True, input=input, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
-            raise BackendError(f"'{' '.join(argv)}' in container {vmid} did not finish within {timeout:.0f}s") from None
+            raise BackendError(f"'{' '.join(argv)}' in container {vmid} did not finish within {timeout:.0f}s"
+                               ) from None
 
     def exec(self, guest: Guest, argv: list[str], *, input: str | None = None, timeout: float = 600) -> ExecResult:
         proc = self._attach(guest.vmid, argv, input=input.encode() if input is not None else None, timeout=timeout)
@@ -1015,13 +861,11 @@ class LxcBackend(Backend):
         vmid = guest.vmid
         meta = self._meta(vmid)
         if self._status(vmid)[0] == "running":
-            proc = self._attach(
-                vmid, ["sh", "-c", 'cat > "$1" && chmod "$2" "$1"', "sh", remote, f"{mode:o}"], input=data, timeout=300
-            )
+            proc = self._attach(vmid, ["sh", "-c", 'cat > "$1" && chmod "$2" "$1"', "sh", remote, f"{mode:o}"],
+                                input=data, timeout=300)
             if proc.returncode != 0:
-                raise BackendError(
-                    f"writing {remote} in container {vmid} failed: {proc.stderr.decode(errors='replace').strip()}"
-                )
+                raise BackendError(f"writing {remote} in container {vmid} failed: "
+                                   f"{proc.stderr.decode(errors='replace').strip()}")
             return
         owner = self._ids() if int(meta["config"].get("unprivileged", 0)) and self.facts.unprivileged_ok else (0, 0)
         with self._mounted(vmid) as root:
@@ -1033,9 +877,8 @@ class LxcBackend(Backend):
         if self._status(vmid)[0] == "running":
             proc = self._attach(vmid, ["cat", "--", remote], input=None, timeout=300)
             if proc.returncode != 0:
-                raise BackendError(
-                    f"reading {remote} in container {vmid} failed: {proc.stderr.decode(errors='replace').strip()}"
-                )
+                raise BackendError(f"reading {remote} in container {vmid} failed: "
+                                   f"{proc.stderr.decode(errors='replace').strip()}")
             data = proc.stdout
         else:
             with self._mounted(vmid) as root:
@@ -1061,15 +904,9 @@ class LxcBackend(Backend):
             cpulimit = float(conf.get("cpulimit", 0) or 0)
             cpus = min(cores, cpulimit) if cpulimit else cores
             name = conf.get("hostname") or _uts_name(self._dir(vmid) / "config") or str(vmid)
-            s = GuestStats(
-                vmid=vmid,
-                name=name,
-                node=self.node,
-                status=_state(state),
-                cpus=cpus,
-                maxmem=int(conf.get("memory", 0)) * MIB,
-                maxdisk=rootfs_size_gib(conf["rootfs"]) * GIB if conf.get("rootfs") else 0,
-            )
+            s = GuestStats(vmid=vmid, name=name, node=self.node, status=_state(state),
+                           cpus=cpus, maxmem=int(conf.get("memory", 0)) * MIB,
+                           maxdisk=rootfs_size_gib(conf["rootfs"]) * GIB if conf.get("rootfs") else 0)
             if s.status == "running" and pid is not None:
                 paths = cgroups.container_paths(_read_text(Path(f"/proc/{pid}/cgroup")), str(vmid))
                 usage = cgroups.read_usage(layout, paths)
@@ -1198,10 +1035,8 @@ def _validate_spec(spec: GuestSpec) -> None:
         raise ConfigError(f"VMID {spec.vmid} is below {FIRST_VMID}")
     unknown = set(spec.features) - SUPPORTED_FEATURES
     if any(spec.features[k] for k in unknown):
-        raise ConfigError(
-            f"feature(s) {', '.join(sorted(unknown))} are not supported by the LXC backend",
-            hint=f"supported: {', '.join(sorted(SUPPORTED_FEATURES))}",
-        )
+        raise ConfigError(f"feature(s) {', '.join(sorted(unknown))} are not supported by the LXC backend",
+                          hint=f"supported: {', '.join(sorted(SUPPORTED_FEATURES))}")
     lxc_net.validate_ip(spec.net.ip, spec.net.gateway)
     lxc_net.validate_bridge(spec.net.bridge)
     if spec.net.vlan is not None and not 1 <= spec.net.vlan <= 4094:
@@ -1226,9 +1061,8 @@ def _checked_value(key: str, value: Any, old: dict[str, Any]) -> Any:
         raise ConfigError(f"{key} must be a number, not {value!r}") from None
     if key == "unprivileged":
         if int(value) != int(old.get("unprivileged", 0)):
-            raise BackendError(
-                "unprivileged cannot change on an existing container", hint="create a new container and move the data"
-            )
+            raise BackendError("unprivileged cannot change on an existing container",
+                               hint="create a new container and move the data")
         return old.get("unprivileged", 0)
     if key == "hostname":
         if not HOSTNAME_RE.match(str(value)):
@@ -1262,8 +1096,6 @@ def _checked_value(key: str, value: Any, old: dict[str, Any]) -> Any:
         return format_features(feats)
     if key in ("tags", "description", "startup"):
         return str(value) if key != "description" or str(value).endswith("\n") else str(value) + "\n"
-    raise ConfigError(
-        f"the LXC backend cannot change {key!r}",
-        hint="changeable: cores, memory, swap, cpulimit, cpuunits, hostname, net0, rootfs, "
-        "features, onboot, startup, tags, description",
-    )
+    raise ConfigError(f"the LXC backend cannot change {key!r}",
+                      hint="changeable: cores, memory, swap, cpulimit, cpuunits, hostname, net0, rootfs, "
+                           "features, onboot, startup, tags, description")

@@ -98,10 +98,8 @@ def validate_ip(ip: str, gateway: str | None) -> None:
             except ValueError:
                 raise ConfigError(f"gateway {gateway!r} is not an IP address") from None
             if gw not in iface.network:
-                raise ConfigError(
-                    f"gateway {gateway} is not inside {iface.network} (ip {ip})",
-                    hint="use a gateway in the container's subnet, or none",
-                )
+                raise ConfigError(f"gateway {gateway} is not inside {iface.network} (ip {ip})",
+                                  hint="use a gateway in the container's subnet, or none")
 
 
 BRIDGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
@@ -110,20 +108,14 @@ BRIDGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
 def validate_bridge(name: str) -> None:
     """Refuse a bridge name Linux would not accept (it also ends up in a shell hook)."""
     if not BRIDGE_RE.match(name):
-        raise ConfigError(
-            f"{name!r} is not a valid bridge name", hint="use up to 15 letters, digits, '.', '_' or '-', like vmbr0"
-        )
+        raise ConfigError(f"{name!r} is not a valid bridge name",
+                          hint="use up to 15 letters, digits, '.', '_' or '-', like vmbr0")
 
 
 def render_interfaces(ip: str, gateway: str | None, name: str = "eth0") -> str:
     """/etc/network/interfaces for the container (ifupdown), as PVE writes it."""
-    lines = [
-        "# written by pveguard from net0; changes here are overwritten",
-        "auto lo",
-        "iface lo inet loopback",
-        "",
-        f"auto {name}",
-    ]
+    lines = ["# written by pveguard from net0; changes here are overwritten", "auto lo",
+             "iface lo inet loopback", "", f"auto {name}"]
     if ip == "dhcp":
         lines.append(f"iface {name} inet dhcp")
     elif ip == "manual":
@@ -189,20 +181,15 @@ def ensure_vlan_bridge(bridge: str, tag: int) -> str:
     """
     name = vlan_bridge_name(bridge, tag)
     if not exists(name):
-        proc = subprocess.run(
-            ["ip", "link", "add", name, "type", "bridge"], capture_output=True, text=True, check=False
-        )
+        proc = subprocess.run(["ip", "link", "add", name, "type", "bridge"], capture_output=True, text=True,
+                              check=False)
         if proc.returncode != 0 and not exists(name):  # a parallel start may have created it
-            raise BackendError(
-                f"cannot create VLAN bridge {name}: {proc.stderr.strip()}",
-                hint="pveguard needs root (CAP_NET_ADMIN) to create bridges",
-            )
+            raise BackendError(f"cannot create VLAN bridge {name}: {proc.stderr.strip()}",
+                               hint="pveguard needs root (CAP_NET_ADMIN) to create bridges")
         _ip("link", "set", "dev", name, "alias", f"{BRIDGE_ALIAS} {bridge} tag {tag}")
     elif not is_bridge(name):
-        raise BackendError(
-            f"{name} exists but is not a bridge; it is needed for VLAN {tag} on {bridge}",
-            hint=f"rename or remove the interface {name}",
-        )
+        raise BackendError(f"{name} exists but is not a bridge; it is needed for VLAN {tag} on {bridge}",
+                           hint=f"rename or remove the interface {name}")
     _ip("link", "set", "dev", name, "up")
     return name
 
@@ -214,10 +201,8 @@ def ensure_bridge_command(bridge: str, tag: int) -> str:
     `sh -c '...'` takes those as $0.. and ignores them.
     """
     name = vlan_bridge_name(bridge, tag)
-    script = (
-        f"[ -d /sys/class/net/{name} ] || {{ ip link add {name} type bridge && "
-        f'ip link set dev {name} alias "{BRIDGE_ALIAS} {bridge} tag {tag}"; }}; ip link set dev {name} up'
-    )
+    script = (f"[ -d /sys/class/net/{name} ] || {{ ip link add {name} type bridge && "
+              f"ip link set dev {name} alias \"{BRIDGE_ALIAS} {bridge} tag {tag}\"; }}; ip link set dev {name} up")
     return f"/bin/sh -c '{script}'"
 
 

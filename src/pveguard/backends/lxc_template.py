@@ -22,17 +22,8 @@ from pveguard.errors import BackendError, BackendUnavailable
 
 SUITE = "bookworm"
 # What a small service container needs: an init, networking (static and dhcp), basic tools.
-PACKAGES = (
-    "systemd-sysv",
-    "iproute2",
-    "ifupdown",
-    "isc-dhcp-client",
-    "iputils-ping",
-    "netcat-openbsd",
-    "procps",
-    "apt",
-    "ca-certificates",
-)
+PACKAGES = ("systemd-sysv", "iproute2", "ifupdown", "isc-dhcp-client", "iputils-ping", "netcat-openbsd",
+            "procps", "apt", "ca-certificates")
 BUILD_VERSION = "12-pveguard1"
 SUFFIXES = (".tar.zst", ".tar.gz", ".tar.xz", ".tar")
 
@@ -43,9 +34,8 @@ def find(cache: Path, template: str) -> Path | None:
     """The newest cached tarball for `template`, or None."""
     if not cache.is_dir():
         return None
-    found = [
-        p for p in cache.iterdir() if p.is_file() and p.name.startswith(f"{template}_") and p.name.endswith(SUFFIXES)
-    ]
+    found = [p for p in cache.iterdir()
+             if p.is_file() and p.name.startswith(f"{template}_") and p.name.endswith(SUFFIXES)]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
@@ -62,13 +52,10 @@ def ensure(cache: Path, template: str, progress: Progress | None = None) -> Path
         raise BackendError(
             f"template {template!r} is not in {cache}",
             hint=f"put a root filesystem tarball named {template}_<version>_amd64.tar.zst there "
-            f"(PVE's vztmpl files work), or use a debian-12 template, which pveguard builds itself",
-        )
+                 f"(PVE's vztmpl files work), or use a debian-12 template, which pveguard builds itself")
     if shutil.which("debootstrap") is None:
-        raise BackendUnavailable(
-            "debootstrap is not installed; it is needed to build the Debian 12 template",
-            hint="apt-get install debootstrap",
-        )
+        raise BackendUnavailable("debootstrap is not installed; it is needed to build the Debian 12 template",
+                                 hint="apt-get install debootstrap")
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / f".{template}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -90,23 +77,12 @@ def _build(cache: Path, template: str, progress: Progress | None) -> Path:
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             tail = (proc.stdout[-1500:] + proc.stderr[-1500:]).strip()
-            raise BackendError(
-                f"debootstrap failed with exit code {proc.returncode} while building {template}:\n{tail}",
-                hint=f"check that {mirror} is reachable, or set PVEGUARD_DEBIAN_MIRROR",
-            )
+            raise BackendError(f"debootstrap failed with exit code {proc.returncode} while building {template}:\n"
+                               f"{tail}", hint=f"check that {mirror} is reachable, or set PVEGUARD_DEBIAN_MIRROR")
         _finish_root(build)
         tmp = target.with_name(target.name + ".part")
-        argv = [
-            "tar",
-            "--numeric-owner",
-            "--xattrs",
-            "-C",
-            str(build),
-            "--zstd" if compress else "--gzip",
-            "-cf",
-            str(tmp),
-            ".",
-        ]
+        argv = ["tar", "--numeric-owner", "--xattrs", "-C", str(build),
+                "--zstd" if compress else "--gzip", "-cf", str(tmp), "."]
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             tmp.unlink(missing_ok=True)

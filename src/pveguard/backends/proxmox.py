@@ -82,7 +82,8 @@ def open_api(s: PveSettings) -> Any:
         if s.mode == "local":
             return ProxmoxAPI(backend="local", service="PVE", timeout=max(60, int(s.task_timeout)))
         if not s.host:
-            raise BackendUnavailable("no PVE host configured", hint="set PVEGUARD_PVE_HOST or target.proxmox.host")
+            raise BackendUnavailable("no PVE host configured",
+                                     hint="set PVEGUARD_PVE_HOST or target.proxmox.host")
         kwargs: dict[str, Any] = {"verify_ssl": s.verify_ssl, "timeout": s.http_timeout, "service": "PVE"}
         if s.token_id:
             kwargs.update(user=s.user, token_name=s.token_id, token_value=s.token_secret)
@@ -92,24 +93,18 @@ def open_api(s: PveSettings) -> Any:
             raise BackendUnavailable(
                 f"no credentials for {s.host}",
                 hint="set PVEGUARD_PVE_TOKEN=user@realm!tokenid=secret (or PVEGUARD_PVE_USER and "
-                "PVEGUARD_PVE_PASSWORD), or token_id/token_secret_file in target.proxmox",
-            )
+                     "PVEGUARD_PVE_PASSWORD), or token_id/token_secret_file in target.proxmox")
         return ProxmoxAPI(s.host, backend="https", **kwargs)
     except AuthenticationError:
-        raise BackendUnavailable(
-            f"PVE at {s.host} refused the login for {s.user}", hint="check the user name, realm and password"
-        ) from None
+        raise BackendUnavailable(f"PVE at {s.host} refused the login for {s.user}",
+                                 hint="check the user name, realm and password") from None
     except requests.exceptions.SSLError:
-        raise BackendUnavailable(
-            f"the TLS certificate of {s.host} is not trusted",
-            hint="install the PVE CA certificate, or set PVEGUARD_PVE_VERIFY_SSL=0 "
-            "(target.proxmox.verify_ssl: false) on a trusted network",
-        ) from None
+        raise BackendUnavailable(f"the TLS certificate of {s.host} is not trusted",
+                                 hint="install the PVE CA certificate, or set PVEGUARD_PVE_VERIFY_SSL=0 "
+                                      "(target.proxmox.verify_ssl: false) on a trusted network") from None
     except requests.exceptions.RequestException as exc:
-        raise BackendUnavailable(
-            f"cannot reach PVE at {s.host}: {type(exc).__name__}",
-            hint="check PVEGUARD_PVE_HOST (host[:port]) and that pveproxy runs",
-        ) from None
+        raise BackendUnavailable(f"cannot reach PVE at {s.host}: {type(exc).__name__}",
+                                 hint="check PVEGUARD_PVE_HOST (host[:port]) and that pveproxy runs") from None
 
 
 def pve_params(values: dict[str, Any]) -> dict[str, Any]:
@@ -126,9 +121,8 @@ def is_retryable(exc: BaseException) -> bool:
     """Server errors, proxy pseudo-codes (595 node unreachable...) and transport timeouts."""
     if isinstance(exc, ResourceException):
         return exc.status_code in _RETRY_STATUS
-    return isinstance(
-        exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout | subprocess.TimeoutExpired
-    )
+    return isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout
+                      | subprocess.TimeoutExpired)
 
 
 def pve_message(exc: BaseException) -> str:
@@ -152,13 +146,8 @@ def pve_message(exc: BaseException) -> str:
         return "the server's TLS certificate is not trusted"
     if isinstance(exc, requests.exceptions.ConnectionError):
         reason = str(exc)
-        for known in (
-            "Connection refused",
-            "No route to host",
-            "Name or service not known",
-            "Network is unreachable",
-            "timed out",
-        ):
+        for known in ("Connection refused", "No route to host", "Name or service not known",
+                      "Network is unreachable", "timed out"):
             if known in reason:
                 return f"connection failed ({known})"
         return "connection failed"
@@ -167,10 +156,8 @@ def pve_message(exc: BaseException) -> str:
 
 def _hint_for(exc: BaseException) -> str | None:
     if isinstance(exc, requests.exceptions.SSLError):
-        return (
-            "install the PVE CA certificate, or set PVEGUARD_PVE_VERIFY_SSL=0 "
-            "(target.proxmox.verify_ssl: false) on a trusted network"
-        )
+        return ("install the PVE CA certificate, or set PVEGUARD_PVE_VERIFY_SSL=0 "
+                "(target.proxmox.verify_ssl: false) on a trusted network")
     if isinstance(exc, requests.exceptions.ConnectionError):
         return "check PVEGUARD_PVE_HOST (host[:port], default port 8006) and that pveproxy runs there"
     if isinstance(exc, ResourceException):
@@ -241,15 +228,8 @@ class ProxmoxBackend(Backend):
         fn = {"GET": res.get, "POST": res.post, "PUT": res.put, "DELETE": res.delete}[method]
         return fn(**pve_params(params or {}))
 
-    def call(
-        self,
-        method: str,
-        path: str,
-        params: dict[str, Any] | None = None,
-        *,
-        safe: bool | None = None,
-        what: str | None = None,
-    ) -> Any:
+    def call(self, method: str, path: str, params: dict[str, Any] | None = None, *, safe: bool | None = None,
+             what: str | None = None) -> Any:
         """One API call; `safe` (default: GET only) allows retries on 5xx/595/timeouts.
 
         Failures become BackendError carrying PVE's own message.
@@ -258,12 +238,9 @@ class ProxmoxBackend(Backend):
             safe = method == "GET"
         attempts = self.settings.retries if safe else 1
         try:
-            for attempt in Retrying(
-                stop=stop_after_attempt(max(1, attempts)),
-                reraise=True,
-                retry=retry_if_exception(is_retryable),
-                wait=wait_exponential(multiplier=self.settings.retry_wait, max=10),
-            ):
+            for attempt in Retrying(stop=stop_after_attempt(max(1, attempts)), reraise=True,
+                                    retry=retry_if_exception(is_retryable),
+                                    wait=wait_exponential(multiplier=self.settings.retry_wait, max=10)):
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         log.info("retrying %s %s (attempt %d)", method, path, attempt.retry_state.attempt_number)
@@ -281,7 +258,8 @@ class ProxmoxBackend(Backend):
         err.status = getattr(exc, "status_code", None)  # type: ignore[attr-defined]
         return err
 
-    def wait_task(self, upid: str, what: str, progress: Progress | None = None, timeout: float | None = None) -> None:
+    def wait_task(self, upid: str, what: str, progress: Progress | None = None,
+                  timeout: float | None = None) -> None:
         """Wait for a PVE task; raise BackendError with the task's own error on failure or timeout.
 
         Polls like proxmoxer's Tasks.blocking_status, but starts fast and slows down (most tasks take
@@ -311,8 +289,7 @@ class ProxmoxBackend(Backend):
                 raise BackendError(
                     f"{what}: task {upid} did not finish within {timeout:.0f}s",
                     hint="it may still be running on the node; look at the task log in PVE, then run the "
-                    "command again (it picks up where this one stopped)",
-                )
+                         "command again (it picks up where this one stopped)")
             if progress and time.monotonic() - last_report >= 5:
                 progress(f"{what}: running on {node} ({elapsed:.0f}s)")
                 last_report = time.monotonic()
@@ -320,24 +297,19 @@ class ProxmoxBackend(Backend):
             interval = min(interval * 1.5, self.settings.poll_interval)
         exitstatus = str(status.get("exitstatus", ""))
         if exitstatus != "OK" and not exitstatus.startswith("WARNINGS"):
-            raise BackendError(
-                f"{what} failed on node {node}: {exitstatus or 'unknown task error'}",
-                hint=f"see the task log: pvesh get /nodes/{node}/tasks/{upid}/log",
-            )
+            raise BackendError(f"{what} failed on node {node}: {exitstatus or 'unknown task error'}",
+                               hint=f"see the task log: pvesh get /nodes/{node}/tasks/{upid}/log")
 
     # --- cluster state ------------------------------------------------------------------------
 
     def nodes(self) -> list[NodeInfo]:
         rows = self.call("GET", "/cluster/resources", {"type": "node"}, what="reading the cluster nodes")
-        return [
-            NodeInfo(r["node"], r.get("status") == "online", _int(r.get("maxmem")), _int(r.get("mem"))) for r in rows
-        ]
+        return [NodeInfo(r["node"], r.get("status") == "online", _int(r.get("maxmem")), _int(r.get("mem")))
+                for r in rows]
 
     def capabilities(self) -> Capabilities:
-        notes = [
-            f"api: {self.settings.describe()}",
-            "exec/push/pull: pct on the guest's node" + ("" if self.settings.mode == "local" else " (ssh)"),
-        ]
+        notes = [f"api: {self.settings.describe()}",
+                 "exec/push/pull: pct on the guest's node" + ("" if self.settings.mode == "local" else " (ssh)")]
         try:
             nodes = self.nodes()
             notes.append("nodes: " + ", ".join(f"{n.name} ({'online' if n.online else 'offline'})" for n in nodes))
@@ -353,20 +325,12 @@ class ProxmoxBackend(Backend):
             if r.get("template"):
                 continue
             status = r.get("status")
-            out.append(
-                Guest(
-                    vmid=_int(r["vmid"]),
-                    name=str(r.get("name", "")),
-                    node=str(r.get("node", "")),
-                    type="qemu" if r.get("type") == "qemu" else "lxc",
-                    status=status if status in ("running", "stopped") else "unknown",
-                    tags=_tags(r.get("tags")),
-                    maxmem=_int(r.get("maxmem")),
-                    maxdisk=_int(r.get("maxdisk")),
-                    cpus=float(r.get("maxcpu") or 0),
-                    lock=r.get("lock") or None,
-                )
-            )
+            out.append(Guest(
+                vmid=_int(r["vmid"]), name=str(r.get("name", "")), node=str(r.get("node", "")),
+                type="qemu" if r.get("type") == "qemu" else "lxc",
+                status=status if status in ("running", "stopped") else "unknown",
+                tags=_tags(r.get("tags")), maxmem=_int(r.get("maxmem")), maxdisk=_int(r.get("maxdisk")),
+                cpus=float(r.get("maxcpu") or 0), lock=r.get("lock") or None))
         return out
 
     def stats(self) -> list[GuestStats]:
@@ -374,25 +338,13 @@ class ProxmoxBackend(Backend):
         out = []
         for r in rows:
             status = r.get("status")
-            out.append(
-                GuestStats(
-                    vmid=_int(r["vmid"]),
-                    name=str(r.get("name", "")),
-                    node=str(r.get("node", "")),
-                    status=status if status in ("running", "stopped") else "unknown",
-                    cpu=float(r.get("cpu") or 0),
-                    cpus=float(r.get("maxcpu") or 0),
-                    mem=_int(r.get("mem")),
-                    maxmem=_int(r.get("maxmem")),
-                    disk=_int(r.get("disk")),
-                    maxdisk=_int(r.get("maxdisk")),
-                    netin=_int(r.get("netin")),
-                    netout=_int(r.get("netout")),
-                    diskread=_int(r.get("diskread")),
-                    diskwrite=_int(r.get("diskwrite")),
-                    uptime=_int(r.get("uptime")),
-                )
-            )
+            out.append(GuestStats(
+                vmid=_int(r["vmid"]), name=str(r.get("name", "")), node=str(r.get("node", "")),
+                status=status if status in ("running", "stopped") else "unknown",
+                cpu=float(r.get("cpu") or 0), cpus=float(r.get("maxcpu") or 0), mem=_int(r.get("mem")),
+                maxmem=_int(r.get("maxmem")), disk=_int(r.get("disk")), maxdisk=_int(r.get("maxdisk")),
+                netin=_int(r.get("netin")), netout=_int(r.get("netout")), diskread=_int(r.get("diskread")),
+                diskwrite=_int(r.get("diskwrite")), uptime=_int(r.get("uptime"))))
         return out
 
     def _ct(self, guest: Guest) -> str:
@@ -411,15 +363,11 @@ class ProxmoxBackend(Backend):
         if pinned:
             n = next((x for x in nodes if x.name == pinned), None)
             if n is None:
-                raise BackendError(
-                    f"node {pinned!r} (pinned for {spec.name}) is not in the cluster",
-                    hint="known nodes: " + ", ".join(x.name for x in nodes),
-                )
+                raise BackendError(f"node {pinned!r} (pinned for {spec.name}) is not in the cluster",
+                                   hint="known nodes: " + ", ".join(x.name for x in nodes))
             if not n.online:
-                raise BackendError(
-                    f"node {pinned} (pinned for {spec.name}) is offline",
-                    hint="bring it back, or pin the container to another node",
-                )
+                raise BackendError(f"node {pinned} (pinned for {spec.name}) is offline",
+                                   hint="bring it back, or pin the container to another node")
             return n.name
         chosen = choose_node(nodes, self._placed)
         if chosen is None:
@@ -434,32 +382,21 @@ class ProxmoxBackend(Backend):
         key = (node, template)
         if key in self._templates:
             return self._templates[key]
-        content = self.call(
-            "GET",
-            f"/nodes/{node}/storage/{storage}/content",
-            {"content": "vztmpl"},
-            what=f"listing templates on {node}:{storage}",
-        )
-        have = sorted(
-            str(c["volid"]) for c in content if str(c.get("volid", "")).split("vztmpl/", 1)[-1].startswith(template)
-        )
+        content = self.call("GET", f"/nodes/{node}/storage/{storage}/content", {"content": "vztmpl"},
+                            what=f"listing templates on {node}:{storage}")
+        have = sorted(str(c["volid"]) for c in content
+                      if str(c.get("volid", "")).split("vztmpl/", 1)[-1].startswith(template))
         if not have:
             avail = self.call("GET", f"/nodes/{node}/aplinfo", what=f"listing downloadable templates on {node}")
             names = sorted(str(a["template"]) for a in avail if str(a.get("template", "")).startswith(template))
             if not names:
-                raise BackendError(
-                    f"template {template!r} is neither on {node}:{storage} nor downloadable",
-                    hint="run 'pveam update' on the node, or set 'template:' to an existing "
-                    "volid like local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst",
-                )
+                raise BackendError(f"template {template!r} is neither on {node}:{storage} nor downloadable",
+                                   hint="run 'pveam update' on the node, or set 'template:' to an existing "
+                                        "volid like local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst")
             if progress:
                 progress(f"downloading template {names[-1]} to {node}:{storage}")
-            upid = self.call(
-                "POST",
-                f"/nodes/{node}/aplinfo",
-                {"storage": storage, "template": names[-1]},
-                what=f"downloading template {names[-1]}",
-            )
+            upid = self.call("POST", f"/nodes/{node}/aplinfo", {"storage": storage, "template": names[-1]},
+                             what=f"downloading template {names[-1]}")
             self.wait_task(str(upid), f"downloading template {names[-1]}", progress)
             have = [f"{storage}:vztmpl/{names[-1]}"]
         self._templates[key] = have[-1]
@@ -467,39 +404,26 @@ class ProxmoxBackend(Backend):
 
     def create_params(self, spec: GuestSpec, vmid: int, ostemplate: str) -> dict[str, Any]:
         """The POST /nodes/{node}/lxc parameters for a spec."""
-        net = {"name": "eth0", "bridge": spec.net.bridge, "firewall": 1 if spec.net.firewall else 0, "ip": spec.net.ip}
+        net = {"name": "eth0", "bridge": spec.net.bridge, "firewall": 1 if spec.net.firewall else 0,
+               "ip": spec.net.ip}
         if spec.net.vlan is not None:
             net["tag"] = spec.net.vlan
         if spec.net.gateway:
             net["gw"] = spec.net.gateway
         if spec.net.hwaddr:
             net["hwaddr"] = spec.net.hwaddr
-        startup = ",".join(
-            f"{k}={v}"
-            for k, v in (("order", spec.startup_order), ("up", spec.startup_up), ("down", spec.startup_down))
-            if v is not None
-        )
+        startup = ",".join(f"{k}={v}" for k, v in (("order", spec.startup_order), ("up", spec.startup_up),
+                                                    ("down", spec.startup_down)) if v is not None)
         features = ",".join(f"{k}=1" for k, v in sorted(spec.features.items()) if v)
-        return pve_params(
-            {
-                "vmid": vmid,
-                "ostemplate": ostemplate,
-                "hostname": spec.name,
-                "cores": spec.cores,
-                "memory": spec.memory_mib,
-                "swap": spec.swap_mib,
-                "cpuunits": spec.cpuunits,
-                "cpulimit": spec.cpulimit or None,
-                "rootfs": f"{spec.storage or self.settings.storage}:{spec.disk_gib}",
-                "net0": ",".join(f"{k}={v}" for k, v in net.items()),
-                "unprivileged": spec.unprivileged,
-                "features": features or None,
-                "onboot": spec.onboot,
-                "startup": startup or None,
-                "tags": ";".join(spec.tags),
-                "description": spec.description,
-            }
-        )
+        return pve_params({
+            "vmid": vmid, "ostemplate": ostemplate, "hostname": spec.name, "cores": spec.cores,
+            "memory": spec.memory_mib, "swap": spec.swap_mib, "cpuunits": spec.cpuunits,
+            "cpulimit": spec.cpulimit or None,
+            "rootfs": f"{spec.storage or self.settings.storage}:{spec.disk_gib}",
+            "net0": ",".join(f"{k}={v}" for k, v in net.items()),
+            "unprivileged": spec.unprivileged, "features": features or None, "onboot": spec.onboot,
+            "startup": startup or None, "tags": ";".join(spec.tags), "description": spec.description,
+        })
 
     def _nextid(self) -> int:
         return _int(self.call("GET", "/cluster/nextid", what="asking PVE for a free VMID"))
@@ -517,9 +441,8 @@ class ProxmoxBackend(Backend):
             return "ours" if cfg.get("hostname") == name and MANAGED_MARKER in desc else "taken"
         return "absent"
 
-    def wait_unlocked(
-        self, guest: Guest, what: str, progress: Progress | None = None, timeout: float | None = None
-    ) -> dict[str, Any]:
+    def wait_unlocked(self, guest: Guest, what: str, progress: Progress | None = None,
+                      timeout: float | None = None) -> dict[str, Any]:
         """Poll the config until PVE's lock (e.g. `create` of a create that outlived us) is gone."""
         timeout = self.settings.task_timeout if timeout is None else timeout
         start = time.monotonic()
@@ -528,10 +451,8 @@ class ProxmoxBackend(Backend):
             if not cfg.get("lock"):
                 return cfg
             if time.monotonic() - start > timeout:
-                raise BackendError(
-                    f"{what}: CT {guest.vmid} is still locked ({cfg['lock']}) after {timeout:.0f}s",
-                    hint="another operation holds it; wait for it, then run the command again",
-                )
+                raise BackendError(f"{what}: CT {guest.vmid} is still locked ({cfg['lock']}) after {timeout:.0f}s",
+                                   hint="another operation holds it; wait for it, then run the command again")
             if progress:
                 progress(f"{what}: CT {guest.vmid} is locked ({cfg['lock']}), waiting")
             time.sleep(self.settings.poll_interval)
@@ -556,25 +477,16 @@ class ProxmoxBackend(Backend):
                 last = exc
                 found = self.find_created(node, vmid, spec.name)
                 if found == "ours":  # the POST went through although the answer was lost
-                    guest = Guest(
-                        vmid=vmid,
-                        name=spec.name,
-                        node=node,
-                        type="lxc",
-                        status="stopped",
-                        tags=list(spec.tags),
-                        managed=True,
-                    )
+                    guest = Guest(vmid=vmid, name=spec.name, node=node, type="lxc", status="stopped",
+                                  tags=list(spec.tags), managed=True)
                     self.wait_unlocked(guest, what, progress)
                     break
                 if found == "absent" and not getattr(exc, "retryable", False):
                     raise
                 if found == "taken":
                     if spec.vmid:
-                        raise BackendError(
-                            f"{what}: VMID {vmid} is taken by another guest",
-                            hint="change or remove 'vmid' for this container in the strategy",
-                        ) from None
+                        raise BackendError(f"{what}: VMID {vmid} is taken by another guest",
+                                           hint="change or remove 'vmid' for this container in the strategy") from None
                     vmid = self._nextid()
                 if progress:
                     progress(f"{what}: {exc.message}; retrying (attempt {attempt + 1})")
@@ -586,18 +498,9 @@ class ProxmoxBackend(Backend):
             assert last is not None
             raise last
         self._placed[node] = self._placed.get(node, 0) + (spec.memory_mib << 20)
-        return Guest(
-            vmid=vmid,
-            name=spec.name,
-            node=node,
-            type="lxc",
-            status="stopped",
-            tags=list(spec.tags),
-            managed=True,
-            maxmem=spec.memory_mib << 20,
-            maxdisk=spec.disk_gib << 30,
-            cpus=float(spec.cores),
-        )
+        return Guest(vmid=vmid, name=spec.name, node=node, type="lxc", status="stopped", tags=list(spec.tags),
+                     managed=True, maxmem=spec.memory_mib << 20, maxdisk=spec.disk_gib << 30,
+                     cpus=float(spec.cores))
 
     # --- changing -----------------------------------------------------------------------------
 
@@ -612,17 +515,11 @@ class ProxmoxBackend(Backend):
         if delete:
             params["delete"] = ",".join(delete)
         if params:
-            self.call(
-                "PUT", f"{self._ct(guest)}/config", params, safe=True, what=f"updating CT {guest.vmid} ({guest.name})"
-            )
+            self.call("PUT", f"{self._ct(guest)}/config", params, safe=True,
+                      what=f"updating CT {guest.vmid} ({guest.name})")
         if size:
-            upid = self.call(
-                "PUT",
-                f"{self._ct(guest)}/resize",
-                {"disk": "rootfs", "size": str(size)},
-                safe=True,
-                what=f"growing the root disk of CT {guest.vmid} to {size}",
-            )
+            upid = self.call("PUT", f"{self._ct(guest)}/resize", {"disk": "rootfs", "size": str(size)}, safe=True,
+                             what=f"growing the root disk of CT {guest.vmid} to {size}")
             if isinstance(upid, str) and upid.startswith("UPID:"):
                 self.wait_task(upid, f"growing the root disk of CT {guest.vmid}")
         if guest.status != "running" or not params:
@@ -633,14 +530,8 @@ class ProxmoxBackend(Backend):
             return []
         return sorted(str(p["key"]) for p in pending if "pending" in p or p.get("delete"))
 
-    def _power(
-        self,
-        guest: Guest,
-        action: str,
-        params: dict[str, Any] | None = None,
-        done_when: str | None = None,
-        progress: Progress | None = None,
-    ) -> None:
+    def _power(self, guest: Guest, action: str, params: dict[str, Any] | None = None,
+               done_when: str | None = None, progress: Progress | None = None) -> None:
         what = f"{action} of CT {guest.vmid} ({guest.name})"
         try:
             upid = self.call("POST", f"{self._ct(guest)}/status/{action}", params, safe=False, what=what)
@@ -673,9 +564,8 @@ class ProxmoxBackend(Backend):
     def destroy(self, guest: Guest) -> None:
         what = f"destroying CT {guest.vmid} ({guest.name})"
         try:
-            upid = self.call(
-                "DELETE", self._ct(guest), {"purge": True, "destroy-unreferenced-disks": True}, safe=False, what=what
-            )
+            upid = self.call("DELETE", self._ct(guest), {"purge": True, "destroy-unreferenced-disks": True},
+                             safe=False, what=what)
         except BackendError:
             if not any(g.vmid == guest.vmid for g in self.list_guests()):
                 return
@@ -718,23 +608,20 @@ class ProxmoxBackend(Backend):
         target = f"{self.settings.ssh_user}@{self._node_address(guest.node)}"
         return [*self.settings.ssh_command, target, shlex.join(argv)]
 
-    def _run(
-        self, argv: list[str], what: str, *, input: bytes | None = None, timeout: float = 600
-    ) -> subprocess.CompletedProcess[bytes]:
+    def _run(self, argv: list[str], what: str, *, input: bytes | None = None,
+             timeout: float = 600) -> subprocess.CompletedProcess[bytes]:
         try:
             return subprocess.run(argv, input=input, capture_output=True, timeout=timeout, check=False)
         except FileNotFoundError:
-            raise BackendUnavailable(
-                f"{what}: {argv[0]} is not installed", hint="exec/push/pull need pct on the node, or ssh to reach it"
-            ) from None
+            raise BackendUnavailable(f"{what}: {argv[0]} is not installed",
+                                     hint="exec/push/pull need pct on the node, or ssh to reach it") from None
         except subprocess.TimeoutExpired:
             raise BackendError(f"{what}: no result within {timeout:.0f}s") from None
 
     def exec(self, guest: Guest, argv: list[str], *, input: str | None = None, timeout: float = 600) -> ExecResult:
         cmd = self._pct_argv(guest, ["exec", str(guest.vmid), "--", *argv])
-        p = self._run(
-            cmd, f"running {argv[0]} in CT {guest.vmid}", input=input.encode() if input else None, timeout=timeout
-        )
+        p = self._run(cmd, f"running {argv[0]} in CT {guest.vmid}", input=input.encode() if input else None,
+                      timeout=timeout)
         return ExecResult(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
 
     def push(self, guest: Guest, local: str, remote: str, mode: int = 0o644) -> None:
@@ -744,10 +631,8 @@ class ProxmoxBackend(Backend):
         if guest.node == self._local_node():
             p = self._run(["pct", *args, local, remote, *perms], what)
         else:
-            script = (
-                f't=$(mktemp) && cat > "$t" && pct {shlex.join(args)} "$t" {shlex.quote(remote)} '
-                f'{shlex.join(perms)}; r=$?; rm -f "$t"; exit $r'
-            )
+            script = (f"t=$(mktemp) && cat > \"$t\" && pct {shlex.join(args)} \"$t\" {shlex.quote(remote)} "
+                      f"{shlex.join(perms)}; r=$?; rm -f \"$t\"; exit $r")
             target = f"{self.settings.ssh_user}@{self._node_address(guest.node)}"
             with open(local, "rb") as fh:
                 p = self._run([*self.settings.ssh_command, target, script], what, input=fh.read())
@@ -759,10 +644,8 @@ class ProxmoxBackend(Backend):
         if guest.node == self._local_node():
             p = self._run(["pct", "pull", str(guest.vmid), remote, local], what)
         else:
-            script = (
-                f't=$(mktemp) && pct pull {guest.vmid} {shlex.quote(remote)} "$t" && cat "$t"; '
-                f'r=$?; rm -f "$t"; exit $r'
-            )
+            script = (f"t=$(mktemp) && pct pull {guest.vmid} {shlex.quote(remote)} \"$t\" && cat \"$t\"; "
+                      f"r=$?; rm -f \"$t\"; exit $r")
             target = f"{self.settings.ssh_user}@{self._node_address(guest.node)}"
             p = self._run([*self.settings.ssh_command, target, script], what)
             if p.returncode == 0:

@@ -19,8 +19,7 @@ from typing import Literal
 
 from pveguard.packages.status import Package
 
-PVEVERSION_ALWAYS = frozenset(
-    """
+PVEVERSION_ALWAYS = frozenset("""
 proxmox-ve pve-manager ceph-fuse corosync glusterfs-client libjs-extjs libknet1 libproxmox-acme-perl
 libproxmox-backup-qemu0 libproxmox-rs-perl libpve-access-control libpve-cluster-api-perl libpve-cluster-perl
 libpve-common-perl libpve-guest-common-perl libpve-http-server-perl libpve-notify-perl libpve-rs-perl
@@ -28,58 +27,27 @@ libpve-storage-perl libqb0 libspice-server1 lvm2 lxc-pve lxcfs novnc-pve proxmox
 proxmox-backup-restore-image proxmox-mail-forward proxmox-mini-journalreader proxmox-widget-toolkit pve-cluster
 pve-container pve-docs pve-edk2-firmware pve-firewall pve-firmware pve-ha-manager pve-i18n pve-qemu-kvm
 pve-xtermjs qemu-server smartmontools spiceterm swtpm vncterm
-""".split()
-)
+""".split())
 
-PVEVERSION_OPTIONAL = frozenset(
-    """
+PVEVERSION_OPTIONAL = frozenset("""
 amd64-microcode ceph criu dnsmasq frr-pythontools gfs2-utils ifupdown ifupdown2 intel-microcode
 ksm-control-daemon ksmtuned libpve-apiclient-perl libpve-network-perl openvswitch-switch
 proxmox-backup-file-restore proxmox-firewall proxmox-kernel-helper proxmox-offline-mirror-helper
 pve-esxi-import-tools pve-zsync zfsutils-linux
-""".split()
-)
+""".split())
 
-KERNEL_PATTERNS = ("proxmox-kernel-*", "pve-kernel-*", "proxmox-default-kernel", "pve-headers-*", "proxmox-headers-*")
-BOOT_CHAIN = frozenset(
-    {
-        "grub-pc",
-        "grub-efi-amd64",
-        "grub-efi-amd64-signed",
-        "grub-common",
-        "grub2-common",
-        "shim-signed",
-        "systemd-boot",
-        "efibootmgr",
-        "proxmox-kernel-helper",
-    }
-)
+KERNEL_PATTERNS = ("proxmox-kernel-*", "pve-kernel-*", "proxmox-default-kernel", "pve-headers-*",
+                   "proxmox-headers-*")
+BOOT_CHAIN = frozenset({"grub-pc", "grub-efi-amd64", "grub-efi-amd64-signed", "grub-common", "grub2-common",
+                        "shim-signed", "systemd-boot", "efibootmgr", "proxmox-kernel-helper"})
 
 # Units that must never be stopped or moved, whatever owns them.
-NEVER_STOP_UNITS = (
-    "pve-cluster",
-    "corosync",
-    "pvedaemon",
-    "pveproxy",
-    "pvestatd",
-    "pvescheduler",
-    "pve-ha-lrm",
-    "pve-ha-crm",
-    "watchdog-mux",
-    "pve-firewall",
-    "qmeventd",
-    "lxcfs",
-    "pve-lxc-syscalld",
-    "rrdcached",
-    "spiceproxy",
-    "ssh",
-    "sshd",
-    "chrony",
-    "pve-guests",
-    "pve-container@*",
-)
+NEVER_STOP_UNITS = ("pve-cluster", "corosync", "pvedaemon", "pveproxy", "pvestatd", "pvescheduler", "pve-ha-lrm",
+                    "pve-ha-crm", "watchdog-mux", "pve-firewall", "qmeventd", "lxcfs", "pve-lxc-syscalld",
+                    "rrdcached", "spiceproxy", "ssh", "sshd", "chrony", "pve-guests", "pve-container@*")
 
-Reason = Literal["closure", "pveversion", "kernel", "boot", "essential", "required", "extra", "optional", "non-core"]
+Reason = Literal["closure", "pveversion", "kernel", "boot", "essential", "required", "extra", "optional",
+                 "non-core"]
 
 
 @dataclass(frozen=True)

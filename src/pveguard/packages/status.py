@@ -14,21 +14,8 @@ from pathlib import Path
 DPKG_STATUS = Path("/var/lib/dpkg/status")
 APT_EXTENDED_STATES = Path("/var/lib/apt/extended_states")
 
-_KEEP = {
-    "package",
-    "status",
-    "version",
-    "depends",
-    "pre-depends",
-    "provides",
-    "essential",
-    "priority",
-    "architecture",
-    "section",
-    "maintainer",
-    "source",
-    "conffiles",
-}
+_KEEP = {"package", "status", "version", "depends", "pre-depends", "provides", "essential", "priority",
+         "architecture", "section", "maintainer", "source", "conffiles"}
 _VERSION_RE = re.compile(r"\s*\(.*?\)")
 _ARCH_RE = re.compile(r"\s*\[.*?\]|\s*<.*?>")
 
@@ -52,14 +39,8 @@ class Package:
     def installed(self) -> bool:
         """Unpacked or configured (what dpkg would count as present on disk)."""
         parts = self.status.split()
-        return len(parts) == 3 and parts[2] in (
-            "installed",
-            "half-configured",
-            "unpacked",
-            "triggers-awaited",
-            "triggers-pending",
-            "half-installed",
-        )
+        return len(parts) == 3 and parts[2] in ("installed", "half-configured", "unpacked", "triggers-awaited",
+                                                 "triggers-pending", "half-installed")
 
     def depends(self) -> list[list[str]]:
         """Depends and Pre-Depends as a list of alternatives, names only."""

@@ -41,16 +41,9 @@ class ApplyReport:
         return not self.failed and not self.skipped
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "created": self.created,
-            "updated": self.updated,
-            "resumed": self.resumed,
-            "deleted": self.deleted,
-            "skipped": self.skipped,
-            "restart_needed": self.restart_needed,
-            "failed": self.failed,
-            "ok": self.ok,
-        }
+        return {"created": self.created, "updated": self.updated, "resumed": self.resumed,
+                "deleted": self.deleted, "skipped": self.skipped, "restart_needed": self.restart_needed,
+                "failed": self.failed, "ok": self.ok}
 
 
 def update_params(changes: list[FieldChange], config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -85,29 +78,20 @@ def install_packages(backend: Backend, guest: Guest, packages: list[str], timeou
     env = ["env", "DEBIAN_FRONTEND=noninteractive"]
     r = backend.exec(guest, [*env, "apt-get", "update", "-q"], timeout=timeout)
     if r.ok:
-        r = backend.exec(
-            guest, [*env, "apt-get", "install", "-y", "-q", "--no-install-recommends", *packages], timeout=timeout
-        )
+        r = backend.exec(guest, [*env, "apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+                         timeout=timeout)
     if not r.ok:
         tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-5:])
-        raise BackendError(
-            f"installing {', '.join(packages)} in {guest.name} failed (exit {r.returncode}): {tail}",
-            hint="check the container's network and apt sources, then run apply again",
-        )
+        raise BackendError(f"installing {', '.join(packages)} in {guest.name} failed (exit {r.returncode}): {tail}",
+                           hint="check the container's network and apt sources, then run apply again")
     return r
 
 
 class Applier:
     """Runs a plan against a backend, journaling creates and recording every change in the ledger."""
 
-    def __init__(
-        self,
-        backend: Backend,
-        recorder: Recorder,
-        journal: Journal,
-        progress: Progress | None = None,
-        done: Progress | None = None,
-    ) -> None:
+    def __init__(self, backend: Backend, recorder: Recorder, journal: Journal,
+                 progress: Progress | None = None, done: Progress | None = None) -> None:
         self.backend = backend
         self.recorder = recorder
         self.journal = journal
@@ -139,14 +123,8 @@ class Applier:
         self.progress(f"creating {d.spec.name}")
         guest = self.backend.create(d.spec, progress=self.progress)
         self.journal.set(d.spec.name, "created", guest.vmid, guest.node)
-        self.recorder.record(
-            "provision.create",
-            f"ct/{guest.vmid}",
-            name=d.spec.name,
-            node=guest.node,
-            before=None,
-            after=desired_fields(d.spec),
-        )
+        self.recorder.record("provision.create", f"ct/{guest.vmid}", name=d.spec.name, node=guest.node,
+                             before=None, after=desired_fields(d.spec))
         self.done(f"created {d.spec.name} as CT {guest.vmid} on {guest.node}")
         self._finish(guest, d, ["start", "packages"])
         report.created.append(d.spec.name)
@@ -167,25 +145,15 @@ class Applier:
                 self.progress(f"starting {guest.name} (CT {guest.vmid})")
                 self.backend.start(guest)
                 guest.status = "running"
-                self.recorder.record(
-                    "provision.start",
-                    f"ct/{guest.vmid}",
-                    name=guest.name,
-                    before={"status": "stopped"},
-                    after={"status": "running"},
-                )
+                self.recorder.record("provision.start", f"ct/{guest.vmid}", name=guest.name,
+                                     before={"status": "stopped"}, after={"status": "running"})
                 self.done(f"started {guest.name}")
             self.journal.set(guest.name, "started", guest.vmid, guest.node)
         if "packages" in steps and d.packages:
             self.progress(f"installing {', '.join(d.packages)} in {guest.name}")
             install_packages(self.backend, guest, d.packages)
-            self.recorder.record(
-                "provision.packages",
-                f"ct/{guest.vmid}",
-                name=guest.name,
-                before=None,
-                after={"installed": list(d.packages)},
-            )
+            self.recorder.record("provision.packages", f"ct/{guest.vmid}", name=guest.name,
+                                 before=None, after={"installed": list(d.packages)})
             self.done(f"installed {', '.join(d.packages)} in {guest.name}")
         self.journal.done(guest.name)
 
@@ -196,15 +164,9 @@ class Applier:
             self.progress(f"updating {a.name} (CT {a.vmid})")
             pending = self.backend.update(a.guest, params, delete or None)
             applied = [c for c in a.changes if c.possible]
-            self.recorder.record(
-                "provision.update",
-                _target(a),
-                name=a.name,
-                node=a.node,
-                before={c.field: c.old for c in applied},
-                after={c.field: c.new for c in applied},
-                pending_restart=pending,
-            )
+            self.recorder.record("provision.update", _target(a), name=a.name, node=a.node,
+                                 before={c.field: c.old for c in applied}, after={c.field: c.new for c in applied},
+                                 pending_restart=pending)
             if a.guest.status == "running":
                 need = sorted(set(pending) | {c.field for c in applied if not c.live})
                 if need:

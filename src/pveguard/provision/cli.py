@@ -37,14 +37,8 @@ def compute_plan(app: AppContext, backend: Backend, prune: bool) -> Plan:
     return plan(desired_state(app.strategy), observe(backend), prune=prune, journal=Journal(app.store).entries())
 
 
-_SYMBOL = {
-    "create": ("+", "green"),
-    "update": ("~", "yellow"),
-    "resume": (">", "cyan"),
-    "unchanged": ("=", "dim"),
-    "delete": ("-", "red"),
-    "conflict": ("!", "red bold"),
-}
+_SYMBOL = {"create": ("+", "green"), "update": ("~", "yellow"), "resume": (">", "cyan"), "unchanged": ("=", "dim"),
+           "delete": ("-", "red"), "conflict": ("!", "red bold")}
 
 
 def render_plan(p: Plan) -> None:
@@ -55,20 +49,10 @@ def render_plan(p: Plan) -> None:
         console.print(f"[{style}]{sym} {a.kind} {escape(a.name)}[/]{escape(where)}", soft_wrap=True)
         if a.kind == "create" and a.desired is not None:
             f = desired_fields(a.desired.spec)
-            console.print(
-                escape(
-                    f"    cores {f['cores']}, memory {f['memory']} MiB, swap {f['swap']} MiB, "
-                    f"rootfs {f['rootfs']}, net0 {f['net0']}"
-                ),
-                soft_wrap=True,
-            )
-            console.print(
-                escape(
-                    f"    unprivileged {f['unprivileged']}, features {f['features'] or '-'}, onboot "
-                    f"{f['onboot']}, startup {f['startup'] or '-'}, tags {f['tags']}"
-                ),
-                soft_wrap=True,
-            )
+            console.print(escape(f"    cores {f['cores']}, memory {f['memory']} MiB, swap {f['swap']} MiB, "
+                                 f"rootfs {f['rootfs']}, net0 {f['net0']}"), soft_wrap=True)
+            console.print(escape(f"    unprivileged {f['unprivileged']}, features {f['features'] or '-'}, onboot "
+                                 f"{f['onboot']}, startup {f['startup'] or '-'}, tags {f['tags']}"), soft_wrap=True)
             if a.desired.packages:
                 console.print(escape(f"    packages: {' '.join(a.desired.packages)}"))
         for c in a.changes:
@@ -80,12 +64,9 @@ def render_plan(p: Plan) -> None:
         for n in a.notes:
             console.print(f"    [dim]{escape(n)}[/]", soft_wrap=True)
     cnt = p.counts()
-    console.print(
-        f"Plan: {cnt['create']} to create, {cnt['update']} to update, {cnt['resume']} to finish, "
-        f"{cnt['delete']} to delete, {cnt['unchanged']} unchanged"
-        + (f", {cnt['conflict']} conflict(s)" if cnt["conflict"] else "")
-        + "."
-    )
+    console.print(f"Plan: {cnt['create']} to create, {cnt['update']} to update, {cnt['resume']} to finish, "
+                  f"{cnt['delete']} to delete, {cnt['unchanged']} unchanged"
+                  + (f", {cnt['conflict']} conflict(s)" if cnt["conflict"] else "") + ".")
     if not p.has_changes:
         console.print("Nothing to do.")
 
@@ -93,9 +74,8 @@ def render_plan(p: Plan) -> None:
 def plan_cmd(
     ctx: typer.Context,
     json_out: JsonOpt = False,
-    detailed_exitcode: Annotated[
-        bool, typer.Option("--detailed-exitcode", help="Exit 0 when nothing would change, 2 when something would.")
-    ] = False,
+    detailed_exitcode: Annotated[bool, typer.Option(
+        "--detailed-exitcode", help="Exit 0 when nothing would change, 2 when something would.")] = False,
     prune: PruneOpt = False,
 ) -> None:
     """Show what apply would do: creates, updates (field: old -> new), unchanged, deletes (--prune)."""
@@ -119,29 +99,19 @@ def _confirm_deletes(p: Plan, yes: bool) -> None:
         return
     names = ", ".join(f"{a.name} (CT {a.vmid})" for a in deletes)
     if not sys.stdin.isatty():
-        raise UsageError(
-            f"apply --prune would delete {names}; that needs confirmation",
-            hint="run it in a terminal to confirm, or pass --yes",
-        )
+        raise UsageError(f"apply --prune would delete {names}; that needs confirmation",
+                         hint="run it in a terminal to confirm, or pass --yes")
     if not typer.confirm(f"Delete {names}? Their disks are destroyed.", default=False):
         raise UsageError("nothing applied: the deletes were not confirmed")
 
 
 def render_report(r: ApplyReport) -> None:
-    parts = [
-        f"{len(r.created)} created",
-        f"{len(r.updated)} updated",
-        f"{len(r.resumed)} finished",
-        f"{len(r.deleted)} deleted",
-    ]
+    parts = [f"{len(r.created)} created", f"{len(r.updated)} updated", f"{len(r.resumed)} finished",
+             f"{len(r.deleted)} deleted"]
     console.print("Apply: " + ", ".join(parts) + (f", {len(r.failed)} failed" if r.failed else "") + ".")
     for name, keys in sorted(r.restart_needed.items()):
-        console.print(
-            escape(
-                f"  {name}: restart needed for {', '.join(keys)} "
-                f"(pct reboot, or 'pveguard apply' after the next restart shows nothing)"
-            )
-        )
+        console.print(escape(f"  {name}: restart needed for {', '.join(keys)} "
+                             f"(pct reboot, or 'pveguard apply' after the next restart shows nothing)"))
     for name in r.skipped:
         err_console.print(escape(f"  {name}: not provided (conflict, see the plan above)"), style="red")
     for name, msg in sorted(r.failed.items()):
@@ -166,7 +136,6 @@ def apply_cmd(
         else:
             _confirm_deletes(p, yes)
             with err_console.status("applying") as status:
-
                 def progress(msg: str) -> None:
                     # a spinner in a terminal; plain lines in logs and CI, where a spinner shows nothing
                     if err_console.is_terminal:
@@ -213,43 +182,18 @@ def status_data(app: AppContext, backend: Backend) -> dict[str, Any]:
             continue
         seen.add(g.name)
         s = stats.get(g.vmid)
-        rows.append(
-            {
-                "name": g.name,
-                "vmid": g.vmid,
-                "node": g.node,
-                "state": s.status if s else g.status,
-                "in_strategy": g.name in desired,
-                "configured": {
-                    "cores": f["cores"],
-                    "memory_mib": int(f["memory"]),
-                    "swap_mib": int(f["swap"]),
-                    "rootfs": f["rootfs"],
-                },
-                "used": {
-                    "cpu_ratio": round(s.cpu, 4),
-                    "memory_bytes": s.mem,
-                    "disk_bytes": s.disk,
-                    "maxdisk_bytes": s.maxdisk,
-                    "uptime": s.uptime,
-                }
-                if s
-                else None,
-            }
-        )
+        rows.append({
+            "name": g.name, "vmid": g.vmid, "node": g.node, "state": s.status if s else g.status,
+            "in_strategy": g.name in desired,
+            "configured": {"cores": f["cores"], "memory_mib": int(f["memory"]), "swap_mib": int(f["swap"]),
+                           "rootfs": f["rootfs"]},
+            "used": {"cpu_ratio": round(s.cpu, 4), "memory_bytes": s.mem, "disk_bytes": s.disk,
+                     "maxdisk_bytes": s.maxdisk, "uptime": s.uptime} if s else None,
+        })
     missing = [n for n in desired if n not in seen]
-    return {
-        "backend": {
-            "name": caps.name,
-            "vlan_mode": caps.vlan_mode,
-            "live_memory_update": caps.live_memory_update,
-            "live_cpu_update": caps.live_cpu_update,
-            "backups": caps.backups,
-            "notes": caps.notes,
-        },
-        "containers": sorted(rows, key=lambda r: str(r["name"])),
-        "missing": missing,
-    }
+    return {"backend": {"name": caps.name, "vlan_mode": caps.vlan_mode, "live_memory_update": caps.live_memory_update,
+                        "live_cpu_update": caps.live_cpu_update, "backups": caps.backups, "notes": caps.notes},
+            "containers": sorted(rows, key=lambda r: str(r["name"])), "missing": missing}
 
 
 def status_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
@@ -270,16 +214,10 @@ def status_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     t = Table("name", "vmid", "node", "state", "cores", "cpu", "memory MiB (used/conf)", "disk GiB (used/conf)")
     for r in data["containers"]:
         c, u = r["configured"], r["used"] or {}
-        t.add_row(
-            r["name"] + ("" if r["in_strategy"] else " (not in strategy)"),
-            str(r["vmid"]),
-            r["node"],
-            r["state"],
-            c["cores"],
-            f"{100 * u.get('cpu_ratio', 0):.0f}%",
-            f"{_mib(u.get('memory_bytes', 0))}/{c['memory_mib']}",
-            f"{_gib(u.get('disk_bytes', 0))}/{c['rootfs'].rstrip('G')}",
-        )
+        t.add_row(r["name"] + ("" if r["in_strategy"] else " (not in strategy)"), str(r["vmid"]), r["node"],
+                  r["state"], c["cores"], f"{100 * u.get('cpu_ratio', 0):.0f}%",
+                  f"{_mib(u.get('memory_bytes', 0))}/{c['memory_mib']}",
+                  f"{_gib(u.get('disk_bytes', 0))}/{c['rootfs'].rstrip('G')}")
     console.print(t)
     if data["missing"]:
         console.print(escape("not created yet: " + ", ".join(data["missing"]) + " (run 'pveguard apply')"))

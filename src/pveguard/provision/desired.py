@@ -17,41 +17,13 @@ from pveguard.strategy.models import Container, Strategy
 from pveguard.strategy.units import GIB, MIB
 
 # The fields the planner compares, in display order.
-FIELDS = (
-    "hostname",
-    "cores",
-    "memory",
-    "swap",
-    "cpulimit",
-    "cpuunits",
-    "rootfs",
-    "net0",
-    "unprivileged",
-    "features",
-    "onboot",
-    "startup",
-    "tags",
-    "description",
-)
+FIELDS = ("hostname", "cores", "memory", "swap", "cpulimit", "cpuunits", "rootfs", "net0",
+          "unprivileged", "features", "onboot", "startup", "tags", "description")
 
 # Keys PVE applies to a running container at once (pve-container LXC/Config.pm: LXC_FASTPLUG_OPTIONS
 # plus what vmconfig_hotplug_pending hot-plugs); rootfs grows online through the resize call.
-LIVE_FIELDS = frozenset(
-    {
-        "hostname",
-        "cores",
-        "memory",
-        "swap",
-        "cpulimit",
-        "cpuunits",
-        "net0",
-        "onboot",
-        "startup",
-        "tags",
-        "description",
-        "rootfs",
-    }
-)
+LIVE_FIELDS = frozenset({"hostname", "cores", "memory", "swap", "cpulimit", "cpuunits", "net0", "onboot",
+                         "startup", "tags", "description", "rootfs"})
 # `unprivileged` is read-only after creation: a change needs a new container.
 IMMUTABLE_FIELDS = frozenset({"unprivileged"})
 
@@ -78,7 +50,8 @@ def description_for(c: Container) -> str:
 
 def is_managed_description(description: str | None) -> bool:
     """True when the description carries the marker on a line of its own."""
-    return bool(description) and any(line.strip() == MANAGED_MARKER for line in str(description).splitlines())
+    return bool(description) and any(
+        line.strip() == MANAGED_MARKER for line in str(description).splitlines())
 
 
 def tags_for(c: Container) -> list[str]:
@@ -91,35 +64,16 @@ def desired_state(strategy: Strategy) -> list[Desired]:
     pinned = strategy.target.proxmox.node
     out = []
     for c in strategy.containers:
-        net = NetSpec(
-            bridge=strategy.container_bridge(c),
-            vlan=strategy.container_vlan(c),
-            ip=c.network.ip,
-            gateway=c.network.gateway,
-            firewall=c.network.firewall,
-        )
+        net = NetSpec(bridge=strategy.container_bridge(c), vlan=strategy.container_vlan(c), ip=c.network.ip,
+                      gateway=c.network.gateway, firewall=c.network.firewall)
         spec = GuestSpec(
-            name=c.name,
-            role=c.role,
-            cores=c.resources.cores,
-            memory_mib=c.resources.memory // MIB,
-            swap_mib=c.resources.swap // MIB,
-            disk_gib=max(1, -(-c.resources.storage // GIB)),
-            net=net,
-            template=c.template,
-            storage=c.storage,
-            cpulimit=c.resources.cpulimit,
-            cpuunits=c.resources.cpuunits,
-            unprivileged=c.unprivileged,
-            features=dict(c.features),
-            onboot=c.onboot,
-            startup_order=c.startup.order,
-            startup_up=c.startup.up,
-            startup_down=c.startup.down,
-            tags=tags_for(c),
-            node=c.node or pinned,
-            vmid=c.vmid,
-            description=description_for(c),
+            name=c.name, role=c.role, cores=c.resources.cores,
+            memory_mib=c.resources.memory // MIB, swap_mib=c.resources.swap // MIB,
+            disk_gib=max(1, -(-c.resources.storage // GIB)), net=net, template=c.template,
+            storage=c.storage, cpulimit=c.resources.cpulimit, cpuunits=c.resources.cpuunits,
+            unprivileged=c.unprivileged, features=dict(c.features), onboot=c.onboot,
+            startup_order=c.startup.order, startup_up=c.startup.up, startup_down=c.startup.down,
+            tags=tags_for(c), node=c.node or pinned, vmid=c.vmid, description=description_for(c),
         )
         out.append(Desired(spec=spec, packages=list(c.packages)))
     return out

@@ -15,9 +15,8 @@ from pveguard.provision.plan import Plan, plan
 __all__ = ["ensure_container", "install_packages", "run_in_container"]
 
 
-def ensure_container(
-    app: AppContext, name: str, *, backend: Backend | None = None, progress: Progress | None = None
-) -> tuple[Backend, Guest]:
+def ensure_container(app: AppContext, name: str, *, backend: Backend | None = None,
+                     progress: Progress | None = None) -> tuple[Backend, Guest]:
     """Create/converge the strategy container `name` if needed and make sure it runs.
 
     Returns the backend (opened from the strategy unless given) and the running guest. Every change is
@@ -26,10 +25,8 @@ def ensure_container(
     strategy = app.strategy
     desired = [d for d in desired_state(strategy) if d.spec.name == name]
     if not desired:
-        raise ConfigError(
-            f"the strategy has no container named {name!r}",
-            hint="known: " + ", ".join(c.name for c in strategy.containers),
-        )
+        raise ConfigError(f"the strategy has no container named {name!r}",
+                          hint="known: " + ", ".join(c.name for c in strategy.containers))
     backend = backend or connect(strategy)
     journal = Journal(app.store)
     action = next(a for a in plan(desired, observe(backend), journal=journal.entries()).actions if a.name == name)
@@ -41,25 +38,17 @@ def ensure_container(
             raise OperationError(f"cannot provide container {name}: {report.failed[name]}")
     guest = next((g for g in backend.list_guests() if g.name == name and "pveguard" in g.tags), None)
     if guest is None:
-        raise OperationError(
-            f"container {name} was created but is not listed by the backend",
-            hint="run 'pveguard status' and 'pveguard apply' to converge",
-        )
+        raise OperationError(f"container {name} was created but is not listed by the backend",
+                             hint="run 'pveguard status' and 'pveguard apply' to converge")
     if guest.status != "running":
         backend.start(guest)
-        app.record(
-            "provision.start",
-            f"ct/{guest.vmid}",
-            name=name,
-            before={"status": guest.status},
-            after={"status": "running"},
-        )
+        app.record("provision.start", f"ct/{guest.vmid}", name=name, before={"status": guest.status},
+                   after={"status": "running"})
         guest.status = "running"
     return backend, guest
 
 
-def run_in_container(
-    backend: Backend, guest: Guest, argv: list[str], *, input: str | None = None, timeout: float = 1800
-) -> ExecResult:
+def run_in_container(backend: Backend, guest: Guest, argv: list[str], *, input: str | None = None,
+                     timeout: float = 1800) -> ExecResult:
     """Run argv inside the guest (through the backend's exec) and return its result."""
     return backend.exec(guest, argv, input=input, timeout=timeout)

@@ -45,8 +45,7 @@ class Journal:
                 "INSERT INTO provision_journal(name, vmid, node, step, updated) VALUES(?, ?, ?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET vmid = COALESCE(excluded.vmid, vmid), "
                 "node = COALESCE(excluded.node, node), step = excluded.step, updated = excluded.updated",
-                (name, vmid, node, step, now),
-            )
+                (name, vmid, node, step, now))
 
     def begin(self, name: str) -> None:
         """A fresh create: forget what an older row said about another guest of this name."""

@@ -40,7 +40,8 @@ class FieldChange:
         return f"{self.field}: {self.old or '(unset)'} -> {self.new or '(unset)'}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"field": self.field, "old": self.old, "new": self.new, "live": self.live, "possible": self.possible}
+        return {"field": self.field, "old": self.old, "new": self.new, "live": self.live,
+                "possible": self.possible}
 
 
 @dataclass
@@ -57,14 +58,8 @@ class Action:
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "action": self.kind,
-            "name": self.name,
-            "vmid": self.vmid,
-            "node": self.node,
-            "changes": [c.as_dict() for c in self.changes],
-            "notes": list(self.notes),
-        }
+        out: dict[str, Any] = {"action": self.kind, "name": self.name, "vmid": self.vmid, "node": self.node,
+                               "changes": [c.as_dict() for c in self.changes], "notes": list(self.notes)}
         if self.resume:
             out["resume"] = list(self.resume)
         if self.kind == "create" and self.desired is not None:
@@ -91,7 +86,8 @@ class Plan:
         return out
 
     def as_dict(self) -> dict[str, Any]:
-        return {"changes": self.has_changes, "counts": self.counts(), "actions": [a.as_dict() for a in self.actions]}
+        return {"changes": self.has_changes, "counts": self.counts(),
+                "actions": [a.as_dict() for a in self.actions]}
 
 
 @dataclass(frozen=True)
@@ -147,9 +143,8 @@ def managed_guests(observed: Observed) -> list[Guest]:
     return out
 
 
-def plan(
-    desired: list[Desired], observed: Observed, *, prune: bool = False, journal: list[JournalEntry] | None = None
-) -> Plan:
+def plan(desired: list[Desired], observed: Observed, *, prune: bool = False,
+         journal: list[JournalEntry] | None = None) -> Plan:
     """Compare desired with observed and say what apply would do, one Action per container."""
     managed = managed_guests(observed)
     managed_ids = {g.vmid for g in managed}
@@ -169,64 +164,28 @@ def plan(
         found = sorted(by_name.get(name, []), key=lambda g: g.vmid)
         if len(found) > 1:
             ids = ", ".join(str(g.vmid) for g in found)
-            actions.append(
-                Action(
-                    "conflict",
-                    name,
-                    desired=d,
-                    notes=[f"several managed guests are named {name} ({ids}); remove the extra ones, then apply again"],
-                )
-            )
+            actions.append(Action("conflict", name, desired=d, notes=[
+                f"several managed guests are named {name} ({ids}); remove the extra ones, then apply again"]))
             continue
         if not found:
             others = unmanaged_by_name.get(name, [])
             if others:
                 g = others[0]
-                actions.append(
-                    Action(
-                        "conflict",
-                        name,
-                        vmid=g.vmid,
-                        node=g.node,
-                        desired=d,
-                        guest=g,
-                        notes=[
-                            f"guest {g.vmid} on {g.node} is already named {name} but is not managed by pveguard; "
-                            f"rename it, or adopt it by adding the tag 'pveguard' and the line "
-                            f"'managed-by: pveguard' to its description"
-                        ],
-                    )
-                )
+                actions.append(Action("conflict", name, vmid=g.vmid, node=g.node, desired=d, guest=g, notes=[
+                    f"guest {g.vmid} on {g.node} is already named {name} but is not managed by pveguard; "
+                    f"rename it, or adopt it by adding the tag 'pveguard' and the line "
+                    f"'managed-by: pveguard' to its description"]))
                 continue
             notes = [f"pinned to node {d.spec.node}"] if d.spec.node else ["node: most free memory"]
             if d.spec.vmid is not None:
                 clash = next((g for g in observed.guests if g.vmid == d.spec.vmid), None)
                 if clash is not None:
-                    actions.append(
-                        Action(
-                            "conflict",
-                            name,
-                            vmid=clash.vmid,
-                            node=clash.node,
-                            desired=d,
-                            notes=[
-                                f"the strategy asks for VMID {d.spec.vmid} but guest {clash.vmid} ({clash.name}) "
-                                f"already uses it; change or remove 'vmid' in the strategy"
-                            ],
-                        )
-                    )
+                    actions.append(Action("conflict", name, vmid=clash.vmid, node=clash.node, desired=d, notes=[
+                        f"the strategy asks for VMID {d.spec.vmid} but guest {clash.vmid} ({clash.name}) "
+                        f"already uses it; change or remove 'vmid' in the strategy"]))
                     continue
-            actions.append(
-                Action(
-                    "create",
-                    name,
-                    vmid=d.spec.vmid,
-                    node=d.spec.node,
-                    desired=d,
-                    resume=["start", "packages"] if d.packages else ["start"],
-                    notes=notes,
-                )
-            )
+            actions.append(Action("create", name, vmid=d.spec.vmid, node=d.spec.node, desired=d,
+                                  resume=["start", "packages"] if d.packages else ["start"], notes=notes))
             continue
         g = found[0]
         cfg = observed.configs[g.vmid]
@@ -234,28 +193,14 @@ def plan(
         if cfg.get("lock") == "create":
             # still being created (a run that died or timed out): the config is not complete yet
             steps = _RESUME_STEPS["creating"] if j is None or j.vmid in (None, g.vmid) else []
-            actions.append(
-                Action(
-                    "resume",
-                    name,
-                    vmid=g.vmid,
-                    node=g.node,
-                    desired=d,
-                    guest=g,
-                    config=cfg,
-                    resume=["wait", *(s for s in steps if s != "packages" or d.packages)],
-                    notes=["creation still in progress (lock: create); apply waits for it"],
-                )
-            )
+            actions.append(Action("resume", name, vmid=g.vmid, node=g.node, desired=d, guest=g, config=cfg,
+                                  resume=["wait", *(s for s in steps if s != "packages" or d.packages)],
+                                  notes=["creation still in progress (lock: create); apply waits for it"]))
             continue
         changes = diff_fields(desired_fields(d.spec), actual_fields(cfg))
-        notes = [
-            f"{c.field} cannot change from {c.old} to {c.new} in place "
-            f"({'a new container is needed' if c.field in IMMUTABLE_FIELDS else 'disks only grow'}); "
-            f"left as is"
-            for c in changes
-            if not c.possible
-        ]
+        notes = [f"{c.field} cannot change from {c.old} to {c.new} in place "
+                 f"({'a new container is needed' if c.field in IMMUTABLE_FIELDS else 'disks only grow'}); "
+                 f"left as is" for c in changes if not c.possible]
         if g.lock:
             notes.append(f"guest is locked ({g.lock}); changes fail until the lock is released")
         resume = []
@@ -263,38 +208,17 @@ def plan(
             resume = [s for s in _RESUME_STEPS.get(j.step, []) if s != "packages" or d.packages]
         possible = [c for c in changes if c.possible]
         kind: ActionKind = "update" if possible else ("resume" if resume else "unchanged")
-        actions.append(
-            Action(
-                kind,
-                name,
-                vmid=g.vmid,
-                node=g.node,
-                changes=changes,
-                desired=d,
-                guest=g,
-                config=cfg,
-                resume=resume,
-                notes=notes,
-            )
-        )
+        actions.append(Action(kind, name, vmid=g.vmid, node=g.node, changes=changes, desired=d, guest=g,
+                              config=cfg, resume=resume, notes=notes))
     for g in sorted(managed, key=lambda g: g.vmid):
         if g.name in wanted:
             continue
         if prune:
-            actions.append(
-                Action("delete", g.name, vmid=g.vmid, node=g.node, guest=g, config=observed.configs.get(g.vmid))
-            )
+            actions.append(Action("delete", g.name, vmid=g.vmid, node=g.node, guest=g,
+                                  config=observed.configs.get(g.vmid)))
         else:
-            actions.append(
-                Action(
-                    "unchanged",
-                    g.name,
-                    vmid=g.vmid,
-                    node=g.node,
-                    guest=g,
-                    notes=["managed guest no longer in the strategy; 'apply --prune' deletes it"],
-                )
-            )
+            actions.append(Action("unchanged", g.name, vmid=g.vmid, node=g.node, guest=g, notes=[
+                "managed guest no longer in the strategy; 'apply --prune' deletes it"]))
     return plan_sorted(actions)
 
 

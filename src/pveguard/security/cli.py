@@ -37,14 +37,8 @@ def show(
     table = Table("seq", "time (UTC)", "actor", "action", "target", "details")
     for e in entries:
         details = ", ".join(f"{k}={v}" for k, v in e.details.items())
-        table.add_row(
-            str(e.seq),
-            e.ts[:19].replace("T", " "),
-            e.actor,
-            e.action,
-            e.target,
-            details[:120],
-        )
+        table.add_row(str(e.seq), e.ts[:19].replace("T", " "), e.actor, e.action, e.target,
+                      details[:120], )
     console.print(table)
 
 
@@ -60,9 +54,8 @@ def verify(
     elif result.ok:
         console.print(f"ledger intact: {result.entries} entries")
     else:
-        error(
-            f"ledger damaged at entry {result.first_bad}: {result.reason} ({result.entries} entries verified before it)"
-        )
+        error(f"ledger damaged at entry {result.first_bad}: {result.reason} "
+              f"({result.entries} entries verified before it)")
     if not result.ok:
         raise typer.Exit(1)
 
@@ -81,9 +74,8 @@ def _normalise_since(value: str) -> str:
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(
-            f"--since {value!r} is neither a time nor an age", hint="use e.g. 2026-11-26T10:00:00Z or 6h"
-        ) from None
+        raise UsageError(f"--since {value!r} is neither a time nor an age",
+                         hint="use e.g. 2026-11-26T10:00:00Z or 6h") from None
     if dt.tzinfo is None:
         dt = dt.astimezone()
     return dt.astimezone(UTC).isoformat()

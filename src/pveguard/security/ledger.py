@@ -58,14 +58,8 @@ class Entry:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "seq": self.seq,
-            "ts": self.ts,
-            "actor": self.actor,
-            "action": self.action,
-            "target": self.target,
-            "details": self.details,
-            "prev_hash": self.prev_hash,
-            "hash": self.hash,
+            "seq": self.seq, "ts": self.ts, "actor": self.actor, "action": self.action,
+            "target": self.target, "details": self.details, "prev_hash": self.prev_hash, "hash": self.hash,
         }
 
 
@@ -111,19 +105,16 @@ class Ledger:
                     hint="fix security.ledger_hmac_key_file in the strategy or the file's permissions",
                 ) from None
             if not self._key:
-                raise ConfigError(
-                    f"the ledger HMAC key file {hmac_key_file} is empty",
-                    hint="write a random key into it, e.g. 'head -c 32 /dev/urandom | base64'",
-                )
+                raise ConfigError(f"the ledger HMAC key file {hmac_key_file} is empty",
+                                  hint="write a random key into it, e.g. 'head -c 32 /dev/urandom | base64'")
 
     def _digest(self, payload: bytes) -> str:
         if self._key is not None:
             return hmac.new(self._key, payload, hashlib.sha256).hexdigest()
         return hashlib.sha256(payload).hexdigest()
 
-    def append(
-        self, action: str, target: str = "", details: dict[str, Any] | None = None, actor: str | None = None
-    ) -> Entry:
+    def append(self, action: str, target: str = "", details: dict[str, Any] | None = None,
+               actor: str | None = None) -> Entry:
         """Add one entry at the end of the chain (atomically with the head record)."""
         actor = actor or current_actor()
         details_json = json.dumps(details or {}, sort_keys=True, separators=(",", ":"), default=str)
@@ -146,14 +137,8 @@ class Ledger:
                 conn.execute("INSERT INTO ledger_checkpoint(seq, hash, ts) VALUES(?, ?, ?)", (seq, digest, ts))
         return Entry(seq, ts, actor, action, target, json.loads(details_json), prev, digest)
 
-    def entries(
-        self,
-        *,
-        since: str | None = None,
-        action: str | None = None,
-        target: str | None = None,
-        limit: int | None = None,
-    ) -> list[Entry]:
+    def entries(self, *, since: str | None = None, action: str | None = None,
+                target: str | None = None, limit: int | None = None) -> list[Entry]:
         """Entries in chain order, filtered; `action` matches exactly or as a prefix ending in '.'."""
         sql = "SELECT * FROM ledger WHERE 1=1"
         args: list[Any] = []
@@ -184,21 +169,15 @@ class Ledger:
             seq = row["seq"]
             if seq != expected_seq:
                 if seq > expected_seq:
-                    return VerifyResult(
-                        False, count, expected_seq, f"entry {expected_seq} is missing (next present is {seq}): deleted"
-                    )
+                    return VerifyResult(False, count, expected_seq,
+                                        f"entry {expected_seq} is missing (next present is {seq}): deleted")
                 return VerifyResult(False, count, seq, f"entry {seq} is out of order: reordered or inserted")
             if row["prev_hash"] != prev:
-                return VerifyResult(
-                    False,
-                    count,
-                    seq,
-                    f"entry {seq} does not follow entry {seq - 1}: inserted, reordered or "
-                    "an earlier entry was replaced",
-                )
-            digest = self._digest(
-                _canonical(seq, row["ts"], row["actor"], row["action"], row["target"], row["details"], row["prev_hash"])
-            )
+                return VerifyResult(False, count, seq,
+                                    f"entry {seq} does not follow entry {seq - 1}: inserted, reordered or "
+                                    "an earlier entry was replaced")
+            digest = self._digest(_canonical(seq, row["ts"], row["actor"], row["action"], row["target"],
+                                             row["details"], row["prev_hash"]))
             if not hmac.compare_digest(digest, row["hash"]):
                 return VerifyResult(False, count, seq, f"entry {seq} was modified (its hash does not match)")
             hashes[seq] = row["hash"]
@@ -209,37 +188,23 @@ class Ledger:
         head = self.store.conn.execute("SELECT seq, hash FROM ledger_head WHERE id = 1").fetchone()
         if head is not None:
             if head["seq"] > last:
-                return VerifyResult(
-                    False,
-                    count,
-                    last + 1,
-                    f"the ledger ends at entry {last} but entry {head['seq']} was recorded: the tail was truncated",
-                )
+                return VerifyResult(False, count, last + 1,
+                                    f"the ledger ends at entry {last} but entry {head['seq']} was recorded: "
+                                    "the tail was truncated")
             if hashes.get(head["seq"]) != head["hash"]:
                 return VerifyResult(False, count, head["seq"], f"entry {head['seq']} differs from the recorded head")
         elif count:
             return VerifyResult(False, count, None, "the head record is missing")
         for cp in self.store.conn.execute("SELECT seq, hash FROM ledger_checkpoint ORDER BY seq"):
             if cp["seq"] > last:
-                return VerifyResult(
-                    False,
-                    count,
-                    last + 1,
-                    f"checkpoint at entry {cp['seq']} is beyond the end ({last}): the tail was truncated",
-                )
+                return VerifyResult(False, count, last + 1,
+                                    f"checkpoint at entry {cp['seq']} is beyond the end ({last}): "
+                                    "the tail was truncated")
             if hashes.get(cp["seq"]) != cp["hash"]:
                 return VerifyResult(False, count, cp["seq"], f"entry {cp['seq']} differs from its checkpoint")
         return VerifyResult(True, count)
 
 
 def _entry(row: Any) -> Entry:
-    return Entry(
-        row["seq"],
-        row["ts"],
-        row["actor"],
-        row["action"],
-        row["target"],
-        json.loads(row["details"]),
-        row["prev_hash"],
-        row["hash"],
-    )
+    return Entry(row["seq"], row["ts"], row["actor"], row["action"], row["target"],
+                 json.loads(row["details"]), row["prev_hash"], row["hash"])

@@ -54,12 +54,8 @@ def _scalar(value: Any) -> str:
         return str(value)
     text = str(value)
     # Quote anything YAML might read as another type or that has special characters.
-    plain_ok = (
-        text
-        and text[0].isalnum()
-        and not any(ch in text for ch in ":#{}[],&*!|>'\"%@`")
+    plain_ok = text and text[0].isalnum() and not any(ch in text for ch in ":#{}[],&*!|>'\"%@`") \
         and text.lower() not in ("yes", "no", "on", "off", "true", "false", "null", "~")
-    )
     try:
         float(text)
         plain_ok = False

@@ -188,12 +188,8 @@ def _message(err: Any, loc: Loc) -> str:
     if typ == "literal_error":
         return f"{inp!r} is not allowed; use one of {ctx.get('expected')}"
     if typ in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-        bound = {
-            "greater_than_equal": ("at least", "ge"),
-            "greater_than": ("more than", "gt"),
-            "less_than_equal": ("at most", "le"),
-            "less_than": ("less than", "lt"),
-        }[typ]
+        bound = {"greater_than_equal": ("at least", "ge"), "greater_than": ("more than", "gt"),
+                 "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}[typ]
         return f"{inp!r} is out of range; it must be {bound[0]} {ctx.get(bound[1])}"
     if typ in ("int_parsing", "int_type", "int_from_float"):
         return f"{inp!r} is not a whole number"
@@ -247,20 +243,15 @@ def semantic_problems(strategy: Strategy, pos: Positions, path: str) -> list[Pro
         want = sum(c.resources.memory for c in strategy.containers)
         allowed = (host_mem - strategy.resources.host_reserved_memory) * strategy.resources.max_memory_overcommit
         if want > allowed:
-            add(
-                ("containers",),
+            add(("containers",),
                 f"containers ask for {want >> 20} MiB of memory, more than the host can give "
                 f"({int(allowed) >> 20} MiB after the reserve, overcommit x{strategy.resources.max_memory_overcommit})",
-                "warning",
-            )
+                "warning")
     cores = sum(c.resources.cores for c in strategy.containers)
     if cores > host_cores * strategy.resources.max_cpu_overcommit:
-        add(
-            ("containers",),
+        add(("containers",),
             f"containers ask for {cores} cores, more than {host_cores} host cores allow "
-            f"(overcommit x{strategy.resources.max_cpu_overcommit})",
-            "warning",
-        )
+            f"(overcommit x{strategy.resources.max_cpu_overcommit})", "warning")
     return problems
 
 

@@ -26,7 +26,9 @@ from pydantic import (
 from pveguard.strategy.units import GIB, MIB, format_duration, format_size, parse_duration, parse_size
 
 Size = Annotated[int, BeforeValidator(parse_size), PlainSerializer(format_size, return_type=str)]
-Duration = Annotated[timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)]
+Duration = Annotated[
+    timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
+]
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _FREQUENCY_KEYWORDS = {"minutely", "hourly", "daily", "weekly", "monthly", "yearly", "annually", "quarterly"}
@@ -81,37 +83,20 @@ class CoreFunction(StrictModel):
 
 
 DEFAULT_CORE_FUNCTIONS: list[dict[str, Any]] = [
-    {
-        "name": "hypervisor",
-        "description": "KVM/QEMU and LXC guest runtime",
-        "packages": ["pve-qemu-kvm", "qemu-server", "pve-container", "lxc-pve", "lxcfs"],
-    },
-    {
-        "name": "storage",
-        "description": "storage plugins, ZFS, Ceph client, LVM",
-        "packages": ["libpve-storage-perl", "zfsutils-linux", "lvm2", "ceph-common"],
-    },
-    {"name": "network", "description": "bridges, bonds, VLANs, SDN", "packages": ["ifupdown2", "libpve-network-perl"]},
-    {
-        "name": "cluster",
-        "description": "corosync, pmxcfs, HA manager",
-        "packages": ["pve-cluster", "corosync", "pve-ha-manager"],
-    },
-    {
-        "name": "backup-restore-core",
-        "description": "vzdump and the PBS client",
-        "packages": ["pve-manager", "proxmox-backup-client"],
-    },
-    {
-        "name": "security-access-control",
-        "description": "users, realms, ACLs, firewall, certificates",
-        "packages": ["libpve-access-control", "pve-firewall"],
-    },
-    {
-        "name": "hardware-monitoring",
-        "description": "SMART, sensors, RRD statistics",
-        "packages": ["smartmontools", "rrdcached"],
-    },
+    {"name": "hypervisor", "description": "KVM/QEMU and LXC guest runtime",
+     "packages": ["pve-qemu-kvm", "qemu-server", "pve-container", "lxc-pve", "lxcfs"]},
+    {"name": "storage", "description": "storage plugins, ZFS, Ceph client, LVM",
+     "packages": ["libpve-storage-perl", "zfsutils-linux", "lvm2", "ceph-common"]},
+    {"name": "network", "description": "bridges, bonds, VLANs, SDN",
+     "packages": ["ifupdown2", "libpve-network-perl"]},
+    {"name": "cluster", "description": "corosync, pmxcfs, HA manager",
+     "packages": ["pve-cluster", "corosync", "pve-ha-manager"]},
+    {"name": "backup-restore-core", "description": "vzdump and the PBS client",
+     "packages": ["pve-manager", "proxmox-backup-client"]},
+    {"name": "security-access-control", "description": "users, realms, ACLs, firewall, certificates",
+     "packages": ["libpve-access-control", "pve-firewall"]},
+    {"name": "hardware-monitoring", "description": "SMART, sensors, RRD statistics",
+     "packages": ["smartmontools", "rrdcached"]},
 ]
 
 
@@ -243,77 +228,36 @@ class Container(StrictModel):
 def _default_containers() -> list[Container]:
     return [
         Container(
-            name="pve-monitoring",
-            role="monitoring",
+            name="pve-monitoring", role="monitoring",
             purpose="Grafana, Prometheus and metric collectors, off the hypervisor",
-            components=[
-                "grafana",
-                "prometheus",
-                "custom metrics collectors",
-                "performance analyzers",
-                "node-exporter",
-                "alertmanager",
-                "loki",
-                "influxdb",
-                "telegraf",
-            ],
+            components=["grafana", "prometheus", "custom metrics collectors", "performance analyzers",
+                        "node-exporter", "alertmanager", "loki", "influxdb", "telegraf"],
             resources=ContainerResources(cores=2, memory=4 * GIB, storage=20 * GIB),
             startup=Startup(order=2),
             health_checks=[HealthCheck(type="tcp", port=22)],
         ),
         Container(
-            name="pve-backup-manager",
-            role="backup",
+            name="pve-backup-manager", role="backup",
             purpose="backup schedulers, retention, offsite sync and verification",
-            components=[
-                "backup schedulers",
-                "retention managers",
-                "offsite sync tools",
-                "backup verification",
-                "restic",
-                "rclone",
-                "borg",
-                "borgbackup",
-                "rsync",
-            ],
+            components=["backup schedulers", "retention managers", "offsite sync tools",
+                        "backup verification", "restic", "rclone", "borg", "borgbackup", "rsync"],
             # "storage based on backup needs": a modest root disk plus an optional backup volume.
             resources=ContainerResources(cores=1, memory=2 * GIB, storage=16 * GIB),
             startup=Startup(order=3),
         ),
         Container(
-            name="pve-dev-tools",
-            role="devtools",
+            name="pve-dev-tools", role="devtools",
             purpose="CI/CD pipelines, testing frameworks, development environments",
-            components=[
-                "ci/cd pipelines",
-                "testing frameworks",
-                "development environments",
-                "code repositories",
-                "gitlab-runner",
-                "jenkins",
-                "docker",
-                "podman",
-                "git",
-            ],
+            components=["ci/cd pipelines", "testing frameworks", "development environments",
+                        "code repositories", "gitlab-runner", "jenkins", "docker", "podman", "git"],
             resources=ContainerResources(cores=2, memory=4 * GIB, storage=50 * GIB),
-            onboot=False,
-            startup=Startup(order=4),
+            onboot=False, startup=Startup(order=4),
         ),
         Container(
-            name="pve-api-gateway",
-            role="gateway",
+            name="pve-api-gateway", role="gateway",
             purpose="API servers, integration services, custom scripts and webhooks",
-            components=[
-                "api servers",
-                "integration services",
-                "custom scripts",
-                "webhooks",
-                "nginx",
-                "caddy",
-                "traefik",
-                "haproxy",
-                "webhook",
-            ],
+            components=["api servers", "integration services", "custom scripts", "webhooks",
+                        "nginx", "caddy", "traefik", "haproxy", "webhook"],
             resources=ContainerResources(cores=1, memory=2 * GIB, storage=10 * GIB),
             startup=Startup(order=1),
         ),
@@ -457,24 +401,9 @@ class ContainerBackups(StrictModel):
 
 
 def _default_config_paths() -> list[str]:
-    return [
-        "/etc/pve",
-        "/etc/network",
-        "/etc/apt",
-        "/etc/pveguard",
-        "/etc/hosts",
-        "/etc/hostname",
-        "/etc/fstab",
-        "/etc/systemd/system",
-        "/etc/corosync",
-        "/etc/ssh",
-        "/etc/lvm",
-        "/etc/modprobe.d",
-        "/etc/sysctl.d",
-        "/etc/cron.d",
-        "/etc/vzdump.conf",
-        "/root/.ssh",
-    ]
+    return ["/etc/pve", "/etc/network", "/etc/apt", "/etc/pveguard", "/etc/hosts", "/etc/hostname",
+            "/etc/fstab", "/etc/systemd/system", "/etc/corosync", "/etc/ssh", "/etc/lvm", "/etc/modprobe.d",
+            "/etc/sysctl.d", "/etc/cron.d", "/etc/vzdump.conf", "/root/.ssh"]
 
 
 class HostConfigBackups(StrictModel):
@@ -524,11 +453,7 @@ class ContainerFailure(StrictModel):
 
 ExhaustionAction = Literal["identify_high_usage", "scale_resources", "migrate", "root_cause_analysis"]
 DEFAULT_EXHAUSTION_ACTIONS: tuple[ExhaustionAction, ...] = (
-    "identify_high_usage",
-    "scale_resources",
-    "migrate",
-    "root_cause_analysis",
-)
+    "identify_high_usage", "scale_resources", "migrate", "root_cause_analysis")
 
 
 class ResourceExhaustion(StrictModel):

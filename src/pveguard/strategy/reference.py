@@ -54,12 +54,8 @@ def _kind(field: FieldInfo) -> str | None:
     """'size', 'duration' or 'schedule' for the strategy's own scalar types (kept in metadata)."""
     from pveguard.strategy import models, units
 
-    funcs = {
-        units.parse_size: "size",
-        units.parse_duration: "duration",
-        models._check_frequency: "schedule",
-        models._check_vlan: "vlan",
-    }
+    funcs = {units.parse_size: "size", units.parse_duration: "duration", models._check_frequency: "schedule",
+             models._check_vlan: "vlan"}
     for meta in _all_metadata(field):
         func = getattr(meta, "func", None)
         if func in funcs:
@@ -113,14 +109,8 @@ def rows(model: type[BaseModel] = Strategy, prefix: str = "") -> list[tuple[str,
         type_name = _type_name(field.annotation)
         if kind:
             type_name = kind + (" (optional)" if "optional" in type_name else "")
-        out.append(
-            (
-                path,
-                "list of mappings" if sub and is_list else type_name,
-                _default(field),
-                (field.description or "").replace("|", "\\|"),
-            )
-        )
+        out.append((path, "list of mappings" if sub and is_list else type_name,
+                    _default(field), (field.description or "").replace("|", "\\|")))
         if sub is not None:
             out += rows(sub, f"{path}[]." if is_list else f"{path}.")
     return out
