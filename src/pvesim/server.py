@@ -344,6 +344,11 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Failed TLS handshakes (clients that do not trust the cert) and dropped connections are
+        # normal for a server: log them, never print tracebacks onto the test's stderr.
+        log.debug("connection from %s failed", client_address, exc_info=True)
+
 
 class SimServer:
     """The emulator listening on host:port (HTTPS with a generated self-signed cert unless tls=False)."""

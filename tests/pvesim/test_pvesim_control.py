@@ -319,3 +319,15 @@ def test_status_lag_shows_unknown_until_statd_reported(pvesim_factory) -> None: 
     assert px.nodes("pve1").lxc(300).status.current.get()["status"] == "stopped"  # the node itself knows
     sim.control("POST", "/clock", {"advance": 10})
     assert px.cluster.resources.get(type="vm")[0]["status"] == "stopped"
+
+
+def test_untrusting_client_leaves_no_traceback(pvesim: SimHandle, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context()  # does not trust pvesim's self-signed certificate
+    with socket.create_connection((pvesim.hostname, pvesim.port)) as raw, pytest.raises(ssl.SSLCertVerificationError):
+        ctx.wrap_socket(raw, server_hostname=pvesim.hostname)
+    time.sleep(0.2)
+    assert pvesim.api("GET", "/version")[0] == 200
+    assert "Traceback" not in capsys.readouterr().err
