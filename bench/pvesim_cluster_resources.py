@@ -248,9 +248,10 @@ def _write_section(path: Path, section: str) -> None:
         doc = path.read_text()
     else:
         doc = "# Benchmarks\n\nMeasured figures with the exact command that reproduces each.\n\n"
+    section = section.rstrip("\n") + "\n\n"
     start = doc.find("## pvesim\n")
     if start == -1:
-        doc = doc.rstrip("\n") + "\n\n" + section
+        doc = doc.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
     else:
         end = doc.find("\n## ", start + 1)
         doc = doc[:start] + section + (doc[end + 1 :] if end != -1 else "")
