@@ -15,6 +15,7 @@ import typer
 from pveguard import __version__
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, EXIT_USAGE, PveguardError, UsageError
+from pveguard.guard import cli as guard_cli
 from pveguard.output import console, error, print_json, warn
 from pveguard.security import cli as audit_log_cli
 
@@ -27,6 +28,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(audit_log_cli.app, name="audit-log")
+guard_cli.register(app)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable shape, see docs/json.md).")]
 
