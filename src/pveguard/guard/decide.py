@@ -180,21 +180,21 @@ class Approval:
 def match_approval(approvals: Iterable[Approval], package: str, version: str | None,
                    now: float) -> tuple[Approval | None, str]:
     """The approval that covers `package` at `version` now, else (None, why none applies)."""
-    why = ""
+    why: list[str] = []
     for a in sorted(approvals, key=lambda a: a.id):
         if a.package != package:
             continue
         if a.revoked:
-            why = why or f"approval #{a.id} was revoked"
+            why.append(f"approval #{a.id} was revoked")
         elif a.expires_at <= now:
-            why = why or f"approval #{a.id} has expired"
+            why.append(f"approval #{a.id} has expired")
         elif a.uses_left <= 0:
-            why = why or f"approval #{a.id} is used up"
+            why.append(f"approval #{a.id} is used up")
         elif a.version is not None and a.version != version:
-            why = why or f"approval #{a.id} is for version {a.version}, not {version or 'removal'}"
+            why.append(f"approval #{a.id} is for version {a.version}, not {version or 'removal'}")
         else:
             return a, ""
-    return None, why
+    return None, "; ".join(why)
 
 
 # --- decisions ------------------------------------------------------------------------------------
