@@ -7,9 +7,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 import aptchroot
+import pytest
 
 
 @pytest.fixture(scope="session")

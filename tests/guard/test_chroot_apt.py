@@ -8,6 +8,7 @@ Each test runs in its own overlay over a prepared root that has the fake PVE tre
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 
 import pytest
@@ -16,9 +17,9 @@ from aptchroot import AptChroot
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
 
-def refused_cleanly(ch: AptChroot, before: str, r: object) -> None:
+def refused_cleanly(ch: AptChroot, before: str, r: subprocess.CompletedProcess[str]) -> None:
     """apt exit 100, dpkg status byte-identical, dpkg --audit clean."""
-    assert getattr(r, "returncode") == 100, getattr(r, "stdout") + getattr(r, "stderr")
+    assert r.returncode == 100, r.stdout + r.stderr
     assert ch.status_sha() == before
     audit = ch.run(["dpkg", "--audit"])
     assert audit.returncode == 0 and audit.stdout.strip() == "", audit.stdout

@@ -241,6 +241,9 @@ class Decision:
 
     @property
     def used_approvals(self) -> list[int]:
+        """Approvals this decision spends: only an enforced transaction that goes through spends any."""
+        if not self.allowed or self.mode != "enforce":
+            return []
         return sorted({i.approval_id for i in self.items if i.approval_id is not None and i.verdict == "allow"})
 
 

@@ -21,6 +21,7 @@ import getpass
 import hashlib
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Mapping
@@ -111,23 +112,31 @@ def _run(environ: Mapping[str, str], out: IO[str], paths: HookEnv) -> int:
                           "re-register the hook with 'pveguard guard install'") from None
     store = _open_store(policy)
     try:
-        candidates = build_candidates(message.package_actions(), policy, paths.dpkg_status,
-                                      Path(policy.state_dir))
-        from pveguard.guard import approvals as approvals_mod
-
-        names = [c.action.package for c in candidates]
-        now = time.time()
-        rules = approvals_mod.for_packages(store, names)
-        decision = decide(candidates, policy, rules, now)
-        used: list[int] = []
-        if decision.mode == "enforce" and decision.allowed and not message.dry_run:
-            used = approvals_mod.consume(store, decision.used_approvals, now)
-        lines = messages(decision, policy)
-        details = _details(message, decision, environ, used, started)
-        action = "guard.check" if message.dry_run else "guard.decision"
-        _ledger(store, policy).append(action, _target(names), details, actor=_actor(environ))
+        return _decide_and_record(message, policy, store, environ, out, paths, started)
+    except (sqlite3.Error, OSError) as exc:
+        raise HookFailure(f"cannot use the pveguard state in {policy.state_dir}: {exc}",
+                          "check the disk and the state database (pveguard audit-log verify)") from None
     finally:
         store.close()
+
+
+def _decide_and_record(message: HookInput, policy: Policy, store: Any, environ: Mapping[str, str],
+                       out: IO[str], paths: HookEnv, started: float) -> int:
+    candidates = build_candidates(message.package_actions(), policy, paths.dpkg_status,
+                                  Path(policy.state_dir))
+    from pveguard.guard import approvals as approvals_mod
+
+    names = [c.action.package for c in candidates]
+    now = time.time()
+    rules = approvals_mod.for_packages(store, names)
+    decision = decide(candidates, policy, rules, now)
+    used: list[int] = []
+    if decision.mode == "enforce" and decision.allowed and not message.dry_run:
+        used = approvals_mod.consume(store, decision.used_approvals, now)
+    lines = messages(decision, policy)
+    details = _details(message, decision, environ, used, started)
+    action = "guard.check" if message.dry_run else "guard.decision"
+    _ledger(store, policy).append(action, _target(names), details, actor=_actor(environ))
     for line in lines:
         _say(out, line)
     if decision.allowed:
@@ -196,6 +205,9 @@ def _open_store(policy: Policy) -> Any:
         return Store(Path(policy.state_dir))
     except StateError as exc:
         raise HookFailure(f"cannot open the pveguard state: {exc.message}", exc.hint or "") from None
+    except OSError as exc:
+        raise HookFailure(f"cannot open the pveguard state in {policy.state_dir}: {exc.strerror}",
+                          "fix STATE_DIR / the directory, then run 'pveguard guard install'") from None
 
 
 def _ledger(store: Any, policy: Policy) -> Any:
