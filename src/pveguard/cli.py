@@ -17,6 +17,7 @@ from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, EXIT_USAGE, PveguardError, UsageError
 from pveguard.guard import cli as guard_cli
 from pveguard.output import console, error, print_json, warn
+from pveguard.backup import cli as backup_cli
 from pveguard.security import cli as audit_log_cli
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app = typer.Typer(
 )
 app.add_typer(audit_log_cli.app, name="audit-log")
 guard_cli.register(app)
+app.add_typer(backup_cli.app, name="backup")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable shape, see docs/json.md).")]
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,14 +55,13 @@ class Store:
                                         isolation_level=None, check_same_thread=False)
             self.conn.row_factory = sqlite3.Row
             self.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            if not readonly:
-                self.conn.execute("PRAGMA journal_mode=WAL")
-                self.conn.execute("PRAGMA synchronous=NORMAL")
             self.conn.execute("PRAGMA foreign_keys=ON")
             if not readonly:
-                self.conn.execute(
+                _retry_busy(lambda: self.conn.execute("PRAGMA journal_mode=WAL"))
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                _retry_busy(lambda: self.conn.execute(
                     "CREATE TABLE IF NOT EXISTS schema_version (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-                )
+                ))
         except PermissionError as exc:
             raise StateError(
                 f"cannot open the state directory {state_dir}: {exc.strerror}",
@@ -130,6 +130,23 @@ class Store:
     def schema_versions(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT component, version FROM schema_version").fetchall()
         return {r["component"]: r["version"] for r in rows}
+
+
+def _retry_busy(action: Callable[[], object], seconds: float = BUSY_TIMEOUT_MS / 1000) -> None:
+    """Run `action`, retrying while another process holds a lock the busy handler does not cover.
+
+    Switching a fresh database to WAL needs an exclusive lock and can answer SQLITE_BUSY at once
+    when two processes open it at the same moment.
+    """
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            action()
+            return
+        except sqlite3.OperationalError as exc:
+            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _statements(sql: str) -> list[str]:

@@ -1,0 +1,266 @@
+"""Which backups to keep: the prune algorithm of Proxmox VE and Proxmox Backup Server, exactly.
+
+``PVE::Storage::prune_mark_backup_group`` and PBS' ``compute_prune_info`` agree (host.md §4):
+
+1. archives of one group, newest first (ties keep their input order);
+2. protected archives are marked ``protected`` up front: never removed, never counted;
+3. ``keep-all``, or no ``keep-*`` above 0, keeps everything;
+4. six passes in fixed order - last, hourly, daily, weekly, monthly, yearly - each mapping an
+   archive to a period in **local time** (last: its timestamp; weekly: ISO week, Monday first).
+   A pass ignores archives that already carry a mark and periods that already hold a ``keep``;
+   walking newest to oldest, the first archive of a new period is kept, further archives of a
+   period this pass selected are removed, and the pass stops before an N+1-th new period;
+5. whatever is still unmarked is removed.
+
+A mark, once set, is final: that is why ``keep-daily=1,keep-weekly=1,keep-monthly=1`` can keep
+an older archive of a month than the newest one (see the worked examples in the tests).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from datetime import UTC, date, datetime, tzinfo
+from enum import StrEnum
+
+from pveguard.backup.calendar import local_zone
+from pveguard.errors import UsageError
+
+__all__ = [
+    "RULES",
+    "KeepPolicy",
+    "Mark",
+    "RetentionError",
+    "explain_archives",
+    "mark_archives",
+    "mark_datetimes",
+]
+
+
+class RetentionError(UsageError, ValueError):
+    """A retention policy that Proxmox VE would reject; the message says how to write it."""
+
+
+class Mark(StrEnum):
+    """The verdict for one archive."""
+
+    KEEP = "keep"
+    REMOVE = "remove"
+    PROTECTED = "protected"
+
+
+_OPTION = re.compile(r"^keep-(all|last|hourly|daily|weekly|monthly|yearly)$")
+
+
+@dataclass(frozen=True)
+class KeepPolicy:
+    """``keep-*`` counts as in PVE's ``prune-backups`` and PBS prune jobs (0 = rule off)."""
+
+    last: int = 0
+    hourly: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+    yearly: int = 0
+    keep_all: bool = False
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name != "keep_all" and (not isinstance(value, int) or value < 0):
+                raise RetentionError(f"keep-{f.name} must be a whole number >= 0, got {value!r}")
+
+    @property
+    def keeps_everything(self) -> bool:
+        """True when nothing is ever removed (keep-all, or no rule above 0)."""
+        return self.keep_all or not any((self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly))
+
+    @classmethod
+    def parse(cls, text: str) -> KeepPolicy:
+        """Read PVE's ``prune-backups`` form, e.g. ``keep-last=3,keep-daily=13``."""
+        values: dict[str, int | bool] = {}
+        for raw in filter(None, (p.strip() for p in text.split(","))):
+            key, sep, value = raw.partition("=")
+            match = _OPTION.match(key.strip())
+            if not sep or match is None:
+                raise RetentionError(
+                    f"cannot read {raw!r} in prune options {text!r}; write keep-<rule>=<count> with rule "
+                    "last, hourly, daily, weekly, monthly, yearly or all, e.g. 'keep-last=3,keep-daily=7'"
+                )
+            name = match.group(1)
+            if not value.strip().isdigit():
+                raise RetentionError(f"{key.strip()} needs a whole number >= 0, got {value!r}")
+            if name in values or (name == "all" and "keep_all" in values):
+                raise RetentionError(f"{key.strip()} is given twice in {text!r}")
+            if name == "all":
+                values["keep_all"] = int(value) != 0
+            else:
+                values[name] = int(value)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        parts = ["keep-all=1"] if self.keep_all else []
+        for name in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+            count = getattr(self, name)
+            if count:
+                parts.append(f"keep-{name}={count}")
+        return ",".join(parts)
+
+    def total(self) -> int:
+        """Sum of the counts: PVE's "max backup limit" when pruning is off."""
+        return self.last + self.hourly + self.daily + self.weekly + self.monthly + self.yearly
+
+
+RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")
+
+# Internal marks are small ints: the inner loops run over a million archives in the benchmark.
+# _KEEP + r means "kept by rule r" (index into RULES).
+_NONE, _REMOVE, _PROTECTED, _KEEP = 0, 1, 2, 3
+_TO_MARK = (Mark.REMOVE, Mark.REMOVE, Mark.PROTECTED) + (Mark.KEEP,) * len(RULES)
+_TO_RULE: tuple[str | None, ...] = (None, None, None, *RULES)
+
+
+def _local_seconds(times: Sequence[int], zone: tzinfo) -> list[int]:
+    """Epoch seconds shifted by the zone's UTC offset at that instant (wall-clock seconds).
+
+    Fastest when ``times`` is sorted: consecutive archives mostly share a 15-minute bucket.
+    """
+    if zone is UTC:
+        return list(times)
+    out: list[int] = []
+    append = out.append
+
+    def offset(t: int) -> int:
+        delta = datetime.fromtimestamp(t, zone).utcoffset()
+        return int(delta.total_seconds()) if delta is not None else 0
+
+    # Offsets change at most every few months and (in tzdata since 1970) on 15-minute
+    # boundaries, so one lookup per 15-minute bucket is enough when both ends of it agree.
+    lo = hi = 0
+    off = 0
+    cache: dict[int, int] = {}
+    for t in times:
+        if lo <= t < hi:
+            append(t + off)
+            continue
+        bucket = t // 900
+        cached = cache.get(bucket)
+        if cached is None:
+            first = offset(bucket * 900)
+            if first != offset(bucket * 900 + 899):
+                append(t + offset(t))
+                continue
+            cache[bucket] = cached = first
+        lo, hi, off = bucket * 900, bucket * 900 + 900, cached
+        append(t + off)
+    return out
+
+
+def _month_key(day: int, cache: dict[int, int]) -> int:
+    key = cache.get(day)
+    if key is None:
+        d = date.fromordinal(day + 719163)  # day 0 = 1970-01-01
+        key = cache[day] = d.year * 12 + d.month - 1
+    return key
+
+
+def mark_archives(
+    times: Sequence[int],
+    policy: KeepPolicy,
+    protected: Sequence[bool] | None = None,
+    zone: tzinfo | None = None,
+) -> list[Mark]:
+    """Marks for one backup group, in input order.
+
+    ``times`` are the archives' timestamps (Unix seconds; PVE uses the time in the archive name),
+    ``protected`` flags archives that must never be removed, ``zone`` is the local time zone
+    (default: this machine's) in which hours, days, weeks, months and years are counted.
+    """
+    return [_TO_MARK[m] for m in _marks(times, policy, protected, zone)]
+
+
+def explain_archives(
+    times: Sequence[int],
+    policy: KeepPolicy,
+    protected: Sequence[bool] | None = None,
+    zone: tzinfo | None = None,
+) -> list[tuple[Mark, str | None]]:
+    """Like :func:`mark_archives`, plus the rule (``"daily"``...) that kept each kept archive."""
+    return [(_TO_MARK[m], _TO_RULE[m]) for m in _marks(times, policy, protected, zone)]
+
+
+def _marks(
+    times: Sequence[int],
+    policy: KeepPolicy,
+    protected: Sequence[bool] | None,
+    zone: tzinfo | None,
+) -> list[int]:
+    n = len(times)
+    if protected is not None and len(protected) != n:
+        raise ValueError("times and protected must have the same length")
+    marks = [_NONE] * n
+    if protected is not None:
+        for i, flag in enumerate(protected):
+            if flag:
+                marks[i] = _PROTECTED
+    if policy.keeps_everything:
+        # PVE keeps everything here; the rule shown is "all" only in spirit, so none is named.
+        return [m if m == _PROTECTED else _KEEP for m in marks]
+
+    tz = zone if zone is not None else local_zone()
+    # Work in "position" space: position j is the j-th newest archive. Ties keep input order.
+    order = sorted(range(n), key=times.__getitem__, reverse=True)
+    stamps = [times[i] for i in order]
+    local = _local_seconds(stamps, tz)
+    state = [marks[i] for i in order]
+    months: dict[int, int] = {}
+
+    def month(j: int) -> int:
+        return _month_key(local[j] // 86400, months)
+
+    rules: list[tuple[int, Callable[[int], int]]] = [
+        (policy.last, stamps.__getitem__),
+        (policy.hourly, lambda j: local[j] // 3600),
+        (policy.daily, lambda j: local[j] // 86400),
+        # 1970-01-01 was a Thursday: +3 makes weeks start on Monday, as ISO weeks (%G/%V) do.
+        (policy.weekly, lambda j: (local[j] // 86400 + 3) // 7),
+        (policy.monthly, month),
+        (policy.yearly, lambda j: month(j) // 12),
+    ]
+    kept: list[int] = []
+    for rule, (count, period) in enumerate(rules):
+        if count <= 0:
+            continue
+        keep_mark = _KEEP + rule
+        covered = {period(j) for j in kept}
+        chosen: set[int] = set()
+        for j in range(n):
+            if state[j]:
+                continue
+            key = period(j)
+            if key in covered:
+                continue
+            if key in chosen:
+                state[j] = _REMOVE
+                continue
+            if len(chosen) >= count:
+                break
+            chosen.add(key)
+            state[j] = keep_mark
+            kept.append(j)
+    for j, i in enumerate(order):
+        marks[i] = state[j]
+    return marks
+
+
+def mark_datetimes(
+    times: Sequence[datetime],
+    policy: KeepPolicy,
+    protected: Sequence[bool] | None = None,
+    zone: tzinfo | None = None,
+) -> list[Mark]:
+    """:func:`mark_archives` for aware datetimes (naive ones are read in ``zone``)."""
+    tz = zone if zone is not None else local_zone()
+    stamps = [int((t if t.tzinfo else t.replace(tzinfo=tz)).timestamp()) for t in times]
+    return mark_archives(stamps, policy, protected, tz)
