@@ -18,6 +18,7 @@ from pveguard.errors import EXIT_FAILED, EXIT_USAGE, PveguardError, UsageError
 from pveguard.guard import cli as guard_cli
 from pveguard.output import console, error, print_json, warn
 from pveguard.backup import cli as backup_cli
+from pveguard.provision import cli as provision_cli
 from pveguard.security import cli as audit_log_cli
 
 app = typer.Typer(
@@ -31,6 +32,9 @@ app = typer.Typer(
 app.add_typer(audit_log_cli.app, name="audit-log")
 guard_cli.register(app)
 app.add_typer(backup_cli.app, name="backup")
+app.command("plan")(provision_cli.plan_cmd)
+app.command("apply")(provision_cli.apply_cmd)
+app.command("status")(provision_cli.status_cmd)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable shape, see docs/json.md).")]
 

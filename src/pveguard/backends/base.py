@@ -47,6 +47,8 @@ class GuestSpec:
     features: dict[str, bool] = field(default_factory=dict)
     onboot: bool = True
     startup_order: int | None = None
+    startup_up: int | None = None
+    startup_down: int | None = None
     tags: list[str] = field(default_factory=list)
     node: str | None = None
     vmid: int | None = None
