@@ -376,7 +376,8 @@ def status(ctx: AppContext, paths: GuardPaths | None = None, recent: int = 10) -
             continue
         d = e.details
         decisions.append({"seq": e.seq, "ts": e.ts, "action": e.action, "actor": e.actor,
-                          "verdict": d.get("verdict", "break-glass" if e.action == "guard.break_glass" else ""),
+                          "verdict": d.get("verdict", "break-glass" if e.action == "guard.break_glass" else "")
+                          + (" (check only)" if e.action == "guard.check" else ""),
                           "packages": [p.get("package") for p in d.get("packages", [])],
                           "refused": d.get("refused", []), "command_line": d.get("command_line", "")})
         if len(decisions) >= recent:
