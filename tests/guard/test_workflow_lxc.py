@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 import yaml
 from aptchroot import NONCORE, build_repo
-
 from tests.lxc.conftest import lxc_env, lxcfs  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
