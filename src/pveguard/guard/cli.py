@@ -124,7 +124,8 @@ def guard_check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     with tempfile.TemporaryDirectory(prefix="pveguard-check-") as tmp:
         result_file = Path(tmp) / "decision.json"
         env = dict(os.environ, PVEGUARD_CHECK_RESULT=str(result_file))
-        cmd = [argv[0], "-o", "Debug::pkgDPkgPM=1", *argv[1:]]
+        # -y: with Debug::pkgDPkgPM nothing is installed, so there is nothing to confirm.
+        cmd = [argv[0], "-o", "Debug::pkgDPkgPM=1", *([] if "-y" in argv else ["-y"]), *argv[1:]]
         try:
             proc = subprocess.run(cmd, env=env, check=False, capture_output=json_out)
         except OSError as exc:
