@@ -283,3 +283,20 @@ def test_core_cache_follows_dpkg_status(chroot: AptChroot) -> None:
     data = json.loads(cache.read_text())
     assert data["packages"]["pve-zsync"][0] is True  # the cache was rebuilt after the status changed
     assert "random-tool" in data["packages"]  # built before the removal's dpkg run
+
+
+def test_launcher_without_pveguard_fails_closed_and_break_glass_opens_it(chroot: AptChroot) -> None:
+    from pveguard.guard.install import render_launcher
+
+    # As if pveguard's files were gone: the launcher cannot import it.
+    chroot.path("/usr/local/lib/pveguard/apt-hook").write_text(render_launcher("/usr/bin/python3", "/nonexistent"))
+    before = chroot.status_sha()
+    r = chroot.apt("install", "random-tool")
+    refused_cleanly(chroot, before, r)
+    assert "E: pveguard: cannot load the apt guard (ModuleNotFoundError" in r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    chroot.path("/etc/pveguard/break-glass").write_text("")
+    r = chroot.apt("install", "random-tool")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not chroot.path("/etc/pveguard/break-glass").exists()
+    assert "ModuleNotFoundError" in chroot.path("/var/log/pveguard-break-glass.log").read_text()
