@@ -112,7 +112,22 @@ class Schema:
             self._add(child)
 
     def route(self, segments: list[str]) -> tuple[str, dict[str, str]] | None:
-        """Match already URL-decoded path segments to a template; return it with the path params."""
+        """Match already URL-decoded path segments to a template; return it with the path params.
+
+        Clients such as proxmoxer do not escape `/` inside volume ids (`local:backup/vzdump-...`), and
+        PVE still finds the method: when nothing matches, a trailing `{param}` takes the rest of the path.
+        """
+        got = self._route(segments)
+        if got is not None:
+            return got
+        for cut in range(len(segments) - 1, 0, -1):
+            head = [*segments[: cut - 1], "/".join(segments[cut - 1 :])]
+            got = self._route(head)
+            if got is not None and got[0].endswith("}") and ":" in head[-1]:
+                return got
+        return None
+
+    def _route(self, segments: list[str]) -> tuple[str, dict[str, str]] | None:
         t = self._root
         params: dict[str, str] = {}
         for seg in segments:

@@ -227,7 +227,27 @@ def test_unmanaged_namesake_is_a_conflict_and_untouched(penv: Env, capsys: pytes
     status, reason, _ = penv.sim.api("PUT", f"/nodes/{g['node']}/lxc/{vmid}/config", {"hostname": "pve-monitoring"})
     assert status == 200, reason
     before = penv.config(vmid)
-    code, out, _ = penv.run("apply", capsys=capsys)
-    assert code == 0 and "! conflict pve-monitoring" in out
+    code, out, err = penv.run("apply", capsys=capsys)
+    assert code == 1 and "! conflict pve-monitoring" in out and "pve-monitoring: not provided" in err
     assert penv.config(vmid) == before
     assert sorted(managed(penv)) == sorted(set(EXPECTED) - {"pve-monitoring"})
+
+
+@pytest.mark.parametrize(("case", "env", "expected"), [
+    ("bad token", {"PVEGUARD_PVE_TOKEN": "root@pam!pvesim=00000000-0000-0000-0000-000000000000"},
+     ["Authentication failed! [HTTP 401]", "hint: the credentials were refused"]),
+    ("bad password", {"PVEGUARD_PVE_TOKEN": "", "PVEGUARD_PVE_USER": "root@pam",
+                      "PVEGUARD_PVE_PASSWORD": "not-the-password"}, ["refused the login for root@pam"]),
+    ("untrusted certificate", {"PVEGUARD_PVE_VERIFY_SSL": "1"},
+     ["TLS certificate is not trusted", "PVEGUARD_PVE_VERIFY_SSL=0"]),
+    ("nothing listening", {"PVEGUARD_PVE_HOST": "127.0.0.1:9"},
+     ["failed at 127.0.0.1:9: connection failed (Connection refused)", "check PVEGUARD_PVE_HOST"]),
+])
+def test_connection_problems_are_clear(penv: Env, capsys: pytest.CaptureFixture[str], case: str,
+                                       env: dict[str, str], expected: list[str]) -> None:
+    penv.env.update(env)
+    code, _out, err = penv.run("plan", capsys=capsys)
+    assert code == 1, case
+    for text in expected:
+        assert text in err, (case, err)
+    assert "Traceback" not in err and "not-the-password" not in err

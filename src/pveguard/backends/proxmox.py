@@ -134,18 +134,32 @@ def pve_message(exc: BaseException) -> str:
         if lines and lines[0][:3].isdigit() and lines[0][3:4] == " ":
             lines[0] = lines[0][4:]
         text = "; ".join(lines) or str(exc.status_message or "")
-        errors = exc.errors if isinstance(exc.errors, dict) else None
-        if errors:
-            text += " (" + "; ".join(f"{k}: {str(v).strip()}" for k, v in sorted(errors.items())) + ")"
+        errors = exc.errors if isinstance(exc.errors, dict) else {}
+        # proxmoxer puts the raw body under "errors" when it is not JSON (e.g. the empty 401 body)
+        shown = {k: v for k, v in errors.items() if isinstance(v, str) and v.strip() and k != "errors"}
+        if shown:
+            text += " (" + "; ".join(f"{k}: {v.strip()}" for k, v in sorted(shown.items())) + ")"
         return f"{text} [HTTP {exc.status_code}]"
     if isinstance(exc, requests.exceptions.Timeout | subprocess.TimeoutExpired):
         return "no answer in time (timeout)"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "the server's TLS certificate is not trusted"
     if isinstance(exc, requests.exceptions.ConnectionError):
+        reason = str(exc)
+        for known in ("Connection refused", "No route to host", "Name or service not known",
+                      "Network is unreachable", "timed out"):
+            if known in reason:
+                return f"connection failed ({known})"
         return "connection failed"
     return str(exc)
 
 
 def _hint_for(exc: BaseException) -> str | None:
+    if isinstance(exc, requests.exceptions.SSLError):
+        return ("install the PVE CA certificate, or set PVEGUARD_PVE_VERIFY_SSL=0 "
+                "(target.proxmox.verify_ssl: false) on a trusted network")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return "check PVEGUARD_PVE_HOST (host[:port], default port 8006) and that pveproxy runs there"
     if isinstance(exc, ResourceException):
         if exc.status_code == 401:
             return "the credentials were refused; check PVEGUARD_PVE_TOKEN / PVEGUARD_PVE_USER"
@@ -203,7 +217,6 @@ class ProxmoxBackend(Backend):
         self._templates: dict[tuple[str, str], str] = {}
         self._node_ips: dict[str, str] | None = None
         self._local_name: str | None = None
-        self.calls = 0
 
     def __repr__(self) -> str:
         return f"ProxmoxBackend({self.settings.describe()})"
@@ -211,7 +224,6 @@ class ProxmoxBackend(Backend):
     # --- calling the API ----------------------------------------------------------------------
 
     def _raw(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
-        self.calls += 1
         res = self.api(path.strip("/"))
         fn = {"GET": res.get, "POST": res.post, "PUT": res.put, "DELETE": res.delete}[method]
         return fn(**pve_params(params or {}))
@@ -238,7 +250,8 @@ class ProxmoxBackend(Backend):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _error(self, exc: BaseException, what: str) -> BackendError:
-        msg = f"{what} failed: {pve_message(exc)}"
+        where = f" at {self.settings.host}" if isinstance(exc, requests.exceptions.RequestException) else ""
+        msg = f"{what} failed{where}: {pve_message(exc)}"
         err = BackendError(msg, hint=_hint_for(exc))
         err.__cause__ = None
         err.retryable = is_retryable(exc)  # type: ignore[attr-defined]

@@ -37,7 +37,8 @@ class ApplyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        """Everything the strategy asks for is in place (nothing failed, no conflict left)."""
+        return not self.failed and not self.skipped
 
     def as_dict(self) -> dict[str, Any]:
         return {"created": self.created, "updated": self.updated, "resumed": self.resumed,

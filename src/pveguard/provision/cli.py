@@ -113,7 +113,7 @@ def render_report(r: ApplyReport) -> None:
         console.print(escape(f"  {name}: restart needed for {', '.join(keys)} "
                              f"(pct reboot, or 'pveguard apply' after the next restart shows nothing)"))
     for name in r.skipped:
-        console.print(escape(f"  {name}: skipped (conflict, see plan)"))
+        err_console.print(escape(f"  {name}: not provided (conflict, see the plan above)"), style="red")
     for name, msg in sorted(r.failed.items()):
         err_console.print(escape(f"  {name}: {msg}"), style="red")
 

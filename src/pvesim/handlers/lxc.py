@@ -421,10 +421,11 @@ def get_pending(ctx: Ctx) -> list[dict[str, Any]]:
     out = []
     for k in keys:
         e: dict[str, Any] = {"key": k}
+        # the pending API hands out the raw config-file strings
         if k in g.config:
-            e["value"] = g.config[k]
+            e["value"] = str(g.config[k])
         if k in g.pending:
-            e["pending"] = g.pending[k]
+            e["pending"] = str(g.pending[k])
         if k in g.pending_delete:
             e["delete"] = 1
         out.append(e)
