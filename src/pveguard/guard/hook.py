@@ -130,13 +130,15 @@ def _decide_and_record(message: HookInput, policy: Policy, store: Any, environ: 
     now = time.time()
     rules = approvals_mod.for_packages(store, names)
     decision = decide(candidates, policy, rules, now)
-    used: list[int] = []
-    if decision.mode == "enforce" and decision.allowed and not message.dry_run:
-        used = approvals_mod.consume(store, decision.used_approvals, now)
+    used = [] if message.dry_run else decision.used_approvals
     lines = messages(decision, policy)
     details = _details(message, decision, environ, used, started)
     action = "guard.check" if message.dry_run else "guard.decision"
+    # Ledger first: if it cannot be written the hook fails closed and no approval use is lost.
     _ledger(store, policy).append(action, _target(names), details, actor=_actor(environ))
+    if used and approvals_mod.consume(store, used, now) != used:
+        raise HookFailure("an approval this transaction relies on was used up or revoked meanwhile",
+                          "run the apt command again")
     for line in lines:
         _say(out, line)
     if decision.allowed:
