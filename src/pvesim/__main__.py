@@ -23,8 +23,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tls.add_argument("--no-tls", dest="tls", action="store_false")
     ap.add_argument("--state", help="load state from FILE if it exists; save it there on exit")
     ap.add_argument("--time-scale", type=float, default=1.0, help="sim seconds per real second")
-    ap.add_argument("--password", help="root@pam password (default: random)")
-    ap.add_argument("--token-secret", help="secret of root@pam!pvesim (default: random UUID)")
+    ap.add_argument("--password", help="root@pam password (default: derived from --seed)")
+    ap.add_argument("--token-secret", help="secret of root@pam!pvesim (default: a UUID derived from --seed)")
     ap.add_argument(
         "--task-seconds",
         action="append",
