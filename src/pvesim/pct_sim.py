@@ -41,8 +41,7 @@ def _err(msg: str, code: int = NOT_FOUND) -> Result:
 def _guest(sim: Sim, vmid_text: str, node: str | None) -> Guest | Result:
     if not re.fullmatch(r"[1-9][0-9]{2,8}", vmid_text):
         return _err(
-            "400 Parameter verification failed.\nvmid: invalid format - value does not look like "
-            "a valid VM ID\n"
+            "400 Parameter verification failed.\nvmid: invalid format - value does not look like a valid VM ID\n"
         )
     vmid = int(vmid_text)
     g = sim.guests.get(vmid)
@@ -96,9 +95,7 @@ def execute(sim: Sim, argv: list[str], node: str | None = None, data_b64: str | 
         if data_b64 is None:
             return _err(f"failed to open {args[1]} for reading")
         sim.guest_files.setdefault(g.vmid, {})[args[2]] = base64.b64decode(data_b64)
-        sim.pct_log.append(
-            {"vmid": g.vmid, "node": g.node, "argv": ["<push>", args[1], args[2]], "time": sim.now()}
-        )
+        sim.pct_log.append({"vmid": g.vmid, "node": g.node, "argv": ["<push>", args[1], args[2]], "time": sim.now()})
         return Result(0)
     # pull
     if len(args) < 3:
@@ -106,9 +103,7 @@ def execute(sim: Sim, argv: list[str], node: str | None = None, data_b64: str | 
     if g.status != "running":
         return _err("can only pull files from a running VM at /usr/share/perl5/PVE/CLI/pct.pm line 511.")
     data = sim.guest_files.get(g.vmid, {}).get(args[1])
-    sim.pct_log.append(
-        {"vmid": g.vmid, "node": g.node, "argv": ["<pull>", args[1], args[2]], "time": sim.now()}
-    )
+    sim.pct_log.append({"vmid": g.vmid, "node": g.node, "argv": ["<pull>", args[1], args[2]], "time": sim.now()})
     if data is None:
         return _err(f"failed to open {args[1]}: No such file or directory")
     return Result(0, data_b64=base64.b64encode(data).decode())
@@ -132,11 +127,7 @@ def _run(sim: Sim, g: Guest, cmd: list[str]) -> Result:
     hit = _scripted(sim, g, cmd)
     if hit is not None:
         return hit
-    if (
-        len(cmd) >= 3
-        and cmd[0].rsplit("/", 1)[-1] in ("sh", "bash", "dash")
-        and cmd[1] in ("-c", "-lc", "-ec")
-    ):
+    if len(cmd) >= 3 and cmd[0].rsplit("/", 1)[-1] in ("sh", "bash", "dash") and cmd[1] in ("-c", "-lc", "-ec"):
         return _run_script(sim, g, cmd[2])
     return _builtin(sim, g, cmd)
 
@@ -202,9 +193,7 @@ def _builtin(sim: Sim, g: Guest, cmd: list[str]) -> Result:
         if args[:1] in (["-s"], ["--status"]) and len(args) > 1:
             n = args[1]
             if n not in pkgs:
-                return Result(
-                    1, "", f"dpkg-query: package '{n}' is not installed and no information is available\n"
-                )
+                return Result(1, "", f"dpkg-query: package '{n}' is not installed and no information is available\n")
             return Result(0, f"Package: {n}\nStatus: install ok installed\nVersion: {pkgs[n]}\n")
         return Result(0)
     if prog == "cat":
@@ -272,9 +261,7 @@ def _apt(sim: Sim, pkgs: dict[str, str], args: list[str]) -> Result:
                 out += f"Package '{n}' is not installed, so not removed\n"
         return Result(0, out)
     if op in ("upgrade", "dist-upgrade", "full-upgrade", "clean", "autoclean"):
-        return Result(
-            0, "Reading package lists...\n0 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.\n"
-        )
+        return Result(0, "Reading package lists...\n0 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.\n")
     return Result(100, "", f"E: Invalid operation {op}\n")
 
 
@@ -300,9 +287,7 @@ def _dpkg_query(pkgs: dict[str, str], args: list[str]) -> Result:
     if not show and names:
         n = names[0]
         if n not in pkgs:
-            return Result(
-                1, "", f"dpkg-query: package '{n}' is not installed and no information is available\n"
-            )
+            return Result(1, "", f"dpkg-query: package '{n}' is not installed and no information is available\n")
         return Result(0, f"Package: {n}\nStatus: install ok installed\nVersion: {pkgs[n]}\n")
     targets = names or sorted(pkgs)
     out = ""
@@ -337,9 +322,7 @@ def control(sim: Sim, method: str, rest: list[str], doc: dict[str, Any], q: dict
         return list(sim.pct_log)
     if head == "scripts":
         if method == "POST":
-            s: dict[str, Any] = {
-                k: doc[k] for k in ("vmid", "match", "stdout", "stderr", "exit", "times") if k in doc
-            }
+            s: dict[str, Any] = {k: doc[k] for k in ("vmid", "match", "stdout", "stderr", "exit", "times") if k in doc}
             re.compile(str(s.get("match", ".*")))
             sim.pct_scripts.append(s)
         elif method == "DELETE":

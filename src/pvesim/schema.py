@@ -77,6 +77,7 @@ class Schema:
     def __init__(self, tree: list[dict[str, Any]]) -> None:
         self.methods: dict[tuple[str, str], Method] = {}
         self.paths: dict[str, dict[str, Method]] = {}
+        self.children: dict[str, list[str]] = {}
         self._root = _Trie()
         for node in tree:
             self._add(node)
@@ -99,6 +100,7 @@ class Schema:
             ms[hm] = m
             self.methods[(hm, path)] = m
         self.paths[path] = ms
+        self.children[path] = [str(c.get("text") or c["path"].rsplit("/", 1)[-1]) for c in node.get("children") or []]
         t = self._root
         for seg in path.strip("/").split("/"):
             if seg.startswith("{") and seg.endswith("}"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import json
+import logging
 import random
 import re
 import threading
@@ -19,6 +20,8 @@ from typing import Any
 
 from pvesim.access import Access, Auth
 from pvesim.usage import STAT_INTERVAL, USAGE_KEYS, GuestConsts, guest_consts, node_usage, usage_at
+
+log = logging.getLogger("pvesim")
 
 GiB = 1024**3
 MiB = 1024**2
@@ -194,6 +197,7 @@ class Guest:
     pending_delete: list[str] = field(default_factory=list)
     override: dict[str, Any] = field(default_factory=dict)
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
+    created_at: float = 0.0
     version: int = 0
     _digest: str | None = None
     _static: tuple[Any, ...] | None = None
@@ -335,6 +339,11 @@ class SimOptions:
     qemu_share: float = 0.2
     running_share: float = 0.85
     auth_fail_delay: float = 0.0
+    status_lag: float = 0.0  # seconds a new guest shows status "unknown" in /cluster/resources (PVE: ~10)
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1 or self.guests < 0 or self.time_scale <= 0:
+            raise ValueError("pvesim needs nodes >= 1, guests >= 0 and time_scale > 0")
 
 
 class Sim:
@@ -348,9 +357,7 @@ class Sim:
         self.clock = Clock(opts.time_scale)
         self.version = 0
         self.password = opts.password or uuid.UUID(int=self.rng.getrandbits(128)).hex[:20]
-        self.access = Access(
-            self.password, secret=uuid.UUID(int=self.rng.getrandbits(128)).bytes + uuid.uuid4().bytes
-        )
+        self.access = Access(self.password, secret=uuid.UUID(int=self.rng.getrandbits(128)).bytes + uuid.uuid4().bytes)
         token = self.access.add_token(
             "root@pam",
             "pvesim",
@@ -459,14 +466,18 @@ class Sim:
     def now(self) -> float:
         return self.clock.now()
 
+    def quorate(self) -> bool:
+        """More than half of the nodes online (corosync votes, one each)."""
+        return sum(1 for n in self.nodes.values() if n.online) * 2 > len(self.nodes)
+
     def new_pid(self) -> int:
         self._pid += self.rng.randrange(1, 50)
         return self._pid
 
     # -- storage ------------------------------------------------------------------------------
     def storage_key(self, node: str, storage: str) -> tuple[str, str]:
-        st = self.storages[storage]
-        return ("", storage) if st.shared else (node, storage)
+        st = self.storages.get(storage)
+        return ("", storage) if st is not None and st.shared else (node, storage)
 
     def storage_volumes(self, node: str, storage: str) -> dict[str, Volume]:
         return self.volumes.setdefault(self.storage_key(node, storage), {})
@@ -482,9 +493,7 @@ class Sim:
         st = self.storages.get(storage)
         return st is not None and not st.disable and (not st.nodes or node in st.nodes)
 
-    def alloc_disk(
-        self, node: str, storage: str, vmid: int, size_gib: float, content: str = "rootdir"
-    ) -> str:
+    def alloc_disk(self, node: str, storage: str, vmid: int, size_gib: float, content: str = "rootdir") -> str:
         """Allocate vm-<vmid>-disk-N (subvol- on zfspool); returns the volid."""
         st = self.storages[storage]
         prefix = "subvol" if st.type in ("zfspool",) and content == "rootdir" else "vm"
@@ -582,6 +591,9 @@ class Sim:
             except TaskError as e:
                 t.log.extend(e.lines)
                 err = str(e)
+            except Exception as e:  # a bug in a work function fails its task, not the request that ticked
+                log.exception("task %s failed unexpectedly", t.upid)
+                err = f"pvesim internal error: {e}"
         if err is not None and t.on_error is not None:
             err = t.on_error(err)
         warnings = sum(1 for line in t.log if line.startswith("WARN:"))
@@ -638,13 +650,17 @@ class Sim:
         """Current cpu/mem/disk/net/io/uptime (zeros when stopped), with control-API overrides."""
         return dict(zip(USAGE_KEYS, self._usage_tuple(g, self.nodes.get(g.node)), strict=True))
 
-    def resource_json(self, g: Guest, bucket: int) -> tuple[bytes, float, int]:
+    def resource_json(self, g: Guest, bucket: int, now: float | None = None) -> tuple[bytes, float, int]:
         """The guest's /cluster/resources entry as JSON bytes, plus (cpu x maxcpu, mem) for node totals.
 
         Cached per stat interval and guest version; the static part is encoded once per version.
         """
         node = self.nodes.get(g.node)
+        # "online" here means pvestatd has data: node up and (with --status-lag) the guest old enough
         online = node is not None and node.online
+        lag = self.opts.status_lag
+        if lag and online and (now if now is not None else self.now()) - g.created_at < lag:
+            online = False
         fast = g._fast
         if fast is not None and fast[0] == bucket and fast[1] == g.version and fast[2] == online:
             return fast[3], fast[4], fast[5]
@@ -676,10 +692,28 @@ class Sim:
             static = (g.version, online, pre, post, g.maxmem(), g.maxdisk(), cpus)
             g._static = static
         _v, _o, pre, post, maxmem, maxdisk, cpus = static
-        if online:
-            cpu, mem, disk, netin, netout, dread, dwrite, up = self._usage_tuple(g, node)
+        u: tuple[Any, ...]
+        if not online:
+            u = (0, 0, 0, 0, 0, 0, 0, 0)
+        elif g.status != "running":
+            u = (0, 0, g.override.get("disk", 0), 0, 0, 0, 0, 0)
         else:
-            cpu, mem, disk, netin, netout, dread, dwrite, up = 0, 0, 0, 0, 0, 0, 0, 0
+            u = usage_at(
+                self.consts(g.vmid),
+                g.vmid,
+                maxmem,
+                maxdisk,
+                cpus,
+                self.now() if now is None else now,
+                g.started_at,
+            )
+            if g.override:
+                lst = list(u)
+                for i, k in enumerate(USAGE_KEYS):
+                    if k in g.override:
+                        lst[i] = g.override[k]
+                u = tuple(lst)
+        cpu, mem, disk, netin, netout, dread, dwrite, up = u
         body = (
             pre
             + (
@@ -704,6 +738,15 @@ class Sim:
         weight = float(cpu) * float(cpus)
         g._fast = (bucket, g.version, online, body, weight, int(mem))
         return body, weight, int(mem)
+
+    def refresh_stats(self) -> int:
+        """Precompute every guest's resource entry for the current stat interval (what pvestatd does
+        every 10 s on a real node, so /cluster/resources reads a warm cache). Returns the interval."""
+        now = self.now()
+        bucket = int(now) // STAT_INTERVAL
+        for g in list(self.guests.values()):
+            self.resource_json(g, bucket, now)
+        return bucket
 
     def resource_entry(self, g: Guest) -> dict[str, Any]:
         """The /cluster/resources entry of a guest as a dict."""
@@ -747,9 +790,7 @@ class Sim:
             sid = f"ct:{g.vmid}" if g.type == "lxc" else f"vm:{g.vmid}"
             ha = self.ha_resources.get(sid)
             d["ha"] = (
-                {"managed": 1, "state": ha.get("state", "started"), "group": ha.get("group")}
-                if ha
-                else {"managed": 0}
+                {"managed": 1, "state": ha.get("state", "started"), "group": ha.get("group")} if ha else {"managed": 0}
             )
             if ha and not ha.get("group"):
                 d["ha"].pop("group")
@@ -769,11 +810,13 @@ class Sim:
         """The /cluster/resources entry of a node; pass the guests' summed cpu/mem if already known."""
         if gcpu is None or gmem is None:
             gcpu, gmem = 0.0, 0
+            now = self.now()
+            bucket = int(now) // STAT_INTERVAL
             for g in self.guests.values():
                 if g.node == n.name and g.status == "running":
-                    e = self.resource_entry(g)
-                    gcpu += float(e["cpu"]) * float(e["maxcpu"]) / n.maxcpu
-                    gmem += int(e["mem"])
+                    _body, weight, mem = self.resource_json(g, bucket, now)
+                    gcpu += weight / n.maxcpu
+                    gmem += mem
         u = node_usage(self.seed, n.index, n.maxmem, n.maxdisk, gcpu, gmem, self.now())
         e2: dict[str, Any] = {
             "id": f"node/{n.name}",
@@ -787,9 +830,7 @@ class Sim:
             "maxdisk": n.maxdisk,
         }
         if n.online:
-            e2.update(
-                {"uptime": int(self.now() - n.boot), "cpu": u["cpu"], "mem": u["mem"], "disk": u["disk"]}
-            )
+            e2.update({"uptime": int(self.now() - n.boot), "cpu": u["cpu"], "mem": u["mem"], "disk": u["disk"]})
         return e2
 
     def storage_entry(self, node: str, st: Storage) -> dict[str, Any]:

@@ -62,9 +62,7 @@ def test_token_privsep_and_filtered_resources(pvesim_factory) -> None:  # type: 
     root.access.acl.put(path="/vms/101", roles="PVEAuditor", users="mon@pve")
     root.access.acl.put(path="/vms/102", roles="PVEAuditor", users="mon@pve")
     root.access.acl.put(path="/vms/102", roles="PVEAuditor", tokens="mon@pve!ro")
-    user_px = ProxmoxAPI(
-        sim.hostname, port=sim.port, user="mon@pve", password="monitor1", verify_ssl=sim.cafile
-    )
+    user_px = ProxmoxAPI(sim.hostname, port=sim.port, user="mon@pve", password="monitor1", verify_ssl=sim.cafile)
     tok_px = ProxmoxAPI(
         sim.hostname,
         port=sim.port,
@@ -84,19 +82,13 @@ def test_token_privsep_and_filtered_resources(pvesim_factory) -> None:  # type: 
 
 
 def test_ticket_renewal_with_ticket_as_password(pvesim: SimHandle) -> None:
-    status, _r, body = pvesim.api(
-        "POST", "/access/ticket", {"username": "root@pam", "password": pvesim.password}
-    )
+    status, _r, body = pvesim.api("POST", "/access/ticket", {"username": "root@pam", "password": pvesim.password})
     assert status == 200 and body is not None
     first = body["data"]
     assert first["ticket"].startswith("PVE:root@pam:") and first["username"] == "root@pam"
-    status, _r, body = pvesim.api(
-        "POST", "/access/ticket", {"username": "root@pam", "password": first["ticket"]}
-    )
+    status, _r, body = pvesim.api("POST", "/access/ticket", {"username": "root@pam", "password": first["ticket"]})
     assert status == 200 and body is not None and body["data"]["ticket"].startswith("PVE:root@pam:")
-    status, reason, _ = pvesim.api(
-        "POST", "/access/ticket", {"username": "root@pam", "password": "PVE:forged"}
-    )
+    status, reason, _ = pvesim.api("POST", "/access/ticket", {"username": "root@pam", "password": "PVE:forged"})
     assert (status, reason) == (401, "authentication failure")
 
 
@@ -116,3 +108,33 @@ def test_builtin_roles_listed(pvesim: SimHandle) -> None:
     ):
         assert roles[rid]["special"] == 1
     assert "VM.PowerMgmt" in roles["PVEVMUser"]["privs"].split(",")
+
+
+def test_bridge_needs_sdn_use(pvesim: SimHandle) -> None:
+    root = pvesim.proxmoxer()
+    root.access.users.post(userid="ops@pve", password="opspass1")
+    tok = root.access.users("ops@pve").token("tk").post(privsep=0)
+    root.access.acl.put(path="/vms", roles="PVEVMAdmin", users="ops@pve")
+    root.access.acl.put(path="/storage", roles="PVEDatastoreUser", users="ops@pve")
+    px = ProxmoxAPI(
+        pvesim.hostname,
+        port=pvesim.port,
+        user="ops@pve",
+        token_name="tk",
+        token_value=tok["value"],
+        verify_ssl=pvesim.cafile,
+    )
+    params = {
+        "vmid": 300,
+        "ostemplate": "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst",
+        "rootfs": "local-lvm:4",
+        "net0": "name=eth0,bridge=vmbr0,tag=20,ip=dhcp",
+    }
+    with pytest.raises(ResourceException) as ei:
+        px.nodes("pve1").lxc.post(**params)
+    assert (ei.value.status_code, ei.value.content) == (
+        403,
+        "Permission check failed (/sdn/zones/localnetwork/vmbr0/20, SDN.Use)",
+    )
+    root.access.acl.put(path="/sdn/zones/localnetwork/vmbr0", roles="PVESDNUser", users="ops@pve")
+    assert px.nodes("pve1").lxc.post(**params).startswith("UPID:pve1:")

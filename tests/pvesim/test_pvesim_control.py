@@ -101,9 +101,7 @@ def test_faults_times_delay_and_calls(pvesim: SimHandle) -> None:
 
 def test_task_faults_and_locks(pvesim: SimHandle) -> None:
     px = pvesim.proxmoxer()
-    pvesim.control(
-        "POST", "/task-faults", {"type": "vzcreate", "error": "no space left on device", "times": 1}
-    )
+    pvesim.control("POST", "/task-faults", {"type": "vzcreate", "error": "no space left on device", "times": 1})
     up = px.nodes("pve1").lxc.post(vmid=300, ostemplate=TEMPLATE, rootfs="local-lvm:4")
     st = Tasks.blocking_status(px, up, polling_interval=0.05)
     assert st["exitstatus"] == "unable to create CT 300 - no space left on device"
@@ -145,10 +143,7 @@ def test_backup_and_prune_through_api(pvesim_factory) -> None:  # type: ignore[n
         assert px.nodes("pve1").tasks(up).status.get()["exitstatus"] == "OK"
         vols = px.nodes("pve1").storage("local").content.get(content="backup", vmid=100)
     assert len(vols) == 2
-    assert all(
-        v["volid"].startswith("local:backup/vzdump-lxc-100-") and v["volid"].endswith(".tar.zst")
-        for v in vols
-    )
+    assert all(v["volid"].startswith("local:backup/vzdump-lxc-100-") and v["volid"].endswith(".tar.zst") for v in vols)
     assert {v["format"] for v in vols} == {"tar.zst"} and {v["notes"] for v in vols} == {"ct100"}
     # protect one, delete the other
     px.nodes("pve1").storage("local").content(vols[0]["volid"]).put(protected=1)
@@ -156,9 +151,7 @@ def test_backup_and_prune_through_api(pvesim_factory) -> None:  # type: ignore[n
         px.nodes("pve1").storage("local").content(vols[0]["volid"]).delete()
     up = px.nodes("pve1").storage("local").content(vols[1]["volid"]).delete()
     Tasks.blocking_status(px, up, polling_interval=0.05)
-    assert [v["volid"] for v in px.nodes("pve1").storage("local").content.get(content="backup")] == [
-        vols[0]["volid"]
-    ]
+    assert [v["volid"] for v in px.nodes("pve1").storage("local").content.get(content="backup")] == [vols[0]["volid"]]
     # not-backed-up follows backup jobs
     assert {g["vmid"] for g in px.cluster("backup-info")("not-backed-up").get()} == {100, 101}
     px.cluster.backup.post(id="nightly", schedule="mon..fri 22:00", vmid="100", storage="local")
@@ -234,3 +227,107 @@ def test_cli_reports_missing_schema(tmp_path: Path) -> None:
     )
     assert r.returncode == 2 and r.stdout == ""
     assert "PVE API schema not found" in r.stderr and "PVESIM_SCHEMA" in r.stderr
+
+
+def test_quorum_loss_blocks_writes_and_rrddata(pvesim_factory) -> None:  # type: ignore[no-untyped-def]
+    sim: SimHandle = pvesim_factory(guests=2, seed=1, qemu_share=0.0, running_share=1.0)
+    rows = sim.api("GET", "/nodes/pve1/lxc/100/rrddata", {"timeframe": "hour"})[2]["data"]
+    assert len(rows) == 70 and rows[1]["time"] - rows[0]["time"] == 60
+    assert {"cpu", "mem", "maxmem", "netin"} <= set(rows[-1])
+    sim.control("POST", "/nodes/pve2", {"online": False})
+    sim.control("POST", "/nodes/pve3", {"online": False})
+    assert sim.api("PUT", "/nodes/pve1/lxc/100/config", {"memory": 1024})[:2] == (500, "cluster not ready - no quorum?")
+    assert sim.api("GET", "/nodes/pve1/lxc/100/config")[0] == 200
+
+
+def test_vzdump_without_prune_respects_limit(pvesim_factory) -> None:  # type: ignore[no-untyped-def]
+    sim: SimHandle = pvesim_factory(guests=1, seed=1, qemu_share=0.0, task_seconds={"vzdump": 0})
+    px = sim.proxmoxer()
+    opts = {"vmid": 100, "storage": "local", "remove": 0, "prune-backups": "keep-last=1"}
+    for expected in ("OK", "job errors"):
+        sim.control("POST", "/clock", {"advance": 60})
+        up = px.nodes("pve1").vzdump.post(**opts)
+        assert px.nodes("pve1").tasks(up).status.get()["exitstatus"] == expected
+    log = [line["t"] for line in px.nodes("pve1").tasks(up).log.get()]
+    assert any("There is a max backup limit of 1 enforced" in t for t in log)
+
+
+def test_control_bulk_guests_finish_files_and_save(pvesim_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    sim: SimHandle = pvesim_factory(task_seconds={"vzcreate": 3600})
+    added = sim.control("POST", "/guests", {"count": 5, "type": "lxc", "node": "pve2", "status": "running"})
+    assert added == [100, 101, 102, 103, 104]
+    listed = sim.control("GET", "/guests")
+    assert {(g["node"], g["status"], g["type"]) for g in listed} == {("pve2", "running", "lxc")}
+    px = sim.proxmoxer()
+    up = px.nodes("pve1").lxc.post(vmid=300, ostemplate=TEMPLATE, rootfs="local-lvm:4")
+    assert px.nodes("pve1").tasks(up).status.get()["status"] == "running"
+    sim.control("POST", "/tasks/finish")
+    assert px.nodes("pve1").tasks(up).status.get()["exitstatus"] == "OK"
+    sim.control("POST", "/guests/100/files", {"path": "/etc/motd", "content": "hi\n"})
+    assert sim.control("GET", "/guests/100/files") == {"/etc/motd": "aGkK"}
+    path = tmp_path / "s.json"
+    assert sim.control("POST", "/save", {"path": str(path)}) == {"saved": str(path)}
+    assert {g["vmid"] for g in json.loads(path.read_text())["guests"]} == {100, 101, 102, 103, 104, 300}
+    with pytest.raises(RuntimeError, match="404"):
+        sim.control("GET", "/nope")
+
+
+def test_snapshot_rollback_and_extractconfig(pvesim_factory) -> None:  # type: ignore[no-untyped-def]
+    sim: SimHandle = pvesim_factory(
+        guests=1,
+        seed=1,
+        qemu_share=0.0,
+        running_share=0.0,
+        task_seconds={"vzsnapshot": 0, "vzrollback": 0, "vzdelsnapshot": 0, "vzdump": 0},
+    )
+    px = sim.proxmoxer()
+    ct = px.nodes("pve1").lxc(100)
+    ct.snapshot.post(snapname="before")
+    ct.config.put(memory=2048, hostname="changed")
+    assert ct.snapshot("before").config.get()["memory"] != 2048
+    up = ct.snapshot("before").rollback.post()
+    assert px.nodes("pve1").tasks(up).status.get()["exitstatus"] == "OK"
+    cfg = ct.config.get()
+    assert cfg["hostname"] == "ct100" and "lock" not in cfg
+    ct.snapshot("before").delete()
+    assert [s["name"] for s in ct.snapshot.get()] == ["current"]
+    up = px.nodes("pve1").vzdump.post(vmid=100, storage="local")
+    vol = px.nodes("pve1").storage("local").content.get(content="backup")[0]["volid"]
+    text = px.nodes("pve1").vzdump.extractconfig.get(volume=vol)
+    assert "hostname: ct100\n" in text and text.endswith("\n")
+
+
+def test_prunebackups_dry_run_and_prune(pvesim_factory) -> None:  # type: ignore[no-untyped-def]
+    sim: SimHandle = pvesim_factory(guests=1, seed=1, qemu_share=0.0, task_seconds={"vzdump": 0})
+    px = sim.proxmoxer()
+    for _ in range(3):
+        sim.control("POST", "/clock", {"advance": 86400})
+        px.nodes("pve1").vzdump.post(vmid=100, storage="local")
+    plan = px.nodes("pve1").storage("local").prunebackups.get(**{"prune-backups": "keep-last=1", "vmid": 100})
+    assert [e["mark"] for e in plan] == ["keep", "remove", "remove"]  # newest first
+    assert all(e["type"] == "lxc" and e["vmid"] == 100 for e in plan)
+    up = px.nodes("pve1").storage("local").prunebackups.delete(**{"prune-backups": "keep-last=1", "vmid": 100})
+    assert Tasks.blocking_status(px, up, polling_interval=0.05)["exitstatus"] == "OK"
+    assert [v["volid"] for v in px.nodes("pve1").storage("local").content.get(content="backup")] == [plan[0]["volid"]]
+
+
+def test_status_lag_shows_unknown_until_statd_reported(pvesim_factory) -> None:  # type: ignore[no-untyped-def]
+    sim: SimHandle = pvesim_factory(status_lag=10, task_seconds={"vzcreate": 0})
+    px = sim.proxmoxer()
+    px.nodes("pve1").lxc.post(vmid=300, ostemplate=TEMPLATE, rootfs="local-lvm:4")
+    assert px.cluster.resources.get(type="vm")[0]["status"] == "unknown"
+    assert px.nodes("pve1").lxc(300).status.current.get()["status"] == "stopped"  # the node itself knows
+    sim.control("POST", "/clock", {"advance": 10})
+    assert px.cluster.resources.get(type="vm")[0]["status"] == "stopped"
+
+
+def test_untrusting_client_leaves_no_traceback(pvesim: SimHandle, capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+    import ssl
+
+    ctx = ssl.create_default_context()  # does not trust pvesim's self-signed certificate
+    with socket.create_connection((pvesim.hostname, pvesim.port)) as raw, pytest.raises(ssl.SSLCertVerificationError):
+        ctx.wrap_socket(raw, server_hostname=pvesim.hostname)
+    time.sleep(0.2)
+    assert pvesim.api("GET", "/version")[0] == 200
+    assert "Traceback" not in capsys.readouterr().err

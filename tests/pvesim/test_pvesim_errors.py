@@ -109,9 +109,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str, dict[str, Any] | None
         "Parameter verification failed.",
         {
             "data": None,
-            "errors": {
-                "net0": "invalid format - format error\nnet0.tag: value must have a maximum value of 4094"
-            },
+            "errors": {"net0": "invalid format - format error\nnet0.tag: value must have a maximum value of 4094"},
             "message": "Parameter verification failed.\n",
         },
     ),
@@ -124,9 +122,7 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, str, dict[str, Any] | None
         "Parameter verification failed.",
         {
             "data": None,
-            "errors": {
-                "type": "value 'bogus' does not have a value in the enumeration 'vm, storage, node, sdn'"
-            },
+            "errors": {"type": "value 'bogus' does not have a value in the enumeration 'vm, storage, node, sdn'"},
             "message": "Parameter verification failed.\n",
         },
     ),
@@ -362,17 +358,13 @@ def test_401_no_ticket_and_bad_token(sim: SimHandle) -> None:
 
 
 def test_401_bad_login_and_csrf(sim: SimHandle) -> None:
-    st, rs, body = raw(
-        sim, "POST", "/access/ticket", {"username": "root@pam", "password": "wrong"}, auth=False
-    )
+    st, rs, body = raw(sim, "POST", "/access/ticket", {"username": "root@pam", "password": "wrong"}, auth=False)
     assert (st, rs, json.loads(body)) == (
         401,
         "authentication failure",
         {"data": None, "message": "authentication failure\n"},
     )
-    st, _rs, body = raw(
-        sim, "POST", "/access/ticket", {"username": "root@pam", "password": sim.password}, auth=False
-    )
+    st, _rs, body = raw(sim, "POST", "/access/ticket", {"username": "root@pam", "password": sim.password}, auth=False)
     ticket = json.loads(body)["data"]["ticket"]
     cookie = {"Cookie": f"PVEAuthCookie={ticket}"}
     assert raw(sim, "GET", "/version", headers=cookie, auth=False)[0] == 200
@@ -384,9 +376,7 @@ def test_401_bad_login_and_csrf(sim: SimHandle) -> None:
 
 
 def test_403_permission_wording(sim: SimHandle) -> None:
-    st, _rs, body = raw(
-        sim, "POST", "/access/ticket", {"username": "alice@pve", "password": "alicepw1"}, auth=False
-    )
+    st, _rs, body = raw(sim, "POST", "/access/ticket", {"username": "alice@pve", "password": "alicepw1"}, auth=False)
     data = json.loads(body)["data"]
     h = {"Cookie": f"PVEAuthCookie={data['ticket']}", "CSRFPreventionToken": data["CSRFPreventionToken"]}
     st, rs, body = raw(sim, "POST", "/nodes/pve1/lxc/200/status/start", headers=h, auth=False)
@@ -430,3 +420,23 @@ def test_task_errors_arrive_inside_tasks(sim: SimHandle) -> None:
     assert status["status"] == "stopped" and status["exitstatus"] == "CT is locked (backup)"
     log = sim.api("GET", f"/nodes/pve1/tasks/{upid}/log")[2]
     assert log["data"][-1] == {"n": log["total"], "t": "TASK ERROR: CT is locked (backup)"}
+
+
+def test_extjs_format_and_path_param_conflict(sim: SimHandle) -> None:
+    ctx = ssl.create_default_context(cafile=sim.cafile)
+    conn = http.client.HTTPSConnection(sim.hostname, sim.port, context=ctx, timeout=10)
+    conn.request("GET", "/api2/extjs/nodes/pve1/lxc/999/config", headers={"Authorization": f"PVEAPIToken={sim.token}"})
+    r = conn.getresponse()
+    assert r.status == 200
+    assert json.loads(r.read()) == {
+        "success": 0,
+        "status": 500,
+        "data": None,
+        "message": "Configuration file 'nodes/pve1/lxc/999.conf' does not exist",
+    }
+    conn.close()
+    st, rs, body = raw(sim, "POST", "/nodes/pve1/lxc/200/status/start", {"vmid": "201"})
+    assert (st, rs) == (400, "Parameter verification failed.")
+    assert json.loads(body)["errors"] == {
+        "vmid": "duplicate parameter (already defined in URI) with conflicting values!"
+    }

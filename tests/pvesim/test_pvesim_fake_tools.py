@@ -60,9 +60,7 @@ def test_pvesh_cli_output(pvesim: SimHandle, env: dict[str, str]) -> None:
         timeout=30,
     )
     assert (r.returncode, r.stdout) == (0, '"100"\n')
-    r = subprocess.run(
-        ["pvesh", "get", "/nodes/pve1/bogus"], env=env, capture_output=True, text=True, timeout=30
-    )
+    r = subprocess.run(["pvesh", "get", "/nodes/pve1/bogus"], env=env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 255 and r.stderr == "No 'get' handler defined for '/nodes/pve1/bogus'\n"
 
 
@@ -80,9 +78,7 @@ def test_pct_exec_records_and_simulates_apt(pvesim: SimHandle, env: dict[str, st
     _ct(pvesim)
     r = pct(env, "exec", "300", "--", "dpkg-query", "-W", "-f=${Status}", "nginx")
     assert (r.returncode, r.stderr) == (1, "dpkg-query: no packages found matching nginx\n")
-    r = pct(
-        env, "exec", "300", "--", "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "nginx"
-    )
+    r = pct(env, "exec", "300", "--", "env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "nginx")
     assert r.returncode == 0 and "Setting up nginx (1.0-1) ..." in r.stdout
     r = pct(env, "exec", "300", "--", "dpkg-query", "-W", "-f=${Status}", "nginx")
     assert (r.returncode, r.stdout) == (0, "install ok installed")

@@ -5,6 +5,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
+import shutil
+import subprocess
 from typing import Any
 
 import pytest
@@ -15,9 +19,7 @@ from pvesim.testing import schema_available
 from pvesim.usage import guest_usage
 
 UTC = dt.UTC
-needs_schema = pytest.mark.skipif(
-    not schema_available(), reason="PVE API schema not found (set PVESIM_SCHEMA)"
-)
+needs_schema = pytest.mark.skipif(not schema_available(), reason="PVE API schema not found (set PVESIM_SCHEMA)")
 
 
 def _validator(method: str, path: str) -> Any:
@@ -64,9 +66,7 @@ VALIDATION = [
     ({"node": "pve1", "vmid": "100", "ostemplate": "x", "features": "nesting=yes,keyctl=off"}, None, {}),
     (
         {"node": "pve1", "vmid": "100", "ostemplate": "x", "features": "nesting=2"},
-        {
-            "features": "invalid format - format error\nfeatures.nesting: type check ('boolean') failed - got '2'"
-        },
+        {"features": "invalid format - format error\nfeatures.nesting: type check ('boolean') failed - got '2'"},
         None,
     ),
     (
@@ -92,9 +92,7 @@ VALIDATION = [
     ),
     (
         {"node": "pve1", "vmid": "100", "ostemplate": "x", "rootfs": "local-lvm:8,mountoptions=bogus"},
-        {
-            "rootfs": "invalid format - format error\nrootfs.mountoptions: value does not match the regex pattern"
-        },
+        {"rootfs": "invalid format - format error\nrootfs.mountoptions: value does not match the regex pattern"},
         None,
     ),
     (
@@ -144,15 +142,11 @@ def test_json_body_booleans_and_prune_format() -> None:
     from pvesim.validate import ParamError
 
     v = _validator("POST", "/cluster/backup")
-    assert (
-        v.validate({"schedule": "daily", "all": True, "prune-backups": "keep-last=3,keep-daily=7"})["all"]
-        == 1
-    )
+    assert v.validate({"schedule": "daily", "all": True, "prune-backups": "keep-last=3,keep-daily=7"})["all"] == 1
     with pytest.raises(ParamError) as ei:
         v.validate({"schedule": "daily", "all": 1, "prune-backups": "keep-last=0"})
     assert ei.value.errors == {
-        "prune-backups": "invalid format - format error\n"
-        "prune-backups.keep-last: value must have a minimum value of 1"
+        "prune-backups": "invalid format - format error\nprune-backups.keep-last: value must have a minimum value of 1"
     }
     with pytest.raises(ParamError) as ei:
         v.validate({"schedule": "mon..fri 25:00", "all": 1})
@@ -264,3 +258,48 @@ def test_usage_counters_grow_and_seeded() -> None:
     assert guest_usage(7, 101, 2**30, 2**33, 2, 1_000_000, 999_000) != guest_usage(
         8, 101, 2**30, 2**33, 2, 1_000_000, 999_000
     )
+
+
+# (PVE expression, the same in systemd's spelling) - host.md §3 rewrites for minute-only specs.
+ORACLE = [
+    ("daily", "daily"),
+    ("hourly", "hourly"),
+    ("sat 02:00", "sat 02:00"),
+    ("mon..fri 21:00", "mon..fri 21:00"),
+    ("mon..fri 8..17,22:0/15", "mon..fri 8..17,22:0/15"),
+    ("Sat *-1..7 15:00", "Sat *-1..7 15:00"),
+    ("12/2:5", "12/2:5"),
+    ("quarterly", "quarterly"),
+    ("*/15", "*:0/15"),
+    ("0", "*:0"),
+    ("30/10", "*:30/10"),
+    ("mon..wed 30/10", "mon..wed *:30/10"),
+    ("*-*-01 03:30", "*-*-01 03:30"),
+    ("sun 01:00", "sun 01:00"),
+]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@pytest.mark.parametrize(("pve", "systemd"), ORACLE)
+def test_calendar_against_systemd_oracle(pve: str, systemd: str) -> None:
+    base = "2020-01-02 00:00:00"
+    r = subprocess.run(
+        ["systemd-analyze", "calendar", "--iterations=4", f"--base-time={base} UTC", systemd],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TZ": "UTC"},
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    want = [
+        int(dt.datetime.strptime(m, "%Y-%m-%d %H:%M:%S").replace(tzinfo=UTC).timestamp())
+        for m in re.findall(r"(?:Next elapse|Iter\. #\d+): \w+ (\S+ \S+) UTC", r.stdout)
+    ]
+    ev = parse_calendar_event(pve)
+    got, t = [], _ts("2020-01-02 00:00")
+    for _ in want:
+        nxt = next_run(ev, t, UTC)
+        assert nxt is not None
+        got.append(nxt)
+        t = nxt
+    assert got == want and len(want) == 4

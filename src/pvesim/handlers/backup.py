@@ -272,6 +272,24 @@ def vzdump(ctx: Ctx) -> str:
                 continue
             g.config.pop("lock", None)
             g.touch()
+            limit = sum(v for k, v in keep.items() if k != "keep-all")
+            if not remove and limit and not keep.get("keep-all"):
+                have = sum(
+                    1
+                    for v in sim.storage_volumes(node, sid).values()
+                    if v.content == "backup"
+                    and v.vmid == g.vmid
+                    and not v.protected
+                    and parse_archive_name(v.volid) is not None
+                )
+                if have >= limit:
+                    lines.append(
+                        f"ERROR: Backup of VM {g.vmid} failed - There is a max backup limit of {limit} "
+                        "enforced by the target storage or the vzdump parameters. Either increase the "
+                        "limit or delete old backup(s)."
+                    )
+                    errors += 1
+                    continue
             if sim.guests.get(g.vmid) is not g:
                 lines.append(f"ERROR: Backup of VM {g.vmid} failed - guest vanished")
                 errors += 1
@@ -311,14 +329,13 @@ def vzdump(ctx: Ctx) -> str:
                         lines.append(f"INFO: removing backup '{r}'")
                     lines.append(f"INFO: pruned {len(removed)} backup(s)")
             lines.append(f"INFO: Finished Backup of VM {g.vmid} (00:00:{int(per):02d})")
-        lines.append(
-            "INFO: Backup job finished with errors" if errors else "INFO: Backup job finished successfully"
-        )
+        lines.append("INFO: Backup job finished with errors" if errors else "INFO: Backup job finished successfully")
         notify(
             sim,
             "error" if errors else "info",
             f"vzdump backup status ({node}): backup {'failed' if errors else 'successful'}",
             {"type": "vzdump", "hostname": node, **({"job-id": str(job_id)} if job_id else {})},
+            "\n".join(lines),
         )
         if errors:
             raise TaskError("job errors", lines)
@@ -332,10 +349,110 @@ def vzdump(ctx: Ctx) -> str:
         sim.changed()
         return msg
 
-    upid = sim.new_task(
-        node, "vzdump", tid, ctx.auth, work=work, on_error=on_error, seconds=per * max(1, len(guests))
-    )
+    upid = sim.new_task(node, "vzdump", tid, ctx.auth, work=work, on_error=on_error, seconds=per * max(1, len(guests)))
     return upid
 
 
 __all__ = ["apply_prune", "job_guests"]
+
+
+@api("GET", "/nodes/{node}/vzdump/extractconfig")
+def extractconfig(ctx: Ctx) -> str:
+    """The guest config stored in a backup archive, as config-file text."""
+    volid = str(ctx.p["volume"])
+    sid = volid.split(":", 1)[0]
+    if sid not in ctx.sim.storages:
+        raise die(f"storage '{sid}' does not exist")
+    vol = ctx.sim.storage_volumes(ctx.node, sid).get(volid)
+    if vol is None or vol.content != "backup":
+        raise die(f"volume '{volid}' does not exist")
+    if vol.vmid is not None and not ctx.is_root:
+        ctx.check(f"/vms/{vol.vmid}", ["VM.Backup"])
+    cfg = dict(vol.guest_config or {})
+    lines = ["#" + line for line in str(cfg.pop("description", "")).split("\n") if line]
+    lines += [f"{k}: {v}" for k, v in sorted(cfg.items())]
+    return "\n".join(lines) + "\n"
+
+
+@api("GET", "/nodes/{node}/vzdump/defaults")
+def vzdump_defaults(ctx: Ctx) -> dict[str, Any]:
+    sid = str(ctx.p.get("storage", "local"))
+    st = ctx.sim.storages.get(sid)
+    d: dict[str, Any] = {
+        "storage": sid,
+        "mode": "snapshot",
+        "compress": "0",
+        "all": 0,
+        "remove": 1,
+        "stdexcludes": 1,
+        "lockwait": 180,
+        "stopwait": 10,
+        "ionice": 7,
+    }
+    if st is not None and st.prune_backups:
+        d["prune-backups"] = st.prune_backups
+    return d
+
+
+def _prune_plan(ctx: Ctx) -> tuple[str, list[dict[str, Any]]]:
+    """Marks for every backup on a storage (optionally one vmid/type), like `pvesm prune-backups --dry-run`."""
+    sim = ctx.sim
+    sid = str(ctx.p["storage"])
+    st = sim.storages.get(sid)
+    if st is None:
+        raise die(f"storage '{sid}' does not exist")
+    keep = parse_prune_backups(str(ctx.p.get("prune-backups") or st.prune_backups or "keep-all=1"))
+    groups: dict[tuple[str, int], list[tuple[str, int, bool]]] = {}
+    out: list[dict[str, Any]] = []
+    for v in sim.storage_volumes(ctx.node, sid).values():
+        if v.content != "backup":
+            continue
+        if ctx.p.get("vmid") is not None and v.vmid != int(ctx.p["vmid"]):
+            continue
+        a = parse_archive_name(v.volid)
+        kind = a.type if a else (v.subtype or "unknown")
+        if ctx.p.get("type") and kind != ctx.p["type"]:
+            continue
+        if a is None:
+            e: dict[str, Any] = {"volid": v.volid, "ctime": v.ctime, "mark": "renamed", "type": kind}
+            if v.vmid is not None:
+                e["vmid"] = v.vmid
+            out.append(e)
+            continue
+        groups.setdefault((a.type, a.vmid), []).append((v.volid, a.ctime, bool(v.protected)))
+    for (kind, vmid), items in groups.items():
+        marks = prune_marks(items, keep)
+        out += [{"volid": vid, "ctime": ct, "mark": marks[vid], "type": kind, "vmid": vmid} for vid, ct, _p in items]
+    out.sort(key=lambda e: (str(e.get("vmid", "")), -int(e["ctime"])))
+    return sid, out
+
+
+@api("GET", "/nodes/{node}/storage/{storage}/prunebackups")
+def prunebackups_dry_run(ctx: Ctx) -> list[dict[str, Any]]:
+    return _prune_plan(ctx)[1]
+
+
+@api("DELETE", "/nodes/{node}/storage/{storage}/prunebackups")
+def prunebackups(ctx: Ctx) -> str:
+    sim = ctx.sim
+    sid = str(ctx.p["storage"])
+    if not ctx.is_root:
+        if ctx.p.get("vmid") is not None:
+            ctx.check(f"/storage/{sid}", ["Datastore.AllocateSpace"])
+            ctx.check(f"/vms/{ctx.p['vmid']}", ["VM.Backup"])
+        else:
+            ctx.check(f"/storage/{sid}", ["Datastore.Allocate"])
+    sid, plan = _prune_plan(ctx)
+    node = ctx.node
+
+    def work() -> list[str]:
+        vols = sim.storage_volumes(node, sid)
+        lines = []
+        for e in plan:
+            if e["mark"] == "remove":
+                vols.pop(e["volid"], None)
+                lines.append(f"removing backup '{e['volid']}'")
+        sim.changed()
+        return lines
+
+    return sim.new_task(node, "prunebackups", str(ctx.p.get("vmid", "")), ctx.auth, work=work, seconds=0.2)

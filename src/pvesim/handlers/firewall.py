@@ -32,9 +32,7 @@ RULE_KEYS = (
 
 def _digest(fw: dict[str, Any]) -> str:
     return hashlib.sha1(
-        repr(
-            (fw.get("options"), fw.get("rules"), fw.get("aliases"), fw.get("ipsets"), fw.get("version"))
-        ).encode()
+        repr((fw.get("options"), fw.get("rules"), fw.get("aliases"), fw.get("ipsets"), fw.get("version"))).encode()
     ).hexdigest()
 
 
@@ -360,9 +358,7 @@ def groups(ctx: Ctx) -> list[dict[str, Any]]:
 
 
 def _groups_digest(ctx: Ctx) -> str:
-    return hashlib.sha1(
-        repr(sorted((k, _digest(v)) for k, v in ctx.sim.fw_groups.items())).encode()
-    ).hexdigest()
+    return hashlib.sha1(repr(sorted((k, _digest(v)) for k, v in ctx.sim.fw_groups.items())).encode()).hexdigest()
 
 
 @api("POST", "/cluster/firewall/groups")

@@ -121,16 +121,14 @@ def target_test(ctx: Ctx) -> None:
     t = _all_targets(ctx.sim).get(name)
     if t is None:
         raise die(f"could not notify via target '{name}': target '{name}' does not exist")
-    ctx.sim.notifications_sent.append(
-        {
-            "target": name,
-            "type": t[0],
-            "severity": "info",
-            "title": "Test notification",
-            "fields": {},
-            "test": True,
-        }
-    )
+    note = {
+        "severity": "info",
+        "title": "Test notification",
+        "message": f"This is a test of the notification target '{name}'.",
+        "fields": {},
+        "test": True,
+    }
+    _send(ctx.sim, name, t[0], t[1], note)
     return None
 
 
@@ -198,8 +196,7 @@ def matcher_fields(ctx: Ctx) -> list[dict[str, Any]]:
 @api("GET", "/cluster/notifications/matcher-field-values")
 def matcher_field_values(ctx: Ctx) -> list[dict[str, Any]]:
     out = [
-        {"field": "type", "value": v}
-        for v in ("vzdump", "replication", "fencing", "package-updates", "system-mail")
+        {"field": "type", "value": v} for v in ("vzdump", "replication", "fencing", "package-updates", "system-mail")
     ]
     out += [{"field": "hostname", "value": n} for n in ctx.sim.nodes]
     out += [{"field": "job-id", "value": j} for j in ctx.sim.backup_jobs]
@@ -222,8 +219,31 @@ def _matches(m: dict[str, Any], severity: str, fields: dict[str, str]) -> bool:
     return not ok if m.get("invert-match") else ok
 
 
-def notify(sim: Sim, severity: str, title: str, fields: dict[str, str]) -> None:
-    """Route a notification through the matchers; deliveries are recorded for GET /_sim/notifications."""
+def _send(sim: Sim, name: str, kind: str, endpoint: dict[str, Any], note: dict[str, Any]) -> None:
+    """Record a notification for a target and deliver it in the background (SMTP, Gotify, webhook)."""
+    import threading
+
+    from pvesim.notify_delivery import deliver
+
+    entry = {"target": name, "type": kind, **note, "timestamp": int(sim.now()), "delivery": "pending"}
+    sim.notifications_sent.append(entry)
+    emails = [
+        sim.access.users[u].email
+        for u in endpoint.get("mailto-user", [])
+        if u in sim.access.users and sim.access.users[u].email
+    ]
+    ep = dict(endpoint)
+
+    def run() -> None:
+        result = deliver(kind, ep, entry, emails)
+        with sim.lock:
+            entry["delivery"] = result
+
+    threading.Thread(target=run, name=f"pvesim-notify-{name}", daemon=True).start()
+
+
+def notify(sim: Sim, severity: str, title: str, fields: dict[str, str], message: str = "") -> None:
+    """Route a notification through the matchers to targets; see GET /_sim/notifications."""
     targets_ = _all_targets(sim)
     sent: set[str] = set()
     for m in sim.notif_matchers.values():
@@ -233,13 +253,11 @@ def notify(sim: Sim, severity: str, title: str, fields: dict[str, str]) -> None:
             if t in sent or t not in targets_ or targets_[t][1].get("disable"):
                 continue
             sent.add(t)
-            sim.notifications_sent.append(
-                {
-                    "target": t,
-                    "type": targets_[t][0],
-                    "severity": severity,
-                    "title": title,
-                    "fields": dict(fields),
-                    "matcher": m.get("name"),
-                }
-            )
+            note = {
+                "severity": severity,
+                "title": title,
+                "message": message or title,
+                "fields": dict(fields),
+                "matcher": m.get("name"),
+            }
+            _send(sim, t, targets_[t][0], targets_[t][1], note)
