@@ -36,7 +36,8 @@ def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float]:
 
 
 def cli(fmt: str, root: str = "/") -> None:
-    subprocess.run([sys.executable, "-m", "pveguard", "--strategy", "/nonexistent/strategy.yaml", "audit",
+    subprocess.run([sys.executable, "-m", "pveguard", "--strategy", "/nonexistent/strategy.yaml",
+                    "--state-dir", "/nonexistent/state", "audit",
                     "--format", fmt, "--root", root], check=True, stdout=subprocess.DEVNULL,
                    env={**os.environ, "COLUMNS": "160"})
 

@@ -16,9 +16,9 @@ GOLDEN_ROOT = Path(__file__).parent / "golden/pve-alternatives/root"
 
 
 def run(*args: str, state: Path | None = None) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "pveguard", "--strategy", "/nonexistent/strategy.yaml"]
-    if state is not None:
-        argv += ["--state-dir", str(state)]
+    # a state dir that does not exist keeps the guard's self-check from touching this machine's state
+    argv = [sys.executable, "-m", "pveguard", "--strategy", "/nonexistent/strategy.yaml",
+            "--state-dir", str(state or "/nonexistent/state")]
     return subprocess.run([*argv, "audit", *args], capture_output=True, text=True, check=False, timeout=60,
                           env={**os.environ, "COLUMNS": "200"})
 

@@ -69,7 +69,8 @@ def test_offline_documents_conform(case: str) -> None:
 
 def test_this_host_conforms() -> None:
     """The live audit of the machine running the tests, through the real command line."""
-    proc = subprocess.run([sys.executable, "-m", "pveguard", "--strategy", "/nonexistent/s.yaml", "audit", "--json"],
+    proc = subprocess.run([sys.executable, "-m", "pveguard", "--strategy", "/nonexistent/s.yaml",
+                           "--state-dir", "/nonexistent/state", "audit", "--json"],
                           capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
