@@ -10,11 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-install = pytest.importorskip("pveguard.guard.install", reason="the guard is not merged into this branch yet")
-
-from pveguard.context import AppContext  # noqa: E402
+from pveguard.context import AppContext
+from pveguard.guard import install
 
 
 def audit(state: Path) -> dict[str, Any]:

@@ -1,16 +1,16 @@
 """What the audit asks other parts of pveguard: the guard's own check, the backend's guests and the
 backup module's coverage. Each answer may be unavailable; the reason is carried into the report.
 
-Seams: `pveguard.guard.install.guard_findings(ctx)` and `pveguard.backup.coverage.uncovered_guests(ctx,
-guests)` are imported when present (the modules are being written on other branches); until then
-the report says the fact is unavailable and why, instead of guessing.
+The guard (`pveguard.guard.install.guard_findings`) and the backends (`pveguard.backends.connect`)
+are called directly. One seam remains: `pveguard.backup.coverage.uncovered_guests(ctx, backend)` is
+imported when present (backup jobs are still being written); until then the report says backup
+coverage is unavailable and why, instead of guessing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
-import inspect
 import os
 import sqlite3
 from pathlib import Path
@@ -34,9 +34,8 @@ def guests(strategy: Strategy, root: Path) -> tuple[GuestView, Any]:
     """The backend's guests plus each strategy container's config; (view, backend or None)."""
     if root != Path("/"):
         return GuestView(False, f"offline audit of {root}: guests are only listed for /"), None
-    connect = _optional("pveguard.backends", "connect")
-    if connect is None:
-        return GuestView(False, "no backend in this build (pveguard.backends.connect is not available yet)"), None
+    from pveguard.backends import connect
+
     backend = None
     try:
         backend = connect(strategy)
@@ -69,12 +68,9 @@ def _close(backend: Any) -> None:
 
 
 def guard(ctx: AppContext, root: Path) -> tuple[list[Any] | None, str]:
-    fn = _optional("pveguard.guard.install", "guard_findings")
-    if fn is None:
-        return None, "the guard's self-check is not in this build (pveguard.guard.install.guard_findings missing)"
-    params = inspect.signature(fn).parameters
-    if "root" in params:
-        return list(fn(ctx, root=root)), ""
+    """The guard's self-check for the live host (its file states live in this host's state database)."""
+    from pveguard.guard.install import guard_findings
+
     if root != Path("/"):
         return None, f"offline audit of {root}: the guard's self-check reads this host's state database"
     if not (ctx.state_dir / "pveguard.db").exists():
@@ -84,7 +80,7 @@ def guard(ctx: AppContext, root: Path) -> tuple[list[Any] | None, str]:
                  "detail": f"no pveguard state database in {ctx.state_dir}",
                  "fix": "run 'pveguard guard install'"}], ""
     try:
-        return list(fn(ctx)), ""
+        return list(guard_findings(ctx)), ""
     except PveguardError as exc:
         return None, f"the guard's self-check failed: {exc.message}"
     except (OSError, sqlite3.Error) as exc:
