@@ -56,7 +56,7 @@ def main() -> None:
         ("end to end: `pveguard audit` (table, new process)", lambda: cli("table")),
         ("end to end: `pveguard audit --root <pve-fake golden root> --json`", lambda: cli("json", str(GOLDEN))),
         ("phase: inventory.collect(/)", lambda: inventory.collect(Path("/"))),
-        ("phase: sources.external (backend guests, guard, backup seams)",
+        ("phase: sources.external (backend guests, guard, backup coverage)",
          lambda: sources.external(AppContext(Path("/nonexistent/s.yaml"), Path("/nonexistent/state")), Strategy(),
                                   Path("/"))),
         ("phase: assemble.build (classify, suggest, depmap, findings, score)",
