@@ -46,9 +46,6 @@ def host_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     _need("dpkg-deb", "chroot")
     base = tmp_path_factory.mktemp("systemd-host")
     root = extract(rootfs_tarball(fakehost.INCLUDE), base / "rootfs")
-    # The cached tarball's "." carries debootstrap's mkdtemp mode 0700; a booted system needs 0755 so
-    # that services running as their own users (grafana) can reach anything at all.
-    root.chmod(0o755)
     try:
         debs = root / "tmp/debs"
         debs.mkdir(parents=True)
