@@ -16,6 +16,7 @@ from pveguard import __version__
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, EXIT_USAGE, PveguardError, UsageError
 from pveguard.output import console, error, print_json, warn
+from pveguard.backup import cli as backup_cli
 from pveguard.security import cli as audit_log_cli
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(audit_log_cli.app, name="audit-log")
+app.add_typer(backup_cli.app, name="backup")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable shape, see docs/json.md).")]
 

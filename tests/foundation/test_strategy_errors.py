@@ -67,6 +67,8 @@ CASES: list[tuple[str, str, list[tuple[int, int, str, str]]]] = [
      [(1, 10, "network", "expected a mapping")]),
     ("bad-schedule", "backup:\n  containers:\n    schedule: ''\n",
      [(3, 15, "backup.containers.schedule", "empty schedule")]),
+    ("bad-calendar-event", "backup:\n  host_config:\n    schedule: 'mon..fry 2:00'\n",
+     [(3, 15, "backup.host_config.schedule", "'fry' is neither a keyword nor a weekday")]),
     ("unknown-feature", CONTAINER.format(memory="1G") + "    features: {nesting: true, warp: true}\n",
      [(7, 15, "containers[0].features", "unknown feature 'warp'")]),
     ("webhook-without-url", "monitoring:\n  notify:\n    - type: webhook\n",

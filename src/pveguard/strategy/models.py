@@ -50,7 +50,8 @@ def _check_frequency(value: str) -> str:
     try:
         calendar.parse(text)
     except ValueError as exc:
-        raise ValueError(f"{text!r} is not a calendar event: {exc}") from None
+        message, hint = getattr(exc, "message", str(exc)), getattr(exc, "hint", None)
+        raise ValueError(f"{message}; {hint}" if hint else message) from None
     return text
 
 
