@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, tzinfo
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
@@ -187,3 +187,358 @@ def prune_sim(
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared helpers for commands that act: the main CLI's context when mounted (strategy, state
+# directory, ledger), plain defaults when this app runs alone.
+
+
+def _app_context(ctx: typer.Context) -> Any | None:
+    obj = ctx.find_root().obj
+    from pveguard.context import AppContext
+
+    return obj if isinstance(obj, AppContext) else None
+
+
+def _record(ctx: typer.Context, action: str, target: str, **details: Any) -> None:
+    app_ctx = _app_context(ctx)
+    if app_ctx is not None:
+        app_ctx.record(action, target, **details)
+
+
+def _state_dir(ctx: typer.Context) -> Path:
+    from pveguard.store import resolve_state_dir
+
+    app_ctx = _app_context(ctx)
+    return Path(app_ctx.state_dir) if app_ctx is not None else resolve_state_dir(None)
+
+
+def _host_config_settings(ctx: typer.Context) -> Any | None:
+    app_ctx = _app_context(ctx)
+    return app_ctx.strategy_or_default().backup.host_config if app_ctx is not None else None
+
+
+hostconfig_app = typer.Typer(
+    help="Host-configuration backups with restic (deduplicated, local repository).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.add_typer(hostconfig_app, name="host-config")
+
+RepoOpt = Annotated[
+    str | None, typer.Option("--repo", metavar="DIR", help="restic repository [default: <state-dir>/restic].")
+]
+PassOpt = Annotated[
+    Path | None,
+    typer.Option("--password-file", metavar="FILE", help="[default: <state-dir>/restic.pass, created by init]."),
+]
+
+
+def _host_config(ctx: typer.Context, repo: str | None, password_file: Path | None) -> Any:
+    from pveguard.backup.hostconfig import HostConfigBackup, Restic
+
+    settings = _host_config_settings(ctx)
+    state = _state_dir(ctx)
+    repository = repo or (settings.repository if settings is not None and settings.repository else None)
+    password = password_file or (
+        Path(settings.password_file) if settings is not None and settings.password_file else None
+    )
+    return HostConfigBackup(
+        Restic(
+            repository=repository or str(state / "restic"),
+            password_file=password or state / "restic.pass",
+            cache_dir=state / "restic-cache",
+        )
+    )
+
+
+@hostconfig_app.command("init")
+@_user_errors
+def hc_init(ctx: typer.Context, repo: RepoOpt = None, password_file: PassOpt = None) -> None:
+    """Create the password file and the repository (an existing one is left alone)."""
+    backup = _host_config(ctx, repo, password_file)
+    created = backup.init()
+    where = backup.restic.repository
+    if created:
+        _record(ctx, "backup.host-config.init", where, password_file=str(backup.restic.password_file))
+        info(f"created restic repository {where}; keep {backup.restic.password_file} safe (and a copy offsite)")
+    else:
+        info(f"restic repository {where} already exists")
+
+
+@hostconfig_app.command("run")
+@_user_errors
+def hc_run(
+    ctx: typer.Context,
+    paths: Annotated[list[str] | None, typer.Argument(help="Paths [default: the strategy's list].")] = None,
+    repo: RepoOpt = None,
+    password_file: PassOpt = None,
+    retention: Annotated[
+        str | None, typer.Option("--retention", help="Forget snapshots older than this, e.g. 30d [strategy].")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Back up the host configuration now, then apply the retention (restic forget --prune)."""
+    from pveguard.strategy.units import parse_duration
+
+    settings = _host_config_settings(ctx)
+    backup = _host_config(ctx, repo, password_file)
+    if not backup.is_initialised():
+        backup.init()
+    wanted = list(paths or (settings.paths if settings is not None else []))
+    if not wanted:
+        raise UsageError("no paths to back up", hint="pass paths or set backup.host_config.paths in the strategy")
+    try:
+        keep_for = parse_duration(retention) if retention else (settings.retention if settings else None)
+    except ValueError as exc:
+        raise UsageError(f"--retention: {exc}", hint="e.g. 30d or 36h") from None
+    result = backup.backup(wanted)
+    forgotten = backup.forget(keep_for) if keep_for is not None else None
+    _record(
+        ctx, "backup.host-config.run", backup.restic.repository, snapshot=result.snapshot_id,
+        skipped_missing=list(result.skipped_missing), forgotten=len(forgotten.removed) if forgotten else 0,
+    )  # fmt: skip
+    if json_out:
+        print_json({"snapshot": result.snapshot_id, "backed_up": list(result.backed_up),
+                    "skipped_missing": list(result.skipped_missing), "files_new": result.files_new,
+                    "files_changed": result.files_changed, "data_added": result.data_added,
+                    "incomplete": result.incomplete, "warnings": list(result.warnings),
+                    "forgotten": list(forgotten.removed) if forgotten else []})  # fmt: skip
+        return
+    sys.stdout.write(f"snapshot {result.snapshot_id}: {result.files_new} new, {result.files_changed} changed, "
+                     f"{result.data_added} bytes added\n")  # fmt: skip
+    if result.skipped_missing:
+        info(f"skipped (not present): {', '.join(result.skipped_missing)}")
+    for w in result.warnings:
+        info(f"warning: {w}")
+    if forgotten is not None and forgotten.removed:
+        info(f"retention: forgot {len(forgotten.removed)} snapshot(s)")
+
+
+@hostconfig_app.command("list")
+@_user_errors
+def hc_list(
+    ctx: typer.Context,
+    repo: RepoOpt = None,
+    password_file: PassOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List host-configuration snapshots, oldest first."""
+    snaps = _host_config(ctx, repo, password_file).snapshots()
+    if json_out:
+        print_json([{"id": s.id, "short_id": s.short_id, "time": s.time.isoformat(), "paths": list(s.paths),
+                     "host": s.hostname} for s in snaps])  # fmt: skip
+        return
+    for s in snaps:
+        sys.stdout.write(f"{s.short_id}  {s.time.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}  {' '.join(s.paths)}\n")
+
+
+@hostconfig_app.command("diff")
+@_user_errors
+def hc_diff(
+    ctx: typer.Context,
+    first: Annotated[str, typer.Argument(help="Older snapshot id.")],
+    second: Annotated[str, typer.Argument(help="Newer snapshot id.")],
+    repo: RepoOpt = None,
+    password_file: PassOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What changed between two snapshots: '+' added, '-' removed, 'M' modified, 'T'/'U' type/metadata."""
+    entries = _host_config(ctx, repo, password_file).diff(first, second)
+    if json_out:
+        print_json([{"path": e.path, "change": e.modifier} for e in entries])
+        return
+    for e in entries:
+        sys.stdout.write(f"{e.modifier} {e.path}\n")
+
+
+@hostconfig_app.command("restore")
+@_user_errors
+def hc_restore(
+    ctx: typer.Context,
+    snapshot: Annotated[str, typer.Argument(help="Snapshot id (or 'latest').")],
+    target: Annotated[Path, typer.Option("--target", metavar="DIR", help="Empty or new directory to restore into.")],
+    path: Annotated[list[str] | None, typer.Option("--path", help="Only this file or directory (repeatable).")] = None,
+    repo: RepoOpt = None,
+    password_file: PassOpt = None,
+) -> None:
+    """Restore a snapshot (or some paths of it) into a directory; nothing on the host is overwritten."""
+    backup = _host_config(ctx, repo, password_file)
+    out = backup.restore(snapshot, target, include=path or ())
+    _record(ctx, "backup.host-config.restore", str(out), snapshot=snapshot, paths=list(path or []))
+    info(f"restored into {out} (files keep their absolute paths below it)")
+
+
+@hostconfig_app.command("check")
+@_user_errors
+def hc_check(
+    ctx: typer.Context,
+    read_data_subset: Annotated[
+        str | None, typer.Option("--read-data-subset", help="Also read this share of the data, e.g. 5%.")
+    ] = None,
+    repo: RepoOpt = None,
+    password_file: PassOpt = None,
+) -> None:
+    """restic check of the repository (structure; with --read-data-subset also data)."""
+    report = _host_config(ctx, repo, password_file).check(read_data_subset)
+    sys.stdout.write(report)
+
+
+@hostconfig_app.command("copy")
+@_user_errors
+def hc_copy(
+    ctx: typer.Context,
+    to_repo: Annotated[str, typer.Option("--to-repo", help="Offsite restic repository (path or restic URL).")],
+    to_password_file: Annotated[Path, typer.Option("--to-password-file", help="Its password file.")],
+    repo: RepoOpt = None,
+    password_file: PassOpt = None,
+) -> None:
+    """Copy snapshots to a second restic repository (restic copy; incremental)."""
+    from pveguard.backup.hostconfig import Restic
+
+    backup = _host_config(ctx, repo, password_file)
+    copied = backup.copy_to(Restic(to_repo, to_password_file, cache_dir=backup.restic.cache_dir))
+    _record(ctx, "backup.host-config.copy", to_repo, snapshots=len(copied))
+    info(f"copied {len(copied)} snapshot(s) to {to_repo}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Archives in a dump directory (vzdump naming): verify and prune.
+
+archives_app = typer.Typer(
+    help="vzdump-style archives in a dump directory: verify and prune.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.add_typer(archives_app, name="archives")
+
+DirArg = Annotated[Path, typer.Argument(metavar="DUMP_DIR", help="Directory holding vzdump-*.tar.* archives.")]
+
+
+def _check_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a directory", hint="pass the dump directory, e.g. /var/lib/vz/dump")
+
+
+@archives_app.command("verify")
+@_user_errors
+def archives_verify(
+    ctx: typer.Context,
+    dump_dir: DirArg,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Read every archive: decompression test, tar listing, size and SHA-256 against the catalogue.
+
+    Exit 1 when any archive is bad (each is named). This is pveguard's own check; PVE keeps no
+    checksums for file archives.
+    """
+    from pveguard.backup.verify import verify_directory
+
+    _check_dir(dump_dir)
+    results = verify_directory(dump_dir)
+    bad = [r for r in results if not r.ok]
+    _record(ctx, "backup.archives.verify", str(dump_dir), checked=len(results), bad=[r.filename for r in bad])
+    if json_out:
+        print_json({"directory": str(dump_dir), "archives": [r.as_dict() for r in results]})
+    else:
+        for r in results:
+            sys.stdout.write(f"{'ok ' if r.ok else 'BAD'} {r.filename}  {r.size} bytes  {r.entries} entries\n")
+            for p in r.problems:
+                sys.stdout.write(f"    {p}\n")
+    if bad:
+        error(f"{len(bad)} of {len(results)} archive(s) failed verification: {', '.join(r.filename for r in bad)}")
+        raise typer.Exit(1)
+
+
+@archives_app.command("prune")
+@_user_errors
+def archives_prune(
+    ctx: typer.Context,
+    dump_dir: DirArg,
+    keep_last: Annotated[int, typer.Option("--keep-last", min=0)] = 0,
+    keep_hourly: Annotated[int, typer.Option("--keep-hourly", min=0)] = 0,
+    keep_daily: Annotated[int, typer.Option("--keep-daily", min=0)] = 0,
+    keep_weekly: Annotated[int, typer.Option("--keep-weekly", min=0)] = 0,
+    keep_monthly: Annotated[int, typer.Option("--keep-monthly", min=0)] = 0,
+    keep_yearly: Annotated[int, typer.Option("--keep-yearly", min=0)] = 0,
+    guest: Annotated[int | None, typer.Option("--vmid", help="Only this guest's archives.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would be removed.")] = False,
+) -> None:
+    """Prune archives per guest exactly like PVE (protected sentinels honoured, .log/.notes removed too)."""
+    import os
+
+    from pveguard.backup.archive import plan_prune
+
+    _check_dir(dump_dir)
+    policy = KeepPolicy(last=keep_last, hourly=keep_hourly, daily=keep_daily, weekly=keep_weekly,
+                        monthly=keep_monthly, yearly=keep_yearly)  # fmt: skip
+    if policy.keeps_everything:
+        raise UsageError("no --keep-* option above 0: nothing would be pruned", hint="e.g. --keep-daily 7")
+    names = os.listdir(dump_dir)
+    mtimes = {n: (dump_dir / n).stat().st_mtime for n in names}
+    plan = plan_prune(names, policy, local_zone(), guest=("lxc", guest) if guest else None, mtimes=mtimes)
+    for name, mark in sorted(plan.marks.items()):
+        sys.stdout.write(f"{mark} {name}\n")
+    if dry_run:
+        info(f"dry run: would delete {len(plan.delete)} file(s)")
+        return
+    removed = []
+    for name in plan.delete:
+        path = dump_dir / name
+        # Re-check the sentinel right before deleting: it may have appeared since the listing.
+        if (dump_dir / f"{name}.protected").exists():
+            info(f"skipped {name}: protected since the listing")
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise UsageError(
+                f"cannot delete {path}: {exc.strerror}", hint="run as the owner of the dump directory"
+            ) from None
+        removed.append(name)
+    _record(ctx, "backup.archives.prune", str(dump_dir), policy=str(policy), removed=removed)
+    info(f"deleted {len(removed)} file(s)")
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+@app.command("install-timers")
+@_user_errors
+def install_timers(
+    ctx: typer.Context,
+    unit_dir: Annotated[Path, typer.Option("--unit-dir", help="Where to write the units.")] = Path(
+        "/etc/systemd/system"
+    ),
+    pveguard_bin: Annotated[
+        str | None, typer.Option("--pveguard", help="Path of the pveguard command [default: found in PATH].")
+    ] = None,
+) -> None:
+    """Write systemd timers for the host-config backup schedule of the strategy (OnCalendar = PVE event)."""
+    import shutil
+
+    from pveguard.backup.timers import install_units, render_units
+
+    app_ctx = _app_context(ctx)
+    settings = _host_config_settings(ctx)
+    schedule = settings.schedule if settings is not None else "hourly"
+    exe = pveguard_bin or shutil.which("pveguard")
+    if not exe or not Path(exe).is_absolute():
+        raise UsageError("cannot find the pveguard command", hint="pass --pveguard /usr/local/bin/pveguard")
+    command = [exe]
+    if app_ctx is not None:
+        command += ["--strategy", str(app_ctx.strategy_path), "--state-dir", str(app_ctx.state_dir)]
+    units = [
+        render_units("pveguard-backup-host-config", parse(schedule), [*command, "backup", "host-config", "run"],
+                     "pveguard host-configuration backup"),
+    ]  # fmt: skip
+    written = install_units(units, unit_dir)
+    _record(ctx, "backup.install-timers", str(unit_dir), files=[str(p) for p in written])
+    for p in written:
+        sys.stdout.write(f"wrote {p}\n")
+    info("enable with: systemctl daemon-reload && systemctl enable --now pveguard-backup-host-config.timer")
