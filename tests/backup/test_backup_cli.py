@@ -137,3 +137,17 @@ def test_runs_as_a_process() -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert proc.returncode == 0 and proc.stdout == "2024-01-01T01:00:00Z\n"
+
+
+def test_prune_sim_reads_archive_names_per_guest() -> None:
+    listing = "\n".join([
+        "/var/lib/vz/dump/vzdump-lxc-101-2024_01_01-02_00_00.tar.zst",
+        "vzdump-lxc-101-2024_01_02-02_00_00.tar.zst protected",
+        "vzdump-lxc-101-2024_01_03-02_00_00.tar.zst",
+        "vzdump-lxc-102-2024_01_01-03_00_00.tar.gz",
+    ])  # fmt: skip
+    result = runner.invoke(app, ["prune-sim", "--keep-last", "1"], input=listing, env={"TZ": "UTC"})
+    assert result.exit_code == 0, result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["remove", "protected", "keep", "keep"]
+    renamed = runner.invoke(app, ["prune-sim", "--keep-last", "1"], input="vzdump-lxc-101-mine.tar.zst\n")
+    assert renamed.exit_code == 2 and "renamed archive" in renamed.stderr

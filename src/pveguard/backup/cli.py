@@ -114,9 +114,13 @@ def _read_lines(file: Path | None) -> Iterable[str]:
         raise UsageError(f"cannot read {file}: {exc}") from None
 
 
-def parse_archive_lines(lines: Iterable[str], zone: tzinfo) -> list[tuple[str, datetime, bool]]:
-    """``TIMESTAMP[ protected]`` per line; blank lines and ``#`` comments are skipped."""
-    out: list[tuple[str, datetime, bool]] = []
+def parse_archive_lines(lines: Iterable[str], zone: tzinfo) -> list[tuple[str, datetime, bool, str]]:
+    """``TIMESTAMP[ protected]`` or a vzdump archive name per line; blank lines and ``#`` comments
+    are skipped. Returns (text, time, protected, group): archive names are grouped per guest as in
+    PVE, plain timestamps form one group."""
+    from pveguard.backup.archive import parse_archive_name
+
+    out: list[tuple[str, datetime, bool, str]] = []
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -125,15 +129,26 @@ def parse_archive_lines(lines: Iterable[str], zone: tzinfo) -> list[tuple[str, d
         words = line.rsplit(None, 1)
         if len(words) == 2 and words[1] == "protected":
             line, protected = words[0].rstrip(), True
+        archive = parse_archive_name(line.rsplit("/", 1)[-1])
+        if archive is not None and archive.local_time is not None:
+            # The name holds local wall-clock time; the earlier instant in a repeated DST hour.
+            when = archive.local_time.replace(tzinfo=zone, fold=0)
+            out.append((line, when, protected, f"{archive.type}/{archive.vmid}"))
+            continue
+        if archive is not None:
+            raise UsageError(
+                f"line {number}: {line!r} is a renamed archive (no standard time in its name); PVE never prunes it",
+                hint="leave it out of the list",
+            )
         try:
             when = parse_time(line, zone, "timestamp")
         except UsageError as exc:
             raise UsageError(
                 f"line {number}: {exc.message}",
-                hint="one ISO 8601 timestamp per line, optionally followed by ' protected', "
-                "e.g. '2024-01-31T02:00:00' or '2024-01-31T02:00:00Z protected'",
+                hint="one ISO 8601 timestamp or vzdump archive name per line, optionally followed by "
+                "' protected', e.g. '2024-01-31T02:00:00' or 'vzdump-lxc-101-2024_01_31-02_00_00.tar.zst protected'",
             ) from None
-        out.append((line, when, protected))
+        out.append((line, when, protected, ""))
     return out
 
 
@@ -154,9 +169,9 @@ def prune_sim(
 ) -> None:
     """Show what PVE's prune would do: `keep|remove|protected <timestamp>` per input line, in order.
 
-    Input: one ISO 8601 timestamp per line (naive = local time, as in vzdump archive names),
-    optionally followed by ' protected'. Hours, days, ISO weeks, months and years are counted
-    in local time ($TZ), exactly as PVE and PBS do.
+    Input: one ISO 8601 timestamp per line (naive = local time, as in vzdump archive names) or a
+    vzdump archive name (grouped per guest, like PVE), optionally followed by ' protected'.
+    Hours, days, ISO weeks, months and years are counted in local time ($TZ), as PVE and PBS do.
     """
     policy = KeepPolicy(
         last=keep_last, hourly=keep_hourly, daily=keep_daily, weekly=keep_weekly,
@@ -166,20 +181,28 @@ def prune_sim(
     archives = parse_archive_lines(_read_lines(file), zone)
     if policy.keeps_everything and not keep_all:
         info("note: no --keep-* option above 0, so everything is kept (as in PVE)")
-    stamps = [int(when.timestamp()) for _, when, _ in archives]
-    explained = explain_archives(stamps, policy, [p for _, _, p in archives], zone)
+    explained: list[tuple[Mark, str | None]] = [(Mark.KEEP, None)] * len(archives)
+    groups: dict[str, list[int]] = {}
+    for i, (_, _, _, group) in enumerate(archives):
+        groups.setdefault(group, []).append(i)
+    for members in groups.values():
+        marks = explain_archives(
+            [int(archives[i][1].timestamp()) for i in members], policy, [archives[i][2] for i in members], zone
+        )
+        for i, verdict in zip(members, marks, strict=True):
+            explained[i] = verdict
     if json_out:
         print_json(
             {
                 "policy": str(policy),
                 "archives": [
-                    {"timestamp": text, "mark": str(mark), "rule": rule}
-                    for (text, _, _), (mark, rule) in zip(archives, explained, strict=True)
+                    {"timestamp": text, "mark": str(mark), "rule": rule, "group": group or None}
+                    for (text, _, _, group), (mark, rule) in zip(archives, explained, strict=True)
                 ],
             }
         )
         return
-    for (text, _, _), (mark, _) in zip(archives, explained, strict=True):
+    for (text, _, _, _), (mark, _) in zip(archives, explained, strict=True):
         sys.stdout.write(f"{mark} {text}\n")
     removed = sum(1 for mark, _ in explained if mark is Mark.REMOVE)
     info(f"{len(archives) - removed} kept, {removed} removed ({str(policy) or 'keep everything'})")
