@@ -125,3 +125,31 @@ def test_mounted_in_pveguard_with_strategy_and_ledger(tmp_path: Path) -> None:
     assert any(e["action"] == "backup.install-timers" for e in json.loads(ledger.stdout))
     bad = run("backup", "next-runs", "*/61")
     assert bad.returncode == 2 and "61 is too large" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_archives_status(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from pveguard.backup.archive import archive_name
+
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    now = datetime.now(UTC).replace(microsecond=0)
+    # guest 101: a backup every day at 00:00 UTC for 9 days (two more than keep-daily=7)
+    midnight = now.replace(hour=0, minute=0, second=0)
+    for d in range(9):
+        (dump / archive_name("lxc", 101, midnight - timedelta(days=d), zone=UTC)).write_bytes(b"x")
+    # guest 102: last backup 5 days ago
+    (dump / archive_name("lxc", 102, midnight - timedelta(days=5), zone=UTC)).write_bytes(b"x")
+    r = runner.invoke(app, ["archives", "status", str(dump), "--schedule", "daily UTC", "--keep", "keep-daily=7",
+                            "--json"], env={"TZ": "UTC"})  # fmt: skip
+    assert r.exit_code == 1
+    by_guest = {s["guest"]: s for s in json.loads(r.stdout)}
+    assert by_guest["lxc/101"]["archives"] == 9
+    assert by_guest["lxc/101"]["problems"] == [
+        "9 unprotected archives, more than the retention keeps (keep-daily=7): is pruning running?"
+    ]
+    assert "older than the scheduled run" in by_guest["lxc/102"]["problems"][0]
+    r = runner.invoke(app, ["archives", "status", str(dump), "--schedule", "daily UTC", "--keep", "keep-daily=10"],
+                      env={"TZ": "UTC"})  # fmt: skip
+    assert "ok  lxc/101" in r.stdout and "BAD lxc/102" in r.stdout

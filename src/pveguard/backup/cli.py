@@ -528,6 +528,89 @@ def archives_prune(
     info(f"deleted {len(removed)} file(s)")
 
 
+@archives_app.command("status")
+@_user_errors
+def archives_status(
+    ctx: typer.Context,
+    dump_dir: DirArg,
+    schedule: Annotated[str | None, typer.Option("--schedule", help="Backup schedule [strategy: daily].")] = None,
+    prune_backups: Annotated[
+        str | None, typer.Option("--keep", help="Retention as PVE prune-backups, e.g. keep-daily=7 [strategy].")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Per guest in DUMP_DIR: newest archive and its age against the schedule, count against the
+    retention, last verification (from the catalogue). Exit 1 when any guest is not compliant."""
+    import json
+    import os
+
+    from pveguard.backup.archive import classify
+    from pveguard.backup.compliance import Archive, evaluate
+    from pveguard.backup.verify import CATALOGUE_NAME
+
+    _check_dir(dump_dir)
+    app_ctx = _app_context(ctx)
+    strategy = app_ctx.strategy_or_default() if app_ctx is not None else None
+    containers = strategy.backup.containers if strategy is not None else None
+    event = parse(schedule or (containers.schedule if containers is not None else "daily"))
+    if prune_backups is not None:
+        keep = KeepPolicy.parse(prune_backups)
+    elif containers is not None and containers.keep is not None:
+        k = containers.keep
+        keep = KeepPolicy(last=k.last or 0, hourly=k.hourly or 0, daily=k.daily or 0, weekly=k.weekly or 0,
+                          monthly=k.monthly or 0, yearly=k.yearly or 0)  # fmt: skip
+    else:
+        from datetime import timedelta
+
+        keep = KeepPolicy.for_duration(containers.retention if containers is not None else timedelta(days=7))
+    verify_event = None
+    if strategy is not None and strategy.backup.verification.enabled:
+        verify_event = parse(strategy.backup.verification.schedule)
+    zone = local_zone()
+    names = os.listdir(dump_dir)
+    listing = classify(names)
+    present = set(names)
+    archives: dict[str, list[Archive]] = {}
+    for (guest_type, vmid), items in listing.archives.items():
+        archives[f"{guest_type}/{vmid}"] = [
+            Archive(datetime.fromtimestamp(a.timestamp(zone) or 0, UTC), protected=a.protected_filename in present)
+            for a in items
+        ]
+    verified: dict[str, datetime] = {}
+    catalogue = dump_dir / CATALOGUE_NAME
+    if catalogue.exists():
+        try:
+            entries = json.loads(catalogue.read_text(encoding="utf-8")).get("archives", {})
+        except (OSError, ValueError):
+            entries = {}
+        for (guest_type, vmid), items in listing.archives.items():
+            checks = [entries.get(a.filename, {}) for a in items]
+            times = [c["last_checked"] for c in checks if c.get("last_ok") and c.get("last_checked")]
+            if times:
+                verified[f"{guest_type}/{vmid}"] = datetime.fromisoformat(max(times).replace("Z", "+00:00"))
+    now = datetime.now(UTC)
+    statuses = evaluate(archives, archives, event, now, keep=keep, last_verified=verified,
+                        verify_schedule=verify_event, zone=zone)  # fmt: skip
+    if json_out:
+        print_json([
+            {"guest": s.guest, "archives": s.archives, "newest": s.newest.isoformat() if s.newest else None,
+             "age_seconds": int(s.age.total_seconds()) if s.age else None,
+             "last_verified": s.last_verified.isoformat() if s.last_verified else None,
+             "compliant": s.compliant, "problems": s.problems}
+            for s in statuses
+        ])  # fmt: skip
+    else:
+        for s in statuses:
+            age = f"{s.age.days}d {s.age.seconds // 3600}h" if s.age else "-"
+            sys.stdout.write(
+                f"{'ok ' if s.compliant else 'BAD'} {s.guest}  {s.archives} archive(s), newest {age} old\n"
+            )
+            for p in s.problems:
+                sys.stdout.write(f"    {p}\n")
+    if any(not s.compliant for s in statuses):
+        raise typer.Exit(1)
+
+
 # ------------------------------------------------------------------------------------------------
 
 
