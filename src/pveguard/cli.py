@@ -13,10 +13,10 @@ from typing import Annotated, Any
 import typer
 
 from pveguard import __version__
+from pveguard.backup import cli as backup_cli
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, EXIT_USAGE, PveguardError, UsageError
 from pveguard.output import console, error, print_json, warn
-from pveguard.backup import cli as backup_cli
 from pveguard.security import cli as audit_log_cli
 
 app = typer.Typer(

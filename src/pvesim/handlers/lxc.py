@@ -1,0 +1,836 @@
+"""LXC handlers (pve-container API2/LXC.pm, LXC/Config.pm, LXC/Status.pm)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pvesim.access import PermError
+from pvesim.formats import split_list
+from pvesim.handlers import Ctx, api
+from pvesim.schema import load_schema
+from pvesim.state import Guest, Sim, TaskError, apply_pending, die, param_error
+from pvesim.usage import guest_usage
+from pvesim.validate import PropertyString, PropertyStringError
+
+# keys applied at once on a running CT (LXC/Config.pm: fast-plug and hot-plug options)
+FASTPLUG = {
+    "description",
+    "onboot",
+    "startup",
+    "protection",
+    "hostname",
+    "hookscript",
+    "cores",
+    "tags",
+    "lock",
+}
+HOTPLUG_RX = re.compile(r"(cpulimit|cpuunits|memory|swap|net\d+)$")
+REQUIRED = ("memory", "rootfs", "ostype")
+READONLY = ("unprivileged",)
+NON_CONFIG = {
+    "node",
+    "vmid",
+    "digest",
+    "delete",
+    "revert",
+    "ostemplate",
+    "storage",
+    "password",
+    "ssh-public-keys",
+    "start",
+    "restore",
+    "force",
+    "unique",
+    "pool",
+    "ignore-unpack-errors",
+    "bwlimit",
+}
+
+
+def _fmt(name: str) -> PropertyString:
+    """Property-string format of an LXC option (`net[n]`, `rootfs`, `mp[n]`), from the schema."""
+    cache = _FMT_CACHE.get(name)
+    if cache is None:
+        props = load_schema().methods[("POST", "/nodes/{node}/lxc")].parameters["properties"]
+        cache = PropertyString(props[name]["format"])
+        _FMT_CACHE[name] = cache
+    return cache
+
+
+_FMT_CACHE: dict[str, PropertyString] = {}
+
+
+def normalize_tags(tags: str) -> str:
+    """Lower-case, de-duplicate, sort, join with ';' (what PVE writes)."""
+    return ";".join(sorted({t.lower() for t in split_list(tags)}))
+
+
+def lock_error(g: Guest) -> str | None:
+    lock = g.config.get("lock")
+    if not lock:
+        return None
+    return f"{'CT' if g.type == 'lxc' else 'VM'} is locked ({lock})"
+
+
+def _perm_for_key(key: str) -> str:
+    if key in ("memory", "swap"):
+        return "VM.Config.Memory"
+    if key in ("cores", "cpulimit", "cpuunits"):
+        return "VM.Config.CPU"
+    if re.fullmatch(r"net\d+", key):
+        return "VM.Config.Network"
+    if key == "rootfs" or re.fullmatch(r"(mp|unused)\d+", key):
+        return "VM.Config.Disk"
+    return "VM.Config.Options"
+
+
+def _size_gib(text: str) -> float | None:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)", text)
+    return float(m.group(1)) if m else None
+
+
+def _fmt_size(gib: float) -> str:
+    return f"{int(gib)}G" if float(gib).is_integer() else f"{int(gib * 1024)}M"
+
+
+class _Alloc:
+    """Disk allocations requested by a create/update: (config key, storage, size GiB, parsed dict)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, str, float, dict[str, Any]]] = []
+
+
+def _plan_volume(
+    sim: Sim, node: str, key: str, value: str, default_storage: str, alloc: _Alloc
+) -> str | None:
+    """For rootfs/mpN: parse; a `STORAGE:SIZE` or bare size becomes an allocation. Returns normalised text."""
+    fmtname = "rootfs" if key == "rootfs" else "mp[n]"
+    try:
+        parsed = _fmt(fmtname).parse(value)
+    except PropertyStringError as e:
+        raise param_error(
+            {
+                key: "invalid format - format error\n"
+                + "\n".join(f"{key}.{k}: {m}" for k, m in e.errors.items())
+            }
+        ) from None
+    vol = str(parsed.get("volume", ""))
+    storage, size = None, None
+    if ":" in vol:
+        sid, rest = vol.split(":", 1)
+        size = _size_gib(rest)
+        if size is not None:
+            storage = sid
+    else:
+        size = _size_gib(vol)
+        if size is not None:
+            storage = default_storage
+    if storage is None or size is None:
+        return _fmt(fmtname).print(parsed)
+    st = sim.storages.get(storage)
+    if st is None:
+        raise die(f"storage '{storage}' does not exist")
+    if not sim.storage_enabled_on(storage, node):
+        raise die(f"storage '{storage}' is not available on node '{node}'")
+    if "rootdir" not in st.content:
+        raise param_error({"storage": f"storage '{storage}' does not support container directories"})
+    alloc.items.append((key, storage, size, parsed))
+    return None
+
+
+def _do_alloc(sim: Sim, node: str, vmid: int, alloc: _Alloc, cfg: dict[str, Any]) -> list[str]:
+    """Allocate planned volumes into cfg; return log lines."""
+    lines: list[str] = []
+    for key, storage, size, parsed in alloc.items:
+        volid = sim.alloc_disk(node, storage, vmid, size)
+        parsed = dict(parsed)
+        parsed["volume"] = volid
+        parsed["size"] = _fmt_size(size)
+        cfg[key] = _fmt("rootfs" if key == "rootfs" else "mp[n]").print(parsed)
+        name = volid.split(":", 1)[1]
+        lines.append(f'  Logical volume "{name}" created.')
+    return lines
+
+
+def _normalize_net(sim: Sim, key: str, value: str, old: str | None = None) -> str:
+    try:
+        parsed = _fmt("net[n]").parse(value)
+    except PropertyStringError as e:
+        raise param_error(
+            {
+                key: "invalid format - format error\n"
+                + "\n".join(f"{key}.{k}: {m}" for k, m in e.errors.items())
+            }
+        ) from None
+    if "hwaddr" not in parsed:
+        if old:
+            m = re.search(r"hwaddr=([0-9A-Fa-f:]{17})", old)
+            parsed["hwaddr"] = m.group(1) if m else sim.mac()
+        else:
+            parsed["hwaddr"] = sim.mac()
+    parsed.setdefault("type", "veth")
+    return _fmt("net[n]").print(parsed)
+
+
+def _volumes_of(g: Guest) -> list[str]:
+    out: list[str] = []
+    for k, v in g.config.items():
+        if (
+            k == "rootfs"
+            or re.fullmatch(r"(mp|unused)\d+", k)
+            or re.fullmatch(r"(scsi|virtio|sata|ide|efidisk|tpmstate)\d+", k)
+        ):
+            vol = str(v).split(",", 1)[0]
+            if vol.startswith("volume="):
+                vol = vol[7:]
+            if ":" in vol and "media=cdrom" not in str(v):
+                out.append(vol)
+    return out
+
+
+def _free_volumes(sim: Sim, node: str, vols: list[str]) -> None:
+    for volid in vols:
+        storage = volid.split(":", 1)[0]
+        if storage in sim.storages:
+            sim.storage_volumes(node, storage).pop(volid, None)
+    sim.changed()
+
+
+def _template_info(ostemplate: str) -> tuple[str, str]:
+    name = ostemplate.rsplit("/", 1)[-1]
+    arch = "amd64"
+    for a in ("arm64", "armhf", "i386"):
+        if f"_{a}" in name:
+            arch = a
+    ostype = "unmanaged"
+    for os_ in (
+        "debian",
+        "ubuntu",
+        "alpine",
+        "centos",
+        "fedora",
+        "opensuse",
+        "archlinux",
+        "gentoo",
+        "devuan",
+        "nixos",
+    ):
+        if name.startswith(os_):
+            ostype = os_
+    if name.startswith(("rockylinux", "almalinux")):
+        ostype = "centos"
+    return arch, ostype
+
+
+def guest_list_entry(sim: Sim, g: Guest) -> dict[str, Any]:
+    d = sim.guest_status(g, with_ha=False)
+    return d
+
+
+@api("GET", "/nodes/{node}/lxc")
+def list_lxc(ctx: Ctx) -> list[dict[str, Any]]:
+    out = []
+    for g in ctx.sim.guests.values():
+        if g.node == ctx.node and g.type == "lxc" and ctx.can(f"/vms/{g.vmid}", "VM.Audit"):
+            out.append(guest_list_entry(ctx.sim, g))
+    return out
+
+
+@api("GET", "/nodes/{node}/lxc/{vmid}")
+def lxc_index(ctx: Ctx) -> list[dict[str, Any]]:
+    ctx.guest()
+    return [
+        {"subdir": s}
+        for s in (
+            "config",
+            "pending",
+            "status",
+            "vncproxy",
+            "termproxy",
+            "vncwebsocket",
+            "spiceproxy",
+            "migrate",
+            "clone",
+            "snapshot",
+            "firewall",
+            "rrd",
+            "rrddata",
+            "feature",
+            "resize",
+            "move_volume",
+            "interfaces",
+            "mtunnel",
+        )
+    ]
+
+
+@api("POST", "/nodes/{node}/lxc")
+def create_lxc(ctx: Ctx) -> str:
+    sim, p, node = ctx.sim, ctx.p, ctx.node
+    vmid = int(p["vmid"])
+    restore = bool(p.get("restore"))
+    existing = sim.guests.get(vmid)
+    if existing is not None and not (restore and p.get("force")):
+        kind = "CT" if existing.type == "lxc" else "VM"
+        raise die(f"{kind} {vmid} already exists on node '{existing.node}'")
+    pool = p.get("pool")
+    if pool is not None:
+        if pool not in sim.pools:
+            raise die(f"pool '{pool}' does not exist")
+        ctx.check(f"/pool/{pool}", ["VM.Allocate"])
+    elif not (restore and existing is not None and ctx.can(f"/vms/{vmid}", "VM.Backup")):
+        ctx.check(f"/vms/{vmid}", ["VM.Allocate"])
+    ostemplate = str(p["ostemplate"])
+    tsid = ostemplate.split(":", 1)[0] if ":" in ostemplate else None
+    if tsid is None or tsid not in sim.storages:
+        raise die(f"storage '{tsid or ostemplate}' does not exist")
+    if not ctx.is_root:
+        ctx.check(f"/storage/{tsid}", ["Datastore.AllocateSpace"] if restore else ["Datastore.Audit"])
+    storage = str(p.get("storage", "local"))
+    if storage not in sim.storages:
+        raise die(f"storage '{storage}' does not exist")
+    if any(re.fullmatch(r"mp\d+", k) for k in p) and "rootfs" not in p:
+        raise die("mount points configured, but 'rootfs' not set - aborting")
+    backup_cfg: dict[str, Any] = {}
+    if restore:
+        vol = sim.storage_volumes(node, tsid).get(ostemplate)
+        if vol is None:
+            raise die(f"volume '{ostemplate}' does not exist")
+        backup_cfg = dict(vol.guest_config or {})
+    alloc = _Alloc()
+    cfg: dict[str, Any] = {}
+    if restore:
+        cfg.update(
+            {
+                k: v
+                for k, v in backup_cfg.items()
+                if k not in ("lock",) and not (k == "rootfs" or re.fullmatch(r"(mp|unused)\d+", k))
+            }
+        )
+        if "rootfs" not in p:
+            m = re.search(r"size=(\d+(?:\.\d+)?)G", str(backup_cfg.get("rootfs", "")))
+            p = {**p, "rootfs": f"{storage}:{m.group(1) if m else 4}"}
+    else:
+        arch, ostype = _template_info(ostemplate)
+        cfg.update({"arch": arch, "ostype": ostype, "hostname": f"CT{vmid}", "memory": 512, "swap": 512})
+    rootfs = p.get("rootfs", f"{storage}:4")
+    text = _plan_volume(sim, node, "rootfs", str(rootfs), storage, alloc)
+    if text is not None:
+        cfg["rootfs"] = text
+    for k, v in p.items():
+        if k in NON_CONFIG or k == "rootfs":
+            continue
+        if re.fullmatch(r"mp\d+", k):
+            t = _plan_volume(sim, node, k, str(v), storage, alloc)
+            if t is not None:
+                cfg[k] = t
+        elif re.fullmatch(r"net\d+", k):
+            cfg[k] = _normalize_net(sim, k, str(v))
+        elif k == "tags":
+            cfg[k] = normalize_tags(str(v))
+        elif k in ("unprivileged", "template", "protection", "onboot", "console") and not v:
+            if k in ("unprivileged", "template"):
+                continue
+            cfg[k] = v
+        else:
+            cfg[k] = v
+    if not ctx.is_root:
+        for _key, sid, _size, _parsed in alloc.items:
+            ctx.check(f"/storage/{sid}", ["Datastore.AllocateSpace"])
+    for k in list(cfg):
+        if re.fullmatch(r"net\d+", k) and not ctx.is_root:
+            ctx.check(f"/vms/{vmid}", ["VM.Config.Network"])
+            break
+    cfg["lock"] = "create"
+    g = Guest(vmid, "lxc", node, cfg)
+    if existing is not None:
+        _free_volumes(sim, existing.node, _volumes_of(existing))
+    sim.guests[vmid] = g
+    sim.changed()
+    start = bool(p.get("start"))
+
+    def work() -> list[str]:
+        if not restore and ostemplate not in sim.storage_volumes(node, tsid):
+            raise TaskError(f"volume '{ostemplate}' does not exist")
+        lines = _do_alloc(sim, node, vmid, alloc, g.config)
+        src = ostemplate.split("/", 1)[-1]
+        path = f"/var/lib/vz/template/cache/{src}" if not restore else f"/var/lib/vz/dump/{src}"
+        lines += [
+            f"extracting archive '{path}'" if not restore else f"restoring '{ostemplate}' now..",
+            "Total bytes read: 521902080 (498MiB, 212MiB/s)",
+            f"Detected container architecture: {g.config.get('arch', 'amd64')}",
+        ]
+        if not restore:
+            lines += [
+                "Creating SSH host key 'ssh_host_rsa_key' - this may take some time ...",
+                "done: SHA256:3mX8f6yk0rXx0X4l7Xo1g0Qx9QqGk5C1XfQx2yBv2ag root@"
+                + str(g.config.get("hostname")),
+            ]
+        g.config.pop("lock", None)
+        g.touch()
+        if pool is not None:
+            sim.pools[pool].setdefault("vms", set()).add(vmid)
+            sim.access.pool_of[vmid] = pool
+            sim.access.changed()
+        if start:
+            sim.set_running(g, True)
+        sim.changed()
+        return lines
+
+    def on_error(msg: str) -> str:
+        _free_volumes(sim, node, _volumes_of(g))
+        if sim.guests.get(vmid) is g:
+            del sim.guests[vmid]
+        sim.changed()
+        return f"unable to create CT {vmid} - {msg}"
+
+    return sim.new_task(
+        node, "vzrestore" if restore else "vzcreate", str(vmid), ctx.auth, work=work, on_error=on_error
+    )
+
+
+@api("GET", "/nodes/{node}/lxc/{vmid}/config")
+def get_config(ctx: Ctx) -> dict[str, Any]:
+    g = ctx.guest()
+    if ctx.p.get("snapshot"):
+        if ctx.p.get("current"):
+            raise param_error(
+                {
+                    "snapshot": "cannot use 'snapshot' parameter with 'current'",
+                    "current": "cannot use 'snapshot' parameter with 'current'",
+                }
+            )
+        snap = g.snapshots.get(str(ctx.p["snapshot"]))
+        if snap is None:
+            raise die(f"snapshot '{ctx.p['snapshot']}' does not exist")
+        return {**snap, "digest": g.digest}
+    cfg = dict(g.config)
+    if not ctx.p.get("current"):
+        for k in g.pending_delete:
+            cfg.pop(k, None)
+        cfg.update(g.pending)
+    cfg["digest"] = g.digest
+    return cfg
+
+
+@api("GET", "/nodes/{node}/lxc/{vmid}/pending")
+def get_pending(ctx: Ctx) -> list[dict[str, Any]]:
+    g = ctx.guest()
+    keys = sorted(set(g.config) | set(g.pending) | set(g.pending_delete))
+    out = []
+    for k in keys:
+        e: dict[str, Any] = {"key": k}
+        # the pending API hands out the raw config-file strings
+        if k in g.config:
+            e["value"] = str(g.config[k])
+        if k in g.pending:
+            e["pending"] = str(g.pending[k])
+        if k in g.pending_delete:
+            e["delete"] = 1
+        out.append(e)
+    return out
+
+
+@api("PUT", "/nodes/{node}/lxc/{vmid}/config")
+def put_config(ctx: Ctx) -> None:
+    sim, p = ctx.sim, ctx.p
+    g = ctx.guest()
+    changes = {k: v for k, v in p.items() if k not in ("node", "vmid", "digest", "delete", "revert")}
+    delete = split_list(str(p.get("delete", "")))
+    revert = split_list(str(p.get("revert", "")))
+    if not changes and not delete and not revert:
+        raise die("no options specified")
+    if not ctx.is_root:
+        for k in [*changes, *delete, *revert]:
+            perm = _perm_for_key(k)
+            if not ctx.can(f"/vms/{g.vmid}", perm):
+                raise PermError(f"/vms/{g.vmid}, {perm}")
+    err = lock_error(g)
+    if err:
+        raise die(err)
+    if p.get("digest") and str(p["digest"]) != g.digest:
+        raise die("detected modified configuration - file changed by other user? Try again.")
+    validator = sim_validator()
+    for opt in delete + revert:
+        if opt in NON_CONFIG or validator.checker_for(opt) is None:
+            raise param_error({"delete" if opt in delete else "revert": f"unknown option '{opt}'"})
+        if opt in changes:
+            raise die(f"you can't use '-{opt}' and -delete {opt}' at the same time")
+    for opt in delete:
+        if opt in READONLY:
+            raise die(f"unable to delete read-only option: '{opt}'")
+        if opt in REQUIRED:
+            raise die(f"unable to delete required option '{opt}'")
+    for opt in changes:
+        if opt in READONLY:
+            raise die(f"unable to modify read-only option: '{opt}'")
+    running = g.status == "running"
+    alloc = _Alloc()
+    normalized: dict[str, Any] = {}
+    for k, v in changes.items():
+        if re.fullmatch(r"net\d+", k):
+            normalized[k] = _normalize_net(sim, k, str(v), str(g.config.get(k, "")) or None)
+        elif k == "rootfs" or re.fullmatch(r"mp\d+", k):
+            t = _plan_volume(sim, g.node, k, str(v), "local", alloc)
+            if t is not None:
+                normalized[k] = t
+        elif k == "tags":
+            normalized[k] = normalize_tags(str(v))
+        else:
+            normalized[k] = v
+    for k in revert:
+        g.pending.pop(k, None)
+        if k in g.pending_delete:
+            g.pending_delete.remove(k)
+    new_cfg: dict[str, Any] = {}
+    if alloc.items:
+        _do_alloc(sim, g.node, g.vmid, alloc, new_cfg)
+    normalized.update(new_cfg)
+    for k in delete:
+        if not running or k in FASTPLUG or HOTPLUG_RX.match(k) or re.fullmatch(r"unused\d+", k):
+            if re.fullmatch(r"unused\d+", k) and k in g.config:
+                vol = str(g.config[k]).split(",", 1)[0]
+                _free_volumes(sim, g.node, [vol])
+            g.config.pop(k, None)
+            g.pending.pop(k, None)
+        elif k in g.config and k not in g.pending_delete:
+            g.pending_delete.append(k)
+    for k, v in normalized.items():
+        hot = k in FASTPLUG or bool(HOTPLUG_RX.match(k)) or (re.fullmatch(r"mp\d+", k) and k not in g.config)
+        if not running or hot:
+            g.config[k] = v
+            g.pending.pop(k, None)
+            if k in g.pending_delete:
+                g.pending_delete.remove(k)
+        else:
+            g.pending[k] = v
+    g.touch()
+    sim.changed()
+    return None
+
+
+_VALIDATOR: Any = None
+
+
+def sim_validator() -> Any:
+    global _VALIDATOR
+    if _VALIDATOR is None:
+        from pvesim.validate import MethodValidator
+
+        _VALIDATOR = MethodValidator(
+            load_schema().methods[("PUT", "/nodes/{node}/lxc/{vmid}/config")].parameters
+        )
+    return _VALIDATOR
+
+
+@api("GET", "/nodes/{node}/lxc/{vmid}/status")
+def status_index(ctx: Ctx) -> list[dict[str, Any]]:
+    ctx.guest()
+    return [{"subdir": s} for s in ("current", "start", "stop", "shutdown", "reboot", "suspend", "resume")]
+
+
+@api("GET", "/nodes/{node}/lxc/{vmid}/status/current")
+def status_current(ctx: Ctx) -> dict[str, Any]:
+    return ctx.sim.guest_status(ctx.guest())
+
+
+def _ha_sid(g: Guest) -> str:
+    return f"{'ct' if g.type == 'lxc' else 'vm'}:{g.vmid}"
+
+
+def power(ctx: Ctx, g: Guest, action: str) -> str:
+    """start/stop/shutdown/reboot/suspend/resume for CTs and VMs."""
+    sim = ctx.sim
+    ct = g.type == "lxc"
+    prefix = "vz" if ct else "qm"
+    running = g.status == "running"
+    if action == "start" and running:
+        raise die(f"{'CT' if ct else 'VM'} {g.vmid} already running")
+    if action in ("stop", "shutdown", "suspend") and not running:
+        raise die(f"{'CT' if ct else 'VM'} {g.vmid} not running")
+    if action == "reboot" and not running:
+        raise die(f"VM {g.vmid} not running")
+    if ctx.p.get("skiplock") and not ctx.is_root:
+        raise PermError(f"/vms/{g.vmid}, skiplock is only allowed for root@pam")
+    ha = sim.ha_resources.get(_ha_sid(g))
+    if ha is not None and action in ("start", "stop"):
+        ttype = f"ha{action}"
+
+        def ha_work() -> list[str]:
+            ha["state"] = "started" if action == "start" else "stopped"
+            sim.set_running(g, action == "start")
+            return [f"Requesting HA {action} for {'CT' if ct else 'VM'} {g.vmid}"]
+
+        return sim.new_task(ctx.node, ttype, str(g.vmid), ctx.auth, work=ha_work)
+    error = None
+    if not ctx.p.get("skiplock"):
+        error = lock_error(g)
+    if action == "start" and g.config.get("template") and error is None:
+        error = "you can't start a CT if it's a template" if ct else "you can't start a vm if it's a template"
+
+    def work() -> list[str] | None:
+        if action == "start":
+            sim.set_running(g, True)
+        elif action in ("stop", "shutdown"):
+            sim.set_running(g, False)
+        elif action == "reboot":
+            apply_pending(g)
+            sim.set_running(g, True)
+        elif action == "suspend":
+            g.status = "stopped"
+            g.override["suspended"] = True
+            g.touch()
+        elif action == "resume":
+            sim.set_running(g, True)
+        return None
+
+    ttype = {
+        "start": "start",
+        "stop": "stop",
+        "shutdown": "shutdown",
+        "reboot": "reboot",
+        "suspend": "suspend",
+        "resume": "resume",
+    }[action]
+    return sim.new_task(ctx.node, prefix + ttype, str(g.vmid), ctx.auth, work=work, error=error)
+
+
+for _action in ("start", "stop", "shutdown", "reboot", "suspend", "resume"):
+
+    def _mk(action: str) -> Any:
+        def handler(ctx: Ctx) -> str:
+            return power(ctx, ctx.guest(), action)
+
+        handler.__name__ = f"lxc_{action}"
+        return handler
+
+    api("POST", f"/nodes/{{node}}/lxc/{{vmid}}/status/{_action}")(_mk(_action))
+
+
+def destroy(ctx: Ctx, g: Guest) -> str:
+    sim = ctx.sim
+    ct = g.type == "lxc"
+    kind = "CT" if ct else "VM"
+    if g.config.get("protection"):
+        raise die(f"can't remove {kind} {g.vmid} - protection mode enabled")
+    err = lock_error(g)
+    if err and not ctx.p.get("skiplock"):
+        raise die(err)
+    sid = _ha_sid(g)
+    purge = bool(ctx.p.get("purge"))
+    if sid in sim.ha_resources and not purge:
+        raise die(f"unable to remove {kind} {g.vmid} - used in HA resources and purge parameter not set.")
+    if g.status == "running" and not ctx.p.get("force"):
+        raise die(
+            f"unable to destroy {kind} {g.vmid} - container is running"
+            if ct
+            else f"VM {g.vmid} is running - destroy failed"
+        )
+    g.config["lock"] = "destroyed"
+    g.touch()
+
+    def work() -> list[str]:
+        lines = []
+        vols = _volumes_of(g)
+        if ctx.p.get("destroy-unreferenced-disks"):
+            for (_n, _s), vs in sim.volumes.items():
+                vols += [
+                    v for v, vol in vs.items() if vol.vmid == g.vmid and vol.content in ("images", "rootdir")
+                ]
+        for v in vols:
+            lines.append(f'  Logical volume "{v.split(":", 1)[1]}" successfully removed.')
+        _free_volumes(sim, g.node, vols)
+        sim.fw_guest.pop(g.vmid, None)
+        sim.access.acl = [e for e in sim.access.acl if e.path != f"/vms/{g.vmid}"]
+        if purge:
+            for job in sim.backup_jobs.values():
+                if job.get("vmid"):
+                    ids = [x for x in split_list(str(job["vmid"])) if x != str(g.vmid)]
+                    if ids:
+                        job["vmid"] = ",".join(ids)
+                    else:
+                        job.pop("vmid")
+            sim.ha_resources.pop(sid, None)
+            for pool in sim.pools.values():
+                pool.get("vms", set()).discard(g.vmid)
+            sim.access.pool_of.pop(g.vmid, None)
+        sim.access.changed()
+        sim.guests.pop(g.vmid, None)
+        sim.guest_packages.pop(g.vmid, None)
+        sim.guest_files.pop(g.vmid, None)
+        sim.changed()
+        return lines
+
+    return sim.new_task(ctx.node, "vzdestroy" if ct else "qmdestroy", str(g.vmid), ctx.auth, work=work)
+
+
+@api("DELETE", "/nodes/{node}/lxc/{vmid}")
+def delete_lxc(ctx: Ctx) -> str:
+    return destroy(ctx, ctx.guest())
+
+
+def migrate(ctx: Ctx, g: Guest) -> str:
+    sim = ctx.sim
+    target = str(ctx.p["target"])
+    ct = g.type == "lxc"
+    if target == g.node:
+        raise param_error({"target": "target is local node."})
+    tn = sim.nodes.get(target)
+    if tn is None:
+        raise die(f"no such cluster node '{target}'")
+    if not tn.online:
+        raise die(f"target node '{target}' is not online")
+    err = lock_error(g)
+    if err:
+        raise die(err)
+    running = g.status == "running"
+    if ct and running and not (ctx.p.get("online") or ctx.p.get("restart")):
+        raise die("can't migrate running container without --online or --restart")
+    if ct and running and ctx.p.get("online") and not ctx.p.get("restart"):
+        raise die("lxc live migration is currently not implemented")
+    tstorage = ctx.p.get("target-storage")
+    g.config["lock"] = "migrate"
+    g.touch()
+    sim.changed()
+    ha = sim.ha_resources.get(_ha_sid(g))
+    src = g.node
+
+    def work() -> list[str]:
+        lines = [f"starting migration of {'CT' if ct else 'VM'} {g.vmid} to node '{target}' ({tn.ip})"]
+        if running and ct:
+            sim.set_running(g, False)
+            lines.append(f"shutdown CT {g.vmid}")
+        for key in list(g.config):
+            val = str(g.config[key])
+            vol = val.split(",", 1)[0]
+            if ":" not in vol or not (
+                key == "rootfs" or re.fullmatch(r"(mp|unused|scsi|virtio|sata|ide)\d+", key)
+            ):
+                continue
+            sid = vol.split(":", 1)[0]
+            st = sim.storages.get(sid)
+            if st is None or st.shared:
+                continue
+            old = sim.storage_volumes(src, sid).pop(vol, None)
+            dsid = str(tstorage) if tstorage else sid
+            if dsid not in sim.storages:
+                dsid = sid
+            newvol = vol if dsid == sid else f"{dsid}:{vol.split(':', 1)[1]}"
+            if old is not None:
+                old.volid = newvol
+                sim.add_volume(target, dsid, old)
+            g.config[key] = val.replace(vol, newvol, 1)
+            lines.append(f"volume '{vol}' is '{newvol}' on the target")
+        g.node = target
+        g.config.pop("lock", None)
+        if running and (ctx.p.get("restart") or not ct):
+            sim.set_running(g, True)
+            lines.append(f"start final cleanup / restart {'CT' if ct else 'VM'} {g.vmid} on '{target}'")
+        g.touch()
+        sim.changed()
+        lines.append("migration finished successfully (duration 00:00:02)")
+        return lines
+
+    def on_error(msg: str) -> str:
+        g.config.pop("lock", None)
+        g.touch()
+        return msg
+
+    ttype = "hamigrate" if ha else ("vzmigrate" if ct else "qmigrate")
+    return sim.new_task(src, ttype, str(g.vmid), ctx.auth, work=work, on_error=on_error)
+
+
+@api("POST", "/nodes/{node}/lxc/{vmid}/migrate")
+def migrate_lxc(ctx: Ctx) -> str:
+    return migrate(ctx, ctx.guest())
+
+
+RRD_STEPS = {"hour": 60, "day": 1800, "week": 10800, "month": 43200, "year": 604800}
+
+
+def rrddata(ctx: Ctx, g: Guest) -> list[dict[str, Any]]:
+    """70 rows at the timeframe's resolution; usage from the same model as status (rates for counters)."""
+    sim = ctx.sim
+    step = RRD_STEPS[str(ctx.p["timeframe"])]
+    now = int(sim.now())
+    end = now // step * step
+    node = sim.nodes.get(g.node)
+    cpus = g.cpus(node.maxcpu if node else 1)
+    rows = []
+    for i in range(70):
+        t = end - (69 - i) * step
+        row: dict[str, Any] = {"time": t}
+        if g.status == "running" and g.started_at <= t:
+            u = guest_usage(sim.seed, g.vmid, g.maxmem(), g.maxdisk(), cpus, t, g.started_at)
+            prev = guest_usage(
+                sim.seed, g.vmid, g.maxmem(), g.maxdisk(), cpus, max(g.started_at, t - step), g.started_at
+            )
+            dt = max(1, t - max(g.started_at, t - step))
+            row.update(
+                {
+                    "maxcpu": cpus,
+                    "cpu": u["cpu"],
+                    "maxmem": g.maxmem(),
+                    "mem": u["mem"],
+                    "maxdisk": g.maxdisk(),
+                    "disk": u["disk"],
+                }
+            )
+            for k in ("netin", "netout", "diskread", "diskwrite"):
+                row[k] = round(max(0, int(u[k]) - int(prev[k])) / dt, 3)
+        rows.append(row)
+    return rows
+
+
+@api("GET", "/nodes/{node}/lxc/{vmid}/rrddata")
+def lxc_rrddata(ctx: Ctx) -> list[dict[str, Any]]:
+    return rrddata(ctx, ctx.guest())
+
+
+@api("GET", "/nodes/{node}/lxc/{vmid}/snapshot")
+def list_snapshots(ctx: Ctx) -> list[dict[str, Any]]:
+    g = ctx.guest()
+    out: list[dict[str, Any]] = [
+        {
+            "name": n,
+            "description": s.get("description", ""),
+            "snaptime": s.get("snaptime", 0),
+            "parent": s.get("parent"),
+        }
+        for n, s in g.snapshots.items()
+    ]
+    for e in out:
+        if e["parent"] is None:
+            e.pop("parent")
+    out.append({"name": "current", "description": "You are here!", "running": int(g.status == "running")})
+    return out
+
+
+@api("POST", "/nodes/{node}/lxc/{vmid}/snapshot")
+def create_snapshot(ctx: Ctx) -> str:
+    sim = ctx.sim
+    g = ctx.guest()
+    name = str(ctx.p["snapname"])
+    if name in g.snapshots:
+        raise die(f"snapshot name '{name}' already used")
+    err = lock_error(g)
+    if err:
+        raise die(err)
+    g.config["lock"] = "snapshot"
+    g.touch()
+
+    def work() -> None:
+        g.config.pop("lock", None)
+        snap = {k: v for k, v in g.config.items()}
+        snap["snaptime"] = int(sim.now())
+        if ctx.p.get("description"):
+            snap["description"] = ctx.p["description"]
+        g.snapshots[name] = snap
+        g.touch()
+        sim.changed()
+
+    return sim.new_task(ctx.node, "vzsnapshot", str(g.vmid), ctx.auth, work=work)
+
+
+__all__ = ["destroy", "migrate", "power", "rrddata"]

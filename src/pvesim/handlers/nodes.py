@@ -1,0 +1,346 @@
+"""Node-level handlers: nodes, node status, tasks (UPIDs, status, log), QEMU inventory, misc."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pvesim.access import PermError
+from pvesim.handlers import Ctx, Reply, api
+from pvesim.handlers.lxc import destroy, migrate, power, rrddata
+from pvesim.state import MiB, Task, die, param_error
+
+UPID_RX = re.compile(
+    r"UPID:([a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?):([0-9A-Fa-f]{8}):([0-9A-Fa-f]{8,9}):([0-9A-Fa-f]{8}):"
+    r"([^:\s/]+):([^:\s/]*):([^:\s/]+):"
+)
+PVE_VERSION = {"version": "8.4.1", "release": "8.4", "repoid": "2a5fa54a8503f96d"}
+
+
+@api("GET", "/version")
+def version(ctx: Ctx) -> dict[str, Any]:
+    return {**PVE_VERSION, "console": "xtermjs"}
+
+
+@api("GET", "/nodes")
+def nodes(ctx: Ctx) -> list[dict[str, Any]]:
+    out = []
+    for n in ctx.sim.nodes.values():
+        e: dict[str, Any] = {
+            "node": n.name,
+            "status": "online" if n.online else "offline",
+            "id": f"node/{n.name}",
+            "type": "node",
+            "level": n.level,
+            "ssl_fingerprint": "5E:" + ":".join(f"{(n.index * 7 + i) % 256:02X}" for i in range(31)),
+        }
+        if n.online and ctx.can(f"/nodes/{n.name}", "Sys.Audit"):
+            r = ctx.sim.node_entry(n)
+            e.update({k: r[k] for k in ("cpu", "maxcpu", "mem", "maxmem", "disk", "maxdisk", "uptime")})
+        out.append(e)
+    return out
+
+
+@api("GET", "/nodes/{node}")
+def node_index(ctx: Ctx) -> list[dict[str, Any]]:
+    return [
+        {"name": s}
+        for s in (
+            "aplinfo",
+            "apt",
+            "capabilities",
+            "ceph",
+            "certificates",
+            "config",
+            "disks",
+            "dns",
+            "firewall",
+            "hardware",
+            "hosts",
+            "journal",
+            "lxc",
+            "netstat",
+            "network",
+            "qemu",
+            "replication",
+            "report",
+            "rrd",
+            "rrddata",
+            "scan",
+            "sdn",
+            "services",
+            "spiceshell",
+            "status",
+            "storage",
+            "subscription",
+            "syslog",
+            "tasks",
+            "time",
+            "version",
+            "vncshell",
+            "vzdump",
+            "wakeonlan",
+        )
+    ]
+
+
+@api("GET", "/nodes/{node}/status")
+def node_status(ctx: Ctx) -> dict[str, Any]:
+    n = ctx.sim.nodes[ctx.node]
+    r = ctx.sim.node_entry(n)
+    return {
+        "cpu": r.get("cpu", 0),
+        "uptime": r.get("uptime", 0),
+        "idle": 0,
+        "wait": 0.0,
+        "loadavg": ["0.42", "0.38", "0.35"],
+        "kversion": "Linux 6.8.12-9-pve #1 SMP PREEMPT_DYNAMIC PMX 6.8.12-9",
+        "pveversion": "pve-manager/8.4.1/2a5fa54a8503f96d",
+        "cpuinfo": {
+            "cpus": n.maxcpu,
+            "cores": n.maxcpu // 2,
+            "sockets": 1,
+            "model": "pvesim virtual CPU",
+            "mhz": "2900.000",
+            "hvm": "1",
+            "user_hz": 100,
+            "flags": "fpu vme de pse",
+        },
+        "memory": {"total": n.maxmem, "used": r.get("mem", 0), "free": n.maxmem - int(r.get("mem", 0))},
+        "swap": {"total": 8 * 1024 * MiB, "used": 0, "free": 8 * 1024 * MiB},
+        "rootfs": {
+            "total": n.maxdisk,
+            "used": r.get("disk", 0),
+            "avail": n.maxdisk - int(r.get("disk", 0)),
+            "free": n.maxdisk - int(r.get("disk", 0)),
+        },
+        "ksm": {"shared": 0},
+        "boot-info": {"mode": "efi", "secureboot": 0},
+        "current-kernel": {
+            "sysname": "Linux",
+            "release": "6.8.12-9-pve",
+            "machine": "x86_64",
+            "version": "#1 SMP PREEMPT_DYNAMIC PMX 6.8.12-9 (2025-03-16T19:18Z)",
+        },
+    }
+
+
+@api("GET", "/nodes/{node}/version")
+def node_version(ctx: Ctx) -> dict[str, Any]:
+    return dict(PVE_VERSION)
+
+
+@api("GET", "/nodes/{node}/subscription")
+def subscription(ctx: Ctx) -> dict[str, Any]:
+    return {
+        "status": "notfound",
+        "message": "There is no subscription key",
+        "url": "https://www.proxmox.com/en/proxmox-virtual-environment/pricing",
+    }
+
+
+@api("GET", "/nodes/{node}/replication")
+def replication(ctx: Ctx) -> list[dict[str, Any]]:
+    return []
+
+
+@api("GET", "/nodes/{node}/rrddata")
+def node_rrddata(ctx: Ctx) -> list[dict[str, Any]]:
+    sim = ctx.sim
+    n = sim.nodes[ctx.node]
+    from pvesim.handlers.lxc import RRD_STEPS
+
+    step = RRD_STEPS[str(ctx.p["timeframe"])]
+    end = int(sim.now()) // step * step
+    e = sim.node_entry(n)
+    return [
+        {
+            "time": end - (69 - i) * step,
+            "cpu": e.get("cpu", 0),
+            "maxcpu": n.maxcpu,
+            "memtotal": n.maxmem,
+            "memused": e.get("mem", 0),
+            "rootused": e.get("disk", 0),
+            "roottotal": n.maxdisk,
+            "loadavg": 0.4,
+            "iowait": 0.001,
+            "netin": 1000.0,
+            "netout": 800.0,
+        }
+        for i in range(70)
+    ]
+
+
+# -- tasks -------------------------------------------------------------------------------------
+def _task(ctx: Ctx) -> Task:
+    upid = str(ctx.p["upid"])
+    if not UPID_RX.fullmatch(upid):
+        raise param_error({"upid": "unable to parse worker upid"})
+    t = ctx.sim.tasks.get(upid)
+    if t is None or t.node != ctx.node:
+        raise param_error({"upid": "no such task"})
+    own = t.user == ctx.auth.userid and t.tokenid == ctx.auth.tokenid
+    if not own and not ctx.can(f"/nodes/{ctx.node}", "Sys.Audit"):
+        raise PermError(f"/nodes/{ctx.node}, Sys.Audit")
+    return t
+
+
+def _list_entry(t: Task) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "upid": t.upid,
+        "node": t.node,
+        "pid": t.pid,
+        "pstart": t.pstart,
+        "starttime": t.starttime,
+        "type": t.type,
+        "id": t.id,
+        "user": t.user,
+    }
+    if t.tokenid:
+        d["tokenid"] = t.tokenid
+    if t.status == "stopped":
+        d["endtime"] = t.endtime
+        d["status"] = t.exitstatus
+    return d
+
+
+@api("GET", "/nodes/{node}/tasks")
+def list_tasks(ctx: Ctx) -> Reply:
+    p = ctx.p
+    audit = ctx.can(f"/nodes/{ctx.node}", "Sys.Audit")
+    source = p.get("source", "archive")
+    out = []
+    for t in reversed(ctx.sim.task_order):
+        if t.node != ctx.node:
+            continue
+        if not audit and not (t.user == ctx.auth.userid and t.tokenid == ctx.auth.tokenid):
+            continue
+        if source == "active" and t.status != "running":
+            continue
+        if source == "archive" and t.status == "running":
+            continue
+        if p.get("vmid") is not None and t.id != str(p["vmid"]):
+            continue
+        if p.get("typefilter") and t.type != p["typefilter"]:
+            continue
+        if p.get("userfilter") and p["userfilter"] not in t.user:
+            continue
+        if p.get("errors") and (t.status == "running" or t.exitstatus == "OK"):
+            continue
+        if p.get("since") and t.starttime < int(p["since"]):
+            continue
+        if p.get("until") and t.starttime > int(p["until"]):
+            continue
+        if p.get("statusfilter"):
+            wanted = set(str(p["statusfilter"]).replace(";", ",").split(","))
+            st = (
+                "active"
+                if t.status == "running"
+                else "ok"
+                if t.exitstatus == "OK"
+                else "warning"
+                if str(t.exitstatus).startswith("WARNINGS")
+                else "error"
+            )
+            if st not in wanted:
+                continue
+        out.append(_list_entry(t))
+    start = int(p.get("start", 0))
+    limit = int(p.get("limit", 50))
+    return Reply(out[start : start + limit], {"total": len(out)})
+
+
+@api("GET", "/nodes/{node}/tasks/{upid}")
+def task_index(ctx: Ctx) -> list[dict[str, Any]]:
+    _task(ctx)
+    return [{"name": "log"}, {"name": "status"}]
+
+
+@api("GET", "/nodes/{node}/tasks/{upid}/status")
+def task_status(ctx: Ctx) -> dict[str, Any]:
+    return _task(ctx).status_dict()
+
+
+@api("GET", "/nodes/{node}/tasks/{upid}/log")
+def task_log(ctx: Ctx) -> Reply:
+    t = _task(ctx)
+    start = int(ctx.p.get("start", 0))
+    limit = int(ctx.p.get("limit", 50))
+    lines = t.log or ([] if t.status == "running" else ["TASK OK"])
+    sel = lines[start : start + limit] if limit else lines[start:]
+    return Reply([{"n": start + i + 1, "t": line} for i, line in enumerate(sel)], {"total": len(lines)})
+
+
+@api("DELETE", "/nodes/{node}/tasks/{upid}")
+def task_stop(ctx: Ctx) -> None:
+    t = _task(ctx)
+    if t.status == "running":
+        t.forced_error = "received interrupt"
+        t.work = None
+        t.end = ctx.sim.now()
+        import heapq
+
+        heapq.heapify(ctx.sim._heap)
+        ctx.sim.tick()
+    return None
+
+
+# -- QEMU guests (inventory-level) ---------------------------------------------------------------
+@api("GET", "/nodes/{node}/qemu")
+def list_qemu(ctx: Ctx) -> list[dict[str, Any]]:
+    out = []
+    for g in ctx.sim.guests.values():
+        if g.node == ctx.node and g.type == "qemu" and ctx.can(f"/vms/{g.vmid}", "VM.Audit"):
+            d = ctx.sim.guest_status(g, with_ha=False)
+            d.pop("type", None)
+            out.append(d)
+    return out
+
+
+@api("GET", "/nodes/{node}/qemu/{vmid}/config")
+def qemu_config(ctx: Ctx) -> dict[str, Any]:
+    g = ctx.guest("qemu")
+    cfg = dict(g.config)
+    if not ctx.p.get("current"):
+        for k in g.pending_delete:
+            cfg.pop(k, None)
+        cfg.update(g.pending)
+    cfg["digest"] = g.digest
+    return cfg
+
+
+@api("GET", "/nodes/{node}/qemu/{vmid}/status/current")
+def qemu_status(ctx: Ctx) -> dict[str, Any]:
+    g = ctx.guest("qemu")
+    d = ctx.sim.guest_status(g)
+    d.pop("type", None)
+    return d
+
+
+for _action in ("start", "stop", "shutdown", "reboot", "suspend", "resume"):
+
+    def _mk(action: str) -> Any:
+        def handler(ctx: Ctx) -> str:
+            return power(ctx, ctx.guest("qemu"), action)
+
+        return handler
+
+    api("POST", f"/nodes/{{node}}/qemu/{{vmid}}/status/{_action}")(_mk(_action))
+
+
+@api("DELETE", "/nodes/{node}/qemu/{vmid}")
+def delete_qemu(ctx: Ctx) -> str:
+    return destroy(ctx, ctx.guest("qemu"))
+
+
+@api("POST", "/nodes/{node}/qemu/{vmid}/migrate")
+def migrate_qemu(ctx: Ctx) -> str:
+    g = ctx.guest("qemu")
+    if g.status == "running" and not ctx.p.get("online"):
+        raise die("can't migrate running VM without --online")
+    return migrate(ctx, g)
+
+
+@api("GET", "/nodes/{node}/qemu/{vmid}/rrddata")
+def qemu_rrddata(ctx: Ctx) -> list[dict[str, Any]]:
+    return rrddata(ctx, ctx.guest("qemu"))
