@@ -121,3 +121,24 @@ def test_errors_are_clear(container: tuple[str, Path], tmp_path: Path) -> None:
         dump_container("x", 101, tmp_path, lxcpath, mode="fast")
     with pytest.raises(UsageError, match="not an LXC vzdump archive"):
         restore_test(tmp_path / "vzdump-qemu-101-2024_01_01-00_00_00.vma.zst", tmp_path)
+
+
+def test_cli_dump_and_restore_test(container: tuple[str, Path], tmp_path: Path) -> None:
+    name, lxcpath = container
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    runner = CliRunner()
+    r = runner.invoke(app, ["archives", "dump-lxc", str(dump), "--name", name, "--vmid", "250", "--lxcpath",
+                            str(lxcpath), "--mode", "suspend", "--notes", "cli"])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    archive = Path(r.stdout.strip())
+    assert archive.name.startswith("vzdump-lxc-250-") and archive.exists()
+    r = runner.invoke(app, ["archives", "restore-test", str(archive), "--lxcpath", str(tmp_path / "rt"),
+                            "--check", "cat", "--check", "/srv/app/data.txt"])  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    _flip_byte(archive)
+    r = runner.invoke(app, ["archives", "restore-test", str(archive), "--lxcpath", str(tmp_path / "rt")])
+    assert r.exit_code == 1 and archive.name in r.stderr and "Traceback" not in r.stderr
+    r = runner.invoke(app, ["archives", "dump-lxc", str(dump), "--name", "nope", "--vmid", "250", "--lxcpath",
+                            str(lxcpath)])  # fmt: skip
+    assert r.exit_code == 2 and "no LXC container" in r.stderr

@@ -528,6 +528,56 @@ def archives_prune(
     info(f"deleted {len(removed)} file(s)")
 
 
+@archives_app.command("dump-lxc")
+@_user_errors
+def archives_dump_lxc(
+    ctx: typer.Context,
+    dump_dir: DirArg,
+    name: Annotated[str, typer.Option("--name", help="LXC container name.")],
+    vmid: Annotated[int, typer.Option("--vmid", min=100, max=999999999, help="Guest id for the archive name.")],
+    lxcpath: Annotated[Path, typer.Option("--lxcpath", help="LXC path.")] = Path("/var/lib/lxc"),
+    mode: Annotated[str, typer.Option("--mode", help="snapshot, suspend or stop [strategy: snapshot].")] = "",
+    notes: Annotated[str | None, typer.Option("--notes", help="Text for the .notes file.")] = None,
+) -> None:
+    """Back up one LXC container into DUMP_DIR as a vzdump-style archive (with .log and .notes)."""
+    from pveguard.backup.lxcdump import dump_container
+
+    _check_dir(dump_dir)
+    app_ctx = _app_context(ctx)
+    if not mode:
+        mode = app_ctx.strategy_or_default().backup.containers.mode if app_ctx is not None else "snapshot"
+    result = dump_container(name, vmid, dump_dir, lxcpath, mode=mode, notes=notes)
+    _record(ctx, "backup.archives.dump", str(result.archive), container=name, mode=result.mode, size=result.size)
+    sys.stdout.write(f"{result.archive}\n")
+    info(f"{result.size} bytes in {result.seconds:.1f} s ({result.mode} mode)")
+
+
+@archives_app.command("restore-test")
+@_user_errors
+def archives_restore_test(
+    ctx: typer.Context,
+    archive: Annotated[Path, typer.Argument(help="vzdump-lxc-*.tar.* archive.")],
+    lxcpath: Annotated[Path, typer.Option("--lxcpath", help="Where the throwaway container lives.")] = Path(
+        "/var/lib/pveguard/restore-test"
+    ),
+    check: Annotated[
+        list[str] | None, typer.Option("--check", help="Health-check command word (repeat for each word).")
+    ] = None,
+) -> None:
+    """Restore ARCHIVE into a throwaway container (no network), start it, health-check, destroy it."""
+    from pveguard.backup.lxcdump import restore_test
+
+    if not archive.is_file():
+        raise UsageError(f"{archive} is not a file", hint="pass the path of a vzdump-lxc archive")
+    result = restore_test(archive, lxcpath, check) if check else restore_test(archive, lxcpath)
+    _record(ctx, "backup.archives.restore-test", archive.name, ok=result.ok, problems=result.problems)
+    if result.ok:
+        sys.stdout.write(f"restore test of {archive.name} passed ({result.seconds:.1f} s)\n")
+        return
+    error(f"restore test of {archive.name} failed: {'; '.join(result.problems)}")
+    raise typer.Exit(1)
+
+
 @archives_app.command("status")
 @_user_errors
 def archives_status(
