@@ -153,3 +153,22 @@ def test_archives_status(tmp_path: Path) -> None:
     r = runner.invoke(app, ["archives", "status", str(dump), "--schedule", "daily UTC", "--keep", "keep-daily=10"],
                       env={"TZ": "UTC"})  # fmt: skip
     assert "ok  lxc/101" in r.stdout and "BAD lxc/102" in r.stdout
+
+
+def test_archives_offsite_to_directory(tmp_path: Path) -> None:
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    names = ["vzdump-lxc-101-2024_01_01-02_00_00.tar.zst", "vzdump-lxc-101-2024_01_01-02_00_00.log",
+             "vzdump-lxc-101-2024_01_01-02_00_00.tar.zst.notes", "vzdump-lxc-101-2024_01_01-02_00_00.tar.zst.protected",
+             "unrelated.txt", "vzdump-lxc-101-2024_01_02-02_00_00.tar.dat"]  # fmt: skip
+    for n in names:
+        (dump / n).write_bytes(os.urandom(100))
+    r = runner.invoke(app, ["archives", "offsite", str(dump), "--to", str(tmp_path / "nas")])
+    assert r.exit_code == 0, r.stderr
+    assert sorted(os.listdir(tmp_path / "nas")) == sorted(names[:3])  # archives and companions only
+    r = runner.invoke(app, ["archives", "offsite", str(dump), "--to", str(tmp_path / "nas")])
+    assert r.stdout == "" and "0 copied, 3 already there" in r.stderr
+    r = runner.invoke(app, ["archives", "offsite", str(dump)])
+    assert r.exit_code == 2 and "no offsite target" in r.stderr
+    r = runner.invoke(app, ["archives", "offsite", str(dump), "--to", "rclone://x"])
+    assert r.exit_code == 2 and "unsupported offsite target" in r.stderr

@@ -340,3 +340,18 @@ def test_no_run_is_missed_or_invented(seed: int, offset: int) -> None:
         if _matches(event, t):
             assert t in runs, (event.source, t)
         t += timedelta(minutes=1)
+
+
+_ALPHABET = "0123456789*/.,:-~ UTCmontuewdhfrisaly\t"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(text=st.one_of(st.text(max_size=40), st.text(alphabet=_ALPHABET, max_size=30)))
+def test_any_text_parses_or_is_a_clear_calendar_error(text: str) -> None:
+    """No input makes the parser crash: it returns an event or raises CalendarError with a hint."""
+    try:
+        event = parse(text)
+    except CalendarError as exc:
+        assert exc.message.startswith("invalid calendar event") and exc.hint
+        return
+    next_runs(event, datetime(2024, 1, 1, tzinfo=UTC), 2)

@@ -578,6 +578,47 @@ def archives_restore_test(
     raise typer.Exit(1)
 
 
+@archives_app.command("offsite")
+@_user_errors
+def archives_offsite(
+    ctx: typer.Context,
+    dump_dir: DirArg,
+    to: Annotated[
+        str | None, typer.Option("--to", help="sftp://user@host[:port]/path or a directory [strategy offsite].")
+    ] = None,
+    identity: Annotated[Path | None, typer.Option("--identity", help="SSH private key for SFTP.")] = None,
+    known_hosts: Annotated[Path | None, typer.Option("--known-hosts", help="known_hosts with the server key.")] = None,
+) -> None:
+    """Copy the archives (with .log and .notes) the offsite target lacks; never deletes there."""
+    import os
+
+    from pveguard.backup.archive import classify
+    from pveguard.backup.offsite import SftpTarget, sync_to_directory, sync_to_sftp
+
+    _check_dir(dump_dir)
+    if to is None:
+        app_ctx = _app_context(ctx)
+        offsite = app_ctx.strategy_or_default().backup.offsite if app_ctx is not None else None
+        if offsite is None or offsite.type not in ("sftp", "directory") or not offsite.target:
+            raise UsageError("no offsite target", hint="pass --to, or set backup.offsite (type sftp or directory)")
+        to = offsite.target if offsite.type == "directory" or offsite.target.startswith("sftp://") else (
+            f"sftp://{offsite.target}")  # fmt: skip
+    listing = classify(os.listdir(dump_dir))
+    names = [a.filename for items in listing.archives.values() for a in items] + [a.filename for a in listing.renamed]
+    names += [n for n in listing.companions if not n.endswith(".protected")]
+    files = [dump_dir / n for n in sorted(names)]
+    if to.startswith("sftp://"):
+        result = sync_to_sftp(files, SftpTarget.parse(to, identity_file=identity, known_hosts=known_hosts))
+    elif "://" in to:
+        raise UsageError(f"unsupported offsite target {to!r}", hint="use sftp://user@host/path or a directory")
+    else:
+        result = sync_to_directory(files, Path(to))
+    _record(ctx, "backup.archives.offsite", to, uploaded=list(result.uploaded))
+    for n in result.uploaded:
+        sys.stdout.write(f"copied {n}\n")
+    info(f"{len(result.uploaded)} copied, {len(result.skipped)} already there")
+
+
 @archives_app.command("status")
 @_user_errors
 def archives_status(
