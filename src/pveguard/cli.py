@@ -17,6 +17,7 @@ from pveguard.backup import cli as backup_cli
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, EXIT_USAGE, PveguardError, UsageError
 from pveguard.output import console, error, print_json, warn
+from pveguard.provision import cli as provision_cli
 from pveguard.security import cli as audit_log_cli
 
 app = typer.Typer(
@@ -29,6 +30,9 @@ app = typer.Typer(
 )
 app.add_typer(audit_log_cli.app, name="audit-log")
 app.add_typer(backup_cli.app, name="backup")
+app.command("plan")(provision_cli.plan_cmd)
+app.command("apply")(provision_cli.apply_cmd)
+app.command("status")(provision_cli.status_cmd)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable shape, see docs/json.md).")]
 

@@ -1,0 +1,159 @@
+"""Choosing and opening a backend: the strategy's `target:` section, overridden by the environment.
+
+    PVEGUARD_BACKEND        auto | proxmox | lxc
+    PVEGUARD_PVE_HOST       host[:port]  (unset: the local node through pvesh)
+    PVEGUARD_PVE_TOKEN      user@realm!tokenid=secret
+    PVEGUARD_PVE_USER       user@realm   (with PVEGUARD_PVE_PASSWORD)
+    PVEGUARD_PVE_PASSWORD
+    PVEGUARD_PVE_VERIFY_SSL 0 | 1
+    PVEGUARD_PVE_NODE       pin new containers to this node
+
+`auto` means: a configured PVE host, else the local PVE node when /etc/pve exists, else plain LXC when
+the lxc tools are installed. Secrets are read here and only handed to proxmoxer; no message or repr
+contains them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pveguard.backends.base import Backend
+from pveguard.errors import BackendUnavailable, ConfigError
+from pveguard.strategy.models import Strategy
+
+PVE_DIR = Path("/etc/pve")
+BACKENDS = ("auto", "proxmox", "lxc")
+_TOKEN_RE = re.compile(r"^(?P<user>[^@!=\s]+@[^@!=\s]+)!(?P<tokenid>[A-Za-z][A-Za-z0-9._-]*)=(?P<secret>\S+)$")
+_LXC_TOOLS = ("lxc-create", "lxc-start", "lxc-attach")
+
+
+def _read_secret(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}",
+                          hint="check the path in target.proxmox and that pveguard may read it") from None
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name)
+    if value is None or value == "":
+        return default
+    if value in ("0", "1"):
+        return value == "1"
+    raise ConfigError(f"{name} must be 0 or 1, not {value!r}")
+
+
+def proxmox_settings(strategy: Strategy, env: Mapping[str, str]) -> Any:
+    """PveSettings from target.proxmox and the PVEGUARD_PVE_* variables (the variables win)."""
+    from pveguard.backends.proxmox import PveSettings
+
+    t = strategy.target.proxmox
+    s = PveSettings(
+        host=env.get("PVEGUARD_PVE_HOST") or t.host, user=t.user, token_id=t.token_id,
+        verify_ssl=_flag(env, "PVEGUARD_PVE_VERIFY_SSL", t.verify_ssl),
+        node=env.get("PVEGUARD_PVE_NODE") or t.node, storage=t.storage, template_storage=t.template_storage,
+        ssh_user=t.ssh_user, task_timeout=t.task_timeout.total_seconds(),
+    )
+    s.mode = "https" if s.host else "local"
+    # tuning for slow or flaky clusters (and fast tests); not secrets, not in the strategy
+    for var, attr in (("PVEGUARD_PVE_RETRY_WAIT", "retry_wait"), ("PVEGUARD_PVE_POLL_INTERVAL", "poll_interval"),
+                      ("PVEGUARD_PVE_HTTP_TIMEOUT", "http_timeout")):
+        if env.get(var):
+            try:
+                setattr(s, attr, float(env[var]))
+            except ValueError:
+                raise ConfigError(f"{var} must be a number of seconds, not {env[var]!r}") from None
+    token = env.get("PVEGUARD_PVE_TOKEN")
+    if token:
+        m = _TOKEN_RE.match(token.strip())
+        if not m:  # never echo the value: it holds the secret
+            raise ConfigError("PVEGUARD_PVE_TOKEN is not of the form user@realm!tokenid=secret",
+                              hint="e.g. pveguard@pve!apply=<uuid> as shown once by 'pveum user token add'")
+        s.user, s.token_id, s.token_secret = m["user"], m["tokenid"], m["secret"]
+    elif env.get("PVEGUARD_PVE_USER") or env.get("PVEGUARD_PVE_PASSWORD"):
+        s.user, s.token_id = env.get("PVEGUARD_PVE_USER") or t.user, None
+        s.password = env.get("PVEGUARD_PVE_PASSWORD")
+        if not s.user or s.password is None:
+            raise ConfigError("PVEGUARD_PVE_USER and PVEGUARD_PVE_PASSWORD go together",
+                              hint="set both, or use PVEGUARD_PVE_TOKEN instead")
+    elif t.token_id:
+        if not t.user or not t.token_secret_file:
+            raise ConfigError("target.proxmox.token_id needs 'user' and 'token_secret_file'")
+        s.token_secret = _read_secret(t.token_secret_file, "token secret")
+    elif t.password_file:
+        if not t.user:
+            raise ConfigError("target.proxmox.password_file needs 'user'")
+        s.password = _read_secret(t.password_file, "password")
+    if s.user and s.token_id and "!" in s.user:  # user@realm!id written into the user field
+        s.user = s.user.split("!", 1)[0]
+    return s
+
+
+def _lxc_missing() -> list[str]:
+    return [t for t in _LXC_TOOLS if shutil.which(t) is None]
+
+
+def _open_lxc(strategy: Strategy, env: Mapping[str, str]) -> Backend:
+    missing = _lxc_missing()
+    if missing:
+        raise BackendUnavailable(f"the LXC backend needs the lxc tools; missing: {', '.join(missing)}",
+                                 hint="install them with 'apt-get install lxc' (Debian/Ubuntu)")
+    try:
+        lxc = importlib.import_module("pveguard.backends.lxc")
+    except ImportError as exc:
+        raise BackendUnavailable(f"the LXC backend is not available in this pveguard build ({exc})",
+                                 hint="use a PVE target (PVEGUARD_PVE_HOST) or install a complete pveguard") from None
+    if hasattr(lxc, "connect"):
+        backend: Backend = lxc.connect(strategy, env)
+    else:
+        backend = lxc.LxcBackend(strategy.target.lxc)
+    return backend
+
+
+def _open_proxmox(strategy: Strategy, env: Mapping[str, str]) -> Backend:
+    from pveguard.backends.proxmox import ProxmoxBackend
+
+    s = proxmox_settings(strategy, env)
+    if s.mode == "local":
+        if shutil.which("pvesh") is None:
+            raise BackendUnavailable("the local PVE backend needs pvesh, which is not on PATH",
+                                     hint="run pveguard on a PVE node, or set PVEGUARD_PVE_HOST and "
+                                          "PVEGUARD_PVE_TOKEN to use the API over https")
+        if os.geteuid() != 0:
+            raise BackendUnavailable("the local PVE backend (pvesh) must run as root",
+                                     hint="use sudo, or the API over https with PVEGUARD_PVE_HOST/PVEGUARD_PVE_TOKEN")
+    return ProxmoxBackend(s)
+
+
+def choose(strategy: Strategy, env: Mapping[str, str] | None = None, pve_dir: Path = PVE_DIR) -> str:
+    """The backend name `connect` would open: 'proxmox' or 'lxc' (BackendUnavailable if none fits)."""
+    env = os.environ if env is None else env
+    wanted = env.get("PVEGUARD_BACKEND") or strategy.target.backend
+    if wanted not in BACKENDS:
+        raise ConfigError(f"PVEGUARD_BACKEND={wanted!r} is not one of {', '.join(BACKENDS)}")
+    if wanted != "auto":
+        return wanted
+    if env.get("PVEGUARD_PVE_HOST") or strategy.target.proxmox.host or pve_dir.is_dir():
+        return "proxmox"
+    missing = _lxc_missing()
+    if not missing:
+        return "lxc"
+    raise BackendUnavailable(
+        f"no backend found: {pve_dir} does not exist (not a PVE node), no PVE host is configured, "
+        f"and the lxc tools are missing ({', '.join(missing)})",
+        hint="set PVEGUARD_PVE_HOST and PVEGUARD_PVE_TOKEN for a remote PVE, or install lxc for the LXC "
+             "backend, or set target.backend in the strategy")
+
+
+def connect(strategy: Strategy, env: Mapping[str, str] | None = None, pve_dir: Path = PVE_DIR) -> Backend:
+    """Open the backend the strategy and the environment ask for."""
+    env = os.environ if env is None else env
+    name = choose(strategy, env, pve_dir)
+    return _open_proxmox(strategy, env) if name == "proxmox" else _open_lxc(strategy, env)

@@ -7,6 +7,7 @@ policy and retries for non-idempotent steps live above them, once.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -47,6 +48,8 @@ class GuestSpec:
     features: dict[str, bool] = field(default_factory=dict)
     onboot: bool = True
     startup_order: int | None = None
+    startup_up: int | None = None
+    startup_down: int | None = None
     tags: list[str] = field(default_factory=list)
     node: str | None = None
     vmid: int | None = None
@@ -132,8 +135,11 @@ class Backend(abc.ABC):
         """The guest's configuration in PVE's key/value form (cores, memory, swap, net0, rootfs...)."""
 
     @abc.abstractmethod
-    def create(self, spec: GuestSpec, progress: Any = None) -> Guest:
-        """Create (not start) a guest; idempotency is the caller's job (it checks the listing first)."""
+    def create(self, spec: GuestSpec, progress: Callable[[str], None] | None = None) -> Guest:
+        """Create (not start) a guest carrying spec.tags and spec.description from its first moment.
+
+        The caller checks the listing first; `progress` receives one-line status messages.
+        """
 
     @abc.abstractmethod
     def update(self, guest: Guest, changes: dict[str, Any], delete: list[str] | None = None) -> list[str]:

@@ -1,0 +1,655 @@
+"""The Proxmox VE backend: the REST API through proxmoxer (https, or `pvesh` when on a node).
+
+What PVE's API cannot do -- run a command inside a container, copy files in and out -- goes through
+`pct exec|push|pull` on the guest's node: directly when we run on that node, else over SSH.
+
+Retries: a call is repeated (with backoff) on 5xx, 595-599 and timeouts only when repeating it is
+harmless -- reads, and writes that set absolute values (config PUT, resize to a size). A create is
+never blindly re-sent: after a failure we look whether the guest appeared, and only when it did not
+do we try again, with a fresh VMID.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from proxmoxer import ProxmoxAPI, ResourceException
+from proxmoxer.core import AuthenticationError
+from proxmoxer.tools import Tasks
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from pveguard.backends.base import (
+    MANAGED_MARKER,
+    Backend,
+    Capabilities,
+    ExecResult,
+    Guest,
+    GuestSpec,
+    GuestStats,
+)
+from pveguard.errors import BackendError, BackendUnavailable
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+# Status codes worth repeating a safe call for: server errors and AnyEvent's proxy pseudo-codes.
+_RETRY_STATUS = range(500, 600)
+
+
+@dataclass
+class PveSettings:
+    """How to reach PVE. Secrets are kept out of repr() so they never reach a log or a traceback."""
+
+    mode: str = "local"  # "local" (pvesh on this node) | "https"
+    host: str | None = None
+    user: str | None = None
+    token_id: str | None = None
+    token_secret: str | None = field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
+    verify_ssl: bool = True
+    node: str | None = None
+    storage: str = "local-lvm"
+    template_storage: str = "local"
+    ssh_user: str = "root"
+    task_timeout: float = 600.0
+    http_timeout: float = 30.0
+    poll_interval: float = 1.0
+    retries: int = 4
+    retry_wait: float = 1.0
+    local_node: str | None = None  # this machine's node name when on a node (default: short hostname)
+    ssh_command: list[str] = field(default_factory=lambda: ["ssh", "-o", "BatchMode=yes"])
+
+    def describe(self) -> str:
+        """Where we connect, without secrets (for status and error messages)."""
+        if self.mode == "local":
+            return "local node (pvesh)"
+        auth = f"token {self.user}!{self.token_id}" if self.token_id else f"user {self.user}"
+        return f"https://{self.host} ({auth}, verify_ssl={'on' if self.verify_ssl else 'off'})"
+
+
+def open_api(s: PveSettings) -> Any:
+    """A proxmoxer ProxmoxAPI for the settings; connection and auth failures become BackendUnavailable."""
+    try:
+        if s.mode == "local":
+            return ProxmoxAPI(backend="local", service="PVE", timeout=max(60, int(s.task_timeout)))
+        if not s.host:
+            raise BackendUnavailable("no PVE host configured",
+                                     hint="set PVEGUARD_PVE_HOST or target.proxmox.host")
+        kwargs: dict[str, Any] = {"verify_ssl": s.verify_ssl, "timeout": s.http_timeout, "service": "PVE"}
+        if s.token_id:
+            kwargs.update(user=s.user, token_name=s.token_id, token_value=s.token_secret)
+        elif s.password is not None:
+            kwargs.update(user=s.user, password=s.password)
+        else:
+            raise BackendUnavailable(
+                f"no credentials for {s.host}",
+                hint="set PVEGUARD_PVE_TOKEN=user@realm!tokenid=secret (or PVEGUARD_PVE_USER and "
+                     "PVEGUARD_PVE_PASSWORD), or token_id/token_secret_file in target.proxmox")
+        return ProxmoxAPI(s.host, backend="https", **kwargs)
+    except AuthenticationError:
+        raise BackendUnavailable(f"PVE at {s.host} refused the login for {s.user}",
+                                 hint="check the user name, realm and password") from None
+    except requests.exceptions.SSLError:
+        raise BackendUnavailable(f"the TLS certificate of {s.host} is not trusted",
+                                 hint="install the PVE CA certificate, or set PVEGUARD_PVE_VERIFY_SSL=0 "
+                                      "(target.proxmox.verify_ssl: false) on a trusted network") from None
+    except requests.exceptions.RequestException as exc:
+        raise BackendUnavailable(f"cannot reach PVE at {s.host}: {type(exc).__name__}",
+                                 hint="check PVEGUARD_PVE_HOST (host[:port]) and that pveproxy runs") from None
+
+
+def pve_params(values: dict[str, Any]) -> dict[str, Any]:
+    """Parameters as PVE accepts them: booleans as 1/0 (proxmoxer would send 'True'), None dropped."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        if v is None:
+            continue
+        out[k] = int(v) if isinstance(v, bool) else v
+    return out
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Server errors, proxy pseudo-codes (595 node unreachable...) and transport timeouts."""
+    if isinstance(exc, ResourceException):
+        return exc.status_code in _RETRY_STATUS
+    return isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout
+                      | subprocess.TimeoutExpired)
+
+
+def pve_message(exc: BaseException) -> str:
+    """PVE's own words for a failed call: the reason phrase (or pvesh's stderr) plus parameter errors."""
+    if isinstance(exc, ResourceException):
+        text = str(exc.content or "").strip()
+        # pvesh prints "500 <msg>" style lines on stderr; drop the status prefix we show separately.
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        if lines and lines[0][:3].isdigit() and lines[0][3:4] == " ":
+            lines[0] = lines[0][4:]
+        text = "; ".join(lines) or str(exc.status_message or "")
+        errors = exc.errors if isinstance(exc.errors, dict) else {}
+        # proxmoxer puts the raw body under "errors" when it is not JSON (e.g. the empty 401 body)
+        shown = {k: v for k, v in errors.items() if isinstance(v, str) and v.strip() and k != "errors"}
+        if shown:
+            text += " (" + "; ".join(f"{k}: {v.strip()}" for k, v in sorted(shown.items())) + ")"
+        return f"{text} [HTTP {exc.status_code}]"
+    if isinstance(exc, requests.exceptions.Timeout | subprocess.TimeoutExpired):
+        return "no answer in time (timeout)"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "the server's TLS certificate is not trusted"
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        reason = str(exc)
+        for known in ("Connection refused", "No route to host", "Name or service not known",
+                      "Network is unreachable", "timed out"):
+            if known in reason:
+                return f"connection failed ({known})"
+        return "connection failed"
+    return str(exc)
+
+
+def _hint_for(exc: BaseException) -> str | None:
+    if isinstance(exc, requests.exceptions.SSLError):
+        return ("install the PVE CA certificate, or set PVEGUARD_PVE_VERIFY_SSL=0 "
+                "(target.proxmox.verify_ssl: false) on a trusted network")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return "check PVEGUARD_PVE_HOST (host[:port], default port 8006) and that pveproxy runs there"
+    if isinstance(exc, ResourceException):
+        if exc.status_code == 401:
+            return "the credentials were refused; check PVEGUARD_PVE_TOKEN / PVEGUARD_PVE_USER"
+        if exc.status_code == 403:
+            return "the API user or token lacks a privilege; grant it on the path named above"
+        if exc.status_code in (595, 596, 597, 599):
+            return "the node is unreachable from the API node (offline?); check 'pvecm status'"
+        if "locked" in str(exc.content):
+            return "another operation (backup, migration...) holds the lock; wait for it and retry"
+    return None
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(float(v))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _tags(raw: Any) -> list[str]:
+    return sorted({t for t in str(raw or "").replace(",", ";").replace(" ", ";").split(";") if t})
+
+
+@dataclass
+class NodeInfo:
+    name: str
+    online: bool
+    maxmem: int
+    mem: int
+    ip: str | None = None
+
+
+def choose_node(nodes: list[NodeInfo], placed: dict[str, int]) -> str | None:
+    """The online node with the most free memory after what this run already placed (None if none)."""
+    best: tuple[int, str] | None = None
+    for n in nodes:
+        if not n.online:
+            continue
+        free = n.maxmem - n.mem - placed.get(n.name, 0)
+        # ties go to the alphabetically first node, so placement is repeatable
+        if best is None or free > best[0] or (free == best[0] and n.name < best[1]):
+            best = (free, n.name)
+    return best[1] if best else None
+
+
+class ProxmoxBackend(Backend):
+    """Proxmox VE through proxmoxer. `api` may be injected (tests); else opened from settings."""
+
+    name = "proxmox"
+
+    def __init__(self, settings: PveSettings, api: Any = None) -> None:
+        self.settings = settings
+        self.api = api if api is not None else open_api(settings)
+        self._placed: dict[str, int] = {}
+        self._templates: dict[tuple[str, str], str] = {}
+        self._node_ips: dict[str, str] | None = None
+        self._local_name: str | None = None
+
+    def __repr__(self) -> str:
+        return f"ProxmoxBackend({self.settings.describe()})"
+
+    # --- calling the API ----------------------------------------------------------------------
+
+    def _raw(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        res = self.api(path.strip("/"))
+        fn = {"GET": res.get, "POST": res.post, "PUT": res.put, "DELETE": res.delete}[method]
+        return fn(**pve_params(params or {}))
+
+    def call(self, method: str, path: str, params: dict[str, Any] | None = None, *, safe: bool | None = None,
+             what: str | None = None) -> Any:
+        """One API call; `safe` (default: GET only) allows retries on 5xx/595/timeouts.
+
+        Failures become BackendError carrying PVE's own message.
+        """
+        if safe is None:
+            safe = method == "GET"
+        attempts = self.settings.retries if safe else 1
+        try:
+            for attempt in Retrying(stop=stop_after_attempt(max(1, attempts)), reraise=True,
+                                    retry=retry_if_exception(is_retryable),
+                                    wait=wait_exponential(multiplier=self.settings.retry_wait, max=10)):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        log.info("retrying %s %s (attempt %d)", method, path, attempt.retry_state.attempt_number)
+                    return self._raw(method, path, params)
+        except (ResourceException, requests.exceptions.RequestException, subprocess.TimeoutExpired) as exc:
+            raise self._error(exc, what or f"{method} {path}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _error(self, exc: BaseException, what: str) -> BackendError:
+        where = f" at {self.settings.host}" if isinstance(exc, requests.exceptions.RequestException) else ""
+        msg = f"{what} failed{where}: {pve_message(exc)}"
+        err = BackendError(msg, hint=_hint_for(exc))
+        err.__cause__ = None
+        err.retryable = is_retryable(exc)  # type: ignore[attr-defined]
+        err.status = getattr(exc, "status_code", None)  # type: ignore[attr-defined]
+        return err
+
+    def wait_task(self, upid: str, what: str, progress: Progress | None = None,
+                  timeout: float | None = None) -> None:
+        """Wait for a PVE task; raise BackendError with the task's own error on failure or timeout.
+
+        Polls like proxmoxer's Tasks.blocking_status, but starts fast and slows down (most tasks take
+        a second), reports progress, survives a transient 5xx/595 while polling, and does not sleep
+        once more after the task stopped.
+        """
+        timeout = self.settings.task_timeout if timeout is None else timeout
+        try:
+            node = Tasks.decode_upid(upid)["node"]
+        except AssertionError:
+            raise BackendError(f"{what}: PVE returned {upid!r} where a task id (UPID) was expected") from None
+        start = time.monotonic()
+        interval = min(0.1, self.settings.poll_interval)
+        last_report = start
+        path = f"/nodes/{node}/tasks/{upid}/status"
+        while True:
+            try:
+                status = self._raw("GET", path)
+            except (ResourceException, requests.exceptions.RequestException) as exc:
+                if not is_retryable(exc):
+                    raise self._error(exc, f"{what}: reading the task status") from None
+                status = {"status": "unknown"}
+            if status.get("status") == "stopped":
+                break
+            elapsed = time.monotonic() - start
+            if elapsed >= timeout:
+                raise BackendError(
+                    f"{what}: task {upid} did not finish within {timeout:.0f}s",
+                    hint="it may still be running on the node; look at the task log in PVE, then run the "
+                         "command again (it picks up where this one stopped)")
+            if progress and time.monotonic() - last_report >= 5:
+                progress(f"{what}: running on {node} ({elapsed:.0f}s)")
+                last_report = time.monotonic()
+            time.sleep(min(interval, max(0.0, timeout - elapsed)))
+            interval = min(interval * 1.5, self.settings.poll_interval)
+        exitstatus = str(status.get("exitstatus", ""))
+        if exitstatus != "OK" and not exitstatus.startswith("WARNINGS"):
+            raise BackendError(f"{what} failed on node {node}: {exitstatus or 'unknown task error'}",
+                               hint=f"see the task log: pvesh get /nodes/{node}/tasks/{upid}/log")
+
+    # --- cluster state ------------------------------------------------------------------------
+
+    def nodes(self) -> list[NodeInfo]:
+        rows = self.call("GET", "/cluster/resources", {"type": "node"}, what="reading the cluster nodes")
+        return [NodeInfo(r["node"], r.get("status") == "online", _int(r.get("maxmem")), _int(r.get("mem")))
+                for r in rows]
+
+    def capabilities(self) -> Capabilities:
+        notes = [f"api: {self.settings.describe()}",
+                 "exec/push/pull: pct on the guest's node" + ("" if self.settings.mode == "local" else " (ssh)")]
+        try:
+            nodes = self.nodes()
+            notes.append("nodes: " + ", ".join(f"{n.name} ({'online' if n.online else 'offline'})" for n in nodes))
+        except BackendError as exc:
+            notes.append(f"nodes: unknown ({exc.message})")
+        return Capabilities(name="proxmox", vlan_mode="tag (PVE bridge VLAN)", notes=notes)
+
+    def list_guests(self) -> list[Guest]:
+        """Every guest from one GET /cluster/resources?type=vm."""
+        rows = self.call("GET", "/cluster/resources", {"type": "vm"}, what="listing the cluster's guests")
+        out = []
+        for r in rows:
+            if r.get("template"):
+                continue
+            status = r.get("status")
+            out.append(Guest(
+                vmid=_int(r["vmid"]), name=str(r.get("name", "")), node=str(r.get("node", "")),
+                type="qemu" if r.get("type") == "qemu" else "lxc",
+                status=status if status in ("running", "stopped") else "unknown",
+                tags=_tags(r.get("tags")), maxmem=_int(r.get("maxmem")), maxdisk=_int(r.get("maxdisk")),
+                cpus=float(r.get("maxcpu") or 0), lock=r.get("lock") or None))
+        return out
+
+    def stats(self) -> list[GuestStats]:
+        rows = self.call("GET", "/cluster/resources", {"type": "vm"}, what="reading guest usage")
+        out = []
+        for r in rows:
+            status = r.get("status")
+            out.append(GuestStats(
+                vmid=_int(r["vmid"]), name=str(r.get("name", "")), node=str(r.get("node", "")),
+                status=status if status in ("running", "stopped") else "unknown",
+                cpu=float(r.get("cpu") or 0), cpus=float(r.get("maxcpu") or 0), mem=_int(r.get("mem")),
+                maxmem=_int(r.get("maxmem")), disk=_int(r.get("disk")), maxdisk=_int(r.get("maxdisk")),
+                netin=_int(r.get("netin")), netout=_int(r.get("netout")), diskread=_int(r.get("diskread")),
+                diskwrite=_int(r.get("diskwrite")), uptime=_int(r.get("uptime"))))
+        return out
+
+    def _ct(self, guest: Guest) -> str:
+        return f"/nodes/{guest.node}/lxc/{guest.vmid}"
+
+    def get_config(self, guest: Guest) -> dict[str, Any]:
+        cfg = self.call("GET", f"{self._ct(guest)}/config", what=f"reading the config of CT {guest.vmid}")
+        return dict(cfg or {})
+
+    # --- creating -----------------------------------------------------------------------------
+
+    def place(self, spec: GuestSpec) -> str:
+        """The node for a new guest: the pinned one (checked), else the one with most free memory."""
+        nodes = self.nodes()
+        pinned = spec.node or self.settings.node
+        if pinned:
+            n = next((x for x in nodes if x.name == pinned), None)
+            if n is None:
+                raise BackendError(f"node {pinned!r} (pinned for {spec.name}) is not in the cluster",
+                                   hint="known nodes: " + ", ".join(x.name for x in nodes))
+            if not n.online:
+                raise BackendError(f"node {pinned} (pinned for {spec.name}) is offline",
+                                   hint="bring it back, or pin the container to another node")
+            return n.name
+        chosen = choose_node(nodes, self._placed)
+        if chosen is None:
+            raise BackendError("no online node in the cluster to place " + spec.name)
+        return chosen
+
+    def ensure_template(self, node: str, template: str, progress: Progress | None = None) -> str:
+        """The volid of `template` on the node's template storage, downloading it via aplinfo if missing."""
+        if ":" in template:
+            return template
+        storage = self.settings.template_storage
+        key = (node, template)
+        if key in self._templates:
+            return self._templates[key]
+        content = self.call("GET", f"/nodes/{node}/storage/{storage}/content", {"content": "vztmpl"},
+                            what=f"listing templates on {node}:{storage}")
+        have = sorted(str(c["volid"]) for c in content
+                      if str(c.get("volid", "")).split("vztmpl/", 1)[-1].startswith(template))
+        if not have:
+            avail = self.call("GET", f"/nodes/{node}/aplinfo", what=f"listing downloadable templates on {node}")
+            names = sorted(str(a["template"]) for a in avail if str(a.get("template", "")).startswith(template))
+            if not names:
+                raise BackendError(f"template {template!r} is neither on {node}:{storage} nor downloadable",
+                                   hint="run 'pveam update' on the node, or set 'template:' to an existing "
+                                        "volid like local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst")
+            if progress:
+                progress(f"downloading template {names[-1]} to {node}:{storage}")
+            upid = self.call("POST", f"/nodes/{node}/aplinfo", {"storage": storage, "template": names[-1]},
+                             what=f"downloading template {names[-1]}")
+            self.wait_task(str(upid), f"downloading template {names[-1]}", progress)
+            have = [f"{storage}:vztmpl/{names[-1]}"]
+        self._templates[key] = have[-1]
+        return have[-1]
+
+    def create_params(self, spec: GuestSpec, vmid: int, ostemplate: str) -> dict[str, Any]:
+        """The POST /nodes/{node}/lxc parameters for a spec."""
+        net = {"name": "eth0", "bridge": spec.net.bridge, "firewall": 1 if spec.net.firewall else 0,
+               "ip": spec.net.ip}
+        if spec.net.vlan is not None:
+            net["tag"] = spec.net.vlan
+        if spec.net.gateway:
+            net["gw"] = spec.net.gateway
+        if spec.net.hwaddr:
+            net["hwaddr"] = spec.net.hwaddr
+        startup = ",".join(f"{k}={v}" for k, v in (("order", spec.startup_order), ("up", spec.startup_up),
+                                                    ("down", spec.startup_down)) if v is not None)
+        features = ",".join(f"{k}=1" for k, v in sorted(spec.features.items()) if v)
+        return pve_params({
+            "vmid": vmid, "ostemplate": ostemplate, "hostname": spec.name, "cores": spec.cores,
+            "memory": spec.memory_mib, "swap": spec.swap_mib, "cpuunits": spec.cpuunits,
+            "cpulimit": spec.cpulimit or None,
+            "rootfs": f"{spec.storage or self.settings.storage}:{spec.disk_gib}",
+            "net0": ",".join(f"{k}={v}" for k, v in net.items()),
+            "unprivileged": spec.unprivileged, "features": features or None, "onboot": spec.onboot,
+            "startup": startup or None, "tags": ";".join(spec.tags), "description": spec.description,
+        })
+
+    def _nextid(self) -> int:
+        return _int(self.call("GET", "/cluster/nextid", what="asking PVE for a free VMID"))
+
+    def find_created(self, node: str, vmid: int, name: str) -> str:
+        """After a failed create: 'ours' when the guest exists as we asked, 'taken' by another, or 'absent'."""
+        for g in self.list_guests():
+            if g.vmid != vmid:
+                continue
+            try:
+                cfg = self.get_config(g)
+            except BackendError:
+                return "taken"
+            desc = str(cfg.get("description", ""))
+            return "ours" if cfg.get("hostname") == name and MANAGED_MARKER in desc else "taken"
+        return "absent"
+
+    def wait_unlocked(self, guest: Guest, what: str, progress: Progress | None = None,
+                      timeout: float | None = None) -> dict[str, Any]:
+        """Poll the config until PVE's lock (e.g. `create` of a create that outlived us) is gone."""
+        timeout = self.settings.task_timeout if timeout is None else timeout
+        start = time.monotonic()
+        while True:
+            cfg = self.get_config(guest)
+            if not cfg.get("lock"):
+                return cfg
+            if time.monotonic() - start > timeout:
+                raise BackendError(f"{what}: CT {guest.vmid} is still locked ({cfg['lock']}) after {timeout:.0f}s",
+                                   hint="another operation holds it; wait for it, then run the command again")
+            if progress:
+                progress(f"{what}: CT {guest.vmid} is locked ({cfg['lock']}), waiting")
+            time.sleep(self.settings.poll_interval)
+
+    def create(self, spec: GuestSpec, progress: Progress | None = None) -> Guest:
+        """Create (not start) a container; never twice, even when PVE fails half-way."""
+        node = self.place(spec)
+        ostemplate = self.ensure_template(node, spec.template, progress)
+        what = f"creating {spec.name}"
+        last: BackendError | None = None
+        # The VMID doubles as an idempotency key: after an ambiguous failure (timeout, lost answer) we
+        # send the same VMID again, so a create that did happen makes the retry fail with "already
+        # exists" instead of making a second guest. Only a VMID taken by someone else is replaced.
+        vmid = spec.vmid or self._nextid()
+        for attempt in range(1, self.settings.retries + 1):
+            if progress:
+                progress(f"{what} as CT {vmid} on {node}")
+            params = self.create_params(spec, vmid, ostemplate)
+            try:
+                upid = self.call("POST", f"/nodes/{node}/lxc", params, safe=False, what=what)
+            except BackendError as exc:
+                last = exc
+                found = self.find_created(node, vmid, spec.name)
+                if found == "ours":  # the POST went through although the answer was lost
+                    guest = Guest(vmid=vmid, name=spec.name, node=node, type="lxc", status="stopped",
+                                  tags=list(spec.tags), managed=True)
+                    self.wait_unlocked(guest, what, progress)
+                    break
+                if found == "absent" and not getattr(exc, "retryable", False):
+                    raise
+                if found == "taken":
+                    if spec.vmid:
+                        raise BackendError(f"{what}: VMID {vmid} is taken by another guest",
+                                           hint="change or remove 'vmid' for this container in the strategy") from None
+                    vmid = self._nextid()
+                if progress:
+                    progress(f"{what}: {exc.message}; retrying (attempt {attempt + 1})")
+                time.sleep(self.settings.retry_wait * attempt)
+                continue
+            self.wait_task(str(upid), what, progress)
+            break
+        else:
+            assert last is not None
+            raise last
+        self._placed[node] = self._placed.get(node, 0) + (spec.memory_mib << 20)
+        return Guest(vmid=vmid, name=spec.name, node=node, type="lxc", status="stopped", tags=list(spec.tags),
+                     managed=True, maxmem=spec.memory_mib << 20, maxdisk=spec.disk_gib << 30,
+                     cpus=float(spec.cores))
+
+    # --- changing -----------------------------------------------------------------------------
+
+    def update(self, guest: Guest, changes: dict[str, Any], delete: list[str] | None = None) -> list[str]:
+        """PUT the changes (absolute values, so safe to repeat); grow `rootfs` through resize.
+
+        Returns the keys PVE left pending (they take effect at the next restart).
+        """
+        changes = dict(changes)
+        size = changes.pop("rootfs", None)
+        params = dict(changes)
+        if delete:
+            params["delete"] = ",".join(delete)
+        if params:
+            self.call("PUT", f"{self._ct(guest)}/config", params, safe=True,
+                      what=f"updating CT {guest.vmid} ({guest.name})")
+        if size:
+            upid = self.call("PUT", f"{self._ct(guest)}/resize", {"disk": "rootfs", "size": str(size)}, safe=True,
+                             what=f"growing the root disk of CT {guest.vmid} to {size}")
+            if isinstance(upid, str) and upid.startswith("UPID:"):
+                self.wait_task(upid, f"growing the root disk of CT {guest.vmid}")
+        if guest.status != "running" or not params:
+            return []
+        try:
+            pending = self.call("GET", f"{self._ct(guest)}/pending", what=f"reading pending changes of {guest.vmid}")
+        except BackendError:
+            return []
+        return sorted(str(p["key"]) for p in pending if "pending" in p or p.get("delete"))
+
+    def _power(self, guest: Guest, action: str, params: dict[str, Any] | None = None,
+               done_when: str | None = None, progress: Progress | None = None) -> None:
+        what = f"{action} of CT {guest.vmid} ({guest.name})"
+        try:
+            upid = self.call("POST", f"{self._ct(guest)}/status/{action}", params, safe=False, what=what)
+        except BackendError as exc:
+            # start/stop are idempotent in effect: if the guest is already where we want it, fine
+            if done_when and self._status(guest) == done_when:
+                return
+            if getattr(exc, "retryable", False):
+                upid = self.call("POST", f"{self._ct(guest)}/status/{action}", params, safe=False, what=what)
+            else:
+                raise
+        self.wait_task(str(upid), what, progress)
+
+    def _status(self, guest: Guest) -> str | None:
+        try:
+            cur = self.call("GET", f"{self._ct(guest)}/status/current", what=f"reading the state of {guest.vmid}")
+        except BackendError:
+            return None
+        return str(cur.get("status"))
+
+    def start(self, guest: Guest) -> None:
+        self._power(guest, "start", done_when="running")
+
+    def stop(self, guest: Guest) -> None:
+        self._power(guest, "stop", done_when="stopped")
+
+    def shutdown(self, guest: Guest, timeout: int = 60) -> None:
+        self._power(guest, "shutdown", {"timeout": timeout, "forceStop": True}, done_when="stopped")
+
+    def destroy(self, guest: Guest) -> None:
+        what = f"destroying CT {guest.vmid} ({guest.name})"
+        try:
+            upid = self.call("DELETE", self._ct(guest), {"purge": True, "destroy-unreferenced-disks": True},
+                             safe=False, what=what)
+        except BackendError:
+            if not any(g.vmid == guest.vmid for g in self.list_guests()):
+                return
+            raise
+        self.wait_task(str(upid), what)
+
+    # --- inside the guest (pct on the node) ---------------------------------------------------
+
+    def _cluster_status(self) -> None:
+        """Node addresses and which node we run on, from one GET /cluster/status."""
+        if self._node_ips is not None:
+            return
+        try:
+            rows = self.call("GET", "/cluster/status", what="reading node addresses")
+        except BackendError:
+            rows = []
+        self._node_ips = {str(r["name"]): str(r["ip"]) for r in rows if r.get("type") == "node" and r.get("ip")}
+        local = [str(r["name"]) for r in rows if r.get("type") == "node" and r.get("local")]
+        if local and self._local_name is None:
+            self._local_name = local[0]
+
+    def _local_node(self) -> str | None:
+        """The node we run on (pct works directly there); None over https."""
+        if self.settings.mode != "local":
+            return None
+        if self.settings.local_node:
+            return self.settings.local_node
+        self._cluster_status()
+        return self._local_name or socket.gethostname().split(".")[0]
+
+    def _node_address(self, node: str) -> str:
+        self._cluster_status()
+        assert self._node_ips is not None
+        return self._node_ips.get(node, node)
+
+    def _pct_argv(self, guest: Guest, args: list[str]) -> list[str]:
+        argv = ["pct", *args]
+        if guest.node == self._local_node():
+            return argv
+        target = f"{self.settings.ssh_user}@{self._node_address(guest.node)}"
+        return [*self.settings.ssh_command, target, shlex.join(argv)]
+
+    def _run(self, argv: list[str], what: str, *, input: bytes | None = None,
+             timeout: float = 600) -> subprocess.CompletedProcess[bytes]:
+        try:
+            return subprocess.run(argv, input=input, capture_output=True, timeout=timeout, check=False)
+        except FileNotFoundError:
+            raise BackendUnavailable(f"{what}: {argv[0]} is not installed",
+                                     hint="exec/push/pull need pct on the node, or ssh to reach it") from None
+        except subprocess.TimeoutExpired:
+            raise BackendError(f"{what}: no result within {timeout:.0f}s") from None
+
+    def exec(self, guest: Guest, argv: list[str], *, input: str | None = None, timeout: float = 600) -> ExecResult:
+        cmd = self._pct_argv(guest, ["exec", str(guest.vmid), "--", *argv])
+        p = self._run(cmd, f"running {argv[0]} in CT {guest.vmid}", input=input.encode() if input else None,
+                      timeout=timeout)
+        return ExecResult(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
+
+    def push(self, guest: Guest, local: str, remote: str, mode: int = 0o644) -> None:
+        what = f"copying {local} to CT {guest.vmid}:{remote}"
+        args = ["push", str(guest.vmid)]
+        perms = ["--perms", f"{mode:o}"]
+        if guest.node == self._local_node():
+            p = self._run(["pct", *args, local, remote, *perms], what)
+        else:
+            script = (f"t=$(mktemp) && cat > \"$t\" && pct {shlex.join(args)} \"$t\" {shlex.quote(remote)} "
+                      f"{shlex.join(perms)}; r=$?; rm -f \"$t\"; exit $r")
+            target = f"{self.settings.ssh_user}@{self._node_address(guest.node)}"
+            with open(local, "rb") as fh:
+                p = self._run([*self.settings.ssh_command, target, script], what, input=fh.read())
+        if p.returncode != 0:
+            raise BackendError(f"{what} failed: {p.stderr.decode(errors='replace').strip()}")
+
+    def pull(self, guest: Guest, remote: str, local: str) -> None:
+        what = f"copying CT {guest.vmid}:{remote} to {local}"
+        if guest.node == self._local_node():
+            p = self._run(["pct", "pull", str(guest.vmid), remote, local], what)
+        else:
+            script = (f"t=$(mktemp) && pct pull {guest.vmid} {shlex.quote(remote)} \"$t\" && cat \"$t\"; "
+                      f"r=$?; rm -f \"$t\"; exit $r")
+            target = f"{self.settings.ssh_user}@{self._node_address(guest.node)}"
+            p = self._run([*self.settings.ssh_command, target, script], what)
+            if p.returncode == 0:
+                with open(local, "wb") as fh:
+                    fh.write(p.stdout)
+        if p.returncode != 0:
+            raise BackendError(f"{what} failed: {p.stderr.decode(errors='replace').strip()}")

@@ -1,0 +1,54 @@
+"""For other parts (e.g. `pveguard install PKG`): make one strategy container exist and run, then use it."""
+
+from __future__ import annotations
+
+from pveguard.backends import connect
+from pveguard.backends.base import Backend, ExecResult, Guest
+from pveguard.context import AppContext
+from pveguard.errors import ConfigError, OperationError
+from pveguard.provision.apply import Applier, Progress, install_packages
+from pveguard.provision.desired import desired_state
+from pveguard.provision.journal import Journal
+from pveguard.provision.observe import observe
+from pveguard.provision.plan import Plan, plan
+
+__all__ = ["ensure_container", "install_packages", "run_in_container"]
+
+
+def ensure_container(app: AppContext, name: str, *, backend: Backend | None = None,
+                     progress: Progress | None = None) -> tuple[Backend, Guest]:
+    """Create/converge the strategy container `name` if needed and make sure it runs.
+
+    Returns the backend (opened from the strategy unless given) and the running guest. Every change is
+    journaled and recorded in the ledger like `pveguard apply` does for that one container.
+    """
+    strategy = app.strategy
+    desired = [d for d in desired_state(strategy) if d.spec.name == name]
+    if not desired:
+        raise ConfigError(f"the strategy has no container named {name!r}",
+                          hint="known: " + ", ".join(c.name for c in strategy.containers))
+    backend = backend or connect(strategy)
+    journal = Journal(app.store)
+    action = next(a for a in plan(desired, observe(backend), journal=journal.entries()).actions if a.name == name)
+    if action.kind == "conflict":
+        raise OperationError(f"cannot provide container {name}: " + "; ".join(action.notes))
+    if action.kind != "unchanged":
+        report = Applier(backend, app, journal, progress=progress).apply(Plan([action]))
+        if not report.ok:
+            raise OperationError(f"cannot provide container {name}: {report.failed[name]}")
+    guest = next((g for g in backend.list_guests() if g.name == name and "pveguard" in g.tags), None)
+    if guest is None:
+        raise OperationError(f"container {name} was created but is not listed by the backend",
+                             hint="run 'pveguard status' and 'pveguard apply' to converge")
+    if guest.status != "running":
+        backend.start(guest)
+        app.record("provision.start", f"ct/{guest.vmid}", name=name, before={"status": guest.status},
+                   after={"status": "running"})
+        guest.status = "running"
+    return backend, guest
+
+
+def run_in_container(backend: Backend, guest: Guest, argv: list[str], *, input: str | None = None,
+                     timeout: float = 1800) -> ExecResult:
+    """Run argv inside the guest (through the backend's exec) and return its result."""
+    return backend.exec(guest, argv, input=input, timeout=timeout)
