@@ -564,8 +564,11 @@ def next_runs(
         return []
     tz: tzinfo = UTC if event.utc else (zone if zone is not None else local_zone())
     # First whole second strictly after `after` (PVE: compute_next_event(last) starts at last+1).
-    base = after.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)
-    start_wall = base.astimezone(tz).replace(tzinfo=None)
+    try:
+        base = after.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)
+        start_wall = base.astimezone(tz).replace(tzinfo=None)
+    except OverflowError:
+        return []  # at the very end (or before the start) of what datetime can represent
     convert: Callable[[datetime], datetime | None]
     if tz is UTC:
 
@@ -578,7 +581,10 @@ def next_runs(
 
     out: list[datetime] = []
     for wall in _wall_times(event, start_wall):
-        instant = convert(wall)
+        try:
+            instant = convert(wall)
+        except OverflowError:
+            break
         if instant is None or instant < base:
             continue
         out.append(instant)

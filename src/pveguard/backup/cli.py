@@ -64,9 +64,12 @@ def parse_time(text: str, zone: tzinfo, what: str = "time") -> datetime:
 
 
 def _format(t: datetime, utc: bool, zone: tzinfo) -> str:
-    if utc:
-        return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return t.astimezone(zone).isoformat()
+    try:
+        if utc:
+            return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return t.astimezone(zone).isoformat()
+    except OverflowError:
+        return t.isoformat()
 
 
 @app.command("next-runs")
@@ -133,6 +136,7 @@ def parse_archive_lines(lines: Iterable[str], zone: tzinfo) -> list[tuple[str, d
         if archive is not None and archive.local_time is not None:
             # The name holds local wall-clock time; the earlier instant in a repeated DST hour.
             when = archive.local_time.replace(tzinfo=zone, fold=0)
+            _check_year(number, line, when, zone)
             out.append((line, when, protected, f"{archive.type}/{archive.vmid}"))
             continue
         if archive is not None:
@@ -148,8 +152,18 @@ def parse_archive_lines(lines: Iterable[str], zone: tzinfo) -> list[tuple[str, d
                 hint="one ISO 8601 timestamp or vzdump archive name per line, optionally followed by "
                 "' protected', e.g. '2024-01-31T02:00:00' or 'vzdump-lxc-101-2024_01_31-02_00_00.tar.zst protected'",
             ) from None
+        _check_year(number, line, when, zone)
         out.append((line, when, protected, ""))
     return out
+
+
+def _check_year(number: int, line: str, when: datetime, zone: tzinfo) -> None:
+    try:
+        in_range = 1900 <= when.astimezone(UTC).year <= 9998 and 1900 <= when.astimezone(zone).year <= 9998
+    except (OverflowError, ValueError):
+        in_range = False
+    if not in_range:
+        raise UsageError(f"line {number}: {line!r} is outside the years 1900..9998", hint="check the date")
 
 
 @app.command("prune-sim")
