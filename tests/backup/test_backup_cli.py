@@ -175,3 +175,17 @@ def test_prune_sim_never_crashes(lines: list[str], keep: int) -> None:
 def test_prune_sim_rejects_times_out_of_range(stamp: str) -> None:
     result = runner.invoke(app, ["prune-sim", "--keep-daily", "1"], input=stamp + "\n", env={"TZ": "Europe/Berlin"})
     assert result.exit_code == 2 and "outside the years" in result.stderr
+
+
+def test_standalone_module_has_every_command() -> None:
+    proc = subprocess.run([sys.executable, "-m", "pveguard.backup.cli", "--help"], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    for command in ("next-runs", "prune-sim", "install-timers", "host-config", "archives"):
+        assert command in proc.stdout
+
+
+def test_install_timers_unwritable_dir_is_clear(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = runner.invoke(app, ["install-timers", "--unit-dir", str(blocker / "x"), "--pveguard", "/bin/true"])
+    assert result.exit_code == 1 and "cannot write systemd units" in result.stderr

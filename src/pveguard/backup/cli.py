@@ -222,10 +222,6 @@ def prune_sim(
     info(f"{len(archives) - removed} kept, {removed} removed ({str(policy) or 'keep everything'})")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
-
-
 # ------------------------------------------------------------------------------------------------
 # Shared helpers for commands that act: the main CLI's context when mounted (strategy, state
 # directory, ledger), plain defaults when this app runs alone.
@@ -753,3 +749,7 @@ def install_timers(
     for p in written:
         sys.stdout.write(f"wrote {p}\n")
     info("enable with: systemctl daemon-reload && systemctl enable --now pveguard-backup-host-config.timer")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -348,6 +348,8 @@ class HostConfigBackup:
         unless ``force`` (restic would overwrite what is there).
         """
         target = Path(target)
+        if target.exists() and not target.is_dir():
+            raise UsageError(f"{target} exists and is not a directory", hint="choose an empty or new directory")
         if target.resolve() == Path("/"):
             raise UsageError("refusing to restore over /", hint="restore into a directory and copy back")
         if target.exists() and any(target.iterdir()) and not force:

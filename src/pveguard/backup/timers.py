@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pveguard.backup.calendar import CalendarError, CalendarEvent, Field
+from pveguard.errors import OperationError
 
 __all__ = ["TimerUnits", "install_units", "render_units", "to_oncalendar"]
 
@@ -124,15 +125,21 @@ def install_units(units: Sequence[TimerUnits], unit_dir: Path) -> list[Path]:
     the caller, which knows whether systemd runs here.
     """
     unit_dir = Path(unit_dir)
-    unit_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for unit in units:
-        for filename, text in unit.files.items():
-            path = unit_dir / filename
-            if path.exists() and path.read_text(encoding="utf-8") == text:
-                continue
-            tmp = path.with_name(f".{filename}.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
-            written.append(path)
+    try:
+        unit_dir.mkdir(parents=True, exist_ok=True)
+        for unit in units:
+            for filename, text in unit.files.items():
+                path = unit_dir / filename
+                if path.exists() and path.read_text(encoding="utf-8") == text:
+                    continue
+                tmp = path.with_name(f".{filename}.tmp")
+                tmp.write_text(text, encoding="utf-8")
+                os.replace(tmp, path)
+                written.append(path)
+    except OSError as exc:
+        raise OperationError(
+            f"cannot write systemd units to {unit_dir}: {exc.strerror or exc}",
+            hint="run as root, or pass --unit-dir",
+        ) from None
     return written
