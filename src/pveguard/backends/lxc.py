@@ -1,0 +1,1101 @@
+"""Plain LXC on any Linux host, shaped like a Proxmox VE node.
+
+Layout per container (VMID = container name, as PVE's /var/lib/lxc/<vmid>):
+
+* `<lxcpath>/<vmid>/config` — the lxc config, generated from the metadata on every create,
+  update and start (never edited by hand);
+* `<lxcpath>/<vmid>/pveguard.json` — the metadata: the PVE-form config (`get_config`), the
+  managed marker (in `description`), tags, the template and a `lock` while a create runs;
+* `<disk_dir>/<vmid>/vm-<vmid>-disk-0.raw` — the root disk: a sparse ext4 image of the configured
+  size that LXC loop-mounts as the rootfs (`lxc.rootfs.path = loop:...`) inside the container's
+  mount namespace; the loop device is released when the container stops.
+
+Limits follow PVE's cgroup mapping (backends.cgroups), networking PVE's veth/bridge/VLAN model
+(backends.lxc_net), templates PVE's vztmpl tarballs (backends.lxc_template).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pveguard.backends import cgroups, lxc_net, lxc_template
+from pveguard.backends.base import (
+    MANAGED_MARKER,
+    MANAGED_TAG,
+    Backend,
+    Capabilities,
+    ExecResult,
+    Guest,
+    GuestSpec,
+    GuestState,
+    GuestStats,
+)
+from pveguard.errors import BackendError, BackendUnavailable, ConfigError
+from pveguard.strategy.models import LxcTarget
+
+GIB = 1024 ** 3
+MIB = 1024 ** 2
+FIRST_VMID = 100
+META = "pveguard.json"
+HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+LXCFS_DIR = Path("/var/lib/lxcfs")
+# Keys a running container takes at once (cgroup writes or metadata only).
+LIVE_KEYS = frozenset({"memory", "swap", "cores", "cpulimit", "cpuunits", "onboot", "startup", "tags",
+                       "description"})
+# Keys written into the lxc config or the root disk, which LXC reads only at start.
+RESTART_KEYS = frozenset({"hostname", "net0", "features", "rootfs"})
+SUPPORTED_FEATURES = frozenset({"nesting", "fuse", "keyctl"})
+
+
+# --- host facts ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdRange:
+    start: int
+    count: int
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What this host offers, detected once per backend instance."""
+
+    layout: cgroups.CgroupLayout
+    uid_range: IdRange | None
+    gid_range: IdRange | None
+    apparmor: bool
+    lxcfs: bool
+    vlan_module: bool
+    cpus: list[int] = field(default_factory=list)
+
+    @property
+    def unprivileged_ok(self) -> bool:
+        return self.uid_range is not None and self.gid_range is not None
+
+
+def parse_subid(text: str, user: str = "root", need: int = 65536) -> IdRange | None:
+    """The first range of at least `need` ids that /etc/subuid (or subgid) grants `user`."""
+    for line in text.splitlines():
+        parts = line.strip().split(":")
+        if (len(parts) == 3 and parts[0] in (user, "0") and parts[1].isdigit() and parts[2].isdigit()
+                and int(parts[2]) >= need):
+            return IdRange(int(parts[1]), need)
+    return None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def detect_facts(subuid: Path = Path("/etc/subuid"), subgid: Path = Path("/etc/subgid")) -> HostFacts:
+    """Detect the cgroup layout, id ranges for unprivileged containers, AppArmor, lxcfs, 8021q."""
+    uids, gids = parse_subid(_read_text(subuid)), parse_subid(_read_text(subgid))
+    if (uids is None or gids is None) and shutil.which("newuidmap") is None:
+        # Without shadow's newuidmap nobody hands out subordinate ids, and LXC lets root map any
+        # range; take PVE's default one.
+        uids = gids = IdRange(100000, 65536)
+    return HostFacts(
+        layout=cgroups.detect_layout(),
+        uid_range=uids,
+        gid_range=gids,
+        apparmor=_read_text(Path("/sys/module/apparmor/parameters/enabled")).strip() == "Y",
+        lxcfs=(LXCFS_DIR / "proc/meminfo").exists(),
+        vlan_module=Path("/proc/net/vlan").exists(),
+        cpus=cgroups.host_cpus(),
+    )
+
+
+# --- the PVE-form config and the lxc config rendered from it (pure) ------------------------------
+
+
+def rootfs_string(storage: str | None, vmid: int, disk_gib: int) -> str:
+    """PVE's rootfs value for a raw image on dir storage: `local:101/vm-101-disk-0.raw,size=8G`."""
+    return f"{storage or 'local'}:{vmid}/vm-{vmid}-disk-0.raw,size={disk_gib}G"
+
+
+def rootfs_size_gib(rootfs: str) -> int:
+    """The `size=` of a rootfs value in GiB (whole GiB, rounded up)."""
+    for part in rootfs.split(","):
+        key, _, value = part.partition("=")
+        if key == "size":
+            m = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)", value.strip(), re.IGNORECASE)
+            if m:
+                factor = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
+                return max(1, -(-int(float(m.group(1)) * factor) // GIB))
+    raise ConfigError(f"rootfs {rootfs!r} has no size=<n>G", hint="write it like local:101/vm-101-disk-0.raw,size=8G")
+
+
+def parse_features(text: str) -> dict[str, bool]:
+    """`nesting=1,fuse=0` -> {'nesting': True, 'fuse': False}."""
+    out = {}
+    for part in str(text or "").split(","):
+        key, sep, value = part.partition("=")
+        if sep and key.strip():
+            out[key.strip()] = value.strip() in ("1", "on", "yes", "true")
+    return out
+
+
+def format_features(features: dict[str, bool]) -> str:
+    return ",".join(f"{k}=1" for k, v in sorted(features.items()) if v)
+
+
+def pve_config(spec: GuestSpec, vmid: int, unprivileged: bool, hwaddr: str) -> dict[str, Any]:
+    """A new container's configuration in PVE's key/value form."""
+    net: dict[str, str] = {"name": "eth0", "bridge": spec.net.bridge, "hwaddr": hwaddr, "ip": spec.net.ip,
+                           "type": "veth", "firewall": "1" if spec.net.firewall else "0"}
+    if spec.net.vlan is not None:
+        net["tag"] = str(spec.net.vlan)
+    if spec.net.gateway:
+        net["gw"] = spec.net.gateway
+    tags = sorted({MANAGED_TAG, *(t.lower() for t in spec.tags), spec.role.lower()} - {""})
+    description = spec.description.strip() or MANAGED_MARKER
+    if MANAGED_MARKER not in [line.strip() for line in description.splitlines()]:
+        description = f"{description}\n{MANAGED_MARKER}"
+    conf: dict[str, Any] = {
+        "arch": "amd64",
+        "ostype": "debian",
+        "hostname": spec.name,
+        "cores": spec.cores,
+        "memory": spec.memory_mib,
+        "swap": spec.swap_mib,
+        "cpuunits": spec.cpuunits,
+        "rootfs": rootfs_string(spec.storage, vmid, spec.disk_gib),
+        "net0": lxc_net.format_net0(net),
+        "tags": ";".join(tags),
+        "description": description + "\n",
+    }
+    if spec.cpulimit:
+        conf["cpulimit"] = spec.cpulimit
+    if unprivileged:
+        conf["unprivileged"] = 1
+    feats = format_features(spec.features)
+    if feats:
+        conf["features"] = feats
+    if spec.onboot:
+        conf["onboot"] = 1
+    startup = {"order": spec.startup_order, "up": getattr(spec, "startup_up", None),
+               "down": getattr(spec, "startup_down", None)}
+    startup_text = ",".join(f"{k}={v}" for k, v in startup.items() if v is not None)
+    if startup_text:
+        conf["startup"] = startup_text
+    return conf
+
+
+def limits_of(conf: dict[str, Any], cpuset: str | None) -> cgroups.Limits:
+    return cgroups.Limits(memory_mib=int(conf.get("memory", 512)), swap_mib=int(conf.get("swap", 0)),
+                          cpulimit=float(conf.get("cpulimit", 0) or 0), cpuunits=int(conf.get("cpuunits", 100)),
+                          cpuset=cpuset)
+
+
+@dataclass(frozen=True)
+class NetPlan:
+    """Where a container's veth goes on this host."""
+
+    link: str  # the bridge the veth joins
+    vlan_id: int | None  # set in vlan_filtering mode only
+    mode: str  # "untagged" | "vlan_filtering" | "bridge_per_vlan"
+
+
+def plan_net(net0: dict[str, str], configured_mode: str, bridge_filters: bool) -> NetPlan:
+    """The bridge (and PVID) for a net0, given the VLAN mode."""
+    bridge = net0.get("bridge", "")
+    tag = net0.get("tag")
+    if not tag:
+        return NetPlan(bridge, None, "untagged")
+    mode = lxc_net.resolve_vlan_mode(configured_mode, bridge_filters)
+    if mode == "vlan_filtering":
+        return NetPlan(bridge, int(tag), mode)
+    return NetPlan(lxc_net.vlan_bridge_name(bridge, int(tag)), None, mode)
+
+
+def render_lxc_config(vmid: int, conf: dict[str, Any], facts: HostFacts, *, image: Path, net: NetPlan,
+                      cpuset: str | None) -> str:
+    """The lxc config for a container, from its PVE-form config and this host's facts."""
+    unpriv = bool(int(conf.get("unprivileged", 0))) and facts.unprivileged_ok
+    features = parse_features(conf.get("features", ""))
+    net0 = lxc_net.parse_net0(str(conf.get("net0", "")))
+    lines = [
+        "# generated by pveguard from pveguard.json; change it with pveguard, edits here are overwritten",
+        "lxc.include = /usr/share/lxc/config/debian.common.conf",
+    ]
+    if unpriv:
+        lines.append("lxc.include = /usr/share/lxc/config/debian.userns.conf")
+    lines += [
+        f"lxc.arch = {conf.get('arch', 'amd64')}",
+        f"lxc.uts.name = {conf['hostname']}",
+        f"lxc.rootfs.path = loop:{image}",
+        # systemd halts on SIGRTMIN+3; LXC's default SIGPWR only reaches sigpwr.target.
+        "lxc.signal.halt = SIGRTMIN+3",
+        f"lxc.apparmor.profile = {'generated' if facts.apparmor else 'unconfined'}",
+    ]
+    if facts.apparmor and features.get("nesting"):
+        lines.append("lxc.apparmor.allow_nesting = 1")
+    if unpriv:
+        assert facts.uid_range is not None and facts.gid_range is not None
+        lines.append(f"lxc.idmap = u 0 {facts.uid_range.start} {facts.uid_range.count}")
+        lines.append(f"lxc.idmap = g 0 {facts.gid_range.start} {facts.gid_range.count}")
+    if features.get("nesting"):
+        # As LXC's nesting.conf: a spare proc/sys for nested container managers.
+        lines.append("lxc.mount.entry = proc dev/.lxc/proc proc create=dir,optional 0 0")
+        lines.append("lxc.mount.entry = sys dev/.lxc/sys sysfs create=dir,optional 0 0")
+    if features.get("fuse"):
+        lines.append("lxc.mount.entry = /dev/fuse dev/fuse none bind,create=file,optional 0 0")
+    lines += [
+        "lxc.net.0.type = veth",
+        f"lxc.net.0.link = {net.link}",
+        f"lxc.net.0.veth.pair = {lxc_net.host_veth_name(vmid)}",
+        f"lxc.net.0.name = {net0.get('name', 'eth0')}",
+        "lxc.net.0.flags = up",
+    ]
+    if net0.get("hwaddr"):
+        lines.append(f"lxc.net.0.hwaddr = {net0['hwaddr']}")
+    if net.vlan_id is not None:
+        lines.append(f"lxc.net.0.veth.vlan.id = {net.vlan_id}")
+    if net.mode == "bridge_per_vlan":
+        # The per-VLAN bridge does not survive a reboot; this makes lxc-start / lxc-autostart
+        # (onboot) recreate it even when pveguard is not the one starting the container.
+        lines.append(f"lxc.hook.pre-start = {lxc_net.ensure_bridge_command(net0['bridge'], int(net0['tag']))}")
+    lines.append(f"lxc.start.auto = {1 if int(conf.get('onboot', 0)) else 0}")
+    startup = dict(p.partition("=")[::2] for p in str(conf.get("startup", "")).split(",") if "=" in p)
+    if startup.get("order", "").isdigit():
+        lines.append(f"lxc.start.order = {startup['order']}")
+    if startup.get("up", "").isdigit():
+        lines.append(f"lxc.start.delay = {startup['up']}")
+    layout = facts.layout
+    lines += cgroups.lxc_config_lines(limits_of(conf, cpuset), layout.version,
+                                      memsw=layout.memsw or layout.version == 2)
+    return "\n".join(lines) + "\n"
+
+
+def next_free_vmid(taken: set[int], start: int = FIRST_VMID) -> int:
+    """PVE's nextid: the lowest VMID >= 100 not in use."""
+    vmid = start
+    while vmid in taken:
+        vmid += 1
+    return vmid
+
+
+def parse_lxc_ls(text: str) -> dict[str, tuple[str, int | None]]:
+    """`lxc-ls -f -F NAME,STATE,PID` output -> {name: (state, pid)}."""
+    out: dict[str, tuple[str, int | None]] = {}
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) >= 2:
+            pid = int(parts[2]) if len(parts) >= 3 and parts[2].isdigit() else None
+            out[parts[0]] = (parts[1], pid)
+    return out
+
+
+def parse_lxc_info(text: str) -> dict[str, str]:
+    """`lxc-info -s -p` output (`State:   RUNNING`, `PID:  123`) -> {'State': 'RUNNING', 'PID': '123'}."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _state(lxc_state: str | None) -> GuestState:
+    if lxc_state == "RUNNING":
+        return "running"
+    if lxc_state in ("STOPPED", None):
+        return "stopped"
+    return "unknown"
+
+
+# --- the backend --------------------------------------------------------------------------------
+
+
+class LxcBackend(Backend):
+    """Guests as LXC containers on this host (see the module docstring for the layout)."""
+
+    name = "lxc"
+
+    def __init__(self, config: LxcTarget, *, subuid: Path = Path("/etc/subuid"),
+                 subgid: Path = Path("/etc/subgid")) -> None:
+        self.config = config
+        self.lxcpath = Path(config.lxcpath)
+        self.template_cache = Path(config.template_cache)
+        self.disk_dir = Path(config.disk_dir)
+        self.node = socket.gethostname()
+        self._subuid, self._subgid = subuid, subgid
+        self._facts: HostFacts | None = None
+        self._cpu_samples: dict[int, tuple[float, int]] = {}
+
+    # -- plumbing --
+
+    @property
+    def facts(self) -> HostFacts:
+        if self._facts is None:
+            self._require_tools()
+            self._facts = detect_facts(self._subuid, self._subgid)
+        return self._facts
+
+    @staticmethod
+    def _require_tools() -> None:
+        missing = [t for t in ("lxc-start", "lxc-attach", "lxc-stop", "lxc-ls", "mkfs.ext4", "ip")
+                   if shutil.which(t) is None]
+        if missing:
+            raise BackendUnavailable(f"the LXC backend needs {', '.join(missing)}, which is not installed",
+                                     hint="apt-get install lxc e2fsprogs iproute2")
+        if os.geteuid() != 0:
+            raise BackendUnavailable("the LXC backend must run as root (it creates containers, bridges and "
+                                     "loop mounts)", hint="run pveguard with sudo, or use the proxmox backend")
+
+    def _run(self, argv: list[str], *, what: str, timeout: float = 120, input: bytes | None = None,
+             check: bool = True) -> subprocess.CompletedProcess[bytes]:
+        try:
+            proc = subprocess.run(argv, capture_output=True, input=input, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise BackendError(f"{what} did not finish within {timeout:.0f}s ({' '.join(argv[:4])} ...)") from None
+        except FileNotFoundError:
+            raise BackendUnavailable(f"{argv[0]} is not installed; needed to {what}") from None
+        if check and proc.returncode != 0:
+            err = (proc.stderr or proc.stdout).decode(errors="replace").strip()
+            raise BackendError(f"{what} failed: {err or f'{argv[0]} exited with {proc.returncode}'}")
+        return proc
+
+    def _dir(self, vmid: int) -> Path:
+        return self.lxcpath / str(vmid)
+
+    def _image(self, vmid: int) -> Path:
+        return self.disk_dir / str(vmid) / f"vm-{vmid}-disk-0.raw"
+
+    def _read_meta(self, vmid: int) -> dict[str, Any] | None:
+        try:
+            data = json.loads((self._dir(vmid) / META).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise BackendError(f"the metadata of container {vmid} ({self._dir(vmid) / META}) is unreadable: {e}",
+                               hint="restore the file, or remove the container with lxc-destroy") from None
+        return data if isinstance(data, dict) else None
+
+    def _meta(self, vmid: int) -> dict[str, Any]:
+        meta = self._read_meta(vmid)
+        if meta is None:
+            raise BackendError(f"container {vmid} was not created by pveguard (no {META} in {self._dir(vmid)})",
+                               hint="pveguard only changes containers it created")
+        return meta
+
+    def _write_meta(self, vmid: int, meta: dict[str, Any]) -> None:
+        _atomic_write(self._dir(vmid) / META, json.dumps(meta, indent=1, sort_keys=True) + "\n")
+
+    def _lxc_ls(self) -> dict[str, tuple[str, int | None]]:
+        if not self.lxcpath.is_dir():
+            return {}
+        proc = self._run(["lxc-ls", "-P", str(self.lxcpath), "-f", "-F", "NAME,STATE,PID"], what="list containers")
+        return parse_lxc_ls(proc.stdout.decode(errors="replace"))
+
+    def _status(self, vmid: int) -> tuple[GuestState, int | None]:
+        proc = self._run(["lxc-info", "-P", str(self.lxcpath), "-n", str(vmid), "-s", "-p"],
+                         what=f"read the state of {vmid}", check=False)
+        info = parse_lxc_info(proc.stdout.decode(errors="replace"))
+        pid = info.get("PID", "")
+        return _state(info.get("State")), int(pid) if pid.isdigit() else None
+
+    def _vmids(self) -> list[int]:
+        if not self.lxcpath.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.lxcpath.iterdir()
+                      if p.name.isdigit() and ((p / "config").exists() or (p / META).exists()))
+
+    def _cpusets_in_use(self, exclude: int) -> list[list[int]]:
+        out = []
+        for vmid in self._vmids():
+            if vmid == exclude:
+                continue
+            meta = self._read_meta(vmid)
+            if meta and meta.get("cpuset"):
+                out.append(cgroups.parse_cpulist(str(meta["cpuset"])))
+        return out
+
+    def _choose_cpuset(self, vmid: int, cores: int) -> str:
+        return cgroups.format_cpulist(cgroups.choose_cpuset(cores, self.facts.cpus, self._cpusets_in_use(vmid)))
+
+    def _net_plan(self, conf: dict[str, Any]) -> NetPlan:
+        net0 = lxc_net.parse_net0(str(conf.get("net0", "")))
+        return plan_net(net0, self.config.vlan_mode, lxc_net.vlan_filtering(net0.get("bridge", "")))
+
+    def _write_lxc_config(self, vmid: int, meta: dict[str, Any]) -> None:
+        conf = meta["config"]
+        text = render_lxc_config(vmid, conf, self.facts, image=self._image(vmid), net=self._net_plan(conf),
+                                 cpuset=meta.get("cpuset"))
+        _atomic_write(self._dir(vmid) / "config", text)
+
+    def _guest(self, vmid: int) -> Guest:
+        return Guest(vmid=vmid, name=str(vmid), node=self.node, type="lxc", status="unknown")
+
+    # -- Backend verbs --
+
+    def capabilities(self) -> Capabilities:
+        f = self.facts
+        notes = [f"cgroup v{f.layout.version}" + (" (hybrid: v1 controllers, cgroup2 without them)"
+                                                   if f.layout.version == 1 and f.layout.v2 else "")
+                 + ": limits are written as " + ("lxc.cgroup2.*" if f.layout.version == 2 else "lxc.cgroup.*")]
+        if f.layout.version == 1 and not f.layout.memsw:
+            notes.append("no swap accounting (memory.memsw.*): swap limits are recorded, not enforced")
+        if f.unprivileged_ok:
+            assert f.uid_range is not None
+            notes.append(f"unprivileged containers map root to uid {f.uid_range.start}")
+        else:
+            notes.append("unprivileged containers are not available: /etc/subuid and /etc/subgid grant root no "
+                         "range of 65536 ids, and LXC refuses id maps without one when newuidmap is "
+                         "installed; containers run PRIVILEGED (unprivileged=0). Add 'root:100000:65536' "
+                         "to both files, as PVE does, to enable them for new containers")
+        if not f.lxcfs:
+            notes.append("lxcfs is not mounted at /var/lib/lxcfs: limits apply, but free/top inside show the "
+                         "host's memory and CPUs")
+        if not f.apparmor:
+            notes.append("AppArmor is not enabled: containers run without an AppArmor profile")
+        mode: str = self.config.vlan_mode
+        if mode == "auto":
+            aware = sorted(p.name for p in lxc_net.SYS_NET.iterdir() if lxc_net.vlan_filtering(p.name))
+            mode = "vlan_filtering" if aware else "bridge_per_vlan"
+            notes.append(f"VLAN mode auto: tags ride on VLAN-aware bridges ({', '.join(aware)})" if aware else
+                         "VLAN mode auto: no bridge here is VLAN-aware, so each tag gets its own bridge "
+                         "<bridge>v<tag>")
+        if not f.vlan_module:
+            notes.append("no 8021q: per-VLAN bridges are host-local segments, not joined to an uplink")
+        notes.append("firewall=1 is recorded in net0 but not enforced (no PVE firewall); isolation is by VLAN")
+        return Capabilities(name=self.name, live_memory_update=True, live_cpu_update=True, vlan_mode=mode,
+                            backups=False, notes=notes)
+
+    def list_guests(self) -> list[Guest]:
+        """Every container in lxcpath named by a VMID: one directory scan plus one lxc-ls call."""
+        states = self._lxc_ls()
+        guests = []
+        for vmid in self._vmids():
+            meta = self._read_meta(vmid) or {}
+            if _stale_create(meta):
+                continue  # a create that died half-way: not a guest; the next create clears it
+            conf = meta.get("config", {})
+            state, _ = states.get(str(vmid), ("STOPPED", None))
+            name = conf.get("hostname") or _uts_name(self._dir(vmid) / "config") or str(vmid)
+            tags = [t for t in str(conf.get("tags", "")).split(";") if t]
+            managed = MANAGED_MARKER in [line.strip() for line in str(conf.get("description", "")).splitlines()]
+            maxdisk = rootfs_size_gib(conf["rootfs"]) * GIB if conf.get("rootfs") else 0
+            guests.append(Guest(vmid=vmid, name=name, node=self.node, type="lxc", status=_state(state), tags=tags,
+                                managed=managed, maxmem=int(conf.get("memory", 0)) * MIB, maxdisk=maxdisk,
+                                cpus=float(conf.get("cores", 0)), lock=meta.get("lock")))
+        return guests
+
+    def get_config(self, guest: Guest) -> dict[str, Any]:
+        meta = self._read_meta(guest.vmid)
+        if meta is None:
+            if not (self._dir(guest.vmid) / "config").exists():
+                raise BackendError(f"container {guest.vmid} does not exist in {self.lxcpath}")
+            return {"hostname": _uts_name(self._dir(guest.vmid) / "config") or str(guest.vmid), "arch": "amd64"}
+        conf = dict(meta["config"])
+        conf["digest"] = hashlib.sha1(json.dumps(conf, sort_keys=True).encode()).hexdigest()
+        if meta.get("lock"):
+            conf["lock"] = meta["lock"]
+        return conf
+
+    def wait_unlocked(self, guest: Guest, what: str, progress: Any = None, timeout: float = 900
+                      ) -> dict[str, Any]:
+        """Wait while another process is still creating the container (its `lock: create`)."""
+        start = time.monotonic()
+        while True:
+            meta = self._meta(guest.vmid)
+            if not meta.get("lock"):
+                return self.get_config(guest)
+            if _stale_create(meta):
+                raise BackendError(f"{what}: the creation of CT {guest.vmid} was interrupted",
+                                   hint="run the command again: the next create clears the leftovers")
+            if time.monotonic() - start > timeout:
+                raise BackendError(f"{what}: CT {guest.vmid} is still locked ({meta['lock']}) after {timeout:.0f}s",
+                                   hint="another pveguard process is creating it; wait for it, then run again")
+            if callable(progress):
+                progress(f"{what}: CT {guest.vmid} is locked ({meta['lock']}), waiting")
+            time.sleep(1)
+
+    def next_vmid(self) -> int:
+        """The lowest VMID >= 100 without a container, a disk or a host veth of that number."""
+        taken = set(self._vmids())
+        if self.disk_dir.is_dir():
+            taken |= {int(p.name) for p in self.disk_dir.iterdir() if p.name.isdigit()}
+        vmid = next_free_vmid(taken)
+        while lxc_net.exists(lxc_net.host_veth_name(vmid)):
+            taken.add(vmid)
+            vmid = next_free_vmid(taken)
+        return vmid
+
+    def create(self, spec: GuestSpec, progress: Any = None) -> Guest:
+        say = progress if callable(progress) else (lambda _msg: None)
+        _validate_spec(spec)
+        facts = self.facts
+        if not lxc_net.is_bridge(spec.net.bridge):
+            raise BackendError(f"bridge {spec.net.bridge!r} does not exist on this host",
+                               hint=f"create it (ip link add {spec.net.bridge} type bridge) or set network.bridge")
+        if spec.net.vlan is not None and self.config.vlan_mode == "vlan_filtering" \
+                and not lxc_net.vlan_filtering(spec.net.bridge):
+            raise BackendError(f"target.lxc.vlan_mode is vlan_filtering but bridge {spec.net.bridge} is not "
+                               f"VLAN-aware", hint="set vlan_mode: auto (one bridge per VLAN) or enable "
+                                                   "vlan_filtering on the bridge")
+        self.lxcpath.mkdir(parents=True, exist_ok=True)
+        self._clear_stale_creates()
+        unpriv = spec.unprivileged and facts.unprivileged_ok
+        if unpriv:
+            closed = [p for p in (self.lxcpath, *self.lxcpath.parents) if not p.stat().st_mode & 0o001]
+            if closed:
+                raise BackendError(f"unprivileged containers cannot reach {self.lxcpath}: {closed[0]} is not "
+                                   f"searchable by other users", hint=f"chmod o+x {closed[0]}, or move lxcpath")
+        vmid = self._claim_vmid(spec.vmid)
+        meta: dict[str, Any] = {"version": 1, "lock": "create", "creator": _process_id(os.getpid()),
+                                "template": spec.template,
+                                "config": pve_config(spec, vmid, unpriv, spec.net.hwaddr or lxc_net.random_hwaddr())}
+        try:
+            self._write_meta(vmid, meta)
+            say(f"{vmid}: template {spec.template}")
+            tarball = lxc_template.ensure(self.template_cache, spec.template, say)
+            say(f"{vmid}: root disk {spec.disk_gib}G")
+            self._make_disk(vmid, spec.disk_gib, tarball, unpriv)
+            meta["cpuset"] = self._choose_cpuset(vmid, spec.cores)
+            self._write_lxc_config(vmid, meta)
+            meta.pop("lock", None)
+            self._write_meta(vmid, meta)
+        except BaseException:
+            self._remove_files(vmid)
+            raise
+        g = self._guest(vmid)
+        g.name, g.status, g.managed, g.tags = spec.name, "stopped", True, meta["config"]["tags"].split(";")
+        g.maxmem, g.maxdisk, g.cpus = spec.memory_mib * MIB, spec.disk_gib * GIB, float(spec.cores)
+        return g
+
+    def _clear_stale_creates(self) -> None:
+        """Remove what creates killed half-way left behind (their process is gone), freeing the VMIDs."""
+        for vmid in self._vmids():
+            meta = self._read_meta(vmid)
+            if meta is not None and _stale_create(meta):
+                self._remove_files(vmid)
+
+    def _claim_vmid(self, wanted: int | None) -> int:
+        """Reserve a VMID by creating its directory (atomic, so parallel creates never share one)."""
+        if wanted is not None:
+            try:
+                self._dir(wanted).mkdir()
+            except FileExistsError:
+                raise BackendError(f"VMID {wanted} is already in use in {self.lxcpath}",
+                                   hint="choose another vmid, or leave it out to get the next free one") from None
+            return wanted
+        for _ in range(100):
+            vmid = self.next_vmid()
+            try:
+                self._dir(vmid).mkdir()
+                return vmid
+            except FileExistsError:
+                continue
+        raise BackendError("could not reserve a free VMID after 100 attempts")
+
+    def _make_disk(self, vmid: int, size_gib: int, tarball: Path, unpriv: bool) -> None:
+        image = self._image(vmid)
+        image.parent.mkdir(parents=True, exist_ok=True)
+        with open(image, "wb") as f:
+            f.truncate(size_gib * GIB)  # sparse: only what is written takes space
+        owner = []
+        if unpriv:
+            uid, gid = self._ids()
+            owner = ["-E", f"root_owner={uid}:{gid}"]
+        self._run(["mkfs.ext4", "-q", "-F", *owner, str(image)], what=f"format the root disk of {vmid}")
+        with self._mounted(vmid) as root:
+            # The tarball arrives on stdin and tar works in its cwd, so an id-mapped tar needs no
+            # access to the host paths above the mount (a 0700 /tmp/... or /var/cache/...).
+            argv = ["tar", "--numeric-owner", "--xattrs", "-xp", *_decompress_flag(tarball), "-f", "-", "-C", "."]
+            if unpriv:
+                # As PVE: unpack inside the container's id map, so files belong to the mapped ids.
+                fu, fg = self.facts.uid_range, self.facts.gid_range
+                assert fu is not None and fg is not None
+                argv = ["lxc-usernsexec", "-m", f"u:0:{fu.start}:{fu.count}", "-m", f"g:0:{fg.start}:{fg.count}",
+                        "--", *argv, "--exclude=./dev/*"]
+            with open(tarball, "rb") as src:
+                try:
+                    proc = subprocess.run(argv, stdin=src, cwd=root, capture_output=True, timeout=900, check=False)
+                except subprocess.TimeoutExpired:
+                    raise BackendError(f"unpacking the template into {vmid}'s root disk took over 900s") from None
+            if proc.returncode != 0:
+                raise BackendError(f"unpacking the template into {vmid}'s root disk failed: "
+                                   f"{proc.stderr.decode(errors='replace').strip()[-2000:]}")
+
+    def _ids(self) -> tuple[int, int]:
+        f = self.facts
+        assert f.uid_range is not None and f.gid_range is not None
+        return f.uid_range.start, f.gid_range.start
+
+    @contextlib.contextmanager
+    def _mounted(self, vmid: int) -> Iterator[Path]:
+        """The root disk mounted on a temporary host directory (loop device released on unmount)."""
+        mnt = Path(tempfile.mkdtemp(prefix=f".mnt-{vmid}-", dir=self.disk_dir))
+        try:
+            self._run(["mount", "-o", "loop,nosuid,nodev", str(self._image(vmid)), str(mnt)],
+                      what=f"mount the root disk of {vmid}")
+            try:
+                yield mnt
+            finally:
+                proc = self._run(["umount", str(mnt)], what=f"unmount {mnt}", check=False)
+                if proc.returncode != 0:
+                    self._run(["umount", "-l", str(mnt)], what=f"unmount {mnt}", check=False)
+        finally:
+            with contextlib.suppress(OSError):
+                mnt.rmdir()
+
+    def _write_guest_files(self, vmid: int, meta: dict[str, Any], root: Path) -> None:
+        """hostname, hosts and the network config inside the root disk, as PVE writes them at start."""
+        conf = meta["config"]
+        net0 = lxc_net.parse_net0(str(conf.get("net0", "")))
+        ip, gw = net0.get("ip", "dhcp"), net0.get("gw")
+        owner = self._ids() if int(conf.get("unprivileged", 0)) and self.facts.unprivileged_ok else (0, 0)
+        files = {"etc/hostname": conf["hostname"] + "\n",
+                 "etc/hosts": lxc_net.render_hosts(conf["hostname"], ip),
+                 "etc/network/interfaces": lxc_net.render_interfaces(ip, gw, net0.get("name", "eth0"))}
+        for rel, text in files.items():
+            _write_inside(root, rel, text.encode(), 0o644, owner)
+
+    def _grow_disk(self, vmid: int, size_gib: int) -> None:
+        image = self._image(vmid)
+        if image.stat().st_size >= size_gib * GIB:
+            return
+        with open(image, "r+b") as f:
+            f.truncate(size_gib * GIB)
+        self._run(["e2fsck", "-f", "-p", str(image)], what=f"check the root disk of {vmid}", check=False)
+        self._run(["resize2fs", str(image)], what=f"grow the root disk of {vmid} to {size_gib}G", timeout=600)
+
+    def start(self, guest: Guest) -> None:
+        vmid = guest.vmid
+        meta = self._meta(vmid)
+        state, _ = self._status(vmid)
+        if state == "running":
+            return
+        conf = meta["config"]
+        net = self._net_plan(conf)
+        net0 = lxc_net.parse_net0(str(conf.get("net0", "")))
+        if not lxc_net.is_bridge(net0.get("bridge", "")):
+            raise BackendError(f"bridge {net0.get('bridge')!r} of container {vmid} does not exist on this host",
+                               hint="create the bridge, or change net0 with pveguard")
+        if net.mode == "bridge_per_vlan":
+            lxc_net.ensure_vlan_bridge(net0["bridge"], int(net0["tag"]))
+        if conf.get("rootfs"):
+            self._grow_disk(vmid, rootfs_size_gib(conf["rootfs"]))
+        with self._mounted(vmid) as root:
+            self._write_guest_files(vmid, meta, root)
+        self._write_lxc_config(vmid, meta)
+        log = self._dir(vmid) / "start.log"
+        log.unlink(missing_ok=True)
+        proc = self._run(["lxc-start", "-P", str(self.lxcpath), "-n", str(vmid), "-o", str(log), "-l", "ERROR"],
+                         what=f"start container {vmid}", check=False)
+        if proc.returncode != 0:
+            # LXC logs the cause first and a cascade of "failed to start" after it.
+            detail = [line.split(" - ", 1)[-1] for line in _read_text(log).strip().splitlines()][:6]
+            raise BackendError(f"container {vmid} failed to start:\n  " + "\n  ".join(detail or [
+                proc.stderr.decode(errors="replace").strip()]),
+                hint=f"run 'lxc-start -P {self.lxcpath} -n {vmid} -F' to see the full boot")
+        self._run(["lxc-wait", "-P", str(self.lxcpath), "-n", str(vmid), "-s", "RUNNING", "-t", "30"],
+                  what=f"wait for container {vmid} to run")
+        self._wait_booted(vmid)
+
+    def _wait_booted(self, vmid: int, timeout: float = 90) -> None:
+        """Wait until systemd inside has finished booting, so exec right after start sees the network up.
+
+        `is-system-running --wait` can return `starting` (or fail) while PID 1 is still setting up its
+        bus, so it is asked again until it reports a settled state. A template without systemd
+        (exit 127) or a timeout is not an error: the container runs, it is just still booting.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self._run(["lxc-attach", "-P", str(self.lxcpath), "-n", str(vmid), "--clear-env", "--set-var",
+                              f"PATH={PATH}", "--", "systemctl", "is-system-running", "--wait"],
+                             what=f"wait for {vmid} to boot", timeout=max(1.0, deadline - time.monotonic()),
+                             check=False)
+            state = proc.stdout.decode(errors="replace").strip()
+            if proc.returncode == 127 or state in ("running", "degraded", "maintenance", "stopping"):
+                return
+            time.sleep(0.2)
+
+    def stop(self, guest: Guest) -> None:
+        self._meta(guest.vmid)
+        if self._status(guest.vmid)[0] != "running":
+            return
+        self._run(["lxc-stop", "-P", str(self.lxcpath), "-n", str(guest.vmid), "-k"],
+                  what=f"stop container {guest.vmid}", timeout=60)
+
+    def shutdown(self, guest: Guest, timeout: int = 60) -> None:
+        self._meta(guest.vmid)
+        if self._status(guest.vmid)[0] != "running":
+            return
+        proc = self._run(["lxc-stop", "-P", str(self.lxcpath), "-n", str(guest.vmid), "--nokill",
+                          "-t", str(timeout)], what=f"shut down container {guest.vmid}", timeout=timeout + 30,
+                         check=False)
+        if proc.returncode != 0 and self._status(guest.vmid)[0] == "running":
+            raise BackendError(f"container {guest.vmid} did not shut down within {timeout}s",
+                               hint="stop it (hard stop), or give it more time")
+
+    def destroy(self, guest: Guest) -> None:
+        vmid = guest.vmid
+        meta = self._meta(vmid)
+        if self._status(vmid)[0] == "running":
+            self._run(["lxc-stop", "-P", str(self.lxcpath), "-n", str(vmid), "-k"],
+                      what=f"stop container {vmid}", timeout=60)
+        self._remove_files(vmid)
+        net = self._net_plan(meta.get("config", {}))
+        if net.mode == "bridge_per_vlan":
+            lxc_net.remove_vlan_bridge_if_unused(net.link)
+
+    def _remove_files(self, vmid: int) -> None:
+        """Everything a container owns on the host: loop devices, temp mounts, disk, lxc directory."""
+        image = self._image(vmid)
+        if image.exists():
+            out = self._run(["losetup", "-j", str(image)], what="list loop devices", check=False)
+            for line in out.stdout.decode(errors="replace").splitlines():
+                dev = line.split(":", 1)[0]
+                for mp in _mountpoints_of(dev):
+                    self._run(["umount", "-l", mp], what=f"unmount {mp}", check=False)
+                self._run(["losetup", "-d", dev], what=f"detach {dev}", check=False)
+        shutil.rmtree(image.parent, ignore_errors=True)
+        shutil.rmtree(self._dir(vmid), ignore_errors=True)
+
+    def update(self, guest: Guest, changes: dict[str, Any], delete: list[str] | None = None) -> list[str]:
+        vmid = guest.vmid
+        meta = self._meta(vmid)
+        old = dict(meta["config"])
+        new = dict(old)
+        defaults: dict[str, Any] = {"cpulimit": 0, "onboot": 0, "tags": "", "description": "", "features": "",
+                                    "startup": "", "cpuunits": 100, "swap": 0}
+        for key in delete or []:
+            if key not in defaults:
+                raise ConfigError(f"cannot delete {key!r} from container {vmid}",
+                                  hint=f"deletable keys: {', '.join(sorted(defaults))}")
+            new.pop(key, None)
+        changes = dict(changes)
+        digest = changes.pop("digest", None)
+        if digest is not None and digest != self.get_config(guest)["digest"]:
+            raise BackendError(f"the configuration of container {vmid} changed since it was read",
+                               hint="read it again (plan again) and retry")
+        for key, value in changes.items():
+            new[key] = _checked_value(key, value, old)
+        for key in ("cpulimit", "onboot", "features", "startup", "tags"):
+            if key in new and new[key] in (0, "", "0"):
+                new.pop(key)
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if not changed:
+            return []
+        if "rootfs" in changed and rootfs_size_gib(new["rootfs"]) < rootfs_size_gib(old["rootfs"]):
+            raise BackendError(f"rootfs of {vmid} cannot shrink from {rootfs_size_gib(old['rootfs'])}G to "
+                               f"{rootfs_size_gib(new['rootfs'])}G", hint="disks only grow")
+        state, pid = self._status(vmid)
+        cpuset = meta.get("cpuset")
+        if "cores" in changed:
+            cpuset = self._choose_cpuset(vmid, int(new["cores"]))
+        if state == "running" and pid is not None:
+            self._apply_live(vmid, pid, limits_of(old, meta.get("cpuset")), limits_of(new, cpuset))
+        meta["config"], meta["cpuset"] = new, cpuset
+        self._write_meta(vmid, meta)
+        self._write_lxc_config(vmid, meta)
+        if state != "running":
+            return []
+        return [k for k in changed if k in RESTART_KEYS]
+
+    def _apply_live(self, vmid: int, pid: int, old: cgroups.Limits, new: cgroups.Limits) -> None:
+        layout = self.facts.layout
+        paths = cgroups.container_paths(_read_text(Path(f"/proc/{pid}/cgroup")), str(vmid))
+        for key, value in cgroups.live_writes(old, new, layout.version, memsw=layout.memsw or layout.version == 2):
+            try:
+                if key == "cpuset.cpus" and layout.version == 1:
+                    _write_cpuset_tree(cgroups.file_path(layout, paths, key), value)
+                else:
+                    cgroups.write_setting(layout, paths, key, value)
+            except OSError as e:
+                raise BackendError(f"the kernel refused {key} = {value} for container {vmid}: {e.strerror or e}",
+                                   hint="a memory limit below what the container uses now is refused; stop "
+                                        "services inside first, or change it while the container is stopped"
+                                   ) from None
+
+    def cgroup_value(self, guest: Guest, key: str) -> str | None:
+        """The live value of one cgroup file of a running container (e.g. memory.limit_in_bytes)."""
+        state, pid = self._status(guest.vmid)
+        if state != "running" or pid is None:
+            return None
+        paths = cgroups.container_paths(_read_text(Path(f"/proc/{pid}/cgroup")), str(guest.vmid))
+        return cgroups.read_setting(self.facts.layout, paths, key)
+
+    def _attach(self, vmid: int, argv: list[str], *, input: bytes | None, timeout: float
+                ) -> subprocess.CompletedProcess[bytes]:
+        if self._status(vmid)[0] != "running":
+            raise BackendError(f"container {vmid} is not running", hint="start it first")
+        cmd = ["lxc-attach", "-P", str(self.lxcpath), "-n", str(vmid), "--clear-env",
+               "--set-var", f"PATH={PATH}", "--set-var", "LANG=C.UTF-8", "--set-var", "HOME=/root", "--", *argv]
+        try:
+            return subprocess.run(cmd, capture_output=True, input=input, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise BackendError(f"'{' '.join(argv)}' in container {vmid} did not finish within {timeout:.0f}s"
+                               ) from None
+
+    def exec(self, guest: Guest, argv: list[str], *, input: str | None = None, timeout: float = 600) -> ExecResult:
+        proc = self._attach(guest.vmid, argv, input=input.encode() if input is not None else None, timeout=timeout)
+        return ExecResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+
+    def push(self, guest: Guest, local: str, remote: str, mode: int = 0o644) -> None:
+        try:
+            data = Path(local).read_bytes()
+        except OSError as e:
+            raise BackendError(f"cannot read {local}: {e.strerror}") from None
+        if not remote.startswith("/"):
+            raise ConfigError(f"the path inside the container must be absolute, not {remote!r}")
+        vmid = guest.vmid
+        meta = self._meta(vmid)
+        if self._status(vmid)[0] == "running":
+            proc = self._attach(vmid, ["sh", "-c", 'cat > "$1" && chmod "$2" "$1"', "sh", remote, f"{mode:o}"],
+                                input=data, timeout=300)
+            if proc.returncode != 0:
+                raise BackendError(f"writing {remote} in container {vmid} failed: "
+                                   f"{proc.stderr.decode(errors='replace').strip()}")
+            return
+        owner = self._ids() if int(meta["config"].get("unprivileged", 0)) and self.facts.unprivileged_ok else (0, 0)
+        with self._mounted(vmid) as root:
+            _write_inside(root, remote.lstrip("/"), data, mode, owner)
+
+    def pull(self, guest: Guest, remote: str, local: str) -> None:
+        vmid = guest.vmid
+        self._meta(vmid)
+        if self._status(vmid)[0] == "running":
+            proc = self._attach(vmid, ["cat", "--", remote], input=None, timeout=300)
+            if proc.returncode != 0:
+                raise BackendError(f"reading {remote} in container {vmid} failed: "
+                                   f"{proc.stderr.decode(errors='replace').strip()}")
+            data = proc.stdout
+        else:
+            with self._mounted(vmid) as root:
+                path = _inside(root, remote.lstrip("/"))
+                if not path.is_file():
+                    raise BackendError(f"{remote} does not exist in container {vmid}")
+                data = path.read_bytes()
+        Path(local).write_bytes(data)
+
+    def stats(self) -> list[GuestStats]:
+        """Usage of every container: one lxc-ls call, then cgroup, /proc and /sys reads."""
+        states = self._lxc_ls()
+        layout = self.facts.layout
+        now = time.monotonic()
+        ticks = os.sysconf("SC_CLK_TCK")
+        uptime_host = float(_read_text(Path("/proc/uptime")).split()[0] or 0)
+        out = []
+        for vmid in self._vmids():
+            meta = self._read_meta(vmid) or {}
+            conf = meta.get("config", {})
+            state, pid = states.get(str(vmid), ("STOPPED", None))
+            cores = float(conf.get("cores", 0) or len(self.facts.cpus))
+            cpulimit = float(conf.get("cpulimit", 0) or 0)
+            cpus = min(cores, cpulimit) if cpulimit else cores
+            name = conf.get("hostname") or _uts_name(self._dir(vmid) / "config") or str(vmid)
+            s = GuestStats(vmid=vmid, name=name, node=self.node, status=_state(state),
+                           cpus=cpus, maxmem=int(conf.get("memory", 0)) * MIB,
+                           maxdisk=rootfs_size_gib(conf["rootfs"]) * GIB if conf.get("rootfs") else 0)
+            if s.status == "running" and pid is not None:
+                paths = cgroups.container_paths(_read_text(Path(f"/proc/{pid}/cgroup")), str(vmid))
+                usage = cgroups.read_usage(layout, paths)
+                s.mem, s.diskread, s.diskwrite = usage.mem, usage.diskread, usage.diskwrite
+                stat = _read_text(Path(f"/proc/{pid}/stat")).rsplit(")", 1)[-1].split()
+                started = int(stat[19]) / ticks if len(stat) > 19 else uptime_host
+                s.uptime = max(0, int(uptime_host - started))
+                prev = self._cpu_samples.get(vmid)
+                if prev is not None and now > prev[0] and usage.cpu_ns >= prev[1]:
+                    s.cpu = (usage.cpu_ns - prev[1]) / 1e9 / (now - prev[0]) / max(cpus, 1e-9)
+                elif s.uptime > 0:
+                    s.cpu = usage.cpu_ns / 1e9 / s.uptime / max(cpus, 1e-9)
+                self._cpu_samples[vmid] = (now, usage.cpu_ns)
+                s.cpu = min(1.0, max(0.0, s.cpu))
+                with contextlib.suppress(OSError):
+                    st = os.statvfs(f"/proc/{pid}/root")
+                    s.disk = (st.f_blocks - st.f_bfree) * st.f_frsize
+                rx, tx = lxc_net.counters(lxc_net.host_veth_name(vmid))
+                s.netin, s.netout = tx, rx  # the host side's transmit is the guest's receive
+            else:
+                self._cpu_samples.pop(vmid, None)
+            out.append(s)
+        return out
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _write_cpuset_tree(path: Path | None, value: str) -> None:
+    """Set a v1 cpuset on a container's cgroup and its children (systemd's init.scope and others).
+
+    v1 requires every child's CPUs to be a subset of its parent's at every moment: first every
+    level (top down) gets the union of old and new, then every level (bottom up) the new set.
+    """
+    if path is None:
+        raise OSError("no cpuset cgroup for this container")
+    levels = sorted((p.parent for p in path.parent.rglob("cpuset.cpus")), key=lambda d: len(d.parts))
+    union = cgroups.format_cpulist(cgroups.parse_cpulist(value) + cgroups.parse_cpulist(_read_text(path)))
+    for d in levels:
+        (d / "cpuset.cpus").write_text(union)
+    for d in reversed(levels):
+        (d / "cpuset.cpus").write_text(value)
+
+
+def _process_id(pid: int) -> list[int]:
+    """(pid, start time in ticks): names a process without mistaking a later one with the same pid."""
+    fields = _read_text(Path(f"/proc/{pid}/stat")).rsplit(")", 1)[-1].split()
+    return [pid, int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else 0]
+
+
+def _stale_create(meta: dict[str, Any]) -> bool:
+    """True for a create whose process is gone (killed or crashed before it finished)."""
+    if meta.get("lock") != "create":
+        return False
+    creator = meta.get("creator")
+    if not isinstance(creator, list) or len(creator) != 2:
+        return False
+    return _process_id(int(creator[0])) != [int(creator[0]), int(creator[1])]
+
+
+def _decompress_flag(tarball: Path) -> list[str]:
+    for suffix, flag in ((".zst", "--zstd"), (".gz", "--gzip"), (".xz", "--xz")):
+        if tarball.name.endswith(suffix):
+            return [flag]
+    return []
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _uts_name(config: Path) -> str | None:
+    for line in _read_text(config).splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "lxc.uts.name":
+            return value.strip()
+    return None
+
+
+def _mountpoints_of(device: str) -> list[str]:
+    out = []
+    for line in _read_text(Path("/proc/self/mounts")).splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == device:
+            out.append(parts[1])
+    return out
+
+
+def _inside(root: Path, rel: str) -> Path:
+    """`rel` under a mounted container root, refusing symlinks that lead out of it."""
+    path = root / rel
+    parent = path.parent.resolve()
+    if parent != root.resolve() and root.resolve() not in parent.parents:
+        raise BackendError(f"/{rel} leads outside the container (symlinked directory); refusing to touch it")
+    return parent / path.name
+
+
+def _write_inside(root: Path, rel: str, data: bytes, mode: int, owner: tuple[int, int]) -> None:
+    """Write a file into a mounted container root without following a symlink out of it."""
+    path = _inside(root, rel)
+    if not path.parent.is_dir():
+        raise BackendError(f"/{Path(rel).parent} does not exist in the container")
+    if path.is_symlink():
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, data)
+        os.fchmod(fd, mode)
+        os.fchown(fd, *owner)
+    finally:
+        os.close(fd)
+
+
+def _validate_spec(spec: GuestSpec) -> None:
+    if not HOSTNAME_RE.match(spec.name):
+        raise ConfigError(f"{spec.name!r} is not a valid hostname; use lower-case letters, digits and '-'")
+    if spec.memory_mib < 16:
+        raise ConfigError(f"memory {spec.memory_mib} MiB is below PVE's minimum of 16 MiB")
+    if spec.cores < 1:
+        raise ConfigError(f"cores must be at least 1, not {spec.cores}")
+    if spec.disk_gib < 1:
+        raise ConfigError(f"the root disk must be at least 1G, not {spec.disk_gib}G")
+    if spec.vmid is not None and spec.vmid < FIRST_VMID:
+        raise ConfigError(f"VMID {spec.vmid} is below {FIRST_VMID}")
+    unknown = set(spec.features) - SUPPORTED_FEATURES
+    if any(spec.features[k] for k in unknown):
+        raise ConfigError(f"feature(s) {', '.join(sorted(unknown))} are not supported by the LXC backend",
+                          hint=f"supported: {', '.join(sorted(SUPPORTED_FEATURES))}")
+    lxc_net.validate_ip(spec.net.ip, spec.net.gateway)
+    lxc_net.validate_bridge(spec.net.bridge)
+    if spec.net.vlan is not None and not 1 <= spec.net.vlan <= 4094:
+        raise ConfigError(f"VLAN tag {spec.net.vlan} is outside 1..4094")
+
+
+def _checked_value(key: str, value: Any, old: dict[str, Any]) -> Any:
+    """A config value from `update`, validated and in the type get_config returns."""
+    ints = {"cores": 1, "memory": 16, "swap": 0, "cpuunits": 1, "onboot": 0}
+    try:
+        if key in ints:
+            v = int(value)
+            if v < ints[key]:
+                raise ConfigError(f"{key} must be at least {ints[key]}, not {v}")
+            return v
+        if key == "cpulimit":
+            f = float(value)
+            if not 0 <= f <= 8192:
+                raise ConfigError(f"cpulimit must be between 0 and 8192, not {f}")
+            return int(f) if f == int(f) else f
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be a number, not {value!r}") from None
+    if key == "unprivileged":
+        if int(value) != int(old.get("unprivileged", 0)):
+            raise BackendError("unprivileged cannot change on an existing container",
+                               hint="create a new container and move the data")
+        return old.get("unprivileged", 0)
+    if key == "hostname":
+        if not HOSTNAME_RE.match(str(value)):
+            raise ConfigError(f"{value!r} is not a valid hostname")
+        return str(value)
+    if key == "net0":
+        net = lxc_net.parse_net0(str(value))
+        if not net.get("bridge"):
+            raise ConfigError(f"net0 {value!r} has no bridge=")
+        lxc_net.validate_bridge(net["bridge"])
+        if net.get("tag") and not (net["tag"].isdigit() and 1 <= int(net["tag"]) <= 4094):
+            raise ConfigError(f"net0 tag {net['tag']!r} is not a VLAN id (1..4094)")
+        lxc_net.validate_ip(net.get("ip", "dhcp"), net.get("gw"))
+        oldnet = lxc_net.parse_net0(str(old.get("net0", "")))
+        for keep in ("name", "hwaddr", "type"):  # PVE keeps what the caller left out
+            if keep not in net and keep in oldnet:
+                net[keep] = oldnet[keep]
+        return lxc_net.format_net0(net)
+    if key == "rootfs":
+        text = str(value).strip()
+        if "," not in text and ":" not in text:  # just a size ("20G"), as the planner sends it
+            volume = str(old.get("rootfs", "")).split(",", 1)[0]
+            text = f"{volume},size={text}"
+        rootfs_size_gib(text)
+        return text
+    if key == "features":
+        feats = parse_features(str(value))
+        bad = {k for k, v in feats.items() if v} - SUPPORTED_FEATURES
+        if bad:
+            raise ConfigError(f"feature(s) {', '.join(sorted(bad))} are not supported by the LXC backend")
+        return format_features(feats)
+    if key in ("tags", "description", "startup"):
+        return str(value) if key != "description" or str(value).endswith("\n") else str(value) + "\n"
+    raise ConfigError(f"the LXC backend cannot change {key!r}",
+                      hint="changeable: cores, memory, swap, cpulimit, cpuunits, hostname, net0, rootfs, "
+                           "features, onboot, startup, tags, description")
