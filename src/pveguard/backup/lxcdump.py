@@ -16,14 +16,16 @@ does when a volume cannot be snapshotted - and says so in the log.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import secrets
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
@@ -38,7 +40,9 @@ _EXCLUDES = ("./tmp/?*", "./var/tmp/?*", "./var/run/?*pid")
 # Config keys that must not follow an archive into a throwaway container: its identity, its
 # network (the test container gets none, so it can never clash with the original) and anything
 # that reaches into the host (bind mounts, hooks).
-_DROP_KEYS = re.compile(r"^lxc\.(uts\.name|rootfs\.path|net\.|mount\.entry|mount\.fstab|hook\.|console\.logfile|log\.)")
+_DROP_KEYS = re.compile(
+    r"^lxc\.(uts\.name|rootfs\.path|net\.|mount\.entry|mount\.fstab|hook\.|console\.logfile|log\.|start\.)"
+)
 
 
 def _lxc(tool: str, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -60,19 +64,54 @@ def container_state(name: str, lxcpath: Path) -> str:
     return proc.stdout.strip()
 
 
-def _rootfs(config: str, name: str) -> Path:
+def _rootfs(config: str, name: str) -> tuple[str, Path]:
+    """(kind, path) of the root file system: ``dir`` or ``loop`` (a raw image, as pveguard's LXC
+    backend makes them)."""
     for line in config.splitlines():
         key, _, value = line.partition("=")
         if key.strip() == "lxc.rootfs.path":
             value = value.strip()
-            if value.startswith("dir:"):
-                value = value[4:]
+            kind = "dir"
+            for prefix in ("dir:", "loop:"):
+                if value.startswith(prefix):
+                    kind, value = prefix[:-1], value[len(prefix) :]
             if ":" in value or not value.startswith("/"):
                 raise OperationError(
-                    f"container {name}: only directory-backed root file systems can be archived, not {value!r}"
+                    f"container {name}: only directory or loop-image root file systems can be archived, not {value!r}"
                 )
-            return Path(value)
+            return kind, Path(value)
     raise OperationError(f"container {name}: no lxc.rootfs.path in its configuration")
+
+
+@contextlib.contextmanager
+def _readable_root(name: str, lxcpath: Path, kind: str, path: Path, running: bool) -> Iterator[Path]:
+    """A host path showing the container's root file system for the duration.
+
+    A directory root is read in place. A loop image of a running (frozen) container is read
+    through its init's ``/proc/<pid>/root``; of a stopped one through a read-only loop mount.
+    """
+    if kind == "dir":
+        yield path
+        return
+    if running:
+        pid = _lxc("lxc-info", "-P", str(lxcpath), "-n", name, "-p", "-H").stdout.strip()
+        if not pid.isdigit():
+            raise OperationError(f"container {name} is running but lxc-info shows no init pid")
+        yield Path(f"/proc/{pid}/root")
+        return
+    mnt = Path(tempfile.mkdtemp(prefix=f".pveguard-mnt-{name}-", dir=str(lxcpath)))
+    try:
+        proc = subprocess.run(["mount", "-o", "loop,ro", str(path), str(mnt)], capture_output=True, text=True,
+                              check=False)  # fmt: skip
+        if proc.returncode != 0:
+            raise OperationError(f"cannot mount the root image {path} of {name}: {proc.stderr.strip()}")
+        try:
+            yield mnt
+        finally:
+            subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
+    finally:
+        with contextlib.suppress(OSError):
+            mnt.rmdir()
 
 
 @dataclass
@@ -118,7 +157,7 @@ def dump_container(
         config = config_file.read_text(encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot read the configuration of container {name}: {exc.strerror}") from None
-    rootfs = _rootfs(config, name)
+    kind, rootfs = _rootfs(config, name)
     dump_dir.mkdir(parents=True, exist_ok=True)
     log: list[str] = []
 
@@ -133,8 +172,10 @@ def dump_container(
         effective = "suspend"
     say(f"backup mode: {effective}")
     staging_dir = Path(tempfile.mkdtemp(prefix=".pveguard-stage-", dir=dump_dir))
-    staging = staging_dir / "lxc.conf"
-    staging.write_text(config, encoding="utf-8")
+    (staging_dir / "lxc.conf").write_text(config, encoding="utf-8")
+    meta = lxcpath / name / "pveguard.json"  # pveguard's LXC backend keeps the PVE-form config here
+    if meta.is_file():
+        shutil.copyfile(meta, staging_dir / "pveguard.json")
     t0 = time.monotonic()
     frozen = stopped = False
     try:
@@ -147,7 +188,9 @@ def dump_container(
             stopped = True
             say("container stopped")
         say(f"creating vzdump archive '{final}'")
-        _write_archive(rootfs, staging, dat, zstd_threads, timeout)
+        running = state in ("RUNNING", "FROZEN") and not stopped
+        with _readable_root(name, lxcpath, kind, rootfs, running) as source:
+            _write_archive(source, staging_dir, dat, zstd_threads, timeout)
     except BaseException:
         dat.unlink(missing_ok=True)
         raise
@@ -174,7 +217,7 @@ def dump_container(
     return DumpResult(final, log_path, notes_path, size, seconds, effective, log)
 
 
-def _write_archive(rootfs: Path, config: Path, dest: Path, threads: int, timeout: float) -> None:
+def _write_archive(rootfs: Path, staging: Path, dest: Path, threads: int, timeout: float) -> None:
     tar_exe = shutil.which("tar")
     zstd_exe = shutil.which("zstd")
     if tar_exe is None or zstd_exe is None:
@@ -182,9 +225,22 @@ def _write_archive(rootfs: Path, config: Path, dest: Path, threads: int, timeout
     tar_argv = [tar_exe, "-c", "-f", "-", "--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls",
                 "--sparse", "--one-file-system"]  # fmt: skip
     tar_argv += [f"--exclude={pattern}" for pattern in _EXCLUDES]
-    # The configuration goes in as ./etc/vzdump/lxc.conf (where PVE puts pct.conf).
-    tar_argv += ["-C", str(rootfs), ".", "-C", str(config.parent), r"--transform=s,^lxc\.conf$,./etc/vzdump/lxc.conf,"]
-    tar_argv.append("lxc.conf")
+    # The configuration goes in under ./etc/vzdump/ (where PVE puts pct.conf).
+    extras = sorted(p.name for p in staging.iterdir() if p.is_file())
+    # Top-level mount points of a running container (/proc, /sys, /dev, /run, ...) go in as empty
+    # directories, as vzdump leaves them: their contents are not the container's data, and a
+    # pseudo file system's root changes while tar reads it.
+    members, mountpoints = _top_level(rootfs)
+    holes = staging / "mountpoints"
+    for name, mode in mountpoints:
+        (holes / name).mkdir(parents=True, exist_ok=True)
+        os.chmod(holes / name, mode)
+    tar_argv += ["-C", str(rootfs), *members]
+    if mountpoints:
+        tar_argv += ["-C", str(holes), "--no-recursion", *(f"./{n}" for n, _ in mountpoints), "--recursion"]
+    tar_argv += ["-C", str(staging)]
+    tar_argv += [rf"--transform=s,^{re.escape(n)}$,./etc/vzdump/{n}," for n in extras]
+    tar_argv += extras
     with dest.open("wb") as out:
         tar = subprocess.Popen(tar_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         zstd = subprocess.Popen([zstd_exe, "-q", f"--threads={threads}", "-c"], stdin=tar.stdout, stdout=out,
@@ -204,6 +260,21 @@ def _write_archive(rootfs: Path, config: Path, dest: Path, threads: int, timeout
         raise OperationError(f"tar failed while archiving {rootfs}: {terr.decode(errors='replace').strip()[-500:]}")
     if zstd.returncode != 0:
         raise OperationError(f"zstd failed: {zerr.decode(errors='replace').strip()[-500:]}")
+
+
+def _top_level(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+    """Members to archive under ``root`` ("." itself, non-recursively, then each entry) and the
+    top-level directories that are other file systems (name, mode)."""
+    root_dev = os.stat(root).st_dev
+    members = ["--no-recursion", ".", "--recursion"]
+    mountpoints: list[tuple[str, int]] = []
+    for name in sorted(os.listdir(root)):
+        st = os.lstat(root / name)
+        if stat.S_ISDIR(st.st_mode) and st.st_dev != root_dev:
+            mountpoints.append((name, stat.S_IMODE(st.st_mode)))
+        else:
+            members.append(f"./{name}")
+    return members, mountpoints
 
 
 @dataclass
