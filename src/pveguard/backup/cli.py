@@ -654,16 +654,7 @@ def archives_status(
     strategy = app_ctx.strategy_or_default() if app_ctx is not None else None
     containers = strategy.backup.containers if strategy is not None else None
     event = parse(schedule or (containers.schedule if containers is not None else "daily"))
-    if prune_backups is not None:
-        keep = KeepPolicy.parse(prune_backups)
-    elif containers is not None and containers.keep is not None:
-        k = containers.keep
-        keep = KeepPolicy(last=k.last or 0, hourly=k.hourly or 0, daily=k.daily or 0, weekly=k.weekly or 0,
-                          monthly=k.monthly or 0, yearly=k.yearly or 0)  # fmt: skip
-    else:
-        from datetime import timedelta
-
-        keep = KeepPolicy.for_duration(containers.retention if containers is not None else timedelta(days=7))
+    keep = KeepPolicy.parse(prune_backups) if prune_backups is not None else _keep_from(containers)
     verify_event = None
     if strategy is not None and strategy.backup.verification.enabled:
         verify_event = parse(strategy.backup.verification.schedule)
@@ -706,6 +697,122 @@ def archives_status(
             sys.stdout.write(
                 f"{'ok ' if s.compliant else 'BAD'} {s.guest}  {s.archives} archive(s), newest {age} old\n"
             )
+            for p in s.problems:
+                sys.stdout.write(f"    {p}\n")
+    if any(not s.compliant for s in statuses):
+        raise typer.Exit(1)
+
+
+def _keep_from(containers: Any | None) -> KeepPolicy:
+    """The strategy's container retention as keep-* (explicit `keep` wins over `retention`)."""
+    from datetime import timedelta
+
+    if containers is not None and containers.keep is not None:
+        k = containers.keep
+        return KeepPolicy(last=k.last or 0, hourly=k.hourly or 0, daily=k.daily or 0, weekly=k.weekly or 0,
+                          monthly=k.monthly or 0, yearly=k.yearly or 0)  # fmt: skip
+    return KeepPolicy.for_duration(containers.retention if containers is not None else timedelta(days=7))
+
+
+def _managed(guest: Any) -> bool:
+    from pveguard.backends.base import MANAGED_TAG
+
+    return bool(guest.managed) or MANAGED_TAG in guest.tags
+
+
+def _proxmox(ctx: typer.Context, command: str) -> tuple[Any, Any]:
+    """(strategy, ProxmoxBackend) or a clear error when this is not a PVE target."""
+    app_ctx = _app_context(ctx)
+    if app_ctx is None:
+        raise UsageError(f"'backup {command}' needs the strategy", hint=f"run it as 'pveguard backup {command}'")
+    from pveguard.backends import connect
+    from pveguard.backends.proxmox import ProxmoxBackend
+
+    strategy = app_ctx.strategy
+    backend = connect(strategy)
+    if not isinstance(backend, ProxmoxBackend):
+        raise UsageError(
+            f"'backup {command}' works on Proxmox VE's vzdump jobs, but the backend here is {backend.name}",
+            hint="on plain LXC use 'pveguard backup archives dump-lxc' / 'archives status' with a timer",
+        )
+    return strategy, backend
+
+
+@app.command("apply")
+@_user_errors
+def apply_jobs(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show the plan.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Converge the vzdump job in /cluster/backup with the strategy's container-backup policy."""
+    from pveguard.backup.jobs import apply_plan, container_job, plan_jobs
+
+    strategy, backend = _proxmox(ctx, "apply")
+    c = strategy.backup.containers
+    vmids = None
+    if c.guests == "managed":
+        vmids = [g.vmid for g in backend.list_guests() if _managed(g) and g.type == "lxc"]
+    job = container_job(c.schedule, c.storage, _keep_from(c), vmids, c.mode, c.compress, c.notes_template)
+    plan = plan_jobs([job], backend.call("GET", "/cluster/backup"))
+    if json_out:
+        print_json({"changes": [{"action": ch.action, "id": ch.id, "params": ch.params, "delete": list(ch.delete)}
+                                for ch in plan.changes], "unmanaged_jobs": list(plan.unmanaged),
+                    "dry_run": dry_run})  # fmt: skip
+    else:
+        for ch in plan.changes:
+            sys.stdout.write(ch.describe() + "\n")
+        if plan.empty:
+            sys.stdout.write("backup jobs match the policy; nothing to do\n")
+        if plan.unmanaged:
+            info(f"left alone (not managed by pveguard): {', '.join(plan.unmanaged)}")
+    if dry_run or plan.empty:
+        return
+    for line in apply_plan(backend.api, plan):
+        _record(ctx, "backup.job", "/cluster/backup", change=line)
+
+
+@app.command("status")
+@_user_errors
+def backup_status(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Per guest: the last backup's age against the schedule, archive count against the retention,
+    and guests in no backup job (Proxmox VE). Exit 1 when a guest is not compliant."""
+    from pveguard.backup.compliance import evaluate
+    from pveguard.backup.jobs import archives_from_content
+
+    strategy, backend = _proxmox(ctx, "status")
+    c = strategy.backup.containers
+    guests = [g for g in backend.list_guests() if g.type == "lxc" and (c.guests == "all" or _managed(g))]
+    uncovered = {int(g["vmid"]) for g in backend.call("GET", "/cluster/backup-info/not-backed-up")}
+    archives: dict[str, Any] = {}
+    seen: set[str] = set()
+    for node in backend.nodes():
+        try:
+            content = backend.call("GET", f"/nodes/{node.name}/storage/{c.storage}/content", {"content": "backup"})
+        except PveguardError:
+            continue  # the storage is not on this node
+        for e in content:
+            if e.get("volid") in seen:  # shared storage: listed once per node
+                continue
+            seen.add(e.get("volid"))
+            for guest, items in archives_from_content([e]).items():
+                archives.setdefault(guest, []).extend(items)
+    names = {f"lxc/{g.vmid}": g.name for g in guests}
+    statuses = evaluate(names, archives, parse(c.schedule), datetime.now(UTC), keep=_keep_from(c),
+                        covered=[n for n in names if int(n.split("/")[1]) not in uncovered])  # fmt: skip
+    if json_out:
+        print_json([{"guest": s.guest, "name": names[s.guest], "archives": s.archives,
+                     "newest": s.newest.isoformat() if s.newest else None,
+                     "age_seconds": int(s.age.total_seconds()) if s.age else None, "in_backup_job": s.in_backup_job,
+                     "compliant": s.compliant, "problems": s.problems} for s in statuses])  # fmt: skip
+    else:
+        for s in statuses:
+            age = f"{s.age.days}d {s.age.seconds // 3600}h" if s.age else "-"
+            head = f"{'ok ' if s.compliant else 'BAD'} {s.guest} ({names[s.guest]})"
+            sys.stdout.write(f"{head}  {s.archives} archive(s), newest {age} old\n")
             for p in s.problems:
                 sys.stdout.write(f"    {p}\n")
     if any(not s.compliant for s in statuses):
