@@ -96,10 +96,10 @@ def test_archives_verify_and_prune(tmp_path: Path) -> None:
 def test_install_timers(tmp_path: Path) -> None:
     r = runner.invoke(app, ["install-timers", "--unit-dir", str(tmp_path), "--pveguard", "/bin/true"])
     assert r.exit_code == 0, r.stderr
-    timer = (tmp_path / "pveguard-backup-host-config.timer").read_text()
+    timer = (tmp_path / "pveguard-backup.timer").read_text()
     assert "OnCalendar=*-*-* *:00:00\n" in timer
-    service = (tmp_path / "pveguard-backup-host-config.service").read_text()
-    assert "ExecStart=/bin/true backup host-config run\n" in service
+    service = (tmp_path / "pveguard-backup.service").read_text()
+    assert "ExecStart=/bin/true backup run --due\n" in service
 
 
 def test_mounted_in_pveguard_with_strategy_and_ledger(tmp_path: Path) -> None:
@@ -119,8 +119,9 @@ def test_mounted_in_pveguard_with_strategy_and_ledger(tmp_path: Path) -> None:
     strategy.write_text(text.replace("schedule: hourly", "schedule: '*/20'", 1))
     proc = run("backup", "install-timers", "--unit-dir", str(tmp_path / "units"), "--pveguard", "/bin/true")
     assert proc.returncode == 0, proc.stderr
-    timer = (tmp_path / "units" / "pveguard-backup-host-config.timer").read_text()
-    assert "OnCalendar=*-*-* *:00,20,40:00\n" in timer
+    timer = (tmp_path / "units" / "pveguard-backup.timer").read_text()
+    # one OnCalendar= per schedule: host config, containers (daily), verification (weekly)
+    assert "OnCalendar=*-*-* *:00,20,40:00\nOnCalendar=*-*-* 00:00:00\nOnCalendar=Mon *-*-* 00:00:00\n" in timer
     ledger = run("audit-log", "show", "--json")
     assert any(e["action"] == "backup.install-timers" for e in json.loads(ledger.stdout))
     bad = run("backup", "next-runs", "*/61")

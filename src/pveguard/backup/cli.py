@@ -822,6 +822,41 @@ def backup_status(
 # ------------------------------------------------------------------------------------------------
 
 
+@app.command("run")
+@_user_errors
+def run_cmd(
+    ctx: typer.Context,
+    due: Annotated[bool, typer.Option("--due", help="Only the steps whose schedule says so (for a timer).")] = False,
+    dump_dir: Annotated[
+        Path | None, typer.Option("--dump-dir", help="Container archives (LXC) [default: <state-dir>/dump].")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Run the backup policy: host-config backup + retention, container archives + prune (plain LXC),
+    verification, offsite copies. Every step runs even if another fails; exit 1 if any failed."""
+    from pveguard.backends import connect
+    from pveguard.backup.run import run_backups
+
+    app_ctx = _app_context(ctx)
+    if app_ctx is None:
+        raise UsageError("'backup run' needs the strategy", hint="run it as 'pveguard backup run'")
+    strategy = app_ctx.strategy
+    try:
+        backend = connect(strategy)
+    except PveguardError as exc:
+        info(f"no container backend ({exc.message}); only host-config, verification and offsite run")
+        backend = None
+    report = run_backups(strategy, _host_config(ctx, None, None), backend, dump_dir or _state_dir(ctx) / "dump",
+                         due, markers=_state_dir(ctx), record=lambda *a, **k: _record(ctx, *a, **k))  # fmt: skip
+    if json_out:
+        print_json({"ok": report.ok, "steps": [s.__dict__ for s in report.steps]})
+    else:
+        for s in report.steps:
+            sys.stdout.write(f"{s.status:8} {s.step}: {s.detail}\n")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 @app.command("install-timers")
 @_user_errors
 def install_timers(
@@ -833,14 +868,23 @@ def install_timers(
         str | None, typer.Option("--pveguard", help="Path of the pveguard command [default: found in PATH].")
     ] = None,
 ) -> None:
-    """Write systemd timers for the host-config backup schedule of the strategy (OnCalendar = PVE event)."""
+    """Write a systemd timer that runs 'pveguard backup run --due' at every time of the strategy's
+    backup schedules (one OnCalendar= per schedule, exactly the PVE calendar events)."""
     import shutil
 
     from pveguard.backup.timers import install_units, render_units
 
     app_ctx = _app_context(ctx)
-    settings = _host_config_settings(ctx)
-    schedule = settings.schedule if settings is not None else "hourly"
+    strategy = app_ctx.strategy_or_default() if app_ctx is not None else None
+    if strategy is not None:
+        b = strategy.backup
+        schedules = [b.host_config.schedule, b.containers.schedule]
+        if b.verification.enabled:
+            schedules.append(b.verification.schedule)
+        if b.offsite.type != "none":
+            schedules.append(b.offsite.schedule)
+    else:
+        schedules = ["hourly"]
     exe = pveguard_bin or shutil.which("pveguard")
     if not exe or not Path(exe).is_absolute():
         raise UsageError("cannot find the pveguard command", hint="pass --pveguard /usr/local/bin/pveguard")
@@ -848,14 +892,14 @@ def install_timers(
     if app_ctx is not None:
         command += ["--strategy", str(app_ctx.strategy_path), "--state-dir", str(app_ctx.state_dir)]
     units = [
-        render_units("pveguard-backup-host-config", parse(schedule), [*command, "backup", "host-config", "run"],
-                     "pveguard host-configuration backup"),
+        render_units("pveguard-backup", [parse(s) for s in schedules], [*command, "backup", "run", "--due"],
+                     "pveguard backups"),
     ]  # fmt: skip
     written = install_units(units, unit_dir)
     _record(ctx, "backup.install-timers", str(unit_dir), files=[str(p) for p in written])
     for p in written:
         sys.stdout.write(f"wrote {p}\n")
-    info("enable with: systemctl daemon-reload && systemctl enable --now pveguard-backup-host-config.timer")
+    info("enable with: systemctl daemon-reload && systemctl enable --now pveguard-backup.timer")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -93,12 +93,22 @@ class TimerUnits:
 
 def render_units(
     name: str,
-    event: CalendarEvent,
+    event: CalendarEvent | Sequence[CalendarEvent],
     command: Sequence[str],
     description: str,
     persistent: bool = False,
 ) -> TimerUnits:
-    """Units named ``<name>.timer`` / ``<name>.service`` running ``command`` on ``event``."""
+    """Units named ``<name>.timer`` / ``<name>.service`` running ``command`` on ``event`` (or on
+    each of several events: one ``OnCalendar=`` line per event, duplicates once)."""
+    events = [event] if isinstance(event, CalendarEvent) else list(event)
+    if not events:
+        raise CalendarError(f"timer {name} needs at least one calendar event")
+    lines: list[str] = []
+    for ev in events:
+        line = f"OnCalendar={to_oncalendar(ev)}"
+        if line not in lines:
+            lines.append(line)
+    sources = ", ".join(dict.fromkeys(ev.source for ev in events))
     if not name.replace("-", "").replace("_", "").isalnum():
         raise CalendarError(f"unit name {name!r} may only hold letters, digits, '-' and '_'")
     if not command or not os.path.isabs(command[0]):
@@ -106,8 +116,8 @@ def render_units(
     exec_start = " ".join(shlex.quote(a) for a in command)
     timer = (
         "# Written by pveguard (backup install-timers); changes are overwritten.\n"
-        f"[Unit]\nDescription={description} (schedule: {event.source})\n\n"
-        f"[Timer]\nOnCalendar={to_oncalendar(event)}\nPersistent={'true' if persistent else 'false'}\n"
+        f"[Unit]\nDescription={description} (schedule: {sources})\n\n"
+        "[Timer]\n" + "".join(f"{line}\n" for line in lines) + f"Persistent={'true' if persistent else 'false'}\n"
         f"Unit={name}.service\n\n[Install]\nWantedBy=timers.target\n"
     )
     service = (
