@@ -50,7 +50,9 @@ def test_run_then_nothing_due(lxc_env: Any, tmp_path: Path, capsys: pytest.Captu
     assert steps["host-config"]["status"] == "done" and str(tmp_path / "absent") in steps["host-config"]["detail"]
     ct = steps[f"container {g.vmid} (pgt-run)"]
     assert ct["status"] == "done" and f"vzdump-lxc-{g.vmid}-" in ct["detail"]
-    assert steps["verification"]["status"] == "done" and "1 archive(s) ok" in steps["verification"]["detail"]
+    verification = steps["verification"]
+    assert verification["status"] == "done" and "1 of 1 archive(s) ok" in verification["detail"]
+    assert f"restore test of vzdump-lxc-{g.vmid}-" in verification["detail"]  # strategy: restore_test on
     assert steps["offsite"]["status"] == "done"
     dump = tmp_path / "state" / "dump"
     archives = sorted(p.name for p in dump.glob("vzdump-lxc-*.tar.zst"))
@@ -84,5 +86,9 @@ def test_run_then_nothing_due(lxc_env: Any, tmp_path: Path, capsys: pytest.Captu
     assert code == 1
     steps = {s["step"]: s for s in json.loads(out)["steps"]}
     assert steps["verification"]["status"] == "failed" and now_archives[0] in steps["verification"]["detail"]
+    # `backup verify` on its own says the same, exit 1
+    code, _out, err = env.run("backup", "verify", capsys=capsys)
+    assert code == 1 and now_archives[0] in err
     b.stop(g)
     b.destroy(g)
+    assert not list((tmp_path / "state" / "restore-test").iterdir())  # throwaway containers are gone

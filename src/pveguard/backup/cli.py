@@ -857,6 +857,34 @@ def run_cmd(
         raise typer.Exit(1)
 
 
+@app.command("verify")
+@_user_errors
+def verify_cmd(
+    ctx: typer.Context,
+    restore_test: Annotated[
+        bool,
+        typer.Option("--restore-test", help="Also restore the newest archive per guest into a throwaway container."),
+    ] = False,
+    dump_dir: Annotated[Path | None, typer.Option("--dump-dir", help="[default: <state-dir>/dump].")] = None,
+    read_data_subset: Annotated[
+        str | None, typer.Option("--read-data-subset", help="restic check data share [strategy: 5%].")
+    ] = None,
+) -> None:
+    """Verify the archives (decompression, tar, SHA-256 catalogue), restic check the host-config
+    repository, optionally test-restore. Exit 1 naming what failed; results go to the ledger."""
+    from pveguard.backup.run import verify_all
+
+    app_ctx = _app_context(ctx)
+    subset = read_data_subset
+    if subset is None and app_ctx is not None:
+        subset = app_ctx.strategy_or_default().backup.verification.restic_read_data_subset or None
+    state = _state_dir(ctx)
+    detail = verify_all(_host_config(ctx, None, None), dump_dir or state / "dump", subset,
+                        state / "restore-test" if restore_test else None,
+                        lambda *a, **k: _record(ctx, *a, **k))  # fmt: skip
+    sys.stdout.write(detail + "\n")
+
+
 @app.command("install-timers")
 @_user_errors
 def install_timers(

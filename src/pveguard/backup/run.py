@@ -147,24 +147,12 @@ def run_backups(
     v = b.verification
 
     def verify() -> str | None:
-        from pveguard.backup.verify import verify_directory
-
         last = _read_time(markers / VERIFY_MARKER)
         if due and not is_due(v.schedule, last, now):
             return None
         _write_time(markers / VERIFY_MARKER, now)
-        parts = []
-        if dump_dir.is_dir():
-            results = verify_directory(dump_dir)
-            bad = [r.filename for r in results if not r.ok]
-            rec("backup.archives.verify", str(dump_dir), checked=len(results), bad=bad)
-            if bad:
-                raise _Failed(f"archives failed verification: {', '.join(bad)}")
-            parts.append(f"{len(results)} archive(s) ok")
-        if host_config.is_initialised():
-            host_config.check(v.restic_read_data_subset or None)
-            parts.append(f"restic check ok (read {v.restic_read_data_subset or 'no data'})")
-        return "; ".join(parts) or "nothing to verify"
+        restore_dir = markers / "restore-test" if v.restore_test and isinstance(backend, LxcBackend) else None
+        return verify_all(host_config, dump_dir, v.restic_read_data_subset or None, restore_dir, rec)
 
     if v.enabled:
         _step(report, "verification", verify)
@@ -208,6 +196,50 @@ def run_backups(
 
 class _Failed(PveguardError):
     """A step that ran and found a problem."""
+
+
+def verify_all(
+    host_config: Any,
+    dump_dir: Path,
+    read_data_subset: str | None,
+    restore_test_dir: Path | None,
+    record: Callable[..., None] | None = None,
+) -> str:
+    """Verify every archive in ``dump_dir`` (catalogue), ``restic check`` the host-config
+    repository, and - with ``restore_test_dir`` - test-restore the newest archive of each guest
+    into a throwaway container there. Raises with the names of what failed."""
+    from pveguard.backup.verify import verify_directory
+
+    rec = record or (lambda *a, **k: None)
+    parts: list[str] = []
+    problems: list[str] = []
+    if dump_dir.is_dir():
+        results = verify_directory(dump_dir)
+        bad = [r.filename for r in results if not r.ok]
+        rec("backup.archives.verify", str(dump_dir), checked=len(results), bad=bad)
+        if bad:
+            problems.append(f"archives failed verification: {', '.join(bad)}")
+        parts.append(f"{len(results) - len(bad)} of {len(results)} archive(s) ok")
+        if restore_test_dir is not None:
+            from pveguard.backup.lxcdump import restore_test
+
+            zone = local_zone()
+            for (kind, _vmid), items in sorted(classify(os.listdir(dump_dir)).archives.items()):
+                newest = max(items, key=lambda a: a.timestamp(zone) or 0)
+                if kind != "lxc" or newest.filename in bad:
+                    continue
+                result = restore_test(dump_dir / newest.filename, restore_test_dir)
+                rec("backup.archives.restore-test", newest.filename, ok=result.ok, problems=result.problems)
+                if result.ok:
+                    parts.append(f"restore test of {newest.filename} ok")
+                else:
+                    problems.append(f"restore test of {newest.filename} failed: {'; '.join(result.problems)}")
+    if host_config.is_initialised():
+        host_config.check(read_data_subset)
+        parts.append(f"restic check ok (read {read_data_subset or 'no data'})")
+    if problems:
+        raise _Failed("; ".join(problems))
+    return "; ".join(parts) or "nothing to verify"
 
 
 def _keep(containers: Any) -> KeepPolicy:
