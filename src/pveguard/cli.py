@@ -16,6 +16,7 @@ from pveguard import __version__
 from pveguard.backup import cli as backup_cli
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, EXIT_USAGE, PveguardError, UsageError
+from pveguard.guard import cli as guard_cli
 from pveguard.output import console, error, print_json, warn
 from pveguard.provision import cli as provision_cli
 from pveguard.security import cli as audit_log_cli
@@ -29,6 +30,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(audit_log_cli.app, name="audit-log")
+guard_cli.register(app)
 app.add_typer(backup_cli.app, name="backup")
 app.command("plan")(provision_cli.plan_cmd)
 app.command("apply")(provision_cli.apply_cmd)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from pveguard.errors import BackendError
 from pveguard.security.ledger import Ledger
 from pveguard.store import Store
 
@@ -151,16 +154,25 @@ def test_locked_container_gives_pves_message(penv: Env, capsys: pytest.CaptureFi
 
 
 def test_node_offline_595(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    penv.edit(lambda d: d["containers"][0].update(node="pve1"))  # the others go to pve2 (most free memory)
     assert penv.run("apply", capsys=capsys)[0] == 0
-    node = managed(penv)["pve-monitoring"]["node"]
-    penv.sim.control("POST", f"/nodes/{node}", {"online": False})
-    code, _out, err = penv.run("plan", capsys=capsys)
-    assert code == 1
-    assert "[HTTP 595]" in err and "unreachable" in err
-    assert "Traceback" not in err
-    # reads are retried: each config read on that node was tried several times
-    assert penv.calls()["GET /nodes/{node}/lxc/{vmid}/config"] > 4
-    penv.sim.control("POST", f"/nodes/{node}", {"online": True})
+    assert {g["name"]: g["node"] for g in managed(penv).values()}["pve-monitoring"] == "pve1"
+    penv.sim.control("POST", "/nodes/pve2", {"online": False})
+    penv.edit(lambda d: [c["resources"].update(cores=3) for c in d["containers"]])
+    penv.reset_calls()
+    code, out, err = penv.run("plan", capsys=capsys)
+    assert code == 1 and "Traceback" not in out + err
+    assert "~ update pve-monitoring" in out and "cores: 2 -> 3" in out
+    assert out.count("! conflict") == 3 and "[HTTP 595]" in out and "cannot be provided" in err
+    # reads are safe to repeat: each config read on the offline node was retried
+    assert penv.calls()["GET /nodes/{node}/lxc/{vmid}/config"] == 1 + 3 * 4
+    code, out, err = penv.run("apply", capsys=capsys)
+    assert code == 1 and "not provided" in err  # pve1's container was updated, the rest is reported
+    mon = managed(penv)["pve-monitoring"]
+    assert penv.config(mon["vmid"])["cores"] == 3
+    assert len(penv.lxc()) == 4  # nothing re-created for the guests it could not read
+    penv.sim.control("POST", "/nodes/pve2", {"online": True})
+    assert penv.run("apply", capsys=capsys)[0] == 0
     assert penv.run("plan", "--detailed-exitcode", capsys=capsys)[0] == 0
 
 
@@ -251,3 +263,110 @@ def test_connection_problems_are_clear(penv: Env, capsys: pytest.CaptureFixture[
     for text in expected:
         assert text in err, (case, err)
     assert "Traceback" not in err and "not-the-password" not in err
+
+
+def test_missing_template_is_downloaded_through_aplinfo(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    penv.edit(lambda d: d.update(containers=[{**d["containers"][0], "template": "rockylinux-9-default"}]))
+    code, _out, err = penv.run("apply", capsys=capsys)
+    assert code == 0, err
+    assert "downloading template rockylinux-9-default_20240912_amd64.tar.xz" in err
+    [g] = penv.lxc()
+    _status, _r, body = penv.sim.api("GET", f"/nodes/{g['node']}/storage/local/content", {"content": "vztmpl"})
+    assert "local:vztmpl/rockylinux-9-default_20240912_amd64.tar.xz" in {c["volid"] for c in body["data"]}
+    assert penv.calls()["POST /nodes/{node}/aplinfo"] == 1
+
+
+def test_unknown_template_is_a_clear_error(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    penv.edit(lambda d: d.update(containers=[{**d["containers"][0], "template": "nosuch-os-1"}]))
+    code, _out, err = penv.run("apply", capsys=capsys)
+    assert code == 1 and "template 'nosuch-os-1' is neither on" in err and "pveam update" in err
+    assert penv.lxc() == []
+
+
+def test_lost_update_answer_is_not_a_failure(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    assert penv.run("apply", capsys=capsys)[0] == 0
+    penv.edit(lambda d: d["containers"][0]["resources"].update(memory="5G"))
+    # the PUT lands but its answer arrives after our timeout; the retry then trips over the digest
+    penv.env.update(PVEGUARD_PVE_HTTP_TIMEOUT="0.5", PVEGUARD_PVE_RETRY_WAIT="1.5")  # retry after it landed
+    penv.sim.control("POST", "/faults", {"method": "PUT", "path": r"/lxc/\d+/config$", "delay_ms": 1000,
+                                         "times": 1})
+    penv.reset_calls()
+    code, _out, err = penv.run("apply", capsys=capsys)
+    assert code == 0, err
+    vmid = next(g["vmid"] for g in penv.lxc() if g["name"] == "pve-monitoring")
+    assert penv.config(vmid)["memory"] == 5120
+    assert penv.calls()["PUT /nodes/{node}/lxc/{vmid}/config"] == 2
+    assert penv.run("plan", "--detailed-exitcode", capsys=capsys)[0] == 0
+
+
+def test_change_that_needs_a_restart_is_reported(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    penv.edit(lambda d: d.update(containers=d["containers"][:1]))
+    assert penv.run("apply", capsys=capsys)[0] == 0
+    penv.edit(lambda d: d["containers"][0].update(features={"nesting": True, "keyctl": True}))
+    penv.edit(lambda d: d["containers"][0]["resources"].update(memory="6G"))
+    code, out, _ = penv.run("plan", capsys=capsys)
+    assert "features: nesting=1 -> keyctl=1,nesting=1  [after restart]" in out
+    assert "memory: 4096 -> 6144\n" in out
+    code, out, err = penv.run("apply", "--json", capsys=capsys)
+    assert code == 0, err
+    import json
+
+    result = json.loads(out)["result"]
+    assert result["restart_needed"] == {"pve-monitoring": ["features"]}
+    [g] = penv.lxc()
+    _status, _r, body = penv.sim.api("GET", f"/nodes/{g['node']}/lxc/{g['vmid']}/pending")
+    pending = {p["key"]: p for p in body["data"]}
+    assert pending["features"].get("pending") == "keyctl=1,nesting=1" and "pending" not in pending["memory"]
+
+
+def test_push_pull_and_exec_through_pct(penv: Env, tmp_path: Path) -> None:
+    from pveguard.backends import connect
+    from pveguard.strategy.models import Strategy
+
+    from .test_exec_pvesim import fake_ssh
+
+    sim_env = penv.sim.env()
+    bindir = fake_ssh(tmp_path, penv)
+    env = {**penv.env, "PATH": f"{bindir}{os.pathsep}{sim_env['PATH']}", "PVESIM_INFO": sim_env["PVESIM_INFO"]}
+    [vmid] = penv.sim.control("POST", "/guests", {"count": 1, "type": "lxc", "status": "running"})
+    backend = connect(Strategy(), env)
+    old_path = os.environ["PATH"]
+    os.environ.update(PATH=env["PATH"], PVESIM_INFO=env["PVESIM_INFO"])
+    try:
+        guest = next(g for g in backend.list_guests() if g.vmid == vmid)
+        src = tmp_path / "motd"
+        src.write_text("hello from pveguard\n")
+        backend.push(guest, str(src), "/etc/motd", 0o600)
+        back = tmp_path / "back"
+        backend.pull(guest, "/etc/motd", str(back))
+        assert back.read_text() == "hello from pveguard\n"
+        r = backend.exec(guest, ["cat", "/etc/motd"])
+        assert (r.returncode, r.stdout) == (0, "hello from pveguard\n")
+        with pytest.raises(BackendError, match="copying CT"):
+            backend.pull(guest, "/no/such/file", str(tmp_path / "x"))
+    finally:
+        os.environ["PATH"] = old_path
+        os.environ.pop("PVESIM_INFO", None)
+
+
+def test_secrets_never_in_output_or_ledger(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    secret = penv.sim.token_value
+    outputs = [penv.run(*argv, capsys=capsys) for argv in (["-v", "apply"], ["plan", "--json"], ["status"],
+                                                           ["status", "--json"], ["audit-log", "show", "--json"])]
+    penv.env.update(PVEGUARD_PVE_TOKEN="", PVEGUARD_PVE_USER="root@pam", PVEGUARD_PVE_PASSWORD=penv.sim.password)
+    outputs.append(penv.run("-v", "status", capsys=capsys))
+    penv.env["PVEGUARD_PVE_HOST"] = "127.0.0.1:9"
+    outputs.append(penv.run("-v", "status", capsys=capsys))
+    assert outputs[0][0] == 0 and outputs[-2][0] == 0 and outputs[-1][0] == 1
+    for _code, out, err in outputs:
+        assert secret not in out + err and penv.sim.password not in out + err
+    for f in (penv.dir / "state").iterdir():  # the database, its WAL, anything else kept there
+        data = f.read_bytes()
+        assert secret.encode() not in data and penv.sim.password.encode() not in data, f
+
+
+def test_detailed_exitcode_keeps_2_for_changes_only(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    penv.strategy.write_text("containers: [{name: BAD NAME}]\n")
+    assert penv.run("plan", capsys=capsys)[0] == 2  # a strategy error is a usage error...
+    code, _out, err = penv.run("plan", "--detailed-exitcode", capsys=capsys)
+    assert code == 1 and "BAD NAME" in err  # ...but 2 would read as "changes pending"

@@ -55,6 +55,8 @@ def test_kill_after_create_before_start_resumes(penv: Env, capsys: pytest.Captur
     assert [g["name"] for g in penv.lxc()] == ["pve-monitoring"]
     plan = penv.json("plan", capsys=capsys)
     assert (plan["actions"][0]["action"], plan["actions"][0]["name"]) == ("resume", "pve-monitoring")
+    status = penv.json("status", capsys=capsys)
+    assert [(j["name"], j["step"]) for j in status["unfinished"]] == [("pve-monitoring", "created")]
     penv.sim.control("POST", "/tasks", {"seconds": {"vzstart": 0.1}})
     assert_converged(penv, capsys)
 
@@ -78,4 +80,36 @@ def test_repeated_kills_at_any_point_converge(penv: Env, capsys: pytest.CaptureF
         proc.wait(timeout=10)
         names = [g["name"] for g in penv.lxc()]
         assert len(names) == len(set(names)), names
+    assert_converged(penv, capsys)
+
+
+def test_stale_journal_row_is_cleared_without_work(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    from pveguard.provision.journal import Journal
+    from pveguard.store import Store
+
+    assert penv.run("apply", capsys=capsys)[0] == 0
+    g = next(x for x in penv.lxc() if x["name"] == "pve-monitoring")
+    with Store(penv.dir / "state") as store:  # as if killed between start and journal.done
+        Journal(store).set("pve-monitoring", "started", g["vmid"], g["node"])
+    assert penv.run("plan", "--detailed-exitcode", capsys=capsys)[0] == 0  # no packages: nothing to do
+    penv.reset_calls()
+    assert penv.run("apply", capsys=capsys)[0] == 0
+    assert not any(k.startswith(("POST", "PUT", "DELETE")) for k in penv.calls())
+    with Store(penv.dir / "state") as store:
+        assert Journal(store).entries() == []
+
+
+def test_second_concurrent_apply_is_refused(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    penv.sim.control("POST", "/tasks", {"seconds": {"vzcreate": 3}})
+    proc = start_apply(penv)
+    kill_when_seen = "creating pve-monitoring as CT"
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if kill_when_seen in line:
+            break
+    code, _out, err = penv.run("apply", capsys=capsys)
+    assert code == 1 and "another pveguard apply is running" in err
+    proc.send_signal(signal.SIGKILL)  # the kernel releases the lock with the process
+    proc.wait(timeout=10)
+    penv.sim.control("POST", "/tasks", {"seconds": {"vzcreate": 0.2}})
     assert_converged(penv, capsys)

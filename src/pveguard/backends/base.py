@@ -172,5 +172,10 @@ class Backend(abc.ABC):
     def stats(self) -> list[GuestStats]:
         """Usage of every guest in one sweep (never one call per guest)."""
 
+    def wait_unlocked(self, guest: Guest, what: str, progress: Any = None, timeout: float = 900) -> dict[str, Any]:
+        """Wait while another operation holds the guest's lock (e.g. a create that outlived the run that
+        started it); return the config. Backends without locks simply return the config."""
+        return self.get_config(guest)
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

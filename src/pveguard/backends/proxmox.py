@@ -120,7 +120,8 @@ def pve_params(values: dict[str, Any]) -> dict[str, Any]:
 def is_retryable(exc: BaseException) -> bool:
     """Server errors, proxy pseudo-codes (595 node unreachable...) and transport timeouts."""
     if isinstance(exc, ResourceException):
-        return exc.status_code in _RETRY_STATUS
+        # a digest mismatch stays one however often it is repeated
+        return exc.status_code in _RETRY_STATUS and "detected modified configuration" not in str(exc.content)
     return isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout
                       | subprocess.TimeoutExpired)
 
@@ -183,13 +184,22 @@ def _tags(raw: Any) -> list[str]:
     return sorted({t for t in str(raw or "").replace(",", ";").replace(" ", ";").split(";") if t})
 
 
+class PveCallError(BackendError):
+    """A failed API call: PVE's message, plus what the retry logic needs to know about it."""
+
+    def __init__(self, message: str, hint: str | None = None, *, status: int | None = None,
+                 retryable: bool = False) -> None:
+        super().__init__(message, hint)
+        self.status = status
+        self.retryable = retryable
+
+
 @dataclass
 class NodeInfo:
     name: str
     online: bool
     maxmem: int
     mem: int
-    ip: str | None = None
 
 
 def choose_node(nodes: list[NodeInfo], placed: dict[str, int]) -> str | None:
@@ -249,14 +259,10 @@ class ProxmoxBackend(Backend):
             raise self._error(exc, what or f"{method} {path}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _error(self, exc: BaseException, what: str) -> BackendError:
+    def _error(self, exc: BaseException, what: str) -> PveCallError:
         where = f" at {self.settings.host}" if isinstance(exc, requests.exceptions.RequestException) else ""
-        msg = f"{what} failed{where}: {pve_message(exc)}"
-        err = BackendError(msg, hint=_hint_for(exc))
-        err.__cause__ = None
-        err.retryable = is_retryable(exc)  # type: ignore[attr-defined]
-        err.status = getattr(exc, "status_code", None)  # type: ignore[attr-defined]
-        return err
+        return PveCallError(f"{what} failed{where}: {pve_message(exc)}", hint=_hint_for(exc),
+                            status=getattr(exc, "status_code", None), retryable=is_retryable(exc))
 
     def wait_task(self, upid: str, what: str, progress: Progress | None = None,
                   timeout: float | None = None) -> None:
@@ -481,7 +487,7 @@ class ProxmoxBackend(Backend):
                                   tags=list(spec.tags), managed=True)
                     self.wait_unlocked(guest, what, progress)
                     break
-                if found == "absent" and not getattr(exc, "retryable", False):
+                if found == "absent" and not (isinstance(exc, PveCallError) and exc.retryable):
                     raise
                 if found == "taken":
                     if spec.vmid:
@@ -515,8 +521,13 @@ class ProxmoxBackend(Backend):
         if delete:
             params["delete"] = ",".join(delete)
         if params:
-            self.call("PUT", f"{self._ct(guest)}/config", params, safe=True,
-                      what=f"updating CT {guest.vmid} ({guest.name})")
+            try:
+                self.call("PUT", f"{self._ct(guest)}/config", params, safe=True,
+                          what=f"updating CT {guest.vmid} ({guest.name})")
+            except BackendError as exc:
+                # A retried PUT whose first attempt did land fails the digest check; that is success.
+                if "detected modified configuration" not in exc.message or not self._has(guest, params, delete):
+                    raise
         if size:
             upid = self.call("PUT", f"{self._ct(guest)}/resize", {"disk": "rootfs", "size": str(size)}, safe=True,
                              what=f"growing the root disk of CT {guest.vmid} to {size}")
@@ -530,6 +541,20 @@ class ProxmoxBackend(Backend):
             return []
         return sorted(str(p["key"]) for p in pending if "pending" in p or p.get("delete"))
 
+    def _has(self, guest: Guest, params: dict[str, Any], delete: list[str] | None) -> bool:
+        """True when the guest's config already holds these values (property strings compared as sets)."""
+        cfg = self.get_config(guest)
+        for k, v in params.items():
+            if k in ("digest", "delete"):
+                continue
+            have, want = str(cfg.get(k, "")), str(v)
+            if "=" in want:
+                if set(have.split(",")) != set(want.split(",")):
+                    return False
+            elif have != want:
+                return False
+        return not any(k in cfg for k in delete or [])
+
     def _power(self, guest: Guest, action: str, params: dict[str, Any] | None = None,
                done_when: str | None = None, progress: Progress | None = None) -> None:
         what = f"{action} of CT {guest.vmid} ({guest.name})"
@@ -539,7 +564,7 @@ class ProxmoxBackend(Backend):
             # start/stop are idempotent in effect: if the guest is already where we want it, fine
             if done_when and self._status(guest) == done_when:
                 return
-            if getattr(exc, "retryable", False):
+            if isinstance(exc, PveCallError) and exc.retryable:
                 upid = self.call("POST", f"{self._ct(guest)}/status/{action}", params, safe=False, what=what)
             else:
                 raise

@@ -100,8 +100,11 @@ class Applier:
 
     def apply(self, plan: Plan) -> ApplyReport:
         report = ApplyReport()
+        journaled = {j.name for j in self.journal.entries()}
         for a in plan.actions:
             if a.kind == "unchanged":
+                if a.name in journaled and a.guest is not None:
+                    self.journal.done(a.name)  # an interrupted create with nothing left to do
                 continue
             if a.kind == "conflict":
                 report.skipped.append(a.name)
@@ -136,9 +139,8 @@ class Applier:
 
     def _finish(self, guest: Guest, d: Desired, steps: list[str]) -> None:
         """The steps after creation: start, then packages; the journal advances after each."""
-        wait = getattr(self.backend, "wait_unlocked", None)
-        if wait is not None and (guest.lock or "wait" in steps):
-            wait(guest, f"waiting for the creation of {guest.name}", self.progress)
+        if guest.lock or "wait" in steps:
+            self.backend.wait_unlocked(guest, f"waiting for the creation of {guest.name}", self.progress)
             guest.lock = None
         if "start" in steps:
             if guest.status != "running":
