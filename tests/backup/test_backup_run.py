@@ -59,6 +59,13 @@ def test_run_then_nothing_due(lxc_env: Any, tmp_path: Path, capsys: pytest.Captu
     assert len(archives) == 1 and (tmp_path / "nas" / archives[0]).exists()
     assert (dump / archives[0]).with_name(archives[0] + ".notes").read_text() == "pgt-run (pveguard)\n"
 
+    # status on plain LXC: the archive, its age, the verification and offsite times
+    code, out, err = env.run("backup", "status", "--json", capsys=capsys)
+    assert code == 0, out + err
+    (row,) = json.loads(out)
+    assert row["guest"] == f"lxc/{g.vmid}" and row["archives"] == 1 and row["compliant"]
+    assert row["last_verified"] and row["offsite_synced"] and 0 <= row["age_seconds"] < 600
+
     # Everything ran just now and the schedules point far ahead: nothing is due.
     code, out, err = env.run("backup", "run", "--due", "--json", capsys=capsys)
     assert code == 0, err

@@ -776,39 +776,84 @@ def apply_jobs(
 @_user_errors
 def backup_status(
     ctx: typer.Context,
+    dump_dir: Annotated[
+        Path | None, typer.Option("--dump-dir", help="Plain LXC: the archives [default: <state-dir>/dump].")
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Per guest: the last backup's age against the schedule, archive count against the retention,
-    and guests in no backup job (Proxmox VE). Exit 1 when a guest is not compliant."""
-    from pveguard.backup.compliance import evaluate
-    from pveguard.backup.jobs import archives_from_content
+    guests in no backup job (Proxmox VE), last verification and offsite copy (plain LXC).
+    Exit 1 when a guest is not compliant."""
+    import json
+    import os
 
-    strategy, backend = _proxmox(ctx, "status")
-    c = strategy.backup.containers
+    from pveguard.backends import connect
+    from pveguard.backends.proxmox import ProxmoxBackend
+    from pveguard.backup.archive import classify
+    from pveguard.backup.compliance import Archive, evaluate
+    from pveguard.backup.jobs import archives_from_content
+    from pveguard.backup.run import OFFSITE_MARKER, VERIFY_MARKER
+
+    app_ctx = _app_context(ctx)
+    if app_ctx is None:
+        raise UsageError("'backup status' needs the strategy", hint="run it as 'pveguard backup status'")
+    strategy = app_ctx.strategy
+    backend = connect(strategy)
+    b = strategy.backup
+    c = b.containers
     guests = [g for g in backend.list_guests() if g.type == "lxc" and (c.guests == "all" or _managed(g))]
-    uncovered = {int(g["vmid"]) for g in backend.call("GET", "/cluster/backup-info/not-backed-up")}
-    archives: dict[str, Any] = {}
-    seen: set[str] = set()
-    for node in backend.nodes():
-        try:
-            content = backend.call("GET", f"/nodes/{node.name}/storage/{c.storage}/content", {"content": "backup"})
-        except PveguardError:
-            continue  # the storage is not on this node
-        for e in content:
-            if e.get("volid") in seen:  # shared storage: listed once per node
-                continue
-            seen.add(e.get("volid"))
-            for guest, items in archives_from_content([e]).items():
-                archives.setdefault(guest, []).extend(items)
     names = {f"lxc/{g.vmid}": g.name for g in guests}
-    statuses = evaluate(names, archives, parse(c.schedule), datetime.now(UTC), keep=_keep_from(c),
-                        covered=[n for n in names if int(n.split("/")[1]) not in uncovered])  # fmt: skip
+    archives: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    if isinstance(backend, ProxmoxBackend):
+        uncovered = {int(g["vmid"]) for g in backend.call("GET", "/cluster/backup-info/not-backed-up")}
+        extra["covered"] = [n for n in names if int(n.split("/")[1]) not in uncovered]
+        seen: set[str] = set()
+        for node in backend.nodes():
+            try:
+                content = backend.call("GET", f"/nodes/{node.name}/storage/{c.storage}/content",
+                                       {"content": "backup"})  # fmt: skip
+            except PveguardError:
+                continue  # the storage is not on this node
+            for e in content:
+                if e.get("volid") in seen:  # shared storage: listed once per node
+                    continue
+                seen.add(e.get("volid"))
+                for guest, items in archives_from_content([e]).items():
+                    archives.setdefault(guest, []).extend(items)
+    else:
+        state = _state_dir(ctx)
+        folder = dump_dir or state / "dump"
+        zone = local_zone()
+        present = set(os.listdir(folder)) if folder.is_dir() else set()
+        for (kind, vmid), found in classify(present).archives.items():
+            archives[f"{kind}/{vmid}"] = [
+                Archive(datetime.fromtimestamp(a.timestamp(zone) or 0, UTC), protected=a.protected_filename in present)
+                for a in found
+            ]
+        for key, marker, event in (("last_verified", VERIFY_MARKER, b.verification.schedule),
+                                   ("offsite_synced", OFFSITE_MARKER, b.offsite.schedule)):  # fmt: skip
+            if key == "last_verified" and not b.verification.enabled:
+                continue
+            if key == "offsite_synced" and b.offsite.type == "none":
+                continue
+            try:
+                when = datetime.fromisoformat(json.loads((state / marker).read_text())["last"])
+                extra[key] = dict.fromkeys(names, when)
+            except (OSError, ValueError, KeyError):
+                extra[key] = {}
+            extra["verify_schedule" if key == "last_verified" else "offsite_schedule"] = parse(event)
+    statuses = evaluate(names, archives, parse(c.schedule), datetime.now(UTC), keep=_keep_from(c), **extra)
     if json_out:
         print_json([{"guest": s.guest, "name": names[s.guest], "archives": s.archives,
                      "newest": s.newest.isoformat() if s.newest else None,
                      "age_seconds": int(s.age.total_seconds()) if s.age else None, "in_backup_job": s.in_backup_job,
+                     "last_verified": s.last_verified.isoformat() if s.last_verified else None,
+                     "offsite_synced": s.offsite_synced.isoformat() if s.offsite_synced else None,
                      "compliant": s.compliant, "problems": s.problems} for s in statuses])  # fmt: skip
     else:
+        if not statuses:
+            info("no guests to report on (no managed containers)")
         for s in statuses:
             age = f"{s.age.days}d {s.age.seconds // 3600}h" if s.age else "-"
             head = f"{'ok ' if s.compliant else 'BAD'} {s.guest} ({names[s.guest]})"
@@ -817,9 +862,6 @@ def backup_status(
                 sys.stdout.write(f"    {p}\n")
     if any(not s.compliant for s in statuses):
         raise typer.Exit(1)
-
-
-# ------------------------------------------------------------------------------------------------
 
 
 @app.command("run")
