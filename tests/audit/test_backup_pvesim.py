@@ -68,6 +68,12 @@ def test_backup_findings_follow_the_backups(env: Any, capsys: pytest.CaptureFixt
     assert doc["backup"]["source"] == "storage local on 3 node(s)"
     assert {r["name"]: r["kinds"] for r in doc["backup"]["items"]} == {n: ["no-job", "no-backup"] for n in names}
     high_before = doc["score"]["counts"]["high"]
+    from pveguard.audit import report
+
+    line = f"{vmid} pve-monitoring (not in any backup job; no backup at all)"
+    assert line in report.render(doc, "table", width=400)
+    assert f"lxc/{vmid} pve-monitoring: not in any backup job; no backup at all" in report.render(doc, "markdown")
+    assert f"lxc/{vmid} pve-monitoring: not in any backup job; no backup at all" in report.render(doc, "html")
     # the audit recorded its score in the state database `apply` created, for the monitor
     recorded = score.latest(Path(env.env["PVEGUARD_STATE_DIR"]))
     assert recorded is not None and recorded.value == doc["score"]["value"]
