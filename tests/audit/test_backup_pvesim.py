@@ -100,8 +100,13 @@ def test_backup_findings_follow_the_backups(env: Any, capsys: pytest.CaptureFixt
         from pveguard.backup.jobs import wait_task
 
         wait_task(env.sim.proxmoxer(), node, body["data"], timeout=60, poll=0.05)
+    env.reset_calls()
     doc = _audit(env, capsys)
     assert _backup(doc) == {}
+    # the backup check costs a constant number of calls (guests listed once, for both checks)
+    assert env.calls() == {"GET /cluster/resources": 2, "GET /nodes/{node}/lxc/{vmid}/config": 4,
+                           "GET /cluster/backup-info/not-backed-up": 1,
+                           "GET /nodes/{node}/storage/{storage}/content": 3}
     assert all(r["compliant"] and r["archives"] == 1 for r in doc["backup"]["items"])
     assert doc["score"]["counts"]["high"] == high_before - 4
     assert score.latest(Path(env.env["PVEGUARD_STATE_DIR"])).value == doc["score"]["value"]  # type: ignore[union-attr]

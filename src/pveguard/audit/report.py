@@ -120,8 +120,8 @@ def render_table(r: dict[str, Any], width: int | None = None) -> str:
     if bk["available"]:
         rows = [f"{x['guest'].rpartition('/')[2]} {x['name']} ({'ok' if x['compliant'] else '; '.join(x['problems'])})"
                 for x in bk["items"]]
-        con.print(f"backups ({bk['source']}): " + (", ".join(rows) or "no guest under the backup policy"),
-                  markup=False)
+        head = f"backups ({bk['source']})" if bk["source"] else "backups"
+        con.print(f"{head}: " + (", ".join(rows) or "no guest under the backup policy"), markup=False)
     else:
         con.print(f"backups: unavailable ({bk['reason']})", markup=False)
     for u in r["unavailable"]:
