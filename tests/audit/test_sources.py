@@ -134,10 +134,11 @@ def test_external_closes_the_backend(monkeypatch: pytest.MonkeyPatch, ctx: AppCo
     monkeypatch.setattr(backends, "connect", lambda s: stand_in, raising=False)
     ext = sources.external(ctx, Strategy(), Path("/"))
     assert stand_in.closed and ext.guests.available
-    assert ext.backup_uncovered is None and "pveguard.backup.coverage" in ext.backup_reason
+    assert ext.backup is not None and ext.backup.statuses == [] and ext.backup_reason == ""
+    assert not ctx.state_dir.exists()  # the backup check reads <state-dir>/dump and creates nothing
 
 
-def test_failing_backend_and_backup_hook_are_reported(monkeypatch: pytest.MonkeyPatch, ctx: AppContext) -> None:
+def test_failing_backend_and_backup_check_are_reported(monkeypatch: pytest.MonkeyPatch, ctx: AppContext) -> None:
     import pveguard.backends as backends
 
     class Broken(StandInBackend):
@@ -149,19 +150,25 @@ def test_failing_backend_and_backup_hook_are_reported(monkeypatch: pytest.Monkey
     view, backend = sources.guests(Strategy(), Path("/"))
     assert not view.available and "ConnectionError: connection refused" in view.reason
     assert backend is None and broken.closed
+    ext = sources.external(ctx, Strategy(), Path("/"))
+    assert ext.backup is None and ext.backup_reason == "needs the guest list, which is unavailable"
 
-    stand_in = StandInBackend([Guest(101, "web", "n1", "lxc", "running")], {})
+    stand_in = StandInBackend([Guest(101, "web", "n1", "lxc", "running", managed=True),
+                               Guest(102, "other", "n1", "lxc", "running")], {})
     monkeypatch.setattr(backends, "connect", lambda s: stand_in, raising=False)
 
-    def coverage(c: AppContext, b: Any) -> list[Any]:
+    def failing(*a: Any, **k: Any) -> Any:
         raise RuntimeError("jobs.cfg unreadable")
 
-    _module(monkeypatch, "pveguard.backup.coverage", uncovered_guests=coverage)
+    monkeypatch.setattr(sources, "collect", failing)
     ext = sources.external(ctx, Strategy(), Path("/"))
-    assert ext.backup_uncovered is None and "RuntimeError: jobs.cfg unreadable" in ext.backup_reason
+    assert ext.backup is None and "RuntimeError: jobs.cfg unreadable" in ext.backup_reason
+    monkeypatch.undo()
 
-    _module(monkeypatch, "pveguard.backup.coverage", uncovered_guests=lambda c, b: b.list_guests())
+    # the real check on a non-PVE backend: pveguard's own archives in <state-dir>/dump (none here)
+    monkeypatch.setattr(backends, "connect", lambda s: stand_in, raising=False)
     ext = sources.external(ctx, Strategy(), Path("/"))
-    assert ext.backup_uncovered == [{"vmid": 101, "name": "web"}]
-    got = findings.backup_findings(ext.backup_uncovered)
-    assert [(f.id, f.severity) for f in got] == [("backup-uncovered", "high")] and "web (101)" in got[0].detail
+    assert ext.backup is not None and ext.backup.names == {"lxc/101": "web"}  # only the managed guest
+    got = findings.backup_findings(ext.backup)
+    assert [(f.id, f.severity) for f in got] == [("backup-no-backup:web", "high")]
+    assert got[0].title == "guest 101 (web) has no backup at all" and "pveguard backup run" in got[0].fix

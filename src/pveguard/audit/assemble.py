@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pveguard.audit import depmap, findings, score, services, suggest
 from pveguard.audit.facts import HostFacts
@@ -14,6 +14,9 @@ from pveguard.audit.findings import Finding, GuestView, ServiceRow
 from pveguard.audit.pkggraph import DependencyGraph
 from pveguard.packages.classify import Classifier
 from pveguard.strategy.models import Strategy
+
+if TYPE_CHECKING:
+    from pveguard.backup.coverage import Coverage
 
 SCHEMA = "pveguard.audit/1"
 
@@ -25,7 +28,7 @@ class External:
     guests: GuestView = field(default_factory=lambda: GuestView(False, "not queried"))
     guard: list[Any] | None = None
     guard_reason: str = "not queried"
-    backup_uncovered: list[dict[str, Any]] | None = None
+    backup: Coverage | None = None  # pveguard.backup.coverage.collect's verdicts, None = unavailable
     backup_reason: str = "not queried"
 
 
@@ -106,7 +109,7 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
     # A package that exists to pull in a service's package (nginx -> nginx-common) leaves with that service.
     with_services = service_packages | (set(manual_non_core) & graph.dependents(service_packages))
     all_findings += findings.package_findings(manual_non_core, with_services)
-    all_findings += findings.backup_findings(external.backup_uncovered)
+    all_findings += findings.backup_findings(external.backup)
     all_findings += findings.host_findings(facts.pve_detected, policy.core_roots)
     order = {s: i for i, s in enumerate(findings.SEVERITIES)}
     all_findings.sort(key=lambda f: (order[f.severity], f.category, f.id))
@@ -115,7 +118,7 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
     unavailable = [asdict(u) for u in facts.unavailable]
     for fact, available, reason in (("guests", external.guests.available, external.guests.reason),
                                     ("guard", external.guard is not None, external.guard_reason),
-                                    ("backup coverage", external.backup_uncovered is not None,
+                                    ("backup coverage", external.backup is not None,
                                      external.backup_reason)):
         if not available:
             unavailable.append({"fact": fact, "reason": reason})
@@ -148,9 +151,17 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
         "container_runtimes": facts.container_runtimes,
         "guests": {"available": external.guests.available, "reason": external.guests.reason,
                    "backend": external.guests.backend, "items": external.guests.guests},
+        "backup": _backup_doc(external),
         "unavailable": unavailable,
         "needs_root": facts.needs_root,
     }
+
+
+def _backup_doc(external: External) -> dict[str, Any]:
+    cov = external.backup
+    if cov is None:
+        return {"available": False, "reason": external.backup_reason, "backend": "", "source": "", "items": []}
+    return {"available": True, "reason": "", "backend": cov.backend, "source": cov.source, "items": cov.rows()}
 
 
 def manually_installed(facts: HostFacts, graph: DependencyGraph) -> set[str]:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pveguard.errors import UsageError
+from pveguard.errors import StateError, UsageError
+
+if TYPE_CHECKING:
+    from pveguard.context import AppContext
 
 FormatOpt = Annotated[str, typer.Option("--format", "-f", metavar="FORMAT",
                                         help="table, json, markdown or html.")]
@@ -46,6 +49,8 @@ def audit(
     facts = inventory.collect(root_path)
     ext = sources.external(app_ctx, strategy, facts.root)
     doc = assemble.build(facts, strategy, ext)
+    if root_path == Path("/"):
+        _record_score(app_ctx, doc)
     for w in app_ctx.warnings:
         warn(w)
     text = report.render(doc, fmt)
@@ -60,3 +65,24 @@ def audit(
     except OSError as exc:
         raise UsageError(f"cannot write {output}: {exc.strerror}", hint="choose a writable --output path") from None
     typer.echo(f"wrote the {fmt} audit report to {out} (score {doc['score']['value']}/100)", err=True)
+
+
+def _record_score(app_ctx: AppContext, doc: dict[str, Any]) -> None:
+    """Keep this host's score for the monitor (`score.latest`), but only in an existing state
+    database: the audit itself never creates one. A store that cannot be written costs a warning,
+    not the report."""
+    import sqlite3
+
+    from pveguard.audit import score
+    from pveguard.output import warn
+    from pveguard.store import DB_NAME
+
+    if not (app_ctx.state_dir / DB_NAME).exists():
+        return
+    s = doc["score"]
+    result = score.Score(s["value"], s["counts"], s["penalty"])
+    try:
+        score.record(app_ctx.store, result, doc["generated_at"], doc["host"]["hostname"])
+    except (StateError, sqlite3.Error, OSError) as exc:
+        text = exc.message if isinstance(exc, StateError) else str(exc)
+        warn(f"the audit score was not recorded in {app_ctx.state_dir}: {text}")

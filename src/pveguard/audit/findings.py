@@ -9,10 +9,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pveguard.strategy.models import Strategy
 from pveguard.strategy.units import MIB
+
+if TYPE_CHECKING:
+    from pveguard.backup.coverage import Coverage
 
 Severity = Literal["critical", "high", "medium", "low", "info"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low", "info")
@@ -42,6 +45,7 @@ class GuestView:
     backend: str = ""
     guests: list[dict[str, Any]] = field(default_factory=list)        # name, vmid, status, type
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)  # guest name -> PVE-style config
+    listed: list[Any] = field(default_factory=list)  # the backend's Guest objects (not in the report)
 
 
 @dataclass
@@ -239,15 +243,67 @@ def container_findings(strategy: Strategy, view: GuestView) -> list[Finding]:
     return out
 
 
-def backup_findings(uncovered: Sequence[Mapping[str, Any]] | None) -> list[Finding]:
-    """Guests no backup job covers (the backup module supplies the list; None = unknown)."""
-    if not uncovered:
+# Each kind of backup problem (pveguard.backup.compliance.PROBLEM_KINDS) on the audit's scale.
+BACKUP_SEVERITY: dict[str, Severity] = {
+    "no-job": "high", "no-backup": "high", "late": "medium", "offsite-overdue": "medium",
+    "too-many": "low", "verify-overdue": "low",
+}  # fmt: skip
+
+
+def backup_findings(coverage: Coverage | None) -> list[Finding]:
+    """One finding per problem of each guest the backup policy covers (None = coverage unknown).
+
+    A guest in no backup job has no backups either; that is one finding (in no job), not two,
+    because one fix (`backup apply`) addresses both until the job's first run."""
+    if coverage is None:
         return []
-    names = ", ".join(f"{g.get('name')} ({g.get('vmid')})" for g in uncovered)
-    return [Finding(
-        id="backup-uncovered", category="backup", severity="high",
-        title=f"{len(uncovered)} guest(s) not covered by any backup job", detail=names,
-        fix="add them to a backup job: pveguard backup plan && pveguard backup apply")]
+    pve = coverage.storage is not None
+    out: list[Finding] = []
+    for status in coverage.statuses:
+        name = coverage.names.get(status.guest, "")
+        vmid = status.guest.rpartition("/")[2]
+        who = f"guest {vmid} ({name})" if name else f"guest {vmid}"
+        kinds = {i.kind for i in status.issues}
+        for issue in status.issues:
+            if issue.kind == "no-backup" and "no-job" in kinds:
+                continue
+            title, detail, fix = _backup_texts(issue.kind, issue.text, who, vmid, coverage, pve,
+                                               no_backup="no-backup" in kinds)
+            out.append(Finding(id=f"backup-{issue.kind}:{name or status.guest}", category="backup",
+                               severity=BACKUP_SEVERITY.get(issue.kind, "medium"), title=title, detail=detail,
+                               fix=fix))
+    return out
+
+
+def _backup_texts(kind: str, text: str, who: str, vmid: str, coverage: Coverage, pve: bool,
+                  no_backup: bool) -> tuple[str, str, str]:
+    where = f"storage {coverage.storage}" if pve else coverage.source
+    vzdump = f"vzdump {vmid} --storage {coverage.storage} --mode snapshot --compress zstd"
+    run = "pveguard backup run (and pveguard backup install-timers so it runs on schedule)"
+    if kind == "no-job":
+        detail = ("PVE lists it in /cluster/backup-info/not-backed-up" if pve else "not covered by the policy") + (
+            "; it has no backup at all" if no_backup else "")
+        return (f"{who} is in no backup job", detail,
+                "pveguard backup apply (puts the policy's containers into the vzdump job pveguard-containers)")
+    if kind == "no-backup":
+        return (f"{who} has no backup at all", f"no archive of it in {where}",
+                f"run the job for it now: {vzdump} (or wait for the job's next run)" if pve else run)
+    if kind == "late":
+        return (f"the last backup of {who} is older than the scheduled run", f"{text} (archives in {where})",
+                f"look at the task log of the vzdump job pveguard-containers, then: {vzdump}" if pve
+                else f"{run}; check: systemctl status pveguard-backup.timer")
+    if kind == "too-many":
+        return (f"{who} has more archives than the retention keeps", f"{text} (in {where})",
+                f"pvesm prune-backups {coverage.storage} --vmid {vmid} --dry-run, then without --dry-run; "
+                "pveguard backup apply sets the job's prune-backups" if pve
+                else f"pveguard backup archives prune {coverage.source} --vmid {vmid} with the policy's keep-* "
+                     "(pveguard backup run prunes after each archive)")
+    if kind == "verify-overdue":
+        return (f"the backups of {who} are not verified on schedule", text, "pveguard backup verify")
+    if kind == "offsite-overdue":
+        return (f"the backups of {who} have no current offsite copy", text,
+                "pveguard backup run (its offsite step copies and records the time)")
+    return (f"{who}: {text}", text, "pveguard backup status shows the details")
 
 
 def host_findings(pve_detected: bool, core_roots: Sequence[str]) -> list[Finding]:

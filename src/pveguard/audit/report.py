@@ -116,6 +116,14 @@ def render_table(r: dict[str, Any], width: int | None = None) -> str:
     g = r["guests"]
     con.print("guests: " + (", ".join(f"{x['vmid']} {x['name']} ({x['status']})" for x in g["items"]) or "none"
                             if g["available"] else f"unavailable ({g['reason']})"), markup=False)
+    bk = r["backup"]
+    if bk["available"]:
+        rows = [f"{x['guest'].rpartition('/')[2]} {x['name']} ({'ok' if x['compliant'] else '; '.join(x['problems'])})"
+                for x in bk["items"]]
+        head = f"backups ({bk['source']})" if bk["source"] else "backups"
+        con.print(f"{head}: " + (", ".join(rows) or "no guest under the backup policy"), markup=False)
+    else:
+        con.print(f"backups: unavailable ({bk['reason']})", markup=False)
     for u in r["unavailable"]:
         con.print(f"not collected: {u['fact']}: {u['reason']}", markup=False)
     for n in r["needs_root"]:

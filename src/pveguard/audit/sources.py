@@ -1,33 +1,26 @@
 """What the audit asks other parts of pveguard: the guard's own check, the backend's guests and the
-backup module's coverage. Each answer may be unavailable; the reason is carried into the report.
+backup module's per-guest compliance. Each answer may be unavailable; the reason is carried into
+the report.
 
-The guard (`pveguard.guard.install.guard_findings`) and the backends (`pveguard.backends.connect`)
-are called directly. One seam remains: `pveguard.backup.coverage.uncovered_guests(ctx, backend)` is
-imported when present (backup jobs are still being written); until then the report says backup
-coverage is unavailable and why, instead of guessing.
+All three are called directly: `pveguard.guard.install.guard_findings`, `pveguard.backends.connect`
+and `pveguard.backup.coverage.collect` (the same function `pveguard backup status` uses).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import sqlite3
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from pveguard.audit.assemble import External
 from pveguard.audit.findings import GuestView
+from pveguard.backup.coverage import Coverage, collect
 from pveguard.context import AppContext
 from pveguard.errors import PveguardError
 from pveguard.strategy.models import Strategy
-
-
-def _optional(module: str, attr: str) -> Any:
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError):
-        return None
 
 
 def guests(strategy: Strategy, root: Path) -> tuple[GuestView, Any]:
@@ -48,6 +41,7 @@ def guests(strategy: Strategy, root: Path) -> tuple[GuestView, Any]:
         return GuestView(False, f"backend not reachable: {type(exc).__name__}: {exc}"), None
     view = GuestView(True, "", getattr(backend, "name", type(backend).__name__))
     wanted = {c.name for c in strategy.containers}
+    view.listed = list(listed)
     for g in listed:
         view.guests.append({"vmid": g.vmid, "name": g.name, "node": g.node, "type": g.type, "status": g.status,
                             "managed": g.managed, "tags": list(g.tags)})
@@ -88,25 +82,26 @@ def guard(ctx: AppContext, root: Path) -> tuple[list[Any] | None, str]:
             " (run the audit as root)" if os.geteuid() != 0 else "")
 
 
-def backup_coverage(ctx: AppContext, view: GuestView, backend: Any) -> tuple[list[dict[str, Any]] | None, str]:
-    if not view.available:
+def backup_coverage(ctx: AppContext, strategy: Strategy, view: GuestView, backend: Any,
+                    now: datetime | None = None) -> tuple[Coverage | None, str]:
+    """The backup policy's verdict per guest (as `backup status`), or None and why not."""
+    if not view.available or backend is None:
         return None, "needs the guest list, which is unavailable"
-    fn = _optional("pveguard.backup.coverage", "uncovered_guests")
-    if fn is None:
-        return None, "backup jobs are not in this build (pveguard.backup.coverage.uncovered_guests missing)"
     try:
-        result = fn(ctx, backend)
+        return collect(strategy, backend, ctx.state_dir, now=now, guests=view.listed), ""
+    except PveguardError as exc:
+        return None, f"backup compliance check failed: {exc.message}"
     except Exception as exc:  # reported as unavailable, like any other fact the audit could not read
-        text = exc.message if isinstance(exc, PveguardError) else f"{type(exc).__name__}: {exc}"
-        return None, f"backup coverage check failed: {text}"
-    return [g if isinstance(g, dict) else {"vmid": g.vmid, "name": g.name} for g in result], ""
+        return None, f"backup compliance check failed: {type(exc).__name__}: {exc}"
 
 
-def external(ctx: AppContext, strategy: Strategy, root: Path) -> External:
+def external(ctx: AppContext, strategy: Strategy, root: Path, now: datetime | None = None) -> External:
+    """Everything the audit needs from the backend, the guard and the backup module (``now``: judge
+    the backups as of then; default the current time)."""
     view, backend = guests(strategy, root)
     try:
         guard_result, guard_reason = guard(ctx, root)
-        uncovered, backup_reason = backup_coverage(ctx, view, backend)
+        coverage, backup_reason = backup_coverage(ctx, strategy, view, backend, now)
     finally:
         _close(backend)
-    return External(view, guard_result, guard_reason, uncovered, backup_reason)
+    return External(view, guard_result, guard_reason, coverage, backup_reason)

@@ -704,20 +704,9 @@ def archives_status(
 
 
 def _keep_from(containers: Any | None) -> KeepPolicy:
-    """The strategy's container retention as keep-* (explicit `keep` wins over `retention`)."""
-    from datetime import timedelta
+    from pveguard.backup.coverage import keep_policy
 
-    if containers is not None and containers.keep is not None:
-        k = containers.keep
-        return KeepPolicy(last=k.last or 0, hourly=k.hourly or 0, daily=k.daily or 0, weekly=k.weekly or 0,
-                          monthly=k.monthly or 0, yearly=k.yearly or 0)  # fmt: skip
-    return KeepPolicy.for_duration(containers.retention if containers is not None else timedelta(days=7))
-
-
-def _managed(guest: Any) -> bool:
-    from pveguard.backends.base import MANAGED_TAG
-
-    return bool(guest.managed) or MANAGED_TAG in guest.tags
+    return keep_policy(containers)
 
 
 def _proxmox(ctx: typer.Context, command: str) -> tuple[Any, Any]:
@@ -752,7 +741,9 @@ def apply_jobs(
     c = strategy.backup.containers
     vmids = None
     if c.guests == "managed":
-        vmids = [g.vmid for g in backend.list_guests() if _managed(g) and g.type == "lxc"]
+        from pveguard.backup.coverage import policy_guest
+
+        vmids = [g.vmid for g in backend.list_guests() if policy_guest(g, c)]
     job = container_job(c.schedule, c.storage, _keep_from(c), vmids, c.mode, c.compress, c.notes_template)
     plan = plan_jobs([job], backend.call("GET", "/cluster/backup"))
     if json_out:
@@ -783,84 +774,31 @@ def backup_status(
 ) -> None:
     """Per guest: the last backup's age against the schedule, archive count against the retention,
     guests in no backup job (Proxmox VE), last verification and offsite copy (plain LXC).
-    Exit 1 when a guest is not compliant."""
-    import json
-    import os
-
+    Exit 1 when a guest is not compliant. The same verdicts become findings in 'pveguard audit'."""
     from pveguard.backends import connect
-    from pveguard.backends.proxmox import ProxmoxBackend
-    from pveguard.backup.archive import classify
-    from pveguard.backup.compliance import Archive, evaluate
-    from pveguard.backup.jobs import archives_from_content
-    from pveguard.backup.run import OFFSITE_MARKER, VERIFY_MARKER
+    from pveguard.backup.coverage import collect
 
     app_ctx = _app_context(ctx)
     if app_ctx is None:
         raise UsageError("'backup status' needs the strategy", hint="run it as 'pveguard backup status'")
     strategy = app_ctx.strategy
     backend = connect(strategy)
-    b = strategy.backup
-    c = b.containers
-    guests = [g for g in backend.list_guests() if g.type == "lxc" and (c.guests == "all" or _managed(g))]
-    names = {f"lxc/{g.vmid}": g.name for g in guests}
-    archives: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
-    if isinstance(backend, ProxmoxBackend):
-        uncovered = {int(g["vmid"]) for g in backend.call("GET", "/cluster/backup-info/not-backed-up")}
-        extra["covered"] = [n for n in names if int(n.split("/")[1]) not in uncovered]
-        seen: set[str] = set()
-        for node in backend.nodes():
-            try:
-                content = backend.call("GET", f"/nodes/{node.name}/storage/{c.storage}/content",
-                                       {"content": "backup"})  # fmt: skip
-            except PveguardError:
-                continue  # the storage is not on this node
-            for e in content:
-                if e.get("volid") in seen:  # shared storage: listed once per node
-                    continue
-                seen.add(e.get("volid"))
-                for guest, items in archives_from_content([e]).items():
-                    archives.setdefault(guest, []).extend(items)
-    else:
-        state = _state_dir(ctx)
-        folder = dump_dir or state / "dump"
-        zone = local_zone()
-        present = set(os.listdir(folder)) if folder.is_dir() else set()
-        for (kind, vmid), found in classify(present).archives.items():
-            archives[f"{kind}/{vmid}"] = [
-                Archive(datetime.fromtimestamp(a.timestamp(zone) or 0, UTC), protected=a.protected_filename in present)
-                for a in found
-            ]
-        for key, marker, event in (("last_verified", VERIFY_MARKER, b.verification.schedule),
-                                   ("offsite_synced", OFFSITE_MARKER, b.offsite.schedule)):  # fmt: skip
-            if key == "last_verified" and not b.verification.enabled:
-                continue
-            if key == "offsite_synced" and b.offsite.type == "none":
-                continue
-            try:
-                when = datetime.fromisoformat(json.loads((state / marker).read_text())["last"])
-                extra[key] = dict.fromkeys(names, when)
-            except (OSError, ValueError, KeyError):
-                extra[key] = {}
-            extra["verify_schedule" if key == "last_verified" else "offsite_schedule"] = parse(event)
-    statuses = evaluate(names, archives, parse(c.schedule), datetime.now(UTC), keep=_keep_from(c), **extra)
+    try:
+        coverage = collect(strategy, backend, _state_dir(ctx), dump_dir)
+    finally:
+        backend.close()
     if json_out:
-        print_json([{"guest": s.guest, "name": names[s.guest], "archives": s.archives,
-                     "newest": s.newest.isoformat() if s.newest else None,
-                     "age_seconds": int(s.age.total_seconds()) if s.age else None, "in_backup_job": s.in_backup_job,
-                     "last_verified": s.last_verified.isoformat() if s.last_verified else None,
-                     "offsite_synced": s.offsite_synced.isoformat() if s.offsite_synced else None,
-                     "compliant": s.compliant, "problems": s.problems} for s in statuses])  # fmt: skip
+        print_json(coverage.rows())
     else:
-        if not statuses:
+        if not coverage.statuses:
             info("no guests to report on (no managed containers)")
-        for s in statuses:
+        for s in coverage.statuses:
             age = f"{s.age.days}d {s.age.seconds // 3600}h" if s.age else "-"
-            head = f"{'ok ' if s.compliant else 'BAD'} {s.guest} ({names[s.guest]})"
+            head = f"{'ok ' if s.compliant else 'BAD'} {s.guest} ({coverage.names[s.guest]})"
             sys.stdout.write(f"{head}  {s.archives} archive(s), newest {age} old\n")
             for p in s.problems:
                 sys.stdout.write(f"    {p}\n")
-    if any(not s.compliant for s in statuses):
+    if not coverage.compliant:
         raise typer.Exit(1)
 
 
@@ -914,7 +852,7 @@ def verify_cmd(
 ) -> None:
     """Verify the archives (decompression, tar, SHA-256 catalogue), restic check the host-config
     repository, optionally test-restore. Exit 1 naming what failed; results go to the ledger."""
-    from pveguard.backup.run import verify_all
+    from pveguard.backup.run import VERIFY_MARKER, _write_time, verify_all
 
     app_ctx = _app_context(ctx)
     subset = read_data_subset
@@ -924,6 +862,8 @@ def verify_cmd(
     detail = verify_all(_host_config(ctx, None, None), dump_dir or state / "dump", subset,
                         state / "restore-test" if restore_test else None,
                         lambda *a, **k: _record(ctx, *a, **k))  # fmt: skip
+    # Only a passed verification counts for 'backup status' and the audit (verify_all raised otherwise).
+    _write_time(state / VERIFY_MARKER, datetime.now(UTC))
     sys.stdout.write(detail + "\n")
 
 

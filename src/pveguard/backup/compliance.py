@@ -18,7 +18,10 @@ from datetime import datetime, timedelta, tzinfo
 from pveguard.backup.calendar import CalendarEvent, next_runs
 from pveguard.backup.retention import KeepPolicy
 
-__all__ = ["Archive", "GuestStatus", "evaluate", "last_run_before"]
+__all__ = ["PROBLEM_KINDS", "Archive", "GuestStatus", "Problem", "evaluate", "last_run_before"]
+
+# What can be wrong with a guest's backups; the audit turns each kind into a finding.
+PROBLEM_KINDS = ("no-job", "no-backup", "late", "too-many", "verify-overdue", "offsite-overdue")
 
 # Look-back windows for the last scheduled run: short ones first, so frequent schedules stay cheap.
 _WINDOWS = (
@@ -54,9 +57,17 @@ class Archive:
     size: int | None = None
 
 
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a guest's backups: ``kind`` from :data:`PROBLEM_KINDS`, ``text`` for people."""
+
+    kind: str
+    text: str
+
+
 @dataclass
 class GuestStatus:
-    """The verdict for one guest; ``problems`` empty = compliant."""
+    """The verdict for one guest; ``issues`` empty = compliant."""
 
     guest: str
     in_backup_job: bool
@@ -66,11 +77,19 @@ class GuestStatus:
     due_since: datetime | None  # the scheduled run the newest archive must cover
     last_verified: datetime | None
     offsite_synced: datetime | None
-    problems: list[str] = field(default_factory=list)
+    issues: list[Problem] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        """The issues as sentences (what `backup status` prints)."""
+        return [i.text for i in self.issues]
 
     @property
     def compliant(self) -> bool:
-        return not self.problems
+        return not self.issues
+
+    def add(self, kind: str, text: str) -> None:
+        self.issues.append(Problem(kind, text))
 
 
 def evaluate(
@@ -104,25 +123,27 @@ def evaluate(
             offsite_synced=synced,
         )  # fmt: skip
         if not status.in_backup_job:
-            status.problems.append("not in any backup job")
+            status.add("no-job", "not in any backup job")
         if newest is None:
-            status.problems.append("no backup at all")
+            status.add("no-backup", "no backup at all")
         elif deadline is not None and newest < deadline:
-            status.problems.append(
+            status.add(
+                "late",
                 f"last backup {newest:%Y-%m-%d %H:%M} is older than the scheduled run of "
                 f"{deadline:%Y-%m-%d %H:%M} ({schedule.source})"
             )
         if keep is not None and not keep.keeps_everything:
             unprotected = sum(1 for a in mine if not a.protected)
             if unprotected > keep.total():
-                status.problems.append(
+                status.add(
+                    "too-many",
                     f"{unprotected} unprotected archives, more than the retention keeps ({keep}): is pruning running?"
                 )
         if verify_deadline is not None and newest is not None and (verified is None or verified < verify_deadline):
             when = f"{verified:%Y-%m-%d %H:%M}" if verified else "never"
-            status.problems.append(f"last verification {when}, due since {verify_deadline:%Y-%m-%d %H:%M}")
+            status.add("verify-overdue", f"last verification {when}, due since {verify_deadline:%Y-%m-%d %H:%M}")
         if offsite_deadline is not None and newest is not None and (synced is None or synced < offsite_deadline):
             when = f"{synced:%Y-%m-%d %H:%M}" if synced else "never"
-            status.problems.append(f"last offsite copy {when}, due since {offsite_deadline:%Y-%m-%d %H:%M}")
+            status.add("offsite-overdue", f"last offsite copy {when}, due since {offsite_deadline:%Y-%m-%d %H:%M}")
         out.append(status)
     return out
