@@ -150,9 +150,12 @@ def run_backups(
         last = _read_time(markers / VERIFY_MARKER)
         if due and not is_due(v.schedule, last, now):
             return None
-        _write_time(markers / VERIFY_MARKER, now)
         restore_dir = markers / "restore-test" if v.restore_test and isinstance(backend, LxcBackend) else None
-        return verify_all(host_config, dump_dir, v.restic_read_data_subset or None, restore_dir, rec)
+        summary = verify_all(host_config, dump_dir, v.restic_read_data_subset or None, restore_dir, rec)
+        # Only a passed verification counts: a failed one stays due, so the next run tries again and
+        # the audit keeps reporting it.
+        _write_time(markers / VERIFY_MARKER, now)
+        return summary
 
     if v.enabled:
         _step(report, "verification", verify)
