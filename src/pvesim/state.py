@@ -241,6 +241,16 @@ class Guest:
             self._digest = hashlib.sha1(self.config_text().encode()).hexdigest()
         return self._digest
 
+    def config_view(self, current: bool) -> dict[str, Any]:
+        """The config as GET .../config answers: with pending changes applied unless `current`."""
+        cfg = dict(self.config)
+        if not current:
+            for k in self.pending_delete:
+                cfg.pop(k, None)
+            cfg.update(self.pending)
+        cfg["digest"] = self.digest
+        return cfg
+
     def maxmem(self) -> int:
         mem = self.config.get("memory", 512 if self.type == "lxc" else 2048)
         m = re.match(r"(?:current=)?(\d+)", str(mem))

@@ -421,13 +421,7 @@ def get_config(ctx: Ctx) -> dict[str, Any]:
         if snap is None:
             raise die(f"snapshot '{ctx.p['snapshot']}' does not exist")
         return {**snap, "digest": g.digest}
-    cfg = dict(g.config)
-    if not ctx.p.get("current"):
-        for k in g.pending_delete:
-            cfg.pop(k, None)
-        cfg.update(g.pending)
-    cfg["digest"] = g.digest
-    return cfg
+    return g.config_view(bool(ctx.p.get("current")))
 
 
 @api("GET", "/nodes/{node}/lxc/{vmid}/pending")

@@ -300,13 +300,7 @@ def list_qemu(ctx: Ctx) -> list[dict[str, Any]]:
 @api("GET", "/nodes/{node}/qemu/{vmid}/config")
 def qemu_config(ctx: Ctx) -> dict[str, Any]:
     g = ctx.guest("qemu")
-    cfg = dict(g.config)
-    if not ctx.p.get("current"):
-        for k in g.pending_delete:
-            cfg.pop(k, None)
-        cfg.update(g.pending)
-    cfg["digest"] = g.digest
-    return cfg
+    return g.config_view(bool(ctx.p.get("current")))
 
 
 @api("GET", "/nodes/{node}/qemu/{vmid}/status/current")
