@@ -13,9 +13,11 @@ from typing import Annotated, Any
 import typer
 
 from pveguard import __version__
+from pveguard.audit import cli as audit_cli
 from pveguard.backup import cli as backup_cli
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, EXIT_USAGE, PveguardError, UsageError
+from pveguard.guard import cli as guard_cli
 from pveguard.monitor import cli as monitor_cli
 from pveguard.output import console, error, print_json, warn
 from pveguard.provision import cli as provision_cli
@@ -30,13 +32,15 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(audit_log_cli.app, name="audit-log")
-app.add_typer(monitor_cli.monitor_app, name="monitor")
-app.add_typer(monitor_cli.alerts_app, name="alerts")
-app.add_typer(monitor_cli.export_app, name="export")
+guard_cli.register(app)
+app.add_typer(backup_cli.app, name="backup")
+app.command("audit")(audit_cli.audit)
 app.command("plan")(provision_cli.plan_cmd)
 app.command("apply")(provision_cli.apply_cmd)
 app.command("status")(provision_cli.status_cmd)
-app.add_typer(backup_cli.app, name="backup")
+app.add_typer(monitor_cli.monitor_app, name="monitor")
+app.add_typer(monitor_cli.alerts_app, name="alerts")
+app.add_typer(monitor_cli.export_app, name="export")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable shape, see docs/json.md).")]
 

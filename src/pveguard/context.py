@@ -34,7 +34,7 @@ class AppContext:
         """The validated strategy; raises ConfigError/StrategyInvalid with every problem listed."""
         if self._strategy is None:
             self._strategy, problems = strategy_load.load(self.strategy_path)
-            self.warnings += [str(p) for p in problems]
+            self.warnings += [p.text() for p in problems]
         return self._strategy
 
     def strategy_or_default(self) -> Strategy:

@@ -23,8 +23,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     tls.add_argument("--no-tls", dest="tls", action="store_false")
     ap.add_argument("--state", help="load state from FILE if it exists; save it there on exit")
     ap.add_argument("--time-scale", type=float, default=1.0, help="sim seconds per real second")
-    ap.add_argument("--password", help="root@pam password (default: random)")
-    ap.add_argument("--token-secret", help="secret of root@pam!pvesim (default: random UUID)")
+    ap.add_argument("--password", help="root@pam password (default: derived from --seed)")
+    ap.add_argument("--token-secret", help="secret of root@pam!pvesim (default: a UUID derived from --seed)")
     ap.add_argument(
         "--task-seconds",
         action="append",
@@ -32,8 +32,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="TYPE=SECONDS",
         help="duration of a task type in sim seconds, e.g. vzcreate=5 (repeatable)",
     )
+    ap.add_argument("--auth-fail-delay", type=float, default=0.0, help="seconds to delay 401 answers (real PVE: 3)")
     ap.add_argument(
-        "--auth-fail-delay", type=float, default=0.0, help="seconds to delay 401 answers (real PVE: 3)"
+        "--status-lag",
+        type=float,
+        default=0.0,
+        help="sim seconds a new guest shows status 'unknown' in /cluster/resources (real PVE: ~10)",
     )
     ap.add_argument("--certdir", help="write the self-signed certificate here (default: temp dir)")
     ap.add_argument("--info-file", help="also write the JSON line to this file")
@@ -58,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     except SchemaNotFoundError as e:
         print(f"pvesim: {e}", file=sys.stderr)
         return 2
+    if args.nodes < 1 or args.guests < 0 or args.time_scale <= 0:
+        print("pvesim: --nodes must be at least 1, --guests at least 0 and --time-scale above 0", file=sys.stderr)
+        return 2
     seconds: dict[str, float] = {}
     for item in args.task_seconds:
         k, sep, v = item.partition("=")
@@ -78,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             token_secret=args.token_secret,
             task_seconds=seconds,
             auth_fail_delay=args.auth_fail_delay,
+            status_lag=args.status_lag,
         )
     )
     if args.state:

@@ -153,9 +153,7 @@ class Access:
     """The access-control configuration and permission evaluation (with a per-(authid, path) cache)."""
 
     def __init__(self, root_password: str, secret: bytes) -> None:
-        self.users: dict[str, User] = {
-            "root@pam": User("root@pam", password=root_password, email="root@localhost")
-        }
+        self.users: dict[str, User] = {"root@pam": User("root@pam", password=root_password, email="root@localhost")}
         self.groups: dict[str, dict[str, Any]] = {}
         self.tokens: dict[tuple[str, str], Token] = {}
         self.acl: list[AclEntry] = []

@@ -20,6 +20,7 @@ _KEYWORDS = {
     "annually": "*-01-01 00:00:00",
     "quarterly": "*-01,04,07,10-01 00:00:00",
     "semiannually": "*-01,07-01 00:00:00",
+    "semi-annually": "*-01,07-01 00:00:00",
 }
 _DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 
@@ -33,6 +34,7 @@ class CalendarEvent:
     """Allowed values per field; None = any."""
 
     weekdays: frozenset[int] | None
+    utc: bool
     years: frozenset[int] | None
     months: frozenset[int] | None
     days: frozenset[int] | None
@@ -91,7 +93,12 @@ def _weekdays(text: str) -> frozenset[int]:
 
 def parse_calendar_event(text: str) -> CalendarEvent:
     """Parse a calendar event or raise CalendarError."""
-    spec = _KEYWORDS.get(text.strip().lower(), text.strip())
+    words = text.split()
+    utc = bool(words) and words[-1] == "UTC"
+    if utc:
+        words.pop()
+    spec = " ".join(words)
+    spec = _KEYWORDS.get(spec.lower(), spec)
     if not spec:
         raise CalendarError("empty calendar event")
     tokens = spec.split()
@@ -118,6 +125,10 @@ def parse_calendar_event(text: str) -> CalendarEvent:
         hours = _component(parts[0], 0, 23)
         minutes = _component(parts[1], 0, 59)
         seconds = _component(parts[2], 0, 59) if len(parts) == 3 else frozenset({0})
+    elif tokens and not any(c.isalpha() for c in tokens[0]):
+        # PVE: a time spec without ':' is minutes of every hour ("0", "*/5", "30/10")
+        hours = None
+        minutes = _component(tokens.pop(0), 0, 59)
     if tokens:
         raise CalendarError(f"unexpected '{tokens[0]}'")
 
@@ -125,12 +136,14 @@ def parse_calendar_event(text: str) -> CalendarEvent:
         return tuple(range(hi + 1)) if s is None else tuple(sorted(s))
 
     return CalendarEvent(
-        weekdays, years, months, days, expand(hours, 23), expand(minutes, 59), expand(seconds, 59)
+        weekdays, utc, years, months, days, expand(hours, 23), expand(minutes, 59), expand(seconds, 59)
     )
 
 
 def next_run(event: CalendarEvent, after: float, tz: dt.tzinfo | None = None) -> int | None:
     """First epoch second strictly after `after` matching the event (local time), or None within 5 years."""
+    if event.utc:
+        tz = dt.UTC
     start = dt.datetime.fromtimestamp(after, tz).replace(microsecond=0)
     day = start.date()
     for _ in range(366 * 5):

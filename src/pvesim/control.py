@@ -94,12 +94,19 @@ def _route(sim: Sim, method: str, parts: list[str], doc: dict[str, Any], q: dict
         return {"node": n.name, "online": n.online, "maxcpu": n.maxcpu, "maxmem": n.maxmem}
     if head == "guests":
         return _guests(sim, method, rest, doc)
+    if head == "options":
+        if method == "POST":
+            for k in ("status_lag", "auth_fail_delay"):
+                if k in doc:
+                    setattr(sim.opts, k, float(doc[k]))
+            for g in sim.guests.values():
+                g.touch()
+            sim.changed()
+        return {"status_lag": sim.opts.status_lag, "auth_fail_delay": sim.opts.auth_fail_delay}
     if head == "faults":
         if method == "POST":
             f: dict[str, Any] = {
-                k: doc[k]
-                for k in ("method", "path", "status", "message", "times", "delay_ms", "errors")
-                if k in doc
+                k: doc[k] for k in ("method", "path", "status", "message", "times", "delay_ms", "errors") if k in doc
             }
             re.compile(str(f.get("path", ".*")))
             sim.faults.append(f)
@@ -172,18 +179,14 @@ def _guests(sim: Sim, method: str, rest: list[str], doc: dict[str, Any]) -> Any:
             before = set(sim.guests)
             count = int(doc.get("count", 1))
             save_q = sim.opts.qemu_share, sim.opts.running_share
-            sim.opts.qemu_share = (
-                1.0 if doc.get("type") == "qemu" else (0.0 if doc.get("type") == "lxc" else save_q[0])
-            )
+            sim.opts.qemu_share = 1.0 if doc.get("type") == "qemu" else (0.0 if doc.get("type") == "lxc" else save_q[0])
             if "status" in doc:
                 sim.opts.running_share = 1.0 if doc["status"] == "running" else 0.0
             start = max(sim.guests, default=99) + 1
             sim_add(sim, count, start, doc.get("node"))
             sim.opts.qemu_share, sim.opts.running_share = save_q
             return sorted(set(sim.guests) - before)
-        return [
-            {"vmid": g.vmid, "type": g.type, "node": g.node, "status": g.status} for g in sim.guests.values()
-        ]
+        return [{"vmid": g.vmid, "type": g.type, "node": g.node, "status": g.status} for g in sim.guests.values()]
     g = _guest(sim, rest[0])
     sub = rest[1] if len(rest) > 1 else ""
     if sub == "packages":

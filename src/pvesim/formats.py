@@ -103,9 +103,7 @@ def _ip_cidr_alias(v: str) -> None:
         ipaddress.ip_network(v, strict=False)
     except ValueError:
         if not re.fullmatch(r"(?:(?:dc|guest)/)?[A-Za-z][A-Za-z0-9\-_]+", v):
-            raise FormatError(
-                "value does not look like a valid IP address, CIDR network or alias\n"
-            ) from None
+            raise FormatError("value does not look like a valid IP address, CIDR network or alias\n") from None
 
 
 def _mac(v: str) -> None:

@@ -1,12 +1,334 @@
-"""What the fake `pct` does inside the sim (exec/push/pull); filled in below."""
+"""What the fake `pct` does inside the sim: exec / push / pull / status / list / config.
+
+Wording follows pve-container's PVE/CLI/pct.pm. Commands run "inside" a container are recorded;
+scripted answers (control API) win, then a few built-ins (apt-get, dpkg-query, dpkg, cat, test,
+rm, echo, true/false) act on a per-guest package list and file map; anything else succeeds
+silently with exit 0 (or the configured default exit code).
+"""
 
 from __future__ import annotations
 
+import base64
+import re
+import shlex
+from dataclasses import dataclass, field
 from typing import Any
 
-from pvesim.state import Sim
+from pvesim.state import Guest, Sim
+
+NOT_FOUND = 255  # PVE CLI tools exit(-1) on die
+
+
+@dataclass
+class Result:
+    exit: int = 0
+    stdout: str = ""
+    stderr: str = ""
+    data_b64: str | None = None  # pull: file content for the caller to write
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"exit": self.exit, "stdout": self.stdout, "stderr": self.stderr}
+        if self.data_b64 is not None:
+            d["data_b64"] = self.data_b64
+        return d
+
+
+def _err(msg: str, code: int = NOT_FOUND) -> Result:
+    return Result(code, "", msg if msg.endswith("\n") else msg + "\n")
+
+
+def _guest(sim: Sim, vmid_text: str, node: str | None) -> Guest | Result:
+    if not re.fullmatch(r"[1-9][0-9]{2,8}", vmid_text):
+        return _err(
+            "400 Parameter verification failed.\nvmid: invalid format - value does not look like a valid VM ID\n"
+        )
+    vmid = int(vmid_text)
+    g = sim.guests.get(vmid)
+    here = node or (g.node if g else next(iter(sim.nodes)))
+    if g is None or g.type != "lxc" or g.node != here:
+        return _err(f"Configuration file 'nodes/{here}/lxc/{vmid}.conf' does not exist")
+    return g
+
+
+def execute(sim: Sim, argv: list[str], node: str | None = None, data_b64: str | None = None) -> Result:
+    """Run one `pct ...` invocation against the sim state."""
+    if not argv:
+        return _err("ERROR: no command specified")
+    sub, args = argv[0], argv[1:]
+    if sub == "list":
+        lines = ["VMID       Status     Lock         Name                "]
+        for g in sorted(sim.guests.values(), key=lambda x: x.vmid):
+            if g.type == "lxc" and (node is None or g.node == node):
+                lines.append(f"{g.vmid:<10} {g.status:<10} {g.config.get('lock', '')!s:<12} {g.name:<20}")
+        return Result(0, "\n".join(lines) + "\n")
+    if sub not in ("exec", "push", "pull", "status", "config"):
+        return _err(f"ERROR: unknown command 'pct {sub}'\nUSAGE: pct <COMMAND> [ARGS] [OPTIONS]")
+    if not args:
+        return _err("400 not enough arguments\npct " + sub + " <vmid>")
+    got = _guest(sim, args[0], node)
+    if isinstance(got, Result):
+        return got
+    g = got
+    if sub == "status":
+        return Result(0, f"status: {g.status}\n")
+    if sub == "config":
+        return Result(0, "".join(f"{k}: {v}\n" for k, v in sorted(g.config.items())))
+    if sub == "exec":
+        rest = args[1:]
+        if "--" in rest:
+            rest = rest[rest.index("--") + 1 :]
+        else:
+            while rest and rest[0].startswith("--"):
+                rest = rest[2:] if rest[0] in ("--keep-env",) else rest[1:]
+        if g.status != "running":
+            return _err(f"container '{g.vmid}' not running!")
+        if not rest:
+            return _err("missing command at /usr/share/perl5/PVE/CLI/pct.pm line 229.")
+        sim.pct_log.append({"vmid": g.vmid, "node": g.node, "argv": rest, "time": sim.now()})
+        return _run(sim, g, rest)
+    if sub == "push":
+        if len(args) < 3:
+            return _err("400 not enough arguments\npct push <vmid> <file> <destination> [OPTIONS]")
+        if g.status != "running":
+            return _err("can only push files to a running CT")
+        if data_b64 is None:
+            return _err(f"failed to open {args[1]} for reading")
+        sim.guest_files.setdefault(g.vmid, {})[args[2]] = base64.b64decode(data_b64)
+        sim.pct_log.append({"vmid": g.vmid, "node": g.node, "argv": ["<push>", args[1], args[2]], "time": sim.now()})
+        return Result(0)
+    # pull
+    if len(args) < 3:
+        return _err("400 not enough arguments\npct pull <vmid> <path> <destination> [OPTIONS]")
+    if g.status != "running":
+        return _err("can only pull files from a running VM at /usr/share/perl5/PVE/CLI/pct.pm line 511.")
+    data = sim.guest_files.get(g.vmid, {}).get(args[1])
+    sim.pct_log.append({"vmid": g.vmid, "node": g.node, "argv": ["<pull>", args[1], args[2]], "time": sim.now()})
+    if data is None:
+        return _err(f"failed to open {args[1]}: No such file or directory")
+    return Result(0, data_b64=base64.b64encode(data).decode())
+
+
+def _scripted(sim: Sim, g: Guest, cmd: list[str]) -> Result | None:
+    text = shlex.join(cmd)
+    for s in sim.pct_scripts:
+        if s.get("vmid") not in (None, g.vmid):
+            continue
+        if not re.search(str(s.get("match", ".*")), text):
+            continue
+        if s.get("times") is not None:
+            s["times"] -= 1
+        sim.pct_scripts = [x for x in sim.pct_scripts if x.get("times") is None or x["times"] > 0]
+        return Result(int(s.get("exit", 0)), str(s.get("stdout", "")), str(s.get("stderr", "")))
+    return None
+
+
+def _run(sim: Sim, g: Guest, cmd: list[str]) -> Result:
+    hit = _scripted(sim, g, cmd)
+    if hit is not None:
+        return hit
+    if len(cmd) >= 3 and cmd[0].rsplit("/", 1)[-1] in ("sh", "bash", "dash") and cmd[1] in ("-c", "-lc", "-ec"):
+        return _run_script(sim, g, cmd[2])
+    return _builtin(sim, g, cmd)
+
+
+def _run_script(sim: Sim, g: Guest, script: str) -> Result:
+    """A tiny shell: commands joined by `&&`, `||` and `;` (no pipes or redirections beyond `>/dev/null`)."""
+    lex = shlex.shlex(script, posix=True, punctuation_chars=";&|")
+    lex.whitespace_split = True
+    tokens = list(lex)
+    out = Result(0)
+    cur: list[str] = []
+    op = ";"
+
+    def flush(next_op: str) -> bool:
+        nonlocal cur, op
+        cmd = [t for t in cur if t not in (">/dev/null", "2>&1")]
+        cur = []
+        run = op == ";" or (op == "&&" and out.exit == 0) or (op == "||" and out.exit != 0)
+        op = next_op
+        if cmd and run:
+            r = _scripted(sim, g, cmd) or _builtin(sim, g, cmd)
+            out.stdout += r.stdout
+            out.stderr += r.stderr
+            out.exit = r.exit
+        return True
+
+    for t in tokens:
+        if t in (";", "&&", "||"):
+            flush(t)
+        else:
+            cur.append(t)
+    flush(";")
+    return out
+
+
+def _strip_env(cmd: list[str]) -> list[str]:
+    if cmd and cmd[0] == "env":
+        cmd = cmd[1:]
+    while cmd and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", cmd[0]):
+        cmd = cmd[1:]
+    return cmd
+
+
+def _builtin(sim: Sim, g: Guest, cmd: list[str]) -> Result:
+    cmd = _strip_env(cmd)
+    if not cmd:
+        return Result(0)
+    prog = cmd[0].rsplit("/", 1)[-1]
+    args = cmd[1:]
+    pkgs = sim.guest_packages.setdefault(g.vmid, {})
+    files = sim.guest_files.setdefault(g.vmid, {})
+    if prog in ("apt-get", "apt"):
+        return _apt(sim, pkgs, args)
+    if prog == "dpkg-query":
+        return _dpkg_query(pkgs, args)
+    if prog == "dpkg":
+        if args[:1] in (["-l"], ["--list"]):
+            names = args[1:] or sorted(pkgs)
+            lines = [f"ii  {n:<30} {pkgs[n]:<20} amd64        {n} package" for n in names if n in pkgs]
+            missing = [n for n in names if n not in pkgs]
+            err = "".join(f"dpkg-query: no packages found matching {n}\n" for n in missing)
+            return Result(1 if missing else 0, "\n".join(lines) + ("\n" if lines else ""), err)
+        if args[:1] in (["-s"], ["--status"]) and len(args) > 1:
+            n = args[1]
+            if n not in pkgs:
+                return Result(1, "", f"dpkg-query: package '{n}' is not installed and no information is available\n")
+            return Result(0, f"Package: {n}\nStatus: install ok installed\nVersion: {pkgs[n]}\n")
+        return Result(0)
+    if prog == "cat":
+        out = ""
+        for f in args:
+            if f not in files:
+                return Result(1, out, f"cat: {f}: No such file or directory\n")
+            out += files[f].decode("utf-8", "replace")
+        return Result(0, out)
+    if prog in ("test", "["):
+        a = [x for x in args if x != "]"]
+        if len(a) == 2 and a[0] in ("-f", "-e", "-s"):
+            return Result(0 if a[1] in files else 1)
+        return Result(0)
+    if prog == "rm":
+        for f in args:
+            if not f.startswith("-"):
+                files.pop(f, None)
+        return Result(0)
+    if prog == "echo":
+        return Result(0, " ".join(a for a in args if a != "-n") + ("" if "-n" in args else "\n"))
+    if prog == "true":
+        return Result(0)
+    if prog == "false":
+        return Result(1)
+    if prog == "hostname":
+        return Result(0, f"{g.name}\n")
+    return Result(sim.pct_default_exit)
+
+
+def _apt(sim: Sim, pkgs: dict[str, str], args: list[str]) -> Result:
+    words = [a for a in args if not a.startswith("-")]
+    if not words:
+        return Result(100, "", "E: Invalid operation\n")
+    op, names = words[0], words[1:]
+    if op == "update":
+        return Result(0, "Hit:1 http://deb.debian.org/debian bookworm InRelease\nReading package lists...\n")
+    if op in ("install", "reinstall"):
+        bad = [n for n in names if n.split("=", 1)[0] in sim.unavailable_packages]
+        if bad:
+            return Result(
+                100,
+                "Reading package lists...\nBuilding dependency tree...\n",
+                "".join(f"E: Unable to locate package {n}\n" for n in bad),
+            )
+        out = "Reading package lists...\nBuilding dependency tree...\nReading state information...\n"
+        new = []
+        for n in names:
+            name, _, ver = n.partition("=")
+            if name in pkgs and not ver and op == "install":
+                out += f"{name} is already the newest version ({pkgs[name]}).\n"
+                continue
+            pkgs[name] = ver or pkgs.get(name) or "1.0-1"
+            new.append(name)
+        out += f"0 upgraded, {len(new)} newly installed, 0 to remove and 0 not upgraded.\n"
+        out += "".join(f"Setting up {n} ({pkgs[n]}) ...\n" for n in new)
+        return Result(0, out)
+    if op in ("remove", "purge", "autoremove"):
+        out = "Reading package lists...\n"
+        for n in names:
+            if n in pkgs:
+                del pkgs[n]
+                out += f"Removing {n} ...\n"
+            else:
+                out += f"Package '{n}' is not installed, so not removed\n"
+        return Result(0, out)
+    if op in ("upgrade", "dist-upgrade", "full-upgrade", "clean", "autoclean"):
+        return Result(0, "Reading package lists...\n0 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.\n")
+    return Result(100, "", f"E: Invalid operation {op}\n")
+
+
+def _dpkg_query(pkgs: dict[str, str], args: list[str]) -> Result:
+    fmt = "${binary:Package}\t${Version}\n"
+    names: list[str] = []
+    i = 0
+    show = False
+    while i < len(args):
+        a = args[i]
+        if a in ("-W", "--show"):
+            show = True
+        elif a.startswith("-f=") or a.startswith("--showformat="):
+            fmt = a.split("=", 1)[1]
+        elif a in ("-f", "--showformat") and i + 1 < len(args):
+            fmt = args[i + 1]
+            i += 1
+        elif a == "-s" or a == "--status":
+            show = False
+        else:
+            names.append(a)
+        i += 1
+    if not show and names:
+        n = names[0]
+        if n not in pkgs:
+            return Result(1, "", f"dpkg-query: package '{n}' is not installed and no information is available\n")
+        return Result(0, f"Package: {n}\nStatus: install ok installed\nVersion: {pkgs[n]}\n")
+    targets = names or sorted(pkgs)
+    out = ""
+    err = ""
+    code = 0
+    for n in targets:
+        if n not in pkgs:
+            err += f"dpkg-query: no packages found matching {n}\n"
+            code = 1
+            continue
+        out += (
+            fmt.replace("${binary:Package}", n)
+            .replace("${Package}", n)
+            .replace("${Version}", pkgs[n])
+            .replace("${Status}", "install ok installed")
+            .replace("${db:Status-Abbrev}", "ii ")
+            .replace("\\n", "\n")
+            .replace("\\t", "\t")
+        )
+    return Result(code, out, err)
 
 
 def control(sim: Sim, method: str, rest: list[str], doc: dict[str, Any], q: dict[str, str]) -> Any:
-    """Control-API entry for /_sim/pct/..."""
-    raise KeyError("pct emulation not available yet")
+    """Control-API entry for /_sim/pct/...: exec (used by the fake pct), log, scripts, default."""
+    head = rest[0] if rest else ""
+    if head == "exec" and method == "POST":
+        argv = [str(a) for a in doc.get("argv", [])]
+        return execute(sim, argv, doc.get("node"), doc.get("data_b64")).as_dict()
+    if head == "log":
+        if method == "DELETE":
+            sim.pct_log.clear()
+        return list(sim.pct_log)
+    if head == "scripts":
+        if method == "POST":
+            s: dict[str, Any] = {k: doc[k] for k in ("vmid", "match", "stdout", "stderr", "exit", "times") if k in doc}
+            re.compile(str(s.get("match", ".*")))
+            sim.pct_scripts.append(s)
+        elif method == "DELETE":
+            sim.pct_scripts.clear()
+        return list(sim.pct_scripts)
+    if head == "default" and method == "POST":
+        sim.pct_default_exit = int(doc.get("exit", 0))
+        return {"exit": sim.pct_default_exit}
+    raise KeyError(f"unknown pct control endpoint {method} {'/'.join(rest)}")

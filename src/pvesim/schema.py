@@ -77,6 +77,7 @@ class Schema:
     def __init__(self, tree: list[dict[str, Any]]) -> None:
         self.methods: dict[tuple[str, str], Method] = {}
         self.paths: dict[str, dict[str, Method]] = {}
+        self.children: dict[str, list[str]] = {}
         self._root = _Trie()
         for node in tree:
             self._add(node)
@@ -99,6 +100,7 @@ class Schema:
             ms[hm] = m
             self.methods[(hm, path)] = m
         self.paths[path] = ms
+        self.children[path] = [str(c.get("text") or c["path"].rsplit("/", 1)[-1]) for c in node.get("children") or []]
         t = self._root
         for seg in path.strip("/").split("/"):
             if seg.startswith("{") and seg.endswith("}"):
@@ -112,7 +114,22 @@ class Schema:
             self._add(child)
 
     def route(self, segments: list[str]) -> tuple[str, dict[str, str]] | None:
-        """Match already URL-decoded path segments to a template; return it with the path params."""
+        """Match already URL-decoded path segments to a template; return it with the path params.
+
+        Clients such as proxmoxer do not escape `/` inside volume ids (`local:backup/vzdump-...`), and
+        PVE still finds the method: when nothing matches, a trailing `{param}` takes the rest of the path.
+        """
+        got = self._route(segments)
+        if got is not None:
+            return got
+        for cut in range(len(segments) - 1, 0, -1):
+            head = [*segments[: cut - 1], "/".join(segments[cut - 1 :])]
+            got = self._route(head)
+            if got is not None and got[0].endswith("}") and ":" in head[-1]:
+                return got
+        return None
+
+    def _route(self, segments: list[str]) -> tuple[str, dict[str, str]] | None:
         t = self._root
         params: dict[str, str] = {}
         for seg in segments:

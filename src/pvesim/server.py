@@ -92,9 +92,7 @@ class Api:
         path = parts.path
         if path.startswith("/_sim"):
             status, data = control.handle(self, method, path, parts.query, body)
-            return Answer(
-                status, "OK" if status == 200 else _reason(str(data.get("error", "Error"))), _json(data)
-            )
+            return Answer(status, "OK" if status == 200 else _reason(str(data.get("error", "Error"))), _json(data))
         m = re.match(r"/api2/(json|extjs)(/.*)?$", path)
         if not m:
             return Answer(501, f"Method '{method} {path}' not implemented", _json({"data": None}))
@@ -111,9 +109,7 @@ class Api:
                 pass
             return Answer(200, "OK", _json(doc))
         if fmt == "extjs" and ans.status == 200:
-            return Answer(
-                200, "OK", ans.body[:-1] + b',"success":1}' if ans.body.endswith(b"}") else ans.body
-            )
+            return Answer(200, "OK", ans.body[:-1] + b',"success":1}' if ans.body.endswith(b"}") else ans.body)
         return ans
 
     def _count(self, key: str) -> None:
@@ -223,13 +219,15 @@ class Api:
                 sim.tick()
                 if auth is not None:
                     if auth.tokenid and not minfo.allowtoken:
-                        raise PermError(
-                            f"URI '{api_path}' not available with API token, need proper ticket.\n"
-                        )
+                        raise PermError(f"URI '{api_path}' not available with API token, need proper ticket.\n")
                     self._check_perms(auth, minfo.permissions, params)
                     self._proxy_check(minfo.proxyto, params)
+                    if method != "GET" and template != "/access/ticket" and not sim.quorate():
+                        raise ApiError(500, "cluster not ready - no quorum?")
             typed = self.validator(method, template).validate(params)
             handler = HANDLERS.get((method, template))
+            if handler is None and method == "GET" and self.schema.children.get(template):
+                return self._ok(self._index(minfo.returns, self.schema.children[template]))
             if handler is None:
                 msg = f"Method '{method} {api_path}' not implemented"
                 return Answer(501, msg, _json({"data": None, "message": msg + "\n"}))
@@ -248,6 +246,16 @@ class Api:
         except Exception as e:  # a handler bug must still answer like PVE (500), and be logged
             log.exception("handler failed: %s %s", method, api_path)
             return self._error(ApiError(500, f"pvesim internal error: {e}"))
+
+    @staticmethod
+    def _index(returns: dict[str, Any], children: list[str]) -> list[dict[str, str]]:
+        """Directory-style index answers (`[{"subdir": "config"}, ...]`) generated from the schema tree."""
+        key = "subdir"
+        for link in returns.get("links") or []:
+            m = re.fullmatch(r"\{(\w+)\}", str(link.get("href", "")))
+            if m:
+                key = m.group(1)
+        return [{key: c} for c in children if not c.startswith("{")]
 
     def _check_perms(self, auth: Auth, perms: dict[str, Any] | None, params: dict[str, Any]) -> None:
         if perms is None:
@@ -270,8 +278,7 @@ class Api:
                 return
             raise ApiError(
                 500,
-                f"hostname lookup '{node}' failed - failed to get address info for: "
-                f"{node}: Name or service not known",
+                f"hostname lookup '{node}' failed - failed to get address info for: {node}: Name or service not known",
             )
         if not n.online:
             raise ApiError(595, "No route to host", empty_body=True)
@@ -297,6 +304,7 @@ class Api:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "pve-api-daemon/3.0"
+    timeout = 300  # idle keep-alive connections are closed after this many seconds
     sys_version = ""
     api: Api
 
@@ -311,15 +319,22 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
         ans = self.api.handle(self.command, self.path, headers, body)
-        self.send_response(ans.status, ans.reason)
-        self.send_header("Content-Type", ans.content_type)
-        self.send_header("Content-Length", str(len(ans.body)))
-        self.send_header("Cache-Control", "max-age=0")
-        self.send_header("Pragma", "no-cache")
-        for k, v in ans.headers:
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(ans.body)
+        self.log_request(ans.status)
+        head = [
+            f"HTTP/1.1 {ans.status} {ans.reason}",
+            f"Server: {self.server_version}",
+            f"Date: {self.date_time_string()}",
+            f"Content-Type: {ans.content_type}",
+            f"Content-Length: {len(ans.body)}",
+            "Cache-Control: max-age=0",
+            "Pragma: no-cache",
+            "Expires: " + self.date_time_string(),
+        ]
+        head += [f"{k}: {v}" for k, v in ans.headers]
+        if self.close_connection:
+            head.append("Connection: close")
+        # Headers and body in one write: two small writes meet Nagle + delayed ACK (40 ms stalls).
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1", "replace") + ans.body)
 
     do_GET = do_POST = do_PUT = do_DELETE = _serve
 
@@ -328,6 +343,11 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Failed TLS handshakes (clients that do not trust the cert) and dropped connections are
+        # normal for a server: log them, never print tracebacks onto the test's stderr.
+        log.debug("connection from %s failed", client_address, exc_info=True)
 
 
 class SimServer:
@@ -355,10 +375,14 @@ class SimServer:
             cert, key, fp = make_self_signed(certdir, [host] if host not in ("0.0.0.0", "::") else [])
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(str(cert), str(key))
-            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+            # Handshake in the connection's thread, not in the accept loop (a silent client must not
+            # stall everyone else).
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True, do_handshake_on_connect=False)
             self.cafile = str(cert)
             self.fingerprint = fp
         self._thread: threading.Thread | None = None
+        self._statd: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def url(self) -> str:
@@ -381,11 +405,45 @@ class SimServer:
     def start(self) -> None:
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="pvesim", daemon=True)
         self._thread.start()
+        self.start_statd()
+
+    def start_statd(self) -> None:
+        """Refresh guest stats at each stat-interval boundary in the background (like pvestatd)."""
+        self._statd = threading.Thread(target=self._statd_loop, name="pvesim-statd", daemon=True)
+        self._statd.start()
+
+    def _statd_loop(self) -> None:
+        from pvesim.usage import STAT_INTERVAL
+
+        last = -1
+        while not self._stopping.is_set():
+            sim = self.sim
+            now = sim.now()
+            bucket = int(now) // STAT_INTERVAL
+            if bucket != last and sim.guests:
+                with sim.lock:
+                    sim.tick()
+                    last = sim.refresh_stats()
+                    self._prebuild_resources()
+            scale = max(sim.clock.time_scale, 1e-6)
+            wait = ((bucket + 1) * STAT_INTERVAL - sim.now()) / scale
+            # at high --time-scale refresh at most twice a second; polls in between recompute lazily
+            self._stopping.wait(min(max(wait, 0.5), 1.0))
+
+    def _prebuild_resources(self) -> None:
+        """Encode the full /cluster/resources answers (all and type=vm) so the next poll is a cache hit."""
+        from pvesim.access import Auth
+        from pvesim.handlers.cluster import resources
+
+        for typ in (None, "vm"):
+            resources(Ctx(self.sim, Auth("root@pam"), {"type": typ} if typ else {}, "GET", "/cluster/resources"))
 
     def serve_forever(self) -> None:
+        self.start_statd()
         self.httpd.serve_forever()
 
     def stop(self) -> None:
+        self._stopping.set()
         self.httpd.shutdown()
         self.httpd.server_close()
         if self._thread:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import json
+import logging
 import random
 import re
 import threading
@@ -17,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pvesim.access import Access, Auth
-from pvesim.usage import STAT_INTERVAL, guest_usage, node_usage
+from pvesim.usage import STAT_INTERVAL, USAGE_KEYS, GuestConsts, guest_consts, node_usage, usage_at
+
+log = logging.getLogger("pvesim")
 
 GiB = 1024**3
 MiB = 1024**2
@@ -193,14 +197,15 @@ class Guest:
     pending_delete: list[str] = field(default_factory=list)
     override: dict[str, Any] = field(default_factory=dict)
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
+    created_at: float = 0.0
     version: int = 0
     _digest: str | None = None
-    _res_cache: tuple[Any, dict[str, Any], bytes | None] | None = None
+    _static: tuple[Any, ...] | None = None
+    _fast: tuple[Any, ...] | None = None
 
     def touch(self) -> None:
         self.version += 1
         self._digest = None
-        self._res_cache = None
 
     @property
     def name(self) -> str:
@@ -235,6 +240,16 @@ class Guest:
         if self._digest is None:
             self._digest = hashlib.sha1(self.config_text().encode()).hexdigest()
         return self._digest
+
+    def config_view(self, current: bool) -> dict[str, Any]:
+        """The config as GET .../config answers: with pending changes applied unless `current`."""
+        cfg = dict(self.config)
+        if not current:
+            for k in self.pending_delete:
+                cfg.pop(k, None)
+            cfg.update(self.pending)
+        cfg["digest"] = self.digest
+        return cfg
 
     def maxmem(self) -> int:
         mem = self.config.get("memory", 512 if self.type == "lxc" else 2048)
@@ -312,7 +327,11 @@ class Task:
 
 
 class TaskError(Exception):
-    """Raised by task work functions: the task ends with `TASK ERROR: <msg>`."""
+    """Raised by task work functions: the task ends with `TASK ERROR: <msg>` (after `lines`)."""
+
+    def __init__(self, msg: str, lines: list[str] | None = None) -> None:
+        super().__init__(msg)
+        self.lines = lines or []
 
 
 @dataclass
@@ -330,6 +349,11 @@ class SimOptions:
     qemu_share: float = 0.2
     running_share: float = 0.85
     auth_fail_delay: float = 0.0
+    status_lag: float = 0.0  # seconds a new guest shows status "unknown" in /cluster/resources (PVE: ~10)
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1 or self.guests < 0 or self.time_scale <= 0:
+            raise ValueError("pvesim needs nodes >= 1, guests >= 0 and time_scale > 0")
 
 
 class Sim:
@@ -343,9 +367,7 @@ class Sim:
         self.clock = Clock(opts.time_scale)
         self.version = 0
         self.password = opts.password or uuid.UUID(int=self.rng.getrandbits(128)).hex[:20]
-        self.access = Access(
-            self.password, secret=uuid.UUID(int=self.rng.getrandbits(128)).bytes + uuid.uuid4().bytes
-        )
+        self.access = Access(self.password, secret=uuid.UUID(int=self.rng.getrandbits(128)).bytes + uuid.uuid4().bytes)
         token = self.access.add_token(
             "root@pam",
             "pvesim",
@@ -429,11 +451,13 @@ class Sim:
         self.calls_total = 0
         self.pct_log: list[dict[str, Any]] = []
         self.pct_scripts: list[dict[str, Any]] = []
+        self.pct_default_exit = 0
         self.guest_packages: dict[int, dict[str, str]] = {}
         self.guest_files: dict[int, dict[str, bytes]] = {}
         self.unavailable_packages: set[str] = set()
         self._res_bytes: dict[Any, bytes] = {}
         self.state_file: str | None = None
+        self._consts: dict[int, GuestConsts] = {}
         for name in self.nodes:
             for tmpl, _os, _ver, size in TEMPLATES:
                 self.add_volume(
@@ -452,14 +476,18 @@ class Sim:
     def now(self) -> float:
         return self.clock.now()
 
+    def quorate(self) -> bool:
+        """More than half of the nodes online (corosync votes, one each)."""
+        return sum(1 for n in self.nodes.values() if n.online) * 2 > len(self.nodes)
+
     def new_pid(self) -> int:
         self._pid += self.rng.randrange(1, 50)
         return self._pid
 
     # -- storage ------------------------------------------------------------------------------
     def storage_key(self, node: str, storage: str) -> tuple[str, str]:
-        st = self.storages[storage]
-        return ("", storage) if st.shared else (node, storage)
+        st = self.storages.get(storage)
+        return ("", storage) if st is not None and st.shared else (node, storage)
 
     def storage_volumes(self, node: str, storage: str) -> dict[str, Volume]:
         return self.volumes.setdefault(self.storage_key(node, storage), {})
@@ -475,9 +503,7 @@ class Sim:
         st = self.storages.get(storage)
         return st is not None and not st.disable and (not st.nodes or node in st.nodes)
 
-    def alloc_disk(
-        self, node: str, storage: str, vmid: int, size_gib: float, content: str = "rootdir"
-    ) -> str:
+    def alloc_disk(self, node: str, storage: str, vmid: int, size_gib: float, content: str = "rootdir") -> str:
         """Allocate vm-<vmid>-disk-N (subvol- on zfspool); returns the volid."""
         st = self.storages[storage]
         prefix = "subvol" if st.type in ("zfspool",) and content == "rootdir" else "vm"
@@ -573,7 +599,11 @@ class Sim:
                 if more:
                     t.log.extend(more)
             except TaskError as e:
+                t.log.extend(e.lines)
                 err = str(e)
+            except Exception as e:  # a bug in a work function fails its task, not the request that ticked
+                log.exception("task %s failed unexpectedly", t.upid)
+                err = f"pvesim internal error: {e}"
         if err is not None and t.on_error is not None:
             err = t.on_error(err)
         warnings = sum(1 for line in t.log if line.startswith("WARN:"))
@@ -599,23 +629,18 @@ class Sim:
         return [t for t in self._heap if t.id == str(vmid)]
 
     # -- guests -------------------------------------------------------------------------------
-    def guest_usage(self, g: Guest) -> dict[str, Any]:
-        """Current cpu/mem/disk/net/io/uptime (zeros when stopped), with control-API overrides."""
-        node = self.nodes.get(g.node)
+    def consts(self, vmid: int) -> GuestConsts:
+        c = self._consts.get(vmid)
+        if c is None:
+            c = self._consts[vmid] = guest_consts(self.seed, vmid)
+        return c
+
+    def _usage_tuple(self, g: Guest, node: Node | None) -> tuple[Any, ...]:
         if g.status != "running":
-            u: dict[str, Any] = {
-                "cpu": 0,
-                "mem": 0,
-                "disk": 0,
-                "netin": 0,
-                "netout": 0,
-                "diskread": 0,
-                "diskwrite": 0,
-                "uptime": 0,
-            }
+            u: tuple[Any, ...] = (0, 0, 0, 0, 0, 0, 0, 0)
         else:
-            u = guest_usage(
-                self.seed,
+            u = usage_at(
+                self.consts(g.vmid),
                 g.vmid,
                 g.maxmem(),
                 g.maxdisk(),
@@ -624,53 +649,120 @@ class Sim:
                 g.started_at,
             )
         if g.override:
-            for k in ("cpu", "mem", "disk", "netin", "netout", "diskread", "diskwrite", "uptime"):
+            lst = list(u)
+            for i, k in enumerate(USAGE_KEYS):
                 if k in g.override and (g.status == "running" or k == "disk"):
-                    u[k] = g.override[k]
+                    lst[i] = g.override[k]
+            u = tuple(lst)
         return u
 
-    def resource_entry(self, g: Guest) -> dict[str, Any]:
-        """The /cluster/resources entry of a guest (cached per stat interval and guest version)."""
+    def guest_usage(self, g: Guest) -> dict[str, Any]:
+        """Current cpu/mem/disk/net/io/uptime (zeros when stopped), with control-API overrides."""
+        return dict(zip(USAGE_KEYS, self._usage_tuple(g, self.nodes.get(g.node)), strict=True))
+
+    def resource_json(self, g: Guest, bucket: int, now: float | None = None) -> tuple[bytes, float, int]:
+        """The guest's /cluster/resources entry as JSON bytes, plus (cpu x maxcpu, mem) for node totals.
+
+        Cached per stat interval and guest version; the static part is encoded once per version.
+        """
         node = self.nodes.get(g.node)
+        # "online" here means pvestatd has data: node up and (with --status-lag) the guest old enough
         online = node is not None and node.online
-        bucket = int(self.now()) // STAT_INTERVAL
-        key = (bucket, g.version, online)
-        cache = g._res_cache
-        if cache is not None and cache[0] == key:
-            return cache[1]
-        u = self.guest_usage(g)
-        e: dict[str, Any] = {
-            "id": f"{g.type}/{g.vmid}",
-            "type": g.type,
-            "vmid": g.vmid,
-            "node": g.node,
-            "status": g.status if online else "unknown",
-            "name": g.name,
-            "template": int(bool(g.config.get("template"))),
-            "uptime": u["uptime"],
-            "maxcpu": g.cpus(node.maxcpu if node else 1),
-            "cpu": u["cpu"],
-            "maxmem": g.maxmem(),
-            "mem": u["mem"],
-            "maxdisk": g.maxdisk(),
-            "disk": u["disk"],
-            "netin": u["netin"],
-            "netout": u["netout"],
-            "diskread": u["diskread"],
-            "diskwrite": u["diskwrite"],
-        }
-        pool = self.access.pool_of.get(g.vmid)
-        if pool:
-            e["pool"] = pool
-        if g.config.get("lock"):
-            e["lock"] = g.config["lock"]
-        if g.config.get("tags"):
-            e["tags"] = g.config["tags"]
-        ha = self.ha_resources.get(f"ct:{g.vmid}" if g.type == "lxc" else f"vm:{g.vmid}")
-        if ha:
-            e["hastate"] = ha.get("state", "started")
-        g._res_cache = (key, e, None)
-        return e
+        lag = self.opts.status_lag
+        if lag and online and (now if now is not None else self.now()) - g.created_at < lag:
+            online = False
+        fast = g._fast
+        if fast is not None and fast[0] == bucket and fast[1] == g.version and fast[2] == online:
+            return fast[3], fast[4], fast[5]
+        static = g._static
+        if static is None or static[0] != g.version or static[1] != online:
+            head = {
+                "id": f"{g.type}/{g.vmid}",
+                "type": g.type,
+                "vmid": g.vmid,
+                "node": g.node,
+                "status": g.status if online else "unknown",
+                "name": g.name,
+                "template": int(bool(g.config.get("template"))),
+            }
+            tail: dict[str, Any] = {}
+            pool = self.access.pool_of.get(g.vmid)
+            if pool:
+                tail["pool"] = pool
+            if g.config.get("lock"):
+                tail["lock"] = g.config["lock"]
+            if g.config.get("tags"):
+                tail["tags"] = g.config["tags"]
+            ha = self.ha_resources.get(f"ct:{g.vmid}" if g.type == "lxc" else f"vm:{g.vmid}")
+            if ha:
+                tail["hastate"] = ha.get("state", "started")
+            pre = json.dumps(head, separators=(",", ":")).encode()[:-1] + b","
+            post = (b"," + json.dumps(tail, separators=(",", ":")).encode()[1:]) if tail else b"}"
+            cpus = g.cpus(node.maxcpu if node else 1)
+            static = (g.version, online, pre, post, g.maxmem(), g.maxdisk(), cpus)
+            g._static = static
+        _v, _o, pre, post, maxmem, maxdisk, cpus = static
+        u: tuple[Any, ...]
+        if not online:
+            u = (0, 0, 0, 0, 0, 0, 0, 0)
+        elif g.status != "running":
+            u = (0, 0, g.override.get("disk", 0), 0, 0, 0, 0, 0)
+        else:
+            u = usage_at(
+                self.consts(g.vmid),
+                g.vmid,
+                maxmem,
+                maxdisk,
+                cpus,
+                self.now() if now is None else now,
+                g.started_at,
+            )
+            if g.override:
+                lst = list(u)
+                for i, k in enumerate(USAGE_KEYS):
+                    if k in g.override:
+                        lst[i] = g.override[k]
+                u = tuple(lst)
+        cpu, mem, disk, netin, netout, dread, dwrite, up = u
+        body = (
+            pre
+            + (
+                b'"uptime":%d,"maxcpu":%s,"cpu":%s,"maxmem":%d,"mem":%d,"maxdisk":%d,"disk":%d,"netin":%d,'
+                b'"netout":%d,"diskread":%d,"diskwrite":%d'
+                % (
+                    up,
+                    repr(cpus).encode(),
+                    repr(cpu).encode(),
+                    maxmem,
+                    mem,
+                    maxdisk,
+                    disk,
+                    netin,
+                    netout,
+                    dread,
+                    dwrite,
+                )
+            )
+            + post
+        )
+        weight = float(cpu) * float(cpus)
+        g._fast = (bucket, g.version, online, body, weight, int(mem))
+        return body, weight, int(mem)
+
+    def refresh_stats(self) -> int:
+        """Precompute every guest's resource entry for the current stat interval (what pvestatd does
+        every 10 s on a real node, so /cluster/resources reads a warm cache). Returns the interval."""
+        now = self.now()
+        bucket = int(now) // STAT_INTERVAL
+        for g in list(self.guests.values()):
+            self.resource_json(g, bucket, now)
+        return bucket
+
+    def resource_entry(self, g: Guest) -> dict[str, Any]:
+        """The /cluster/resources entry of a guest as a dict."""
+        body, _w, _m = self.resource_json(g, int(self.now()) // STAT_INTERVAL)
+        result: dict[str, Any] = json.loads(body)
+        return result
 
     def guest_status(self, g: Guest, with_ha: bool = True) -> dict[str, Any]:
         """status/current (and the per-node guest list entries)."""
@@ -708,9 +800,7 @@ class Sim:
             sid = f"ct:{g.vmid}" if g.type == "lxc" else f"vm:{g.vmid}"
             ha = self.ha_resources.get(sid)
             d["ha"] = (
-                {"managed": 1, "state": ha.get("state", "started"), "group": ha.get("group")}
-                if ha
-                else {"managed": 0}
+                {"managed": 1, "state": ha.get("state", "started"), "group": ha.get("group")} if ha else {"managed": 0}
             )
             if ha and not ha.get("group"):
                 d["ha"].pop("group")
@@ -730,11 +820,13 @@ class Sim:
         """The /cluster/resources entry of a node; pass the guests' summed cpu/mem if already known."""
         if gcpu is None or gmem is None:
             gcpu, gmem = 0.0, 0
+            now = self.now()
+            bucket = int(now) // STAT_INTERVAL
             for g in self.guests.values():
                 if g.node == n.name and g.status == "running":
-                    e = self.resource_entry(g)
-                    gcpu += float(e["cpu"]) * float(e["maxcpu"]) / n.maxcpu
-                    gmem += int(e["mem"])
+                    _body, weight, mem = self.resource_json(g, bucket, now)
+                    gcpu += weight / n.maxcpu
+                    gmem += mem
         u = node_usage(self.seed, n.index, n.maxmem, n.maxdisk, gcpu, gmem, self.now())
         e2: dict[str, Any] = {
             "id": f"node/{n.name}",
@@ -748,9 +840,7 @@ class Sim:
             "maxdisk": n.maxdisk,
         }
         if n.online:
-            e2.update(
-                {"uptime": int(self.now() - n.boot), "cpu": u["cpu"], "mem": u["mem"], "disk": u["disk"]}
-            )
+            e2.update({"uptime": int(self.now() - n.boot), "cpu": u["cpu"], "mem": u["mem"], "disk": u["disk"]})
         return e2
 
     def storage_entry(self, node: str, st: Storage) -> dict[str, Any]:

@@ -125,9 +125,7 @@ class SimHandle:
             with urllib.request.urlopen(req, context=self._ssl, timeout=30) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as e:
-            raise RuntimeError(
-                f"pvesim control {method} {path} failed: {e.code} {e.read().decode()}"
-            ) from None
+            raise RuntimeError(f"pvesim control {method} {path} failed: {e.code} {e.read().decode()}") from None
 
 
 @contextmanager
@@ -137,7 +135,8 @@ def running(
     """Start pvesim in a thread on a free port; yield a SimHandle; stop it afterwards.
 
     opts are pvesim.state.SimOptions fields: nodes, guests, seed, time_scale, password, token_secret,
-    cluster_name, task_seconds ({"vzcreate": 0.2, ...}), qemu_share, running_share, auth_fail_delay.
+    cluster_name, task_seconds ({"vzcreate": 0.2, ...}), qemu_share, running_share, auth_fail_delay,
+    status_lag.
     """
     from pvesim.persist import load_state
     from pvesim.server import SimServer

@@ -67,9 +67,7 @@ def make_self_signed(directory: Path, hostnames: list[str] | None = None) -> tup
     key_path = directory / "pvesim-key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     key_path.chmod(0o600)
     fp = cert.fingerprint(hashes.SHA256()).hex().upper()

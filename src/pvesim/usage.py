@@ -7,6 +7,7 @@ sim time, the interval pvestatd updates status in PVE, which also lets callers c
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 STAT_INTERVAL = 10  # seconds; pvestatd's update period
 
@@ -21,38 +22,74 @@ def _unit(*parts: int) -> float:
     return (h & 0xFFFFFFFF) / 4294967296.0
 
 
-def _counter(rate: float, age: float, period: float) -> int:
-    # rate*t + rate*period/(4*pi)*sin(...) has derivative rate*(1 + cos/2) > 0: strictly growing.
-    w = 2 * math.pi / period
-    return int(rate * age + rate / (2 * w) * math.sin(w * age))
+@dataclass(frozen=True)
+class GuestConsts:
+    """Per-guest constants of the model (derived from seed and vmid only)."""
+
+    cpu_level: float
+    phase: float
+    period: float
+    mem_frac: float
+    disk_frac: float
+    net_rate: float
+    io_rate: float
+
+
+def guest_consts(seed: int, vmid: int) -> GuestConsts:
+    """The seeded constants for one guest (cache them: they never change)."""
+    return GuestConsts(
+        cpu_level=0.02 + 0.35 * _unit(seed, vmid, 1),
+        phase=_unit(seed, vmid, 2) * 2 * math.pi,
+        period=600 + 3000 * _unit(seed, vmid, 3),
+        mem_frac=0.15 + 0.5 * _unit(seed, vmid, 4),
+        disk_frac=0.1 + 0.5 * _unit(seed, vmid, 5),
+        net_rate=2_000 + 200_000 * _unit(seed, vmid, 6),
+        io_rate=1_000 + 100_000 * _unit(seed, vmid, 7),
+    )
+
+
+def usage_at(
+    c: GuestConsts, vmid: int, maxmem: int, maxdisk: int, cpus: float, now: float, started: float
+) -> tuple[float, int, int, int, int, int, int, int]:
+    """(cpu, mem, disk, netin, netout, diskread, diskwrite, uptime) of a running guest; the hot path."""
+    t = float(int(now) // STAT_INTERVAL * STAT_INTERVAL)
+    age = t - started if t > started else 0.0
+    # counters: rate * (age + sin(w*age)/(2w)) has derivative rate * (1 + cos(w*age)/2) > 0, so they only grow
+    x = math.sin(vmid * 12.9898 + t * 0.0078233) * 43758.5453
+    noise = x - math.floor(x) - 0.5
+    wt = 2 * math.pi * t / c.period + c.phase
+    cpu = c.cpu_level + 0.1 * math.sin(wt) + 0.04 * noise
+    cpu = 0.002 if cpu < 0.002 else (1.0 if cpu > 1.0 else cpu)
+    if cpus > 4:
+        cpu = cpu * 4 / cpus
+    mf = c.mem_frac + 0.05 * math.sin(wt / 2)
+    mf = 0.01 if mf < 0.01 else (0.98 if mf > 0.98 else mf)
+    df = c.disk_frac + age * 1e-9
+    w = 2 * math.pi / c.period
+    wave = math.sin(w * age) / (2 * w)
+    net = c.net_rate * (age + wave)
+    io = c.io_rate * (age + wave)
+    return (
+        round(cpu, 6),
+        int(maxmem * mf),
+        int(maxdisk * (df if df < 0.95 else 0.95)),
+        int(net),
+        int(net * 0.6),
+        int(io),
+        int(io * 0.8),
+        int(age),
+    )
 
 
 def guest_usage(
     seed: int, vmid: int, maxmem: int, maxdisk: int, cpus: float, now: float, started: float
 ) -> dict[str, int | float]:
     """cpu, mem, disk, netin, netout, diskread, diskwrite, uptime for a running guest."""
-    t = float(int(now) // STAT_INTERVAL * STAT_INTERVAL)
-    age = max(0.0, t - started)
-    base = _unit(seed, vmid, 1)
-    phase = _unit(seed, vmid, 2) * 2 * math.pi
-    period = 600 + 3000 * _unit(seed, vmid, 3)
-    noise = _unit(seed, vmid, int(t) // STAT_INTERVAL) - 0.5
-    cpu_level = 0.02 + 0.35 * base
-    cpu = max(0.002, min(1.0, cpu_level + 0.1 * math.sin(2 * math.pi * t / period + phase) + 0.04 * noise))
-    mem_frac = 0.15 + 0.5 * _unit(seed, vmid, 4) + 0.05 * math.sin(2 * math.pi * t / (period * 2) + phase)
-    disk_frac = min(0.95, 0.1 + 0.5 * _unit(seed, vmid, 5) + age * 1e-9)
-    net_rate = 2_000 + 200_000 * _unit(seed, vmid, 6)
-    io_rate = 1_000 + 100_000 * _unit(seed, vmid, 7)
-    return {
-        "cpu": round(cpu * min(cpus, 4) / max(cpus, 1), 6),
-        "mem": int(maxmem * max(0.01, min(0.98, mem_frac))),
-        "disk": int(maxdisk * disk_frac),
-        "netin": _counter(net_rate, age, period),
-        "netout": _counter(net_rate * 0.6, age, period),
-        "diskread": _counter(io_rate, age, period),
-        "diskwrite": _counter(io_rate * 0.8, age, period),
-        "uptime": int(age),
-    }
+    u = usage_at(guest_consts(seed, vmid), vmid, maxmem, maxdisk, cpus, now, started)
+    return dict(zip(USAGE_KEYS, u, strict=True))
+
+
+USAGE_KEYS = ("cpu", "mem", "disk", "netin", "netout", "diskread", "diskwrite", "uptime")
 
 
 def node_usage(

@@ -293,9 +293,7 @@ class PropertyString:
                 continue
             check = self.checkers.get(k)
             if check is None:
-                errors[k] = (
-                    "property is not defined in schema and the schema does not allow additional properties"
-                )
+                errors[k] = "property is not defined in schema and the schema does not allow additional properties"
                 continue
             try:
                 res[k] = check(v)
@@ -390,9 +388,7 @@ class MethodValidator:
                 if self.additional:
                     out[key] = raw
                     continue
-                errors[key] = (
-                    "property is not defined in schema and the schema does not allow additional properties"
-                )
+                errors[key] = "property is not defined in schema and the schema does not allow additional properties"
                 continue
             if isinstance(raw, list) and check.__name__ != "check_array":
                 # Repeated keys for a scalar: PVE joins them with NUL, which then fails the checks.

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pveguard.backup.cli import app
@@ -137,3 +139,53 @@ def test_runs_as_a_process() -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert proc.returncode == 0 and proc.stdout == "2024-01-01T01:00:00Z\n"
+
+
+def test_prune_sim_reads_archive_names_per_guest() -> None:
+    listing = "\n".join([
+        "/var/lib/vz/dump/vzdump-lxc-101-2024_01_01-02_00_00.tar.zst",
+        "vzdump-lxc-101-2024_01_02-02_00_00.tar.zst protected",
+        "vzdump-lxc-101-2024_01_03-02_00_00.tar.zst",
+        "vzdump-lxc-102-2024_01_01-03_00_00.tar.gz",
+    ])  # fmt: skip
+    result = runner.invoke(app, ["prune-sim", "--keep-last", "1"], input=listing, env={"TZ": "UTC"})
+    assert result.exit_code == 0, result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines()] == ["remove", "protected", "keep", "keep"]
+    renamed = runner.invoke(app, ["prune-sim", "--keep-last", "1"], input="vzdump-lxc-101-mine.tar.zst\n")
+    assert renamed.exit_code == 2 and "renamed archive" in renamed.stderr
+
+
+@pytest.mark.parametrize(
+    "after", ["9999-12-31T23:59:59Z", "9999-12-31T23:00:00", "0001-01-01T00:00:00Z", "0001-01-01T00:00:00+05:00"]
+)
+def test_next_runs_at_the_ends_of_time(after: str) -> None:
+    result = runner.invoke(app, ["next-runs", "daily", "--after", after], env={"TZ": "America/New_York"})
+    assert result.exit_code == 0 and "no further runs" in result.stderr
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=st.lists(st.text(max_size=40), max_size=6), keep=st.integers(0, 3))
+def test_prune_sim_never_crashes(lines: list[str], keep: int) -> None:
+    result = runner.invoke(app, ["prune-sim", "--keep-daily", str(keep)], input="\n".join(lines) + "\n")
+    assert result.exit_code in (0, 2), result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+
+
+@pytest.mark.parametrize("stamp", ["9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00", "1800-01-01T00:00:00"])
+def test_prune_sim_rejects_times_out_of_range(stamp: str) -> None:
+    result = runner.invoke(app, ["prune-sim", "--keep-daily", "1"], input=stamp + "\n", env={"TZ": "Europe/Berlin"})
+    assert result.exit_code == 2 and "outside the years" in result.stderr
+
+
+def test_standalone_module_has_every_command() -> None:
+    proc = subprocess.run([sys.executable, "-m", "pveguard.backup.cli", "--help"], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    for command in ("next-runs", "prune-sim", "install-timers", "host-config", "archives"):
+        assert command in proc.stdout
+
+
+def test_install_timers_unwritable_dir_is_clear(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = runner.invoke(app, ["install-timers", "--unit-dir", str(blocker / "x"), "--pveguard", "/bin/true"])
+    assert result.exit_code == 1 and "cannot write systemd units" in result.stderr

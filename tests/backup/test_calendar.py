@@ -340,3 +340,46 @@ def test_no_run_is_missed_or_invented(seed: int, offset: int) -> None:
         if _matches(event, t):
             assert t in runs, (event.source, t)
         t += timedelta(minutes=1)
+
+
+_ALPHABET = "0123456789*/.,:-~ UTCmontuewdhfrisaly\t"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(text=st.one_of(st.text(max_size=40), st.text(alphabet=_ALPHABET, max_size=30)))
+def test_any_text_parses_or_is_a_clear_calendar_error(text: str) -> None:
+    """No input makes the parser crash: it returns an event or raises CalendarError with a hint."""
+    try:
+        event = parse(text)
+    except CalendarError as exc:
+        assert exc.message.startswith("invalid calendar event") and exc.hint
+        return
+    next_runs(event, datetime(2024, 1, 1, tzinfo=UTC), 2)
+
+
+@needs_systemd
+def test_generated_expressions_in_local_time_agree_with_systemd() -> None:
+    """The generator's expressions without the UTC suffix, read in Europe/Berlin (DST) by both
+    sides (systemd gets the spelling with repetitions written out): 250 expressions, half the base
+    times near the spring and autumn switches of a random year."""
+    berlin = ZoneInfo("Europe/Berlin")
+    rng = random.Random(4242)
+    compared = 0
+    for i in range(250):
+        g = generate(rng)
+        if g.systemd is None or g.systemd_expanded is None:
+            continue
+        pve, sd = g.pve.removesuffix(" UTC"), g.systemd_expanded.removesuffix(" UTC")
+        if i % 2:
+            year = rng.randint(2000, 2090)
+            switch = datetime(year, rng.choice([3, 10]), 25, tzinfo=berlin)
+            base = switch + timedelta(seconds=rng.randrange(8 * 86400))
+        else:
+            base = datetime(2000, 1, 1, tzinfo=UTC) + timedelta(seconds=rng.randrange(90 * 365 * DAY))
+        expected = systemd_next(sd, base, 5, tz="Europe/Berlin")
+        if expected is None:
+            continue
+        assert next_runs(parse(pve), base, 5, zone=berlin) == expected, (pve, sd, base)
+        compared += 1
+    print(f"local-time expressions compared: {compared}")
+    assert compared >= 150, compared

@@ -269,3 +269,22 @@ def test_dst_fall_back_hour_is_one_period() -> None:
     assert mark_archives([first, second], KeepPolicy(hourly=5), zone=BERLIN) == [Mark.REMOVE, Mark.KEEP]
     assert datetime.fromtimestamp(second, BERLIN).hour == 2
     assert (datetime.fromtimestamp(first, BERLIN) + timedelta(0)).hour == 2
+
+
+@pytest.mark.parametrize(
+    ("span", "policy"),
+    [
+        (timedelta(days=7), KeepPolicy(daily=7)),
+        (timedelta(days=30), KeepPolicy(daily=30)),
+        (timedelta(hours=36), KeepPolicy(daily=2)),
+        (timedelta(hours=12), KeepPolicy(hourly=12)),
+        (timedelta(minutes=90), KeepPolicy(hourly=2)),
+    ],
+)
+def test_policy_for_duration(span: timedelta, policy: KeepPolicy) -> None:
+    assert KeepPolicy.for_duration(span) == policy
+
+
+def test_policy_for_duration_rejects_zero() -> None:
+    with pytest.raises(RetentionError, match="positive"):
+        KeepPolicy.for_duration(timedelta(0))

@@ -38,6 +38,7 @@ def rootfs_tarball(include: list[str] | tuple[str, ...] = (), variant: str = "mi
         if target.exists():
             return target
         build = Path(tempfile.mkdtemp(prefix="debootstrap-", dir=CACHE))
+        build.chmod(0o755)  # mkdtemp's 0700 would become the root directory's mode
         try:
             argv = ["debootstrap", f"--variant={variant}"]
             if include:
@@ -64,6 +65,9 @@ def extract(tarball: Path, dest: Path) -> Path:
     """Unpack a cached root into `dest` (which must be empty or absent)."""
     dest.mkdir(parents=True, exist_ok=True)
     subprocess.run(["tar", "--numeric-owner", "--xattrs", "-C", str(dest), "-xf", str(tarball)], check=True)
+    # Tarballs cached before the fix above carry a 0700 root; services running as their own user
+    # could not even reach their files.
+    dest.chmod(0o755)
     return dest
 
 

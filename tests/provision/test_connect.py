@@ -130,6 +130,8 @@ def test_pve_params_booleans_as_01(values: dict[str, object], expected: dict[str
     (ResourceException(500, "Internal Server Error", "boom"), True),
     (ResourceException(595, "Errors during connection establishment", "No route to host"), True),
     (ResourceException(400, "Bad Request", "Parameter verification failed."), False),
+    (ResourceException(500, "Internal Server Error",
+                       "detected modified configuration - file changed by other user? Try again."), False),
     (ResourceException(403, "Forbidden", "Permission check failed"), False),
     (ValueError("x"), False),
 ])

@@ -273,3 +273,25 @@ def test_update_params_deletes_unset_optional_keys() -> None:
     got = update_params([FieldChange("features", "nesting=1", "", False), FieldChange("startup", "order=1", "", True)],
                         {})
     assert got == ({}, ["features", "startup"])
+
+
+def test_guest_still_being_created_is_resumed_not_diffed() -> None:
+    obs = converged()
+    del obs.configs[100]["rootfs"]
+    obs.configs[100]["lock"] = "create"
+    desired = desired_state(STRATEGY)
+    desired[0].packages = ["curl"]
+    a = plan(desired, obs).actions[0]
+    assert (a.kind, a.changes, a.resume) == ("resume", [], ["wait", "start", "packages"])
+
+
+def test_unreadable_tagged_guest_blocks_its_name_only() -> None:
+    obs = converged()
+    obs = Observed([*obs.guests, guest("old", 150)], {k: v for k, v in obs.configs.items() if k != 101},
+                   {101: "node unreachable [HTTP 595]", 150: "node unreachable [HTTP 595]"})
+    p = plan(DESIRED, obs, prune=True)
+    kinds = {a.name: a.kind for a in p.actions}
+    assert kinds == {"pve-monitoring": "unchanged", "pve-backup-manager": "conflict", "pve-dev-tools": "unchanged",
+                     "pve-api-gateway": "unchanged", "old": "unchanged"}
+    assert "cannot be read (node unreachable [HTTP 595])" in p.actions[0].notes[0]
+    assert not p.of("create") and not p.of("delete")

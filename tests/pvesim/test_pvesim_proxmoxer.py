@@ -51,7 +51,7 @@ def test_full_lxc_lifecycle(pvesim: SimHandle, auth: str) -> None:
     # running CT: memory hot-plugs, hostname is fast-plug, ostype goes pending
     node.lxc(vmid).config.put(memory=1024, digest=cfg["digest"], ostype="ubuntu")
     pending = {e["key"]: e for e in node.lxc(vmid).pending.get()}
-    assert pending["ostype"]["pending"] == "ubuntu" and pending["memory"]["value"] == 1024
+    assert pending["ostype"]["pending"] == "ubuntu" and pending["memory"]["value"] == "1024"
     with pytest.raises(ResourceException) as ei:
         node.lxc(vmid).config.put(memory=2048, digest=cfg["digest"])
     assert ei.value.status_code == 500
@@ -71,3 +71,19 @@ def test_full_lxc_lifecycle(pvesim: SimHandle, auth: str) -> None:
 
     assert _wait(px, px.nodes("pve2").lxc(vmid).delete(purge=1))["exitstatus"] == "OK"
     assert all(r.get("vmid") != vmid for r in px.cluster.resources.get(type="vm"))
+
+
+def test_removed_mount_point_becomes_unused(pvesim: SimHandle) -> None:
+    px = pvesim.proxmoxer()
+    node = px.nodes("pve1")
+    upid = node.lxc.post(vmid=300, ostemplate=TEMPLATE, rootfs="local-lvm:4", mp0="local-lvm:2,mp=/data")
+    _wait(px, upid)
+    cfg = node.lxc(300).config.get()
+    assert cfg["mp0"] == "local-lvm:vm-300-disk-1,mp=/data,size=2G"
+    node.lxc(300).config.put(delete="mp0")
+    cfg = node.lxc(300).config.get()
+    assert "mp0" not in cfg and cfg["unused0"] == "local-lvm:vm-300-disk-1"
+    vols = {v["volid"] for v in node.storage("local-lvm").content.get(vmid=300)}
+    assert vols == {"local-lvm:vm-300-disk-0", "local-lvm:vm-300-disk-1"}
+    node.lxc(300).config.put(delete="unused0")
+    assert {v["volid"] for v in node.storage("local-lvm").content.get(vmid=300)} == {"local-lvm:vm-300-disk-0"}

@@ -62,6 +62,14 @@ def proxmox_settings(strategy: Strategy, env: Mapping[str, str]) -> Any:
         ssh_user=t.ssh_user, task_timeout=t.task_timeout.total_seconds(),
     )
     s.mode = "https" if s.host else "local"
+    # tuning for slow or flaky clusters (and fast tests); not secrets, not in the strategy
+    for var, attr in (("PVEGUARD_PVE_RETRY_WAIT", "retry_wait"), ("PVEGUARD_PVE_POLL_INTERVAL", "poll_interval"),
+                      ("PVEGUARD_PVE_HTTP_TIMEOUT", "http_timeout")):
+        if env.get(var):
+            try:
+                setattr(s, attr, float(env[var]))
+            except ValueError:
+                raise ConfigError(f"{var} must be a number of seconds, not {env[var]!r}") from None
     token = env.get("PVEGUARD_PVE_TOKEN")
     if token:
         m = _TOKEN_RE.match(token.strip())

@@ -7,6 +7,7 @@ policy and retries for non-idempotent steps live above them, once.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -134,8 +135,11 @@ class Backend(abc.ABC):
         """The guest's configuration in PVE's key/value form (cores, memory, swap, net0, rootfs...)."""
 
     @abc.abstractmethod
-    def create(self, spec: GuestSpec, progress: Any = None) -> Guest:
-        """Create (not start) a guest; idempotency is the caller's job (it checks the listing first)."""
+    def create(self, spec: GuestSpec, progress: Callable[[str], None] | None = None) -> Guest:
+        """Create (not start) a guest carrying spec.tags and spec.description from its first moment.
+
+        The caller checks the listing first; `progress` receives one-line status messages.
+        """
 
     @abc.abstractmethod
     def update(self, guest: Guest, changes: dict[str, Any], delete: list[str] | None = None) -> list[str]:
@@ -167,6 +171,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> list[GuestStats]:
         """Usage of every guest in one sweep (never one call per guest)."""
+
+    def wait_unlocked(self, guest: Guest, what: str, progress: Any = None, timeout: float = 900) -> dict[str, Any]:
+        """Wait while another operation holds the guest's lock (e.g. a create that outlived the run that
+        started it); return the config. Backends without locks simply return the config."""
+        return self.get_config(guest)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -106,10 +106,15 @@ def _read_text(path: Path) -> str:
 
 def detect_facts(subuid: Path = Path("/etc/subuid"), subgid: Path = Path("/etc/subgid")) -> HostFacts:
     """Detect the cgroup layout, id ranges for unprivileged containers, AppArmor, lxcfs, 8021q."""
+    uids, gids = parse_subid(_read_text(subuid)), parse_subid(_read_text(subgid))
+    if (uids is None or gids is None) and shutil.which("newuidmap") is None:
+        # Without shadow's newuidmap nobody hands out subordinate ids, and LXC lets root map any
+        # range; take PVE's default one.
+        uids = gids = IdRange(100000, 65536)
     return HostFacts(
         layout=cgroups.detect_layout(),
-        uid_range=parse_subid(_read_text(subuid)),
-        gid_range=parse_subid(_read_text(subgid)),
+        uid_range=uids,
+        gid_range=gids,
         apparmor=_read_text(Path("/sys/module/apparmor/parameters/enabled")).strip() == "Y",
         lxcfs=(LXCFS_DIR / "proc/meminfo").exists(),
         vlan_module=Path("/proc/net/vlan").exists(),
@@ -263,6 +268,10 @@ def render_lxc_config(vmid: int, conf: dict[str, Any], facts: HostFacts, *, imag
         lines.append(f"lxc.net.0.hwaddr = {net0['hwaddr']}")
     if net.vlan_id is not None:
         lines.append(f"lxc.net.0.veth.vlan.id = {net.vlan_id}")
+    if net.mode == "bridge_per_vlan":
+        # The per-VLAN bridge does not survive a reboot; this makes lxc-start / lxc-autostart
+        # (onboot) recreate it even when pveguard is not the one starting the container.
+        lines.append(f"lxc.hook.pre-start = {lxc_net.ensure_bridge_command(net0['bridge'], int(net0['tag']))}")
     lines.append(f"lxc.start.auto = {1 if int(conf.get('onboot', 0)) else 0}")
     startup = dict(p.partition("=")[::2] for p in str(conf.get("startup", "")).split(",") if "=" in p)
     if startup.get("order", "").isdigit():
@@ -446,7 +455,7 @@ class LxcBackend(Backend):
             notes.append("no swap accounting (memory.memsw.*): swap limits are recorded, not enforced")
         if f.unprivileged_ok:
             assert f.uid_range is not None
-            notes.append(f"unprivileged containers map root to uid {f.uid_range.start} (from /etc/subuid)")
+            notes.append(f"unprivileged containers map root to uid {f.uid_range.start}")
         else:
             notes.append("unprivileged containers are not available: /etc/subuid and /etc/subgid grant root no "
                          "range of 65536 ids, and LXC refuses id maps without one when newuidmap is "
@@ -476,6 +485,8 @@ class LxcBackend(Backend):
         guests = []
         for vmid in self._vmids():
             meta = self._read_meta(vmid) or {}
+            if _stale_create(meta):
+                continue  # a create that died half-way: not a guest; the next create clears it
             conf = meta.get("config", {})
             state, _ = states.get(str(vmid), ("STOPPED", None))
             name = conf.get("hostname") or _uts_name(self._dir(vmid) / "config") or str(vmid)
@@ -498,6 +509,24 @@ class LxcBackend(Backend):
         if meta.get("lock"):
             conf["lock"] = meta["lock"]
         return conf
+
+    def wait_unlocked(self, guest: Guest, what: str, progress: Any = None, timeout: float = 900
+                      ) -> dict[str, Any]:
+        """Wait while another process is still creating the container (its `lock: create`)."""
+        start = time.monotonic()
+        while True:
+            meta = self._meta(guest.vmid)
+            if not meta.get("lock"):
+                return self.get_config(guest)
+            if _stale_create(meta):
+                raise BackendError(f"{what}: the creation of CT {guest.vmid} was interrupted",
+                                   hint="run the command again: the next create clears the leftovers")
+            if time.monotonic() - start > timeout:
+                raise BackendError(f"{what}: CT {guest.vmid} is still locked ({meta['lock']}) after {timeout:.0f}s",
+                                   hint="another pveguard process is creating it; wait for it, then run again")
+            if callable(progress):
+                progress(f"{what}: CT {guest.vmid} is locked ({meta['lock']}), waiting")
+            time.sleep(1)
 
     def next_vmid(self) -> int:
         """The lowest VMID >= 100 without a container, a disk or a host veth of that number."""
@@ -523,9 +552,16 @@ class LxcBackend(Backend):
                                f"VLAN-aware", hint="set vlan_mode: auto (one bridge per VLAN) or enable "
                                                    "vlan_filtering on the bridge")
         self.lxcpath.mkdir(parents=True, exist_ok=True)
-        vmid = self._claim_vmid(spec.vmid)
+        self._clear_stale_creates()
         unpriv = spec.unprivileged and facts.unprivileged_ok
-        meta: dict[str, Any] = {"version": 1, "lock": "create", "template": spec.template,
+        if unpriv:
+            closed = [p for p in (self.lxcpath, *self.lxcpath.parents) if not p.stat().st_mode & 0o001]
+            if closed:
+                raise BackendError(f"unprivileged containers cannot reach {self.lxcpath}: {closed[0]} is not "
+                                   f"searchable by other users", hint=f"chmod o+x {closed[0]}, or move lxcpath")
+        vmid = self._claim_vmid(spec.vmid)
+        meta: dict[str, Any] = {"version": 1, "lock": "create", "creator": _process_id(os.getpid()),
+                                "template": spec.template,
                                 "config": pve_config(spec, vmid, unpriv, spec.net.hwaddr or lxc_net.random_hwaddr())}
         try:
             self._write_meta(vmid, meta)
@@ -544,6 +580,13 @@ class LxcBackend(Backend):
         g.name, g.status, g.managed, g.tags = spec.name, "stopped", True, meta["config"]["tags"].split(";")
         g.maxmem, g.maxdisk, g.cpus = spec.memory_mib * MIB, spec.disk_gib * GIB, float(spec.cores)
         return g
+
+    def _clear_stale_creates(self) -> None:
+        """Remove what creates killed half-way left behind (their process is gone), freeing the VMIDs."""
+        for vmid in self._vmids():
+            meta = self._read_meta(vmid)
+            if meta is not None and _stale_create(meta):
+                self._remove_files(vmid)
 
     def _claim_vmid(self, wanted: int | None) -> int:
         """Reserve a VMID by creating its directory (atomic, so parallel creates never share one)."""
@@ -574,14 +617,23 @@ class LxcBackend(Backend):
             owner = ["-E", f"root_owner={uid}:{gid}"]
         self._run(["mkfs.ext4", "-q", "-F", *owner, str(image)], what=f"format the root disk of {vmid}")
         with self._mounted(vmid) as root:
-            argv = ["tar", "--numeric-owner", "--xattrs", "-xpf", str(tarball), "-C", str(root)]
+            # The tarball arrives on stdin and tar works in its cwd, so an id-mapped tar needs no
+            # access to the host paths above the mount (a 0700 /tmp/... or /var/cache/...).
+            argv = ["tar", "--numeric-owner", "--xattrs", "-xp", *_decompress_flag(tarball), "-f", "-", "-C", "."]
             if unpriv:
                 # As PVE: unpack inside the container's id map, so files belong to the mapped ids.
                 fu, fg = self.facts.uid_range, self.facts.gid_range
                 assert fu is not None and fg is not None
                 argv = ["lxc-usernsexec", "-m", f"u:0:{fu.start}:{fu.count}", "-m", f"g:0:{fg.start}:{fg.count}",
                         "--", *argv, "--exclude=./dev/*"]
-            self._run(argv, what=f"unpack the template into {vmid}'s root disk", timeout=900)
+            with open(tarball, "rb") as src:
+                try:
+                    proc = subprocess.run(argv, stdin=src, cwd=root, capture_output=True, timeout=900, check=False)
+                except subprocess.TimeoutExpired:
+                    raise BackendError(f"unpacking the template into {vmid}'s root disk took over 900s") from None
+            if proc.returncode != 0:
+                raise BackendError(f"unpacking the template into {vmid}'s root disk failed: "
+                                   f"{proc.stderr.decode(errors='replace').strip()[-2000:]}")
 
     def _ids(self) -> tuple[int, int]:
         f = self.facts
@@ -650,16 +702,32 @@ class LxcBackend(Backend):
         proc = self._run(["lxc-start", "-P", str(self.lxcpath), "-n", str(vmid), "-o", str(log), "-l", "ERROR"],
                          what=f"start container {vmid}", check=False)
         if proc.returncode != 0:
-            detail = _read_text(log).strip().splitlines()[-5:]
+            # LXC logs the cause first and a cascade of "failed to start" after it.
+            detail = [line.split(" - ", 1)[-1] for line in _read_text(log).strip().splitlines()][:6]
             raise BackendError(f"container {vmid} failed to start:\n  " + "\n  ".join(detail or [
                 proc.stderr.decode(errors="replace").strip()]),
                 hint=f"run 'lxc-start -P {self.lxcpath} -n {vmid} -F' to see the full boot")
         self._run(["lxc-wait", "-P", str(self.lxcpath), "-n", str(vmid), "-s", "RUNNING", "-t", "30"],
                   what=f"wait for container {vmid} to run")
-        # Wait until systemd inside has finished booting, so exec right after start sees networking up.
-        self._run(["lxc-attach", "-P", str(self.lxcpath), "-n", str(vmid), "--clear-env", "--set-var",
-                   f"PATH={PATH}", "--", "systemctl", "is-system-running", "--wait"],
-                  what=f"wait for {vmid} to boot", timeout=120, check=False)
+        self._wait_booted(vmid)
+
+    def _wait_booted(self, vmid: int, timeout: float = 90) -> None:
+        """Wait until systemd inside has finished booting, so exec right after start sees the network up.
+
+        `is-system-running --wait` can return `starting` (or fail) while PID 1 is still setting up its
+        bus, so it is asked again until it reports a settled state. A template without systemd
+        (exit 127) or a timeout is not an error: the container runs, it is just still booting.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self._run(["lxc-attach", "-P", str(self.lxcpath), "-n", str(vmid), "--clear-env", "--set-var",
+                              f"PATH={PATH}", "--", "systemctl", "is-system-running", "--wait"],
+                             what=f"wait for {vmid} to boot", timeout=max(1.0, deadline - time.monotonic()),
+                             check=False)
+            state = proc.stdout.decode(errors="replace").strip()
+            if proc.returncode == 127 or state in ("running", "degraded", "maintenance", "stopping"):
+                return
+            time.sleep(0.2)
 
     def stop(self, guest: Guest) -> None:
         self._meta(guest.vmid)
@@ -715,6 +783,11 @@ class LxcBackend(Backend):
                 raise ConfigError(f"cannot delete {key!r} from container {vmid}",
                                   hint=f"deletable keys: {', '.join(sorted(defaults))}")
             new.pop(key, None)
+        changes = dict(changes)
+        digest = changes.pop("digest", None)
+        if digest is not None and digest != self.get_config(guest)["digest"]:
+            raise BackendError(f"the configuration of container {vmid} changed since it was read",
+                               hint="read it again (plan again) and retry")
         for key, value in changes.items():
             new[key] = _checked_value(key, value, old)
         for key in ("cpulimit", "onboot", "features", "startup", "tags"):
@@ -830,7 +903,8 @@ class LxcBackend(Backend):
             cores = float(conf.get("cores", 0) or len(self.facts.cpus))
             cpulimit = float(conf.get("cpulimit", 0) or 0)
             cpus = min(cores, cpulimit) if cpulimit else cores
-            s = GuestStats(vmid=vmid, name=str(conf.get("hostname", vmid)), node=self.node, status=_state(state),
+            name = conf.get("hostname") or _uts_name(self._dir(vmid) / "config") or str(vmid)
+            s = GuestStats(vmid=vmid, name=name, node=self.node, status=_state(state),
                            cpus=cpus, maxmem=int(conf.get("memory", 0)) * MIB,
                            maxdisk=rootfs_size_gib(conf["rootfs"]) * GIB if conf.get("rootfs") else 0)
             if s.status == "running" and pid is not None:
@@ -875,6 +949,29 @@ def _write_cpuset_tree(path: Path | None, value: str) -> None:
         (d / "cpuset.cpus").write_text(union)
     for d in reversed(levels):
         (d / "cpuset.cpus").write_text(value)
+
+
+def _process_id(pid: int) -> list[int]:
+    """(pid, start time in ticks): names a process without mistaking a later one with the same pid."""
+    fields = _read_text(Path(f"/proc/{pid}/stat")).rsplit(")", 1)[-1].split()
+    return [pid, int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else 0]
+
+
+def _stale_create(meta: dict[str, Any]) -> bool:
+    """True for a create whose process is gone (killed or crashed before it finished)."""
+    if meta.get("lock") != "create":
+        return False
+    creator = meta.get("creator")
+    if not isinstance(creator, list) or len(creator) != 2:
+        return False
+    return _process_id(int(creator[0])) != [int(creator[0]), int(creator[1])]
+
+
+def _decompress_flag(tarball: Path) -> list[str]:
+    for suffix, flag in ((".zst", "--zstd"), (".gz", "--gzip"), (".xz", "--xz")):
+        if tarball.name.endswith(suffix):
+            return [flag]
+    return []
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -941,6 +1038,7 @@ def _validate_spec(spec: GuestSpec) -> None:
         raise ConfigError(f"feature(s) {', '.join(sorted(unknown))} are not supported by the LXC backend",
                           hint=f"supported: {', '.join(sorted(SUPPORTED_FEATURES))}")
     lxc_net.validate_ip(spec.net.ip, spec.net.gateway)
+    lxc_net.validate_bridge(spec.net.bridge)
     if spec.net.vlan is not None and not 1 <= spec.net.vlan <= 4094:
         raise ConfigError(f"VLAN tag {spec.net.vlan} is outside 1..4094")
 
@@ -974,6 +1072,9 @@ def _checked_value(key: str, value: Any, old: dict[str, Any]) -> Any:
         net = lxc_net.parse_net0(str(value))
         if not net.get("bridge"):
             raise ConfigError(f"net0 {value!r} has no bridge=")
+        lxc_net.validate_bridge(net["bridge"])
+        if net.get("tag") and not (net["tag"].isdigit() and 1 <= int(net["tag"]) <= 4094):
+            raise ConfigError(f"net0 tag {net['tag']!r} is not a VLAN id (1..4094)")
         lxc_net.validate_ip(net.get("ip", "dhcp"), net.get("gw"))
         oldnet = lxc_net.parse_net0(str(old.get("net0", "")))
         for keep in ("name", "hwaddr", "type"):  # PVE keeps what the caller left out
@@ -981,8 +1082,12 @@ def _checked_value(key: str, value: Any, old: dict[str, Any]) -> Any:
                 net[keep] = oldnet[keep]
         return lxc_net.format_net0(net)
     if key == "rootfs":
-        rootfs_size_gib(str(value))
-        return str(value)
+        text = str(value).strip()
+        if "," not in text and ":" not in text:  # just a size ("20G"), as the planner sends it
+            volume = str(old.get("rootfs", "")).split(",", 1)[0]
+            text = f"{volume},size={text}"
+        rootfs_size_gib(text)
+        return text
     if key == "features":
         feats = parse_features(str(value))
         bad = {k for k, v in feats.items() if v} - SUPPORTED_FEATURES

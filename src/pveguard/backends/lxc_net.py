@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 import secrets
 import subprocess
 from pathlib import Path
@@ -101,6 +102,16 @@ def validate_ip(ip: str, gateway: str | None) -> None:
                                   hint="use a gateway in the container's subnet, or none")
 
 
+BRIDGE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$")
+
+
+def validate_bridge(name: str) -> None:
+    """Refuse a bridge name Linux would not accept (it also ends up in a shell hook)."""
+    if not BRIDGE_RE.match(name):
+        raise ConfigError(f"{name!r} is not a valid bridge name",
+                          hint="use up to 15 letters, digits, '.', '_' or '-', like vmbr0")
+
+
 def render_interfaces(ip: str, gateway: str | None, name: str = "eth0") -> str:
     """/etc/network/interfaces for the container (ifupdown), as PVE writes it."""
     lines = ["# written by pveguard from net0; changes here are overwritten", "auto lo",
@@ -181,6 +192,18 @@ def ensure_vlan_bridge(bridge: str, tag: int) -> str:
                            hint=f"rename or remove the interface {name}")
     _ip("link", "set", "dev", name, "up")
     return name
+
+
+def ensure_bridge_command(bridge: str, tag: int) -> str:
+    """A shell command (for `lxc.hook.pre-start`) that does what ensure_vlan_bridge does.
+
+    LXC runs hooks through the shell and appends the container name and hook type as arguments;
+    `sh -c '...'` takes those as $0.. and ignores them.
+    """
+    name = vlan_bridge_name(bridge, tag)
+    script = (f"[ -d /sys/class/net/{name} ] || {{ ip link add {name} type bridge && "
+              f"ip link set dev {name} alias \"{BRIDGE_ALIAS} {bridge} tag {tag}\"; }}; ip link set dev {name} up")
+    return f"/bin/sh -c '{script}'"
 
 
 def remove_vlan_bridge_if_unused(name: str) -> bool:

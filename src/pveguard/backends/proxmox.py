@@ -120,7 +120,8 @@ def pve_params(values: dict[str, Any]) -> dict[str, Any]:
 def is_retryable(exc: BaseException) -> bool:
     """Server errors, proxy pseudo-codes (595 node unreachable...) and transport timeouts."""
     if isinstance(exc, ResourceException):
-        return exc.status_code in _RETRY_STATUS
+        # a digest mismatch stays one however often it is repeated
+        return exc.status_code in _RETRY_STATUS and "detected modified configuration" not in str(exc.content)
     return isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout
                       | subprocess.TimeoutExpired)
 
@@ -134,18 +135,32 @@ def pve_message(exc: BaseException) -> str:
         if lines and lines[0][:3].isdigit() and lines[0][3:4] == " ":
             lines[0] = lines[0][4:]
         text = "; ".join(lines) or str(exc.status_message or "")
-        errors = exc.errors if isinstance(exc.errors, dict) else None
-        if errors:
-            text += " (" + "; ".join(f"{k}: {str(v).strip()}" for k, v in sorted(errors.items())) + ")"
+        errors = exc.errors if isinstance(exc.errors, dict) else {}
+        # proxmoxer puts the raw body under "errors" when it is not JSON (e.g. the empty 401 body)
+        shown = {k: v for k, v in errors.items() if isinstance(v, str) and v.strip() and k != "errors"}
+        if shown:
+            text += " (" + "; ".join(f"{k}: {v.strip()}" for k, v in sorted(shown.items())) + ")"
         return f"{text} [HTTP {exc.status_code}]"
     if isinstance(exc, requests.exceptions.Timeout | subprocess.TimeoutExpired):
         return "no answer in time (timeout)"
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "the server's TLS certificate is not trusted"
     if isinstance(exc, requests.exceptions.ConnectionError):
+        reason = str(exc)
+        for known in ("Connection refused", "No route to host", "Name or service not known",
+                      "Network is unreachable", "timed out"):
+            if known in reason:
+                return f"connection failed ({known})"
         return "connection failed"
     return str(exc)
 
 
 def _hint_for(exc: BaseException) -> str | None:
+    if isinstance(exc, requests.exceptions.SSLError):
+        return ("install the PVE CA certificate, or set PVEGUARD_PVE_VERIFY_SSL=0 "
+                "(target.proxmox.verify_ssl: false) on a trusted network")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return "check PVEGUARD_PVE_HOST (host[:port], default port 8006) and that pveproxy runs there"
     if isinstance(exc, ResourceException):
         if exc.status_code == 401:
             return "the credentials were refused; check PVEGUARD_PVE_TOKEN / PVEGUARD_PVE_USER"
@@ -169,13 +184,22 @@ def _tags(raw: Any) -> list[str]:
     return sorted({t for t in str(raw or "").replace(",", ";").replace(" ", ";").split(";") if t})
 
 
+class PveCallError(BackendError):
+    """A failed API call: PVE's message, plus what the retry logic needs to know about it."""
+
+    def __init__(self, message: str, hint: str | None = None, *, status: int | None = None,
+                 retryable: bool = False) -> None:
+        super().__init__(message, hint)
+        self.status = status
+        self.retryable = retryable
+
+
 @dataclass
 class NodeInfo:
     name: str
     online: bool
     maxmem: int
     mem: int
-    ip: str | None = None
 
 
 def choose_node(nodes: list[NodeInfo], placed: dict[str, int]) -> str | None:
@@ -202,7 +226,7 @@ class ProxmoxBackend(Backend):
         self._placed: dict[str, int] = {}
         self._templates: dict[tuple[str, str], str] = {}
         self._node_ips: dict[str, str] | None = None
-        self.calls = 0
+        self._local_name: str | None = None
 
     def __repr__(self) -> str:
         return f"ProxmoxBackend({self.settings.describe()})"
@@ -210,7 +234,6 @@ class ProxmoxBackend(Backend):
     # --- calling the API ----------------------------------------------------------------------
 
     def _raw(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
-        self.calls += 1
         res = self.api(path.strip("/"))
         fn = {"GET": res.get, "POST": res.post, "PUT": res.put, "DELETE": res.delete}[method]
         return fn(**pve_params(params or {}))
@@ -236,44 +259,48 @@ class ProxmoxBackend(Backend):
             raise self._error(exc, what or f"{method} {path}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _error(self, exc: BaseException, what: str) -> BackendError:
-        msg = f"{what} failed: {pve_message(exc)}"
-        err = BackendError(msg, hint=_hint_for(exc))
-        err.__cause__ = None
-        err.retryable = is_retryable(exc)  # type: ignore[attr-defined]
-        err.status = getattr(exc, "status_code", None)  # type: ignore[attr-defined]
-        return err
+    def _error(self, exc: BaseException, what: str) -> PveCallError:
+        where = f" at {self.settings.host}" if isinstance(exc, requests.exceptions.RequestException) else ""
+        return PveCallError(f"{what} failed{where}: {pve_message(exc)}", hint=_hint_for(exc),
+                            status=getattr(exc, "status_code", None), retryable=is_retryable(exc))
 
     def wait_task(self, upid: str, what: str, progress: Progress | None = None,
                   timeout: float | None = None) -> None:
-        """Wait for a PVE task; raise BackendError with the task's own error on failure or timeout."""
+        """Wait for a PVE task; raise BackendError with the task's own error on failure or timeout.
+
+        Polls like proxmoxer's Tasks.blocking_status, but starts fast and slows down (most tasks take
+        a second), reports progress, survives a transient 5xx/595 while polling, and does not sleep
+        once more after the task stopped.
+        """
         timeout = self.settings.task_timeout if timeout is None else timeout
         try:
             node = Tasks.decode_upid(upid)["node"]
         except AssertionError:
             raise BackendError(f"{what}: PVE returned {upid!r} where a task id (UPID) was expected") from None
         start = time.monotonic()
-        chunk = max(self.settings.poll_interval * 5, 2.0)
-        status: dict[str, Any] | None = None
+        interval = min(0.1, self.settings.poll_interval)
+        last_report = start
+        path = f"/nodes/{node}/tasks/{upid}/status"
         while True:
-            left = timeout - (time.monotonic() - start)
-            if left <= 0:
+            try:
+                status = self._raw("GET", path)
+            except (ResourceException, requests.exceptions.RequestException) as exc:
+                if not is_retryable(exc):
+                    raise self._error(exc, f"{what}: reading the task status") from None
+                status = {"status": "unknown"}
+            if status.get("status") == "stopped":
+                break
+            elapsed = time.monotonic() - start
+            if elapsed >= timeout:
                 raise BackendError(
                     f"{what}: task {upid} did not finish within {timeout:.0f}s",
                     hint="it may still be running on the node; look at the task log in PVE, then run the "
                          "command again (it picks up where this one stopped)")
-            try:
-                self.calls += 1
-                status = Tasks.blocking_status(self.api, upid, timeout=min(chunk, left),
-                                               polling_interval=self.settings.poll_interval)
-            except ResourceException as exc:
-                if not is_retryable(exc):
-                    raise self._error(exc, f"{what}: reading task status") from None
-                status = None
-            if status is not None:
-                break
-            if progress:
-                progress(f"{what}: running on {node} ({time.monotonic() - start:.0f}s)")
+            if progress and time.monotonic() - last_report >= 5:
+                progress(f"{what}: running on {node} ({elapsed:.0f}s)")
+                last_report = time.monotonic()
+            time.sleep(min(interval, max(0.0, timeout - elapsed)))
+            interval = min(interval * 1.5, self.settings.poll_interval)
         exitstatus = str(status.get("exitstatus", ""))
         if exitstatus != "OK" and not exitstatus.startswith("WARNINGS"):
             raise BackendError(f"{what} failed on node {node}: {exitstatus or 'unknown task error'}",
@@ -404,6 +431,9 @@ class ProxmoxBackend(Backend):
             "startup": startup or None, "tags": ";".join(spec.tags), "description": spec.description,
         })
 
+    def _nextid(self) -> int:
+        return _int(self.call("GET", "/cluster/nextid", what="asking PVE for a free VMID"))
+
     def find_created(self, node: str, vmid: int, name: str) -> str:
         """After a failed create: 'ours' when the guest exists as we asked, 'taken' by another, or 'absent'."""
         for g in self.list_guests():
@@ -439,8 +469,11 @@ class ProxmoxBackend(Backend):
         ostemplate = self.ensure_template(node, spec.template, progress)
         what = f"creating {spec.name}"
         last: BackendError | None = None
+        # The VMID doubles as an idempotency key: after an ambiguous failure (timeout, lost answer) we
+        # send the same VMID again, so a create that did happen makes the retry fail with "already
+        # exists" instead of making a second guest. Only a VMID taken by someone else is replaced.
+        vmid = spec.vmid or self._nextid()
         for attempt in range(1, self.settings.retries + 1):
-            vmid = spec.vmid or _int(self.call("GET", "/cluster/nextid", what="asking PVE for a free VMID"))
             if progress:
                 progress(f"{what} as CT {vmid} on {node}")
             params = self.create_params(spec, vmid, ostemplate)
@@ -454,11 +487,13 @@ class ProxmoxBackend(Backend):
                                   tags=list(spec.tags), managed=True)
                     self.wait_unlocked(guest, what, progress)
                     break
-                if found == "absent" and not getattr(exc, "retryable", False):
+                if found == "absent" and not (isinstance(exc, PveCallError) and exc.retryable):
                     raise
-                if found == "taken" and spec.vmid:
-                    raise BackendError(f"{what}: VMID {vmid} is taken by another guest",
-                                       hint="change or remove 'vmid' for this container in the strategy") from None
+                if found == "taken":
+                    if spec.vmid:
+                        raise BackendError(f"{what}: VMID {vmid} is taken by another guest",
+                                           hint="change or remove 'vmid' for this container in the strategy") from None
+                    vmid = self._nextid()
                 if progress:
                     progress(f"{what}: {exc.message}; retrying (attempt {attempt + 1})")
                 time.sleep(self.settings.retry_wait * attempt)
@@ -486,8 +521,13 @@ class ProxmoxBackend(Backend):
         if delete:
             params["delete"] = ",".join(delete)
         if params:
-            self.call("PUT", f"{self._ct(guest)}/config", params, safe=True,
-                      what=f"updating CT {guest.vmid} ({guest.name})")
+            try:
+                self.call("PUT", f"{self._ct(guest)}/config", params, safe=True,
+                          what=f"updating CT {guest.vmid} ({guest.name})")
+            except BackendError as exc:
+                # A retried PUT whose first attempt did land fails the digest check; that is success.
+                if "detected modified configuration" not in exc.message or not self._has(guest, params, delete):
+                    raise
         if size:
             upid = self.call("PUT", f"{self._ct(guest)}/resize", {"disk": "rootfs", "size": str(size)}, safe=True,
                              what=f"growing the root disk of CT {guest.vmid} to {size}")
@@ -501,6 +541,20 @@ class ProxmoxBackend(Backend):
             return []
         return sorted(str(p["key"]) for p in pending if "pending" in p or p.get("delete"))
 
+    def _has(self, guest: Guest, params: dict[str, Any], delete: list[str] | None) -> bool:
+        """True when the guest's config already holds these values (property strings compared as sets)."""
+        cfg = self.get_config(guest)
+        for k, v in params.items():
+            if k in ("digest", "delete"):
+                continue
+            have, want = str(cfg.get(k, "")), str(v)
+            if "=" in want:
+                if set(have.split(",")) != set(want.split(",")):
+                    return False
+            elif have != want:
+                return False
+        return not any(k in cfg for k in delete or [])
+
     def _power(self, guest: Guest, action: str, params: dict[str, Any] | None = None,
                done_when: str | None = None, progress: Progress | None = None) -> None:
         what = f"{action} of CT {guest.vmid} ({guest.name})"
@@ -510,7 +564,7 @@ class ProxmoxBackend(Backend):
             # start/stop are idempotent in effect: if the guest is already where we want it, fine
             if done_when and self._status(guest) == done_when:
                 return
-            if getattr(exc, "retryable", False):
+            if isinstance(exc, PveCallError) and exc.retryable:
                 upid = self.call("POST", f"{self._ct(guest)}/status/{action}", params, safe=False, what=what)
             else:
                 raise
@@ -545,18 +599,31 @@ class ProxmoxBackend(Backend):
 
     # --- inside the guest (pct on the node) ---------------------------------------------------
 
+    def _cluster_status(self) -> None:
+        """Node addresses and which node we run on, from one GET /cluster/status."""
+        if self._node_ips is not None:
+            return
+        try:
+            rows = self.call("GET", "/cluster/status", what="reading node addresses")
+        except BackendError:
+            rows = []
+        self._node_ips = {str(r["name"]): str(r["ip"]) for r in rows if r.get("type") == "node" and r.get("ip")}
+        local = [str(r["name"]) for r in rows if r.get("type") == "node" and r.get("local")]
+        if local and self._local_name is None:
+            self._local_name = local[0]
+
     def _local_node(self) -> str | None:
+        """The node we run on (pct works directly there); None over https."""
         if self.settings.mode != "local":
             return None
-        return self.settings.local_node or socket.gethostname().split(".")[0]
+        if self.settings.local_node:
+            return self.settings.local_node
+        self._cluster_status()
+        return self._local_name or socket.gethostname().split(".")[0]
 
     def _node_address(self, node: str) -> str:
-        if self._node_ips is None:
-            try:
-                rows = self.call("GET", "/cluster/status", what="reading node addresses")
-                self._node_ips = {str(r["name"]): str(r["ip"]) for r in rows if r.get("type") == "node" and r.get("ip")}
-            except BackendError:
-                self._node_ips = {}
+        self._cluster_status()
+        assert self._node_ips is not None
         return self._node_ips.get(node, node)
 
     def _pct_argv(self, guest: Guest, args: list[str]) -> list[str]:

@@ -564,8 +564,11 @@ def next_runs(
         return []
     tz: tzinfo = UTC if event.utc else (zone if zone is not None else local_zone())
     # First whole second strictly after `after` (PVE: compute_next_event(last) starts at last+1).
-    base = after.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)
-    start_wall = base.astimezone(tz).replace(tzinfo=None)
+    try:
+        base = after.astimezone(UTC).replace(microsecond=0) + timedelta(seconds=1)
+        start_wall = base.astimezone(tz).replace(tzinfo=None)
+    except OverflowError:
+        return []  # at the very end (or before the start) of what datetime can represent
     convert: Callable[[datetime], datetime | None]
     if tz is UTC:
 
@@ -578,10 +581,48 @@ def next_runs(
 
     out: list[datetime] = []
     for wall in _wall_times(event, start_wall):
-        instant = convert(wall)
+        try:
+            instant = convert(wall)
+        except OverflowError:
+            break
         if instant is None or instant < base:
             continue
         out.append(instant)
         if len(out) >= count:
             break
     return out
+
+
+@dataclass(frozen=True)
+class DueCheck:
+    """Whether a job runs now, per pvescheduler's rules."""
+
+    state: str  # "due", "not-due", "missed" (skipped, as PVE skips runs missed while down), "never"
+    scheduled: datetime | None  # the run time that is due / missed / next
+
+
+def check_due(
+    event: CalendarEvent,
+    last_run: datetime | None,
+    now: datetime,
+    repeat_missed: bool = False,
+    zone: tzinfo | None = None,
+) -> DueCheck:
+    """pvescheduler semantics for a job last run at ``last_run``, checked at ``now``.
+
+    A job without a last run starts counting at ``now`` (PVE writes its state then), so it is
+    not due. Otherwise the next run after ``last_run`` is due once ``now`` reaches it. When more
+    than one run was missed (the host was down), PVE skips them unless ``repeat-missed`` is set,
+    in which case the job runs once; the caller records ``now`` as the new last run either way.
+    """
+    if last_run is None:
+        upcoming = next_runs(event, now, 1, zone)
+        return DueCheck("not-due" if upcoming else "never", upcoming[0] if upcoming else None)
+    runs = next_runs(event, last_run, 2, zone)
+    if not runs:
+        return DueCheck("never", None)
+    if runs[0] > now:
+        return DueCheck("not-due", runs[0])
+    if len(runs) > 1 and runs[1] <= now and not repeat_missed:
+        return DueCheck("missed", runs[0])
+    return DueCheck("due", runs[0])

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, tzinfo
 from functools import wraps
 from pathlib import Path
-from typing import Annotated, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 
@@ -64,9 +64,12 @@ def parse_time(text: str, zone: tzinfo, what: str = "time") -> datetime:
 
 
 def _format(t: datetime, utc: bool, zone: tzinfo) -> str:
-    if utc:
-        return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return t.astimezone(zone).isoformat()
+    try:
+        if utc:
+            return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return t.astimezone(zone).isoformat()
+    except OverflowError:
+        return t.isoformat()
 
 
 @app.command("next-runs")
@@ -114,9 +117,13 @@ def _read_lines(file: Path | None) -> Iterable[str]:
         raise UsageError(f"cannot read {file}: {exc}") from None
 
 
-def parse_archive_lines(lines: Iterable[str], zone: tzinfo) -> list[tuple[str, datetime, bool]]:
-    """``TIMESTAMP[ protected]`` per line; blank lines and ``#`` comments are skipped."""
-    out: list[tuple[str, datetime, bool]] = []
+def parse_archive_lines(lines: Iterable[str], zone: tzinfo) -> list[tuple[str, datetime, bool, str]]:
+    """``TIMESTAMP[ protected]`` or a vzdump archive name per line; blank lines and ``#`` comments
+    are skipped. Returns (text, time, protected, group): archive names are grouped per guest as in
+    PVE, plain timestamps form one group."""
+    from pveguard.backup.archive import parse_archive_name
+
+    out: list[tuple[str, datetime, bool, str]] = []
     for number, raw in enumerate(lines, 1):
         line = raw.strip()
         if not line or line.startswith("#"):
@@ -125,16 +132,38 @@ def parse_archive_lines(lines: Iterable[str], zone: tzinfo) -> list[tuple[str, d
         words = line.rsplit(None, 1)
         if len(words) == 2 and words[1] == "protected":
             line, protected = words[0].rstrip(), True
+        archive = parse_archive_name(line.rsplit("/", 1)[-1])
+        if archive is not None and archive.local_time is not None:
+            # The name holds local wall-clock time; the earlier instant in a repeated DST hour.
+            when = archive.local_time.replace(tzinfo=zone, fold=0)
+            _check_year(number, line, when, zone)
+            out.append((line, when, protected, f"{archive.type}/{archive.vmid}"))
+            continue
+        if archive is not None:
+            raise UsageError(
+                f"line {number}: {line!r} is a renamed archive (no standard time in its name); PVE never prunes it",
+                hint="leave it out of the list",
+            )
         try:
             when = parse_time(line, zone, "timestamp")
         except UsageError as exc:
             raise UsageError(
                 f"line {number}: {exc.message}",
-                hint="one ISO 8601 timestamp per line, optionally followed by ' protected', "
-                "e.g. '2024-01-31T02:00:00' or '2024-01-31T02:00:00Z protected'",
+                hint="one ISO 8601 timestamp or vzdump archive name per line, optionally followed by "
+                "' protected', e.g. '2024-01-31T02:00:00' or 'vzdump-lxc-101-2024_01_31-02_00_00.tar.zst protected'",
             ) from None
-        out.append((line, when, protected))
+        _check_year(number, line, when, zone)
+        out.append((line, when, protected, ""))
     return out
+
+
+def _check_year(number: int, line: str, when: datetime, zone: tzinfo) -> None:
+    try:
+        in_range = 1900 <= when.astimezone(UTC).year <= 9998 and 1900 <= when.astimezone(zone).year <= 9998
+    except (OverflowError, ValueError):
+        in_range = False
+    if not in_range:
+        raise UsageError(f"line {number}: {line!r} is outside the years 1900..9998", hint="check the date")
 
 
 @app.command("prune-sim")
@@ -154,9 +183,9 @@ def prune_sim(
 ) -> None:
     """Show what PVE's prune would do: `keep|remove|protected <timestamp>` per input line, in order.
 
-    Input: one ISO 8601 timestamp per line (naive = local time, as in vzdump archive names),
-    optionally followed by ' protected'. Hours, days, ISO weeks, months and years are counted
-    in local time ($TZ), exactly as PVE and PBS do.
+    Input: one ISO 8601 timestamp per line (naive = local time, as in vzdump archive names) or a
+    vzdump archive name (grouped per guest, like PVE), optionally followed by ' protected'.
+    Hours, days, ISO weeks, months and years are counted in local time ($TZ), as PVE and PBS do.
     """
     policy = KeepPolicy(
         last=keep_last, hourly=keep_hourly, daily=keep_daily, weekly=keep_weekly,
@@ -166,23 +195,721 @@ def prune_sim(
     archives = parse_archive_lines(_read_lines(file), zone)
     if policy.keeps_everything and not keep_all:
         info("note: no --keep-* option above 0, so everything is kept (as in PVE)")
-    stamps = [int(when.timestamp()) for _, when, _ in archives]
-    explained = explain_archives(stamps, policy, [p for _, _, p in archives], zone)
+    explained: list[tuple[Mark, str | None]] = [(Mark.KEEP, None)] * len(archives)
+    groups: dict[str, list[int]] = {}
+    for i, (_, _, _, group) in enumerate(archives):
+        groups.setdefault(group, []).append(i)
+    for members in groups.values():
+        marks = explain_archives(
+            [int(archives[i][1].timestamp()) for i in members], policy, [archives[i][2] for i in members], zone
+        )
+        for i, verdict in zip(members, marks, strict=True):
+            explained[i] = verdict
     if json_out:
         print_json(
             {
                 "policy": str(policy),
                 "archives": [
-                    {"timestamp": text, "mark": str(mark), "rule": rule}
-                    for (text, _, _), (mark, rule) in zip(archives, explained, strict=True)
+                    {"timestamp": text, "mark": str(mark), "rule": rule, "group": group or None}
+                    for (text, _, _, group), (mark, rule) in zip(archives, explained, strict=True)
                 ],
             }
         )
         return
-    for (text, _, _), (mark, _) in zip(archives, explained, strict=True):
+    for (text, _, _, _), (mark, _) in zip(archives, explained, strict=True):
         sys.stdout.write(f"{mark} {text}\n")
     removed = sum(1 for mark, _ in explained if mark is Mark.REMOVE)
     info(f"{len(archives) - removed} kept, {removed} removed ({str(policy) or 'keep everything'})")
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared helpers for commands that act: the main CLI's context when mounted (strategy, state
+# directory, ledger), plain defaults when this app runs alone.
+
+
+def _app_context(ctx: typer.Context) -> Any | None:
+    obj = ctx.find_root().obj
+    from pveguard.context import AppContext
+
+    return obj if isinstance(obj, AppContext) else None
+
+
+def _record(ctx: typer.Context, action: str, target: str, **details: Any) -> None:
+    app_ctx = _app_context(ctx)
+    if app_ctx is not None:
+        app_ctx.record(action, target, **details)
+
+
+def _state_dir(ctx: typer.Context) -> Path:
+    from pveguard.store import resolve_state_dir
+
+    app_ctx = _app_context(ctx)
+    return Path(app_ctx.state_dir) if app_ctx is not None else resolve_state_dir(None)
+
+
+def _host_config_settings(ctx: typer.Context) -> Any | None:
+    app_ctx = _app_context(ctx)
+    return app_ctx.strategy_or_default().backup.host_config if app_ctx is not None else None
+
+
+hostconfig_app = typer.Typer(
+    help="Host-configuration backups with restic (deduplicated, local repository).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.add_typer(hostconfig_app, name="host-config")
+
+RepoOpt = Annotated[
+    str | None, typer.Option("--repo", metavar="DIR", help="restic repository [default: <state-dir>/restic].")
+]
+PassOpt = Annotated[
+    Path | None,
+    typer.Option("--password-file", metavar="FILE", help="[default: <state-dir>/restic.pass, created by init]."),
+]
+
+
+def _host_config(ctx: typer.Context, repo: str | None, password_file: Path | None) -> Any:
+    from pveguard.backup.hostconfig import HostConfigBackup, Restic
+
+    settings = _host_config_settings(ctx)
+    state = _state_dir(ctx)
+    repository = repo or (settings.repository if settings is not None and settings.repository else None)
+    password = password_file or (
+        Path(settings.password_file) if settings is not None and settings.password_file else None
+    )
+    return HostConfigBackup(
+        Restic(
+            repository=repository or str(state / "restic"),
+            password_file=password or state / "restic.pass",
+            cache_dir=state / "restic-cache",
+        )
+    )
+
+
+@hostconfig_app.command("init")
+@_user_errors
+def hc_init(ctx: typer.Context, repo: RepoOpt = None, password_file: PassOpt = None) -> None:
+    """Create the password file and the repository (an existing one is left alone)."""
+    backup = _host_config(ctx, repo, password_file)
+    created = backup.init()
+    where = backup.restic.repository
+    if created:
+        _record(ctx, "backup.host-config.init", where, password_file=str(backup.restic.password_file))
+        info(f"created restic repository {where}; keep {backup.restic.password_file} safe (and a copy offsite)")
+    else:
+        info(f"restic repository {where} already exists")
+
+
+@hostconfig_app.command("run")
+@_user_errors
+def hc_run(
+    ctx: typer.Context,
+    paths: Annotated[list[str] | None, typer.Argument(help="Paths [default: the strategy's list].")] = None,
+    repo: RepoOpt = None,
+    password_file: PassOpt = None,
+    retention: Annotated[
+        str | None, typer.Option("--retention", help="Forget snapshots older than this, e.g. 30d [strategy].")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Back up the host configuration now, then apply the retention (restic forget --prune)."""
+    from pveguard.strategy.units import parse_duration
+
+    settings = _host_config_settings(ctx)
+    backup = _host_config(ctx, repo, password_file)
+    if not backup.is_initialised():
+        backup.init()
+    wanted = list(paths or (settings.paths if settings is not None else []))
+    if not wanted:
+        raise UsageError("no paths to back up", hint="pass paths or set backup.host_config.paths in the strategy")
+    try:
+        keep_for = parse_duration(retention) if retention else (settings.retention if settings else None)
+    except ValueError as exc:
+        raise UsageError(f"--retention: {exc}", hint="e.g. 30d or 36h") from None
+    result = backup.backup(wanted)
+    forgotten = backup.forget(keep_for) if keep_for is not None else None
+    _record(
+        ctx, "backup.host-config.run", backup.restic.repository, snapshot=result.snapshot_id,
+        skipped_missing=list(result.skipped_missing), forgotten=len(forgotten.removed) if forgotten else 0,
+    )  # fmt: skip
+    if json_out:
+        print_json({"snapshot": result.snapshot_id, "backed_up": list(result.backed_up),
+                    "skipped_missing": list(result.skipped_missing), "files_new": result.files_new,
+                    "files_changed": result.files_changed, "data_added": result.data_added,
+                    "incomplete": result.incomplete, "warnings": list(result.warnings),
+                    "forgotten": list(forgotten.removed) if forgotten else []})  # fmt: skip
+        return
+    sys.stdout.write(f"snapshot {result.snapshot_id}: {result.files_new} new, {result.files_changed} changed, "
+                     f"{result.data_added} bytes added\n")  # fmt: skip
+    if result.skipped_missing:
+        info(f"skipped (not present): {', '.join(result.skipped_missing)}")
+    for w in result.warnings:
+        info(f"warning: {w}")
+    if forgotten is not None and forgotten.removed:
+        info(f"retention: forgot {len(forgotten.removed)} snapshot(s)")
+
+
+@hostconfig_app.command("list")
+@_user_errors
+def hc_list(
+    ctx: typer.Context,
+    repo: RepoOpt = None,
+    password_file: PassOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """List host-configuration snapshots, oldest first."""
+    snaps = _host_config(ctx, repo, password_file).snapshots()
+    if json_out:
+        print_json([{"id": s.id, "short_id": s.short_id, "time": s.time.isoformat(), "paths": list(s.paths),
+                     "host": s.hostname} for s in snaps])  # fmt: skip
+        return
+    for s in snaps:
+        sys.stdout.write(f"{s.short_id}  {s.time.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}  {' '.join(s.paths)}\n")
+
+
+@hostconfig_app.command("diff")
+@_user_errors
+def hc_diff(
+    ctx: typer.Context,
+    first: Annotated[str, typer.Argument(help="Older snapshot id.")],
+    second: Annotated[str, typer.Argument(help="Newer snapshot id.")],
+    repo: RepoOpt = None,
+    password_file: PassOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What changed between two snapshots: '+' added, '-' removed, 'M' modified, 'T'/'U' type/metadata."""
+    entries = _host_config(ctx, repo, password_file).diff(first, second)
+    if json_out:
+        print_json([{"path": e.path, "change": e.modifier} for e in entries])
+        return
+    for e in entries:
+        sys.stdout.write(f"{e.modifier} {e.path}\n")
+
+
+@hostconfig_app.command("restore")
+@_user_errors
+def hc_restore(
+    ctx: typer.Context,
+    snapshot: Annotated[str, typer.Argument(help="Snapshot id (or 'latest').")],
+    target: Annotated[Path, typer.Option("--target", metavar="DIR", help="Empty or new directory to restore into.")],
+    path: Annotated[list[str] | None, typer.Option("--path", help="Only this file or directory (repeatable).")] = None,
+    repo: RepoOpt = None,
+    password_file: PassOpt = None,
+) -> None:
+    """Restore a snapshot (or some paths of it) into a directory; nothing on the host is overwritten."""
+    backup = _host_config(ctx, repo, password_file)
+    out = backup.restore(snapshot, target, include=path or ())
+    _record(ctx, "backup.host-config.restore", str(out), snapshot=snapshot, paths=list(path or []))
+    info(f"restored into {out} (files keep their absolute paths below it)")
+
+
+@hostconfig_app.command("check")
+@_user_errors
+def hc_check(
+    ctx: typer.Context,
+    read_data_subset: Annotated[
+        str | None, typer.Option("--read-data-subset", help="Also read this share of the data, e.g. 5%.")
+    ] = None,
+    repo: RepoOpt = None,
+    password_file: PassOpt = None,
+) -> None:
+    """restic check of the repository (structure; with --read-data-subset also data)."""
+    report = _host_config(ctx, repo, password_file).check(read_data_subset)
+    sys.stdout.write(report)
+
+
+@hostconfig_app.command("copy")
+@_user_errors
+def hc_copy(
+    ctx: typer.Context,
+    to_repo: Annotated[str, typer.Option("--to-repo", help="Offsite restic repository (path or restic URL).")],
+    to_password_file: Annotated[Path, typer.Option("--to-password-file", help="Its password file.")],
+    repo: RepoOpt = None,
+    password_file: PassOpt = None,
+) -> None:
+    """Copy snapshots to a second restic repository (restic copy; incremental)."""
+    from pveguard.backup.hostconfig import Restic
+
+    backup = _host_config(ctx, repo, password_file)
+    copied = backup.copy_to(Restic(to_repo, to_password_file, cache_dir=backup.restic.cache_dir))
+    _record(ctx, "backup.host-config.copy", to_repo, snapshots=len(copied))
+    info(f"copied {len(copied)} snapshot(s) to {to_repo}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Archives in a dump directory (vzdump naming): verify and prune.
+
+archives_app = typer.Typer(
+    help="vzdump-style archives in a dump directory: verify and prune.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+app.add_typer(archives_app, name="archives")
+
+DirArg = Annotated[Path, typer.Argument(metavar="DUMP_DIR", help="Directory holding vzdump-*.tar.* archives.")]
+
+
+def _check_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a directory", hint="pass the dump directory, e.g. /var/lib/vz/dump")
+
+
+@archives_app.command("verify")
+@_user_errors
+def archives_verify(
+    ctx: typer.Context,
+    dump_dir: DirArg,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Read every archive: decompression test, tar listing, size and SHA-256 against the catalogue.
+
+    Exit 1 when any archive is bad (each is named). This is pveguard's own check; PVE keeps no
+    checksums for file archives.
+    """
+    from pveguard.backup.verify import verify_directory
+
+    _check_dir(dump_dir)
+    results = verify_directory(dump_dir)
+    bad = [r for r in results if not r.ok]
+    _record(ctx, "backup.archives.verify", str(dump_dir), checked=len(results), bad=[r.filename for r in bad])
+    if json_out:
+        print_json({"directory": str(dump_dir), "archives": [r.as_dict() for r in results]})
+    else:
+        for r in results:
+            sys.stdout.write(f"{'ok ' if r.ok else 'BAD'} {r.filename}  {r.size} bytes  {r.entries} entries\n")
+            for p in r.problems:
+                sys.stdout.write(f"    {p}\n")
+    if bad:
+        error(f"{len(bad)} of {len(results)} archive(s) failed verification: {', '.join(r.filename for r in bad)}")
+        raise typer.Exit(1)
+
+
+@archives_app.command("prune")
+@_user_errors
+def archives_prune(
+    ctx: typer.Context,
+    dump_dir: DirArg,
+    keep_last: Annotated[int, typer.Option("--keep-last", min=0)] = 0,
+    keep_hourly: Annotated[int, typer.Option("--keep-hourly", min=0)] = 0,
+    keep_daily: Annotated[int, typer.Option("--keep-daily", min=0)] = 0,
+    keep_weekly: Annotated[int, typer.Option("--keep-weekly", min=0)] = 0,
+    keep_monthly: Annotated[int, typer.Option("--keep-monthly", min=0)] = 0,
+    keep_yearly: Annotated[int, typer.Option("--keep-yearly", min=0)] = 0,
+    guest: Annotated[int | None, typer.Option("--vmid", help="Only this guest's archives.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show what would be removed.")] = False,
+) -> None:
+    """Prune archives per guest exactly like PVE (protected sentinels honoured, .log/.notes removed too)."""
+    import os
+
+    from pveguard.backup.archive import plan_prune
+
+    _check_dir(dump_dir)
+    policy = KeepPolicy(last=keep_last, hourly=keep_hourly, daily=keep_daily, weekly=keep_weekly,
+                        monthly=keep_monthly, yearly=keep_yearly)  # fmt: skip
+    if policy.keeps_everything:
+        raise UsageError("no --keep-* option above 0: nothing would be pruned", hint="e.g. --keep-daily 7")
+    names = os.listdir(dump_dir)
+    mtimes = {n: (dump_dir / n).stat().st_mtime for n in names}
+    plan = plan_prune(names, policy, local_zone(), guest=("lxc", guest) if guest else None, mtimes=mtimes)
+    for name, mark in sorted(plan.marks.items()):
+        sys.stdout.write(f"{mark} {name}\n")
+    if dry_run:
+        info(f"dry run: would delete {len(plan.delete)} file(s)")
+        return
+    removed = []
+    for name in plan.delete:
+        path = dump_dir / name
+        # Re-check the sentinel right before deleting: it may have appeared since the listing.
+        if (dump_dir / f"{name}.protected").exists():
+            info(f"skipped {name}: protected since the listing")
+            continue
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise UsageError(
+                f"cannot delete {path}: {exc.strerror}", hint="run as the owner of the dump directory"
+            ) from None
+        removed.append(name)
+    _record(ctx, "backup.archives.prune", str(dump_dir), policy=str(policy), removed=removed)
+    info(f"deleted {len(removed)} file(s)")
+
+
+@archives_app.command("dump-lxc")
+@_user_errors
+def archives_dump_lxc(
+    ctx: typer.Context,
+    dump_dir: DirArg,
+    name: Annotated[str, typer.Option("--name", help="LXC container name.")],
+    vmid: Annotated[int, typer.Option("--vmid", min=100, max=999999999, help="Guest id for the archive name.")],
+    lxcpath: Annotated[Path, typer.Option("--lxcpath", help="LXC path.")] = Path("/var/lib/lxc"),
+    mode: Annotated[str, typer.Option("--mode", help="snapshot, suspend or stop [strategy: snapshot].")] = "",
+    notes: Annotated[str | None, typer.Option("--notes", help="Text for the .notes file.")] = None,
+) -> None:
+    """Back up one LXC container into DUMP_DIR as a vzdump-style archive (with .log and .notes)."""
+    from pveguard.backup.lxcdump import dump_container
+
+    _check_dir(dump_dir)
+    app_ctx = _app_context(ctx)
+    if not mode:
+        mode = app_ctx.strategy_or_default().backup.containers.mode if app_ctx is not None else "snapshot"
+    result = dump_container(name, vmid, dump_dir, lxcpath, mode=mode, notes=notes)
+    _record(ctx, "backup.archives.dump", str(result.archive), container=name, mode=result.mode, size=result.size)
+    sys.stdout.write(f"{result.archive}\n")
+    info(f"{result.size} bytes in {result.seconds:.1f} s ({result.mode} mode)")
+
+
+@archives_app.command("restore-test")
+@_user_errors
+def archives_restore_test(
+    ctx: typer.Context,
+    archive: Annotated[Path, typer.Argument(help="vzdump-lxc-*.tar.* archive.")],
+    lxcpath: Annotated[Path, typer.Option("--lxcpath", help="Where the throwaway container lives.")] = Path(
+        "/var/lib/pveguard/restore-test"
+    ),
+    check: Annotated[
+        list[str] | None, typer.Option("--check", help="Health-check command word (repeat for each word).")
+    ] = None,
+) -> None:
+    """Restore ARCHIVE into a throwaway container (no network), start it, health-check, destroy it."""
+    from pveguard.backup.lxcdump import restore_test
+
+    if not archive.is_file():
+        raise UsageError(f"{archive} is not a file", hint="pass the path of a vzdump-lxc archive")
+    result = restore_test(archive, lxcpath, check) if check else restore_test(archive, lxcpath)
+    _record(ctx, "backup.archives.restore-test", archive.name, ok=result.ok, problems=result.problems)
+    if result.ok:
+        sys.stdout.write(f"restore test of {archive.name} passed ({result.seconds:.1f} s)\n")
+        return
+    error(f"restore test of {archive.name} failed: {'; '.join(result.problems)}")
+    raise typer.Exit(1)
+
+
+@archives_app.command("offsite")
+@_user_errors
+def archives_offsite(
+    ctx: typer.Context,
+    dump_dir: DirArg,
+    to: Annotated[
+        str | None, typer.Option("--to", help="sftp://user@host[:port]/path or a directory [strategy offsite].")
+    ] = None,
+    identity: Annotated[Path | None, typer.Option("--identity", help="SSH private key for SFTP.")] = None,
+    known_hosts: Annotated[Path | None, typer.Option("--known-hosts", help="known_hosts with the server key.")] = None,
+) -> None:
+    """Copy the archives (with .log and .notes) the offsite target lacks; never deletes there."""
+    import os
+
+    from pveguard.backup.archive import classify
+    from pveguard.backup.offsite import SftpTarget, sync_to_directory, sync_to_sftp
+
+    _check_dir(dump_dir)
+    if to is None:
+        app_ctx = _app_context(ctx)
+        offsite = app_ctx.strategy_or_default().backup.offsite if app_ctx is not None else None
+        if offsite is None or offsite.type not in ("sftp", "directory") or not offsite.target:
+            raise UsageError("no offsite target", hint="pass --to, or set backup.offsite (type sftp or directory)")
+        to = offsite.target if offsite.type == "directory" or offsite.target.startswith("sftp://") else (
+            f"sftp://{offsite.target}")  # fmt: skip
+    listing = classify(os.listdir(dump_dir))
+    names = [a.filename for items in listing.archives.values() for a in items] + [a.filename for a in listing.renamed]
+    names += [n for n in listing.companions if not n.endswith(".protected")]
+    files = [dump_dir / n for n in sorted(names)]
+    if to.startswith("sftp://"):
+        result = sync_to_sftp(files, SftpTarget.parse(to, identity_file=identity, known_hosts=known_hosts))
+    elif "://" in to:
+        raise UsageError(f"unsupported offsite target {to!r}", hint="use sftp://user@host/path or a directory")
+    else:
+        result = sync_to_directory(files, Path(to))
+    _record(ctx, "backup.archives.offsite", to, uploaded=list(result.uploaded))
+    for n in result.uploaded:
+        sys.stdout.write(f"copied {n}\n")
+    info(f"{len(result.uploaded)} copied, {len(result.skipped)} already there")
+
+
+@archives_app.command("status")
+@_user_errors
+def archives_status(
+    ctx: typer.Context,
+    dump_dir: DirArg,
+    schedule: Annotated[str | None, typer.Option("--schedule", help="Backup schedule [strategy: daily].")] = None,
+    prune_backups: Annotated[
+        str | None, typer.Option("--keep", help="Retention as PVE prune-backups, e.g. keep-daily=7 [strategy].")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Per guest in DUMP_DIR: newest archive and its age against the schedule, count against the
+    retention, last verification (from the catalogue). Exit 1 when any guest is not compliant."""
+    import json
+    import os
+
+    from pveguard.backup.archive import classify
+    from pveguard.backup.compliance import Archive, evaluate
+    from pveguard.backup.verify import CATALOGUE_NAME
+
+    _check_dir(dump_dir)
+    app_ctx = _app_context(ctx)
+    strategy = app_ctx.strategy_or_default() if app_ctx is not None else None
+    containers = strategy.backup.containers if strategy is not None else None
+    event = parse(schedule or (containers.schedule if containers is not None else "daily"))
+    keep = KeepPolicy.parse(prune_backups) if prune_backups is not None else _keep_from(containers)
+    verify_event = None
+    if strategy is not None and strategy.backup.verification.enabled:
+        verify_event = parse(strategy.backup.verification.schedule)
+    zone = local_zone()
+    names = os.listdir(dump_dir)
+    listing = classify(names)
+    present = set(names)
+    archives: dict[str, list[Archive]] = {}
+    for (guest_type, vmid), items in listing.archives.items():
+        archives[f"{guest_type}/{vmid}"] = [
+            Archive(datetime.fromtimestamp(a.timestamp(zone) or 0, UTC), protected=a.protected_filename in present)
+            for a in items
+        ]
+    verified: dict[str, datetime] = {}
+    catalogue = dump_dir / CATALOGUE_NAME
+    if catalogue.exists():
+        try:
+            entries = json.loads(catalogue.read_text(encoding="utf-8")).get("archives", {})
+        except (OSError, ValueError):
+            entries = {}
+        for (guest_type, vmid), items in listing.archives.items():
+            checks = [entries.get(a.filename, {}) for a in items]
+            times = [c["last_checked"] for c in checks if c.get("last_ok") and c.get("last_checked")]
+            if times:
+                verified[f"{guest_type}/{vmid}"] = datetime.fromisoformat(max(times).replace("Z", "+00:00"))
+    now = datetime.now(UTC)
+    statuses = evaluate(archives, archives, event, now, keep=keep, last_verified=verified,
+                        verify_schedule=verify_event, zone=zone)  # fmt: skip
+    if json_out:
+        print_json([
+            {"guest": s.guest, "archives": s.archives, "newest": s.newest.isoformat() if s.newest else None,
+             "age_seconds": int(s.age.total_seconds()) if s.age else None,
+             "last_verified": s.last_verified.isoformat() if s.last_verified else None,
+             "compliant": s.compliant, "problems": s.problems}
+            for s in statuses
+        ])  # fmt: skip
+    else:
+        for s in statuses:
+            age = f"{s.age.days}d {s.age.seconds // 3600}h" if s.age else "-"
+            sys.stdout.write(
+                f"{'ok ' if s.compliant else 'BAD'} {s.guest}  {s.archives} archive(s), newest {age} old\n"
+            )
+            for p in s.problems:
+                sys.stdout.write(f"    {p}\n")
+    if any(not s.compliant for s in statuses):
+        raise typer.Exit(1)
+
+
+def _keep_from(containers: Any | None) -> KeepPolicy:
+    from pveguard.backup.coverage import keep_policy
+
+    return keep_policy(containers)
+
+
+def _proxmox(ctx: typer.Context, command: str) -> tuple[Any, Any]:
+    """(strategy, ProxmoxBackend) or a clear error when this is not a PVE target."""
+    app_ctx = _app_context(ctx)
+    if app_ctx is None:
+        raise UsageError(f"'backup {command}' needs the strategy", hint=f"run it as 'pveguard backup {command}'")
+    from pveguard.backends import connect
+    from pveguard.backends.proxmox import ProxmoxBackend
+
+    strategy = app_ctx.strategy
+    backend = connect(strategy)
+    if not isinstance(backend, ProxmoxBackend):
+        raise UsageError(
+            f"'backup {command}' works on Proxmox VE's vzdump jobs, but the backend here is {backend.name}",
+            hint="on plain LXC use 'pveguard backup archives dump-lxc' / 'archives status' with a timer",
+        )
+    return strategy, backend
+
+
+@app.command("apply")
+@_user_errors
+def apply_jobs(
+    ctx: typer.Context,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show the plan.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Converge the vzdump job in /cluster/backup with the strategy's container-backup policy."""
+    from pveguard.backup.jobs import apply_plan, container_job, plan_jobs
+
+    strategy, backend = _proxmox(ctx, "apply")
+    c = strategy.backup.containers
+    vmids = None
+    if c.guests == "managed":
+        from pveguard.backup.coverage import policy_guest
+
+        vmids = [g.vmid for g in backend.list_guests() if policy_guest(g, c)]
+    job = container_job(c.schedule, c.storage, _keep_from(c), vmids, c.mode, c.compress, c.notes_template)
+    plan = plan_jobs([job], backend.call("GET", "/cluster/backup"))
+    if json_out:
+        print_json({"changes": [{"action": ch.action, "id": ch.id, "params": ch.params, "delete": list(ch.delete)}
+                                for ch in plan.changes], "unmanaged_jobs": list(plan.unmanaged),
+                    "dry_run": dry_run})  # fmt: skip
+    else:
+        for ch in plan.changes:
+            sys.stdout.write(ch.describe() + "\n")
+        if plan.empty:
+            sys.stdout.write("backup jobs match the policy; nothing to do\n")
+        if plan.unmanaged:
+            info(f"left alone (not managed by pveguard): {', '.join(plan.unmanaged)}")
+    if dry_run or plan.empty:
+        return
+    for line in apply_plan(backend.api, plan):
+        _record(ctx, "backup.job", "/cluster/backup", change=line)
+
+
+@app.command("status")
+@_user_errors
+def backup_status(
+    ctx: typer.Context,
+    dump_dir: Annotated[
+        Path | None, typer.Option("--dump-dir", help="Plain LXC: the archives [default: <state-dir>/dump].")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Per guest: the last backup's age against the schedule, archive count against the retention,
+    guests in no backup job (Proxmox VE), last verification and offsite copy (plain LXC).
+    Exit 1 when a guest is not compliant. The same verdicts become findings in 'pveguard audit'."""
+    from pveguard.backends import connect
+    from pveguard.backup.coverage import collect
+
+    app_ctx = _app_context(ctx)
+    if app_ctx is None:
+        raise UsageError("'backup status' needs the strategy", hint="run it as 'pveguard backup status'")
+    strategy = app_ctx.strategy
+    backend = connect(strategy)
+    try:
+        coverage = collect(strategy, backend, _state_dir(ctx), dump_dir)
+    finally:
+        backend.close()
+    if json_out:
+        print_json(coverage.rows())
+    else:
+        if not coverage.statuses:
+            info("no guests to report on (no managed containers)")
+        for s in coverage.statuses:
+            age = f"{s.age.days}d {s.age.seconds // 3600}h" if s.age else "-"
+            head = f"{'ok ' if s.compliant else 'BAD'} {s.guest} ({coverage.names[s.guest]})"
+            sys.stdout.write(f"{head}  {s.archives} archive(s), newest {age} old\n")
+            for p in s.problems:
+                sys.stdout.write(f"    {p}\n")
+    if not coverage.compliant:
+        raise typer.Exit(1)
+
+
+@app.command("run")
+@_user_errors
+def run_cmd(
+    ctx: typer.Context,
+    due: Annotated[bool, typer.Option("--due", help="Only the steps whose schedule says so (for a timer).")] = False,
+    dump_dir: Annotated[
+        Path | None, typer.Option("--dump-dir", help="Container archives (LXC) [default: <state-dir>/dump].")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Run the backup policy: host-config backup + retention, container archives + prune (plain LXC),
+    verification, offsite copies. Every step runs even if another fails; exit 1 if any failed."""
+    from pveguard.backends import connect
+    from pveguard.backup.run import run_backups
+
+    app_ctx = _app_context(ctx)
+    if app_ctx is None:
+        raise UsageError("'backup run' needs the strategy", hint="run it as 'pveguard backup run'")
+    strategy = app_ctx.strategy
+    try:
+        backend = connect(strategy)
+    except PveguardError as exc:
+        info(f"no container backend ({exc.message}); only host-config, verification and offsite run")
+        backend = None
+    report = run_backups(strategy, _host_config(ctx, None, None), backend, dump_dir or _state_dir(ctx) / "dump",
+                         due, markers=_state_dir(ctx), record=lambda *a, **k: _record(ctx, *a, **k))  # fmt: skip
+    if json_out:
+        print_json({"ok": report.ok, "steps": [s.__dict__ for s in report.steps]})
+    else:
+        for s in report.steps:
+            sys.stdout.write(f"{s.status:8} {s.step}: {s.detail}\n")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("verify")
+@_user_errors
+def verify_cmd(
+    ctx: typer.Context,
+    restore_test: Annotated[
+        bool,
+        typer.Option("--restore-test", help="Also restore the newest archive per guest into a throwaway container."),
+    ] = False,
+    dump_dir: Annotated[Path | None, typer.Option("--dump-dir", help="[default: <state-dir>/dump].")] = None,
+    read_data_subset: Annotated[
+        str | None, typer.Option("--read-data-subset", help="restic check data share [strategy: 5%].")
+    ] = None,
+) -> None:
+    """Verify the archives (decompression, tar, SHA-256 catalogue), restic check the host-config
+    repository, optionally test-restore. Exit 1 naming what failed; results go to the ledger."""
+    from pveguard.backup.run import VERIFY_MARKER, _write_time, verify_all
+
+    app_ctx = _app_context(ctx)
+    subset = read_data_subset
+    if subset is None and app_ctx is not None:
+        subset = app_ctx.strategy_or_default().backup.verification.restic_read_data_subset or None
+    state = _state_dir(ctx)
+    detail = verify_all(_host_config(ctx, None, None), dump_dir or state / "dump", subset,
+                        state / "restore-test" if restore_test else None,
+                        lambda *a, **k: _record(ctx, *a, **k))  # fmt: skip
+    # Only a passed verification counts for 'backup status' and the audit (verify_all raised otherwise).
+    _write_time(state / VERIFY_MARKER, datetime.now(UTC))
+    sys.stdout.write(detail + "\n")
+
+
+@app.command("install-timers")
+@_user_errors
+def install_timers(
+    ctx: typer.Context,
+    unit_dir: Annotated[Path, typer.Option("--unit-dir", help="Where to write the units.")] = Path(
+        "/etc/systemd/system"
+    ),
+    pveguard_bin: Annotated[
+        str | None, typer.Option("--pveguard", help="Path of the pveguard command [default: found in PATH].")
+    ] = None,
+) -> None:
+    """Write a systemd timer that runs 'pveguard backup run --due' at every time of the strategy's
+    backup schedules (one OnCalendar= per schedule, exactly the PVE calendar events)."""
+    import shutil
+
+    from pveguard.backup.timers import install_units, render_units
+
+    app_ctx = _app_context(ctx)
+    strategy = app_ctx.strategy_or_default() if app_ctx is not None else None
+    if strategy is not None:
+        b = strategy.backup
+        schedules = [b.host_config.schedule, b.containers.schedule]
+        if b.verification.enabled:
+            schedules.append(b.verification.schedule)
+        if b.offsite.type != "none":
+            schedules.append(b.offsite.schedule)
+    else:
+        schedules = ["hourly"]
+    exe = pveguard_bin or shutil.which("pveguard")
+    if not exe or not Path(exe).is_absolute():
+        raise UsageError("cannot find the pveguard command", hint="pass --pveguard /usr/local/bin/pveguard")
+    command = [exe]
+    if app_ctx is not None:
+        command += ["--strategy", str(app_ctx.strategy_path), "--state-dir", str(app_ctx.state_dir)]
+    units = [
+        render_units("pveguard-backup", [parse(s) for s in schedules], [*command, "backup", "run", "--due"],
+                     "pveguard backups"),
+    ]  # fmt: skip
+    written = install_units(units, unit_dir)
+    _record(ctx, "backup.install-timers", str(unit_dir), files=[str(p) for p in written])
+    for p in written:
+        sys.stdout.write(f"wrote {p}\n")
+    info("enable with: systemctl daemon-reload && systemctl enable --now pveguard-backup.timer")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from datetime import UTC, date, datetime, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from enum import StrEnum
 
 from pveguard.backup.calendar import local_zone
@@ -106,6 +106,20 @@ class KeepPolicy:
             if count:
                 parts.append(f"keep-{name}={count}")
         return ",".join(parts)
+
+    @classmethod
+    def for_duration(cls, span: timedelta) -> KeepPolicy:
+        """The PVE rule for "keep N days/hours": ``keep-daily=N`` (or ``keep-hourly`` under a day).
+
+        As in PVE this counts days that *have* backups, so a paused schedule does not empty the
+        store.
+        """
+        seconds = int(span.total_seconds())
+        if seconds <= 0:
+            raise RetentionError(f"retention must be positive, got {span}", hint="e.g. 7d")
+        if seconds >= 86400:
+            return cls(daily=-(-seconds // 86400))
+        return cls(hourly=-(-seconds // 3600))
 
     def total(self) -> int:
         """Sum of the counts: PVE's "max backup limit" when pruning is off."""

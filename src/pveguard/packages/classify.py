@@ -137,25 +137,37 @@ class Classifier:
         if name in self.closure:
             parent = self.closure[name]
             return Verdict(True, "closure", "a core root" if parent == name else f"via {parent}")
-        if name in PVEVERSION_ALWAYS:
-            return Verdict(True, "pveversion")
-        if any(fnmatch.fnmatchcase(name, p) for p in KERNEL_PATTERNS):
-            return Verdict(True, "kernel")
-        if name in BOOT_CHAIN:
-            return Verdict(True, "boot")
-        if pkg is not None and pkg.essential:
-            return Verdict(True, "essential")
-        if pkg is not None and pkg.priority == "required":
-            return Verdict(True, "required")
-        if any(fnmatch.fnmatchcase(name, p) for p in self.extra_allowed):
-            return Verdict(True, "extra")
-        if name in PVEVERSION_OPTIONAL:
-            return Verdict(True, "optional")
-        return Verdict(False, "non-core")
+        return static_verdict(name, pkg, self.core_roots, self.extra_allowed)
 
     def core_set(self) -> set[str]:
         """Names of installed packages that are core (any reason)."""
         return {n for n, p in self.packages.items() if p.installed and self.classify(n, p).core}
+
+
+def static_verdict(name: str, pkg: Package | None, core_roots: Iterable[str] = ("proxmox-ve",),
+                   extra_allowed: Iterable[str] = ()) -> Verdict:
+    """Every rule except the installed closure: for packages not installed yet (e.g. a .deb in an
+    apt transaction, whose control fields `pkg` carries) and as the tail of `Classifier.classify`.
+
+    A core root is core even before it is installed (installing `proxmox-ve` on a fresh Debian).
+    """
+    if name in core_roots:
+        return Verdict(True, "closure", "a core root")
+    if name in PVEVERSION_ALWAYS:
+        return Verdict(True, "pveversion")
+    if any(fnmatch.fnmatchcase(name, p) for p in KERNEL_PATTERNS):
+        return Verdict(True, "kernel")
+    if name in BOOT_CHAIN:
+        return Verdict(True, "boot")
+    if pkg is not None and pkg.essential:
+        return Verdict(True, "essential")
+    if pkg is not None and pkg.priority == "required":
+        return Verdict(True, "required")
+    if any(fnmatch.fnmatchcase(name, p) for p in extra_allowed):
+        return Verdict(True, "extra")
+    if name in PVEVERSION_OPTIONAL:
+        return Verdict(True, "optional")
+    return Verdict(False, "non-core")
 
 
 def is_never_stop_unit(unit: str) -> bool:

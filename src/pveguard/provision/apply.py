@@ -37,7 +37,8 @@ class ApplyReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        """Everything the strategy asks for is in place (nothing failed, no conflict left)."""
+        return not self.failed and not self.skipped
 
     def as_dict(self) -> dict[str, Any]:
         return {"created": self.created, "updated": self.updated, "resumed": self.resumed,
@@ -99,8 +100,11 @@ class Applier:
 
     def apply(self, plan: Plan) -> ApplyReport:
         report = ApplyReport()
+        journaled = {j.name for j in self.journal.entries()}
         for a in plan.actions:
             if a.kind == "unchanged":
+                if a.name in journaled and a.guest is not None:
+                    self.journal.done(a.name)  # an interrupted create with nothing left to do
                 continue
             if a.kind == "conflict":
                 report.skipped.append(a.name)
@@ -110,7 +114,7 @@ class Applier:
             except PveguardError as exc:
                 report.failed[a.name] = str(exc)
                 self.recorder.record(f"provision.{a.kind}.failed", _target(a), name=a.name, error=exc.message)
-                self.done(f"[failed] {a.kind} {a.name}: {exc.message}")
+                self.done(f"failed: {a.kind} {a.name}")
         return report
 
     # --- the actions ----------------------------------------------------------------------------
@@ -135,9 +139,9 @@ class Applier:
 
     def _finish(self, guest: Guest, d: Desired, steps: list[str]) -> None:
         """The steps after creation: start, then packages; the journal advances after each."""
-        wait = getattr(self.backend, "wait_unlocked", None)
-        if wait is not None and guest.lock:
-            wait(guest, f"finishing {guest.name}", self.progress)
+        if guest.lock or "wait" in steps:
+            self.backend.wait_unlocked(guest, f"waiting for the creation of {guest.name}", self.progress)
+            guest.lock = None
         if "start" in steps:
             if guest.status != "running":
                 self.progress(f"starting {guest.name} (CT {guest.vmid})")

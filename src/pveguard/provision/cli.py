@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
@@ -12,13 +14,14 @@ from rich.table import Table
 from pveguard.backends import connect
 from pveguard.backends.base import Backend
 from pveguard.context import AppContext
-from pveguard.errors import EXIT_FAILED, UsageError
-from pveguard.output import console, err_console, print_json
+from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
+from pveguard.output import console, err_console, error, print_json
 from pveguard.provision.apply import Applier, ApplyReport
-from pveguard.provision.desired import actual_fields, desired_fields, desired_state
+from pveguard.provision.desired import actual_fields, desired_fields, desired_state, is_managed_description
 from pveguard.provision.journal import Journal
 from pveguard.provision.observe import observe
 from pveguard.provision.plan import Plan, plan
+from pveguard.provision.runlock import apply_lock
 
 EXIT_CHANGES = 2
 
@@ -46,23 +49,23 @@ def render_plan(p: Plan) -> None:
     for a in p.actions:
         sym, style = _SYMBOL[a.kind]
         where = f" (CT {a.vmid} on {a.node})" if a.vmid is not None and a.node else ""
-        console.print(f"[{style}]{sym} {a.kind} {escape(a.name)}[/]{escape(where)}")
+        console.print(f"[{style}]{sym} {a.kind} {escape(a.name)}[/]{escape(where)}", soft_wrap=True)
         if a.kind == "create" and a.desired is not None:
             f = desired_fields(a.desired.spec)
             console.print(escape(f"    cores {f['cores']}, memory {f['memory']} MiB, swap {f['swap']} MiB, "
-                                 f"rootfs {f['rootfs']}, net0 {f['net0']}"), highlight=False)
+                                 f"rootfs {f['rootfs']}, net0 {f['net0']}"), soft_wrap=True)
             console.print(escape(f"    unprivileged {f['unprivileged']}, features {f['features'] or '-'}, onboot "
-                                 f"{f['onboot']}, startup {f['startup'] or '-'}, tags {f['tags']}"))
+                                 f"{f['onboot']}, startup {f['startup'] or '-'}, tags {f['tags']}"), soft_wrap=True)
             if a.desired.packages:
                 console.print(escape(f"    packages: {' '.join(a.desired.packages)}"))
         for c in a.changes:
             flag = "" if c.possible else "  [not possible in place]"
             flag = flag or ("" if c.live else "  [after restart]")
-            console.print(escape(f"    {c.text()}{flag}"))
+            console.print(escape(f"    {c.text()}{flag}"), soft_wrap=True)
         if a.resume and a.kind != "create":
             console.print(escape(f"    finish interrupted creation: {', '.join(a.resume)}"))
         for n in a.notes:
-            console.print(f"    [dim]{escape(n)}[/]")
+            console.print(f"    [dim]{escape(n)}[/]", soft_wrap=True)
     cnt = p.counts()
     console.print(f"Plan: {cnt['create']} to create, {cnt['update']} to update, {cnt['resume']} to finish, "
                   f"{cnt['delete']} to delete, {cnt['unchanged']} unchanged"
@@ -80,15 +83,25 @@ def plan_cmd(
 ) -> None:
     """Show what apply would do: creates, updates (field: old -> new), unchanged, deletes (--prune)."""
     app = _app(ctx)
-    backend = connect(app.strategy)
     try:
-        p = compute_plan(app, backend, prune)
-    finally:
-        backend.close()
+        backend = connect(app.strategy)
+        with _closing(backend):
+            p = compute_plan(app, backend, prune)
+    except PveguardError as exc:
+        if detailed_exitcode:
+            # 2 means "changes pending" here, so a broken strategy must not exit 2 (like terraform: 1)
+            exc.exit_code = EXIT_FAILED
+        raise
     if json_out:
         print_json(p.as_dict())
     else:
         render_plan(p)
+    conflicts = p.of("conflict")
+    if conflicts:
+        # the strategy cannot be reached as it stands: say so in the exit code too
+        error(f"{len(conflicts)} container(s) cannot be provided: {', '.join(a.name for a in conflicts)} "
+              f"(see the notes above)")
+        raise typer.Exit(EXIT_FAILED)
     if detailed_exitcode and p.has_changes:
         raise typer.Exit(EXIT_CHANGES)
 
@@ -113,7 +126,7 @@ def render_report(r: ApplyReport) -> None:
         console.print(escape(f"  {name}: restart needed for {', '.join(keys)} "
                              f"(pct reboot, or 'pveguard apply' after the next restart shows nothing)"))
     for name in r.skipped:
-        console.print(escape(f"  {name}: skipped (conflict, see plan)"))
+        err_console.print(escape(f"  {name}: not provided (conflict, see the plan above)"), style="red")
     for name, msg in sorted(r.failed.items()):
         err_console.print(escape(f"  {name}: {msg}"), style="red")
 
@@ -127,30 +140,41 @@ def apply_cmd(
     """Carry out the plan: create, converge and (with --prune) delete managed containers."""
     app = _app(ctx)
     backend = connect(app.strategy)
-    try:
+    with apply_lock(app.state_dir), _closing(backend):
         p = compute_plan(app, backend, prune)
         if not json_out:
             render_plan(p)
         if not p.has_changes:
-            report = ApplyReport(skipped=[a.name for a in p.of("conflict")])
+            # nothing to change; this only forgets journal rows of creates that had finished
+            report = Applier(backend, app, Journal(app.store)).apply(p)
         else:
             _confirm_deletes(p, yes)
             with err_console.status("applying") as status:
                 def progress(msg: str) -> None:
-                    status.update(escape(msg))
+                    # a spinner in a terminal; plain lines in logs and CI, where a spinner shows nothing
+                    if err_console.is_terminal:
+                        status.update(escape(msg))
+                    else:
+                        err_console.print(escape(msg), highlight=False, soft_wrap=True)
 
                 def done(msg: str) -> None:
                     err_console.print(escape(msg), highlight=False)
 
                 report = Applier(backend, app, Journal(app.store), progress=progress, done=done).apply(p)
-    finally:
-        backend.close()
     if json_out:
         print_json({"plan": p.as_dict(), "result": report.as_dict()})
     else:
         render_report(report)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+@contextmanager
+def _closing(backend: Backend) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        backend.close()
 
 
 def _mib(n: int) -> str:
@@ -171,10 +195,10 @@ def status_data(app: AppContext, backend: Backend) -> dict[str, Any]:
     seen = set()
     for g in obs.guests:
         cfg = obs.configs.get(g.vmid)
-        if cfg is None or g.type != "lxc" or not cfg.get("description") or "pveguard" not in g.tags:
+        if cfg is None or g.type != "lxc":
             continue
         f = actual_fields(cfg)
-        if "managed-by: pveguard" not in f["description"]:
+        if not is_managed_description(f["description"]):
             continue
         seen.add(g.name)
         s = stats.get(g.vmid)
@@ -187,9 +211,12 @@ def status_data(app: AppContext, backend: Backend) -> dict[str, Any]:
                      "maxdisk_bytes": s.maxdisk, "uptime": s.uptime} if s else None,
         })
     missing = [n for n in desired if n not in seen]
-    return {"backend": {"name": caps.name, "vlan_mode": caps.vlan_mode, "live_memory_update": caps.live_memory_update,
-                        "live_cpu_update": caps.live_cpu_update, "backups": caps.backups, "notes": caps.notes},
-            "containers": sorted(rows, key=lambda r: str(r["name"])), "missing": missing}
+    unfinished = [{"name": j.name, "vmid": j.vmid, "node": j.node, "step": j.step}
+                  for j in Journal(app.store).entries()]
+    backend_info = {"name": caps.name, "vlan_mode": caps.vlan_mode, "live_memory_update": caps.live_memory_update,
+                    "live_cpu_update": caps.live_cpu_update, "backups": caps.backups, "notes": caps.notes}
+    return {"backend": backend_info, "containers": sorted(rows, key=lambda r: str(r["name"])),
+            "missing": missing, "unfinished": unfinished}
 
 
 def status_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
@@ -217,3 +244,6 @@ def status_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     console.print(t)
     if data["missing"]:
         console.print(escape("not created yet: " + ", ".join(data["missing"]) + " (run 'pveguard apply')"))
+    for j in data["unfinished"]:
+        console.print(escape(f"unfinished create: {j['name']} (CT {j['vmid'] or '?'}, reached '{j['step']}'; "
+                             f"'pveguard apply' finishes it)"))

@@ -11,6 +11,7 @@ from pveguard.provision.desired import desired_state
 from pveguard.provision.journal import Journal
 from pveguard.provision.observe import observe
 from pveguard.provision.plan import Plan, plan
+from pveguard.provision.runlock import apply_lock
 
 __all__ = ["ensure_container", "install_packages", "run_in_container"]
 
@@ -29,13 +30,15 @@ def ensure_container(app: AppContext, name: str, *, backend: Backend | None = No
                           hint="known: " + ", ".join(c.name for c in strategy.containers))
     backend = backend or connect(strategy)
     journal = Journal(app.store)
-    action = next(a for a in plan(desired, observe(backend), journal=journal.entries()).actions if a.name == name)
-    if action.kind == "conflict":
-        raise OperationError(f"cannot provide container {name}: " + "; ".join(action.notes))
-    if action.kind != "unchanged":
-        report = Applier(backend, app, journal, progress=progress).apply(Plan([action]))
-        if not report.ok:
-            raise OperationError(f"cannot provide container {name}: {report.failed[name]}")
+    with apply_lock(app.state_dir):
+        action = next(a for a in plan(desired, observe(backend), journal=journal.entries()).actions
+                      if a.name == name)
+        if action.kind == "conflict":
+            raise OperationError(f"cannot provide container {name}: " + "; ".join(action.notes))
+        if action.kind != "unchanged":
+            report = Applier(backend, app, journal, progress=progress).apply(Plan([action]))
+            if not report.ok:
+                raise OperationError(f"cannot provide container {name}: {report.failed[name]}")
     guest = next((g for g in backend.list_guests() if g.name == name and "pveguard" in g.tags), None)
     if guest is None:
         raise OperationError(f"container {name} was created but is not listed by the backend",

@@ -20,22 +20,27 @@ def observe(backend: Backend) -> Observed:
     wanted = set(candidate_vmids(guests))
     tagged = [g for g in guests if g.vmid in wanted]
 
-    def read(g: Guest) -> tuple[int, dict[str, Any] | None]:
+    def read(g: Guest) -> tuple[int, dict[str, Any] | str | None]:
         try:
             return g.vmid, backend.get_config(g)
-        except BackendError:
-            # gone between listing and reading (destroyed, migrated): it is simply not there
-            if not any(x.vmid == g.vmid for x in backend.list_guests()):
-                return g.vmid, None
-            raise
+        except BackendError as exc:
+            return g.vmid, exc.message
 
     configs: dict[int, dict[str, Any]] = {}
+    failed: dict[int, str] = {}
     if len(tagged) <= 1:
         results = [read(g) for g in tagged]
     else:
         with ThreadPoolExecutor(max_workers=READ_WORKERS) as pool:
             results = list(pool.map(read, tagged))
     for vmid, cfg in results:
-        if cfg is not None:
+        if isinstance(cfg, dict):
             configs[vmid] = cfg
-    return Observed([g for g in guests if g.vmid in configs or g.vmid not in wanted], configs)
+        elif cfg is not None:
+            failed[vmid] = cfg
+    if failed:
+        # gone between listing and reading (destroyed, migrated away) is not a failure: it is not there
+        still = {g.vmid for g in backend.list_guests()}
+        failed = {vmid: why for vmid, why in failed.items() if vmid in still}
+    keep = [g for g in guests if g.vmid in configs or g.vmid in failed or g.vmid not in wanted]
+    return Observed(keep, configs, failed)

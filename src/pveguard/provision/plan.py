@@ -96,6 +96,8 @@ class Observed:
 
     guests: list[Guest]
     configs: dict[int, dict[str, Any]]
+    # tagged guests whose config could not be read (node offline...): vmid -> why
+    unreadable: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,11 @@ def plan(desired: list[Desired], observed: Observed, *, prune: bool = False,
     for g in managed:
         by_name.setdefault(g.name, []).append(g)
     unmanaged_by_name: dict[str, list[Guest]] = {}
+    unreadable_by_name: dict[str, list[Guest]] = {}
     for g in observed.guests:
-        if g.vmid not in managed_ids:
+        if g.vmid in observed.unreadable:
+            unreadable_by_name.setdefault(g.name, []).append(g)
+        elif g.vmid not in managed_ids:
             unmanaged_by_name.setdefault(g.name, []).append(g)
     pending = {j.name: j for j in journal or []}
 
@@ -162,6 +167,14 @@ def plan(desired: list[Desired], observed: Observed, *, prune: bool = False,
     for d in desired:
         name = d.spec.name
         found = sorted(by_name.get(name, []), key=lambda g: g.vmid)
+        unknown = unreadable_by_name.get(name, [])
+        if unknown:
+            # it may well be ours: neither create a second one nor guess at changes
+            g = unknown[0]
+            actions.append(Action("conflict", name, vmid=g.vmid, node=g.node, desired=d, guest=g, notes=[
+                f"CT {g.vmid} on {g.node} cannot be read ({observed.unreadable[g.vmid]}); left as is until "
+                f"it can"]))
+            continue
         if len(found) > 1:
             ids = ", ".join(str(g.vmid) for g in found)
             actions.append(Action("conflict", name, desired=d, notes=[
@@ -176,7 +189,8 @@ def plan(desired: list[Desired], observed: Observed, *, prune: bool = False,
                     f"rename it, or adopt it by adding the tag 'pveguard' and the line "
                     f"'managed-by: pveguard' to its description"]))
                 continue
-            notes = [f"pinned to node {d.spec.node}"] if d.spec.node else ["node: most free memory"]
+            notes = ([f"pinned to node {d.spec.node}"] if d.spec.node
+                     else ["node: chosen at apply (on PVE: most free memory)"])
             if d.spec.vmid is not None:
                 clash = next((g for g in observed.guests if g.vmid == d.spec.vmid), None)
                 if clash is not None:
@@ -189,13 +203,20 @@ def plan(desired: list[Desired], observed: Observed, *, prune: bool = False,
             continue
         g = found[0]
         cfg = observed.configs[g.vmid]
+        j = pending.get(name)
+        if cfg.get("lock") == "create":
+            # still being created (a run that died or timed out): the config is not complete yet
+            steps = _RESUME_STEPS["creating"] if j is None or j.vmid in (None, g.vmid) else []
+            actions.append(Action("resume", name, vmid=g.vmid, node=g.node, desired=d, guest=g, config=cfg,
+                                  resume=["wait", *(s for s in steps if s != "packages" or d.packages)],
+                                  notes=["creation still in progress (lock: create); apply waits for it"]))
+            continue
         changes = diff_fields(desired_fields(d.spec), actual_fields(cfg))
         notes = [f"{c.field} cannot change from {c.old} to {c.new} in place "
                  f"({'a new container is needed' if c.field in IMMUTABLE_FIELDS else 'disks only grow'}); "
                  f"left as is" for c in changes if not c.possible]
         if g.lock:
-            notes.append(f"guest is locked ({g.lock}); apply waits for the lock to clear")
-        j = pending.get(name)
+            notes.append(f"guest is locked ({g.lock}); changes fail until the lock is released")
         resume = []
         if j is not None and j.vmid in (None, g.vmid):
             resume = [s for s in _RESUME_STEPS.get(j.step, []) if s != "packages" or d.packages]
@@ -203,6 +224,10 @@ def plan(desired: list[Desired], observed: Observed, *, prune: bool = False,
         kind: ActionKind = "update" if possible else ("resume" if resume else "unchanged")
         actions.append(Action(kind, name, vmid=g.vmid, node=g.node, changes=changes, desired=d, guest=g,
                               config=cfg, resume=resume, notes=notes))
+    for g in sorted(observed.guests, key=lambda g: g.vmid):
+        if g.vmid in observed.unreadable and g.name not in wanted:
+            actions.append(Action("unchanged", g.name, vmid=g.vmid, node=g.node, guest=g, notes=[
+                f"cannot be read ({observed.unreadable[g.vmid]}); not pruned"]))
     for g in sorted(managed, key=lambda g: g.vmid):
         if g.name in wanted:
             continue

@@ -408,9 +408,7 @@ def acl(ctx: Ctx) -> list[dict[str, Any]]:
     out = []
     for e in ctx.sim.access.acl:
         if ctx.is_root or ctx.can(e.path, "Sys.Audit") or ctx.can(e.path, "Permissions.Modify"):
-            out.append(
-                {"path": e.path, "type": e.type, "ugid": e.ugid, "roleid": e.roleid, "propagate": e.propagate}
-            )
+            out.append({"path": e.path, "type": e.type, "ugid": e.ugid, "roleid": e.roleid, "propagate": e.propagate})
     return out
 
 
@@ -444,9 +442,7 @@ def acl_update(ctx: Ctx) -> None:
     for typ, ugid in targets:
         for r in roles_:
             acc.acl = [
-                e
-                for e in acc.acl
-                if not (e.path == path and e.type == typ and e.ugid == ugid and e.roleid == r)
+                e for e in acc.acl if not (e.path == path and e.type == typ and e.ugid == ugid and e.roleid == r)
             ]
             if not ctx.p.get("delete"):
                 acc.acl.append(AclEntry(path, typ, ugid, r, propagate))

@@ -7,7 +7,7 @@ from typing import Any
 
 from pvesim.formats import split_list
 from pvesim.handlers import Ctx, RawData, api
-from pvesim.state import Guest, die, param_error
+from pvesim.state import die, param_error
 from pvesim.usage import STAT_INTERVAL
 
 
@@ -16,17 +16,6 @@ def _full_view(ctx: Ctx) -> bool:
     return ctx.sim.access.privs(ctx.auth.authid, "/") >= ctx.sim.access.roles["Administrator"] and not any(
         e.roleid == "NoAccess" for e in ctx.sim.access.acl
     )
-
-
-def _guest_bytes(ctx: Ctx, g: Guest) -> bytes:
-    e = ctx.sim.resource_entry(g)
-    cache = g._res_cache
-    if cache is not None and cache[2] is not None:
-        return cache[2]
-    b = json.dumps(e, separators=(",", ":")).encode()
-    if cache is not None:
-        g._res_cache = (cache[0], cache[1], b)
-    return b
 
 
 @api("GET", "/cluster/resources")
@@ -44,13 +33,16 @@ def resources(ctx: Ctx) -> RawData:
     access = sim.access
     authid = ctx.auth.authid
     want_vm = typ in (None, "vm")
+    now = sim.now()
+    bucket = int(now) // STAT_INTERVAL
+    rj = sim.resource_json
     for g in sim.guests.values():
-        e = sim.resource_entry(g)
+        body, weight, mem = rj(g, bucket, now)
         if g.status == "running" and g.node in node_cpu:
-            node_cpu[g.node] += float(e["cpu"]) * float(e["maxcpu"])
-            node_mem[g.node] += int(e["mem"])
+            node_cpu[g.node] += weight
+            node_mem[g.node] += mem
         if want_vm and (full or "VM.Audit" in access.privs(authid, f"/vms/{g.vmid}")):
-            parts.append(_guest_bytes(ctx, g))
+            parts.append(body)
     extra: list[dict[str, Any]] = []
     if typ in (None, "node"):
         for n in sim.nodes.values():
@@ -69,9 +61,28 @@ def resources(ctx: Ctx) -> RawData:
                 }:
                     extra.append(sim.storage_entry(nname, st))
     if typ is None:
-        for pid in sim.pools:
+        for pid, pool in sim.pools.items():
             if full or "Pool.Audit" in access.privs(authid, f"/pool/{pid}"):
-                extra.append({"id": f"/pool/{pid}", "type": "pool", "pool": pid})
+                pe: dict[str, Any] = {"id": f"/pool/{pid}", "type": "pool", "pool": pid}
+                members = [sim.guests[v] for v in pool.get("vms", set()) if v in sim.guests]
+                if members:
+                    bucket = int(sim.now()) // STAT_INTERVAL
+                    ents = [json.loads(sim.resource_json(g, bucket)[0]) for g in members]
+                    for k in (
+                        "cpu",
+                        "maxcpu",
+                        "mem",
+                        "maxmem",
+                        "disk",
+                        "maxdisk",
+                        "netin",
+                        "netout",
+                        "diskread",
+                        "diskwrite",
+                    ):
+                        pe[k] = sum(x.get(k, 0) for x in ents)
+                    pe["cpu"] = round(pe["cpu"] / max(1, len(ents)), 6)
+                extra.append(pe)
     if typ in (None, "sdn"):
         for n in sim.nodes.values():
             extra.append(
@@ -85,8 +96,9 @@ def resources(ctx: Ctx) -> RawData:
             )
     parts.extend(json.dumps(e, separators=(",", ":")).encode() for e in extra)
     body = b"[" + b",".join(parts) + b"]"
-    if len(sim._res_bytes) > 64:
-        sim._res_bytes.clear()
+    # keep only answers of the current interval and state version (each is MBs at 10k guests)
+    for old in [k for k in sim._res_bytes if k[:2] != key[:2]]:
+        del sim._res_bytes[old]
     sim._res_bytes[key] = body
     return RawData(body)
 
@@ -314,9 +326,7 @@ def ha_resources(ctx: Ctx) -> list[dict[str, Any]]:
     for sid, r in ctx.sim.ha_resources.items():
         if ctx.p.get("type") and not sid.startswith(str(ctx.p["type"]) + ":"):
             continue
-        out.append(
-            {"sid": sid, "type": sid.split(":")[0], **{k: v for k, v in r.items()}, "digest": _ha_digest(ctx)}
-        )
+        out.append({"sid": sid, "type": sid.split(":")[0], **{k: v for k, v in r.items()}, "digest": _ha_digest(ctx)})
     return out
 
 

@@ -1,3 +1,407 @@
-"""firewall handlers."""
+"""Firewall (pve-firewall): cluster groups/rules/options/aliases/ipsets and the same per guest.
+
+Every collection answers with the config file's `digest`; writes check a given `digest` first.
+"""
 
 from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from pvesim.formats import split_list
+from pvesim.handlers import Ctx, api
+from pvesim.state import _new_firewall, die, param_error
+
+RULE_KEYS = (
+    "type",
+    "action",
+    "enable",
+    "macro",
+    "proto",
+    "source",
+    "dest",
+    "sport",
+    "dport",
+    "iface",
+    "icmp-type",
+    "log",
+    "comment",
+)
+
+
+def _digest(fw: dict[str, Any]) -> str:
+    return hashlib.sha1(
+        repr((fw.get("options"), fw.get("rules"), fw.get("aliases"), fw.get("ipsets"), fw.get("version"))).encode()
+    ).hexdigest()
+
+
+def _check_digest(ctx: Ctx, fw: dict[str, Any]) -> None:
+    if ctx.p.get("digest") and str(ctx.p["digest"]) != _digest(fw):
+        raise die("detected modified configuration - file changed by other user? Try again.")
+
+
+def _bump(ctx: Ctx, fw: dict[str, Any]) -> None:
+    fw["version"] = int(fw.get("version", 0)) + 1
+    ctx.sim.changed()
+
+
+def _guest_fw(ctx: Ctx, kind: str) -> dict[str, Any]:
+    g = ctx.guest(kind)
+    return ctx.sim.fw_guest.setdefault(g.vmid, _new_firewall())
+
+
+def _cluster_fw(ctx: Ctx) -> dict[str, Any]:
+    return ctx.sim.fw_cluster
+
+
+def _group_fw(ctx: Ctx) -> dict[str, Any]:
+    name = str(ctx.p["group"])
+    g = ctx.sim.fw_groups.get(name)
+    if g is None:
+        raise die(f"no such security group '{name}'")
+    return g
+
+
+def _rule_view(fw: dict[str, Any], i: int, r: dict[str, Any]) -> dict[str, Any]:
+    return (
+        {**r, "pos": i, "digest": _digest(fw), "ipversion": r.get("ipversion")}
+        if r.get("ipversion")
+        else {**r, "pos": i, "digest": _digest(fw)}
+    )
+
+
+def _validate_rule(ctx: Ctx, r: dict[str, Any], guest: bool) -> None:
+    typ = r.get("type")
+    action = str(r.get("action", ""))
+    if typ == "group":
+        if action not in ctx.sim.fw_groups:
+            raise param_error({"action": f"security group '{action}' does not exist"})
+    elif action and action not in ("ACCEPT", "DROP", "REJECT"):
+        raise param_error(
+            {"action": f"value '{action}' does not have a value in the enumeration 'ACCEPT, DROP, REJECT'"}
+        )
+    if guest and r.get("iface") and not str(r["iface"]).startswith("net"):
+        raise param_error({"iface": f"invalid interface name '{r['iface']}'"})
+    for k in ("source", "dest"):
+        v = str(r.get(k, ""))
+        if v.startswith("+"):
+            name = v[1:].split("/")[-1]
+            sets = ctx.sim.fw_cluster["ipsets"]
+            if name not in sets and not any(name in fw["ipsets"] for fw in ctx.sim.fw_guest.values()):
+                raise param_error({k: f"no such ipset '{name}'"})
+
+
+def _rules_handlers(base: str, getfw: Callable[[Ctx], dict[str, Any]], guest: bool) -> None:
+    def list_(ctx: Ctx) -> list[dict[str, Any]]:
+        fw = getfw(ctx)
+        return [_rule_view(fw, i, r) for i, r in enumerate(fw["rules"])]
+
+    def create(ctx: Ctx) -> None:
+        fw = getfw(ctx)
+        _check_digest(ctx, fw)
+        r = {k: ctx.p[k] for k in RULE_KEYS if k in ctx.p}
+        _validate_rule(ctx, r, guest)
+        pos = int(ctx.p.get("pos", 0))
+        fw["rules"].insert(min(pos, len(fw["rules"])), r)
+        _bump(ctx, fw)
+        return None
+
+    def _rule(ctx: Ctx) -> tuple[dict[str, Any], int]:
+        fw = getfw(ctx)
+        pos = int(ctx.p["pos"])
+        if pos < 0 or pos >= len(fw["rules"]):
+            raise die(f"no rule at position {pos}")
+        return fw, pos
+
+    def get(ctx: Ctx) -> dict[str, Any]:
+        fw, pos = _rule(ctx)
+        return _rule_view(fw, pos, fw["rules"][pos])
+
+    def update(ctx: Ctx) -> None:
+        fw, pos = _rule(ctx)
+        _check_digest(ctx, fw)
+        r = fw["rules"][pos]
+        if ctx.p.get("moveto") is not None:
+            fw["rules"].pop(pos)
+            fw["rules"].insert(min(int(ctx.p["moveto"]), len(fw["rules"])), r)
+        else:
+            new = dict(r)
+            for k in split_list(str(ctx.p.get("delete", ""))):
+                new.pop(k, None)
+            new.update({k: ctx.p[k] for k in RULE_KEYS if k in ctx.p})
+            _validate_rule(ctx, new, guest)
+            fw["rules"][pos] = new
+        _bump(ctx, fw)
+        return None
+
+    def delete(ctx: Ctx) -> None:
+        fw, pos = _rule(ctx)
+        _check_digest(ctx, fw)
+        fw["rules"].pop(pos)
+        _bump(ctx, fw)
+        return None
+
+    api("GET", base)(list_)
+    api("POST", base)(create)
+    api("GET", base + "/{pos}")(get)
+    api("PUT", base + "/{pos}")(update)
+    api("DELETE", base + "/{pos}")(delete)
+
+
+def _options_handlers(base: str, getfw: Callable[[Ctx], dict[str, Any]]) -> None:
+    def get(ctx: Ctx) -> dict[str, Any]:
+        fw = getfw(ctx)
+        return {**fw["options"], "digest": _digest(fw)}
+
+    def put(ctx: Ctx) -> None:
+        fw = getfw(ctx)
+        _check_digest(ctx, fw)
+        for k in split_list(str(ctx.p.get("delete", ""))):
+            fw["options"].pop(k, None)
+        for k, v in ctx.p.items():
+            if k not in ("delete", "digest", "node", "vmid"):
+                fw["options"][k] = v
+        _bump(ctx, fw)
+        return None
+
+    api("GET", base)(get)
+    api("PUT", base)(put)
+
+
+def _alias_handlers(base: str, getfw: Callable[[Ctx], dict[str, Any]]) -> None:
+    def list_(ctx: Ctx) -> list[dict[str, Any]]:
+        fw = getfw(ctx)
+        return [{"name": n, **a, "digest": _digest(fw)} for n, a in sorted(fw["aliases"].items())]
+
+    def create(ctx: Ctx) -> None:
+        fw = getfw(ctx)
+        name = str(ctx.p["name"])
+        if name.lower() in (n.lower() for n in fw["aliases"]):
+            raise die(f"alias '{name}' already exists")
+        fw["aliases"][name] = {
+            "cidr": ctx.p["cidr"],
+            **({"comment": ctx.p["comment"]} if "comment" in ctx.p else {}),
+        }
+        _bump(ctx, fw)
+        return None
+
+    def _one(ctx: Ctx) -> tuple[dict[str, Any], str]:
+        fw = getfw(ctx)
+        name = str(ctx.p["name"])
+        if name not in fw["aliases"]:
+            raise die(f"no such alias '{name}'")
+        return fw, name
+
+    def get(ctx: Ctx) -> dict[str, Any]:
+        fw, name = _one(ctx)
+        return {"name": name, **fw["aliases"][name], "digest": _digest(fw)}
+
+    def update(ctx: Ctx) -> None:
+        fw, name = _one(ctx)
+        _check_digest(ctx, fw)
+        a = fw["aliases"].pop(name)
+        a["cidr"] = ctx.p["cidr"]
+        if "comment" in ctx.p:
+            a["comment"] = ctx.p["comment"]
+        new = str(ctx.p.get("rename") or name)
+        if new != name and new in fw["aliases"]:
+            fw["aliases"][name] = a
+            raise die(f"alias '{new}' already exists")
+        fw["aliases"][new] = a
+        _bump(ctx, fw)
+        return None
+
+    def delete(ctx: Ctx) -> None:
+        fw, name = _one(ctx)
+        _check_digest(ctx, fw)
+        del fw["aliases"][name]
+        _bump(ctx, fw)
+        return None
+
+    api("GET", base)(list_)
+    api("POST", base)(create)
+    api("GET", base + "/{name}")(get)
+    api("PUT", base + "/{name}")(update)
+    api("DELETE", base + "/{name}")(delete)
+
+
+def _ipset_handlers(base: str, getfw: Callable[[Ctx], dict[str, Any]]) -> None:
+    def list_(ctx: Ctx) -> list[dict[str, Any]]:
+        fw = getfw(ctx)
+        return [
+            {"name": n, **({"comment": s["comment"]} if s.get("comment") else {}), "digest": _digest(fw)}
+            for n, s in sorted(fw["ipsets"].items())
+        ]
+
+    def create(ctx: Ctx) -> None:
+        fw = getfw(ctx)
+        _check_digest(ctx, fw)
+        name = str(ctx.p["name"])
+        if ctx.p.get("rename"):
+            old = str(ctx.p["rename"])
+            if old not in fw["ipsets"]:
+                raise die(f"no such IPSet '{old}'")
+            if name in fw["ipsets"]:
+                raise die(f"IPSet '{name}' already exists")
+            fw["ipsets"][name] = fw["ipsets"].pop(old)
+            if "comment" in ctx.p:
+                fw["ipsets"][name]["comment"] = ctx.p["comment"]
+        else:
+            if name in fw["ipsets"]:
+                raise die(f"IPSet '{name}' already exists")
+            fw["ipsets"][name] = {"comment": ctx.p.get("comment", ""), "entries": []}
+        _bump(ctx, fw)
+        return None
+
+    def _set(ctx: Ctx) -> tuple[dict[str, Any], dict[str, Any]]:
+        fw = getfw(ctx)
+        name = str(ctx.p["name"])
+        s = fw["ipsets"].get(name)
+        if s is None:
+            raise die(f"no such IPSet '{name}'")
+        return fw, s
+
+    def entries(ctx: Ctx) -> list[dict[str, Any]]:
+        fw, s = _set(ctx)
+        return [{**e, "digest": _digest(fw)} for e in s["entries"]]
+
+    def add(ctx: Ctx) -> None:
+        fw, s = _set(ctx)
+        cidr = str(ctx.p["cidr"])
+        if any(e["cidr"] == cidr for e in s["entries"]):
+            raise die(f"entry '{cidr}' already exists")
+        e: dict[str, Any] = {"cidr": cidr}
+        if ctx.p.get("nomatch"):
+            e["nomatch"] = 1
+        if ctx.p.get("comment"):
+            e["comment"] = ctx.p["comment"]
+        s["entries"].append(e)
+        _bump(ctx, fw)
+        return None
+
+    def delete_set(ctx: Ctx) -> None:
+        fw, s = _set(ctx)
+        if s["entries"] and not ctx.p.get("force"):
+            raise die("IPSet is not empty")
+        del fw["ipsets"][str(ctx.p["name"])]
+        _bump(ctx, fw)
+        return None
+
+    def _entry(ctx: Ctx) -> tuple[dict[str, Any], dict[str, Any], int]:
+        fw, s = _set(ctx)
+        cidr = str(ctx.p["cidr"])
+        for i, e in enumerate(s["entries"]):
+            if e["cidr"] == cidr:
+                return fw, s, i
+        raise die("no such IP/Network")
+
+    def get_entry(ctx: Ctx) -> dict[str, Any]:
+        _fw, s, i = _entry(ctx)
+        return dict(s["entries"][i])
+
+    def put_entry(ctx: Ctx) -> None:
+        fw, s, i = _entry(ctx)
+        _check_digest(ctx, fw)
+        e = s["entries"][i]
+        if "nomatch" in ctx.p:
+            if ctx.p["nomatch"]:
+                e["nomatch"] = 1
+            else:
+                e.pop("nomatch", None)
+        if "comment" in ctx.p:
+            e["comment"] = ctx.p["comment"]
+        _bump(ctx, fw)
+        return None
+
+    def del_entry(ctx: Ctx) -> None:
+        fw, s, i = _entry(ctx)
+        _check_digest(ctx, fw)
+        s["entries"].pop(i)
+        _bump(ctx, fw)
+        return None
+
+    api("GET", base)(list_)
+    api("POST", base)(create)
+    api("GET", base + "/{name}")(entries)
+    api("POST", base + "/{name}")(add)
+    api("DELETE", base + "/{name}")(delete_set)
+    api("GET", base + "/{name}/{cidr}")(get_entry)
+    api("PUT", base + "/{name}/{cidr}")(put_entry)
+    api("DELETE", base + "/{name}/{cidr}")(del_entry)
+
+
+for _kind in ("lxc", "qemu"):
+    _base = f"/nodes/{{node}}/{_kind}/{{vmid}}/firewall"
+
+    def _mk(kind: str) -> Callable[[Ctx], dict[str, Any]]:
+        return lambda ctx: _guest_fw(ctx, kind)
+
+    _rules_handlers(_base + "/rules", _mk(_kind), True)
+    _options_handlers(_base + "/options", _mk(_kind))
+    _alias_handlers(_base + "/aliases", _mk(_kind))
+    _ipset_handlers(_base + "/ipset", _mk(_kind))
+
+_rules_handlers("/cluster/firewall/rules", _cluster_fw, False)
+_options_handlers("/cluster/firewall/options", _cluster_fw)
+_alias_handlers("/cluster/firewall/aliases", _cluster_fw)
+_ipset_handlers("/cluster/firewall/ipset", _cluster_fw)
+_rules_handlers("/cluster/firewall/groups/{group}", _group_fw, False)
+
+
+@api("GET", "/cluster/firewall/groups")
+def groups(ctx: Ctx) -> list[dict[str, Any]]:
+    return [
+        {"group": n, **({"comment": g["comment"]} if g.get("comment") else {}), "digest": _groups_digest(ctx)}
+        for n, g in sorted(ctx.sim.fw_groups.items())
+    ]
+
+
+def _groups_digest(ctx: Ctx) -> str:
+    return hashlib.sha1(repr(sorted((k, _digest(v)) for k, v in ctx.sim.fw_groups.items())).encode()).hexdigest()
+
+
+@api("POST", "/cluster/firewall/groups")
+def group_create(ctx: Ctx) -> None:
+    if ctx.p.get("digest") and ctx.p["digest"] != _groups_digest(ctx):
+        raise die("detected modified configuration - file changed by other user? Try again.")
+    name = str(ctx.p["group"])
+    if ctx.p.get("rename"):
+        old = str(ctx.p["rename"])
+        if old not in ctx.sim.fw_groups:
+            raise die(f"Security group '{old}' does not exist")
+        if name in ctx.sim.fw_groups:
+            raise die(f"Security group '{name}' already exists")
+        ctx.sim.fw_groups[name] = ctx.sim.fw_groups.pop(old)
+    else:
+        if name in ctx.sim.fw_groups:
+            raise die(f"Security group '{name}' already exists")
+        ctx.sim.fw_groups[name] = _new_firewall()
+    if "comment" in ctx.p:
+        ctx.sim.fw_groups[name]["comment"] = ctx.p["comment"]
+    ctx.sim.changed()
+    return None
+
+
+@api("DELETE", "/cluster/firewall/groups/{group}")
+def group_delete(ctx: Ctx) -> None:
+    g = _group_fw(ctx)
+    name = str(ctx.p["group"])
+    if g["rules"]:
+        raise die("security group is not empty")
+    used = [
+        r
+        for fw in [ctx.sim.fw_cluster, *ctx.sim.fw_guest.values()]
+        for r in fw["rules"]
+        if r.get("type") == "group" and r.get("action") == name
+    ]
+    if used:
+        raise die(f"security group '{name}' is used by rules")
+    del ctx.sim.fw_groups[name]
+    ctx.sim.changed()
+    return None
+
+
+@api("GET", "/cluster/firewall")
+def fw_index(ctx: Ctx) -> list[dict[str, Any]]:
+    return [{"name": n} for n in ("aliases", "groups", "ipset", "macros", "options", "refs", "rules")]

@@ -9,7 +9,7 @@ from pvesim.access import PermError
 from pvesim.formats import split_list
 from pvesim.handlers import Ctx, api
 from pvesim.schema import load_schema
-from pvesim.state import Guest, Sim, TaskError, apply_pending, die, param_error
+from pvesim.state import Guest, Sim, TaskError, Volume, apply_pending, die, param_error
 from pvesim.usage import guest_usage
 from pvesim.validate import PropertyString, PropertyStringError
 
@@ -73,6 +73,20 @@ def lock_error(g: Guest) -> str | None:
     return f"{'CT' if g.type == 'lxc' else 'VM'} is locked ({lock})"
 
 
+def check_bridge_access(ctx: Ctx, netvalue: str) -> None:
+    """PVE 8: using a bridge needs SDN.Use on /sdn/zones/localnetwork/<bridge>[/<vlan tag>]."""
+    if ctx.is_root:
+        return
+    m = re.search(r"(?:^|,)bridge=([^,]+)", netvalue)
+    if not m:
+        return
+    base = f"/sdn/zones/localnetwork/{m.group(1)}"
+    tag = re.search(r"(?:^|,)tag=(\d+)", netvalue)
+    path = f"{base}/{tag.group(1)}" if tag else base
+    if not ctx.can(path, "SDN.Use"):
+        raise PermError(f"{path}, SDN.Use")
+
+
 def _perm_for_key(key: str) -> str:
     if key in ("memory", "swap"):
         return "VM.Config.Memory"
@@ -101,19 +115,14 @@ class _Alloc:
         self.items: list[tuple[str, str, float, dict[str, Any]]] = []
 
 
-def _plan_volume(
-    sim: Sim, node: str, key: str, value: str, default_storage: str, alloc: _Alloc
-) -> str | None:
+def _plan_volume(sim: Sim, node: str, key: str, value: str, default_storage: str, alloc: _Alloc) -> str | None:
     """For rootfs/mpN: parse; a `STORAGE:SIZE` or bare size becomes an allocation. Returns normalised text."""
     fmtname = "rootfs" if key == "rootfs" else "mp[n]"
     try:
         parsed = _fmt(fmtname).parse(value)
     except PropertyStringError as e:
         raise param_error(
-            {
-                key: "invalid format - format error\n"
-                + "\n".join(f"{key}.{k}: {m}" for k, m in e.errors.items())
-            }
+            {key: "invalid format - format error\n" + "\n".join(f"{key}.{k}: {m}" for k, m in e.errors.items())}
         ) from None
     vol = str(parsed.get("volume", ""))
     storage, size = None, None
@@ -153,15 +162,25 @@ def _do_alloc(sim: Sim, node: str, vmid: int, alloc: _Alloc, cfg: dict[str, Any]
     return lines
 
 
+def _detach_to_unused(g: Guest, mpvalue: str) -> None:
+    """A removed volume mount point is not destroyed: its volume becomes the first free unusedN."""
+    vol = mpvalue.split(",", 1)[0]
+    if vol.startswith("volume="):
+        vol = vol[7:]
+    if ":" not in vol or vol.startswith("/"):
+        return  # bind mounts and devices have no volume to keep
+    n = 0
+    while f"unused{n}" in g.config:
+        n += 1
+    g.config[f"unused{n}"] = vol
+
+
 def _normalize_net(sim: Sim, key: str, value: str, old: str | None = None) -> str:
     try:
         parsed = _fmt("net[n]").parse(value)
     except PropertyStringError as e:
         raise param_error(
-            {
-                key: "invalid format - format error\n"
-                + "\n".join(f"{key}.{k}: {m}" for k, m in e.errors.items())
-            }
+            {key: "invalid format - format error\n" + "\n".join(f"{key}.{k}: {m}" for k, m in e.errors.items())}
         ) from None
     if "hwaddr" not in parsed:
         if old:
@@ -341,9 +360,9 @@ def create_lxc(ctx: Ctx) -> str:
     for k in list(cfg):
         if re.fullmatch(r"net\d+", k) and not ctx.is_root:
             ctx.check(f"/vms/{vmid}", ["VM.Config.Network"])
-            break
+            check_bridge_access(ctx, str(cfg[k]))
     cfg["lock"] = "create"
-    g = Guest(vmid, "lxc", node, cfg)
+    g = Guest(vmid, "lxc", node, cfg, created_at=sim.now())
     if existing is not None:
         _free_volumes(sim, existing.node, _volumes_of(existing))
     sim.guests[vmid] = g
@@ -364,8 +383,7 @@ def create_lxc(ctx: Ctx) -> str:
         if not restore:
             lines += [
                 "Creating SSH host key 'ssh_host_rsa_key' - this may take some time ...",
-                "done: SHA256:3mX8f6yk0rXx0X4l7Xo1g0Qx9QqGk5C1XfQx2yBv2ag root@"
-                + str(g.config.get("hostname")),
+                "done: SHA256:3mX8f6yk0rXx0X4l7Xo1g0Qx9QqGk5C1XfQx2yBv2ag root@" + str(g.config.get("hostname")),
             ]
         g.config.pop("lock", None)
         g.touch()
@@ -385,9 +403,7 @@ def create_lxc(ctx: Ctx) -> str:
         sim.changed()
         return f"unable to create CT {vmid} - {msg}"
 
-    return sim.new_task(
-        node, "vzrestore" if restore else "vzcreate", str(vmid), ctx.auth, work=work, on_error=on_error
-    )
+    return sim.new_task(node, "vzrestore" if restore else "vzcreate", str(vmid), ctx.auth, work=work, on_error=on_error)
 
 
 @api("GET", "/nodes/{node}/lxc/{vmid}/config")
@@ -405,13 +421,7 @@ def get_config(ctx: Ctx) -> dict[str, Any]:
         if snap is None:
             raise die(f"snapshot '{ctx.p['snapshot']}' does not exist")
         return {**snap, "digest": g.digest}
-    cfg = dict(g.config)
-    if not ctx.p.get("current"):
-        for k in g.pending_delete:
-            cfg.pop(k, None)
-        cfg.update(g.pending)
-    cfg["digest"] = g.digest
-    return cfg
+    return g.config_view(bool(ctx.p.get("current")))
 
 
 @api("GET", "/nodes/{node}/lxc/{vmid}/pending")
@@ -421,10 +431,11 @@ def get_pending(ctx: Ctx) -> list[dict[str, Any]]:
     out = []
     for k in keys:
         e: dict[str, Any] = {"key": k}
+        # the pending API hands out the raw config-file strings
         if k in g.config:
-            e["value"] = g.config[k]
+            e["value"] = str(g.config[k])
         if k in g.pending:
-            e["pending"] = g.pending[k]
+            e["pending"] = str(g.pending[k])
         if k in g.pending_delete:
             e["delete"] = 1
         out.append(e)
@@ -469,6 +480,9 @@ def put_config(ctx: Ctx) -> None:
     normalized: dict[str, Any] = {}
     for k, v in changes.items():
         if re.fullmatch(r"net\d+", k):
+            if g.config.get(k):
+                check_bridge_access(ctx, str(g.config[k]))
+            check_bridge_access(ctx, str(v))
             normalized[k] = _normalize_net(sim, k, str(v), str(g.config.get(k, "")) or None)
         elif k == "rootfs" or re.fullmatch(r"mp\d+", k):
             t = _plan_volume(sim, g.node, k, str(v), "local", alloc)
@@ -491,6 +505,8 @@ def put_config(ctx: Ctx) -> None:
             if re.fullmatch(r"unused\d+", k) and k in g.config:
                 vol = str(g.config[k]).split(",", 1)[0]
                 _free_volumes(sim, g.node, [vol])
+            elif re.fullmatch(r"mp\d+", k) and k in g.config:
+                _detach_to_unused(g, str(g.config[k]))
             g.config.pop(k, None)
             g.pending.pop(k, None)
         elif k in g.config and k not in g.pending_delete:
@@ -517,9 +533,7 @@ def sim_validator() -> Any:
     if _VALIDATOR is None:
         from pvesim.validate import MethodValidator
 
-        _VALIDATOR = MethodValidator(
-            load_schema().methods[("PUT", "/nodes/{node}/lxc/{vmid}/config")].parameters
-        )
+        _VALIDATOR = MethodValidator(load_schema().methods[("PUT", "/nodes/{node}/lxc/{vmid}/config")].parameters)
     return _VALIDATOR
 
 
@@ -634,14 +648,16 @@ def destroy(ctx: Ctx, g: Guest) -> str:
         vols = _volumes_of(g)
         if ctx.p.get("destroy-unreferenced-disks"):
             for (_n, _s), vs in sim.volumes.items():
-                vols += [
-                    v for v, vol in vs.items() if vol.vmid == g.vmid and vol.content in ("images", "rootdir")
-                ]
+                vols += [v for v, vol in vs.items() if vol.vmid == g.vmid and vol.content in ("images", "rootdir")]
         for v in vols:
             lines.append(f'  Logical volume "{v.split(":", 1)[1]}" successfully removed.')
         _free_volumes(sim, g.node, vols)
         sim.fw_guest.pop(g.vmid, None)
         sim.access.acl = [e for e in sim.access.acl if e.path != f"/vms/{g.vmid}"]
+        # like PVE's remove_vm_access: ACLs and pool membership always go
+        for pool in sim.pools.values():
+            pool.get("vms", set()).discard(g.vmid)
+        sim.access.pool_of.pop(g.vmid, None)
         if purge:
             for job in sim.backup_jobs.values():
                 if job.get("vmid"):
@@ -651,9 +667,6 @@ def destroy(ctx: Ctx, g: Guest) -> str:
                     else:
                         job.pop("vmid")
             sim.ha_resources.pop(sid, None)
-            for pool in sim.pools.values():
-                pool.get("vms", set()).discard(g.vmid)
-            sim.access.pool_of.pop(g.vmid, None)
         sim.access.changed()
         sim.guests.pop(g.vmid, None)
         sim.guest_packages.pop(g.vmid, None)
@@ -703,9 +716,7 @@ def migrate(ctx: Ctx, g: Guest) -> str:
         for key in list(g.config):
             val = str(g.config[key])
             vol = val.split(",", 1)[0]
-            if ":" not in vol or not (
-                key == "rootfs" or re.fullmatch(r"(mp|unused|scsi|virtio|sata|ide)\d+", key)
-            ):
+            if ":" not in vol or not (key == "rootfs" or re.fullmatch(r"(mp|unused|scsi|virtio|sata|ide)\d+", key)):
                 continue
             sid = vol.split(":", 1)[0]
             st = sim.storages.get(sid)
@@ -830,6 +841,263 @@ def create_snapshot(ctx: Ctx) -> str:
         sim.changed()
 
     return sim.new_task(ctx.node, "vzsnapshot", str(g.vmid), ctx.auth, work=work)
+
+
+@api("GET", "/nodes/{node}/lxc/{vmid}/interfaces")
+def interfaces(ctx: Ctx) -> list[dict[str, Any]]:
+    g = ctx.guest()
+    if g.status != "running":
+        raise die(f"CT {g.vmid} not running")
+    out: list[dict[str, Any]] = [
+        {
+            "name": "lo",
+            "hwaddr": "00:00:00:00:00:00",
+            "hardware-address": "00:00:00:00:00:00",
+            "inet": "127.0.0.1/8",
+            "inet6": "::1/128",
+            "ip-addresses": [
+                {"ip-address": "127.0.0.1", "ip-address-type": "inet", "prefix": 8},
+                {"ip-address": "::1", "ip-address-type": "inet6", "prefix": 128},
+            ],
+        }
+    ]
+    for k in sorted(g.config):
+        if not re.fullmatch(r"net\d+", k):
+            continue
+        parsed = _fmt("net[n]").parse(str(g.config[k]))
+        mac = str(parsed.get("hwaddr", "00:00:00:00:00:00"))
+        ip = str(parsed.get("ip", "dhcp"))
+        idx = int(k[3:])
+        inet = ip if "/" in ip else f"10.{(g.vmid >> 8) & 255}.{g.vmid & 255}.{10 + idx}/24"
+        e: dict[str, Any] = {
+            "name": str(parsed.get("name", f"eth{idx}")),
+            "hwaddr": mac.lower(),
+            "hardware-address": mac.lower(),
+            "inet": inet,
+            "ip-addresses": [
+                {"ip-address": inet.split("/")[0], "ip-address-type": "inet", "prefix": int(inet.split("/")[1])}
+            ],
+        }
+        out.append(e)
+    return out
+
+
+@api("POST", "/nodes/{node}/lxc/{vmid}/template")
+def make_template(ctx: Ctx) -> None:
+    g = ctx.guest()
+    err = lock_error(g)
+    if err:
+        raise die(err)
+    if g.config.get("template"):
+        raise die("CT is already a template")
+    if g.status == "running":
+        raise die("not possible to convert a running CT to a template")
+    for key in list(g.config):
+        if key == "rootfs" or re.fullmatch(r"mp\d+", key):
+            val = str(g.config[key])
+            vol = val.split(",", 1)[0]
+            if "-disk-" in vol:
+                new = vol.replace(f"vm-{g.vmid}-disk-", f"base-{g.vmid}-disk-")
+                for (_n, _s), vols in ctx.sim.volumes.items():
+                    if vol in vols:
+                        v = vols.pop(vol)
+                        v.volid = new
+                        vols[new] = v
+                g.config[key] = val.replace(vol, new, 1)
+    g.config["template"] = 1
+    g.touch()
+    ctx.sim.changed()
+    return None
+
+
+@api("PUT", "/nodes/{node}/lxc/{vmid}/resize")
+def resize(ctx: Ctx) -> str:
+    sim = ctx.sim
+    g = ctx.guest()
+    disk = str(ctx.p["disk"])
+    err = lock_error(g)
+    if err:
+        raise die(err)
+    if ctx.p.get("digest") and str(ctx.p["digest"]) != g.digest:
+        raise die("detected modified configuration - file changed by other user? Try again.")
+    if disk not in g.config:
+        raise die(f"disk '{disk}' does not exist")
+    m = re.fullmatch(r"(\+?)(\d+(?:\.\d+)?)([KMGT]?)", str(ctx.p["size"]))
+    if not m:
+        raise param_error({"size": "invalid format - unable to parse size"})
+    mult = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[m.group(3)]
+    parsed = _fmt("rootfs" if disk == "rootfs" else "mp[n]").parse(str(g.config[disk]))
+    sm = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)", str(parsed.get("size", "4G")))
+    cur = float(sm.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[sm.group(2)] if sm else 0
+    want = float(m.group(2)) * mult + (cur if m.group(1) else 0)
+    if want < cur:
+        raise die("unable to shrink disk size")
+
+    def work() -> list[str]:
+        gib = want / 1024**3
+        parsed["size"] = _fmt_size(gib)
+        g.config[disk] = _fmt("rootfs" if disk == "rootfs" else "mp[n]").print(parsed)
+        vol = str(parsed.get("volume", ""))
+        for (_n, _s), vols in sim.volumes.items():
+            if vol in vols:
+                vols[vol].size = int(want)
+        g.touch()
+        sim.changed()
+        return [
+            f"  Size of logical volume pve/{vol.split(':', 1)[-1]} changed to {gib:.2f} GiB.",
+            f"  Logical volume pve/{vol.split(':', 1)[-1]} successfully resized.",
+        ]
+
+    return sim.new_task(ctx.node, "resize", str(g.vmid), ctx.auth, work=work, seconds=0.5)
+
+
+@api("POST", "/nodes/{node}/lxc/{vmid}/clone")
+def clone(ctx: Ctx) -> str:
+    sim, p = ctx.sim, ctx.p
+    g = ctx.guest()
+    newid = int(p["newid"])
+    if newid in sim.guests:
+        other = sim.guests[newid]
+        raise die(f"{'CT' if other.type == 'lxc' else 'VM'} {newid} already exists on node '{other.node}'")
+    ctx.check(f"/vms/{newid}", ["VM.Allocate"]) if not ctx.is_root else None
+    full = bool(p.get("full", not g.config.get("template")))
+    if not full and not g.config.get("template"):
+        raise die("linked clone feature for 'rootfs' is not available")
+    target = str(p.get("target", ctx.node))
+    if target not in sim.nodes:
+        raise die(f"no such cluster node '{target}'")
+    err = lock_error(g)
+    if err:
+        raise die(err)
+    cfg = {k: v for k, v in g.config.items() if k not in ("lock", "template")}
+    cfg["hostname"] = p.get("hostname", g.config.get("hostname", f"{g.name}-clone"))
+    if p.get("description"):
+        cfg["description"] = p["description"]
+    for k in list(cfg):
+        if re.fullmatch(r"net\d+", k):
+            cfg[k] = re.sub(r"hwaddr=[0-9A-Fa-f:]{17}", f"hwaddr={sim.mac()}", str(cfg[k]))
+    cfg["lock"] = "create"
+    new = Guest(newid, "lxc", target, cfg, created_at=sim.now())
+    sim.guests[newid] = new
+    g.config["lock"] = "disk"
+    g.touch()
+    sim.changed()
+    storage = p.get("storage")
+
+    def work() -> list[str]:
+        lines = []
+        for key in list(new.config):
+            if key != "rootfs" and not re.fullmatch(r"mp\d+", key):
+                continue
+            parsed = _fmt("rootfs" if key == "rootfs" else "mp[n]").parse(str(new.config[key]))
+            vol = str(parsed.get("volume", ""))
+            sid = str(storage or vol.split(":", 1)[0])
+            if sid not in sim.storages:
+                continue
+            sm = re.fullmatch(r"(\d+(?:\.\d+)?)G", str(parsed.get("size", "4G")))
+            size = float(sm.group(1)) if sm else 4.0
+            if full:
+                newvol = sim.alloc_disk(target, sid, newid, size)
+            else:
+                newvol = f"{sid}:{vol.split(':', 1)[1]}/vm-{newid}-disk-0"
+                sim.add_volume(
+                    target, sid, Volume(newvol, "rootdir", "raw", int(size * 1024**3), int(sim.now()), newid)
+                )
+            parsed["volume"] = newvol
+            new.config[key] = _fmt("rootfs" if key == "rootfs" else "mp[n]").print(parsed)
+            lines.append(f"create {'full' if full else 'linked'} clone of {key} ({vol})")
+        new.config.pop("lock", None)
+        g.config.pop("lock", None)
+        new.touch()
+        g.touch()
+        if p.get("pool") and p["pool"] in sim.pools:
+            sim.pools[p["pool"]].setdefault("vms", set()).add(newid)
+            sim.access.pool_of[newid] = str(p["pool"])
+            sim.access.changed()
+        sim.changed()
+        return lines
+
+    def on_error(msg: str) -> str:
+        sim.guests.pop(newid, None)
+        g.config.pop("lock", None)
+        g.touch()
+        sim.changed()
+        return f"clone failed: {msg}"
+
+    return sim.new_task(ctx.node, "vzclone", str(g.vmid), ctx.auth, work=work, on_error=on_error)
+
+
+def _snapshot(ctx: Ctx) -> tuple[Guest, str, dict[str, Any]]:
+    g = ctx.guest()
+    name = str(ctx.p["snapname"])
+    snap = g.snapshots.get(name)
+    if snap is None:
+        raise die(f"snapshot '{name}' does not exist")
+    return g, name, snap
+
+
+@api("GET", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/config")
+def snapshot_config(ctx: Ctx) -> dict[str, Any]:
+    _g, _name, snap = _snapshot(ctx)
+    return dict(snap)
+
+
+@api("PUT", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/config")
+def snapshot_update(ctx: Ctx) -> None:
+    g, _name, snap = _snapshot(ctx)
+    if "description" in ctx.p:
+        snap["description"] = ctx.p["description"]
+    g.touch()
+    return None
+
+
+@api("DELETE", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}")
+def snapshot_delete(ctx: Ctx) -> str:
+    sim = ctx.sim
+    g, name, _snap = _snapshot(ctx)
+    err = lock_error(g)
+    if err and not ctx.p.get("force"):
+        raise die(err)
+    g.config["lock"] = "snapshot-delete"
+    g.touch()
+
+    def work() -> None:
+        g.snapshots.pop(name, None)
+        g.config.pop("lock", None)
+        g.touch()
+        sim.changed()
+
+    return sim.new_task(ctx.node, "vzdelsnapshot", str(g.vmid), ctx.auth, work=work)
+
+
+@api("POST", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/rollback")
+def snapshot_rollback(ctx: Ctx) -> str:
+    sim = ctx.sim
+    g, name, snap = _snapshot(ctx)
+    err = lock_error(g)
+    if err:
+        raise die(err)
+    g.config["lock"] = "rollback"
+    g.touch()
+    start = bool(ctx.p.get("start"))
+
+    def work() -> list[str]:
+        if g.status == "running":
+            sim.set_running(g, False)
+        g.config = {k: v for k, v in snap.items() if k not in ("snaptime", "description", "parent")}
+        g.pending, g.pending_delete = {}, []
+        g.touch()
+        if start:
+            sim.set_running(g, True)
+        sim.changed()
+        return [f"rollback to snapshot '{name}'"]
+
+    def on_error(msg: str) -> str:
+        g.config.pop("lock", None)
+        g.touch()
+        return msg
+
+    return sim.new_task(ctx.node, "vzrollback", str(g.vmid), ctx.auth, work=work, on_error=on_error)
 
 
 __all__ = ["destroy", "migrate", "power", "rrddata"]

@@ -300,13 +300,7 @@ def list_qemu(ctx: Ctx) -> list[dict[str, Any]]:
 @api("GET", "/nodes/{node}/qemu/{vmid}/config")
 def qemu_config(ctx: Ctx) -> dict[str, Any]:
     g = ctx.guest("qemu")
-    cfg = dict(g.config)
-    if not ctx.p.get("current"):
-        for k in g.pending_delete:
-            cfg.pop(k, None)
-        cfg.update(g.pending)
-    cfg["digest"] = g.digest
-    return cfg
+    return g.config_view(bool(ctx.p.get("current")))
 
 
 @api("GET", "/nodes/{node}/qemu/{vmid}/status/current")
@@ -344,3 +338,46 @@ def migrate_qemu(ctx: Ctx) -> str:
 @api("GET", "/nodes/{node}/qemu/{vmid}/rrddata")
 def qemu_rrddata(ctx: Ctx) -> list[dict[str, Any]]:
     return rrddata(ctx, ctx.guest("qemu"))
+
+
+@api("GET", "/nodes/{node}/network")
+def network(ctx: Ctx) -> list[dict[str, Any]]:
+    n = ctx.sim.nodes[ctx.node]
+    ifaces: list[dict[str, Any]] = [
+        {
+            "iface": "eno1",
+            "type": "eth",
+            "active": 1,
+            "autostart": 1,
+            "method": "manual",
+            "method6": "manual",
+            "families": ["inet"],
+            "priority": 3,
+            "exists": 1,
+        },
+        {
+            "iface": "vmbr0",
+            "type": "bridge",
+            "active": 1,
+            "autostart": 1,
+            "method": "static",
+            "method6": "manual",
+            "bridge_ports": "eno1",
+            "bridge_stp": "off",
+            "bridge_fd": "0",
+            "bridge_vlan_aware": 1,
+            "bridge_vids": "2-4094",
+            "address": n.ip,
+            "netmask": "24",
+            "cidr": f"{n.ip}/24",
+            "gateway": "192.0.2.1",
+            "families": ["inet"],
+            "priority": 4,
+        },
+    ]
+    typ = ctx.p.get("type")
+    if typ in ("any_bridge", "any_local_bridge"):
+        return [i for i in ifaces if i["type"] == "bridge"]
+    if typ:
+        return [i for i in ifaces if i["type"] == typ]
+    return ifaces

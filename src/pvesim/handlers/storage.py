@@ -271,8 +271,7 @@ def volume_delete(ctx: Ctx) -> str:
         g = sim.guests.get(v.vmid)
         if g is not None and any(v.volid in str(val) for val in g.config.values()):
             raise die(
-                f"unable to delete volume '{v.volid}' - volume is used by "
-                f"{'CT' if g.type == 'lxc' else 'VM'} {g.vmid}"
+                f"unable to delete volume '{v.volid}' - volume is used by {'CT' if g.type == 'lxc' else 'VM'} {g.vmid}"
             )
     node = ctx.node
 

@@ -1,0 +1,513 @@
+"""`pveguard apt-hook`: what apt runs as a DPkg::Pre-Install-Pkgs hook (protocol v3 on fd 20).
+
+It reads the planned transaction, decides per package (rules in `decide`), prints the verdict on
+stderr (apt shows it verbatim), records the decision in the ledger and exits 0 to let the whole
+transaction through or non-zero to refuse all of it (apt then installs nothing).
+
+Fail closed: when the policy, the state or apt's message cannot be read, it refuses and says how to
+proceed: fix the cause, or create the break-glass file (`/etc/pveguard/break-glass`), which lets
+exactly one transaction through, is deleted on use and is recorded. When `APT_HOOK_INFO_FD` is not
+set the hook was not started by apt as configured; it allows with a warning, as Proxmox's
+pve-apt-hook does, so a half-removed setup cannot brick apt.
+
+The hook never runs apt or dpkg (apt holds the dpkg lock). It imports only the standard library and
+pveguard's lean modules: apt pays its start-up time on every transaction (see bench/guard_hook.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import json
+import os
+import sqlite3
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from pveguard.guard.aptproto import Action, HookInput, ProtocolError, parse
+from pveguard.guard.decide import Candidate, Decision, Policy, PolicyFileError, decide, messages, parse_policy
+from pveguard.packages.classify import Classifier, Verdict, static_verdict
+from pveguard.packages.status import Package, parse_relations, parse_status
+
+POLICY_FILE = Path("/etc/pveguard/installation_policy.conf")
+CLUSTER_POLICY_FILE = Path("/etc/pve/installation_policy.conf")
+BREAK_GLASS_FILE = Path("/etc/pveguard/break-glass")
+BREAK_GLASS_LOG = Path("/var/log/pveguard-break-glass.log")
+DPKG_STATUS = Path("/var/lib/dpkg/status")
+CORE_CACHE_NAME = "guard-core-cache.json"
+CHECK_RESULT_ENV = "PVEGUARD_CHECK_RESULT"
+DEFAULT_STATE_DIR = "/var/lib/pveguard"
+
+EXIT_ALLOW = 0
+EXIT_FAIL_CLOSED = 2
+EXIT_REFUSED = 3
+MAX_INPUT = 256 * 1024 * 1024
+_CACHE_FORMAT = 1
+
+
+class HookFailure(Exception):
+    """The hook cannot decide; it refuses (fail closed) with this message and hint."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+@dataclass
+class HookEnv:
+    """Where the hook finds things; tests and benchmarks point it elsewhere."""
+
+    policy_file: Path = POLICY_FILE
+    cluster_policy_file: Path = CLUSTER_POLICY_FILE
+    break_glass_file: Path = BREAK_GLASS_FILE
+    break_glass_log: Path = BREAK_GLASS_LOG
+    dpkg_status: Path = DPKG_STATUS
+
+
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None,
+         out: IO[str] | None = None, paths: HookEnv | None = None) -> int:
+    """Run the hook; returns the exit code. Never raises (a crash would leave apt with a traceback)."""
+    environ = os.environ if environ is None else environ
+    out = sys.stderr if out is None else out
+    paths = paths or HookEnv()
+    try:
+        return _run(environ, out, paths)
+    except HookFailure as exc:
+        return _fail_closed(exc.message, exc.hint, environ, out, paths)
+    except KeyboardInterrupt:
+        return _fail_closed("interrupted", "run the apt command again", environ, out, paths)
+    except Exception as exc:  # fail closed on anything unforeseen, but never with a traceback
+        return _fail_closed(f"internal error: {type(exc).__name__}: {exc}",
+                            "this is a bug in pveguard; report it with the message above", environ, out, paths)
+
+
+def _say(out: IO[str], line: str) -> None:
+    try:
+        out.write(line + "\n")
+        out.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _run(environ: Mapping[str, str], out: IO[str], paths: HookEnv) -> int:
+    fd_text = environ.get("APT_HOOK_INFO_FD")
+    if not fd_text:
+        _say(out, "W: pveguard: APT_HOOK_INFO_FD is not set, so apt did not start this hook as configured "
+                  "(Version 3, InfoFD 20); allowing without a check. Run 'pveguard guard status'.")
+        _record_unchecked(environ, paths)
+        return EXIT_ALLOW
+    started = time.monotonic()
+    data = _read_fd(fd_text)
+    policy = load_policy(paths)
+    try:
+        message = parse(data)
+    except ProtocolError as exc:
+        raise HookFailure(f"cannot read apt's hook message: {exc}",
+                          "re-register the hook with 'pveguard guard install'") from None
+    store = _open_store(policy)
+    try:
+        return _decide_and_record(message, policy, store, environ, out, paths, started)
+    except (sqlite3.Error, OSError) as exc:
+        raise HookFailure(f"cannot use the pveguard state in {policy.state_dir}: {exc}",
+                          "check the disk and the state database (pveguard audit-log verify)") from None
+    finally:
+        store.close()
+
+
+def _decide_and_record(message: HookInput, policy: Policy, store: Any, environ: Mapping[str, str],
+                       out: IO[str], paths: HookEnv, started: float) -> int:
+    candidates = build_candidates(message.package_actions(), policy, paths.dpkg_status,
+                                  Path(policy.state_dir))
+    from pveguard.guard import approvals as approvals_mod
+
+    names = [c.action.package for c in candidates]
+    now = time.time()
+    rules = approvals_mod.for_packages(store, names)
+    decision = decide(candidates, policy, rules, now)
+    used = [] if message.dry_run else decision.used_approvals
+    lines = messages(decision, policy)
+    details = _details(message, decision, environ, used, started)
+    action = "guard.check" if message.dry_run else "guard.decision"
+    # Ledger first: if it cannot be written the hook fails closed and no approval use is lost.
+    _ledger(store, policy).append(action, _target(names), details, actor=_actor(environ))
+    if used and approvals_mod.consume(store, used, now) != used:
+        raise HookFailure("an approval this transaction relies on was used up or revoked meanwhile",
+                          "run the apt command again")
+    for line in lines:
+        _say(out, line)
+    if decision.allowed:
+        _say(out, _allowed_line(decision, used, message.dry_run))
+    check_file = environ.get(CHECK_RESULT_ENV)
+    if check_file and message.dry_run:
+        Path(check_file).write_text(json.dumps({"allowed": decision.allowed, "mode": decision.mode,
+                                                "items": [i.as_dict() for i in decision.items],
+                                                "messages": lines}), encoding="utf-8")
+    return EXIT_ALLOW if decision.allowed else EXIT_REFUSED
+
+
+def _read_fd(fd_text: str) -> bytes:
+    try:
+        fd = int(fd_text)
+    except ValueError:
+        raise HookFailure(f"APT_HOOK_INFO_FD={fd_text[:20]!r} is not a file descriptor number",
+                          "re-register the hook with 'pveguard guard install'") from None
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > MAX_INPUT:
+                raise HookFailure("apt's hook message is larger than 256 MiB", "this is not what apt sends")
+            chunks.append(chunk)
+    except OSError as exc:
+        raise HookFailure(f"cannot read apt's hook message from fd {fd}: {exc.strerror}",
+                          "re-register the hook with 'pveguard guard install' (it sets InfoFD 20)") from None
+    return b"".join(chunks)
+
+
+def policy_path(paths: HookEnv) -> Path:
+    """The cluster-wide copy on PVE (/etc/pve, when pmxcfs has it), else the local one."""
+    if paths.cluster_policy_file.is_file():
+        return paths.cluster_policy_file
+    return paths.policy_file
+
+
+def load_policy(paths: HookEnv) -> Policy:
+    """Read and validate the policy file; HookFailure (fail closed) with the documented message."""
+    path = policy_path(paths)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise HookFailure(f"the installation policy {path} is missing",
+                          "restore it with 'pveguard guard install'") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HookFailure(f"cannot read the installation policy {path}: {exc}",
+                          "fix its permissions or restore it with 'pveguard guard install'") from None
+    try:
+        return parse_policy(text)
+    except PolicyFileError as exc:
+        raise HookFailure(f"the installation policy {path} is corrupted: {exc}",
+                          "restore it with 'pveguard guard install'") from None
+
+
+def _open_store(policy: Policy) -> Any:
+    from pveguard.errors import StateError
+    from pveguard.store import Store
+
+    try:
+        return Store(Path(policy.state_dir))
+    except StateError as exc:
+        raise HookFailure(f"cannot open the pveguard state: {exc.message}", exc.hint or "") from None
+    except OSError as exc:
+        raise HookFailure(f"cannot open the pveguard state in {policy.state_dir}: {exc.strerror}",
+                          "fix STATE_DIR / the directory, then run 'pveguard guard install'") from None
+
+
+def _ledger(store: Any, policy: Policy) -> Any:
+    from pveguard.errors import PveguardError
+    from pveguard.security.ledger import Ledger
+
+    try:
+        return Ledger(store, policy.ledger_key_file or None)
+    except PveguardError as exc:
+        raise HookFailure(f"cannot open the ledger: {exc.message}", exc.hint or "") from None
+
+
+# --- classification ---------------------------------------------------------------------------------
+
+
+def core_index(status_path: Path, state_dir: Path, policy: Policy) -> dict[str, tuple[bool, str, str]]:
+    """Installed package -> (core, reason, detail), cached in the state dir keyed by the dpkg status
+    file's identity (inode, size, mtime) and the core roots / extras, so most runs skip parsing it."""
+    try:
+        st = status_path.stat()
+    except OSError as exc:
+        raise HookFailure(f"cannot read the dpkg status {status_path}: {exc.strerror}",
+                          "check the file; the guard cannot classify packages without it") from None
+    key = [_CACHE_FORMAT, st.st_ino, st.st_size, st.st_mtime_ns, list(policy.core_roots), list(policy.extra_allowed)]
+    cache = state_dir / CORE_CACHE_NAME
+    try:
+        cached = json.loads(cache.read_text(encoding="utf-8"))
+        if cached.get("key") == key:
+            return {name: (bool(v[0]), str(v[1]), str(v[2])) for name, v in cached["packages"].items()}
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        pass  # no cache or a damaged one: rebuild it
+    try:
+        packages = parse_status(status_path.read_text(encoding="utf-8", errors="replace"))
+    except OSError as exc:
+        raise HookFailure(f"cannot read the dpkg status {status_path}: {exc.strerror}",
+                          "check the file; the guard cannot classify packages without it") from None
+    classifier = Classifier(packages, tuple(policy.core_roots), tuple(policy.extra_allowed))
+    index: dict[str, tuple[bool, str, str]] = {}
+    for name, pkg in packages.items():
+        if pkg.installed:
+            v = classifier.classify(name, pkg)
+            index[name] = (v.core, v.reason, v.detail)
+    try:
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "packages": index}, separators=(",", ":")), encoding="utf-8")
+        os.replace(tmp, cache)
+    except OSError:
+        pass  # a cache we cannot write only costs time
+    return index
+
+
+def build_candidates(actions: list[Action], policy: Policy, status_path: Path,
+                     state_dir: Path) -> list[Candidate]:
+    """Attach a classification, and what each new version pulls in, to every package action."""
+    index = core_index(status_path, state_dir, policy)
+    new_names = [a.package for a in actions if a.kind == "install"]
+    controls: dict[str, Package] = {}
+    if new_names:
+        # Only a transaction with new packages needs the new versions' relationships.
+        for a in actions:
+            path = a.deb_path
+            if path is not None:
+                pkg = read_deb_control(path)
+                if pkg is not None:
+                    controls[a.package] = pkg
+    out: list[Candidate] = []
+    for a in actions:
+        known = index.get(a.package)
+        if known is not None and a.kind != "install":
+            verdict = Verdict(known[0], known[1], known[2])  # type: ignore[arg-type]
+        else:
+            verdict = static_verdict(a.package, controls.get(a.package), policy.core_roots, policy.extra_allowed)
+        pkg = controls.get(a.package)
+        pulls: tuple[str, ...] = ()
+        provides: tuple[str, ...] = ()
+        if pkg is not None:
+            rel = parse_relations(pkg.fields.get("recommends", ""))
+            pulls = tuple(name for group in pkg.depends() + rel for name in group)
+            provides = tuple(pkg.provides())
+        out.append(Candidate(a, verdict, pulls, provides))
+    return out
+
+
+def read_deb_control(path: str) -> Package | None:
+    """The control paragraph of a .deb (ar archive with control.tar.{gz,xz,bz2,}), or None when the
+    file cannot be read (then only the package name classifies it)."""
+    import io
+    import tarfile
+
+    try:
+        with open(path, "rb") as f:
+            if f.read(8) != b"!<arch>\n":
+                return None
+            while True:
+                header = f.read(60)
+                if len(header) < 60:
+                    return None
+                name = header[:16].decode("ascii", "replace").strip().rstrip("/")
+                size = int(header[48:58].decode("ascii").strip())
+                if name.startswith("control.tar"):
+                    data = f.read(size)
+                    with tarfile.open(fileobj=io.BytesIO(data), mode="r:*") as tar:
+                        for member in tar:
+                            if member.name in ("./control", "control"):
+                                extracted = tar.extractfile(member)
+                                if extracted is None:
+                                    return None
+                                text = extracted.read().decode("utf-8", "replace")
+                                pkgs = parse_status(text.strip() + "\n")
+                                if len(pkgs) != 1:
+                                    return None
+                                pkg = next(iter(pkgs.values()))
+                                recommends = _field(text, "Recommends")
+                                if recommends:
+                                    pkg.fields["recommends"] = recommends
+                                return pkg
+                    return None
+                f.seek(size + (size & 1), 1)
+    except (OSError, ValueError, tarfile.TarError, EOFError, LookupError):
+        return None
+
+
+def _field(control: str, key: str) -> str:
+    """One (possibly folded) field of a control paragraph; status.parse_status keeps only a few."""
+    value: list[str] = []
+    inside = False
+    for line in control.splitlines():
+        if inside and line[:1] in (" ", "\t"):
+            value.append(line.strip())
+            continue
+        inside = False
+        k, sep, v = line.partition(":")
+        if sep and k.strip().lower() == key.lower():
+            value.append(v.strip())
+            inside = True
+    return " ".join(value)
+
+
+# --- reporting ----------------------------------------------------------------------------------
+
+
+def invoking_user(environ: Mapping[str, str]) -> str:
+    """The person behind the apt run: SUDO_USER, else the login name, else the process owner."""
+    user = environ.get("SUDO_USER")
+    if user:
+        return user
+    try:
+        return os.getlogin()
+    except OSError:
+        pass
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid {os.getuid()}"
+
+
+def _actor(environ: Mapping[str, str]) -> str:
+    return f"{invoking_user(environ)} (uid {os.getuid()})"
+
+
+_SHELLS = {"sh", "dash", "bash"}
+
+
+def apt_command_line(pid: int | None = None) -> str:
+    """apt's own command line from /proc/<ppid>/cmdline (past the `sh -c` apt runs hooks through)."""
+    pid = os.getppid() if pid is None else pid
+    first = ""
+    for _ in range(4):
+        try:
+            raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            break
+        argv = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+        text = " ".join(argv)
+        first = first or text
+        if argv and os.path.basename(argv[0]) not in _SHELLS:
+            return text
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            pid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+        if pid <= 1:
+            break
+    return first
+
+
+def _details(message: HookInput, decision: Decision, environ: Mapping[str, str], used: list[int],
+             started: float) -> dict[str, Any]:
+    verdict = "recorded" if decision.mode == "record-only" else ("allowed" if decision.allowed else "refused")
+    return {
+        "verdict": verdict,
+        "mode": decision.mode,
+        "dry_run": message.dry_run,
+        "packages": [i.as_dict() for i in decision.items],
+        "refused": [i.package for i in decision.refused],
+        "approvals_used": used,
+        "command_line": apt_command_line(),
+        "apt_command_line": message.command_line,
+        "user": invoking_user(environ),
+        "protocol": message.version,
+        "elapsed_ms": round((time.monotonic() - started) * 1000, 1),
+    }
+
+
+def _target(names: list[str]) -> str:
+    text = ",".join(names)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _allowed_line(decision: Decision, used: list[int], dry_run: bool) -> str:
+    counts: dict[str, int] = {}
+    for item in decision.items:
+        counts[item.reason] = counts.get(item.reason, 0) + 1
+    parts = ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
+    extra = f"; used approval(s) {', '.join('#' + str(i) for i in used)}" if used else ""
+    check = " (check only, nothing recorded as used)" if dry_run else ""
+    return f"pveguard: allowed {len(decision.items)} package(s) ({parts}){extra}{check}"
+
+
+# --- fail closed --------------------------------------------------------------------------------
+
+
+def _fail_closed(message: str, hint: str, environ: Mapping[str, str], out: IO[str], paths: HookEnv) -> int:
+    glass = paths.break_glass_file
+    if glass.is_file() and not glass.is_symlink():
+        try:
+            reason = glass.read_text(encoding="utf-8", errors="replace").strip()[:500]
+            glass.unlink()
+        except OSError as exc:
+            _say(out, f"E: pveguard: {message}")
+            _say(out, f"E: pveguard: the break-glass file {glass} exists but cannot be consumed "
+                      f"({exc.strerror}); refusing.")
+            return EXIT_FAIL_CLOSED
+        where = _record_break_glass(message, reason, environ, paths)
+        _say(out, f"W: pveguard: {message}")
+        _say(out, f"W: pveguard: BREAK-GLASS: {glass} was present and is now consumed; this one transaction is "
+                  f"allowed unchecked. Recorded in {where}. Fix the cause: {hint}")
+        return EXIT_ALLOW
+    _say(out, f"E: pveguard: {message}")
+    _say(out, f"E: pveguard: refusing the whole transaction (fail closed). To proceed: {hint}; or, in an "
+              f"emergency, 'touch {glass}' to let exactly one apt run through (it is consumed and audited).")
+    return EXIT_FAIL_CLOSED
+
+
+def _state_dir_guess(paths: HookEnv, environ: Mapping[str, str]) -> Path:
+    try:
+        return Path(load_policy(paths).state_dir)
+    except HookFailure:
+        return Path(environ.get("PVEGUARD_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def _record_break_glass(message: str, reason: str, environ: Mapping[str, str], paths: HookEnv) -> str:
+    details = {"failure": message, "reason": reason, "user": invoking_user(environ),
+               "command_line": apt_command_line(), "file": str(paths.break_glass_file)}
+    try:
+        from pveguard.security.ledger import Ledger
+        from pveguard.store import Store
+
+        key_file: str | None = None
+        with contextlib.suppress(HookFailure):
+            key_file = load_policy(paths).ledger_key_file or None
+        with Store(_state_dir_guess(paths, environ)) as store:
+            Ledger(store, key_file).append("guard.break_glass", "apt transaction", details,
+                                           actor=_actor(environ))
+        return "the ledger (pveguard audit-log)"
+    except Exception:  # the state itself may be what is broken: keep a plain-text trail instead
+        try:
+            with open(paths.break_glass_log, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"ts": time.time(), **details}) + "\n")
+            return str(paths.break_glass_log)
+        except OSError:
+            return "nowhere (the ledger and the fallback log are both unwritable)"
+
+
+def _record_unchecked(environ: Mapping[str, str], paths: HookEnv) -> None:
+    """Best effort: note that apt ran the hook without its protocol data."""
+    try:
+        policy = load_policy(paths)
+        from pveguard.security.ledger import Ledger
+        from pveguard.store import Store
+
+        with Store(Path(policy.state_dir)) as store:
+            Ledger(store, policy.ledger_key_file or None).append(
+                "guard.unchecked", "apt transaction",
+                {"reason": "APT_HOOK_INFO_FD not set", "command_line": apt_command_line(),
+                 "user": invoking_user(environ)}, actor=_actor(environ))
+    except Exception:  # a warning was printed; recording is best effort here
+        pass
+
+
+def policy_sha256(paths: HookEnv | None = None) -> str | None:
+    """Fingerprint of the policy file the hook would read (None when unreadable)."""
+    try:
+        return hashlib.sha256(policy_path(paths or HookEnv()).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+if __name__ == "__main__":  # pragma: no cover - the launcher calls main()
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Real LXC for the backend tests: a private lxcpath and disk dir, test-made bridges, lxcfs.
+
+Everything a test makes is removed afterwards, even when it fails: containers (stopped and
+destroyed), loop devices and mounts backed by files under the test's directory, every bridge
+whose name starts with the test's prefix, and lxcfs when this fixture started it.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from infra.rootfs import CACHE
+from pveguard.backends.lxc import LxcBackend
+from pveguard.strategy.models import LxcTarget
+
+TEMPLATE_CACHE = CACHE / "lxc-templates"
+LXCFS_DIR = Path("/var/lib/lxcfs")
+
+
+def lxc_skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "needs root (creates containers, bridges and loop mounts)"
+    for tool in ("lxc-start", "lxc-attach", "mkfs.ext4", "debootstrap", "ip"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (scripts/debian-packages.txt lists what the setup installs)"
+    return None
+
+
+def run(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+
+
+@dataclass
+class LxcEnv:
+    """A backend on a private lxcpath plus the names the test may create."""
+
+    backend: LxcBackend
+    root: Path
+    prefix: str  # every bridge this test makes starts with it
+    bridges: list[str] = field(default_factory=list)
+
+    def bridge(self, suffix: str) -> str:
+        name = f"{self.prefix}{suffix}"
+        subprocess.run(["ip", "link", "add", name, "type", "bridge"], check=True)
+        subprocess.run(["ip", "link", "set", name, "up"], check=True)
+        self.bridges.append(name)
+        return name
+
+    def leftovers(self, keep: list[str] | None = None) -> list[str]:
+        """What is still on the host from this test (empty when everything is gone), except `keep` links."""
+        out = []
+        names = run("lxc-ls", "-P", str(self.root / "lxc"), "-1").split()
+        out += [f"container {n}" for n in names]
+        links = [line.split(":")[1].strip().split("@")[0] for line in run("ip", "-o", "link").splitlines()]
+        out += [f"link {n}" for n in links if n.startswith(self.prefix) and n not in (keep or [])]
+        out += [f"loop {line}" for line in run("losetup", "-a").splitlines() if str(self.root) in line]
+        out += [f"mount {line}" for line in run("cat", "/proc/self/mounts").splitlines() if str(self.root) in line]
+        return out
+
+
+def _cleanup(env: LxcEnv) -> None:
+    lxcpath = env.root / "lxc"
+    for name in run("lxc-ls", "-P", str(lxcpath), "-1").split():
+        subprocess.run(["lxc-stop", "-P", str(lxcpath), "-n", name, "-k"], capture_output=True, check=False)
+    for line in run("cat", "/proc/self/mounts").splitlines():
+        parts = line.split()
+        if len(parts) > 1 and str(env.root) in parts[1]:
+            subprocess.run(["umount", "-l", parts[1]], capture_output=True, check=False)
+    for line in run("losetup", "-a").splitlines():
+        if str(env.root) in line:
+            subprocess.run(["losetup", "-d", line.split(":", 1)[0]], capture_output=True, check=False)
+    for line in run("ip", "-o", "link").splitlines():
+        name = line.split(":")[1].strip().split("@")[0]
+        if name.startswith(env.prefix):
+            subprocess.run(["ip", "link", "del", name], capture_output=True, check=False)
+    shutil.rmtree(env.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def lxcfs() -> Iterator[bool]:
+    """lxcfs mounted at /var/lib/lxcfs (as on PVE); started here when it is not running, stopped after."""
+    if (LXCFS_DIR / "proc/meminfo").exists():
+        yield True
+        return
+    if shutil.which("lxcfs") is None or os.geteuid() != 0:
+        yield False
+        return
+    LXCFS_DIR.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(["lxcfs", str(LXCFS_DIR)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(50):
+        if (LXCFS_DIR / "proc/meminfo").exists():
+            break
+        time.sleep(0.1)
+    try:
+        yield (LXCFS_DIR / "proc/meminfo").exists()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if any(line.split()[1] == str(LXCFS_DIR) for line in Path("/proc/self/mounts").read_text().splitlines()):
+            subprocess.run(["umount", "-l", str(LXCFS_DIR)], check=False)
+
+
+@pytest.fixture
+def lxc_env(lxcfs: bool) -> Iterator[LxcEnv]:
+    reason = lxc_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    # Not under pytest's 0700 basetemp: an unprivileged container's mapped root must be able to
+    # reach its lxcpath, as it can reach /var/lib/lxc.
+    root = Path(tempfile.mkdtemp(prefix="pveguard-lxc-", dir="/var/tmp"))
+    root.chmod(0o755)
+    target = LxcTarget(lxcpath=str(root / "lxc"), disk_dir=str(root / "disks"), template_cache=str(TEMPLATE_CACHE))
+    env = LxcEnv(LxcBackend(target), root, prefix=f"pgt{secrets.token_hex(2)}")
+    try:
+        yield env
+    finally:
+        _cleanup(env)
