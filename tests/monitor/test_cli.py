@@ -96,7 +96,13 @@ def test_monitor_once_and_history(sim_env: tuple[Any, dict[str, str]]) -> None:
 
 
 def test_monitor_listen_serves_metrics(sim_env: tuple[Any, dict[str, str]]) -> None:
+    from pveguard.audit import score
+    from pveguard.store import Store
+
     _, env = sim_env
+    with Store(Path(env["PVEGUARD_STATE_DIR"])) as store:  # as `pveguard audit` leaves it
+        counts = dict.fromkeys(score.SEVERITIES, 0) | {"high": 1}
+        score.record(store, score.Score(87, counts, 13), "2026-11-26T10:00:00+00:00", "pve1")
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "pveguard", "monitor", "--listen", f"127.0.0.1:{port}",
                              "--interval", "1s"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -114,6 +120,7 @@ def test_monitor_listen_serves_metrics(sim_env: tuple[Any, dict[str, str]]) -> N
         assert "pve_up{" in text, text
         assert "pveguard_api_calls_per_poll 1.0" in text
         assert 'pve_cpu_usage_ratio{id="node/pve1"}' in text
+        assert "pveguard_compliance_score 87.0" in text
     finally:
         proc.send_signal(signal.SIGINT)
         try:

@@ -82,13 +82,24 @@ def build_monitor(app_ctx: Any, source: Any = None, clock: Any = time.time) -> A
                    series_metrics=series_for(m.metrics))
 
 
-def export_view(mon: Any) -> Any:
+def export_view(mon: Any, state_dir: Path | None = None) -> Any:
+    """What /metrics shows now: the last good sweep, alert states, poll counters and, when
+    `pveguard audit` has recorded one in `state_dir`, the compliance score."""
     from pveguard.monitor.exporter import ExportView
 
     last = mon.last
     return ExportView(sweep=mon.last_good, states=last.states if last else {}, polls=mon.polls, errors=mon.errors,
                       poll_duration=last.duration if last else 0.0,
-                      severities={r.name: r.severity for r in mon.rules})
+                      severities={r.name: r.severity for r in mon.rules},
+                      compliance_score=compliance_score(state_dir) if state_dir else None)
+
+
+def compliance_score(state_dir: Path) -> float | None:
+    """The newest audit score recorded in the state directory, if any."""
+    from pveguard.audit import score
+
+    recorded = score.latest(state_dir)
+    return float(recorded.value) if recorded is not None else None
 
 
 def status_table(mon: Any, limit: int = 40) -> Table:
@@ -173,7 +184,8 @@ def monitor(
     if listen:
         from pveguard.monitor.exporter import serve
 
-        serve(listen, lambda: export_view(mon))
+        state_dir = Path(app_ctx.state_dir)
+        serve(listen, lambda: export_view(mon, state_dir))
         info(f"serving /metrics on http://{listen}/metrics (poll every {every:g}s; Ctrl-C stops)")
     try:
         if watch:
