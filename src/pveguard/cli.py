@@ -31,16 +31,6 @@ app = typer.Typer(
     rich_markup_mode=None,
     add_completion=False,
 )
-app.add_typer(audit_log_cli.app, name="audit-log")
-guard_cli.register(app)
-app.add_typer(backup_cli.app, name="backup")
-app.command("audit")(audit_cli.audit)
-app.command("plan")(provision_cli.plan_cmd)
-app.command("apply")(provision_cli.apply_cmd)
-app.command("status")(provision_cli.status_cmd)
-app.add_typer(monitor_cli.monitor_app, name="monitor")
-app.add_typer(monitor_cli.alerts_app, name="alerts")
-app.add_typer(monitor_cli.export_app, name="export")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable shape, see docs/json.md).")]
 
@@ -142,6 +132,20 @@ def info(ctx: typer.Context, json_out: JsonOpt = False) -> None:
         print_json(data)
     else:
         render_info(data)
+
+
+# The rest of the commands, in the order of the admin's loop (typer lists them as registered):
+# audit -> plan -> apply -> status; the guard; backups; monitoring; the ledger.
+app.command("audit")(audit_cli.audit)
+app.command("plan")(provision_cli.plan_cmd)
+app.command("apply")(provision_cli.apply_cmd)
+app.command("status")(provision_cli.status_cmd)
+guard_cli.register(app)
+app.add_typer(backup_cli.app, name="backup")
+app.add_typer(monitor_cli.monitor_app, name="monitor")
+app.add_typer(monitor_cli.alerts_app, name="alerts")
+app.add_typer(monitor_cli.export_app, name="export")
+app.add_typer(audit_log_cli.app, name="audit-log")
 
 
 def main(argv: list[str] | None = None) -> Any:
