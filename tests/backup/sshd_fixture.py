@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from infra.processes import stop
+
 SSHD = "/usr/sbin/sshd"
 
 
@@ -86,10 +88,5 @@ def loopback_sshd(tmp_path: Path) -> Iterator[LoopbackSshd]:
                 time.sleep(0.1)
         yield LoopbackSshd(port, "root", root / "client_key", root / "known_hosts", root)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()

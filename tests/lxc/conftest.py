@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.processes import stop
 from infra.rootfs import CACHE
 from pveguard.backends.lxc import LxcBackend
 from pveguard.strategy.models import LxcTarget
@@ -104,12 +105,7 @@ def lxcfs() -> Iterator[bool]:
     try:
         yield (LXCFS_DIR / "proc/meminfo").exists()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         if any(line.split()[1] == str(LXCFS_DIR) for line in Path("/proc/self/mounts").read_text().splitlines()):
             subprocess.run(["umount", "-l", str(LXCFS_DIR)], check=False)
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import requests
 
+from infra.processes import stop
+
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 
 
@@ -153,10 +155,5 @@ def alertmanager(tmp: Path) -> Iterator[Alertmanager]:
             time.sleep(0.1)
         yield am
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
