@@ -43,7 +43,8 @@ def test_backend_container_running_and_stopped(lxc_env: Any, tmp_path: Path) -> 
     assert not any(n.startswith(tuple(holes)) and n not in holes for n in listing)
     assert verify_archive(live.archive).ok
 
-    restored = restore_test(live.archive, tmp_path / "rt", ["cat", "/srv/app/data.txt"], expect_output=data)
+    # restored where an unprivileged container's mapped root can walk (not pytest's 0700 tmp)
+    restored = restore_test(live.archive, lxc_env.root / "rt", ["cat", "/srv/app/data.txt"], expect_output=data)
     assert restored.ok, restored.problems
 
     b.stop(g)
