@@ -30,6 +30,9 @@ def test_run_then_nothing_due(lxc_env: Any, tmp_path: Path, capsys: pytest.Captu
     g = b.create(GuestSpec(name="pgt-run", role="test", cores=1, memory_mib=256, swap_mib=0, disk_gib=1,
                            net=NetSpec(bridge=br, ip="10.250.50.2/24"), tags=["pveguard"]))  # fmt: skip
     b.start(g)
+    # The state dir holds the restore test's throwaway containers: as with the lxcpath, keep it off
+    # pytest's 0700 basetemp so an unprivileged container's mapped root can reach its rootfs.
+    state = lxc_env.root / "state"
     etc = tmp_path / "etc"
     etc.mkdir()
     (etc / "hosts").write_text("127.0.0.1 localhost\n")
@@ -42,7 +45,7 @@ def test_run_then_nothing_due(lxc_env: Any, tmp_path: Path, capsys: pytest.Captu
                                                "template_cache": str(TEMPLATE_CACHE)}}  # fmt: skip
     (tmp_path / "strategy.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     env = Env(None, tmp_path, {"PVEGUARD_STRATEGY": str(tmp_path / "strategy.yaml"),
-                               "PVEGUARD_STATE_DIR": str(tmp_path / "state")})  # fmt: skip
+                               "PVEGUARD_STATE_DIR": str(state)})  # fmt: skip
 
     code, out, err = env.run("backup", "run", "--due", "--json", capsys=capsys)
     assert code == 0, out + err
@@ -54,7 +57,7 @@ def test_run_then_nothing_due(lxc_env: Any, tmp_path: Path, capsys: pytest.Captu
     assert verification["status"] == "done" and "1 of 1 archive(s) ok" in verification["detail"]
     assert f"restore test of vzdump-lxc-{g.vmid}-" in verification["detail"]  # strategy: restore_test on
     assert steps["offsite"]["status"] == "done"
-    dump = tmp_path / "state" / "dump"
+    dump = state / "dump"
     archives = sorted(p.name for p in dump.glob("vzdump-lxc-*.tar.zst"))
     assert len(archives) == 1 and (tmp_path / "nas" / archives[0]).exists()
     assert (dump / archives[0]).with_name(archives[0] + ".notes").read_text() == "pgt-run (pveguard)\n"
@@ -88,7 +91,7 @@ def test_run_then_nothing_due(lxc_env: Any, tmp_path: Path, capsys: pytest.Captu
     data = bytearray(bad.read_bytes())
     data[len(data) // 2] ^= 0xFF
     bad.write_bytes(bytes(data))
-    os.unlink(tmp_path / "state" / "backup-verify.json")  # make verification due again
+    os.unlink(state / "backup-verify.json")  # make verification due again
     code, out, _ = env.run("backup", "run", "--due", "--json", capsys=capsys)
     assert code == 1
     steps = {s["step"]: s for s in json.loads(out)["steps"]}
@@ -98,4 +101,4 @@ def test_run_then_nothing_due(lxc_env: Any, tmp_path: Path, capsys: pytest.Captu
     assert code == 1 and now_archives[0] in err
     b.stop(g)
     b.destroy(g)
-    assert not list((tmp_path / "state" / "restore-test").iterdir())  # throwaway containers are gone
+    assert not list((state / "restore-test").iterdir())  # throwaway containers are gone

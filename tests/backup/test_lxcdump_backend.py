@@ -43,8 +43,14 @@ def test_backend_container_running_and_stopped(lxc_env: Any, tmp_path: Path) -> 
     assert not any(n.startswith(tuple(holes)) and n not in holes for n in listing)
     assert verify_archive(live.archive).ok
 
-    restored = restore_test(live.archive, tmp_path / "rt", ["cat", "/srv/app/data.txt"], expect_output=data)
+    # restored where an unprivileged container's mapped root can walk (not pytest's 0700 tmp)
+    restored = restore_test(live.archive, lxc_env.root / "rt", ["cat", "/srv/app/data.txt"], expect_output=data)
     assert restored.ok, restored.problems
+    if b.get_config(g).get("unprivileged"):
+        # the mapped root cannot walk pytest's 0700 tmp: a clear problem naming it, not lxc-start's "see the log"
+        closed = restore_test(live.archive, tmp_path / "closed")
+        assert not closed.ok and "is not searchable by other users" in closed.problems[0], closed.problems
+        assert not list((tmp_path / "closed").iterdir())
 
     b.stop(g)
     time.sleep(1)  # archive names carry whole seconds

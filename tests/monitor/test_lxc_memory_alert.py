@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,14 +36,18 @@ TEMPLATES = Path(os.environ.get("PVEGUARD_TEST_CACHE", "/var/cache/pveguard-test
 
 
 @pytest.fixture
-def backend(tmp_path: Path) -> Iterator[Any]:
+def backend() -> Iterator[Any]:
     from pveguard.backends.lxc import LxcBackend
 
+    # Not under pytest's 0700 basetemp: when /etc/subuid grants root a range the container is
+    # unprivileged, and its mapped root must be able to reach its lxcpath (as tests/lxc do).
+    root = Path(tempfile.mkdtemp(prefix="pveguard-mon-", dir="/var/tmp"))
+    root.chmod(0o755)
     subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
     subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
     subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
-    b = LxcBackend(LxcTarget(lxcpath=str(tmp_path / "lxc"), template_cache=str(TEMPLATES),
-                             disk_dir=str(tmp_path / "disks")))
+    b = LxcBackend(LxcTarget(lxcpath=str(root / "lxc"), template_cache=str(TEMPLATES),
+                             disk_dir=str(root / "disks")))
     try:
         yield b
     finally:
@@ -52,6 +57,7 @@ def backend(tmp_path: Path) -> Iterator[Any]:
             finally:
                 b.destroy(g)
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True, check=False)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_memory_hog_fires_the_memory_alert(backend: Any) -> None:

@@ -675,7 +675,20 @@ class LxcBackend(Backend):
             return
         with open(image, "r+b") as f:
             f.truncate(size_gib * GIB)
-        self._run(["e2fsck", "-f", "-p", str(image)], what=f"check the root disk of {vmid}", check=False)
+        # Right after a stop the image can still be in use for a moment (an unprivileged container's
+        # mount namespace goes away after lxc-stop returns): e2fsck then aborts (exit 8) and resize2fs
+        # would refuse the unchecked file system. Exit 1 and 2 mean errors were fixed.
+        deadline = time.monotonic() + 30
+        while True:
+            fsck = self._run(["e2fsck", "-f", "-p", str(image)], what=f"check the root disk of {vmid}",
+                             check=False, timeout=600)  # fmt: skip
+            if fsck.returncode < 4 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        if fsck.returncode >= 4:
+            err = (fsck.stderr or fsck.stdout).decode(errors="replace").strip()[-500:]
+            raise BackendError(f"checking the root disk of {vmid} before growing it failed: {err}",
+                               hint=f"run e2fsck -f {image} by hand, then start the container again")
         self._run(["resize2fs", str(image)], what=f"grow the root disk of {vmid} to {size_gib}G", timeout=600)
 
     def start(self, guest: Guest) -> None:

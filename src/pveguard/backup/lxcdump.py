@@ -34,7 +34,7 @@ from pveguard.backup.archive import archive_name, parse_archive_name
 from pveguard.backup.calendar import local_zone
 from pveguard.errors import OperationError, UsageError
 
-__all__ = ["DumpResult", "RestoreTestResult", "dump_container", "restore_test"]
+__all__ = ["DumpResult", "RestoreTestResult", "dump_container", "restore_config", "restore_test"]
 
 _EXCLUDES = ("./tmp/?*", "./var/tmp/?*", "./var/run/?*pid")
 # Config keys that must not follow an archive into a throwaway container: its identity, its
@@ -232,12 +232,15 @@ def _write_archive(rootfs: Path, staging: Path, dest: Path, threads: int, timeou
     # pseudo file system's root changes while tar reads it.
     members, mountpoints = _top_level(rootfs)
     holes = staging / "mountpoints"
-    for name, mode in mountpoints:
+    for name, mode, uid, gid in mountpoints:
         (holes / name).mkdir(parents=True, exist_ok=True)
         os.chmod(holes / name, mode)
+        # Keep the owner too: in an unprivileged container it is the mapped root (100000...), and a
+        # host-root /proc or /dev would show up as nobody's after a restore.
+        os.chown(holes / name, uid, gid)
     tar_argv += ["-C", str(rootfs), *members]
     if mountpoints:
-        tar_argv += ["-C", str(holes), "--no-recursion", *(f"./{n}" for n, _ in mountpoints), "--recursion"]
+        tar_argv += ["-C", str(holes), "--no-recursion", *(f"./{m[0]}" for m in mountpoints), "--recursion"]
     tar_argv += ["-C", str(staging)]
     tar_argv += [rf"--transform=s,^{re.escape(n)}$,./etc/vzdump/{n}," for n in extras]
     tar_argv += extras
@@ -262,16 +265,16 @@ def _write_archive(rootfs: Path, staging: Path, dest: Path, threads: int, timeou
         raise OperationError(f"zstd failed: {zerr.decode(errors='replace').strip()[-500:]}")
 
 
-def _top_level(root: Path) -> tuple[list[str], list[tuple[str, int]]]:
+def _top_level(root: Path) -> tuple[list[str], list[tuple[str, int, int, int]]]:
     """Members to archive under ``root`` ("." itself, non-recursively, then each entry) and the
-    top-level directories that are other file systems (name, mode)."""
+    top-level directories that are other file systems (name, mode, uid, gid)."""
     root_dev = os.stat(root).st_dev
     members = ["--no-recursion", ".", "--recursion"]
-    mountpoints: list[tuple[str, int]] = []
+    mountpoints: list[tuple[str, int, int, int]] = []
     for name in sorted(os.listdir(root)):
         st = os.lstat(root / name)
         if stat.S_ISDIR(st.st_mode) and st.st_dev != root_dev:
-            mountpoints.append((name, stat.S_IMODE(st.st_mode)))
+            mountpoints.append((name, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid))
         else:
             members.append(f"./{name}")
     return members, mountpoints
@@ -318,12 +321,16 @@ def restore_test(
         _extract(archive, rootfs, info.compression)
         original = (rootfs / "etc" / "vzdump" / "lxc.conf").read_text(encoding="utf-8") if (
             rootfs / "etc" / "vzdump" / "lxc.conf").exists() else ""  # fmt: skip
-        kept = [ln for ln in original.splitlines() if ln.strip() and not _DROP_KEYS.match(ln.strip())]
-        if not any(ln.strip().startswith("lxc.include") for ln in kept):
-            kept.insert(0, "lxc.include = /usr/share/lxc/config/common.conf")
-        config = [f"lxc.uts.name = {name}", f"lxc.rootfs.path = dir:{rootfs}", "lxc.net.0.type = empty", *kept]
+        root_owner = os.stat(rootfs)
+        config = restore_config(original, name, rootfs, (root_owner.st_uid, root_owner.st_gid))
+        if any(ln.startswith("lxc.idmap") for ln in config):
+            _check_reachable(lxcpath)
         (home / "config").write_text("\n".join(config) + "\n", encoding="utf-8")
-        _lxc("lxc-start", "-P", str(lxcpath), "-n", name, "-d", timeout=start_timeout)
+        start_log = home / "start.log"
+        started = _lxc("lxc-start", "-P", str(lxcpath), "-n", name, "-d", "-o", str(start_log), "-l", "ERROR",
+                       timeout=start_timeout, check=False)  # fmt: skip
+        if started.returncode != 0:
+            raise OperationError(f"the restored container does not start: {_last_errors(start_log, started)}")
         _lxc("lxc-wait", "-P", str(lxcpath), "-n", name, "-s", "RUNNING", "-t", str(int(start_timeout)),
              timeout=start_timeout + 10)  # fmt: skip
         deadline = time.monotonic() + start_timeout
@@ -345,6 +352,53 @@ def restore_test(
         _lxc("lxc-stop", "-P", str(lxcpath), "-n", name, "-k", check=False, timeout=60)
         shutil.rmtree(home, ignore_errors=True)
     return RestoreTestResult(archive.name, name, not problems, output, problems, time.monotonic() - t0)
+
+
+def restore_config(original: str, name: str, rootfs: Path, root_owner: tuple[int, int]) -> list[str]:
+    """The lxc config lines of a throwaway restore container from the archived ``original`` one.
+
+    Identity, network, bind mounts and hooks are dropped (see ``_DROP_KEYS``). The id map stays:
+    an unprivileged container's files belong to its mapped ids (100000... on PVE), and started
+    without that map its root could not even enter its own file system. An archive whose config
+    carries no map (an ``lxc.include`` of a file elsewhere, a hand-made config) but whose root
+    directory belongs to a non-root uid came from an unprivileged container: it gets the 65536-id
+    map that starts at that owner, as PVE gives every unprivileged container.
+    """
+    kept = [ln.strip() for ln in original.splitlines() if ln.strip() and not _DROP_KEYS.match(ln.strip())]
+    if not any(ln.startswith("lxc.include") for ln in kept):
+        kept.insert(0, "lxc.include = /usr/share/lxc/config/common.conf")
+    uid, gid = root_owner
+    if not any(_key(ln) == "lxc.idmap" for ln in kept) and (uid, gid) != (0, 0):
+        kept += ["lxc.include = /usr/share/lxc/config/userns.conf",
+                 f"lxc.idmap = u 0 {uid} 65536", f"lxc.idmap = g 0 {gid} 65536"]  # fmt: skip
+    return [f"lxc.uts.name = {name}", f"lxc.rootfs.path = dir:{rootfs}", "lxc.net.0.type = empty", *kept]
+
+
+def _key(line: str) -> str:
+    return line.partition("=")[0].strip()
+
+
+def _check_reachable(lxcpath: Path) -> None:
+    """An id-mapped container's root is an unprivileged user on the host: it must be able to walk
+    down to its root file system."""
+    closed = [p for p in (lxcpath, *lxcpath.parents) if not p.stat().st_mode & 0o001]
+    if closed:
+        raise OperationError(
+            f"the archive is of an unprivileged container, whose restore cannot reach {lxcpath}: "
+            f"{closed[0]} is not searchable by other users",
+            hint=f"chmod o+x {closed[0]}, or restore-test into a directory other users can enter",
+        )
+
+
+def _last_errors(log: Path, proc: subprocess.CompletedProcess[str]) -> str:
+    """The last ERROR lines lxc-start logged (its stderr only says to look at the log)."""
+    try:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if " ERROR " in ln]
+    except OSError:
+        lines = []
+    fallback = proc.stderr.strip() or proc.stdout.strip() or f"exit code {proc.returncode}"
+    detail = lines[-3:] or fallback.splitlines()[-1:]
+    return " | ".join(d.strip() for d in detail)[-600:]
 
 
 def _extract(archive: Path, rootfs: Path, compression: str | None) -> None:
