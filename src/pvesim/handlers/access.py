@@ -364,23 +364,28 @@ def role_create(ctx: Ctx) -> None:
     return None
 
 
-@api("GET", "/access/roles/{roleid}")
-def role_get(ctx: Ctx) -> dict[str, Any]:
-    rid = str(ctx.p["roleid"])
-    if rid not in ctx.sim.access.roles:
-        raise die(f"role '{rid}' does not exist")
-    return {p: 1 for p in sorted(ctx.sim.access.roles[rid])}
-
-
-@api("PUT", "/access/roles/{roleid}")
-def role_update(ctx: Ctx) -> None:
+def _existing_role(ctx: Ctx, change: str | None = None) -> str:
+    """The role id in the path; it must exist and, when `change` ("modify"/"delete") is given,
+    must not be a built-in role (PVE's wording for both)."""
     from pvesim.access import BUILTIN_ROLES
 
     rid = str(ctx.p["roleid"])
     if rid not in ctx.sim.access.roles:
         raise die(f"role '{rid}' does not exist")
-    if rid in BUILTIN_ROLES:
-        raise die(f"cannot modify builtin role '{rid}'")
+    if change and rid in BUILTIN_ROLES:
+        raise die(f"cannot {change} builtin role '{rid}'")
+    return rid
+
+
+@api("GET", "/access/roles/{roleid}")
+def role_get(ctx: Ctx) -> dict[str, Any]:
+    rid = _existing_role(ctx)
+    return {p: 1 for p in sorted(ctx.sim.access.roles[rid])}
+
+
+@api("PUT", "/access/roles/{roleid}")
+def role_update(ctx: Ctx) -> None:
+    rid = _existing_role(ctx, "modify")
     privs = _privs_arg(ctx)
     ctx.sim.access.roles[rid] = (ctx.sim.access.roles[rid] | privs) if ctx.p.get("append") else privs
     _changed(ctx)
@@ -389,13 +394,7 @@ def role_update(ctx: Ctx) -> None:
 
 @api("DELETE", "/access/roles/{roleid}")
 def role_delete(ctx: Ctx) -> None:
-    from pvesim.access import BUILTIN_ROLES
-
-    rid = str(ctx.p["roleid"])
-    if rid not in ctx.sim.access.roles:
-        raise die(f"role '{rid}' does not exist")
-    if rid in BUILTIN_ROLES:
-        raise die(f"cannot delete builtin role '{rid}'")
+    rid = _existing_role(ctx, "delete")
     del ctx.sim.access.roles[rid]
     ctx.sim.access.acl = [e for e in ctx.sim.access.acl if e.roleid != rid]
     _changed(ctx)
