@@ -640,9 +640,13 @@ class LxcBackend(Backend):
         assert f.uid_range is not None and f.gid_range is not None
         return f.uid_range.start, f.gid_range.start
 
+    def _wait_released(self, vmid: int) -> None:
+        wait_image_released(self._image(vmid), f"container {vmid}")
+
     @contextlib.contextmanager
     def _mounted(self, vmid: int) -> Iterator[Path]:
         """The root disk mounted on a temporary host directory (loop device released on unmount)."""
+        self._wait_released(vmid)
         mnt = Path(tempfile.mkdtemp(prefix=f".mnt-{vmid}-", dir=self.disk_dir))
         try:
             self._run(["mount", "-o", "loop,nosuid,nodev", str(self._image(vmid)), str(mnt)],
@@ -673,19 +677,12 @@ class LxcBackend(Backend):
         image = self._image(vmid)
         if image.stat().st_size >= size_gib * GIB:
             return
+        self._wait_released(vmid)
         with open(image, "r+b") as f:
             f.truncate(size_gib * GIB)
-        # Right after a stop the image can still be in use for a moment (an unprivileged container's
-        # mount namespace goes away after lxc-stop returns): e2fsck then aborts (exit 8) and resize2fs
-        # would refuse the unchecked file system. Exit 1 and 2 mean errors were fixed.
-        deadline = time.monotonic() + 30
-        while True:
-            fsck = self._run(["e2fsck", "-f", "-p", str(image)], what=f"check the root disk of {vmid}",
-                             check=False, timeout=600)  # fmt: skip
-            if fsck.returncode < 4 or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        if fsck.returncode >= 4:
+        fsck = self._run(["e2fsck", "-f", "-p", str(image)], what=f"check the root disk of {vmid}",
+                         check=False, timeout=600)  # fmt: skip
+        if fsck.returncode >= 4:  # 1 and 2 mean errors were fixed
             err = (fsck.stderr or fsck.stdout).decode(errors="replace").strip()[-500:]
             raise BackendError(f"checking the root disk of {vmid} before growing it failed: {err}",
                                hint=f"run e2fsck -f {image} by hand, then start the container again")
@@ -999,6 +996,29 @@ def _uts_name(config: Path) -> str | None:
         if sep and key.strip() == "lxc.uts.name":
             return value.strip()
     return None
+
+
+def wait_image_released(image: Path, owner: str, timeout: float = 60) -> None:
+    """Wait until no loop device holds a stopped container's root image any more.
+
+    LXC's loop device is released only when the container's mount namespace goes away, which can be
+    a moment after lxc-stop returns (always so for unprivileged containers). Checking, growing or
+    mounting the image before then races the kernel: its final unmount writes back the superblock it
+    had in memory, undoing e2fsck's marks (resize2fs then refuses), and a second mount would replay
+    the journal under a live one.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        out = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=False)
+        holders = [line.split(":", 1)[0] for line in out.stdout.splitlines() if line]
+        if not holders:
+            return
+        if time.monotonic() > deadline:
+            raise BackendError(f"the root disk of {owner} is still held by {', '.join(holders)} "
+                               f"{timeout:.0f}s after it stopped",
+                               hint=f"find who holds it (losetup -a; grep {holders[0]} /proc/*/mountinfo), "
+                                    f"release it (umount, losetup -d {holders[0]}), then try again")
+        time.sleep(0.2)
 
 
 def _mountpoints_of(device: str) -> list[str]:

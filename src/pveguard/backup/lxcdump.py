@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
+from pveguard.backends.lxc import wait_image_released
 from pveguard.backup.archive import archive_name, parse_archive_name
 from pveguard.backup.calendar import local_zone
 from pveguard.errors import OperationError, UsageError
@@ -99,6 +100,7 @@ def _readable_root(name: str, lxcpath: Path, kind: str, path: Path, running: boo
             raise OperationError(f"container {name} is running but lxc-info shows no init pid")
         yield Path(f"/proc/{pid}/root")
         return
+    wait_image_released(path, f"container {name}")
     mnt = Path(tempfile.mkdtemp(prefix=f".pveguard-mnt-{name}-", dir=str(lxcpath)))
     try:
         proc = subprocess.run(["mount", "-o", "loop,ro", str(path), str(mnt)], capture_output=True, text=True,
