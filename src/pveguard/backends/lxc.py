@@ -772,9 +772,7 @@ class LxcBackend(Backend):
         """Everything a container owns on the host: loop devices, temp mounts, disk, lxc directory."""
         image = self._image(vmid)
         if image.exists():
-            out = self._run(["losetup", "-j", str(image)], what="list loop devices", check=False)
-            for line in out.stdout.decode(errors="replace").splitlines():
-                dev = line.split(":", 1)[0]
+            for dev in loop_devices_of(image):
                 for mp in _mountpoints_of(dev):
                     self._run(["umount", "-l", mp], what=f"unmount {mp}", check=False)
                 self._run(["losetup", "-d", dev], what=f"detach {dev}", check=False)
@@ -998,6 +996,12 @@ def _uts_name(config: Path) -> str | None:
     return None
 
 
+def loop_devices_of(image: Path) -> list[str]:
+    """The loop devices backed by `image` (`losetup -j`), e.g. ['/dev/loop3']."""
+    out = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=False)
+    return [line.split(":", 1)[0] for line in out.stdout.splitlines() if line]
+
+
 def wait_image_released(image: Path, owner: str, timeout: float = 60) -> None:
     """Wait until no loop device holds a stopped container's root image any more.
 
@@ -1009,8 +1013,7 @@ def wait_image_released(image: Path, owner: str, timeout: float = 60) -> None:
     """
     deadline = time.monotonic() + timeout
     while True:
-        out = subprocess.run(["losetup", "-j", str(image)], capture_output=True, text=True, check=False)
-        holders = [line.split(":", 1)[0] for line in out.stdout.splitlines() if line]
+        holders = loop_devices_of(image)
         if not holders:
             return
         if time.monotonic() > deadline:
