@@ -106,6 +106,19 @@ class ExecResult:
         return self.returncode == 0
 
 
+@dataclass(frozen=True)
+class Preflight:
+    """One check `pveguard doctor` runs before anything acts: what was found and, when it failed, the fix."""
+
+    name: str  # short stable id, e.g. "lxc-config-includes", "pve-permissions"
+    ok: bool | None  # None: not applicable here (skipped)
+    detail: str  # what was found, one line
+    fix: str = ""  # one line: what to do next (empty when ok)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "detail": self.detail, "fix": self.fix}
+
+
 @dataclass
 class Capabilities:
     """What a backend can do here, reported by `pveguard status`."""
@@ -176,6 +189,11 @@ class Backend(abc.ABC):
         """Wait while another operation holds the guest's lock (e.g. a create that outlived the run that
         started it); return the config. Backends without locks simply return the config."""
         return self.get_config(guest)
+
+    def preflight(self) -> list[Preflight]:
+        """Checks that must pass before this backend can act (reachable, permissions, templates,
+        bridges, storages, config includes...), each with its fix. Runs no mutating call."""
+        return []
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
