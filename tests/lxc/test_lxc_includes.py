@@ -17,7 +17,8 @@ from .test_lxc_logic import facts
 def backend(tmp_path: Path, config_dir: Path, *, ids: bool = True) -> LxcBackend:
     target = LxcTarget(lxcpath=str(tmp_path / "lxc"), disk_dir=str(tmp_path / "disks"),
                        template_cache=str(tmp_path / "cache"))
-    b = LxcBackend(target, lxc_config_dir=config_dir)
+    # pve_dir exists: a PVE host, where pveguard never makes a missing bridge itself
+    b = LxcBackend(target, lxc_config_dir=config_dir, pve_dir=tmp_path)
     b._facts = facts(2, ids=ids)  # host facts as on a host with an id range, without probing this one
     return b
 

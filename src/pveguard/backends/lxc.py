@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pveguard.backends import cgroups, lxc_net, lxc_template
+from pveguard.backends import cgroups, lxc_gateway, lxc_net, lxc_template
 from pveguard.backends.base import (
     MANAGED_MARKER,
     MANAGED_TAG,
@@ -348,7 +348,8 @@ class LxcBackend(Backend):
     name = "lxc"
 
     def __init__(self, config: LxcTarget, *, subuid: Path = Path("/etc/subuid"),
-                 subgid: Path = Path("/etc/subgid"), lxc_config_dir: Path = LXC_CONFIG_DIR) -> None:
+                 subgid: Path = Path("/etc/subgid"), lxc_config_dir: Path = LXC_CONFIG_DIR,
+                 run_dir: Path = lxc_gateway.RUN_DIR, pve_dir: Path = Path("/etc/pve")) -> None:
         self.config = config
         self.lxcpath = Path(config.lxcpath)
         self.template_cache = Path(config.template_cache)
@@ -356,6 +357,8 @@ class LxcBackend(Backend):
         self.node = socket.gethostname()
         self._subuid, self._subgid = subuid, subgid
         self.lxc_config_dir = lxc_config_dir
+        self.run_dir = run_dir
+        self._pve_dir = pve_dir
         self._facts: HostFacts | None = None
         self._cpu_samples: dict[int, tuple[float, int]] = {}
 
@@ -453,6 +456,38 @@ class LxcBackend(Backend):
     def _net_plan(self, conf: dict[str, Any]) -> NetPlan:
         net0 = lxc_net.parse_net0(str(conf.get("net0", "")))
         return plan_net(net0, self.config.vlan_mode, lxc_net.vlan_filtering(net0.get("bridge", "")))
+
+    def _owns_network(self, bridge: str) -> bool:
+        """Whether `bridge` is (or will be) pveguard's own network: made by it, or missing on a non-PVE host."""
+        if lxc_net.exists(bridge):
+            return lxc_gateway.owned(bridge)
+        return not self._pve_dir.is_dir()
+
+    def _ensure_network(self, conf: dict[str, Any]) -> None:
+        """The bridge (and VLAN bridge) a container joins, with DHCP and NAT when the network is pveguard's."""
+        net0 = lxc_net.parse_net0(str(conf.get("net0", "")))
+        bridge = net0.get("bridge", "")
+        tag = int(net0["tag"]) if net0.get("tag") else None
+        if self._owns_network(bridge):
+            lxc_gateway.ensure_segment(bridge, tag, self.config.subnet, self.run_dir)
+            return
+        if not lxc_net.is_bridge(bridge):
+            raise BackendError(f"bridge {bridge!r} does not exist on this host",
+                               hint="create the bridge, or change net0 with pveguard")
+        if tag is not None and self._net_plan(conf).mode == "bridge_per_vlan":
+            lxc_net.ensure_vlan_bridge(bridge, tag)
+
+    def _prune_network(self, bridge: str) -> None:
+        """Remove the segments of pveguard's network that no remaining container is configured on."""
+        if not lxc_gateway.owned(bridge):
+            return
+        in_use = set()
+        for vmid in self._vmids():
+            conf = (self._read_meta(vmid) or {}).get("config", {})
+            net0 = lxc_net.parse_net0(str(conf.get("net0", "")))
+            if net0.get("bridge") == bridge:
+                in_use.add(self._net_plan(conf).link)
+        lxc_gateway.prune(bridge, in_use, self.run_dir)
 
     def _write_lxc_config(self, vmid: int, meta: dict[str, Any]) -> None:
         conf = meta["config"]
@@ -566,9 +601,13 @@ class LxcBackend(Backend):
         unpriv = spec.unprivileged and facts.unprivileged_ok
         # Before anything is made: a create that could never start is refused while nothing is left over.
         check_includes(config_includes({"unprivileged": int(unpriv)}, facts, self.lxc_config_dir))
-        if not lxc_net.is_bridge(spec.net.bridge):
+        owned = self._owns_network(spec.net.bridge)
+        if owned:
+            lxc_gateway.segment_subnet(self.config.subnet, spec.net.vlan)  # the VLAN fits the pool
+        elif not lxc_net.is_bridge(spec.net.bridge):
             raise BackendError(f"bridge {spec.net.bridge!r} does not exist on this host",
-                               hint=f"create it (ip link add {spec.net.bridge} type bridge) or set network.bridge")
+                               hint=f"create it (ip link add {spec.net.bridge} type bridge) or set network.bridge"
+                                    f" (pveguard makes its own bridge only on hosts without PVE)")
         if spec.net.vlan is not None and self.config.vlan_mode == "vlan_filtering" \
                 and not lxc_net.vlan_filtering(spec.net.bridge):
             raise BackendError(f"target.lxc.vlan_mode is vlan_filtering but bridge {spec.net.bridge} is not "
@@ -717,13 +756,7 @@ class LxcBackend(Backend):
         if state == "running":
             return
         conf = meta["config"]
-        net = self._net_plan(conf)
-        net0 = lxc_net.parse_net0(str(conf.get("net0", "")))
-        if not lxc_net.is_bridge(net0.get("bridge", "")):
-            raise BackendError(f"bridge {net0.get('bridge')!r} of container {vmid} does not exist on this host",
-                               hint="create the bridge, or change net0 with pveguard")
-        if net.mode == "bridge_per_vlan":
-            lxc_net.ensure_vlan_bridge(net0["bridge"], int(net0["tag"]))
+        self._ensure_network(conf)
         if conf.get("rootfs"):
             self._grow_disk(vmid, rootfs_size_gib(conf["rootfs"]))
         with self._mounted(vmid) as root:
@@ -786,7 +819,12 @@ class LxcBackend(Backend):
             self._run(["lxc-stop", "-P", str(self.lxcpath), "-n", str(vmid), "-k"],
                       what=f"stop container {vmid}", timeout=60)
         self._remove_files(vmid)
-        net = self._net_plan(meta.get("config", {}))
+        conf = meta.get("config", {})
+        bridge = lxc_net.parse_net0(str(conf.get("net0", ""))).get("bridge", "")
+        if lxc_gateway.owned(bridge):
+            self._prune_network(bridge)
+            return
+        net = self._net_plan(conf)
         if net.mode == "bridge_per_vlan":
             lxc_net.remove_vlan_bridge_if_unused(net.link)
 

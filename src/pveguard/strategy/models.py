@@ -8,6 +8,7 @@ commented file `pveguard init` writes.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from datetime import timedelta
 from typing import Annotated, Any, Literal
@@ -489,6 +490,19 @@ class LxcTarget(StrictModel):
     template_cache: str = "/var/cache/pveguard/templates"
     disk_dir: str = "/var/lib/pveguard/disks"
     vlan_mode: Literal["auto", "vlan_filtering", "bridge_per_vlan"] = "auto"
+    subnet: str = Field("10.101.0.0/16", description="when pveguard creates the bridge: its private IPv4 "
+                        "pool (DHCP, NAT); untagged gets the first /24, VLAN n the n-th")
+
+    @field_validator("subnet")
+    @classmethod
+    def _subnet(cls, v: str) -> str:
+        try:
+            net = ipaddress.IPv4Network(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IPv4 network like 10.101.0.0/16") from None
+        if not net.is_private or net.prefixlen > 24:
+            raise ValueError(f"{v} must be a private IPv4 network of /24 or larger, like 10.101.0.0/16")
+        return str(net)
 
 
 class Target(StrictModel):
