@@ -21,6 +21,7 @@ import pytest
 
 from infra.processes import stop
 from infra.rootfs import CACHE
+from pveguard.backends import lxc_gateway
 from pveguard.backends.lxc import LxcBackend
 from pveguard.strategy.models import LxcTarget
 
@@ -66,7 +67,21 @@ class LxcEnv:
         out += [f"link {n}" for n in links if n.startswith(self.prefix) and n not in (keep or [])]
         out += [f"loop {line}" for line in run("losetup", "-a").splitlines() if str(self.root) in line]
         out += [f"mount {line}" for line in run("cat", "/proc/self/mounts").splitlines() if str(self.root) in line]
+        out += [f"nft table {t}" for t in _own_tables(self.prefix)]
+        out += [f"dnsmasq {p.name}" for p in _own_pidfiles(self.prefix)]
         return out
+
+
+def _own_tables(prefix: str) -> list[str]:
+    """nftables tables of pveguard networks on this test's bridges."""
+    out = run("nft", "list", "tables", "ip") if shutil.which("nft") else ""
+    return [line.split()[-1] for line in out.splitlines()
+            if line.split()[-1].startswith(lxc_gateway.table_name(prefix))]
+
+
+def _own_pidfiles(prefix: str) -> list[Path]:
+    run_dir = lxc_gateway.RUN_DIR
+    return sorted(run_dir.glob(f"dnsmasq-{prefix}*.pid")) if run_dir.is_dir() else []
 
 
 def _cleanup(env: LxcEnv) -> None:
@@ -80,6 +95,15 @@ def _cleanup(env: LxcEnv) -> None:
     for line in run("losetup", "-a").splitlines():
         if str(env.root) in line:
             subprocess.run(["losetup", "-d", line.split(":", 1)[0]], capture_output=True, check=False)
+    for pidfile in _own_pidfiles(env.prefix):  # dnsmasq of a network pveguard made on a test bridge
+        pid = pidfile.read_text().strip()
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        if pid.isdigit() and cmdline.exists() and b"dnsmasq" in cmdline.read_bytes():
+            subprocess.run(["kill", pid], capture_output=True, check=False)
+        pidfile.unlink(missing_ok=True)
+        pidfile.with_suffix(".leases").unlink(missing_ok=True)
+    for table in _own_tables(env.prefix):
+        subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True, check=False)
     for line in run("ip", "-o", "link").splitlines():
         name = line.split(":")[1].strip().split("@")[0]
         if name.startswith(env.prefix):

@@ -42,9 +42,10 @@ from pveguard.backends.base import (
     GuestSpec,
     GuestState,
     GuestStats,
+    Preflight,
 )
 from pveguard.errors import BackendError, BackendUnavailable, ConfigError
-from pveguard.strategy.models import LxcTarget
+from pveguard.strategy.models import LxcTarget, Strategy
 
 GIB = 1024 ** 3
 MIB = 1024 ** 2
@@ -53,6 +54,10 @@ META = "pveguard.json"
 HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 LXCFS_DIR = Path("/var/lib/lxcfs")
+# The commands the backend runs, and the Debian package of each.
+TOOLS = {"lxc-start": "lxc", "lxc-attach": "lxc", "lxc-stop": "lxc", "lxc-ls": "lxc", "lxc-info": "lxc",
+         "lxc-wait": "lxc", "lxc-usernsexec": "lxc", "mkfs.ext4": "e2fsprogs", "e2fsck": "e2fsprogs",
+         "resize2fs": "e2fsprogs", "ip": "iproute2", "losetup": "mount", "tar": "tar"}
 # Keys a running container takes at once (cgroup writes or metadata only).
 LIVE_KEYS = frozenset({"memory", "swap", "cores", "cpulimit", "cpuunits", "onboot", "startup", "tags",
                        "description"})
@@ -243,8 +248,8 @@ def check_includes(paths: list[Path]) -> None:
     if missing:
         packages = sorted({INCLUDE_PACKAGES.get(p.name, "lxc") for p in missing})
         raise BackendUnavailable(
-            f"LXC config include {', '.join(map(str, missing))} does not exist (it comes from the Debian "
-            f"package {', '.join(packages)})", hint=f"apt-get install {' '.join(packages)}")
+            f"missing LXC config include{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} "
+            f"(from the Debian package {', '.join(packages)})", hint=f"apt-get install {' '.join(packages)}")
 
 
 def render_lxc_config(vmid: int, conf: dict[str, Any], facts: HostFacts, *, image: Path, net: NetPlan,
@@ -349,7 +354,8 @@ class LxcBackend(Backend):
 
     def __init__(self, config: LxcTarget, *, subuid: Path = Path("/etc/subuid"),
                  subgid: Path = Path("/etc/subgid"), lxc_config_dir: Path = LXC_CONFIG_DIR,
-                 run_dir: Path = lxc_gateway.RUN_DIR, pve_dir: Path = Path("/etc/pve")) -> None:
+                 run_dir: Path = lxc_gateway.RUN_DIR, pve_dir: Path = Path("/etc/pve"),
+                 bridges: list[str] | None = None) -> None:
         self.config = config
         self.lxcpath = Path(config.lxcpath)
         self.template_cache = Path(config.template_cache)
@@ -359,6 +365,7 @@ class LxcBackend(Backend):
         self.lxc_config_dir = lxc_config_dir
         self.run_dir = run_dir
         self._pve_dir = pve_dir
+        self.bridges = list(dict.fromkeys(bridges or []))  # the strategy's, for preflight
         self._facts: HostFacts | None = None
         self._cpu_samples: dict[int, tuple[float, int]] = {}
 
@@ -498,6 +505,86 @@ class LxcBackend(Backend):
 
     def _guest(self, vmid: int) -> Guest:
         return Guest(vmid=vmid, name=str(vmid), node=self.node, type="lxc", status="unknown")
+
+    # -- preflight (doctor): read-only checks, each with its one-line fix --
+
+    def preflight(self) -> list[Preflight]:
+        return [self._check_tools(), self._check_includes(), *self._check_bridges(), self._check_network_tools(),
+                self._check_subids(), self._check_cgroups()]
+
+    @staticmethod
+    def _check_tools() -> Preflight:
+        missing = [t for t in TOOLS if shutil.which(t) is None]
+        if missing:
+            packages = " ".join(sorted({TOOLS[t] for t in missing}))
+            return Preflight("lxc-tools", False, f"missing: {', '.join(missing)}", f"apt-get install {packages}")
+        return Preflight("lxc-tools", True, "lxc, e2fsprogs and iproute2 commands found")
+
+    def _check_includes(self) -> Preflight:
+        paths = [self.lxc_config_dir / n for n in ("debian.common.conf", "debian.userns.conf")]
+        missing = [p for p in paths if not p.is_file()]
+        if missing:
+            packages = " ".join(sorted({INCLUDE_PACKAGES[p.name] for p in missing}))
+            return Preflight("lxc-config-includes", False,
+                             f"missing {', '.join(map(str, missing))} (from the package {packages})",
+                             f"apt-get install {packages}")
+        return Preflight("lxc-config-includes", True, f"{', '.join(p.name for p in paths)} in {self.lxc_config_dir}")
+
+    def _check_bridges(self) -> list[Preflight]:
+        out = []
+        for bridge in self.bridges:
+            name = f"bridge-{bridge}"
+            if lxc_gateway.owned(bridge):
+                out.append(Preflight(name, True, f"{bridge} is pveguard's network ({lxc_net.alias(bridge)})"))
+            elif lxc_net.is_bridge(bridge):
+                out.append(Preflight(name, True, f"{bridge} exists (your bridge: pveguard serves no DHCP on it)"))
+            elif lxc_net.exists(bridge):
+                out.append(Preflight(name, False, f"{bridge} exists but is not a bridge",
+                                     "set network.bridge to a bridge, or a free name for pveguard to create"))
+            elif self._owns_network(bridge):
+                out.append(Preflight(name, True, f"{bridge} does not exist: pveguard creates it with DHCP and NAT "
+                                                 f"for {self.config.subnet} at the first start"))
+            else:
+                out.append(Preflight(name, False, f"{bridge} does not exist on this PVE host",
+                                     f"create {bridge} in /etc/network/interfaces (ifreload -a), or set "
+                                     f"network.bridge"))
+        return out
+
+    def _check_network_tools(self) -> Preflight:
+        if not any(self._owns_network(b) for b in self.bridges):
+            return Preflight("lxc-dhcp-nat", None, "no pveguard network here (the bridges are yours)")
+        missing = {t: p for t, p in (("dnsmasq", "dnsmasq-base"), ("nft", "nftables")) if shutil.which(t) is None}
+        if missing:
+            return Preflight("lxc-dhcp-nat", False, f"pveguard's network needs {', '.join(missing)}",
+                             f"apt-get install {' '.join(missing.values())}")
+        return Preflight("lxc-dhcp-nat", True, "dnsmasq (DHCP) and nft (NAT) found")
+
+    def _check_subids(self) -> Preflight:
+        uids, gids = parse_subid(_read_text(self._subuid)), parse_subid(_read_text(self._subgid))
+        if uids and gids:
+            return Preflight("subid-range", True, f"root has ids {uids.start}-{uids.start + uids.count - 1} "
+                                                  f"for unprivileged containers")
+        if shutil.which("newuidmap") is None:
+            return Preflight("subid-range", True, "no newuidmap: LXC maps root's containers to 100000-165535")
+        files = " ".join(str(f) for f, r in ((self._subuid, uids), (self._subgid, gids)) if r is None)
+        return Preflight("subid-range", False, f"{files} give root no range of 65536 ids: containers would run "
+                                               f"privileged", f"echo root:100000:65536 | tee -a {files}")
+
+    @staticmethod
+    def _check_cgroups() -> Preflight:
+        fix = "boot with the unified cgroup v2 hierarchy (Debian 12's default; drop systemd.unified_cgroup_hierarchy=0)"
+        try:
+            layout = cgroups.detect_layout()
+        except OSError as e:
+            return Preflight("cgroups", False, f"cannot read the cgroup layout: {e.strerror}", fix)
+        if layout.version == 2:
+            return Preflight("cgroups", True, "cgroup v2 (unified): limits as lxc.cgroup2.*")
+        missing = [c for c in ("memory", "cpu", "cpuset") if c not in layout.v1]
+        if missing:
+            return Preflight("cgroups", False, f"cgroup v1 without the {', '.join(missing)} controller: "
+                                               f"limits cannot be enforced", fix)
+        swap = "" if layout.memsw else "; no swap accounting, swap limits are not enforced"
+        return Preflight("cgroups", True, f"cgroup v1: limits as lxc.cgroup.*{swap} (v2 is what PVE 8 uses)")
 
     # -- Backend verbs --
 
@@ -998,6 +1085,12 @@ class LxcBackend(Backend):
                 self._cpu_samples.pop(vmid, None)
             out.append(s)
         return out
+
+
+def connect(strategy: Strategy, env: Any = None) -> LxcBackend:
+    """The backend for a strategy (backends.connect calls this): its target and the bridges it uses."""
+    bridges = [strategy.network.bridge, *(strategy.container_bridge(c) for c in strategy.containers)]
+    return LxcBackend(strategy.target.lxc, bridges=bridges)
 
 
 # --- helpers ------------------------------------------------------------------------------------
