@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+import yaml
 
 from pveguard.backup.calendar import CalendarError, check_due, next_runs, parse
-from pveguard.backup.timers import install_units, render_units, to_oncalendar
+from pveguard.backup.timers import find_command, install_units, render_units, to_oncalendar, unit_settings
+from pveguard.errors import ConfigError, UsageError
+from pveguard.strategy.models import Strategy
 
 from .calendar_oracle import SYSTEMD_ANALYZE, generate, systemd_next
 
@@ -118,3 +123,83 @@ def test_check_due(last: datetime | None, now: datetime, repeat: bool, state: st
 
 def test_check_due_never() -> None:
     assert check_due(parse("2021-02-29 UTC"), T0, T0).state == "never"
+
+
+# --- what a unit carries: the command by absolute path, secrets as credentials, never inline -----
+
+SECRET = "s3cr3t-never-in-a-unit"
+
+
+def secret_strategy(tmp_path: Path) -> tuple[Strategy, dict[str, Path]]:
+    files = {name: tmp_path / f"{name}.secret" for name in ("ledger", "token", "restic")}
+    for path in files.values():
+        path.write_text(SECRET + "\n")
+        path.chmod(0o600)
+    strategy = Strategy.model_validate({
+        "security": {"ledger_hmac_key_file": str(files["ledger"])},
+        "target": {"proxmox": {"user": "pveguard@pve", "token_id": "backup", "token_secret_file": str(files["token"])}},
+        "backup": {"host_config": {"password_file": str(files["restic"])}},
+    })  # fmt: skip
+    return strategy, files
+
+
+def test_unit_settings_load_the_strategys_secret_files_as_credentials(tmp_path: Path) -> None:
+    strategy, files = secret_strategy(tmp_path)
+    settings = unit_settings(strategy, {"PVEGUARD_PVE_HOST": "pve1:8006", "PATH": "/x", "HOME": "/root"})
+    assert [(c.name, c.path) for c in settings.credentials] == [
+        ("ledger-key", str(files["ledger"])), ("pve-token-secret", str(files["token"])),
+        ("restic-password", str(files["restic"]))]
+    assert settings.environment == {"PVEGUARD_PVE_HOST": "pve1:8006"}
+    service = render_units("pveguard-backup", parse("hourly"), ["/usr/local/bin/pveguard", "backup", "run"],
+                           "pveguard backups", settings=settings).files["pveguard-backup.service"]
+    assert f"LoadCredential=ledger-key:{files['ledger']}\n" in service
+    assert f"LoadCredential=pve-token-secret:{files['token']}\n" in service
+    assert "Environment=PVEGUARD_LEDGER_KEY_FILE=%d/ledger-key\n" in service
+    assert 'Environment="PVEGUARD_PVE_HOST=pve1:8006"\n' in service
+    assert SECRET not in service
+
+
+@pytest.mark.parametrize("var", ["PVEGUARD_PVE_TOKEN", "PVEGUARD_PVE_PASSWORD"])
+def test_a_secret_only_in_the_environment_is_refused(tmp_path: Path, var: str) -> None:
+    with pytest.raises(ConfigError, match=f"{var} is set") as err:
+        unit_settings(Strategy(), {var: "root@pam!x=" + SECRET})
+    assert SECRET not in err.value.message + err.value.hint and "_file" in err.value.hint
+
+
+def test_a_missing_secret_file_is_refused_at_install_not_at_every_run(tmp_path: Path) -> None:
+    strategy = Strategy.model_validate({"security": {"ledger_hmac_key_file": str(tmp_path / "nope")}})
+    with pytest.raises(ConfigError, match="does not exist"):
+        unit_settings(strategy, {})
+
+
+def test_find_command_falls_back_to_this_interpreter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no pveguard on PATH (a unit's or cron's PATH)
+    assert find_command() == [os.path.abspath(sys.executable), "-m", "pveguard"]
+    (tmp_path / "pveguard").write_text("#!/bin/sh\n")
+    (tmp_path / "pveguard").chmod(0o755)
+    assert find_command() == [str(tmp_path / "pveguard")]
+    with pytest.raises(UsageError, match="absolute path"):
+        find_command("pveguard")
+
+
+@needs_systemd
+def test_install_timers_without_pveguard_on_path_writes_units_systemd_accepts(tmp_path: Path) -> None:
+    """Through the CLI as cron or a fresh root shell runs it: no virtualenv on PATH, secrets in files."""
+    strategy_doc, files = secret_strategy(tmp_path)
+    strategy = tmp_path / "strategy.yaml"
+    strategy.write_text(yaml.safe_dump(strategy_doc.model_dump(mode="json")))
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": os.pathsep.join(sys.path),
+           "PVEGUARD_STRATEGY": str(strategy), "PVEGUARD_STATE_DIR": str(tmp_path / "state")}
+    units = tmp_path / "units"
+    proc = subprocess.run([sys.executable, "-m", "pveguard", "backup", "install-timers", "--unit-dir", str(units)],
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    service = (units / "pveguard-backup.service").read_text()
+    exec_start = next(line for line in service.splitlines() if line.startswith("ExecStart="))
+    assert exec_start.startswith(f"ExecStart={os.path.abspath(sys.executable)} -m pveguard --strategy {strategy}")
+    assert f"LoadCredential=restic-password:{files['restic']}" in service
+    assert all(SECRET not in p.read_text() for p in units.iterdir())
+    verify = subprocess.run([shutil.which("systemd-analyze") or "systemd-analyze", "verify", "--man=no",
+                             str(units / "pveguard-backup.service"), str(units / "pveguard-backup.timer")],
+                            capture_output=True, text=True, check=False)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr

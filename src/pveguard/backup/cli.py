@@ -879,31 +879,28 @@ def install_timers(
     ] = None,
 ) -> None:
     """Write a systemd timer that runs 'pveguard backup run --due' at every time of the strategy's
-    backup schedules (one OnCalendar= per schedule, exactly the PVE calendar events)."""
-    import shutil
+    backup schedules (one OnCalendar= per schedule, exactly the PVE calendar events). The service
+    loads the strategy's secret files as credentials; it never holds a secret itself."""
+    import os
 
-    from pveguard.backup.timers import install_units, render_units
+    from pveguard.backup.timers import find_command, install_units, render_units, unit_settings
+    from pveguard.strategy.models import Strategy
 
     app_ctx = _app_context(ctx)
-    strategy = app_ctx.strategy_or_default() if app_ctx is not None else None
-    if strategy is not None:
-        b = strategy.backup
-        schedules = [b.host_config.schedule, b.containers.schedule]
-        if b.verification.enabled:
-            schedules.append(b.verification.schedule)
-        if b.offsite.type != "none":
-            schedules.append(b.offsite.schedule)
-    else:
-        schedules = ["hourly"]
-    exe = pveguard_bin or shutil.which("pveguard")
-    if not exe or not Path(exe).is_absolute():
-        raise UsageError("cannot find the pveguard command", hint="pass --pveguard /usr/local/bin/pveguard")
-    command = [exe]
+    strategy = app_ctx.strategy_or_default() if app_ctx is not None else Strategy()
+    b = strategy.backup
+    schedules = [b.host_config.schedule, b.containers.schedule]
+    if b.verification.enabled:
+        schedules.append(b.verification.schedule)
+    if b.offsite.type != "none":
+        schedules.append(b.offsite.schedule)
+    command = find_command(pveguard_bin)
     if app_ctx is not None:
-        command += ["--strategy", str(app_ctx.strategy_path), "--state-dir", str(app_ctx.state_dir)]
+        command += ["--strategy", str(Path(app_ctx.strategy_path).absolute()),
+                    "--state-dir", str(Path(app_ctx.state_dir).absolute())]
     units = [
         render_units("pveguard-backup", [parse(s) for s in schedules], [*command, "backup", "run", "--due"],
-                     "pveguard backups"),
+                     "pveguard backups", settings=unit_settings(strategy, os.environ)),
     ]  # fmt: skip
     written = install_units(units, unit_dir)
     _record(ctx, "backup.install-timers", str(unit_dir), files=[str(p) for p in written])

@@ -8,20 +8,40 @@ with repetitions at month ends (systemd#22665, #40260).
 
 ``Persistent=`` mirrors PVE's ``repeat-missed``: off by default (a run missed while the machine was
 down is skipped, as pvescheduler does), on to run it once at boot.
+
+A unit runs without the admin's shell: no PATH entry of a virtualenv, none of the ``PVEGUARD_*``
+variables. :func:`find_command` names the pveguard to run by an absolute path, and
+:func:`unit_settings` carries what the run needs: the strategy's secret files as
+``LoadCredential=`` (systemd checks them before each run; the ledger key is read from the
+credential, ``%d``), and the non-secret variables of the install-time environment as
+``Environment=``. A secret that exists only in that environment (``PVEGUARD_PVE_TOKEN``) is refused:
+a unit never holds a secret inline.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Sequence
-from dataclasses import dataclass
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pveguard.backup.calendar import CalendarError, CalendarEvent, Field
-from pveguard.errors import OperationError
+from pveguard.context import LEDGER_KEY_ENV
+from pveguard.errors import ConfigError, OperationError, UsageError
+from pveguard.strategy.models import Strategy
 
-__all__ = ["TimerUnits", "install_units", "render_units", "to_oncalendar"]
+__all__ = ["Credential", "TimerUnits", "UnitSettings", "find_command", "install_units", "render_units",
+           "to_oncalendar", "unit_settings"]
+
+# Install-time variables a unit takes over as they are (none holds a secret).
+PLAIN_ENV = ("PVEGUARD_BACKEND", "PVEGUARD_PVE_HOST", "PVEGUARD_PVE_NODE", "PVEGUARD_PVE_VERIFY_SSL",
+             "PVEGUARD_DEBIAN_MIRROR")
+# Variables that hold a secret, and the strategy key that names a file for it instead.
+SECRET_ENV = {"PVEGUARD_PVE_TOKEN": "target.proxmox.token_id + token_secret_file",
+              "PVEGUARD_PVE_PASSWORD": "target.proxmox.user + password_file"}
 
 _DAY_NAMES = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 # systemd accepts years 1970..2199; PVE's parser caps written years below 2200 as well.
@@ -84,6 +104,79 @@ def to_oncalendar(event: CalendarEvent) -> str:
 
 
 @dataclass(frozen=True)
+class Credential:
+    """A secret file a unit loads with ``LoadCredential=<name>:<path>``."""
+
+    name: str
+    path: str
+    env: str | None = None  # a variable pointing pveguard at the loaded copy (%d/<name>)
+
+
+@dataclass(frozen=True)
+class UnitSettings:
+    """What a service unit carries besides its command."""
+
+    credentials: tuple[Credential, ...] = ()
+    environment: dict[str, str] = field(default_factory=dict)
+
+
+def find_command(explicit: str | None = None) -> list[str]:
+    """The pveguard to run from a unit, by absolute path: `explicit`, the one on PATH (bootstrap
+    links /usr/local/bin/pveguard), else this interpreter with `-m pveguard`."""
+    if explicit:
+        if not os.path.isabs(explicit) or not os.access(explicit, os.X_OK):
+            raise UsageError(f"--pveguard {explicit} is not an executable given by its absolute path",
+                             hint="e.g. --pveguard /usr/local/bin/pveguard")
+        return [explicit]
+    found = shutil.which("pveguard")
+    if found:
+        return [os.path.abspath(found)]
+    return [os.path.abspath(sys.executable), "-m", "pveguard"]
+
+
+def unit_settings(strategy: Strategy, env: Mapping[str, str]) -> UnitSettings:
+    """The credentials and environment a pveguard unit needs, from the strategy and the environment."""
+    for var, instead in SECRET_ENV.items():
+        if env.get(var):
+            raise ConfigError(f"{var} is set, but a systemd unit cannot carry a secret from your shell",
+                              hint=f"put it in a root-only file and name it in the strategy ({instead}), "
+                                   f"then unset {var} and install the timers again")
+    wanted: list[tuple[str, str | None, str | None]] = [
+        ("ledger-key", env.get(LEDGER_KEY_ENV) or strategy.security.ledger_hmac_key_file, LEDGER_KEY_ENV),
+        ("pve-token-secret", strategy.target.proxmox.token_secret_file, None),
+        ("pve-password", strategy.target.proxmox.password_file, None),
+        ("restic-password", strategy.backup.host_config.password_file, None),
+    ]
+    creds = []
+    for name, path, points_at in wanted:
+        if not path:
+            continue
+        if any(ch.isspace() for ch in path):
+            raise ConfigError(f"the secret file path {path!r} ({name}) holds white space, which a systemd "
+                              f"LoadCredential= cannot take", hint="move the file to a path without spaces")
+        if not os.path.isabs(path) or not os.path.isfile(path):
+            raise ConfigError(f"the secret file {path} ({name}) does not exist, so every timer run would fail",
+                              hint="create it, or correct its path in the strategy")
+        creds.append(Credential(name, path, points_at))
+    environment = {var: env[var] for var in PLAIN_ENV if env.get(var)}
+    return UnitSettings(tuple(creds), environment)
+
+
+def _specifier_safe(value: str) -> str:
+    """A value as systemd reads it literally: `%` starts a specifier, so it is doubled."""
+    return value.replace("%", "%%")
+
+
+def _service_lines(settings: UnitSettings) -> list[str]:
+    lines = [f"LoadCredential={c.name}:{_specifier_safe(c.path)}" for c in settings.credentials]
+    for key, value in sorted(settings.environment.items()):
+        quoted = _specifier_safe(value).replace("\\", "\\\\").replace('"', '\\"')
+        lines.append(f'Environment="{key}={quoted}"')
+    lines += [f"Environment={c.env}=%d/{c.name}" for c in settings.credentials if c.env]
+    return lines
+
+
+@dataclass(frozen=True)
 class TimerUnits:
     """A ``.timer`` and its ``.service``: file name -> content."""
 
@@ -97,6 +190,7 @@ def render_units(
     command: Sequence[str],
     description: str,
     persistent: bool = False,
+    settings: UnitSettings | None = None,
 ) -> TimerUnits:
     """Units named ``<name>.timer`` / ``<name>.service`` running ``command`` on ``event`` (or on
     each of several events: one ``OnCalendar=`` line per event, duplicates once)."""
@@ -114,6 +208,7 @@ def render_units(
     if not command or not os.path.isabs(command[0]):
         raise CalendarError(f"the command of {name} must start with an absolute path, got {list(command)!r}")
     exec_start = " ".join(shlex.quote(a) for a in command)
+    extra = "".join(f"{line}\n" for line in _service_lines(settings or UnitSettings()))
     timer = (
         "# Written by pveguard (backup install-timers); changes are overwritten.\n"
         f"[Unit]\nDescription={description} (schedule: {sources})\n\n"
@@ -123,7 +218,7 @@ def render_units(
     service = (
         "# Written by pveguard (backup install-timers); changes are overwritten.\n"
         f"[Unit]\nDescription={description}\n\n"
-        f"[Service]\nType=oneshot\nExecStart={exec_start}\nNice=10\nIOSchedulingClass=idle\n"
+        f"[Service]\nType=oneshot\nExecStart={exec_start}\n{extra}Nice=10\nIOSchedulingClass=idle\n"
     )
     return TimerUnits(name, {f"{name}.timer": timer, f"{name}.service": service})
 
