@@ -364,7 +364,7 @@ class LxcBackend(Backend):
         self._subuid, self._subgid = subuid, subgid
         self.lxc_config_dir = lxc_config_dir
         self.run_dir = run_dir
-        self._pve_dir = pve_dir
+        self.pve_dir = pve_dir
         self.bridges = list(dict.fromkeys(bridges or []))  # the strategy's, for preflight
         self._facts: HostFacts | None = None
         self._cpu_samples: dict[int, tuple[float, int]] = {}
@@ -468,7 +468,7 @@ class LxcBackend(Backend):
         """Whether `bridge` is (or will be) pveguard's own network: made by it, or missing on a non-PVE host."""
         if lxc_net.exists(bridge):
             return lxc_gateway.owned(bridge)
-        return not self._pve_dir.is_dir()
+        return not self.pve_dir.is_dir()
 
     def _ensure_network(self, conf: dict[str, Any]) -> None:
         """The bridge (and VLAN bridge) a container joins, with DHCP and NAT when the network is pveguard's."""

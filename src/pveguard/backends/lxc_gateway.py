@@ -20,6 +20,7 @@ and removed by `remove_network` / `prune`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import ipaddress
 import os
 import signal
@@ -205,6 +206,14 @@ def _tables() -> list[str]:
 
 def ensure_segment(bridge: str, tag: int | None, pool: str, run_dir: Path = RUN_DIR) -> str:
     """Bridge, segment address, DHCP and NAT for a container on `bridge` (VLAN `tag`); the link to join."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Two starts at once (two pveguard runs) would both add the address and both start a dnsmasq.
+    with open(run_dir / ".network.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_segment(bridge, tag, pool, run_dir)
+
+
+def _ensure_segment(bridge: str, tag: int | None, pool: str, run_dir: Path) -> str:
     ensure_bridge(bridge, pool)
     segment = segment_subnet(pool, tag)
     name = bridge
