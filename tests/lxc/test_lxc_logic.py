@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pveguard.backends import cgroups, lxc_net
+from pveguard.backends import cgroups, lxc_gateway, lxc_net
 from pveguard.backends.base import MANAGED_MARKER, GuestSpec, NetSpec
 from pveguard.backends.lxc import (
     HostFacts,
@@ -315,6 +315,17 @@ def test_bridge_per_vlan_adds_a_pre_start_hook_that_makes_the_bridge() -> None:
     untagged = render_lxc_config(105, conf, facts(1, ids=False), image=Path("/d/105.raw"),
                                  net=NetPlan("vmbr0", None, "untagged"), cpuset="0")
     assert "lxc.hook.pre-start" not in untagged
+
+
+def test_pveguards_own_network_gets_a_hook_that_brings_it_back() -> None:
+    conf = pve_config(spec(), 105, unprivileged=False, hwaddr="BC:24:11:AA:BB:CC")
+    hook = lxc_gateway.ensure_command("vmbr0", 10, "10.101.0.0/16", Path("/run/pveguard"))
+    text = render_lxc_config(105, conf, facts(1, ids=False), image=Path("/d/105.raw"),
+                             net=NetPlan("vmbr0v10", None, "bridge_per_vlan"), cpuset="0", network_hook=hook)
+    hooks = [line for line in text.splitlines() if line.startswith("lxc.hook.pre-start")]
+    assert hooks == [f"lxc.hook.pre-start = {hook}"]
+    assert hook.endswith("-m pveguard.backends.lxc_gateway ensure vmbr0 10 10.101.0.0/16 /run/pveguard")
+    assert lxc_gateway.main(["ensure"]) == 2
 
 
 def test_render_v1_without_subuid_runs_privileged() -> None:

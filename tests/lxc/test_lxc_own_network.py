@@ -106,6 +106,20 @@ def test_default_strategy_applies_with_pveguards_own_network(lxc_env: Any, ip_fo
         assert b.exec(g, ["dpkg", "-s", PACKAGE]).ok, name
     print(f"apply of the four seed containers with {PACKAGE}: {applied:.0f}s")
 
+    # After a reboot lxc-autostart, not pveguard, starts onboot containers: their pre-start hook
+    # brings back DHCP and NAT. (Here: one container stopped, dnsmasq and the table gone.)
+    g = guests["pve-api-gateway"]
+    b.stop(g)
+    lxcpath = b.config.lxcpath
+    lxc_gateway.stop_dnsmasq(f"{bridge}v100", lxc_gateway.RUN_DIR)
+    subprocess.run(["nft", "delete", "table", "ip", lxc_gateway.table_name(bridge)], check=True)
+    start = subprocess.run(["lxc-start", "-P", lxcpath, "-n", str(g.vmid)], capture_output=True, text=True,
+                           check=False)
+    assert start.returncode == 0, start.stderr
+    assert (lxc_gateway.RUN_DIR / f"dnsmasq-{bridge}v100.pid").exists()
+    assert lxc_gateway.table_name(bridge) in subprocess.run(["nft", "list", "tables"], capture_output=True,
+                                                            text=True, check=False).stdout
+
     # The network is pveguard's: marked, and removed with the last container.
     assert lxc_gateway.owned(bridge)
     doc["containers"] = []

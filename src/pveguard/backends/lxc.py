@@ -253,8 +253,12 @@ def check_includes(paths: list[Path]) -> None:
 
 
 def render_lxc_config(vmid: int, conf: dict[str, Any], facts: HostFacts, *, image: Path, net: NetPlan,
-                      cpuset: str | None, config_dir: Path = LXC_CONFIG_DIR) -> str:
-    """The lxc config for a container, from its PVE-form config and this host's facts."""
+                      cpuset: str | None, config_dir: Path = LXC_CONFIG_DIR, network_hook: str | None = None) -> str:
+    """The lxc config for a container, from its PVE-form config and this host's facts.
+
+    `network_hook` is the pre-start command that brings up pveguard's own network (lxc_gateway);
+    without it, a per-VLAN bridge gets a hook that only makes the bridge.
+    """
     unpriv = bool(int(conf.get("unprivileged", 0))) and facts.unprivileged_ok
     features = parse_features(conf.get("features", ""))
     net0 = lxc_net.parse_net0(str(conf.get("net0", "")))
@@ -291,9 +295,11 @@ def render_lxc_config(vmid: int, conf: dict[str, Any], facts: HostFacts, *, imag
         lines.append(f"lxc.net.0.hwaddr = {net0['hwaddr']}")
     if net.vlan_id is not None:
         lines.append(f"lxc.net.0.veth.vlan.id = {net.vlan_id}")
-    if net.mode == "bridge_per_vlan":
-        # The per-VLAN bridge does not survive a reboot; this makes lxc-start / lxc-autostart
-        # (onboot) recreate it even when pveguard is not the one starting the container.
+    # Bridges (and pveguard's DHCP and NAT) do not survive a reboot; the hook makes lxc-start /
+    # lxc-autostart (onboot) bring them back even when pveguard is not the one starting the container.
+    if network_hook:
+        lines.append(f"lxc.hook.pre-start = {network_hook}")
+    elif net.mode == "bridge_per_vlan":
         lines.append(f"lxc.hook.pre-start = {lxc_net.ensure_bridge_command(net0['bridge'], int(net0['tag']))}")
     lines.append(f"lxc.start.auto = {1 if int(conf.get('onboot', 0)) else 0}")
     startup = dict(p.partition("=")[::2] for p in str(conf.get("startup", "")).split(",") if "=" in p)
@@ -499,8 +505,13 @@ class LxcBackend(Backend):
     def _write_lxc_config(self, vmid: int, meta: dict[str, Any]) -> None:
         conf = meta["config"]
         check_includes(config_includes(conf, self.facts, self.lxc_config_dir))
+        net0 = lxc_net.parse_net0(str(conf.get("net0", "")))
+        hook = None
+        if self._owns_network(net0.get("bridge", "")):
+            tag = int(net0["tag"]) if net0.get("tag") else None
+            hook = lxc_gateway.ensure_command(net0["bridge"], tag, self.config.subnet, self.run_dir)
         text = render_lxc_config(vmid, conf, self.facts, image=self._image(vmid), net=self._net_plan(conf),
-                                 cpuset=meta.get("cpuset"), config_dir=self.lxc_config_dir)
+                                 cpuset=meta.get("cpuset"), config_dir=self.lxc_config_dir, network_hook=hook)
         _atomic_write(self._dir(vmid) / "config", text)
 
     def _guest(self, vmid: int) -> Guest:

@@ -13,8 +13,9 @@ there, pveguard makes it, as `lxc-net` makes `lxcbr0`:
   no forwarding between segments (VLANs stay apart at layer 3 too); `net.ipv4.ip_forward` is
   turned on, and back to what it was when the last pveguard network goes.
 
-Everything is (re)created idempotently by `ensure_segment` (called before a container starts)
-and removed by `remove_network` / `prune`.
+Everything is (re)created idempotently by `ensure_segment` (called before a container starts,
+and by the container's `lxc.hook.pre-start`, `ensure_command`, so lxc-autostart after a reboot
+brings the network back) and removed by `remove_network` / `prune`.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import contextlib
 import fcntl
 import ipaddress
 import os
+import shlex
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -103,6 +106,16 @@ def dnsmasq_argv(segment_bridge: str, segment: ipaddress.IPv4Network, run_dir: P
             f"--interface={segment_bridge}", f"--dhcp-leasefile={leases}", "--dhcp-authoritative"]
 
 
+def ensure_command(bridge: str, tag: int | None, pool: str, run_dir: Path) -> str:
+    """The pre-start hook that runs `ensure_segment` with this very pveguard (interpreter and code)."""
+    import pveguard
+
+    code = Path(pveguard.__file__).resolve().parent.parent
+    argv = ["env", f"PYTHONPATH={code}", sys.executable, "-m", "pveguard.backends.lxc_gateway", "ensure", bridge,
+            str(tag) if tag is not None else "-", pool, str(run_dir)]
+    return " ".join(shlex.quote(a) for a in argv)
+
+
 def pool_of_alias(text: str) -> str | None:
     """The pool a pveguard network's bridge alias names (`pveguard network 10.101.0.0/16`)."""
     if not text.startswith(NETWORK_ALIAS + " "):
@@ -141,6 +154,10 @@ def ensure_bridge(bridge: str, pool: str) -> None:
         _run(["ip", "link", "set", "dev", bridge, "alias", f"{NETWORK_ALIAS} {pool}"], f"mark bridge {bridge}")
     elif not owned(bridge):
         raise BackendError(f"bridge {bridge} exists and is not pveguard's; pveguard does not change it")
+    elif pool_of_alias(lxc_net.alias(bridge)) != pool:
+        raise BackendError(f"bridge {bridge} is pveguard's network for {pool_of_alias(lxc_net.alias(bridge))}, "
+                           f"not for target.lxc.subnet {pool}",
+                           hint="set target.lxc.subnet back, or remove its containers (apply --prune) first")
     _segment_link_up(bridge)
 
 
@@ -270,3 +287,21 @@ def remove_network(bridge: str, run_dir: Path = RUN_DIR) -> None:
     if saved.exists() and not any(t.startswith(TABLE_PREFIX) for t in _tables()):
         IP_FORWARD.write_text(saved.read_text())
         saved.unlink()
+
+
+def main(argv: list[str]) -> int:
+    """`ensure BRIDGE TAG|- POOL RUN_DIR [what LXC appends]`: the pre-start hook's entry point."""
+    if len(argv) < 5 or argv[0] != "ensure":
+        print("usage: python -m pveguard.backends.lxc_gateway ensure BRIDGE TAG|- POOL RUN_DIR", file=sys.stderr)
+        return 2
+    bridge, tag, pool, run_dir = argv[1], argv[2], argv[3], Path(argv[4])
+    try:
+        ensure_segment(bridge, None if tag == "-" else int(tag), pool, run_dir)
+    except (BackendError, ConfigError) as e:
+        print(f"pveguard network {bridge}: {e.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
