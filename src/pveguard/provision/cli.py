@@ -18,7 +18,7 @@ from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
 from pveguard.output import console, err_console, error, print_json, warn
 from pveguard.provision.apply import Applier, ApplyInterrupted, ApplyReport
 from pveguard.provision.desired import actual_fields, desired_fields, desired_state
-from pveguard.provision.final_backup import data_volumes, left_out_of_backups, take_final_backup
+from pveguard.provision.final_backup import data_volumes, take_final_backup
 from pveguard.provision.instance import identity
 from pveguard.provision.journal import Journal
 from pveguard.provision.observe import observe
@@ -90,13 +90,6 @@ def render_plan(p: Plan) -> None:
             console.print(escape(f"    {c.text()}{flag}"), soft_wrap=True)
         if a.resume and a.kind != "create":
             console.print(escape(f"    finish interrupted creation: {', '.join(a.resume)}"))
-        if a.kind == "delete":
-            vols = data_volumes(a.config)
-            if vols:
-                out = left_out_of_backups(vols)
-                console.print(escape(f"    data volumes destroyed with it: {', '.join(vols)}; a final backup is "
-                                     f"taken first" + (f" (without {', '.join(out)}: backup=0)" if out else "")
-                                     + "; apply asks for its name to be typed"), soft_wrap=True)
         for n in a.notes:
             console.print(f"    [dim]{escape(n)}[/]", soft_wrap=True)
     cnt = p.counts()

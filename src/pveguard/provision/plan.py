@@ -22,6 +22,7 @@ from pveguard.provision.desired import (
     actual_fields,
     desired_fields,
 )
+from pveguard.provision.final_backup import data_volumes, left_out_of_backups
 
 ActionKind = Literal["create", "update", "resume", "unchanged", "delete", "conflict", "foreign"]
 KINDS: tuple[ActionKind, ...] = ("create", "update", "resume", "unchanged", "delete", "conflict", "foreign")
@@ -298,8 +299,13 @@ def plan(desired: list[Desired], observed: Observed, *, instance: str, prune: bo
         if g.name in wanted:
             continue
         if prune:
-            actions.append(Action("delete", g.name, vmid=g.vmid, node=g.node, guest=g,
-                                  config=observed.configs.get(g.vmid)))
+            cfg = observed.configs.get(g.vmid)
+            vols = data_volumes(cfg)
+            out = left_out_of_backups(vols)
+            notes = [f"data volumes destroyed with it: {', '.join(vols)}; a final backup is taken first"
+                     + (f" (without {', '.join(out)}: backup=0)" if out else "")
+                     + "; apply asks for its name to be typed"] if vols else []
+            actions.append(Action("delete", g.name, vmid=g.vmid, node=g.node, guest=g, config=cfg, notes=notes))
         else:
             actions.append(Action("unchanged", g.name, vmid=g.vmid, node=g.node, guest=g, notes=[
                 "managed guest no longer in the strategy; 'apply --prune' deletes it"]))
