@@ -299,13 +299,14 @@ def plan(desired: list[Desired], observed: Observed, *, instance: str, prune: bo
         if g.name in wanted:
             continue
         if prune:
-            cfg = observed.configs.get(g.vmid)
-            vols = data_volumes(cfg)
-            out = left_out_of_backups(vols)
+            gone_cfg = observed.configs.get(g.vmid)
+            vols = data_volumes(gone_cfg)
+            left_out = left_out_of_backups(vols)
             notes = [f"data volumes destroyed with it: {', '.join(vols)}; a final backup is taken first"
-                     + (f" (without {', '.join(out)}: backup=0)" if out else "")
+                     + (f" (without {', '.join(left_out)}: backup=0)" if left_out else "")
                      + "; apply asks for its name to be typed"] if vols else []
-            actions.append(Action("delete", g.name, vmid=g.vmid, node=g.node, guest=g, config=cfg, notes=notes))
+            actions.append(Action("delete", g.name, vmid=g.vmid, node=g.node, guest=g, config=gone_cfg,
+                                  notes=notes))
         else:
             actions.append(Action("unchanged", g.name, vmid=g.vmid, node=g.node, guest=g, notes=[
                 "managed guest no longer in the strategy; 'apply --prune' deletes it"]))
