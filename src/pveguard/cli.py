@@ -83,7 +83,8 @@ def init(
             raise UsageError(f"{path} already exists", hint="use 'pveguard init --force' to overwrite it")
         before = hashlib.sha256(path.read_bytes()).hexdigest()
     # the installation's identity (see provision/instance.py): the state's, or a new one kept there
-    text = render(Strategy(target=Target(instance=instance_for_init(app_ctx.store, app_ctx.record))))
+    instance = instance_for_init(app_ctx.store)
+    text = render(Strategy(target=Target(instance=instance)))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -93,7 +94,7 @@ def init(
         raise UsageError(f"cannot write {path}: {exc.strerror}",
                          hint="run as root or choose another path with --strategy") from None
     app_ctx.record("strategy.init", str(path), before_sha256=before,
-                   after_sha256=hashlib.sha256(text.encode()).hexdigest())
+                   after_sha256=hashlib.sha256(text.encode()).hexdigest(), instance=instance)
     console.print(f"wrote the default strategy to {path}")
 
 

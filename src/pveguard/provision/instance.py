@@ -73,13 +73,13 @@ def identity(strategy: Strategy, store: Store, record: Record) -> Identity:
     return Identity(kept, "state")
 
 
-def instance_for_init(store: Store, record: Record) -> str:
-    """The id `pveguard init` writes into a new strategy: the state's when it has one, else a new one."""
+def instance_for_init(store: Store) -> str:
+    """The id `pveguard init` writes into a new strategy (its ledger entry names it): the state's when it
+    has one, else a new one, kept in the state."""
     kept = state_instance(store)
     if kept is None:
         kept = new_instance_id()
         _keep(store, kept)
-        record("provision.instance", kept, before=None, after=kept, source="generated")
     return kept
 
 
