@@ -143,3 +143,22 @@ def test_lxc_backend_writes_the_instance_marker_once(description: str) -> None:
     assert read_marker(conf["description"]) == Marker(INSTANCE)
     assert conf["description"].count("managed-by: pveguard") == 1
     assert "pveguard" in conf["tags"].split(";")
+
+
+class RetryingBackend(FakeBackend):
+    """Like PVE's create when the answer is lost (same VMID again) and when the VMID is taken (next one)."""
+
+    def create(self, spec: GuestSpec, progress: Callable[[str], None] | None = None,
+               before_request: Callable[[int, str], None] | None = None) -> Guest:
+        assert before_request is not None
+        for vmid in (301, 301, 302):
+            before_request(vmid, "n1")
+        return Guest(302, spec.name, "n1", "lxc", "stopped", list(spec.tags), True)
+
+
+def test_create_retries_record_one_intent_per_vmid(tmp_path: Path) -> None:
+    ledger, journal, report = run(tmp_path, RetryingBackend())
+    assert report.ok and journal == []
+    rows = [(a, t, d.get("result")) for a, t, d in ledger.rows if t in ("ct/301", "ct/302")][:4]
+    assert rows == [("provision.create.intent", "ct/301", None), ("provision.create", "ct/301", "retried"),
+                    ("provision.create.intent", "ct/302", None), ("provision.create", "ct/302", "ok")]

@@ -171,9 +171,15 @@ class Applier:
 
         def before_request(vmid: int, node: str) -> None:
             # journal and ledger know the VMID before PVE does: a kill from here on leaves a trace
-            self._open = [o for o in self._open if o[0] != "create"]  # a retry with another VMID
+            target = f"ct/{vmid}"
+            if ("create", target, name) in self._open:
+                return  # the same request sent again (its first answer was lost): already recorded
+            for o in [o for o in self._open if o[0] == "create" and o[2] == name]:
+                # the backend gave up that VMID (taken by another guest) and tries another one
+                self._open.remove(o)
+                self.recorder.record("provision.create", o[1], name=name, result="retried", retried_as=target)
             self.journal.begin(name, vmid, node)
-            self._intent("create", f"ct/{vmid}", name, node=node, before=None, after=after)
+            self._intent("create", target, name, node=node, before=None, after=after)
 
         self.progress(f"creating {name}")
         guest = self.backend.create(d.spec, progress=self.progress, before_request=before_request)
