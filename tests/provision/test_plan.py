@@ -387,7 +387,8 @@ def test_delete_of_a_container_with_data_volumes_says_so() -> None:
                      mp1="local-lvm:vm-150-disk-2,mp=/srv/b,backup=1,size=1G")
     p = plan(DESIRED, Observed([*obs.guests, guest("old", 150)], {**obs.configs, 150: cfg}), prune=True)
     [d] = p.of("delete")
-    assert "data volumes destroyed with it: mp0, mp1" in d.notes[0] and "without mp0: backup=0" in d.notes[0]
+    assert "data volumes destroyed with it: mp0, mp1" in d.notes[0]
+    assert "vzdump leaves out mp0: no backup=1" in d.notes[0]
 
 
 def test_only_keeps_the_named_containers() -> None:

@@ -154,7 +154,7 @@ def _confirm_deletes(p: Plan, yes: bool, i_mean_it: list[str]) -> None:
         if a.name in i_mean_it:
             continue
         vols = data_volumes(a.config)
-        what = ", ".join(f"{k} ({v})" for k, v in vols.items())
+        what = ", ".join(f"{k}: {v}" for k, v in vols.items())
         if not tty:
             raise UsageError(f"nothing applied: {a.name} (CT {a.vmid}) has data volumes ({what}) that its "
                              f"delete destroys", hint=f"type its name in a terminal, or pass --yes --i-mean-it "
@@ -325,6 +325,8 @@ def status_data(app: AppContext, backend: Backend) -> dict[str, Any]:
             unknown.add(g.name)
             reason = (f"node {g.node} offline or not reporting" if g.status == "unknown"
                       else f"config cannot be read: {obs.unreadable[g.vmid]}")
+            if g.name not in desired:
+                reason += " (whose container it is shows once it can be read)"
             rows.append({"name": g.name, "vmid": g.vmid, "node": g.node, "state": "unknown", "reason": reason,
                          "in_strategy": g.name in desired, "configured": None, "used": None})
             continue

@@ -303,7 +303,7 @@ def plan(desired: list[Desired], observed: Observed, *, instance: str, prune: bo
             vols = data_volumes(gone_cfg)
             left_out = left_out_of_backups(vols)
             notes = [f"data volumes destroyed with it: {', '.join(vols)}; a final backup is taken first"
-                     + (f" (without {', '.join(left_out)}: backup=0)" if left_out else "")
+                     + (f" (vzdump leaves out {', '.join(left_out)}: no backup=1)" if left_out else "")
                      + "; apply asks for its name to be typed"] if vols else []
             actions.append(Action("delete", g.name, vmid=g.vmid, node=g.node, guest=g, config=gone_cfg,
                                   notes=notes))
