@@ -162,3 +162,28 @@ def test_create_retries_record_one_intent_per_vmid(tmp_path: Path) -> None:
     rows = [(a, t, d.get("result")) for a, t, d in ledger.rows if t in ("ct/301", "ct/302")][:4]
     assert rows == [("provision.create.intent", "ct/301", None), ("provision.create", "ct/301", "retried"),
                     ("provision.create.intent", "ct/302", None), ("provision.create", "ct/302", "ok")]
+
+
+def test_final_backup_on_lxc_is_an_archive_marked_protected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pveguard.backends.lxc import LxcBackend
+    from pveguard.backup import lxcdump
+    from pveguard.provision.final_backup import take_final_backup
+    from pveguard.strategy.models import ContainerBackups
+
+    calls: list[tuple[Any, ...]] = []
+
+    def dump(name: str, vmid: int, dump_dir: Path, lxcpath: Path, mode: str, notes: str) -> Any:
+        calls.append((name, vmid, dump_dir, lxcpath, mode, notes))
+        archive = dump_dir / f"vzdump-lxc-{vmid}-2026_12_06-13_00_00.tar.zst"
+        archive.write_bytes(b"x")
+        return lxcdump.DumpResult(archive, dump_dir / "x.log", None, 1, 0.1, mode)
+
+    monkeypatch.setattr(lxcdump, "dump_container", dump)
+    backend = LxcBackend.__new__(LxcBackend)
+    backend.lxcpath = tmp_path / "lxc"
+    g = Guest(107, "old-app", "host", "lxc", "running", ["pveguard"], True)
+    where = take_final_backup(backend, g, ContainerBackups(mode="stop"), tmp_path)
+    [(name, vmid, dump_dir, lxcpath, mode, notes)] = calls
+    assert (name, vmid, dump_dir, lxcpath, mode) == ("107", 107, tmp_path, tmp_path / "lxc", "stop")
+    assert notes == "final backup before pveguard deleted old-app (CT 107)"
+    assert (tmp_path / "vzdump-lxc-107-2026_12_06-13_00_00.tar.zst.protected").exists() and "protected" in where

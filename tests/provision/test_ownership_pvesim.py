@@ -212,3 +212,30 @@ def test_i_mean_it_in_scripts_and_a_failed_final_backup_keeps_the_container(
     code, out, err = a.run("apply", "--prune", "--yes", "--i-mean-it", "a-two", capsys=capsys)
     assert code == 0, out + err
     assert "a-two" not in names(a) and len(backups(a, vmid)) == 1
+
+
+def test_ensure_container_uses_this_instances_guest_of_that_name(
+        two: tuple[Env, Env], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from pveguard.context import AppContext
+    from pveguard.provision.ensure import ensure_container
+
+    a, b = two
+    # another installation's container named like ours, with a lower VMID (listed first)
+    [vmid] = a.sim.control("POST", "/guests", {"count": 1, "type": "lxc", "node": "pve1", "status": "running"})
+    status, reason, _ = a.sim.api("PUT", f"/nodes/pve1/lxc/{vmid}/config", {"hostname": "a-one"})
+    assert status == 200, reason
+    assert b.run("adopt", str(vmid), "--yes", capsys=capsys)[0] == 0
+    code, out, _ = a.run("apply", capsys=capsys)
+    assert code == 1 and f"owned by another pveguard instance {B_ID}" in out  # no second a-one
+    a.sim.api("PUT", f"/nodes/pve1/lxc/{vmid}/config", {"hostname": "b-tmp"})
+    assert a.run("apply", capsys=capsys)[0] == 0
+    a.sim.api("PUT", f"/nodes/pve1/lxc/{vmid}/config", {"hostname": "a-one"})  # a namesake appears later
+    for k, v in a.env.items():
+        monkeypatch.setenv(k, v)
+    app = AppContext.from_options(None, None)
+    try:
+        backend, guest = ensure_container(app, "a-one")
+        backend.close()
+    finally:
+        app.close()
+    assert guest.vmid != vmid and guest.name == "a-one"

@@ -11,7 +11,7 @@ from pveguard.provision.desired import desired_state
 from pveguard.provision.instance import identity
 from pveguard.provision.journal import Journal
 from pveguard.provision.observe import observe
-from pveguard.provision.plan import Plan, plan
+from pveguard.provision.plan import Plan, managed_guests, plan
 from pveguard.provision.runlock import apply_lock
 
 __all__ = ["ensure_container", "install_packages", "run_in_container"]
@@ -41,7 +41,8 @@ def ensure_container(app: AppContext, name: str, *, backend: Backend | None = No
             report = Applier(backend, app, journal, progress=progress).apply(Plan([action]))
             if not report.ok:
                 raise OperationError(f"cannot provide container {name}: {report.failed[name]}")
-    guest = next((g for g in backend.list_guests() if g.name == name and "pveguard" in g.tags), None)
+    # this instance's container of that name (another installation may have one with the same name)
+    guest = next((g for g in managed_guests(observe(backend), instance) if g.name == name), None)
     if guest is None:
         raise OperationError(f"container {name} was created but is not listed by the backend",
                              hint="run 'pveguard status' and 'pveguard apply' to converge")
