@@ -29,10 +29,12 @@ from pveguard.provision.desired import desired_state
 from pveguard.strategy.models import Strategy
 from pvesim.testing import running
 
+INSTANCE = "bench00000001"  # the installation whose containers make_managed writes
+
 
 def strategy_doc(n: int) -> dict[str, Any]:
     roles = ["monitoring", "backup", "devtools", "gateway"]
-    return {"version": 1, "containers": [
+    return {"version": 1, "target": {"instance": INSTANCE}, "containers": [
         {"name": f"svc-{i:04d}", "role": roles[i % 4], "resources": {"cores": 1 + i % 2, "memory": "512M",
                                                                       "storage": "8G"},
          "startup": {"order": 1 + i % 4}} for i in range(n)]}
@@ -45,7 +47,7 @@ def make_managed(sim: Any, doc: dict[str, Any]) -> None:
     finds them unchanged; creating 1,000 through the API would only benchmark pvesim's task runner.
     """
     backend = ProxmoxBackend(PveSettings(mode="https"), api=object())
-    desired = desired_state(Strategy.model_validate(doc))
+    desired = desired_state(Strategy.model_validate(doc), INSTANCE)
     with sim.sim.lock:
         lxc = sorted((g for g in sim.sim.guests.values() if g.type == "lxc"), key=lambda g: g.vmid)
         assert len(lxc) >= len(desired), "not enough LXC guests in the sim"

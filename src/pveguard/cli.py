@@ -71,7 +71,9 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing strategy file.")] = False,
 ) -> None:
     """Write the default strategy as a commented YAML file."""
+    from pveguard.provision.instance import instance_for_init
     from pveguard.strategy.defaults import render
+    from pveguard.strategy.models import Strategy, Target
 
     app_ctx = get_ctx(ctx)
     path = app_ctx.strategy_path
@@ -80,7 +82,9 @@ def init(
         if not force:
             raise UsageError(f"{path} already exists", hint="use 'pveguard init --force' to overwrite it")
         before = hashlib.sha256(path.read_bytes()).hexdigest()
-    text = render()
+    # the installation's identity (see provision/instance.py): the state's, or a new one kept there
+    instance = instance_for_init(app_ctx.store)
+    text = render(Strategy(target=Target(instance=instance)))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
@@ -90,7 +94,7 @@ def init(
         raise UsageError(f"cannot write {path}: {exc.strerror}",
                          hint="run as root or choose another path with --strategy") from None
     app_ctx.record("strategy.init", str(path), before_sha256=before,
-                   after_sha256=hashlib.sha256(text.encode()).hexdigest())
+                   after_sha256=hashlib.sha256(text.encode()).hexdigest(), instance=instance)
     console.print(f"wrote the default strategy to {path}")
 
 
@@ -109,6 +113,13 @@ def check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {exc}") from None
     strategy, problems = check_text(text, str(path))
+    if strategy is not None:
+        from pveguard.provision.instance import pin_warning
+        from pveguard.strategy.load import Problem
+
+        unpinned = pin_warning(strategy, app_ctx.state_dir)
+        if unpinned:
+            problems.append(Problem(str(path), 0, 0, "target.instance", unpinned, "warning"))
     if json_out:
         print_json({"file": str(path), "valid": strategy is not None,
                     "problems": [p.__dict__ for p in problems]})
@@ -140,6 +151,7 @@ app.command("audit")(audit_cli.audit)
 app.command("plan")(provision_cli.plan_cmd)
 app.command("apply")(provision_cli.apply_cmd)
 app.command("status")(provision_cli.status_cmd)
+app.command("adopt")(provision_cli.adopt_cmd)
 guard_cli.register(app)
 app.add_typer(backup_cli.app, name="backup")
 app.add_typer(monitor_cli.monitor_app, name="monitor")

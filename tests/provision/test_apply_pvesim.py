@@ -28,6 +28,16 @@ def managed(penv: Env) -> dict[str, dict[str, Any]]:
     return {g["name"]: g for g in penv.lxc() if "pveguard" in str(g.get("tags", ""))}
 
 
+def instance(penv: Env) -> str:
+    """The instance id the first plan/apply generated and kept in the state."""
+    from pveguard.provision.instance import state_instance
+
+    with Store(penv.dir / "state") as store:
+        found = state_instance(store)
+    assert found
+    return found
+
+
 def ledger_entries(penv: Env, action: str) -> list[Any]:
     with Store(penv.dir / "state") as store:
         return list(Ledger(store).entries(action=action))
@@ -53,9 +63,10 @@ def test_default_strategy_plan_apply_converge(penv: Env, capsys: pytest.CaptureF
         assert cfg["unprivileged"] == 1 and cfg["features"] == "nesting=1"
         assert cfg.get("onboot", 0) == onboot
         assert cfg["tags"] == ";".join(sorted([role, "pveguard"]))
-        assert cfg["description"].rstrip("\n").endswith("managed-by: pveguard")
-    creates = ledger_entries(penv, "provision.create")
+        assert cfg["description"].rstrip("\n").endswith(f"managed-by: pveguard instance={instance(penv)}")
+    creates = [e for e in ledger_entries(penv, "provision.create") if e.action == "provision.create"]
     assert len(creates) == 4 and all(e.details["before"] is None and e.details["after"]["memory"] for e in creates)
+    assert all(e.details["result"] == "ok" for e in creates)
 
     code, out, _ = penv.run("plan", "--detailed-exitcode", capsys=capsys)
     assert code == 0 and "Nothing to do" in out
@@ -70,13 +81,15 @@ def test_default_strategy_plan_apply_converge(penv: Env, capsys: pytest.CaptureF
     plan = penv.json("plan", capsys=capsys)
     changes = [(a["name"], c["field"], c["old"], c["new"]) for a in plan["actions"] for c in a["changes"]]
     assert changes == [("pve-backup-manager", "memory", "2048", "3072")]
-    assert plan["counts"] == {"create": 0, "update": 1, "resume": 0, "unchanged": 3, "delete": 0, "conflict": 0}
+    assert plan["counts"] == {"create": 0, "update": 1, "resume": 0, "unchanged": 3, "delete": 0, "conflict": 0,
+                              "foreign": 0}
     vmid = managed(penv)["pve-backup-manager"]["vmid"]
     hwaddr = penv.config(vmid)["net0"]
     code, out, err = penv.run("apply", capsys=capsys)
     assert code == 0, err
     assert penv.config(vmid)["memory"] == 3072 and penv.config(vmid)["net0"] == hwaddr
-    [upd] = ledger_entries(penv, "provision.update")
+    [intent, upd] = ledger_entries(penv, "provision.update")
+    assert (intent.action, upd.action, upd.details["result"]) == ("provision.update.intent", "provision.update", "ok")
     assert (upd.details["before"], upd.details["after"]) == ({"memory": "2048"}, {"memory": "3072"})
     assert penv.run("plan", "--detailed-exitcode", capsys=capsys)[0] == 0
     assert len(penv.lxc()) == 4
@@ -229,7 +242,8 @@ def test_prune_deletes_only_managed_after_confirmation(penv: Env, capsys: pytest
     assert code == 2 and "--yes" in err and len(penv.lxc()) == before
     assert penv.run("apply", "--prune", "--yes", capsys=capsys)[0] == 0
     assert sorted(managed(penv)) == sorted(list(EXPECTED)[:3]) and len(penv.lxc()) == before - 1
-    [d] = ledger_entries(penv, "provision.delete")
+    [intent, d] = ledger_entries(penv, "provision.delete")
+    assert (intent.action, d.action, d.details["result"]) == ("provision.delete.intent", "provision.delete", "ok")
     assert d.details["before"]["hostname"] == "pve-api-gateway" and d.details["after"] is None
 
 

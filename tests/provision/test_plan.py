@@ -6,20 +6,26 @@ from typing import Any
 
 import pytest
 
-from pveguard.backends.base import Guest
+from pveguard.backends.base import Guest, Marker, marker_line, read_marker, with_marker
 from pveguard.provision.desired import (
     actual_fields,
     desired_fields,
     desired_state,
-    is_managed_description,
     parse_propstring,
     size_gib,
 )
-from pveguard.provision.plan import JournalEntry, Observed, candidate_vmids, diff_fields, plan
+from pveguard.provision.plan import JournalEntry, Observed, Plan, candidate_vmids, diff_fields
+from pveguard.provision.plan import plan as plan_for
 from pveguard.strategy.models import Strategy
 
+INSTANCE = "a1b2c3d4e5f6"
 STRATEGY = Strategy()
-DESIRED = desired_state(STRATEGY)
+DESIRED = desired_state(STRATEGY, INSTANCE)
+
+
+def plan(desired: Any, observed: Observed, **kw: Any) -> Plan:
+    """The planner as this installation (INSTANCE) runs it."""
+    return plan_for(desired, observed, instance=INSTANCE, **kw)
 NAMES = [d.spec.name for d in DESIRED]
 
 
@@ -163,29 +169,60 @@ def test_prune_deletes_only_managed_guests_that_left_the_strategy() -> None:
     assert with_prune.actions[-1].kind == "delete"
 
 
-@pytest.mark.parametrize(("step", "packages", "resume", "kind"), [
-    ("creating", [], ["start"], "resume"),
-    ("created", ["curl"], ["start", "packages"], "resume"),
-    ("started", ["curl"], ["packages"], "resume"),
-    ("started", [], [], "unchanged"),
+@pytest.mark.parametrize(("step", "status", "packages", "resume", "kind"), [
+    ("creating", "stopped", [], ["start"], "resume"),
+    ("created", "stopped", ["curl"], ["start", "packages"], "resume"),
+    ("started", "running", ["curl"], ["packages"], "resume"),
+    ("started", "running", [], [], "unchanged"),
+    # already running: starting is visibly done, only what cannot be seen (packages) is left
+    ("creating", "running", [], [], "unchanged"),
+    ("created", "running", ["curl"], ["packages"], "resume"),
 ])
-def test_journal_resumes_an_interrupted_create(step: str, packages: list[str], resume: list[str],
+def test_journal_resumes_an_interrupted_create(step: str, status: str, packages: list[str], resume: list[str],
                                                kind: str) -> None:
-    desired = desired_state(STRATEGY)
+    desired = desired_state(STRATEGY, INSTANCE)
     desired[0].packages = packages
-    p = plan(desired, converged(), journal=[JournalEntry("pve-monitoring", 100, "pve1", step)])
+    obs = converged()
+    obs.guests[0].status = status  # type: ignore[assignment]
+    p = plan(desired, obs, journal=[JournalEntry("pve-monitoring", 100, "pve1", step)])
     assert (p.actions[0].kind, p.actions[0].resume) == (kind, resume)
+    assert p.stale_journal == ([] if resume else ["pve-monitoring"])
+
+
+@pytest.mark.parametrize(("case", "entry", "strategy_has_it"), [
+    # the create failed before it had a VMID: nothing was sent, nothing to finish ("CT ?" forever before)
+    ("no vmid", JournalEntry("pve-monitoring", None, None, "creating"), True),
+    ("no vmid, left the strategy", JournalEntry("gone", None, None, "creating"), False),
+    ("guest gone", JournalEntry("pve-monitoring", 999, "pve1", "created"), True),
+    ("guest left the strategy (pruned or not)", JournalEntry("old", 150, "pve1", "created"), False),
+])
+def test_journal_rows_with_nothing_to_finish_are_stale(case: str, entry: JournalEntry,
+                                                       strategy_has_it: bool) -> None:
+    obs = converged()
+    old = guest("old", 150)
+    obs = Observed([*obs.guests, old], {**obs.configs, 150: pve_config("pve-monitoring", 150, hostname="old")})
+    p = plan(DESIRED, obs, journal=[entry])
+    assert p.stale_journal == [entry.name], case
+    assert not p.of("resume") and not any(a.resume for a in p.actions), case
+
+
+def test_journal_row_of_an_unreadable_guest_is_kept() -> None:
+    obs = converged()
+    obs = Observed(obs.guests, {k: v for k, v in obs.configs.items() if k != 100}, {100: "No route to host [595]"})
+    obs.guests[0].status = "stopped"
+    p = plan(DESIRED, obs, journal=[JournalEntry("pve-monitoring", 100, "pve1", "created")])
+    assert p.stale_journal == [] and p.actions[0].kind == "conflict"
 
 
 def test_journal_for_another_vmid_is_ignored() -> None:
     p = plan(DESIRED, converged(), journal=[JournalEntry("pve-monitoring", 999, "pve1", "created")])
-    assert p.actions[0].kind == "unchanged"
+    assert p.actions[0].kind == "unchanged" and p.stale_journal == ["pve-monitoring"]
 
 
 def test_pinned_vmid_taken_is_a_conflict() -> None:
     s = Strategy.model_validate({"containers": [{"name": "a", "role": "x", "vmid": 300,
                                                  "resources": {"cores": 1, "memory": "256M"}}]})
-    p = plan(desired_state(s), Observed([guest("db", 300, tags=[])], {}))
+    p = plan(desired_state(s, INSTANCE), Observed([guest("db", 300, tags=[])], {}))
     assert p.actions[0].kind == "conflict" and "VMID 300" in p.actions[0].notes[0]
 
 
@@ -203,12 +240,13 @@ def test_desired_fields_of_default_monitoring() -> None:
         "unprivileged": "1", "features": "nesting=1", "onboot": "1", "startup": "order=2",
         "tags": "monitoring;pveguard", "description": f["description"],
     }
-    assert is_managed_description(f["description"])
+    assert read_marker(f["description"]) == Marker(INSTANCE)
+    assert f["description"].splitlines()[-1] == f"managed-by: pveguard instance={INSTANCE}"
 
 
 def test_pinned_node_from_target() -> None:
     s = Strategy.model_validate({"target": {"proxmox": {"node": "pve3"}}})
-    assert {d.spec.node for d in desired_state(s)} == {"pve3"}
+    assert {d.spec.node for d in desired_state(s, INSTANCE)} == {"pve3"}
 
 
 @pytest.mark.parametrize(("text", "gib"), [("20G", 20), ("8192M", 8), ("1T", 1024), ("1073741824", 1),
@@ -227,12 +265,24 @@ def test_parse_propstring(text: str, default: str | None, parsed: dict[str, str]
     assert parse_propstring(text, default) == parsed
 
 
-@pytest.mark.parametrize(("desc", "managed"), [
-    ("managed-by: pveguard", True), ("x\nmanaged-by: pveguard\n", True), ("not managed-by: pveguard", False),
-    ("", False), (None, False),
+@pytest.mark.parametrize(("desc", "marker"), [
+    ("managed-by: pveguard", Marker(None)), ("x\nmanaged-by: pveguard\n", Marker(None)),
+    ("not managed-by: pveguard", None), ("", None), (None, None), ("managed-by: pveguardx", None),
+    ("x\n managed-by: pveguard instance=abc \n", Marker("abc")),
+    ("managed-by: pveguard instance=", Marker(None)),
 ])
-def test_marker(desc: str | None, managed: bool) -> None:
-    assert is_managed_description(desc) == managed
+def test_marker(desc: str | None, marker: Marker | None) -> None:
+    assert read_marker(desc) == marker
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ("", marker_line("me")),
+    ("purpose", f"purpose\n{marker_line('me')}"),
+    ("purpose\nmanaged-by: pveguard\n", f"purpose\n{marker_line('me')}"),
+    (f"purpose\n{marker_line('other')}\nnotes", f"purpose\nnotes\n{marker_line('me')}"),
+])
+def test_with_marker_replaces_any_marker(before: str, after: str) -> None:
+    assert with_marker(before, "me") == after and read_marker(after) == Marker("me")
 
 
 def test_candidates_are_tagged_lxc_only() -> None:
@@ -279,7 +329,7 @@ def test_guest_still_being_created_is_resumed_not_diffed() -> None:
     obs = converged()
     del obs.configs[100]["rootfs"]
     obs.configs[100]["lock"] = "create"
-    desired = desired_state(STRATEGY)
+    desired = desired_state(STRATEGY, INSTANCE)
     desired[0].packages = ["curl"]
     a = plan(desired, obs).actions[0]
     assert (a.kind, a.changes, a.resume) == ("resume", [], ["wait", "start", "packages"])
@@ -295,3 +345,55 @@ def test_unreadable_tagged_guest_blocks_its_name_only() -> None:
                      "pve-api-gateway": "unchanged", "old": "unchanged"}
     assert "cannot be read (node unreachable [HTTP 595])" in p.actions[0].notes[0]
     assert not p.of("create") and not p.of("delete")
+
+
+def _owned(name: str, vmid: int, marker: str) -> tuple[Guest, dict[str, Any]]:
+    cfg = pve_config("pve-monitoring", vmid, hostname=name)
+    cfg["description"] = f"made elsewhere\n{marker}\n"
+    return guest(name, vmid), cfg
+
+
+@pytest.mark.parametrize(("case", "marker", "owner"), [
+    ("another instance", marker_line("0ther1nstance"), "0ther1nstance"),
+    ("legacy marker, no instance", "managed-by: pveguard", None),
+])
+def test_prune_never_deletes_guests_of_another_instance(case: str, marker: str, owner: str | None) -> None:
+    obs = converged()
+    g, cfg = _owned("their-service", 160, marker)
+    p = plan(DESIRED, Observed([*obs.guests, g], {**obs.configs, 160: cfg}), prune=True)
+    assert not p.of("delete") and not p.has_changes, case
+    [a] = p.of("foreign")
+    assert (a.name, a.vmid, a.owner) == ("their-service", 160, owner)
+    assert a.as_dict()["owner"] == owner and p.counts()["foreign"] == 1
+    text = "owned by another pveguard instance 0ther1nstance" if owner else "legacy pveguard marker"
+    assert text in a.notes[0] and "pveguard adopt 160" in a.notes[0]
+
+
+@pytest.mark.parametrize(("marker", "says"), [
+    (marker_line("0ther1nstance"), "owned by another pveguard instance 0ther1nstance"),
+    ("managed-by: pveguard", "older version (no instance id)"),
+])
+def test_guest_of_another_instance_with_a_strategy_name_is_a_conflict(marker: str, says: str) -> None:
+    g, cfg = _owned("pve-monitoring", 170, marker)
+    p = plan(DESIRED, Observed([g], {170: cfg}), prune=True)
+    a = p.actions[0]
+    assert (a.kind, a.vmid) == ("conflict", 170) and says in a.notes[0] and "pveguard adopt 170" in a.notes[0]
+    assert [x.kind for x in p.actions[1:]] == ["create"] * 3 and not p.of("delete")
+
+
+def test_delete_of_a_container_with_data_volumes_says_so() -> None:
+    obs = converged()
+    cfg = pve_config("pve-monitoring", 150, hostname="old", mp0="local-lvm:vm-150-disk-1,mp=/srv/data,size=8G",
+                     mp1="local-lvm:vm-150-disk-2,mp=/srv/b,backup=1,size=1G")
+    p = plan(DESIRED, Observed([*obs.guests, guest("old", 150)], {**obs.configs, 150: cfg}), prune=True)
+    [d] = p.of("delete")
+    assert "data volumes destroyed with it: mp0, mp1" in d.notes[0]
+    assert "vzdump leaves out mp0: no backup=1" in d.notes[0]
+
+
+def test_only_keeps_the_named_containers() -> None:
+    obs = converged()
+    obs.configs[100]["memory"] = 1024
+    obs.configs[101]["memory"] = 1024
+    p = plan(DESIRED, obs).only({"pve-backup-manager"})
+    assert [(a.kind, a.name) for a in p.actions] == [("update", "pve-backup-manager")]

@@ -49,7 +49,7 @@ def as_pve_stores_it(params: dict[str, Any], vmid: int) -> dict[str, Any]:
 @settings(max_examples=200, deadline=None)
 @given(containers)
 def test_created_config_reads_back_unchanged(c: dict[str, Any]) -> None:
-    [d] = desired_state(Strategy.model_validate({"containers": [c]}))
+    [d] = desired_state(Strategy.model_validate({"containers": [c]}), "i1")
     backend = ProxmoxBackend(PveSettings(mode="https"), api=object())
     cfg = as_pve_stores_it(backend.create_params(d.spec, 123, "local:vztmpl/x.tar.zst"), 123)
     assert diff_fields(desired_fields(d.spec), actual_fields(cfg)) == []
@@ -59,8 +59,8 @@ def test_created_config_reads_back_unchanged(c: dict[str, Any]) -> None:
 @given(containers, containers)
 def test_update_params_converge(old: dict[str, Any], new: dict[str, Any]) -> None:
     new = {**new, "name": old["name"], "unprivileged": old["unprivileged"]}
-    [d_old] = desired_state(Strategy.model_validate({"containers": [old]}))
-    [d_new] = desired_state(Strategy.model_validate({"containers": [new]}))
+    [d_old] = desired_state(Strategy.model_validate({"containers": [old]}), "i1")
+    [d_new] = desired_state(Strategy.model_validate({"containers": [new]}), "i1")
     backend = ProxmoxBackend(PveSettings(mode="https"), api=object())
     cfg = as_pve_stores_it(backend.create_params(d_old.spec, 123, "local:vztmpl/x.tar.zst"), 123)
     changes = diff_fields(desired_fields(d_new.spec), actual_fields(cfg))

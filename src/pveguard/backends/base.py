@@ -14,7 +14,43 @@ from typing import Any, Literal
 GuestState = Literal["running", "stopped", "unknown"]
 
 MANAGED_TAG = "pveguard"
+# The managed marker: a line of its own in the guest's description. Since instance ids it reads
+# `managed-by: pveguard instance=<id>`; the bare line is the marker of older pveguard versions
+# (a guest carrying it belongs to no installation until `pveguard adopt` claims it).
 MANAGED_MARKER = "managed-by: pveguard"
+INSTANCE_KEY = "instance"
+
+
+@dataclass(frozen=True)
+class Marker:
+    """A managed marker as read from a description; `instance` None is the legacy marker."""
+
+    instance: str | None
+
+
+def marker_line(instance: str) -> str:
+    """The marker line an installation writes into the guests it creates or adopts."""
+    return f"{MANAGED_MARKER} {INSTANCE_KEY}={instance}"
+
+
+def read_marker(description: str | None) -> Marker | None:
+    """The first marker line of a description (legacy or with an instance), or None."""
+    for line in str(description or "").splitlines():
+        text = line.strip()
+        if text == MANAGED_MARKER:
+            return Marker(None)
+        if text.startswith(MANAGED_MARKER + " "):
+            words = text[len(MANAGED_MARKER):].split()
+            found = [w.split("=", 1)[1] for w in words if w.startswith(INSTANCE_KEY + "=")]
+            return Marker(found[0] or None if found else None)
+    return None
+
+
+def with_marker(description: str | None, instance: str) -> str:
+    """The description with its marker line (if any) replaced by this instance's, else one added."""
+    lines = str(description or "").rstrip("\n").splitlines()
+    kept = [ln for ln in lines if read_marker(ln) is None]
+    return "\n".join([*kept, marker_line(instance)]).strip("\n")
 
 
 @dataclass
@@ -148,10 +184,13 @@ class Backend(abc.ABC):
         """The guest's configuration in PVE's key/value form (cores, memory, swap, net0, rootfs...)."""
 
     @abc.abstractmethod
-    def create(self, spec: GuestSpec, progress: Callable[[str], None] | None = None) -> Guest:
+    def create(self, spec: GuestSpec, progress: Callable[[str], None] | None = None,
+               before_request: Callable[[int, str], None] | None = None) -> Guest:
         """Create (not start) a guest carrying spec.tags and spec.description from its first moment.
 
-        The caller checks the listing first; `progress` receives one-line status messages.
+        The caller checks the listing first; `progress` receives one-line status messages;
+        `before_request(vmid, node)` runs before each request that may create the guest (so the caller
+        can record the intent with the VMID first).
         """
 
     @abc.abstractmethod

@@ -26,7 +26,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from pveguard.backends.base import (
     GuestState,
     GuestStats,
     Preflight,
+    read_marker,
 )
 from pveguard.errors import BackendError, BackendUnavailable, ConfigError
 from pveguard.strategy.models import LxcTarget, Strategy
@@ -176,7 +177,7 @@ def pve_config(spec: GuestSpec, vmid: int, unprivileged: bool, hwaddr: str) -> d
         net["gw"] = spec.net.gateway
     tags = sorted({MANAGED_TAG, *(t.lower() for t in spec.tags), spec.role.lower()} - {""})
     description = spec.description.strip() or MANAGED_MARKER
-    if MANAGED_MARKER not in [line.strip() for line in description.splitlines()]:
+    if read_marker(description) is None:  # the caller's marker (with its instance) stays as written
         description = f"{description}\n{MANAGED_MARKER}"
     conf: dict[str, Any] = {
         "arch": "amd64",
@@ -644,7 +645,7 @@ class LxcBackend(Backend):
             state, _ = states.get(str(vmid), ("STOPPED", None))
             name = conf.get("hostname") or _uts_name(self._dir(vmid) / "config") or str(vmid)
             tags = [t for t in str(conf.get("tags", "")).split(";") if t]
-            managed = MANAGED_MARKER in [line.strip() for line in str(conf.get("description", "")).splitlines()]
+            managed = read_marker(str(conf.get("description", ""))) is not None
             maxdisk = rootfs_size_gib(conf["rootfs"]) * GIB if conf.get("rootfs") else 0
             guests.append(Guest(vmid=vmid, name=name, node=self.node, type="lxc", status=_state(state), tags=tags,
                                 managed=managed, maxmem=int(conf.get("memory", 0)) * MIB, maxdisk=maxdisk,
@@ -692,7 +693,8 @@ class LxcBackend(Backend):
             vmid = next_free_vmid(taken)
         return vmid
 
-    def create(self, spec: GuestSpec, progress: Any = None) -> Guest:
+    def create(self, spec: GuestSpec, progress: Any = None,
+               before_request: Callable[[int, str], None] | None = None) -> Guest:
         say = progress if callable(progress) else (lambda _msg: None)
         _validate_spec(spec)
         facts = self.facts
@@ -723,6 +725,8 @@ class LxcBackend(Backend):
                                 "template": spec.template,
                                 "config": pve_config(spec, vmid, unpriv, spec.net.hwaddr or lxc_net.random_hwaddr())}
         try:
+            if before_request:
+                before_request(vmid, self.node)
             self._write_meta(vmid, meta)
             say(f"{vmid}: template {spec.template}")
             tarball = lxc_template.ensure(self.template_cache, spec.template, say)

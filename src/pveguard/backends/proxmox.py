@@ -27,13 +27,13 @@ from proxmoxer.tools import Tasks
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from pveguard.backends.base import (
-    MANAGED_MARKER,
     Backend,
     Capabilities,
     ExecResult,
     Guest,
     GuestSpec,
     GuestStats,
+    read_marker,
 )
 from pveguard.errors import BackendError, BackendUnavailable
 
@@ -434,8 +434,9 @@ class ProxmoxBackend(Backend):
     def _nextid(self) -> int:
         return _int(self.call("GET", "/cluster/nextid", what="asking PVE for a free VMID"))
 
-    def find_created(self, node: str, vmid: int, name: str) -> str:
-        """After a failed create: 'ours' when the guest exists as we asked, 'taken' by another, or 'absent'."""
+    def find_created(self, node: str, vmid: int, name: str, description: str = "") -> str:
+        """After a failed create: 'ours' when the guest exists as we asked (name and managed marker, the
+        instance included), 'taken' by another, or 'absent'."""
         for g in self.list_guests():
             if g.vmid != vmid:
                 continue
@@ -444,7 +445,8 @@ class ProxmoxBackend(Backend):
             except BackendError:
                 return "taken"
             desc = str(cfg.get("description", ""))
-            return "ours" if cfg.get("hostname") == name and MANAGED_MARKER in desc else "taken"
+            mine = read_marker(description)
+            return "ours" if cfg.get("hostname") == name and mine and read_marker(desc) == mine else "taken"
         return "absent"
 
     def wait_unlocked(self, guest: Guest, what: str, progress: Progress | None = None,
@@ -463,7 +465,8 @@ class ProxmoxBackend(Backend):
                 progress(f"{what}: CT {guest.vmid} is locked ({cfg['lock']}), waiting")
             time.sleep(self.settings.poll_interval)
 
-    def create(self, spec: GuestSpec, progress: Progress | None = None) -> Guest:
+    def create(self, spec: GuestSpec, progress: Progress | None = None,
+               before_request: Callable[[int, str], None] | None = None) -> Guest:
         """Create (not start) a container; never twice, even when PVE fails half-way."""
         node = self.place(spec)
         ostemplate = self.ensure_template(node, spec.template, progress)
@@ -477,11 +480,13 @@ class ProxmoxBackend(Backend):
             if progress:
                 progress(f"{what} as CT {vmid} on {node}")
             params = self.create_params(spec, vmid, ostemplate)
+            if before_request:
+                before_request(vmid, node)
             try:
                 upid = self.call("POST", f"/nodes/{node}/lxc", params, safe=False, what=what)
             except BackendError as exc:
                 last = exc
-                found = self.find_created(node, vmid, spec.name)
+                found = self.find_created(node, vmid, spec.name, spec.description)
                 if found == "ours":  # the POST went through although the answer was lost
                     guest = Guest(vmid=vmid, name=spec.name, node=node, type="lxc", status="stopped",
                                   tags=list(spec.tags), managed=True)

@@ -1,7 +1,10 @@
-"""Carrying out a Plan: create, update, resume, delete -- each change a ledger entry with before/after.
+"""Carrying out a Plan: create, update, resume, delete -- each change recorded before and after.
 
-One container's failure does not stop the others; the report lists what failed and why, and a
-second apply picks up where this one stopped (journal + tag/marker identification).
+Every mutating step writes `provision.<step>.intent` to the ledger before its request (a create's
+with the VMID it will use) and `provision.<step>` with its result (ok, failed, interrupted) after,
+so an apply killed half-way leaves an intent without a result. One container's failure does not
+stop the others; the report lists what failed and why, and a second apply picks up where this one
+stopped (journal + tag/marker identification).
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ from typing import Any, Protocol
 from pveguard.backends.base import Backend, ExecResult, Guest
 from pveguard.errors import BackendError, PveguardError
 from pveguard.provision.desired import NET_KEYS, Desired, desired_fields, format_propstring, parse_propstring
+from pveguard.provision.final_backup import data_volumes, left_out_of_backups
 from pveguard.provision.journal import Journal
 from pveguard.provision.plan import Action, FieldChange, Plan
 
 Progress = Callable[[str], None]
+# Takes the final backup of a guest about to be deleted; returns where it went, or None when the
+# backup policy does not cover that guest.
+FinalBackup = Callable[[Guest], "str | None"]
 
 
 class Recorder(Protocol):
@@ -34,16 +41,29 @@ class ApplyReport:
     skipped: list[str] = field(default_factory=list)
     restart_needed: dict[str, list[str]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
+    final_backups: dict[str, str] = field(default_factory=dict)
+    # set when Ctrl-C stopped the run: "<action> <name>" in progress, and the actions never begun
+    interrupted: str | None = None
+    not_started: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """Everything the strategy asks for is in place (nothing failed, no conflict left)."""
-        return not self.failed and not self.skipped
+        return not self.failed and not self.skipped and self.interrupted is None
 
     def as_dict(self) -> dict[str, Any]:
         return {"created": self.created, "updated": self.updated, "resumed": self.resumed,
                 "deleted": self.deleted, "skipped": self.skipped, "restart_needed": self.restart_needed,
-                "failed": self.failed, "ok": self.ok}
+                "failed": self.failed, "final_backups": self.final_backups, "interrupted": self.interrupted,
+                "not_started": self.not_started, "ok": self.ok}
+
+
+class ApplyInterrupted(KeyboardInterrupt):
+    """Ctrl-C during apply, carrying what the run did and left (the CLI reports it, exit 130)."""
+
+    def __init__(self, report: ApplyReport) -> None:
+        super().__init__()
+        self.report = report
 
 
 def update_params(changes: list[FieldChange], config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -91,46 +111,83 @@ class Applier:
     """Runs a plan against a backend, journaling creates and recording every change in the ledger."""
 
     def __init__(self, backend: Backend, recorder: Recorder, journal: Journal,
-                 progress: Progress | None = None, done: Progress | None = None) -> None:
+                 progress: Progress | None = None, done: Progress | None = None,
+                 final_backup: FinalBackup | None = None) -> None:
         self.backend = backend
         self.recorder = recorder
         self.journal = journal
         self.progress = progress or (lambda _m: None)
         self.done = done or (lambda _m: None)
+        self.final_backup = final_backup
+        self._open: list[tuple[str, str, str]] = []  # intents without a result yet: (step, target, name)
 
     def apply(self, plan: Plan) -> ApplyReport:
         report = ApplyReport()
-        journaled = {j.name for j in self.journal.entries()}
-        for a in plan.actions:
-            if a.kind == "unchanged":
-                if a.name in journaled and a.guest is not None:
-                    self.journal.done(a.name)  # an interrupted create with nothing left to do
-                continue
-            if a.kind == "conflict":
-                report.skipped.append(a.name)
-                continue
+        for name in plan.stale_journal:
+            self.journal.done(name)  # nothing is left to finish for it (see plan.resolve_journal)
+        todo = [a for a in plan.actions if a.kind in ("create", "update", "resume", "delete")]
+        report.skipped = [a.name for a in plan.actions if a.kind == "conflict"]
+        for i, a in enumerate(todo):
             try:
                 getattr(self, f"_{a.kind}")(a, report)
             except PveguardError as exc:
                 report.failed[a.name] = str(exc)
-                self.recorder.record(f"provision.{a.kind}.failed", _target(a), name=a.name, error=exc.message)
+                self._close_all("failed", error=exc.message)
                 self.done(f"failed: {a.kind} {a.name}")
+            except KeyboardInterrupt:
+                report.interrupted = f"{a.kind} {a.name}"
+                report.not_started = [f"{b.kind} {b.name}" for b in todo[i + 1:]]
+                self._close_all("interrupted")
+                raise ApplyInterrupted(report) from None
         return report
+
+    # --- intent before, result after ---------------------------------------------------------------
+
+    def _intent(self, step: str, target: str, name: str, **details: Any) -> None:
+        self.recorder.record(f"provision.{step}.intent", target, name=name, **details)
+        self._open.append((step, target, name))
+
+    def _result(self, step: str, target: str, name: str, **details: Any) -> None:
+        """The ok result of the newest open intent of `step` (the ledger pairs them by step and target)."""
+        self.recorder.record(f"provision.{step}", target, name=name, result="ok", **details)
+        for i in range(len(self._open) - 1, -1, -1):
+            if self._open[i][0] == step and self._open[i][2] == name:
+                del self._open[i]
+                break
+
+    def _close_all(self, result: str, **details: Any) -> None:
+        """Every intent left open by a failure or Ctrl-C gets its result (a kill -9 leaves it open)."""
+        while self._open:
+            step, target, name = self._open.pop()
+            self.recorder.record(f"provision.{step}", target, name=name, result=result, **details)
 
     # --- the actions ----------------------------------------------------------------------------
 
     def _create(self, a: Action, report: ApplyReport) -> None:
         assert a.desired is not None
         d = a.desired
-        self.journal.begin(d.spec.name)
-        self.progress(f"creating {d.spec.name}")
-        guest = self.backend.create(d.spec, progress=self.progress)
-        self.journal.set(d.spec.name, "created", guest.vmid, guest.node)
-        self.recorder.record("provision.create", f"ct/{guest.vmid}", name=d.spec.name, node=guest.node,
-                             before=None, after=desired_fields(d.spec))
-        self.done(f"created {d.spec.name} as CT {guest.vmid} on {guest.node}")
+        name = d.spec.name
+        after = desired_fields(d.spec)
+
+        def before_request(vmid: int, node: str) -> None:
+            # journal and ledger know the VMID before PVE does: a kill from here on leaves a trace
+            target = f"ct/{vmid}"
+            if ("create", target, name) in self._open:
+                return  # the same request sent again (its first answer was lost): already recorded
+            for o in [o for o in self._open if o[0] == "create" and o[2] == name]:
+                # the backend gave up that VMID (taken by another guest) and tries another one
+                self._open.remove(o)
+                self.recorder.record("provision.create", o[1], name=name, result="retried", retried_as=target)
+            self.journal.begin(name, vmid, node)
+            self._intent("create", target, name, node=node, before=None, after=after)
+
+        self.progress(f"creating {name}")
+        guest = self.backend.create(d.spec, progress=self.progress, before_request=before_request)
+        self.journal.set(name, "created", guest.vmid, guest.node)
+        self._result("create", f"ct/{guest.vmid}", name, node=guest.node, before=None, after=after)
+        self.done(f"created {name} as CT {guest.vmid} on {guest.node}")
         self._finish(guest, d, ["start", "packages"])
-        report.created.append(d.spec.name)
+        report.created.append(name)
 
     def _resume(self, a: Action, report: ApplyReport) -> None:
         assert a.guest is not None and a.desired is not None
@@ -145,17 +202,19 @@ class Applier:
         if "start" in steps:
             if guest.status != "running":
                 self.progress(f"starting {guest.name} (CT {guest.vmid})")
+                change = {"before": {"status": guest.status}, "after": {"status": "running"}}
+                self._intent("start", f"ct/{guest.vmid}", guest.name, **change)
                 self.backend.start(guest)
+                self._result("start", f"ct/{guest.vmid}", guest.name, **change)
                 guest.status = "running"
-                self.recorder.record("provision.start", f"ct/{guest.vmid}", name=guest.name,
-                                     before={"status": "stopped"}, after={"status": "running"})
                 self.done(f"started {guest.name}")
             self.journal.set(guest.name, "started", guest.vmid, guest.node)
         if "packages" in steps and d.packages:
             self.progress(f"installing {', '.join(d.packages)} in {guest.name}")
+            change = {"before": None, "after": {"installed": list(d.packages)}}
+            self._intent("packages", f"ct/{guest.vmid}", guest.name, **change)
             install_packages(self.backend, guest, d.packages)
-            self.recorder.record("provision.packages", f"ct/{guest.vmid}", name=guest.name,
-                                 before=None, after={"installed": list(d.packages)})
+            self._result("packages", f"ct/{guest.vmid}", guest.name, **change)
             self.done(f"installed {', '.join(d.packages)} in {guest.name}")
         self.journal.done(guest.name)
 
@@ -164,11 +223,12 @@ class Applier:
         params, delete = update_params(a.changes, a.config)
         if params or delete:
             self.progress(f"updating {a.name} (CT {a.vmid})")
-            pending = self.backend.update(a.guest, params, delete or None)
             applied = [c for c in a.changes if c.possible]
-            self.recorder.record("provision.update", _target(a), name=a.name, node=a.node,
-                                 before={c.field: c.old for c in applied}, after={c.field: c.new for c in applied},
-                                 pending_restart=pending)
+            change = {"node": a.node, "before": {c.field: c.old for c in applied},
+                      "after": {c.field: c.new for c in applied}}
+            self._intent("update", _target(a), a.name, **change)
+            pending = self.backend.update(a.guest, params, delete or None)
+            self._result("update", _target(a), a.name, pending_restart=pending, **change)
             if a.guest.status == "running":
                 need = sorted(set(pending) | {c.field for c in applied if not c.live})
                 if need:
@@ -180,11 +240,27 @@ class Applier:
 
     def _delete(self, a: Action, report: ApplyReport) -> None:
         assert a.guest is not None
+        volumes = data_volumes(a.config)
+        self._intent("delete", _target(a), a.name, node=a.node, before=a.config, after=None,
+                     data_volumes=sorted(volumes))
+        if volumes and self.final_backup is not None:
+            self.progress(f"final backup of {a.name} (CT {a.vmid}) before deleting it")
+            self._intent("final-backup", _target(a), a.name, node=a.node,
+                         left_out=left_out_of_backups(volumes))
+            where = self.final_backup(a.guest)  # a failure stops here: nothing is deleted without it
+            if where is not None:
+                report.final_backups[a.name] = where
+                self._result("final-backup", _target(a), a.name, archive=where)
+                self.done(f"final backup of {a.name}: {where}")
+            else:
+                self._result("final-backup", _target(a), a.name, archive=None,
+                             note="the backup policy does not cover this guest")
         self.progress(f"deleting {a.name} (CT {a.vmid})")
         if a.guest.status == "running":
             self.backend.stop(a.guest)
         self.backend.destroy(a.guest)
-        self.recorder.record("provision.delete", _target(a), name=a.name, node=a.node, before=a.config, after=None)
+        self._result("delete", _target(a), a.name, node=a.node, before=a.config, after=None,
+                     data_volumes=sorted(volumes))
         self.journal.done(a.name)
         self.done(f"deleted {a.name} (CT {a.vmid})")
         report.deleted.append(a.name)

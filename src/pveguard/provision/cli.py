@@ -1,4 +1,4 @@
-"""`pveguard plan`, `apply` and `status`: desired containers against what exists, like terraform."""
+"""`pveguard plan`, `apply`, `status` and `adopt`: desired containers against what exists, like terraform."""
 
 from __future__ import annotations
 
@@ -12,21 +12,27 @@ from rich.markup import escape
 from rich.table import Table
 
 from pveguard.backends import connect
-from pveguard.backends.base import Backend
+from pveguard.backends.base import Backend, Guest, read_marker
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
-from pveguard.output import console, err_console, error, print_json
-from pveguard.provision.apply import Applier, ApplyReport
-from pveguard.provision.desired import actual_fields, desired_fields, desired_state, is_managed_description
+from pveguard.output import console, err_console, error, print_json, warn
+from pveguard.provision.apply import Applier, ApplyInterrupted, ApplyReport
+from pveguard.provision.desired import actual_fields, desired_fields, desired_state
+from pveguard.provision.final_backup import data_volumes, take_final_backup
+from pveguard.provision.instance import identity
 from pveguard.provision.journal import Journal
 from pveguard.provision.observe import observe
-from pveguard.provision.plan import Plan, plan
+from pveguard.provision.plan import Plan, plan, resolve_journal
 from pveguard.provision.runlock import apply_lock
 
 EXIT_CHANGES = 2
+EXIT_INTERRUPTED = 130
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable shape).")]
-PruneOpt = Annotated[bool, typer.Option("--prune", help="Also delete managed containers that left the strategy.")]
+PruneOpt = Annotated[bool, typer.Option(
+    "--prune", help="Also delete this installation's containers that left the strategy.")]
+OnlyOpt = Annotated[list[str] | None, typer.Option(
+    "--only", metavar="NAME", help="Only this strategy container (repeatable).")]
 
 
 def _app(ctx: typer.Context) -> AppContext:
@@ -35,13 +41,33 @@ def _app(ctx: typer.Context) -> AppContext:
     return obj
 
 
-def compute_plan(app: AppContext, backend: Backend, prune: bool) -> Plan:
+def instance_id(app: AppContext) -> str:
+    """This installation's instance id (strategy, else state, else generated once)."""
+    return identity(app.strategy, app.store, app.record).id
+
+
+def _only(app: AppContext, only: list[str] | None) -> set[str] | None:
+    """The --only names, checked against the strategy before anything is read or changed."""
+    if not only:
+        return None
+    known = [c.name for c in app.strategy.containers]
+    unknown = [n for n in dict.fromkeys(only) if n not in known]
+    if unknown:
+        raise UsageError(f"--only {', '.join(unknown)}: no such container in the strategy {app.strategy_path}",
+                         hint="the strategy's containers: " + (", ".join(known) or "(none)"))
+    return set(only)
+
+
+def compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str] | None = None) -> Plan:
     """Read the cluster (one listing + one config per managed guest) and plan against the strategy."""
-    return plan(desired_state(app.strategy), observe(backend), prune=prune, journal=Journal(app.store).entries())
+    instance = instance_id(app)
+    p = plan(desired_state(app.strategy, instance), observe(backend), instance=instance, prune=prune,
+             journal=Journal(app.store).entries())
+    return p.only(only) if only is not None else p
 
 
 _SYMBOL = {"create": ("+", "green"), "update": ("~", "yellow"), "resume": (">", "cyan"), "unchanged": ("=", "dim"),
-           "delete": ("-", "red"), "conflict": ("!", "red bold")}
+           "delete": ("-", "red"), "conflict": ("!", "red bold"), "foreign": ("*", "dim")}
 
 
 def render_plan(p: Plan) -> None:
@@ -69,7 +95,8 @@ def render_plan(p: Plan) -> None:
     cnt = p.counts()
     console.print(f"Plan: {cnt['create']} to create, {cnt['update']} to update, {cnt['resume']} to finish, "
                   f"{cnt['delete']} to delete, {cnt['unchanged']} unchanged"
-                  + (f", {cnt['conflict']} conflict(s)" if cnt["conflict"] else "") + ".")
+                  + (f", {cnt['conflict']} conflict(s)" if cnt["conflict"] else "")
+                  + (f", {cnt['foreign']} not this installation's" if cnt["foreign"] else "") + ".")
     if not p.has_changes:
         console.print("Nothing to do.")
 
@@ -80,13 +107,15 @@ def plan_cmd(
     detailed_exitcode: Annotated[bool, typer.Option(
         "--detailed-exitcode", help="Exit 0 when nothing would change, 2 when something would.")] = False,
     prune: PruneOpt = False,
+    only: OnlyOpt = None,
 ) -> None:
     """Show what apply would do: creates, updates (field: old -> new), unchanged, deletes (--prune)."""
     app = _app(ctx)
     try:
+        names = _only(app, only)
         backend = connect(app.strategy)
         with _closing(backend):
-            p = compute_plan(app, backend, prune)
+            p = compute_plan(app, backend, prune, names)
     except PveguardError as exc:
         if detailed_exitcode:
             # 2 means "changes pending" here, so a broken strategy must not exit 2 (like terraform: 1)
@@ -106,16 +135,36 @@ def plan_cmd(
         raise typer.Exit(EXIT_CHANGES)
 
 
-def _confirm_deletes(p: Plan, yes: bool) -> None:
+def _confirm_deletes(p: Plan, yes: bool, i_mean_it: list[str]) -> None:
+    """--yes (or a terminal) for every delete; the typed name (or --i-mean-it NAME) for data volumes."""
     deletes = p.of("delete")
-    if not deletes or yes:
+    if not deletes:
         return
     names = ", ".join(f"{a.name} (CT {a.vmid})" for a in deletes)
-    if not sys.stdin.isatty():
-        raise UsageError(f"apply --prune would delete {names}; that needs confirmation",
-                         hint="run it in a terminal to confirm, or pass --yes")
-    if not typer.confirm(f"Delete {names}? Their disks are destroyed.", default=False):
-        raise UsageError("nothing applied: the deletes were not confirmed")
+    with_data = [a for a in deletes if data_volumes(a.config)]
+    tty = sys.stdin.isatty()
+    if not yes:
+        if not tty:
+            extra = "; containers with data volumes also need --i-mean-it NAME" if with_data else ""
+            raise UsageError(f"apply --prune would delete {names}; that needs confirmation",
+                             hint=f"run it in a terminal to confirm, or pass --yes{extra}")
+        if not typer.confirm(f"Delete {names}? Their disks are destroyed.", default=False):
+            raise UsageError("nothing applied: the deletes were not confirmed")
+    for a in with_data:
+        if a.name in i_mean_it:
+            continue
+        vols = data_volumes(a.config)
+        what = ", ".join(f"{k}: {v}" for k, v in vols.items())
+        if not tty:
+            raise UsageError(f"nothing applied: {a.name} (CT {a.vmid}) has data volumes ({what}) that its "
+                             f"delete destroys", hint=f"type its name in a terminal, or pass --yes --i-mean-it "
+                                                      f"{a.name} in scripts")
+        typed = typer.prompt(f"{a.name} (CT {a.vmid}) has data volumes: {what}. A final backup is taken, then "
+                             f"they are destroyed. Type the container's name to delete it", default="",
+                             show_default=False)
+        if typed.strip() != a.name:
+            raise UsageError(f"nothing applied: {typed.strip()!r} is not {a.name}",
+                             hint="run apply again and type the name exactly, or leave it in the strategy")
 
 
 def render_report(r: ApplyReport) -> None:
@@ -125,48 +174,117 @@ def render_report(r: ApplyReport) -> None:
     for name, keys in sorted(r.restart_needed.items()):
         console.print(escape(f"  {name}: restart needed for {', '.join(keys)} "
                              f"(pct reboot, or 'pveguard apply' after the next restart shows nothing)"))
+    for name, where in sorted(r.final_backups.items()):
+        console.print(escape(f"  {name}: final backup {where}"))
     for name in r.skipped:
         err_console.print(escape(f"  {name}: not provided (conflict, see the plan above)"), style="red")
     for name, msg in sorted(r.failed.items()):
         err_console.print(escape(f"  {name}: {msg}"), style="red")
+    if r.interrupted:
+        err_console.print(escape(f"interrupted (Ctrl-C) during: {r.interrupted} -- its start is in the ledger "
+                                 f"and the journal, its end is not known"), style="red", soft_wrap=True)
+        if r.not_started:
+            err_console.print(escape(f"  not started: {', '.join(r.not_started)}"), soft_wrap=True)
+        err_console.print("run 'pveguard apply' again to converge", highlight=False)
 
 
 def apply_cmd(
     ctx: typer.Context,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before deleting (with --prune).")] = False,
     prune: PruneOpt = False,
+    only: OnlyOpt = None,
+    i_mean_it: Annotated[list[str] | None, typer.Option(
+        "--i-mean-it", metavar="NAME",
+        help="With --yes: delete this container although it has data volumes (repeatable).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Carry out the plan: create, converge and (with --prune) delete managed containers."""
+    """Carry out the plan: create, converge and (with --prune) delete this installation's containers."""
     app = _app(ctx)
+    names = _only(app, only)
     backend = connect(app.strategy)
-    with apply_lock(app.state_dir), _closing(backend):
-        p = compute_plan(app, backend, prune)
-        if not json_out:
-            render_plan(p)
-        if not p.has_changes:
-            # nothing to change; this only forgets journal rows of creates that had finished
-            report = Applier(backend, app, Journal(app.store)).apply(p)
+    p: Plan | None = None
+    try:
+        with apply_lock(app.state_dir), _closing(backend):
+            p = compute_plan(app, backend, prune, names)
+            if not json_out:
+                render_plan(p)
+            policy = app.strategy.backup.containers
+
+            def final_backup(g: Guest) -> str | None:
+                from pveguard.backup.coverage import policy_guest
+
+                if not policy_guest(g, policy):
+                    return None
+                return take_final_backup(backend, g, policy, app.state_dir / "dump")
+
+            if not p.has_changes:
+                # nothing to change; this only forgets journal rows with nothing left to finish
+                report = Applier(backend, app, Journal(app.store)).apply(p)
+            else:
+                _confirm_deletes(p, yes, i_mean_it or [])
+                with err_console.status("applying") as status:
+                    def progress(msg: str) -> None:
+                        # a spinner in a terminal; plain lines in logs and CI, where a spinner shows nothing
+                        if err_console.is_terminal:
+                            status.update(escape(msg))
+                        else:
+                            err_console.print(escape(msg), highlight=False, soft_wrap=True)
+
+                    def done(msg: str) -> None:
+                        err_console.print(escape(msg), highlight=False)
+
+                    report = Applier(backend, app, Journal(app.store), progress=progress, done=done,
+                                     final_backup=final_backup).apply(p)
+    except ApplyInterrupted as exc:
+        if json_out and p is not None:
+            print_json({"plan": p.as_dict(), "result": exc.report.as_dict()})
         else:
-            _confirm_deletes(p, yes)
-            with err_console.status("applying") as status:
-                def progress(msg: str) -> None:
-                    # a spinner in a terminal; plain lines in logs and CI, where a spinner shows nothing
-                    if err_console.is_terminal:
-                        status.update(escape(msg))
-                    else:
-                        err_console.print(escape(msg), highlight=False, soft_wrap=True)
-
-                def done(msg: str) -> None:
-                    err_console.print(escape(msg), highlight=False)
-
-                report = Applier(backend, app, Journal(app.store), progress=progress, done=done).apply(p)
+            render_report(exc.report)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted (Ctrl-C) before anything was changed; run 'pveguard apply' again",
+                          style="red", highlight=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if json_out:
         print_json({"plan": p.as_dict(), "result": report.as_dict()})
     else:
         render_report(report)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def adopt_cmd(
+    ctx: typer.Context,
+    guest_ref: Annotated[str, typer.Argument(metavar="VMID|NAME", help="The container to make this installation's.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Make an existing container this installation's: its marker names this instance (recorded)."""
+    from pveguard.provision.adopt import adopt, adoption, find_guest
+
+    app = _app(ctx)
+    backend = connect(app.strategy)
+    with apply_lock(app.state_dir), _closing(backend):
+        instance = instance_id(app)
+        guest = find_guest(backend.list_guests(), guest_ref)
+        a = adoption(guest, backend.get_config(guest), instance)
+        where = f"CT {guest.vmid} ({guest.name} on {guest.node})"
+        if not a.needed:
+            console.print(escape(f"{where} is already this installation's (instance {instance}); nothing to do"))
+            return
+        console.print(escape(f"adopt {where}: now {a.previous}; its marker becomes "
+                             f"'{a.after['description'].splitlines()[-1]}', tags {a.after['tags']}"))
+        if a.previous.startswith("instance "):
+            warn(f"{where} belongs to another pveguard {a.previous}; that installation will no longer manage it")
+        if guest.name not in {c.name for c in app.strategy.containers}:
+            warn(f"{guest.name} is not in the strategy: once adopted, 'pveguard apply --prune' deletes it")
+        if not yes:
+            if not sys.stdin.isatty():
+                raise UsageError(f"adopting {where} needs confirmation",
+                                 hint="run it in a terminal to confirm, or pass --yes")
+            if not typer.confirm("Adopt it?", default=False):
+                raise UsageError("nothing adopted")
+        adopt(backend, a, app, instance)
+    console.print(escape(f"adopted {where} as instance {instance}; 'pveguard plan' shows what apply would change"))
 
 
 @contextmanager
@@ -186,37 +304,64 @@ def _gib(n: int) -> str:
 
 
 def status_data(app: AppContext, backend: Backend) -> dict[str, Any]:
-    """Managed containers with configured vs used resources, plus the backend's capabilities."""
+    """This installation's containers with configured vs used resources, plus the backend's capabilities.
+
+    A container that cannot be read (node offline, not visible) is shown as unknown, never as missing.
+    """
+    instance = instance_id(app)
     obs = observe(backend)
-    desired = {d.spec.name: d for d in desired_state(app.strategy)}
+    wanted = desired_state(app.strategy, instance)
+    desired = {d.spec.name: d for d in wanted}
     stats = {s.vmid: s for s in backend.stats()}
     caps = backend.capabilities()
     rows = []
     seen = set()
+    unknown: set[str] = set()
+    not_ours = []
     for g in obs.guests:
+        if g.type != "lxc":
+            continue
+        if g.vmid in obs.unreadable:
+            unknown.add(g.name)
+            reason = (f"node {g.node} offline or not reporting" if g.status == "unknown"
+                      else f"config cannot be read: {obs.unreadable[g.vmid]}")
+            if g.name not in desired:
+                reason += " (whose container it is shows once it can be read)"
+            rows.append({"name": g.name, "vmid": g.vmid, "node": g.node, "state": "unknown", "reason": reason,
+                         "in_strategy": g.name in desired, "configured": None, "used": None})
+            continue
         cfg = obs.configs.get(g.vmid)
-        if cfg is None or g.type != "lxc":
+        if cfg is None:
             continue
         f = actual_fields(cfg)
-        if not is_managed_description(f["description"]):
+        marker = read_marker(f["description"])
+        if marker is None:
+            continue
+        if marker.instance != instance:
+            not_ours.append({"name": g.name, "vmid": g.vmid, "node": g.node, "owner": marker.instance})
             continue
         seen.add(g.name)
         s = stats.get(g.vmid)
+        state = s.status if s else g.status
         rows.append({
-            "name": g.name, "vmid": g.vmid, "node": g.node, "state": s.status if s else g.status,
+            "name": g.name, "vmid": g.vmid, "node": g.node, "state": state,
+            "reason": f"node {g.node} offline or not reporting" if state == "unknown" else None,
             "in_strategy": g.name in desired,
             "configured": {"cores": f["cores"], "memory_mib": int(f["memory"]), "swap_mib": int(f["swap"]),
                            "rootfs": f["rootfs"]},
             "used": {"cpu_ratio": round(s.cpu, 4), "memory_bytes": s.mem, "disk_bytes": s.disk,
                      "maxdisk_bytes": s.maxdisk, "uptime": s.uptime} if s else None,
         })
-    missing = [n for n in desired if n not in seen]
-    unfinished = [{"name": j.name, "vmid": j.vmid, "node": j.node, "step": j.step}
-                  for j in Journal(app.store).entries()]
+    missing = [n for n in desired if n not in seen and n not in unknown]
+    entries = Journal(app.store).entries()
+    left, stale = resolve_journal(entries, obs, wanted, instance)
+    unfinished = [{"name": j.name, "vmid": j.vmid, "node": j.node, "step": j.step, "left": left.get(j.name)}
+                  for j in entries if j.name not in stale]
     backend_info = {"name": caps.name, "vlan_mode": caps.vlan_mode, "live_memory_update": caps.live_memory_update,
                     "live_cpu_update": caps.live_cpu_update, "backups": caps.backups, "notes": caps.notes}
-    return {"backend": backend_info, "containers": sorted(rows, key=lambda r: str(r["name"])),
-            "missing": missing, "unfinished": unfinished}
+    return {"backend": backend_info, "instance": instance,
+            "containers": sorted(rows, key=lambda r: str(r["name"])), "missing": missing,
+            "unfinished": unfinished, "not_ours": sorted(not_ours, key=lambda r: (str(r["name"]), r["vmid"]))}
 
 
 def status_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
@@ -237,13 +382,24 @@ def status_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     t = Table("name", "vmid", "node", "state", "cores", "cpu", "memory MiB (used/conf)", "disk GiB (used/conf)")
     for r in data["containers"]:
         c, u = r["configured"], r["used"] or {}
+        if c is None:  # unknown: nothing was read
+            t.add_row(r["name"] + ("" if r["in_strategy"] else " (not in strategy)"), str(r["vmid"]), r["node"],
+                      r["state"], "?", "?", "?", "?")
+            continue
         t.add_row(r["name"] + ("" if r["in_strategy"] else " (not in strategy)"), str(r["vmid"]), r["node"],
                   r["state"], c["cores"], f"{100 * u.get('cpu_ratio', 0):.0f}%",
                   f"{_mib(u.get('memory_bytes', 0))}/{c['memory_mib']}",
                   f"{_gib(u.get('disk_bytes', 0))}/{c['rootfs'].rstrip('G')}")
     console.print(t)
+    for r in data["containers"]:
+        if r.get("reason"):
+            console.print(escape(f"unknown: {r['name']} (CT {r['vmid']}): {r['reason']}"), soft_wrap=True)
     if data["missing"]:
         console.print(escape("not created yet: " + ", ".join(data["missing"]) + " (run 'pveguard apply')"))
     for j in data["unfinished"]:
         console.print(escape(f"unfinished create: {j['name']} (CT {j['vmid'] or '?'}, reached '{j['step']}'; "
                              f"'pveguard apply' finishes it)"))
+    for o in data["not_ours"]:
+        owner = f"pveguard instance {o['owner']}" if o["owner"] else "an older pveguard (no instance id)"
+        console.print(escape(f"not this installation's: {o['name']} (CT {o['vmid']} on {o['node']}), managed by "
+                             f"{owner}; 'pveguard adopt {o['vmid']}' takes it over"), soft_wrap=True)

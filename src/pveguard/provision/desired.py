@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pveguard.backends.base import MANAGED_MARKER, MANAGED_TAG, GuestSpec, NetSpec
+from pveguard.backends.base import MANAGED_TAG, GuestSpec, NetSpec, marker_line
 from pveguard.strategy.models import Container, Strategy
 from pveguard.strategy.units import GIB, MIB
 
@@ -42,16 +42,10 @@ class Desired:
     packages: list[str] = field(default_factory=list)
 
 
-def description_for(c: Container) -> str:
-    """The description written to PVE: the purpose, then the managed marker on its own line."""
+def description_for(c: Container, instance: str) -> str:
+    """The description written to PVE: the purpose, then this instance's managed marker on its own line."""
     purpose = c.purpose.strip()
-    return f"{purpose}\n{MANAGED_MARKER}" if purpose else MANAGED_MARKER
-
-
-def is_managed_description(description: str | None) -> bool:
-    """True when the description carries the marker on a line of its own."""
-    return bool(description) and any(
-        line.strip() == MANAGED_MARKER for line in str(description).splitlines())
+    return f"{purpose}\n{marker_line(instance)}" if purpose else marker_line(instance)
 
 
 def tags_for(c: Container) -> list[str]:
@@ -59,8 +53,8 @@ def tags_for(c: Container) -> list[str]:
     return sorted({MANAGED_TAG, c.role.lower(), *(t.lower() for t in c.tags)})
 
 
-def desired_state(strategy: Strategy) -> list[Desired]:
-    """One Desired per strategy container, in strategy order."""
+def desired_state(strategy: Strategy, instance: str) -> list[Desired]:
+    """One Desired per strategy container, in strategy order, marked as this instance's."""
     pinned = strategy.target.proxmox.node
     out = []
     for c in strategy.containers:
@@ -73,7 +67,7 @@ def desired_state(strategy: Strategy) -> list[Desired]:
             storage=c.storage, cpulimit=c.resources.cpulimit, cpuunits=c.resources.cpuunits,
             unprivileged=c.unprivileged, features=dict(c.features), onboot=c.onboot,
             startup_order=c.startup.order, startup_up=c.startup.up, startup_down=c.startup.down,
-            tags=tags_for(c), node=c.node or pinned, vmid=c.vmid, description=description_for(c),
+            tags=tags_for(c), node=c.node or pinned, vmid=c.vmid, description=description_for(c, instance),
         )
         out.append(Desired(spec=spec, packages=list(c.packages)))
     return out

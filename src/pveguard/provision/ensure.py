@@ -8,9 +8,10 @@ from pveguard.context import AppContext
 from pveguard.errors import ConfigError, OperationError
 from pveguard.provision.apply import Applier, Progress, install_packages
 from pveguard.provision.desired import desired_state
+from pveguard.provision.instance import identity
 from pveguard.provision.journal import Journal
 from pveguard.provision.observe import observe
-from pveguard.provision.plan import Plan, plan
+from pveguard.provision.plan import Plan, managed_guests, plan
 from pveguard.provision.runlock import apply_lock
 
 __all__ = ["ensure_container", "install_packages", "run_in_container"]
@@ -24,29 +25,37 @@ def ensure_container(app: AppContext, name: str, *, backend: Backend | None = No
     journaled and recorded in the ledger like `pveguard apply` does for that one container.
     """
     strategy = app.strategy
-    desired = [d for d in desired_state(strategy) if d.spec.name == name]
+    instance = identity(strategy, app.store, app.record).id
+    desired = [d for d in desired_state(strategy, instance) if d.spec.name == name]
     if not desired:
         raise ConfigError(f"the strategy has no container named {name!r}",
                           hint="known: " + ", ".join(c.name for c in strategy.containers))
     backend = backend or connect(strategy)
     journal = Journal(app.store)
     with apply_lock(app.state_dir):
-        action = next(a for a in plan(desired, observe(backend), journal=journal.entries()).actions
-                      if a.name == name)
+        action = next(a for a in plan(desired, observe(backend), instance=instance,
+                                      journal=journal.entries()).actions if a.name == name)
         if action.kind == "conflict":
             raise OperationError(f"cannot provide container {name}: " + "; ".join(action.notes))
         if action.kind != "unchanged":
             report = Applier(backend, app, journal, progress=progress).apply(Plan([action]))
             if not report.ok:
                 raise OperationError(f"cannot provide container {name}: {report.failed[name]}")
-    guest = next((g for g in backend.list_guests() if g.name == name and "pveguard" in g.tags), None)
+    # this instance's container of that name (another installation may have one with the same name)
+    guest = next((g for g in managed_guests(observe(backend), instance) if g.name == name), None)
     if guest is None:
         raise OperationError(f"container {name} was created but is not listed by the backend",
                              hint="run 'pveguard status' and 'pveguard apply' to converge")
     if guest.status != "running":
-        backend.start(guest)
-        app.record("provision.start", f"ct/{guest.vmid}", name=name, before={"status": guest.status},
-                   after={"status": "running"})
+        change = {"name": name, "before": {"status": guest.status}, "after": {"status": "running"}}
+        app.record("provision.start.intent", f"ct/{guest.vmid}", **change)
+        try:
+            backend.start(guest)
+        except (OperationError, KeyboardInterrupt) as exc:
+            app.record("provision.start", f"ct/{guest.vmid}", result="failed" if isinstance(exc, OperationError)
+                       else "interrupted", **change)
+            raise
+        app.record("provision.start", f"ct/{guest.vmid}", result="ok", **change)
         guest.status = "running"
     return backend, guest
 

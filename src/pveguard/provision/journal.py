@@ -1,9 +1,11 @@
 """The provisioning journal: creates that were begun and not finished, kept in the state store.
 
-A row is written before the create is sent and advanced after each step (created, started) and
-removed when the container is complete, so an apply killed at any point leaves a record of what is
-left. PVE itself makes the create atomic enough -- the guest carries its tag and marker from the first
-moment -- so the journal is about the steps *after* creation (start, packages), which PVE cannot tell us.
+A row is written before the create is sent (with the VMID it uses) and advanced after each step
+(created, started) and removed when the container is complete, so an apply killed at any point leaves
+a record of what is left. PVE itself makes the create atomic enough -- the guest carries its tag and
+marker from the first moment -- so the journal is about the steps *after* creation (start, packages),
+which PVE cannot tell us. Rows are resolved against what exists (`plan.resolve_journal`): one whose
+guest is gone, is not ours or has nothing left to do is cleared by the next apply.
 """
 
 from __future__ import annotations
@@ -47,11 +49,11 @@ class Journal:
                 "node = COALESCE(excluded.node, node), step = excluded.step, updated = excluded.updated",
                 (name, vmid, node, step, now))
 
-    def begin(self, name: str) -> None:
+    def begin(self, name: str, vmid: int | None = None, node: str | None = None) -> None:
         """A fresh create: forget what an older row said about another guest of this name."""
         with self.store.transaction() as conn:
             conn.execute("DELETE FROM provision_journal WHERE name = ?", (name,))
-        self.set(name, "creating")
+        self.set(name, "creating", vmid, node)
 
     def done(self, name: str) -> None:
         with self.store.transaction() as conn:

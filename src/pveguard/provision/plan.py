@@ -1,9 +1,11 @@
 """The planner: desired containers against what exists -> a Plan. Pure: no I/O, tested with tables.
 
-A guest is *managed* when it carries the `pveguard` tag and the managed marker in its description;
-it is matched to a strategy container by name. Guests that are not managed are never touched: one
-that has a strategy container's name is a conflict (reported, not created twice). Deletes happen only
-with prune, and only for managed guests.
+A guest is *ours* when it carries the `pveguard` tag and this installation's managed marker
+(`managed-by: pveguard instance=<id>`) in its description; it is matched to a strategy container by
+name. Everything else is never touched: a guest of another pveguard instance, one with the legacy
+marker (no instance, from older versions) and an unmanaged guest are reported -- as a conflict when
+it has a strategy container's name (nothing is created twice), else as `foreign` (another instance's
+or legacy) -- and only `pveguard adopt` makes one ours. Deletes happen only with prune, only for ours.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pveguard.backends.base import Guest
+from pveguard.backends.base import Guest, Marker, read_marker
 from pveguard.provision.desired import (
     FIELDS,
     IMMUTABLE_FIELDS,
@@ -19,10 +21,11 @@ from pveguard.provision.desired import (
     Desired,
     actual_fields,
     desired_fields,
-    is_managed_description,
 )
+from pveguard.provision.final_backup import data_volumes, left_out_of_backups
 
-ActionKind = Literal["create", "update", "resume", "unchanged", "delete", "conflict"]
+ActionKind = Literal["create", "update", "resume", "unchanged", "delete", "conflict", "foreign"]
+KINDS: tuple[ActionKind, ...] = ("create", "update", "resume", "unchanged", "delete", "conflict", "foreign")
 CHANGING: frozenset[str] = frozenset({"create", "update", "resume", "delete"})
 
 
@@ -56,10 +59,14 @@ class Action:
     config: dict[str, Any] | None = None
     resume: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # for a guest that is not ours: the pveguard instance whose marker it carries (None: legacy/none)
+    owner: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"action": self.kind, "name": self.name, "vmid": self.vmid, "node": self.node,
                                "changes": [c.as_dict() for c in self.changes], "notes": list(self.notes)}
+        if self.kind == "foreign" or self.owner is not None:
+            out["owner"] = self.owner
         if self.resume:
             out["resume"] = list(self.resume)
         if self.kind == "create" and self.desired is not None:
@@ -71,6 +78,8 @@ class Action:
 @dataclass
 class Plan:
     actions: list[Action] = field(default_factory=list)
+    # journal rows with nothing left to finish (apply clears them)
+    stale_journal: list[str] = field(default_factory=list)
 
     def of(self, kind: ActionKind) -> list[Action]:
         return [a for a in self.actions if a.kind == kind]
@@ -80,7 +89,7 @@ class Plan:
         return any(a.kind in CHANGING for a in self.actions)
 
     def counts(self) -> dict[str, int]:
-        out = dict.fromkeys(("create", "update", "resume", "unchanged", "delete", "conflict"), 0)
+        out: dict[str, int] = dict.fromkeys(KINDS, 0)
         for a in self.actions:
             out[a.kind] += 1
         return out
@@ -88,6 +97,10 @@ class Plan:
     def as_dict(self) -> dict[str, Any]:
         return {"changes": self.has_changes, "counts": self.counts(),
                 "actions": [a.as_dict() for a in self.actions]}
+
+    def only(self, names: set[str]) -> Plan:
+        """The actions for these containers only (`--only`)."""
+        return Plan([a for a in self.actions if a.name in names], self.stale_journal)
 
 
 @dataclass(frozen=True)
@@ -105,7 +118,7 @@ class JournalEntry:
     """A create that an earlier apply began and did not finish (see provision.journal)."""
 
     name: str
-    vmid: int | None  # None: the create was sent but its answer (the VMID) never recorded
+    vmid: int | None  # None: the create stopped before it had a VMID (nothing was sent)
     node: str | None
     step: str  # "creating" | "created" | "started"
 
@@ -135,20 +148,62 @@ def _gib(text: str) -> float:
         return 0.0
 
 
-def managed_guests(observed: Observed) -> list[Guest]:
-    """Guests that carry the tag and whose config (read) carries the marker."""
-    out = []
-    for g in observed.guests:
-        cfg = observed.configs.get(g.vmid)
-        if g.type == "lxc" and cfg is not None and is_managed_description(cfg.get("description")):
-            out.append(g)
-    return out
+def _marker(observed: Observed, g: Guest) -> Marker | None:
+    cfg = observed.configs.get(g.vmid)
+    return read_marker(cfg.get("description")) if g.type == "lxc" and cfg is not None else None
 
 
-def plan(desired: list[Desired], observed: Observed, *, prune: bool = False,
+def managed_guests(observed: Observed, instance: str) -> list[Guest]:
+    """This instance's guests: the tag, and (in the config read) the marker with this instance id."""
+    return [g for g in observed.guests if _marker(observed, g) == Marker(instance)]
+
+
+def _steps(step: str, d: Desired, g: Guest) -> list[str]:
+    """What is left after a journal step, without what is visibly done (a running guest was started)."""
+    return [s for s in _RESUME_STEPS.get(step, []) if (s != "packages" or d.packages)
+            and not (s == "start" and g.status == "running")]
+
+
+def resolve_journal(journal: list[JournalEntry], observed: Observed, desired: list[Desired],
+                    instance: str) -> tuple[dict[str, list[str]], list[str]]:
+    """Journal rows against what exists: (steps left per container, names of rows with nothing left).
+
+    A row is stale when its create never got a VMID (nothing was sent), its guest is gone or is not
+    this instance's container of that name, the strategy no longer wants it, or nothing is left to do.
+    A row whose guest cannot be read now is kept, neither resumed nor cleared.
+    """
+    wanted = {d.spec.name: d for d in desired}
+    by_vmid = {g.vmid: g for g in observed.guests}
+    steps: dict[str, list[str]] = {}
+    stale: list[str] = []
+    for j in journal:
+        g = by_vmid.get(j.vmid) if j.vmid is not None else None
+        if g is not None and g.vmid in observed.unreadable:
+            continue
+        if g is None or g.name != j.name or j.name not in wanted or _marker(observed, g) != Marker(instance):
+            stale.append(j.name)
+            continue
+        left = _steps(j.step, wanted[j.name], g)
+        if left:
+            steps[j.name] = left
+        else:
+            stale.append(j.name)
+    return steps, stale
+
+
+def _not_ours_note(g: Guest, m: Marker | None) -> str:
+    if m is not None and m.instance:
+        return f"owned by another pveguard instance {m.instance}; left alone"
+    if m is not None:
+        return ("carries the pveguard marker of an older version (no instance id); not this installation's "
+                f"until 'pveguard adopt {g.vmid}'")
+    return "not managed by pveguard"
+
+
+def plan(desired: list[Desired], observed: Observed, *, instance: str, prune: bool = False,
          journal: list[JournalEntry] | None = None) -> Plan:
     """Compare desired with observed and say what apply would do, one Action per container."""
-    managed = managed_guests(observed)
+    managed = managed_guests(observed, instance)
     managed_ids = {g.vmid for g in managed}
     by_name: dict[str, list[Guest]] = {}
     for g in managed:
@@ -160,10 +215,12 @@ def plan(desired: list[Desired], observed: Observed, *, prune: bool = False,
             unreadable_by_name.setdefault(g.name, []).append(g)
         elif g.vmid not in managed_ids:
             unmanaged_by_name.setdefault(g.name, []).append(g)
-    pending = {j.name: j for j in journal or []}
+    resume_left, stale = resolve_journal(journal or [], observed, desired, instance)
+    journaled = {j.name for j in journal or []}
 
     actions: list[Action] = []
     wanted = {d.spec.name for d in desired}
+    shown: set[int] = set()  # guests an action already speaks of
     for d in desired:
         name = d.spec.name
         found = sorted(by_name.get(name, []), key=lambda g: g.vmid)
@@ -171,6 +228,7 @@ def plan(desired: list[Desired], observed: Observed, *, prune: bool = False,
         if unknown:
             # it may well be ours: neither create a second one nor guess at changes
             g = unknown[0]
+            shown.add(g.vmid)
             actions.append(Action("conflict", name, vmid=g.vmid, node=g.node, desired=d, guest=g, notes=[
                 f"CT {g.vmid} on {g.node} cannot be read ({observed.unreadable[g.vmid]}); left as is until "
                 f"it can"]))
@@ -184,10 +242,13 @@ def plan(desired: list[Desired], observed: Observed, *, prune: bool = False,
             others = unmanaged_by_name.get(name, [])
             if others:
                 g = others[0]
-                actions.append(Action("conflict", name, vmid=g.vmid, node=g.node, desired=d, guest=g, notes=[
-                    f"guest {g.vmid} on {g.node} is already named {name} but is not managed by pveguard; "
-                    f"rename it, or adopt it by adding the tag 'pveguard' and the line "
-                    f"'managed-by: pveguard' to its description"]))
+                shown.add(g.vmid)
+                m = _marker(observed, g)
+                actions.append(Action("conflict", name, vmid=g.vmid, node=g.node, desired=d, guest=g,
+                                      owner=m.instance if m else None, notes=[
+                    f"guest {g.vmid} on {g.node} is already named {name} but is {_not_ours_note(g, m)}; "
+                    f"rename this container in the strategy, or take the guest over with "
+                    f"'pveguard adopt {g.vmid}'"]))
                 continue
             notes = ([f"pinned to node {d.spec.node}"] if d.spec.node
                      else ["node: chosen at apply (on PVE: most free memory)"])
@@ -203,12 +264,12 @@ def plan(desired: list[Desired], observed: Observed, *, prune: bool = False,
             continue
         g = found[0]
         cfg = observed.configs[g.vmid]
-        j = pending.get(name)
         if cfg.get("lock") == "create":
             # still being created (a run that died or timed out): the config is not complete yet
-            steps = _RESUME_STEPS["creating"] if j is None or j.vmid in (None, g.vmid) else []
+            steps = resume_left.get(name, []) if name in journaled else \
+                [s for s in _RESUME_STEPS["creating"] if s != "packages" or d.packages]
             actions.append(Action("resume", name, vmid=g.vmid, node=g.node, desired=d, guest=g, config=cfg,
-                                  resume=["wait", *(s for s in steps if s != "packages" or d.packages)],
+                                  resume=["wait", *steps],
                                   notes=["creation still in progress (lock: create); apply waits for it"]))
             continue
         changes = diff_fields(desired_fields(d.spec), actual_fields(cfg))
@@ -217,9 +278,7 @@ def plan(desired: list[Desired], observed: Observed, *, prune: bool = False,
                  f"left as is" for c in changes if not c.possible]
         if g.lock:
             notes.append(f"guest is locked ({g.lock}); changes fail until the lock is released")
-        resume = []
-        if j is not None and j.vmid in (None, g.vmid):
-            resume = [s for s in _RESUME_STEPS.get(j.step, []) if s != "packages" or d.packages]
+        resume = resume_left.get(name, [])
         possible = [c for c in changes if c.possible]
         kind: ActionKind = "update" if possible else ("resume" if resume else "unchanged")
         actions.append(Action(kind, name, vmid=g.vmid, node=g.node, changes=changes, desired=d, guest=g,
@@ -228,21 +287,37 @@ def plan(desired: list[Desired], observed: Observed, *, prune: bool = False,
         if g.vmid in observed.unreadable and g.name not in wanted:
             actions.append(Action("unchanged", g.name, vmid=g.vmid, node=g.node, guest=g, notes=[
                 f"cannot be read ({observed.unreadable[g.vmid]}); not pruned"]))
+        elif g.vmid not in managed_ids and g.vmid not in shown:
+            m = _marker(observed, g)
+            if m is not None:  # another instance's or legacy: shown, never deleted
+                owner = f"owned by another pveguard instance {m.instance}" if m.instance else \
+                    "legacy pveguard marker without an instance id"
+                actions.append(Action("foreign", g.name, vmid=g.vmid, node=g.node, guest=g, owner=m.instance,
+                                      notes=[f"{owner}; never pruned from here ('pveguard adopt {g.vmid}' "
+                                             f"takes it over)"]))
     for g in sorted(managed, key=lambda g: g.vmid):
         if g.name in wanted:
             continue
         if prune:
-            actions.append(Action("delete", g.name, vmid=g.vmid, node=g.node, guest=g,
-                                  config=observed.configs.get(g.vmid)))
+            gone_cfg = observed.configs.get(g.vmid)
+            vols = data_volumes(gone_cfg)
+            left_out = left_out_of_backups(vols)
+            notes = [f"data volumes destroyed with it: {', '.join(vols)}; a final backup is taken first"
+                     + (f" (vzdump leaves out {', '.join(left_out)}: no backup=1)" if left_out else "")
+                     + "; apply asks for its name to be typed"] if vols else []
+            actions.append(Action("delete", g.name, vmid=g.vmid, node=g.node, guest=g, config=gone_cfg,
+                                  notes=notes))
         else:
             actions.append(Action("unchanged", g.name, vmid=g.vmid, node=g.node, guest=g, notes=[
                 "managed guest no longer in the strategy; 'apply --prune' deletes it"]))
-    return plan_sorted(actions)
+    out = plan_sorted(actions)
+    out.stale_journal = stale
+    return out
 
 
 def plan_sorted(actions: list[Action]) -> Plan:
     """Creates and updates in strategy order, deletes last (free resources only after the rest worked)."""
-    order = {"conflict": 0, "create": 1, "update": 1, "resume": 1, "unchanged": 1, "delete": 2}
+    order = {"conflict": 0, "create": 1, "update": 1, "resume": 1, "unchanged": 1, "foreign": 1, "delete": 2}
     return Plan(sorted(actions, key=lambda a: order[a.kind]))
 
 

@@ -507,6 +507,9 @@ class LxcTarget(StrictModel):
 
 class Target(StrictModel):
     backend: Literal["auto", "proxmox", "lxc"] = "auto"
+    instance: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+        description="this installation's identity in the marker of the containers it owns (pveguard init writes one)")
     proxmox: ProxmoxTarget = Field(default_factory=ProxmoxTarget)
     lxc: LxcTarget = Field(default_factory=LxcTarget)
 
