@@ -109,6 +109,12 @@ def check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {path}: {exc}") from None
     strategy, problems = check_text(text, str(path))
+    if strategy is not None:  # what the strategy asks and the PVE credentials may not do
+        from pveguard.backends.proxmox import feature_credential_warnings
+        from pveguard.strategy.load import Problem
+
+        problems += [Problem(str(path), 0, 0, fld, msg, "warning")
+                     for fld, msg in feature_credential_warnings(strategy, os.environ)]
     if json_out:
         print_json({"file": str(path), "valid": strategy is not None,
                     "problems": [p.__dict__ for p in problems]})

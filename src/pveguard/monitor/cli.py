@@ -13,7 +13,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from pveguard.errors import UsageError
+from pveguard.errors import OperationError, UsageError
 from pveguard.output import console, info, print_json
 
 monitor_app = typer.Typer(help="Poll the containers, keep series and alerts, serve /metrics.",
@@ -175,10 +175,11 @@ def monitor(
         res = mon.poll()
         if json_out:
             print_json(_poll_json(res))
-        else:
+        elif not res.error:  # a failed poll shows no table: an empty one would read as "no guests"
             console.print(status_table(mon, limit))
-        if res.error:
-            raise UsageError(f"the poll failed: {res.error}", hint="check the target settings and the API")
+        if res.error:  # an operational failure (exit 1), not a usage error
+            raise OperationError(f"the poll failed: {res.error}",
+                                 hint="check the target settings and the API, then run the command again")
         return
     stop = threading.Event()
     if listen:

@@ -37,7 +37,15 @@ def _app(ctx: typer.Context) -> AppContext:
 
 def compute_plan(app: AppContext, backend: Backend, prune: bool) -> Plan:
     """Read the cluster (one listing + one config per managed guest) and plan against the strategy."""
-    return plan(desired_state(app.strategy), observe(backend), prune=prune, journal=Journal(app.store).entries())
+    p = plan(desired_state(app.strategy), observe(backend), prune=prune, journal=Journal(app.store).entries())
+    feature_note = getattr(backend, "feature_note", None)  # PVE: some feature flags are root@pam's alone
+    for a in p.actions:
+        if feature_note and a.kind in ("create", "update") and a.desired is not None:
+            note = feature_note(a.desired.spec.features, (a.config or {}).get("features") if a.guest else None,
+                                a.vmid)
+            if note:
+                a.notes.append(note)
+    return p
 
 
 _SYMBOL = {"create": ("+", "green"), "update": ("~", "yellow"), "resume": (">", "cyan"), "unchanged": ("=", "dim"),
