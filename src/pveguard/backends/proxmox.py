@@ -74,7 +74,7 @@ _MEANINGS: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 # The shape of each answer pveguard reads, from the `returns` of PVE's API schema (pve-api-8.4.json;
-# tests/pvesim/test_answer_shapes.py checks this table against it). "list" = array of objects,
+# tests/provision/test_answer_shapes.py checks this table against it). "list" = array of objects,
 # "object", "id" = integer or numeric string (Perl leaks numbers as strings), "upid" = a task id.
 ANSWER_SHAPES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
     (m, re.compile(rx), shape) for m, rx, shape in (
