@@ -211,6 +211,8 @@ def test_polling_an_unparseable_upid_fails_at_once(penv: Env) -> None:
     ({"data": None}, "GET /cluster/resources returned data=null, expected a list of objects"),
     ({"data": {"x": 1}}, "GET /cluster/resources returned an object, expected a list of objects"),
     ({"data": [{"type": "lxc", "name": "x"}]}, "GET /cluster/resources returned a lxc without 'vmid'"),
+    ({"body": "{}"}, "GET /cluster/resources returned no 'data'"),
+    ({"body": '{"data": [1]}'}, "GET /cluster/resources returned a number (1) as item 0, expected a list of objects"),
 ])
 def test_malformed_answers_are_clear_errors(penv: Env, capsys: pytest.CaptureFixture[str], fault: dict[str, Any],
                                             message: str) -> None:

@@ -114,8 +114,13 @@ def _shape_of(method: str, path: str) -> str | None:
     return next((shape for m, rx, shape in ANSWER_SHAPES if m == method and rx.fullmatch(p)), None)
 
 
+_NO_DATA = object()  # an answer without a "data" member
+
+
 def _described(data: Any) -> str:
     """An unexpected answer, short and without Python reprs."""
+    if data is _NO_DATA:
+        return "no 'data'"
     if data is None:
         return "data=null"
     kind = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(data), "a number")
@@ -128,6 +133,8 @@ def _described(data: Any) -> str:
 def check_shape(method: str, path: str, data: Any) -> str | None:
     """Why an answer does not have the shape the schema promises for this call (None when it does)."""
     shape = _shape_of(method, path)
+    if data is _NO_DATA:
+        return "returned no 'data'"
     expected = {"list": "a list of objects", "object": "an object", "id": "a number",
                 "upid": "a task id (UPID)"}.get(shape or "")
     if shape is None or expected is None:
@@ -464,6 +471,8 @@ class ProxmoxBackend(Backend):
                     data = self._raw(method, path, params)
         except (ResourceException, requests.exceptions.RequestException, subprocess.TimeoutExpired) as exc:
             raise self._error(exc, what or f"{method} {path}") from None
+        except KeyError:  # proxmoxer reads json["data"]: a JSON answer without it
+            data = _NO_DATA
         wrong = check_shape(method, path, data)
         if wrong is not None:
             raise PveCallError(f"{what + ': ' if what else ''}{method} {path} {wrong}",
