@@ -175,21 +175,6 @@ class PveSettings:
     local_node: str | None = None  # this machine's node name when on a node (default: short hostname)
     ssh_command: list[str] = field(default_factory=lambda: ["ssh", "-o", "BatchMode=yes"])
 
-    @property
-    def is_root_pam(self) -> bool:
-        """True when PVE sees the user root@pam itself: pvesh on the node, or a root@pam password login.
-
-        A token of root@pam is `root@pam!id` to PVE and does not count (pve-access-control
-        AccessControl.pm verify_token); some changes are allowed to root@pam alone.
-        """
-        return self.mode == "local" or (not self.token_id and self.user == "root@pam")
-
-    @property
-    def who(self) -> str:
-        if self.mode == "local":
-            return "root@pam (pvesh)"
-        return f"token {self.user}!{self.token_id}" if self.token_id else f"user {self.user}"
-
     def describe(self) -> str:
         """Where we connect, without secrets (for status and error messages)."""
         if self.mode == "local":
@@ -227,58 +212,6 @@ def open_api(s: PveSettings) -> Any:
     except requests.exceptions.RequestException as exc:
         raise BackendUnavailable(f"cannot reach PVE at {s.host}: {type(exc).__name__}",
                                  hint="check PVEGUARD_PVE_HOST (host[:port]) and that pveproxy runs") from None
-
-
-def root_only_features(wanted: dict[str, bool], current: str | None = None) -> list[str]:
-    """The feature flags other than `nesting` that creating (current None) or updating to `wanted` changes.
-
-    PVE lets only root@pam itself change those, and any flag of a privileged container
-    (pve-container src/PVE/LXC.pm check_ct_modify_config_perm): it compares each flag's old and new
-    value, an absent flag counting as ''.
-    """
-    def parse(text: str) -> dict[str, str]:
-        out = {}
-        for kv in filter(None, text.split(",")):
-            k, _, v = kv.partition("=")
-            out[k.strip()] = "1" if v.strip().lower() in ("1", "on", "yes", "true") else "0"
-        return out
-
-    old = parse(current or "")
-    new = {k: "1" for k, v in wanted.items() if v}
-    return sorted(k for k in set(old) | set(new) if k != "nesting" and old.get(k, "") != new.get(k, ""))
-
-
-def root_only_note(settings: PveSettings, keys: list[str], features: dict[str, bool], vmid: int | None) -> str | None:
-    """What to tell the user when `keys` need root@pam and the credentials are not root@pam (else None)."""
-    if not keys or settings.is_root_pam:
-        return None
-    value = ",".join(f"{k}=1" for k, v in sorted(features.items()) if v) or "''"
-    return (f"features {', '.join(keys)}: PVE lets only root@pam itself change feature flags other than nesting, "
-            f"so {settings.who} will be refused (403); run this apply as root@pam with its password "
-            f"(PVEGUARD_PVE_USER=root@pam, PVEGUARD_PVE_PASSWORD), or set it by hand once on the node: "
-            f"pct set {vmid if vmid is not None else '<vmid>'} --features {value}")
-
-
-def feature_credential_warnings(strategy: Any, env: Any) -> list[tuple[str, str]]:
-    """(field, message) for each container whose feature flags the configured PVE credentials cannot set.
-
-    For `check`, without connecting: only when the target resolves to PVE and its settings can be read.
-    """
-    from pveguard.backends import choose, proxmox_settings
-    from pveguard.errors import PveguardError
-
-    try:
-        if choose(strategy, env) != "proxmox":
-            return []
-        settings = proxmox_settings(strategy, env)
-    except PveguardError:
-        return []  # reported by the commands that connect
-    out = []
-    for i, c in enumerate(strategy.containers):
-        note = root_only_note(settings, root_only_features(dict(c.features)), dict(c.features), c.vmid)
-        if note:
-            out.append((f"containers[{i}].features", note))
-    return out
 
 
 def pve_params(values: dict[str, Any]) -> dict[str, Any]:
@@ -378,6 +311,73 @@ def _tags(raw: Any) -> list[str]:
     return sorted({t for t in str(raw or "").replace(",", ";").replace(" ", ";").split(";") if t})
 
 
+def is_root_pam(s: PveSettings) -> bool:
+    """True when PVE sees the user root@pam itself: pvesh on the node, or a root@pam password login.
+
+    A token of root@pam is `root@pam!id` to PVE and does not count (pve-access-control
+    AccessControl.pm verify_token); some changes are allowed to root@pam alone.
+    """
+    return s.mode == "local" or (not s.token_id and s.user == "root@pam")
+
+
+def _who(s: PveSettings) -> str:
+    if s.mode == "local":
+        return "root@pam (pvesh)"
+    return f"token {s.user}!{s.token_id}" if s.token_id else f"user {s.user}"
+
+
+def root_only_features(wanted: dict[str, bool], current: str | None = None) -> list[str]:
+    """The feature flags other than `nesting` that creating (current None) or updating to `wanted` changes.
+
+    PVE lets only root@pam itself change those, and any flag of a privileged container
+    (pve-container src/PVE/LXC.pm check_ct_modify_config_perm): it compares each flag's old and new
+    value, an absent flag counting as ''.
+    """
+    def parse(text: str) -> dict[str, str]:
+        out = {}
+        for kv in filter(None, text.split(",")):
+            k, _, v = kv.partition("=")
+            out[k.strip()] = "1" if v.strip().lower() in ("1", "on", "yes", "true") else "0"
+        return out
+
+    old = parse(current or "")
+    new = {k: "1" for k, v in wanted.items() if v}
+    return sorted(k for k in set(old) | set(new) if k != "nesting" and old.get(k, "") != new.get(k, ""))
+
+
+def root_only_note(settings: PveSettings, keys: list[str], features: dict[str, bool], vmid: int | None) -> str | None:
+    """What to tell the user when `keys` need root@pam and the credentials are not root@pam (else None)."""
+    if not keys or is_root_pam(settings):
+        return None
+    value = ",".join(f"{k}=1" for k, v in sorted(features.items()) if v) or "''"
+    return (f"features {', '.join(keys)}: PVE lets only root@pam itself change feature flags other than nesting, "
+            f"so {_who(settings)} will be refused (403); run this apply as root@pam with its password "
+            f"(PVEGUARD_PVE_USER=root@pam, PVEGUARD_PVE_PASSWORD), or set it by hand once on the node: "
+            f"pct set {vmid if vmid is not None else '<vmid>'} --features {value}")
+
+
+def feature_credential_warnings(strategy: Any, env: Any) -> list[tuple[str, str]]:
+    """(field, message) for each container whose feature flags the configured PVE credentials cannot set.
+
+    For `check`, without connecting: only when the target resolves to PVE and its settings can be read.
+    """
+    from pveguard.backends import choose, proxmox_settings
+    from pveguard.errors import PveguardError
+
+    try:
+        if choose(strategy, env) != "proxmox":
+            return []
+        settings = proxmox_settings(strategy, env)
+    except PveguardError:
+        return []  # reported by the commands that connect
+    out = []
+    for i, c in enumerate(strategy.containers):
+        note = root_only_note(settings, root_only_features(dict(c.features)), dict(c.features), c.vmid)
+        if note:
+            out.append((f"containers[{i}].features", note))
+    return out
+
+
 class PveCallError(BackendError):
     """A failed API call: PVE's message, plus what the retry logic needs to know about it."""
 
@@ -434,10 +434,6 @@ class ProxmoxBackend(Backend):
 
     def __repr__(self) -> str:
         return f"ProxmoxBackend({self.settings.describe()})"
-
-    def feature_note(self, features: dict[str, bool], current: str | None, vmid: int | None) -> str | None:
-        """A plan note when this create/update changes root@pam-only feature flags with other credentials."""
-        return root_only_note(self.settings, root_only_features(features, current), features, vmid)
 
     # --- calling the API ----------------------------------------------------------------------
 
@@ -646,6 +642,10 @@ class ProxmoxBackend(Backend):
             best = f"{storage}:vztmpl/{name}"
         self._templates[key] = best
         return best
+
+    def feature_note(self, features: dict[str, bool], current: str | None, vmid: int | None) -> str | None:
+        """A plan note when this create/update changes root@pam-only feature flags with other credentials."""
+        return root_only_note(self.settings, root_only_features(features, current), features, vmid)
 
     def create_params(self, spec: GuestSpec, vmid: int, ostemplate: str) -> dict[str, Any]:
         """The POST /nodes/{node}/lxc parameters for a spec."""
