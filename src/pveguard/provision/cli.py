@@ -37,15 +37,7 @@ def _app(ctx: typer.Context) -> AppContext:
 
 def compute_plan(app: AppContext, backend: Backend, prune: bool) -> Plan:
     """Read the cluster (one listing + one config per managed guest) and plan against the strategy."""
-    p = plan(desired_state(app.strategy), observe(backend), prune=prune, journal=Journal(app.store).entries())
-    feature_note = getattr(backend, "feature_note", None)  # PVE: some feature flags are root@pam's alone
-    for a in p.actions:
-        if feature_note and a.kind in ("create", "update") and a.desired is not None:
-            note = feature_note(a.desired.spec.features, (a.config or {}).get("features") if a.guest else None,
-                                a.vmid)
-            if note:
-                a.notes.append(note)
-    return p
+    return plan(desired_state(app.strategy), observe(backend), prune=prune, journal=Journal(app.store).entries())
 
 
 _SYMBOL = {"create": ("+", "green"), "update": ("~", "yellow"), "resume": (">", "cyan"), "unchanged": ("=", "dim"),
@@ -94,7 +86,7 @@ def plan_cmd(
     try:
         backend = connect(app.strategy)
         with _closing(backend):
-            p = compute_plan(app, backend, prune)
+            p = with_feature_notes(compute_plan(app, backend, prune), backend)
     except PveguardError as exc:
         if detailed_exitcode:
             # 2 means "changes pending" here, so a broken strategy must not exit 2 (like terraform: 1)
@@ -149,7 +141,7 @@ def apply_cmd(
     app = _app(ctx)
     backend = connect(app.strategy)
     with apply_lock(app.state_dir), _closing(backend):
-        p = compute_plan(app, backend, prune)
+        p = with_feature_notes(compute_plan(app, backend, prune), backend)
         if not json_out:
             render_plan(p)
         if not p.has_changes:
@@ -255,3 +247,15 @@ def status_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     for j in data["unfinished"]:
         console.print(escape(f"unfinished create: {j['name']} (CT {j['vmid'] or '?'}, reached '{j['step']}'; "
                              f"'pveguard apply' finishes it)"))
+
+
+def with_feature_notes(p: Plan, backend: Backend) -> Plan:
+    """Note on each create/update the feature flags PVE will refuse to these credentials (root@pam's alone)."""
+    feature_note = getattr(backend, "feature_note", None)  # the proxmox backend's; plain LXC has no such rule
+    for a in p.actions if feature_note else []:
+        if a.kind in ("create", "update") and a.desired is not None:
+            current = (a.config or {}).get("features") if a.guest else None
+            note = feature_note(a.desired.spec.features, current, a.vmid)
+            if note:
+                a.notes.append(note)
+    return p
