@@ -252,7 +252,9 @@ def status_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 def with_feature_notes(p: Plan, backend: Backend) -> Plan:
     """Note on each create/update the feature flags PVE will refuse to these credentials (root@pam's alone)."""
     feature_note = getattr(backend, "feature_note", None)  # the proxmox backend's; plain LXC has no such rule
-    for a in p.actions if feature_note else []:
+    if feature_note is None:
+        return p
+    for a in p.actions:
         if a.kind in ("create", "update") and a.desired is not None:
             current = (a.config or {}).get("features") if a.guest else None
             note = feature_note(a.desired.spec.features, current, a.vmid)
