@@ -13,7 +13,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
-from pveguard.errors import OperationError, UsageError
+from pveguard.errors import UsageError
 from pveguard.output import console, info, print_json
 
 monitor_app = typer.Typer(help="Poll the containers, keep series and alerts, serve /metrics.",
@@ -178,6 +178,8 @@ def monitor(
         elif not res.error:  # a failed poll shows no table: an empty one would read as "no guests"
             console.print(status_table(mon, limit))
         if res.error:  # an operational failure (exit 1), not a usage error
+            from pveguard.errors import OperationError
+
             raise OperationError(f"the poll failed: {res.error}",
                                  hint="check the target settings and the API, then run the command again")
         return
