@@ -5,6 +5,7 @@ feature flags. Against pvesim, which answers as PVE does (see tests/pvesim/test_
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -185,13 +186,29 @@ def test_a_resize_racing_its_own_retry_is_done(penv: Env) -> None:
 
 def test_a_locked_guest_is_retried_after_a_wait(penv: Env) -> None:
     guest = _ct(penv)
-    backend = _backend(penv, retries=3)
-    penv.sim.control("POST", "/faults", {"method": "PUT", "path": "/config$", "status": 500,
-                                         "message": "CT is locked (backup)", "times": 2})
-    backend.call("POST", "/nodes/pve1/lxc/300/status/start", safe=False)  # not safe, but nothing to do with locks
-    backend.update(guest, {"memory": 1024})
+    backend = _backend(penv, retries=4)
+    backend.settings.retry_wait = 0.2  # waits 0.2, 0.4, 0.8 s
+    penv.sim.control("POST", "/locks/300", {"lock": "backup"})  # a vzdump holds the guest for a moment
+    release = threading.Timer(0.4, penv.sim.control, ("DELETE", "/locks/300"))
+    release.start()
+    try:
+        penv.reset_calls()
+        backend.update(guest, {"memory": 1024})
+    finally:
+        release.cancel()
     assert penv.config(300)["memory"] == 1024
-    assert penv.calls()["PUT /nodes/{node}/lxc/{vmid}/config"] == 3
+    assert penv.calls()["PUT /nodes/{node}/lxc/{vmid}/config"] >= 2
+
+
+def test_an_unsafe_call_refused_for_a_lock_is_retried(penv: Env) -> None:
+    _ct(penv)
+    backend = _backend(penv, retries=3)
+    penv.sim.control("POST", "/faults", {"method": "DELETE", "path": "/lxc/300$", "status": 500,
+                                         "message": "CT is locked (backup)", "times": 1})
+    penv.reset_calls()
+    upid = backend.call("DELETE", "/nodes/pve1/lxc/300", safe=False)
+    backend.wait_task(upid, "destroying CT 300")
+    assert penv.calls()["DELETE /nodes/{node}/lxc/{vmid}"] == 2 and penv.lxc() == []
 
 
 def test_polling_an_unparseable_upid_fails_at_once(penv: Env) -> None:
