@@ -125,6 +125,7 @@ def test_lxc_template_cache_picks_by_version_not_mtime(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("wanted", "current", "keys"), [
     ({"nesting": True}, None, []),
+    ({"nesting": True}, "nesting=0", []),
     ({"nesting": True, "keyctl": True}, None, ["keyctl"]),
     ({"nesting": True, "keyctl": True}, "nesting=1,keyctl=1", []),
     ({"nesting": True, "keyctl": True}, "keyctl=on,nesting=0", []),
@@ -134,6 +135,11 @@ def test_lxc_template_cache_picks_by_version_not_mtime(tmp_path: Path) -> None:
 ])
 def test_root_only_features(wanted: dict[str, bool], current: str | None, keys: list[str]) -> None:
     assert root_only_features(wanted, current) == keys
+
+
+def test_root_only_features_of_a_privileged_container() -> None:
+    assert root_only_features({"nesting": True}, None, unprivileged=False) == ["nesting"]
+    assert root_only_features({"nesting": True}, "nesting=1", unprivileged=False) == []
 
 
 # --- against pvesim -------------------------------------------------------------------------------
@@ -317,3 +323,13 @@ def test_plan_and_check_flag_root_only_features(penv: Env, capsys: pytest.Captur
     assert "root@pam itself" not in err
     code, out, err = penv.run("plan", capsys=capsys)
     assert "root@pam itself" not in out
+
+
+def test_check_flags_features_of_a_privileged_container(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    _one_container(penv)
+    penv.edit(lambda d: d["containers"][0].update(unprivileged=False))  # default features: nesting=1
+    code, _out, err = penv.run("check", capsys=capsys)
+    assert code == 0
+    assert "features nesting: PVE lets only root@pam itself set feature flags on a privileged container" in err
+    code, _out, err = penv.run("apply", capsys=capsys)
+    assert code == 1 and "changing feature flags for privileged container is only allowed for root@pam" in err

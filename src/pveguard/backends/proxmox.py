@@ -326,12 +326,12 @@ def _who(s: PveSettings) -> str:
     return f"token {s.user}!{s.token_id}" if s.token_id else f"user {s.user}"
 
 
-def root_only_features(wanted: dict[str, bool], current: str | None = None) -> list[str]:
-    """The feature flags other than `nesting` that creating (current None) or updating to `wanted` changes.
+def root_only_features(wanted: dict[str, bool], current: str | None = None, unprivileged: bool = True) -> list[str]:
+    """The feature flags that only root@pam itself may change, among those creating (current None) or
+    updating to `wanted` changes: all but `nesting` -- on a privileged container, all of them.
 
-    PVE lets only root@pam itself change those, and any flag of a privileged container
-    (pve-container src/PVE/LXC.pm check_ct_modify_config_perm): it compares each flag's old and new
-    value, an absent flag counting as ''.
+    pve-container src/PVE/LXC.pm check_ct_modify_config_perm compares each flag's old and new value,
+    an absent flag counting as ''.
     """
     def parse(text: str) -> dict[str, str]:
         out = {}
@@ -342,15 +342,19 @@ def root_only_features(wanted: dict[str, bool], current: str | None = None) -> l
 
     old = parse(current or "")
     new = {k: "1" for k, v in wanted.items() if v}
-    return sorted(k for k in set(old) | set(new) if k != "nesting" and old.get(k, "") != new.get(k, ""))
+    changed = sorted(k for k in set(old) | set(new) if old.get(k, "") != new.get(k, ""))
+    return changed if not unprivileged else [k for k in changed if k != "nesting"]
 
 
-def root_only_note(settings: PveSettings, keys: list[str], features: dict[str, bool], vmid: int | None) -> str | None:
+def root_only_note(settings: PveSettings, keys: list[str], features: dict[str, bool], vmid: int | None,
+                   unprivileged: bool = True) -> str | None:
     """What to tell the user when `keys` need root@pam and the credentials are not root@pam (else None)."""
     if not keys or is_root_pam(settings):
         return None
     value = ",".join(f"{k}=1" for k, v in sorted(features.items()) if v) or "''"
-    return (f"features {', '.join(keys)}: PVE lets only root@pam itself change feature flags other than nesting, "
+    rule = ("change feature flags other than nesting" if unprivileged
+            else "set feature flags on a privileged container")
+    return (f"features {', '.join(keys)}: PVE lets only root@pam itself {rule}, "
             f"so {_who(settings)} will be refused (403); run this apply as root@pam with its password "
             f"(PVEGUARD_PVE_USER=root@pam, PVEGUARD_PVE_PASSWORD), or set it by hand once on the node: "
             f"pct set {vmid if vmid is not None else '<vmid>'} --features {value}")
@@ -372,7 +376,8 @@ def feature_credential_warnings(strategy: Any, env: Any) -> list[tuple[str, str]
         return []  # reported by the commands that connect
     out = []
     for i, c in enumerate(strategy.containers):
-        note = root_only_note(settings, root_only_features(dict(c.features)), dict(c.features), c.vmid)
+        features, unpriv = dict(c.features), c.unprivileged
+        note = root_only_note(settings, root_only_features(features, None, unpriv), features, c.vmid, unpriv)
         if note:
             out.append((f"containers[{i}].features", note))
     return out
@@ -643,9 +648,11 @@ class ProxmoxBackend(Backend):
         self._templates[key] = best
         return best
 
-    def feature_note(self, features: dict[str, bool], current: str | None, vmid: int | None) -> str | None:
+    def feature_note(self, features: dict[str, bool], current: str | None, vmid: int | None,
+                     unprivileged: bool = True) -> str | None:
         """A plan note when this create/update changes root@pam-only feature flags with other credentials."""
-        return root_only_note(self.settings, root_only_features(features, current), features, vmid)
+        keys = root_only_features(features, current, unprivileged)
+        return root_only_note(self.settings, keys, features, vmid, unprivileged)
 
     def create_params(self, spec: GuestSpec, vmid: int, ostemplate: str) -> dict[str, Any]:
         """The POST /nodes/{node}/lxc parameters for a spec."""

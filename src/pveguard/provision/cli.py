@@ -256,8 +256,10 @@ def with_feature_notes(p: Plan, backend: Backend) -> Plan:
         return p
     for a in p.actions:
         if a.kind in ("create", "update") and a.desired is not None:
-            current = (a.config or {}).get("features") if a.guest else None
-            note = feature_note(a.desired.spec.features, current, a.vmid)
+            cfg = (a.config or {}) if a.guest else {}
+            # an existing guest keeps its unprivileged flag (it cannot change in place)
+            unpriv = bool(int(cfg["unprivileged"])) if "unprivileged" in cfg else a.desired.spec.unprivileged
+            note = feature_note(a.desired.spec.features, cfg.get("features"), a.vmid, unpriv)
             if note:
                 a.notes.append(note)
     return p
