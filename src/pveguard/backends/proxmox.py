@@ -94,6 +94,7 @@ ANSWER_SHAPES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         ("POST", r"/nodes/[^/]+/lxc", "upid"),
         ("POST", r"/nodes/[^/]+/aplinfo", "upid"),
         ("POST", r"/nodes/[^/]+/lxc/\d+/status/\w+", "upid"),
+        ("PUT", r"/nodes/[^/]+/lxc/\d+/resize", "upid"),
         ("DELETE", r"/nodes/[^/]+/lxc/\d+", "upid"),
     ))
 
@@ -796,8 +797,7 @@ class ProxmoxBackend(Backend):
         what = f"growing the {disk} disk of CT {guest.vmid} to {size}"
         try:
             upid = self.call("PUT", f"{self._ct(guest)}/resize", {"disk": disk, "size": size}, safe=True, what=what)
-            if upid is not None:  # PVE 8 answers a task; a pre-5.0 pve-container answered null
-                self.wait_task(upid, what)
+            self.wait_task(upid, what)  # resize_vm answers "the task ID" (stable-4 to master)
         except (PveCallError, PveTaskError) as exc:
             if exc.meaning != DONE:
                 raise
