@@ -114,12 +114,16 @@ def check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
         raise UsageError(f"cannot read {path}: {exc}") from None
     strategy, problems = check_text(text, str(path))
     if strategy is not None:
+        from pveguard.backends.proxmox import feature_credential_warnings
         from pveguard.provision.instance import pin_warning
         from pveguard.strategy.load import Problem
 
         unpinned = pin_warning(strategy, app_ctx.state_dir)
         if unpinned:
             problems.append(Problem(str(path), 0, 0, "target.instance", unpinned, "warning"))
+        # what the strategy asks and the PVE credentials may not do
+        problems += [Problem(str(path), 0, 0, fld, msg, "warning")
+                     for fld, msg in feature_credential_warnings(strategy, os.environ)]
     if json_out:
         print_json({"file": str(path), "valid": strategy is not None,
                     "problems": [p.__dict__ for p in problems]})

@@ -106,7 +106,9 @@ def _route(sim: Sim, method: str, parts: list[str], doc: dict[str, Any], q: dict
     if head == "faults":
         if method == "POST":
             f: dict[str, Any] = {
-                k: doc[k] for k in ("method", "path", "status", "message", "times", "delay_ms", "errors") if k in doc
+                k: doc[k]
+                for k in ("method", "path", "status", "message", "times", "delay_ms", "errors", "data", "body", "after")
+                if k in doc
             }
             re.compile(str(f.get("path", ".*")))
             sim.faults.append(f)

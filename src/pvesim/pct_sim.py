@@ -18,6 +18,44 @@ from pvesim.state import Guest, Sim
 
 NOT_FOUND = 255  # PVE CLI tools exit(-1) on die
 
+# `pct exec|enter --keep-env` exists since pve-container 5.0.9 (March 2024, commit "pct: add keep-env
+# option to the 'enter' and 'exec' command"); its default is 1 (lxc-attach --keep-env) in PVE 8 and, as
+# of pve-container master, still 1 with a FIXME to switch to 0 "with pve 9" (src/PVE/CLI/pct.pm).
+KEEP_ENV_SINCE = (5, 0, 9)
+# What lxc-attach --clear-env leaves: lxc puts `container=lxc` and a default PATH into the cleared env.
+CLEAR_ENV = {"container": "lxc", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+# pct's clean_environment() drops these before lxc-attach even with keep-env (fix #5194)
+_DROPPED = ("SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+def _parse_bool(text: str) -> bool | None:
+    """pve-common JSONSchema.pm parse_boolean."""
+    if re.fullmatch(r"1|on|yes|true", text, re.I):
+        return True
+    if re.fullmatch(r"0|off|no|false", text, re.I):
+        return False
+    return None
+
+
+def _exec_options(sim: Sim, args: list[str]) -> tuple[bool, list[str]] | Result:
+    """`pct exec <vmid> [--keep-env [0|1]] [--] <cmd...>` as pct's Getopt reads it: (keep_env, command)."""
+    keep: bool = sim.pct_keep_env_default
+    rest = list(args)
+    while rest and rest[0].startswith("-") and rest[0] != "--":
+        opt = rest.pop(0)
+        name, eq, value = opt.lstrip("-").partition("=")
+        if name != "keep-env" or sim.pct_version < KEEP_ENV_SINCE:
+            return _err(f"Unknown option: {name}\nunable to parse option")
+        if not eq and rest and not rest[0].startswith("-"):
+            value = rest.pop(0)  # Getopt ":s": an optional value when the next word is no option
+        parsed = True if value == "" else _parse_bool(value)
+        if parsed is None:
+            return _err("unable to parse boolean option")
+        keep = parsed
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    return keep, rest
+
 
 @dataclass
 class Result:
@@ -51,8 +89,9 @@ def _guest(sim: Sim, vmid_text: str, node: str | None) -> Guest | Result:
     return g
 
 
-def execute(sim: Sim, argv: list[str], node: str | None = None, data_b64: str | None = None) -> Result:
-    """Run one `pct ...` invocation against the sim state."""
+def execute(sim: Sim, argv: list[str], node: str | None = None, data_b64: str | None = None,
+            env: dict[str, str] | None = None) -> Result:
+    """Run one `pct ...` invocation against the sim state; `env` is the environment pct was called with."""
     if not argv:
         return _err("ERROR: no command specified")
     sub, args = argv[0], argv[1:]
@@ -75,18 +114,17 @@ def execute(sim: Sim, argv: list[str], node: str | None = None, data_b64: str | 
     if sub == "config":
         return Result(0, "".join(f"{k}: {v}\n" for k, v in sorted(g.config.items())))
     if sub == "exec":
-        rest = args[1:]
-        if "--" in rest:
-            rest = rest[rest.index("--") + 1 :]
-        else:
-            while rest and rest[0].startswith("--"):
-                rest = rest[2:] if rest[0] in ("--keep-env",) else rest[1:]
+        opts = _exec_options(sim, args[1:])
+        if isinstance(opts, Result):
+            return opts
+        keep_env, rest = opts
         if g.status != "running":
             return _err(f"container '{g.vmid}' not running!")
         if not rest:
             return _err("missing command at /usr/share/perl5/PVE/CLI/pct.pm line 229.")
-        sim.pct_log.append({"vmid": g.vmid, "node": g.node, "argv": rest, "time": sim.now()})
-        return _run(sim, g, rest)
+        inside = {k: v for k, v in (env or {}).items() if k not in _DROPPED} if keep_env else dict(CLEAR_ENV)
+        sim.pct_log.append({"vmid": g.vmid, "node": g.node, "argv": rest, "time": sim.now(), "env": inside})
+        return _run(sim, g, rest, inside)
     if sub == "push":
         if len(args) < 3:
             return _err("400 not enough arguments\npct push <vmid> <file> <destination> [OPTIONS]")
@@ -123,10 +161,12 @@ def _scripted(sim: Sim, g: Guest, cmd: list[str]) -> Result | None:
     return None
 
 
-def _run(sim: Sim, g: Guest, cmd: list[str]) -> Result:
+def _run(sim: Sim, g: Guest, cmd: list[str], env: dict[str, str] | None = None) -> Result:
     hit = _scripted(sim, g, cmd)
     if hit is not None:
         return hit
+    if cmd in (["env"], ["printenv"]):  # what the command sees of the environment pct passed in
+        return Result(0, "".join(f"{k}={v}\n" for k, v in sorted((env or {}).items())))
     if len(cmd) >= 3 and cmd[0].rsplit("/", 1)[-1] in ("sh", "bash", "dash") and cmd[1] in ("-c", "-lc", "-ec"):
         return _run_script(sim, g, cmd[2])
     return _builtin(sim, g, cmd)
@@ -315,7 +355,9 @@ def control(sim: Sim, method: str, rest: list[str], doc: dict[str, Any], q: dict
     head = rest[0] if rest else ""
     if head == "exec" and method == "POST":
         argv = [str(a) for a in doc.get("argv", [])]
-        return execute(sim, argv, doc.get("node"), doc.get("data_b64")).as_dict()
+        env = doc.get("env")
+        return execute(sim, argv, doc.get("node"), doc.get("data_b64"),
+                       {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else None).as_dict()
     if head == "log":
         if method == "DELETE":
             sim.pct_log.clear()
@@ -329,6 +371,12 @@ def control(sim: Sim, method: str, rest: list[str], doc: dict[str, Any], q: dict
             sim.pct_scripts.clear()
         return list(sim.pct_scripts)
     if head == "default" and method == "POST":
-        sim.pct_default_exit = int(doc.get("exit", 0))
-        return {"exit": sim.pct_default_exit}
+        if "exit" in doc:
+            sim.pct_default_exit = int(doc["exit"])
+        if "version" in doc:  # the pve-container version pct behaves as, e.g. "5.0.8" (no --keep-env)
+            sim.pct_version = tuple(int(x) for x in str(doc["version"]).split("."))
+        if "keep_env" in doc:  # the --keep-env default (1 in PVE 8; announced to become 0)
+            sim.pct_keep_env_default = bool(doc["keep_env"])
+        return {"exit": sim.pct_default_exit, "version": ".".join(map(str, sim.pct_version)),
+                "keep_env": int(sim.pct_keep_env_default)}
     raise KeyError(f"unknown pct control endpoint {method} {'/'.join(rest)}")

@@ -117,7 +117,8 @@ class Api:
             self.sim.calls[key] = self.sim.calls.get(key, 0) + 1
             self.sim.calls_total += 1
 
-    def _fault(self, method: str, api_path: str) -> Answer | None:
+    def _take_fault(self, method: str, api_path: str) -> dict[str, Any] | None:
+        """The first injected fault matching this call (its `times` counted down), or None."""
         hit = None
         with self.sim.lock:
             for f in self.sim.faults:
@@ -130,10 +131,17 @@ class Api:
                     f["times"] -= 1
                 break
             self.sim.faults = [f for f in self.sim.faults if f.get("times") is None or f["times"] > 0]
-        if hit is None:
-            return None
+        return hit
+
+    @staticmethod
+    def _fault_answer(hit: dict[str, Any]) -> Answer | None:
+        """The injected answer: a delay, an error status, or a malformed 200 (`data` / raw `body`)."""
         if hit.get("delay_ms"):
             time.sleep(float(hit["delay_ms"]) / 1000)
+        if "body" in hit:
+            return Answer(int(hit.get("status") or 200), "OK", str(hit["body"]).encode())
+        if "data" in hit:
+            return Answer(int(hit.get("status") or 200), "OK", _json({"data": hit["data"]}))
         status = int(hit.get("status") or 0)
         if not status:
             return None
@@ -163,9 +171,26 @@ class Api:
         routed = self.schema.route(segments) if segments else None
         template = routed[0] if routed else None
         self._count(f"{method} {template or api_path}")
-        fault = self._fault(method, api_path)
-        if fault is not None:
-            return fault
+        hit = self._take_fault(method, api_path)
+        if hit is not None and not hit.get("after"):
+            fault = self._fault_answer(hit)
+            if fault is not None:
+                return fault
+        ans = self._pipeline(method, api_path, query, headers, body, routed, template)
+        if hit is not None and hit.get("after"):  # PVE did the work; the answer is lost or mangled on the way
+            return self._fault_answer(hit) or ans
+        return ans
+
+    def _pipeline(
+        self,
+        method: str,
+        api_path: str,
+        query: str,
+        headers: dict[str, str],
+        body: bytes,
+        routed: tuple[str, dict[str, str]] | None,
+        template: str | None,
+    ) -> Answer:
         sim = self.sim
         minfo = self.schema.methods.get((method, template)) if template else None
         auth: Auth | None = None

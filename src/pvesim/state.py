@@ -452,6 +452,8 @@ class Sim:
         self.pct_log: list[dict[str, Any]] = []
         self.pct_scripts: list[dict[str, Any]] = []
         self.pct_default_exit = 0
+        self.pct_version: tuple[int, ...] = (5, 3, 5)  # pve-container, newest on stable-bookworm (PVE 8.4)
+        self.pct_keep_env_default = True
         self.guest_packages: dict[int, dict[str, str]] = {}
         self.guest_files: dict[int, dict[str, bytes]] = {}
         self.unavailable_packages: set[str] = set()

@@ -316,6 +316,8 @@ def test_lost_update_answer_is_not_a_failure(penv: Env, capsys: pytest.CaptureFi
 def test_change_that_needs_a_restart_is_reported(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
     penv.edit(lambda d: d.update(containers=d["containers"][:1]))
     assert penv.run("apply", capsys=capsys)[0] == 0
+    # PVE lets only root@pam itself (not a token) change features other than nesting
+    penv.env.update(PVEGUARD_PVE_TOKEN="", PVEGUARD_PVE_USER="root@pam", PVEGUARD_PVE_PASSWORD=penv.sim.password)
     penv.edit(lambda d: d["containers"][0].update(features={"nesting": True, "keyctl": True}))
     penv.edit(lambda d: d["containers"][0]["resources"].update(memory="6G"))
     code, out, _ = penv.run("plan", capsys=capsys)

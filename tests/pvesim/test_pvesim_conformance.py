@@ -19,6 +19,29 @@ pytestmark = pytest.mark.skipif(not schema_available(), reason="PVE API schema n
 TEMPLATE = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst"
 # Documented PVE quirks: Perl stringification leaks numbers as strings.
 KNOWN_LEAKS = {("GET", "/cluster/nextid")}
+# Where `returns` says only "string" for values PVE passes through from a guest's config file, the
+# value's type is the config key's: pve-container src/PVE/LXC/Config.pm parse_pct_config -> check_type
+# gives integers and booleans as Perl numbers (JSON numbers) and leaves numbers and strings as the
+# file's text. answer (method, path) -> the method whose parameters type the row's `key`.
+KEYED_VALUES = {("GET", "/nodes/{node}/lxc/{vmid}/pending"): ("PUT", "/nodes/{node}/lxc/{vmid}/config")}
+
+
+def keyed_value_errors(rows: Any, params: dict[str, Any], where: str = "$") -> list[str]:
+    """Rows `{key, value?, pending?}` whose values must have the JSON type their config key has in PVE."""
+    props = params.get("properties") or {}
+    errs: list[str] = []
+    for i, row in enumerate(rows if isinstance(rows, list) else []):
+        key = str(row.get("key"))
+        typ = (props.get(key) or props.get(re.sub(r"\d+$", "[n]", key)) or {}).get("type")
+        numeric = typ in ("integer", "boolean")
+        for field in ("value", "pending"):
+            if field not in row:
+                continue
+            v = row[field]
+            ok = isinstance(v, int) and not isinstance(v, bool) if numeric else isinstance(v, str)
+            if not ok:
+                errs.append(f"{where}[{i}].{field} ({key}): {v!r} should be a JSON {'number' if numeric else 'string'}")
+    return errs
 
 
 def conform(schema: dict[str, Any] | None, value: Any, where: str = "$") -> list[str]:
@@ -114,7 +137,7 @@ def world() -> Iterator[tuple[SimHandle, dict[str, str]]]:
                 "net0": "name=eth0,bridge=vmbr0,ip=dhcp",
             },
         )
-        w("PUT", "/nodes/pve1/lxc/300/config", {"hostname": "web", "ostype": "ubuntu"})
+        w("PUT", "/nodes/pve1/lxc/300/config", {"hostname": "web", "ostype": "ubuntu", "cores": 2})
         w("POST", "/nodes/pve1/lxc/300/snapshot", {"snapname": "s1"})
         w("POST", "/pools", {"poolid": "pool1"})
         w("PUT", "/pools/pool1", {"vms": "300"})
@@ -248,7 +271,12 @@ def test_get_handlers_conform_to_returns(world: tuple[SimHandle, dict[str, str]]
         if status != 200:
             problems.append(f"GET {url}: {status} {reason}")
             continue
-        problems += [f"GET {path}: {e}" for e in conform(m.returns, body["data"] if body else None)]
+        data = body["data"] if body else None
+        if (method, path) in KEYED_VALUES:  # values checked by their key's type, the rest by `returns`
+            typed_by = schema.methods[KEYED_VALUES[(method, path)]].parameters
+            problems += [f"GET {path}: {e}" for e in keyed_value_errors(data, typed_by)]
+            data = [{k: v for k, v in row.items() if k not in ("value", "pending")} for row in data]
+        problems += [f"GET {path}: {e}" for e in conform(m.returns, data)]
         checked += 1
     assert not problems, "\n".join(problems)
     assert checked >= 60

@@ -51,7 +51,7 @@ def test_full_lxc_lifecycle(pvesim: SimHandle, auth: str) -> None:
     # running CT: memory hot-plugs, hostname is fast-plug, ostype goes pending
     node.lxc(vmid).config.put(memory=1024, digest=cfg["digest"], ostype="ubuntu")
     pending = {e["key"]: e for e in node.lxc(vmid).pending.get()}
-    assert pending["ostype"]["pending"] == "ubuntu" and pending["memory"]["value"] == "1024"
+    assert pending["ostype"]["pending"] == "ubuntu" and pending["memory"]["value"] == 1024
     with pytest.raises(ResourceException) as ei:
         node.lxc(vmid).config.put(memory=2048, digest=cfg["digest"])
     assert ei.value.status_code == 500

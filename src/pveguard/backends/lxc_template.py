@@ -1,10 +1,10 @@
 """OS templates for the plain-LXC backend: root filesystem tarballs, like PVE's vztmpl.
 
-A template `<name>` is the newest file `<name>_*.tar.{zst,gz,xz}` or `<name>_*.tar` in the
-template cache, so PVE's own downloaded templates (`debian-12-standard_12.7-1_amd64.tar.zst`)
-can be dropped in. Templates whose name starts with `debian-12` are built on first use with
-debootstrap from the host's Debian mirror, once per machine, under a file lock (parallel
-creates wait for one build instead of running several).
+A template `<name>` is the file `<name>_*.tar.{zst,gz,xz}` or `<name>_*.tar` in the template cache
+with the highest Debian version (`backends.vztmpl`: 12.12-1 beats 12.7-1), so PVE's own downloaded
+templates (`debian-12-standard_12.7-1_amd64.tar.zst`) can be dropped in. Templates whose name starts
+with `debian-12` are built on first use with debootstrap from the host's Debian mirror, once per
+machine, under a file lock (parallel creates wait for one build instead of running several).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pveguard.aptsources import debian_mirror
+from pveguard.backends import vztmpl
 from pveguard.errors import BackendError, BackendUnavailable
 
 SUITE = "bookworm"
@@ -31,12 +32,13 @@ Progress = Callable[[str], None]
 
 
 def find(cache: Path, template: str) -> Path | None:
-    """The newest cached tarball for `template`, or None."""
+    """The cached tarball for `template` with the highest Debian version, or None."""
     if not cache.is_dir():
         return None
-    found = [p for p in cache.iterdir()
-             if p.is_file() and p.name.startswith(f"{template}_") and p.name.endswith(SUFFIXES)]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    found = {p.name: p for p in cache.iterdir()
+             if p.is_file() and p.name.startswith(f"{template}_") and p.name.endswith(SUFFIXES)}
+    best = vztmpl.newest(found)
+    return found[best] if best is not None else None
 
 
 def buildable(template: str) -> bool:

@@ -3,15 +3,22 @@
 What PVE's API cannot do -- run a command inside a container, copy files in and out -- goes through
 `pct exec|push|pull` on the guest's node: directly when we run on that node, else over SSH.
 
-Retries: a call is repeated (with backoff) on 5xx, 595-599 and timeouts only when repeating it is
-harmless -- reads, and writes that set absolute values (config PUT, resize to a size). A create is
+Retries go by what PVE's answer means, not by its status code (`classify`): a transport failure or
+an unexplained 5xx/595 is repeated (with backoff) only when repeating the call is harmless -- reads,
+and writes that set absolute values (config PUT, resize to a size); "CT is locked" is repeated after
+a wait, whatever the call, because PVE refused it before doing anything; "disk is already at
+specified size" means done; a digest mismatch or an unparseable UPID fails at once. A create is
 never blindly re-sent: after a failure we look whether the guest appeared, and only when it did not
 do we try again, with a fresh VMID.
+
+Every answer is checked against the shape PVE's schema promises (`ANSWER_SHAPES`) where it enters,
+so a broken answer (`{"data": null}` for a list) is an error naming the call, never "no guests".
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import shlex
 import socket
 import subprocess
@@ -23,9 +30,9 @@ from typing import Any
 import requests
 from proxmoxer import ProxmoxAPI, ResourceException
 from proxmoxer.core import AuthenticationError
-from proxmoxer.tools import Tasks
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from pveguard.backends import vztmpl
 from pveguard.backends.base import (
     Backend,
     Capabilities,
@@ -43,6 +50,107 @@ Progress = Callable[[str], None]
 
 # Status codes worth repeating a safe call for: server errors and AnyEvent's proxy pseudo-codes.
 _RETRY_STATUS = range(500, 600)
+
+# What an answer means for the caller (`classify`).
+RETRY = "retry"    # transient (transport, an unexplained 5xx, 595 node unreachable): repeat if harmless
+LOCKED = "locked"  # refused before anything happened because a lock is held: repeat after a wait
+DONE = "done"      # refused because what was asked for is already so
+FAIL = "fail"      # repeating cannot help
+
+# PVE's messages and what they mean, whatever status line carries them (first match wins). pvesh and
+# older PVE put the same text on stderr or in the reason phrase, so the text decides, not the code.
+_MEANINGS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # pve-container src/PVE/API2/LXC.pm resize_vm: dies before forking the task when size == new size
+    (re.compile(r"disk is already at specified size"), DONE),
+    # pve-guest-common AbstractConfig.pm check_lock: "CT is locked (backup)" -- no VMID in it
+    (re.compile(r"\b(?:CT|VM) is locked \("), LOCKED),
+    # pve-common src/PVE/Tools.pm lock_file_full: the config flock timed out (another call holds it)
+    (re.compile(r"can't lock file '[^']*' - got timeout"), LOCKED),
+    # pve-common src/PVE/Tools.pm upid_decode / pve-manager PVE/API2/Tasks.pm: a UPID never parses later
+    (re.compile(r"unable to parse worker upid|no such task"), FAIL),
+    # pve-common src/PVE/Tools.pm assert_if_modified: a digest mismatch stays one however often repeated
+    (re.compile(r"detected modified configuration"), FAIL),
+    (re.compile(r"unable to shrink disk size"), FAIL),
+)
+
+# The shape of each answer pveguard reads, from the `returns` of PVE's API schema (pve-api-8.4.json;
+# tests/provision/test_answer_shapes.py checks this table against it). "list" = array of objects,
+# "object", "id" = integer or numeric string (Perl leaks numbers as strings), "upid" = a task id.
+ANSWER_SHAPES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
+    (m, re.compile(rx), shape) for m, rx, shape in (
+        ("GET", r"/cluster/resources", "list"),
+        ("GET", r"/cluster/status", "list"),
+        ("GET", r"/cluster/nextid", "id"),
+        ("GET", r"/cluster/backup", "list"),
+        ("GET", r"/cluster/backup-info/not-backed-up", "list"),
+        ("GET", r"/nodes/[^/]+/storage/[^/]+/content", "list"),
+        ("GET", r"/nodes/[^/]+/aplinfo", "list"),
+        ("GET", r"/nodes/[^/]+/lxc/\d+/config", "object"),
+        ("GET", r"/nodes/[^/]+/lxc/\d+/pending", "list"),
+        ("GET", r"/nodes/[^/]+/lxc/\d+/status/current", "object"),
+        ("GET", r"/nodes/[^/]+/tasks/[^/]+/status", "object"),
+        ("GET", r"/access/permissions", "object"),
+        ("GET", r"/version", "object"),
+        ("POST", r"/nodes/[^/]+/lxc", "upid"),
+        ("POST", r"/nodes/[^/]+/aplinfo", "upid"),
+        ("POST", r"/nodes/[^/]+/lxc/\d+/status/\w+", "upid"),
+        ("PUT", r"/nodes/[^/]+/lxc/\d+/resize", "upid"),
+        ("DELETE", r"/nodes/[^/]+/lxc/\d+", "upid"),
+    ))
+
+# A UPID as PVE parses it (pve-common src/PVE/Tools.pm upid_decode): node, pid, pstart, start time,
+# type, id, user. Anything else can never be polled, so it fails at once instead of at the timeout.
+_UPID_RX = re.compile(r"UPID:([a-zA-Z0-9](?:[a-zA-Z0-9\-]*[a-zA-Z0-9])?):[0-9A-Fa-f]{8}:[0-9A-Fa-f]{8,9}:"
+                      r"[0-9A-Fa-f]{8}:[^:\s/]+:[^:\s/]*:[^:\s/]+:")
+
+
+def upid_node(upid: Any) -> str | None:
+    """The node a task runs on, or None when `upid` is not a UPID PVE would accept."""
+    m = _UPID_RX.fullmatch(upid) if isinstance(upid, str) else None
+    return m.group(1) if m else None
+
+
+def _shape_of(method: str, path: str) -> str | None:
+    p = "/" + path.strip("/")
+    return next((shape for m, rx, shape in ANSWER_SHAPES if m == method and rx.fullmatch(p)), None)
+
+
+_NO_DATA = object()  # an answer without a "data" member
+
+
+def _described(data: Any) -> str:
+    """An unexpected answer, short and without Python reprs."""
+    if data is _NO_DATA:
+        return "no 'data'"
+    if data is None:
+        return "data=null"
+    kind = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}.get(type(data), "a number")
+    if isinstance(data, str | int | float) and not isinstance(data, bool):
+        text = str(data)
+        return f"{kind} ({text[:40]}{'...' if len(text) > 40 else ''})"
+    return kind
+
+
+def check_shape(method: str, path: str, data: Any) -> str | None:
+    """Why an answer does not have the shape the schema promises for this call (None when it does)."""
+    shape = _shape_of(method, path)
+    if data is _NO_DATA:
+        return "returned no 'data'"
+    expected = {"list": "a list of objects", "object": "an object", "id": "a number",
+                "upid": "a task id (UPID)"}.get(shape or "")
+    if shape is None or expected is None:
+        return None
+    if shape == "list":
+        if not isinstance(data, list):
+            return f"returned {_described(data)}, expected {expected}"
+        bad = next((i for i, row in enumerate(data) if not isinstance(row, dict)), None)
+        return None if bad is None else f"returned {_described(data[bad])} as item {bad}, expected {expected}"
+    if shape == "object":
+        return None if isinstance(data, dict) else f"returned {_described(data)}, expected {expected}"
+    if shape == "id":
+        ok = (isinstance(data, int) and not isinstance(data, bool)) or (isinstance(data, str) and data.isdigit())
+        return None if ok else f"returned {_described(data)}, expected {expected}"
+    return None if upid_node(data) else f"returned {_described(data)}, expected {expected}"
 
 
 @dataclass
@@ -117,13 +225,29 @@ def pve_params(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def is_retryable(exc: BaseException) -> bool:
-    """Server errors, proxy pseudo-codes (595 node unreachable...) and transport timeouts."""
+def meaning_of(text: str) -> str | None:
+    """What one of PVE's messages (an error answer, or a task's exit status) means, if it is a known one."""
+    return next((meaning for rx, meaning in _MEANINGS if rx.search(text)), None)
+
+
+def classify(exc: BaseException) -> str:
+    """RETRY, LOCKED, DONE or FAIL for a failed call: by PVE's message first, then by status/transport."""
     if isinstance(exc, ResourceException):
-        # a digest mismatch stays one however often it is repeated
-        return exc.status_code in _RETRY_STATUS and "detected modified configuration" not in str(exc.content)
-    return isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout
-                      | subprocess.TimeoutExpired)
+        errors = exc.errors if isinstance(exc.errors, dict) else {}
+        text = " ".join([str(exc.content or ""), *(str(v) for v in errors.values())])
+        known = meaning_of(text)
+        if known is not None:
+            return known
+        return RETRY if exc.status_code in _RETRY_STATUS else FAIL
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout
+                  | subprocess.TimeoutExpired):
+        return RETRY
+    return FAIL
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Worth repeating at all (transient, or refused for a lock that will go away)."""
+    return classify(exc) in (RETRY, LOCKED)
 
 
 def pve_message(exc: BaseException) -> str:
@@ -164,6 +288,10 @@ def _hint_for(exc: BaseException) -> str | None:
     if isinstance(exc, ResourceException):
         if exc.status_code == 401:
             return "the credentials were refused; check PVEGUARD_PVE_TOKEN / PVEGUARD_PVE_USER"
+        if exc.status_code == 403 and "only allowed for root@pam" in str(exc.content):
+            return ("PVE allows this to root@pam itself only (a password login, not an API token): use those "
+                    "credentials (PVEGUARD_PVE_USER=root@pam, PVEGUARD_PVE_PASSWORD) or make the change by hand "
+                    "once with 'pct set' on the node")
         if exc.status_code == 403:
             return "the API user or token lacks a privilege; grant it on the path named above"
         if exc.status_code in (595, 596, 597, 599):
@@ -184,14 +312,96 @@ def _tags(raw: Any) -> list[str]:
     return sorted({t for t in str(raw or "").replace(",", ";").replace(" ", ";").split(";") if t})
 
 
+def is_root_pam(s: PveSettings) -> bool:
+    """True when PVE sees the user root@pam itself: pvesh on the node, or a root@pam password login.
+
+    A token of root@pam is `root@pam!id` to PVE and does not count (pve-access-control
+    AccessControl.pm verify_token); some changes are allowed to root@pam alone.
+    """
+    return s.mode == "local" or (not s.token_id and s.user == "root@pam")
+
+
+def _who(s: PveSettings) -> str:
+    if s.mode == "local":
+        return "root@pam (pvesh)"
+    return f"token {s.user}!{s.token_id}" if s.token_id else f"user {s.user}"
+
+
+def root_only_features(wanted: dict[str, bool], current: str | None = None, unprivileged: bool = True) -> list[str]:
+    """The feature flags that only root@pam itself may change, among those creating (current None) or
+    updating to `wanted` changes: all but `nesting` -- on a privileged container, all of them.
+
+    pve-container src/PVE/LXC.pm check_ct_modify_config_perm compares each flag's old and new value,
+    an absent flag counting as ''.
+    """
+    def parse(text: str) -> dict[str, str]:
+        out = {}
+        for kv in filter(None, text.split(",")):
+            k, _, v = kv.partition("=")
+            out[k.strip()] = "1" if v.strip().lower() in ("1", "on", "yes", "true") else "0"
+        return out
+
+    old = parse(current or "")
+    new = {k: "1" for k, v in wanted.items() if v}
+    changed = sorted(k for k in set(old) | set(new) if old.get(k, "") != new.get(k, ""))
+    return changed if not unprivileged else [k for k in changed if k != "nesting"]
+
+
+def root_only_note(settings: PveSettings, keys: list[str], features: dict[str, bool], vmid: int | None,
+                   unprivileged: bool = True) -> str | None:
+    """What to tell the user when `keys` need root@pam and the credentials are not root@pam (else None)."""
+    if not keys or is_root_pam(settings):
+        return None
+    value = ",".join(f"{k}=1" for k, v in sorted(features.items()) if v) or "''"
+    rule = ("change feature flags other than nesting" if unprivileged
+            else "set feature flags on a privileged container")
+    return (f"features {', '.join(keys)}: PVE lets only root@pam itself {rule}, "
+            f"so {_who(settings)} will be refused (403); run this apply as root@pam with its password "
+            f"(PVEGUARD_PVE_USER=root@pam, PVEGUARD_PVE_PASSWORD), or set it by hand once on the node: "
+            f"pct set {vmid if vmid is not None else '<vmid>'} --features {value}")
+
+
+def feature_credential_warnings(strategy: Any, env: Any) -> list[tuple[str, str]]:
+    """(field, message) for each container whose feature flags the configured PVE credentials cannot set.
+
+    For `check`, without connecting: only when the target resolves to PVE and its settings can be read.
+    """
+    from pveguard.backends import choose, proxmox_settings
+    from pveguard.errors import PveguardError
+
+    try:
+        if choose(strategy, env) != "proxmox":
+            return []
+        settings = proxmox_settings(strategy, env)
+    except PveguardError:
+        return []  # reported by the commands that connect
+    out = []
+    for i, c in enumerate(strategy.containers):
+        features, unpriv = dict(c.features), c.unprivileged
+        note = root_only_note(settings, root_only_features(features, None, unpriv), features, c.vmid, unpriv)
+        if note:
+            out.append((f"containers[{i}].features", note))
+    return out
+
+
 class PveCallError(BackendError):
     """A failed API call: PVE's message, plus what the retry logic needs to know about it."""
 
     def __init__(self, message: str, hint: str | None = None, *, status: int | None = None,
-                 retryable: bool = False) -> None:
+                 retryable: bool = False, meaning: str = FAIL) -> None:
         super().__init__(message, hint)
         self.status = status
-        self.retryable = retryable
+        self.retryable = retryable  # transient: the call may or may not have happened
+        self.meaning = meaning
+
+
+class PveTaskError(BackendError):
+    """A PVE task that ended with an error; `meaning` is what its exit status means (`classify`)."""
+
+    def __init__(self, message: str, hint: str | None = None, *, exitstatus: str = "") -> None:
+        super().__init__(message, hint)
+        self.exitstatus = exitstatus
+        self.meaning = meaning_of(exitstatus) or FAIL
 
 
 @dataclass
@@ -240,29 +450,44 @@ class ProxmoxBackend(Backend):
 
     def call(self, method: str, path: str, params: dict[str, Any] | None = None, *, safe: bool | None = None,
              what: str | None = None) -> Any:
-        """One API call; `safe` (default: GET only) allows retries on 5xx/595/timeouts.
+        """One API call; `safe` (default: GET only) allows retries on transient failures (`classify`).
 
-        Failures become BackendError carrying PVE's own message.
+        A "locked" refusal is retried whatever the call (PVE refused before doing anything).
+        Failures, and answers without the shape the schema promises, become BackendError naming the call
+        with PVE's own message.
         """
         if safe is None:
             safe = method == "GET"
-        attempts = self.settings.retries if safe else 1
+
+        def worth_repeating(exc: BaseException) -> bool:
+            meaning = classify(exc)
+            return meaning == LOCKED or (safe and meaning == RETRY)
+
         try:
-            for attempt in Retrying(stop=stop_after_attempt(max(1, attempts)), reraise=True,
-                                    retry=retry_if_exception(is_retryable),
+            for attempt in Retrying(stop=stop_after_attempt(max(1, self.settings.retries)), reraise=True,
+                                    retry=retry_if_exception(worth_repeating),
                                     wait=wait_exponential(multiplier=self.settings.retry_wait, max=10)):
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         log.info("retrying %s %s (attempt %d)", method, path, attempt.retry_state.attempt_number)
-                    return self._raw(method, path, params)
+                    data = self._raw(method, path, params)
         except (ResourceException, requests.exceptions.RequestException, subprocess.TimeoutExpired) as exc:
             raise self._error(exc, what or f"{method} {path}") from None
-        raise AssertionError("unreachable")  # pragma: no cover
+        except KeyError:  # proxmoxer reads json["data"]: a JSON answer without it
+            data = _NO_DATA
+        wrong = check_shape(method, path, data)
+        if wrong is not None:
+            raise PveCallError(f"{what + ': ' if what else ''}{method} {path} {wrong}",
+                               hint="the API answered with something PVE does not send; check that the target is "
+                                    "a PVE node (pveproxy) and look at its journal (journalctl -u pveproxy)",
+                               status=200)
+        return data
 
     def _error(self, exc: BaseException, what: str) -> PveCallError:
         where = f" at {self.settings.host}" if isinstance(exc, requests.exceptions.RequestException) else ""
+        meaning = classify(exc)
         return PveCallError(f"{what} failed{where}: {pve_message(exc)}", hint=_hint_for(exc),
-                            status=getattr(exc, "status_code", None), retryable=is_retryable(exc))
+                            status=getattr(exc, "status_code", None), retryable=meaning == RETRY, meaning=meaning)
 
     def wait_task(self, upid: str, what: str, progress: Progress | None = None,
                   timeout: float | None = None) -> None:
@@ -273,10 +498,10 @@ class ProxmoxBackend(Backend):
         once more after the task stopped.
         """
         timeout = self.settings.task_timeout if timeout is None else timeout
-        try:
-            node = Tasks.decode_upid(upid)["node"]
-        except AssertionError:
-            raise BackendError(f"{what}: PVE returned {upid!r} where a task id (UPID) was expected") from None
+        node = upid_node(upid)
+        if node is None:
+            raise BackendError(f"{what}: PVE returned {_described(upid)} where a task id (UPID) was expected",
+                               hint="such a task can never be polled; look at the node's task list in PVE")
         start = time.monotonic()
         interval = min(0.1, self.settings.poll_interval)
         last_report = start
@@ -285,9 +510,12 @@ class ProxmoxBackend(Backend):
             try:
                 status = self._raw("GET", path)
             except (ResourceException, requests.exceptions.RequestException) as exc:
-                if not is_retryable(exc):
+                if classify(exc) != RETRY:  # e.g. "unable to parse worker upid": polling on cannot help
                     raise self._error(exc, f"{what}: reading the task status") from None
                 status = {"status": "unknown"}
+            wrong = check_shape("GET", path, status)
+            if wrong is not None:
+                raise PveCallError(f"{what}: reading the task status: GET {path} {wrong}", status=200)
             if status.get("status") == "stopped":
                 break
             elapsed = time.monotonic() - start
@@ -303,15 +531,27 @@ class ProxmoxBackend(Backend):
             interval = min(interval * 1.5, self.settings.poll_interval)
         exitstatus = str(status.get("exitstatus", ""))
         if exitstatus != "OK" and not exitstatus.startswith("WARNINGS"):
-            raise BackendError(f"{what} failed on node {node}: {exitstatus or 'unknown task error'}",
-                               hint=f"see the task log: pvesh get /nodes/{node}/tasks/{upid}/log")
+            raise PveTaskError(f"{what} failed on node {node}: {exitstatus or 'unknown task error'}",
+                               hint=f"see the task log: pvesh get /nodes/{node}/tasks/{upid}/log",
+                               exitstatus=exitstatus)
 
     # --- cluster state ------------------------------------------------------------------------
 
     def nodes(self) -> list[NodeInfo]:
-        rows = self.call("GET", "/cluster/resources", {"type": "node"}, what="reading the cluster nodes")
-        return [NodeInfo(r["node"], r.get("status") == "online", _int(r.get("maxmem")), _int(r.get("mem")))
+        rows = self.resources("node", what="reading the cluster nodes")
+        return [NodeInfo(str(r["node"]), r.get("status") == "online", _int(r.get("maxmem")), _int(r.get("mem")))
                 for r in rows]
+
+    def resources(self, type: str | None = None, what: str | None = None) -> list[dict[str, Any]]:
+        """GET /cluster/resources[?type=]: every row an object with the key its type needs (vmid, node)."""
+        params = {"type": type} if type else None
+        rows: list[dict[str, Any]] = self.call("GET", "/cluster/resources", params, what=what)
+        for r in rows:
+            need = "vmid" if r.get("type") in ("lxc", "qemu") else "node" if r.get("type") == "node" else None
+            if need and r.get(need) is None:
+                raise PveCallError(f"{what + ': ' if what else ''}GET /cluster/resources returned a "
+                                   f"{r.get('type')} without '{need}'", status=200)
+        return rows
 
     def capabilities(self) -> Capabilities:
         notes = [f"api: {self.settings.describe()}",
@@ -325,7 +565,7 @@ class ProxmoxBackend(Backend):
 
     def list_guests(self) -> list[Guest]:
         """Every guest from one GET /cluster/resources?type=vm."""
-        rows = self.call("GET", "/cluster/resources", {"type": "vm"}, what="listing the cluster's guests")
+        rows = self.resources("vm", what="listing the cluster's guests")
         out = []
         for r in rows:
             if r.get("template"):
@@ -340,7 +580,7 @@ class ProxmoxBackend(Backend):
         return out
 
     def stats(self) -> list[GuestStats]:
-        rows = self.call("GET", "/cluster/resources", {"type": "vm"}, what="reading guest usage")
+        rows = self.resources("vm", what="reading guest usage")
         out = []
         for r in rows:
             status = r.get("status")
@@ -390,23 +630,30 @@ class ProxmoxBackend(Backend):
             return self._templates[key]
         content = self.call("GET", f"/nodes/{node}/storage/{storage}/content", {"content": "vztmpl"},
                             what=f"listing templates on {node}:{storage}")
-        have = sorted(str(c["volid"]) for c in content
-                      if str(c.get("volid", "")).split("vztmpl/", 1)[-1].startswith(template))
-        if not have:
+        # the newest by Debian version (12.12-1 beats 12.7-1), not by text
+        best = vztmpl.newest(str(c["volid"]) for c in content
+                             if str(c.get("volid", "")).split("vztmpl/", 1)[-1].startswith(template))
+        if best is None:
             avail = self.call("GET", f"/nodes/{node}/aplinfo", what=f"listing downloadable templates on {node}")
-            names = sorted(str(a["template"]) for a in avail if str(a.get("template", "")).startswith(template))
-            if not names:
+            name = vztmpl.newest(str(a["template"]) for a in avail if str(a.get("template", "")).startswith(template))
+            if name is None:
                 raise BackendError(f"template {template!r} is neither on {node}:{storage} nor downloadable",
                                    hint="run 'pveam update' on the node, or set 'template:' to an existing "
                                         "volid like local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst")
             if progress:
-                progress(f"downloading template {names[-1]} to {node}:{storage}")
-            upid = self.call("POST", f"/nodes/{node}/aplinfo", {"storage": storage, "template": names[-1]},
-                             what=f"downloading template {names[-1]}")
-            self.wait_task(str(upid), f"downloading template {names[-1]}", progress)
-            have = [f"{storage}:vztmpl/{names[-1]}"]
-        self._templates[key] = have[-1]
-        return have[-1]
+                progress(f"downloading template {name} to {node}:{storage}")
+            upid = self.call("POST", f"/nodes/{node}/aplinfo", {"storage": storage, "template": name},
+                             what=f"downloading template {name}")
+            self.wait_task(str(upid), f"downloading template {name}", progress)
+            best = f"{storage}:vztmpl/{name}"
+        self._templates[key] = best
+        return best
+
+    def feature_note(self, features: dict[str, bool], current: str | None, vmid: int | None,
+                     unprivileged: bool = True) -> str | None:
+        """A plan note when this create/update changes root@pam-only feature flags with other credentials."""
+        keys = root_only_features(features, current, unprivileged)
+        return root_only_note(self.settings, keys, features, vmid, unprivileged)
 
     def create_params(self, spec: GuestSpec, vmid: int, ostemplate: str) -> dict[str, Any]:
         """The POST /nodes/{node}/lxc parameters for a spec."""
@@ -525,6 +772,8 @@ class ProxmoxBackend(Backend):
         params = dict(changes)
         if delete:
             params["delete"] = ",".join(delete)
+        if set(params) == {"digest"}:  # only the disk grows: a digest alone is "no options specified" to PVE
+            params = {}
         if params:
             try:
                 self.call("PUT", f"{self._ct(guest)}/config", params, safe=True,
@@ -534,10 +783,7 @@ class ProxmoxBackend(Backend):
                 if "detected modified configuration" not in exc.message or not self._has(guest, params, delete):
                     raise
         if size:
-            upid = self.call("PUT", f"{self._ct(guest)}/resize", {"disk": "rootfs", "size": str(size)}, safe=True,
-                             what=f"growing the root disk of CT {guest.vmid} to {size}")
-            if isinstance(upid, str) and upid.startswith("UPID:"):
-                self.wait_task(upid, f"growing the root disk of CT {guest.vmid}")
+            self._resize(guest, "rootfs", str(size))
         if guest.status != "running" or not params:
             return []
         try:
@@ -545,6 +791,22 @@ class ProxmoxBackend(Backend):
         except BackendError:
             return []
         return sorted(str(p["key"]) for p in pending if "pending" in p or p.get("delete"))
+
+    def _resize(self, guest: Guest, disk: str, size: str) -> None:
+        """Grow a disk to an absolute size; "already at specified size" is success, not failure.
+
+        PVE refuses a resize to the size a disk has (pve-container src/PVE/API2/LXC.pm resize_vm, before
+        the task and again inside it). When our first request landed but its answer was lost, the retry
+        meets exactly that refusal -- the disk did grow.
+        """
+        what = f"growing the {disk} disk of CT {guest.vmid} to {size}"
+        try:
+            upid = self.call("PUT", f"{self._ct(guest)}/resize", {"disk": disk, "size": size}, safe=True, what=what)
+            self.wait_task(upid, what)  # resize_vm answers "the task ID" (stable-4 to master)
+        except (PveCallError, PveTaskError) as exc:
+            if exc.meaning != DONE:
+                raise
+            log.info("%s: PVE says the disk already has that size", what)
 
     def _has(self, guest: Guest, params: dict[str, Any], delete: list[str] | None) -> bool:
         """True when the guest's config already holds these values (property strings compared as sets)."""
@@ -649,10 +911,23 @@ class ProxmoxBackend(Backend):
             raise BackendError(f"{what}: no result within {timeout:.0f}s") from None
 
     def exec(self, guest: Guest, argv: list[str], *, input: str | None = None, timeout: float = 600) -> ExecResult:
-        cmd = self._pct_argv(guest, ["exec", str(guest.vmid), "--", *argv])
-        p = self._run(cmd, f"running {argv[0]} in CT {guest.vmid}", input=input.encode() if input else None,
-                      timeout=timeout)
-        return ExecResult(p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace"))
+        """Run argv in the guest with a clean environment, on PVE 8 and 9 alike.
+
+        `pct exec` passes the caller's whole environment into the guest unless told `--keep-env 0`
+        (pve-container src/PVE/CLI/pct.pm: option since 5.0.9, default 1 with a FIXME to make 0 the
+        default in PVE 9), so we always say it. A pct older than that refuses the option before running
+        anything.
+        """
+        what = f"running {argv[0]} in CT {guest.vmid}"
+        cmd = self._pct_argv(guest, ["exec", str(guest.vmid), "--keep-env", "0", "--", *argv])
+        p = self._run(cmd, what, input=input.encode() if input else None, timeout=timeout)
+        stderr = p.stderr.decode(errors="replace")
+        if p.returncode == 255 and "Unknown option: keep-env" in stderr:
+            raise BackendError(f"{what}: pct on node {guest.node} does not know --keep-env "
+                               "(pve-container older than 5.0.9)",
+                               hint="update the node (apt full-upgrade); without the option pct would pass "
+                                    "this machine's environment into the container")
+        return ExecResult(p.returncode, p.stdout.decode(errors="replace"), stderr)
 
     def push(self, guest: Guest, local: str, remote: str, mode: int = 0o644) -> None:
         what = f"copying {local} to CT {guest.vmid}:{remote}"

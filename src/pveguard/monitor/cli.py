@@ -175,10 +175,13 @@ def monitor(
         res = mon.poll()
         if json_out:
             print_json(_poll_json(res))
-        else:
+        elif not res.error:  # a failed poll shows no table: an empty one would read as "no guests"
             console.print(status_table(mon, limit))
-        if res.error:
-            raise UsageError(f"the poll failed: {res.error}", hint="check the target settings and the API")
+        if res.error:  # an operational failure (exit 1), not a usage error
+            from pveguard.errors import OperationError
+
+            raise OperationError(f"the poll failed: {res.error}",
+                                 hint="check the target settings and the API, then run the command again")
         return
     stop = threading.Event()
     if listen:

@@ -213,26 +213,26 @@ class Source(Protocol):
 
 
 class ProxmoxResourcesSource:
-    """One `GET /cluster/resources` per sweep through a proxmoxer API object."""
+    """One `GET /cluster/resources` per sweep, through the proxmox backend's call path: transient
+    failures are retried like every other read, and a malformed answer is an error, never "no guests".
+
+    `api` is a ProxmoxBackend, or a bare proxmoxer API object (wrapped in one with default settings).
+    """
 
     name = "proxmox"
 
     def __init__(self, api: Any, managed_names: Iterable[str] = (),
                  clock: Callable[[], float] = time.time) -> None:
-        self.api = api
+        from pveguard.backends.proxmox import ProxmoxBackend, PveSettings
+
+        self.backend = api if isinstance(api, ProxmoxBackend) else ProxmoxBackend(PveSettings(mode="https"), api=api)
         self.managed_names = tuple(managed_names)
         self.clock = clock
 
     def sweep(self) -> Sweep:
-        from pveguard.errors import BackendError
-
         started = time.perf_counter()
-        try:
-            items = self.api.cluster.resources.get()
-        except Exception as exc:  # proxmoxer raises ResourceException, requests raises its own
-            raise BackendError(f"GET /cluster/resources failed: {exc}",
-                               hint="check target.proxmox (host, token) and that the API is reachable") from None
-        return Sweep(ts=self.clock(), samples=parse_resources(items or [], self.managed_names),
+        items = self.backend.resources(what="reading the cluster's resources")
+        return Sweep(ts=self.clock(), samples=parse_resources(items, self.managed_names),
                      api_calls=1, duration=time.perf_counter() - started, source=self.name)
 
 
@@ -266,12 +266,12 @@ def open_source(strategy: Any, env: Mapping[str, str] | None = None,
     """The sweep source for the strategy's target: one /cluster/resources call on the proxmox
     backend's API object, else the backend's own stats() sweep (lxc)."""
     from pveguard.backends import connect
+    from pveguard.backends.proxmox import ProxmoxBackend
 
     backend = connect(strategy, env)
     names = [c.name for c in strategy.containers]
-    api = getattr(backend, "api", None)
-    if api is not None:
-        return ProxmoxResourcesSource(api, names, clock)
+    if isinstance(backend, ProxmoxBackend):
+        return ProxmoxResourcesSource(backend, names, clock)
     return BackendStatsSource(backend, names, clock)
 
 

@@ -115,7 +115,7 @@ def plan_cmd(
         names = _only(app, only)
         backend = connect(app.strategy)
         with _closing(backend):
-            p = compute_plan(app, backend, prune, names)
+            p = with_feature_notes(compute_plan(app, backend, prune, names), backend)
     except PveguardError as exc:
         if detailed_exitcode:
             # 2 means "changes pending" here, so a broken strategy must not exit 2 (like terraform: 1)
@@ -205,7 +205,7 @@ def apply_cmd(
     p: Plan | None = None
     try:
         with apply_lock(app.state_dir), _closing(backend):
-            p = compute_plan(app, backend, prune, names)
+            p = with_feature_notes(compute_plan(app, backend, prune, names), backend)
             if not json_out:
                 render_plan(p)
             policy = app.strategy.backup.containers
@@ -403,3 +403,19 @@ def status_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
         owner = f"pveguard instance {o['owner']}" if o["owner"] else "an older pveguard (no instance id)"
         console.print(escape(f"not this installation's: {o['name']} (CT {o['vmid']} on {o['node']}), managed by "
                              f"{owner}; 'pveguard adopt {o['vmid']}' takes it over"), soft_wrap=True)
+
+
+def with_feature_notes(p: Plan, backend: Backend) -> Plan:
+    """Note on each create/update the feature flags PVE will refuse to these credentials (root@pam's alone)."""
+    feature_note = getattr(backend, "feature_note", None)  # the proxmox backend's; plain LXC has no such rule
+    if feature_note is None:
+        return p
+    for a in p.actions:
+        if a.kind in ("create", "update") and a.desired is not None:
+            cfg = (a.config or {}) if a.guest else {}
+            # an existing guest keeps its unprivileged flag (it cannot change in place)
+            unpriv = bool(int(cfg["unprivileged"])) if "unprivileged" in cfg else a.desired.spec.unprivileged
+            note = feature_note(a.desired.spec.features, cfg.get("features"), a.vmid, unpriv)
+            if note:
+                a.notes.append(note)
+    return p

@@ -87,6 +87,35 @@ def check_bridge_access(ctx: Ctx, netvalue: str) -> None:
         raise PermError(f"{path}, SDN.Use")
 
 
+def check_features_change(
+    ctx: Ctx, vmid: int, old: str | None, new: str | None, unprivileged: bool, delete: bool = False
+) -> None:
+    """pve-container src/PVE/LXC.pm check_ct_modify_config_perm, key `features` (create and update).
+
+    Only the user `root@pam` itself is exempt -- `$authuser eq 'root@pam'`, and for an API token the
+    auth user is `root@pam!<token>` (pve-access-control AccessControl.pm verify_token), so tokens
+    of root@pam are refused too. Others may change `nesting` alone (with VM.Allocate), on an
+    unprivileged container only.
+    """
+    if ctx.auth.authid == "root@pam":
+        return
+    if not unprivileged:
+        raise PermError("changing feature flags for privileged container is only allowed for root@pam")
+    fmt = _fmt("features")
+    old_f = fmt.parse(old) if old else {}
+    if delete:
+        changed = set(old_f)
+    elif old_f:
+        new_f = fmt.parse(new or "")
+        changed = {k for k in set(old_f) | set(new_f) if str(old_f.get(k, "")) != str(new_f.get(k, ""))}
+    else:  # new container, or no features set yet: every key given counts
+        changed = set(fmt.parse(new or ""))
+    if changed - {"nesting"}:
+        raise PermError("changing feature flags (except nesting) is only allowed for root@pam")
+    if changed:
+        ctx.check(f"/vms/{vmid}", ["VM.Allocate"])
+
+
 def _perm_for_key(key: str) -> str:
     if key in ("memory", "swap"):
         return "VM.Config.Memory"
@@ -354,6 +383,8 @@ def create_lxc(ctx: Ctx) -> str:
             cfg[k] = v
         else:
             cfg[k] = v
+    if "features" in p:
+        check_features_change(ctx, vmid, None, str(p["features"]), bool(p.get("unprivileged")))
     if not ctx.is_root:
         for _key, sid, _size, _parsed in alloc.items:
             ctx.check(f"/storage/{sid}", ["Datastore.AllocateSpace"])
@@ -424,18 +455,33 @@ def get_config(ctx: Ctx) -> dict[str, Any]:
     return g.config_view(bool(ctx.p.get("current")))
 
 
+def file_value(key: str, value: Any) -> Any:
+    """A config value as pve-container reads it back from the file (src/PVE/LXC/Config.pm
+    parse_pct_config -> check_type): integers and booleans become Perl numbers (`int($1)`, `1`/`0`,
+    so JSON numbers), numbers and strings stay the file's text (JSON strings)."""
+    props = load_schema().methods[("PUT", "/nodes/{node}/lxc/{vmid}/config")].parameters.get("properties") or {}
+    typ = (props.get(key) or props.get(re.sub(r"\d+$", "[n]", key)) or {}).get("type")
+    if typ in ("integer", "boolean") and not isinstance(value, str | float):
+        return int(value)
+    if typ in ("integer", "boolean") and re.fullmatch(r"\d+", str(value)):
+        return int(str(value))
+    return str(value)
+
+
 @api("GET", "/nodes/{node}/lxc/{vmid}/pending")
 def get_pending(ctx: Ctx) -> list[dict[str, Any]]:
+    """pve-container src/PVE/API2/LXC.pm vm_pending -> pve-guest-common GuestHelpers.pm
+    config_with_pending_array: one row per key of the parsed config (`digest` included), with the
+    values as parsed from the file (`file_value`), plus pending-only keys and pending deletes."""
     g = ctx.guest()
     keys = sorted(set(g.config) | set(g.pending) | set(g.pending_delete))
-    out = []
+    out: list[dict[str, Any]] = [{"key": "digest", "value": g.digest}]
     for k in keys:
         e: dict[str, Any] = {"key": k}
-        # the pending API hands out the raw config-file strings
         if k in g.config:
-            e["value"] = str(g.config[k])
+            e["value"] = file_value(k, g.config[k])
         if k in g.pending:
-            e["pending"] = str(g.pending[k])
+            e["pending"] = file_value(k, g.pending[k])
         if k in g.pending_delete:
             e["delete"] = 1
         out.append(e)
@@ -456,6 +502,11 @@ def put_config(ctx: Ctx) -> None:
             perm = _perm_for_key(k)
             if not ctx.can(f"/vms/{g.vmid}", perm):
                 raise PermError(f"/vms/{g.vmid}, {perm}")
+    unpriv = bool(g.config.get("unprivileged"))
+    if "features" in changes:
+        check_features_change(ctx, g.vmid, g.config.get("features"), str(changes["features"]), unpriv)
+    if "features" in delete or "features" in revert:
+        check_features_change(ctx, g.vmid, g.config.get("features"), None, unpriv, delete=True)
     err = lock_error(g)
     if err:
         raise die(err)
@@ -925,15 +976,27 @@ def resize(ctx: Ctx) -> str:
     m = re.fullmatch(r"(\+?)(\d+(?:\.\d+)?)([KMGT]?)", str(ctx.p["size"]))
     if not m:
         raise param_error({"size": "invalid format - unable to parse size"})
-    mult = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[m.group(3)]
-    parsed = _fmt("rootfs" if disk == "rootfs" else "mp[n]").parse(str(g.config[disk]))
-    sm = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)", str(parsed.get("size", "4G")))
-    cur = float(sm.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[sm.group(2)] if sm else 0
-    want = float(m.group(2)) * mult + (cur if m.group(1) else 0)
+    units = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    mult = units[m.group(3)]
+    fmt = _fmt("rootfs" if disk == "rootfs" else "mp[n]")
+
+    def current() -> int:
+        sm = re.fullmatch(r"(\d+(?:\.\d+)?)([KMGT]?)", str(fmt.parse(str(g.config[disk])).get("size", "4G")))
+        return int(float(sm.group(1)) * units[sm.group(2)]) if sm else 0
+
+    parsed = fmt.parse(str(g.config[disk]))
+    cur = current()
+    want = int(float(m.group(2)) * mult + (cur if m.group(1) else 0))
+    # pve-container src/PVE/API2/LXC.pm resize_vm $load_and_check: in bytes, before forking the task
+    # and again inside it (under the config lock), so a resize to the size a disk has is refused.
     if want < cur:
         raise die("unable to shrink disk size")
+    if want == cur:
+        raise die("disk is already at specified size")
 
     def work() -> list[str]:
+        if want == current():  # another resize to the same size finished first
+            raise TaskError("disk is already at specified size")
         gib = want / 1024**3
         parsed["size"] = _fmt_size(gib)
         g.config[disk] = _fmt("rootfs" if disk == "rootfs" else "mp[n]").print(parsed)
