@@ -11,10 +11,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.live import Live
-from rich.table import Table
 
 from pveguard.errors import UsageError
-from pveguard.output import console, info, print_json
+from pveguard.output import Col, FitTable, console, info, print_json
 
 monitor_app = typer.Typer(help="Poll the containers, keep series and alerts, serve /metrics.",
                           invoke_without_command=True)
@@ -102,13 +101,18 @@ def compliance_score(state_dir: Path) -> float | None:
     return float(recorded.value) if recorded is not None else None
 
 
-def status_table(mon: Any, limit: int = 40) -> Table:
-    """Guests with current values, sparklines and alert states (alerting and managed first)."""
+def status_table(mon: Any, limit: int = 40) -> FitTable:
+    """Guests with current values, sparklines and alert states (alerting and managed first).
+
+    At 80 columns the guest, name, state, cpu, memory, disk and alerts stay; trends and rates go."""
     res = mon.last
-    table = Table(title=_title(mon), expand=False)
-    for col in ("guest", "name", "status", "cpu %", "cpu trend", "mem %", "mem trend", "disk %",
-                "net in", "net out", "disk r", "disk w", "alerts"):
-        table.add_column(col, no_wrap=True)
+    table = FitTable(Col("guest", 0, wrap=False), Col("name", 0, wrap=False), Col("status", 1, wrap=False),
+                     Col("cpu %", 1, wrap=False, justify="right"), Col("cpu trend", 5, wrap=False),
+                     Col("mem %", 1, wrap=False, justify="right"), Col("mem trend", 5, wrap=False),
+                     Col("disk %", 2, wrap=False, justify="right"),
+                     Col("net in", 4, wrap=False, justify="right"), Col("net out", 4, wrap=False, justify="right"),
+                     Col("disk r", 6, wrap=False, justify="right"), Col("disk w", 6, wrap=False, justify="right"),
+                     Col("alerts", 1, min_width=10), title=_title(mon))
     if res is None or res.sweep is None:
         return table
     alerts: dict[str, list[str]] = {}
@@ -263,7 +267,8 @@ def history(
     vals = [p.value for p in points]
     lo, hi = (0.0, 100.0) if unit == "%" else (min(vals), max(vals))
     console.print(sparkline(vals[-120:], lo, hi))
-    table = Table("time (UTC)", "value", "min", "max")
+    table = FitTable(Col("time (UTC)", 0, min_width=10), Col("value", 0, wrap=False, justify="right"),
+                     Col("min", 1, wrap=False, justify="right"), Col("max", 1, wrap=False, justify="right"))
     for p in points[-30:]:
         table.add_row(_iso(p.ts), f"{p.value:.2f}", f"{p.min:.2f}" if p.min is not None else "",
                       f"{p.max:.2f}" if p.max is not None else "")
@@ -297,20 +302,35 @@ def alerts(
     if not active:
         console.print("no pending or firing alerts")
     else:
-        table = Table("rule", "target", "name", "state", "since (UTC)", "value", "notified", "flapping")
-        for s in active:
-            table.add_row(s.rule, s.target, s.name, s.state, _iso(s.since),
-                          f"{s.value:.1f}" if s.value is not None else "-", "yes" if s.notified else "no",
-                          "yes" if s.flapping(now) else "", style="red" if s.state == "firing" else "yellow")
-        console.print(table)
+        console.print(alerts_table(active, now))
     if silences:
-        table = Table("silence", "target", "rule", "until (UTC)", "reason", title="silences")
-        for sil in silences:
-            table.add_row(str(sil.id), sil.target, sil.rule or "any", _iso(sil.until), sil.reason)
-        console.print(table)
+        console.print(silences_table(silences))
     if undelivered:
         console.print(f"{len(undelivered)} notification(s) not delivered yet; last error: "
                       f"{undelivered[-1]['last_error'] or 'not tried yet'}")
+
+
+def alerts_table(active: list[Any], now: float) -> FitTable:
+    """Pending and firing alerts; the rule, target and name stay whole at any width."""
+    table = FitTable(Col("rule", 0, wrap=False), Col("target", 0, wrap=False), Col("name", 0, wrap=False),
+                     Col("state", 1, wrap=False), Col("since (UTC)", 2, min_width=10),
+                     Col("value", 1, wrap=False, justify="right"), Col("notified", 3, wrap=False),
+                     Col("flapping", 4, wrap=False))
+    for s in active:
+        table.add_row(s.rule, s.target, s.name, s.state, _iso(s.since),
+                      f"{s.value:.1f}" if s.value is not None else "-", "yes" if s.notified else "no",
+                      "yes" if s.flapping(now) else "", style="red" if s.state == "firing" else "yellow")
+    return table
+
+
+def silences_table(silences: list[Any]) -> FitTable:
+    """Active silences; the reason wraps, the target stays whole."""
+    table = FitTable(Col("silence", 0, wrap=False, justify="right"), Col("target", 0, wrap=False),
+                     Col("rule", 2, wrap=False), Col("until (UTC)", 1, min_width=10), Col("reason", 3, min_width=12),
+                     title="silences")
+    for sil in silences:
+        table.add_row(str(sil.id), sil.target, sil.rule or "any", _iso(sil.until), sil.reason)
+    return table
 
 
 @alerts_app.command("silence")

@@ -9,13 +9,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from pveguard.backends import connect
 from pveguard.backends.base import Backend
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
-from pveguard.output import console, err_console, error, print_json
+from pveguard.output import Col, FitTable, console, err_console, error, print_json
 from pveguard.provision.apply import Applier, ApplyReport
 from pveguard.provision.desired import actual_fields, desired_fields, desired_state, is_managed_description
 from pveguard.provision.journal import Journal
@@ -219,6 +218,22 @@ def status_data(app: AppContext, backend: Backend) -> dict[str, Any]:
             "missing": missing, "unfinished": unfinished}
 
 
+def status_table(containers: list[dict[str, Any]]) -> FitTable:
+    """The managed containers; the name stays whole, node and usage go first on a narrow terminal."""
+    t = FitTable(Col("name", 0, wrap=False), Col("vmid", 1, wrap=False, justify="right"), Col("node", 3, wrap=False),
+                 Col("state", 1, wrap=False), Col("cores", 2, wrap=False, justify="right"),
+                 Col("cpu", 4, wrap=False, justify="right"),
+                 Col("memory MiB (used/conf)", 2, wrap=False, justify="right"),
+                 Col("disk GiB (used/conf)", 3, wrap=False, justify="right"))
+    for r in containers:
+        c, u = r["configured"], r["used"] or {}
+        t.add_row(r["name"] + ("" if r["in_strategy"] else " (not in strategy)"), str(r["vmid"]), r["node"],
+                  r["state"], str(c["cores"]), f"{100 * u.get('cpu_ratio', 0):.0f}%",
+                  f"{_mib(u.get('memory_bytes', 0))}/{c['memory_mib']}",
+                  f"{_gib(u.get('disk_bytes', 0))}/{c['rootfs'].rstrip('G')}")
+    return t
+
+
 def status_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """Managed containers: node, state, configured vs used resources; backend capabilities."""
     app = _app(ctx)
@@ -234,14 +249,7 @@ def status_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     console.print(escape(f"backend: {b['name']}, vlan mode: {b['vlan_mode']}"))
     for n in b["notes"]:
         console.print(escape(f"  {n}"))
-    t = Table("name", "vmid", "node", "state", "cores", "cpu", "memory MiB (used/conf)", "disk GiB (used/conf)")
-    for r in data["containers"]:
-        c, u = r["configured"], r["used"] or {}
-        t.add_row(r["name"] + ("" if r["in_strategy"] else " (not in strategy)"), str(r["vmid"]), r["node"],
-                  r["state"], c["cores"], f"{100 * u.get('cpu_ratio', 0):.0f}%",
-                  f"{_mib(u.get('memory_bytes', 0))}/{c['memory_mib']}",
-                  f"{_gib(u.get('disk_bytes', 0))}/{c['rootfs'].rstrip('G')}")
-    console.print(t)
+    console.print(status_table(data["containers"]))
     if data["missing"]:
         console.print(escape("not created yet: " + ", ".join(data["missing"]) + " (run 'pveguard apply')"))
     for j in data["unfinished"]:
