@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.cells import cell_len
@@ -21,6 +22,18 @@ def print_json(data: Any) -> None:
     """One JSON document on stdout (sorted keys, so shapes diff cleanly)."""
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
     sys.stdout.flush()
+
+
+def iso_utc(value: float | datetime | None) -> str | None:
+    """A time as every `--json` prints it: ISO 8601 in UTC with a Z (docs/json.md). An epoch of 0
+    is how the state machines say "never": null, like None."""
+    if value is None or (isinstance(value, int | float) and value <= 0):
+        return None
+    if isinstance(value, datetime):
+        dt = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+    else:
+        dt = datetime.fromtimestamp(value, UTC)
+    return dt.isoformat(timespec="milliseconds" if dt.microsecond else "seconds").replace("+00:00", "Z")
 
 
 def error(message: str) -> None:

@@ -12,6 +12,7 @@ from pveguard.audit import depmap, findings, score, services, suggest
 from pveguard.audit.facts import HostFacts
 from pveguard.audit.findings import Finding, GuestView, ServiceRow
 from pveguard.audit.pkggraph import DependencyGraph
+from pveguard.output import iso_utc
 from pveguard.packages.classify import Classifier
 from pveguard.strategy.models import Strategy
 
@@ -128,7 +129,7 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
 
     return {
         "schema": SCHEMA,
-        "generated_at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
+        "generated_at": iso_utc((now or datetime.now(UTC)).replace(microsecond=0)),
         "host": {
             "hostname": facts.hostname, "root": str(facts.root), "live": facts.live,
             "pve": {"detected": facts.pve_detected,

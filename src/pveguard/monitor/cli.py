@@ -7,13 +7,16 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.live import Live
 
 from pveguard.errors import UsageError
-from pveguard.output import Col, FitTable, console, info, print_json
+from pveguard.output import Col, FitTable, console, info, iso_utc, print_json
+
+if TYPE_CHECKING:
+    from pveguard.monitor.alerts import AlertState, Event, Silence
 
 monitor_app = typer.Typer(help="Poll the containers, keep series and alerts, serve /metrics.",
                           invoke_without_command=True)
@@ -222,14 +225,36 @@ def _poll_and_report(mon: Any, quiet: bool = False) -> None:
 def _poll_json(res: Any) -> dict[str, Any]:
     samples = res.sweep.samples if res.sweep else []
     return {
-        "ts": res.ts, "error": res.error, "duration": res.duration,
+        "ts": iso_utc(res.ts), "error": res.error, "duration": res.duration,
         "api_calls": res.sweep.api_calls if res.sweep else 0,
         "guests": [{"id": s.id, "name": s.name, "status": s.status, "managed": s.managed,
                     "values": dict(res.derived[s.id].values) if s.id in res.derived else {}}
                    for s in samples if s.is_guest],
-        "alerts": [st.to_dict() for st in res.states.values()],
-        "notifications": [e.to_dict() for e in res.events],
+        "alerts": [alert_json(st, res.ts) for st in res.states.values()],
+        "notifications": [event_json(e) for e in res.events],
     }
+
+
+# The state machines keep epoch floats (their persisted form); JSON for people's scripts uses the
+# one convention of docs/json.md: ISO 8601 UTC with a Z, null for "never".
+def alert_json(st: AlertState, now: float) -> dict[str, Any]:
+    d = st.to_dict()
+    for key in ("since", "started_at", "last_notified", "flapping_until", "resolved_at"):
+        d[key] = iso_utc(d[key])
+    d["changes"] = [iso_utc(t) for t in d["changes"]]
+    d["flapping"] = st.flapping(now)
+    return d
+
+
+def event_json(e: Event) -> dict[str, Any]:
+    d = e.to_dict()
+    d["ts"], d["started_at"] = iso_utc(d["ts"]), iso_utc(d["started_at"])
+    return d
+
+
+def silence_json(s: Silence) -> dict[str, Any]:
+    return {"id": s.id, "target": s.target, "rule": s.rule, "reason": s.reason, "created": iso_utc(s.created),
+            "until": iso_utc(s.until)}
 
 
 @monitor_app.command("history")
@@ -256,7 +281,7 @@ def history(
     tier, points = series.history(target.id, metric, now - seconds, now)
     if json_out:
         print_json({"guest": target.id, "name": target.name, "metric": metric, "tier": tier,
-                    "points": [{"ts": p.ts, "value": p.value, "min": p.min, "max": p.max} for p in points]})
+                    "points": [{"ts": iso_utc(p.ts), "value": p.value, "min": p.min, "max": p.max} for p in points]})
         return
     from pveguard.monitor.collector import SERIES_UNITS
 
@@ -296,8 +321,8 @@ def alerts(
     silences = load_silences(store, now)
     undelivered = Dispatcher(store, []).undelivered()
     if json_out:
-        print_json({"alerts": [dict(s.to_dict(), flapping=s.flapping(now)) for s in active],
-                    "silences": [s.__dict__ for s in silences], "undelivered": undelivered})
+        print_json({"alerts": [alert_json(s, now) for s in active],
+                    "silences": [silence_json(s) for s in silences], "undelivered": undelivered})
         return
     if not active:
         console.print("no pending or firing alerts")
@@ -351,7 +376,7 @@ def silence(
     seconds = _duration(for_, "--for")
     app_ctx = _app_ctx(ctx)
     sil = add_silence(app_ctx.store, target, seconds, reason, time.time(), rule)
-    app_ctx.record("alerts.silence", target, silence_id=sil.id, rule=rule, until=_iso(sil.until) + "Z",
+    app_ctx.record("alerts.silence", target, silence_id=sil.id, rule=rule, until=iso_utc(sil.until),
                    reason=reason)
     console.print(f"silence {sil.id}: {target} ({rule or 'all rules'}) until {_iso(sil.until)} UTC")
 

@@ -204,7 +204,9 @@ def status_data(app: AppContext, backend: Backend) -> dict[str, Any]:
         rows.append({
             "name": g.name, "vmid": g.vmid, "node": g.node, "state": s.status if s else g.status,
             "in_strategy": g.name in desired,
-            "configured": {"cores": f["cores"], "memory_mib": int(f["memory"]), "swap_mib": int(f["swap"]),
+            # numbers as numbers (docs/json.md); no cores limit in the config is null (all host cores)
+            "configured": {"cores": int(f["cores"]) if f["cores"].isdigit() else None,
+                           "memory_mib": int(f["memory"]), "swap_mib": int(f["swap"]),
                            "rootfs": f["rootfs"]},
             "used": {"cpu_ratio": round(s.cpu, 4), "memory_bytes": s.mem, "disk_bytes": s.disk,
                      "maxdisk_bytes": s.maxdisk, "uptime": s.uptime} if s else None,
@@ -228,7 +230,7 @@ def status_table(containers: list[dict[str, Any]]) -> FitTable:
     for r in containers:
         c, u = r["configured"], r["used"] or {}
         t.add_row(r["name"] + ("" if r["in_strategy"] else " (not in strategy)"), str(r["vmid"]), r["node"],
-                  r["state"], str(c["cores"]), f"{100 * u.get('cpu_ratio', 0):.0f}%",
+                  r["state"], "all" if c["cores"] is None else str(c["cores"]), f"{100 * u.get('cpu_ratio', 0):.0f}%",
                   f"{_mib(u.get('memory_bytes', 0))}/{c['memory_mib']}",
                   f"{_gib(u.get('disk_bytes', 0))}/{c['rootfs'].rstrip('G')}")
     return t
