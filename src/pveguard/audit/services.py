@@ -1,8 +1,9 @@
 """Core or non-core for systemd units, on top of the shared package classification.
 
-Rules, in order: the never-stop list (host.md §2.2 rule 5) is core whatever owns it; otherwise a unit
-is what its owning package is (the shared `Classifier`); a unit file that no package owns is non-core
-(someone put it there by hand); a unit without any file (transient, generated) is runtime state.
+Rules, in order: the never-stop list (units a PVE node cannot lose: pve-cluster, corosync,
+pveproxy, ssh, ...) is core whatever owns it; otherwise a unit is what its owning package is (the
+shared `Classifier`); a unit file that no package owns is non-core (someone put it there by hand);
+a unit without any file (transient, generated) is runtime state.
 """
 
 from __future__ import annotations
