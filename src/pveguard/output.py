@@ -106,14 +106,20 @@ class FitTable:
         self.rows.append((list(cells), style))
 
     def _natural(self, i: int) -> int:
+        """The width that shows every value and the header on one line each."""
+        col = self.columns[i]
+        return max([cell_len(col.header), *(_text_width(cells[i]) for cells, _ in self.rows)])
+
+    def _values(self, i: int) -> int:
+        """The width of the widest value; a header may wrap at its spaces to fit it."""
         col = self.columns[i]
         return max([_longest_word(col.header), *(_text_width(cells[i]) for cells, _ in self.rows)])
 
     def _need(self, i: int) -> int:
-        col, natural = self.columns[i], self._natural(i)
+        col = self.columns[i]
         if not col.wrap:
-            return natural
-        return min(natural, max(col.min_width, _longest_word(col.header)))
+            return self._values(i)
+        return min(self._values(i), max(col.min_width, _longest_word(col.header)))
 
     def layout(self, width: int) -> tuple[list[int], list[int]]:
         """(indexes of the columns shown, their content widths) at `width` terminal columns."""
@@ -134,11 +140,16 @@ class FitTable:
             widths = {i: max(1, min(need[i], share)) for i in kept}
         natural = {i: self._natural(i) for i in kept}
         spare = room - sum(widths.values())
-        # Fair shares of the spare room, the columns closest to whole first: a time that needs 9 more
-        # characters stops wrapping, and two long text columns then split the rest evenly.
-        order = sorted(kept, key=lambda i: (natural[i] - widths[i], i))
-        for n, i in enumerate(order):
-            grow = min(max(0, natural[i] - widths[i]), spare // (len(order) - n))
+        # The spare room makes whole the columns closest to whole first (a header "cpu %" that
+        # wraps, a time that needs 9 more characters); what is left is shared evenly by the text
+        # columns still wrapping (two long text columns split it).
+        for i in sorted(kept, key=lambda i: (natural[i] - widths[i], i)):
+            if natural[i] - widths[i] <= spare:
+                spare -= natural[i] - widths[i]
+                widths[i] = natural[i]
+        texts = [i for i in kept if self.columns[i].wrap and widths[i] < natural[i]]
+        for n, i in enumerate(texts):
+            grow = min(natural[i] - widths[i], spare // (len(texts) - n))
             widths[i] += grow
             spare -= grow
         return kept, [widths[i] for i in kept]

@@ -122,12 +122,13 @@ def status_table(mon: Any, limit: int = 40) -> FitTable:
     for (rule, target), st in sorted(res.states.items()):
         if st.state != "inactive":
             tag = "" if not st.flapping(res.ts) else " (flapping)"
-            alerts.setdefault(target, []).append(f"{rule}:{st.state}{tag}")
+            # "memory firing": words the column can wrap between, never fold inside
+            alerts.setdefault(target, []).append(f"{rule} {st.state}{tag}")
     guests = [s for s in res.sweep.samples if s.is_guest and not s.template]
     guests.sort(key=lambda s: (s.id not in alerts, not s.managed, -s.cpu, s.id))
     for s in guests[:limit]:
         v = res.derived.get(s.id).values if s.id in res.derived else {}
-        state = " ".join(alerts.get(s.id, [])) or "ok"
+        state = ", ".join(alerts.get(s.id, [])) or "ok"
         style = "red" if "firing" in state else ("yellow" if "pending" in state else None)
         table.add_row(
             s.id, s.name + (" *" if s.managed else ""), s.status,
