@@ -272,12 +272,13 @@ def _reason(facts: HostFacts, fact: str) -> str:
 
 # --- what the host's own role needs --------------------------------------------------------------
 
-# The packages each backend needs on the host that runs it (the tools `backends.connect` and the
-# lxc backend check for, by package, plus what the plain-LXC target builds its network and root
-# filesystems with). On a PVE node the core roots (proxmox-ve) already are the host's role.
+# The packages each backend needs on the host that runs it: for lxc the Debian packages docs/lxc.md
+# lists (lxc-* tools, lxcfs, debootstrap for templates, mkfs.ext4, ip, zstd), newuidmap (uidmap),
+# the config includes (lxc-templates) and the DHCP server of its bridges (dnsmasq-base). On a PVE
+# node the core roots (proxmox-ve) already are the host's role.
 BACKEND_PACKAGES: dict[str, tuple[str, ...]] = {
-    "lxc": ("lxc", "lxcfs", "lxc-templates", "uidmap", "dnsmasq-base", "bridge-utils", "iproute2", "e2fsprogs",
-            "debootstrap"),
+    "lxc": ("lxc", "lxcfs", "lxc-templates", "uidmap", "dnsmasq-base", "debootstrap", "e2fsprogs", "iproute2",
+            "zstd"),
     "proxmox": (),
 }
 # Debian's base system: what every Debian host is expected to run (systemd, cron, iproute2, apt...).
