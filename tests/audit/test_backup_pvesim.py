@@ -71,7 +71,7 @@ def test_backup_findings_follow_the_backups(env: Any, capsys: pytest.CaptureFixt
     from pveguard.audit import report
 
     line = f"{vmid} pve-monitoring (not in any backup job; no backup at all)"
-    assert line in report.render(doc, "table", width=400)
+    assert line in report.render(doc, "table", width=400, full=True)
     assert f"lxc/{vmid} pve-monitoring: not in any backup job; no backup at all" in report.render(doc, "markdown")
     assert f"lxc/{vmid} pve-monitoring: not in any backup job; no backup at all" in report.render(doc, "html")
     # the audit recorded its score in the state database `apply` created, for the monitor

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,8 @@ def test_silence_lifecycle_and_ledger(env: dict[str, str]) -> None:
     data = json.loads(pveguard(["alerts", "--json"], env).stdout)
     (sil,) = data["silences"]
     assert sil["target"] == "pve-*" and sil["rule"] == "cpu" and sil["reason"] == "kernel update"
-    assert 7190 < sil["until"] - sil["created"] <= 7200
+    until, created = (datetime.fromisoformat(sil[k]) for k in ("until", "created"))
+    assert 7190 < (until - created).total_seconds() <= 7200
     ledger = json.loads(pveguard(["audit-log", "show", "--json"], env).stdout)
     assert [e["action"] for e in ledger][-1] == "alerts.silence"
     assert ledger[-1]["target"] == "pve-*" and ledger[-1]["details"]["reason"] == "kernel update"

@@ -12,6 +12,7 @@ from pveguard.audit import depmap, findings, score, services, suggest
 from pveguard.audit.facts import HostFacts
 from pveguard.audit.findings import Finding, GuestView, ServiceRow
 from pveguard.audit.pkggraph import DependencyGraph
+from pveguard.output import iso_utc
 from pveguard.packages.classify import Classifier
 from pveguard.strategy.models import Strategy
 
@@ -30,14 +31,17 @@ class External:
     guard_reason: str = "not queried"
     backup: Coverage | None = None  # pveguard.backup.coverage.collect's verdicts, None = unavailable
     backup_reason: str = "not queried"
+    backend: str | None = None  # the backend pveguard would use on this host (None: judge from the facts)
 
 
 def build(facts: HostFacts, strategy: Strategy, external: External, now: datetime | None = None) -> dict[str, Any]:
     """The whole audit as one JSON-able document."""
     policy = strategy.installation_policy
     graph = DependencyGraph(facts.packages)
+    backend = external.backend or suggest.role_backend(strategy.target.backend, facts.pve_detected, graph.installed)
     classifier = services.HostClassifier(Classifier(facts.packages, tuple(policy.core_roots),
-                                                    tuple(policy.extra_allowed)), graph)
+                                                    tuple(policy.extra_allowed)), graph,
+                                         host_role=suggest.host_role(facts.packages, backend, graph))
     # What core packages need stays on the host anyway (libc6 is not "pulled in" by a service).
     core_closure = classifier.core_set()
     containers = [(c.name, c.components) for c in strategy.containers]
@@ -125,12 +129,13 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
 
     return {
         "schema": SCHEMA,
-        "generated_at": (now or datetime.now(UTC)).isoformat(timespec="seconds"),
+        "generated_at": iso_utc((now or datetime.now(UTC)).replace(microsecond=0)),
         "host": {
             "hostname": facts.hostname, "root": str(facts.root), "live": facts.live,
             "pve": {"detected": facts.pve_detected,
                     "evidence": facts.pve_evidence or "no proxmox-ve/pve-manager package, no /etc/pve"},
             "systemd_running": facts.systemd_running,
+            "backend": backend,
             "core_roots": list(policy.core_roots),
         },
         "score": {"value": result.value, "formula": result.formula, "explanation": result.explanation,

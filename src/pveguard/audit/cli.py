@@ -26,14 +26,18 @@ def audit(
                                       help="Audit the root filesystem at PATH offline (mounted disk, chroot, "
                                            "container rootfs); live facts are only read for /.")] = "/",
     json_out: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    full: Annotated[bool, typer.Option("--full", help="The table format shows the whole inventory (services, "
+                                                      "dependency map, sockets...), not only the findings.")] = False,
 ) -> None:
     """Inventory this host, classify every service and package, suggest containers, score compliance.
 
-    Read-only. Exit code 0 whatever the score; use the JSON 'score.value' in scripts.
+    The table is a summary (score and findings) sized to the terminal; --full adds the inventory.
+    JSON, Markdown and HTML are always complete. Read-only. Exit code 0 whatever the score; use the
+    JSON 'score.value' in scripts.
     """
     from pveguard.audit import assemble, inventory, report, sources
     from pveguard.cli import get_ctx
-    from pveguard.output import warn
+    from pveguard.output import console, warn
 
     fmt = "json" if json_out else fmt.lower()
     if fmt not in report.FORMATS:
@@ -53,7 +57,7 @@ def audit(
         _record_score(app_ctx, doc)
     for w in app_ctx.warnings:
         warn(w)
-    text = report.render(doc, fmt)
+    text = report.render(doc, fmt, width=console.width, full=full)
     if output is None:
         typer.echo(text, nl=False)
         return

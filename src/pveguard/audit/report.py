@@ -8,7 +8,8 @@ from typing import Any
 
 import jinja2
 from rich.console import Console
-from rich.table import Table
+
+from pveguard.output import Col, FitTable
 
 FORMATS = ("table", "json", "markdown", "html")
 
@@ -26,8 +27,9 @@ def _env(autoescape: bool) -> jinja2.Environment:
     return env
 
 
-def render(report: dict[str, Any], fmt: str, width: int | None = None) -> str:
-    """The report in `fmt` (one of FORMATS) as text."""
+def render(report: dict[str, Any], fmt: str, width: int | None = None, full: bool = False) -> str:
+    """The report in `fmt` (one of FORMATS) as text. Only the terminal table is shortened to the
+    findings unless `full`; JSON, Markdown and HTML are always the whole report."""
     if fmt == "json":
         return json.dumps(report, indent=2, sort_keys=True) + "\n"
     if fmt == "markdown":
@@ -35,22 +37,15 @@ def render(report: dict[str, Any], fmt: str, width: int | None = None) -> str:
     if fmt == "html":
         return _env(True).get_template("report.html.j2").render(r=report)
     if fmt == "table":
-        return render_table(report, width)
+        return render_table(report, width, full)
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def _table(*columns: str, title: str) -> Table:
-    """A table whose cells fold long names (unit and package names must stay whole to be useful)."""
-    t = Table(title=title, title_justify="left")
-    for c in columns:
-        t.add_column(c, overflow="fold")
-    return t
-
-
-def render_table(r: dict[str, Any], width: int | None = None) -> str:
-    """The terminal view: summary, findings, services with suggestions, dependency map, gaps."""
+def render_table(r: dict[str, Any], width: int | None = None, full: bool = False) -> str:
+    """The terminal view at `width` columns (default 100): the score and the findings; with `full`
+    also services with suggestions, migration facts, the dependency map, sockets and the rest."""
     buf = io.StringIO()
-    con = Console(file=buf, width=width or 140, highlight=False, force_terminal=False, color_system=None)
+    con = Console(file=buf, width=width or 100, highlight=False, force_terminal=False, color_system=None)
     h = r["host"]
     pve = f"detected ({h['pve']['evidence']})" if h["pve"]["detected"] else "not detected"
     con.print(f"pveguard audit of {h['hostname']}  root {h['root']} ({'live' if h['live'] else 'offline'})",
@@ -60,12 +55,35 @@ def render_table(r: dict[str, Any], width: int | None = None) -> str:
     con.print(f"compliance score: {s['value']}/100  ({s['explanation']})", markup=False)
     con.print(f"  {s['formula']}", markup=False)
 
-    t = _table("severity", "finding", "fix", title=f"findings ({len(r['findings'])})")
+    t = FitTable(Col("severity", 1, wrap=False), Col("finding", 0, min_width=24), Col("fix", 2, min_width=22),
+                 title=f"findings ({len(r['findings'])})")
     for f in r["findings"]:
         t.add_row(f["severity"], f"{f['title']}\n{f['detail']}", f["fix"])
     con.print(t)
+    if full:
+        _inventory(con, r)
+    else:
+        p = r["packages"]
+        listed = [sv for sv in r["services"] if sv["in_use"] or not sv["core"]]
+        non_core = [sv for sv in listed if not sv["core"]]
+        con.print(f"services: {len(listed)} in use or non-core, {len(non_core)} non-core; packages: "
+                  f"{p['installed']} installed, {p['non_core']} non-core; listening sockets: {len(r['sockets'])}; "
+                  f"cron jobs: {len(r['cron'])}", markup=False)
+        con.print("pveguard audit --full adds services with their suggested containers, migration facts, the "
+                  "dependency map, sockets, guests and backups; --format json|markdown|html writes everything",
+                  markup=False)
+    for u in r["unavailable"]:
+        con.print(f"not collected: {u['fact']}: {u['reason']}", markup=False)
+    for n in r["needs_root"]:
+        con.print(f"needs root: {n}", markup=False)
+    return buf.getvalue()
 
-    t = _table("unit", "state", "package", "class", "reason", "suggested container", title="services")
+
+def _inventory(con: Console, r: dict[str, Any]) -> None:
+    """The whole inventory (`audit --full`): every table keeps its unit, package and address whole."""
+    t = FitTable(Col("unit", 0, wrap=False), Col("state", 3, min_width=8), Col("package", 0, wrap=False),
+                 Col("class", 1, wrap=False), Col("reason", 4, min_width=16),
+                 Col("suggested container", 2, min_width=18), title="services")
     shown = [sv for sv in r["services"] if sv["in_use"] or not sv["core"]]
     for sv in shown:
         state = sv["enablement"] + (f", {sv['active']}/{sv['sub']}" if sv["active"] else "")
@@ -91,8 +109,10 @@ def render_table(r: dict[str, Any], width: int | None = None) -> str:
                 con.print(f"  {label}: {', '.join(m[key])}", markup=False)
 
     if r["dependency_map"]:
-        t = _table("unit", "requires", "wants", "after", "required/wanted by", "packages pulled in", "ports",
-                   title="dependency map (--format json or markdown for the full package lists)")
+        t = FitTable(Col("unit", 0, wrap=False), Col("requires", 3, min_width=12), Col("wants", 5, min_width=12),
+                     Col("after", 6, min_width=12), Col("required/wanted by", 2, min_width=12),
+                     Col("packages pulled in", 1, min_width=16), Col("ports", 4, min_width=12),
+                     title="dependency map (--format json or markdown for the full package lists)")
         for d in r["dependency_map"]:
             pkgs = d["packages"]
             pulled = (f"{pkgs[0]}" + (f" +{len(pkgs) - 1} more" if len(pkgs) > 1 else "")
@@ -106,7 +126,8 @@ def render_table(r: dict[str, Any], width: int | None = None) -> str:
     con.print(f"packages: {p['installed']} installed, {p['core']} core, {p['non_core']} non-core; "
               f"manually installed non-core: {', '.join(p['manual_non_core']) or 'none'}", markup=False)
     if r["sockets"]:
-        t = _table("proto", "address", "port", "process", "unit", title="listening sockets")
+        t = FitTable(Col("proto", 3, wrap=False), Col("address", 0, wrap=False), Col("port", 0, wrap=False),
+                     Col("process", 2, min_width=10), Col("unit", 1, wrap=False), title="listening sockets")
         for sk in r["sockets"]:
             t.add_row(sk["proto"], sk["address"], str(sk["port"]), f"{sk['process'] or '?'} ({sk['pid'] or '?'})",
                       sk["unit"] or "?")
@@ -124,8 +145,3 @@ def render_table(r: dict[str, Any], width: int | None = None) -> str:
         con.print(f"{head}: " + (", ".join(rows) or "no guest under the backup policy"), markup=False)
     else:
         con.print(f"backups: unavailable ({bk['reason']})", markup=False)
-    for u in r["unavailable"]:
-        con.print(f"not collected: {u['fact']}: {u['reason']}", markup=False)
-    for n in r["needs_root"]:
-        con.print(f"needs root: {n}", markup=False)
-    return buf.getvalue()

@@ -1,12 +1,14 @@
 """Core or non-core for systemd units, on top of the shared package classification.
 
-Rules, in order: the never-stop list (host.md §2.2 rule 5) is core whatever owns it; otherwise a unit
-is what its owning package is (the shared `Classifier`); a unit file that no package owns is non-core
-(someone put it there by hand); a unit without any file (transient, generated) is runtime state.
+Rules, in order: the never-stop list (units a PVE node cannot lose: pve-cluster, corosync,
+pveproxy, ssh, ...) is core whatever owns it; otherwise a unit is what its owning package is (the
+shared `Classifier`); a unit file that no package owns is non-core (someone put it there by hand);
+a unit without any file (transient, generated) is runtime state.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -17,7 +19,8 @@ from pveguard.packages.status import Package
 
 # Priorities counted as Debian's base system: a non-PVE host's systemd, cron, iproute2 are not "non-core".
 BASE_PRIORITIES = ("important",)
-AUDIT_REASON_TEXT = {**REASON_TEXT, "base": "Debian base system (Priority: important)"}
+AUDIT_REASON_TEXT = {**REASON_TEXT, "base": "Debian base system (Priority: important)",
+                     "host-role": "host role"}
 
 # Units worth listing: what a service inventory shows (targets, mounts, paths are plumbing).
 SERVICE_KINDS = ("service", "timer", "socket")
@@ -43,16 +46,19 @@ class PackageClassifier(Protocol):
 
 @dataclass
 class HostClassifier:
-    """The shared classification (`packages.classify.Classifier`, the guard's rules) plus two audit rules:
+    """The shared classification (`packages.classify.Classifier`, the guard's rules) plus three audit rules:
 
     * base: a `Priority: important` package is Debian's base system (core on any host);
     * needed by core: an installed package a core package depends on (libapt-pkg for apt, libc6 for
-      everything) stays on the host with it, so it is core too.
+      everything) stays on the host with it, so it is core too;
+    * host role: what the host's own role needs (`suggest.host_role`: the active backend's packages,
+      what the base system depends on or recommends) is core, so nothing suggests removing it.
     """
 
     base: Classifier
     graph: DependencyGraph | None = None
     needed_by: dict[str, str] = field(default_factory=dict)
+    host_role: Mapping[str, str] = field(default_factory=dict)  # package -> why the host needs it
 
     def __post_init__(self) -> None:
         packages = self.base.packages
@@ -72,6 +78,8 @@ class HostClassifier:
         verdict = self.classify_own(name, pkg)
         if not verdict.core and name in self.needed_by:
             return PackageVerdict(True, "closure", f"needed by core package {self.needed_by[name]}")
+        if not verdict.core and name in self.host_role:
+            return PackageVerdict(True, "host-role", self.host_role[name])
         return verdict
 
     def core_set(self) -> set[str]:

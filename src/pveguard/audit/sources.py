@@ -104,4 +104,17 @@ def external(ctx: AppContext, strategy: Strategy, root: Path, now: datetime | No
         coverage, backup_reason = backup_coverage(ctx, strategy, view, backend, now)
     finally:
         _close(backend)
-    return External(view, guard_result, guard_reason, coverage, backup_reason)
+    return External(view, guard_result, guard_reason, coverage, backup_reason, backend=_backend_name(strategy, root))
+
+
+def _backend_name(strategy: Strategy, root: Path) -> str | None:
+    """The backend pveguard uses on this live host (environment included); None offline or when none
+    fits, and the audit then judges from the audited root's packages."""
+    if root != Path("/"):
+        return None
+    from pveguard.backends import choose
+
+    try:
+        return choose(strategy)
+    except PveguardError:
+        return None

@@ -1,17 +1,21 @@
 """Where a non-core service should go: match it against the strategy containers' components, and
-gather what a migration needs to know (ports, config and data paths, users).
+gather what a migration needs to know (ports, config and data paths, users); and what must stay,
+because the host's own role needs it (`host_role`), so that no suggestion ever removes it.
 
-Pure functions over names and `HostFacts`.
+Pure functions over names, packages and `HostFacts`.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pveguard.audit import unitfile
 from pveguard.audit.facts import HostFacts, Unit
+from pveguard.audit.pkggraph import DependencyGraph
+from pveguard.packages.status import Package, parse_relations
 
 # Names that mean a component without containing it (package or binary -> component).
 ALIASES = {
@@ -264,3 +268,67 @@ def _collapse(paths: Iterable[str]) -> list[str]:
 
 def _reason(facts: HostFacts, fact: str) -> str:
     return next((u.reason for u in facts.unavailable if u.fact == fact), "unknown")
+
+
+# --- what the host's own role needs --------------------------------------------------------------
+
+# The packages each backend needs on the host that runs it: for lxc the Debian packages docs/lxc.md
+# lists (lxc-* tools, lxcfs, debootstrap for templates, mkfs.ext4, ip, zstd), newuidmap (uidmap),
+# the config includes (lxc-templates) and the DHCP server of its bridges (dnsmasq-base). On a PVE
+# node the core roots (proxmox-ve) already are the host's role.
+BACKEND_PACKAGES: dict[str, tuple[str, ...]] = {
+    "lxc": ("lxc", "lxcfs", "lxc-templates", "uidmap", "dnsmasq-base", "debootstrap", "e2fsprogs", "iproute2",
+            "zstd"),
+    "proxmox": (),
+}
+# Debian's base system: what every Debian host is expected to run (systemd, cron, iproute2, apt...).
+BASE_PRIORITIES = ("required", "important")
+
+
+def role_backend(configured: str, pve_detected: bool, installed: Iterable[str]) -> str | None:
+    """The backend this host serves pveguard with: the configured one, else the rule of `auto`
+    (a PVE node is proxmox; a host with the lxc tools is lxc), applied to the audited root."""
+    if configured != "auto":
+        return configured
+    if pve_detected:
+        return "proxmox"
+    return "lxc" if "lxc" in set(installed) else None
+
+
+def host_role(packages: Mapping[str, Package], backend: str | None,
+              graph: DependencyGraph | None = None) -> dict[str, str]:
+    """Installed packages the host's own role needs -> why, never to be suggested for removal.
+
+    The roots are the active backend's packages and Debian's base system (Essential, Priority
+    required/important); then everything they depend on or recommend, an alternative group by its
+    first installed member. Recommends count here (unlike the core closure) because they are what
+    the base system runs with: systemd recommends dbus and systemd-timesyncd, lxc its templates.
+    """
+    graph = graph or DependencyGraph(packages)
+    why: dict[str, str] = {}
+    queue: deque[str] = deque()
+
+    def add(name: str, reason: str) -> None:
+        for resolved in graph.resolve(name):
+            if resolved not in why:
+                why[resolved] = reason
+                queue.append(resolved)
+
+    for name in BACKEND_PACKAGES.get(backend or "", ()):
+        add(name, f"needed by the {backend} backend")
+    for name in sorted(graph.installed):
+        pkg = packages[name]
+        if pkg.essential or pkg.priority in BASE_PRIORITIES:
+            add(name, "Debian base system (" + ("Essential: yes" if pkg.essential else f"Priority: {pkg.priority}")
+                + ")")
+    while queue:
+        name = queue.popleft()
+        pkg = packages[name]
+        for kind, groups in (("needed", pkg.depends()), ("recommended", parse_relations(pkg.fields.get(
+                "recommends", "")))):
+            for group in groups:
+                for alt in group:
+                    if graph.resolve(alt):
+                        add(alt, f"{kind} by {name}")
+                        break
+    return why

@@ -849,22 +849,34 @@ def verify_cmd(
     read_data_subset: Annotated[
         str | None, typer.Option("--read-data-subset", help="restic check data share [strategy: 5%].")
     ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (see docs/json.md).")] = False,
 ) -> None:
     """Verify the archives (decompression, tar, SHA-256 catalogue), restic check the host-config
     repository, optionally test-restore. Exit 1 naming what failed; results go to the ledger."""
-    from pveguard.backup.run import VERIFY_MARKER, _write_time, verify_all
+    from pveguard.backup.run import VERIFY_MARKER, _Failed, _write_time, verify_all
+    from pveguard.output import iso_utc
 
     app_ctx = _app_context(ctx)
     subset = read_data_subset
     if subset is None and app_ctx is not None:
         subset = app_ctx.strategy_or_default().backup.verification.restic_read_data_subset or None
     state = _state_dir(ctx)
-    detail = verify_all(_host_config(ctx, None, None), dump_dir or state / "dump", subset,
-                        state / "restore-test" if restore_test else None,
-                        lambda *a, **k: _record(ctx, *a, **k))  # fmt: skip
+    try:
+        detail = verify_all(_host_config(ctx, None, None), dump_dir or state / "dump", subset,
+                            state / "restore-test" if restore_test else None,
+                            lambda *a, **k: _record(ctx, *a, **k))  # fmt: skip
+    except _Failed as exc:
+        if not json_out:
+            raise
+        print_json({"ok": False, "summary": "", "problems": [exc.message], "verified_at": None})
+        raise typer.Exit(exc.exit_code) from None
     # Only a passed verification counts for 'backup status' and the audit (verify_all raised otherwise).
-    _write_time(state / VERIFY_MARKER, datetime.now(UTC))
-    sys.stdout.write(detail + "\n")
+    now = datetime.now(UTC)
+    _write_time(state / VERIFY_MARKER, now)
+    if json_out:
+        print_json({"ok": True, "summary": detail, "problems": [], "verified_at": iso_utc(now)})
+    else:
+        sys.stdout.write(detail + "\n")
 
 
 @app.command("install-timers")

@@ -31,6 +31,7 @@ from pveguard.backup.compliance import Archive, GuestStatus, evaluate
 from pveguard.backup.retention import KeepPolicy
 from pveguard.backup.run import OFFSITE_MARKER, VERIFY_MARKER
 from pveguard.errors import PveguardError, StateError
+from pveguard.output import iso_utc
 from pveguard.strategy.models import ContainerBackups, Strategy
 
 __all__ = ["Coverage", "collect", "keep_policy", "policy_guest", "status_row"]
@@ -75,10 +76,9 @@ def policy_guest(guest: Any, containers: ContainerBackups) -> bool:
 def status_row(s: GuestStatus, name: str) -> dict[str, Any]:
     """One guest's verdict as JSON (``problems`` are sentences, ``kinds`` their machine names)."""
     return {"guest": s.guest, "name": name, "archives": s.archives,
-            "newest": s.newest.isoformat() if s.newest else None,
+            "newest": iso_utc(s.newest),
             "age_seconds": int(s.age.total_seconds()) if s.age else None, "in_backup_job": s.in_backup_job,
-            "last_verified": s.last_verified.isoformat() if s.last_verified else None,
-            "offsite_synced": s.offsite_synced.isoformat() if s.offsite_synced else None,
+            "last_verified": iso_utc(s.last_verified), "offsite_synced": iso_utc(s.offsite_synced),
             "compliant": s.compliant, "problems": s.problems,
             "kinds": [i.kind for i in s.issues]}  # fmt: skip
 

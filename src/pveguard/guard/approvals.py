@@ -86,7 +86,7 @@ class ApprovalRecord:
 
 
 def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")  # docs/json.md
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:

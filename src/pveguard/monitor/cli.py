@@ -7,14 +7,16 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.live import Live
-from rich.table import Table
 
 from pveguard.errors import UsageError
-from pveguard.output import console, info, print_json
+from pveguard.output import Col, FitTable, console, info, iso_utc, print_json
+
+if TYPE_CHECKING:
+    from pveguard.monitor.alerts import AlertState, Event, Silence
 
 monitor_app = typer.Typer(help="Poll the containers, keep series and alerts, serve /metrics.",
                           invoke_without_command=True)
@@ -102,25 +104,31 @@ def compliance_score(state_dir: Path) -> float | None:
     return float(recorded.value) if recorded is not None else None
 
 
-def status_table(mon: Any, limit: int = 40) -> Table:
-    """Guests with current values, sparklines and alert states (alerting and managed first)."""
+def status_table(mon: Any, limit: int = 40) -> FitTable:
+    """Guests with current values, sparklines and alert states (alerting and managed first).
+
+    At 80 columns the guest, name, state, cpu, memory, disk and alerts stay; trends and rates go."""
     res = mon.last
-    table = Table(title=_title(mon), expand=False)
-    for col in ("guest", "name", "status", "cpu %", "cpu trend", "mem %", "mem trend", "disk %",
-                "net in", "net out", "disk r", "disk w", "alerts"):
-        table.add_column(col, no_wrap=True)
+    table = FitTable(Col("guest", 0, wrap=False), Col("name", 0, wrap=False), Col("status", 1, wrap=False),
+                     Col("cpu %", 1, wrap=False, justify="right"), Col("cpu trend", 5, wrap=False),
+                     Col("mem %", 1, wrap=False, justify="right"), Col("mem trend", 5, wrap=False),
+                     Col("disk %", 2, wrap=False, justify="right"),
+                     Col("net in", 4, wrap=False, justify="right"), Col("net out", 4, wrap=False, justify="right"),
+                     Col("disk r", 6, wrap=False, justify="right"), Col("disk w", 6, wrap=False, justify="right"),
+                     Col("alerts", 1, min_width=10), title=_title(mon))
     if res is None or res.sweep is None:
         return table
     alerts: dict[str, list[str]] = {}
     for (rule, target), st in sorted(res.states.items()):
         if st.state != "inactive":
             tag = "" if not st.flapping(res.ts) else " (flapping)"
-            alerts.setdefault(target, []).append(f"{rule}:{st.state}{tag}")
+            # "memory firing": words the column can wrap between, never fold inside
+            alerts.setdefault(target, []).append(f"{rule} {st.state}{tag}")
     guests = [s for s in res.sweep.samples if s.is_guest and not s.template]
     guests.sort(key=lambda s: (s.id not in alerts, not s.managed, -s.cpu, s.id))
     for s in guests[:limit]:
         v = res.derived.get(s.id).values if s.id in res.derived else {}
-        state = " ".join(alerts.get(s.id, [])) or "ok"
+        state = ", ".join(alerts.get(s.id, [])) or "ok"
         style = "red" if "firing" in state else ("yellow" if "pending" in state else None)
         table.add_row(
             s.id, s.name + (" *" if s.managed else ""), s.status,
@@ -221,14 +229,36 @@ def _poll_and_report(mon: Any, quiet: bool = False) -> None:
 def _poll_json(res: Any) -> dict[str, Any]:
     samples = res.sweep.samples if res.sweep else []
     return {
-        "ts": res.ts, "error": res.error, "duration": res.duration,
+        "ts": iso_utc(res.ts), "error": res.error, "duration": res.duration,
         "api_calls": res.sweep.api_calls if res.sweep else 0,
         "guests": [{"id": s.id, "name": s.name, "status": s.status, "managed": s.managed,
                     "values": dict(res.derived[s.id].values) if s.id in res.derived else {}}
                    for s in samples if s.is_guest],
-        "alerts": [st.to_dict() for st in res.states.values()],
-        "notifications": [e.to_dict() for e in res.events],
+        "alerts": [alert_json(st, res.ts) for st in res.states.values()],
+        "notifications": [event_json(e) for e in res.events],
     }
+
+
+# The state machines keep epoch floats (their persisted form); JSON for people's scripts uses the
+# one convention of docs/json.md: ISO 8601 UTC with a Z, null for "never".
+def alert_json(st: AlertState, now: float) -> dict[str, Any]:
+    d = st.to_dict()
+    for key in ("since", "started_at", "last_notified", "flapping_until", "resolved_at"):
+        d[key] = iso_utc(d[key])
+    d["changes"] = [iso_utc(t) for t in d["changes"]]
+    d["flapping"] = st.flapping(now)
+    return d
+
+
+def event_json(e: Event) -> dict[str, Any]:
+    d = e.to_dict()
+    d["ts"], d["started_at"] = iso_utc(d["ts"]), iso_utc(d["started_at"])
+    return d
+
+
+def silence_json(s: Silence) -> dict[str, Any]:
+    return {"id": s.id, "target": s.target, "rule": s.rule, "reason": s.reason, "created": iso_utc(s.created),
+            "until": iso_utc(s.until)}
 
 
 @monitor_app.command("history")
@@ -255,7 +285,7 @@ def history(
     tier, points = series.history(target.id, metric, now - seconds, now)
     if json_out:
         print_json({"guest": target.id, "name": target.name, "metric": metric, "tier": tier,
-                    "points": [{"ts": p.ts, "value": p.value, "min": p.min, "max": p.max} for p in points]})
+                    "points": [{"ts": iso_utc(p.ts), "value": p.value, "min": p.min, "max": p.max} for p in points]})
         return
     from pveguard.monitor.collector import SERIES_UNITS
 
@@ -266,7 +296,8 @@ def history(
     vals = [p.value for p in points]
     lo, hi = (0.0, 100.0) if unit == "%" else (min(vals), max(vals))
     console.print(sparkline(vals[-120:], lo, hi))
-    table = Table("time (UTC)", "value", "min", "max")
+    table = FitTable(Col("time (UTC)", 0, min_width=10), Col("value", 0, wrap=False, justify="right"),
+                     Col("min", 1, wrap=False, justify="right"), Col("max", 1, wrap=False, justify="right"))
     for p in points[-30:]:
         table.add_row(_iso(p.ts), f"{p.value:.2f}", f"{p.min:.2f}" if p.min is not None else "",
                       f"{p.max:.2f}" if p.max is not None else "")
@@ -294,26 +325,41 @@ def alerts(
     silences = load_silences(store, now)
     undelivered = Dispatcher(store, []).undelivered()
     if json_out:
-        print_json({"alerts": [dict(s.to_dict(), flapping=s.flapping(now)) for s in active],
-                    "silences": [s.__dict__ for s in silences], "undelivered": undelivered})
+        print_json({"alerts": [alert_json(s, now) for s in active],
+                    "silences": [silence_json(s) for s in silences], "undelivered": undelivered})
         return
     if not active:
         console.print("no pending or firing alerts")
     else:
-        table = Table("rule", "target", "name", "state", "since (UTC)", "value", "notified", "flapping")
-        for s in active:
-            table.add_row(s.rule, s.target, s.name, s.state, _iso(s.since),
-                          f"{s.value:.1f}" if s.value is not None else "-", "yes" if s.notified else "no",
-                          "yes" if s.flapping(now) else "", style="red" if s.state == "firing" else "yellow")
-        console.print(table)
+        console.print(alerts_table(active, now))
     if silences:
-        table = Table("silence", "target", "rule", "until (UTC)", "reason", title="silences")
-        for sil in silences:
-            table.add_row(str(sil.id), sil.target, sil.rule or "any", _iso(sil.until), sil.reason)
-        console.print(table)
+        console.print(silences_table(silences))
     if undelivered:
         console.print(f"{len(undelivered)} notification(s) not delivered yet; last error: "
                       f"{undelivered[-1]['last_error'] or 'not tried yet'}")
+
+
+def alerts_table(active: list[Any], now: float) -> FitTable:
+    """Pending and firing alerts; the rule, target and name stay whole at any width."""
+    table = FitTable(Col("rule", 0, wrap=False), Col("target", 0, wrap=False), Col("name", 0, wrap=False),
+                     Col("state", 1, wrap=False), Col("since (UTC)", 2, min_width=10),
+                     Col("value", 1, wrap=False, justify="right"), Col("notified", 3, wrap=False),
+                     Col("flapping", 4, wrap=False))
+    for s in active:
+        table.add_row(s.rule, s.target, s.name, s.state, _iso(s.since),
+                      f"{s.value:.1f}" if s.value is not None else "-", "yes" if s.notified else "no",
+                      "yes" if s.flapping(now) else "", style="red" if s.state == "firing" else "yellow")
+    return table
+
+
+def silences_table(silences: list[Any]) -> FitTable:
+    """Active silences; the reason wraps, the target stays whole."""
+    table = FitTable(Col("silence", 0, wrap=False, justify="right"), Col("target", 0, wrap=False),
+                     Col("rule", 2, wrap=False), Col("until (UTC)", 1, min_width=10), Col("reason", 3, min_width=12),
+                     title="silences")
+    for sil in silences:
+        table.add_row(str(sil.id), sil.target, sil.rule or "any", _iso(sil.until), sil.reason)
+    return table
 
 
 @alerts_app.command("silence")
@@ -334,7 +380,7 @@ def silence(
     seconds = _duration(for_, "--for")
     app_ctx = _app_ctx(ctx)
     sil = add_silence(app_ctx.store, target, seconds, reason, time.time(), rule)
-    app_ctx.record("alerts.silence", target, silence_id=sil.id, rule=rule, until=_iso(sil.until) + "Z",
+    app_ctx.record("alerts.silence", target, silence_id=sil.id, rule=rule, until=iso_utc(sil.until),
                    reason=reason)
     console.print(f"silence {sil.id}: {target} ({rule or 'all rules'}) until {_iso(sil.until)} UTC")
 

@@ -1,6 +1,6 @@
 """Core or non-core: the one classification the apt guard and the host audit share.
 
-Rules, in priority order (see docs/classification.md and the reference notes on a stock PVE 8 node):
+Rules, in priority order (docs/guard.md "The rules", docs/audit.md "Classification"):
 1. the installed Depends/Pre-Depends closure of the core roots (default `proxmox-ve`), alternatives
    and Provides resolved against what dpkg says is installed, Recommends ignored;
 2. the `pveversion -v` always-list, PVE/Proxmox kernels and the boot chain;

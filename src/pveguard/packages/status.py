@@ -15,7 +15,7 @@ DPKG_STATUS = Path("/var/lib/dpkg/status")
 APT_EXTENDED_STATES = Path("/var/lib/apt/extended_states")
 
 _KEEP = {"package", "status", "version", "depends", "pre-depends", "provides", "essential", "priority",
-         "architecture", "section", "maintainer", "source", "conffiles"}
+         "architecture", "section", "maintainer", "source", "conffiles", "recommends"}
 _VERSION_RE = re.compile(r"\s*\(.*?\)")
 _ARCH_RE = re.compile(r"\s*\[.*?\]|\s*<.*?>")
 

@@ -9,13 +9,12 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from pveguard.backends import connect
 from pveguard.backends.base import Backend, Guest, read_marker
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
-from pveguard.output import console, err_console, error, print_json, warn
+from pveguard.output import Col, FitTable, console, err_console, error, print_json, warn
 from pveguard.provision.apply import Applier, ApplyInterrupted, ApplyReport
 from pveguard.provision.desired import actual_fields, desired_fields, desired_state
 from pveguard.provision.final_backup import data_volumes, take_final_backup
@@ -347,7 +346,9 @@ def status_data(app: AppContext, backend: Backend) -> dict[str, Any]:
             "name": g.name, "vmid": g.vmid, "node": g.node, "state": state,
             "reason": f"node {g.node} offline or not reporting" if state == "unknown" else None,
             "in_strategy": g.name in desired,
-            "configured": {"cores": f["cores"], "memory_mib": int(f["memory"]), "swap_mib": int(f["swap"]),
+            # numbers as numbers (docs/json.md); no cores limit in the config is null (all host cores)
+            "configured": {"cores": int(f["cores"]) if f["cores"].isdigit() else None,
+                           "memory_mib": int(f["memory"]), "swap_mib": int(f["swap"]),
                            "rootfs": f["rootfs"]},
             "used": {"cpu_ratio": round(s.cpu, 4), "memory_bytes": s.mem, "disk_bytes": s.disk,
                      "maxdisk_bytes": s.maxdisk, "uptime": s.uptime} if s else None,
@@ -362,6 +363,26 @@ def status_data(app: AppContext, backend: Backend) -> dict[str, Any]:
     return {"backend": backend_info, "instance": instance,
             "containers": sorted(rows, key=lambda r: str(r["name"])), "missing": missing,
             "unfinished": unfinished, "not_ours": sorted(not_ours, key=lambda r: (str(r["name"]), r["vmid"]))}
+
+
+def status_table(containers: list[dict[str, Any]]) -> FitTable:
+    """The managed containers; the name stays whole, node and usage go first on a narrow terminal."""
+    t = FitTable(Col("name", 0, wrap=False), Col("vmid", 1, wrap=False, justify="right"), Col("node", 3, wrap=False),
+                 Col("state", 1, wrap=False), Col("cores", 2, wrap=False, justify="right"),
+                 Col("cpu", 4, wrap=False, justify="right"),
+                 Col("memory MiB (used/conf)", 2, wrap=False, justify="right"),
+                 Col("disk GiB (used/conf)", 3, wrap=False, justify="right"))
+    for r in containers:
+        c, u = r["configured"], r["used"] or {}
+        if c is None:  # unknown: nothing was read
+            t.add_row(r["name"] + ("" if r["in_strategy"] else " (not in strategy)"), str(r["vmid"]), r["node"],
+                      r["state"], "?", "?", "?", "?")
+            continue
+        t.add_row(r["name"] + ("" if r["in_strategy"] else " (not in strategy)"), str(r["vmid"]), r["node"],
+                  r["state"], "all" if c["cores"] is None else str(c["cores"]), f"{100 * u.get('cpu_ratio', 0):.0f}%",
+                  f"{_mib(u.get('memory_bytes', 0))}/{c['memory_mib']}",
+                  f"{_gib(u.get('disk_bytes', 0))}/{c['rootfs'].rstrip('G')}")
+    return t
 
 
 def status_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
@@ -379,18 +400,7 @@ def status_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     console.print(escape(f"backend: {b['name']}, vlan mode: {b['vlan_mode']}"))
     for n in b["notes"]:
         console.print(escape(f"  {n}"))
-    t = Table("name", "vmid", "node", "state", "cores", "cpu", "memory MiB (used/conf)", "disk GiB (used/conf)")
-    for r in data["containers"]:
-        c, u = r["configured"], r["used"] or {}
-        if c is None:  # unknown: nothing was read
-            t.add_row(r["name"] + ("" if r["in_strategy"] else " (not in strategy)"), str(r["vmid"]), r["node"],
-                      r["state"], "?", "?", "?", "?")
-            continue
-        t.add_row(r["name"] + ("" if r["in_strategy"] else " (not in strategy)"), str(r["vmid"]), r["node"],
-                  r["state"], c["cores"], f"{100 * u.get('cpu_ratio', 0):.0f}%",
-                  f"{_mib(u.get('memory_bytes', 0))}/{c['memory_mib']}",
-                  f"{_gib(u.get('disk_bytes', 0))}/{c['rootfs'].rstrip('G')}")
-    console.print(t)
+    console.print(status_table(data["containers"]))
     for r in data["containers"]:
         if r.get("reason"):
             console.print(escape(f"unknown: {r['name']} (CT {r['vmid']}): {r['reason']}"), soft_wrap=True)

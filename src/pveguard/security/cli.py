@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from pveguard.output import console, error, print_json
+from pveguard.output import Col, FitTable, console, error, print_json
+
+if TYPE_CHECKING:
+    from pveguard.security.ledger import Entry
 
 app = typer.Typer(help="Read and verify the audit ledger.", no_args_is_help=True)
 
@@ -34,12 +37,19 @@ def show(
     if json_out:
         print_json([e.as_dict() for e in entries])
         return
-    table = Table("seq", "time (UTC)", "actor", "action", "target", "details")
+    console.print(ledger_table(entries))
+
+
+def ledger_table(entries: Sequence[Entry]) -> FitTable:
+    """Ledger entries as a table that fits the terminal: the action and target stay whole; the time
+    folds to two lines, then seq, actor and details go first when it is narrow."""
+    table = FitTable(Col("seq", 3, wrap=False, justify="right"), Col("time (UTC)", 1, min_width=10),
+                     Col("actor", 4, wrap=False), Col("action", 0, wrap=False), Col("target", 0, wrap=False),
+                     Col("details", 2, min_width=20))
     for e in entries:
         details = ", ".join(f"{k}={v}" for k, v in e.details.items())
-        table.add_row(str(e.seq), e.ts[:19].replace("T", " "), e.actor, e.action, e.target,
-                      details[:120], )
-    console.print(table)
+        table.add_row(str(e.seq), e.ts[:19].replace("T", " "), e.actor, e.action, e.target, details)
+    return table
 
 
 @app.command("verify")

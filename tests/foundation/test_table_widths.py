@@ -1,0 +1,158 @@
+"""Every table command read at 80 and 120 columns: no line wider than the terminal, no value cut
+into "…", and the identifying values (names, actions, packages, targets) whole on one line.
+
+The commands run as the admin runs them (a subprocess; rich takes the width from COLUMNS) against
+an offline audit root, a ledger, and pvesim for `monitor --once`, `alerts` and `status`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.cells import cell_len
+
+WIDTHS = (80, 120)
+GOLDEN_ROOT = Path(__file__).parents[1] / "audit/golden/pve-fake/root"
+LONG_NAME = "pve-monitoring-long-guest-name"
+
+
+def pveguard(env: dict[str, str], *args: str, width: int | None = None) -> subprocess.CompletedProcess[str]:
+    full = {**env, "COLUMNS": str(width)} if width else env
+    proc = subprocess.run([sys.executable, "-m", "pveguard", *args], env=full, capture_output=True, text=True,
+                          timeout=180, check=False)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def assert_reads_well(text: str, width: int, identifiers: list[str]) -> None:
+    """The whole output fits `width`, nothing is cut, and each identifier shows whole on a line."""
+    too_wide = [line for line in text.splitlines() if cell_len(line) > width]
+    assert not too_wide, f"{len(too_wide)} line(s) wider than {width}:\n" + "\n".join(too_wide[:3])
+    assert "…" not in text, text
+    missing = [v for v in identifiers if not any(v in line for line in text.splitlines())]
+    assert not missing, f"not shown whole at {width} columns: {missing}\n{text}"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "PVEGUARD_STATE_DIR": str(tmp_path / "state"),
+            "PVEGUARD_STRATEGY": str(tmp_path / "strategy.yaml")}
+
+
+# --- audit ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def audit_doc() -> dict[str, Any]:
+    proc = pveguard(dict(os.environ), "--strategy", "/nonexistent/s.yaml", "--state-dir", "/nonexistent/state",
+                    "audit", "--root", str(GOLDEN_ROOT), "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc: dict[str, Any] = json.loads(proc.stdout)
+    return doc
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_audit_summary(audit_doc: dict[str, Any], width: int) -> None:
+    proc = pveguard(dict(os.environ), "--strategy", "/nonexistent/s.yaml", "--state-dir", "/nonexistent/state",
+                    "audit", "--root", str(GOLDEN_ROOT), width=width)
+    assert proc.returncode == 0, proc.stderr
+    # the summary names each finding's package or unit whole (they are single words)
+    words = {w for f in audit_doc["findings"] for w in f["title"].split() if "-" in w or "." in w}
+    assert_reads_well(proc.stdout, width, sorted(words))
+    assert "--full" in proc.stdout
+    # the summary is a summary: the whole inventory waits for --full
+    assert "packages pulled in" not in proc.stdout and "migration facts for" not in proc.stdout
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_audit_full(audit_doc: dict[str, Any], width: int) -> None:
+    proc = pveguard(dict(os.environ), "--strategy", "/nonexistent/s.yaml", "--state-dir", "/nonexistent/state",
+                    "audit", "--root", str(GOLDEN_ROOT), "--full", width=width)
+    assert proc.returncode == 0, proc.stderr
+    shown = [s for s in audit_doc["services"] if s["in_use"] or not s["core"]]
+    names = [s["unit"] for s in shown] + [s["package"] for s in shown if s["package"]]
+    names += [d["unit"] for d in audit_doc["dependency_map"]]
+    assert_reads_well(proc.stdout, width, names)
+    assert "packages pulled in" in proc.stdout and "migration facts for" in proc.stdout
+
+
+# --- audit-log show ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_audit_log_show(env: dict[str, str], width: int) -> None:
+    # a path as long as a real one (pytest's own tmp_path alone would not fit next to the action at 80)
+    with tempfile.TemporaryDirectory(prefix="pg-") as tmp:
+        deep = Path(tmp) / "a-strategy-file-with-a-long-name.yaml"
+        assert pveguard(env, "--strategy", str(deep), "init").returncode == 0
+    assert pveguard(env, "alerts", "silence", "pve-backup-manager", "--for", "2h", "--rule", "memory",
+                    "--reason", "a planned kernel update on the node, with a reboot").returncode == 0
+    entries = json.loads(pveguard(env, "audit-log", "show", "--json").stdout)
+    proc = pveguard(env, "audit-log", "show", width=width)
+    assert proc.returncode == 0, proc.stderr
+    assert_reads_well(proc.stdout, width, [e["action"] for e in entries] + [e["target"] for e in entries])
+
+
+# --- monitor --once, alerts, status (pvesim) -------------------------------------------------------
+
+
+@pytest.fixture
+def sim_env(env: dict[str, str]) -> Iterator[tuple[Any, dict[str, str]]]:
+    testing = pytest.importorskip("pvesim.testing")
+    if not testing.schema_available():
+        pytest.skip("PVE API schema not found (pvesim)")
+    fast = {"vzcreate": 0.2, "vzstart": 0.1, "vzstop": 0.1, "vzshutdown": 0.1, "vzdestroy": 0.1, "download": 0.1}
+    with testing.running(nodes=1, guests=3, seed=3, running_share=1.0, qemu_share=0.0, task_seconds=fast) as sim:
+        yield sim, {**env, "PVEGUARD_BACKEND": "proxmox", "PVEGUARD_PVE_HOST": sim.host,
+                    "PVEGUARD_PVE_TOKEN": sim.token, "PVEGUARD_PVE_VERIFY_SSL": "0",
+                    "PVEGUARD_PVE_RETRY_WAIT": "0.05", "PVEGUARD_PVE_POLL_INTERVAL": "0.1"}
+
+
+def _busy_guest(sim: Any) -> int:
+    """One guest with a long name above every threshold, so it alerts."""
+    vmid = int(sim.control("GET", "/guests")[0]["vmid"])
+    sim.control("POST", f"/guests/{vmid}", {"config": {"hostname": LONG_NAME}})
+    sim.control("POST", f"/guests/{vmid}", {"cpu": 0.99})
+    return vmid
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_monitor_once_and_alerts(sim_env: tuple[Any, dict[str, str]], width: int) -> None:
+    sim, env = sim_env
+    vmid = _busy_guest(sim)
+    poll = json.loads(pveguard(env, "monitor", "--once", "--json").stdout)
+    proc = pveguard(env, "monitor", "--once", width=width)
+    assert proc.returncode == 0, proc.stderr
+    assert_reads_well(proc.stdout, width, [g["id"] for g in poll["guests"]] + [g["name"] for g in poll["guests"]])
+    assert LONG_NAME in proc.stdout
+
+    assert pveguard(env, "alerts", "silence", LONG_NAME, "--for", "2h", "--reason", "the tables test").returncode == 0
+    active = json.loads(pveguard(env, "alerts", "--json").stdout)["alerts"]
+    assert any(a["target"] == f"lxc/{vmid}" for a in active), active
+    proc = pveguard(env, "alerts", width=width)
+    assert proc.returncode == 0, proc.stderr
+    assert_reads_well(proc.stdout, width, [a["target"] for a in active] + [a["name"] for a in active]
+                      + [a["rule"] for a in active] + [LONG_NAME])
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_status(sim_env: tuple[Any, dict[str, str]], tmp_path: Path, width: int) -> None:
+    from pveguard.strategy.defaults import render
+
+    _, env = sim_env
+    Path(env["PVEGUARD_STRATEGY"]).write_text(render())
+    applied = pveguard(env, "apply", "--yes")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    data = json.loads(pveguard(env, "status", "--json").stdout)
+    assert data["containers"]
+    proc = pveguard(env, "status", width=width)
+    assert proc.returncode == 0, proc.stderr
+    assert_reads_well(proc.stdout, width, [c["name"] for c in data["containers"]])
