@@ -251,7 +251,7 @@ def test_unmanaged_namesake_is_a_conflict_and_untouched(penv: Env, capsys: pytes
     ("bad password", {"PVEGUARD_PVE_TOKEN": "", "PVEGUARD_PVE_USER": "root@pam",
                       "PVEGUARD_PVE_PASSWORD": "not-the-password"}, ["refused the login for root@pam"]),
     ("untrusted certificate", {"PVEGUARD_PVE_VERIFY_SSL": "1"},
-     ["TLS certificate is not trusted", "PVEGUARD_PVE_VERIFY_SSL=0"]),
+     ["is not trusted", "its SHA-256 fingerprint is", "PVEGUARD_PVE_FINGERPRINT", "PVEGUARD_PVE_VERIFY_SSL=0"]),
     ("nothing listening", {"PVEGUARD_PVE_HOST": "127.0.0.1:9"},
      ["failed at 127.0.0.1:9: connection failed (Connection refused)", "check PVEGUARD_PVE_HOST"]),
 ])

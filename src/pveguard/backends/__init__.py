@@ -6,6 +6,8 @@
     PVEGUARD_PVE_USER       user@realm   (with PVEGUARD_PVE_PASSWORD)
     PVEGUARD_PVE_PASSWORD
     PVEGUARD_PVE_VERIFY_SSL 0 | 1
+    PVEGUARD_PVE_FINGERPRINT  SHA-256 of the API certificate (AA:BB:..., as 'pvenode cert info' shows)
+    PVEGUARD_PVE_CA_FILE    CA certificate(s) the API certificate must chain to
     PVEGUARD_PVE_NODE       pin new containers to this node
 
 `auto` means: a configured PVE host, else the local PVE node when /etc/pve exists, else plain LXC when
@@ -25,7 +27,7 @@ from typing import Any
 
 from pveguard.backends.base import Backend
 from pveguard.errors import BackendUnavailable, ConfigError
-from pveguard.strategy.models import Strategy
+from pveguard.strategy.models import Strategy, normalize_fingerprint
 
 PVE_DIR = Path("/etc/pve")
 BACKENDS = ("auto", "proxmox", "lxc")
@@ -55,9 +57,22 @@ def proxmox_settings(strategy: Strategy, env: Mapping[str, str]) -> Any:
     from pveguard.backends.proxmox import PveSettings
 
     t = strategy.target.proxmox
+    fingerprint = t.fingerprint
+    if env.get("PVEGUARD_PVE_FINGERPRINT"):
+        try:
+            fingerprint = normalize_fingerprint(env["PVEGUARD_PVE_FINGERPRINT"])
+        except ValueError as exc:
+            raise ConfigError(f"PVEGUARD_PVE_FINGERPRINT: {exc}",
+                              hint="copy it from 'pvenode cert info' on the node (the SHA-256 line)") from None
+    ca_file = env.get("PVEGUARD_PVE_CA_FILE") or t.ca_file
+    if ca_file and not os.access(ca_file, os.R_OK):
+        where = "PVEGUARD_PVE_CA_FILE" if env.get("PVEGUARD_PVE_CA_FILE") else "target.proxmox.ca_file"
+        raise ConfigError(f"{where}: cannot read the CA file {ca_file}",
+                          hint="copy /etc/pve/pve-root-ca.pem from a node there, or pin the certificate "
+                               "with PVEGUARD_PVE_FINGERPRINT instead")
     s = PveSettings(
         host=env.get("PVEGUARD_PVE_HOST") or t.host, user=t.user, token_id=t.token_id,
-        verify_ssl=_flag(env, "PVEGUARD_PVE_VERIFY_SSL", t.verify_ssl),
+        verify_ssl=_flag(env, "PVEGUARD_PVE_VERIFY_SSL", t.verify_ssl), fingerprint=fingerprint, ca_file=ca_file,
         node=env.get("PVEGUARD_PVE_NODE") or t.node, storage=t.storage, template_storage=t.template_storage,
         ssh_user=t.ssh_user, task_timeout=t.task_timeout.total_seconds(),
     )

@@ -35,6 +35,7 @@ from pveguard.backends.base import (
     GuestSpec,
     GuestStats,
 )
+from pveguard.backends.pvetls import PveAdapter, TicketAuth, Trust, session_for
 from pveguard.errors import BackendError, BackendUnavailable
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class PveSettings:
     token_secret: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
     verify_ssl: bool = True
+    fingerprint: str | None = None  # SHA-256 of the API certificate (AA:BB:...), checked on every connection
+    ca_file: str | None = None
     node: str | None = None
     storage: str = "local-lvm"
     template_storage: str = "local"
@@ -72,37 +75,56 @@ class PveSettings:
         """Where we connect, without secrets (for status and error messages)."""
         if self.mode == "local":
             return "local node (pvesh)"
-        auth = f"token {self.user}!{self.token_id}" if self.token_id else f"user {self.user}"
-        return f"https://{self.host} ({auth}, verify_ssl={'on' if self.verify_ssl else 'off'})"
+        return f"https://{self.host} ({self.authid}, TLS: {self.trust.describe()})"
+
+    @property
+    def authid(self) -> str:
+        """Who PVE sees: user@realm!tokenid for a token, user@realm for a password, root@pam via pvesh."""
+        if self.mode == "local":
+            return "root@pam"
+        return f"{self.user}!{self.token_id}" if self.token_id else str(self.user)
+
+    @property
+    def trust(self) -> Trust:
+        return Trust(self.verify_ssl, self.fingerprint, self.ca_file)
 
 
 def open_api(s: PveSettings) -> Any:
-    """A proxmoxer ProxmoxAPI for the settings; connection and auth failures become BackendUnavailable."""
+    """A proxmoxer ProxmoxAPI for the settings; connection and auth failures become BackendUnavailable.
+
+    Over https every request goes through PveAdapter (pin or CA enforced on the connection, failures
+    explained), the password login included.
+    """
     try:
         if s.mode == "local":
             return ProxmoxAPI(backend="local", service="PVE", timeout=max(60, int(s.task_timeout)))
         if not s.host:
             raise BackendUnavailable("no PVE host configured",
                                      hint="set PVEGUARD_PVE_HOST or target.proxmox.host")
-        kwargs: dict[str, Any] = {"verify_ssl": s.verify_ssl, "timeout": s.http_timeout, "service": "PVE"}
+        verify = s.trust.requests_verify()
+        kwargs: dict[str, Any] = {"verify_ssl": verify, "timeout": s.http_timeout, "service": "PVE"}
         if s.token_id:
             kwargs.update(user=s.user, token_name=s.token_id, token_value=s.token_secret)
         elif s.password is not None:
-            kwargs.update(user=s.user, password=s.password)
+            # a placeholder token keeps proxmoxer from logging in over its own, unpinned connection;
+            # TicketAuth below logs in through ours and replaces it
+            kwargs.update(user=s.user, token_name="-", token_value="-")
         else:
             raise BackendUnavailable(
                 f"no credentials for {s.host}",
                 hint="set PVEGUARD_PVE_TOKEN=user@realm!tokenid=secret (or PVEGUARD_PVE_USER and "
                      "PVEGUARD_PVE_PASSWORD), or token_id/token_secret_file in target.proxmox")
-        return ProxmoxAPI(s.host, backend="https", **kwargs)
+        api = ProxmoxAPI(s.host, backend="https", **kwargs)
+        session = api._store["session"]  # proxmoxer has no public hook for its transport
+        session.mount("https://", PveAdapter(s.host, s.trust))
+        if s.token_id is None and s.password is not None:
+            session.auth = TicketAuth(session_for(s.host, s.trust), api._store["base_url"], str(s.user),
+                                      s.password, verify=verify, timeout=s.http_timeout)
+        return api
     except AuthenticationError:
         raise BackendUnavailable(f"PVE at {s.host} refused the login for {s.user}",
                                  hint="check the user name, realm and password") from None
-    except requests.exceptions.SSLError:
-        raise BackendUnavailable(f"the TLS certificate of {s.host} is not trusted",
-                                 hint="install the PVE CA certificate, or set PVEGUARD_PVE_VERIFY_SSL=0 "
-                                      "(target.proxmox.verify_ssl: false) on a trusted network") from None
-    except requests.exceptions.RequestException as exc:
+    except requests.exceptions.RequestException as exc:  # TLS failures were explained by PveAdapter
         raise BackendUnavailable(f"cannot reach PVE at {s.host}: {type(exc).__name__}",
                                  hint="check PVEGUARD_PVE_HOST (host[:port]) and that pveproxy runs") from None
 
