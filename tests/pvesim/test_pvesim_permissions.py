@@ -8,11 +8,6 @@ from typing import Any
 
 import pytest
 
-try:
-    from pvesim.testing import pvesim  # noqa: F401 - fixture
-except ImportError:  # pragma: no cover
-    pass
-
 
 def _ok(sim: Any, method: str, path: str, params: dict[str, Any] | None = None, token: str | None = None) -> Any:
     status, reason, body = sim.api(method, path, params, token=token)
