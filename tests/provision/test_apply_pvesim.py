@@ -88,7 +88,9 @@ def test_plan_reads_one_listing_plus_one_config_per_managed_guest(penv: Env,
     assert penv.run("apply", capsys=capsys)[0] == 0
     penv.reset_calls()
     assert penv.run("plan", capsys=capsys)[0] == 0
-    assert penv.calls() == {"GET /cluster/resources": 1, "GET /nodes/{node}/lxc/{vmid}/config": 4}
+    # plus one privilege read per ACL path the strategy needs (/, /nodes, /vms, 2 storages, the bridge's VLAN)
+    assert penv.calls() == {"GET /cluster/resources": 1, "GET /nodes/{node}/lxc/{vmid}/config": 4,
+                            "GET /access/permissions": 6}
 
 
 def test_status_shows_managed_containers_and_backend(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:

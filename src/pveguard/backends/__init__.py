@@ -144,7 +144,13 @@ def _open_proxmox(strategy: Strategy, env: Mapping[str, str]) -> Backend:
         if os.geteuid() != 0:
             raise BackendUnavailable("the local PVE backend (pvesh) must run as root",
                                      hint="use sudo, or the API over https with PVEGUARD_PVE_HOST/PVEGUARD_PVE_TOKEN")
-    return ProxmoxBackend(s)
+    from pveguard.provision.desired import desired_state
+
+    backend = ProxmoxBackend(s)
+    # what the strategy will ask of PVE: the privilege check and the preflights look at these
+    backend.specs = [d.spec for d in desired_state(strategy)]
+    backend.backup_storage = strategy.backup.containers.storage
+    return backend
 
 
 def choose(strategy: Strategy, env: Mapping[str, str] | None = None, pve_dir: Path = PVE_DIR) -> str:

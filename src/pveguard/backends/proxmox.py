@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,9 +35,11 @@ from pveguard.backends.base import (
     Guest,
     GuestSpec,
     GuestStats,
+    Preflight,
 )
+from pveguard.backends.pveprivs import Need, describe_missing, grant_hint, lacking, needs
 from pveguard.backends.pvetls import PveAdapter, TicketAuth, Trust, session_for
-from pveguard.errors import BackendError, BackendUnavailable
+from pveguard.errors import BackendError, BackendUnavailable, PolicyRefused
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +252,9 @@ class ProxmoxBackend(Backend):
         self._templates: dict[tuple[str, str], str] = {}
         self._node_ips: dict[str, str] | None = None
         self._local_name: str | None = None
+        # what the strategy will ask for (set by backends.connect): privileges and preflights check these
+        self.specs: list[GuestSpec] = []
+        self.backup_storage: str | None = None
 
     def __repr__(self) -> str:
         return f"ProxmoxBackend({self.settings.describe()})"
@@ -700,3 +706,51 @@ class ProxmoxBackend(Backend):
                     fh.write(p.stdout)
         if p.returncode != 0:
             raise BackendError(f"{what} failed: {p.stderr.decode(errors='replace').strip()}")
+
+    # --- preflight: version, quorum, privileges (doctor, plan, info) ----------------------------
+
+    def version(self) -> dict[str, Any]:
+        """GET /version: {'version': '8.4.1', 'release': '8.4', 'repoid': ...}."""
+        return dict(self.call("GET", "/version", what="reading the PVE version") or {})
+
+    def quorum(self) -> bool | None:
+        """Whether the cluster is quorate (GET /cluster/status); None when a single node has no cluster
+        entry or the credentials may not read it."""
+        try:
+            rows = self.call("GET", "/cluster/status", what="reading the cluster status")
+        except PveCallError as exc:
+            if exc.status == 403:
+                return None
+            raise
+        cluster = next((r for r in rows or [] if r.get("type") == "cluster"), None)
+        return None if cluster is None else bool(int(cluster.get("quorate", 0)))
+
+    def missing_privileges(self) -> dict[str, list[Need]]:
+        """The privileges plan/apply of `specs` need and the credentials lack, per ACL path, read with
+        GET /access/permissions?path= (PVE's own evaluation, propagation and token separation included)."""
+        needed = needs(self.specs, self.settings.storage, self.settings.template_storage)
+
+        def read(path: str) -> tuple[str, dict[str, Any]]:
+            got = self.call("GET", "/access/permissions", {"path": path},
+                            what=f"reading the privileges of {self.settings.authid} on {path}")
+            return path, dict((got or {}).get(path) or {})
+
+        paths = sorted({n.path for n in needed})
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            have = dict(pool.map(read, paths))
+        return lacking(needed, have)
+
+    def require_privileges(self) -> None:
+        """Refuse (PolicyRefused) before planning when a privilege is missing: PVE would not fail, it
+        would hide guests, and the plan would create containers that exist."""
+        missing = self.missing_privileges()
+        if missing:
+            authid = self.settings.authid
+            raise PolicyRefused(describe_missing(authid, missing), hint=grant_hint(authid, missing))
+
+    def preflight(self) -> list[Preflight]:
+        """TLS, connection, version, privileges, nodes/quorum, storages, templates, bridges, VMIDs."""
+        from pveguard.backends.pvepreflight import run
+
+        return run(self)
+

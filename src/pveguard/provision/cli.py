@@ -13,6 +13,7 @@ from rich.table import Table
 
 from pveguard.backends import connect
 from pveguard.backends.base import Backend
+from pveguard.backends.proxmox import ProxmoxBackend
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
 from pveguard.output import console, err_console, error, print_json
@@ -37,6 +38,9 @@ def _app(ctx: typer.Context) -> AppContext:
 
 def compute_plan(app: AppContext, backend: Backend, prune: bool) -> Plan:
     """Read the cluster (one listing + one config per managed guest) and plan against the strategy."""
+    if isinstance(backend, ProxmoxBackend):
+        # PVE hides what a token may not see instead of failing: check the privileges before planning
+        backend.require_privileges()
     return plan(desired_state(app.strategy), observe(backend), prune=prune, journal=Journal(app.store).entries())
 
 
