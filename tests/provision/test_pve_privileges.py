@@ -105,14 +105,14 @@ def test_token_that_cannot_see_guests_is_refused_and_the_grant_commands_work(
     assert "/storage/local-lvm: Datastore.AllocateSpace" in err
     assert "/sdn/zones/localnetwork/vmbr0/100: SDN.Use" in err
     assert "/nodes:" not in err  # that one it has
-    assert "pveum acl modify /vms -token 'plan@pve!ro' -role PVEGuard" in err
+    assert "pveum acl modify /vms --users 'plan@pve' --tokens 'plan@pve!ro' --roles PVEGuard" in err
     assert code == penv.run("apply", capsys=capsys)[0]  # apply refuses the same way
 
     # do what the hint says (through the API, as pveum would), for the token and its user
-    privs = re.search(r'pveum role add PVEGuard -privs "([^"]+)"', err)
+    privs = re.search(r'pveum role add PVEGuard --privs "([^"]+)"', err)
     assert privs is not None
     _ok(sim, "POST", "/access/roles", {"roleid": "PVEGuard", "privs": privs[1]})
-    for path in re.findall(r"pveum acl modify (\S+) -token", err):
+    for path in re.findall(r"pveum acl modify (\S+) --users", err):
         _ok(sim, "PUT", "/access/acl", {"path": path, "roles": "PVEGuard", "users": "plan@pve",
                                         "tokens": "plan@pve!ro"})
     code, out, err = penv.run("plan", capsys=capsys)
@@ -124,5 +124,8 @@ def test_grant_commands_name_user_or_token() -> None:
     from pveguard.backends.pveprivs import Need
 
     missing = {"/vms": [Need("/vms", "VM.Audit")]}
-    assert grant_commands("ops@pve", missing)[1] == "pveum acl modify /vms -user 'ops@pve' -role PVEGuard"
-    assert grant_commands("ops@pve!t", missing)[1] == "pveum acl modify /vms -token 'ops@pve!t' -role PVEGuard"
+    assert grant_commands("ops@pve", missing) == [
+        'pveum role add PVEGuard --privs "VM.Audit" (if it exists: pveum role modify PVEGuard --append 1 --privs '
+        '"VM.Audit")', "pveum acl modify /vms --users 'ops@pve' --roles PVEGuard"]
+    assert grant_commands("ops@pve!t", missing)[1] == \
+        "pveum acl modify /vms --users 'ops@pve' --tokens 'ops@pve!t' --roles PVEGuard"

@@ -110,12 +110,18 @@ def lacking(needed: Iterable[Need], have: Mapping[str, Mapping[str, object]]) ->
 
 
 def grant_commands(authid: str, missing: Mapping[str, list[Need]]) -> list[str]:
-    """The pveum commands (run as root on a node) that grant what is missing: one role, one ACL per path."""
-    privs = sorted({n.priv for ns in missing.values() for n in ns})
-    kind = "-token" if "!" in authid else "-user"
-    lines = [f'pveum role add {ROLE} -privs "{",".join(privs)}"   '
-             f'(if the role exists: pveum role modify {ROLE} -append 1 -privs "{",".join(privs)}")']
-    lines += [f"pveum acl modify {path} {kind} '{authid}' -role {ROLE}" for path in sorted(missing)]
+    """The pveum commands (as root on a node) that grant what is missing: one role, one ACL per path.
+
+    A token gets the ACL together with its user: a token without privilege separation has exactly its
+    user's privileges, a separated one only those that both hold, so granting both is right either way.
+    """
+    privs = ",".join(sorted({n.priv for ns in missing.values() for n in ns}))
+    who = f"--users '{authid}'"
+    if "!" in authid:
+        who = f"--users '{authid.split('!', 1)[0]}' --tokens '{authid}'"
+    lines = [f'pveum role add {ROLE} --privs "{privs}" '
+             f'(if it exists: pveum role modify {ROLE} --append 1 --privs "{privs}")']
+    lines += [f"pveum acl modify {path} {who} --roles {ROLE}" for path in sorted(missing)]
     return lines
 
 
@@ -129,9 +135,4 @@ def describe_missing(authid: str, missing: Mapping[str, list[Need]]) -> str:
 
 
 def grant_hint(authid: str, missing: Mapping[str, list[Need]]) -> str:
-    hint = "grant them as root on a PVE node:\n    " + "\n    ".join(grant_commands(authid, missing))
-    if "!" in authid:
-        user = authid.split("!", 1)[0]
-        hint += (f"\n  a privilege-separated token only keeps what its user also has: if {user} lacks them, "
-                 f"run the same 'pveum acl modify' lines with -user '{user}'")
-    return hint
+    return "grant them as root on a PVE node:\n    " + "\n    ".join(grant_commands(authid, missing))

@@ -251,3 +251,39 @@ def session_for(host: str, trust: Trust) -> requests.Session:
     s = requests.Session()
     s.mount("https://", PveAdapter(host, trust))
     return s
+
+
+def assess(host: str, trust: Trust, timeout: float = 5.0) -> tuple[bool, str, str]:
+    """(ok, what was found, fix) about the endpoint's TLS, for `pveguard doctor`. Uses the same rules as
+    the connection (pin, CA file, system CAs), on its own handshake."""
+    name, port = split_host(host)
+    where = f"{name}:{port}"
+    got = peer_fingerprint(name, port, timeout)
+    if got is None:
+        if speaks_plain_http(name, port, timeout):
+            return (False, f"{where} speaks plain HTTP, not HTTPS: PVE's API is https on port {PVE_PORT}",
+                    "point PVEGUARD_PVE_HOST / target.proxmox.host at the node's pveproxy")
+        return False, f"no TLS handshake with {where} (nothing listening, or not TLS)", \
+            f"check PVEGUARD_PVE_HOST / target.proxmox.host and that pveproxy runs (port {PVE_PORT})"
+    if trust.fingerprint and got != trust.fingerprint:
+        return (False, f"{where}: certificate does not match the pin: expected {trust.fingerprint}, got {got}",
+                "if the node's certificate was renewed on purpose, compare with 'pvenode cert info' and update "
+                "PVEGUARD_PVE_FINGERPRINT / target.proxmox.fingerprint; otherwise do not connect")
+    if trust.fingerprint and not trust.ca_file:
+        return True, f"{where}: certificate matches the pinned SHA-256 {got}", ""
+    if trust.ca_file or trust.verify_ssl:
+        try:
+            ctx = ssl.create_default_context(cafile=trust.ca_file)
+            with socket.create_connection((name, port), timeout=timeout) as sock, \
+                    ctx.wrap_socket(sock, server_hostname=name):
+                pass
+        except ssl.SSLCertVerificationError as exc:
+            return (False, f"{where}: certificate not trusted ({exc.verify_message}); its SHA-256 fingerprint is "
+                           f"{got}", PIN_HINT)
+        except (OSError, ssl.SSLError) as exc:
+            return False, f"{where}: TLS handshake failed ({exc})", f"check that {where} is the node's pveproxy"
+        by = f"the CA in {trust.ca_file}" if trust.ca_file else "the system CAs"
+        return True, f"{where}: certificate verified by {by}" + (" and the pin" if trust.fingerprint else ""), ""
+    return (False, f"{where}: certificate NOT verified (verify_ssl off); its SHA-256 fingerprint is {got}",
+            f"compare it with 'pvenode cert info' on the node, then pin it: PVEGUARD_PVE_FINGERPRINT={got} "
+            f"(target.proxmox.fingerprint)")
