@@ -132,10 +132,10 @@ def _open_lxc(strategy: Strategy, env: Mapping[str, str]) -> Backend:
     return backend
 
 
-def _open_proxmox(strategy: Strategy, env: Mapping[str, str]) -> Backend:
+def _open_proxmox(strategy: Strategy, env: Mapping[str, str], settings: Any = None) -> Any:
     from pveguard.backends.proxmox import ProxmoxBackend
 
-    s = proxmox_settings(strategy, env)
+    s = settings or proxmox_settings(strategy, env)
     if s.mode == "local":
         if shutil.which("pvesh") is None:
             raise BackendUnavailable("the local PVE backend needs pvesh, which is not on PATH",
@@ -177,4 +177,37 @@ def connect(strategy: Strategy, env: Mapping[str, str] | None = None, pve_dir: P
     """Open the backend the strategy and the environment ask for."""
     env = os.environ if env is None else env
     name = choose(strategy, env, pve_dir)
-    return _open_proxmox(strategy, env) if name == "proxmox" else _open_lxc(strategy, env)
+    backend: Backend = _open_proxmox(strategy, env) if name == "proxmox" else _open_lxc(strategy, env)
+    return backend
+
+
+def facts(strategy: Strategy, env: Mapping[str, str] | None = None, pve_dir: Path = PVE_DIR,
+          timeout: float = 5.0) -> dict[str, Any]:
+    """What `info` shows about the backend: asked for, resolved to, and for PVE its version, nodes and
+    quorum. Never raises for a backend that cannot be reached: `error` (and `hint`) say why. Fast: short
+    timeouts, no retries, at most three reads."""
+    from pveguard.errors import PveguardError
+
+    env = os.environ if env is None else env
+    wanted = env.get("PVEGUARD_BACKEND") or strategy.target.backend
+    out: dict[str, Any] = {"wanted": wanted, "resolved": None, "error": None, "hint": None}
+    try:
+        out["resolved"] = name = choose(strategy, env, pve_dir)
+        if name == "lxc":
+            return out
+        pve: dict[str, Any] = {"api": None, "reachable": False, "version": None, "nodes": [], "quorate": None}
+        out["proxmox"] = pve
+        settings = proxmox_settings(strategy, env)
+        pve["api"] = settings.describe()
+        settings.http_timeout, settings.retries = min(settings.http_timeout, timeout), 1
+        backend = _open_proxmox(strategy, env, settings)
+        try:
+            pve["version"] = str(backend.version().get("version") or "") or None
+            pve["reachable"] = True
+            pve["nodes"] = [{"name": n.name, "online": n.online} for n in backend.nodes()]
+            pve["quorate"] = backend.quorum()
+        finally:
+            backend.close()
+    except PveguardError as exc:
+        out["error"], out["hint"] = exc.message, exc.hint
+    return out
