@@ -129,3 +129,16 @@ def test_grant_commands_name_user_or_token() -> None:
         '"VM.Audit")', "pveum acl modify /vms --users 'ops@pve' --roles PVEGuard"]
     assert grant_commands("ops@pve!t", missing)[1] == \
         "pveum acl modify /vms --users 'ops@pve' --tokens 'ops@pve!t' --roles PVEGuard"
+
+
+def test_root_at_pam_is_not_asked() -> None:
+    from pveguard.backends.proxmox import ProxmoxBackend, PveSettings
+
+    class NoApi:
+        def __call__(self, *a: Any) -> Any:
+            raise AssertionError("root@pam may do anything: no call expected")
+
+    b = ProxmoxBackend(PveSettings(mode="local"), api=NoApi())
+    b.specs = [_spec()]
+    assert b.missing_privileges() == {}
+    b.require_privileges()
