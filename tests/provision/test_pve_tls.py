@@ -98,6 +98,12 @@ def test_bad_fingerprint_or_ca_file_settings_are_config_errors(tmp_path: Path) -
         proxmox_settings(Strategy(), {"PVEGUARD_PVE_HOST": "h", "PVEGUARD_PVE_CA_FILE": str(tmp_path / "no.pem")})
     s = Strategy.model_validate({"target": {"proxmox": {"fingerprint": "ab" * 32, "ca_file": None}}})
     assert s.target.proxmox.fingerprint == ":".join(["AB"] * 32)
+    from pveguard.strategy.load import check_text
+
+    strategy, problems = check_text("target:\n  proxmox:\n    fingerprint: 'AB:CD'\n", "s.yaml")
+    assert strategy is None
+    assert next(p.text() for p in problems if p.severity == "error").startswith(
+        "s.yaml:3:18: target.proxmox.fingerprint: a certificate fingerprint is the SHA-256")
 
 
 class _NotFound(http.server.BaseHTTPRequestHandler):
