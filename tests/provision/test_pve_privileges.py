@@ -94,14 +94,19 @@ def test_token_that_cannot_see_guests_is_refused_and_the_grant_commands_work(
     assert penv.run("apply", capsys=capsys)[0] == 0  # four containers exist (made with the root token)
     sim = penv.sim
     token = _token(sim, "plan@pve", "ro")
-    _ok(sim, "PUT", "/access/acl", {"path": "/nodes", "roles": "PVEAuditor", "users": "plan@pve",
-                                    "tokens": "plan@pve!ro"})
+    # the user may read everything, its token /nodes and /storage only: it cannot see the guests. The
+    # ACLs the hint adds on deeper paths replace the auditor role there, so the suggested role must
+    # carry what that role gave too (Datastore.Audit on the template storage)
+    _ok(sim, "PUT", "/access/acl", {"path": "/", "roles": "PVEAuditor", "users": "plan@pve"})
+    for path in ("/nodes", "/storage"):
+        _ok(sim, "PUT", "/access/acl", {"path": path, "roles": "PVEAuditor", "tokens": "plan@pve!ro"})
     penv.env["PVEGUARD_PVE_TOKEN"] = token
     code, out, err = penv.run("plan", capsys=capsys)
     assert code == 3, err  # refused, never "4 to create"
     assert "to create" not in out
     assert "plan@pve!ro lacks privileges that plan and apply need" in err
     assert re.search(r"/vms: VM\.Audit \(see the guests[^)]*\), VM\.Allocate", err)
+    assert "/storage/local: Datastore.AllocateTemplate (download a missing template)\n" in err
     assert "/storage/local-lvm: Datastore.AllocateSpace" in err
     assert "/sdn/zones/localnetwork/vmbr0/100: SDN.Use" in err
     assert "/nodes:" not in err  # that one it has

@@ -725,12 +725,16 @@ class ProxmoxBackend(Backend):
         cluster = next((r for r in rows or [] if r.get("type") == "cluster"), None)
         return None if cluster is None else bool(int(cluster.get("quorate", 0)))
 
+    def needed_privileges(self) -> list[Need]:
+        """Every privilege plan/apply of `specs` need, per ACL path."""
+        return needs(self.specs, self.settings.storage, self.settings.template_storage)
+
     def missing_privileges(self) -> dict[str, list[Need]]:
         """The privileges plan/apply of `specs` need and the credentials lack, per ACL path, read with
         GET /access/permissions?path= (PVE's own evaluation, propagation and token separation included)."""
         if self.settings.authid == "root@pam":
             return {}  # PVE lets root@pam do anything (and pvesh would cost a process per path)
-        needed = needs(self.specs, self.settings.storage, self.settings.template_storage)
+        needed = self.needed_privileges()
 
         def read(path: str) -> tuple[str, dict[str, Any]]:
             got = self.call("GET", "/access/permissions", {"path": path},
@@ -748,7 +752,8 @@ class ProxmoxBackend(Backend):
         missing = self.missing_privileges()
         if missing:
             authid = self.settings.authid
-            raise PolicyRefused(describe_missing(authid, missing), hint=grant_hint(authid, missing))
+            raise PolicyRefused(describe_missing(authid, missing),
+                                hint=grant_hint(authid, missing, self.needed_privileges()))
 
     def preflight(self) -> list[Preflight]:
         """TLS, connection, version, privileges, nodes/quorum, storages, templates, bridges, VMIDs."""

@@ -81,7 +81,7 @@ def _permissions(b: ProxmoxBackend) -> Preflight:
         return Preflight("pve-permissions", True, f"{authid} has every privilege plan and apply need")
     detail = describe_missing(authid, missing).replace(":\n  ", ": ").replace("\n  ", "; ")
     return Preflight("pve-permissions", False, detail, "grant them as root on a node: "
-                     + "; ".join(grant_commands(authid, missing)))
+                     + "; ".join(grant_commands(authid, missing, b.needed_privileges())))
 
 
 def _target_nodes(b: ProxmoxBackend, online: list[str]) -> list[str]:

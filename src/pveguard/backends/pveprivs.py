@@ -109,13 +109,16 @@ def lacking(needed: Iterable[Need], have: Mapping[str, Mapping[str, object]]) ->
     return out
 
 
-def grant_commands(authid: str, missing: Mapping[str, list[Need]]) -> list[str]:
+def grant_commands(authid: str, missing: Mapping[str, list[Need]], needed: Iterable[Need] = ()) -> list[str]:
     """The pveum commands (as root on a node) that grant what is missing: one role, one ACL per path.
 
-    A token gets the ACL together with its user: a token without privilege separation has exactly its
-    user's privileges, a separated one only those that both hold, so granting both is right either way.
+    The role holds everything `needed` on those paths, not only what is missing there: a user's ACL on a
+    path replaces the roles it inherited from above, so a role with only the missing privileges would
+    take away the ones that were there. A token gets the ACL together with its user: a token without
+    privilege separation has exactly its user's privileges, a separated one only those both hold.
     """
-    privs = ",".join(sorted({n.priv for ns in missing.values() for n in ns}))
+    privs = ",".join(sorted({n.priv for ns in missing.values() for n in ns}
+                            | {n.priv for n in needed if n.path in missing}))
     who = f"--users '{authid}'"
     if "!" in authid:
         who = f"--users '{authid.split('!', 1)[0]}' --tokens '{authid}'"
@@ -134,5 +137,5 @@ def describe_missing(authid: str, missing: Mapping[str, list[Need]]) -> str:
     return f"{authid} lacks privileges that plan and apply need:\n" + "\n".join(parts)
 
 
-def grant_hint(authid: str, missing: Mapping[str, list[Need]]) -> str:
-    return "grant them as root on a PVE node:\n    " + "\n    ".join(grant_commands(authid, missing))
+def grant_hint(authid: str, missing: Mapping[str, list[Need]], needed: Iterable[Need] = ()) -> str:
+    return "grant them as root on a PVE node:\n    " + "\n    ".join(grant_commands(authid, missing, needed))
