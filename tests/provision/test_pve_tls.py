@@ -165,3 +165,11 @@ def test_https_server_that_is_not_pve_is_named_so(other_https: str) -> None:
            "PVEGUARD_PVE_VERIFY_SSL": "0"}
     with pytest.raises(BackendUnavailable, match="is not a Proxmox VE API"):
         _backend(env)  # the password login meets the same server
+
+
+def test_pin_also_holds_through_a_proxy() -> None:
+    from pveguard.backends.pvetls import PveAdapter, Trust
+
+    adapter = PveAdapter("pve1:8006", Trust(fingerprint=WRONG))
+    assert adapter.poolmanager.connection_pool_kw["assert_fingerprint"] == WRONG
+    assert adapter.proxy_manager_for("http://127.0.0.1:3128").connection_pool_kw["assert_fingerprint"] == WRONG

@@ -158,6 +158,12 @@ class PveAdapter(HTTPAdapter):
             kwargs["assert_fingerprint"] = self._trust.fingerprint
         super().init_poolmanager(*args, **kwargs)
 
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        # through an https_proxy the TLS session to PVE is tunnelled: the pin must hold there as well
+        if self._trust.fingerprint:
+            proxy_kwargs["assert_fingerprint"] = self._trust.fingerprint
+        return super().proxy_manager_for(proxy, **proxy_kwargs)
+
     def send(self, request: requests.PreparedRequest, *args: Any, **kwargs: Any) -> requests.Response:
         try:
             resp = super().send(request, *args, **kwargs)
