@@ -2,7 +2,7 @@
 the docs are the source of truth, the tests read them.
 
 Type names: str, int, float (also an int), bool, null, iso (ISO 8601 UTC with a Z), any; `a|b`
-either; a list shows its items' shape; `"*"` any key; a `?key` is optional; `"$name"` defines a
+either; a list shows its items' shape, `list:TYPE` a list of scalars inside an alternative (`null|list:str`); `"*"` any key; a `?key` is optional; `"$name"` defines a
 shape that `object:name` refers to (anywhere in the block).
 """
 
@@ -59,6 +59,12 @@ def check(value: Any, shape: Any, defs: dict[str, Any] | None = None, path: str 
             if alt.startswith("object:"):
                 if isinstance(value, dict):
                     sub = check(value, defs[alt.split(":", 1)[1]], defs, path)
+                    if not sub:
+                        return []
+                    problems += sub
+            elif alt.startswith("list:"):
+                if isinstance(value, list):
+                    sub = check(value, [alt.split(":", 1)[1]], defs, path)
                     if not sub:
                         return []
                     problems += sub

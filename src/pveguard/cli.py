@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pveguard import __version__
+from pveguard import __version__, doctor
 from pveguard.audit import cli as audit_cli
 from pveguard.backup import cli as backup_cli
 from pveguard.context import AppContext
@@ -156,6 +156,7 @@ app.command("plan")(provision_cli.plan_cmd)
 app.command("apply")(provision_cli.apply_cmd)
 app.command("status")(provision_cli.status_cmd)
 app.command("adopt")(provision_cli.adopt_cmd)
+app.command("doctor")(doctor.doctor_cmd)
 guard_cli.register(app)
 app.add_typer(backup_cli.app, name="backup")
 app.add_typer(monitor_cli.monitor_app, name="monitor")

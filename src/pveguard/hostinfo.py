@@ -82,14 +82,24 @@ def describe(ctx: AppContext) -> dict[str, Any]:
             "cpus": os.cpu_count(),
         },
         "state": {"dir": str(ctx.state_dir), "ledger_entries": ledger_entries},
+        "backend": _backend_facts(strategy),
     }
+
+
+def _backend_facts(strategy: Any) -> dict[str, Any]:
+    from pveguard.backends import facts
+
+    data = facts(strategy)
+    if data["resolved"] == "lxc":
+        data["lxc"] = {"version": _cmd_version(["lxc-create", "--version"])}
+    return data
 
 
 def render_info(data: dict[str, Any]) -> None:
     s, h = data["strategy"], data["host"]
     if s["error"]:
         warn(f"strategy not loaded, showing the defaults: {s['error']}")
-    console.print(f"[bold]strategy[/]: {s['source']}  backend: {s['backend']}")
+    console.print(f"[bold]strategy[/]: {s['source']}")
     console.print("policy: " + "  ".join(f"{k}={'true' if v else 'false'}" for k, v in s["policy"].items()))
     table = Table("container", "role", "cores", "memory", "storage", "bridge", "vlan")
     for c in s["containers"]:
@@ -102,6 +112,29 @@ def render_info(data: dict[str, Any]) -> None:
     console.print(f"  Proxmox VE: {h['pveversion'] or ('present' if h['pve'] else 'not detected')}")
     console.print(f"  LXC tools: {h['lxc'] or 'not installed'}")
     console.print(f"  apt: {h['apt'] or 'not found'}   systemd: {h['systemd'] or 'not found'}")
+    _render_backend(data["backend"])
     st = data["state"]
     ledger = "no state yet" if st["ledger_entries"] is None else f"{st['ledger_entries']} ledger entries"
     console.print(f"[bold]state[/]: {st['dir']} ({ledger})")
+
+
+def _render_backend(b: dict[str, Any]) -> None:
+    asked = "" if b["wanted"] == b["resolved"] else f" (from {b['wanted']})"
+    console.print(f"[bold]backend[/]: {b['resolved'] or 'none'}{asked}", highlight=False)
+    pve = b.get("proxmox")
+    if pve is not None:
+        if pve["api"]:
+            console.print(f"  api: {pve['api']}", highlight=False, soft_wrap=True)
+        if pve["reachable"]:
+            nodes = ", ".join(f"{n['name']} ({'online' if n['online'] else 'offline'})" for n in pve["nodes"])
+            quorum = {True: "quorate", False: "NOT quorate", None: "quorum unknown"}[pve["quorate"]]
+            console.print(f"  Proxmox VE {pve['version']}; nodes: {nodes or 'none visible'}; {quorum}",
+                          highlight=False, soft_wrap=True)
+    if b.get("lxc"):
+        console.print(f"  LXC {b['lxc']['version'] or 'version unknown'}", highlight=False)
+    if b["error"]:
+        what = "unreachable" if b["resolved"] else "not available"
+        console.print(f"  {what}: {b['error']}", highlight=False, soft_wrap=True, markup=False)
+        if b["hint"]:
+            console.print(f"  hint: {b['hint']}", highlight=False, soft_wrap=True, markup=False)
+

@@ -161,11 +161,13 @@ class Access:
         self.realms = {"pam": "Linux PAM standard authentication", "pve": "Proxmox VE authentication server"}
         self._secret = secret
         self._cache: dict[tuple[str, str], frozenset[str]] = {}
+        self._pcache: dict[tuple[str, str], dict[str, int]] = {}
         self.pool_of: dict[int, str] = {}  # vmid -> pool, maintained by the state
 
     def changed(self) -> None:
-        """Drop the permission cache (call after any user/group/token/ACL/pool change)."""
+        """Drop the permission caches (call after any user/group/token/ACL/pool change)."""
         self._cache.clear()
+        self._pcache.clear()
 
     # -- credentials -------------------------------------------------------------------------
     def _sign(self, data: str) -> str:
@@ -288,44 +290,62 @@ class Access:
             return {"NoAccess": roles["NoAccess"]}
         return roles
 
-    def _privs_plain(self, authid: str, path: str) -> frozenset[str]:
+    def _compiled(self, ugid: str, is_token: bool, path: str) -> dict[str, int]:
+        """PVE's compile_acl_path for one user or token: the roles on the path, plus the pool's roles for
+        a pool member (never over NoAccess, never propagating), as privilege -> propagate flag."""
+        roles = dict(self._roles(ugid, is_token, path))
+        m = re.fullmatch(r"/vms/(\d+)", path)
+        pool = self.pool_of.get(int(m.group(1))) if m else None
+        if pool is not None and "NoAccess" not in roles:
+            pool_roles = self._roles(ugid, is_token, f"/pool/{pool}")
+            if "NoAccess" in pool_roles:
+                roles = {"NoAccess": 0}
+            else:
+                for r in pool_roles:
+                    roles.setdefault(r, 0)
+        privs: dict[str, int] = {}
+        for role, propagate in roles.items():
+            for p in self.roles.get(role, frozenset()):
+                # a privilege propagates when any role that grants it does (Perl: ||=)
+                privs[p] = privs.get(p) or propagate
+        return privs
+
+    def permissions(self, authid: str, path: str) -> dict[str, int]:
+        """PVE's RPCEnvironment::permissions: privilege -> propagate flag (1/0) of a user or token on a path.
+
+        root@pam has every privilege; a token without privilege separation has its user's; a separated
+        token has what both its own ACLs and its user grant (root@pam's tokens: their own ACLs only).
+        """
+        key = (authid, path)
+        got = self._pcache.get(key)
+        if got is not None:
+            return got
         userid, _, tokenid = authid.partition("!")
-        if userid == "root@pam":
-            if not tokenid:
-                return ALL_PRIVS
-            tok = self.tokens.get((userid, tokenid))
-            if tok is not None and not tok.privsep:
-                return ALL_PRIVS
-        user_privs: set[str] = set()
-        if userid == "root@pam":
-            user_privs = set(ALL_PRIVS)
+        res: dict[str, int]
+        if authid == "root@pam":
+            res = dict.fromkeys(ALL_PRIVS, 1)
+        elif not tokenid:
+            res = self._compiled(userid, False, path)
+        elif (tok := self.tokens.get((userid, tokenid))) is None:
+            res = {}
         else:
-            for r in self._roles(userid, False, path):
-                user_privs |= self.roles.get(r, frozenset())
-        if not tokenid:
-            return frozenset(user_privs)
-        tok = self.tokens.get((userid, tokenid))
-        if tok is None:
-            return frozenset()
-        if not tok.privsep:
-            return frozenset(user_privs)
-        tok_privs: set[str] = set()
-        for r in self._roles(authid, True, path):
-            tok_privs |= self.roles.get(r, frozenset())
-        return frozenset(user_privs & tok_privs)
+            user_perms = self.permissions(userid, path)
+            if not tok.privsep:
+                res = dict(user_perms)
+            else:
+                own = self._compiled(authid, True, path)
+                res = own if userid == "root@pam" else {
+                    p: user_perms[p] and flag for p, flag in own.items() if p in user_perms}
+        self._pcache[key] = res
+        return res
 
     def privs(self, authid: str, path: str) -> frozenset[str]:
         """Effective privileges of a user or token on a path (`/vms/N` also inherits from its pool)."""
         key = (authid, path)
         got = self._cache.get(key)
-        if got is not None:
-            return got
-        p = self._privs_plain(authid, path)
-        m = re.fullmatch(r"/vms/(\d+)", path)
-        if m and int(m.group(1)) in self.pool_of:
-            p = p | self._privs_plain(authid, f"/pool/{self.pool_of[int(m.group(1))]}")
-        self._cache[key] = p
-        return p
+        if got is None:
+            got = self._cache[key] = frozenset(self.permissions(authid, path))
+        return got
 
     def check(self, authid: str, path: str, privs: list[str], any_of: bool = False) -> None:
         """Raise PermError like PVE's check_perm."""

@@ -82,7 +82,7 @@ def test_environment_variables_set_global_options(tmp_path: Path) -> None:
 def test_info_json_shape(paths: list[str]) -> None:
     run(*paths, "init")
     data = json.loads(run(*paths, "info", "--json").stdout)
-    assert set(data) == {"strategy", "host", "state"}
+    assert set(data) == {"strategy", "host", "state", "backend"}
     assert data["strategy"]["policy"] == {"ALLOW_CORE_ONLY": True, "REQUIRE_APPROVAL": True, "CONTAINER_FIRST": True}
     assert data["strategy"]["containers"][0]["name"] == "pve-monitoring"
     assert data["host"]["pve"] is False or isinstance(data["host"]["pve"], bool)

@@ -101,7 +101,9 @@ def test_plan_reads_one_listing_plus_one_config_per_managed_guest(penv: Env,
     assert penv.run("apply", capsys=capsys)[0] == 0
     penv.reset_calls()
     assert penv.run("plan", capsys=capsys)[0] == 0
-    assert penv.calls() == {"GET /cluster/resources": 1, "GET /nodes/{node}/lxc/{vmid}/config": 4}
+    # plus one privilege read per ACL path the strategy needs (/, /nodes, /vms, 2 storages, the bridge's VLAN)
+    assert penv.calls() == {"GET /cluster/resources": 1, "GET /nodes/{node}/lxc/{vmid}/config": 4,
+                            "GET /access/permissions": 6}
 
 
 def test_status_shows_managed_containers_and_backend(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
@@ -265,7 +267,7 @@ def test_unmanaged_namesake_is_a_conflict_and_untouched(penv: Env, capsys: pytes
     ("bad password", {"PVEGUARD_PVE_TOKEN": "", "PVEGUARD_PVE_USER": "root@pam",
                       "PVEGUARD_PVE_PASSWORD": "not-the-password"}, ["refused the login for root@pam"]),
     ("untrusted certificate", {"PVEGUARD_PVE_VERIFY_SSL": "1"},
-     ["TLS certificate is not trusted", "PVEGUARD_PVE_VERIFY_SSL=0"]),
+     ["is not trusted", "its SHA-256 fingerprint is", "PVEGUARD_PVE_FINGERPRINT", "PVEGUARD_PVE_VERIFY_SSL=0"]),
     ("nothing listening", {"PVEGUARD_PVE_HOST": "127.0.0.1:9"},
      ["failed at 127.0.0.1:9: connection failed (Connection refused)", "check PVEGUARD_PVE_HOST"]),
 ])

@@ -6,6 +6,8 @@
     PVEGUARD_PVE_USER       user@realm   (with PVEGUARD_PVE_PASSWORD)
     PVEGUARD_PVE_PASSWORD
     PVEGUARD_PVE_VERIFY_SSL 0 | 1
+    PVEGUARD_PVE_FINGERPRINT  SHA-256 of the API certificate (AA:BB:..., as 'pvenode cert info' shows)
+    PVEGUARD_PVE_CA_FILE    CA certificate(s) the API certificate must chain to
     PVEGUARD_PVE_NODE       pin new containers to this node
 
 `auto` means: a configured PVE host, else the local PVE node when /etc/pve exists, else plain LXC when
@@ -25,7 +27,7 @@ from typing import Any
 
 from pveguard.backends.base import Backend
 from pveguard.errors import BackendUnavailable, ConfigError
-from pveguard.strategy.models import Strategy
+from pveguard.strategy.models import Strategy, normalize_fingerprint
 
 PVE_DIR = Path("/etc/pve")
 BACKENDS = ("auto", "proxmox", "lxc")
@@ -55,9 +57,22 @@ def proxmox_settings(strategy: Strategy, env: Mapping[str, str]) -> Any:
     from pveguard.backends.proxmox import PveSettings
 
     t = strategy.target.proxmox
+    fingerprint = t.fingerprint
+    if env.get("PVEGUARD_PVE_FINGERPRINT"):
+        try:
+            fingerprint = normalize_fingerprint(env["PVEGUARD_PVE_FINGERPRINT"])
+        except ValueError as exc:
+            raise ConfigError(f"PVEGUARD_PVE_FINGERPRINT: {exc}",
+                              hint="copy it from 'pvenode cert info' on the node (the SHA-256 line)") from None
+    ca_file = env.get("PVEGUARD_PVE_CA_FILE") or t.ca_file
+    if ca_file and not os.access(ca_file, os.R_OK):
+        where = "PVEGUARD_PVE_CA_FILE" if env.get("PVEGUARD_PVE_CA_FILE") else "target.proxmox.ca_file"
+        raise ConfigError(f"{where}: cannot read the CA file {ca_file}",
+                          hint="copy /etc/pve/pve-root-ca.pem from a node there, or pin the certificate "
+                               "with PVEGUARD_PVE_FINGERPRINT instead")
     s = PveSettings(
         host=env.get("PVEGUARD_PVE_HOST") or t.host, user=t.user, token_id=t.token_id,
-        verify_ssl=_flag(env, "PVEGUARD_PVE_VERIFY_SSL", t.verify_ssl),
+        verify_ssl=_flag(env, "PVEGUARD_PVE_VERIFY_SSL", t.verify_ssl), fingerprint=fingerprint, ca_file=ca_file,
         node=env.get("PVEGUARD_PVE_NODE") or t.node, storage=t.storage, template_storage=t.template_storage,
         ssh_user=t.ssh_user, task_timeout=t.task_timeout.total_seconds(),
     )
@@ -117,10 +132,10 @@ def _open_lxc(strategy: Strategy, env: Mapping[str, str]) -> Backend:
     return backend
 
 
-def _open_proxmox(strategy: Strategy, env: Mapping[str, str]) -> Backend:
+def _open_proxmox(strategy: Strategy, env: Mapping[str, str], settings: Any = None) -> Any:
     from pveguard.backends.proxmox import ProxmoxBackend
 
-    s = proxmox_settings(strategy, env)
+    s = settings or proxmox_settings(strategy, env)
     if s.mode == "local":
         if shutil.which("pvesh") is None:
             raise BackendUnavailable("the local PVE backend needs pvesh, which is not on PATH",
@@ -129,7 +144,14 @@ def _open_proxmox(strategy: Strategy, env: Mapping[str, str]) -> Backend:
         if os.geteuid() != 0:
             raise BackendUnavailable("the local PVE backend (pvesh) must run as root",
                                      hint="use sudo, or the API over https with PVEGUARD_PVE_HOST/PVEGUARD_PVE_TOKEN")
-    return ProxmoxBackend(s)
+    from pveguard.provision.desired import desired_state
+
+    backend = ProxmoxBackend(s)
+    # what the strategy will ask of PVE: the privilege check and the preflights look at these (the
+    # instance only changes the description marker, which neither reads)
+    backend.specs = [d.spec for d in desired_state(strategy, strategy.target.instance or "")]
+    backend.backup_storage = strategy.backup.containers.storage
+    return backend
 
 
 def choose(strategy: Strategy, env: Mapping[str, str] | None = None, pve_dir: Path = PVE_DIR) -> str:
@@ -156,4 +178,37 @@ def connect(strategy: Strategy, env: Mapping[str, str] | None = None, pve_dir: P
     """Open the backend the strategy and the environment ask for."""
     env = os.environ if env is None else env
     name = choose(strategy, env, pve_dir)
-    return _open_proxmox(strategy, env) if name == "proxmox" else _open_lxc(strategy, env)
+    backend: Backend = _open_proxmox(strategy, env) if name == "proxmox" else _open_lxc(strategy, env)
+    return backend
+
+
+def facts(strategy: Strategy, env: Mapping[str, str] | None = None, pve_dir: Path = PVE_DIR,
+          timeout: float = 5.0) -> dict[str, Any]:
+    """What `info` shows about the backend: asked for, resolved to, and for PVE its version, nodes and
+    quorum. Never raises for a backend that cannot be reached: `error` (and `hint`) say why. Fast: short
+    timeouts, no retries, at most three reads."""
+    from pveguard.errors import PveguardError
+
+    env = os.environ if env is None else env
+    wanted = env.get("PVEGUARD_BACKEND") or strategy.target.backend
+    out: dict[str, Any] = {"wanted": wanted, "resolved": None, "error": None, "hint": None}
+    try:
+        out["resolved"] = name = choose(strategy, env, pve_dir)
+        if name == "lxc":
+            return out
+        pve: dict[str, Any] = {"api": None, "reachable": False, "version": None, "nodes": [], "quorate": None}
+        out["proxmox"] = pve
+        settings = proxmox_settings(strategy, env)
+        pve["api"] = settings.describe()
+        settings.http_timeout, settings.retries = min(settings.http_timeout, timeout), 1
+        backend = _open_proxmox(strategy, env, settings)
+        try:
+            pve["version"] = str(backend.version().get("version") or "") or None
+            pve["reachable"] = True
+            pve["nodes"] = [{"name": n.name, "online": n.online} for n in backend.nodes()]
+            pve["quorate"] = backend.quorum()
+        finally:
+            backend.close()
+    except PveguardError as exc:
+        out["error"], out["hint"] = exc.message, exc.hint
+    return out

@@ -24,6 +24,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,9 +41,12 @@ from pveguard.backends.base import (
     Guest,
     GuestSpec,
     GuestStats,
+    Preflight,
     read_marker,
 )
-from pveguard.errors import BackendError, BackendUnavailable
+from pveguard.backends.pveprivs import Need, describe_missing, grant_hint, lacking, needs
+from pveguard.backends.pvetls import PveAdapter, TicketAuth, Trust, session_for
+from pveguard.errors import BackendError, BackendUnavailable, PolicyRefused
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +168,8 @@ class PveSettings:
     token_secret: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
     verify_ssl: bool = True
+    fingerprint: str | None = None  # SHA-256 of the API certificate (AA:BB:...), checked on every connection
+    ca_file: str | None = None
     node: str | None = None
     storage: str = "local-lvm"
     template_storage: str = "local"
@@ -180,37 +186,56 @@ class PveSettings:
         """Where we connect, without secrets (for status and error messages)."""
         if self.mode == "local":
             return "local node (pvesh)"
-        auth = f"token {self.user}!{self.token_id}" if self.token_id else f"user {self.user}"
-        return f"https://{self.host} ({auth}, verify_ssl={'on' if self.verify_ssl else 'off'})"
+        return f"https://{self.host} ({self.authid}, TLS: {self.trust.describe()})"
+
+    @property
+    def authid(self) -> str:
+        """Who PVE sees: user@realm!tokenid for a token, user@realm for a password, root@pam via pvesh."""
+        if self.mode == "local":
+            return "root@pam"
+        return f"{self.user}!{self.token_id}" if self.token_id else str(self.user)
+
+    @property
+    def trust(self) -> Trust:
+        return Trust(self.verify_ssl, self.fingerprint, self.ca_file)
 
 
 def open_api(s: PveSettings) -> Any:
-    """A proxmoxer ProxmoxAPI for the settings; connection and auth failures become BackendUnavailable."""
+    """A proxmoxer ProxmoxAPI for the settings; connection and auth failures become BackendUnavailable.
+
+    Over https every request goes through PveAdapter (pin or CA enforced on the connection, failures
+    explained), the password login included.
+    """
     try:
         if s.mode == "local":
             return ProxmoxAPI(backend="local", service="PVE", timeout=max(60, int(s.task_timeout)))
         if not s.host:
             raise BackendUnavailable("no PVE host configured",
                                      hint="set PVEGUARD_PVE_HOST or target.proxmox.host")
-        kwargs: dict[str, Any] = {"verify_ssl": s.verify_ssl, "timeout": s.http_timeout, "service": "PVE"}
+        verify = s.trust.requests_verify()
+        kwargs: dict[str, Any] = {"verify_ssl": verify, "timeout": s.http_timeout, "service": "PVE"}
         if s.token_id:
             kwargs.update(user=s.user, token_name=s.token_id, token_value=s.token_secret)
         elif s.password is not None:
-            kwargs.update(user=s.user, password=s.password)
+            # a placeholder token keeps proxmoxer from logging in over its own, unpinned connection;
+            # TicketAuth below logs in through ours and replaces it
+            kwargs.update(user=s.user, token_name="-", token_value="-")
         else:
             raise BackendUnavailable(
                 f"no credentials for {s.host}",
                 hint="set PVEGUARD_PVE_TOKEN=user@realm!tokenid=secret (or PVEGUARD_PVE_USER and "
                      "PVEGUARD_PVE_PASSWORD), or token_id/token_secret_file in target.proxmox")
-        return ProxmoxAPI(s.host, backend="https", **kwargs)
+        api = ProxmoxAPI(s.host, backend="https", **kwargs)
+        session = api._store["session"]  # proxmoxer has no public hook for its transport
+        session.mount("https://", PveAdapter(s.host, s.trust))
+        if s.token_id is None and s.password is not None:
+            session.auth = TicketAuth(session_for(s.host, s.trust), api._store["base_url"], str(s.user),
+                                      s.password, verify=verify, timeout=s.http_timeout)
+        return api
     except AuthenticationError:
         raise BackendUnavailable(f"PVE at {s.host} refused the login for {s.user}",
                                  hint="check the user name, realm and password") from None
-    except requests.exceptions.SSLError:
-        raise BackendUnavailable(f"the TLS certificate of {s.host} is not trusted",
-                                 hint="install the PVE CA certificate, or set PVEGUARD_PVE_VERIFY_SSL=0 "
-                                      "(target.proxmox.verify_ssl: false) on a trusted network") from None
-    except requests.exceptions.RequestException as exc:
+    except requests.exceptions.RequestException as exc:  # TLS failures were explained by PveAdapter
         raise BackendUnavailable(f"cannot reach PVE at {s.host}: {type(exc).__name__}",
                                  hint="check PVEGUARD_PVE_HOST (host[:port]) and that pveproxy runs") from None
 
@@ -437,6 +462,9 @@ class ProxmoxBackend(Backend):
         self._templates: dict[tuple[str, str], str] = {}
         self._node_ips: dict[str, str] | None = None
         self._local_name: str | None = None
+        # what the strategy will ask for (set by backends.connect): privileges and preflights check these
+        self.specs: list[GuestSpec] = []
+        self.backup_storage: str | None = None
 
     def __repr__(self) -> str:
         return f"ProxmoxBackend({self.settings.describe()})"
@@ -958,3 +986,58 @@ class ProxmoxBackend(Backend):
                     fh.write(p.stdout)
         if p.returncode != 0:
             raise BackendError(f"{what} failed: {p.stderr.decode(errors='replace').strip()}")
+
+    # --- preflight: version, quorum, privileges (doctor, plan, info) ----------------------------
+
+    def version(self) -> dict[str, Any]:
+        """GET /version: {'version': '8.4.1', 'release': '8.4', 'repoid': ...}."""
+        return dict(self.call("GET", "/version", what="reading the PVE version") or {})
+
+    def quorum(self) -> bool | None:
+        """Whether the cluster is quorate (GET /cluster/status); None when a single node has no cluster
+        entry or the credentials may not read it."""
+        try:
+            rows = self.call("GET", "/cluster/status", what="reading the cluster status")
+        except PveCallError as exc:
+            if exc.status == 403:
+                return None
+            raise
+        cluster = next((r for r in rows or [] if r.get("type") == "cluster"), None)
+        return None if cluster is None else bool(int(cluster.get("quorate", 0)))
+
+    def needed_privileges(self) -> list[Need]:
+        """Every privilege plan/apply of `specs` need, per ACL path."""
+        return needs(self.specs, self.settings.storage, self.settings.template_storage)
+
+    def missing_privileges(self) -> dict[str, list[Need]]:
+        """The privileges plan/apply of `specs` need and the credentials lack, per ACL path, read with
+        GET /access/permissions?path= (PVE's own evaluation, propagation and token separation included)."""
+        if self.settings.authid == "root@pam":
+            return {}  # PVE lets root@pam do anything (and pvesh would cost a process per path)
+        needed = self.needed_privileges()
+
+        def read(path: str) -> tuple[str, dict[str, Any]]:
+            got = self.call("GET", "/access/permissions", {"path": path},
+                            what=f"reading the privileges of {self.settings.authid} on {path}")
+            return path, dict((got or {}).get(path) or {})
+
+        paths = sorted({n.path for n in needed})
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            have = dict(pool.map(read, paths))
+        return lacking(needed, have)
+
+    def require_privileges(self) -> None:
+        """Refuse (PolicyRefused) before planning when a privilege is missing: PVE would not fail, it
+        would hide guests, and the plan would create containers that exist."""
+        missing = self.missing_privileges()
+        if missing:
+            authid = self.settings.authid
+            raise PolicyRefused(describe_missing(authid, missing),
+                                hint=grant_hint(authid, missing, self.needed_privileges()))
+
+    def preflight(self) -> list[Preflight]:
+        """TLS, connection, version, privileges, nodes/quorum, storages, templates, bridges, VMIDs."""
+        from pveguard.backends.pvepreflight import run
+
+        return run(self)
+

@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from pveguard.backends import connect
 from pveguard.backends.base import Backend, Guest, read_marker
+from pveguard.backends.proxmox import ProxmoxBackend
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
 from pveguard.output import Col, FitTable, console, err_console, error, print_json, warn
@@ -59,6 +60,9 @@ def _only(app: AppContext, only: list[str] | None) -> set[str] | None:
 
 def compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str] | None = None) -> Plan:
     """Read the cluster (one listing + one config per managed guest) and plan against the strategy."""
+    if isinstance(backend, ProxmoxBackend):
+        # PVE hides what a token may not see instead of failing: check the privileges before planning
+        backend.require_privileges()
     instance = instance_id(app)
     p = plan(desired_state(app.strategy, instance), observe(backend), instance=instance, prune=prune,
              journal=Journal(app.store).entries())

@@ -35,7 +35,8 @@ SECTION_NOTES = {
     "target": (
         "Where containers live: auto (local PVE when /etc/pve exists, else LXC), proxmox or lxc.\n"
         "Overridden by PVEGUARD_BACKEND, PVEGUARD_PVE_HOST, PVEGUARD_PVE_TOKEN, PVEGUARD_PVE_USER,\n"
-        "PVEGUARD_PVE_PASSWORD, PVEGUARD_PVE_VERIFY_SSL, PVEGUARD_PVE_NODE."
+        "PVEGUARD_PVE_PASSWORD, PVEGUARD_PVE_VERIFY_SSL, PVEGUARD_PVE_FINGERPRINT,\n"
+        "PVEGUARD_PVE_CA_FILE, PVEGUARD_PVE_NODE."
     ),
 }
 

@@ -471,6 +471,16 @@ class Emergency(StrictModel):
 # --- target -------------------------------------------------------------------------------------
 
 
+def normalize_fingerprint(text: str) -> str:
+    """A SHA-256 certificate fingerprint as PVE shows it (AA:BB:..., 32 bytes); accepts any case, with or
+    without colons. ValueError says what a fingerprint looks like."""
+    hexits = text.strip().replace(":", "").upper()
+    if not re.fullmatch(r"[0-9A-F]{64}", hexits):
+        raise ValueError("a certificate fingerprint is the SHA-256 shown by 'pvenode cert info': 32 hex bytes "
+                         "like AB:CD:...:EF (64 hex digits, colons optional)")
+    return ":".join(hexits[i:i + 2] for i in range(0, 64, 2))
+
+
 class ProxmoxTarget(StrictModel):
     host: str | None = Field(None, description="host[:port]; empty = the local node (pvesh)")
     user: str | None = Field(None, description="user@realm for password or token auth")
@@ -478,11 +488,20 @@ class ProxmoxTarget(StrictModel):
     token_secret_file: str | None = None
     password_file: str | None = None
     verify_ssl: bool = True
+    fingerprint: str | None = Field(
+        None, description="pin the API certificate: its SHA-256 as 'pvenode cert info' shows it (AA:BB:...)")
+    ca_file: str | None = Field(None, description="CA certificate(s) to verify the API with, e.g. a copy of "
+                                                  "/etc/pve/pve-root-ca.pem")
     node: str | None = Field(None, description="pin every container to this node")
     storage: str = "local-lvm"
     template_storage: str = "local"
     ssh_user: str = "root"
     task_timeout: Duration = timedelta(minutes=10)
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _fingerprint(cls, v: str | None) -> str | None:
+        return None if v is None else normalize_fingerprint(v)
 
 
 class LxcTarget(StrictModel):

@@ -451,25 +451,25 @@ def acl_update(ctx: Ctx) -> None:
 
 @api("GET", "/access/permissions")
 def permissions(ctx: Ctx) -> dict[str, dict[str, int]]:
+    """As pve-access-control's `permissions`: own (or an owned token's) permissions for anyone, another
+    user's with Sys.Audit on /access; `path` dumps that path (even when empty), else the top-level paths,
+    every ACL path and the pool members' paths, leaving out those without any privilege."""
     acc = ctx.sim.access
     who = str(ctx.p.get("userid") or ctx.auth.authid)
-    if who != ctx.auth.authid and not ctx.is_root and not ctx.can("/access", "Sys.Audit"):
-        raise PermError("/access, Sys.Audit")
-    paths = (
-        [str(ctx.p["path"])]
-        if ctx.p.get("path")
-        else sorted(
-            {
-                "/",
-                "/vms",
-                "/storage",
-                "/nodes",
-                "/access",
-                "/pool",
-                "/sdn",
-                "/mapping",
-                *[e.path for e in acc.acl],
-            }
-        )
-    )
-    return {p: {x: 1 for x in sorted(acc.privs(who, p))} for p in paths}
+    owner = who.split("!", 1)[0] if "!" in who else None
+    if who != ctx.auth.authid and owner != ctx.auth.authid:
+        ctx.check("/access", ["Sys.Audit"])
+    if ctx.p.get("path"):
+        path = str(ctx.p["path"])
+        return {path: dict(sorted(acc.permissions(who, path).items()))}
+    paths = {"/", "/access", "/access/groups", "/nodes", "/pool", "/sdn", "/storage", "/vms"}
+    paths |= {e.path for e in acc.acl}
+    for pool in ctx.sim.pools.values():
+        paths |= {f"/vms/{v}" for v in pool.get("vms", ())}
+        paths |= {f"/storage/{s}" for s in pool.get("storage", ())}
+    out = {}
+    for p in sorted(paths):
+        perms = acc.permissions(who, p)
+        if perms:
+            out[p] = dict(sorted(perms.items()))
+    return out

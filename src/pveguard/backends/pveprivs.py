@@ -1,0 +1,141 @@
+"""Which PVE privileges pveguard's plan and apply need, on which ACL paths, and how to grant them.
+
+Derived from the calls the proxmox backend makes (`CALLS`) and what PVE checks for each: the API
+schema's `permissions` (tests/provision/test_pve_privileges.py compares `CALLS` with the official schema)
+and, where the schema says "check inside", pve-container's `create_vm` / `check_ct_modify_config_perm`
+and pve-guest-common's `check_vnet_access`. A token that lacks VM.Audit does not get an error from PVE:
+`GET /cluster/resources` silently leaves out the guests it may not see, so a plan would offer to create
+containers that exist. That is why the privileges are read (`GET /access/permissions`) before planning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from pveguard.backends.base import GuestSpec
+
+ROLE = "PVEGuard"
+
+# (method, schema path, ACL path kind, privilege) for every call of the proxmox backend during plan/apply.
+# Kinds: "vms" -> /vms, "nodes" -> /nodes, "root" -> /, "rootfs" -> /storage/<root disk storage>,
+# "templates" -> /storage/<template storage>, "bridge" -> /sdn/zones/localnetwork/<bridge>[/<vlan>].
+CALLS: tuple[tuple[str, str, str, str], ...] = (
+    ("GET", "/cluster/resources", "vms", "VM.Audit"),  # guests without it are left out of the listing
+    ("GET", "/cluster/resources", "nodes", "Sys.Audit"),  # node memory for placement
+    ("GET", "/cluster/status", "root", "Sys.Audit"),  # node addresses (pct over ssh), quorum
+    ("GET", "/nodes/{node}/lxc/{vmid}/config", "vms", "VM.Audit"),
+    ("GET", "/nodes/{node}/lxc/{vmid}/pending", "vms", "VM.Audit"),
+    ("GET", "/nodes/{node}/lxc/{vmid}/status/current", "vms", "VM.Audit"),
+    ("GET", "/nodes/{node}/storage/{storage}/content", "templates", "Datastore.Audit"),
+    ("POST", "/nodes/{node}/aplinfo", "templates", "Datastore.AllocateTemplate"),
+    ("POST", "/nodes/{node}/lxc", "vms", "VM.Allocate"),
+    ("POST", "/nodes/{node}/lxc", "rootfs", "Datastore.AllocateSpace"),
+    ("POST", "/nodes/{node}/lxc", "templates", "Datastore.Audit"),  # check_volume_access of the template
+    ("POST", "/nodes/{node}/lxc", "bridge", "SDN.Use"),  # check_vnet_access of net0
+    ("PUT", "/nodes/{node}/lxc/{vmid}/config", "vms", "VM.Config.CPU"),  # cores, cpulimit, cpuunits
+    ("PUT", "/nodes/{node}/lxc/{vmid}/config", "vms", "VM.Config.Memory"),  # memory, swap
+    ("PUT", "/nodes/{node}/lxc/{vmid}/config", "vms", "VM.Config.Network"),  # net0, hostname
+    ("PUT", "/nodes/{node}/lxc/{vmid}/config", "vms", "VM.Config.Options"),  # onboot, startup, tags...
+    ("PUT", "/nodes/{node}/lxc/{vmid}/config", "vms", "VM.Config.Disk"),  # rootfs at create
+    ("PUT", "/nodes/{node}/lxc/{vmid}/resize", "vms", "VM.Config.Disk"),
+    ("POST", "/nodes/{node}/lxc/{vmid}/status/start", "vms", "VM.PowerMgmt"),
+    ("POST", "/nodes/{node}/lxc/{vmid}/status/stop", "vms", "VM.PowerMgmt"),
+    ("POST", "/nodes/{node}/lxc/{vmid}/status/shutdown", "vms", "VM.PowerMgmt"),
+    ("DELETE", "/nodes/{node}/lxc/{vmid}", "vms", "VM.Allocate"),
+)
+
+_WHY = {
+    "VM.Audit": "see the guests and read their config",
+    "VM.Allocate": "create and delete containers, set nesting",
+    "VM.Config.CPU": "cores, cpulimit, cpuunits",
+    "VM.Config.Memory": "memory, swap",
+    "VM.Config.Network": "net0, hostname",
+    "VM.Config.Options": "onboot, startup, tags, description",
+    "VM.Config.Disk": "root disk, resize",
+    "VM.PowerMgmt": "start, stop, shutdown",
+    "Sys.Audit": "node state and memory, cluster status",
+    "Sys.Modify": "privileged containers (unprivileged: false)",
+    "Datastore.Audit": "list and use templates",
+    "Datastore.AllocateTemplate": "download a missing template",
+    "Datastore.AllocateSpace": "allocate root disks",
+    "SDN.Use": "attach net0 to the bridge/VLAN",
+}
+
+
+@dataclass(frozen=True)
+class Need:
+    """One privilege on one ACL path."""
+
+    path: str
+    priv: str
+
+    @property
+    def why(self) -> str:
+        return _WHY.get(self.priv, "")
+
+
+def bridge_path(bridge: str, vlan: int | None) -> str:
+    """The ACL path PVE 8 checks SDN.Use on for net0 (check_vnet_access: the VLAN's own path when tagged)."""
+    return f"/sdn/zones/localnetwork/{bridge}" + (f"/{vlan}" if vlan is not None else "")
+
+
+def needs(specs: Iterable[GuestSpec], rootfs_storage: str, template_storage: str) -> list[Need]:
+    """Every privilege plan/apply of these guests needs, deduplicated, in a stable order."""
+    specs = list(specs)
+    paths: dict[str, list[str]] = {"vms": ["/vms"], "nodes": ["/nodes"], "root": ["/"]}
+    paths["rootfs"] = sorted({s.storage or rootfs_storage for s in specs} or {rootfs_storage})
+    paths["rootfs"] = [f"/storage/{s}" for s in paths["rootfs"]]
+    tmpl = {s.template.split(":", 1)[0] for s in specs if ":" in s.template}
+    if any(":" not in s.template for s in specs) or not specs:
+        tmpl.add(template_storage)
+    paths["templates"] = [f"/storage/{s}" for s in sorted(tmpl)]
+    paths["bridge"] = sorted({bridge_path(s.net.bridge, s.net.vlan) for s in specs})
+    out: dict[tuple[str, str], Need] = {}
+    for _method, _path, kind, priv in CALLS:
+        for p in paths[kind]:
+            out.setdefault((p, priv), Need(p, priv))
+    if any(not s.unprivileged for s in specs):
+        out.setdefault(("/", "Sys.Modify"), Need("/", "Sys.Modify"))  # create_vm: privileged containers
+    return list(out.values())
+
+
+def lacking(needed: Iterable[Need], have: Mapping[str, Mapping[str, object]]) -> dict[str, list[Need]]:
+    """The needs `have` (path -> privilege -> propagate, as GET /access/permissions?path= answers) lacks."""
+    out: dict[str, list[Need]] = {}
+    for n in needed:
+        if n.priv not in have.get(n.path, {}):
+            out.setdefault(n.path, []).append(n)
+    return out
+
+
+def grant_commands(authid: str, missing: Mapping[str, list[Need]], needed: Iterable[Need] = ()) -> list[str]:
+    """The pveum commands (as root on a node) that grant what is missing: one role, one ACL per path.
+
+    The role holds everything `needed` on those paths, not only what is missing there: a user's ACL on a
+    path replaces the roles it inherited from above, so a role with only the missing privileges would
+    take away the ones that were there. A token gets the ACL together with its user: a token without
+    privilege separation has exactly its user's privileges, a separated one only those both hold.
+    """
+    privs = ",".join(sorted({n.priv for ns in missing.values() for n in ns}
+                            | {n.priv for n in needed if n.path in missing}))
+    who = f"--users '{authid}'"
+    if "!" in authid:
+        who = f"--users '{authid.split('!', 1)[0]}' --tokens '{authid}'"
+    lines = [f'pveum role add {ROLE} --privs "{privs}" '
+             f'(if it exists: pveum role modify {ROLE} --append 1 --privs "{privs}")']
+    lines += [f"pveum acl modify {path} {who} --roles {ROLE}" for path in sorted(missing)]
+    return lines
+
+
+def describe_missing(authid: str, missing: Mapping[str, list[Need]]) -> str:
+    """One line per path: which privileges are missing there and what they are for."""
+    parts = []
+    for path in sorted(missing):
+        privs = ", ".join(f"{n.priv} ({n.why})" if n.why else n.priv for n in missing[path])
+        parts.append(f"  {path}: {privs}")
+    return f"{authid} lacks privileges that plan and apply need:\n" + "\n".join(parts)
+
+
+def grant_hint(authid: str, missing: Mapping[str, list[Need]], needed: Iterable[Need] = ()) -> str:
+    return "grant them as root on a PVE node:\n    " + "\n    ".join(grant_commands(authid, missing, needed))

@@ -1,0 +1,137 @@
+"""`pveguard doctor` against pvesim: all green on a good setup; each failing preflight is one line that
+names what was found and its fix, and makes the exit code 1."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from pveguard.backends.pvepreflight import version_verdict
+
+from .conftest import Env
+
+
+def _quiet_policy(doc: dict[str, Any]) -> None:
+    # the apt guard cannot be installed in a test (it writes /etc/apt); without a policy that needs it,
+    # its check is skipped instead of failing
+    doc["installation_policy"]["allow_core_only"] = False
+    doc["installation_policy"]["require_approval"] = False
+
+
+@pytest.fixture
+def denv(penv: Env) -> Env:
+    penv.edit(_quiet_policy)
+    penv.env["PVEGUARD_PVE_FINGERPRINT"] = penv.sim.fingerprint
+    return penv
+
+
+def _lines(out: str) -> dict[str, str]:
+    """check name -> its whole output line."""
+    found = {}
+    for line in out.splitlines():
+        m = re.match(r"(ok|FAIL|skip)\s+([\w-]+): ", line)
+        if m:
+            found[m[2]] = line
+    return found
+
+
+def test_all_green(denv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = denv.run("doctor", capsys=capsys)
+    assert code == 0, out + err
+    lines = _lines(out)
+    assert set(lines) == {"strategy", "state-dir", "guard", "backend", "pve-tls", "pve-connection", "pve-version",
+                          "pve-permissions", "pve-nodes", "pve-storages", "pve-templates", "pve-bridges",
+                          "pve-vmids"}
+    assert all(not line.startswith("FAIL") for line in lines.values())
+    assert "certificate matches the pinned SHA-256" in lines["pve-tls"]
+    assert "Proxmox VE 8.4" in lines["pve-connection"] and "quorate" in lines["pve-nodes"]
+    data = json.loads(denv.run("doctor", "--json", capsys=capsys)[1])
+    assert data["ok"] is True and {c["name"] for c in data["checks"]} == set(lines)
+    assert set(data["checks"][0]) == {"name", "ok", "detail", "fix"}
+
+
+def _token(sim: Any) -> str:
+    assert sim.api("POST", "/access/users", {"userid": "few@pve"})[0] == 200
+    _s, _r, body = sim.api("POST", "/access/users/few@pve/token/tk", {"privsep": 0})
+    assert sim.api("PUT", "/access/acl", {"path": "/", "roles": "PVEAuditor", "users": "few@pve"})[0] == 200
+    return f"{body['data']['full-tokenid']}={body['data']['value']}"
+
+
+def _api(method: str, path: str, params: dict[str, Any]) -> Callable[[Env], None]:
+    def do(e: Env) -> None:
+        status, reason, _ = e.sim.api(method, path, params)
+        assert status == 200, reason
+    return do
+
+
+def _offline(*nodes: str) -> Callable[[Env], None]:
+    def do(e: Env) -> None:
+        for n in nodes:
+            e.sim.control("POST", f"/nodes/{n}", {"online": False})
+    return do
+
+
+def _taken_vmid(e: Env) -> None:
+    [vmid] = e.sim.control("POST", "/guests", {"count": 1, "type": "lxc", "node": "pve1"})
+    e.edit(lambda d: d["containers"][0].update(vmid=vmid))
+
+
+CASES: list[tuple[str, Callable[[Env], None], str, str, str]] = [
+    ("verify off", lambda e: e.env.update(PVEGUARD_PVE_FINGERPRINT="", PVEGUARD_PVE_VERIFY_SSL="0"),
+     "pve-tls", "certificate NOT verified (verify_ssl off); its SHA-256 fingerprint is", "PVEGUARD_PVE_FINGERPRINT="),
+    ("wrong pin", lambda e: e.env.update(PVEGUARD_PVE_FINGERPRINT=":".join(["AB"] * 32)),
+     "pve-tls", "does not match the pin: expected AB:AB", "pvenode cert info"),
+    ("nothing listening", lambda e: e.env.update(PVEGUARD_PVE_HOST="127.0.0.1:9"),
+     "pve-connection", "connection failed (Connection refused)", "check PVEGUARD_PVE_HOST"),
+    ("few privileges", lambda e: e.env.update(PVEGUARD_PVE_TOKEN=_token(e.sim)),
+     "pve-permissions", "few@pve!tk lacks privileges that plan and apply need: /sdn/zones/localnetwork/vmbr0/100: "
+                        "SDN.Use", "pveum acl modify /vms --users 'few@pve' --tokens 'few@pve!tk' --roles PVEGuard"),
+    ("no quorum", _offline("pve2", "pve3"), "pve-nodes", "1 of 3 nodes online (pve1), offline: pve2, pve3, NOT "
+                                                        "quorate", "pvecm status"),
+    ("storage content", _api("PUT", "/storage/local-lvm", {"content": "images"}),
+     "pve-storages", "'local-lvm' on pve1 does not hold rootdir (has images)", "pvesm set local-lvm --content "
+                                                                              "images,rootdir"),
+    ("missing storage", lambda e: e.edit(lambda d: d["target"]["proxmox"].update(storage="fast")),
+     "pve-storages", "'fast' is not available on pve1", "add storage 'fast'"),
+    ("unknown template", lambda e: e.edit(lambda d: d["containers"][1].update(template="nosuch-os")),
+     "pve-templates", "nosuch-os is neither on pve1:local nor downloadable", "pveam update"),
+    ("missing bridge", lambda e: e.edit(lambda d: d["network"].update(bridge="vmbr9")),
+     "pve-bridges", "vmbr9 does not exist on pve1", "Create -> Linux Bridge"),
+    ("vmid taken", _taken_vmid, "pve-vmids", "(wanted by pve-monitoring) is lxc", "change or remove 'vmid:'"),
+    ("invalid strategy", lambda e: e.strategy.write_text("containers: 3\n"),
+     "strategy", "containers", "run 'pveguard check'"),
+    ("state dir is a file", lambda e: (e.dir / "state").write_text("x"),
+     "state-dir", "exists but is not a directory", "--state-dir"),
+]
+
+
+@pytest.mark.parametrize(("case", "setup", "check", "found", "fix"), CASES, ids=[c[0] for c in CASES])
+def test_each_failing_preflight_is_one_line_with_its_fix(denv: Env, capsys: pytest.CaptureFixture[str], case: str,
+                                                        setup: Callable[[Env], None], check: str, found: str,
+                                                        fix: str) -> None:
+    setup(denv)
+    code, out, err = denv.run("doctor", capsys=capsys)
+    assert code == 1, case
+    line = _lines(out)[check]
+    assert line.startswith(f"FAIL {check}: "), line
+    assert found in line and "fix: " in line and fix in line.split("fix: ", 1)[1], line
+    assert "Traceback" not in out + err
+    assert "failing: " in out and check in out.splitlines()[-1]
+
+
+def test_unreachable_api_skips_what_needs_it(denv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    denv.env["PVEGUARD_PVE_HOST"] = "127.0.0.1:9"
+    lines = _lines(denv.run("doctor", capsys=capsys)[1])
+    assert lines["pve-tls"].startswith("FAIL") and "no TLS handshake" in lines["pve-tls"]
+    assert all(lines[n].startswith("skip") for n in ("pve-version", "pve-permissions", "pve-bridges", "pve-vmids"))
+
+
+@pytest.mark.parametrize(("version", "ok"), [("8.4.1", True), ("9.1.2", True), ("8.0", True), ("7.4-3", False),
+                                             ("10.0.1", False), ("garbage", False)])
+def test_version_verdict(version: str, ok: bool) -> None:
+    supported, fix = version_verdict(version)
+    assert supported is ok and bool(fix) is not ok

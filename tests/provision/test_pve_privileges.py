@@ -1,0 +1,149 @@
+"""plan/apply check the credentials' privileges first (GET /access/permissions) and refuse with what is
+missing and the pveum commands that grant it; the needed list matches PVE's schema for every call."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+
+from pveguard.backends.base import GuestSpec, NetSpec
+from pveguard.backends.pveprivs import CALLS, grant_commands, needs
+
+from .conftest import Env
+
+
+def _ok(sim: Any, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
+    status, reason, body = sim.api(method, path, params)
+    assert status == 200, (method, path, status, reason)
+    return body["data"] if body else None
+
+
+def _token(sim: Any, userid: str, tokenid: str) -> str:
+    _ok(sim, "POST", "/access/users", {"userid": userid})
+    data = _ok(sim, "POST", f"/access/users/{userid}/token/{tokenid}", {"privsep": 1})
+    return f"{data['full-tokenid']}={data['value']}"
+
+
+def _schema() -> dict[tuple[str, str], dict[str, Any]]:
+    try:
+        from pvesim.schema import SchemaNotFoundError, find_schema
+    except ImportError:  # pragma: no cover
+        pytest.skip("pvesim is not importable")
+    try:
+        path = find_schema()
+    except SchemaNotFoundError as exc:
+        pytest.skip(str(exc))
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def walk(nodes: list[dict[str, Any]]) -> None:
+        for n in nodes:
+            for method, info in (n.get("info") or {}).items():
+                out[(method, n["path"])] = info
+            walk(n.get("children") or [])
+
+    walk(json.loads(path.read_text()))
+    return out
+
+
+_KIND_OF_PATH = {"/vms/{vmid}": "vms", "/nodes/{node}": "nodes", "/": "root",
+                 "/storage/{storage}": ("rootfs", "templates")}
+
+
+def test_needed_privileges_cover_the_schema_checks_of_every_call() -> None:
+    schema = _schema()
+    kinds: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for method, path, kind, priv in CALLS:
+        assert (method, path) in schema, f"{method} {path} is not a PVE API call"
+        kinds.setdefault((method, path), set()).add((kind, priv))
+    for (method, path), have in kinds.items():
+        check = (schema[(method, path)].get("permissions") or {}).get("check")
+        if not check:
+            continue  # 'user: all' (checked inside): taken from the PVE code, see pveprivs' docstring
+        assert check[0] == "perm", (method, path, check)
+        want_kind = _KIND_OF_PATH[check[1]]
+        kinds_ok = want_kind if isinstance(want_kind, tuple) else (want_kind,)
+        privs = set(check[2])
+        covered = {p for k, p in have if k in kinds_ok and p in privs}
+        if "any" in check:
+            assert covered, (method, path, check)
+        else:
+            assert covered == privs, (method, path, check)
+
+
+def _spec(**kw: Any) -> GuestSpec:
+    base: dict[str, Any] = {"name": "a", "role": "r", "cores": 1, "memory_mib": 512, "swap_mib": 0, "disk_gib": 4,
+                            "net": NetSpec("vmbr0", 100)}
+    return GuestSpec(**{**base, **kw})
+
+
+def test_needs_follow_the_strategy() -> None:
+    got = {(n.path, n.priv) for n in needs([_spec(), _spec(storage="fast", net=NetSpec("vmbr1"),
+                                                       unprivileged=False)], "local-lvm", "local")}
+    assert {("/vms", "VM.Audit"), ("/vms", "VM.Allocate"), ("/nodes", "Sys.Audit"),
+            ("/storage/local-lvm", "Datastore.AllocateSpace"), ("/storage/fast", "Datastore.AllocateSpace"),
+            ("/storage/local", "Datastore.AllocateTemplate"), ("/sdn/zones/localnetwork/vmbr0/100", "SDN.Use"),
+            ("/sdn/zones/localnetwork/vmbr1", "SDN.Use"), ("/", "Sys.Modify")} <= got
+    assert ("/", "Sys.Modify") not in {(n.path, n.priv) for n in needs([_spec()], "local-lvm", "local")}
+
+
+def test_token_that_cannot_see_guests_is_refused_and_the_grant_commands_work(
+        penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    assert penv.run("apply", capsys=capsys)[0] == 0  # four containers exist (made with the root token)
+    sim = penv.sim
+    token = _token(sim, "plan@pve", "ro")
+    # the user may read everything, its token /nodes and /storage only: it cannot see the guests. The
+    # ACLs the hint adds on deeper paths replace the auditor role there, so the suggested role must
+    # carry what that role gave too (Datastore.Audit on the template storage)
+    _ok(sim, "PUT", "/access/acl", {"path": "/", "roles": "PVEAuditor", "users": "plan@pve"})
+    for path in ("/nodes", "/storage"):
+        _ok(sim, "PUT", "/access/acl", {"path": path, "roles": "PVEAuditor", "tokens": "plan@pve!ro"})
+    penv.env["PVEGUARD_PVE_TOKEN"] = token
+    code, out, err = penv.run("plan", capsys=capsys)
+    assert code == 3, err  # refused, never "4 to create"
+    assert "to create" not in out
+    assert "plan@pve!ro lacks privileges that plan and apply need" in err
+    assert re.search(r"/vms: VM\.Audit \(see the guests[^)]*\), VM\.Allocate", err)
+    assert "/storage/local: Datastore.AllocateTemplate (download a missing template)\n" in err
+    assert "/storage/local-lvm: Datastore.AllocateSpace" in err
+    assert "/sdn/zones/localnetwork/vmbr0/100: SDN.Use" in err
+    assert "/nodes:" not in err  # that one it has
+    assert "pveum acl modify /vms --users 'plan@pve' --tokens 'plan@pve!ro' --roles PVEGuard" in err
+    assert code == penv.run("apply", capsys=capsys)[0]  # apply refuses the same way
+
+    # do what the hint says (through the API, as pveum would), for the token and its user
+    privs = re.search(r'pveum role add PVEGuard --privs "([^"]+)"', err)
+    assert privs is not None
+    _ok(sim, "POST", "/access/roles", {"roleid": "PVEGuard", "privs": privs[1]})
+    for path in re.findall(r"pveum acl modify (\S+) --users", err):
+        _ok(sim, "PUT", "/access/acl", {"path": path, "roles": "PVEGuard", "users": "plan@pve",
+                                        "tokens": "plan@pve!ro"})
+    code, out, err = penv.run("plan", capsys=capsys)
+    assert code == 0, err
+    assert "Plan: 0 to create, 0 to update, 0 to finish, 0 to delete, 4 unchanged." in out
+
+
+def test_grant_commands_name_user_or_token() -> None:
+    from pveguard.backends.pveprivs import Need
+
+    missing = {"/vms": [Need("/vms", "VM.Audit")]}
+    assert grant_commands("ops@pve", missing) == [
+        'pveum role add PVEGuard --privs "VM.Audit" (if it exists: pveum role modify PVEGuard --append 1 --privs '
+        '"VM.Audit")', "pveum acl modify /vms --users 'ops@pve' --roles PVEGuard"]
+    assert grant_commands("ops@pve!t", missing)[1] == \
+        "pveum acl modify /vms --users 'ops@pve' --tokens 'ops@pve!t' --roles PVEGuard"
+
+
+def test_root_at_pam_is_not_asked() -> None:
+    from pveguard.backends.proxmox import ProxmoxBackend, PveSettings
+
+    class NoApi:
+        def __call__(self, *a: Any) -> Any:
+            raise AssertionError("root@pam may do anything: no call expected")
+
+    b = ProxmoxBackend(PveSettings(mode="local"), api=NoApi())
+    b.specs = [_spec()]
+    assert b.missing_privileges() == {}
+    b.require_privileges()
