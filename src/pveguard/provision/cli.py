@@ -403,7 +403,7 @@ def status_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     b = data["backend"]
     console.print(escape(f"backend: {b['name']}, vlan mode: {b['vlan_mode']}"))
     for n in b["notes"]:
-        console.print(escape(f"  {n}"))
+        console.print(escape(f"  {n}"), soft_wrap=False)  # long api notes wrap at words, never past the width
     console.print(status_table(data["containers"]))
     for r in data["containers"]:
         if r.get("reason"):
