@@ -81,10 +81,15 @@ def init(
             raise UsageError(f"{path} already exists", hint="use 'pveguard init --force' to overwrite it")
         before = hashlib.sha256(path.read_bytes()).hexdigest()
     text = render()
+    app_ctx.store  # noqa: B018 - a state directory that cannot be used fails here, before anything is written
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
+        # The strategy is policy: 0600 whatever the umask (fchmod also fixes a leftover .tmp).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write(text)
         os.replace(tmp, path)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -45,17 +46,27 @@ def show(
 @app.command("verify")
 def verify(
     ctx: typer.Context,
+    anchor: Annotated[list[Path] | None, typer.Option(
+        "--anchor", metavar="FILE",
+        help="Also compare with this copy of the anchor file (e.g. restored from a host-config backup).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Check the hash chain; exit 1 naming the first bad entry."""
-    result = _ctx(ctx).ledger.verify()
+    """Check the hash chain against its head and every anchor; exit 1 naming the first bad entry."""
+    result = _ctx(ctx).verify_ledger(anchor)
     if json_out:
         print_json(result.as_dict())
-    elif result.ok:
-        console.print(f"ledger intact: {result.entries} entries")
     else:
-        error(f"ledger damaged at entry {result.first_bad}: {result.reason} "
-              f"({result.entries} entries verified before it)")
+        if result.ok:
+            console.print(f"ledger intact: {result.entries} entries")
+        elif result.first_bad is None or result.reason.startswith("no ledger"):
+            error(result.reason)
+        else:
+            error(f"ledger damaged at entry {result.first_bad}: {result.reason} "
+                  f"({result.entries} entries verified before it)")
+        for a in result.anchors:
+            detail = f"; {a.detail}" if a.detail else ""
+            console.print(f"  anchor {a.name} ({a.where}): {a.verdict or 'not read'}{detail}",
+                          markup=False, highlight=False)
     if not result.ok:
         raise typer.Exit(1)
 
