@@ -112,7 +112,10 @@ class FileAnchor:
         try:
             if not self._checked:
                 self._checked = True
-                os.fchmod(fd, 0o600)
+                # An append-only file refuses chmod (EPERM): only touch a mode that is wrong.
+                if os.fstat(fd).st_mode & 0o177:
+                    with contextlib.suppress(OSError):
+                        os.fchmod(fd, 0o600)
                 if self.append_only:
                     with contextlib.suppress(OSError):
                         set_append_only(fd)
