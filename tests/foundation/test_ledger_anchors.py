@@ -229,3 +229,20 @@ def test_host_config_backup_carries_the_anchor_and_a_restored_copy_catches_trunc
     verdict = verify_state(state, None, [copy])
     assert not verdict.ok and verdict.first_bad == 4
     assert "has seen entry 8" in verdict.reason and f"copy {copy}" in verdict.reason
+
+
+def test_a_stuck_log_daemon_never_hangs_appends(tmp_path: Path) -> None:
+    # A socket nobody reads: its queue fills, one send waits out the short timeout, and the sink
+    # then stops trying for this process; every append still lands in the database.
+    path = tmp_path / "stuck-dev-log"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(str(path))
+    try:
+        sink = SyslogAnchor("x", path)
+        led = Ledger(Store(tmp_path / "state"), anchors=[sink])
+        for i in range(300):
+            led.append("a", "t", {"i": i})
+        assert sink._stalled
+        assert len(led.entries()) == 300
+    finally:
+        server.close()

@@ -138,15 +138,39 @@ class FileAnchor:
         return Reading(self.name, where, True, detail, heads)
 
 
-class JournalAnchor:
+class _DatagramSink:
+    """A log daemon's datagram socket. A full queue waits briefly; a daemon that stays stuck costs
+    this process one timeout and then its lines (the anchor lags, which verify accepts), never an
+    append that hangs: the apt hook waits on appends."""
+
+    TIMEOUT = 0.1
+
+    def __init__(self, ledger_id: str, socket_path: Path) -> None:
+        self.ledger_id = ledger_id
+        self.socket_path = socket_path
+        self._sock: socket.socket | None = None
+        self._stalled = False
+
+    def _send(self, payload: bytes) -> None:
+        if self._stalled:
+            raise TimeoutError(f"{self.socket_path} stalled earlier in this process")
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.settimeout(self.TIMEOUT)
+        try:
+            self._sock.sendto(payload, str(self.socket_path))
+        except TimeoutError:
+            self._stalled = True
+            raise
+
+
+class JournalAnchor(_DatagramSink):
     """One structured journald entry per append (native protocol), read back with journalctl."""
 
     name = "journal"
 
     def __init__(self, ledger_id: str, socket_path: Path = JOURNAL_SOCKET) -> None:
-        self.ledger_id = ledger_id
-        self.socket_path = socket_path
-        self._sock: socket.socket | None = None
+        super().__init__(ledger_id, socket_path)
 
     def record(self, head: Head) -> None:
         fields = {
@@ -156,10 +180,7 @@ class JournalAnchor:
             "PVEGUARD_LEDGER_HASH": head.hash, "PVEGUARD_LEDGER_MAC": head.mac or "",
         }
         # Values are ours (paths, hex, digits): no newlines, so the simple KEY=value form is exact.
-        payload = "".join(f"{k}={v}\n" for k, v in fields.items() if "\n" not in v).encode()
-        if self._sock is None:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self._sock.sendto(payload, str(self.socket_path))
+        self._send("".join(f"{k}={v}\n" for k, v in fields.items() if "\n" not in v).encode())
 
     def read(self) -> Reading:
         where = "journald (journalctl)"
@@ -190,23 +211,19 @@ class JournalAnchor:
         return Reading(self.name, where, True, "", heads)
 
 
-class SyslogAnchor:
+class SyslogAnchor(_DatagramSink):
     """One RFC 3164 line per append on /dev/log; write-only for `verify`."""
 
     name = "syslog"
 
     def __init__(self, ledger_id: str, socket_path: Path = SYSLOG_SOCKET) -> None:
-        self.ledger_id = ledger_id
-        self.socket_path = socket_path
-        self._sock: socket.socket | None = None
+        super().__init__(ledger_id, socket_path)
 
     def record(self, head: Head) -> None:
         stamp = time.strftime("%b %e %H:%M:%S")
         text = (f"<14>{stamp} {IDENTIFIER}[{os.getpid()}]: ledger={self.ledger_id} seq={head.seq} "
                 f"hash={head.hash} mac={head.mac or '-'}")
-        if self._sock is None:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        self._sock.sendto(text.encode(), str(self.socket_path))
+        self._send(text.encode())
 
     def read(self) -> Reading:
         return Reading(self.name, str(self.socket_path), False,
