@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pveguard.output import console, error, print_json
+from pveguard.output import console, err_console, error, print_json
 
 app = typer.Typer(help="Read and verify the audit ledger.", no_args_is_help=True)
 
@@ -60,6 +60,10 @@ def verify(
             console.print(f"ledger intact: {result.entries} entries")
         elif result.first_bad is None or result.reason.startswith("no ledger"):
             error(result.reason)
+            if result.reason.startswith("no ledger"):
+                err_console.print("  hint: point --state-dir / PVEGUARD_STATE_DIR at the pveguard state directory; "
+                                  "if an anchor has seen entries, restore the database from a backup",
+                                  markup=False, highlight=False)
         else:
             error(f"ledger damaged at entry {result.first_bad}: {result.reason} "
                   f"({result.entries} entries verified before it)")
