@@ -233,7 +233,7 @@ class SyslogAnchor(_DatagramSink):
 def default_anchors(state_dir: Path, db_path: Path) -> list[AnchorSink]:
     """The anchor file, plus journald when it runs, else syslog when /dev/log exists."""
     wanted = {w.strip() for w in os.environ.get(ANCHORS_ENV, "file,journal,syslog").split(",")}
-    ledger_id = str(db_path.absolute())
+    ledger_id = str(db_path.resolve())
     sinks: list[AnchorSink] = []
     if "file" in wanted:
         sinks.append(FileAnchor(state_dir / ANCHOR_FILE))
@@ -246,7 +246,7 @@ def default_anchors(state_dir: Path, db_path: Path) -> list[AnchorSink]:
 
 def verify_anchors(state_dir: Path, db_path: Path, extra_files: list[Path] | None = None) -> list[AnchorSink]:
     """The anchors `verify` reads: the anchor file, the journal (always tried) and any copies."""
-    ledger_id = str(db_path.absolute())
+    ledger_id = str(db_path.resolve())
     sinks: list[AnchorSink] = [FileAnchor(state_dir / ANCHOR_FILE), JournalAnchor(ledger_id)]
     for path in extra_files or []:
         sink = FileAnchor(path)

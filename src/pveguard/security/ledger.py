@@ -279,8 +279,10 @@ class Ledger:
         if "ledger_meta" in tables:
             row = self.store.conn.execute("SELECT value FROM ledger_meta WHERE name = 'key_id'").fetchone()
             recorded = row[0] if row else None
-        keyed = (recorded not in (None, "none")
-                 or any(h.mac for r in readings if r.readable for h in r.heads))
+        # Without a recorded fingerprint (a ledger begun before it was kept, or one removed), the
+        # anchors' signed heads tell.
+        keyed = (recorded != "none" if recorded is not None
+                 else any(h.mac for r in readings if r.readable for h in r.heads))
         if keyed and self._key is None:
             raise ConfigError(f"this ledger is keyed: {KEY_ENV_HINT}",
                               hint="verify with the key file the ledger was written with")
