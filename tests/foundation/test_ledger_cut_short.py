@@ -231,3 +231,17 @@ def test_a_copy_of_the_anchor_file_catches_a_rewritten_local_one(tmp_path: Path)
     (state / "ledger.anchor").write_text("\n".join(lines) + "\n")
     assert verify(state, key).returncode == 0  # the local evidence agrees with itself
     assert_failed(verify(state, key, "--anchor", str(copy)), f"anchor 'copy {copy}'", "has seen entry 10")
+
+
+def test_show_and_append_after_a_dropped_table_are_clear_errors(tmp_path: Path) -> None:
+    state, _ = build(tmp_path, False)
+    db(state).execute("DROP TABLE ledger")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pveguard", "--state-dir", str(state), "--strategy", str(tmp_path / "s.yaml"),
+         "audit-log", "show"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "internal error" not in proc.stderr, proc.stderr
+    assert "the ledger in" in proc.stderr and "is damaged: no such table: ledger" in proc.stderr
+    from pveguard.errors import StateError
+
+    with pytest.raises(StateError, match="damaged"):
+        Ledger(Store(state)).append("a", "t", {})

@@ -136,7 +136,7 @@ class Ledger:
         actor = actor or current_actor()
         details_json = json.dumps(details or {}, sort_keys=True, separators=(",", ":"), default=str)
         ts = datetime.now(UTC).isoformat(timespec="microseconds")
-        with self.store.transaction() as conn:
+        with self._tables(), self.store.transaction() as conn:
             row = conn.execute("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1").fetchone()
             seq, prev = (row["seq"] + 1, row["hash"]) if row else (1, GENESIS)
             digest = self._digest(_canonical(seq, ts, actor, action, target, details_json, prev))
@@ -180,7 +180,20 @@ class Ledger:
         sql += " ORDER BY seq"
         if limit:
             sql = f"SELECT * FROM ({sql.replace('ORDER BY seq', 'ORDER BY seq DESC')} LIMIT {int(limit)}) ORDER BY seq"
-        return [_entry(r) for r in self.store.conn.execute(sql, args)]
+        with self._tables():
+            return [_entry(r) for r in self.store.conn.execute(sql, args)]
+
+    @contextlib.contextmanager
+    def _tables(self) -> Iterator[None]:
+        """A ledger table dropped behind the migrations' back is a clear error, not a crash."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            raise StateError(f"the ledger in {self.store.path} is damaged: {exc}",
+                             hint="run 'pveguard audit-log verify' and restore the state directory from a "
+                             "backup") from None
 
     def _rows(self) -> Iterator[Any]:
         yield from self.store.conn.execute("SELECT * FROM ledger ORDER BY rowid")
