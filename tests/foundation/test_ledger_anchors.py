@@ -246,3 +246,19 @@ def test_a_stuck_log_daemon_never_hangs_appends(tmp_path: Path) -> None:
         assert len(led.entries()) == 300
     finally:
         server.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("restic") is None, reason="restic not installed (apt install restic)")
+def test_pveguard_backup_host_config_run_includes_the_anchor_file(tmp_path: Path) -> None:
+    state, strategy = tmp_path / "state", tmp_path / "strategy.yaml"
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "hosts").write_text("127.0.0.1 localhost\n")
+    base = [sys.executable, "-m", "pveguard", "--state-dir", str(state), "--strategy", str(strategy)]
+    assert subprocess.run([*base, "init"], capture_output=True, timeout=120).returncode == 0
+    proc = subprocess.run([*base, "backup", "host-config", "run", str(etc), "--repo", str(tmp_path / "repo"),
+                           "--password-file", str(tmp_path / "pass"), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert str((state / ANCHOR_FILE).absolute()) in json.loads(proc.stdout)["backed_up"]

@@ -285,7 +285,8 @@ def _host_config(ctx: typer.Context, repo: str | None, password_file: Path | Non
             password_file=password or state / "restic.pass",
             cache_dir=state / "restic-cache",
         ),
-        ledger_anchor=state / ANCHOR_FILE,
+        # Mounted in pveguard (the only way that records to a ledger), snapshots carry its anchor.
+        ledger_anchor=state / ANCHOR_FILE if _app_context(ctx) is not None else None,
     )
 
 
