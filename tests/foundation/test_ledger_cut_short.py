@@ -245,3 +245,9 @@ def test_show_and_append_after_a_dropped_table_are_clear_errors(tmp_path: Path) 
 
     with pytest.raises(StateError, match="damaged"):
         Ledger(Store(state)).append("a", "t", {})
+
+
+def test_an_unreadable_anchor_copy_is_a_usage_error_not_a_pass(tmp_path: Path) -> None:
+    state, key = build(tmp_path, False)
+    proc = verify(state, key, "--anchor", str(tmp_path / "no-such-copy"))
+    assert proc.returncode == 2 and "cannot read the anchor copy" in proc.stderr, proc.stderr

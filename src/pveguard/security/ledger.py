@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pveguard.errors import ConfigError, StateError
+from pveguard.errors import ConfigError, StateError, UsageError
 from pveguard.security.anchors import AnchorSink, Head, Reading, default_anchors, verify_anchors
 from pveguard.store import DB_NAME, Store
 
@@ -367,6 +367,10 @@ def verify_state(state_dir: Path, hmac_key_file: str | os.PathLike[str] | None =
     anchors still say whether a ledger existed there.
     """
     db = state_dir / DB_NAME
+    for copy in extra_anchor_files or []:
+        if not copy.is_file() or not os.access(copy, os.R_OK):
+            raise UsageError(f"cannot read the anchor copy {copy}",
+                             hint="pass a readable copy of ledger.anchor, e.g. restored from a host-config backup")
     sinks = verify_anchors(state_dir, db, extra_anchor_files)
     if hmac_key_file:
         read_key(hmac_key_file)  # a bad key file is a configuration error before anything else
