@@ -2,8 +2,9 @@
 the docs are the source of truth, the tests read them.
 
 Type names: str, int, float (also an int), bool, null, iso (ISO 8601 UTC with a Z), any; `a|b`
-either; a list shows its items' shape, `list:TYPE` a list of scalars inside an alternative (`null|list:str`); `"*"` any key; a `?key` is optional; `"$name"` defines a
-shape that `object:name` refers to (anywhere in the block).
+either; a list shows its items' shape, `list:TYPE` a list of scalars inside an alternative
+(`null|list:str`); `"*"` any key; a `?key` is optional; `"$name"` defines a shape that
+`object:name` refers to (anywhere in the block).
 """
 
 from __future__ import annotations

@@ -83,12 +83,17 @@ def init(
             raise UsageError(f"{path} already exists", hint="use 'pveguard init --force' to overwrite it")
         before = hashlib.sha256(path.read_bytes()).hexdigest()
     # the installation's identity (see provision/instance.py): the state's, or a new one kept there
+    # (a state directory that cannot be used fails here, before anything is written)
     instance = instance_for_init(app_ctx.store)
     text = render(Strategy(target=Target(instance=instance)))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
+        # The strategy is policy: 0600 whatever the umask (fchmod also fixes a leftover .tmp).
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o600)
+            fh.write(text)
         os.replace(tmp, path)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror}",

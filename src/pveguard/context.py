@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pveguard.security.ledger import Ledger
+from pveguard.security.ledger import Ledger, VerifyResult, verify_state
 from pveguard.store import Store, resolve_state_dir
 from pveguard.strategy import load as strategy_load
 from pveguard.strategy.models import Strategy
@@ -54,6 +54,11 @@ class AppContext:
         if self._ledger is None:
             self._ledger = Ledger(self.store, self._ledger_key_file())
         return self._ledger
+
+    def verify_ledger(self, extra_anchor_files: list[Path] | None = None) -> VerifyResult:
+        """Check the ledger against its head, checkpoints and anchors; creates nothing (no state
+        directory, no database) when there is no ledger."""
+        return verify_state(self.state_dir, self._ledger_key_file(), extra_anchor_files)
 
     def _ledger_key_file(self) -> str | None:
         env = os.environ.get(LEDGER_KEY_ENV)

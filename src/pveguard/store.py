@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from pveguard.errors import StateError
@@ -43,7 +43,7 @@ class Store:
         self._lock = threading.RLock()
         try:
             if not readonly:
-                state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+                _prepare(state_dir, self.path)
             elif not self.path.exists():
                 raise StateError(
                     f"no state database at {self.path}",
@@ -62,15 +62,19 @@ class Store:
                 _retry_busy(lambda: self.conn.execute(
                     "CREATE TABLE IF NOT EXISTS schema_version (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
                 ))
-        except PermissionError as exc:
+                _restrict_modes(self.path)
+        except OSError as exc:
             raise StateError(
-                f"cannot open the state directory {state_dir}: {exc.strerror}",
-                hint="run as root, or use --state-dir / PVEGUARD_STATE_DIR with a directory you can write",
+                f"cannot use the state directory {state_dir}: {exc.strerror}",
+                hint="use --state-dir / PVEGUARD_STATE_DIR with a directory you can write "
+                "(it is created if missing), or run as root",
             ) from None
         except sqlite3.Error as exc:
+            what = "is a directory, not a database" if self.path.is_dir() else f"cannot be opened: {exc}"
             raise StateError(
-                f"cannot open the state database {self.path}: {exc}",
-                hint="check that the file is a pveguard database and the disk is not full",
+                f"the state database {self.path} {what}",
+                hint="check that the file is a pveguard database, that you may write it and the disk is "
+                "not full, or point --state-dir / PVEGUARD_STATE_DIR elsewhere",
             ) from None
 
     def close(self) -> None:
@@ -130,6 +134,32 @@ class Store:
     def schema_versions(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT component, version FROM schema_version").fetchall()
         return {r["component"]: r["version"] for r in rows}
+
+
+def _prepare(state_dir: Path, db: Path) -> None:
+    """Make the state directory (0750) and the database file (0600 whatever the umask: it holds
+    the ledger, approvals and policy state) before SQLite opens it."""
+    if state_dir.exists() and not state_dir.is_dir():
+        raise StateError(
+            f"the state directory {state_dir} is not a directory",
+            hint="point --state-dir / PVEGUARD_STATE_DIR at a directory (it is created if missing), "
+            "e.g. /var/lib/pveguard",
+        )
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+    with suppress(FileExistsError):
+        os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+
+
+def _restrict_modes(db: Path) -> None:
+    """Take group write and all access by others away from the database and its WAL files (a
+    database made by an older pveguard was 0644); group read, if someone set it, stays."""
+    for path in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")):
+        try:
+            mode = path.stat().st_mode & 0o7777
+            if mode & 0o037:
+                os.chmod(path, mode & 0o640)
+        except (FileNotFoundError, PermissionError):
+            continue  # not there yet, or not ours to change (a reader that is not the owner)
 
 
 def _retry_busy(action: Callable[[], object], seconds: float = BUSY_TIMEOUT_MS / 1000) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pveguard.errors import ConfigError
 from pveguard.security.ledger import CHECKPOINT_EVERY, Ledger
 from pveguard.store import Store
 
@@ -109,7 +110,8 @@ def test_keyed_chain_needs_the_key(tmp_path: Path) -> None:
     assert led.verify().ok
     other = tmp_path / "other"
     other.write_text("another-key")
-    assert not Ledger(Store(tmp_path / "st"), other).verify().ok
+    with pytest.raises(ConfigError, match="keyed with another key"):
+        Ledger(Store(tmp_path / "st"), other).verify()
 
 
 APPENDER = """

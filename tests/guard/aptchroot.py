@@ -39,6 +39,10 @@ CHROOT_ENV = {
     "DEBIAN_FRONTEND": "noninteractive",
     "PYTHONPATH": "/opt/pveguard/src:/opt/pveguard/site",
     "PYTHONDONTWRITEBYTECODE": "1",
+    # As in tests/conftest.py: the ledger's anchor file stays removable (no chattr +a) in the
+    # cached root filesystems, and no ledger head goes to a log daemon.
+    "PVEGUARD_LEDGER_ANCHOR_APPEND_ONLY": "0",
+    "PVEGUARD_LEDGER_ANCHORS": "file",
 }
 
 

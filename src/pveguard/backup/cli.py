@@ -271,6 +271,7 @@ PassOpt = Annotated[
 
 def _host_config(ctx: typer.Context, repo: str | None, password_file: Path | None) -> Any:
     from pveguard.backup.hostconfig import HostConfigBackup, Restic
+    from pveguard.security.anchors import ANCHOR_FILE
 
     settings = _host_config_settings(ctx)
     state = _state_dir(ctx)
@@ -283,7 +284,9 @@ def _host_config(ctx: typer.Context, repo: str | None, password_file: Path | Non
             repository=repository or str(state / "restic"),
             password_file=password or state / "restic.pass",
             cache_dir=state / "restic-cache",
-        )
+        ),
+        # Mounted in pveguard (the only way that records to a ledger), snapshots carry its anchor.
+        ledger_anchor=state / ANCHOR_FILE if _app_context(ctx) is not None else None,
     )
 
 

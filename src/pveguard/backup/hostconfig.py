@@ -226,10 +226,15 @@ def _hint(message: str) -> str | None:
 class HostConfigBackup:
     """Back up, prune, list, compare and restore host configuration in one restic repository."""
 
-    def __init__(self, restic: Restic, tag: str = DEFAULT_TAG, hostname: str | None = None) -> None:
+    def __init__(self, restic: Restic, tag: str = DEFAULT_TAG, hostname: str | None = None,
+                 ledger_anchor: Path | None = None) -> None:
         self.restic = restic
         self.tag = tag
         self.hostname = hostname or os.uname().nodename
+        # The audit ledger's anchor file (every head it reached): each snapshot carries it, so a
+        # restore point can show that the ledger was cut short after it was taken
+        # ('pveguard audit-log verify --anchor RESTORED-FILE').
+        self.ledger_anchor = ledger_anchor.absolute() if ledger_anchor is not None else None
 
     # -- repository ----------------------------------------------------------------------------
 
@@ -282,6 +287,9 @@ class HostConfigBackup:
                 f"none of the host-config paths exists: {', '.join(wanted) or '(empty list)'}",
                 hint="check the backup.host_config.paths list in the strategy",
             )
+        anchor = self.ledger_anchor
+        if anchor is not None and anchor.exists() and not any(anchor.is_relative_to(p) for p in present):
+            present.append(str(anchor))
         args = ["backup", "--tag", self.tag, "--host", self.hostname]
         if time is not None:
             args += ["--time", time.astimezone().strftime("%Y-%m-%d %H:%M:%S")]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pveguard.output import Col, FitTable, console, error, print_json
+from pveguard.output import Col, FitTable, console, err_console, error, print_json
 
 if TYPE_CHECKING:
     from pveguard.security.ledger import Entry
@@ -55,17 +56,31 @@ def ledger_table(entries: Sequence[Entry]) -> FitTable:
 @app.command("verify")
 def verify(
     ctx: typer.Context,
+    anchor: Annotated[list[Path] | None, typer.Option(
+        "--anchor", metavar="FILE",
+        help="Also compare with this copy of the anchor file (e.g. restored from a host-config backup).")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Check the hash chain; exit 1 naming the first bad entry."""
-    result = _ctx(ctx).ledger.verify()
+    """Check the hash chain against its head and every anchor; exit 1 naming the first bad entry."""
+    result = _ctx(ctx).verify_ledger(anchor)
     if json_out:
         print_json(result.as_dict())
-    elif result.ok:
-        console.print(f"ledger intact: {result.entries} entries")
     else:
-        error(f"ledger damaged at entry {result.first_bad}: {result.reason} "
-              f"({result.entries} entries verified before it)")
+        if result.ok:
+            console.print(f"ledger intact: {result.entries} entries")
+        elif result.first_bad is None or result.reason.startswith("no ledger"):
+            error(result.reason)
+            if result.reason.startswith("no ledger"):
+                err_console.print("  hint: point --state-dir / PVEGUARD_STATE_DIR at the pveguard state directory; "
+                                  "if an anchor has seen entries, restore the database from a backup",
+                                  markup=False, highlight=False)
+        else:
+            error(f"ledger damaged at entry {result.first_bad}: {result.reason} "
+                  f"({result.entries} entries verified before it)")
+        for a in result.anchors:
+            detail = f"; {a.detail}" if a.detail else ""
+            console.print(f"  anchor {a.name} ({a.where}): {a.verdict or 'not read'}{detail}",
+                          markup=False, highlight=False)
     if not result.ok:
         raise typer.Exit(1)
 
