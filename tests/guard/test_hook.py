@@ -130,8 +130,8 @@ def test_terminal_instead_of_a_message_fails_closed_without_waiting(env: hook.Ho
 def test_refusal_is_recorded_with_user_and_command(env: hook.HookEnv) -> None:
     code, out = run(env, message(GRAFANA), {"SUDO_USER": "alice"})
     assert code == hook.EXIT_REFUSED
-    assert "pveguard: refused 'grafana' (not a core PVE package). Run it in a container ('pve-monitoring' fits)" \
-        in out
+    assert "pveguard: refused 'grafana' (not a core PVE package). It belongs in container 'pve-monitoring' " \
+           "(CONTAINER_FIRST): pveguard install grafana" in out
     [entry] = entries(env, "guard.decision")
     assert entry["actor"].startswith("alice (uid ")
     d = entry["details"]
