@@ -143,8 +143,10 @@ def _title(mon: Any) -> str:
     if res.error:
         return f"pveguard monitor - last poll FAILED: {res.error}"
     calls = res.sweep.api_calls if res.sweep else 0
-    return (f"pveguard monitor - {_iso(res.ts)} UTC, poll {res.duration * 1000:.0f} ms, "
-            f"{calls} API call(s), {len(res.events)} notification(s)")
+    # An alert event is only a notification when something is configured to send it.
+    sent = (f"{len(res.events)} notification(s)" if mon.notifiers
+            else f"{len(res.events)} alert event(s), not sent: no notifier configured")
+    return f"pveguard monitor - {_iso(res.ts)} UTC, poll {res.duration * 1000:.0f} ms, {calls} API call(s), {sent}"
 
 
 # --- pveguard monitor ---------------------------------------------------------------------------
@@ -281,17 +283,27 @@ def alerts(
     """List pending and firing alerts, active silences and undelivered notifications."""
     if ctx.invoked_subcommand:
         return
+    from pveguard.monitor.alerts import event_id
     from pveguard.monitor.engine import load_silences, load_states
-    from pveguard.monitor.notify import Dispatcher
+    from pveguard.monitor.notify import NO_NOTIFIER_HINT, Dispatcher
 
-    store = _app_ctx(ctx).store
+    app_ctx = _app_ctx(ctx)
+    store = app_ctx.store
     now = time.time()
     states = sorted(load_states(store).values(), key=lambda s: (s.state != "firing", s.rule, s.target))
     active = [s for s in states if s.state != "inactive"]
     silences = load_silences(store, now)
-    undelivered = Dispatcher(store, []).undelivered()
+    dispatcher = Dispatcher(store, [])
+    undelivered = dispatcher.undelivered()
+    configured = len(app_ctx.strategy_or_default().monitoring.notify)
+    delivered = {s.key: dispatcher.delivered_to(event_id(s.rule, s.target, s.started_at, "firing"))
+                 for s in active if s.notified}
+    notification = {s.key: _notification(s.notified, configured, delivered.get(s.key, [])) for s in active}
     if json_out:
-        print_json({"alerts": [dict(s.to_dict(), flapping=s.flapping(now)) for s in active],
+        print_json({"alerts": [dict(s.to_dict(), notified=bool(delivered.get(s.key)), notification=notification[s.key],
+                                    delivered_to=delivered.get(s.key, []), flapping=s.flapping(now))
+                               for s in active],
+                    "notifiers_configured": configured,
                     "silences": [s.__dict__ for s in silences], "undelivered": undelivered})
         return
     if not active:
@@ -300,9 +312,11 @@ def alerts(
         table = Table("rule", "target", "name", "state", "since (UTC)", "value", "notified", "flapping")
         for s in active:
             table.add_row(s.rule, s.target, s.name, s.state, _iso(s.since),
-                          f"{s.value:.1f}" if s.value is not None else "-", "yes" if s.notified else "no",
+                          f"{s.value:.1f}" if s.value is not None else "-", notification[s.key],
                           "yes" if s.flapping(now) else "", style="red" if s.state == "firing" else "yellow")
         console.print(table)
+    if not configured:
+        console.print(f"nothing is configured to notify: alerts are only shown here; {NO_NOTIFIER_HINT}")
     if silences:
         table = Table("silence", "target", "rule", "until (UTC)", "reason", title="silences")
         for sil in silences:
@@ -311,6 +325,15 @@ def alerts(
     if undelivered:
         console.print(f"{len(undelivered)} notification(s) not delivered yet; last error: "
                       f"{undelivered[-1]['last_error'] or 'not tried yet'}")
+
+
+def _notification(produced: bool, configured: int, delivered: list[str]) -> str:
+    """What happened to an alert's firing notification, in a word or two."""
+    if not produced:
+        return "no"  # pending, silenced or flapping: nothing was due yet
+    if not configured:
+        return "no notifier"
+    return "yes" if delivered else "queued"
 
 
 @alerts_app.command("silence")

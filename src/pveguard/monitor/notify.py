@@ -36,6 +36,10 @@ MAX_ATTEMPTS_PER_EVENT = 20  # over polls; each attempt itself retries with back
 OUTBOX_RETENTION = 7 * 86400.0
 
 
+NO_NOTIFIER_HINT = ("add one under 'monitoring.notify' in the strategy (type webhook, email or alertmanager; "
+                    "see docs/monitoring.md), then run 'pveguard check'")
+
+
 class DeliveryError(Exception):
     """A receiver refused or could not be reached (after the in-call retries)."""
 
@@ -321,6 +325,12 @@ class Dispatcher:
         with self.store.transaction() as tx:
             tx.execute("DELETE FROM monitor_outbox WHERE created < ?", (now - OUTBOX_RETENTION,))
         return {"sent": sent, "failed": failed}
+
+    def delivered_to(self, event_id: str) -> list[str]:
+        """The notifiers that received one event."""
+        rows = self.store.conn.execute("SELECT notifier FROM monitor_delivery WHERE event_id = ? AND delivered IS NOT "
+                                       "NULL ORDER BY notifier", (event_id,)).fetchall()
+        return [str(r["notifier"]) for r in rows]
 
     def undelivered(self) -> list[dict[str, Any]]:
         """Pairs not delivered yet, with their last error (for `pveguard alerts`)."""
