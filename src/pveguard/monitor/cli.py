@@ -340,8 +340,8 @@ def _notification(produced: bool, configured: int, delivered: list[str]) -> str:
 def silence(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="Guest name, id (lxc/101) or a glob (pve-*).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit ledger).")],
     for_: Annotated[str, typer.Option("--for", metavar="DURATION", help="How long, e.g. 30m, 2h, 1d.")] = "2h",
-    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit ledger).")] = "",
     rule: Annotated[str | None, typer.Option("--rule", help="Only this rule: cpu, memory, disk, down.")] = None,
 ) -> None:
     """Hold notifications for TARGET; alerts still change state and show in 'pveguard alerts'."""
