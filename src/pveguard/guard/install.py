@@ -126,11 +126,22 @@ def render_apt_conf(launcher: Path = LAUNCHER) -> str:
     )
 
 
-def render_launcher(python: str | None = None, package_parent: str | None = None) -> str:
+def render_launcher(python: str | None = None, package_parent: str | None = None,
+                    policy_file: Path | None = None) -> str:
     """The launcher script: the interpreter running pveguard now, isolated (-I: no PYTHONPATH, no
-    user site, no current directory on the path), with pveguard's own location on sys.path."""
+    user site, no current directory on the path), with pveguard's own location on sys.path.
+
+    policy_file: read this policy instead of the installed one (the preview launcher `guard check`
+    writes into a temporary directory when the guard is not installed; never an environment
+    variable, which anyone starting apt could set)."""
     python = python or sys.executable
     parent = package_parent or str(Path(pveguard.__file__).resolve().parent.parent)
+    # The installed launcher's text stays as it was (guard status compares its SHA-256).
+    imports, call = "    from pveguard.guard.hook import main\n", "main()"
+    if policy_file is not None:
+        imports = "    from pathlib import Path\n    from pveguard.guard.hook import HookEnv, main\n"
+        call = (f"main(paths=HookEnv(policy_file=Path({str(policy_file)!r}), "
+                f"cluster_policy_file=Path({str(policy_file)!r})))")
     return (
         f"#!{python} -I\n"
         "# pveguard apt hook launcher, written by 'pveguard guard install'. apt runs it as a\n"
@@ -139,7 +150,7 @@ def render_launcher(python: str | None = None, package_parent: str | None = None
         "import sys\n"
         f"sys.path.insert(0, {parent!r})\n"
         "try:\n"
-        "    from pveguard.guard.hook import main\n"
+        f"{imports}"
         "except Exception as exc:  # pveguard itself is gone or broken: fail closed, with the way out\n"
         "    import json, os, time\n"
         f"    glass = {str(hook.BREAK_GLASS_FILE)!r}\n"
@@ -153,7 +164,7 @@ def render_launcher(python: str | None = None, package_parent: str | None = None
         "                     '(fail closed). Reinstall pveguard and run pveguard guard install, or touch '\n"
         "                     f'{glass} to let one apt run through.\\n')\n"
         "    sys.exit(2)\n"
-        "sys.exit(main())\n"
+        f"sys.exit({call})\n"
     )
 
 
