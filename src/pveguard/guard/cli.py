@@ -166,8 +166,7 @@ def _preview_hook(app_ctx: AppContext, tmp: Path) -> list[str]:
         if planned.role == "policy":
             policy.write_text(planned.content, encoding="utf-8")
     launcher.write_text(inst.render_launcher(policy_file=policy), encoding="utf-8")
-    launcher.chmod(0o755)
-    tmp.chmod(0o755)  # apt may drop privileges for downloads; the hook itself runs as apt's user
+    launcher.chmod(0o700)  # apt runs hooks as the user that runs apt, which is the one running this
     options = f"DPkg::Tools::Options::{launcher}"
     return ["-o", f"DPkg::Pre-Install-Pkgs::={launcher}", "-o", f"{options}::Version=3",
             "-o", f"{options}::InfoFD=20"]
