@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import typing
 from typing import Annotated, Any
 
 import typer
@@ -29,7 +30,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion [bash|zsh|fish|powershell]
 )
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable shape, see docs/json.md).")]
@@ -51,7 +52,7 @@ def main_options(
         "--state-dir", envvar="PVEGUARD_STATE_DIR", metavar="DIR",
         help="State directory (SQLite database, caches) [default: /var/lib/pveguard].")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail, tracebacks for bugs.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True,
                                           help="Show the version and exit.")] = False,
 ) -> None:
     """Global options go before the command: pveguard --strategy s.yaml --state-dir st init."""
@@ -170,11 +171,55 @@ app.add_typer(monitor_cli.export_app, name="export")
 app.add_typer(audit_log_cli.app, name="audit-log")
 
 
+def command() -> Any:
+    """The click command behind `app`, with every value placeholder in --help named as a word."""
+    cmd = typer.main.get_command(app)
+    _name_placeholders(cmd)
+    return cmd
+
+
+_COMPLETION_PARAMS = {"install_completion", "show_completion"}
+
+
+def _name_placeholders(cmd: Any) -> None:
+    """Give each parameter without a metavar one that reads as a word (REASON, DIR, N) instead of
+    the type typer shows (<str>, <int range>, <path>); arguments then show only their word."""
+    from typer.core import TyperArgument, TyperOption
+
+    for param in cmd.params:
+        if param.name in _COMPLETION_PARAMS or (isinstance(param, TyperOption) and (param.is_flag or param.count)):
+            continue
+        if param.metavar is None:
+            param.metavar = _placeholder(param)
+        if isinstance(param, TyperArgument):
+            # The word is the placeholder: no "<str>" after it (typer adds the type to arguments).
+            param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+    for sub in getattr(cmd, "commands", {}).values():
+        _name_placeholders(sub)
+
+
+def _placeholder(param: Any) -> str:
+    longest = max(getattr(param, "opts", None) or [param.name or "value"], key=len)
+    word = longest.lstrip("-").replace("-", "_").upper()
+    desc = param.type_descriptor
+    annotation = desc.annotation
+    if desc.is_list:
+        annotation = typing.get_args(annotation)[0] if typing.get_args(annotation) else str
+    if desc.is_choice:
+        return "|".join(str(getattr(c, "value", c)) for c in desc.choices or ())
+    if annotation in (int, float) and not (word.endswith("ID") or word == "COUNT"):
+        return "N" if annotation is int else "NUMBER"
+    if desc.is_path:
+        return "DIR" if word.endswith("DIR") else ("FILE" if "FILE" in word else word if word.endswith("PATH")
+                                                   else "PATH")
+    return str(word)
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: user errors become one clear message and an exit code, never a traceback."""
     verbose = "--verbose" in (argv or sys.argv) or "-v" in (argv or sys.argv)
     try:
-        return app(args=argv, standalone_mode=True)
+        return command()(args=argv, standalone_mode=True, prog_name="pveguard")
     except PveguardError as exc:
         error(exc.message)
         if exc.hint:

@@ -48,8 +48,8 @@ def test_non_core_install_is_refused_and_nothing_changes(chroot: AptChroot) -> N
     r = chroot.apt("install", "grafana")
     refused_cleanly(chroot, before, r)
     out = r.stdout + r.stderr
-    assert "pveguard: refused 'grafana' (not a core PVE package). Run it in a container ('pve-monitoring' " \
-           "fits): pveguard install grafana, or approve it: pveguard approve grafana --reason \"...\"" in out
+    assert "pveguard: refused 'grafana' (not a core PVE package). It belongs in container 'pve-monitoring' " \
+           "(CONTAINER_FIRST): pveguard install grafana" in out
     assert "E: Sub-process /usr/local/lib/pveguard/apt-hook returned an error code (3)" in out
     assert chroot.version("grafana") is None
     entry = ledger(chroot, "guard.decision")[-1]
@@ -254,13 +254,27 @@ def test_record_only_policy_refuses_nothing(chroot: AptChroot) -> None:
 
 def test_no_approval_path_when_approvals_are_off(chroot: AptChroot) -> None:
     _reinstall_with(chroot, "true", "false")
-    assert chroot.pveguard("approve", "grafana", "--reason", "x").returncode == 0  # warns, and is ignored
+    assert chroot.pveguard("approve", "htop", "--reason", "x").returncode == 0  # warns, and is ignored
     before = chroot.status_sha()
-    r = chroot.apt("install", "grafana")
+    r = chroot.apt("install", "htop")  # no container hosts it: the only way shown would be an approval
     refused_cleanly(chroot, before, r)
     out = r.stdout + r.stderr
     assert "Approvals are disabled by the policy (REQUIRE_APPROVAL=false)" in out
     assert "pveguard approve" not in out
+
+
+def test_container_first_off_points_to_an_approval_only(chroot: AptChroot) -> None:
+    chroot.path("/etc/pveguard").mkdir(exist_ok=True)
+    chroot.path("/etc/pveguard/strategy.yaml").write_text(
+        STRATEGY_TEMPLATE.format(allow="true", approval="true") + "  container_first: false\n")
+    assert chroot.pveguard("guard", "install").returncode == 0
+    assert "CONTAINER_FIRST=false" in chroot.path("/etc/pveguard/installation_policy.conf").read_text()
+    before = chroot.status_sha()
+    r = chroot.apt("install", "grafana")
+    refused_cleanly(chroot, before, r)
+    out = r.stdout + r.stderr
+    assert "refused 'grafana' (not a core PVE package). Approve it for the host: pveguard approve grafana" in out
+    assert "pveguard install" not in out
 
 
 def test_policy_goes_to_etc_pve_when_present(chroot: AptChroot) -> None:

@@ -141,10 +141,30 @@ def test_match_approval_explains_every_miss() -> None:
 def test_messages_match_the_issue() -> None:
     d = decide([new("grafana")], POLICY, [], NOW)
     assert messages(d, POLICY) == [
-        "pveguard: refused 'grafana' (not a core PVE package). Run it in a container ('pve-monitoring' fits): "
-        "pveguard install grafana, or approve it: pveguard approve grafana --reason \"...\"",
+        "pveguard: refused 'grafana' (not a core PVE package). It belongs in container 'pve-monitoring' "
+        "(CONTAINER_FIRST): pveguard install grafana",
         "pveguard: the whole transaction is refused (1 of 1 package(s)); nothing was installed, removed or changed.",
     ]
+
+
+def test_container_first_decides_the_hint_not_the_verdict() -> None:
+    """CONTAINER_FIRST on: a package a container hosts is pointed there, not to an approval; one no
+    container hosts keeps both ways. Off: an approval is the only way shown."""
+    on = Policy(containers=CONTAINERS)
+    off = Policy(container_first=False, containers=CONTAINERS)
+    grafana_on = messages(decide([new("grafana")], on, [], NOW), on)[0]
+    assert "pveguard install grafana" in grafana_on and "approve" not in grafana_on
+    htop_on = messages(decide([new("htop")], on, [], NOW), on)[0]
+    assert "pveguard install htop --container NAME, or approve it: pveguard approve htop" in htop_on
+    for pkg in ("grafana", "htop"):
+        line = messages(decide([new(pkg)], off, [], NOW), off)[0]
+        assert line.endswith(f'Approve it for the host: pveguard approve {pkg} --reason "..."'), line
+        assert "pveguard install" not in line
+    off_no_approvals = Policy(container_first=False, require_approval=False, containers=CONTAINERS)
+    line = messages(decide([new("grafana")], off_no_approvals, [], NOW), off_no_approvals)[0]
+    assert line.endswith("Approvals are disabled by the policy (REQUIRE_APPROVAL=false).")
+    # The verdict is the same either way, and an approval still lets a hosted package through.
+    assert decide([new("grafana")], on, [approval("grafana")], NOW).allowed
 
 
 def test_messages_for_core_removal_and_downgrade() -> None:

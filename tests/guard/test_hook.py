@@ -80,18 +80,58 @@ def entries(env: hook.HookEnv, action: str) -> list[dict]:
 GRAFANA = "grafana - - none < 10.0 all none /nonexistent/grafana_10.0_all.deb"
 
 
-def test_missing_info_fd_allows_with_warning(env: hook.HookEnv) -> None:
+def run_on_stdin(env: hook.HookEnv, data: bytes, environ: dict[str, str]) -> tuple[int, str]:
+    """The hook with `data` on fd 0, as apt hands it over when InfoFD is 0 (its default)."""
+    read, write = os.pipe()
+    os.write(write, data)
+    os.close(write)
+    saved = os.dup(0)
     out = io.StringIO()
-    assert hook.main(environ={}, out=out, paths=env) == 0
-    assert "W: pveguard: APT_HOOK_INFO_FD is not set" in out.getvalue()
-    assert entries(env, "guard.unchecked")[0]["details"]["reason"] == "APT_HOOK_INFO_FD not set"
+    try:
+        os.dup2(read, 0)
+        code = hook.main(environ=environ, out=out, paths=env)
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(read)
+    return code, out.getvalue()
+
+
+@pytest.mark.parametrize("environ", [{"APT_HOOK_INFO_FD": "0"}, {}, {"APT_HOOK_INFO_FD": ""}],
+                         ids=["infofd-0", "unset", "empty"])
+def test_message_on_stdin_is_decided_not_waved_through(env: hook.HookEnv, environ: dict[str, str]) -> None:
+    """apt sets APT_HOOK_INFO_FD=0 for `InfoFD "0"`; unset means apt's default, stdin, as well."""
+    code, out = run_on_stdin(env, message(GRAFANA), environ)
+    assert code == hook.EXIT_REFUSED, out
+    assert "refused 'grafana'" in out
+    assert entries(env, "guard.decision")[0]["details"]["refused"] == ["grafana"]
+
+
+@pytest.mark.parametrize("environ", [{"APT_HOOK_INFO_FD": "0"}, {}], ids=["infofd-0", "unset"])
+def test_no_message_fails_closed(env: hook.HookEnv, environ: dict[str, str]) -> None:
+    code, out = run_on_stdin(env, b"", environ)
+    assert code == hook.EXIT_FAIL_CLOSED, out
+    assert "E: pveguard: no message from apt:" in out and "had nothing to read" in out
+    assert "refusing the whole transaction (fail closed)" in out
+
+
+def test_terminal_instead_of_a_message_fails_closed_without_waiting(env: hook.HookEnv) -> None:
+    leader, follower = os.openpty()
+    out = io.StringIO()
+    try:
+        code = hook.main(environ={"APT_HOOK_INFO_FD": str(follower)}, out=out, paths=env)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert code == hook.EXIT_FAIL_CLOSED
+    assert "is a terminal" in out.getvalue() and "pveguard guard check --" in out.getvalue()
 
 
 def test_refusal_is_recorded_with_user_and_command(env: hook.HookEnv) -> None:
     code, out = run(env, message(GRAFANA), {"SUDO_USER": "alice"})
     assert code == hook.EXIT_REFUSED
-    assert "pveguard: refused 'grafana' (not a core PVE package). Run it in a container ('pve-monitoring' fits)" \
-        in out
+    assert "pveguard: refused 'grafana' (not a core PVE package). It belongs in container 'pve-monitoring' " \
+           "(CONTAINER_FIRST): pveguard install grafana" in out
     [entry] = entries(env, "guard.decision")
     assert entry["actor"].startswith("alice (uid ")
     d = entry["details"]

@@ -67,7 +67,7 @@ def test_silence_lifecycle_and_ledger(env: dict[str, str]) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["alerts", "silence", "x", "--for", "soon", "--reason", "r"], "'soon' is not a duration"),
-    (["alerts", "silence", "x", "--for", "2h"], "needs --reason"),
+    (["alerts", "silence", "x", "--for", "2h"], "Missing option '--reason'"),
     (["alerts", "silence", "x", "--reason", "r", "--rule", "load"], "unknown rule 'load'"),
     (["alerts", "unsilence", "42"], "no silence with id 42"),
     (["monitor", "history", "nosuch"], "no recorded series for guest 'nosuch'"),

@@ -117,15 +117,16 @@ def guard_check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     from pveguard.guard import install as inst
 
     app_ctx = _ctx(ctx)
-    state = inst.status(app_ctx)
-    if not state["installed"]:
-        raise UsageError("the apt guard is not installed, so apt would not ask it",
-                         hint="run 'pveguard guard install' first")
+    installed = bool(inst.status(app_ctx)["installed"])
+    if not installed and not json_out:
+        console.print("guard not installed: this is what it would decide with the strategy's policy "
+                      "(enforce it with 'pveguard guard install')")
     with tempfile.TemporaryDirectory(prefix="pveguard-check-") as tmp:
         result_file = Path(tmp) / "decision.json"
         env = dict(os.environ, PVEGUARD_CHECK_RESULT=str(result_file))
         # -y: with Debug::pkgDPkgPM nothing is installed, so there is nothing to confirm.
-        cmd = [argv[0], "-o", "Debug::pkgDPkgPM=1", *([] if "-y" in argv else ["-y"]), *argv[1:]]
+        cmd = [argv[0], "-o", "Debug::pkgDPkgPM=1", *([] if "-y" in argv else ["-y"]),
+               *([] if installed else _preview_hook(app_ctx, Path(tmp))), *argv[1:]]
         try:
             proc = subprocess.run(cmd, env=env, check=False, capture_output=json_out)
         except OSError as exc:
@@ -133,16 +134,16 @@ def guard_check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
         decision = json.loads(result_file.read_text()) if result_file.exists() else None
     if decision is None:
         if json_out:
-            print_json({"ran_hook": False, "apt_exit": proc.returncode})
+            print_json({"ran_hook": False, "installed": installed, "apt_exit": proc.returncode})
         else:
             console.print(f"apt exited {proc.returncode} without running the guard "
                           "(nothing to install, an error before dpkg, or the question was answered no)")
         raise typer.Exit(proc.returncode or 0)
     if json_out:
-        print_json({"ran_hook": True, "apt_exit": proc.returncode, **decision})
+        print_json({"ran_hook": True, "installed": installed, "apt_exit": proc.returncode, **decision})
     else:
-        table = Table("package", "action", "version", "verdict", "reason", title="guard decision (check only)",
-                      title_justify="left")
+        title = "guard decision (check only)" if installed else "guard decision (preview: the guard is not installed)"
+        table = Table("package", "action", "version", "verdict", "reason", title=title, title_justify="left")
         for i in decision["items"]:
             ver = " -> ".join(v for v in (i["old_version"], i["new_version"]) if v)
             why = i["reason"] + (f": {i['detail']}" if i["detail"] else "")
@@ -152,6 +153,23 @@ def guard_check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
                       else "the guard would REFUSE this transaction")
     if not decision["allowed"]:
         raise typer.Exit(EXIT_REFUSED)
+
+
+def _preview_hook(app_ctx: AppContext, tmp: Path) -> list[str]:
+    """apt options that run the hook for this one apt command only, with the policy `guard install`
+    would write, from a launcher in `tmp` (nothing is registered in /etc/apt)."""
+    from pveguard.guard import install as inst
+
+    policy = tmp / "installation_policy.conf"
+    launcher = tmp / "apt-hook"
+    for planned in inst.plan(app_ctx):
+        if planned.role == "policy":
+            policy.write_text(planned.content, encoding="utf-8")
+    launcher.write_text(inst.render_launcher(policy_file=policy), encoding="utf-8")
+    launcher.chmod(0o700)  # apt runs hooks as the user that runs apt, which is the one running this
+    options = f"DPkg::Tools::Options::{launcher}"
+    return ["-o", f"DPkg::Pre-Install-Pkgs::={launcher}", "-o", f"{options}::Version=3",
+            "-o", f"{options}::InfoFD=20"]
 
 
 # --- top-level commands -----------------------------------------------------------------------------

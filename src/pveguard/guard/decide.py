@@ -364,14 +364,21 @@ def messages(decision: Decision, policy: Policy) -> list[str]:
 
 
 def _refusal_line(item: Item, policy: Policy) -> str:
+    """One refusal and the way forward. CONTAINER_FIRST decides which way a non-core package is
+    pointed: on, to its container (only there, when a strategy container hosts it: an approval to put
+    it on the host is not what a container-first policy suggests); off, to an approval only."""
     pkg = item.package if _NAME_OK.match(item.package) else repr(item.package)
     verb = "would refuse" if item.verdict == "record" else "refused"
     if item.reason == "non-core":
         head = f"pveguard: {verb} '{pkg}' ({item.detail})."
+        if not policy.container_first:
+            if policy.require_approval:
+                return f'{head} Approve it for the host: pveguard approve {pkg} --reason "..."'
+            return f"{head} Approvals are disabled by the policy (REQUIRE_APPROVAL=false)."
         if item.container:
-            where = f"Run it in a container ('{item.container}' fits): pveguard install {pkg}"
-        else:
-            where = f"Run it in a container: pveguard install {pkg} --container NAME"
+            return (f"{head} It belongs in container '{item.container}' (CONTAINER_FIRST): "
+                    f"pveguard install {pkg}")
+        where = f"Run it in a container: pveguard install {pkg} --container NAME"
         target = pkg
     else:
         action = "removing" if item.kind == "remove" else "downgrading"

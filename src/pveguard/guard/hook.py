@@ -6,9 +6,14 @@ transaction through or non-zero to refuse all of it (apt then installs nothing).
 
 Fail closed: when the policy, the state or apt's message cannot be read, it refuses and says how to
 proceed: fix the cause, or create the break-glass file (`/etc/pveguard/break-glass`), which lets
-exactly one transaction through, is deleted on use and is recorded. When `APT_HOOK_INFO_FD` is not
-set the hook was not started by apt as configured; it allows with a warning, as Proxmox's
-pve-apt-hook does, so a half-removed setup cannot brick apt.
+exactly one transaction through, is deleted on use and is recorded.
+
+Where the message comes from: apt (since 0.9.11, apt-pkg/deb/dpkgpm.cc RunScriptsWithPkgs) always
+sets `APT_HOOK_INFO_FD` to the number of the fd it wrote the message to — `0` (stdin) when the
+`InfoFD` option is 0, missing or not a number. So `0` means stdin, and an unset variable is read as
+apt's default, stdin, too. Unlike Proxmox's pve-apt-hook, which allows everything when the variable
+is unset, there is no path that lets a transaction through without a message: an unset variable with
+a terminal or nothing on stdin fails closed.
 
 The hook never runs apt or dpkg (apt holds the dpkg lock). It imports only the standard library and
 pveguard's lean modules: apt pays its start-up time on every transaction (see bench/guard_hook.py).
@@ -96,14 +101,10 @@ def _say(out: IO[str], line: str) -> None:
 
 
 def _run(environ: Mapping[str, str], out: IO[str], paths: HookEnv) -> int:
-    fd_text = environ.get("APT_HOOK_INFO_FD")
-    if not fd_text:
-        _say(out, "W: pveguard: APT_HOOK_INFO_FD is not set, so apt did not start this hook as configured "
-                  "(Version 3, InfoFD 20); allowing without a check. Run 'pveguard guard status'.")
-        _record_unchecked(environ, paths)
-        return EXIT_ALLOW
+    # Unset or empty: apt's default InfoFD, stdin (apt itself always sets it; see the module doc).
+    fd_text = environ.get("APT_HOOK_INFO_FD") or "0"
     started = time.monotonic()
-    data = _read_fd(fd_text)
+    data = _read_fd(fd_text, unset="APT_HOOK_INFO_FD" not in environ)
     policy = load_policy(paths)
     try:
         message = parse(data)
@@ -151,12 +152,23 @@ def _decide_and_record(message: HookInput, policy: Policy, store: Any, environ: 
     return EXIT_ALLOW if decision.allowed else EXIT_REFUSED
 
 
-def _read_fd(fd_text: str) -> bytes:
+def _read_fd(fd_text: str, unset: bool = False) -> bytes:
+    """apt's whole message from fd `fd_text`; HookFailure (fail closed) when there is none to read."""
     try:
         fd = int(fd_text)
     except ValueError:
         raise HookFailure(f"APT_HOOK_INFO_FD={fd_text[:20]!r} is not a file descriptor number",
                           "re-register the hook with 'pveguard guard install'") from None
+    where = "stdin (APT_HOOK_INFO_FD is not set)" if unset else f"fd {fd} (APT_HOOK_INFO_FD={fd})"
+    try:
+        terminal = os.isatty(fd)
+    except OSError:
+        terminal = False  # a closed fd: the read below says so
+    if terminal:
+        # apt never hands the message over a terminal: this is a person running the hook by hand.
+        raise HookFailure(f"no message from apt to read: {where} is a terminal",
+                          "this command is what apt runs; to preview a decision use "
+                          "'pveguard guard check -- apt-get install -y PACKAGE'")
     chunks: list[bytes] = []
     total = 0
     try:
@@ -169,8 +181,12 @@ def _read_fd(fd_text: str) -> bytes:
                 raise HookFailure("apt's hook message is larger than 256 MiB", "this is not what apt sends")
             chunks.append(chunk)
     except OSError as exc:
-        raise HookFailure(f"cannot read apt's hook message from fd {fd}: {exc.strerror}",
+        raise HookFailure(f"cannot read apt's hook message from {where}: {exc.strerror}",
                           "re-register the hook with 'pveguard guard install' (it sets InfoFD 20)") from None
+    if not chunks:
+        raise HookFailure(f"no message from apt: {where} had nothing to read",
+                          "re-register the hook with 'pveguard guard install' (Version 3, InfoFD 20), "
+                          "and check 'pveguard guard status' for apt options that override it")
     return b"".join(chunks)
 
 
@@ -483,22 +499,6 @@ def _record_break_glass(message: str, reason: str, environ: Mapping[str, str], p
             return str(paths.break_glass_log)
         except OSError:
             return "nowhere (the ledger and the fallback log are both unwritable)"
-
-
-def _record_unchecked(environ: Mapping[str, str], paths: HookEnv) -> None:
-    """Best effort: note that apt ran the hook without its protocol data."""
-    try:
-        policy = load_policy(paths)
-        from pveguard.security.ledger import Ledger
-        from pveguard.store import Store
-
-        with Store(Path(policy.state_dir)) as store:
-            Ledger(store, policy.ledger_key_file or None).append(
-                "guard.unchecked", "apt transaction",
-                {"reason": "APT_HOOK_INFO_FD not set", "command_line": apt_command_line(),
-                 "user": invoking_user(environ)}, actor=_actor(environ))
-    except Exception:  # a warning was printed; recording is best effort here
-        pass
 
 
 def policy_sha256(paths: HookEnv | None = None) -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -87,7 +88,7 @@ class PlannedFile:
 class GuardFinding:
     """One problem with the installed guard, for `guard status` and the host audit."""
 
-    kind: Literal["not-installed", "changed", "removed", "unreadable", "disabled"]
+    kind: Literal["not-installed", "changed", "removed", "unreadable", "disabled", "weakened", "unverified"]
     path: str
     message: str
     hint: str
@@ -125,11 +126,22 @@ def render_apt_conf(launcher: Path = LAUNCHER) -> str:
     )
 
 
-def render_launcher(python: str | None = None, package_parent: str | None = None) -> str:
+def render_launcher(python: str | None = None, package_parent: str | None = None,
+                    policy_file: Path | None = None) -> str:
     """The launcher script: the interpreter running pveguard now, isolated (-I: no PYTHONPATH, no
-    user site, no current directory on the path), with pveguard's own location on sys.path."""
+    user site, no current directory on the path), with pveguard's own location on sys.path.
+
+    policy_file: read this policy instead of the installed one (the preview launcher `guard check`
+    writes into a temporary directory when the guard is not installed; never an environment
+    variable, which anyone starting apt could set)."""
     python = python or sys.executable
     parent = package_parent or str(Path(pveguard.__file__).resolve().parent.parent)
+    # The installed launcher's text stays as it was (guard status compares its SHA-256).
+    imports, call = "    from pveguard.guard.hook import main\n", "main()"
+    if policy_file is not None:
+        imports = "    from pathlib import Path\n    from pveguard.guard.hook import HookEnv, main\n"
+        call = (f"main(paths=HookEnv(policy_file=Path({str(policy_file)!r}), "
+                f"cluster_policy_file=Path({str(policy_file)!r})))")
     return (
         f"#!{python} -I\n"
         "# pveguard apt hook launcher, written by 'pveguard guard install'. apt runs it as a\n"
@@ -138,7 +150,7 @@ def render_launcher(python: str | None = None, package_parent: str | None = None
         "import sys\n"
         f"sys.path.insert(0, {parent!r})\n"
         "try:\n"
-        "    from pveguard.guard.hook import main\n"
+        f"{imports}"
         "except Exception as exc:  # pveguard itself is gone or broken: fail closed, with the way out\n"
         "    import json, os, time\n"
         f"    glass = {str(hook.BREAK_GLASS_FILE)!r}\n"
@@ -152,7 +164,7 @@ def render_launcher(python: str | None = None, package_parent: str | None = None
         "                     '(fail closed). Reinstall pveguard and run pveguard guard install, or touch '\n"
         "                     f'{glass} to let one apt run through.\\n')\n"
         "    sys.exit(2)\n"
-        "sys.exit(main())\n"
+        f"sys.exit({call})\n"
     )
 
 
@@ -314,13 +326,10 @@ def guard_findings(ctx: AppContext, paths: GuardPaths | None = None) -> list[Gua
             ctx.record("guard.tamper", s.path, role=s.role, state=s.state, expected_sha256=s.expected_sha256,
                        actual_sha256=s.actual_sha256)
     if paths.root == Path("/") and not any(f.role == "apt-conf" and f.state != "intact" for f in states):
-        disabled = _apt_runs_hook()
-        if disabled:
-            finding = GuardFinding("disabled", str(paths.apt_conf), disabled,
-                                   "look for '#clear' or overriding DPkg:: options in /etc/apt/apt.conf.d/, "
-                                   "then run 'pveguard guard install'")
+        for finding in apt_config_findings(paths):
             findings.append(finding)
-            _record_once(ctx, "apt-config", disabled)
+            if finding.kind != "unverified":
+                _record_once(ctx, "apt-config", finding.message)
     return findings
 
 
@@ -337,34 +346,106 @@ def _record_once(ctx: AppContext, key: str, message: str) -> None:
     ctx.record("guard.tamper", key, state="disabled", message=message)
 
 
-def _apt_runs_hook() -> str | None:
-    """Ask apt's own configuration parser whether the hook is still registered as installed (another
-    snippet can '#clear' the list or override the protocol options); None when it is, or when
-    apt-config is not available."""
+_REREGISTER = "then run 'pveguard guard install' (it rewrites only its own file)"
+
+
+def apt_config_findings(paths: GuardPaths | None = None) -> list[GuardFinding]:
+    """How apt's effective configuration (`apt-config dump`, apt's own parser, so every snippet, its
+    order and `#clear` count) runs the guard: not at all (`disabled`), in a way that changes what it
+    receives or lets a refusal pass (`weakened`), or cannot be told (`unverified`)."""
+    paths = paths or GuardPaths()
     if shutil.which("apt-config") is None:
-        return None
+        return [GuardFinding("unverified", str(paths.apt_conf), "cannot ask apt whether it runs the guard: "
+                             "apt-config is not installed", "install apt (the guard only works through apt)",
+                             "warning")]
     try:
         proc = subprocess.run(["apt-config", "dump"], capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return [GuardFinding("unverified", str(paths.apt_conf), f"cannot ask apt whether it runs the guard: {exc}",
+                             "run 'apt-config dump' by hand and look for the hook", "warning")]
     if proc.returncode != 0:
-        return None
+        last = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        return [GuardFinding("unverified", str(paths.apt_conf),
+                             f"apt cannot read its own configuration ({last[0]}), so whether it runs the guard "
+                             "is unknown", "fix the file apt names; apt itself refuses to run until then",
+                             "warning")]
+    return weakening_findings(proc.stdout, _apt_conf_files(paths), str(paths.apt_conf))
+
+
+def weakening_findings(dump: str, conf_files: dict[str, str], own_file: str = str(APT_CONF)) -> list[GuardFinding]:
+    """Findings from the text of `apt-config dump`; `conf_files` (path -> text) name the culprits."""
     hooks: list[str] = []
     options: dict[str, str] = {}
-    prefix = f"DPkg::Tools::Options::{LAUNCHER}::"
-    for line in proc.stdout.splitlines():
+    prefix = f"dpkg::tools::options::{LAUNCHER}::".lower()
+    for line in dump.splitlines():
         key, _, value = line.partition(" ")
-        value = value.strip().rstrip(";").strip('"')
-        if key.lower() == "dpkg::pre-install-pkgs::":
+        value = _dump_value(value)
+        low = key.lower()
+        if low == "dpkg::pre-install-pkgs::":
             hooks.append(value)
-        elif key.lower().startswith(prefix.lower()):
-            options[key[len(prefix):].lower()] = value
-    if str(LAUNCHER) not in hooks:
-        return "apt's configuration no longer runs the guard (DPkg::Pre-Install-Pkgs does not list it)"
-    if options.get("version") != "3" or options.get("infofd") != "20":
-        return (f"apt's configuration runs the guard with Version={options.get('version')!r} "
-                f"InfoFD={options.get('infofd')!r} instead of 3 and 20")
-    return None
+        elif low.startswith(prefix):
+            options[low[len(prefix):]] = value
+    launcher = str(LAUNCHER)
+    suspects = _suspects(conf_files, own_file)
+    named = f" (set in {', '.join(suspects)})" if suspects else ""
+    hint = (f"remove or fix the overriding lines{named or ' in /etc/apt/apt.conf.d/ or /etc/apt/apt.conf'}, "
+            + _REREGISTER)
+    out: list[GuardFinding] = []
+    wrapped = [h for h in hooks if h != launcher and launcher in h]
+    if launcher not in hooks:
+        if wrapped:
+            out.append(GuardFinding(
+                "weakened", own_file, f"apt runs the guard only through {wrapped[0]!r}{named}: that command, not "
+                "the guard, decides apt's exit status (and apt looks the protocol options up by its first word)",
+                hint))
+        else:
+            out.append(GuardFinding(
+                "disabled", own_file, "apt does not run the guard: DPkg::Pre-Install-Pkgs in 'apt-config dump' does "
+                f"not list {launcher}{named} (e.g. a later file did '#clear DPkg::Pre-Install-Pkgs;')", hint))
+        return out
+    version, infofd = options.get("version"), options.get("infofd")
+    if version != "3" or infofd != "20":
+        effect = ("apt then sends only file names, so the hook fails closed on every install"
+                  if version in (None, "", "1") or not (version or "").isdigit() else
+                  "the guard still decides, but not as 'guard install' registered it")
+        out.append(GuardFinding(
+            "weakened", own_file, f"apt runs the guard with Version={version or '(unset: 1)'} "
+            f"InfoFD={infofd or '(unset: 0, stdin)'} instead of 3 and 20{named}: {effect}", hint))
+    return out
+
+
+def _dump_value(text: str) -> str:
+    """A value as `apt-config dump` prints it: `"text";` with `\\` and `\"` escaped."""
+    text = text.strip()
+    if text.endswith(";"):
+        text = text[:-1]
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    return text.replace('\\"', '"').replace("\\\\", "\\")
+
+
+def _apt_conf_files(paths: GuardPaths) -> dict[str, str]:
+    """apt's configuration files as apt reads them (the main file, then the parts directory)."""
+    etc = paths.root / "etc/apt"
+    files = [etc / "apt.conf"]
+    with contextlib.suppress(OSError):
+        files += sorted(p for p in (etc / "apt.conf.d").iterdir() if p.is_file())
+    out: dict[str, str] = {}
+    for f in files:
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            out["/" + str(f.relative_to(paths.root))] = f.read_text(encoding="utf-8")
+    return out
+
+
+_CLEARS_DPKG = re.compile(r"#clear\s+dpkg(::(pre-install-pkgs|tools(::options)?))?\s*;", re.IGNORECASE)
+
+
+def _suspects(conf_files: dict[str, str], own_file: str) -> list[str]:
+    """Files other than the guard's own that name the hook (its list entry or its options) or clear
+    the DPkg tree it lives in."""
+    launcher = str(LAUNCHER)
+    return [path for path, text in conf_files.items()
+            if path != own_file and (launcher in text or _CLEARS_DPKG.search(text))]
 
 
 def status(ctx: AppContext, paths: GuardPaths | None = None, recent: int = 10) -> dict[str, Any]:

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pveguard.context import AppContext
-from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
+from pveguard.errors import EXIT_FAILED, EXIT_REFUSED, PveguardError, UsageError
 from pveguard.guard.decide import fitting_container
 from pveguard.guard.hook import DPKG_STATUS
 from pveguard.packages.classify import REASON_TEXT, Classifier
 from pveguard.packages.status import read_status
 
-Target = Literal["host", "container"]
+Target = Literal["host", "container", "none"]
 Progress = Callable[[str], None]
 
 
@@ -32,7 +32,7 @@ class PackagePlan:
     reason: str
     target: Target
     container: str | None = None
-    status: Literal["planned", "installed", "fit-for-host", "failed"] = "planned"
+    status: Literal["planned", "installed", "fit-for-host", "failed", "no-container"] = "planned"
     version: str | None = None
     message: str = ""
 
@@ -46,15 +46,23 @@ class WorkflowResult:
     dry_run: bool = False
 
     @property
+    def refused(self) -> list[PackagePlan]:
+        """Packages no strategy container hosts (and not core): nothing installs them."""
+        return [i for i in self.items if i.target == "none"]
+
+    @property
     def ok(self) -> bool:
-        return all(i.status != "failed" for i in self.items)
+        return not self.refused and all(i.status != "failed" for i in self.items)
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.ok else EXIT_FAILED
+        if self.ok:
+            return 0
+        return EXIT_REFUSED if self.refused else EXIT_FAILED
 
     def as_dict(self) -> dict[str, Any]:
-        return {"dry_run": self.dry_run, "ok": self.ok, "packages": [i.as_dict() for i in self.items]}
+        return {"dry_run": self.dry_run, "ok": self.ok, "refused": [i.package for i in self.refused],
+                "packages": [i.as_dict() for i in self.items]}
 
 
 def evaluate(app: AppContext, packages: list[str], container: str | None = None) -> list[PackagePlan]:
@@ -81,8 +89,10 @@ def evaluate(app: AppContext, packages: list[str], container: str | None = None)
             continue
         where = container or fitting_container(name, pairs)
         if where is None:
-            raise UsageError(f"no strategy container lists a component matching {name!r}",
-                             hint="choose one with --container NAME (known: " + ", ".join(sorted(names)) + ")")
+            out.append(PackagePlan(spec, verdict.core, reason, "none", status="no-container", message=(
+                f"no strategy container lists a component matching {name!r}: choose one with --container NAME "
+                f"(known: {', '.join(sorted(names))}) or add it to a container's components")))
+            continue
         out.append(PackagePlan(spec, verdict.core, reason, "container", where))
     return out
 
@@ -97,11 +107,15 @@ def run(app: AppContext, packages: list[str], *, container: str | None = None, d
     for item in result.items:
         app.record("guard.workflow.decision", item.package, core=item.core, reason=item.reason,
                    goes_to=item.target, container=item.container, dry_run=dry_run, on_host=on_host)
-    if dry_run:
+    if dry_run or result.refused:
+        # One package without a place refuses the whole run, as the hook refuses a whole transaction.
         for item in result.items:
-            item.message = (f"would install on the host{'' if on_host else ' (with --on-host)'}"
-                            if item.target == "host"
-                            else f"would install in container {item.container} (created first if missing)")
+            if item.target == "host":
+                item.message = f"would install on the host{'' if on_host else ' (with --on-host)'}"
+            elif item.target == "container":
+                item.message = f"would install in container {item.container} (created first if missing)"
+            if result.refused and not dry_run and item.target != "none":
+                item.message = f"not installed: {', '.join(i.package for i in result.refused)} has no container"
         return result
     host_items = [i for i in result.items if i.target == "host"]
     if host_items:
@@ -169,7 +183,7 @@ def render(result: WorkflowResult) -> None:
     table = Table("package", "classification", "where", "status", "detail",
                   title="install plan (dry run)" if result.dry_run else "install", title_justify="left")
     for i in result.items:
-        where = "host" if i.target == "host" else f"container {i.container}"
+        where = {"host": "host", "none": "no container"}.get(i.target, f"container {i.container}")
         table.add_row(i.package, ("core: " if i.core else "") + i.reason, where,
                       i.status + (f" {i.version}" if i.version else ""), i.message)
     console.print(table)

@@ -115,12 +115,17 @@ class Event:
     def id(self) -> str:
         """Stable per notification: the same episode and kind always give the same id."""
         suffix = f"+{self.ts:.0f}" if self.repeat else ""
-        return f"{self.rule}:{self.target}:{self.started_at:.3f}:{self.kind}{suffix}"
+        return event_id(self.rule, self.target, self.started_at, self.kind) + suffix
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["id"] = self.id
         return d
+
+
+def event_id(rule: str, target: str, started_at: float, kind: EventKind) -> str:
+    """The id of an episode's (first) firing or resolved notification."""
+    return f"{rule}:{target}:{started_at:.3f}:{kind}"
 
 
 @dataclass(frozen=True)

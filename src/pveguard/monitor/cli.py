@@ -151,8 +151,10 @@ def _title(mon: Any) -> str:
     if res.error:
         return f"pveguard monitor - last poll FAILED: {res.error}"
     calls = res.sweep.api_calls if res.sweep else 0
-    return (f"pveguard monitor - {_iso(res.ts)} UTC, poll {res.duration * 1000:.0f} ms, "
-            f"{calls} API call(s), {len(res.events)} notification(s)")
+    # An alert event is only a notification when something is configured to send it.
+    sent = (f"{len(res.events)} notification(s)" if mon.notifiers
+            else f"{len(res.events)} alert event(s), not sent: no notifier configured")
+    return f"pveguard monitor - {_iso(res.ts)} UTC, poll {res.duration * 1000:.0f} ms, {calls} API call(s), {sent}"
 
 
 # --- pveguard monitor ---------------------------------------------------------------------------
@@ -315,23 +317,35 @@ def alerts(
     """List pending and firing alerts, active silences and undelivered notifications."""
     if ctx.invoked_subcommand:
         return
+    from pveguard.monitor.alerts import event_id
     from pveguard.monitor.engine import load_silences, load_states
-    from pveguard.monitor.notify import Dispatcher
+    from pveguard.monitor.notify import NO_NOTIFIER_HINT, Dispatcher
 
-    store = _app_ctx(ctx).store
+    app_ctx = _app_ctx(ctx)
+    store = app_ctx.store
     now = time.time()
     states = sorted(load_states(store).values(), key=lambda s: (s.state != "firing", s.rule, s.target))
     active = [s for s in states if s.state != "inactive"]
     silences = load_silences(store, now)
-    undelivered = Dispatcher(store, []).undelivered()
+    dispatcher = Dispatcher(store, [])
+    undelivered = dispatcher.undelivered()
+    configured = len(app_ctx.strategy_or_default().monitoring.notify)
+    delivered = {s.key: dispatcher.delivered_to(event_id(s.rule, s.target, s.started_at, "firing"))
+                 for s in active if s.notified}
+    notification = {s.key: _notification(s.notified, configured, delivered.get(s.key, [])) for s in active}
     if json_out:
-        print_json({"alerts": [alert_json(s, now) for s in active],
+        print_json({"alerts": [dict(alert_json(s, now), notified=bool(delivered.get(s.key)),
+                                    notification=notification[s.key], delivered_to=delivered.get(s.key, []))
+                               for s in active],
+                    "notifiers_configured": configured,
                     "silences": [silence_json(s) for s in silences], "undelivered": undelivered})
         return
     if not active:
         console.print("no pending or firing alerts")
     else:
-        console.print(alerts_table(active, now))
+        console.print(alerts_table(active, now, notification))
+    if not configured:
+        console.print(f"nothing is configured to notify: alerts are only shown here; {NO_NOTIFIER_HINT}")
     if silences:
         console.print(silences_table(silences))
     if undelivered:
@@ -339,7 +353,7 @@ def alerts(
                       f"{undelivered[-1]['last_error'] or 'not tried yet'}")
 
 
-def alerts_table(active: list[Any], now: float) -> FitTable:
+def alerts_table(active: list[Any], now: float, notification: dict[Any, str]) -> FitTable:
     """Pending and firing alerts; the rule, target and name stay whole at any width."""
     table = FitTable(Col("rule", 0, wrap=False), Col("target", 0, wrap=False), Col("name", 0, wrap=False),
                      Col("state", 1, wrap=False), Col("since (UTC)", 2, min_width=10),
@@ -347,7 +361,7 @@ def alerts_table(active: list[Any], now: float) -> FitTable:
                      Col("flapping", 4, wrap=False))
     for s in active:
         table.add_row(s.rule, s.target, s.name, s.state, _iso(s.since),
-                      f"{s.value:.1f}" if s.value is not None else "-", "yes" if s.notified else "no",
+                      f"{s.value:.1f}" if s.value is not None else "-", notification[s.key],
                       "yes" if s.flapping(now) else "", style="red" if s.state == "firing" else "yellow")
     return table
 
@@ -362,12 +376,21 @@ def silences_table(silences: list[Any]) -> FitTable:
     return table
 
 
+def _notification(produced: bool, configured: int, delivered: list[str]) -> str:
+    """What happened to an alert's firing notification, in a word or two."""
+    if not produced:
+        return "no"  # pending, silenced or flapping: nothing was due yet
+    if not configured:
+        return "no notifier"
+    return "yes" if delivered else "queued"
+
+
 @alerts_app.command("silence")
 def silence(
     ctx: typer.Context,
     target: Annotated[str, typer.Argument(help="Guest name, id (lxc/101) or a glob (pve-*).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit ledger).")],
     for_: Annotated[str, typer.Option("--for", metavar="DURATION", help="How long, e.g. 30m, 2h, 1d.")] = "2h",
-    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit ledger).")] = "",
     rule: Annotated[str | None, typer.Option("--rule", help="Only this rule: cpu, memory, disk, down.")] = None,
 ) -> None:
     """Hold notifications for TARGET; alerts still change state and show in 'pveguard alerts'."""

@@ -14,6 +14,7 @@ import json
 import logging
 import smtplib
 import sqlite3
+import ssl
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -33,6 +34,10 @@ SIGNATURE_HEADER = "X-Pveguard-Signature"
 EVENT_HEADER = "X-Pveguard-Event"
 MAX_ATTEMPTS_PER_EVENT = 20  # over polls; each attempt itself retries with backoff
 OUTBOX_RETENTION = 7 * 86400.0
+
+
+NO_NOTIFIER_HINT = ("add one under 'monitoring.notify' in the strategy (type webhook, email or alertmanager; "
+                    "see docs/monitoring.md), then run 'pveguard check'")
 
 
 class DeliveryError(Exception):
@@ -59,6 +64,8 @@ def summary(event: dict[str, Any]) -> str:
 
 
 def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, ssl.SSLCertVerificationError):  # an OSError too, but trying again cannot help
+        return False
     if isinstance(exc, requests.HTTPError) and exc.response is not None:
         return exc.response.status_code == 429 or exc.response.status_code >= 500
     return isinstance(exc, (requests.ConnectionError, requests.Timeout, OSError, smtplib.SMTPServerDisconnected,
@@ -109,15 +116,32 @@ class WebhookNotifier:
 
 
 class EmailNotifier:
-    """One plain-text mail per event through SMTP (STARTTLS and login when configured)."""
+    """One plain-text mail per event through SMTP (STARTTLS and login when configured).
+
+    STARTTLS verifies the relay's certificate and host name against the system's CAs, or `ca_file`
+    for a relay with a self-signed or private-CA certificate; `tls_verify=False` turns the check
+    off and says so on every send. Credentials are never sent without STARTTLS: a login on a plain
+    connection would put the password on the wire in clear, so that configuration is refused.
+    """
 
     def __init__(self, host: str, port: int, mail_from: str, mail_to: list[str], *, starttls: bool = False,
                  user: str | None = None, password: str | None = None, name: str | None = None,
+                 ca_file: str | None = None, tls_verify: bool = True,
                  timeout: float = 15.0, attempts: int = 3, max_wait: float = 5.0) -> None:
         self.host, self.port = host, port
         self.mail_from, self.mail_to = mail_from, mail_to
         self.starttls, self.user, self.password = starttls, user, password
         self.name = name or f"email:{host}:{port}"
+        if (user or password) and not starttls:
+            raise ConfigError(f"notifier {self.name}: refusing to send the SMTP login over an unencrypted "
+                              "connection (smtp_user/smtp_password_file are set, smtp_starttls is off)",
+                              hint="set 'smtp_starttls: true' (the relay must offer STARTTLS), or remove "
+                                   "smtp_user and smtp_password_file for a relay that takes mail without a login")
+        if not starttls and (ca_file or not tls_verify):
+            raise ConfigError(f"notifier {self.name}: smtp_ca_file / smtp_tls_verify only apply with "
+                              "smtp_starttls: true", hint="set 'smtp_starttls: true' or remove them")
+        self.tls_verify = tls_verify
+        self.tls_context = tls_context(ca_file, tls_verify, self.name) if starttls else None
         self.timeout = timeout
         self._deliver = _retrying(attempts, max_wait)(self._deliver_once)
 
@@ -142,17 +166,45 @@ class EmailNotifier:
 
     def _deliver_once(self, msg: EmailMessage) -> None:
         with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
-            if self.starttls:
-                smtp.starttls()
+            if self.tls_context is not None:
+                # smtplib raises SMTPNotSupportedError when the relay offers no STARTTLS: never a
+                # silent fallback to plain text.
+                smtp.starttls(context=self.tls_context)
             if self.user and self.password:
                 smtp.login(self.user, self.password)
             smtp.send_message(msg)
 
     def send(self, event: dict[str, Any]) -> None:
+        if self.tls_context is not None and not self.tls_verify:
+            log.warning("%s: sending with smtp_tls_verify: false - the relay's certificate is NOT checked, so "
+                        "anyone on the path can read the alert and the SMTP password", self.name)
         try:
             self._deliver(self.message(event))
+        except ssl.SSLCertVerificationError as exc:
+            raise DeliveryError(f"{self.name}: the relay's certificate is not trusted ({exc.verify_message}); "
+                                "for a self-signed or private-CA relay set smtp_ca_file to its CA "
+                                "certificate") from None
+        except smtplib.SMTPNotSupportedError:
+            raise DeliveryError(f"{self.name}: the relay does not offer STARTTLS, so nothing was sent "
+                                "(smtp_starttls: true needs it)") from None
         except (smtplib.SMTPException, OSError) as exc:
             raise DeliveryError(f"{self.name}: {exc}") from None
+
+
+def tls_context(ca_file: str | None, verify: bool, name: str) -> ssl.SSLContext:
+    """A client context that checks the certificate chain and the host name (the default), against
+    `ca_file` instead of the system's CAs when given."""
+    if not verify:
+        log.warning("%s: smtp_tls_verify is false: STARTTLS without certificate or host name checks", name)
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"notifier {name}: cannot load smtp_ca_file {ca_file}: {exc}",
+                          hint="point it at the relay's CA certificate in PEM format") from None
 
 
 class AlertmanagerNotifier:
@@ -218,7 +270,8 @@ def notifiers_from_strategy(configs: list[Any], renotify: float = 4 * 3600.0) ->
         elif c.type == "email":
             out.append(EmailNotifier(c.smtp_host, c.smtp_port, c.mail_from, list(c.mail_to),
                                      starttls=c.smtp_starttls, user=c.smtp_user,
-                                     password=_read_secret(c.smtp_password_file, "SMTP password"), name=c.name))
+                                     password=_read_secret(c.smtp_password_file, "SMTP password"), name=c.name,
+                                     ca_file=c.smtp_ca_file, tls_verify=c.smtp_tls_verify))
         elif c.type == "alertmanager":
             out.append(AlertmanagerNotifier(c.url, name=c.name, hold=renotify + 900.0))
     return out
@@ -272,6 +325,12 @@ class Dispatcher:
         with self.store.transaction() as tx:
             tx.execute("DELETE FROM monitor_outbox WHERE created < ?", (now - OUTBOX_RETENTION,))
         return {"sent": sent, "failed": failed}
+
+    def delivered_to(self, event_id: str) -> list[str]:
+        """The notifiers that received one event."""
+        rows = self.store.conn.execute("SELECT notifier FROM monitor_delivery WHERE event_id = ? AND delivered IS NOT "
+                                       "NULL ORDER BY notifier", (event_id,)).fetchall()
+        return [str(r["notifier"]) for r in rows]
 
     def undelivered(self) -> list[dict[str, Any]]:
         """Pairs not delivered yet, with their last error (for `pveguard alerts`)."""

@@ -94,17 +94,20 @@ def update_params(changes: list[FieldChange], config: dict[str, Any]) -> tuple[d
 
 
 def install_packages(backend: Backend, guest: Guest, packages: list[str], timeout: float = 1800) -> ExecResult:
-    """apt-get update + install inside the guest; BackendError with apt's own last words on failure."""
+    """apt-get update + install inside the guest; BackendError saying which layer failed (ssh to the
+    node, the container, its network, its apt sources) and its fix (pveguard.provision.aptfailure)."""
+    from pveguard.provision.aptfailure import explain
+
     env = ["env", "DEBIAN_FRONTEND=noninteractive"]
-    r = backend.exec(guest, [*env, "apt-get", "update", "-q"], timeout=timeout)
-    if r.ok:
-        r = backend.exec(guest, [*env, "apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
-                         timeout=timeout)
-    if not r.ok:
-        tail = "\n".join((r.stderr or r.stdout).strip().splitlines()[-5:])
-        raise BackendError(f"installing {', '.join(packages)} in {guest.name} failed (exit {r.returncode}): {tail}",
-                           hint="check the container's network and apt sources, then run apply again")
-    return r
+    update = backend.exec(guest, [*env, "apt-get", "update", "-q"], timeout=timeout)
+    install = None
+    if update.ok:
+        install = backend.exec(guest, [*env, "apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+                               timeout=timeout)
+        if install.ok:
+            return install
+    failure = explain(update, install, container=guest.name, vmid=guest.vmid, node=guest.node, packages=packages)
+    raise BackendError(failure.message, hint=failure.hint)
 
 
 class Applier:

@@ -321,6 +321,8 @@ class Notifier(StrictModel):
     smtp_host: str | None = None
     smtp_port: int = Field(25, ge=1, le=65535)
     smtp_starttls: bool = False
+    smtp_ca_file: str | None = Field(None, description="CA certificate (PEM) that signed the relay's certificate")
+    smtp_tls_verify: bool = Field(True, description="false: STARTTLS without certificate checks (warned on each send)")
     smtp_user: str | None = None
     smtp_password_file: str | None = None
     mail_from: str | None = None
@@ -332,6 +334,8 @@ class Notifier(StrictModel):
             raise ValueError(f"a {self.type} notifier needs 'url'")
         if self.type == "email" and (not self.smtp_host or not self.mail_to or not self.mail_from):
             raise ValueError("an email notifier needs 'smtp_host', 'mail_from' and 'mail_to'")
+        if self.type == "email" and (self.smtp_user or self.smtp_password_file) and not self.smtp_starttls:
+            raise ValueError("an SMTP login needs 'smtp_starttls: true' (the password would travel in clear)")
         return self
 
 
