@@ -345,7 +345,8 @@ def alerts(
     else:
         console.print(alerts_table(active, now, notification))
     if not configured:
-        console.print(f"nothing is configured to notify: alerts are only shown here; {NO_NOTIFIER_HINT}")
+        console.print(f"nothing is configured to notify: alerts are only shown here; {NO_NOTIFIER_HINT}",
+                      soft_wrap=False)  # a sentence: wrap at words to the terminal's width
     if silences:
         console.print(silences_table(silences))
     if undelivered:
