@@ -97,18 +97,14 @@ def init(
 @app.command()
 def check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """Validate the strategy file; report every error as FILE:LINE:COL: field: message."""
-    from pveguard.strategy.load import check_text
+    from pveguard.strategy.load import StrategyInvalid, check_text, read_text
 
     app_ctx = get_ctx(ctx)
     path = app_ctx.strategy_path
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"strategy file {path} does not exist",
-                         hint="create one with 'pveguard init' or pass --strategy PATH") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
-    strategy, problems = check_text(text, str(path))
+        strategy, problems = check_text(read_text(path), str(path))
+    except StrategyInvalid as exc:  # too large or not UTF-8: reported like any other problem
+        strategy, problems = None, exc.problems
     if json_out:
         print_json({"file": str(path), "valid": strategy is not None,
                     "problems": [p.__dict__ for p in problems]})
