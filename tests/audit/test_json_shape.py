@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from infra.strategies import defaults_file
+
 from .test_golden import CASES, audit_case
 
 DOC = Path(__file__).resolve().parents[2] / "docs/audit.md"
@@ -69,7 +71,7 @@ def test_offline_documents_conform(case: str) -> None:
 
 def test_this_host_conforms() -> None:
     """The live audit of the machine running the tests, through the real command line."""
-    proc = subprocess.run([sys.executable, "-m", "pveguard", "--strategy", "/nonexistent/s.yaml",
+    proc = subprocess.run([sys.executable, "-m", "pveguard", "--strategy", defaults_file(),
                            "--state-dir", "/nonexistent/state", "audit", "--json"],
                           capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pveguard.errors import ConfigError
+from pveguard.strategy import enforcement
 from pveguard.strategy.models import Strategy
 
 DEFAULT_PATH = Path("/etc/pveguard/strategy.yaml")
@@ -400,6 +401,8 @@ def check_text(text: str, path: str = "strategy.yaml") -> tuple[Strategy | None,
     except ValidationError as exc:
         return None, problems + validation_problems(exc, pos, path)
     problems += semantic_problems(strategy, pos, path)
+    problems += [Problem(path, *pos.of(u.loc), format_loc(u.loc), u.message(), "warning")
+                 for u in enforcement.non_default(strategy)]
     if any(p.severity == "error" for p in problems):
         return None, problems
     return strategy, problems
