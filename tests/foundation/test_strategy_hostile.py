@@ -56,6 +56,8 @@ HOSTILE: list[tuple[str, str, tuple[int, int] | None, str, str]] = [
     ("python-tag", "network:\n  bridge: !!python/object:os.system ls\n", (2, 11), "network.bridge",
      "cannot read this value"),
     ("impossible-date", "network:\n  bridge: 2020-13-45\n", (2, 11), "network.bridge", "cannot read this value"),
+    ("key-with-bracket", "network:\n  a[b]: 1\n", (2, 3), "network.a[b]", "unknown key 'a[b]'"),
+    ("top-key-with-bracket", "0[:\n", (1, 1), "0[", "unknown key '0['"),
     ("ten-megabyte-value", "network:\n  bridge: " + "x" * 10_000_000 + "\n", None, "", "larger than"),
     ("empty-file", "", (1, 1), "", "the file is empty"),
     ("only-comments", "# nothing here\n\n", (1, 1), "", "the file is empty"),

@@ -316,10 +316,29 @@ def _message(err: Any, loc: Loc) -> str:
     return _short(str(err["msg"]), 300)
 
 
-def validation_problems(exc: ValidationError, pos: Positions, path: str) -> list[Problem]:
+def _data_loc(err_loc: tuple[Any, ...], data: Any) -> Loc:
+    """The part of a pydantic error location that is a path in the data.
+
+    pydantic puts validator labels between the keys (`function-after[_check_vlan(), int]`); they are
+    told apart from keys by walking the data, since a key may contain any character, '[' included.
+    """
+    loc: list[str | int] = []
+    for part in err_loc:
+        in_dict = isinstance(data, dict) and part in data
+        if in_dict or (isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)):
+            data = data[part]
+        elif isinstance(part, str) and "[" in part:
+            continue  # a validator label
+        else:
+            data = None  # below the data (a default's field): keep the rest as it is
+        loc.append(part)
+    return tuple(loc)
+
+
+def validation_problems(exc: ValidationError, pos: Positions, path: str, data: Any = None) -> list[Problem]:
     problems = []
     for err in exc.errors():
-        loc: Loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        loc = _data_loc(tuple(err["loc"]), data)
         is_key = err["type"] == "extra_forbidden"
         line, col = pos.of(loc, key=is_key)
         problems.append(Problem(path, line, col, format_loc(loc), _message(err, loc)))
@@ -399,7 +418,7 @@ def check_text(text: str, path: str = "strategy.yaml") -> tuple[Strategy | None,
     try:
         strategy = Strategy.model_validate(data)
     except ValidationError as exc:
-        return None, problems + validation_problems(exc, pos, path)
+        return None, problems + validation_problems(exc, pos, path, data)
     problems += semantic_problems(strategy, pos, path)
     problems += [Problem(path, *pos.of(u.loc), format_loc(u.loc), u.message(), "warning")
                  for u in enforcement.non_default(strategy)]
