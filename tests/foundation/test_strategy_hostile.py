@@ -58,6 +58,7 @@ HOSTILE: list[tuple[str, str, tuple[int, int] | None, str, str]] = [
     ("impossible-date", "network:\n  bridge: 2020-13-45\n", (2, 11), "network.bridge", "cannot read this value"),
     ("key-with-bracket", "network:\n  a[b]: 1\n", (2, 3), "network.a[b]", "unknown key 'a[b]'"),
     ("top-key-with-bracket", "0[:\n", (1, 1), "0[", "unknown key '0['"),
+    ("huge-key", "1" + "0" * 900 + ": 1\n", (1, 1), "1" + "0" * 59 + "...", "unknown key '1000"),
     ("ten-megabyte-value", "network:\n  bridge: " + "x" * 10_000_000 + "\n", None, "", "larger than"),
     ("empty-file", "", (1, 1), "", "the file is empty"),
     ("only-comments", "# nothing here\n\n", (1, 1), "", "the file is empty"),

@@ -81,6 +81,8 @@ class Positions:
 def format_loc(loc: Iterable[str | int]) -> str:
     out = ""
     for part in loc:
+        if isinstance(part, str) and len(part) > 60:  # a hostile key must not fill the terminal
+            part = part[:60] + "..."
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
@@ -286,9 +288,9 @@ def _message(err: Any, loc: Loc) -> str:
         if model is not None:
             close = difflib.get_close_matches(name, list(model.model_fields), n=1, cutoff=0.6)
             if close:
-                return f"unknown key {name!r}; did you mean {close[0]!r}?"
-            return f"unknown key {name!r}; allowed here: {', '.join(model.model_fields)}"
-        return f"unknown key {name!r}"
+                return f"unknown key {_show(name)}; did you mean {close[0]!r}?"
+            return f"unknown key {_show(name)}; allowed here: {', '.join(model.model_fields)}"
+        return f"unknown key {_show(name)}"
     if typ == "missing":
         return "required but missing"
     if typ == "value_error":
