@@ -58,6 +58,9 @@ def main_options(
     """Global options go before the command: pveguard --strategy s.yaml --state-dir st init."""
     ctx.obj = AppContext.from_options(strategy, state_dir, verbose)
     ctx.call_on_close(ctx.obj.close)
+    # `init` creates the file; `apt-hook` reads the installed policy, never the strategy.
+    if ctx.invoked_subcommand not in ("init", "apt-hook"):
+        ctx.obj.require_named_strategy()
 
 
 def get_ctx(ctx: typer.Context) -> AppContext:
@@ -107,18 +110,17 @@ def init(
 @app.command()
 def check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """Validate the strategy file; report every error as FILE:LINE:COL: field: message."""
-    from pveguard.strategy.load import check_text
+    from pveguard.output import info as info_line
+    from pveguard.strategy import enforcement
+    from pveguard.strategy.enforcement import NOT_ENFORCED
+    from pveguard.strategy.load import StrategyInvalid, check_text, read_text
 
     app_ctx = get_ctx(ctx)
     path = app_ctx.strategy_path
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"strategy file {path} does not exist",
-                         hint="create one with 'pveguard init' or pass --strategy PATH") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {path}: {exc}") from None
-    strategy, problems = check_text(text, str(path))
+        strategy, problems = check_text(read_text(path), str(path))
+    except StrategyInvalid as exc:  # too large or not UTF-8: reported like any other problem
+        strategy, problems = None, exc.problems
     if strategy is not None:
         from pveguard.backends.proxmox import feature_credential_warnings
         from pveguard.provision.instance import pin_warning
@@ -132,12 +134,17 @@ def check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
                      for fld, msg in feature_credential_warnings(strategy, os.environ)]
     if json_out:
         print_json({"file": str(path), "valid": strategy is not None,
-                    "problems": [p.__dict__ for p in problems]})
+                    "problems": [p.__dict__ for p in problems],
+                    "not_enforced": [{"key": k, "issue": n} for k, n in NOT_ENFORCED.items()]})
     else:
         for p in problems:
             (warn if p.severity == "warning" else error)(p.text())
         if strategy is not None:
             console.print(f"{path}: ok ({len(strategy.containers)} containers)")
+            idle = enforcement.at_default(strategy)
+            if idle:
+                info_line(f"note: left at their defaults, but not enforced yet: "
+                          f"{', '.join(f'{k} (issue #{NOT_ENFORCED[k]})' for k in idle)}")
     if strategy is None:
         raise typer.Exit(EXIT_USAGE)
 

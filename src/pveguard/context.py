@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pveguard.errors import ConfigError
+from pveguard.output import info, warn
 from pveguard.security.ledger import Ledger, VerifyResult, verify_state
 from pveguard.store import Store, resolve_state_dir
 from pveguard.strategy import load as strategy_load
@@ -20,27 +22,55 @@ class AppContext:
     strategy_path: Path
     state_dir: Path
     verbose: bool = False
+    strategy_explicit: bool = False  # named by --strategy / PVEGUARD_STRATEGY, so it must exist
     _strategy: Strategy | None = None
     _store: Store | None = None
     _ledger: Ledger | None = None
-    warnings: list[str] = field(default_factory=list)
+    _noted_defaults: bool = False
 
     @classmethod
     def from_options(cls, strategy: str | None, state_dir: str | None, verbose: bool = False) -> AppContext:
-        return cls(strategy_load.resolve_path(strategy), resolve_state_dir(state_dir), verbose)
+        # typer fills `strategy` from PVEGUARD_STRATEGY too; resolve_path reads it again for direct callers.
+        explicit = bool(strategy or os.environ.get(strategy_load.ENV_VAR))
+        return cls(strategy_load.resolve_path(strategy), resolve_state_dir(state_dir), verbose, explicit)
+
+    def require_named_strategy(self) -> None:
+        """A strategy file named by --strategy / PVEGUARD_STRATEGY that does not exist is an error.
+
+        Falling back to the defaults there would run a command under a policy nobody chose (a
+        typo in the path would go unnoticed), so every command but `init` refuses it.
+        """
+        if self.strategy_explicit and not self.strategy_path.exists():
+            raise ConfigError(
+                f"strategy file {self.strategy_path} does not exist (named by --strategy or PVEGUARD_STRATEGY)",
+                hint="fix the path, create the file with 'pveguard init', or leave both unset to use "
+                     f"{strategy_load.DEFAULT_PATH}",
+            )
 
     @property
     def strategy(self) -> Strategy:
-        """The validated strategy; raises ConfigError/StrategyInvalid with every problem listed."""
+        """The validated strategy; raises ConfigError/StrategyInvalid with every problem listed.
+
+        Warnings (capacity, keys not enforced yet) go to stderr once, for every command that loads it.
+        """
         if self._strategy is None:
             self._strategy, problems = strategy_load.load(self.strategy_path)
-            self.warnings += [p.text() for p in problems]
+            for problem in problems:
+                warn(problem.text())
         return self._strategy
 
     def strategy_or_default(self) -> Strategy:
-        """The strategy file when it exists, else the defaults (for read-only commands)."""
-        if self.strategy_path.exists():
+        """The strategy file; the built-in defaults (with a note) only when the default path has none.
+
+        For read-only commands. A named file that is missing is an error (require_named_strategy).
+        """
+        if self.strategy_explicit or self.strategy_path.exists():
+            self.require_named_strategy()
             return self.strategy
+        if not self._noted_defaults:
+            self._noted_defaults = True
+            info(f"note: no strategy file at {self.strategy_path}; using the built-in defaults "
+                 "(write them with 'pveguard init')")
         return Strategy()
 
     @property

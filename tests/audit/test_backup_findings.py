@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.strategies import defaults_file
 from pveguard.audit import findings, score
 from pveguard.backup.calendar import parse
 from pveguard.backup.compliance import Archive, evaluate
@@ -76,7 +77,7 @@ def test_several_problems_of_one_guest_are_several_findings() -> None:
 
 
 def _audit(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pveguard", "--strategy", "/nonexistent/strategy.yaml",
+    return subprocess.run([sys.executable, "-m", "pveguard", "--strategy", defaults_file(),
                            "--state-dir", str(state), "audit", "--json", *args],
                           capture_output=True, text=True, check=False, timeout=120,
                           env={**os.environ, "PVEGUARD_BACKEND": "none"})

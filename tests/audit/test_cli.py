@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from infra.strategies import defaults_file
+
 GOLDEN_ROOT = Path(__file__).parent / "golden/pve-alternatives/root"
 
 
 def run(*args: str, state: Path | None = None) -> subprocess.CompletedProcess[str]:
     # a state dir that does not exist keeps the guard's self-check from touching this machine's state
-    argv = [sys.executable, "-m", "pveguard", "--strategy", "/nonexistent/strategy.yaml",
+    argv = [sys.executable, "-m", "pveguard", "--strategy", defaults_file(),
             "--state-dir", str(state or "/nonexistent/state")]
     return subprocess.run([*argv, "audit", *args], capture_output=True, text=True, check=False, timeout=60,
                           env={**os.environ, "COLUMNS": "200"})
@@ -116,7 +118,7 @@ def test_unprivileged_run_names_what_needs_root() -> None:
     drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
     if subprocess.run([*drop, sys.executable, "-c", "import pveguard"], capture_output=True, check=False).returncode:
         pytest.skip("nobody cannot read this checkout or its virtualenv")
-    proc = subprocess.run([*drop, sys.executable, "-m", "pveguard", "--strategy", "/nonexistent/s.yaml",
+    proc = subprocess.run([*drop, sys.executable, "-m", "pveguard", "--strategy", defaults_file(),
                            "--state-dir", "/nonexistent/state", "audit", "--json"],
                           capture_output=True, text=True, check=False, timeout=60, cwd="/")
     assert proc.returncode == 0, proc.stderr

@@ -10,12 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from infra.strategies import defaults_file
 from pveguard.context import AppContext
 from pveguard.guard import install
 
 
 def audit(state: Path) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, "-m", "pveguard", "--strategy", "/nonexistent/s.yaml", "--state-dir",
+    proc = subprocess.run([sys.executable, "-m", "pveguard", "--strategy", defaults_file(), "--state-dir",
                            str(state), "audit", "--json"], capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 0, proc.stderr
     doc: dict[str, Any] = json.loads(proc.stdout)
@@ -26,7 +27,7 @@ def test_guard_findings_in_the_audit(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "etc/pve").mkdir(parents=True)
     paths = install.GuardPaths(root)
-    ctx = AppContext.from_options(str(tmp_path / "none.yaml"), str(tmp_path / "state"))
+    ctx = AppContext.from_options(defaults_file(), str(tmp_path / "state"))
     install.install(ctx, paths=paths)
     ctx.close()
 
@@ -40,7 +41,7 @@ def test_guard_findings_in_the_audit(tmp_path: Path) -> None:
     assert after["guard:changed"]["severity"] == "critical"
     assert after["guard:changed"]["detail"] == str(paths.policy)
     assert "pveguard guard install" in after["guard:changed"]["fix"]
-    ctx = AppContext.from_options(str(tmp_path / "none.yaml"), str(tmp_path / "state"))
+    ctx = AppContext.from_options(defaults_file(), str(tmp_path / "state"))
     assert [e.details["state"] for e in ctx.ledger.entries(action="guard.tamper")
             if e.target == str(paths.policy)] == ["changed"]
     ctx.close()

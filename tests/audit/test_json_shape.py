@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from infra.strategies import defaults_file
+
 from ..jsonshape import check
 from .test_golden import CASES, audit_case
 
@@ -37,7 +39,7 @@ def test_offline_documents_conform(case: str) -> None:
 
 def test_this_host_conforms() -> None:
     """The live audit of the machine running the tests, through the real command line."""
-    proc = subprocess.run([sys.executable, "-m", "pveguard", "--strategy", "/nonexistent/s.yaml",
+    proc = subprocess.run([sys.executable, "-m", "pveguard", "--strategy", defaults_file(),
                            "--state-dir", "/nonexistent/state", "audit", "--json"],
                           capture_output=True, text=True, check=False, timeout=60)
     assert proc.returncode == 0, proc.stderr

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from infra.rootfs import extract, have_debootstrap, mounted_chroot, rootfs_tarball
+from infra.strategies import defaults_file
 from pveguard.audit import report
 
 from . import fakehost
@@ -64,7 +65,7 @@ def host_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def _audit(*args: str) -> dict[str, Any]:
     proc = subprocess.run([sys.executable, "-m", "pveguard", "--state-dir", "/nonexistent-state",
-                           "--strategy", "/nonexistent/strategy.yaml", "audit", "--json", *args],
+                           "--strategy", defaults_file(), "audit", "--json", *args],
                           capture_output=True, text=True, check=False, timeout=120)
     assert proc.returncode == 0, proc.stderr
     doc: dict[str, Any] = json.loads(proc.stdout)

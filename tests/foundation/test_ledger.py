@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.strategies import defaults_file
 from pveguard.errors import ConfigError
 from pveguard.security.ledger import CHECKPOINT_EVERY, Ledger
 from pveguard.store import Store
@@ -143,7 +144,7 @@ def test_two_processes_appending_1000_each(tmp_path: Path) -> None:
 def test_cli_verify_names_first_bad_entry(ledger: Ledger, tmp_path: Path) -> None:
     raw(tmp_path).execute("UPDATE ledger SET action = 'x' WHERE seq = 2")
     proc = subprocess.run([sys.executable, "-m", "pveguard", "--state-dir", str(tmp_path),
-                           "--strategy", str(tmp_path / "none.yaml"), "audit-log", "verify"],
+                           "--strategy", defaults_file(), "audit-log", "verify"],
                           capture_output=True, text=True)
     assert proc.returncode == 1
     assert "entry 2" in proc.stderr and "Traceback" not in proc.stderr

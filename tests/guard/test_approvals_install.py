@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.strategies import defaults_file
 from pveguard.cli import main as cli_main
 from pveguard.context import AppContext
 from pveguard.guard import approvals, install
@@ -52,7 +53,7 @@ def test_lifecycle(tmp_path: Path) -> None:
 
 def _cli(tmp_path: Path, *args: str) -> int:
     try:
-        cli_main(["--strategy", str(tmp_path / "none.yaml"), "--state-dir", str(tmp_path / "state"), *args])
+        cli_main(["--strategy", defaults_file(), "--state-dir", str(tmp_path / "state"), *args])
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
@@ -77,7 +78,7 @@ def test_install_status_tamper_uninstall_under_a_root(tmp_path: Path) -> None:
     root = tmp_path / "root"
     (root / "etc/pve").mkdir(parents=True)
     paths = install.GuardPaths(root)
-    ctx = AppContext.from_options(str(tmp_path / "none.yaml"), str(tmp_path / "state"))
+    ctx = AppContext.from_options(defaults_file(), str(tmp_path / "state"))
     planned = install.install(ctx, dry_run=True, paths=paths)
     assert {r["state"] for r in planned} == {"created"} and not paths.apt_conf.exists()
     report = install.install(ctx, paths=paths)

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import requests
 
+from infra.strategies import defaults_file
+
 from .receivers import free_port
 
 testing = pytest.importorskip("pvesim.testing")
@@ -29,7 +31,7 @@ def pveguard(args: list[str], env: dict[str, str], timeout: float = 120) -> subp
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     return {**os.environ, "PVEGUARD_STATE_DIR": str(tmp_path / "state"),
-            "PVEGUARD_STRATEGY": str(tmp_path / "strategy.yaml"), "COLUMNS": "200"}
+            "PVEGUARD_STRATEGY": defaults_file(), "COLUMNS": "200"}
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def audit(
     """
     from pveguard.audit import assemble, inventory, report, sources
     from pveguard.cli import get_ctx
-    from pveguard.output import console, warn
+    from pveguard.output import console
 
     fmt = "json" if json_out else fmt.lower()
     if fmt not in report.FORMATS:
@@ -55,8 +55,6 @@ def audit(
     doc = assemble.build(facts, strategy, ext)
     if root_path == Path("/"):
         _record_score(app_ctx, doc)
-    for w in app_ctx.warnings:
-        warn(w)
     text = report.render(doc, fmt, width=console.width, full=full)
     if output is None:
         typer.echo(text, nl=False)

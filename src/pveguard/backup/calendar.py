@@ -44,6 +44,7 @@ __all__ = [
     "parse",
 ]
 
+MAX_LENGTH = 128  # `schedule` in the PVE API schema: format pve-calendar-event, maxLength 128
 VALID_EXAMPLES = "'daily', 'mon..fri 21:00', '*/15', 'sat *-1..7 02:00', '2:30 UTC'"
 
 # (min allowed value, exclusive max) per field, as PVE checks them; `*/step` starts at `start`.
@@ -337,6 +338,10 @@ def _reject(expr: str, reason: str) -> CalendarError:
 
 def parse(expr: str) -> CalendarEvent:
     """Parse a PVE calendar event; raise :class:`CalendarError` for anything PVE rejects."""
+    if len(expr) > MAX_LENGTH:
+        # PVE's own limit (the schema's maxLength for every schedule); it also keeps numbers far
+        # below Python's int() digit limit.
+        raise _reject(expr[:40] + "...", f"it is {len(expr)} characters long; Proxmox VE takes at most {MAX_LENGTH}")
     # PVE::CalendarEvent trims surrounding whitespace before handing the text to proxmox-time.
     text = expr.strip(" \t\r\n\f\v")
     if not text:

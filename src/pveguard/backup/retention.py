@@ -85,14 +85,17 @@ class KeepPolicy:
             match = _OPTION.match(key.strip())
             if not sep or match is None:
                 raise RetentionError(
-                    f"cannot read {raw!r} in prune options {text!r}; write keep-<rule>=<count> with rule "
+                    f"cannot read {_cut(raw)} in prune options {_cut(text)}; write keep-<rule>=<count> with rule "
                     "last, hourly, daily, weekly, monthly, yearly or all, e.g. 'keep-last=3,keep-daily=7'"
                 )
             name = match.group(1)
-            if not value.strip().isdigit():
-                raise RetentionError(f"{key.strip()} needs a whole number >= 0, got {value!r}")
+            digits = value.strip()
+            # ASCII only: str.isdigit() also accepts '²', which int() refuses; 18 digits keep int()
+            # far below Python's digit limit and above any count of backups.
+            if not (digits.isascii() and digits.isdigit()) or len(digits) > 18:
+                raise RetentionError(f"{key.strip()} needs a whole number >= 0, got {_cut(value)}")
             if name in values or (name == "all" and "keep_all" in values):
-                raise RetentionError(f"{key.strip()} is given twice in {text!r}")
+                raise RetentionError(f"{key.strip()} is given twice in {_cut(text)}")
             if name == "all":
                 values["keep_all"] = int(value) != 0
             else:
@@ -124,6 +127,12 @@ class KeepPolicy:
     def total(self) -> int:
         """Sum of the counts: PVE's "max backup limit" when pruning is off."""
         return self.last + self.hourly + self.daily + self.weekly + self.monthly + self.yearly
+
+
+def _cut(text: str) -> str:
+    """repr() of user input, short enough for one message line."""
+    shown = repr(text)
+    return shown if len(shown) <= 80 else shown[:80] + "..."
 
 
 RULES = ("last", "hourly", "daily", "weekly", "monthly", "yearly")

@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from pveguard.strategy import enforcement
 from pveguard.strategy.models import Strategy
 
 SECTION_NOTES = {
@@ -43,6 +44,8 @@ SECTION_NOTES = {
 HEADER = """\
 # pveguard strategy: the container-first plan for this Proxmox VE host.
 # Validate with 'pveguard check'. Reference: the README's configuration section.
+# Keys marked "not enforced yet" are accepted and kept, but no code acts on them until the named
+# issue is done; 'pveguard check' warns when you change one.
 """
 
 
@@ -80,16 +83,28 @@ def _field_model(model: type[BaseModel] | None, name: str) -> type[BaseModel] | 
     return found if isinstance(found, type) and issubclass(found, BaseModel) else None
 
 
-def _emit(value: Any, model: type[BaseModel] | None, indent: int, out: list[str]) -> None:
+def _comment(model: type[BaseModel] | None, key: str, loc: tuple[str | int, ...]) -> str:
+    """The field's description, plus a mark on the topmost key that is accepted but not enforced yet."""
+    parts = []
+    note = _descriptions(model).get(key)
+    if note:
+        parts.append(note)
+    issue = enforcement.issue_for((*loc, key))
+    if issue is not None and enforcement.issue_for(loc) is None:
+        parts.append(f"not enforced yet (issue #{issue})")
+    return f"  # {'; '.join(parts)}" if parts else ""
+
+
+def _emit(value: Any, model: type[BaseModel] | None, indent: int, out: list[str],
+          loc: tuple[str | int, ...] = ()) -> None:
     pad = "  " * indent
     if isinstance(value, dict):
-        notes = _descriptions(model)
         for key, item in value.items():
-            comment = f"  # {notes[key]}" if key in notes else ""
+            comment = _comment(model, key, loc)
             sub = _field_model(model, key)
             if (isinstance(item, dict) and item) or (isinstance(item, list) and item and isinstance(item[0], dict)):
                 out.append(f"{pad}{key}:{comment}")
-                _emit(item, sub, indent + 1, out)
+                _emit(item, sub, indent + 1, out, (*loc, key))
             elif isinstance(item, list):
                 out.append(f"{pad}{key}: [{', '.join(_scalar(v) for v in item)}]{comment}")
             elif isinstance(item, dict):
@@ -97,9 +112,9 @@ def _emit(value: Any, model: type[BaseModel] | None, indent: int, out: list[str]
             else:
                 out.append(f"{pad}{key}: {_scalar(item)}{comment}")
     elif isinstance(value, list):
-        for item in value:
+        for i, item in enumerate(value):
             sub_out: list[str] = []
-            _emit(item, model, indent + 1, sub_out)
+            _emit(item, model, indent + 1, sub_out, (*loc, i))
             first = sub_out[0].lstrip()
             out.append(f"{pad}- {first}")
             out.extend(sub_out[1:])

@@ -7,6 +7,7 @@ Messages look like compiler errors so editors can jump to them:
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from pveguard.errors import ConfigError
+from pveguard.strategy import enforcement
 from pveguard.strategy.models import Strategy
 
 DEFAULT_PATH = Path("/etc/pveguard/strategy.yaml")
@@ -79,6 +81,8 @@ class Positions:
 def format_loc(loc: Iterable[str | int]) -> str:
     out = ""
     for part in loc:
+        if isinstance(part, str) and len(part) > 60:  # a hostile key must not fill the terminal
+            part = part[:60] + "..."
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
@@ -91,40 +95,139 @@ def resolve_path(cli_value: str | os.PathLike[str] | None) -> Path:
     return Path(env) if env else DEFAULT_PATH
 
 
-def _construct(node: yaml.Node, loc: Loc, pos: Positions, path: str, problems: list[Problem]) -> Any:
+# Limits checked on the YAML event stream before any node or Python object is built, so a hostile
+# file costs at most a bounded parse. The default strategy is about 10 KB, 300 lines and 700 values;
+# the limits leave room for a hundred containers and still stop an alias bomb within its first
+# expansions.
+MAX_BYTES = 256 << 10
+MAX_DEPTH = 32
+MAX_VALUES = 20_000
+
+
+class _Limit(Exception):
+    """The event stream broke a limit; the Problem says where and why."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(problem.message)
+        self.problem = problem
+
+
+def _screen(text: str, path: str) -> None:
+    """Walk the YAML events once: nesting depth, alias use and the size after alias expansion.
+
+    PyYAML's composer and our constructor recurse and expand aliases; the event stream does neither,
+    so these limits hold before anything is built. Raises _Limit; YAML syntax errors propagate.
+    """
+    # Open collections: [anchor, values inside it so far]; sizes of finished anchors.
+    stack: list[list[Any]] = []
+    sizes: dict[str, int] = {}
+    total = 0
+
+    def at(mark: Any) -> tuple[int, int]:
+        return (mark.line + 1, mark.column + 1) if mark else (0, 0)
+
+    def add(count: int, event: yaml.Event) -> None:
+        nonlocal total
+        total += count
+        for frame in stack:
+            frame[1] += count
+        if total > MAX_VALUES:
+            raise _Limit(Problem(path, *at(event.start_mark), "",
+                                 f"the file expands to more than {MAX_VALUES} values"
+                                 + (" through its aliases" if sizes else "")
+                                 + "; a strategy is far smaller - check for aliases (*name) that repeat "
+                                   "large parts"))
+
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            if len(stack) >= MAX_DEPTH:
+                raise _Limit(Problem(path, *at(event.start_mark), "",
+                                     f"nested more than {MAX_DEPTH} levels deep; a strategy needs fewer than 10"))
+            add(1, event)
+            stack.append([event.anchor, 1])
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, count = stack.pop()
+            if anchor is not None:
+                sizes[anchor] = count
+        elif isinstance(event, yaml.ScalarEvent):
+            add(1, event)
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor not in sizes:
+                inside = any(frame[0] == event.anchor for frame in stack)
+                raise _Limit(Problem(path, *at(event.start_mark), "",
+                                     f"alias *{event.anchor} " + (
+                                         "refers to the value that contains it (a loop)" if inside else
+                                         f"is not defined before this point; define &{event.anchor} first")))
+            add(sizes[event.anchor], event)
+
+
+def _construct(node: yaml.Node, loc: Loc, pos: Positions, path: str, problems: list[Problem],
+               loader: yaml.SafeLoader) -> Any:
     """Build plain Python data from a composed YAML node, recording positions on the way."""
-    pos.values[loc] = (node.start_mark.line + 1, node.start_mark.column + 1)
+    pos.values[loc] = _mark(node)
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = str(key_node.value) if isinstance(key_node, yaml.ScalarNode) else str(_scalar(key_node))
+            if not isinstance(key_node, yaml.ScalarNode):
+                kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+                problems.append(Problem(path, *_mark(key_node), format_loc(loc),
+                                        f"a key must be plain text, not a {kind}"))
+                continue
+            key = str(key_node.value)
             child: Loc = (*loc, key)
             if key in out:
-                line, col = key_node.start_mark.line + 1, key_node.start_mark.column + 1
-                problems.append(Problem(path, line, col, format_loc(child), "duplicate key; remove one of them"))
-            pos.keys[child] = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            out[key] = _construct(value_node, child, pos, path, problems)
+                problems.append(Problem(path, *_mark(key_node), format_loc(child),
+                                        "duplicate key; remove one of them"))
+            pos.keys[child] = _mark(key_node)
+            out[key] = _construct(value_node, child, pos, path, problems, loader)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_construct(v, (*loc, i), pos, path, problems) for i, v in enumerate(node.value)]
-    return _scalar(node)
-
-
-def _scalar(node: yaml.Node) -> Any:
-    """int/float/bool/null/str exactly as PyYAML's safe loader would decide."""
-    loader = yaml.SafeLoader("")
+        return [_construct(v, (*loc, i), pos, path, problems, loader) for i, v in enumerate(node.value)]
     try:
         return loader.construct_object(node, deep=True)
-    finally:
-        loader.dispose()
+    except (yaml.YAMLError, ValueError, OverflowError) as exc:
+        # Tags (!!python/..., !!binary), impossible dates, integers beyond Python's digit limit.
+        reason = getattr(exc, "problem", None) or str(exc)
+        problems.append(Problem(path, *_mark(node), format_loc(loc),
+                                f"cannot read this value: {_short(reason)}; write plain text, a number or true/false"))
+        return None
+
+
+def _mark(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """A value for a message, cut so a megabyte of input never becomes a megabyte of output."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
+def _show(value: Any) -> str:
+    """repr() of an input value, cut like _short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + f"... ({len(text)} characters)"
 
 
 def parse_yaml(text: str, path: str) -> tuple[Any, Positions, list[Problem]]:
-    """Parse YAML text; syntax errors become Problems with the parser's position."""
+    """Parse YAML text within the limits; syntax errors become Problems with the parser's position.
+
+    Returns data None with problems when the text cannot be read or holds no document.
+    """
     pos = Positions()
     problems: list[Problem] = []
+    if len(text) > MAX_BYTES:
+        problems.append(Problem(path, 0, 0, "", f"the file is larger than {MAX_BYTES >> 10} KiB; a strategy is far "
+                                                "smaller (the default one is about 10 KiB)"))
+        return None, pos, problems
     try:
+        _screen(text, path)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except _Limit as exc:
+        problems.append(exc.problem)
+        return None, pos, problems
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
@@ -134,11 +237,18 @@ def parse_yaml(text: str, path: str) -> tuple[Any, Positions, list[Problem]]:
         problems.append(Problem(path, line, col, "", f"YAML syntax error: {msg}"))
         return None, pos, problems
     except yaml.YAMLError as exc:
-        problems.append(Problem(path, 0, 0, "", f"YAML error: {exc}"))
+        problems.append(Problem(path, 0, 0, "", f"YAML error: {_short(str(exc), 200)}"))
         return None, pos, problems
     if node is None:
-        return {}, pos, problems
-    return _construct(node, (), pos, path, problems), pos, problems
+        # An empty file is a mistake (a failed copy, a truncated write), never a wish for the defaults.
+        problems.append(Problem(path, 1, 1, "", "the file is empty; write the default strategy with 'pveguard init' "
+                                                "(or, to take every default, a file with just 'version: 1')"))
+        return None, pos, problems
+    loader = yaml.SafeLoader("")
+    try:
+        return _construct(node, (), pos, path, problems, loader), pos, problems
+    finally:
+        loader.dispose()
 
 
 def _model_at(loc: Loc) -> type[BaseModel] | None:
@@ -178,40 +288,59 @@ def _message(err: Any, loc: Loc) -> str:
         if model is not None:
             close = difflib.get_close_matches(name, list(model.model_fields), n=1, cutoff=0.6)
             if close:
-                return f"unknown key {name!r}; did you mean {close[0]!r}?"
-            return f"unknown key {name!r}; allowed here: {', '.join(model.model_fields)}"
-        return f"unknown key {name!r}"
+                return f"unknown key {_show(name)}; did you mean {close[0]!r}?"
+            return f"unknown key {_show(name)}; allowed here: {', '.join(model.model_fields)}"
+        return f"unknown key {_show(name)}"
     if typ == "missing":
         return "required but missing"
     if typ == "value_error":
-        return str(ctx.get("error", err["msg"]))
+        return _short(str(ctx.get("error", err["msg"])), 300)
     if typ == "literal_error":
-        return f"{inp!r} is not allowed; use one of {ctx.get('expected')}"
+        return f"{_show(inp)} is not allowed; use one of {ctx.get('expected')}"
     if typ in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         bound = {"greater_than_equal": ("at least", "ge"), "greater_than": ("more than", "gt"),
                  "less_than_equal": ("at most", "le"), "less_than": ("less than", "lt")}[typ]
-        return f"{inp!r} is out of range; it must be {bound[0]} {ctx.get(bound[1])}"
+        return f"{_show(inp)} is out of range; it must be {bound[0]} {ctx.get(bound[1])}"
     if typ in ("int_parsing", "int_type", "int_from_float"):
-        return f"{inp!r} is not a whole number"
+        return f"{_show(inp)} is not a whole number"
     if typ in ("float_parsing", "float_type"):
-        return f"{inp!r} is not a number"
+        return f"{_show(inp)} is not a number"
     if typ in ("bool_parsing", "bool_type"):
-        return f"{inp!r} is not true or false"
+        return f"{_show(inp)} is not true or false"
     if typ in ("string_type",):
-        return f"{inp!r} is not text; quote it"
+        return f"{_show(inp)} is not text; quote it"
     if typ in ("list_type",):
         return "expected a list (items starting with '- ')"
     if typ in ("model_type", "dict_type", "model_attributes_type"):
         return "expected a mapping (key: value lines)"
     if typ == "too_short":
         return f"needs at least {ctx.get('min_length')} item(s)"
-    return str(err["msg"])
+    return _short(str(err["msg"]), 300)
 
 
-def validation_problems(exc: ValidationError, pos: Positions, path: str) -> list[Problem]:
+def _data_loc(err_loc: tuple[Any, ...], data: Any) -> Loc:
+    """The part of a pydantic error location that is a path in the data.
+
+    pydantic puts validator labels between the keys (`function-after[_check_vlan(), int]`); they are
+    told apart from keys by walking the data, since a key may contain any character, '[' included.
+    """
+    loc: list[str | int] = []
+    for part in err_loc:
+        in_dict = isinstance(data, dict) and part in data
+        if in_dict or (isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data)):
+            data = data[part]
+        elif isinstance(part, str) and "[" in part:
+            continue  # a validator label
+        else:
+            data = None  # below the data (a default's field): keep the rest as it is
+        loc.append(part)
+    return tuple(loc)
+
+
+def validation_problems(exc: ValidationError, pos: Positions, path: str, data: Any = None) -> list[Problem]:
     problems = []
     for err in exc.errors():
-        loc: Loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        loc = _data_loc(tuple(err["loc"]), data)
         is_key = err["type"] == "extra_forbidden"
         line, col = pos.of(loc, key=is_key)
         problems.append(Problem(path, line, col, format_loc(loc), _message(err, loc)))
@@ -219,7 +348,7 @@ def validation_problems(exc: ValidationError, pos: Positions, path: str) -> list
 
 
 def semantic_problems(strategy: Strategy, pos: Positions, path: str) -> list[Problem]:
-    """Checks across fields: duplicate names and VMIDs, capacity against the host."""
+    """Checks across fields: duplicate names, VMIDs and static addresses, capacity against the host."""
     problems: list[Problem] = []
 
     def add(loc: Loc, msg: str, severity: Literal["error", "warning"] = "error") -> None:
@@ -236,6 +365,21 @@ def semantic_problems(strategy: Strategy, pos: Positions, path: str) -> list[Pro
             if c.vmid in vmids:
                 add(("containers", i, "vmid"), f"VMID {c.vmid} is also used by containers[{vmids[c.vmid]}]")
             vmids.setdefault(c.vmid, i)
+
+    # One static address per network segment (bridge + VLAN): PVE accepts duplicates and the
+    # containers then fight over the address at run time.
+    static: dict[tuple[str, int | None, Any], int] = {}
+    for i, c in enumerate(strategy.containers):
+        if c.network.ip in ("dhcp", "manual"):
+            continue
+        address = ipaddress.ip_interface(c.network.ip).ip
+        segment = (strategy.container_bridge(c), strategy.container_vlan(c), address)
+        if segment in static:
+            j = static[segment]
+            add(("containers", i, "network", "ip"),
+                f"address {address} is also given to containers[{j}] ({strategy.containers[j].name}) on the same "
+                "bridge and VLAN; give each container its own address, or use dhcp")
+        static.setdefault(segment, i)
 
     host_mem = strategy.resources.host.memory or _detected_memory()
     host_cores = strategy.resources.host.cores or os.cpu_count() or 1
@@ -276,25 +420,49 @@ def check_text(text: str, path: str = "strategy.yaml") -> tuple[Strategy | None,
     try:
         strategy = Strategy.model_validate(data)
     except ValidationError as exc:
-        return None, problems + validation_problems(exc, pos, path)
+        return None, problems + validation_problems(exc, pos, path, data)
     problems += semantic_problems(strategy, pos, path)
+    problems += [Problem(path, *pos.of(u.loc), format_loc(u.loc), u.message(), "warning")
+                 for u in enforcement.non_default(strategy)]
     if any(p.severity == "error" for p in problems):
         return None, problems
     return strategy, problems
 
 
-def load(path: Path) -> tuple[Strategy, list[Problem]]:
-    """Load and validate a strategy file; raise StrategyInvalid (or ConfigError) on errors."""
+def read_text(path: Path) -> str:
+    """The strategy file's text; ConfigError when it is missing, unreadable or larger than a strategy can be.
+
+    The size is checked before reading, so pointing --strategy at a huge file (or /dev/zero)
+    costs nothing.
+    """
+    shown = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            data = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(
             f"strategy file {path} does not exist",
             hint="create one with 'pveguard init', or point --strategy / PVEGUARD_STRATEGY at yours",
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read strategy file {path}: {exc}", hint="check its permissions") from None
-    strategy, problems = check_text(text, path.name if path.parent == Path() else str(path))
+    except IsADirectoryError:
+        raise ConfigError(f"strategy file {path} is a directory", hint="point --strategy at the YAML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read strategy file {path}: {exc.strerror or exc}",
+                          hint="check its permissions") from None
+    if len(data) > MAX_BYTES:
+        raise StrategyInvalid([Problem(shown, 0, 0, "", f"the file is larger than {MAX_BYTES >> 10} KiB; a strategy is "
+                                                        "far smaller (the default one is about 10 KiB)")])
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise StrategyInvalid([Problem(shown, line, col, "", "the file is not UTF-8 text; save it as UTF-8")]) from None
+
+
+def load(path: Path) -> tuple[Strategy, list[Problem]]:
+    """Load and validate a strategy file; raise StrategyInvalid (or ConfigError) on errors."""
+    strategy, problems = check_text(read_text(path), str(path))
     if strategy is None:
         raise StrategyInvalid(problems)
     return strategy, problems

@@ -293,7 +293,7 @@ class HostCapacity(StrictModel):
 
 
 class Resources(StrictModel):
-    hard_limits: bool = Field(True, description="enforce limits through cgroups")
+    hard_limits: bool = Field(True, description="cpu and memory limits through cgroups (always applied today)")
     host: HostCapacity = Field(default_factory=HostCapacity)
     max_cpu_overcommit: float = Field(2.0, gt=0, le=64)
     max_memory_overcommit: float = Field(1.0, gt=0, le=8)

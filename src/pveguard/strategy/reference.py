@@ -17,10 +17,14 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from pveguard.strategy.enforcement import NOT_ENFORCED
 from pveguard.strategy.models import Strategy
 
 BEGIN = "<!-- BEGIN config-reference (generated: python -m pveguard.strategy.reference --write README.md) -->"
 END = "<!-- END config-reference -->"
+NOT_ENFORCED_BEGIN = ("<!-- BEGIN not-enforced (generated from src/pveguard/strategy/enforcement.py: "
+                      "python -m pveguard.strategy.reference --write README.md) -->")
+NOT_ENFORCED_END = "<!-- END not-enforced -->"
 
 
 def _type_name(ann: Any) -> str:
@@ -122,15 +126,44 @@ def render() -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_not_enforced() -> str:
+    """The keys that are accepted but not enforced yet, for the README's status section."""
+    lines = ["| strategy key (accepted, not enforced yet) | to be enforced by |", "|---|---|"]
+    for key, issue in NOT_ENFORCED.items():
+        is_section = _model_at_key(key) is not None
+        lines.append(f"| `{key}{'.*' if is_section else ''}` | issue #{issue} |")
+    return "\n".join(lines) + "\n"
+
+
+def _model_at_key(key: str) -> type[BaseModel] | None:
+    """The model a table key names when it is a whole section, else None."""
+    model: type[BaseModel] | None = Strategy
+    for part in key.replace("[]", "").split("."):
+        if model is None or part not in model.model_fields:
+            return None
+        model = _model_of(model.model_fields[part].annotation)
+    return model
+
+
 def splice(text: str) -> str:
-    """`text` with the generated block between the markers replaced by the current reference."""
-    head, sep, rest = text.partition(BEGIN)
+    """`text` with the generated blocks between their markers replaced by the current ones.
+
+    The config reference is required; the not-enforced table is refreshed where its markers are.
+    """
+    text = _splice(text, BEGIN, END, render(), required=True)
+    return _splice(text, NOT_ENFORCED_BEGIN, NOT_ENFORCED_END, render_not_enforced(), required=False)
+
+
+def _splice(text: str, begin: str, end: str, body: str, *, required: bool) -> str:
+    head, sep, rest = text.partition(begin)
     if not sep:
-        raise ValueError("README has no config-reference markers")
-    _, sep2, tail = rest.partition(END)
+        if required:
+            raise ValueError(f"README has no {begin!r} marker")
+        return text
+    _, sep2, tail = rest.partition(end)
     if not sep2:
-        raise ValueError("README has no end marker for the config reference")
-    return f"{head}{BEGIN}\n{render()}{END}{tail}"
+        raise ValueError(f"README has no end marker {end!r}")
+    return f"{head}{begin}\n{body}{end}{tail}"
 
 
 def main(argv: list[str] | None = None) -> int:
