@@ -138,7 +138,7 @@ JOURNAL_SCRIPT = textwrap.dedent("""
     # only the journal still knows how far the ledger went.
     {python} -c "$TRUNCATE" {state} 5
     set +e
-    PVEGUARD_LEDGER_KEY_FILE={key} {python} -m pveguard --state-dir {state} --strategy {state}/none.yaml \\
+    PVEGUARD_LEDGER_KEY_FILE={key} {python} -m pveguard --state-dir {state} --strategy {defaults_file()} \\
         audit-log verify --json > {out}
     echo $? > {rc}
 """)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.strategies import defaults_file
 from pveguard.security.ledger import CHECKPOINT_EVERY, Ledger
 from pveguard.store import Store
 
@@ -26,7 +27,7 @@ def verify(state: Path, key: Path | None, *extra: str) -> subprocess.CompletedPr
     if key is not None:
         env["PVEGUARD_LEDGER_KEY_FILE"] = str(key)
     return subprocess.run(
-        [sys.executable, "-m", "pveguard", "--state-dir", str(state), "--strategy", str(state.parent / "none.yaml"),
+        [sys.executable, "-m", "pveguard", "--state-dir", str(state), "--strategy", defaults_file(),
          "audit-log", "verify", *extra],
         capture_output=True, text=True, env=env, timeout=120,
     )
@@ -237,7 +238,7 @@ def test_show_and_append_after_a_dropped_table_are_clear_errors(tmp_path: Path) 
     state, _ = build(tmp_path, False)
     db(state).execute("DROP TABLE ledger")
     proc = subprocess.run(
-        [sys.executable, "-m", "pveguard", "--state-dir", str(state), "--strategy", str(tmp_path / "s.yaml"),
+        [sys.executable, "-m", "pveguard", "--state-dir", str(state), "--strategy", defaults_file(),
          "audit-log", "show"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "internal error" not in proc.stderr, proc.stderr
     assert "the ledger in" in proc.stderr and "is damaged: no such table: ledger" in proc.stderr

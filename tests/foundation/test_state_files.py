@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from infra.strategies import defaults_file
+
 
 def run(*args: str, umask: int | None = None) -> subprocess.CompletedProcess[str]:
     def preexec() -> None:
@@ -79,18 +81,20 @@ def _unusable_state_dirs(tmp_path: Path) -> dict[str, Path]:
 @pytest.mark.parametrize("case", ["a file", "below a file", "in /proc"])
 def test_unusable_state_dir_is_a_clear_error(tmp_path: Path, case: str, command: list[str]) -> None:
     state = _unusable_state_dirs(tmp_path)[case]
-    strategy = tmp_path / "strategy.yaml"
+    # init writes a new strategy; the other commands need an existing one (a named file must exist)
+    strategy = tmp_path / "strategy.yaml" if command == ["init"] else Path(defaults_file())
     proc = run("--strategy", str(strategy), "--state-dir", str(state), *command)
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert str(state) in proc.stderr and "hint:" in proc.stderr, proc.stderr
-    assert not strategy.exists(), "init must not write the strategy when it cannot record doing so"
+    if command == ["init"]:
+        assert not strategy.exists(), "init must not write the strategy when it cannot record doing so"
 
 
 @pytest.mark.parametrize("case", ["a file", "below a file", "in /proc"])
 def test_verify_with_an_unusable_state_dir_is_a_clear_error(tmp_path: Path, case: str) -> None:
     state = _unusable_state_dirs(tmp_path)[case]
-    proc = run("--strategy", str(tmp_path / "none.yaml"), "--state-dir", str(state), "audit-log", "verify")
+    proc = run("--strategy", defaults_file(), "--state-dir", str(state), "audit-log", "verify")
     assert proc.returncode == 1, (proc.stdout, proc.stderr)
     assert "internal error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert "no ledger" in proc.stderr or str(state) in proc.stderr
@@ -106,5 +110,5 @@ def test_unwritable_state_dir_is_a_clear_error(tmp_path: Path, immutable_dir: Pa
 def test_database_path_that_is_a_directory_is_a_clear_error(tmp_path: Path) -> None:
     state = tmp_path / "state"
     (state / "pveguard.db").mkdir(parents=True)
-    proc = run("--strategy", str(tmp_path / "s.yaml"), "--state-dir", str(state), "audit-log", "show")
+    proc = run("--strategy", defaults_file(), "--state-dir", str(state), "audit-log", "show")
     assert proc.returncode == 1 and "is a directory" in proc.stderr, proc.stderr

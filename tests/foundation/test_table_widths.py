@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from rich.cells import cell_len
 
+from infra.strategies import defaults_file
+
 WIDTHS = (80, 120)
 GOLDEN_ROOT = Path(__file__).parents[1] / "audit/golden/pve-fake/root"
 LONG_NAME = "pve-monitoring-long-guest-name"
@@ -43,6 +45,9 @@ def assert_reads_well(text: str, width: int, identifiers: list[str]) -> None:
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
+    from pveguard.strategy.defaults import render
+
+    (tmp_path / "strategy.yaml").write_text(render())  # a named strategy file must exist
     return {**os.environ, "PVEGUARD_STATE_DIR": str(tmp_path / "state"),
             "PVEGUARD_STRATEGY": str(tmp_path / "strategy.yaml")}
 
@@ -52,7 +57,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def audit_doc() -> dict[str, Any]:
-    proc = pveguard(dict(os.environ), "--strategy", "/nonexistent/s.yaml", "--state-dir", "/nonexistent/state",
+    proc = pveguard(dict(os.environ), "--strategy", defaults_file(), "--state-dir", "/nonexistent/state",
                     "audit", "--root", str(GOLDEN_ROOT), "--json")
     assert proc.returncode == 0, proc.stderr
     doc: dict[str, Any] = json.loads(proc.stdout)
@@ -61,7 +66,7 @@ def audit_doc() -> dict[str, Any]:
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_audit_summary(audit_doc: dict[str, Any], width: int) -> None:
-    proc = pveguard(dict(os.environ), "--strategy", "/nonexistent/s.yaml", "--state-dir", "/nonexistent/state",
+    proc = pveguard(dict(os.environ), "--strategy", defaults_file(), "--state-dir", "/nonexistent/state",
                     "audit", "--root", str(GOLDEN_ROOT), width=width)
     assert proc.returncode == 0, proc.stderr
     # the summary names each finding's package or unit whole (they are single words)
@@ -74,7 +79,7 @@ def test_audit_summary(audit_doc: dict[str, Any], width: int) -> None:
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_audit_full(audit_doc: dict[str, Any], width: int) -> None:
-    proc = pveguard(dict(os.environ), "--strategy", "/nonexistent/s.yaml", "--state-dir", "/nonexistent/state",
+    proc = pveguard(dict(os.environ), "--strategy", defaults_file(), "--state-dir", "/nonexistent/state",
                     "audit", "--root", str(GOLDEN_ROOT), "--full", width=width)
     assert proc.returncode == 0, proc.stderr
     shown = [s for s in audit_doc["services"] if s["in_use"] or not s["core"]]

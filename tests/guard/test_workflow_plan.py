@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from infra.strategies import defaults_file
+
 
 def install(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PVEGUARD_STRATEGY": str(tmp_path / "none.yaml"), "PVEGUARD_STATE_DIR": str(tmp_path / "st"),
+    env = {**os.environ, "PVEGUARD_STRATEGY": defaults_file(), "PVEGUARD_STATE_DIR": str(tmp_path / "st"),
            "COLUMNS": "200", "PVEGUARD_BACKEND": "lxc"}
     return subprocess.run([sys.executable, "-m", "pveguard", "install", *args], env=env, capture_output=True,
                           text=True, timeout=120)
