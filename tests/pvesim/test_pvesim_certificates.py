@@ -8,6 +8,7 @@ import ssl
 import time
 
 from cryptography import x509
+
 from pvesim.testing import SimHandle, running
 from pvesim.tls import fingerprint
 
@@ -16,7 +17,8 @@ def _served(sim: SimHandle) -> x509.Certificate:
     """The certificate the client sees, verified against the cafile pvesim hands out."""
     host, port = sim.url.removeprefix("https://").rsplit(":", 1)
     ctx = ssl.create_default_context(cafile=sim.cafile)
-    with socket.create_connection((host, int(port)), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=host) as s:
+    with socket.create_connection((host, int(port)), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname=host) as s:
         der = s.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der)
@@ -40,7 +42,8 @@ def test_info_reports_the_certificate_the_client_sees() -> None:
         # another node has its own pve-ssl.pem, signed by the same cluster CA
         other = _info(sim, "pve2")
         assert other["pve-ssl.pem"]["fingerprint"] != info["pve-ssl.pem"]["fingerprint"]
-        assert other["pve-ssl.pem"]["subject"] == "/OU=PVE Cluster Node/O=Proxmox Virtual Environment/CN=pve2.localdomain"
+        subject = "/OU=PVE Cluster Node/O=Proxmox Virtual Environment/CN=pve2.localdomain"
+        assert other["pve-ssl.pem"]["subject"] == subject
         assert other["pve-root-ca.pem"] == info["pve-root-ca.pem"]
 
 

@@ -102,7 +102,7 @@ def renew_cmd(
         except PveguardError as exc:
             app_ctx.record("certs.renew.result", node, ok=False, error=exc.message)
             raise
-        app_ctx.record("certs.renew.result", node, ok=True, action=action, upid=upid)
+        app_ctx.record("certs.renew.result", node, ok=True, order=action, upid=upid)
     finally:
         with contextlib.suppress(Exception):
             backend.close()
