@@ -112,7 +112,7 @@ def renew_cmd(
 def _print(report: Report) -> None:
     table = FitTable(Col("where", 0, wrap=False), Col("certificate", 0, min_width=16), Col("days left", 0,
                      wrap=False, justify="right"), Col("not after (UTC)", 1, wrap=False),
-                     Col("subject", 3, min_width=12), Col("fingerprint", 4, min_width=16),
+                     Col("subject", 3, min_width=30), Col("fingerprint", 4, min_width=16),
                      title=f"certificates (warn {report.warn_before / 86400:g} days before expiry)")
     for c in report.certs:
         left = c.days_left(report.now)
