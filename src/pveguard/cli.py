@@ -22,6 +22,7 @@ from pveguard.guard import cli as guard_cli
 from pveguard.monitor import cli as monitor_cli
 from pveguard.output import console, error, print_json, warn
 from pveguard.provision import cli as provision_cli
+from pveguard.security import certs_cli
 from pveguard.security import cli as audit_log_cli
 
 app = typer.Typer(
@@ -176,6 +177,7 @@ app.add_typer(monitor_cli.monitor_app, name="monitor")
 app.add_typer(monitor_cli.alerts_app, name="alerts")
 app.add_typer(monitor_cli.export_app, name="export")
 app.add_typer(audit_log_cli.app, name="audit-log")
+app.add_typer(certs_cli.app, name="certs")
 
 
 def command() -> Any:

@@ -149,6 +149,8 @@ def _route(sim: Sim, method: str, parts: list[str], doc: dict[str, Any], q: dict
         g.touch()
         sim.changed()
         return {"vmid": g.vmid, "lock": g.config.get("lock")}
+    if head == "certificates" and rest:
+        return _certificates(sim, method, rest, doc)
     if head == "pct":
         from pvesim import pct_sim
 
@@ -172,6 +174,28 @@ def _route(sim: Sim, method: str, parts: list[str], doc: dict[str, Any], q: dict
         save_state(sim, str(path))
         return {"saved": str(path)}
     raise ControlError(404, f"unknown control endpoint {method} /_sim/{'/'.join(parts)}")
+
+
+def _certificates(sim: Sim, method: str, rest: list[str], doc: dict[str, Any]) -> Any:
+    """GET /_sim/certificates/NODE: the node's certificate files; POST {"file": "pve-ssl.pem", "days": 5}
+    (or "notafter": epoch) re-issues one with that expiry (default file: the one pveproxy serves)."""
+    node = rest[0]
+    if node not in sim.nodes:
+        raise ControlError(404, f"no node {node}")
+    store = sim.certs
+    if method == "POST":
+        fname = str(doc.get("file") or store.active(node))
+        if fname not in store.node(node).files:
+            raise ControlError(404, f"node {node} has no {fname} (it has {', '.join(sorted(store.node(node).files))})")
+        if "notafter" in doc:
+            not_after = float(doc["notafter"])
+        elif "days" in doc:
+            not_after = sim.now() + float(doc["days"]) * 86400
+        else:
+            raise ControlError(400, 'say when it expires: {"days": 5} or {"notafter": EPOCH}')
+        store.set_expiry(node, fname, not_after)
+        sim.changed()
+    return {i["filename"]: {"notafter": i["notafter"], "fingerprint": i["fingerprint"]} for i in store.info(node)}
 
 
 def _guests(sim: Sim, method: str, rest: list[str], doc: dict[str, Any]) -> Any:

@@ -390,24 +390,74 @@ class SimServer:
         self.tls = tls
         self.cafile: str | None = None
         self.fingerprint: str | None = None
+        self._ctx: ssl.SSLContext | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if tls:
             if certdir is None:
                 self._tmp = tempfile.TemporaryDirectory(prefix="pvesim-tls-")
                 certdir = Path(self._tmp.name)
-            from pvesim.tls import make_self_signed
-
-            cert, key, fp = make_self_signed(certdir, [host] if host not in ("0.0.0.0", "::") else [])
+            cert, key, cafile = self._node_certificate(certdir, [host] if host not in ("0.0.0.0", "::") else [])
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(str(cert), str(key))
             # Handshake in the connection's thread, not in the accept loop (a silent client must not
             # stall everyone else).
             self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True, do_handshake_on_connect=False)
-            self.cafile = str(cert)
-            self.fingerprint = fp
+            self.cafile = str(cafile)
+            self._ctx = ctx
         self._thread: threading.Thread | None = None
         self._statd: threading.Thread | None = None
         self._stopping = threading.Event()
+
+    def _node_certificate(self, certdir: Path, hostnames: list[str]) -> tuple[Path, Path, Path]:
+        """The first node's pve-ssl.pem, signed by the cluster's pve-root-ca.pem, as on PVE: clients trust
+        the root CA file (`cafile`), and certificates/info reports the fingerprint they see. A new
+        certificate for that node (ACME, a changed expiry) is written over it and loaded for new
+        connections, as pveproxy's reload does. Returns (cert, key, root CA) paths."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        from pvesim import tls
+        from pvesim.certstore import DAY, CertFile
+
+        store = self.sim.certs
+        root = store.root()
+        sans = list(dict.fromkeys(["localhost", "127.0.0.1", "::1", *hostnames]))
+        name = x509.Name(
+            [
+                x509.NameAttribute(NameOID.COMMON_NAME, "pvesim"),
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pvesim (PVE API emulator)"),
+            ]
+        )
+        now = self.sim.now()
+        key = ec.generate_private_key(ec.SECP256R1())
+        leaf = tls.issue(name, sans, now - 300, now + 365 * DAY, key, issuer=(root.cert, root.key))
+        certdir.mkdir(parents=True, exist_ok=True)
+        cert_path, key_path, ca_path = (
+            certdir / "pvesim-cert.pem",
+            certdir / "pvesim-key.pem",
+            certdir / "pve-root-ca.pem",
+        )
+        ca_path.write_bytes(root.cert.public_bytes(serialization.Encoding.PEM))
+
+        def install(cf: CertFile) -> None:
+            cert_path.write_bytes(cf.cert.public_bytes(serialization.Encoding.PEM))
+            key_path.write_bytes(
+                cf.key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
+            )
+            key_path.chmod(0o600)
+            if self._ctx is not None:
+                self._ctx.load_cert_chain(str(cert_path), str(key_path))
+            self.fingerprint = tls.fingerprint(cf.cert)
+
+        install(CertFile(leaf, key))
+        if self.sim.nodes:
+            store.adopt_served(next(iter(self.sim.nodes)), leaf, key, sans)
+            store.on_served_change = install
+        return cert_path, key_path, ca_path
 
     @property
     def url(self) -> str:

@@ -444,6 +444,9 @@ class Sim:
         }
         self.notifications_sent: list[dict[str, Any]] = []
         self.datacenter: dict[str, Any] = {"keyboard": "en-us"}
+        from pvesim.certstore import CertStore
+
+        self.certs = CertStore(self.now)  # node certificates, node configs, ACME
         # control-API state
         self.faults: list[dict[str, Any]] = []
         self.task_faults: list[dict[str, Any]] = []

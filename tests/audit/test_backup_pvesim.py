@@ -103,10 +103,13 @@ def test_backup_findings_follow_the_backups(env: Any, capsys: pytest.CaptureFixt
     env.reset_calls()
     doc = _audit(env, capsys)
     assert _backup(doc) == {}
-    # the backup check costs a constant number of calls (guests listed once, for both checks)
-    assert env.calls() == {"GET /cluster/resources": 2, "GET /nodes/{node}/lxc/{vmid}/config": 4,
+    # the backup check costs a constant number of calls (guests listed once, for both checks); the
+    # certificate check one node listing, two calls per node and the ACME account list
+    assert env.calls() == {"GET /cluster/resources": 3, "GET /nodes/{node}/lxc/{vmid}/config": 4,
                            "GET /cluster/backup-info/not-backed-up": 1,
-                           "GET /nodes/{node}/storage/{storage}/content": 3}
+                           "GET /nodes/{node}/storage/{storage}/content": 3,
+                           "GET /nodes/{node}/certificates/info": 3, "GET /nodes/{node}/config": 3,
+                           "GET /cluster/acme/account": 1}
     assert all(r["compliant"] and r["archives"] == 1 for r in doc["backup"]["items"])
     assert doc["score"]["counts"]["high"] == high_before - 4
     assert score.latest(Path(env.env["PVEGUARD_STATE_DIR"])).value == doc["score"]["value"]  # type: ignore[union-attr]

@@ -108,7 +108,7 @@ def world() -> Iterator[tuple[SimHandle, dict[str, str]]]:
     with running(
         guests=12,
         seed=7,
-        task_seconds={"vzcreate": 0, "vzdump": 0, "vzstart": 0, "vzsnapshot": 0, "download": 0},
+        task_seconds={"vzcreate": 0, "vzdump": 0, "vzstart": 0, "vzsnapshot": 0, "download": 0, "acmeregister": 0},
     ) as h:
         api = h.api
         vals: dict[str, str] = {
@@ -145,6 +145,8 @@ def world() -> Iterator[tuple[SimHandle, dict[str, str]]]:
         w("POST", "/access/users", {"userid": "u1@pve", "password": "secret12", "groups": "grp1"})
         w("POST", "/access/users/u1@pve/token/t1", {})
         w("PUT", "/access/acl", {"path": "/vms/300", "roles": "PVEAuditor", "users": "u1@pve"})
+        w("POST", "/cluster/acme/account", {"contact": "admin@example.com"})
+        w("PUT", "/nodes/pve1/config", {"acme": "domains=pve1.example.com"})
         w("POST", "/cluster/backup", {"id": "job1", "schedule": "daily", "vmid": "300", "storage": "local"})
         upid = w("POST", "/nodes/pve1/vzdump", {"vmid": 300, "storage": "local", "notes-template": "{{guestname}}"})
         w("POST", "/cluster/firewall/groups", {"group": "web"})
@@ -229,6 +231,7 @@ NAME_BY_PATH = [
     ("/targets", "g1"),
     ("/aliases", "lan"),
     ("/ipset", "admins"),
+    ("/acme/account", "default"),
 ]
 EXTRA = {"timeframe": "hour"}
 

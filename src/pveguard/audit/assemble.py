@@ -18,6 +18,7 @@ from pveguard.strategy.models import Strategy
 
 if TYPE_CHECKING:
     from pveguard.backup.coverage import Coverage
+    from pveguard.security.certs import Report as CertReport
 
 SCHEMA = "pveguard.audit/1"
 
@@ -32,6 +33,8 @@ class External:
     backup: Coverage | None = None  # pveguard.backup.coverage.collect's verdicts, None = unavailable
     backup_reason: str = "not queried"
     backend: str | None = None  # the backend pveguard would use on this host (None: judge from the facts)
+    certs: CertReport | None = None  # pveguard.security.certs.collect, None = unavailable
+    certs_reason: str = "not queried"
 
 
 def build(facts: HostFacts, strategy: Strategy, external: External, now: datetime | None = None) -> dict[str, Any]:
@@ -114,6 +117,7 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
     with_services = service_packages | (set(manual_non_core) & graph.dependents(service_packages))
     all_findings += findings.package_findings(manual_non_core, with_services)
     all_findings += findings.backup_findings(external.backup)
+    all_findings += findings.certificate_findings(external.certs)
     all_findings += findings.host_findings(facts.pve_detected, policy.core_roots)
     order = {s: i for i, s in enumerate(findings.SEVERITIES)}
     all_findings.sort(key=lambda f: (order[f.severity], f.category, f.id))
@@ -123,7 +127,8 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
     for fact, available, reason in (("guests", external.guests.available, external.guests.reason),
                                     ("guard", external.guard is not None, external.guard_reason),
                                     ("backup coverage", external.backup is not None,
-                                     external.backup_reason)):
+                                     external.backup_reason),
+                                    ("certificates", external.certs is not None, external.certs_reason)):
         if not available:
             unavailable.append({"fact": fact, "reason": reason})
 

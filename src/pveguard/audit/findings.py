@@ -16,6 +16,7 @@ from pveguard.strategy.units import MIB
 
 if TYPE_CHECKING:
     from pveguard.backup.coverage import Coverage
+    from pveguard.security.certs import Report as CertReport
 
 Severity = Literal["critical", "high", "medium", "low", "info"]
 SEVERITIES: tuple[Severity, ...] = ("critical", "high", "medium", "low", "info")
@@ -304,6 +305,31 @@ def _backup_texts(kind: str, text: str, who: str, vmid: str, coverage: Coverage,
         return (f"the backups of {who} have no current offsite copy", text,
                 "pveguard backup run (its offsite step copies and records the time)")
     return (f"{who}: {text}", text, "pveguard backup status shows the details")
+
+
+def certificate_findings(report: CertReport | None) -> list[Finding]:
+    """One finding per certificate inside security.access.certificates.warn_before (expired: critical)."""
+    if report is None:
+        return []
+    out: list[Finding] = []
+    days = report.warn_before / 86400
+    for c in report.expiring():
+        left = c.days_left(report.now) or 0
+        expired = c.not_after is not None and c.not_after <= report.now
+        when = f"expired {-left} day(s) ago" if expired else f"expires in {left} day(s)"
+        if c.kind == "node":
+            title = f"the certificate {c.name} of node {c.where} {when}"
+            fix = (f"pveguard certs renew {c.where} (ACME), or upload a new one; pve-ssl.pem is renewed by "
+                   f"'pvecm updatecerts --force' on {c.where}" if c.name != "pve-root-ca.pem"
+                   else "the cluster CA: 'pvecm updatecerts --force' after planning new node certificates")
+        else:
+            title = f"the TLS certificate of {c.where} at {c.name} {when}"
+            fix = f"renew the certificate of the service behind {c.name} in container {c.where}"
+        not_after = c.as_dict(report.now, report.warn_before)["not_after"]
+        out.append(Finding(id=f"certificate:{c.target}", category="certificates",
+                           severity="critical" if expired else "high", title=title,
+                           detail=f"{c.subject or '?'}, not after {not_after} (warn_before: {days:g} days)", fix=fix))
+    return out
 
 
 def host_findings(pve_detected: bool, core_roots: Sequence[str]) -> list[Finding]:

@@ -102,9 +102,25 @@ def external(ctx: AppContext, strategy: Strategy, root: Path, now: datetime | No
     try:
         guard_result, guard_reason = guard(ctx, root)
         coverage, backup_reason = backup_coverage(ctx, strategy, view, backend, now)
+        cert_report, certs_reason = certificates(strategy, view, backend)
     finally:
         _close(backend)
-    return External(view, guard_result, guard_reason, coverage, backup_reason, backend=_backend_name(strategy, root))
+    return External(view, guard_result, guard_reason, coverage, backup_reason, backend=_backend_name(strategy, root),
+                    certs=cert_report, certs_reason=certs_reason)
+
+
+def certificates(strategy: Strategy, view: GuestView, backend: Any) -> tuple[Any, str]:
+    """Node and endpoint certificates (as `pveguard certs`), or None and why not."""
+    from pveguard.security.certs import collect
+
+    if not view.available or backend is None:
+        return None, "needs the backend, which is unavailable"
+    try:
+        return collect(strategy, backend), ""
+    except PveguardError as exc:
+        return None, f"reading the certificates failed: {exc.message}"
+    except Exception as exc:  # reported as unavailable, like any other fact the audit could not read
+        return None, f"reading the certificates failed: {type(exc).__name__}: {exc}"
 
 
 def _backend_name(strategy: Strategy, root: Path) -> str | None:

@@ -45,6 +45,7 @@ class Rule:
     flap_changes: int = FLAP_CHANGES
     flap_window: float = FLAP_WINDOW
     flap_cooldown: float = FLAP_COOLDOWN
+    summary: str = ""  # what a firing alert means, when "metric >= threshold%" does not say it
 
     def breached(self, value: float | None) -> bool:
         return value is not None and value >= self.threshold
@@ -53,6 +54,8 @@ class Rule:
         return value is None or value < self.threshold - self.hysteresis
 
     def describe(self) -> str:
+        if self.summary:
+            return self.summary
         if self.metric == "down":
             return "managed container down"
         return f"{self.metric} >= {self.threshold:g}%"

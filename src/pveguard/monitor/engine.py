@@ -101,7 +101,9 @@ class Monitor:
         obs = observations(sweep, derived)
         names = {s.id: s.name for s in sweep.samples}
         managed = [s.id for s in sweep.samples if s.managed]
-        states = load_states(self.store)
+        # only this monitor's rules: other jobs (certificates) keep their alerts in the same table
+        own = {r.name for r in self.rules}
+        states = {k: s for k, s in load_states(self.store).items() if k[0] in own}
         ev = evaluate(self.rules, states, obs, now, names, managed, load_silences(self.store, now))
         with self.store.transaction() as conn:
             save_states(conn, states, ev.states)

@@ -78,6 +78,7 @@ def load_all() -> None:
     from pvesim.handlers import (  # noqa: F401
         access,
         backup,
+        certificates,
         cluster,
         firewall,
         lxc,
