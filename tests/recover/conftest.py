@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 from tests.provision.conftest import Env, make_env  # noqa: F401 - re-exported for the tests here
 
-try:
+with suppress(ImportError):  # pvesim not importable: those tests skip
     from pvesim.testing import pvesim, pvesim_factory  # noqa: F401 - fixtures
-except ImportError:  # pvesim not importable: those tests skip
-    pass

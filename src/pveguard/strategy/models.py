@@ -457,7 +457,8 @@ class ContainerFailure(StrictModel):
     on_exhausted: Literal["alert", "quarantine", "restore-last-backup", "migrate"] = Field(
         "alert", description="alert: alert and wait for the window to free a restart; quarantine: alert and stop "
         "trying until 'pveguard recover clear NAME'")
-    interval: Duration = Field(timedelta(seconds=10), description="how often 'pveguard recover' sweeps (without --once)")
+    interval: Duration = Field(timedelta(seconds=10),
+                               description="how often 'pveguard recover' sweeps (without --once)")
 
 
 ExhaustionAction = Literal["identify_high_usage", "scale_resources", "migrate", "root_cause_analysis"]
