@@ -70,7 +70,7 @@ class SweepReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {"ts": _iso(self.ts), "ok": self.ok, "containers": [o.as_dict() for o in self.containers],
-                "alerts": self.alerts}
+                "alerts": [{**a, "ts": _iso(a["ts"]), "started_at": _iso(a["started_at"])} for a in self.alerts]}
 
 
 def _iso(ts: float | None) -> str | None:
