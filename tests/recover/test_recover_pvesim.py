@@ -59,7 +59,7 @@ def status(env: Env, name: str) -> str:
 
 def crash(env: Env, name: str) -> None:
     """What a crashed container looks like in PVE: it is simply `stopped` (no task, no lock)."""
-    env.sim.control("POST", f"/guests/{vmid_of(env, name)}", {"status": "stopped"})
+    env.sim.control("POST", f"/guests/{vmid_of(env, name)}/crash")
     assert status(env, name) == "stopped"
 
 
@@ -181,3 +181,32 @@ def test_errors_are_clear(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2 and "neither on nor off" in err
     code, _out, err = env.run("recover", "--json", capsys=capsys)
     assert code == 2 and "--json needs --once" in err
+
+
+def test_the_loop_repairs_and_stops_on_sigterm(env: Env) -> None:
+    """`pveguard recover` without --once: sweeps every `interval`, ends cleanly on SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env.edit(lambda d: d["emergency"]["container_failure"].update(interval="1s"))
+    proc = subprocess.Popen([sys.executable, "-m", "pveguard", "recover"], env={**os.environ, **env.env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.5)
+        crash(env, "app-one")
+        deadline = time.monotonic() + 20
+        while status(env, "app-one") != "running" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert status(env, "app-one") == "running"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "app-one" in out and "restarted" in out and "stopped" in err
+    assert [e.action for e in entries(env, "recover.restart")] == ["recover.restart.intent", "recover.restart"]
