@@ -151,7 +151,7 @@ def sweep(backend: Backend, strategy: Strategy, instance: str, store: Store, rec
             out.reason = spent + (f"; quarantined until 'pveguard recover clear {g.name}'" if d.kind == "quarantine"
                                   else "; the restart budget is spent")
             if d.alert:
-                record(f"recover.{out.action}", f"lxc/{g.vmid}", name=g.name, reason=out.reason,
+                record(f"recover.{out.action}", f"ct/{g.vmid}", name=g.name, reason=out.reason,
                        restarts=len(d.state.restarts), on_exhausted=strategy.emergency.container_failure.on_exhausted)
                 event = _event(g, out, now)
                 alert(event)
@@ -184,7 +184,7 @@ def _not_ours(backend: Backend, g: Guest, instance: str) -> str | None:
 def _restart(backend: Backend, g: Guest, c: Container, reason: str, out: Outcome, record: Record,
              clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
     """Stop (when not stopped), start, then wait for the health checks; intent and result in the ledger."""
-    target = f"lxc/{g.vmid}"
+    target = f"ct/{g.vmid}"  # as provisioning writes it, so one --target finds a container's whole story
     record("recover.restart.intent", target, name=g.name, reason=reason, status=g.status,
            attempt=out.restarts_in_window)
     started = clock()
