@@ -174,3 +174,17 @@ def test_onboot_off_is_left_alone(tmp_path: Path, onboot: int) -> None:
     rep, rows = run(tmp_path, b, strategy(False))
     assert rep.containers[0].action == "skipped" and "onboot" in rep.containers[0].reason
     assert not rows and "start 101" not in b.calls
+
+
+def test_ctrl_c_during_a_restart_closes_its_intent(tmp_path: Path) -> None:
+    class Interrupted(Fake):
+        def start(self, guest: Guest) -> None:
+            raise KeyboardInterrupt
+
+    rows: list[Any] = []
+    clock = Clock()
+    with Store(tmp_path) as store, pytest.raises(KeyboardInterrupt):
+        sweep(Interrupted([guest("stopped")]), strategy(False), ME, store,
+              lambda a, t="", **d: rows.append((a, t, d)), lambda e: None, clock=clock, sleep=clock.sleep)
+    assert [(r[0], r[2].get("result")) for r in rows] == [("recover.restart.intent", None),
+                                                          ("recover.restart", "interrupted")]

@@ -13,7 +13,7 @@ from rich.markup import escape
 
 from pveguard.backends import connect
 from pveguard.context import AppContext
-from pveguard.errors import EXIT_FAILED, UsageError
+from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
 from pveguard.output import console, info, print_json
 from pveguard.provision.runlock import apply_lock
 from pveguard.recover.budget import RestartState
@@ -109,8 +109,8 @@ def recover(
                 report = run_once(app_ctx)
             except UsageError:
                 raise
-            except Exception as exc:  # the loop reports a failed sweep and goes on
-                info(f"sweep failed: {getattr(exc, 'message', exc)}")
+            except PveguardError as exc:  # API down, apply running...: say so, try again next time
+                info(f"sweep failed: {exc.message}")
             else:
                 render(SweepReport(report.ts, [o for o in report.containers if o.action != "none"], report.alerts))
             stop.wait(every)

@@ -192,6 +192,9 @@ def _restart(backend: Backend, g: Guest, c: Container, reason: str, out: Outcome
         if g.status != "stopped":
             backend.stop(g)
         backend.start(g)
+    except KeyboardInterrupt:  # Ctrl-C / SIGTERM half-way: the intent gets its result all the same
+        record("recover.restart", target, name=g.name, reason=reason, result="interrupted")
+        raise
     except BackendError as exc:
         out.action, out.reason = "restart-failed", f"{reason}; {exc.message}"
         record("recover.restart", target, name=g.name, reason=reason, result="failed", error=exc.message)
