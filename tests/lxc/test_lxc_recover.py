@@ -39,7 +39,8 @@ def test_kill_9_of_init_and_a_failing_check_are_repaired(lxc_env: Any) -> None:
         "containers": [{"name": "pgt-rc", "role": "test", "resources": {"cores": 1, "memory": "256M",
                                                                          "swap": "256M", "storage": "1G"},
                         "network": {"ip": "10.250.30.21/24"},
-                        "health_checks": [{"type": "command", "command": ["sh", "-c", "test ! -e /run/broken"]}]}],
+                        "health_checks": [{"type": "command", "command": ["sh", "-c", "test ! -e /run/broken"],
+                                           "interval": "1s"}]}],
         "emergency": {"container_failure": {"max_restarts": 3, "window": "1h", "backoff": "0s"}},
         "target": {"backend": "lxc", "lxc": {"lxcpath": b.config.lxcpath, "disk_dir": b.config.disk_dir,
                                              "template_cache": b.config.template_cache}},
@@ -74,6 +75,7 @@ def test_kill_9_of_init_and_a_failing_check_are_repaired(lxc_env: Any) -> None:
     # a service that fails its check while the container runs: restarted, healthy again
     [g] = b.list_guests()
     assert b.exec(g, ["touch", "/run/broken"]).ok
+    time.sleep(1.1)  # the check's interval
     code, out, err = pveguard(env, "recover", "--once", "--json")
     assert code == 0, out + err
     [o] = json.loads(out)["containers"]

@@ -188,3 +188,19 @@ def test_ctrl_c_during_a_restart_closes_its_intent(tmp_path: Path) -> None:
               lambda a, t="", **d: rows.append((a, t, d)), lambda e: None, clock=clock, sleep=clock.sleep)
     assert [(r[0], r[2].get("result")) for r in rows] == [("recover.restart.intent", None),
                                                           ("recover.restart", "interrupted")]
+
+
+def test_health_checks_run_again_after_their_interval(tmp_path: Path) -> None:
+    clock = Clock()
+    b = Fake([guest()])
+    s = strategy()  # both checks at the default interval, 30 s
+    assert run(tmp_path, b, s, clock)[0].containers[0].action == "none"
+    execs = sum(c.startswith("exec") for c in b.calls)
+    assert execs == 2
+    clock.now += 10
+    b.calls.clear()
+    assert run(tmp_path, b, s, clock)[0].containers[0].action == "none" and b.calls == ["list"]
+    clock.now += 20
+    b.calls.clear()
+    run(tmp_path, b, s, clock)
+    assert sum(c.startswith("exec") for c in b.calls) == 2

@@ -22,6 +22,10 @@ MIGRATIONS = [
         name TEXT PRIMARY KEY,
         since REAL NOT NULL,
         reason TEXT NOT NULL
+    );
+    CREATE TABLE recover_checked (
+        name TEXT PRIMARY KEY,
+        at REAL NOT NULL
     )
     """,
 ]
@@ -72,3 +76,15 @@ def set_maintenance(store: Store, name: str, on: bool, now: float, reason: str) 
         elif not on and had:
             conn.execute("DELETE FROM recover_maintenance WHERE name = ?", (name,))
         return on != had
+
+
+def checked(store: Store) -> dict[str, float]:
+    """When each container's health checks last ran (they run again after their `interval`)."""
+    rows = open_recover_store(store).conn.execute("SELECT name, at FROM recover_checked").fetchall()
+    return {str(r["name"]): float(r["at"]) for r in rows}
+
+
+def set_checked(store: Store, name: str, at: float) -> None:
+    with open_recover_store(store).transaction() as conn:
+        conn.execute("INSERT INTO recover_checked(name, at) VALUES(?, ?) ON CONFLICT(name) DO UPDATE SET at = "
+                     "excluded.at", (name, at))

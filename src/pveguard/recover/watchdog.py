@@ -22,7 +22,7 @@ from pveguard.backends.base import MANAGED_TAG, Backend, Guest, Marker, read_mar
 from pveguard.errors import BackendError
 from pveguard.recover import probes
 from pveguard.recover.budget import Budget, Decision, RestartState, decide
-from pveguard.recover.state import load_states, maintenance, save_state
+from pveguard.recover.state import checked, load_states, maintenance, save_state, set_checked
 from pveguard.store import Store
 from pveguard.strategy.models import Container, Strategy
 
@@ -94,6 +94,7 @@ def sweep(backend: Backend, strategy: Strategy, instance: str, store: Store, rec
     guests = backend.list_guests()
     states = load_states(store)
     held = maintenance(store)
+    last_checked = checked(store)
     budget = budget_of(strategy)
     restart_on = strategy.emergency.container_failure.restart
     for g in sorted(guests, key=lambda g: g.vmid):
@@ -111,7 +112,8 @@ def sweep(backend: Backend, strategy: Strategy, instance: str, store: Store, rec
             out.action = "quarantined"
             out.reason = f"{st.quarantine_reason}; clear with 'pveguard recover clear {g.name}'"
             continue
-        if g.status == "running" and not c.health_checks:
+        if g.status == "running" and not _checks_due(c, last_checked.get(g.name), now):
+            # running, and no health check due (none configured, or within their interval): healthy
             _settle(store, g.name, st, decide(st, budget, now, failing=False))
             continue
         if g.lock:
@@ -123,6 +125,7 @@ def sweep(backend: Backend, strategy: Strategy, instance: str, store: Store, rec
             continue
         if g.status == "running":
             out.checks = probes.run_checks(backend, g, c.health_checks)
+            set_checked(store, g.name, now)
             health = probes.verdict(out.checks)
             if health is None:
                 out.action, out.reason = "unknown", "a health check could not be run"
@@ -143,6 +146,8 @@ def sweep(backend: Backend, strategy: Strategy, instance: str, store: Store, rec
         out.retry_at = d.retry_at
         if d.kind == "restart":
             _restart(backend, g, c, reason, out, record, clock, sleep)
+            if out.checks:
+                set_checked(store, g.name, clock())
         elif d.kind == "wait":
             out.action, out.reason = "waiting", f"{reason}; backoff until the next restart"
         else:
@@ -157,6 +162,14 @@ def sweep(backend: Backend, strategy: Strategy, instance: str, store: Store, rec
                 alert(event)
                 report.alerts.append(event)
     return report
+
+
+def _checks_due(c: Container, last: float | None, now: float) -> bool:
+    """The container's health checks run again once the shortest of their `interval`s has passed."""
+    if not c.health_checks:
+        return False
+    period = min(h.interval.total_seconds() for h in c.health_checks)
+    return last is None or now - last >= period or now < last
 
 
 def _settle(store: Store, name: str, old: RestartState, d: Decision) -> None:
