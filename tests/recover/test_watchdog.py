@@ -204,3 +204,10 @@ def test_health_checks_run_again_after_their_interval(tmp_path: Path) -> None:
     b.calls.clear()
     run(tmp_path, b, s, clock)
     assert sum(c.startswith("exec") for c in b.calls) == 2
+
+
+def test_a_guest_in_an_unknown_state_is_not_started(tmp_path: Path) -> None:
+    b = Fake([guest("unknown")])
+    rep, rows = run(tmp_path, b, strategy(False))
+    assert rep.containers[0].action == "unknown" and "offline" in rep.containers[0].reason
+    assert b.calls == ["list"] and not rows

@@ -119,6 +119,9 @@ def sweep(backend: Backend, strategy: Strategy, instance: str, store: Store, rec
         if g.lock:
             out.action, out.reason = "skipped", f"locked ({g.lock})"
             continue
+        if g.status == "unknown":  # its node does not answer: starting it elsewhere is not ours to do
+            out.action, out.reason = "unknown", "state unknown (is its node offline?)"
+            continue
         why = _not_ours(backend, g, instance)
         if why:
             out.action, out.reason = "skipped", why
