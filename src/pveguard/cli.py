@@ -22,6 +22,7 @@ from pveguard.guard import cli as guard_cli
 from pveguard.monitor import cli as monitor_cli
 from pveguard.output import console, error, print_json, warn
 from pveguard.provision import cli as provision_cli
+from pveguard.recover import cli as recover_cli
 from pveguard.security import certs_cli
 from pveguard.security import cli as audit_log_cli
 
@@ -176,6 +177,8 @@ app.add_typer(backup_cli.app, name="backup")
 app.add_typer(monitor_cli.monitor_app, name="monitor")
 app.add_typer(monitor_cli.alerts_app, name="alerts")
 app.add_typer(monitor_cli.export_app, name="export")
+app.add_typer(recover_cli.app, name="recover")
+app.command("maintenance")(recover_cli.maintenance_cmd)
 app.add_typer(audit_log_cli.app, name="audit-log")
 app.add_typer(certs_cli.app, name="certs")
 

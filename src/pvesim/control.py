@@ -222,6 +222,24 @@ def _guests(sim: Sim, method: str, rest: list[str], doc: dict[str, Any]) -> Any:
         elif method == "DELETE":
             pk.clear()
         return dict(pk)
+    if sub == "crash":
+        # {"after": s, "every": s, "times": n}: crash now (no body), once after a delay, or on a schedule
+        if method == "POST":
+            after, every = float(doc.get("after", 0)), doc.get("every")
+            times = doc.get("times")
+            if every is not None and float(every) <= 0:
+                raise ControlError(400, "every must be > 0 seconds")
+            if after <= 0 and every is None:
+                sim.crash(g)
+            else:
+                sim.crashes.append({"vmid": g.vmid, "at": sim.now() + after,
+                                    "every": float(every) if every is not None else None,
+                                    "left": int(times) if times is not None else (None if every else 1)})
+                sim.tick()
+        elif method == "DELETE":
+            sim.crashes = [c for c in sim.crashes if c["vmid"] != g.vmid]
+        return {"vmid": g.vmid, "status": g.status, "crashes": g.crashes,
+                "scheduled": [dict(c) for c in sim.crashes if c["vmid"] == g.vmid]}
     if sub == "files":
         files = sim.guest_files.setdefault(g.vmid, {})
         if method == "POST":

@@ -193,6 +193,7 @@ class Guest:
     config: dict[str, Any]
     status: str = "stopped"
     started_at: float = 0.0
+    crashes: int = 0  # how often it crashed (control API), for tests and benchmarks
     pending: dict[str, Any] = field(default_factory=dict)
     pending_delete: list[str] = field(default_factory=list)
     override: dict[str, Any] = field(default_factory=dict)
@@ -460,6 +461,8 @@ class Sim:
         self.guest_packages: dict[int, dict[str, str]] = {}
         self.guest_files: dict[int, dict[str, bytes]] = {}
         self.unavailable_packages: set[str] = set()
+        # scheduled crashes (control API): {"vmid", "at", "every" (None: once), "left" (None: forever)}
+        self.crashes: list[dict[str, Any]] = []
         self._res_bytes: dict[Any, bytes] = {}
         self.state_file: str | None = None
         self._consts: dict[int, GuestConsts] = {}
@@ -589,6 +592,8 @@ class Sim:
 
     def tick(self) -> None:
         """Finish every task whose end time has passed (their effects apply in end-time order)."""
+        if self.crashes:
+            self._crash_due()
         if not self._heap:
             return
         now = self.now()
@@ -812,6 +817,32 @@ class Sim:
         if g.type == "qemu":
             d["qmpstatus"] = g.status
         return d
+
+    def crash(self, g: Guest) -> None:
+        """A container whose init died: lxc stops it and pve-container's poststop hook runs as on any
+        stop (src/lxc-pve-poststop-hook: cleanup, pending changes applied); no task, no lock. The API
+        then simply shows it `stopped`."""
+        if g.status == "running":
+            self.set_running(g, False)
+            g.crashes += 1
+
+    def _crash_due(self) -> None:
+        now = self.now()
+        keep: list[dict[str, Any]] = []
+        for c in self.crashes:
+            g = self.guests.get(int(c["vmid"]))
+            if g is None:
+                continue  # destroyed: the schedule goes with it
+            while c["at"] <= now and c["left"] != 0:
+                self.crash(g)
+                c["left"] = None if c["left"] is None else c["left"] - 1
+                if not c["every"]:
+                    c["left"] = 0
+                    break
+                c["at"] += float(c["every"])
+            if c["left"] != 0:
+                keep.append(c)
+        self.crashes = keep
 
     def set_running(self, g: Guest, running: bool) -> None:
         g.status = "running" if running else "stopped"

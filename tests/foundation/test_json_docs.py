@@ -44,6 +44,13 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, subp
                "PVEGUARD_BACKEND": "proxmox", "PVEGUARD_PVE_HOST": sim.host, "PVEGUARD_PVE_TOKEN": sim.token,
                "PVEGUARD_PVE_VERIFY_SSL": "0", "PVEGUARD_PVE_RETRY_WAIT": "0.05",
                "PVEGUARD_PVE_POLL_INTERVAL": "0.1"}
+        # exec in a container goes over ssh to the node's address (a TEST-NET one in pvesim): an ssh that
+        # fails at once keeps the run on loopback (recover's health checks then read "could not run")
+        nossh = tmp / "bin"
+        nossh.mkdir()
+        (nossh / "ssh").write_text("#!/bin/sh\necho 'ssh: disabled in this test' >&2\nexit 255\n")
+        (nossh / "ssh").chmod(0o755)
+        env["PATH"] = f"{nossh}:{env.get('PATH', '')}"
 
         def run(*argv: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([sys.executable, "-m", "pveguard", *argv], env=env, capture_output=True,

@@ -20,7 +20,6 @@ from pveguard.strategy.models import Container, Strategy
 # it) -> the issue that will implement it.
 NOT_ENFORCED: dict[str, int] = {
     "core_functions": 11,  # a description today: the guard and the audit classify by core_roots
-    "containers[].health_checks": 14,
     "containers[].backup_volume": 11,
     "network.management": 13,
     "network.isolation": 13,
@@ -33,7 +32,7 @@ NOT_ENFORCED: dict[str, int] = {
     "security.access.audit_logging": 13,  # the ledger records every action whatever this says
     "security.access.api_token_privsep": 13,
     "security.access.certificates.manage": 13,  # warn_before is read by 'pveguard certs'
-    "emergency": 14,
+    "emergency.resource_exhaustion": 14,  # container_failure is read by 'pveguard recover'
 }
 
 Loc = tuple[str | int, ...]

@@ -452,8 +452,13 @@ class ContainerFailure(StrictModel):
     restart: bool = True
     max_restarts: int = Field(3, ge=0, le=100)
     window: Duration = timedelta(hours=1)
-    backoff: Duration = timedelta(seconds=30)
-    on_exhausted: Literal["alert", "restore-last-backup", "migrate"] = "alert"
+    backoff: Duration = Field(timedelta(seconds=30), description="wait before the 2nd restart in the window; "
+                              "doubles for each further one (the 1st is at once)")
+    on_exhausted: Literal["alert", "quarantine", "restore-last-backup", "migrate"] = Field(
+        "alert", description="alert: alert and wait for the window to free a restart; quarantine: alert and stop "
+        "trying until 'pveguard recover clear NAME'")
+    interval: Duration = Field(timedelta(seconds=10),
+                               description="how often 'pveguard recover' sweeps (without --once)")
 
 
 ExhaustionAction = Literal["identify_high_usage", "scale_resources", "migrate", "root_cause_analysis"]
