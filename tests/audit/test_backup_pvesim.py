@@ -128,4 +128,4 @@ def test_backup_findings_follow_the_backups(env: Any, capsys: pytest.CaptureFixt
     assert _backup(doc) == {f"backup-late:{n}": "medium" for n in names}
     f = next(f for f in doc["findings"] if f["id"] == "backup-late:pve-monitoring")
     assert "is older than the scheduled run of" in f["detail"] and "(daily)" in f["detail"]
-    assert f"vzdump {vmid} --storage local" in f["fix"] and "pveguard-containers" in f["fix"]
+    assert f"vzdump {vmid} --storage local" in f["fix"] and "pveguard-<instance>" in f["fix"]
