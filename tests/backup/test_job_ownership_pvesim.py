@@ -226,3 +226,20 @@ def test_malformed_answers_are_named(two: tuple[Env, Env], capsys: pytest.Captur
     a.sim.control("POST", "/faults", fault)
     code, _, err = a.run("backup", "apply", capsys=capsys)
     assert code == 1 and needle in err and "internal error" not in err, err
+
+
+def test_adopting_another_installations_job_warns_and_the_other_then_refuses(
+        two: tuple[Env, Env], capsys: pytest.CaptureFixture[str]) -> None:
+    a, b = two
+    assert a.run("backup", "apply", capsys=capsys)[0] == 0
+    ida = a_id(a)
+    code, _, err = b.run("backup", "adopt", f"pveguard-{ida}", "--yes", capsys=capsys)
+    assert code == 0 and f"belongs to another pveguard instance {ida}" in err
+    assert jobs(a)[f"pveguard-{ida}"]["comment"] == f"{MARKER} instance={B_ID}"
+    [intent] = entries(b, "backup.adopt.intent")
+    assert intent.details["previous"] == f"instance {ida}"
+    # A no longer changes it, and says how to take it back
+    before = jobs(a)
+    code, _, err = a.run("backup", "apply", capsys=capsys)
+    assert code == 2 and f"belongs to another pveguard instance {B_ID}" in err
+    assert f"pveguard backup adopt pveguard-{ida}" in err and jobs(a) == before

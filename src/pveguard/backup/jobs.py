@@ -170,8 +170,8 @@ def _conflict(jid: str, owner: str) -> UsageError:
         return UsageError(f"a vzdump job with id {jid!r} exists but is not managed by pveguard",
                           hint=f"rename or remove it in PVE, or take it over with 'pveguard backup adopt {jid}'")
     return UsageError(f"the vzdump job {jid!r} belongs to another pveguard instance {owner}",
-                      hint="two installations with the same job id: give this one its own 'instance' under "
-                           "'target:' in the strategy")
+                      hint=f"that installation adopted it; take it back with 'pveguard backup adopt {jid}' "
+                           "(then that installation no longer manages it)")
 
 
 def plan_jobs(desired: Sequence[Mapping[str, Any]], existing: Sequence[Mapping[str, Any]], instance: str) -> JobPlan:
@@ -268,8 +268,13 @@ def apply_plan(backend: _Backend, plan: JobPlan, record: Callable[..., None] | N
             raise OperationError(
                 exc.message,
                 hint=(exc.hint + "; " if exc.hint else "")
-                + "earlier changes of this plan were applied; run 'pveguard backup apply' again after fixing the cause",
+                + (f"applied before it: {len(done)} change(s); " if done else "")
+                + "run 'pveguard backup apply' again after fixing the cause",
             ) from None
+        except KeyboardInterrupt:
+            if record:
+                record("backup.job", target, change=what, kind=change.action, result="interrupted")
+            raise
         if record:
             record("backup.job", target, change=what, kind=change.action, result="ok")
         done.append(what)
