@@ -791,8 +791,10 @@ def apply_jobs(
             for jid, owner in plan.foreign.items():
                 info(f"left alone: {jid} (owned by another pveguard instance {owner})")
             if plan.legacy:
-                info(f"left alone (made by an older pveguard, no instance): {', '.join(plan.legacy)}; "
-                     "'pveguard backup adopt JOBID' takes one over")
+                # after an upgrade the old job still runs next to this instance's: say what to do about it
+                warn(f"left alone (made by an older pveguard, no instance id): {', '.join(plan.legacy)}; they still "
+                     "run: 'pveguard backup adopt JOBID' makes one this installation's (apply then replaces or "
+                     "removes it), or delete it in PVE")
         if dry_run or plan.empty:
             return
         apply_plan(backend, plan, lambda action, target, **d: _record(ctx, action, target, **d))
