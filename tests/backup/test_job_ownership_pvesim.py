@@ -132,6 +132,8 @@ def test_legacy_job_is_nobodys_until_adopted(two: tuple[Env, Env], capsys: pytes
     ida = a_id(a)
     code, out, err = a.run("backup", "adopt", "pveguard-containers", "--yes", capsys=capsys)
     assert code == 0, err
+    assert f"'pveguard backup apply' deletes pveguard-containers: this installation's policy job is pveguard-{ida}" \
+        in err
     assert jobs(a)["pveguard-containers"]["comment"] == f"{MARKER} instance={ida}"
     [intent] = entries(a, "backup.adopt.intent")
     [result] = [e for e in entries(a, "backup.adopt") if e.action == "backup.adopt"]

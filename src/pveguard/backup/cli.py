@@ -811,7 +811,7 @@ def adopt_job_cmd(
 ) -> None:
     """Make an existing vzdump job this installation's: its comment's marker names this instance (recorded).
     From then on 'backup apply' updates it, or deletes it when the policy does not want it."""
-    from pveguard.backup.jobs import adopt_job, job_adoption
+    from pveguard.backup.jobs import adopt_job, job_adoption, job_id_for
 
     _strategy, backend = _proxmox(ctx, "adopt")
     try:
@@ -825,7 +825,9 @@ def adopt_job_cmd(
         if a.previous.startswith("instance "):
             warn(f"job {job_id} belongs to another pveguard {a.previous}; that installation will no longer "
                  "manage it")
-        warn(f"once adopted, 'pveguard backup apply' deletes {job_id} unless it is this installation's policy job")
+        if job_id != job_id_for(instance):
+            warn(f"once adopted, 'pveguard backup apply' deletes {job_id}: this installation's policy job is "
+                 f"{job_id_for(instance)}")
         if not yes:
             if not sys.stdin.isatty():
                 raise UsageError(f"adopting vzdump job {job_id} needs confirmation",
