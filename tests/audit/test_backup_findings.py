@@ -44,7 +44,7 @@ def _coverage(archives: list[Archive], pve: bool, covered: bool = True, verified
     (_coverage([], pve=True, covered=False), {"backup-no-job:web": "high"}, "pveguard backup apply"),
     (_coverage([], pve=True), {"backup-no-backup:web": "high"}, "run the job for it now: vzdump 101 --storage local"),
     (_coverage([], pve=False), {"backup-no-backup:web": "high"}, "pveguard backup run"),
-    (_coverage(OLD, pve=True), {"backup-late:web": "medium"}, "look at the task log of the vzdump job"),
+    (_coverage(OLD, pve=True), {"backup-late:web": "medium"}, "look at the task log of this installation's vzdump job"),
     (_coverage(OLD, pve=False, verified=NOW, synced=NOW), {"backup-late:web": "medium"}, "pveguard backup run"),
     (_coverage(MANY, pve=True), {"backup-too-many:web": "low"}, "pvesm prune-backups local --vmid 101"),
     (_coverage(MANY, pve=False, verified=NOW, synced=NOW), {"backup-too-many:web": "low"},

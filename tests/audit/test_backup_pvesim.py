@@ -97,9 +97,9 @@ def test_backup_findings_follow_the_backups(env: Any, capsys: pytest.CaptureFixt
                                            {"vmid": ",".join(map(str, vmids)), "storage": "local",
                                             "mode": "snapshot", "compress": "zstd"})
         assert status == 200, reason
-        from pveguard.backup.jobs import wait_task
+        from tests.backup.conftest import pve_backend
 
-        wait_task(env.sim.proxmoxer(), node, body["data"], timeout=60, poll=0.05)
+        pve_backend(env.sim).wait_task(body["data"], "vzdump", timeout=60)
     env.reset_calls()
     doc = _audit(env, capsys)
     assert _backup(doc) == {}
@@ -131,4 +131,4 @@ def test_backup_findings_follow_the_backups(env: Any, capsys: pytest.CaptureFixt
     assert _backup(doc) == {f"backup-late:{n}": "medium" for n in names}
     f = next(f for f in doc["findings"] if f["id"] == "backup-late:pve-monitoring")
     assert "is older than the scheduled run of" in f["detail"] and "(daily)" in f["detail"]
-    assert f"vzdump {vmid} --storage local" in f["fix"] and "pveguard-containers" in f["fix"]
+    assert f"vzdump {vmid} --storage local" in f["fix"] and "pveguard-<instance>" in f["fix"]

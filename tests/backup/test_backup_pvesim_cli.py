@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pveguard.backup.jobs import wait_task
+from tests.backup.conftest import pve_backend
 from tests.provision.conftest import Env, make_env
 
 pytest.importorskip("pvesim.testing")
@@ -40,7 +40,7 @@ def test_apply_reapply_status(benv: Env, capsys: pytest.CaptureFixture[str]) -> 
     jobs = benv.sim.api("GET", "/cluster/backup")[2]["data"]
     assert len(jobs) == 1
     job = jobs[0]
-    assert job["id"] == "pveguard-containers" and job["schedule"] == "daily" and job["prune-backups"] == "keep-daily=7"
+    assert job["id"].startswith("pveguard-") and job["schedule"] == "daily" and job["prune-backups"] == "keep-daily=7"
     assert sorted(int(v) for v in job["vmid"].split(",")) == sorted(managed)
     code, out, _ = benv.run("backup", "apply", capsys=capsys)
     assert code == 0 and "nothing to do" in out  # re-apply does nothing
@@ -56,7 +56,7 @@ def test_apply_reapply_status(benv: Env, capsys: pytest.CaptureFixture[str]) -> 
     node = next(g["node"] for g in benv.lxc() if g["vmid"] == first)
     px = benv.sim.proxmoxer()
     upid = px.nodes(node).vzdump.post(vmid=str(first), storage="local", compress="zstd", mode="snapshot")
-    wait_task(px, node, upid, timeout=60, poll=0.05)
+    pve_backend(benv.sim).wait_task(upid, "vzdump", timeout=60)
     code, out, _ = benv.run("backup", "status", "--json", capsys=capsys)
     rows = {r["guest"]: r for r in json.loads(out)}
     mine = rows[f"lxc/{first}"]

@@ -7,23 +7,28 @@ from typing import Any
 
 import pytest
 
+from pveguard.backends.base import marker_line
 from pveguard.backup.calendar import parse
 from pveguard.backup.compliance import evaluate
-from pveguard.backup.jobs import MANAGED_COMMENT, apply_plan, archives_from_content, container_job, plan_jobs, wait_task
+from pveguard.backup.jobs import apply_plan, archives_from_content, container_job, plan_jobs
 from pveguard.backup.retention import KeepPolicy
 from pveguard.errors import UsageError
 
+from .conftest import pve_backend
+
+ME = "a1a1a1a1a1a1"
+MANAGED_COMMENT = marker_line(ME)
 KEEP7 = KeepPolicy.for_duration(timedelta(days=7))
 
 
 def test_container_job_shape() -> None:
-    job = container_job("daily", "local", KEEP7, vmids=[102, 101, 101])
+    job = container_job("daily", "local", KEEP7, vmids=[102, 101, 101], instance=ME)
     assert job == {
-        "id": "pveguard-containers", "schedule": "daily", "storage": "local", "mode": "snapshot",
+        "id": f"pveguard-{ME}", "schedule": "daily", "storage": "local", "mode": "snapshot",
         "compress": "zstd", "prune-backups": "keep-daily=7", "notes-template": "{{guestname}} (pveguard)",
         "enabled": 1, "comment": MANAGED_COMMENT, "vmid": "101,102",
     }  # fmt: skip
-    assert container_job("daily", "local", KEEP7)["all"] == 1
+    assert container_job("daily", "local", KEEP7, instance=ME)["all"] == 1
 
 
 @pytest.mark.parametrize(
@@ -37,13 +42,14 @@ def test_container_job_shape() -> None:
     ],
 )
 def test_container_job_rejects(kwargs: dict[str, Any], needle: str) -> None:
-    args: dict[str, Any] = {"schedule": "daily", "storage": "local", "keep": KEEP7, "vmids": [101], **kwargs}
+    args: dict[str, Any] = {"schedule": "daily", "storage": "local", "keep": KEEP7, "vmids": [101], "instance": ME,
+                            **kwargs}
     with pytest.raises(UsageError, match=needle):
         container_job(**args)
 
 
 def _existing(**over: Any) -> dict[str, Any]:
-    base = {"id": "pveguard-containers", "type": "vzdump", "schedule": "daily", "storage": "local",
+    base = {"id": f"pveguard-{ME}", "type": "vzdump", "schedule": "daily", "storage": "local",
             "mode": "snapshot", "compress": "zstd", "prune-backups": "keep-daily=7",
             "notes-template": "{{guestname}} (pveguard)", "enabled": 1, "comment": MANAGED_COMMENT,
             "vmid": "101,102", "next-run": 1700000000}  # fmt: skip
@@ -52,32 +58,33 @@ def _existing(**over: Any) -> dict[str, Any]:
 
 
 def test_plan_nothing_when_equal_even_if_spelled_differently() -> None:
-    desired = [container_job("daily", "local", KEEP7, vmids=[101, 102])]
-    assert plan_jobs(desired, [_existing(vmid="102, 101", enabled="1")]).empty
+    desired = [container_job("daily", "local", KEEP7, vmids=[101, 102], instance=ME)]
+    assert plan_jobs(desired, [_existing(vmid="102, 101", enabled="1")], ME).empty
     # PVE may return prune-backups parsed into a hash
-    assert plan_jobs(desired, [_existing(**{"prune-backups": {"keep-daily": 7}})]).empty
+    assert plan_jobs(desired, [_existing(**{"prune-backups": {"keep-daily": 7}})], ME).empty
 
 
 def test_plan_create_update_delete_and_leave_user_jobs_alone() -> None:
-    desired = [container_job("mon..fri 21:00", "backup-nfs", KEEP7)]  # all guests now
+    desired = [container_job("mon..fri 21:00", "backup-nfs", KEEP7, instance=ME)]  # all guests now
     existing = [
         _existing(mailto="admin@example"),
         {"id": "pveguard-old", "schedule": "sat 02:00", "all": 1, "comment": MANAGED_COMMENT},
         {"id": "backup-user", "schedule": "sun 03:00", "all": 1, "comment": "mine"},
     ]
-    plan = plan_jobs(desired, existing)
-    assert [(c.action, c.id) for c in plan.changes] == [("update", "pveguard-containers"), ("delete", "pveguard-old")]
+    plan = plan_jobs(desired, existing, ME)
+    assert [(c.action, c.id) for c in plan.changes] == [("update", f"pveguard-{ME}"), ("delete", "pveguard-old")]
     update = plan.changes[0]
     assert update.params == {"schedule": "mon..fri 21:00", "storage": "backup-nfs", "all": 1}
     assert update.delete == ("vmid",)
     assert "mailto" not in update.params and "mailto" not in update.delete  # the user's key stays
     assert plan.unmanaged == ("backup-user",)
-    assert plan_jobs(desired, []).changes[0].action == "create"
+    assert plan_jobs(desired, [], ME).changes[0].action == "create"
 
 
 def test_plan_refuses_to_take_over_a_user_job_with_our_id() -> None:
     with pytest.raises(UsageError, match="not managed by pveguard"):
-        plan_jobs([container_job("daily", "local", KEEP7, job_id="nightly")], [_existing(id="nightly", comment="mine")])
+        plan_jobs([container_job("daily", "local", KEEP7, instance=ME, job_id="nightly")],
+                  [_existing(id="nightly", comment="mine")], ME)
 
 
 def test_archives_from_content() -> None:
@@ -93,30 +100,31 @@ def test_archives_from_content() -> None:
 def test_apply_reapply_vzdump_and_status_through_pvesim(pvesim_factory: Any) -> None:
     sim = pvesim_factory(guests=3, seed=2, qemu_share=0.0, task_seconds={"vzdump": 0})
     px = sim.proxmoxer()
+    backend = pve_backend(sim)
     guests = sorted(g["vmid"] for g in px.cluster.resources.get(type="vm") if g["type"] == "lxc")
     managed = guests[:2]
-    desired = [container_job("2:00", "local", KEEP7, vmids=managed)]
-    plan = plan_jobs(desired, px.cluster.backup.get())
+    desired = [container_job("2:00", "local", KEEP7, vmids=managed, instance=ME)]
+    plan = plan_jobs(desired, px.cluster.backup.get(), ME)
     assert [c.action for c in plan.changes] == ["create"]
-    apply_plan(px, plan)
+    apply_plan(backend, plan)
     jobs = px.cluster.backup.get()
-    assert len(jobs) == 1 and jobs[0]["id"] == "pveguard-containers" and jobs[0]["vmid"] == ",".join(map(str, managed))
-    assert plan_jobs(desired, px.cluster.backup.get()).empty  # re-apply does nothing
+    assert len(jobs) == 1 and jobs[0]["id"] == f"pveguard-{ME}" and jobs[0]["vmid"] == ",".join(map(str, managed))
+    assert plan_jobs(desired, px.cluster.backup.get(), ME).empty  # re-apply does nothing
     # the unmanaged third guest shows up in PVE's own not-backed-up report
     assert {g["vmid"] for g in px.cluster("backup-info")("not-backed-up").get()} == set(guests[2:])
 
     # a change of policy becomes one PUT
-    desired2 = [container_job("2:30", "local", KEEP7, vmids=managed)]
-    plan2 = plan_jobs(desired2, px.cluster.backup.get())
+    desired2 = [container_job("2:30", "local", KEEP7, vmids=managed, instance=ME)]
+    plan2 = plan_jobs(desired2, px.cluster.backup.get(), ME)
     assert [(c.action, c.params) for c in plan2.changes] == [("update", {"schedule": "2:30"})]
-    apply_plan(px, plan2)
-    assert plan_jobs(desired2, px.cluster.backup.get()).empty
+    apply_plan(backend, plan2)
+    assert plan_jobs(desired2, px.cluster.backup.get(), ME).empty
 
     # a vzdump run yields archives; compliance reports their ages
     node = next(g["node"] for g in px.cluster.resources.get(type="vm") if g["vmid"] == managed[0])
     upid = px.nodes(node).vzdump.post(vmid=str(managed[0]), storage="local", compress="zstd", mode="snapshot",
                                       **{"prune-backups": "keep-daily=7"})  # fmt: skip
-    wait_task(px, node, upid, timeout=60, poll=0.05)
+    backend.wait_task(upid, "vzdump", timeout=60)
     content = px.nodes(node).storage("local").content.get(content="backup")
     archives = archives_from_content(content)
     now = sim.sim.now()

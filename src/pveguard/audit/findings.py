@@ -285,13 +285,14 @@ def _backup_texts(kind: str, text: str, who: str, vmid: str, coverage: Coverage,
         detail = ("PVE lists it in /cluster/backup-info/not-backed-up" if pve else "not covered by the policy") + (
             "; it has no backup at all" if no_backup else "")
         return (f"{who} is in no backup job", detail,
-                "pveguard backup apply (puts the policy's containers into the vzdump job pveguard-containers)")
+                "pveguard backup apply (puts the policy's containers into this installation's vzdump job "
+                "pveguard-<instance>)")
     if kind == "no-backup":
         return (f"{who} has no backup at all", f"no archive of it in {where}",
                 f"run the job for it now: {vzdump} (or wait for the job's next run)" if pve else run)
     if kind == "late":
         return (f"the last backup of {who} is older than the scheduled run", f"{text} (archives in {where})",
-                f"look at the task log of the vzdump job pveguard-containers, then: {vzdump}" if pve
+                f"look at the task log of this installation's vzdump job (pveguard-<instance>), then: {vzdump}" if pve
                 else f"{run}; check: systemctl status pveguard-backup.timer")
     if kind == "too-many":
         return (f"{who} has more archives than the retention keeps", f"{text} (in {where})",

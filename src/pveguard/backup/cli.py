@@ -18,7 +18,7 @@ import typer
 from pveguard.backup.calendar import local_zone, next_runs, parse
 from pveguard.backup.retention import KeepPolicy, Mark, explain_archives
 from pveguard.errors import PveguardError, UsageError
-from pveguard.output import error, info, print_json
+from pveguard.output import error, info, print_json, warn
 
 app = typer.Typer(
     help="Backup schedules and retention: PVE calendar events and keep-* rules.",
@@ -730,6 +730,31 @@ def _proxmox(ctx: typer.Context, command: str) -> tuple[Any, Any]:
     return strategy, backend
 
 
+def _instance(ctx: typer.Context) -> str:
+    """This installation's instance id (the one its containers' markers carry)."""
+    from pveguard.provision.instance import identity
+
+    app_ctx = _app_context(ctx)
+    assert app_ctx is not None  # _proxmox refused already
+    return identity(app_ctx.strategy, app_ctx.store, app_ctx.record).id
+
+
+def _own_containers(backend: Any, instance: str) -> list[int]:
+    """This installation's containers (their marker names this instance), as `pveguard plan` finds them:
+    another installation's guests carry the same tag but are backed up by that installation's job."""
+    from pveguard.errors import OperationError
+    from pveguard.provision.observe import observe
+    from pveguard.provision.plan import managed_guests
+
+    observed = observe(backend)
+    if observed.unreadable:
+        gone = ", ".join(f"CT {vmid} ({why})" for vmid, why in sorted(observed.unreadable.items()))
+        raise OperationError(f"cannot tell whose containers these are: {gone}",
+                             hint="the job would leave them out; run 'pveguard backup apply' again once their "
+                                  "node answers")
+    return [g.vmid for g in managed_guests(observed, instance) if g.type == "lxc"]
+
+
 @app.command("apply")
 @_user_errors
 def apply_jobs(
@@ -737,33 +762,83 @@ def apply_jobs(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only show the plan.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Converge the vzdump job in /cluster/backup with the strategy's container-backup policy."""
+    """Converge this installation's vzdump job in /cluster/backup with the strategy's container-backup policy.
+    Jobs of the user, of another pveguard installation or of an older pveguard are never changed."""
     from pveguard.backup.jobs import apply_plan, container_job, plan_jobs
 
     strategy, backend = _proxmox(ctx, "apply")
-    c = strategy.backup.containers
-    vmids = None
-    if c.guests == "managed":
-        from pveguard.backup.coverage import policy_guest
+    try:
+        instance = _instance(ctx)
+        c = strategy.backup.containers
+        vmids = None
+        if c.guests == "managed":
+            vmids = _own_containers(backend, instance)
+        job = container_job(c.schedule, c.storage, _keep_from(c), vmids, c.mode, c.compress, c.notes_template,
+                            instance=instance)
+        plan = plan_jobs([job], backend.call("GET", "/cluster/backup", what="reading the vzdump jobs"), instance)
+        if json_out:
+            print_json({"changes": [{"action": ch.action, "id": ch.id, "params": ch.params, "delete": list(ch.delete)}
+                                    for ch in plan.changes], "unmanaged_jobs": list(plan.unmanaged),
+                        "foreign_jobs": plan.foreign, "legacy_jobs": list(plan.legacy), "instance": instance,
+                        "dry_run": dry_run})  # fmt: skip
+        else:
+            for ch in plan.changes:
+                sys.stdout.write(ch.describe() + "\n")
+            if plan.empty:
+                sys.stdout.write("backup jobs match the policy; nothing to do\n")
+            if plan.unmanaged:
+                info(f"left alone (not managed by pveguard): {', '.join(plan.unmanaged)}")
+            for jid, owner in plan.foreign.items():
+                info(f"left alone: {jid} (owned by another pveguard instance {owner})")
+            if plan.legacy:
+                # after an upgrade the old job still runs next to this instance's: say what to do about it
+                warn(f"left alone (made by an older pveguard, no instance id): {', '.join(plan.legacy)}; they still "
+                     "run: 'pveguard backup adopt JOBID' makes one this installation's (apply then replaces or "
+                     "removes it), or delete it in PVE")
+        if dry_run or plan.empty:
+            return
+        apply_plan(backend, plan, lambda action, target, **d: _record(ctx, action, target, **d))
+    finally:
+        backend.close()
 
-        vmids = [g.vmid for g in backend.list_guests() if policy_guest(g, c)]
-    job = container_job(c.schedule, c.storage, _keep_from(c), vmids, c.mode, c.compress, c.notes_template)
-    plan = plan_jobs([job], backend.call("GET", "/cluster/backup"))
-    if json_out:
-        print_json({"changes": [{"action": ch.action, "id": ch.id, "params": ch.params, "delete": list(ch.delete)}
-                                for ch in plan.changes], "unmanaged_jobs": list(plan.unmanaged),
-                    "dry_run": dry_run})  # fmt: skip
-    else:
-        for ch in plan.changes:
-            sys.stdout.write(ch.describe() + "\n")
-        if plan.empty:
-            sys.stdout.write("backup jobs match the policy; nothing to do\n")
-        if plan.unmanaged:
-            info(f"left alone (not managed by pveguard): {', '.join(plan.unmanaged)}")
-    if dry_run or plan.empty:
-        return
-    for line in apply_plan(backend.api, plan):
-        _record(ctx, "backup.job", "/cluster/backup", change=line)
+
+@app.command("adopt")
+@_user_errors
+def adopt_job_cmd(
+    ctx: typer.Context,
+    job_id: Annotated[str, typer.Argument(metavar="JOBID", help="The vzdump job to make this installation's.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+) -> None:
+    """Make an existing vzdump job this installation's: its comment's marker names this instance (recorded).
+    From then on 'backup apply' updates it, or deletes it when the policy does not want it."""
+    from pveguard.backup.jobs import adopt_job, job_adoption, job_id_for
+
+    _strategy, backend = _proxmox(ctx, "adopt")
+    try:
+        instance = _instance(ctx)
+        a = job_adoption(backend.call("GET", "/cluster/backup", what="reading the vzdump jobs"), job_id, instance)
+        if not a.needed:
+            sys.stdout.write(f"vzdump job {job_id} is already this installation's (instance {instance}); "
+                             "nothing to do\n")
+            return
+        sys.stdout.write(f"adopt vzdump job {job_id}: now {a.previous}; its comment becomes {a.after!r}\n")
+        if a.previous.startswith("instance "):
+            warn(f"job {job_id} belongs to another pveguard {a.previous}; that installation will no longer "
+                 "manage it")
+        if job_id != job_id_for(instance):
+            warn(f"once adopted, 'pveguard backup apply' deletes {job_id}: this installation's policy job is "
+                 f"{job_id_for(instance)}")
+        if not yes:
+            if not sys.stdin.isatty():
+                raise UsageError(f"adopting vzdump job {job_id} needs confirmation",
+                                 hint="run it in a terminal to confirm, or pass --yes")
+            if not typer.confirm("Adopt it?", default=False):
+                raise UsageError("nothing adopted")
+        adopt_job(backend, a, lambda action, target, **d: _record(ctx, action, target, **d), instance)
+    finally:
+        backend.close()
+    sys.stdout.write(f"adopted vzdump job {job_id} as instance {instance}; "
+                     "'pveguard backup apply --dry-run' shows what apply would change\n")
 
 
 @app.command("status")

@@ -156,15 +156,8 @@ def included_volumes(ctx: Ctx) -> dict[str, Any]:
                     }
                 )
             elif re.fullmatch(r"mp\d+", k):
-                inc = "backup=1" in str(v)
-                vols.append(
-                    {
-                        "id": k,
-                        "name": str(v).split(",", 1)[0],
-                        "included": int(inc),
-                        "reason": "enabled" if inc else "disabled",
-                    }
-                )
+                inc, reason = backup_included(k, str(v))
+                vols.append({"id": k, "name": str(v).split(",", 1)[0], "included": int(inc), "reason": reason})
         children.append({"id": g.vmid, "name": g.name, "type": g.type, "children": vols})
     return {"children": children}
 
@@ -209,6 +202,45 @@ def apply_prune(sim: Sim, node: str, storage: str, kind: str, vmid: int, keep: d
     if removed:
         sim.changed()
     return removed
+
+
+def mount_point_type(spec: str) -> str:
+    """pve-container LXC/Config.pm classify_mountpoint: a path is a bind mount (a device under /dev),
+    anything else a storage volume."""
+    vol = spec.split(",", 1)[0]
+    if vol.startswith("/dev/"):
+        return "device"
+    return "bind" if vol.startswith("/") else "volume"
+
+
+def backup_included(key: str, spec: str) -> tuple[bool, str]:
+    """pve-container LXC/Config.pm mountpoint_backup_enabled: rootfs always, a volume mount point only
+    with backup=1, a bind or device mount point never."""
+    if key == "rootfs":
+        return True, "rootfs"
+    if mount_point_type(spec) != "volume":
+        return False, "not a volume"
+    opts = dict(part.split("=", 1) for part in spec.split(",")[1:] if "=" in part)
+    return (True, "enabled") if opts.get("backup") in ("1", "on", "yes", "true") else (False, "disabled")
+
+
+def _mount_point_lines(g: Guest) -> list[str]:
+    """What vzdump logs per mount point (pve-container VZDump/LXC.pm prepare), from the current config:
+    a change left pending on a running container does not count."""
+    lines = []
+    for key in ["rootfs", *sorted((k for k in g.config if re.fullmatch(r"mp\d+", k)), key=lambda k: int(k[2:]))]:
+        spec = str(g.config.get(key, ""))
+        opts = dict(part.split("=", 1) for part in spec.split(",")[1:] if "=" in part)
+        mount = "/" if key == "rootfs" else opts.get("mp", "")
+        if not spec.split(",", 1)[0] or not mount:
+            continue
+        included, reason = backup_included(key, spec)
+        if included:
+            lines.append(f"INFO: including mount point {key} ('{mount}') in backup")
+        else:
+            lines.append(f"INFO: excluding {mount_point_type(spec)} mount point {key} ('{mount}') from backup "
+                         f"({reason})")
+    return lines
 
 
 @api("POST", "/nodes/{node}/vzdump")
@@ -318,6 +350,7 @@ def vzdump(ctx: Ctx) -> str:
                 f"INFO: Backup started at {name[len(f'vzdump-{kind}-{g.vmid}-') :].split('.')[0]}",
                 f"INFO: status = {g.status}",
                 f"INFO: backup mode: {mode}",
+                *(_mount_point_lines(g) if kind == "lxc" else []),
                 f"INFO: creating vzdump archive '{st.path or ''}/dump/{name}'",
                 f"INFO: archive file size: {size / GiB:.2f}GB",
             ]
