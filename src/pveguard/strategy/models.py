@@ -275,7 +275,9 @@ class ManagementNetwork(StrictModel):
 
 
 class Isolation(StrictModel):
-    separate_vlans: bool = True
+    separate_vlans: bool | Literal["per-role"] = Field(
+        True, description="true: containers on network.container_vlan, apart from management; "
+                          "per-role: each role its own VLAN, container_vlan + the role's index")
     firewall_rules: bool = True
     traffic_monitoring: bool = True
 
@@ -566,4 +568,11 @@ class Strategy(StrictModel):
         return c.network.bridge or self.network.bridge
 
     def container_vlan(self, c: Container) -> int | None:
-        return c.network.vlan if c.network.vlan is not None else self.network.container_vlan
+        """The container's own vlan, else (separate_vlans: per-role) container_vlan + the index of its role
+        in the order roles first appear among the containers, else container_vlan."""
+        if c.network.vlan is not None:
+            return c.network.vlan
+        if self.network.isolation.separate_vlans == "per-role":
+            roles = list(dict.fromkeys(x.role for x in self.containers))
+            return self.network.container_vlan + roles.index(c.role)
+        return self.network.container_vlan
