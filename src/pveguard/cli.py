@@ -23,6 +23,7 @@ from pveguard.monitor import cli as monitor_cli
 from pveguard.output import console, error, print_json, warn
 from pveguard.provision import cli as provision_cli
 from pveguard.security import cli as audit_log_cli
+from pveguard.security import isolation_cli
 
 app = typer.Typer(
     name="pveguard",
@@ -169,6 +170,7 @@ app.add_typer(monitor_cli.monitor_app, name="monitor")
 app.add_typer(monitor_cli.alerts_app, name="alerts")
 app.add_typer(monitor_cli.export_app, name="export")
 app.add_typer(audit_log_cli.app, name="audit-log")
+app.add_typer(isolation_cli.app, name="isolation")
 
 
 def command() -> Any:

@@ -290,8 +290,7 @@ def plan_firewall(want: FwDesired, seen: FwObserved, cts: list[Ct], *, source: s
     if have_mgmt is None:
         out.changes.append(FwChange(f"ipset/{MGMT_IPSET}", MGMT_IPSET, "entries", "(no such IP set)",
                                     ", ".join(want.mgmt) or "(empty)", op="ipset-create"))
-        have_mgmt = []
-    if sorted(have_mgmt) != sorted(want.mgmt) and (have_mgmt or want.mgmt):
+    elif sorted(have_mgmt) != sorted(want.mgmt):
         out.changes.append(FwChange(f"ipset/{MGMT_IPSET}", MGMT_IPSET, "entries", ", ".join(sorted(have_mgmt)),
                                     ", ".join(want.mgmt), op="ipset-entries",
                                     data={"add": [c for c in want.mgmt if c not in have_mgmt],
