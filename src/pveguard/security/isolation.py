@@ -140,9 +140,15 @@ class FwDesired:
     group_of: dict[str, str]  # container name -> group name
 
 
+def pve_cidr(text: str) -> str:
+    """A network as pve-firewall stores an IP set entry: host bits cleared, a /32 or /128 as a plain address."""
+    net = ipaddress.ip_network(text, strict=False)
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
 def desired_firewall(strategy: Strategy) -> FwDesired:
     cidr = strategy.network.management.cidr
-    mgmt = [str(ipaddress.ip_network(cidr, strict=False))] if cidr else []
+    mgmt = [pve_cidr(cidr)] if cidr else []
     groups: dict[str, list[Rule]] = {}
     group_of: dict[str, str] = {}
     for c in strategy.containers:

@@ -271,7 +271,19 @@ def _default_containers() -> list[Container]:
 class ManagementNetwork(StrictModel):
     bridge: str = "vmbr0"
     vlan: Vlan | None = None
-    cidr: str | None = None
+    cidr: str | None = Field(None, description="the admins' network, e.g. 192.168.1.0/24 (firewall rules "
+                                               "'from management' admit it)")
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a network like 192.168.1.0/24") from None
+        return v
 
 
 class Isolation(StrictModel):
