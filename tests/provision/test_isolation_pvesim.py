@@ -152,3 +152,10 @@ def test_per_role_vlans(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
             for n, g in managed(penv).items()}
     assert tags == {"pve-monitoring": "100", "pve-backup-manager": "101", "pve-dev-tools": "102",
                     "pve-api-gateway": "103"}
+
+
+def test_a_bad_allowed_inbound_entry_is_a_config_error(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    penv.edit(lambda d: d.setdefault("security", {}).setdefault("network", {}).update(allowed_inbound=["ssh"]))
+    code, out, err = penv.run("plan", capsys=capsys)
+    assert code == 2 and "allowed_inbound: 'ssh' is not '<tcp|udp>/<port> from" in err
+    assert "Traceback" not in out + err
