@@ -76,3 +76,13 @@ def test_plan_shows_guest_drift_as_old_to_new() -> None:
 def test_lxc_backend_plans_no_firewall_and_says_so() -> None:
     fp = firewall_plan(Strategy(), cast(Backend, object()), Plan())
     assert fp.changes == [] and fp.notes == [LXC_NOTE]
+
+
+def test_a_container_without_firewall_is_left_alone() -> None:
+    s = Strategy()
+    s.containers[0].network.firewall = False
+    want = desired_firewall(s)
+    assert s.containers[0].name not in want.group_of
+    cts = [Ct(s.containers[0].name, 101, "pve1"), Ct(s.containers[1].name, 102, "pve1")]
+    targets = {c.target for c in plan_firewall(want, _seen(ipsets={MGMT_IPSET: []}), cts).changes}
+    assert "ct/102" in targets and "ct/101" not in targets

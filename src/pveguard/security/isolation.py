@@ -137,7 +137,7 @@ def enforced(strategy: Strategy) -> bool:
 class FwDesired:
     mgmt: list[str]  # network.management.cidr, normalized (empty when unset)
     groups: dict[str, list[Rule]]  # group name -> rules in order
-    group_of: dict[str, str]  # container name -> group name
+    group_of: dict[str, str]  # container name -> group name (only containers with network.firewall)
 
 
 def pve_cidr(text: str) -> str:
@@ -152,6 +152,8 @@ def desired_firewall(strategy: Strategy) -> FwDesired:
     groups: dict[str, list[Rule]] = {}
     group_of: dict[str, str] = {}
     for c in strategy.containers:
+        if not c.network.firewall:
+            continue  # the container opts out (net0 firewall=0): its firewall is left as it is
         g = group_name(c.role)
         rules = role_rules(strategy, c)
         for r in rules:
@@ -315,6 +317,8 @@ def plan_firewall(want: FwDesired, seen: FwObserved, cts: list[Ct], *, source: s
                                         _rules_text(r for r in have if r is not None) or "(none)",
                                         _rules_text(rules), op="group-rules"))
     for ct in cts:
+        if ct.name not in want.group_of:
+            continue
         target = f"ct/{ct.vmid}"
         opts = seen.guest_options.get(ct.vmid, {})
         if str(opts.get("enable", 0)) != "1":
@@ -478,6 +482,8 @@ def check(strategy: Strategy, want: FwDesired, seen: FwObserved, cts: list[Ct],
             elif mgmt_vlan is not None and tag == str(mgmt_vlan):
                 out.append(Violation(ct.name, ct.vmid, "management-vlan",
                                      f"net0 is on the management VLAN {tag}"))
+        if ct.name not in want.group_of:
+            continue  # network.firewall: false -- only its VLAN is checked
         if net.get("firewall") not in ("1", "on", "yes", "true"):
             out.append(Violation(ct.name, ct.vmid, "net-firewall-off", "net0 has firewall=0"))
         opts = seen.guest_options.get(ct.vmid, {})
@@ -486,14 +492,12 @@ def check(strategy: Strategy, want: FwDesired, seen: FwObserved, cts: list[Ct],
         policy = str(opts.get("policy_in") or "DROP")  # PVE's default for a guest's input policy
         if policy != "DROP":
             out.append(Violation(ct.name, ct.vmid, "policy", f"policy_in is {policy}, not DROP"))
-        g = want.group_of.get(ct.name)
-        if g is not None:
-            if not _has_group(seen.guest_rules.get(ct.vmid, []), g):
-                out.append(Violation(ct.name, ct.vmid, "rule-missing", f"no enabled rule for security group {g}"))
-            have = [rule_of(r) for r in seen.groups.get(g, [])]
-            missing = [r for r in want.groups.get(g, []) if r not in have]
-            for r in missing:
-                out.append(Violation(ct.name, ct.vmid, "rule-missing", f"security group {g} lacks {r.text()}"))
+        g = want.group_of[ct.name]
+        if not _has_group(seen.guest_rules.get(ct.vmid, []), g):
+            out.append(Violation(ct.name, ct.vmid, "rule-missing", f"no enabled rule for security group {g}"))
+        have = [rule_of(r) for r in seen.groups.get(g, [])]
+        for r in [r for r in want.groups.get(g, []) if r not in have]:
+            out.append(Violation(ct.name, ct.vmid, "rule-missing", f"security group {g} lacks {r.text()}"))
     container_vlans = {str(strategy.container_vlan(c)) for c in strategy.containers}
     for name, vmid, cfg in others:
         net = parse_propstring(str(cfg.get("net0", "")))
