@@ -427,16 +427,17 @@ def _apply_one(call: Call, c: FwChange, want: FwDesired) -> None:
 
 
 def _replace_rules(call: Call, base: str, rules: list[Rule]) -> None:
-    """The group's rules become exactly `rules`: the old ones go (last first, each with the digest it was
-    listed with), the new ones are created last-first because PVE inserts each new rule at position 0."""
+    """The group's rules become exactly `rules`, never fewer than either set meanwhile: the new ones are
+    created last-first (PVE puts each new rule first, so they end up on top in order), then the old ones
+    below them go, last first, each deleted with the digest it was listed with."""
+    for r in reversed(rules):
+        call("POST", base, r.params())
     while True:
         have = call("GET", base) or []
-        if not have:
+        if len(have) <= len(rules):
             break
         last = have[-1]
         call("DELETE", f"{base}/{last['pos']}", {"digest": last["digest"]})
-    for r in reversed(rules):
-        call("POST", base, r.params())
 
 
 # --- isolation check ----------------------------------------------------------------------------
