@@ -164,13 +164,13 @@ app.command("apply")(provision_cli.apply_cmd)
 app.command("status")(provision_cli.status_cmd)
 app.command("adopt")(provision_cli.adopt_cmd)
 app.command("doctor")(doctor.doctor_cmd)
+app.add_typer(isolation_cli.app, name="isolation")
 guard_cli.register(app)
 app.add_typer(backup_cli.app, name="backup")
 app.add_typer(monitor_cli.monitor_app, name="monitor")
 app.add_typer(monitor_cli.alerts_app, name="alerts")
 app.add_typer(monitor_cli.export_app, name="export")
 app.add_typer(audit_log_cli.app, name="audit-log")
-app.add_typer(isolation_cli.app, name="isolation")
 
 
 def command() -> Any:
