@@ -25,6 +25,7 @@ from pveguard.provision import cli as provision_cli
 from pveguard.recover import cli as recover_cli
 from pveguard.security import certs_cli
 from pveguard.security import cli as audit_log_cli
+from pveguard.security import isolation_cli
 
 app = typer.Typer(
     name="pveguard",
@@ -172,6 +173,7 @@ app.command("apply")(provision_cli.apply_cmd)
 app.command("status")(provision_cli.status_cmd)
 app.command("adopt")(provision_cli.adopt_cmd)
 app.command("doctor")(doctor.doctor_cmd)
+app.add_typer(isolation_cli.app, name="isolation")
 guard_cli.register(app)
 app.add_typer(backup_cli.app, name="backup")
 app.add_typer(monitor_cli.monitor_app, name="monitor")

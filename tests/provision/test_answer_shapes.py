@@ -27,7 +27,7 @@ from pvesim.testing import schema_available
 pytestmark = pytest.mark.skipif(not schema_available(), reason="PVE API schema not found (set PVESIM_SCHEMA)")
 
 SAMPLE = {"node": "pve1", "vmid": "101", "storage": "local", "upid": "UPID:pve1:x", "id": "job1"}
-SCHEMA_TYPE = {"list": "array", "object": "object", "id": "integer", "upid": "string"}
+SCHEMA_TYPE = {"list": "array", "object": "object", "id": "integer", "upid": "string", "null": "null"}
 
 
 def _concrete(template: str) -> str:

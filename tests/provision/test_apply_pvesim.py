@@ -102,8 +102,14 @@ def test_plan_reads_one_listing_plus_one_config_per_managed_guest(penv: Env,
     penv.reset_calls()
     assert penv.run("plan", capsys=capsys)[0] == 0
     # plus one privilege read per ACL path the strategy needs (/, /nodes, /vms, 2 storages, the bridge's VLAN)
+    # and the firewall: one read per cluster collection, the IP set and each role's group, two per guest
     assert penv.calls() == {"GET /cluster/resources": 1, "GET /nodes/{node}/lxc/{vmid}/config": 4,
-                            "GET /access/permissions": 6}
+                            "GET /access/permissions": 6,
+                            "GET /cluster/firewall/options": 1, "GET /cluster/firewall/rules": 1,
+                            "GET /cluster/firewall/ipset": 1, "GET /cluster/firewall/ipset/{name}": 1,
+                            "GET /cluster/firewall/groups": 1, "GET /cluster/firewall/groups/{group}": 4,
+                            "GET /nodes/{node}/lxc/{vmid}/firewall/options": 4,
+                            "GET /nodes/{node}/lxc/{vmid}/firewall/rules": 4}
 
 
 def test_status_shows_managed_containers_and_backend(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:

@@ -88,8 +88,10 @@ CASES: list[tuple[str, Callable[[Env], None], str, str, str]] = [
     ("nothing listening", lambda e: e.env.update(PVEGUARD_PVE_HOST="127.0.0.1:9"),
      "pve-connection", "connection failed (Connection refused)", "check PVEGUARD_PVE_HOST"),
     ("few privileges", lambda e: e.env.update(PVEGUARD_PVE_TOKEN=_token(e.sim)),
-     "pve-permissions", "few@pve!tk lacks privileges that plan and apply need: /sdn/zones/localnetwork/vmbr0/100: "
-                        "SDN.Use", "pveum acl modify /vms --users 'few@pve' --tokens 'few@pve!tk' --roles PVEGuard"),
+     "pve-permissions", "few@pve!tk lacks privileges that plan and apply need: /: Sys.Modify (privileged "
+                        "containers (unprivileged: false); firewall IP sets, groups, datacenter options); "
+                        "/sdn/zones/localnetwork/vmbr0/100: SDN.Use",
+     "pveum acl modify /vms --users 'few@pve' --tokens 'few@pve!tk' --roles PVEGuard"),
     ("no quorum", _offline("pve2", "pve3"), "pve-nodes", "1 of 3 nodes online (pve1), offline: pve2, pve3, NOT "
                                                         "quorate", "pvecm status"),
     ("storage content", _api("PUT", "/storage/local-lvm", {"content": "images"}),

@@ -100,7 +100,9 @@ def test_every_mutation_has_an_intent_before_and_a_result_after(penv: Env, capsy
     log = [(e.action, e.target) for e in entries(penv)]
     for g in penv.lxc():
         mine = [a for a, t in log if t == f"ct/{g['vmid']}"]
-        assert mine == ["provision.create.intent", "provision.create", "provision.start.intent", "provision.start"]
+        # then its firewall (options, then the rule for its role's group), each an intent and a result
+        assert mine == ["provision.create.intent", "provision.create", "provision.start.intent", "provision.start",
+                        *["provision.firewall.intent", "provision.firewall"] * 2]
 
 
 def start_apply(penv: Env) -> subprocess.Popen[str]:

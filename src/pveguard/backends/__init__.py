@@ -151,6 +151,9 @@ def _open_proxmox(strategy: Strategy, env: Mapping[str, str], settings: Any = No
     # instance only changes the description marker, which neither reads)
     backend.specs = [d.spec for d in desired_state(strategy, strategy.target.instance or "")]
     backend.backup_storage = strategy.backup.containers.storage
+    from pveguard.security.isolation import enforced
+
+    backend.firewall = enforced(strategy)
     return backend
 
 

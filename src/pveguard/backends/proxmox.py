@@ -79,7 +79,8 @@ _MEANINGS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 # The shape of each answer pveguard reads, from the `returns` of PVE's API schema (pve-api-8.4.json;
 # tests/provision/test_answer_shapes.py checks this table against it). "list" = array of objects,
-# "object", "id" = integer or numeric string (Perl leaks numbers as strings), "upid" = a task id.
+# "object", "id" = integer or numeric string (Perl leaks numbers as strings), "upid" = a task id,
+# "null" = a write that answers nothing.
 ANSWER_SHAPES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
     (m, re.compile(rx), shape) for m, rx, shape in (
         ("GET", r"/cluster/resources", "list"),
@@ -100,6 +101,18 @@ ANSWER_SHAPES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         ("POST", r"/nodes/[^/]+/lxc/\d+/status/\w+", "upid"),
         ("PUT", r"/nodes/[^/]+/lxc/\d+/resize", "upid"),
         ("DELETE", r"/nodes/[^/]+/lxc/\d+", "upid"),
+        # firewall and VLAN isolation (security.isolation)
+        ("GET", r"/cluster/firewall/options", "object"),
+        ("GET", r"/cluster/firewall/(?:rules|ipset|groups)", "list"),
+        ("GET", r"/cluster/firewall/(?:ipset|groups)/[^/]+", "list"),
+        ("GET", r"/nodes/[^/]+/lxc/\d+/firewall/options", "object"),
+        ("GET", r"/nodes/[^/]+/lxc/\d+/firewall/rules", "list"),
+        ("PUT", r"/cluster/firewall/options", "null"),
+        ("POST", r"/cluster/firewall/(?:ipset|groups)(?:/[^/]+)?", "null"),
+        ("DELETE", r"/cluster/firewall/(?:ipset/[^/]+/[^/]+|groups/[^/]+/[^/]+)", "null"),
+        ("PUT", r"/nodes/[^/]+/lxc/\d+/firewall/options", "null"),
+        ("POST", r"/nodes/[^/]+/lxc/\d+/firewall/rules", "null"),
+        ("PUT", r"/nodes/[^/]+/lxc/\d+/firewall/rules/[^/]+", "null"),
     ))
 
 # A UPID as PVE parses it (pve-common src/PVE/Tools.pm upid_decode): node, pid, pstart, start time,
@@ -141,9 +154,11 @@ def check_shape(method: str, path: str, data: Any) -> str | None:
     if data is _NO_DATA:
         return "returned no 'data'"
     expected = {"list": "a list of objects", "object": "an object", "id": "a number",
-                "upid": "a task id (UPID)"}.get(shape or "")
+                "upid": "a task id (UPID)", "null": "null"}.get(shape or "")
     if shape is None or expected is None:
         return None
+    if shape == "null":
+        return None if data is None else f"returned {_described(data)}, expected {expected}"
     if shape == "list":
         if not isinstance(data, list):
             return f"returned {_described(data)}, expected {expected}"
@@ -464,6 +479,7 @@ class ProxmoxBackend(Backend):
         self._local_name: str | None = None
         # what the strategy will ask for (set by backends.connect): privileges and preflights check these
         self.specs: list[GuestSpec] = []
+        self.firewall = False  # the strategy enforces firewall isolation (pveprivs.FIREWALL_CALLS needed)
         self.backup_storage: str | None = None
 
     def __repr__(self) -> str:
@@ -1007,7 +1023,7 @@ class ProxmoxBackend(Backend):
 
     def needed_privileges(self) -> list[Need]:
         """Every privilege plan/apply of `specs` need, per ACL path."""
-        return needs(self.specs, self.settings.storage, self.settings.template_storage)
+        return needs(self.specs, self.settings.storage, self.settings.template_storage, self.firewall)
 
     def missing_privileges(self) -> dict[str, list[Need]]:
         """The privileges plan/apply of `specs` need and the credentials lack, per ACL path, read with

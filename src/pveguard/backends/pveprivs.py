@@ -45,6 +45,31 @@ CALLS: tuple[tuple[str, str, str, str], ...] = (
     ("DELETE", "/nodes/{node}/lxc/{vmid}", "vms", "VM.Allocate"),
 )
 
+# --- firewall and VLAN isolation (security.isolation): only when the strategy enforces it ---------------
+# Cluster-wide firewall objects (IP sets, security groups, datacenter options) take Sys.Modify on /
+# to write (pve-firewall's rules_modify_permissions); a guest's firewall takes VM.Config.Network.
+FIREWALL_CALLS: tuple[tuple[str, str, str, str], ...] = (
+    ("GET", "/cluster/firewall/options", "root", "Sys.Audit"),
+    ("PUT", "/cluster/firewall/options", "root", "Sys.Modify"),  # datacenter enable (only when safe)
+    ("GET", "/cluster/firewall/rules", "root", "Sys.Audit"),
+    ("GET", "/cluster/firewall/ipset", "root", "Sys.Audit"),
+    ("POST", "/cluster/firewall/ipset", "root", "Sys.Modify"),
+    ("GET", "/cluster/firewall/ipset/{name}", "root", "Sys.Audit"),
+    ("POST", "/cluster/firewall/ipset/{name}", "root", "Sys.Modify"),
+    ("DELETE", "/cluster/firewall/ipset/{name}/{cidr}", "root", "Sys.Modify"),
+    ("GET", "/cluster/firewall/groups", "root", "Sys.Audit"),  # schema: user all
+    ("POST", "/cluster/firewall/groups", "root", "Sys.Modify"),
+    ("GET", "/cluster/firewall/groups/{group}", "root", "Sys.Audit"),
+    ("POST", "/cluster/firewall/groups/{group}", "root", "Sys.Modify"),
+    ("DELETE", "/cluster/firewall/groups/{group}/{pos}", "root", "Sys.Modify"),
+    ("GET", "/nodes/{node}/lxc/{vmid}/firewall/options", "vms", "VM.Audit"),
+    ("PUT", "/nodes/{node}/lxc/{vmid}/firewall/options", "vms", "VM.Config.Network"),
+    ("GET", "/nodes/{node}/lxc/{vmid}/firewall/rules", "vms", "VM.Audit"),
+    ("POST", "/nodes/{node}/lxc/{vmid}/firewall/rules", "vms", "VM.Config.Network"),
+    ("PUT", "/nodes/{node}/lxc/{vmid}/firewall/rules/{pos}", "vms", "VM.Config.Network"),
+)
+# --- end firewall ----------------------------------------------------------------------------------
+
 _WHY = {
     "VM.Audit": "see the guests and read their config",
     "VM.Allocate": "create and delete containers, set nesting",
@@ -55,7 +80,7 @@ _WHY = {
     "VM.Config.Disk": "root disk, resize",
     "VM.PowerMgmt": "start, stop, shutdown",
     "Sys.Audit": "node state and memory, cluster status",
-    "Sys.Modify": "privileged containers (unprivileged: false)",
+    "Sys.Modify": "privileged containers (unprivileged: false); firewall IP sets, groups, datacenter options",
     "Datastore.Audit": "list and use templates",
     "Datastore.AllocateTemplate": "download a missing template",
     "Datastore.AllocateSpace": "allocate root disks",
@@ -80,8 +105,10 @@ def bridge_path(bridge: str, vlan: int | None) -> str:
     return f"/sdn/zones/localnetwork/{bridge}" + (f"/{vlan}" if vlan is not None else "")
 
 
-def needs(specs: Iterable[GuestSpec], rootfs_storage: str, template_storage: str) -> list[Need]:
-    """Every privilege plan/apply of these guests needs, deduplicated, in a stable order."""
+def needs(specs: Iterable[GuestSpec], rootfs_storage: str, template_storage: str,
+          firewall: bool = False) -> list[Need]:
+    """Every privilege plan/apply of these guests needs (with `firewall`: the isolation calls too),
+    deduplicated, in a stable order."""
     specs = list(specs)
     paths: dict[str, list[str]] = {"vms": ["/vms"], "nodes": ["/nodes"], "root": ["/"]}
     paths["rootfs"] = sorted({s.storage or rootfs_storage for s in specs} or {rootfs_storage})
@@ -92,7 +119,7 @@ def needs(specs: Iterable[GuestSpec], rootfs_storage: str, template_storage: str
     paths["templates"] = [f"/storage/{s}" for s in sorted(tmpl)]
     paths["bridge"] = sorted({bridge_path(s.net.bridge, s.net.vlan) for s in specs})
     out: dict[tuple[str, str], Need] = {}
-    for _method, _path, kind, priv in CALLS:
+    for _method, _path, kind, priv in CALLS + (FIREWALL_CALLS if firewall else ()):
         for p in paths[kind]:
             out.setdefault((p, priv), Need(p, priv))
     if any(not s.unprivileged for s in specs):

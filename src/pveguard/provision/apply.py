@@ -24,6 +24,9 @@ Progress = Callable[[str], None]
 # Takes the final backup of a guest about to be deleted; returns where it went, or None when the
 # backup policy does not cover that guest.
 FinalBackup = Callable[[Guest], "str | None"]
+# Re-reads the firewall after the container changes and converges it, recording each change through
+# the given callback (step, target, name, result or None for the intent, details); returns what changed.
+FirewallStep = Callable[[Callable[..., None]], list[str]]
 
 
 class Recorder(Protocol):
@@ -45,6 +48,7 @@ class ApplyReport:
     # set when Ctrl-C stopped the run: "<action> <name>" in progress, and the actions never begun
     interrupted: str | None = None
     not_started: list[str] = field(default_factory=list)
+    firewall: list[str] = field(default_factory=list)  # firewall changes made (security.isolation)
 
     @property
     def ok(self) -> bool:
@@ -55,7 +59,7 @@ class ApplyReport:
         return {"created": self.created, "updated": self.updated, "resumed": self.resumed,
                 "deleted": self.deleted, "skipped": self.skipped, "restart_needed": self.restart_needed,
                 "failed": self.failed, "final_backups": self.final_backups, "interrupted": self.interrupted,
-                "not_started": self.not_started, "ok": self.ok}
+                "not_started": self.not_started, "firewall": self.firewall, "ok": self.ok}
 
 
 class ApplyInterrupted(KeyboardInterrupt):
@@ -115,13 +119,14 @@ class Applier:
 
     def __init__(self, backend: Backend, recorder: Recorder, journal: Journal,
                  progress: Progress | None = None, done: Progress | None = None,
-                 final_backup: FinalBackup | None = None) -> None:
+                 final_backup: FinalBackup | None = None, firewall: FirewallStep | None = None) -> None:
         self.backend = backend
         self.recorder = recorder
         self.journal = journal
         self.progress = progress or (lambda _m: None)
         self.done = done or (lambda _m: None)
         self.final_backup = final_backup
+        self.firewall = firewall
         self._open: list[tuple[str, str, str]] = []  # intents without a result yet: (step, target, name)
 
     def apply(self, plan: Plan) -> ApplyReport:
@@ -142,7 +147,28 @@ class Applier:
                 report.not_started = [f"{b.kind} {b.name}" for b in todo[i + 1:]]
                 self._close_all("interrupted")
                 raise ApplyInterrupted(report) from None
+        if self.firewall is not None and (plan.firewall.changes or report.created or report.updated):
+            # after the containers: a container created now gets its firewall in the same run
+            try:
+                self.progress("converging the firewall")
+                report.firewall = self.firewall(self._fw_record)
+                for text in report.firewall:
+                    self.done(f"firewall: {text}")
+            except PveguardError as exc:
+                report.failed["firewall"] = str(exc)
+                self._close_all("failed", error=exc.message)
+                self.done("failed: firewall")
+            except KeyboardInterrupt:
+                report.interrupted = "firewall"
+                self._close_all("interrupted")
+                raise ApplyInterrupted(report) from None
         return report
+
+    def _fw_record(self, step: str, target: str, name: str, result: str | None, **details: Any) -> None:
+        if result is None:
+            self._intent(step, target, name, **details)
+        else:
+            self._result(step, target, name, **details)
 
     # --- intent before, result after ---------------------------------------------------------------
 

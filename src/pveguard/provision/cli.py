@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
@@ -16,14 +16,16 @@ from pveguard.backends.proxmox import ProxmoxBackend
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
 from pveguard.output import Col, FitTable, console, err_console, error, print_json, warn
-from pveguard.provision.apply import Applier, ApplyInterrupted, ApplyReport
+from pveguard.provision.apply import Applier, ApplyInterrupted, ApplyReport, FirewallStep
 from pveguard.provision.desired import actual_fields, desired_fields, desired_state
 from pveguard.provision.final_backup import data_volumes, take_final_backup
+from pveguard.provision.firewall import call_of, firewall_plan
 from pveguard.provision.instance import identity
 from pveguard.provision.journal import Journal
 from pveguard.provision.observe import observe
 from pveguard.provision.plan import Plan, plan, resolve_journal
 from pveguard.provision.runlock import apply_lock
+from pveguard.security.isolation import converge, desired_firewall, enforced
 
 EXIT_CHANGES = 2
 EXIT_INTERRUPTED = 130
@@ -66,7 +68,22 @@ def compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str] 
     instance = instance_id(app)
     p = plan(desired_state(app.strategy, instance), observe(backend), instance=instance, prune=prune,
              journal=Journal(app.store).entries())
-    return p.only(only) if only is not None else p
+    p = p.only(only) if only is not None else p
+    p.firewall = firewall_plan(app.strategy, backend, p)
+    return p
+
+
+def firewall_step(app: AppContext, backend: Backend, only: set[str] | None) -> FirewallStep | None:
+    """apply's last step on PVE: read everything again and converge the firewall (None elsewhere)."""
+    call = call_of(backend)
+    if call is None or not enforced(app.strategy):
+        return None
+
+    def step(record: Callable[..., None]) -> list[str]:
+        p = compute_plan(app, backend, False, only)
+        return converge(call, p.firewall, desired_firewall(app.strategy), record)
+
+    return step
 
 
 _SYMBOL = {"create": ("+", "green"), "update": ("~", "yellow"), "resume": (">", "cyan"), "unchanged": ("=", "dim"),
@@ -95,11 +112,19 @@ def render_plan(p: Plan) -> None:
             console.print(escape(f"    finish interrupted creation: {', '.join(a.resume)}"))
         for n in a.notes:
             console.print(f"    [dim]{escape(n)}[/]", soft_wrap=True)
+    if p.firewall.changes or p.firewall.notes:
+        console.print("[yellow]~ firewall[/]" if p.firewall.changes else "[dim]= firewall[/]")
+    for fc in p.firewall.changes:
+        console.print(escape(f"    {fc.text()}" + (f" ({fc.name})" if fc.target.startswith("ct/") else "")),
+                      soft_wrap=True)
+    for n in p.firewall.notes:
+        console.print(f"    [dim]{escape(n)}[/]", soft_wrap=True)
     cnt = p.counts()
     console.print(f"Plan: {cnt['create']} to create, {cnt['update']} to update, {cnt['resume']} to finish, "
                   f"{cnt['delete']} to delete, {cnt['unchanged']} unchanged"
                   + (f", {cnt['conflict']} conflict(s)" if cnt["conflict"] else "")
-                  + (f", {cnt['foreign']} not this installation's" if cnt["foreign"] else "") + ".")
+                  + (f", {cnt['foreign']} not this installation's" if cnt["foreign"] else "")
+                  + (f", {len(p.firewall.changes)} firewall change(s)" if p.firewall.changes else "") + ".")
     if not p.has_changes:
         console.print("Nothing to do.")
 
@@ -172,7 +197,7 @@ def _confirm_deletes(p: Plan, yes: bool, i_mean_it: list[str]) -> None:
 
 def render_report(r: ApplyReport) -> None:
     parts = [f"{len(r.created)} created", f"{len(r.updated)} updated", f"{len(r.resumed)} finished",
-             f"{len(r.deleted)} deleted"]
+             f"{len(r.deleted)} deleted"] + ([f"{len(r.firewall)} firewall change(s)"] if r.firewall else [])
     console.print("Apply: " + ", ".join(parts) + (f", {len(r.failed)} failed" if r.failed else "") + ".")
     for name, keys in sorted(r.restart_needed.items()):
         console.print(escape(f"  {name}: restart needed for {', '.join(keys)} "
@@ -237,7 +262,8 @@ def apply_cmd(
                         err_console.print(escape(msg), highlight=False)
 
                     report = Applier(backend, app, Journal(app.store), progress=progress, done=done,
-                                     final_backup=final_backup).apply(p)
+                                     final_backup=final_backup,
+                                     firewall=firewall_step(app, backend, names)).apply(p)
     except ApplyInterrupted as exc:
         if json_out and p is not None:
             print_json({"plan": p.as_dict(), "result": exc.report.as_dict()})

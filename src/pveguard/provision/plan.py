@@ -23,6 +23,7 @@ from pveguard.provision.desired import (
     desired_fields,
 )
 from pveguard.provision.final_backup import data_volumes, left_out_of_backups
+from pveguard.security.isolation import FwPlan
 
 ActionKind = Literal["create", "update", "resume", "unchanged", "delete", "conflict", "foreign"]
 KINDS: tuple[ActionKind, ...] = ("create", "update", "resume", "unchanged", "delete", "conflict", "foreign")
@@ -80,13 +81,15 @@ class Plan:
     actions: list[Action] = field(default_factory=list)
     # journal rows with nothing left to finish (apply clears them)
     stale_journal: list[str] = field(default_factory=list)
+    # firewall and VLAN isolation (security.isolation): filled by the CLI, which reads the firewall
+    firewall: FwPlan = field(default_factory=FwPlan)
 
     def of(self, kind: ActionKind) -> list[Action]:
         return [a for a in self.actions if a.kind == kind]
 
     @property
     def has_changes(self) -> bool:
-        return any(a.kind in CHANGING for a in self.actions)
+        return any(a.kind in CHANGING for a in self.actions) or bool(self.firewall.changes)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = dict.fromkeys(KINDS, 0)
@@ -96,11 +99,11 @@ class Plan:
 
     def as_dict(self) -> dict[str, Any]:
         return {"changes": self.has_changes, "counts": self.counts(),
-                "actions": [a.as_dict() for a in self.actions]}
+                "actions": [a.as_dict() for a in self.actions], "firewall": self.firewall.as_dict()}
 
     def only(self, names: set[str]) -> Plan:
         """The actions for these containers only (`--only`)."""
-        return Plan([a for a in self.actions if a.name in names], self.stale_journal)
+        return Plan([a for a in self.actions if a.name in names], self.stale_journal, self.firewall)
 
 
 @dataclass(frozen=True)

@@ -271,11 +271,25 @@ def _default_containers() -> list[Container]:
 class ManagementNetwork(StrictModel):
     bridge: str = "vmbr0"
     vlan: Vlan | None = None
-    cidr: str | None = None
+    cidr: str | None = Field(None, description="the admins' network, e.g. 192.168.1.0/24 (firewall rules "
+                                               "'from management' admit it)")
+
+    @field_validator("cidr")
+    @classmethod
+    def _cidr(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            ipaddress.ip_network(v, strict=False)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a network like 192.168.1.0/24") from None
+        return v
 
 
 class Isolation(StrictModel):
-    separate_vlans: bool = True
+    separate_vlans: bool | Literal["per-role"] = Field(
+        True, description="true: containers on network.container_vlan, apart from management; "
+                          "per-role: each role its own VLAN, container_vlan + the role's index")
     firewall_rules: bool = True
     traffic_monitoring: bool = True
 
@@ -571,4 +585,11 @@ class Strategy(StrictModel):
         return c.network.bridge or self.network.bridge
 
     def container_vlan(self, c: Container) -> int | None:
-        return c.network.vlan if c.network.vlan is not None else self.network.container_vlan
+        """The container's own vlan, else (separate_vlans: per-role) container_vlan + the index of its role
+        in the order roles first appear among the containers, else container_vlan."""
+        if c.network.vlan is not None:
+            return c.network.vlan
+        if self.network.isolation.separate_vlans == "per-role":
+            roles = list(dict.fromkeys(x.role for x in self.containers))
+            return self.network.container_vlan + roles.index(c.role)
+        return self.network.container_vlan

@@ -1,11 +1,18 @@
 """Firewall (pve-firewall): cluster groups/rules/options/aliases/ipsets and the same per guest.
 
 Every collection answers with the config file's `digest`; writes check a given `digest` first.
+As pve-firewall's API2/Firewall/*.pm: a new rule goes first (create_rule unshifts, whatever `pos`
+says) and is disabled unless `enable` is given; `moveto` puts a rule before the one that was at that
+position; a new IP set entry goes first, is normalized and a duplicate or a /0 is a parameter error;
+an existing group or IP set name is a parameter error; group creation checks the digest only when
+renaming.
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +41,18 @@ def _digest(fw: dict[str, Any]) -> str:
     return hashlib.sha1(
         repr((fw.get("options"), fw.get("rules"), fw.get("aliases"), fw.get("ipsets"), fw.get("version"))).encode()
     ).hexdigest()
+
+
+def _clean_cidr(text: str) -> str:
+    """An IP set entry as pve-firewall stores it: an alias name as given; an address or network with its
+    host bits cleared (clean_cidr) and a /32 or /128 dropped (parse_ip_or_cidr)."""
+    if re.fullmatch(r"(?:dc/|guest/)?[A-Za-z][A-Za-z0-9_-]+", text):
+        return text
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise die("value does not look like a valid IP address or CIDR network") from None
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
 def _check_digest(ctx: Ctx, fw: dict[str, Any]) -> None:
@@ -100,10 +119,11 @@ def _rules_handlers(base: str, getfw: Callable[[Ctx], dict[str, Any]], guest: bo
     def create(ctx: Ctx) -> None:
         fw = getfw(ctx)
         _check_digest(ctx, fw)
-        r = {k: ctx.p[k] for k in RULE_KEYS if k in ctx.p}
+        r = {k: ctx.p[k] for k in RULE_KEYS if k in ctx.p and str(ctx.p[k]) not in ("", "-")}
         _validate_rule(ctx, r, guest)
-        pos = int(ctx.p.get("pos", 0))
-        fw["rules"].insert(min(pos, len(fw["rules"])), r)
+        if "enable" not in ctx.p:
+            r["enable"] = 0  # Rules.pm create_rule: a rule without `enable` is written disabled
+        fw["rules"].insert(0, r)
         _bump(ctx, fw)
         return None
 
@@ -123,8 +143,13 @@ def _rules_handlers(base: str, getfw: Callable[[Ctx], dict[str, Any]], guest: bo
         _check_digest(ctx, fw)
         r = fw["rules"][pos]
         if ctx.p.get("moveto") is not None:
-            fw["rules"].pop(pos)
-            fw["rules"].insert(min(int(ctx.p["moveto"]), len(fw["rules"])), r)
+            # before the rule that was at `moveto` (counted with this one still in place), else last
+            moveto = int(ctx.p["moveto"])
+            if moveto != pos:
+                rest = [x for i, x in enumerate(fw["rules"]) if i != pos]
+                at = moveto if moveto < pos else moveto - 1
+                rest.insert(min(at, len(rest)), r)
+                fw["rules"][:] = rest
         else:
             new = dict(r)
             for k in split_list(str(ctx.p.get("delete", ""))):
@@ -241,15 +266,15 @@ def _ipset_handlers(base: str, getfw: Callable[[Ctx], dict[str, Any]]) -> None:
         if ctx.p.get("rename"):
             old = str(ctx.p["rename"])
             if old not in fw["ipsets"]:
-                raise die(f"no such IPSet '{old}'")
-            if name in fw["ipsets"]:
-                raise die(f"IPSet '{name}' already exists")
+                raise param_error({"name": f"IPSet '{old}' does not exist"})
+            if name in fw["ipsets"] and name != old:
+                raise param_error({"name": f"IPSet '{name}' does already exist"})
             fw["ipsets"][name] = fw["ipsets"].pop(old)
             if "comment" in ctx.p:
                 fw["ipsets"][name]["comment"] = ctx.p["comment"]
         else:
             if name in fw["ipsets"]:
-                raise die(f"IPSet '{name}' already exists")
+                raise param_error({"name": f"IPSet '{name}' already exists"})
             fw["ipsets"][name] = {"comment": ctx.p.get("comment", ""), "entries": []}
         _bump(ctx, fw)
         return None
@@ -268,33 +293,35 @@ def _ipset_handlers(base: str, getfw: Callable[[Ctx], dict[str, Any]]) -> None:
 
     def add(ctx: Ctx) -> None:
         fw, s = _set(ctx)
-        cidr = str(ctx.p["cidr"])
+        cidr = _clean_cidr(str(ctx.p["cidr"]))
         if any(e["cidr"] == cidr for e in s["entries"]):
-            raise die(f"entry '{cidr}' already exists")
+            raise param_error({"cidr": f"address '{cidr}' already exists"})
+        if re.search(r"/0+$", cidr):
+            raise param_error({"cidr": "a zero prefix is not allowed in ipset entries"})
         e: dict[str, Any] = {"cidr": cidr}
         if ctx.p.get("nomatch"):
             e["nomatch"] = 1
         if ctx.p.get("comment"):
             e["comment"] = ctx.p["comment"]
-        s["entries"].append(e)
+        s["entries"].insert(0, e)  # IPSet.pm create_ip unshifts
         _bump(ctx, fw)
         return None
 
     def delete_set(ctx: Ctx) -> None:
         fw, s = _set(ctx)
         if s["entries"] and not ctx.p.get("force"):
-            raise die("IPSet is not empty")
+            raise die(f"IPSet '{ctx.p['name']}' is not empty")
         del fw["ipsets"][str(ctx.p["name"])]
         _bump(ctx, fw)
         return None
 
     def _entry(ctx: Ctx) -> tuple[dict[str, Any], dict[str, Any], int]:
         fw, s = _set(ctx)
-        cidr = str(ctx.p["cidr"])
+        cidr = _clean_cidr(str(ctx.p["cidr"]))
         for i, e in enumerate(s["entries"]):
             if e["cidr"] == cidr:
                 return fw, s, i
-        raise die("no such IP/Network")
+        raise param_error({"cidr": "no such IP/Network"})
 
     def get_entry(ctx: Ctx) -> dict[str, Any]:
         _fw, s, i = _entry(ctx)
@@ -363,19 +390,24 @@ def _groups_digest(ctx: Ctx) -> str:
 
 @api("POST", "/cluster/firewall/groups")
 def group_create(ctx: Ctx) -> None:
-    if ctx.p.get("digest") and ctx.p["digest"] != _groups_digest(ctx):
-        raise die("detected modified configuration - file changed by other user? Try again.")
     name = str(ctx.p["group"])
     if ctx.p.get("rename"):
+        # Groups.pm: the digest is checked only when renaming
+        if ctx.p.get("digest") and ctx.p["digest"] != _groups_digest(ctx):
+            raise die("detected modified configuration - file changed by other user? Try again.")
         old = str(ctx.p["rename"])
         if old not in ctx.sim.fw_groups:
-            raise die(f"Security group '{old}' does not exist")
-        if name in ctx.sim.fw_groups:
-            raise die(f"Security group '{name}' already exists")
+            raise param_error({"group": f"Security group '{old}' does not exist"})
+        if name in ctx.sim.fw_groups and name != old:
+            raise param_error({"group": f"Security group '{name}' does already exist"})
         ctx.sim.fw_groups[name] = ctx.sim.fw_groups.pop(old)
+        for fw in [ctx.sim.fw_cluster, *ctx.sim.fw_guest.values()]:
+            for r in fw["rules"]:  # rules referencing the group follow the rename
+                if r.get("type") == "group" and r.get("action") == old:
+                    r["action"] = name
     else:
         if name in ctx.sim.fw_groups:
-            raise die(f"Security group '{name}' already exists")
+            raise param_error({"group": f"Security group '{name}' already exists"})
         ctx.sim.fw_groups[name] = _new_firewall()
     if "comment" in ctx.p:
         ctx.sim.fw_groups[name]["comment"] = ctx.p["comment"]
@@ -388,15 +420,8 @@ def group_delete(ctx: Ctx) -> None:
     g = _group_fw(ctx)
     name = str(ctx.p["group"])
     if g["rules"]:
-        raise die("security group is not empty")
-    used = [
-        r
-        for fw in [ctx.sim.fw_cluster, *ctx.sim.fw_guest.values()]
-        for r in fw["rules"]
-        if r.get("type") == "group" and r.get("action") == name
-    ]
-    if used:
-        raise die(f"security group '{name}' is used by rules")
+        raise die(f"Security group '{name}' is not empty")
+    # pve-firewall does not check whether rules still reference the group (they then match nothing)
     del ctx.sim.fw_groups[name]
     ctx.sim.changed()
     return None

@@ -1,0 +1,57 @@
+"""The firewall part of plan/apply: which containers it covers, per backend (see security.isolation).
+
+On PVE the plan reads the firewall back for this installation's existing containers; apply re-reads it
+after the containers are created and converges (so a container created in the same run gets its
+firewall too). The lxc backend has no firewall desired state yet (the nftables part is later work):
+the plan says so and nothing is changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pveguard.backends.base import Backend
+from pveguard.backends.proxmox import ProxmoxBackend
+from pveguard.provision.plan import Plan
+from pveguard.security.isolation import (
+    Ct,
+    FwPlan,
+    desired_firewall,
+    enforced,
+    observe_firewall,
+    plan_firewall,
+    talking_from,
+)
+from pveguard.strategy.models import Strategy
+
+LXC_NOTE = ("firewall and VLAN isolation are not enforced on the lxc backend yet (its nftables rules are "
+            "later work); nothing firewall-related is changed")
+OFF_NOTE = ("firewall desired state is off (network.isolation.firewall_rules or security.network.firewall_rules "
+            "is false); the firewall is left as it is")
+
+
+def managed_cts(p: Plan) -> list[Ct]:
+    """This installation's existing containers the strategy wants (a create gets its firewall at apply)."""
+    return [Ct(a.name, a.vmid, a.node) for a in p.actions
+            if a.kind in ("update", "unchanged", "resume") and a.desired is not None and a.guest is not None
+            and a.vmid is not None and a.node is not None]
+
+
+def firewall_plan(strategy: Strategy, backend: Backend, p: Plan) -> FwPlan:
+    """The firewall changes (PVE) or why there are none (lxc, switched off)."""
+    if not isinstance(backend, ProxmoxBackend):
+        return FwPlan(notes=[LXC_NOTE])
+    if not enforced(strategy):
+        return FwPlan(notes=[OFF_NOTE])
+    want = desired_firewall(strategy)
+    seen = observe_firewall(backend.call, managed_cts(p), want.groups)
+    s = backend.settings
+    fp = plan_firewall(want, seen, managed_cts(p), source=talking_from(s.host), local=s.mode == "local")
+    pending = [a.name for a in p.actions if a.kind == "create"]
+    if pending:
+        fp.notes.append(f"created containers get their firewall in the same apply: {', '.join(pending)}")
+    return fp
+
+
+def call_of(backend: Backend) -> Any:
+    return backend.call if isinstance(backend, ProxmoxBackend) else None

@@ -1,0 +1,508 @@
+"""Firewall and VLAN isolation on PVE: desired state, read back, plan, converge, check.
+
+What pveguard keeps (docs/isolation.md has the how-to and the port table):
+
+* a cluster IP set `pveguard-mgmt` holding `network.management.cidr` (empty while it is unset, so a
+  rule "from management" admits nobody rather than everybody);
+* one security group per role, `pvg-<role>` (PVE allows 18 characters: `[A-Za-z][A-Za-z0-9_-]+`),
+  holding the rules from `security.network.allowed_inbound` followed by the role's own ports, derived
+  from the container's components (COMPONENT_PORTS), all from the management IP set;
+* per managed container: guest firewall options `enable: 1`, `policy_in: DROP`, and one enabled rule
+  referencing its role's group. Rules an admin added to a guest are left alone.
+
+PVE compiles no rule at all while the datacenter firewall is off (pve-firewall's Firewall.pm returns an
+empty ruleset unless the cluster options have `enable`), so guest firewalls only take effect once it is
+on. pveguard turns it on only when that cannot lock the admin out (`datacenter_decision`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import re
+import socket
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from pveguard.errors import ConfigError
+from pveguard.strategy.models import Container, Strategy
+
+MGMT_IPSET = "pveguard-mgmt"
+# PVE's own IP set: with the datacenter firewall on, each node admits its API (8006), SSH (22), the
+# consoles and migration from it (Firewall.pm, "allow standard traffic for management ipset").
+PVE_MGMT_IPSET = "management"
+GROUP_PREFIX = "pvg-"
+GROUP_MAX = 18  # pve-firewall: $max_group_name_length
+COMMENT = "pveguard"
+READ_WORKERS = 8  # per-guest firewall reads in flight at once
+
+# Component (as named in a strategy container's `components`) -> the ports it listens on.
+COMPONENT_PORTS: dict[str, tuple[tuple[str, str], ...]] = {
+    "grafana": (("tcp", "3000"),),
+    "prometheus": (("tcp", "9090"),),
+    "alertmanager": (("tcp", "9093"),),
+    "node-exporter": (("tcp", "9100"),),
+    "loki": (("tcp", "3100"),),
+    "influxdb": (("tcp", "8086"),),
+    "jenkins": (("tcp", "8080"),),
+    "nginx": (("tcp", "80"), ("tcp", "443")),
+    "caddy": (("tcp", "80"), ("tcp", "443")),
+    "traefik": (("tcp", "80"), ("tcp", "443")),
+    "haproxy": (("tcp", "80"), ("tcp", "443")),
+}
+
+_INBOUND_RE = re.compile(r"^\s*(tcp|udp)/([0-9][0-9,:-]*)\s+from\s+(\S+)\s*$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One inbound ACCEPT rule as pveguard writes it (and compares it: comments do not count)."""
+
+    proto: str
+    dport: str
+    source: str  # "" = any, "+pveguard-mgmt", or a CIDR
+    why: str = dataclasses.field(default="", compare=False)
+
+    def params(self) -> dict[str, Any]:
+        p: dict[str, Any] = {"type": "in", "action": "ACCEPT", "proto": self.proto, "dport": self.dport,
+                             "enable": 1, "comment": f"{COMMENT}: {self.why}" if self.why else COMMENT}
+        if self.source:
+            p["source"] = self.source
+        return p
+
+    def text(self) -> str:
+        return f"{self.proto}/{self.dport} from {self.source or 'any'}"
+
+
+def rule_of(pve: dict[str, Any]) -> Rule | None:
+    """A rule as PVE lists it, as a Rule when it is an enabled inbound ACCEPT with a port (else None)."""
+    if pve.get("type") != "in" or pve.get("action") != "ACCEPT" or str(pve.get("enable", 0)) != "1":
+        return None
+    return Rule(str(pve.get("proto", "")), str(pve.get("dport", "")), str(pve.get("source", "")))
+
+
+def parse_inbound(text: str) -> Rule:
+    """`tcp/22 from management`, `tcp/443 from any`, `udp/53 from 10.0.0.0/8` -> Rule; ConfigError else."""
+    m = _INBOUND_RE.match(text)
+    if not m:
+        raise ConfigError(f"security.network.allowed_inbound: {text!r} is not '<tcp|udp>/<port> from "
+                          f"<management|any|CIDR>'", hint="e.g. 'tcp/22 from management' or 'tcp/443 from any'")
+    proto, port, src = m.group(1).lower(), m.group(2).replace("-", ":"), m.group(3)
+    if src.lower() == "management":
+        source = f"+{MGMT_IPSET}"
+    elif src.lower() == "any":
+        source = ""
+    else:
+        try:
+            source = str(ipaddress.ip_network(src, strict=False))
+        except ValueError:
+            raise ConfigError(f"security.network.allowed_inbound: {src!r} in {text!r} is not 'management', "
+                              f"'any' or a network like 10.0.0.0/8") from None
+    return Rule(proto, port, source, why=text.strip())
+
+
+def group_name(role: str) -> str:
+    """`pvg-<role>`; a role too long for PVE's 18 characters is cut and given a short hash (still unique)."""
+    clean = re.sub(r"[^A-Za-z0-9_-]", "-", role)
+    name = GROUP_PREFIX + clean
+    if len(name) <= GROUP_MAX:
+        return name
+    return f"{name[:GROUP_MAX - 5]}-{hashlib.sha1(role.encode()).hexdigest()[:4]}"
+
+
+def role_rules(strategy: Strategy, c: Container) -> list[Rule]:
+    """allowed_inbound, then the ports of the container's components, from the management IP set."""
+    out = [parse_inbound(t) for t in strategy.security.network.allowed_inbound]
+    for comp in c.components:
+        for proto, port in COMPONENT_PORTS.get(comp.strip().lower(), ()):
+            r = Rule(proto, port, f"+{MGMT_IPSET}", why=f"{comp} from management")
+            if r not in out:
+                out.append(r)
+    return out
+
+
+def enforced(strategy: Strategy) -> bool:
+    """Firewall desired state is wanted (both switches on; either off turns it off)."""
+    return strategy.network.isolation.firewall_rules and strategy.security.network.firewall_rules
+
+
+# --- desired ------------------------------------------------------------------------------------
+
+
+@dataclass
+class FwDesired:
+    mgmt: list[str]  # network.management.cidr, normalized (empty when unset)
+    groups: dict[str, list[Rule]]  # group name -> rules in order
+    group_of: dict[str, str]  # container name -> group name (only containers with network.firewall)
+
+
+def pve_cidr(text: str) -> str:
+    """A network as pve-firewall stores an IP set entry: host bits cleared, a /32 or /128 as a plain address."""
+    net = ipaddress.ip_network(text, strict=False)
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+def desired_firewall(strategy: Strategy) -> FwDesired:
+    cidr = strategy.network.management.cidr
+    mgmt = [pve_cidr(cidr)] if cidr else []
+    groups: dict[str, list[Rule]] = {}
+    group_of: dict[str, str] = {}
+    for c in strategy.containers:
+        if not c.network.firewall:
+            continue  # the container opts out (net0 firewall=0): its firewall is left as it is
+        g = group_name(c.role)
+        rules = role_rules(strategy, c)
+        for r in rules:
+            if r not in groups.setdefault(g, []):
+                groups[g].append(r)
+        group_of[c.name] = g
+    return FwDesired(mgmt, groups, group_of)
+
+
+# --- observed -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ct:
+    """A managed container as the firewall sees it."""
+
+    name: str
+    vmid: int
+    node: str
+
+
+@dataclass
+class FwObserved:
+    cluster_options: dict[str, Any]
+    cluster_rules: list[dict[str, Any]]
+    ipsets: dict[str, list[str]]  # cluster IP sets: name -> cidrs
+    groups: dict[str, list[dict[str, Any]]]  # security group -> its rules as PVE lists them
+    guest_options: dict[int, dict[str, Any]]
+    guest_rules: dict[int, list[dict[str, Any]]]
+
+
+Call = Callable[..., Any]
+
+
+def observe_firewall(call: Call, cts: Iterable[Ct], group_names: Iterable[str]) -> FwObserved:
+    """One read per cluster collection and wanted group, two per guest (bounded concurrency)."""
+    options = call("GET", "/cluster/firewall/options") or {}
+    rules = call("GET", "/cluster/firewall/rules") or []
+    ipsets: dict[str, list[str]] = {}
+    for s in call("GET", "/cluster/firewall/ipset") or []:
+        if s["name"] in (MGMT_IPSET, PVE_MGMT_IPSET):
+            ipsets[s["name"]] = [str(e["cidr"]) for e in call("GET", f"/cluster/firewall/ipset/{s['name']}") or []]
+        else:
+            ipsets[s["name"]] = []
+    existing = {g["group"] for g in call("GET", "/cluster/firewall/groups") or []}
+    groups = {g: list(call("GET", f"/cluster/firewall/groups/{g}") or []) for g in group_names if g in existing}
+
+    def read(ct: Ct) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
+        base = f"/nodes/{ct.node}/lxc/{ct.vmid}/firewall"
+        return ct.vmid, dict(call("GET", base + "/options") or {}), list(call("GET", base + "/rules") or [])
+
+    cts = list(cts)
+    if len(cts) <= 1:
+        results = [read(c) for c in cts]
+    else:
+        with ThreadPoolExecutor(max_workers=READ_WORKERS) as pool:
+            results = list(pool.map(read, cts))
+    return FwObserved(dict(options), list(rules), ipsets, groups, {v: o for v, o, _ in results},
+                      {v: r for v, _, r in results})
+
+
+def talking_from(host: str | None) -> str | None:
+    """The source address this machine uses to reach `host[:port]` (no packet is sent); None for pvesh."""
+    if not host:
+        return None
+    h, _, port = host.rpartition(":") if host.count(":") == 1 else (host, "", "")
+    h = h.strip("[]") or host
+    try:
+        info = socket.getaddrinfo(h, int(port or 8006), type=socket.SOCK_DGRAM)[0]
+        with socket.socket(info[0], socket.SOCK_DGRAM) as s:
+            s.connect(info[4])
+            return str(s.getsockname()[0])
+    except (OSError, ValueError):
+        return None
+
+
+# --- plan ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class FwChange:
+    """One firewall change: `target field: old -> new` (target: ipset/…, group/…, ct/<vmid>, datacenter)."""
+
+    target: str
+    name: str
+    field: str
+    old: str
+    new: str
+    # what apply does (see _apply_one) and with what; rules are re-read right before writing
+    op: str = ""
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def text(self) -> str:
+        return f"{self.target} {self.field}: {self.old or '(unset)'} -> {self.new or '(unset)'}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"target": self.target, "name": self.name, "field": self.field, "old": self.old, "new": self.new}
+
+
+@dataclass
+class FwPlan:
+    changes: list[FwChange] = dataclasses.field(default_factory=list)
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"changes": [c.as_dict() for c in self.changes], "notes": list(self.notes)}
+
+
+def _rules_text(rules: Iterable[Rule]) -> str:
+    return "; ".join(r.text() for r in rules)
+
+
+def datacenter_decision(options: dict[str, Any], cluster_rules: list[dict[str, Any]], mgmt: list[str],
+                        source: str | None, local: bool) -> str | None:
+    """None when pveguard may turn the datacenter firewall on, else why it will not."""
+    if not mgmt:
+        return ("network.management.cidr is not set, so pveguard cannot tell which addresses must keep "
+                "reaching the nodes' API (8006) and SSH (22)")
+    if not local:
+        if source is None:
+            return "pveguard cannot tell which address it talks to PVE from"
+        try:
+            addr = ipaddress.ip_address(source)
+        except ValueError:
+            return f"pveguard talks to PVE from {source}, which is not an IP address"
+        if not any(addr in ipaddress.ip_network(n) for n in mgmt):
+            return (f"pveguard talks to PVE from {source}, outside network.management.cidr ({', '.join(mgmt)}); "
+                    f"turning the firewall on would cut this connection")
+    for r in cluster_rules:
+        ports = str(r.get("dport", ""))
+        if str(r.get("enable", 0)) == "1" and r.get("type") == "in" and r.get("action") in ("DROP", "REJECT") \
+                and any(p in re.split(r"[,:]", ports) for p in ("22", "8006")):
+            return f"a datacenter rule {r.get('action')}s port {ports}, which would close the nodes' API or SSH"
+    return None
+
+
+def plan_firewall(want: FwDesired, seen: FwObserved, cts: list[Ct], *, source: str | None = None,
+                  local: bool = False) -> FwPlan:
+    """What converging the firewall would change. Containers not created yet get theirs after creation."""
+    out = FwPlan()
+    have_mgmt = seen.ipsets.get(MGMT_IPSET)
+    if have_mgmt is None:
+        out.changes.append(FwChange(f"ipset/{MGMT_IPSET}", MGMT_IPSET, "entries", "(no such IP set)",
+                                    ", ".join(want.mgmt) or "(empty)", op="ipset-create"))
+    elif sorted(have_mgmt) != sorted(want.mgmt):
+        out.changes.append(FwChange(f"ipset/{MGMT_IPSET}", MGMT_IPSET, "entries", ", ".join(sorted(have_mgmt)),
+                                    ", ".join(want.mgmt), op="ipset-entries",
+                                    data={"add": [c for c in want.mgmt if c not in have_mgmt],
+                                          "remove": [c for c in have_mgmt if c not in want.mgmt]}))
+    if not want.mgmt:
+        out.notes.append("network.management.cidr is not set: the IP set pveguard-mgmt stays empty and rules "
+                         "'from management' admit nobody until it is set")
+    for g, rules in want.groups.items():
+        if g not in seen.groups:
+            out.changes.append(FwChange(f"group/{g}", g, "rules", "(no such group)", _rules_text(rules),
+                                        op="group-rules", data={"create": True}))
+            continue
+        have = [rule_of(r) for r in seen.groups[g]]
+        if have != rules:
+            out.changes.append(FwChange(f"group/{g}", g, "rules",
+                                        _rules_text(r for r in have if r is not None) or "(none)",
+                                        _rules_text(rules), op="group-rules"))
+    for ct in cts:
+        if ct.name not in want.group_of:
+            continue
+        target = f"ct/{ct.vmid}"
+        opts = seen.guest_options.get(ct.vmid, {})
+        if str(opts.get("enable", 0)) != "1":
+            out.changes.append(FwChange(target, ct.name, "firewall", "off", "on", op="options",
+                                        data={"node": ct.node, "vmid": ct.vmid}))
+        if opts.get("policy_in") != "DROP":
+            out.changes.append(FwChange(target, ct.name, "policy_in", str(opts.get("policy_in", "")), "DROP",
+                                        op="options", data={"node": ct.node, "vmid": ct.vmid}))
+        group = want.group_of.get(ct.name)
+        on_guest = seen.guest_rules.get(ct.vmid, [])
+        if group is not None and not _has_group(on_guest, group):
+            out.changes.append(FwChange(target, ct.name, "rules", _guest_rules_text(on_guest), f"group {group}",
+                                        op="guest-group", data={"node": ct.node, "vmid": ct.vmid, "group": group}))
+    if str(seen.cluster_options.get("enable", 0)) != "1":
+        why = datacenter_decision(seen.cluster_options, seen.cluster_rules, want.mgmt, source, local)
+        if why is None:
+            missing = [c for c in want.mgmt if c not in seen.ipsets.get(PVE_MGMT_IPSET, [])]
+            if missing:
+                out.changes.append(FwChange(f"ipset/{PVE_MGMT_IPSET}", PVE_MGMT_IPSET, "entries",
+                                            ", ".join(seen.ipsets.get(PVE_MGMT_IPSET, [])) or "(none)",
+                                            ", ".join([*seen.ipsets.get(PVE_MGMT_IPSET, []), *missing]),
+                                            op="pve-mgmt", data={"add": missing,
+                                                                 "exists": PVE_MGMT_IPSET in seen.ipsets}))
+            out.changes.append(FwChange("datacenter", "datacenter", "firewall", "off", "on", op="datacenter"))
+        else:
+            out.notes.append("the datacenter firewall is off, so no guest firewall rule takes effect; pveguard "
+                             f"will not turn it on: {why}. Turn it on at Datacenter > Firewall > Options once "
+                             f"the nodes' API and SSH stay reachable")
+    return out
+
+
+def _has_group(rules: list[dict[str, Any]], group: str) -> bool:
+    return any(r.get("type") == "group" and r.get("action") == group and str(r.get("enable", 0)) == "1"
+               for r in rules)
+
+
+def _guest_rules_text(rules: list[dict[str, Any]]) -> str:
+    parts = [f"{'group ' if r.get('type') == 'group' else ''}{r.get('action')}"
+             f"{'' if str(r.get('enable', 0)) == '1' else ' (disabled)'}" for r in rules]
+    return "; ".join(parts) or "(none)"
+
+
+# --- apply --------------------------------------------------------------------------------------
+
+
+Record = Callable[..., None]
+
+
+def converge(call: Call, plan: FwPlan, want: FwDesired, record: Record) -> list[str]:
+    """Carry out the firewall changes in order (IP sets, groups, guests, datacenter last), each with its
+    intent before and result after (`record(step, target, name, result|None, **details)`). Returns texts."""
+    done: list[str] = []
+    handled: set[tuple[str, str]] = set()
+    for c in plan.changes:
+        key = (c.target, c.op)
+        if key in handled:
+            continue  # one options write carries both enable and policy_in
+        handled.add(key)
+        same = [x for x in plan.changes if (x.target, x.op) == key]
+        details = {"before": {x.field: x.old for x in same}, "after": {x.field: x.new for x in same}}
+        record("firewall", c.target, c.name, None, **details)
+        _apply_one(call, c, want)
+        record("firewall", c.target, c.name, "ok", **details)
+        done.extend(x.text() for x in same)
+    return done
+
+
+def _apply_one(call: Call, c: FwChange, want: FwDesired) -> None:
+    if c.op == "ipset-create":
+        call("POST", "/cluster/firewall/ipset", {"name": MGMT_IPSET, "comment": "pveguard: network.management"})
+        for cidr in want.mgmt:
+            call("POST", f"/cluster/firewall/ipset/{MGMT_IPSET}", {"cidr": cidr})
+    elif c.op == "ipset-entries":
+        for cidr in c.data["add"]:
+            call("POST", f"/cluster/firewall/ipset/{MGMT_IPSET}", {"cidr": cidr})
+        for cidr in c.data["remove"]:
+            # a CIDR's '/' would split the path: PVE takes the entry as one %2F-escaped segment
+            call("DELETE", f"/cluster/firewall/ipset/{MGMT_IPSET}/{quote(cidr, safe='')}")
+    elif c.op == "group-rules":
+        if c.data.get("create"):
+            call("POST", "/cluster/firewall/groups", {"group": c.name, "comment": "pveguard role rules"})
+        _replace_rules(call, f"/cluster/firewall/groups/{c.name}", want.groups[c.name])
+    elif c.op == "options":
+        base = f"/nodes/{c.data['node']}/lxc/{c.data['vmid']}/firewall/options"
+        digest = (call("GET", base) or {}).get("digest")
+        call("PUT", base, {"enable": 1, "policy_in": "DROP", **({"digest": digest} if digest else {})})
+    elif c.op == "guest-group":
+        base = f"/nodes/{c.data['node']}/lxc/{c.data['vmid']}/firewall/rules"
+        rules = call("GET", base) or []
+        for r in rules:
+            if r.get("type") == "group" and r.get("action") == c.data["group"]:
+                # there but disabled: enable it where it is
+                call("PUT", f"{base}/{r['pos']}", {"enable": 1, "digest": r["digest"]})
+                return
+        # PVE puts a new rule first (create_rule unshifts), ahead of the admin's own
+        call("POST", base, {"type": "group", "action": c.data["group"], "enable": 1, "comment": COMMENT})
+    elif c.op == "pve-mgmt":
+        if not c.data["exists"]:
+            call("POST", "/cluster/firewall/ipset", {"name": PVE_MGMT_IPSET})
+        for cidr in c.data["add"]:
+            call("POST", f"/cluster/firewall/ipset/{PVE_MGMT_IPSET}",
+                 {"cidr": cidr, "comment": "pveguard: network.management"})
+    elif c.op == "datacenter":
+        digest = (call("GET", "/cluster/firewall/options") or {}).get("digest")
+        call("PUT", "/cluster/firewall/options", {"enable": 1, **({"digest": digest} if digest else {})})
+
+
+def _replace_rules(call: Call, base: str, rules: list[Rule]) -> None:
+    """The group's rules become exactly `rules`, never fewer than either set meanwhile: the new ones are
+    created last-first (PVE puts each new rule first, so they end up on top in order), then the old ones
+    below them go, last first, each deleted with the digest it was listed with."""
+    for r in reversed(rules):
+        call("POST", base, r.params())
+    while True:
+        have = call("GET", base) or []
+        if len(have) <= len(rules):
+            break
+        last = have[-1]
+        call("DELETE", f"{base}/{last['pos']}", {"digest": last["digest"]})
+
+
+# --- isolation check ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Violation:
+    name: str
+    vmid: int | None
+    kind: str
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "vmid": self.vmid, "kind": self.kind, "detail": self.detail}
+
+
+def check(strategy: Strategy, want: FwDesired, seen: FwObserved, cts: list[Ct],
+          configs: dict[int, dict[str, Any]], others: list[tuple[str, int, dict[str, Any]]]) -> list[Violation]:
+    """Every way the managed containers are not isolated as the strategy says.
+
+    `configs`: managed vmid -> its PVE config; `others`: (name, vmid, config) of every other container.
+    """
+    from pveguard.provision.desired import parse_propstring
+
+    out: list[Violation] = []
+    if str(seen.cluster_options.get("enable", 0)) != "1":
+        out.append(Violation("datacenter", None, "datacenter-firewall-off",
+                             "the datacenter firewall is off: no guest firewall rule takes effect"))
+    mgmt_bridge, mgmt_vlan = strategy.network.management.bridge, strategy.network.management.vlan
+    by_name = {c.name: c for c in strategy.containers}
+    for ct in cts:
+        c = by_name.get(ct.name)
+        net = parse_propstring(str(configs.get(ct.vmid, {}).get("net0", "")))
+        tag = net.get("tag")
+        if c is not None:
+            want_tag = strategy.container_vlan(c)
+            if tag is None:
+                what = " on the management bridge" if net.get("bridge") == mgmt_bridge else ""
+                out.append(Violation(ct.name, ct.vmid, "untagged", f"net0 has no VLAN tag{what} "
+                                                                   f"(wants {want_tag})"))
+            elif want_tag is not None and tag != str(want_tag):
+                out.append(Violation(ct.name, ct.vmid, "wrong-vlan", f"net0 is on VLAN {tag}, wants {want_tag}"))
+            elif mgmt_vlan is not None and tag == str(mgmt_vlan):
+                out.append(Violation(ct.name, ct.vmid, "management-vlan",
+                                     f"net0 is on the management VLAN {tag}"))
+        if ct.name not in want.group_of:
+            continue  # network.firewall: false -- only its VLAN is checked
+        if net.get("firewall") not in ("1", "on", "yes", "true"):
+            out.append(Violation(ct.name, ct.vmid, "net-firewall-off", "net0 has firewall=0"))
+        opts = seen.guest_options.get(ct.vmid, {})
+        if str(opts.get("enable", 0)) != "1":
+            out.append(Violation(ct.name, ct.vmid, "firewall-off", "the guest firewall is off"))
+        policy = str(opts.get("policy_in") or "DROP")  # PVE's default for a guest's input policy
+        if policy != "DROP":
+            out.append(Violation(ct.name, ct.vmid, "policy", f"policy_in is {policy}, not DROP"))
+        g = want.group_of[ct.name]
+        if not _has_group(seen.guest_rules.get(ct.vmid, []), g):
+            out.append(Violation(ct.name, ct.vmid, "rule-missing", f"no enabled rule for security group {g}"))
+        have = [rule_of(r) for r in seen.groups.get(g, [])]
+        for r in [r for r in want.groups.get(g, []) if r not in have]:
+            out.append(Violation(ct.name, ct.vmid, "rule-missing", f"security group {g} lacks {r.text()}"))
+    container_vlans = {str(strategy.container_vlan(c)) for c in strategy.containers}
+    for name, vmid, cfg in others:
+        net = parse_propstring(str(cfg.get("net0", "")))
+        if net.get("tag") in container_vlans:
+            out.append(Violation(name, vmid, "unmanaged-on-vlan",
+                                 f"not managed by this installation but on the container VLAN {net['tag']}"))
+    return out

@@ -1,0 +1,88 @@
+"""security.isolation without a cluster: names, rule parsing, the datacenter decision, the lxc note."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, cast
+
+import pytest
+
+from pveguard.backends.base import Backend
+from pveguard.errors import ConfigError
+from pveguard.provision.firewall import LXC_NOTE, firewall_plan
+from pveguard.provision.plan import Plan
+from pveguard.security.isolation import (
+    MGMT_IPSET,
+    Ct,
+    FwObserved,
+    Rule,
+    datacenter_decision,
+    desired_firewall,
+    group_name,
+    parse_inbound,
+    plan_firewall,
+)
+from pveguard.strategy.models import Strategy
+
+PVE_GROUP = re.compile(r"[A-Za-z][A-Za-z0-9\-_]+")  # pve-firewall's $security_group_name_pattern
+
+
+@pytest.mark.parametrize("role", ["monitoring", "backup", "a", "x" * 40, "with space", "rôle"])
+def test_group_names_fit_pve(role: str) -> None:
+    name = group_name(role)
+    assert PVE_GROUP.fullmatch(name) and 2 <= len(name) <= 18, name
+    assert group_name("x" * 40) != group_name("x" * 41)
+
+
+def test_allowed_inbound_parses_and_bad_entries_say_how() -> None:
+    assert parse_inbound("tcp/22 from management") == Rule("tcp", "22", f"+{MGMT_IPSET}")
+    assert parse_inbound("TCP/443 from any") == Rule("tcp", "443", "")
+    assert parse_inbound("udp/5000-5010 from 10.0.0.5/8") == Rule("udp", "5000:5010", "10.0.0.0/8")
+    for bad in ("ssh from management", "tcp/22", "tcp/22 from the moon"):
+        with pytest.raises(ConfigError) as e:
+            parse_inbound(bad)
+        assert "allowed_inbound" in e.value.message
+
+
+def test_datacenter_is_turned_on_only_when_safe() -> None:
+    assert "network.management.cidr is not set" in str(datacenter_decision({}, [], [], "10.0.0.2", False))
+    assert "outside network.management.cidr" in str(datacenter_decision({}, [], ["192.168.1.0/24"], "10.0.0.2",
+                                                                       False))
+    assert datacenter_decision({}, [], ["10.0.0.0/8"], "10.0.0.2", False) is None
+    assert datacenter_decision({}, [], ["10.0.0.0/8"], None, True) is None  # pvesh on the node
+    ssh_drop = [{"type": "in", "action": "DROP", "dport": "22", "enable": 1}]
+    assert "port 22" in str(datacenter_decision({}, ssh_drop, ["10.0.0.0/8"], "10.0.0.2", False))
+
+
+def _seen(**kw: Any) -> FwObserved:
+    base: dict[str, Any] = {"cluster_options": {}, "cluster_rules": [], "ipsets": {}, "groups": {},
+                            "guest_options": {}, "guest_rules": {}}
+    return FwObserved(**{**base, **kw})
+
+
+def test_plan_shows_guest_drift_as_old_to_new() -> None:
+    s = Strategy()
+    want = desired_firewall(s)
+    groups = {g: [{**r.params(), "pos": i} for i, r in enumerate(rules)] for g, rules in want.groups.items()}
+    ct = Ct("pve-monitoring", 101, "pve1")
+    seen = _seen(ipsets={MGMT_IPSET: []}, groups=groups,
+                 guest_options={101: {"enable": 0, "policy_in": "ACCEPT"}},
+                 guest_rules={101: [{"type": "group", "action": "pvg-monitoring", "enable": 0, "pos": 0}]})
+    texts = [c.text() for c in plan_firewall(want, seen, [ct]).changes]
+    assert texts == ["ct/101 firewall: off -> on", "ct/101 policy_in: ACCEPT -> DROP",
+                     "ct/101 rules: group pvg-monitoring (disabled) -> group pvg-monitoring"]
+
+
+def test_lxc_backend_plans_no_firewall_and_says_so() -> None:
+    fp = firewall_plan(Strategy(), cast(Backend, object()), Plan())
+    assert fp.changes == [] and fp.notes == [LXC_NOTE]
+
+
+def test_a_container_without_firewall_is_left_alone() -> None:
+    s = Strategy()
+    s.containers[0].network.firewall = False
+    want = desired_firewall(s)
+    assert s.containers[0].name not in want.group_of
+    cts = [Ct(s.containers[0].name, 101, "pve1"), Ct(s.containers[1].name, 102, "pve1")]
+    targets = {c.target for c in plan_firewall(want, _seen(ipsets={MGMT_IPSET: []}), cts).changes}
+    assert "ct/102" in targets and "ct/101" not in targets
