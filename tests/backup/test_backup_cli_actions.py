@@ -50,11 +50,21 @@ def test_host_config_round_trip(tmp_path: Path) -> None:
     assert (tmp_path / "out" / str(etc / "network" / "interfaces").lstrip("/")).read_text().startswith("auto lo")
     r = runner.invoke(app, ["host-config", "check", *opts])
     assert r.exit_code == 0 and "no errors were found" in r.stdout
+    r = runner.invoke(app, ["host-config", "check", "--json", *opts])
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is True and doc["problems"] == [] and "no errors were found" in doc["report"]
+    assert doc["repository"] == str(tmp_path / "repo") and doc["read_data_subset"] is None
     # errors a user can meet: wrong password, unknown snapshot
     (tmp_path / "wrong").write_text("nope\n")
     r = runner.invoke(app, ["host-config", "list", "--repo", str(tmp_path / "repo"), "--password-file",
                             str(tmp_path / "wrong")])  # fmt: skip
     assert r.exit_code == 1 and "password" in r.stderr and "Traceback" not in r.stderr
+    # a script gets the failed check as a document too, with the exit code of the failure
+    r = runner.invoke(app, ["host-config", "check", "--json", "--repo", str(tmp_path / "repo"), "--password-file",
+                            str(tmp_path / "wrong")])  # fmt: skip
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 1 and doc["ok"] is False and "password" in doc["problems"][0], r.stdout
     r = runner.invoke(app, ["host-config", "run", str(etc), "--retention", "soon", *opts])
     assert r.exit_code == 2 and "--retention" in r.stderr
 

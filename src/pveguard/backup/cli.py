@@ -416,10 +416,22 @@ def hc_check(
     ] = None,
     repo: RepoOpt = None,
     password_file: PassOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (see docs/json.md).")] = False,
 ) -> None:
-    """restic check of the repository (structure; with --read-data-subset also data)."""
-    report = _host_config(ctx, repo, password_file).check(read_data_subset)
-    sys.stdout.write(report)
+    """restic check of the repository (structure; with --read-data-subset also data). Exit 1 when
+    restic finds errors or cannot read the repository."""
+    backup = _host_config(ctx, repo, password_file)
+    if not json_out:
+        sys.stdout.write(backup.check(read_data_subset))
+        return
+    doc = {"repository": backup.restic.repository, "read_data_subset": read_data_subset}
+    try:
+        report = backup.check(read_data_subset)
+    except PveguardError as exc:
+        # A script reads the verdict from the document, as for 'backup verify --json'.
+        print_json({**doc, "ok": False, "problems": [exc.message], "report": ""})
+        raise typer.Exit(exc.exit_code) from None
+    print_json({**doc, "ok": True, "problems": [], "report": report})
 
 
 @hostconfig_app.command("copy")
