@@ -156,3 +156,188 @@ def test_status(sim_env: tuple[Any, dict[str, str]], tmp_path: Path, width: int)
     proc = pveguard(env, "status", width=width)
     assert proc.returncode == 0, proc.stderr
     assert_reads_well(proc.stdout, width, [c["name"] for c in data["containers"]])
+
+
+def assert_prose_whole(text: str, sentence: str) -> None:
+    """A wrapped sentence is all there: its words in order once the line breaks and indents are undone."""
+    assert " ".join(sentence.split()) in " ".join(text.split()), f"{sentence!r} not whole in:\n{text}"
+
+
+# --- info, doctor, plan, adopt, backup status (pvesim) -----------------------------------------------
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_info(env: dict[str, str], width: int) -> None:
+    from pveguard.strategy.defaults import render
+
+    Path(env["PVEGUARD_STRATEGY"]).write_text(render())
+    data = json.loads(pveguard(env, "info", "--json").stdout)
+    proc = pveguard(env, "info", width=width)
+    assert proc.returncode == 0, proc.stderr
+    assert_reads_well(proc.stdout, width, [c["name"] for c in data["strategy"]["containers"]])
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_doctor(sim_env: tuple[Any, dict[str, str]], width: int) -> None:
+    import yaml
+
+    from pveguard.strategy.defaults import render
+
+    _, env = sim_env
+    doc = yaml.safe_load(render())
+    doc["network"]["bridge"] = "vmbr9"            # a failing check whose fix is a long sentence
+    Path(env["PVEGUARD_STRATEGY"]).write_text(yaml.safe_dump(doc, sort_keys=False))
+    checks = json.loads(pveguard(env, "doctor", "--json").stdout)["checks"]
+    failing = [c for c in checks if c["ok"] is False and c["fix"]]
+    assert failing and max(len(c["fix"]) for c in failing) > 40, checks
+    proc = pveguard(env, "doctor", width=width)
+    assert_reads_well(proc.stdout, width, [c["name"] for c in checks])
+    for c in failing:                             # the fix wraps, it is never cut
+        assert_prose_whole(proc.stdout, f"fix: {c['fix']}")
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_plan_and_adopt(sim_env: tuple[Any, dict[str, str]], width: int) -> None:
+    import yaml
+
+    from pveguard.strategy.defaults import render
+
+    sim, env = sim_env
+    doc = yaml.safe_load(render())
+    Path(env["PVEGUARD_STRATEGY"]).write_text(yaml.safe_dump(doc, sort_keys=False))
+    applied = pveguard(env, "apply", "--yes")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    # another VLAN rewrites every net0: a field change longer than 80 columns
+    doc["network"]["vlan"] = 4001
+    doc["containers"].append({**doc["containers"][1], "name": LONG_NAME})
+    Path(env["PVEGUARD_STRATEGY"]).write_text(yaml.safe_dump(doc, sort_keys=False))
+    plan = json.loads(pveguard(env, "plan", "--json").stdout)
+    proc = pveguard(env, "plan", width=width)
+    assert proc.returncode == 0, proc.stderr
+    names = [a["name"] for a in plan["actions"]]
+    assert_reads_well(proc.stdout, width, names)
+    changes = [c for a in plan["actions"] for c in a.get("changes", []) if c["field"] == "net0"]
+    assert changes, plan
+    for c in changes:
+        assert_prose_whole(proc.stdout, f"net0: {c['old']} -> {c['new']}")
+
+    foreign = next(g for g in sim.control("GET", "/guests") if int(g["vmid"]) < 1000)
+    proc = pveguard(env, "adopt", str(foreign["vmid"]), "--yes", width=width)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert_reads_well(proc.stdout, width, [f"CT {foreign['vmid']}"])
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_backup_status(sim_env: tuple[Any, dict[str, str]], width: int) -> None:
+    from pveguard.strategy.defaults import render
+
+    _, env = sim_env
+    Path(env["PVEGUARD_STRATEGY"]).write_text(render())
+    assert pveguard(env, "apply", "--yes").returncode == 0
+    rows = json.loads(pveguard(env, "backup", "status", "--json").stdout)
+    assert rows and any(r["problems"] for r in rows)
+    proc = pveguard(env, "backup", "status", width=width)
+    assert_reads_well(proc.stdout, width, [r["guest"] for r in rows] + [r["name"] for r in rows])
+    for r in rows:
+        for p in r["problems"]:
+            assert_prose_whole(proc.stdout.replace("│", " "), p) if width > 100 else None
+
+
+# --- the apt guard ---------------------------------------------------------------------------------
+
+
+def _guard_decisions(env: dict[str, str]) -> None:
+    """Guard decisions in the ledger, as the hook writes them (the hook itself needs apt, see tests/guard)."""
+    from pveguard.context import AppContext
+
+    ctx = AppContext.from_options(env["PVEGUARD_STRATEGY"], env["PVEGUARD_STATE_DIR"])
+    pkgs = ["grafana", "prometheus-node-exporter-collectors", "libpve-guest-common-perl", "pve-manager"]
+    ctx.record("guard.decision", "grafana", verdict="refuse", packages=[{"package": p} for p in pkgs],
+               command_line="apt-get install -y grafana prometheus-node-exporter-collectors "
+                            "-o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold")
+    ctx.close()
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_guard_status_and_approvals(env: dict[str, str], width: int) -> None:
+    from pveguard.strategy.defaults import render
+
+    Path(env["PVEGUARD_STRATEGY"]).write_text(render())
+    _guard_decisions(env)
+    assert pveguard(env, "approve", "prometheus-node-exporter-collectors", "--reason",
+                    "the node's own metrics, reviewed by the platform team in the change window").returncode == 0
+    data = json.loads(pveguard(env, "guard", "status", "--json").stdout)
+    assert data["recent_decisions"]
+    proc = pveguard(env, "guard", "status", width=width)
+    packages = [p for d in data["recent_decisions"] for p in d["packages"]]
+    assert_reads_well(proc.stdout, width, packages)
+
+    records = json.loads(pveguard(env, "approvals", "--json").stdout)
+    proc = pveguard(env, "approvals", width=width)
+    assert proc.returncode == 0, proc.stderr
+    assert_reads_well(proc.stdout, width, [r["package"] for r in records])
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_guard_check_rendering(width: int) -> None:
+    # `guard check` runs apt (tests/guard runs it in a chroot); its table is this function's
+    from rich.console import Console
+
+    from pveguard.guard import cli as guard_cli
+
+    items = [{"package": p, "action": "install", "old_version": None, "new_version": "10.4.2+dfsg-1~bpo12+1",
+              "verdict": "refuse", "reason": "not core", "detail": "install it in a container: pveguard install "
+              f"{p}", "approval": None, "container": None}
+             for p in ("grafana", "prometheus-node-exporter-collectors", "libpve-guest-common-perl")]
+    out = Console(width=width, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    old = guard_cli.console
+    guard_cli.console = out
+    try:
+        guard_cli.render_decision({"allowed": False, "items": items}, installed=False)
+    finally:
+        guard_cli.console = old
+    assert_reads_well(out.export_text(), width, [i["package"] for i in items])
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_install_dry_run(sim_env: tuple[Any, dict[str, str]], width: int) -> None:
+    from pveguard.strategy.defaults import render
+
+    _, env = sim_env
+    Path(env["PVEGUARD_STRATEGY"]).write_text(render())
+    args = ("install", "grafana", "prometheus-node-exporter-collectors", "--dry-run")
+    result = json.loads(pveguard(env, *args, "--json").stdout)
+    proc = pveguard(env, *args, width=width)
+    assert_reads_well(proc.stdout, width, [i["package"] for i in result["items"]])
+
+
+# --- backup archives (a dump directory) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_backup_archives(env: dict[str, str], tmp_path: Path, width: int) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from pveguard.backup.archive import archive_name
+
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    for vmid, days in ((101, range(9)), (1002345, range(5, 6))):
+        for d in days:
+            (dump / archive_name("lxc", vmid, midnight - timedelta(days=d), zone=UTC)).write_bytes(b"not zstd")
+    env = {**env, "TZ": "UTC"}
+    rows = json.loads(pveguard(env, "backup", "archives", "status", str(dump), "--schedule", "daily UTC",
+                               "--keep", "keep-daily=7", "--json").stdout)
+    proc = pveguard(env, "backup", "archives", "status", str(dump), "--schedule", "daily UTC", "--keep",
+                    "keep-daily=7", width=width)
+    assert_reads_well(proc.stdout, width, [r["guest"] for r in rows])
+
+    checked = json.loads(pveguard(env, "backup", "archives", "verify", str(dump), "--json").stdout)["archives"]
+    proc = pveguard(env, "backup", "archives", "verify", str(dump), width=width)
+    assert proc.returncode == 1
+    assert_reads_well(proc.stdout, width, [a["filename"] for a in checked])
+
+    proc = pveguard(env, "backup", "next-runs", "mon..fri 21:00", "--count", "3", width=width)
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 3
+    assert_reads_well(proc.stdout, width, [])
