@@ -159,8 +159,9 @@ def test_status(sim_env: tuple[Any, dict[str, str]], tmp_path: Path, width: int)
 
 
 def assert_prose_whole(text: str, sentence: str) -> None:
-    """A wrapped sentence is all there: its words in order once the line breaks and indents are undone."""
-    assert " ".join(sentence.split()) in " ".join(text.split()), f"{sentence!r} not whole in:\n{text}"
+    """A wrapped sentence is all there, in order, once the line breaks and indents are undone (a word
+    longer than the line, such as a certificate fingerprint, folds onto the next one)."""
+    assert "".join(sentence.split()) in "".join(text.split()), f"{sentence!r} not whole in:\n{text}"
 
 
 # --- info, doctor, plan, adopt, backup status (pvesim) -----------------------------------------------
@@ -205,10 +206,11 @@ def test_plan_and_adopt(sim_env: tuple[Any, dict[str, str]], width: int) -> None
     sim, env = sim_env
     doc = yaml.safe_load(render())
     Path(env["PVEGUARD_STRATEGY"]).write_text(yaml.safe_dump(doc, sort_keys=False))
+    foreign = sim.control("GET", "/guests")[0]      # the simulator's own guests: not this installation's
     applied = pveguard(env, "apply", "--yes")
     assert applied.returncode == 0, applied.stdout + applied.stderr
     # another VLAN rewrites every net0: a field change longer than 80 columns
-    doc["network"]["vlan"] = 4001
+    doc["network"]["container_vlan"] = 4001
     doc["containers"].append({**doc["containers"][1], "name": LONG_NAME})
     Path(env["PVEGUARD_STRATEGY"]).write_text(yaml.safe_dump(doc, sort_keys=False))
     plan = json.loads(pveguard(env, "plan", "--json").stdout)
@@ -221,7 +223,6 @@ def test_plan_and_adopt(sim_env: tuple[Any, dict[str, str]], width: int) -> None
     for c in changes:
         assert_prose_whole(proc.stdout, f"net0: {c['old']} -> {c['new']}")
 
-    foreign = next(g for g in sim.control("GET", "/guests") if int(g["vmid"]) < 1000)
     proc = pveguard(env, "adopt", str(foreign["vmid"]), "--yes", width=width)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert_reads_well(proc.stdout, width, [f"CT {foreign['vmid']}"])
@@ -308,7 +309,7 @@ def test_install_dry_run(sim_env: tuple[Any, dict[str, str]], width: int) -> Non
     args = ("install", "grafana", "prometheus-node-exporter-collectors", "--dry-run")
     result = json.loads(pveguard(env, *args, "--json").stdout)
     proc = pveguard(env, *args, width=width)
-    assert_reads_well(proc.stdout, width, [i["package"] for i in result["items"]])
+    assert_reads_well(proc.stdout, width, [i["package"] for i in result["packages"]])
 
 
 # --- backup archives (a dump directory) -------------------------------------------------------------
@@ -341,3 +342,37 @@ def test_backup_archives(env: dict[str, str], tmp_path: Path, width: int) -> Non
     proc = pveguard(env, "backup", "next-runs", "mon..fri 21:00", "--count", "3", width=width)
     assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 3
     assert_reads_well(proc.stdout, width, [])
+
+
+# --- every table is a FitTable, and every module printing one is read above ----------------------------
+
+SRC = Path(__file__).parents[2] / "src/pveguard"
+# module -> the tests above that run its table commands at 80 and 120 columns
+READ_HERE = {
+    "audit/report.py": ["test_audit_summary", "test_audit_full"],
+    "monitor/cli.py": ["test_monitor_once_and_alerts"],
+    "provision/cli.py": ["test_status", "test_plan_and_adopt"],
+    "security/cli.py": ["test_audit_log_show"],
+    "hostinfo.py": ["test_info"],
+    "guard/cli.py": ["test_guard_status_and_approvals", "test_guard_check_rendering"],
+    "guard/workflow.py": ["test_install_dry_run"],
+    "backup/cli.py": ["test_backup_status", "test_backup_archives"],
+}
+
+
+def test_every_table_fits_and_is_read_at_80_columns() -> None:
+    """A plain rich Table cuts names into "…" when the terminal is narrow: only output.py builds one
+    (inside FitTable). A module that prints a FitTable needs its commands in a test above."""
+    plain, fitted = [], set()
+    for path in sorted(SRC.rglob("*.py")):
+        rel = str(path.relative_to(SRC))
+        text = path.read_text()
+        if rel != "output.py" and ("rich.table" in text or "Table(" in text.replace("FitTable(", "")):
+            plain.append(rel)
+        if rel != "output.py" and "FitTable(" in text:
+            fitted.add(rel)
+    assert not plain, f"rich Table used directly (use output.FitTable): {plain}"
+    assert fitted == set(READ_HERE), (f"FitTable in modules without a width test here: {fitted - set(READ_HERE)}; "
+                                      f"listed but no table any more: {set(READ_HERE) - fitted}")
+    defined = set(globals())
+    assert all(name in defined for names in READ_HERE.values() for name in names)
