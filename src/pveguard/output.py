@@ -121,6 +121,9 @@ def _chrome(columns: int) -> int:
     return 3 * columns + 1
 
 
+_SHRUNK = 6  # the narrowest a wrapping text column gets before identifying columns fold
+
+
 class FitTable:
     """A table that fits the width it is printed at (see the comment above); a rich renderable."""
 
@@ -166,6 +169,13 @@ class FitTable:
             kept.remove(max(droppable, key=lambda i: (self.columns[i].priority, i)))
         room = width - _chrome(len(kept))
         widths = {i: need[i] for i in kept}
+        # Still too wide with only identifying columns left: text columns give up their minimum
+        # first (down to a few characters), so that names keep their line.
+        for i in kept:
+            col = self.columns[i]
+            excess = sum(widths.values()) - room
+            if excess > 0 and col.wrap and not col.words:
+                widths[i] = max(min(widths[i], _SHRUNK), widths[i] - excess)
         if sum(widths.values()) > room:
             # Even the identifying columns alone are too wide: share the room; their values fold
             # onto a second line (whole, never cut into "…").

@@ -167,11 +167,20 @@ def assert_prose_whole(text: str, sentence: str) -> None:
 # --- info, doctor, plan, adopt, backup status (pvesim) -----------------------------------------------
 
 
-@pytest.mark.parametrize("width", WIDTHS)
-def test_info(env: dict[str, str], width: int) -> None:
+def _long_named(name: str = LONG_NAME) -> str:
+    """The default strategy with one container named as long as real ones get."""
+    import yaml
+
     from pveguard.strategy.defaults import render
 
-    Path(env["PVEGUARD_STRATEGY"]).write_text(render())
+    doc = yaml.safe_load(render())
+    doc["containers"][0]["name"] = name
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_info(env: dict[str, str], width: int) -> None:
+    Path(env["PVEGUARD_STRATEGY"]).write_text(_long_named())
     data = json.loads(pveguard(env, "info", "--json").stdout)
     proc = pveguard(env, "info", width=width)
     assert proc.returncode == 0, proc.stderr
@@ -230,10 +239,8 @@ def test_plan_and_adopt(sim_env: tuple[Any, dict[str, str]], width: int) -> None
 
 @pytest.mark.parametrize("width", WIDTHS)
 def test_backup_status(sim_env: tuple[Any, dict[str, str]], width: int) -> None:
-    from pveguard.strategy.defaults import render
-
     _, env = sim_env
-    Path(env["PVEGUARD_STRATEGY"]).write_text(render())
+    Path(env["PVEGUARD_STRATEGY"]).write_text(_long_named(LONG_NAME + "-site-b-rack-4"))
     assert pveguard(env, "apply", "--yes").returncode == 0
     rows = json.loads(pveguard(env, "backup", "status", "--json").stdout)
     assert rows and any(r["problems"] for r in rows)
