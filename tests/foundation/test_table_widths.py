@@ -363,7 +363,7 @@ READ_HERE = {
     "hostinfo.py": ["test_info"],
     "guard/cli.py": ["test_guard_status_and_approvals", "test_guard_check_rendering"],
     "guard/workflow.py": ["test_install_dry_run"],
-    "backup/cli.py": ["test_backup_status", "test_backup_archives"],
+    "backup/cli.py": ["test_backup_status", "test_backup_archives", "test_backup_run"],
 }
 
 
@@ -383,3 +383,29 @@ def test_every_table_fits_and_is_read_at_80_columns() -> None:
                                       f"listed but no table any more: {set(READ_HERE) - fitted}")
     defined = set(globals())
     assert all(name in defined for names in READ_HERE.values() for name in names)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("width", WIDTHS)
+def test_backup_run(sim_env: tuple[Any, dict[str, str]], tmp_path: Path, width: int) -> None:
+    # slow: real restic for the host-config step
+    import shutil
+
+    import yaml
+
+    if shutil.which("restic") is None:
+        pytest.skip("restic not installed")
+    _, env = sim_env
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "hosts").write_text("127.0.0.1 localhost\n")
+    doc = yaml.safe_load(_long_named())
+    missing = str(tmp_path / "etc-pve-priv-not-on-this-host" / "storage-credentials-of-the-cluster")
+    doc["backup"]["host_config"]["paths"] = [str(tmp_path / "etc"), missing]
+    Path(env["PVEGUARD_STRATEGY"]).write_text(yaml.safe_dump(doc, sort_keys=False))
+    report = json.loads(pveguard(env, "backup", "run", "--json").stdout)
+    assert any(missing in s["detail"] for s in report["steps"]), report
+    proc = pveguard(env, "backup", "run", width=width)
+    assert_reads_well(proc.stdout, width, [s["step"] for s in report["steps"]])
+    for s in report["steps"]:
+        if s["step"] == "host-config":
+            assert_prose_whole(proc.stdout.replace("│", " "), missing)
