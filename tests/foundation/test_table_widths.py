@@ -32,13 +32,20 @@ def pveguard(env: dict[str, str], *args: str, width: int | None = None) -> subpr
     return proc
 
 
-def assert_reads_well(text: str, width: int, identifiers: list[str]) -> None:
-    """The whole output fits `width`, nothing is cut, and each identifier shows whole on a line."""
+def assert_reads_well(text: str, width: int, identifiers: list[str], in_cells: list[str] | None = None) -> None:
+    """The whole output fits `width`, nothing is cut, and each identifier shows whole on a line; the
+    `in_cells` ones are never folded inside a table cell either (whole in a sentence is not enough)."""
     too_wide = [line for line in text.splitlines() if cell_len(line) > width]
     assert not too_wide, f"{len(too_wide)} line(s) wider than {width}:\n" + "\n".join(too_wide[:3])
     assert "…" not in text, text
     missing = [v for v in identifiers if not any(v in line for line in text.splitlines())]
     assert not missing, f"not shown whole at {width} columns: {missing}\n{text}"
+    # ... and not folded inside a table cell either (shown whole elsewhere, e.g. in a detail, is not enough)
+    whole = set(in_cells or [])
+    folded = sorted({word for line in text.splitlines() if "│" in line for cell in line.split("│")
+                     for word in cell.split()[-1:]
+                     if len(word) >= 4 and word not in whole and any(v.startswith(word) for v in whole)})
+    assert not folded, f"identifiers folded inside a cell at {width} columns: {folded}\n{text}"
 
 
 @pytest.fixture
@@ -245,7 +252,8 @@ def test_backup_status(sim_env: tuple[Any, dict[str, str]], width: int) -> None:
     rows = json.loads(pveguard(env, "backup", "status", "--json").stdout)
     assert rows and any(r["problems"] for r in rows)
     proc = pveguard(env, "backup", "status", width=width)
-    assert_reads_well(proc.stdout, width, [r["guest"] for r in rows] + [r["name"] for r in rows])
+    names = [r["guest"] for r in rows] + [r["name"] for r in rows]
+    assert_reads_well(proc.stdout, width, names, names)
     for r in rows:
         for p in r["problems"]:
             assert_prose_whole(proc.stdout.replace("│", " "), p) if width > 100 else None
@@ -313,10 +321,12 @@ def test_install_dry_run(sim_env: tuple[Any, dict[str, str]], width: int) -> Non
 
     _, env = sim_env
     Path(env["PVEGUARD_STRATEGY"]).write_text(render())
-    args = ("install", "grafana", "prometheus-node-exporter-collectors", "--dry-run")
+    args = ("install", "grafana", "--dry-run")   # one short name: room for every column, none dropped
     result = json.loads(pveguard(env, *args, "--json").stdout)
     proc = pveguard(env, *args, width=width)
-    assert_reads_well(proc.stdout, width, [i["package"] for i in result["packages"]])
+    containers = [i["container"] for i in result["packages"] if i["container"]]
+    assert containers, result
+    assert_reads_well(proc.stdout, width, [i["package"] for i in result["packages"]] + containers, containers)
 
 
 # --- backup archives (a dump directory) -------------------------------------------------------------

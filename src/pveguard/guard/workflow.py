@@ -179,7 +179,8 @@ def render(result: WorkflowResult) -> None:
     from pveguard.output import Col, FitTable, console
 
     table = FitTable(Col("package", 0, wrap=False), Col("classification", 3, min_width=12),
-                     Col("where", 1, min_width=10), Col("status", 0, min_width=10), Col("detail", 2, min_width=16),
+                     Col("where", 1, min_width=10, words=True), Col("status", 0, min_width=10),
+                     Col("detail", 2, min_width=16),
                      title="install plan (dry run)" if result.dry_run else "install")
     for i in result.items:
         where = {"host": "host", "none": "no container"}.get(i.target, f"container {i.container}")
