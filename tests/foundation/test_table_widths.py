@@ -419,3 +419,7 @@ def test_backup_run(sim_env: tuple[Any, dict[str, str]], tmp_path: Path, width: 
     for s in report["steps"]:
         if s["step"] == "host-config":
             assert_prose_whole(proc.stdout.replace("│", " "), missing)
+    snaps = json.loads(pveguard(env, "backup", "host-config", "list", "--json").stdout)
+    proc = pveguard(env, "backup", "host-config", "list", width=width)
+    assert snaps and proc.returncode == 0, proc.stderr
+    assert_reads_well(proc.stdout, width, [s["short_id"] for s in snaps] + [str(tmp_path / "etc")])

@@ -368,7 +368,7 @@ def hc_list(
                      "host": s.hostname} for s in snaps])  # fmt: skip
         return
     table = FitTable(Col("snapshot", 0, wrap=False), Col("time (UTC)", 1, min_width=10),
-                     Col("paths", 0, min_width=16))
+                     Col("paths", 0, min_width=16, words=True))
     for s in snaps:
         table.add_row(s.short_id, f"{s.time.astimezone(UTC):%Y-%m-%d %H:%M:%S}", " ".join(s.paths))
     console.print(table)
