@@ -23,9 +23,8 @@ from pveguard.monitor import cli as monitor_cli
 from pveguard.output import console, error, print_json, warn
 from pveguard.provision import cli as provision_cli
 from pveguard.recover import cli as recover_cli
-from pveguard.security import certs_cli
+from pveguard.security import certs_cli, isolation_cli
 from pveguard.security import cli as audit_log_cli
-from pveguard.security import isolation_cli
 
 app = typer.Typer(
     name="pveguard",

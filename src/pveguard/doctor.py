@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
+from rich.text import Text
 
 from pveguard.backends import choose, connect
 from pveguard.backends.base import Preflight
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, PveguardError
-from pveguard.output import console, print_json
+from pveguard.output import print_json, say
 from pveguard.strategy import load as strategy_load
 from pveguard.strategy.models import Strategy
 
@@ -127,13 +127,14 @@ def passed(checks: list[Preflight]) -> bool:
 def render(checks: list[Preflight]) -> None:
     for c in checks:
         mark, style = _MARK[c.ok]
-        line = f"[{style}]{mark:4}[/] {escape(c.name)}: {escape(c.detail)}"
+        # one entry per check; at a narrow terminal it wraps at words, indented under the check's name
+        line = Text.assemble((f"{mark:4}", style), f" {c.name}: {c.detail}")
         if c.ok is False and c.fix:
-            line += f"  [bold]fix:[/] {escape(c.fix)}"
-        console.print(line, soft_wrap=True, highlight=False, emoji=False)
+            line.append("  ").append("fix:", "bold").append(f" {c.fix}")
+        say(line, hang=5)
     failed = [c.name for c in checks if c.ok is False]
-    console.print(f"{len(checks) - len(failed)} of {len(checks)} checks passed"
-                  + (f"; failing: {', '.join(failed)}" if failed else ""), highlight=False)
+    say(f"{len(checks) - len(failed)} of {len(checks)} checks passed"
+        + (f"; failing: {', '.join(failed)}" if failed else ""))
 
 
 def doctor_cmd(

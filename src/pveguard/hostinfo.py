@@ -8,10 +8,10 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
+from rich.text import Text
 
 from pveguard.context import AppContext
-from pveguard.output import console, warn
+from pveguard.output import Col, FitTable, console, say, warn
 from pveguard.strategy.units import format_size
 
 
@@ -99,23 +99,26 @@ def render_info(data: dict[str, Any]) -> None:
     s, h = data["strategy"], data["host"]
     if s["error"]:
         warn(f"strategy not loaded, showing the defaults: {s['error']}")
-    console.print(f"[bold]strategy[/]: {s['source']}")
-    console.print("policy: " + "  ".join(f"{k}={'true' if v else 'false'}" for k, v in s["policy"].items()))
-    table = Table("container", "role", "cores", "memory", "storage", "bridge", "vlan")
+    say(Text.assemble(("strategy", "bold"), f": {s['source']}"), hang=2)
+    say("policy: " + "  ".join(f"{k}={'true' if v else 'false'}" for k, v in s["policy"].items()), hang=2)
+    table = FitTable(Col("container", 0, wrap=False), Col("role", 3, min_width=10),
+                     Col("cores", 1, wrap=False, justify="right"), Col("memory", 1, wrap=False, justify="right"),
+                     Col("storage", 2, wrap=False), Col("bridge", 2, wrap=False), Col("vlan", 4, wrap=False))
     for c in s["containers"]:
         table.add_row(c["name"], c["role"], str(c["cores"]), c["memory"], c["storage"], c["bridge"],
                       str(c["vlan"]))
     console.print(table)
     t = s["thresholds"]
     console.print(f"alerts at cpu {t['cpu']:g} %, memory {t['memory']:g} %, disk {t['disk']:g} %")
-    console.print(f"[bold]host[/]: {h['hostname']} (kernel {h['kernel']}, {h['cpus']} cpus, cgroup {h['cgroup']})")
+    say(Text.assemble(("host", "bold"), f": {h['hostname']} (kernel {h['kernel']}, {h['cpus']} cpus, "
+                                        f"cgroup {h['cgroup']})"), hang=2)
     console.print(f"  Proxmox VE: {h['pveversion'] or ('present' if h['pve'] else 'not detected')}")
     console.print(f"  LXC tools: {h['lxc'] or 'not installed'}")
     console.print(f"  apt: {h['apt'] or 'not found'}   systemd: {h['systemd'] or 'not found'}")
     _render_backend(data["backend"])
     st = data["state"]
     ledger = "no state yet" if st["ledger_entries"] is None else f"{st['ledger_entries']} ledger entries"
-    console.print(f"[bold]state[/]: {st['dir']} ({ledger})")
+    say(Text.assemble(("state", "bold"), f": {st['dir']} ({ledger})"), hang=2)
 
 
 def _render_backend(b: dict[str, Any]) -> None:
@@ -124,17 +127,16 @@ def _render_backend(b: dict[str, Any]) -> None:
     pve = b.get("proxmox")
     if pve is not None:
         if pve["api"]:
-            console.print(f"  api: {pve['api']}", highlight=False, soft_wrap=True)
+            say(f"  api: {pve['api']}", hang=4)
         if pve["reachable"]:
             nodes = ", ".join(f"{n['name']} ({'online' if n['online'] else 'offline'})" for n in pve["nodes"])
             quorum = {True: "quorate", False: "NOT quorate", None: "quorum unknown"}[pve["quorate"]]
-            console.print(f"  Proxmox VE {pve['version']}; nodes: {nodes or 'none visible'}; {quorum}",
-                          highlight=False, soft_wrap=True)
+            say(f"  Proxmox VE {pve['version']}; nodes: {nodes or 'none visible'}; {quorum}", hang=4)
     if b.get("lxc"):
         console.print(f"  LXC {b['lxc']['version'] or 'version unknown'}", highlight=False)
     if b["error"]:
         what = "unreachable" if b["resolved"] else "not available"
-        console.print(f"  {what}: {b['error']}", highlight=False, soft_wrap=True, markup=False)
+        say(f"  {what}: {b['error']}", hang=4)
         if b["hint"]:
-            console.print(f"  hint: {b['hint']}", highlight=False, soft_wrap=True, markup=False)
+            say(f"  hint: {b['hint']}", hang=4)
 

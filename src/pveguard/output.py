@@ -48,6 +48,35 @@ def info(message: str) -> None:
     err_console.print(message, markup=False, soft_wrap=True)
 
 
+# --- sentences that fit the terminal --------------------------------------------------------------
+#
+# `console` soft-wraps (a line runs past the edge and the terminal folds it anywhere), which keeps a
+# line whole for scripts but cuts words for people. A `Prose` wraps at words at the width it is
+# printed at; lines after the first are indented by `hang`, so an entry that takes two lines still
+# reads as one (a doctor check with its fix, a plan's field change).
+
+
+class Prose:
+    """A paragraph wrapped at words to the width it is rendered at; a rich renderable."""
+
+    def __init__(self, text: str | Text, hang: int = 0, style: str = "") -> None:
+        self.text = text if isinstance(text, Text) else Text(text, style=style)
+        self.hang = hang
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = max(1, options.max_width - self.hang)
+        text = self.text.copy()
+        text.no_wrap, text.overflow = False, "fold"
+        for n, line in enumerate(text.wrap(console, width)):
+            line.rstrip()
+            yield Text(" " * self.hang) + line if n and self.hang else line
+
+
+def say(text: str | Text, hang: int = 0, style: str = "") -> None:
+    """Print a paragraph on stdout, wrapped at words at the terminal's width (see `Prose`)."""
+    console.print(Prose(text, hang, style), soft_wrap=False)
+
+
 # --- tables that fit the terminal ----------------------------------------------------------------
 #
 # A rich Table squeezed below its natural width cuts cells into "…", names included. Every table
@@ -65,6 +94,7 @@ class Col:
     priority: int = 1        # 0: identifying (never dropped); larger numbers are dropped first
     wrap: bool = True        # False: a name or number, never broken (the column is as wide as its widest value)
     min_width: int = 8       # a wrapping column is never narrower than this (or its widest value, if less)
+    words: bool = False      # a wrapping list of names: breaks only between them (never narrower than the longest)
     justify: JustifyMethod = "left"
 
 
@@ -89,6 +119,9 @@ def _longest_word(text: str) -> int:
 # columns and the padding, i.e. 3 per column plus 1.
 def _chrome(columns: int) -> int:
     return 3 * columns + 1
+
+
+_SHRUNK = 6  # the narrowest a wrapping text column gets before identifying columns fold
 
 
 class FitTable:
@@ -119,7 +152,10 @@ class FitTable:
         col = self.columns[i]
         if not col.wrap:
             return self._values(i)
-        return min(self._values(i), max(col.min_width, _longest_word(col.header)))
+        need = min(self._values(i), max(col.min_width, _longest_word(col.header)))
+        if col.words:
+            need = max([need, *(_longest_word(_as_text(cells[i]).plain) for cells, _ in self.rows)])
+        return need
 
     def layout(self, width: int) -> tuple[list[int], list[int]]:
         """(indexes of the columns shown, their content widths) at `width` terminal columns."""
@@ -133,6 +169,13 @@ class FitTable:
             kept.remove(max(droppable, key=lambda i: (self.columns[i].priority, i)))
         room = width - _chrome(len(kept))
         widths = {i: need[i] for i in kept}
+        # Still too wide with only identifying columns left: text columns give up their minimum
+        # first (down to a few characters), so that names keep their line.
+        for i in kept:
+            col = self.columns[i]
+            excess = sum(widths.values()) - room
+            if excess > 0 and col.wrap and not col.words:
+                widths[i] = max(min(widths[i], _SHRUNK), widths[i] - excess)
         if sum(widths.values()) > room:
             # Even the identifying columns alone are too wide: share the room; their values fold
             # onto a second line (whole, never cut into "…").

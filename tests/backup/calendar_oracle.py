@@ -2,7 +2,7 @@
 
 The generator builds each expression twice, from the same random choices: the PVE text and the
 systemd text that means the same thing (or None when systemd has no spelling for it). The rewrites
-are the ones from host.md §3: PVE's minute-only time `M` is systemd's `*:M`, and `*/N` (which
+follow PVE's calendar-events.adoc and systemd.time(7): PVE's minute-only time `M` is systemd's `*:M`, and `*/N` (which
 systemd 252 rejects) is spelled `start/N` with the field's first value (0 for hours/minutes/seconds,
 1 for months/days).
 """

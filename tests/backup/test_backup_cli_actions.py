@@ -50,11 +50,21 @@ def test_host_config_round_trip(tmp_path: Path) -> None:
     assert (tmp_path / "out" / str(etc / "network" / "interfaces").lstrip("/")).read_text().startswith("auto lo")
     r = runner.invoke(app, ["host-config", "check", *opts])
     assert r.exit_code == 0 and "no errors were found" in r.stdout
+    r = runner.invoke(app, ["host-config", "check", "--json", *opts])
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is True and doc["problems"] == [] and "no errors were found" in doc["report"]
+    assert doc["repository"] == str(tmp_path / "repo") and doc["read_data_subset"] is None
     # errors a user can meet: wrong password, unknown snapshot
     (tmp_path / "wrong").write_text("nope\n")
     r = runner.invoke(app, ["host-config", "list", "--repo", str(tmp_path / "repo"), "--password-file",
                             str(tmp_path / "wrong")])  # fmt: skip
     assert r.exit_code == 1 and "password" in r.stderr and "Traceback" not in r.stderr
+    # a script gets the failed check as a document too, with the exit code of the failure
+    r = runner.invoke(app, ["host-config", "check", "--json", "--repo", str(tmp_path / "repo"), "--password-file",
+                            str(tmp_path / "wrong")])  # fmt: skip
+    doc = json.loads(r.stdout)
+    assert r.exit_code == 1 and doc["ok"] is False and "password" in doc["problems"][0], r.stdout
     r = runner.invoke(app, ["host-config", "run", str(etc), "--retention", "soon", *opts])
     assert r.exit_code == 2 and "--retention" in r.stderr
 
@@ -153,7 +163,9 @@ def test_archives_status(tmp_path: Path) -> None:
     assert "older than the scheduled run" in by_guest["lxc/102"]["problems"][0]
     r = runner.invoke(app, ["archives", "status", str(dump), "--schedule", "daily UTC", "--keep", "keep-daily=10"],
                       env={"TZ": "UTC"})  # fmt: skip
-    assert "ok  lxc/101" in r.stdout and "BAD lxc/102" in r.stdout
+    rows = {cells[1]: cells[0] for cells in (line.strip("│").split("│") for line in r.stdout.splitlines()
+                                              if line.startswith("│")) if cells[1].strip()}
+    assert {g.strip(): v.strip() for g, v in rows.items()} == {"lxc/101": "ok", "lxc/102": "BAD"}, r.stdout
 
 
 def test_archives_offsite_to_directory(tmp_path: Path) -> None:

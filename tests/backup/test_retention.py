@@ -34,7 +34,7 @@ def _removed(stamps: list[str], policy: KeepPolicy, protected: list[bool] | None
     return sorted(s for s, m in zip(stamps, marks, strict=True) if m is Mark.REMOVE)
 
 
-# PBS tests/prune.rs test_prune_simple (TZ=UTC); these are also the worked examples of host.md §4.
+# PBS tests/prune.rs test_prune_simple (TZ=UTC) (the Proxmox Backup Server source).
 SIMPLE = ["2019-12-02T11:59:15", "2019-12-03T11:59:15", "2019-12-04T11:59:15", "2019-12-04T12:59:15"]
 SIMPLE_CASES = [
     (KeepPolicy(last=4), []),

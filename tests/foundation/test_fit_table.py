@@ -58,3 +58,21 @@ def test_text_columns_wrap_down_to_their_minimum_before_being_dropped() -> None:
 
 def test_cells_are_text_not_markup() -> None:
     assert "[bold]x[/]" in render(sample(), 200)
+
+
+def test_text_columns_shrink_before_a_name_folds() -> None:
+    # only identifying columns left and still too wide: the text column gives up its minimum
+    t = FitTable(Col("result", 0, wrap=False), Col("guest", 0, wrap=False), Col("name", 0, wrap=False),
+                 Col("problems", 0, min_width=16))
+    t.add_row("BAD", "lxc/103", "pve-monitoring-long-guest-name-site-b-rack-4", "not in any backup job")
+    out = render(t, 80)
+    assert "pve-monitoring-long-guest-name-site-b-rack-4" in out
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_a_list_of_names_breaks_only_between_names() -> None:
+    t = FitTable(Col("verdict", 0, wrap=False), Col("packages", 0, min_width=10, words=True))
+    names = ["grafana", "prometheus-node-exporter-collectors", "libpve-guest-common-perl"]
+    t.add_row("refuse", ", ".join(names))
+    out = render(t, 60)
+    assert all(any(n in line for line in out.splitlines()) for n in names), out

@@ -56,7 +56,8 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, subp
             return subprocess.run([sys.executable, "-m", "pveguard", *argv], env=env, capture_output=True,
                                   text=True, timeout=180, check=False)
 
-        for argv in (["apply", "--yes"], ["approve", "grafana", "--reason", "lab dashboards"]):
+        for argv in (["apply", "--yes"], ["approve", "grafana", "--reason", "lab dashboards"],
+                     ["backup", "host-config", "init"]):
             proc = run(*argv)
             assert proc.returncode == 0, proc.stdout + proc.stderr
         vmid = sim.control("GET", "/guests")[0]["vmid"]

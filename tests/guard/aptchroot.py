@@ -65,7 +65,7 @@ def _leaves(names: str, version: str = "1.0") -> list[Deb]:
     return [Deb(n, version) for n in names.split()]
 
 
-# The tree follows the real PVE 8 Depends (host.md §2.1), trimmed to what the rules need.
+# The tree follows the real PVE 8 Depends (their debian/control files), trimmed to what the rules need.
 CORE = [
     Deb("proxmox-ve", "8.0", "pve-manager (>= 8.0), qemu-server, pve-container, proxmox-default-kernel, "
         "proxmox-kernel-helper", provides="proxmox-virtual-environment"),

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pveguard.guard import hook
 from pveguard.guard.aptproto import ProtocolError, parse, unquote
 
-# The exact shape apt 2.6 sends (reference host.md §1.3), trimmed configuration section.
+# The exact shape apt 2.6 sends (apt's apt-pkg/deb/dpkgpm.cc, SendPkgsInfo), trimmed configuration section.
 CAPTURED_V3 = b"""VERSION 3
 APT::Architecture=amd64
 APT::Build-Essential::=build-essential

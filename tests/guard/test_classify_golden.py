@@ -1,8 +1,8 @@
 """pveguard.packages.classify over a dpkg status snippet shaped like a PVE 8 node's.
 
 tests/guard/data/pve8-status.txt was assembled from the real Depends lines of proxmox-ve,
-pve-manager, qemu-server, pve-container, lxc-pve, libpve-storage-perl and pve-cluster (reference
-host.md §2.1) with the exact dpkg status syntax (folded fields, `:any` qualifiers, version
+pve-manager, qemu-server, pve-container, lxc-pve, libpve-storage-perl and pve-cluster (their
+PVE 8 debian/control files) with the exact dpkg status syntax (folded fields, `:any` qualifiers, version
 constraints, alternatives, Provides, a config-files-only package).
 """
 

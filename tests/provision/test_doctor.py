@@ -30,12 +30,18 @@ def denv(penv: Env) -> Env:
 
 
 def _lines(out: str) -> dict[str, str]:
-    """check name -> its whole output line."""
-    found = {}
+    """check name -> its whole entry (an entry wraps at the terminal's width onto indented lines)."""
+    found: dict[str, str] = {}
+    name = None
     for line in out.splitlines():
         m = re.match(r"(ok|FAIL|skip)\s+([\w-]+): ", line)
         if m:
-            found[m[2]] = line
+            name = m[2]
+            found[name] = line
+        elif name is not None and line.startswith("     "):
+            found[name] += " " + line.strip()
+        else:
+            name = None
     return found
 
 

@@ -20,6 +20,11 @@ pytest.importorskip("pvesim.testing")
 B_ID = "b0b0b0b0b0b0"
 
 
+
+def flat(out: str) -> str:
+    """The plan's text with its line wrapping undone (notes wrap at the terminal's width)."""
+    return " ".join(out.split())
+
 def small(name: str) -> dict[str, Any]:
     return {"name": name, "role": "app", "resources": {"cores": 1, "memory": "256M", "storage": "2G"}}
 
@@ -76,7 +81,7 @@ def test_two_instances_never_prune_each_other(two: tuple[Env, Env], capsys: pyte
     [f] = [x for x in plan["actions"] if x["action"] == "foreign"]
     assert (f["name"], f["owner"]) == ("b-one", B_ID)
     code, out, _ = a.run("plan", "--prune", capsys=capsys)
-    assert code == 0 and f"owned by another pveguard instance {B_ID}" in out and "Nothing to do" in out
+    assert code == 0 and f"owned by another pveguard instance {B_ID}" in flat(out) and "Nothing to do" in out
 
     # A prunes what left its own strategy, and only that
     a.edit(containers("a-one"))
@@ -95,7 +100,7 @@ def test_two_instances_never_prune_each_other(two: tuple[Env, Env], capsys: pyte
     # a strategy container with the name of another instance's guest: a conflict, not a second guest
     b.edit(containers("a-one"))
     code, out, err = b.run("apply", capsys=capsys)
-    assert code == 1 and f"owned by another pveguard instance {ida}" in out and "pveguard adopt" in out
+    assert code == 1 and f"owned by another pveguard instance {ida}" in flat(out) and "pveguard adopt" in flat(out)
     assert sorted(names(a)) == ["a-one"]
 
 
@@ -122,7 +127,7 @@ def test_adopt_is_explicit_and_recorded(two: tuple[Env, Env], capsys: pytest.Cap
     # B now converges it; A sees it as B's (its strategy still names it: a conflict, no second guest)
     assert b.run("apply", capsys=capsys)[0] == 0
     code, out, _ = a.run("plan", "--prune", capsys=capsys)
-    assert code == 1 and f"owned by another pveguard instance {B_ID}" in out
+    assert code == 1 and f"owned by another pveguard instance {B_ID}" in flat(out)
     assert b.run("adopt", str(vmid), "--yes", capsys=capsys)[0] == 0  # already ours: nothing to do
     assert len(entries(b, "provision.adopt")) == 2
     code, _out, err = b.run("adopt", "no-such-guest", "--yes", capsys=capsys)
@@ -226,7 +231,7 @@ def test_ensure_container_uses_this_instances_guest_of_that_name(
     assert status == 200, reason
     assert b.run("adopt", str(vmid), "--yes", capsys=capsys)[0] == 0
     code, out, _ = a.run("apply", capsys=capsys)
-    assert code == 1 and f"owned by another pveguard instance {B_ID}" in out  # no second a-one
+    assert code == 1 and f"owned by another pveguard instance {B_ID}" in flat(out)  # no second a-one
     a.sim.api("PUT", f"/nodes/pve1/lxc/{vmid}/config", {"hostname": "b-tmp"})
     assert a.run("apply", capsys=capsys)[0] == 0
     a.sim.api("PUT", f"/nodes/pve1/lxc/{vmid}/config", {"hostname": "a-one"})  # a namesake appears later

@@ -261,7 +261,7 @@ def test_usage_counters_grow_and_seeded() -> None:
     )
 
 
-# (PVE expression, the same in systemd's spelling) - host.md §3 rewrites for minute-only specs.
+# (PVE expression, the same in systemd's spelling) - PVE's minute-only `M` is systemd's `*:M`.
 ORACLE = [
     ("daily", "daily"),
     ("hourly", "hourly"),

@@ -1,7 +1,8 @@
 """PVE's container resource limits as cgroup settings, for cgroup v1 and v2, and usage reads.
 
 The mapping follows pve-container's `update_lxc_config` and pve-common's `PVE::CGroup`
-(reference/host.md §6): memory -> `memory.max` (+ `memory.high` at ~99.2 %), swap ->
+(pve-container `src/PVE/LXC.pm`, pve-common `src/PVE/CGroup.pm`): memory -> `memory.max`
+(+ `memory.high` at ~99.2 %), swap ->
 `memory.swap.max`, cpulimit -> `cpu.max "<quota> 100000"`, cpuunits -> `cpu.weight`, cores -> a
 `cpuset.cpus` subset. On a v1 (or hybrid) host the same limits use PVE's v1 names:
 `memory.limit_in_bytes`, `memory.memsw.limit_in_bytes = memory + swap`, `cpu.cfs_quota_us` /

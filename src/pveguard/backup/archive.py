@@ -1,6 +1,7 @@
 """vzdump archive names: make them, read them back, group a dump directory, plan a prune.
 
-Names follow ``PVE::VZDump`` / ``PVE::Storage::archive_info`` (host.md §5):
+Names follow ``PVE::VZDump`` / ``PVE::Storage::archive_info`` (PVE's
+``PVE/VZDump.pm`` and ``PVE/Storage.pm``):
 ``vzdump-<type>-<vmid>-YYYY_MM_DD-hh_mm_ss.<ext>``, type ``lxc``/``qemu``/``openvz``, vmid
 ``[1-9][0-9]{2,8}``, the time is the **local** start time, ext ``tgz`` or ``tar``/``vma`` with an
 optional ``.gz``/``.lzo``/``.zst``/``.bz2``. Companions: ``<name without ext>.log``,

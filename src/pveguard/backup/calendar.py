@@ -3,7 +3,8 @@
 The accepted language is exactly the one of ``proxmox-time``'s ``CalendarEvent`` (used by PVE 8's
 ``PVE::CalendarEvent`` after a whitespace trim), including its PEG-style behaviour: an optional
 part that does not parse is simply skipped, so ``25:00`` means minute 25 of every hour, exactly as
-in PVE. Facts are in ``docs/backup.md`` and the reference notes (host.md §3):
+in PVE. Facts are in ``docs/backup.md``, PVE's calendar-events.adoc and proxmox-time's
+``calendar_event.rs``:
 
 ``[WEEKDAYS] [[YEARS-]MONTHS-DAYS] [[HOURS:]MINUTES[:SECONDS]] [UTC]``
 

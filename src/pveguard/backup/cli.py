@@ -18,7 +18,7 @@ import typer
 from pveguard.backup.calendar import local_zone, next_runs, parse
 from pveguard.backup.retention import KeepPolicy, Mark, explain_archives
 from pveguard.errors import PveguardError, UsageError
-from pveguard.output import error, info, print_json, warn
+from pveguard.output import Col, FitTable, console, error, info, print_json, say, warn
 
 app = typer.Typer(
     help="Backup schedules and retention: PVE calendar events and keep-* rules.",
@@ -367,8 +367,11 @@ def hc_list(
         print_json([{"id": s.id, "short_id": s.short_id, "time": s.time.isoformat(), "paths": list(s.paths),
                      "host": s.hostname} for s in snaps])  # fmt: skip
         return
+    table = FitTable(Col("snapshot", 0, wrap=False), Col("time (UTC)", 1, min_width=10),
+                     Col("paths", 0, min_width=16, words=True))
     for s in snaps:
-        sys.stdout.write(f"{s.short_id}  {s.time.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}  {' '.join(s.paths)}\n")
+        table.add_row(s.short_id, f"{s.time.astimezone(UTC):%Y-%m-%d %H:%M:%S}", " ".join(s.paths))
+    console.print(table)
 
 
 @hostconfig_app.command("diff")
@@ -416,10 +419,22 @@ def hc_check(
     ] = None,
     repo: RepoOpt = None,
     password_file: PassOpt = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (see docs/json.md).")] = False,
 ) -> None:
-    """restic check of the repository (structure; with --read-data-subset also data)."""
-    report = _host_config(ctx, repo, password_file).check(read_data_subset)
-    sys.stdout.write(report)
+    """restic check of the repository (structure; with --read-data-subset also data). Exit 1 when
+    restic finds errors or cannot read the repository."""
+    backup = _host_config(ctx, repo, password_file)
+    if not json_out:
+        sys.stdout.write(backup.check(read_data_subset))
+        return
+    doc = {"repository": backup.restic.repository, "read_data_subset": read_data_subset}
+    try:
+        report = backup.check(read_data_subset)
+    except PveguardError as exc:
+        # A script reads the verdict from the document, as for 'backup verify --json'.
+        print_json({**doc, "ok": False, "problems": [exc.message], "report": ""})
+        raise typer.Exit(exc.exit_code) from None
+    print_json({**doc, "ok": True, "problems": [], "report": report})
 
 
 @hostconfig_app.command("copy")
@@ -480,10 +495,13 @@ def archives_verify(
     if json_out:
         print_json({"directory": str(dump_dir), "archives": [r.as_dict() for r in results]})
     else:
+        table = FitTable(Col("result", 0, wrap=False), Col("archive", 0, wrap=False),
+                         Col("bytes", 2, wrap=False, justify="right"), Col("entries", 3, wrap=False, justify="right"),
+                         Col("problems", 1, min_width=16))
         for r in results:
-            sys.stdout.write(f"{'ok ' if r.ok else 'BAD'} {r.filename}  {r.size} bytes  {r.entries} entries\n")
-            for p in r.problems:
-                sys.stdout.write(f"    {p}\n")
+            table.add_row("ok" if r.ok else "BAD", r.filename, str(r.size), str(r.entries), "\n".join(r.problems),
+                          style=None if r.ok else "red")
+        console.print(table)
     if bad:
         error(f"{len(bad)} of {len(results)} archive(s) failed verification: {', '.join(r.filename for r in bad)}")
         raise typer.Exit(1)
@@ -695,15 +713,23 @@ def archives_status(
             for s in statuses
         ])  # fmt: skip
     else:
-        for s in statuses:
-            age = f"{s.age.days}d {s.age.seconds // 3600}h" if s.age else "-"
-            sys.stdout.write(
-                f"{'ok ' if s.compliant else 'BAD'} {s.guest}  {s.archives} archive(s), newest {age} old\n"
-            )
-            for p in s.problems:
-                sys.stdout.write(f"    {p}\n")
+        console.print(_compliance_table(statuses, {}))
     if any(not s.compliant for s in statuses):
         raise typer.Exit(1)
+
+
+def _compliance_table(statuses: Iterable[Any], names: dict[str, str]) -> FitTable:
+    """One row per guest: verdict, guest (and its name), archives, newest's age, problems (whole, wrapped)."""
+    cols = [Col("result", 0, wrap=False), Col("guest", 0, wrap=False)]
+    cols += [Col("name", 0, wrap=False)] if names else []
+    table = FitTable(*cols, Col("archives", 2, wrap=False, justify="right"), Col("newest", 1, wrap=False),
+                     Col("problems", 0, min_width=16))
+    for s in statuses:
+        age = f"{s.age.days}d {s.age.seconds // 3600}h ago" if s.age else "-"
+        cells = [s.guest, *([names[s.guest]] if names else [])]
+        table.add_row("ok" if s.compliant else "BAD", *cells, str(s.archives), age, "\n".join(s.problems),
+                      style=None if s.compliant else "red")
+    return table
 
 
 def _keep_from(containers: Any | None) -> KeepPolicy:
@@ -870,12 +896,8 @@ def backup_status(
     else:
         if not coverage.statuses:
             info("no guests to report on (no managed containers)")
-        for s in coverage.statuses:
-            age = f"{s.age.days}d {s.age.seconds // 3600}h" if s.age else "-"
-            head = f"{'ok ' if s.compliant else 'BAD'} {s.guest} ({coverage.names[s.guest]})"
-            sys.stdout.write(f"{head}  {s.archives} archive(s), newest {age} old\n")
-            for p in s.problems:
-                sys.stdout.write(f"    {p}\n")
+        else:
+            console.print(_compliance_table(coverage.statuses, coverage.names))
     if not coverage.compliant:
         raise typer.Exit(1)
 
@@ -909,8 +931,10 @@ def run_cmd(
     if json_out:
         print_json({"ok": report.ok, "steps": [s.__dict__ for s in report.steps]})
     else:
+        table = FitTable(Col("step", 0, wrap=False), Col("status", 0, wrap=False), Col("detail", 0, min_width=20))
         for s in report.steps:
-            sys.stdout.write(f"{s.status:8} {s.step}: {s.detail}\n")
+            table.add_row(s.step, s.status, s.detail, style="red" if s.status == "failed" else None)
+        console.print(table)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -954,7 +978,7 @@ def verify_cmd(
     if json_out:
         print_json({"ok": True, "summary": detail, "problems": [], "verified_at": iso_utc(now)})
     else:
-        sys.stdout.write(detail + "\n")
+        say(detail, hang=2)
 
 
 @app.command("install-timers")

@@ -1,7 +1,8 @@
 """Container backups on plain LXC, the vzdump way: one consistent archive per container, and a
 test restore into a throwaway container.
 
-What vzdump does for LXC and what is kept here (host.md §5): the archive is a tar of the root file
+What vzdump does for LXC (PVE's ``PVE/VZDump.pm`` and ``PVE/VZDump/LXC.pm``) and what is kept
+here: the archive is a tar of the root file
 system with numeric owners, xattrs and ACLs, compressed with zstd, written as ``<name>.dat`` and
 renamed when complete; its name carries the local start time; a ``.log`` and (optionally) a
 ``.notes`` file sit next to it; the container's configuration travels inside the archive

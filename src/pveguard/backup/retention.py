@@ -1,6 +1,7 @@
 """Which backups to keep: the prune algorithm of Proxmox VE and Proxmox Backup Server, exactly.
 
-``PVE::Storage::prune_mark_backup_group`` and PBS' ``compute_prune_info`` agree (host.md §4):
+``PVE::Storage::prune_mark_backup_group`` and PBS' ``compute_prune_info``
+(``pbs-datastore/src/prune.rs``) agree:
 
 1. archives of one group, newest first (ties keep their input order);
 2. protected archives are marked ``protected`` up front: never removed, never counted;

@@ -1,7 +1,7 @@
 """systemd timers for backup jobs: PVE calendar events as ``OnCalendar=``, plus the units.
 
 PVE's grammar is close to systemd's but not the same (minute-only ``*/15``, wrap-around weekday
-ranges, ``*/N`` in any field, repetitions past a field's end; host.md §3). Rather than rewriting
+ranges, ``*/N`` in any field, repetitions past a field's end; PVE's calendar-events.adoc). Rather than rewriting
 text, :func:`to_oncalendar` writes every field of the *parsed* event as an explicit list of
 values and ranges, which systemd reads without ambiguity and which also sidesteps systemd's bugs
 with repetitions at month ends (systemd#22665, #40260).

@@ -1,6 +1,7 @@
 """Verify vzdump archives by reading them: decompression test, tar listing, size and SHA-256.
 
-PVE stores no checksum for file-based vzdump archives and has no verify step (host.md §5), so
+PVE stores no checksum for file-based vzdump archives and has no verify step (nothing in PVE's
+``PVE/VZDump.pm`` or ``PVE/VZDump/LXC.pm`` checks an archive after writing it), so
 this is pveguard's own check, not PBS-grade chunk verification. One read of the file feeds three
 checks at once: the bytes are hashed (SHA-256) and streamed into the decompressor (``zstd -d``,
 ``gzip -d``, ``lzop -d``, ``bzip2 -d``; zstd and gzip verify their own checksums), whose output is

@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_REFUSED, OperationError, UsageError
-from pveguard.output import console, print_json, warn
+from pveguard.output import Col, FitTable, console, print_json, say, warn
 
 app = typer.Typer(help="The apt install guard: register, remove, inspect, dry-run a transaction.",
                   no_args_is_help=True)
@@ -32,7 +31,8 @@ def _ctx(ctx: typer.Context) -> AppContext:
 
 
 def _files_table(report: list[dict[str, Any]], title: str) -> None:
-    table = Table("file", "role", "state", title=title, title_justify="left")
+    table = FitTable(Col("file", 0, wrap=False), Col("role", 2, min_width=12), Col("state", 0, min_width=10),
+                     title=title)
     for r in report:
         table.add_row(r["path"], r["role"], r["state"])
     console.print(table)
@@ -81,27 +81,43 @@ def guard_status(ctx: typer.Context, json_out: JsonOpt = False) -> None:
         console.print(f"apt guard: {state}")
         pol = data["policy"]
         if pol:
-            console.print(f"policy ({pol['file']}): ALLOW_CORE_ONLY={str(pol['allow_core_only']).lower()} "
-                          f"REQUIRE_APPROVAL={str(pol['require_approval']).lower()} "
-                          f"CONTAINER_FIRST={str(pol['container_first']).lower()} "
-                          f"core roots: {', '.join(pol['core_roots'])}")
+            say(f"policy ({pol['file']}): ALLOW_CORE_ONLY={str(pol['allow_core_only']).lower()} "
+                f"REQUIRE_APPROVAL={str(pol['require_approval']).lower()} "
+                f"CONTAINER_FIRST={str(pol['container_first']).lower()} "
+                f"core roots: {', '.join(pol['core_roots'])}", hang=2)
         elif data["installed"]:
-            console.print(f"policy: UNREADABLE ({data['policy_error']})")
+            say(f"policy: UNREADABLE ({data['policy_error']})", hang=2)
         for f in data["findings"]:
-            console.print(f"{f['severity']}: {f['message']}\n  hint: {f['hint']}")
+            say(f"{f['severity']}: {f['message']}", hang=2)
+            say(f"  hint: {f['hint']}", hang=4)
         if data["break_glass_armed"]:
             console.print("break-glass file present: the next failing apt run will be let through once")
         console.print(f"active approvals: {data['active_approvals']}")
         if data["recent_decisions"]:
-            table = Table("seq", "time (UTC)", "verdict", "packages", "command", title="recent decisions",
-                          title_justify="left")
+            # packages and the command wrap (whole) instead of being cut at 60 characters
+            table = FitTable(Col("seq", 3, wrap=False, justify="right"), Col("time (UTC)", 1, min_width=10),
+                             Col("verdict", 0, wrap=False), Col("packages", 0, min_width=16, words=True),
+                             Col("command", 2, min_width=16), title="recent decisions")
             for d in data["recent_decisions"]:
-                pk = ", ".join(p for p in d["packages"] if p)
                 table.add_row(str(d["seq"]), d["ts"][:19].replace("T", " "), d["verdict"],
-                              pk[:60] + ("..." if len(pk) > 60 else ""), d["command_line"][:60])
+                              ", ".join(p for p in d["packages"] if p), d["command_line"])
             console.print(table)
     if not data["intact"]:
         raise typer.Exit(1)
+
+
+def render_decision(decision: dict[str, Any], installed: bool) -> None:
+    """The guard's decision on one apt transaction, as `guard check` prints it."""
+    title = "guard decision (check only)" if installed else "guard decision (preview: the guard is not installed)"
+    table = FitTable(Col("package", 0, wrap=False), Col("action", 1, wrap=False), Col("version", 3, min_width=10),
+                     Col("verdict", 0, wrap=False), Col("reason", 2, min_width=16), title=title)
+    for i in decision["items"]:
+        ver = " -> ".join(v for v in (i["old_version"], i["new_version"]) if v)
+        why = i["reason"] + (f": {i['detail']}" if i["detail"] else "")
+        table.add_row(i["package"], i["action"], ver, i["verdict"], why)
+    console.print(table)
+    console.print("the guard would ALLOW this transaction" if decision["allowed"]
+                  else "the guard would REFUSE this transaction")
 
 
 @app.command("check", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -119,8 +135,8 @@ def guard_check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     app_ctx = _ctx(ctx)
     installed = bool(inst.status(app_ctx)["installed"])
     if not installed and not json_out:
-        console.print("guard not installed: this is what it would decide with the strategy's policy "
-                      "(enforce it with 'pveguard guard install')")
+        say("guard not installed: this is what it would decide with the strategy's policy "
+            "(enforce it with 'pveguard guard install')")
     with tempfile.TemporaryDirectory(prefix="pveguard-check-") as tmp:
         result_file = Path(tmp) / "decision.json"
         env = dict(os.environ, PVEGUARD_CHECK_RESULT=str(result_file))
@@ -136,21 +152,13 @@ def guard_check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
         if json_out:
             print_json({"ran_hook": False, "installed": installed, "apt_exit": proc.returncode})
         else:
-            console.print(f"apt exited {proc.returncode} without running the guard "
-                          "(nothing to install, an error before dpkg, or the question was answered no)")
+            say(f"apt exited {proc.returncode} without running the guard "
+                "(nothing to install, an error before dpkg, or the question was answered no)")
         raise typer.Exit(proc.returncode or 0)
     if json_out:
         print_json({"ran_hook": True, "installed": installed, "apt_exit": proc.returncode, **decision})
     else:
-        title = "guard decision (check only)" if installed else "guard decision (preview: the guard is not installed)"
-        table = Table("package", "action", "version", "verdict", "reason", title=title, title_justify="left")
-        for i in decision["items"]:
-            ver = " -> ".join(v for v in (i["old_version"], i["new_version"]) if v)
-            why = i["reason"] + (f": {i['detail']}" if i["detail"] else "")
-            table.add_row(i["package"], i["action"], ver, i["verdict"], why)
-        console.print(table)
-        console.print("the guard would ALLOW this transaction" if decision["allowed"]
-                      else "the guard would REFUSE this transaction")
+        render_decision(decision, installed)
     if not decision["allowed"]:
         raise typer.Exit(EXIT_REFUSED)
 
@@ -221,8 +229,8 @@ def approve(
     if json_out:
         print_json(record.as_dict())
     else:
-        console.print(f"approval #{record.id}: {spec} for {uses} apt run(s), valid for "
-                      f"{format_duration(ttl_td)} (until {record.as_dict()['expires_at']})")
+        say(f"approval #{record.id}: {spec} for {uses} apt run(s), valid for "
+            f"{format_duration(ttl_td)} (until {record.as_dict()['expires_at']})")
 
 
 def approvals_list(
@@ -241,7 +249,9 @@ def approvals_list(
     if not records:
         console.print("no approvals" if all_ else "no active approvals (--all shows the others)")
         return
-    table = Table("id", "package", "version", "state", "uses left", "expires (UTC)", "by", "reason")
+    table = FitTable(Col("id", 0, wrap=False, justify="right"), Col("package", 0, wrap=False),
+                     Col("version", 3, min_width=8), Col("state", 1, wrap=False), Col("uses left", 4, wrap=False),
+                     Col("expires (UTC)", 2, min_width=10), Col("by", 5, min_width=8), Col("reason", 3, min_width=12))
     for r in records:
         d = r.as_dict(now)
         table.add_row(str(r.id), r.package, r.version or "any", str(d["state"]), f"{r.uses_left}/{r.uses_total}",

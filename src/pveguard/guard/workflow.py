@@ -176,12 +176,12 @@ def _install_in_container(app: AppContext, name: str, items: list[PackagePlan], 
 
 def render(result: WorkflowResult) -> None:
     """A table for people."""
-    from rich.table import Table
+    from pveguard.output import Col, FitTable, console
 
-    from pveguard.output import console
-
-    table = Table("package", "classification", "where", "status", "detail",
-                  title="install plan (dry run)" if result.dry_run else "install", title_justify="left")
+    table = FitTable(Col("package", 0, wrap=False), Col("classification", 3, min_width=12),
+                     Col("where", 1, min_width=10, words=True), Col("status", 0, min_width=10),
+                     Col("detail", 2, min_width=16),
+                     title="install plan (dry run)" if result.dry_run else "install")
     for i in result.items:
         where = {"host": "host", "none": "no container"}.get(i.target, f"container {i.container}")
         table.add_row(i.package, ("core: " if i.core else "") + i.reason, where,

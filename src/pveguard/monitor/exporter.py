@@ -22,7 +22,7 @@ from prometheus_client.registry import Collector
 from pveguard.monitor.alerts import AlertState
 from pveguard.monitor.collector import Sample, Sweep
 
-# Which /cluster/resources fields each resource type carries (pve-api.md §3.10): the reference
+# Which /cluster/resources fields each resource type carries (pve-manager's PVE/API2/Cluster.pm): the reference
 # exporter emits a metric for every field present, so we emit the same set per type.
 _FIELDS = {
     "lxc": ("maxdisk", "disk", "maxmem", "mem", "cpu", "maxcpu", "uptime"),

@@ -9,13 +9,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
+from rich.text import Text
 
 from pveguard.backends import connect
 from pveguard.backends.base import Backend, Guest, read_marker
 from pveguard.backends.proxmox import ProxmoxBackend
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
-from pveguard.output import Col, FitTable, console, err_console, error, print_json, warn
+from pveguard.output import Col, FitTable, console, err_console, error, print_json, say, warn
 from pveguard.provision.apply import Applier, ApplyInterrupted, ApplyReport, FirewallStep
 from pveguard.provision.desired import actual_fields, desired_fields, desired_state
 from pveguard.provision.final_backup import data_volumes, take_final_backup
@@ -91,40 +92,41 @@ _SYMBOL = {"create": ("+", "green"), "update": ("~", "yellow"), "resume": (">", 
 
 
 def render_plan(p: Plan) -> None:
-    """Terraform-like text: one block per container, `field: old -> new` for updates."""
+    """Terraform-like text: one block per container, `field: old -> new` for updates. Every line
+    wraps at words at the terminal's width, its continuation indented under it (a long
+    `features`/`net0`/`description` change stays readable at 80 columns, never cut)."""
     for a in p.actions:
         sym, style = _SYMBOL[a.kind]
         where = f" (CT {a.vmid} on {a.node})" if a.vmid is not None and a.node else ""
-        console.print(f"[{style}]{sym} {a.kind} {escape(a.name)}[/]{escape(where)}", soft_wrap=True)
+        say(Text.assemble((f"{sym} {a.kind} {a.name}", style), where), hang=4)
         if a.kind == "create" and a.desired is not None:
             f = desired_fields(a.desired.spec)
-            console.print(escape(f"    cores {f['cores']}, memory {f['memory']} MiB, swap {f['swap']} MiB, "
-                                 f"rootfs {f['rootfs']}, net0 {f['net0']}"), soft_wrap=True)
-            console.print(escape(f"    unprivileged {f['unprivileged']}, features {f['features'] or '-'}, onboot "
-                                 f"{f['onboot']}, startup {f['startup'] or '-'}, tags {f['tags']}"), soft_wrap=True)
+            say(f"    cores {f['cores']}, memory {f['memory']} MiB, swap {f['swap']} MiB, "
+                f"rootfs {f['rootfs']}, net0 {f['net0']}", hang=6)
+            say(f"    unprivileged {f['unprivileged']}, features {f['features'] or '-'}, onboot "
+                f"{f['onboot']}, startup {f['startup'] or '-'}, tags {f['tags']}", hang=6)
             if a.desired.packages:
-                console.print(escape(f"    packages: {' '.join(a.desired.packages)}"))
+                say(f"    packages: {' '.join(a.desired.packages)}", hang=6)
         for c in a.changes:
             flag = "" if c.possible else "  [not possible in place]"
             flag = flag or ("" if c.live else "  [after restart]")
-            console.print(escape(f"    {c.text()}{flag}"), soft_wrap=True)
+            say(f"    {c.text()}{flag}", hang=6)
         if a.resume and a.kind != "create":
-            console.print(escape(f"    finish interrupted creation: {', '.join(a.resume)}"))
+            say(f"    finish interrupted creation: {', '.join(a.resume)}", hang=6)
         for n in a.notes:
-            console.print(f"    [dim]{escape(n)}[/]", soft_wrap=True)
+            say(f"    {n}", hang=6, style="dim")
     if p.firewall.changes or p.firewall.notes:
         console.print("[yellow]~ firewall[/]" if p.firewall.changes else "[dim]= firewall[/]")
     for fc in p.firewall.changes:
-        console.print(escape(f"    {fc.text()}" + (f" ({fc.name})" if fc.target.startswith("ct/") else "")),
-                      soft_wrap=True)
+        say(f"    {fc.text()}" + (f" ({fc.name})" if fc.target.startswith("ct/") else ""), hang=6)
     for n in p.firewall.notes:
-        console.print(f"    [dim]{escape(n)}[/]", soft_wrap=True)
+        say(f"    {n}", hang=6, style="dim")
     cnt = p.counts()
-    console.print(f"Plan: {cnt['create']} to create, {cnt['update']} to update, {cnt['resume']} to finish, "
-                  f"{cnt['delete']} to delete, {cnt['unchanged']} unchanged"
-                  + (f", {cnt['conflict']} conflict(s)" if cnt["conflict"] else "")
-                  + (f", {cnt['foreign']} not this installation's" if cnt["foreign"] else "")
-                  + (f", {len(p.firewall.changes)} firewall change(s)" if p.firewall.changes else "") + ".")
+    say(f"Plan: {cnt['create']} to create, {cnt['update']} to update, {cnt['resume']} to finish, "
+        f"{cnt['delete']} to delete, {cnt['unchanged']} unchanged"
+        + (f", {cnt['conflict']} conflict(s)" if cnt["conflict"] else "")
+        + (f", {cnt['foreign']} not this installation's" if cnt["foreign"] else "")
+        + (f", {len(p.firewall.changes)} firewall change(s)" if p.firewall.changes else "") + ".")
     if not p.has_changes:
         console.print("Nothing to do.")
 
@@ -298,10 +300,10 @@ def adopt_cmd(
         a = adoption(guest, backend.get_config(guest), instance)
         where = f"CT {guest.vmid} ({guest.name} on {guest.node})"
         if not a.needed:
-            console.print(escape(f"{where} is already this installation's (instance {instance}); nothing to do"))
+            say(f"{where} is already this installation's (instance {instance}); nothing to do", hang=2)
             return
-        console.print(escape(f"adopt {where}: now {a.previous}; its marker becomes "
-                             f"'{a.after['description'].splitlines()[-1]}', tags {a.after['tags']}"))
+        say(f"adopt {where}: now {a.previous}; its marker becomes "
+            f"'{a.after['description'].splitlines()[-1]}', tags {a.after['tags']}", hang=2)
         if a.previous.startswith("instance "):
             warn(f"{where} belongs to another pveguard {a.previous}; that installation will no longer manage it")
         if guest.name not in {c.name for c in app.strategy.containers}:
@@ -313,7 +315,7 @@ def adopt_cmd(
             if not typer.confirm("Adopt it?", default=False):
                 raise UsageError("nothing adopted")
         adopt(backend, a, app, instance)
-    console.print(escape(f"adopted {where} as instance {instance}; 'pveguard plan' shows what apply would change"))
+    say(f"adopted {where} as instance {instance}; 'pveguard plan' shows what apply would change", hang=2)
 
 
 @contextmanager
@@ -427,22 +429,22 @@ def status_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
         print_json(data)
         return
     b = data["backend"]
-    console.print(escape(f"backend: {b['name']}, vlan mode: {b['vlan_mode']}"))
+    say(f"backend: {b['name']}, vlan mode: {b['vlan_mode']}", hang=2)
     for n in b["notes"]:
-        console.print(escape(f"  {n}"), soft_wrap=False)  # long api notes wrap at words, never past the width
+        say(f"  {n}", hang=4)
     console.print(status_table(data["containers"]))
     for r in data["containers"]:
         if r.get("reason"):
-            console.print(escape(f"unknown: {r['name']} (CT {r['vmid']}): {r['reason']}"), soft_wrap=True)
+            say(f"unknown: {r['name']} (CT {r['vmid']}): {r['reason']}", hang=2)
     if data["missing"]:
-        console.print(escape("not created yet: " + ", ".join(data["missing"]) + " (run 'pveguard apply')"))
+        say("not created yet: " + ", ".join(data["missing"]) + " (run 'pveguard apply')", hang=2)
     for j in data["unfinished"]:
-        console.print(escape(f"unfinished create: {j['name']} (CT {j['vmid'] or '?'}, reached '{j['step']}'; "
-                             f"'pveguard apply' finishes it)"))
+        say(f"unfinished create: {j['name']} (CT {j['vmid'] or '?'}, reached '{j['step']}'; "
+            f"'pveguard apply' finishes it)", hang=2)
     for o in data["not_ours"]:
         owner = f"pveguard instance {o['owner']}" if o["owner"] else "an older pveguard (no instance id)"
-        console.print(escape(f"not this installation's: {o['name']} (CT {o['vmid']} on {o['node']}), managed by "
-                             f"{owner}; 'pveguard adopt {o['vmid']}' takes it over"), soft_wrap=True)
+        say(f"not this installation's: {o['name']} (CT {o['vmid']} on {o['node']}), managed by "
+            f"{owner}; 'pveguard adopt {o['vmid']}' takes it over", hang=2)
 
 
 def with_feature_notes(p: Plan, backend: Backend) -> Plan:

@@ -21,13 +21,10 @@ from pveguard.strategy.models import Container, Strategy
 NOT_ENFORCED: dict[str, int] = {
     "core_functions": 11,  # a description today: the guard and the audit classify by core_roots
     "containers[].backup_volume": 11,
-    "network.management": 13,
-    "network.isolation": 13,
+    "network.isolation.traffic_monitoring": 13,
     "resources.hard_limits": 11,  # limits are always applied; 'false' does not turn them off
     "security.network.vlans": 13,
-    "security.network.firewall_rules": 13,
     "security.network.traffic_monitoring": 13,
-    "security.network.allowed_inbound": 13,
     "security.access.rbac": 13,
     "security.access.audit_logging": 13,  # the ledger records every action whatever this says
     "security.access.api_token_privsep": 13,
