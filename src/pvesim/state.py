@@ -389,7 +389,9 @@ class Sim:
                 maxcpu=16 if i % 2 == 0 else 32,
                 maxmem=(64 if i % 2 == 0 else 128) * GiB,
                 maxdisk=100 * GiB,
-                ip=f"192.0.2.{11 + i}",
+                # loopback addresses: a client that reaches for a node (ssh for pct exec) stays on this
+                # machine, where tests may run nothing but loopback traffic
+                ip=f"127.0.2.{11 + i}",
                 boot=now - 86400 * (3 + i),
             )
         self.storages: dict[str, Storage] = {

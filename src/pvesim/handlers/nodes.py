@@ -370,7 +370,7 @@ def network(ctx: Ctx) -> list[dict[str, Any]]:
             "address": n.ip,
             "netmask": "24",
             "cidr": f"{n.ip}/24",
-            "gateway": "192.0.2.1",
+            "gateway": "127.0.2.1",
             "families": ["inet"],
             "priority": 4,
         },
