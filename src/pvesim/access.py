@@ -89,10 +89,11 @@ class AuthError(Exception):
 
 
 class PermError(Exception):
-    """403 Permission check failed (...)."""
+    """403 Permission check failed (...); pve-common Exception.pm raise_perm_exc: no parentheses when
+    there is nothing to say (`raise_perm_exc()`)."""
 
-    def __init__(self, what: str) -> None:
-        super().__init__(f"Permission check failed ({what})")
+    def __init__(self, what: str = "") -> None:
+        super().__init__(f"Permission check failed ({what})" if what else "Permission check failed")
 
 
 @dataclass
@@ -439,9 +440,10 @@ def evaluate_check(access: Access, auth: Auth, check: list[Any], params: dict[st
         access.check(auth.authid, path, ["Permissions.Modify"])
         return
     if kind == "admin":
-        if auth.userid != "root@pam":
+        if auth.authid != "root@pam":
             raise PermError("/, Sys.Modify")
         return
-    # Unknown check kinds: only root passes, like an unsatisfiable requirement.
-    if auth.userid != "root@pam":
+    # Unknown check kinds: only root passes, like an unsatisfiable requirement (root@pam itself: the
+    # server lets it through before evaluating any check).
+    if auth.authid != "root@pam":
         raise PermError(f"{kind}")
