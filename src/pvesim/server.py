@@ -247,8 +247,9 @@ class Api:
                         raise PermError(f"URI '{api_path}' not available with API token, need proper ticket.\n")
                     self._check_perms(auth, minfo.permissions, params)
                     self._proxy_check(minfo.proxyto, params)
-                    if method != "GET" and template != "/access/ticket" and not sim.quorate():
-                        raise ApiError(500, "cluster not ready - no quorum?")
+            # pve-manager PVE/HTTPServer.pm rest_handler: the schema's permission check and the proxy
+            # decision, then pve-common RESTHandler.pm handle: validation, then the method's code (where
+            # quorum is checked: check_cfs_quorum, or the write to /etc/pve)
             typed = self.validator(method, template).validate(params)
             handler = HANDLERS.get((method, template))
             if handler is None and method == "GET" and self.schema.children.get(template):
@@ -258,6 +259,8 @@ class Api:
                 return Answer(501, msg, _json({"data": None, "message": msg + "\n"}))
             with sim.lock:
                 sim.tick()
+                if auth is not None and method != "GET" and template != "/access/ticket" and not sim.quorate():
+                    raise ApiError(500, "cluster not ready - no quorum?")
                 result = handler(Ctx(sim, auth or Auth("anonymous@pve"), typed, method, template))
                 return self._ok(result)
         except ParamError as e:

@@ -150,21 +150,3 @@ def test_a_bare_size_is_a_path_for_everyone_but_root_pam(pvesim: SimHandle) -> N
     status, reason, _ = _create(pvesim, tok, rootfs="4", storage="local-lvm")
     assert (status, reason) == (500, "Only root can pass arbitrary filesystem paths.")
 
-
-def test_the_schema_permission_check_comes_before_parameter_validation(pvesim: SimHandle) -> None:
-    """pve-manager PVE/HTTPServer.pm rest_handler: check_api2_permissions, then RESTHandler.pm handle
-    validates the parameters, then the method's own code."""
-    upid = _ok(pvesim, "POST", "/nodes/pve1/lxc", {"vmid": 300, "ostemplate": TEMPLATE, "rootfs": "local-lvm:4"})
-    assert _wait(pvesim, upid)["exitstatus"] == "OK"
-    tok = _user(pvesim, {"/vms/301": ["VM.Config.Memory"]})
-    status, reason, _ = pvesim.api("PUT", "/nodes/pve1/lxc/300/config", {"memory": "lots"}, token=tok)
-    assert status == 403, reason
-    tok2 = _user_again(pvesim)
-    status, reason, _ = pvesim.api("PUT", "/nodes/pve1/lxc/300/config", {"memory": "lots"}, token=tok2)
-    assert (status, reason) == (400, "Parameter verification failed.")
-
-
-def _user_again(sim: SimHandle) -> str:
-    _ok(sim, "PUT", "/access/acl", {"path": "/vms/300", "roles": "PVEVMAdmin", "users": "ops@pve"})
-    data = _ok(sim, "POST", "/access/users/ops@pve/token/t2", {"privsep": 0})
-    return f"{data['full-tokenid']}={data['value']}"
