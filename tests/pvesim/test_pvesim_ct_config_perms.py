@@ -150,3 +150,18 @@ def test_a_bare_size_is_a_path_for_everyone_but_root_pam(pvesim: SimHandle) -> N
     status, reason, _ = _create(pvesim, tok, rootfs="4", storage="local-lvm")
     assert (status, reason) == (500, "Only root can pass arbitrary filesystem paths.")
 
+
+
+def test_clone_takes_vm_allocate_from_the_pool_and_checks_the_storage(pvesim: SimHandle) -> None:
+    """pve-container API2/LXC.pm clone_vm: the schema asks VM.Clone on the source and VM.Allocate on
+    /vms/{newid} or /pool/{pool}; the code asks Datastore.AllocateSpace on every volume's storage."""
+    upid = _ok(pvesim, "POST", "/nodes/pve1/lxc", {"vmid": 300, "ostemplate": TEMPLATE, "rootfs": "local-lvm:4"})
+    assert _wait(pvesim, upid)["exitstatus"] == "OK"
+    _ok(pvesim, "POST", "/pools", {"poolid": "p1"})
+    tok = _user(pvesim, {"/vms/300": ["VM.Clone"], "/pool/p1": ["VM.Allocate"]})
+    status, reason, _ = pvesim.api("POST", "/nodes/pve1/lxc/300/clone", {"newid": 301, "pool": "p1"}, token=tok)
+    assert (status, reason) == (403, "Permission check failed (/storage/local-lvm, Datastore.AllocateSpace)")
+    _ok(pvesim, "PUT", "/access/acl", {"path": "/storage/local-lvm", "roles": "PVEDatastoreUser", "users": "ops@pve"})
+    status, reason, body = pvesim.api("POST", "/nodes/pve1/lxc/300/clone", {"newid": 301, "pool": "p1"}, token=tok)
+    assert status == 200, reason
+    assert _wait(pvesim, body["data"])["exitstatus"] == "OK"

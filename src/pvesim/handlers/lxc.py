@@ -1076,7 +1076,9 @@ def clone(ctx: Ctx) -> str:
     if newid in sim.guests:
         other = sim.guests[newid]
         raise die(f"{'CT' if other.type == 'lxc' else 'VM'} {newid} already exists on node '{other.node}'")
-    ctx.check(f"/vms/{newid}", ["VM.Allocate"]) if not ctx.is_root else None
+    # VM.Clone and VM.Allocate on /vms/{newid} or the pool: the schema's check (already done)
+    if p.get("pool") is not None and p["pool"] not in sim.pools:
+        raise PermError(f"pool '{p['pool']}' does not exist")  # RPCEnvironment.pm check_pool_exist
     full = bool(p.get("full", not g.config.get("template")))
     if not full and not g.config.get("template"):
         raise die("linked clone feature for 'rootfs' is not available")
@@ -1086,6 +1088,11 @@ def clone(ctx: Ctx) -> str:
     err = lock_error(g)
     if err:
         raise die(err)
+    for key, value in g.config.items():  # pve-container API2/LXC.pm clone_vm: every volume's target storage
+        if key == "rootfs" or re.fullmatch(r"mp\d+", key):
+            vol = str(_fmt("rootfs" if key == "rootfs" else "mp[n]").parse(str(value)).get("volume", ""))
+            if ":" in vol and not vol.startswith("/"):
+                ctx.check(f"/storage/{p.get('storage') or vol.split(':', 1)[0]}", ["Datastore.AllocateSpace"])
     cfg = {k: v for k, v in g.config.items() if k not in ("lock", "template")}
     cfg["hostname"] = p.get("hostname", g.config.get("hostname", f"{g.name}-clone"))
     if p.get("description"):
