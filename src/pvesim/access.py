@@ -407,17 +407,17 @@ def evaluate_check(access: Access, auth: Auth, check: list[Any], params: dict[st
                     raise
                 err = e
         if kind == "or" and err is not None:
-            raise err
+            # RPCEnvironment.pm exec_api2_perm_check: the alternatives run with noerr, and when none
+            # passes the answer is a bare raise_perm_exc()
+            raise PermError()
         return
     if kind == "perm":
         path = re.sub(r"\{([^}]+)\}", lambda m: str(params.get(m.group(1), "")), check[1])
         privs = list(check[2])
         opts = check[3:]
         any_of = "any" in opts and bool(opts[opts.index("any") + 1]) if "any" in opts else False
-        if "require-param" in opts:
-            rp = opts[opts.index("require-param") + 1]
-            if rp not in params:
-                return
+        if "require_param" in opts and params.get(opts[opts.index("require_param") + 1]) is None:
+            raise PermError()  # exec_api2_perm_check: a missing required parameter fails the check
         access.check(auth.authid, path, privs, any_of)
         return
     if kind == "userid-param":
