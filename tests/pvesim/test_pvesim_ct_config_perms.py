@@ -165,3 +165,16 @@ def test_clone_takes_vm_allocate_from_the_pool_and_checks_the_storage(pvesim: Si
     status, reason, body = pvesim.api("POST", "/nodes/pve1/lxc/300/clone", {"newid": 301, "pool": "p1"}, token=tok)
     assert status == 200, reason
     assert _wait(pvesim, body["data"])["exitstatus"] == "OK"
+
+
+def test_restoring_another_guest_backup_needs_its_vm_backup(pvesim: SimHandle) -> None:
+    """pve-storage Storage.pm check_volume_access for a backup owned by another guest:
+    Datastore.AllocateSpace on the storage and VM.Backup on the owner."""
+    upid = _ok(pvesim, "POST", "/nodes/pve1/lxc", {"vmid": 300, "ostemplate": TEMPLATE, "rootfs": "local-lvm:4"})
+    assert _wait(pvesim, upid)["exitstatus"] == "OK"
+    assert _wait(pvesim, _ok(pvesim, "POST", "/nodes/pve1/vzdump", {"vmid": 300, "storage": "local"}))[
+        "exitstatus"] == "OK"
+    backup = next(v["volid"] for v in _ok(pvesim, "GET", "/nodes/pve1/storage/local/content", {"content": "backup"}))
+    tok = _user(pvesim, _full({"/storage/local": ["Datastore.AllocateSpace"]}))
+    status, reason, _ = _create(pvesim, tok, vmid=301, ostemplate=backup, restore=1)
+    assert (status, reason) == (403, "Permission check failed (/vms/300, VM.Backup)")

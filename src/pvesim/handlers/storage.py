@@ -24,7 +24,8 @@ def parse_volname(sim: Sim, volid: str) -> tuple[str, str | None, int | None]:
     vt = re.fullmatch(r"(vztmpl|iso|import|snippets)/.+", name)
     if vt:
         return sid, vt.group(1), None
-    b = re.fullmatch(r"backup/vzdump-(?:lxc|qemu|openvz)-(\d+)-.+", name)
+    # vzdump archives, and PBS snapshots (PBSPlugin.pm: backup/<ct|vm>/<vmid>/<time>)
+    b = re.fullmatch(r"backup/(?:vzdump-(?:lxc|qemu|openvz)-|(?:ct|vm)/)(\d+)[-/].+", name)
     if b:
         return sid, "backup", int(b.group(1))
     if name.startswith("backup/"):
