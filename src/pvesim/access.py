@@ -89,10 +89,11 @@ class AuthError(Exception):
 
 
 class PermError(Exception):
-    """403 Permission check failed (...)."""
+    """403 Permission check failed (...); pve-common Exception.pm raise_perm_exc: no parentheses when
+    there is nothing to say (`raise_perm_exc()`)."""
 
-    def __init__(self, what: str) -> None:
-        super().__init__(f"Permission check failed ({what})")
+    def __init__(self, what: str = "") -> None:
+        super().__init__(f"Permission check failed ({what})" if what else "Permission check failed")
 
 
 @dataclass
@@ -163,6 +164,17 @@ class Access:
         self._cache: dict[tuple[str, str], frozenset[str]] = {}
         self._pcache: dict[tuple[str, str], dict[str, int]] = {}
         self.pool_of: dict[int, str] = {}  # vmid -> pool, maintained by the state
+        # storage -> pools it is a member of (a storage may belong to several), maintained by the state
+        self.storage_pools: dict[str, set[str]] = {}
+
+    def pools_changed(self, pools: dict[str, dict[str, Any]]) -> None:
+        """Re-read pool membership (`{pool: {"vms": {vmid}, "storage": {id}}}`) and drop the caches."""
+        self.pool_of = {vm: pid for pid, p in pools.items() for vm in p.get("vms", ())}
+        self.storage_pools = {}
+        for pid, p in pools.items():
+            for sid in p.get("storage", ()):
+                self.storage_pools.setdefault(sid, set()).add(pid)
+        self.changed()
 
     def changed(self) -> None:
         """Drop the permission caches (call after any user/group/token/ACL/pool change)."""
@@ -290,14 +302,26 @@ class Access:
             return {"NoAccess": roles["NoAccess"]}
         return roles
 
-    def _compiled(self, ugid: str, is_token: bool, path: str) -> dict[str, int]:
-        """PVE's compile_acl_path for one user or token: the roles on the path, plus the pool's roles for
-        a pool member (never over NoAccess, never propagating), as privilege -> propagate flag."""
-        roles = dict(self._roles(ugid, is_token, path))
+    def _member_pools(self, path: str) -> list[str]:
+        """The pools whose ACLs apply to a path: a guest's pool for /vms/N, a storage's pools for
+        /storage/ID (pve-access-control RPCEnvironment.pm compile_acl_path: `poolroles` is filled from
+        each pool's `vms` and `storage` members)."""
         m = re.fullmatch(r"/vms/(\d+)", path)
-        pool = self.pool_of.get(int(m.group(1))) if m else None
-        if pool is not None and "NoAccess" not in roles:
-            pool_roles = self._roles(ugid, is_token, f"/pool/{pool}")
+        if m:
+            pool = self.pool_of.get(int(m.group(1)))
+            return [pool] if pool is not None else []
+        m = re.fullmatch(r"/storage/([^/]+)", path)
+        return sorted(self.storage_pools.get(m.group(1), ())) if m else []
+
+    def _compiled(self, ugid: str, is_token: bool, path: str) -> dict[str, int]:
+        """PVE's compile_acl_path for one user or token: the roles on the path, plus the roles on
+        /pool/<pool> of every pool the guest or storage belongs to (never over NoAccess, never
+        propagating; a pool's NoAccess trumps the path's other roles), as privilege -> propagate flag."""
+        roles = dict(self._roles(ugid, is_token, path))
+        pool_roles: set[str] = set()
+        for pool in self._member_pools(path):
+            pool_roles |= set(self._roles(ugid, is_token, f"/pool/{pool}"))
+        if pool_roles and "NoAccess" not in roles:
             if "NoAccess" in pool_roles:
                 roles = {"NoAccess": 0}
             else:
@@ -340,7 +364,7 @@ class Access:
         return res
 
     def privs(self, authid: str, path: str) -> frozenset[str]:
-        """Effective privileges of a user or token on a path (`/vms/N` also inherits from its pool)."""
+        """Effective privileges of a user or token on a path (guests and storages also inherit from their pools)."""
         key = (authid, path)
         got = self._cache.get(key)
         if got is None:
@@ -383,17 +407,17 @@ def evaluate_check(access: Access, auth: Auth, check: list[Any], params: dict[st
                     raise
                 err = e
         if kind == "or" and err is not None:
-            raise err
+            # RPCEnvironment.pm exec_api2_perm_check: the alternatives run with noerr, and when none
+            # passes the answer is a bare raise_perm_exc()
+            raise PermError()
         return
     if kind == "perm":
         path = re.sub(r"\{([^}]+)\}", lambda m: str(params.get(m.group(1), "")), check[1])
         privs = list(check[2])
         opts = check[3:]
         any_of = "any" in opts and bool(opts[opts.index("any") + 1]) if "any" in opts else False
-        if "require-param" in opts:
-            rp = opts[opts.index("require-param") + 1]
-            if rp not in params:
-                return
+        if "require_param" in opts and params.get(opts[opts.index("require_param") + 1]) is None:
+            raise PermError()  # exec_api2_perm_check: a missing required parameter fails the check
         access.check(auth.authid, path, privs, any_of)
         return
     if kind == "userid-param":
@@ -416,9 +440,10 @@ def evaluate_check(access: Access, auth: Auth, check: list[Any], params: dict[st
         access.check(auth.authid, path, ["Permissions.Modify"])
         return
     if kind == "admin":
-        if auth.userid != "root@pam":
+        if auth.authid != "root@pam":
             raise PermError("/, Sys.Modify")
         return
-    # Unknown check kinds: only root passes, like an unsatisfiable requirement.
-    if auth.userid != "root@pam":
+    # Unknown check kinds: only root passes, like an unsatisfiable requirement (root@pam itself: the
+    # server lets it through before evaluating any check).
+    if auth.authid != "root@pam":
         raise PermError(f"{kind}")

@@ -102,7 +102,7 @@ def load_state(sim: Sim, path: str) -> None:
             k: {"comment": v["comment"], "vms": set(v["vms"]), "storage": set(v["storage"])}
             for k, v in doc.get("pools", {}).items()
         }
-        sim.access.pool_of = {vm: k for k, v in sim.pools.items() for vm in v["vms"]}
+        sim.access.pools_changed(sim.pools)
         sim.backup_jobs = doc.get("backup_jobs", {})
         sim.ha_resources = doc.get("ha_resources", {})
         sim.ha_groups = doc.get("ha_groups", {})

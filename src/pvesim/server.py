@@ -247,8 +247,9 @@ class Api:
                         raise PermError(f"URI '{api_path}' not available with API token, need proper ticket.\n")
                     self._check_perms(auth, minfo.permissions, params)
                     self._proxy_check(minfo.proxyto, params)
-                    if method != "GET" and template != "/access/ticket" and not sim.quorate():
-                        raise ApiError(500, "cluster not ready - no quorum?")
+            # pve-manager PVE/HTTPServer.pm rest_handler: the schema's permission check and the proxy
+            # decision, then pve-common RESTHandler.pm handle: validation, then the method's code (where
+            # quorum is checked: check_cfs_quorum, or the write to /etc/pve)
             typed = self.validator(method, template).validate(params)
             handler = HANDLERS.get((method, template))
             if handler is None and method == "GET" and self.schema.children.get(template):
@@ -258,6 +259,8 @@ class Api:
                 return Answer(501, msg, _json({"data": None, "message": msg + "\n"}))
             with sim.lock:
                 sim.tick()
+                if auth is not None and method != "GET" and template != "/access/ticket" and not sim.quorate():
+                    raise ApiError(500, "cluster not ready - no quorum?")
                 result = handler(Ctx(sim, auth or Auth("anonymous@pve"), typed, method, template))
                 return self._ok(result)
         except ParamError as e:
@@ -283,10 +286,13 @@ class Api:
         return [{key: c} for c in children if not c.startswith("{")]
 
     def _check_perms(self, auth: Auth, perms: dict[str, Any] | None, params: dict[str, Any]) -> None:
-        if perms is None:
-            if auth.userid != "root@pam":
-                raise PermError("/, root@pam only")
+        """pve-access-control RPCEnvironment.pm check_api2_permissions: the user root@pam passes every
+        schema check (not its tokens: their auth id is `root@pam!<id>`); a method without `permissions`
+        is root@pam's alone."""
+        if auth.authid == "root@pam":
             return
+        if perms is None:
+            raise PermError("user != root@pam")
         if perms.get("user") in ("all", "world"):
             return
         check = perms.get("check")

@@ -147,3 +147,24 @@ def test_root_at_pam_is_not_asked() -> None:
     b.specs = [_spec()]
     assert b.missing_privileges() == {}
     b.require_privileges()
+
+
+def test_what_the_hint_grants_is_enough_to_create_the_guests(
+        penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """pvesim checks a container create option by option (check_ct_modify_config_perm: VM.Config.CPU,
+    .Memory, .Network, .Disk, .Options, SDN.Use, Datastore.AllocateSpace) and the template
+    (AllocateSpace or Audit): the privileges the needed list names must carry a whole apply."""
+    sim = penv.sim
+    token = _token(sim, "plan@pve", "ro")
+    penv.env["PVEGUARD_PVE_TOKEN"] = token
+    code, _out, err = penv.run("plan", capsys=capsys)
+    assert code == 3, err
+    privs = re.search(r'pveum role add PVEGuard --privs "([^"]+)"', err)
+    assert privs is not None
+    _ok(sim, "POST", "/access/roles", {"roleid": "PVEGuard", "privs": privs[1]})
+    for path in re.findall(r"pveum acl modify (\S+) --users", err):
+        _ok(sim, "PUT", "/access/acl", {"path": path, "roles": "PVEGuard", "users": "plan@pve",
+                                        "tokens": "plan@pve!ro"})
+    code, out, err = penv.run("apply", capsys=capsys)
+    assert code == 0, out + err
+    assert len([g for g in sim.sim.guests.values() if g.type == "lxc"]) == 4

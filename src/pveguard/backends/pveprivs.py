@@ -31,7 +31,14 @@ CALLS: tuple[tuple[str, str, str, str], ...] = (
     ("POST", "/nodes/{node}/aplinfo", "templates", "Datastore.AllocateTemplate"),
     ("POST", "/nodes/{node}/lxc", "vms", "VM.Allocate"),
     ("POST", "/nodes/{node}/lxc", "rootfs", "Datastore.AllocateSpace"),
-    ("POST", "/nodes/{node}/lxc", "templates", "Datastore.Audit"),  # check_volume_access of the template
+    # check_volume_access of the template: Datastore.AllocateSpace or Datastore.Audit (either will do)
+    ("POST", "/nodes/{node}/lxc", "templates", "Datastore.Audit"),
+    # check_ct_modify_config_perm checks every option of the create too, key by key
+    ("POST", "/nodes/{node}/lxc", "vms", "VM.Config.CPU"),  # cores, cpulimit, cpuunits
+    ("POST", "/nodes/{node}/lxc", "vms", "VM.Config.Memory"),  # memory, swap
+    ("POST", "/nodes/{node}/lxc", "vms", "VM.Config.Network"),  # net0, hostname
+    ("POST", "/nodes/{node}/lxc", "vms", "VM.Config.Disk"),  # rootfs
+    ("POST", "/nodes/{node}/lxc", "vms", "VM.Config.Options"),  # onboot, startup, tags, description
     ("POST", "/nodes/{node}/lxc", "bridge", "SDN.Use"),  # check_vnet_access of net0
     ("PUT", "/nodes/{node}/lxc/{vmid}/config", "vms", "VM.Config.CPU"),  # cores, cpulimit, cpuunits
     ("PUT", "/nodes/{node}/lxc/{vmid}/config", "vms", "VM.Config.Memory"),  # memory, swap

@@ -41,10 +41,23 @@ class Ctx:
 
     @property
     def is_root(self) -> bool:
-        return self.auth.userid == "root@pam"
+        """The user root@pam itself, the only caller PVE's root-only checks let through: they compare the
+        auth id, `$authuser eq 'root@pam'` (pve-access-control RPCEnvironment.pm check_api2_permissions,
+        pve-container LXC.pm check_ct_modify_config_perm, pve-storage Storage.pm check_volume_access),
+        and a token's auth id is `root@pam!<tokenid>`. A root@pam token without privilege separation
+        still passes every privilege check (RPCEnvironment.pm permissions: it has root@pam's, i.e. all),
+        just not these."""
+        return self.auth.authid == "root@pam"
 
     def check(self, path: str, privs: list[str], any_of: bool = False) -> None:
         self.sim.access.check(self.auth.authid, path, privs, any_of)
+
+    def check_vm_perm(self, vmid: int, pool: str | None, privs: list[str]) -> None:
+        """RPCEnvironment.pm check_vm_perm: enough on /pool/<pool> when a pool is given (create), else
+        (and the error) on /vms/<vmid>."""
+        if pool and all(self.can(f"/pool/{pool}", p) for p in privs):
+            return
+        self.check(f"/vms/{vmid}", privs)
 
     def can(self, path: str, priv: str) -> bool:
         return self.sim.access.allowed(self.auth.authid, path, priv)

@@ -6,7 +6,6 @@ import re
 import uuid
 from typing import Any
 
-from pvesim.access import PermError
 from pvesim.calendar import CalendarError, next_run, parse_calendar_event
 from pvesim.formats import split_list
 from pvesim.handlers import Ctx, api
@@ -15,7 +14,7 @@ from pvesim.handlers.notifications import notify
 from pvesim.prune import archive_name, parse_archive_name, parse_prune_backups, prune_marks
 from pvesim.state import GiB, Guest, Sim, TaskError, Volume, die, param_error
 
-_ROOT_ONLY = ("tmpdir", "dumpdir", "script")
+_ROOT_ONLY = ("tmpdir", "dumpdir", "script", "job-id")
 _COMPRESS_EXT = {"0": "", "gzip": ".gz", "lzo": ".lzo", "1": ".lzo", "zstd": ".zst"}
 
 
@@ -37,10 +36,20 @@ def jobs(ctx: Ctx) -> list[dict[str, Any]]:
     return [_job_view(ctx.sim, jid, j) for jid, j in sorted(ctx.sim.backup_jobs.items())]
 
 
-def _check_job_params(ctx: Ctx, p: dict[str, Any], creating: bool) -> None:
+def assert_param_permission_common(ctx: Ctx, p: dict[str, Any]) -> None:
+    """pve-manager PVE/API2/Backup.pm assert_param_permission_common (jobs and vzdump): root@pam itself
+    may set anything; others never the root-only keys (400), and need Sys.Modify for I/O limits."""
+    if ctx.is_root:
+        return
     for k in _ROOT_ONLY:
-        if k in p and not ctx.is_root:
-            raise PermError(f"/, only root can set '{k}' config")
+        if k in p:
+            raise param_error({k: "Only root may set this option."})
+    if any(p.get(k) is not None for k in ("bwlimit", "ionice", "performance")):
+        ctx.check("/", ["Sys.Modify"])
+
+
+def _check_job_params(ctx: Ctx, p: dict[str, Any], creating: bool) -> None:
+    assert_param_permission_common(ctx, p)
     if creating:
         if p.get("schedule") and p.get("starttime"):
             raise param_error({"starttime": "'starttime' and 'schedule' cannot both be set"})
@@ -246,9 +255,7 @@ def _mount_point_lines(g: Guest) -> list[str]:
 @api("POST", "/nodes/{node}/vzdump")
 def vzdump(ctx: Ctx) -> str:
     sim, p, node = ctx.sim, ctx.p, ctx.node
-    for k in (*_ROOT_ONLY, "job-id"):
-        if k in p and not ctx.is_root:
-            raise PermError(f"/, only root may set '{k}'")
+    assert_param_permission_common(ctx, p)
     sid = str(p.get("storage", "local"))
     st = sim.storages.get(sid)
     if st is None:

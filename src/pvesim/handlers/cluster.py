@@ -299,7 +299,7 @@ def update_pool(ctx: Ctx) -> None:
             p["storage"].add(s)
     for g in sim.guests.values():
         g.touch()
-    sim.access.changed()
+    sim.access.pools_changed(sim.pools)
     sim.changed()
     return None
 

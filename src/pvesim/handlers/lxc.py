@@ -8,6 +8,7 @@ from typing import Any
 from pvesim.access import PermError
 from pvesim.formats import split_list
 from pvesim.handlers import Ctx, api
+from pvesim.handlers.storage import check_volume_access
 from pvesim.schema import load_schema
 from pvesim.state import Guest, Sim, TaskError, Volume, apply_pending, die, param_error
 from pvesim.usage import guest_usage
@@ -88,16 +89,15 @@ def check_bridge_access(ctx: Ctx, netvalue: str) -> None:
 
 
 def check_features_change(
-    ctx: Ctx, vmid: int, old: str | None, new: str | None, unprivileged: bool, delete: bool = False
+    ctx: Ctx, vmid: int, old: str | None, new: str | None, unprivileged: bool, delete: bool = False,
+    pool: str | None = None,
 ) -> None:
     """pve-container src/PVE/LXC.pm check_ct_modify_config_perm, key `features` (create and update).
 
-    Only the user `root@pam` itself is exempt -- `$authuser eq 'root@pam'`, and for an API token the
-    auth user is `root@pam!<token>` (pve-access-control AccessControl.pm verify_token), so tokens
-    of root@pam are refused too. Others may change `nesting` alone (with VM.Allocate), on an
-    unprivileged container only.
+    Only the user `root@pam` itself is exempt (`Ctx.is_root`), so tokens of root@pam are refused too.
+    Others may change `nesting` alone (with VM.Allocate), on an unprivileged container only.
     """
-    if ctx.auth.authid == "root@pam":
+    if ctx.is_root:
         return
     if not unprivileged:
         raise PermError("changing feature flags for privileged container is only allowed for root@pam")
@@ -113,19 +113,73 @@ def check_features_change(
     if changed - {"nesting"}:
         raise PermError("changing feature flags (except nesting) is only allowed for root@pam")
     if changed:
-        ctx.check(f"/vms/{vmid}", ["VM.Allocate"])
+        ctx.check_vm_perm(vmid, pool, ["VM.Allocate"])
 
 
-def _perm_for_key(key: str) -> str:
-    if key in ("memory", "swap"):
-        return "VM.Config.Memory"
-    if key in ("cores", "cpulimit", "cpuunits"):
-        return "VM.Config.CPU"
-    if re.fullmatch(r"net\d+", key):
-        return "VM.Config.Network"
-    if key == "rootfs" or re.fullmatch(r"(mp|unused)\d+", key):
-        return "VM.Config.Disk"
-    return "VM.Config.Options"
+# pve-container src/PVE/LXC.pm $NEW_DISK_RE: `STORAGE:SIZE` asks for a new volume
+NEW_DISK_RE = re.compile(r"([^:\s]+):(\d+(\.\d+)?)")
+
+
+def check_ct_modify_config_perm(
+    ctx: Ctx,
+    vmid: int,
+    pool: str | None,
+    oldconf: dict[str, Any] | None,
+    newconf: dict[str, Any],
+    delete: list[str],
+    unprivileged: bool,
+) -> None:
+    """pve-container src/PVE/LXC.pm check_ct_modify_config_perm: one privilege per option, checked key by
+    key for create (with the pool) and update (new values, then deleted/reverted keys). root@pam itself
+    is exempt; its tokens are not."""
+    if ctx.is_root:
+        return
+    old = oldconf or {}
+
+    def check(opt: str, is_delete: bool) -> None:
+        if opt in ("cores", "cpuunits", "cpulimit"):
+            ctx.check_vm_perm(vmid, pool, ["VM.Config.CPU"])
+        elif opt == "rootfs" or re.fullmatch(r"mp\d+", opt):
+            ctx.check_vm_perm(vmid, pool, ["VM.Config.Disk"])
+            if is_delete:
+                return
+            volume = str(_fmt("rootfs" if opt == "rootfs" else "mp[n]").parse(str(newconf[opt])).get("volume", ""))
+            if volume.startswith("/"):  # LXC/Config.pm classify_mountpoint
+                kind = "device" if volume.startswith("/dev/") else "bind"
+                raise PermError(f"mount point type {kind} is only allowed for root@pam")
+            m = NEW_DISK_RE.fullmatch(volume)
+            if m:
+                ctx.check(f"/storage/{m.group(1)}", ["Datastore.AllocateSpace"])
+            else:  # an existing volume -- or a bare size, which PVE reads as a path (root@pam only)
+                check_volume_access(ctx, vmid, volume, "rootdir")
+        elif opt in ("memory", "swap"):
+            ctx.check_vm_perm(vmid, pool, ["VM.Config.Memory"])
+        elif re.fullmatch(r"net\d+", opt):
+            ctx.check_vm_perm(vmid, pool, ["VM.Config.Network"])
+            if old.get(opt):
+                check_bridge_access(ctx, str(old[opt]))
+            if newconf.get(opt):
+                check_bridge_access(ctx, str(newconf[opt]))
+        elif re.fullmatch(r"dev\d+", opt):
+            raise PermError("configuring device passthrough is only allowed for root@pam")
+        elif opt in ("nameserver", "searchdomain", "hostname"):
+            ctx.check_vm_perm(vmid, pool, ["VM.Config.Network"])
+        elif opt == "features":
+            new = None if is_delete else str(newconf[opt])
+            check_features_change(ctx, vmid, old.get(opt), new, unprivileged, is_delete, pool)
+        elif opt == "hookscript":
+            raise PermError("changing the hookscript is only allowed for root@pam")
+        elif opt == "tags":
+            # pve-guest-common GuestHelpers.pm assert_tag_permissions: VM.Config.Options on the guest
+            # (never the pool); per-tag rules only with a restricted datacenter `user-tag-access`
+            ctx.check_vm_perm(vmid, None, ["VM.Config.Options"])
+        else:
+            ctx.check_vm_perm(vmid, pool, ["VM.Config.Options"])
+
+    for opt in newconf:
+        check(opt, False)
+    for opt in delete:
+        check(opt, True)
 
 
 def _size_gib(text: str) -> float | None:
@@ -319,25 +373,31 @@ def create_lxc(ctx: Ctx) -> str:
     vmid = int(p["vmid"])
     restore = bool(p.get("restore"))
     existing = sim.guests.get(vmid)
+    # The checks in pve-container src/PVE/API2/LXC.pm create_vm's order (PVE 8, stable-bookworm): who
+    # may create what first, then what the storages support. (PVE 9 adds Sys.Modify on / for
+    # privileged containers and makes unprivileged the default; PVE 8 has neither.)
+    unprivileged = p.get("unprivileged")
     if existing is not None and not (restore and p.get("force")):
         kind = "CT" if existing.type == "lxc" else "VM"
         raise die(f"{kind} {vmid} already exists on node '{existing.node}'")
     pool = p.get("pool")
-    if pool is not None:
-        if pool not in sim.pools:
-            raise die(f"pool '{pool}' does not exist")
-        ctx.check(f"/pool/{pool}", ["VM.Allocate"])
-    elif not (restore and existing is not None and ctx.can(f"/vms/{vmid}", "VM.Backup")):
-        ctx.check(f"/vms/{vmid}", ["VM.Allocate"])
+    if pool is not None and pool not in sim.pools:
+        raise PermError(f"pool '{pool}' does not exist")  # RPCEnvironment.pm check_pool_exist
+    if ctx.can(f"/vms/{vmid}", "VM.Allocate") or (pool and ctx.can(f"/pool/{pool}", "VM.Allocate")):
+        pass
+    elif restore and p.get("force") and existing is not None and ctx.can(f"/vms/{vmid}", "VM.Backup"):
+        if existing.config.get("unprivileged") and unprivileged is not None and not unprivileged:
+            raise PermError("cannot change from unprivileged to privileged without VM.Allocate")
+    else:
+        raise PermError()
     ostemplate = str(p["ostemplate"])
-    tsid = ostemplate.split(":", 1)[0] if ":" in ostemplate else None
-    if tsid is None or tsid not in sim.storages:
-        raise die(f"storage '{tsid or ostemplate}' does not exist")
-    if not ctx.is_root:
-        ctx.check(f"/storage/{tsid}", ["Datastore.AllocateSpace"] if restore else ["Datastore.Audit"])
     storage = str(p.get("storage", "local"))
-    if storage not in sim.storages:
-        raise die(f"storage '{storage}' does not exist")
+    newconf = {k: v for k, v in p.items() if k not in NON_CONFIG and k != "unprivileged"}
+    check_ct_modify_config_perm(ctx, vmid, pool, None, newconf, [], bool(unprivileged))
+    check_volume_access(ctx, vmid, ostemplate, "backup" if restore else "vztmpl")
+    tsid = ostemplate.split(":", 1)[0] if ":" in ostemplate else None
+    if tsid is None:  # root@pam may name a path; pvesim has no files to read it from
+        raise die(f"storage '{ostemplate}' does not exist")
     if any(re.fullmatch(r"mp\d+", k) for k in p) and "rootfs" not in p:
         raise die("mount points configured, but 'rootfs' not set - aborting")
     backup_cfg: dict[str, Any] = {}
@@ -383,15 +443,10 @@ def create_lxc(ctx: Ctx) -> str:
             cfg[k] = v
         else:
             cfg[k] = v
-    if "features" in p:
-        check_features_change(ctx, vmid, None, str(p["features"]), bool(p.get("unprivileged")))
-    if not ctx.is_root:
-        for _key, sid, _size, _parsed in alloc.items:
-            ctx.check(f"/storage/{sid}", ["Datastore.AllocateSpace"])
-    for k in list(cfg):
-        if re.fullmatch(r"net\d+", k) and not ctx.is_root:
-            ctx.check(f"/vms/{vmid}", ["VM.Config.Network"])
-            check_bridge_access(ctx, str(cfg[k]))
+    for _key, sid, _size, _parsed in alloc.items:  # create_vm check_and_activate_storage
+        ctx.check(f"/storage/{sid}", ["Datastore.AllocateSpace"])
+    # create_vm checks the bridges of the backed-up networks the caller keeps, in the task
+    kept_nets = [str(v) for k, v in backup_cfg.items() if re.fullmatch(r"net\d+", k) and k not in p]
     cfg["lock"] = "create"
     g = Guest(vmid, "lxc", node, cfg, created_at=sim.now())
     if existing is not None:
@@ -403,6 +458,12 @@ def create_lxc(ctx: Ctx) -> str:
     def work() -> list[str]:
         if not restore and ostemplate not in sim.storage_volumes(node, tsid):
             raise TaskError(f"volume '{ostemplate}' does not exist")
+        if restore:
+            for net in kept_nets:
+                try:
+                    check_bridge_access(ctx, net)
+                except PermError as e:
+                    raise TaskError(str(e)) from None
         lines = _do_alloc(sim, node, vmid, alloc, g.config)
         src = ostemplate.split("/", 1)[-1]
         path = f"/var/lib/vz/template/cache/{src}" if not restore else f"/var/lib/vz/dump/{src}"
@@ -497,27 +558,23 @@ def put_config(ctx: Ctx) -> None:
     revert = split_list(str(p.get("revert", "")))
     if not changes and not delete and not revert:
         raise die("no options specified")
-    if not ctx.is_root:
-        for k in [*changes, *delete, *revert]:
-            perm = _perm_for_key(k)
-            if not ctx.can(f"/vms/{g.vmid}", perm):
-                raise PermError(f"/vms/{g.vmid}, {perm}")
-    unpriv = bool(g.config.get("unprivileged"))
-    if "features" in changes:
-        check_features_change(ctx, g.vmid, g.config.get("features"), str(changes["features"]), unpriv)
-    if "features" in delete or "features" in revert:
-        check_features_change(ctx, g.vmid, g.config.get("features"), None, unpriv, delete=True)
+    # pve-container src/PVE/API2/LXC/Config.pm update_vm's order: lock, digest, the privileges for the
+    # deleted and reverted keys, the option checks of those, then the privileges for the new values
     err = lock_error(g)
     if err:
         raise die(err)
     if p.get("digest") and str(p["digest"]) != g.digest:
         raise die("detected modified configuration - file changed by other user? Try again.")
+    unpriv = bool(g.config.get("unprivileged"))
+    check_ct_modify_config_perm(ctx, g.vmid, None, g.config, {}, delete, unpriv)
+    check_ct_modify_config_perm(ctx, g.vmid, None, g.config, {}, revert, unpriv)
     validator = sim_validator()
     for opt in delete + revert:
         if opt in NON_CONFIG or validator.checker_for(opt) is None:
             raise param_error({"delete" if opt in delete else "revert": f"unknown option '{opt}'"})
         if opt in changes:
             raise die(f"you can't use '-{opt}' and -delete {opt}' at the same time")
+    check_ct_modify_config_perm(ctx, g.vmid, None, g.config, changes, [], unpriv)
     for opt in delete:
         if opt in READONLY:
             raise die(f"unable to delete read-only option: '{opt}'")
@@ -531,9 +588,6 @@ def put_config(ctx: Ctx) -> None:
     normalized: dict[str, Any] = {}
     for k, v in changes.items():
         if re.fullmatch(r"net\d+", k):
-            if g.config.get(k):
-                check_bridge_access(ctx, str(g.config[k]))
-            check_bridge_access(ctx, str(v))
             normalized[k] = _normalize_net(sim, k, str(v), str(g.config.get(k, "")) or None)
         elif k == "rootfs" or re.fullmatch(r"mp\d+", k):
             t = _plan_volume(sim, g.node, k, str(v), "local", alloc)
@@ -615,8 +669,8 @@ def power(ctx: Ctx, g: Guest, action: str) -> str:
         raise die(f"{'CT' if ct else 'VM'} {g.vmid} not running")
     if action == "reboot" and not running:
         raise die(f"VM {g.vmid} not running")
-    if ctx.p.get("skiplock") and not ctx.is_root:
-        raise PermError(f"/vms/{g.vmid}, skiplock is only allowed for root@pam")
+    if ctx.p.get("skiplock") and not ctx.is_root:  # pve-container API2/LXC/Status.pm: `$authuser ne 'root@pam'`
+        raise param_error({"skiplock": "Only root may use this option."})
     ha = sim.ha_resources.get(_ha_sid(g))
     if ha is not None and action in ("start", "stop"):
         ttype = f"ha{action}"
@@ -1022,7 +1076,9 @@ def clone(ctx: Ctx) -> str:
     if newid in sim.guests:
         other = sim.guests[newid]
         raise die(f"{'CT' if other.type == 'lxc' else 'VM'} {newid} already exists on node '{other.node}'")
-    ctx.check(f"/vms/{newid}", ["VM.Allocate"]) if not ctx.is_root else None
+    # VM.Clone and VM.Allocate on /vms/{newid} or the pool: the schema's check (already done)
+    if p.get("pool") is not None and p["pool"] not in sim.pools:
+        raise PermError(f"pool '{p['pool']}' does not exist")  # RPCEnvironment.pm check_pool_exist
     full = bool(p.get("full", not g.config.get("template")))
     if not full and not g.config.get("template"):
         raise die("linked clone feature for 'rootfs' is not available")
@@ -1032,6 +1088,11 @@ def clone(ctx: Ctx) -> str:
     err = lock_error(g)
     if err:
         raise die(err)
+    for key, value in g.config.items():  # pve-container API2/LXC.pm clone_vm: every volume's target storage
+        if key == "rootfs" or re.fullmatch(r"mp\d+", key):
+            vol = str(_fmt("rootfs" if key == "rootfs" else "mp[n]").parse(str(value)).get("volume", ""))
+            if ":" in vol and not vol.startswith("/"):
+                ctx.check(f"/storage/{p.get('storage') or vol.split(':', 1)[0]}", ["Datastore.AllocateSpace"])
     cfg = {k: v for k, v in g.config.items() if k not in ("lock", "template")}
     cfg["hostname"] = p.get("hostname", g.config.get("hostname", f"{g.name}-clone"))
     if p.get("description"):

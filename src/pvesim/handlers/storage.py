@@ -8,7 +8,59 @@ from typing import Any
 from pvesim.access import PermError
 from pvesim.formats import split_list
 from pvesim.handlers import Ctx, api
-from pvesim.state import APLINFO_EXTRA, TEMPLATES, Storage, Volume, die, param_error
+from pvesim.state import APLINFO_EXTRA, TEMPLATES, Sim, Storage, Volume, die, param_error
+
+
+def parse_volname(sim: Sim, volid: str) -> tuple[str, str | None, int | None]:
+    """(storage, content type, owner vmid) of a volume ID as pve-storage Storage.pm parse_volname reads
+    it: from the name alone, whether the volume exists or not. (None, None, None) for a path (no
+    `storage:` prefix, parse_volume_id)."""
+    m = re.fullmatch(r"([a-z][a-z0-9\-_.]*[a-z0-9]):(.+)", volid, re.IGNORECASE | re.DOTALL)
+    if not m:
+        return "", None, None
+    sid, name = m.group(1), m.group(2)
+    if sid not in sim.storages:
+        raise die(f"storage '{sid}' does not exist")
+    vt = re.fullmatch(r"(vztmpl|iso|import|snippets)/.+", name)
+    if vt:
+        return sid, vt.group(1), None
+    # vzdump archives, and PBS snapshots (PBSPlugin.pm: backup/<ct|vm>/<vmid>/<time>)
+    b = re.fullmatch(r"backup/(?:vzdump-(?:lxc|qemu|openvz)-|(?:ct|vm)/)(\d+)[-/].+", name)
+    if b:
+        return sid, "backup", int(b.group(1))
+    if name.startswith("backup/"):
+        return sid, "backup", None
+    d = re.fullmatch(r"(?:\d+/)?(?:(?:base|basevol)-\d+-[^/]+/)?(vm|subvol|base|basevol)-(\d+)-\S+", name)
+    if d:
+        return sid, "rootdir" if d.group(1) in ("subvol", "basevol") else "images", int(d.group(2))
+    raise die(f"unable to parse volume name '{name}'")
+
+
+def check_volume_access(ctx: Ctx, vmid: int | None, volid: str, content_type: str | None) -> None:
+    """pve-storage Storage.pm check_volume_access, for create/restore (ostemplate) and mount points."""
+    sid, vtype, owner = parse_volname(ctx.sim, volid)
+    if not sid:
+        if not ctx.is_root:
+            # PVE dies without a newline here, so the real message also names the Perl source line
+            raise die("Only root can pass arbitrary filesystem paths.")
+        return
+    if content_type and vtype != content_type and (content_type != "rootdir" or vtype != "images"):
+        raise die(f"unable to use volume {volid} - content type needs to be '{content_type}'")
+    if ctx.can(f"/storage/{sid}", "Datastore.Allocate"):
+        return
+    if vtype in ("iso", "vztmpl", "import"):
+        # templates and ISOs may be sensitive: reading the storage is enough, allocating is not needed
+        ctx.check(f"/storage/{sid}", ["Datastore.AllocateSpace", "Datastore.Audit"], any_of=True)
+    elif owner is not None and vmid is not None and owner == vmid:
+        return
+    elif vtype == "backup" and owner:
+        ctx.check(f"/storage/{sid}", ["Datastore.AllocateSpace"])
+        ctx.check(f"/vms/{owner}", ["VM.Backup"])
+    elif vtype in ("images", "rootdir") and owner:
+        ctx.check(f"/storage/{sid}", ["Datastore.Audit"])
+        ctx.check(f"/vms/{owner}", ["VM.Config.Disk"])
+    else:
+        raise die(f"missing privileges to access {volid}")
 
 
 @api("GET", "/storage")
