@@ -19,7 +19,6 @@ from pveguard.strategy.models import Container, Strategy
 # Key path (``containers[].x`` means that key of every container; a section covers every key below
 # it) -> the issue that will implement it.
 NOT_ENFORCED: dict[str, int] = {
-    "core_functions": 11,  # a description today: the guard and the audit classify by core_roots
     "containers[].health_checks": 14,
     "containers[].backup_volume": 11,
     "network.management": 13,

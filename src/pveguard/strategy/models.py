@@ -562,6 +562,13 @@ class Strategy(StrictModel):
                 return c
         raise KeyError(name)
 
+    def core_roots(self) -> tuple[str, ...]:
+        """The packages whose dependency closure is core: `installation_policy.core_roots`, then the
+        packages every core function names (first occurrence kept). The guard's policy file and the
+        audit both classify by this one set, so what the strategy calls a core function stays allowed."""
+        names = [*self.installation_policy.core_roots, *(p for f in self.core_functions for p in f.packages)]
+        return tuple(dict.fromkeys(names))
+
     def container_bridge(self, c: Container) -> str:
         return c.network.bridge or self.network.bridge
 
