@@ -388,3 +388,15 @@ def test_detailed_exitcode_keeps_2_for_changes_only(penv: Env, capsys: pytest.Ca
     assert penv.run("plan", capsys=capsys)[0] == 2  # a strategy error is a usage error...
     code, _out, err = penv.run("plan", "--detailed-exitcode", capsys=capsys)
     assert code == 1 and "BAD NAME" in err  # ...but 2 would read as "changes pending"
+
+
+def test_soft_limits_are_refused_on_proxmox_before_anything_changes(penv: Env,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    penv.edit(lambda d: d.setdefault("resources", {}).update(hard_limits=False))
+    penv.reset_calls()
+    for verb in ("plan", "apply"):
+        code, _out, err = penv.run(verb, capsys=capsys)
+        assert code == 2, err
+        assert "resources.hard_limits: false cannot be met on Proxmox VE" in err
+        assert str(penv.strategy) in err and "set resources.hard_limits: true" in err
+    assert penv.lxc() == []

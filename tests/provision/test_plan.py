@@ -236,7 +236,7 @@ def test_desired_fields_of_default_monitoring() -> None:
     f = desired_fields(DESIRED[0].spec)
     assert f == {
         "hostname": "pve-monitoring", "cores": "2", "memory": "4096", "swap": "512", "cpulimit": "0",
-        "cpuunits": "100", "rootfs": "20G", "net0": "bridge=vmbr0,firewall=1,ip=dhcp,tag=100",
+        "cpuunits": "100", "hard_limits": "1", "rootfs": "20G", "net0": "bridge=vmbr0,firewall=1,ip=dhcp,tag=100",
         "unprivileged": "1", "features": "nesting=1", "onboot": "1", "startup": "order=2",
         "tags": "monitoring;pveguard", "description": f["description"],
     }
@@ -397,3 +397,16 @@ def test_only_keeps_the_named_containers() -> None:
     obs.configs[101]["memory"] = 1024
     p = plan(DESIRED, obs).only({"pve-backup-manager"})
     assert [(a.kind, a.name) for a in p.actions] == [("update", "pve-backup-manager")]
+
+
+def test_soft_limits_are_a_live_change_of_a_container_made_with_hard_ones() -> None:
+    soft = desired_state(Strategy.model_validate({"resources": {"hard_limits": False}}), INSTANCE)
+    p = plan(soft, converged())
+    assert {a.kind for a in p.actions} == {"update"}
+    [change] = p.actions[0].changes
+    assert (change.field, change.old, change.new, change.live) == ("hard_limits", "1", "0", True)
+    # the lxc backend stores hard_limits: 0 in the config it reports; then nothing is left to change
+    obs = converged()
+    for cfg in obs.configs.values():
+        cfg["hard_limits"] = 0
+    assert {a.kind for a in plan(soft, obs).actions} == {"unchanged"}

@@ -80,6 +80,7 @@ class GuestSpec:
     storage: str | None = None
     cpulimit: float = 0
     cpuunits: int = 100
+    hard_limits: bool = True  # False: soft limits (lxc backend only; PVE has no soft mode)
     unprivileged: bool = True
     features: dict[str, bool] = field(default_factory=dict)
     onboot: bool = True

@@ -60,8 +60,8 @@ TOOLS = {"lxc-start": "lxc", "lxc-attach": "lxc", "lxc-stop": "lxc", "lxc-ls": "
          "lxc-wait": "lxc", "lxc-usernsexec": "lxc", "mkfs.ext4": "e2fsprogs", "e2fsck": "e2fsprogs",
          "resize2fs": "e2fsprogs", "ip": "iproute2", "losetup": "mount", "tar": "tar"}
 # Keys a running container takes at once (cgroup writes or metadata only).
-LIVE_KEYS = frozenset({"memory", "swap", "cores", "cpulimit", "cpuunits", "onboot", "startup", "tags",
-                       "description"})
+LIVE_KEYS = frozenset({"memory", "swap", "cores", "cpulimit", "cpuunits", "hard_limits", "onboot", "startup",
+                       "tags", "description"})
 # Keys written into the lxc config or the root disk, which LXC reads only at start.
 RESTART_KEYS = frozenset({"hostname", "net0", "features", "rootfs"})
 SUPPORTED_FEATURES = frozenset({"nesting", "fuse", "keyctl"})
@@ -194,6 +194,8 @@ def pve_config(spec: GuestSpec, vmid: int, unprivileged: bool, hwaddr: str) -> d
     }
     if spec.cpulimit:
         conf["cpulimit"] = spec.cpulimit
+    if not spec.hard_limits:
+        conf["hard_limits"] = 0  # pveguard's own key (PVE has no soft limits): see cgroups.Limits.hard
     if unprivileged:
         conf["unprivileged"] = 1
     feats = format_features(spec.features)
@@ -212,7 +214,7 @@ def pve_config(spec: GuestSpec, vmid: int, unprivileged: bool, hwaddr: str) -> d
 def limits_of(conf: dict[str, Any], cpuset: str | None) -> cgroups.Limits:
     return cgroups.Limits(memory_mib=int(conf.get("memory", 512)), swap_mib=int(conf.get("swap", 0)),
                           cpulimit=float(conf.get("cpulimit", 0) or 0), cpuunits=int(conf.get("cpuunits", 100)),
-                          cpuset=cpuset)
+                          cpuset=cpuset, hard=int(conf.get("hard_limits", 1)) == 1)
 
 
 @dataclass(frozen=True)
@@ -947,7 +949,7 @@ class LxcBackend(Backend):
         old = dict(meta["config"])
         new = dict(old)
         defaults: dict[str, Any] = {"cpulimit": 0, "onboot": 0, "tags": "", "description": "", "features": "",
-                                    "startup": "", "cpuunits": 100, "swap": 0}
+                                    "startup": "", "cpuunits": 100, "swap": 0, "hard_limits": 1}
         for key in delete or []:
             if key not in defaults:
                 raise ConfigError(f"cannot delete {key!r} from container {vmid}",
@@ -963,6 +965,8 @@ class LxcBackend(Backend):
         for key in ("cpulimit", "onboot", "features", "startup", "tags"):
             if key in new and new[key] in (0, "", "0"):
                 new.pop(key)
+        if new.get("hard_limits") == 1:  # the default: not stored
+            new.pop("hard_limits")
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if not changed:
             return []
@@ -1256,6 +1260,10 @@ def _checked_value(key: str, value: Any, old: dict[str, Any]) -> Any:
             if v < ints[key]:
                 raise ConfigError(f"{key} must be at least {ints[key]}, not {v}")
             return v
+        if key == "hard_limits":
+            if str(value) not in ("0", "1"):
+                raise ConfigError(f"hard_limits must be 0 or 1, not {value!r}")
+            return int(value)
         if key == "cpulimit":
             f = float(value)
             if not 0 <= f <= 8192:
@@ -1301,5 +1309,5 @@ def _checked_value(key: str, value: Any, old: dict[str, Any]) -> Any:
     if key in ("tags", "description", "startup"):
         return str(value) if key != "description" or str(value).endswith("\n") else str(value) + "\n"
     raise ConfigError(f"the LXC backend cannot change {key!r}",
-                      hint="changeable: cores, memory, swap, cpulimit, cpuunits, hostname, net0, rootfs, "
+                      hint="changeable: cores, memory, swap, cpulimit, cpuunits, hard_limits, hostname, net0, rootfs, "
                            "features, onboot, startup, tags, description")

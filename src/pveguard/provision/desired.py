@@ -17,12 +17,12 @@ from pveguard.strategy.models import Container, Strategy
 from pveguard.strategy.units import GIB, MIB
 
 # The fields the planner compares, in display order.
-FIELDS = ("hostname", "cores", "memory", "swap", "cpulimit", "cpuunits", "rootfs", "net0",
+FIELDS = ("hostname", "cores", "memory", "swap", "cpulimit", "cpuunits", "hard_limits", "rootfs", "net0",
           "unprivileged", "features", "onboot", "startup", "tags", "description")
 
 # Keys PVE applies to a running container at once (pve-container LXC/Config.pm: LXC_FASTPLUG_OPTIONS
 # plus what vmconfig_hotplug_pending hot-plugs); rootfs grows online through the resize call.
-LIVE_FIELDS = frozenset({"hostname", "cores", "memory", "swap", "cpulimit", "cpuunits", "net0", "onboot",
+LIVE_FIELDS = frozenset({"hostname", "cores", "memory", "swap", "cpulimit", "cpuunits", "hard_limits", "net0", "onboot",
                          "startup", "tags", "description", "rootfs"})
 # `unprivileged` is read-only after creation: a change needs a new container.
 IMMUTABLE_FIELDS = frozenset({"unprivileged"})
@@ -65,6 +65,7 @@ def desired_state(strategy: Strategy, instance: str) -> list[Desired]:
             memory_mib=c.resources.memory // MIB, swap_mib=c.resources.swap // MIB,
             disk_gib=max(1, -(-c.resources.storage // GIB)), net=net, template=c.template,
             storage=c.storage, cpulimit=c.resources.cpulimit, cpuunits=c.resources.cpuunits,
+            hard_limits=strategy.resources.hard_limits,
             unprivileged=c.unprivileged, features=dict(c.features), onboot=c.onboot,
             startup_order=c.startup.order, startup_up=c.startup.up, startup_down=c.startup.down,
             tags=tags_for(c), node=c.node or pinned, vmid=c.vmid, description=description_for(c, instance),
@@ -149,6 +150,7 @@ def desired_fields(spec: GuestSpec) -> dict[str, str]:
         "swap": str(spec.swap_mib),
         "cpulimit": _num(spec.cpulimit),
         "cpuunits": str(spec.cpuunits),
+        "hard_limits": _bool01(spec.hard_limits),
         "rootfs": _fmt_gib(spec.disk_gib),
         "net0": _net_fields(net),
         "unprivileged": _bool01(spec.unprivileged),
@@ -178,6 +180,8 @@ def actual_fields(config: dict[str, Any]) -> dict[str, str]:
         "swap": str(config.get("swap", 512)),
         "cpulimit": _num(config.get("cpulimit", 0) or 0),
         "cpuunits": str(config.get("cpuunits", 100)),
+        # pveguard's lxc backend stores 0 for soft limits; a PVE config never has it (always hard)
+        "hard_limits": _bool01(config.get("hard_limits", 1)),
         "rootfs": disk,
         "net0": _net_fields(parse_propstring(str(config.get("net0", "")))) if config.get("net0") else "",
         "unprivileged": _bool01(config.get("unprivileged", 0)),

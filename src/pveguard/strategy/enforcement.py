@@ -23,7 +23,6 @@ NOT_ENFORCED: dict[str, int] = {
     "containers[].backup_volume": 11,
     "network.management": 13,
     "network.isolation": 13,
-    "resources.hard_limits": 11,  # limits are always applied; 'false' does not turn them off
     "security.network.vlans": 13,
     "security.network.firewall_rules": 13,
     "security.network.traffic_monitoring": 13,

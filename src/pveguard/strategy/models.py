@@ -293,7 +293,10 @@ class HostCapacity(StrictModel):
 
 
 class Resources(StrictModel):
-    hard_limits: bool = Field(True, description="cpu and memory limits through cgroups (always applied today)")
+    hard_limits: bool = Field(True, description=(
+        "true: memory, swap and cpulimit are hard cgroup caps (as on PVE); false (lxc backend only): memory "
+        "is a reclaim target (memory.high), cpulimit is not applied, cpuunits and cores stay; Proxmox VE "
+        "refuses false"))
     host: HostCapacity = Field(default_factory=HostCapacity)
     max_cpu_overcommit: float = Field(2.0, gt=0, le=64)
     max_memory_overcommit: float = Field(1.0, gt=0, le=8)
