@@ -466,3 +466,17 @@ def test_soft_limits_from_the_spec_reach_the_lxc_config() -> None:
     assert _checked_value("hard_limits", "0", {}) == 0
     with pytest.raises(ConfigError, match="0 or 1"):
         _checked_value("hard_limits", "soft", {})
+
+
+def test_backup_volume_is_mp0_and_a_bind_mounted_directory() -> None:
+    from pveguard.backends.base import DataVolume
+    from pveguard.provision.final_backup import data_volumes, left_out_of_backups
+
+    conf = pve_config(spec(backup_volume=DataVolume(100, "/srv/backup")), 105, unprivileged=True, hwaddr="x")
+    assert conf["mp0"] == "local:105/vm-105-disk-1,mp=/srv/backup,backup=1,size=100G"
+    # what a delete of this container sees: a data volume, in backups
+    assert list(data_volumes(conf)) == ["mp0"] and left_out_of_backups(data_volumes(conf)) == []
+    text = render_lxc_config(105, conf, facts(2, ids=True), image=Path("/d/105/vm-105-disk-0.raw"),
+                             net=NetPlan("vmbr0", 10, "vlan_filtering"), cpuset="1")
+    assert "lxc.mount.entry = /d/105/mp0 srv/backup none bind,create=dir 0 0" in text.splitlines()
+    assert "mp0" not in pve_config(spec(), 105, unprivileged=True, hwaddr="x")

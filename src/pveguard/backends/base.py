@@ -53,6 +53,15 @@ def with_marker(description: str | None, instance: str) -> str:
     return "\n".join([*kept, marker_line(instance)]).strip("\n")
 
 
+@dataclass(frozen=True)
+class DataVolume:
+    """A container's data volume (`mp0`, in backups): the strategy's `backup_volume`."""
+
+    size_gib: int
+    mountpoint: str
+    storage: str | None = None  # None: the container's storage, else the backend's default
+
+
 @dataclass
 class NetSpec:
     """A guest's first network interface."""
@@ -91,7 +100,7 @@ class GuestSpec:
     node: str | None = None
     vmid: int | None = None
     description: str = ""
-    extra_volumes: list[dict[str, Any]] = field(default_factory=list)
+    backup_volume: DataVolume | None = None
 
 
 @dataclass

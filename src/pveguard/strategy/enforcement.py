@@ -20,7 +20,6 @@ from pveguard.strategy.models import Container, Strategy
 # it) -> the issue that will implement it.
 NOT_ENFORCED: dict[str, int] = {
     "containers[].health_checks": 14,
-    "containers[].backup_volume": 11,
     "network.management": 13,
     "network.isolation": 13,
     "security.network.vlans": 13,

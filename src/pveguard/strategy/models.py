@@ -185,8 +185,17 @@ class HealthCheck(StrictModel):
 
 class BackupVolume(StrictModel):
     size: Size = 100 * GIB
-    mountpoint: str = "/srv/backup"
+    mountpoint: str = Field("/srv/backup", description="an absolute path inside the container, like /srv/backup")
     storage: str | None = None
+
+    @field_validator("mountpoint")
+    @classmethod
+    def _mountpoint(cls, v: str) -> str:
+        # it becomes a word of an lxc.mount.entry line and PVE's mp= (no symlinks, no '..')
+        if not re.fullmatch(r"/[A-Za-z0-9._/-]*[A-Za-z0-9._-]", v) or ".." in v.split("/") or v == "/":
+            raise ValueError(f"{v!r} is not an absolute path of letters, digits, '.', '_', '-' and '/' "
+                             "like /srv/backup")
+        return v
 
 
 class Container(StrictModel):
