@@ -357,7 +357,15 @@ def test_backup_volume_and_soft_limits(lxc_env: Any) -> None:
     assert "size=3G" in b.get_config(g)["mp0"]
     with pytest.raises(BackendError, match="cannot shrink"):
         b.update(g, {"mp0": "1G"})
-    b.stop(g)
+    # the final backup before a delete (and every lxc dump) holds the volume where the container sees it
+    from pveguard.backup.lxcdump import dump_container
+
+    for state in ("running", "stopped"):
+        dump = dump_container(str(g.vmid), g.vmid, lxc_env.root / f"dump-{state}", b.lxcpath, mode="suspend")
+        listing = subprocess.run(["tar", "--zstd", "-tvf", str(dump.archive)], capture_output=True, text=True,
+                                 check=True).stdout
+        assert "./srv/backup/a" in listing and "./etc/vzdump/pveguard.json" in listing, (state, listing[-2000:])
+        b.stop(g)
     b.destroy(g)
     assert not on_host.exists()
     assert lxc_env.leftovers(keep=lxc_env.bridges) == []
