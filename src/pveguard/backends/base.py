@@ -181,6 +181,8 @@ class Backend(abc.ABC):
     """The verbs every backend implements."""
 
     name: str = "base"
+    # `resources.hard_limits: false` can be met (PVE always applies hard limits; see docs/lxc.md)
+    soft_limits: bool = False
 
     @abc.abstractmethod
     def capabilities(self) -> Capabilities: ...

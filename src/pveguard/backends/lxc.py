@@ -391,6 +391,7 @@ class LxcBackend(Backend):
     """Guests as LXC containers on this host (see the module docstring for the layout)."""
 
     name = "lxc"
+    soft_limits = True
 
     def __init__(self, config: LxcTarget, *, subuid: Path = Path("/etc/subuid"),
                  subgid: Path = Path("/etc/subgid"), lxc_config_dir: Path = LXC_CONFIG_DIR,

@@ -14,10 +14,10 @@ from pveguard.backends import connect
 from pveguard.backends.base import Backend, Guest, read_marker
 from pveguard.backends.proxmox import ProxmoxBackend
 from pveguard.context import AppContext
-from pveguard.errors import EXIT_FAILED, ConfigError, PveguardError, UsageError
+from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
 from pveguard.output import Col, FitTable, console, err_console, error, print_json, warn
 from pveguard.provision.apply import Applier, ApplyInterrupted, ApplyReport
-from pveguard.provision.desired import actual_fields, desired_fields, desired_state
+from pveguard.provision.desired import actual_fields, check_limits, desired_fields, desired_state
 from pveguard.provision.final_backup import data_volumes, take_final_backup
 from pveguard.provision.instance import identity
 from pveguard.provision.journal import Journal
@@ -63,11 +63,7 @@ def compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str] 
     if isinstance(backend, ProxmoxBackend):
         # PVE hides what a token may not see instead of failing: check the privileges before planning
         backend.require_privileges()
-        if not app.strategy.resources.hard_limits:
-            raise ConfigError(f"{app.strategy_path}: resources.hard_limits: false cannot be met on Proxmox VE: PVE "
-                              "always applies memory, swap and cores as hard cgroup limits and has no soft mode",
-                              hint="set resources.hard_limits: true (or remove it), or use the lxc backend, "
-                                   "where false means memory.high instead of memory.max and no cpulimit quota")
+    check_limits(app.strategy, backend, app.strategy_path)
     instance = instance_id(app)
     p = plan(desired_state(app.strategy, instance), observe(backend), instance=instance, prune=prune,
              journal=Journal(app.store).entries())

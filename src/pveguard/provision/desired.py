@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pveguard.backends.base import MANAGED_TAG, DataVolume, GuestSpec, NetSpec, marker_line
+from pveguard.backends.base import MANAGED_TAG, Backend, DataVolume, GuestSpec, NetSpec, marker_line
+from pveguard.errors import ConfigError
 from pveguard.strategy.models import Container, Strategy
 from pveguard.strategy.units import GIB, MIB
 
@@ -53,6 +54,15 @@ def description_for(c: Container, instance: str) -> str:
 def tags_for(c: Container) -> list[str]:
     """`pveguard`, the role and any extra tags: lower-case, de-duplicated and sorted, as PVE stores them."""
     return sorted({MANAGED_TAG, c.role.lower(), *(t.lower() for t in c.tags)})
+
+
+def check_limits(strategy: Strategy, backend: Backend, where: object) -> None:
+    """Refuse `resources.hard_limits: false` on a backend without soft limits, before anything changes."""
+    if not strategy.resources.hard_limits and not backend.soft_limits:
+        raise ConfigError(f"{where}: resources.hard_limits: false cannot be met on Proxmox VE: PVE always applies "
+                          "memory, swap and cores as hard cgroup limits and has no soft mode",
+                          hint="set resources.hard_limits: true (or remove it), or use the lxc backend, where "
+                               "false means memory.high instead of memory.max and no cpulimit quota")
 
 
 def desired_state(strategy: Strategy, instance: str) -> list[Desired]:
