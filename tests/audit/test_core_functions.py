@@ -36,3 +36,12 @@ def test_a_core_function_package_is_core_with_its_dependencies() -> None:
     assert "nginx" in doc["host"]["core_roots"]
     assert not any(f["id"] == "non-core-service:nginx-common" for f in doc["findings"])
     assert "nginx" not in doc["packages"]["manual_non_core"]
+
+
+def test_the_audit_says_which_core_function_packages_are_missing() -> None:
+    strategy = Strategy.model_validate({"core_functions": [
+        {"name": "web-frontend", "packages": ["nginx"]},
+        {"name": "hypervisor", "packages": ["pve-container", "lxcfs"]}]})
+    functions = {f["name"]: f for f in audit(strategy)["host"]["core_functions"]}
+    assert functions["web-frontend"] == {"name": "web-frontend", "packages": ["nginx"], "missing": []}
+    assert functions["hypervisor"]["missing"] == ["pve-container", "lxcfs"]  # a plain Debian root

@@ -137,6 +137,10 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
             "systemd_running": facts.systemd_running,
             "backend": backend,
             "core_roots": list(strategy.core_roots()),
+            # per core function of the strategy: which of the packages that implement it are not here
+            "core_functions": [{"name": f.name, "packages": list(f.packages),
+                                "missing": [p for p in f.packages if p not in graph.installed]}
+                               for f in strategy.core_functions],
         },
         "score": {"value": result.value, "formula": result.formula, "explanation": result.explanation,
                   "counts": result.counts, "penalty": result.penalty},
