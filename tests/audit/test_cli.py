@@ -106,7 +106,8 @@ def test_this_machine_without_pve() -> None:
     doc = json.loads(proc.stdout)
     assert doc["host"]["pve"]["detected"] is False
     assert any(f["id"] == "pve-not-detected" and f["severity"] == "info" for f in doc["findings"])
-    assert doc["host"]["core_roots"] == ["proxmox-ve"]
+    # the classification's roots: installation_policy.core_roots, then every core function's packages
+    assert doc["host"]["core_roots"][0] == "proxmox-ve" and "pve-qemu-kvm" in doc["host"]["core_roots"]
     # guests come from whichever backend is reachable here (the lxc one when the lxc tools are installed)
     assert doc["guests"]["available"] or any(u["fact"] == "guests" for u in doc["unavailable"])
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pveguard.guard.aptproto import Action
@@ -17,7 +19,9 @@ from pveguard.guard.decide import (
     parse_policy,
     render_policy,
 )
-from pveguard.packages.classify import Verdict
+from pveguard.guard.install import policy_from_strategy
+from pveguard.packages.classify import Classifier, Verdict
+from pveguard.strategy.models import Strategy
 
 CORE = Verdict(True, "closure", "via pve-manager")
 NONCORE = Verdict(False, "non-core")
@@ -226,3 +230,21 @@ def test_policy_errors(text: str, message: str) -> None:
     with pytest.raises(PolicyFileError) as info:
         parse_policy(text)
     assert message in str(info.value)
+
+
+def test_core_function_packages_are_core_roots_in_the_policy_file(tmp_path: Path) -> None:
+    """A package a core function names is core for the hook even outside core_roots' closure (issue 11)."""
+    strategy = Strategy.model_validate({"installation_policy": {"core_roots": ["proxmox-ve"]},
+                                        "core_functions": [{"name": "ups", "packages": ["nut-client"]}]})
+    policy = parse_policy(render_policy(policy_from_strategy(strategy, tmp_path, None)))
+    assert policy.core_roots == ("proxmox-ve", "nut-client")
+    # as the hook classifies a package apt is about to install (not in dpkg's status yet)
+    verdict = Classifier({}, policy.core_roots, policy.extra_allowed).classify("nut-client")
+    assert verdict.core
+    result = decide([new("nut-client", verdict)], policy, [], NOW)
+    assert result.allowed
+    # and without the core function the same package is refused
+    bare = Strategy.model_validate({"core_functions": []})
+    policy = parse_policy(render_policy(policy_from_strategy(bare, tmp_path, None)))
+    verdict = Classifier({}, policy.core_roots, policy.extra_allowed).classify("nut-client")
+    assert not decide([new("nut-client", verdict)], policy, [], NOW).allowed

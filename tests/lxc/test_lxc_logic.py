@@ -419,3 +419,64 @@ def test_stale_create_only_when_the_creator_is_gone() -> None:
     assert _stale_create({"lock": "create", "creator": [2**22 + 12345, 1]})  # no such pid
     assert not _stale_create({"creator": [2**22 + 12345, 1]})  # finished creates carry no lock
     assert not _stale_create({"lock": "create"})  # unknown creator: never assumed dead
+
+
+# --- resources.hard_limits: false (soft limits) ----------------------------------------------------
+
+
+def test_soft_limits_lift_the_caps_and_keep_the_targets() -> None:
+    soft = cgroups.Limits(1024, 512, 1.5, 200, "0", hard=False)
+    assert cgroups.settings(soft, 2) == [
+        ("memory.max", "max"), ("memory.high", str(1024 * MIB)), ("memory.swap.max", str(512 * MIB)),
+        ("cpu.max", "max 100000"), ("cpu.weight", "200"), ("cpuset.cpus", "0")]
+    assert cgroups.settings(soft, 1) == [
+        ("memory.limit_in_bytes", "-1"), ("memory.memsw.limit_in_bytes", "-1"),
+        ("memory.soft_limit_in_bytes", str(1024 * MIB)), ("cpu.cfs_period_us", "100000"),
+        ("cpu.cfs_quota_us", "-1"), ("cpu.shares", "2048"), ("cpuset.cpus", "0")]
+    lines = cgroups.lxc_config_lines(soft, 2)
+    assert "lxc.cgroup2.memory.max = max" in lines and f"lxc.cgroup2.memory.high = {1024 * MIB}" in lines
+    assert not any("cpu.max" in line for line in lines)  # cpulimit is not applied as a quota
+
+
+@pytest.mark.parametrize(("old_hard", "new_hard", "version", "expected"), [
+    # to soft on v1: memsw is lifted before the limit (the kernel refuses a limit above memsw)
+    (True, False, 1, [("memory.memsw.limit_in_bytes", "-1"), ("memory.limit_in_bytes", "-1"),
+                      ("memory.soft_limit_in_bytes", str(512 * MIB)), ("cpu.cfs_quota_us", "-1")]),
+    # back to hard on v1: the limit first (below the unlimited memsw), then memsw, then the soft target unset
+    (False, True, 1, [("memory.limit_in_bytes", str(512 * MIB)), ("memory.memsw.limit_in_bytes", str(512 * MIB)),
+                      ("cpu.cfs_quota_us", "100000"), ("memory.soft_limit_in_bytes", "-1")]),
+    # back to hard on v2: memory.high before memory.max, as when shrinking
+    (False, True, 2, [("memory.high", str(512 * 1024 * 1016)), ("memory.max", str(512 * MIB)),
+                      ("cpu.max", "100000 100000")]),
+])
+def test_live_writes_switch_between_hard_and_soft(old_hard: bool, new_hard: bool, version: cgroups.CgroupVersion,
+                                                  expected: list[tuple[str, str]]) -> None:
+    old, new = cgroups.Limits(512, 0, 1, hard=old_hard), cgroups.Limits(512, 0, 1, hard=new_hard)
+    assert cgroups.live_writes(old, new, version) == expected
+
+
+def test_soft_limits_from_the_spec_reach_the_lxc_config() -> None:
+    conf = pve_config(spec(hard_limits=False, cpulimit=1.0), 105, unprivileged=True, hwaddr="BC:24:11:AA:BB:CC")
+    assert conf["hard_limits"] == 0
+    text = render_lxc_config(105, conf, facts(2, ids=True), image=Path("/d/105.raw"),
+                             net=NetPlan("vmbr0", 10, "vlan_filtering"), cpuset="1")
+    assert "lxc.cgroup2.memory.max = max" in text.splitlines()
+    assert "cpu.max" not in text
+    assert "hard_limits" not in pve_config(spec(), 105, unprivileged=True, hwaddr="x")  # hard: the default
+    assert _checked_value("hard_limits", "0", {}) == 0
+    with pytest.raises(ConfigError, match="0 or 1"):
+        _checked_value("hard_limits", "soft", {})
+
+
+def test_backup_volume_is_mp0_and_a_bind_mounted_directory() -> None:
+    from pveguard.backends.base import DataVolume
+    from pveguard.provision.final_backup import data_volumes, left_out_of_backups
+
+    conf = pve_config(spec(backup_volume=DataVolume(100, "/srv/backup")), 105, unprivileged=True, hwaddr="x")
+    assert conf["mp0"] == "local:105/vm-105-disk-1,mp=/srv/backup,backup=1,size=100G"
+    # what a delete of this container sees: a data volume, in backups
+    assert list(data_volumes(conf)) == ["mp0"] and left_out_of_backups(data_volumes(conf)) == []
+    text = render_lxc_config(105, conf, facts(2, ids=True), image=Path("/d/105/vm-105-disk-0.raw"),
+                             net=NetPlan("vmbr0", 10, "vlan_filtering"), cpuset="1")
+    assert "lxc.mount.entry = /d/105/mp0 srv/backup none bind,create=dir 0 0" in text.splitlines()
+    assert "mp0" not in pve_config(spec(), 105, unprivileged=True, hwaddr="x")

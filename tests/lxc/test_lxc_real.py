@@ -324,3 +324,48 @@ def test_create_killed_half_way_leaves_no_guest_and_is_redone(lxc_env: Any) -> N
     b.destroy(g)
     assert not lxc_net.exists(vbr)
     assert lxc_env.leftovers(keep=lxc_env.bridges) == []
+
+
+def test_backup_volume_and_soft_limits(lxc_env: Any) -> None:
+    """backup_volume: a directory bind-mounted at its mount point, removed with the container;
+    hard_limits false: no memory cap, memory.high (v1: the soft limit) instead, switched live."""
+    from pveguard.backends.base import DataVolume
+
+    b = lxc_env.backend
+    br = lxc_env.bridge("v")
+    g = b.create(GuestSpec(name="pgt-vol", role="test", cores=1, memory_mib=128, swap_mib=0, disk_gib=1,
+                           net=NetSpec(bridge=br, ip="10.250.31.2/24"), hard_limits=False,
+                           backup_volume=DataVolume(2, "/srv/backup")))
+    assert "mp=/srv/backup,backup=1,size=2G" in b.get_config(g)["mp0"]
+    b.start(g)
+    rc, out = sh(b, g, "echo archive > /srv/backup/a && stat -c %U /srv/backup/a && findmnt -n /srv/backup")
+    assert rc == 0 and out.startswith("root"), out
+    on_host = Path(b.disk_dir) / str(g.vmid) / "mp0" / "a"
+    assert on_host.read_text() == "archive\n"
+    v2 = b.facts.layout.version == 2
+    if v2:
+        assert (b.cgroup_value(g, "memory.max"), b.cgroup_value(g, "memory.high")) == ("max", str(128 * MIB))
+    else:
+        assert int(b.cgroup_value(g, "memory.limit_in_bytes") or 0) > 1 << 40  # unlimited
+        assert b.cgroup_value(g, "memory.soft_limit_in_bytes") == str(128 * MIB)
+    # back to hard limits, live
+    assert b.update(g, {"hard_limits": 1}) == []
+    assert "hard_limits" not in b.get_config(g)
+    assert b.cgroup_value(g, "memory.max" if v2 else "memory.limit_in_bytes") == str(128 * MIB)
+    # the volume grows (recorded; a directory has no size) and never shrinks
+    b.update(g, {"mp0": "3G"})
+    assert "size=3G" in b.get_config(g)["mp0"]
+    with pytest.raises(BackendError, match="cannot shrink"):
+        b.update(g, {"mp0": "1G"})
+    # the final backup before a delete (and every lxc dump) holds the volume where the container sees it
+    from pveguard.backup.lxcdump import dump_container
+
+    for state in ("running", "stopped"):
+        dump = dump_container(str(g.vmid), g.vmid, lxc_env.root / f"dump-{state}", b.lxcpath, mode="suspend")
+        listing = subprocess.run(["tar", "--zstd", "-tvf", str(dump.archive)], capture_output=True, text=True,
+                                 check=True).stdout
+        assert "./srv/backup/a" in listing and "./etc/vzdump/pveguard.json" in listing, (state, listing[-2000:])
+        b.stop(g)
+    b.destroy(g)
+    assert not on_host.exists()
+    assert lxc_env.leftovers(keep=lxc_env.bridges) == []

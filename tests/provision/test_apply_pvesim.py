@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -394,3 +395,61 @@ def test_detailed_exitcode_keeps_2_for_changes_only(penv: Env, capsys: pytest.Ca
     assert penv.run("plan", capsys=capsys)[0] == 2  # a strategy error is a usage error...
     code, _out, err = penv.run("plan", "--detailed-exitcode", capsys=capsys)
     assert code == 1 and "BAD NAME" in err  # ...but 2 would read as "changes pending"
+
+
+def test_soft_limits_are_refused_on_proxmox_before_anything_changes(penv: Env,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    penv.edit(lambda d: d.setdefault("resources", {}).update(hard_limits=False))
+    penv.reset_calls()
+    for verb in ("plan", "apply"):
+        code, _out, err = penv.run(verb, capsys=capsys)
+        assert code == 2, err
+        assert "resources.hard_limits: false cannot be met on Proxmox VE" in err
+        assert str(penv.strategy) in err and "set resources.hard_limits: true" in err
+    assert penv.lxc() == []
+
+
+def test_backup_volume_is_a_mount_point_that_grows_and_never_shrinks(penv: Env,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    def one(size: str) -> Any:
+        def fn(d: dict[str, Any]) -> None:
+            c = next(c for c in d["containers"] if c["name"] == "pve-backup-manager")
+            c["backup_volume"] = {"size": size, "mountpoint": "/srv/backup"}
+            d["containers"] = [c]
+        return fn
+
+    penv.edit(one("8G"))
+    penv.edit(lambda d: d["containers"][0].pop("backup_volume"))
+    assert penv.run("apply", capsys=capsys)[0] == 0  # running, without a data volume
+    penv.edit(one("8G"))
+    code, out, err = penv.run("plan", capsys=capsys)
+    assert "mp0: (unset) -> mp=/srv/backup,size=8G,backup=1" in out, out
+    code, out, err = penv.run("apply", "--json", capsys=capsys)
+    assert code == 0, err
+    # PVE hot-plugs a new mount point into the running container: nothing waits for a restart
+    assert json.loads(out)["result"]["restart_needed"] == {}
+    [g] = penv.lxc()
+    mp0 = penv.config(g["vmid"])["mp0"]
+    # PVE allocated a volume for `STORAGE:8` and keeps mp= and backup=1 as sent
+    assert mp0.startswith(f"local-lvm:vm-{g['vmid']}-disk-") and ",mp=/srv/backup" in mp0
+    assert "backup=1" in mp0 and "size=8G" in mp0
+    assert penv.json("plan", capsys=capsys)["changes"] is False  # converged
+
+    penv.edit(one("12G"))
+    code, out, _ = penv.run("plan", capsys=capsys)
+    assert "mp0: mp=/srv/backup,size=8G,backup=1 -> mp=/srv/backup,size=12G,backup=1" in out
+    assert penv.run("apply", capsys=capsys)[0] == 0
+    assert "size=12G" in penv.config(g["vmid"])["mp0"]
+    assert penv.config(g["vmid"])["mp0"].split(",")[0] == mp0.split(",")[0]  # the same volume, grown
+
+    penv.edit(one("4G"))
+    plan = penv.json("plan", capsys=capsys)
+    [a] = plan["actions"]
+    assert a["action"] == "unchanged" and "only grows" in a["notes"][0]
+    assert penv.run("apply", capsys=capsys)[0] == 0
+    assert "size=12G" in penv.config(g["vmid"])["mp0"]
+
+    # leaving the strategy: the delete sees the data volume (final backup, typed name)
+    penv.edit(lambda d: d.update(containers=[]))
+    code, out, _ = penv.run("plan", "--prune", capsys=capsys)
+    assert "data volumes destroyed with it: mp0" in out and "vzdump leaves out" not in out

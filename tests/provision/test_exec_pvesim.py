@@ -138,6 +138,13 @@ def test_ensure_container_creates_runs_and_execs(penv: Env, tmp_path: Path) -> N
         with pytest.raises(ConfigError, match="no container named 'nope'"):
             ensure_container(app, "nope", backend=backend)
         app.close()
+        # soft limits cannot be met on PVE: refused here too, nothing changed
+        penv.edit(lambda d: d.setdefault("resources", {}).update(hard_limits=False))
+        app = AppContext.from_options(None, None)
+        with pytest.raises(ConfigError, match="hard_limits: false cannot be met on Proxmox VE"):
+            ensure_container(app, "pve-monitoring", backend=backend)
+        assert len(penv.lxc()) == 1
+        app.close()
     finally:
         os.environ.clear()
         os.environ.update(old)

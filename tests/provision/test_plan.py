@@ -236,7 +236,8 @@ def test_desired_fields_of_default_monitoring() -> None:
     f = desired_fields(DESIRED[0].spec)
     assert f == {
         "hostname": "pve-monitoring", "cores": "2", "memory": "4096", "swap": "512", "cpulimit": "0",
-        "cpuunits": "100", "rootfs": "20G", "net0": "bridge=vmbr0,firewall=1,ip=dhcp,tag=100",
+        "cpuunits": "100", "hard_limits": "1", "rootfs": "20G", "mp0": "",
+        "net0": "bridge=vmbr0,firewall=1,ip=dhcp,tag=100",
         "unprivileged": "1", "features": "nesting=1", "onboot": "1", "startup": "order=2",
         "tags": "monitoring;pveguard", "description": f["description"],
     }
@@ -397,3 +398,60 @@ def test_only_keeps_the_named_containers() -> None:
     obs.configs[101]["memory"] = 1024
     p = plan(DESIRED, obs).only({"pve-backup-manager"})
     assert [(a.kind, a.name) for a in p.actions] == [("update", "pve-backup-manager")]
+
+
+def test_soft_limits_are_a_live_change_of_a_container_made_with_hard_ones() -> None:
+    soft = desired_state(Strategy.model_validate({"resources": {"hard_limits": False}}), INSTANCE)
+    p = plan(soft, converged())
+    assert {a.kind for a in p.actions} == {"update"}
+    [change] = p.actions[0].changes
+    assert (change.field, change.old, change.new, change.live) == ("hard_limits", "1", "0", True)
+    # the lxc backend stores hard_limits: 0 in the config it reports; then nothing is left to change
+    obs = converged()
+    for cfg in obs.configs.values():
+        cfg["hard_limits"] = 0
+    assert {a.kind for a in plan(soft, obs).actions} == {"unchanged"}
+
+
+BACKUP_VOLUME = Strategy.model_validate({"containers": [
+    {**Strategy().model_dump(mode="json")["containers"][1], "backup_volume": {"size": "100G"}}]})
+
+
+def test_backup_volume_is_created_as_mp0_in_backups() -> None:
+    [d] = desired_state(BACKUP_VOLUME, INSTANCE)
+    assert d.spec.backup_volume is not None and d.spec.backup_volume.size_gib == 100
+    p = plan([d], Observed([], {}))
+    assert p.actions[0].as_dict()["fields"]["mp0"] == "mp=/srv/backup,size=100G,backup=1"
+
+
+@pytest.mark.parametrize(("mp0", "kind", "possible", "note"), [
+    (None, "update", True, None),  # added to an existing container (PVE hot-plugs a new mount point)
+    ("local-lvm:vm-101-disk-1,mp=/srv/backup,backup=1,size=64G", "update", True, None),  # grows
+    ("local-lvm:vm-101-disk-1,mp=/srv/backup,backup=1,size=100G", "unchanged", None, None),
+    ("local-lvm:vm-101-disk-1,mp=/srv/backup,backup=1,size=200G", "unchanged", False, "only grows"),
+    ("local-lvm:vm-101-disk-1,mp=/srv/data,backup=1,size=100G", "unchanged", False, "moving or removing"),
+])
+def test_backup_volume_changes(mp0: str | None, kind: str, possible: bool | None, note: str | None) -> None:
+    desired = desired_state(BACKUP_VOLUME, INSTANCE)
+    cfg = {**pve_config("pve-backup-manager", 101), **({"mp0": mp0} if mp0 else {})}
+    [a] = plan(desired, Observed([guest("pve-backup-manager", 101, tags=["backup", "pveguard"])], {101: cfg})).actions
+    assert a.kind == kind
+    if possible is not None:
+        [c] = a.changes
+        assert c.field == "mp0" and c.possible is possible and c.live
+    if note:
+        assert note in a.notes[0], a.notes
+    if kind == "update":
+        from pveguard.provision.apply import update_params
+
+        params, _ = update_params(a.changes, cfg, desired[0].spec)
+        assert params["mp0"] == (desired[0].spec.backup_volume if mp0 is None else "100G")
+
+
+@pytest.mark.parametrize("mountpoint", ["srv/backup", "/srv/my backup", "/srv/../etc", "/", "/srv/x\nlxc.hook=1"])
+def test_backup_volume_mountpoint_must_be_a_plain_absolute_path(mountpoint: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="absolute path"):
+        Strategy.model_validate({"containers": [{"name": "a", "role": "r", "resources": {"cores": 1, "memory": "1G"},
+                                                 "backup_volume": {"mountpoint": mountpoint}}]})

@@ -42,7 +42,7 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
     policy = strategy.installation_policy
     graph = DependencyGraph(facts.packages)
     backend = external.backend or suggest.role_backend(strategy.target.backend, facts.pve_detected, graph.installed)
-    classifier = services.HostClassifier(Classifier(facts.packages, tuple(policy.core_roots),
+    classifier = services.HostClassifier(Classifier(facts.packages, strategy.core_roots(),
                                                     tuple(policy.extra_allowed)), graph,
                                          host_role=suggest.host_role(facts.packages, backend, graph))
     # What core packages need stays on the host anyway (libc6 is not "pulled in" by a service).
@@ -141,7 +141,11 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
                     "evidence": facts.pve_evidence or "no proxmox-ve/pve-manager package, no /etc/pve"},
             "systemd_running": facts.systemd_running,
             "backend": backend,
-            "core_roots": list(policy.core_roots),
+            "core_roots": list(strategy.core_roots()),
+            # per core function of the strategy: which of the packages that implement it are not here
+            "core_functions": [{"name": f.name, "packages": list(f.packages),
+                                "missing": [p for p in f.packages if p not in graph.installed]}
+                               for f in strategy.core_functions],
         },
         "score": {"value": result.value, "formula": result.formula, "explanation": result.explanation,
                   "counts": result.counts, "penalty": result.penalty},

@@ -339,5 +339,6 @@ def host_findings(pve_detected: bool, core_roots: Sequence[str]) -> list[Finding
     return [Finding(
         id="pve-not-detected", category="host", severity="info", title="Proxmox VE not detected",
         detail="no proxmox-ve/pve-manager package and no /etc/pve; core packages are the closure of the "
-               f"strategy's core roots ({', '.join(core_roots)}) plus Essential/required/important packages",
+               f"strategy's core roots ({', '.join(core_roots)}) and of the packages its core_functions name, "
+               "plus Essential/required/important packages",
         fix="nothing to do on a non-PVE host; set installation_policy.core_roots to this host's base packages")]

@@ -53,6 +53,15 @@ def with_marker(description: str | None, instance: str) -> str:
     return "\n".join([*kept, marker_line(instance)]).strip("\n")
 
 
+@dataclass(frozen=True)
+class DataVolume:
+    """A container's data volume (`mp0`, in backups): the strategy's `backup_volume`."""
+
+    size_gib: int
+    mountpoint: str
+    storage: str | None = None  # None: the container's storage, else the backend's default
+
+
 @dataclass
 class NetSpec:
     """A guest's first network interface."""
@@ -80,6 +89,7 @@ class GuestSpec:
     storage: str | None = None
     cpulimit: float = 0
     cpuunits: int = 100
+    hard_limits: bool = True  # False: soft limits (lxc backend only; PVE has no soft mode)
     unprivileged: bool = True
     features: dict[str, bool] = field(default_factory=dict)
     onboot: bool = True
@@ -90,7 +100,7 @@ class GuestSpec:
     node: str | None = None
     vmid: int | None = None
     description: str = ""
-    extra_volumes: list[dict[str, Any]] = field(default_factory=list)
+    backup_volume: DataVolume | None = None
 
 
 @dataclass
@@ -171,6 +181,8 @@ class Backend(abc.ABC):
     """The verbs every backend implements."""
 
     name: str = "base"
+    # `resources.hard_limits: false` can be met (PVE always applies hard limits; see docs/lxc.md)
+    soft_limits: bool = False
 
     @abc.abstractmethod
     def capabilities(self) -> Capabilities: ...

@@ -33,6 +33,9 @@ class Limits:
     cpulimit: float = 0
     cpuunits: int = 100
     cpuset: str | None = None  # "0-1,3"; None = no pinning
+    # False (strategy `resources.hard_limits: false`): memory is a reclaim target, not a cap, and
+    # cpulimit is not applied; cpuunits (the share under contention) and the cpuset stay.
+    hard: bool = True
 
 
 @dataclass(frozen=True)
@@ -111,22 +114,26 @@ def v1_cpu_shares(cpuunits: int) -> int:
 def settings(limits: Limits, version: CgroupVersion, *, memsw: bool = True) -> list[tuple[str, str]]:
     """(cgroup file, value) pairs for a container's limits, in the order they must be applied."""
     mem = limits.memory_mib * MIB
+    quota = limits.cpulimit > 0 and limits.hard
     out: list[tuple[str, str]] = []
     if version == 2:
-        out.append(("memory.max", str(mem)))
-        out.append(("memory.high", str(memory_high_bytes(limits.memory_mib))))
+        # soft: no cap (memory.max), the kernel reclaims and throttles above memory.high instead
+        out.append(("memory.max", str(mem) if limits.hard else "max"))
+        out.append(("memory.high", str(memory_high_bytes(limits.memory_mib) if limits.hard else mem)))
         out.append(("memory.swap.max", str(limits.swap_mib * MIB)))
         out.append(("cpu.max", f"{int(CFS_PERIOD_US * limits.cpulimit)} {CFS_PERIOD_US}"
-                    if limits.cpulimit > 0 else f"max {CFS_PERIOD_US}"))
+                    if quota else f"max {CFS_PERIOD_US}"))
         out.append(("cpu.weight", str(max(1, min(10000, limits.cpuunits)))))
         if limits.cpuset:
             out.append(("cpuset.cpus", limits.cpuset))
         return out
-    out.append(("memory.limit_in_bytes", str(mem)))
+    out.append(("memory.limit_in_bytes", str(mem) if limits.hard else "-1"))
     if memsw:
-        out.append(("memory.memsw.limit_in_bytes", str(mem + limits.swap_mib * MIB)))
+        out.append(("memory.memsw.limit_in_bytes", str(mem + limits.swap_mib * MIB) if limits.hard else "-1"))
+    if not limits.hard:  # v1's reclaim target under memory pressure (PVE never sets it)
+        out.append(("memory.soft_limit_in_bytes", str(mem)))
     out.append(("cpu.cfs_period_us", str(CFS_PERIOD_US)))
-    out.append(("cpu.cfs_quota_us", str(int(CFS_PERIOD_US * limits.cpulimit)) if limits.cpulimit > 0 else "-1"))
+    out.append(("cpu.cfs_quota_us", str(int(CFS_PERIOD_US * limits.cpulimit)) if quota else "-1"))
     out.append(("cpu.shares", str(v1_cpu_shares(limits.cpuunits))))
     if limits.cpuset:
         out.append(("cpuset.cpus", limits.cpuset))
@@ -138,7 +145,7 @@ def lxc_config_lines(limits: Limits, version: CgroupVersion, *, memsw: bool = Tr
     prefix = "lxc.cgroup2" if version == 2 else "lxc.cgroup"
     lines = []
     for key, value in settings(limits, version, memsw=memsw):
-        if version == 2 and key == "cpu.max" and limits.cpulimit <= 0:
+        if version == 2 and key == "cpu.max" and (limits.cpulimit <= 0 or not limits.hard):
             continue  # PVE writes no cpu.max without a cpulimit
         lines.append(f"{prefix}.{key} = {value}")
     return lines
@@ -154,6 +161,8 @@ def live_writes(old: Limits, new: Limits, version: CgroupVersion, *, memsw: bool
     before = dict(settings(old, version, memsw=memsw))
     after = settings(new, version, memsw=memsw)
     changed = [(k, v) for k, v in after if before.get(k) != v]
+    if "memory.soft_limit_in_bytes" in before and new.hard:
+        changed.append(("memory.soft_limit_in_bytes", "-1"))  # back to hard: unset the v1 soft target
     if not changed:
         return []
     mem_keys = ("memory.limit_in_bytes", "memory.memsw.limit_in_bytes") if version == 1 \
@@ -163,11 +172,13 @@ def live_writes(old: Limits, new: Limits, version: CgroupVersion, *, memsw: bool
     ordered: list[tuple[str, str]] = []
     if version == 1:
         # memsw first when either total grows; limit first when everything shrinks.
-        grow = new.memory_mib + new.swap_mib > old.memory_mib + old.swap_mib or new.memory_mib > old.memory_mib
+        grow = (new.memory_mib + new.swap_mib > old.memory_mib + old.swap_mib or new.memory_mib > old.memory_mib
+                or not new.hard)  # soft lifts both caps (-1): memsw first, or the kernel refuses the limit
         order = ["memory.memsw.limit_in_bytes", "memory.limit_in_bytes"] if grow \
             else ["memory.limit_in_bytes", "memory.memsw.limit_in_bytes"]
     else:
-        order = ["memory.high", "memory.max"] if new.memory_mib < old.memory_mib else ["memory.max", "memory.high"]
+        shrink = new.memory_mib < old.memory_mib or (new.hard and not old.hard)
+        order = ["memory.high", "memory.max"] if shrink else ["memory.max", "memory.high"]
     ordered += [(k, mem_changes[k]) for k in order if k in mem_changes]
     return ordered + others
 

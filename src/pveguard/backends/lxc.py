@@ -8,7 +8,10 @@ Layout per container (VMID = container name, as PVE's /var/lib/lxc/<vmid>):
   managed marker (in `description`), tags, the template and a `lock` while a create runs;
 * `<disk_dir>/<vmid>/vm-<vmid>-disk-0.raw` — the root disk: a sparse ext4 image of the configured
   size that LXC loop-mounts as the rootfs (`lxc.rootfs.path = loop:...`) inside the container's
-  mount namespace; the loop device is released when the container stops.
+  mount namespace; the loop device is released when the container stops;
+* `<disk_dir>/<vmid>/mp0/` — the data volume (`backup_volume`, config `mp0`): a host directory
+  bind-mounted at its mount point (`lxc.mount.entry`), owned by the container's root. Its size is
+  recorded as PVE records it, not enforced (a directory has no size).
 
 Limits follow PVE's cgroup mapping (backends.cgroups), networking PVE's veth/bridge/VLAN model
 (backends.lxc_net), templates PVE's vztmpl tarballs (backends.lxc_template).
@@ -37,6 +40,7 @@ from pveguard.backends.base import (
     MANAGED_TAG,
     Backend,
     Capabilities,
+    DataVolume,
     ExecResult,
     Guest,
     GuestSpec,
@@ -60,10 +64,10 @@ TOOLS = {"lxc-start": "lxc", "lxc-attach": "lxc", "lxc-stop": "lxc", "lxc-ls": "
          "lxc-wait": "lxc", "lxc-usernsexec": "lxc", "mkfs.ext4": "e2fsprogs", "e2fsck": "e2fsprogs",
          "resize2fs": "e2fsprogs", "ip": "iproute2", "losetup": "mount", "tar": "tar"}
 # Keys a running container takes at once (cgroup writes or metadata only).
-LIVE_KEYS = frozenset({"memory", "swap", "cores", "cpulimit", "cpuunits", "onboot", "startup", "tags",
-                       "description"})
+LIVE_KEYS = frozenset({"memory", "swap", "cores", "cpulimit", "cpuunits", "hard_limits", "onboot", "startup",
+                       "tags", "description"})
 # Keys written into the lxc config or the root disk, which LXC reads only at start.
-RESTART_KEYS = frozenset({"hostname", "net0", "features", "rootfs"})
+RESTART_KEYS = frozenset({"hostname", "net0", "features", "rootfs", "mp0"})
 SUPPORTED_FEATURES = frozenset({"nesting", "fuse", "keyctl"})
 LXC_CONFIG_DIR = Path("/usr/share/lxc/config")
 # The Debian package that ships each file an `lxc.include` of ours names: `debian.*` come from
@@ -141,6 +145,28 @@ def rootfs_string(storage: str | None, vmid: int, disk_gib: int) -> str:
     return f"{storage or 'local'}:{vmid}/vm-{vmid}-disk-0.raw,size={disk_gib}G"
 
 
+def mp_string(storage: str | None, vmid: int, vol: DataVolume) -> str:
+    """PVE's mp0 value for the data volume: `local:101/vm-101-disk-1,mp=/srv/backup,backup=1,size=100G`."""
+    return f"{storage or 'local'}:{vmid}/vm-{vmid}-disk-1,mp={vol.mountpoint},backup=1,size={vol.size_gib}G"
+
+
+def parse_mp(text: str) -> dict[str, str]:
+    """A mount point value as key -> value; the leading bare part is the `volume`."""
+    out: dict[str, str] = {}
+    for i, part in enumerate(text.split(",")):
+        key, sep, value = part.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+        elif i == 0:
+            out["volume"] = part.strip()
+    return out
+
+
+def mp_dir(image: Path) -> Path:
+    """The host directory of a container's data volume, next to its root disk (removed with it)."""
+    return image.parent / "mp0"
+
+
 def rootfs_size_gib(rootfs: str) -> int:
     """The `size=` of a rootfs value in GiB (whole GiB, rounded up)."""
     for part in rootfs.split(","):
@@ -194,6 +220,10 @@ def pve_config(spec: GuestSpec, vmid: int, unprivileged: bool, hwaddr: str) -> d
     }
     if spec.cpulimit:
         conf["cpulimit"] = spec.cpulimit
+    if spec.backup_volume is not None:
+        conf["mp0"] = mp_string(spec.backup_volume.storage or spec.storage, vmid, spec.backup_volume)
+    if not spec.hard_limits:
+        conf["hard_limits"] = 0  # pveguard's own key (PVE has no soft limits): see cgroups.Limits.hard
     if unprivileged:
         conf["unprivileged"] = 1
     feats = format_features(spec.features)
@@ -212,7 +242,7 @@ def pve_config(spec: GuestSpec, vmid: int, unprivileged: bool, hwaddr: str) -> d
 def limits_of(conf: dict[str, Any], cpuset: str | None) -> cgroups.Limits:
     return cgroups.Limits(memory_mib=int(conf.get("memory", 512)), swap_mib=int(conf.get("swap", 0)),
                           cpulimit=float(conf.get("cpulimit", 0) or 0), cpuunits=int(conf.get("cpuunits", 100)),
-                          cpuset=cpuset)
+                          cpuset=cpuset, hard=int(conf.get("hard_limits", 1)) == 1)
 
 
 @dataclass(frozen=True)
@@ -285,6 +315,9 @@ def render_lxc_config(vmid: int, conf: dict[str, Any], facts: HostFacts, *, imag
         lines.append("lxc.mount.entry = sys dev/.lxc/sys sysfs create=dir,optional 0 0")
     if features.get("fuse"):
         lines.append("lxc.mount.entry = /dev/fuse dev/fuse none bind,create=file,optional 0 0")
+    if conf.get("mp0"):
+        target = str(parse_mp(str(conf["mp0"]))["mp"]).lstrip("/")
+        lines.append(f"lxc.mount.entry = {mp_dir(image)} {target} none bind,create=dir 0 0")
     lines += [
         "lxc.net.0.type = veth",
         f"lxc.net.0.link = {net.link}",
@@ -358,6 +391,7 @@ class LxcBackend(Backend):
     """Guests as LXC containers on this host (see the module docstring for the layout)."""
 
     name = "lxc"
+    soft_limits = True
 
     def __init__(self, config: LxcTarget, *, subuid: Path = Path("/etc/subuid"),
                  subgid: Path = Path("/etc/subgid"), lxc_config_dir: Path = LXC_CONFIG_DIR,
@@ -732,6 +766,9 @@ class LxcBackend(Backend):
             tarball = lxc_template.ensure(self.template_cache, spec.template, say)
             say(f"{vmid}: root disk {spec.disk_gib}G")
             self._make_disk(vmid, spec.disk_gib, tarball, unpriv)
+            if spec.backup_volume is not None:
+                say(f"{vmid}: data volume at {spec.backup_volume.mountpoint}")
+                self._make_mp_dir(vmid, unpriv)
             meta["cpuset"] = self._choose_cpuset(vmid, spec.cores)
             self._write_lxc_config(vmid, meta)
             meta.pop("lock", None)
@@ -797,6 +834,12 @@ class LxcBackend(Backend):
             if proc.returncode != 0:
                 raise BackendError(f"unpacking the template into {vmid}'s root disk failed: "
                                    f"{proc.stderr.decode(errors='replace').strip()[-2000:]}")
+
+    def _make_mp_dir(self, vmid: int, unpriv: bool) -> None:
+        path = mp_dir(self._image(vmid))
+        path.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if unpriv:
+            os.chown(path, *self._ids())  # the container's root owns its data volume
 
     def _ids(self) -> tuple[int, int]:
         f = self.facts
@@ -947,7 +990,7 @@ class LxcBackend(Backend):
         old = dict(meta["config"])
         new = dict(old)
         defaults: dict[str, Any] = {"cpulimit": 0, "onboot": 0, "tags": "", "description": "", "features": "",
-                                    "startup": "", "cpuunits": 100, "swap": 0}
+                                    "startup": "", "cpuunits": 100, "swap": 0, "hard_limits": 1}
         for key in delete or []:
             if key not in defaults:
                 raise ConfigError(f"cannot delete {key!r} from container {vmid}",
@@ -958,11 +1001,25 @@ class LxcBackend(Backend):
         if digest is not None and digest != self.get_config(guest)["digest"]:
             raise BackendError(f"the configuration of container {vmid} changed since it was read",
                                hint="read it again (plan again) and retry")
+        mp = changes.pop("mp0", None)
+        if isinstance(mp, DataVolume):  # a new data volume
+            unpriv = bool(int(old.get("unprivileged", 0))) and self.facts.unprivileged_ok
+            self._make_mp_dir(vmid, unpriv)
+            new["mp0"] = mp_string(mp.storage or str(old.get("rootfs", "local:")).split(":", 1)[0], vmid, mp)
+        elif mp is not None:  # the planner sends the new size of the existing one
+            if "mp0" not in old:
+                raise ConfigError(f"container {vmid} has no mp0 to resize")
+            current = rootfs_size_gib(str(old["mp0"]))
+            if rootfs_size_gib(f"size={mp}") < current:
+                raise BackendError(f"mp0 of {vmid} cannot shrink from {current}G to {mp}", hint="disks only grow")
+            new["mp0"] = ",".join(p for p in str(old["mp0"]).split(",") if not p.startswith("size=")) + f",size={mp}"
         for key, value in changes.items():
             new[key] = _checked_value(key, value, old)
         for key in ("cpulimit", "onboot", "features", "startup", "tags"):
             if key in new and new[key] in (0, "", "0"):
                 new.pop(key)
+        if new.get("hard_limits") == 1:  # the default: not stored
+            new.pop("hard_limits")
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if not changed:
             return []
@@ -1256,6 +1313,10 @@ def _checked_value(key: str, value: Any, old: dict[str, Any]) -> Any:
             if v < ints[key]:
                 raise ConfigError(f"{key} must be at least {ints[key]}, not {v}")
             return v
+        if key == "hard_limits":
+            if str(value) not in ("0", "1"):
+                raise ConfigError(f"hard_limits must be 0 or 1, not {value!r}")
+            return int(value)
         if key == "cpulimit":
             f = float(value)
             if not 0 <= f <= 8192:
@@ -1301,5 +1362,5 @@ def _checked_value(key: str, value: Any, old: dict[str, Any]) -> Any:
     if key in ("tags", "description", "startup"):
         return str(value) if key != "description" or str(value).endswith("\n") else str(value) + "\n"
     raise ConfigError(f"the LXC backend cannot change {key!r}",
-                      hint="changeable: cores, memory, swap, cpulimit, cpuunits, hostname, net0, rootfs, "
+                      hint="changeable: cores, memory, swap, cpulimit, cpuunits, hard_limits, hostname, net0, rootfs, "
                            "features, onboot, startup, tags, description")

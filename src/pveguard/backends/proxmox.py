@@ -37,6 +37,7 @@ from pveguard.backends import vztmpl
 from pveguard.backends.base import (
     Backend,
     Capabilities,
+    DataVolume,
     ExecResult,
     Guest,
     GuestSpec,
@@ -717,10 +718,15 @@ class ProxmoxBackend(Backend):
             "memory": spec.memory_mib, "swap": spec.swap_mib, "cpuunits": spec.cpuunits,
             "cpulimit": spec.cpulimit or None,
             "rootfs": f"{spec.storage or self.settings.storage}:{spec.disk_gib}",
+            "mp0": self._new_mp(spec.backup_volume) if spec.backup_volume else None,
             "net0": ",".join(f"{k}={v}" for k, v in net.items()),
             "unprivileged": spec.unprivileged, "features": features or None, "onboot": spec.onboot,
             "startup": startup or None, "tags": ";".join(spec.tags), "description": spec.description,
         })
+
+    def _new_mp(self, vol: DataVolume) -> str:
+        """A mount point PVE allocates (`STORAGE:GiB`, pve-container's mp[n] format), included in backups."""
+        return f"{vol.storage or self.settings.storage}:{vol.size_gib},mp={vol.mountpoint},backup=1"
 
     def _nextid(self) -> int:
         return _int(self.call("GET", "/cluster/nextid", what="asking PVE for a free VMID"))
@@ -813,6 +819,11 @@ class ProxmoxBackend(Backend):
         """
         changes = dict(changes)
         size = changes.pop("rootfs", None)
+        mp_size = None
+        if isinstance(changes.get("mp0"), DataVolume):
+            changes["mp0"] = self._new_mp(changes["mp0"])  # a new volume: allocated by the config PUT
+        elif "mp0" in changes:
+            mp_size = changes.pop("mp0")  # an existing one grows through resize, as rootfs
         params = dict(changes)
         if delete:
             params["delete"] = ",".join(delete)
@@ -828,6 +839,8 @@ class ProxmoxBackend(Backend):
                     raise
         if size:
             self._resize(guest, "rootfs", str(size))
+        if mp_size:
+            self._resize(guest, "mp0", str(mp_size))
         if guest.status != "running" or not params:
             return []
         try:

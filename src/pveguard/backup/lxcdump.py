@@ -18,6 +18,7 @@ does when a volume cannot be snapshotted - and says so in the log.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 
-from pveguard.backends.lxc import wait_image_released
+from pveguard.backends.lxc import mp_dir, parse_mp, wait_image_released
 from pveguard.backup.archive import archive_name, parse_archive_name
 from pveguard.backup.calendar import local_zone
 from pveguard.errors import OperationError, UsageError
@@ -193,7 +194,8 @@ def dump_container(
         say(f"creating vzdump archive '{final}'")
         running = state in ("RUNNING", "FROZEN") and not stopped
         with _readable_root(name, lxcpath, kind, rootfs, running) as source:
-            _write_archive(source, staging_dir, dat, zstd_threads, timeout)
+            _write_archive(source, staging_dir, dat, zstd_threads, timeout,
+                           volume=_backup_volume(meta, kind, rootfs))
     except BaseException:
         dat.unlink(missing_ok=True)
         raise
@@ -220,7 +222,24 @@ def dump_container(
     return DumpResult(final, log_path, notes_path, size, seconds, effective, log)
 
 
-def _write_archive(rootfs: Path, staging: Path, dest: Path, threads: int, timeout: float) -> None:
+def _backup_volume(meta: Path, kind: str, rootfs: Path) -> tuple[Path, str] | None:
+    """(host directory, path inside) of the LXC backend's data volume when it is in backups (mp0 with
+    backup=1, as vzdump decides): a bind mount, so --one-file-system alone would leave it out."""
+    try:
+        mp0 = json.loads(meta.read_text())["config"].get("mp0") if kind == "loop" and meta.is_file() else None
+    except (OSError, ValueError, KeyError, AttributeError):
+        return None
+    if not mp0:
+        return None
+    mp = parse_mp(str(mp0))
+    directory = mp_dir(rootfs)
+    if mp.get("backup") not in ("1", "on") or not mp.get("mp") or not directory.is_dir():
+        return None
+    return directory, "./" + mp["mp"].strip("/")
+
+
+def _write_archive(rootfs: Path, staging: Path, dest: Path, threads: int, timeout: float,
+                   volume: tuple[Path, str] | None = None) -> None:
     tar_exe = shutil.which("tar")
     zstd_exe = shutil.which("zstd")
     if tar_exe is None or zstd_exe is None:
@@ -244,6 +263,10 @@ def _write_archive(rootfs: Path, staging: Path, dest: Path, threads: int, timeou
     tar_argv += ["-C", str(rootfs), *members]
     if mountpoints:
         tar_argv += ["-C", str(holes), "--no-recursion", *(f"./{m[0]}" for m in mountpoints), "--recursion"]
+    if volume is not None:
+        # its members are `mp0/...` (the root's are `./...`): renamed to where the container sees them
+        tar_argv += ["-C", str(volume[0].parent), volume[0].name]
+        tar_argv.append(rf"--transform=s,^{re.escape(volume[0].name)},{volume[1]},S")
     tar_argv += ["-C", str(staging)]
     tar_argv += [rf"--transform=s,^{re.escape(n)}$,./etc/vzdump/{n}," for n in extras]
     tar_argv += extras

@@ -106,7 +106,7 @@ def policy_from_strategy(strategy: Strategy, state_dir: Path, ledger_key_file: s
     ip = strategy.installation_policy
     return Policy(
         allow_core_only=ip.allow_core_only, require_approval=ip.require_approval,
-        container_first=ip.container_first, core_roots=tuple(ip.core_roots),
+        container_first=ip.container_first, core_roots=strategy.core_roots(),
         extra_allowed=tuple(ip.extra_allowed), approval_ttl=max(1, int(ip.approval_ttl.total_seconds())),
         state_dir=str(state_dir.resolve()), ledger_key_file=ledger_key_file or "",
         containers=tuple((c.name, tuple(c.components)) for c in strategy.containers),

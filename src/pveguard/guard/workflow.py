@@ -77,7 +77,7 @@ def evaluate(app: AppContext, packages: list[str], container: str | None = None)
         status = read_status(DPKG_STATUS)
     except OSError:
         status = {}  # not a Debian host (e.g. a workstation driving a remote PVE): static rules only
-    classifier = Classifier(status, tuple(policy.core_roots), tuple(policy.extra_allowed))
+    classifier = Classifier(status, strategy.core_roots(), tuple(policy.extra_allowed))
     pairs = [(c.name, tuple(c.components)) for c in strategy.containers]
     out: list[PackagePlan] = []
     for spec in packages:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pveguard.backends.base import Backend, ExecResult, Guest
+from pveguard.backends.base import Backend, ExecResult, Guest, GuestSpec
 from pveguard.errors import BackendError, PveguardError
 from pveguard.provision.desired import NET_KEYS, Desired, desired_fields, format_propstring, parse_propstring
 from pveguard.provision.final_backup import data_volumes, left_out_of_backups
@@ -70,7 +70,8 @@ class ApplyInterrupted(KeyboardInterrupt):
         self.report = report
 
 
-def update_params(changes: list[FieldChange], config: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def update_params(changes: list[FieldChange], config: dict[str, Any],
+                  spec: GuestSpec | None = None) -> tuple[dict[str, Any], list[str]]:
     """PVE config parameters (and keys to delete) that turn `config` into the desired fields.
 
     net0 keeps what pveguard does not manage (name, hwaddr, type, mtu...) so a change never gives the
@@ -87,6 +88,9 @@ def update_params(changes: list[FieldChange], config: dict[str, Any]) -> tuple[d
             merged.update(parse_propstring(c.new))
             merged.setdefault("name", "eth0")
             params["net0"] = format_propstring(merged, first=("name", "bridge"))
+        elif c.field == "mp0":
+            # a new volume (the backend allocates it on its storage) or an existing one grown to a size
+            params["mp0"] = spec.backup_volume if not c.old and spec is not None else parse_propstring(c.new)["size"]
         elif c.field in ("features", "startup") and c.new == "":
             delete.append(c.field)
         else:
@@ -249,7 +253,7 @@ class Applier:
 
     def _update(self, a: Action, report: ApplyReport) -> None:
         assert a.guest is not None and a.config is not None
-        params, delete = update_params(a.changes, a.config)
+        params, delete = update_params(a.changes, a.config, a.desired.spec if a.desired else None)
         if params or delete:
             self.progress(f"updating {a.name} (CT {a.vmid})")
             applied = [c for c in a.changes if c.possible]

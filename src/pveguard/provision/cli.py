@@ -18,7 +18,7 @@ from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
 from pveguard.output import Col, FitTable, console, err_console, error, print_json, say, warn
 from pveguard.provision.apply import Applier, ApplyInterrupted, ApplyReport, FirewallStep
-from pveguard.provision.desired import actual_fields, desired_fields, desired_state
+from pveguard.provision.desired import actual_fields, check_limits, desired_fields, desired_state
 from pveguard.provision.final_backup import data_volumes, take_final_backup
 from pveguard.provision.firewall import call_of, firewall_plan
 from pveguard.provision.instance import identity
@@ -66,6 +66,7 @@ def compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str] 
     if isinstance(backend, ProxmoxBackend):
         # PVE hides what a token may not see instead of failing: check the privileges before planning
         backend.require_privileges()
+    check_limits(app.strategy, backend, app.strategy_path)
     instance = instance_id(app)
     p = plan(desired_state(app.strategy, instance), observe(backend), instance=instance, prune=prune,
              journal=Journal(app.store).entries())

@@ -12,18 +12,21 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pveguard.backends.base import MANAGED_TAG, GuestSpec, NetSpec, marker_line
+from pveguard.backends.base import MANAGED_TAG, Backend, DataVolume, GuestSpec, NetSpec, marker_line
+from pveguard.errors import ConfigError
 from pveguard.strategy.models import Container, Strategy
 from pveguard.strategy.units import GIB, MIB
 
 # The fields the planner compares, in display order.
-FIELDS = ("hostname", "cores", "memory", "swap", "cpulimit", "cpuunits", "rootfs", "net0",
+FIELDS = ("hostname", "cores", "memory", "swap", "cpulimit", "cpuunits", "hard_limits", "rootfs", "mp0", "net0",
           "unprivileged", "features", "onboot", "startup", "tags", "description")
 
 # Keys PVE applies to a running container at once (pve-container LXC/Config.pm: LXC_FASTPLUG_OPTIONS
-# plus what vmconfig_hotplug_pending hot-plugs); rootfs grows online through the resize call.
-LIVE_FIELDS = frozenset({"hostname", "cores", "memory", "swap", "cpulimit", "cpuunits", "net0", "onboot",
-                         "startup", "tags", "description", "rootfs"})
+# plus what vmconfig_hotplug_pending hot-plugs: a new mount point too); disks grow online through resize.
+LIVE_FIELDS = frozenset({"hostname", "cores", "memory", "swap", "cpulimit", "cpuunits", "hard_limits", "net0", "onboot",
+                         "startup", "tags", "description", "rootfs", "mp0"})
+# Keys of mp0 that pveguard manages (the volume id is PVE's).
+MP_KEYS = ("mp", "size", "backup")
 # `unprivileged` is read-only after creation: a change needs a new container.
 IMMUTABLE_FIELDS = frozenset({"unprivileged"})
 
@@ -53,6 +56,15 @@ def tags_for(c: Container) -> list[str]:
     return sorted({MANAGED_TAG, c.role.lower(), *(t.lower() for t in c.tags)})
 
 
+def check_limits(strategy: Strategy, backend: Backend, where: object) -> None:
+    """Refuse `resources.hard_limits: false` on a backend without soft limits, before anything changes."""
+    if not strategy.resources.hard_limits and not backend.soft_limits:
+        raise ConfigError(f"{where}: resources.hard_limits: false cannot be met on Proxmox VE: PVE always applies "
+                          "memory, swap and cores as hard cgroup limits and has no soft mode",
+                          hint="set resources.hard_limits: true (or remove it), or use the lxc backend, where "
+                               "false means memory.high instead of memory.max and no cpulimit quota")
+
+
 def desired_state(strategy: Strategy, instance: str) -> list[Desired]:
     """One Desired per strategy container, in strategy order, marked as this instance's."""
     pinned = strategy.target.proxmox.node
@@ -65,10 +77,15 @@ def desired_state(strategy: Strategy, instance: str) -> list[Desired]:
             memory_mib=c.resources.memory // MIB, swap_mib=c.resources.swap // MIB,
             disk_gib=max(1, -(-c.resources.storage // GIB)), net=net, template=c.template,
             storage=c.storage, cpulimit=c.resources.cpulimit, cpuunits=c.resources.cpuunits,
+            hard_limits=strategy.resources.hard_limits,
             unprivileged=c.unprivileged, features=dict(c.features), onboot=c.onboot,
             startup_order=c.startup.order, startup_up=c.startup.up, startup_down=c.startup.down,
             tags=tags_for(c), node=c.node or pinned, vmid=c.vmid, description=description_for(c, instance),
         )
+        bv = c.backup_volume
+        if bv is not None:
+            spec.backup_volume = DataVolume(size_gib=max(1, -(-bv.size // GIB)), mountpoint=bv.mountpoint,
+                                            storage=bv.storage or c.storage)
         out.append(Desired(spec=spec, packages=list(c.packages)))
     return out
 
@@ -135,6 +152,31 @@ def _startup(order: int | None, up: int | None, down: int | None) -> str:
     return format_propstring(parts, first=("order", "up", "down"))
 
 
+def _mp_fields(text: str) -> str:
+    """A mount point's managed keys: path, size, and backup (PVE's default for a volume is 0)."""
+    mp = parse_propstring(text, default_key="volume")
+    out = {"mp": mp.get("mp", ""), "backup": _bool01(mp.get("backup", "0"))}
+    try:
+        out["size"] = _fmt_gib(size_gib(mp["size"])) if "size" in mp else ""
+    except ValueError:
+        out["size"] = mp["size"]
+    return format_propstring(out, first=MP_KEYS)
+
+
+def mp_change_possible(old: str, new: str) -> bool:
+    """A data volume is added, or grows; it never shrinks, moves or disappears in place."""
+    if not old:
+        return True
+    if not new:
+        return False
+    a, b = parse_propstring(old), parse_propstring(new)
+    try:
+        grows = size_gib(b.get("size", "0")) >= size_gib(a.get("size", "0"))
+    except ValueError:
+        return False
+    return grows and a.get("mp") == b.get("mp") and a.get("backup") == b.get("backup")
+
+
 def desired_fields(spec: GuestSpec) -> dict[str, str]:
     """The spec in the normalized field form the planner compares."""
     net: dict[str, str] = {"bridge": spec.net.bridge, "ip": spec.net.ip, "firewall": _bool01(spec.net.firewall)}
@@ -149,7 +191,10 @@ def desired_fields(spec: GuestSpec) -> dict[str, str]:
         "swap": str(spec.swap_mib),
         "cpulimit": _num(spec.cpulimit),
         "cpuunits": str(spec.cpuunits),
+        "hard_limits": _bool01(spec.hard_limits),
         "rootfs": _fmt_gib(spec.disk_gib),
+        "mp0": format_propstring({"mp": spec.backup_volume.mountpoint, "size": _fmt_gib(spec.backup_volume.size_gib),
+                                  "backup": "1"}, first=MP_KEYS) if spec.backup_volume else "",
         "net0": _net_fields(net),
         "unprivileged": _bool01(spec.unprivileged),
         "features": format_propstring({k: "1" for k, v in spec.features.items() if v}),
@@ -178,7 +223,10 @@ def actual_fields(config: dict[str, Any]) -> dict[str, str]:
         "swap": str(config.get("swap", 512)),
         "cpulimit": _num(config.get("cpulimit", 0) or 0),
         "cpuunits": str(config.get("cpuunits", 100)),
+        # pveguard's lxc backend stores 0 for soft limits; a PVE config never has it (always hard)
+        "hard_limits": _bool01(config.get("hard_limits", 1)),
         "rootfs": disk,
+        "mp0": _mp_fields(str(config["mp0"])) if config.get("mp0") else "",
         "net0": _net_fields(parse_propstring(str(config.get("net0", "")))) if config.get("net0") else "",
         "unprivileged": _bool01(config.get("unprivileged", 0)),
         "features": format_propstring(features),

@@ -7,7 +7,7 @@ from pveguard.backends.base import Backend, ExecResult, Guest
 from pveguard.context import AppContext
 from pveguard.errors import ConfigError, OperationError
 from pveguard.provision.apply import Applier, Progress, install_packages
-from pveguard.provision.desired import desired_state
+from pveguard.provision.desired import check_limits, desired_state
 from pveguard.provision.instance import identity
 from pveguard.provision.journal import Journal
 from pveguard.provision.observe import observe
@@ -31,6 +31,7 @@ def ensure_container(app: AppContext, name: str, *, backend: Backend | None = No
         raise ConfigError(f"the strategy has no container named {name!r}",
                           hint="known: " + ", ".join(c.name for c in strategy.containers))
     backend = backend or connect(strategy)
+    check_limits(strategy, backend, app.strategy_path)
     journal = Journal(app.store)
     with apply_lock(app.state_dir):
         action = next(a for a in plan(desired, observe(backend), instance=instance,

@@ -21,6 +21,7 @@ from pveguard.provision.desired import (
     Desired,
     actual_fields,
     desired_fields,
+    mp_change_possible,
 )
 from pveguard.provision.final_backup import data_volumes, left_out_of_backups
 from pveguard.security.isolation import FwPlan
@@ -140,8 +141,19 @@ def diff_fields(desired: dict[str, str], actual: dict[str, str]) -> list[FieldCh
         possible = f not in IMMUTABLE_FIELDS
         if f == "rootfs":
             possible = _gib(new) >= _gib(old)
+        elif f == "mp0":
+            possible = mp_change_possible(old, new)
         out.append(FieldChange(f, old, new, live=f in LIVE_FIELDS, possible=possible))
     return out
+
+
+def _why_not(field: str) -> str:
+    if field in IMMUTABLE_FIELDS:
+        return "a new container is needed"
+    if field == "mp0":
+        return ("the backup volume only grows; moving or removing it is done by hand "
+                "(pct set <vmid> --delete mp0 keeps its data as unused0)")
+    return "disks only grow"
 
 
 def _gib(text: str) -> float:
@@ -276,9 +288,8 @@ def plan(desired: list[Desired], observed: Observed, *, instance: str, prune: bo
                                   notes=["creation still in progress (lock: create); apply waits for it"]))
             continue
         changes = diff_fields(desired_fields(d.spec), actual_fields(cfg))
-        notes = [f"{c.field} cannot change from {c.old} to {c.new} in place "
-                 f"({'a new container is needed' if c.field in IMMUTABLE_FIELDS else 'disks only grow'}); "
-                 f"left as is" for c in changes if not c.possible]
+        notes = [f"{c.field} cannot change from {c.old or '(none)'} to {c.new or '(none)'} in place "
+                 f"({_why_not(c.field)}); left as is" for c in changes if not c.possible]
         if g.lock:
             notes.append(f"guest is locked ({g.lock}); changes fail until the lock is released")
         resume = resume_left.get(name, [])

@@ -15,10 +15,14 @@ from pveguard.strategy import enforcement
 from pveguard.strategy.models import Strategy
 
 SECTION_NOTES = {
-    "core_functions": "Functions that stay on the hypervisor host. Everything else runs in a container.",
+    "core_functions": (
+        "Functions that stay on the hypervisor host. Everything else runs in a container.\n"
+        "Their packages are core roots too: the guard allows them and the audit counts them as core."
+    ),
     "installation_policy": (
         "The apt guard's policy (ALLOW_CORE_ONLY / REQUIRE_APPROVAL / CONTAINER_FIRST).\n"
-        "Core = the dependency closure of core_roots, Essential/required packages and extra_allowed."
+        "Core = the dependency closure of core_roots and of the core functions' packages, Essential/required\n"
+        "packages and extra_allowed."
     ),
     "containers": (
         "Service containers: resource-limited, unprivileged, on the container VLAN with the firewall on.\n"

@@ -19,10 +19,7 @@ from pveguard.strategy.models import Container, Strategy
 # Key path (``containers[].x`` means that key of every container; a section covers every key below
 # it) -> the issue that will implement it.
 NOT_ENFORCED: dict[str, int] = {
-    "core_functions": 11,  # a description today: the guard and the audit classify by core_roots
-    "containers[].backup_volume": 11,
     "network.isolation.traffic_monitoring": 13,
-    "resources.hard_limits": 11,  # limits are always applied; 'false' does not turn them off
     "security.network.vlans": 13,
     "security.network.traffic_monitoring": 13,
     "security.access.rbac": 13,

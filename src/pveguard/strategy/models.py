@@ -185,8 +185,17 @@ class HealthCheck(StrictModel):
 
 class BackupVolume(StrictModel):
     size: Size = 100 * GIB
-    mountpoint: str = "/srv/backup"
+    mountpoint: str = Field("/srv/backup", description="an absolute path inside the container, like /srv/backup")
     storage: str | None = None
+
+    @field_validator("mountpoint")
+    @classmethod
+    def _mountpoint(cls, v: str) -> str:
+        # it becomes a word of an lxc.mount.entry line and PVE's mp= (no symlinks, no '..')
+        if not re.fullmatch(r"/[A-Za-z0-9._/-]*[A-Za-z0-9._-]", v) or ".." in v.split("/") or v == "/":
+            raise ValueError(f"{v!r} is not an absolute path of letters, digits, '.', '_', '-' and '/' "
+                             "like /srv/backup")
+        return v
 
 
 class Container(StrictModel):
@@ -307,7 +316,10 @@ class HostCapacity(StrictModel):
 
 
 class Resources(StrictModel):
-    hard_limits: bool = Field(True, description="cpu and memory limits through cgroups (always applied today)")
+    hard_limits: bool = Field(True, description=(
+        "true: memory, swap and cpulimit are hard cgroup caps (as on PVE); false (lxc backend only): memory "
+        "is a reclaim target (memory.high), cpulimit is not applied, cpuunits and cores stay; Proxmox VE "
+        "refuses false"))
     host: HostCapacity = Field(default_factory=HostCapacity)
     max_cpu_overcommit: float = Field(2.0, gt=0, le=64)
     max_memory_overcommit: float = Field(1.0, gt=0, le=8)
@@ -580,6 +592,13 @@ class Strategy(StrictModel):
             if c.name == name:
                 return c
         raise KeyError(name)
+
+    def core_roots(self) -> tuple[str, ...]:
+        """The packages whose dependency closure is core: `installation_policy.core_roots`, then the
+        packages every core function names (first occurrence kept). The guard's policy file and the
+        audit both classify by this one set, so what the strategy calls a core function stays allowed."""
+        names = [*self.installation_policy.core_roots, *(p for f in self.core_functions for p in f.packages)]
+        return tuple(dict.fromkeys(names))
 
     def container_bridge(self, c: Container) -> str:
         return c.network.bridge or self.network.bridge
