@@ -442,10 +442,11 @@ def test_backup_volume_changes(mp0: str | None, kind: str, possible: bool | None
     if note:
         assert note in a.notes[0], a.notes
     if kind == "update":
+        from pveguard.backends.base import GrowTo
         from pveguard.provision.apply import update_params
 
         params, _ = update_params(a.changes, cfg, desired[0].spec)
-        assert params["mp0"] == (desired[0].spec.backup_volume if mp0 is None else "100G")
+        assert params["mp0"] == (desired[0].spec.backup_volume if mp0 is None else GrowTo("100G"))
 
 
 @pytest.mark.parametrize("mountpoint", ["srv/backup", "/srv/my backup", "/srv/../etc", "/", "/srv/x\nlxc.hook=1"])

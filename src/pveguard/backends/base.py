@@ -62,6 +62,14 @@ class DataVolume:
     storage: str | None = None  # None: the container's storage, else the backend's default
 
 
+@dataclass(frozen=True)
+class GrowTo:
+    """An `update` value for a disk key (`mp0`): grow that disk to `size` (PVE's resize; disks never
+    shrink). A plain string for the same key is its whole configuration, written as it is."""
+
+    size: str
+
+
 @dataclass
 class NetSpec:
     """A guest's first network interface."""

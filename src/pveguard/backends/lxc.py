@@ -42,6 +42,7 @@ from pveguard.backends.base import (
     Capabilities,
     DataVolume,
     ExecResult,
+    GrowTo,
     Guest,
     GuestSpec,
     GuestState,
@@ -1006,13 +1007,17 @@ class LxcBackend(Backend):
             unpriv = bool(int(old.get("unprivileged", 0))) and self.facts.unprivileged_ok
             self._make_mp_dir(vmid, unpriv)
             new["mp0"] = mp_string(mp.storage or str(old.get("rootfs", "local:")).split(":", 1)[0], vmid, mp)
-        elif mp is not None:  # the planner sends the new size of the existing one
+        elif isinstance(mp, GrowTo):  # the planner grows the existing one
             if "mp0" not in old:
                 raise ConfigError(f"container {vmid} has no mp0 to resize")
             current = rootfs_size_gib(str(old["mp0"]))
-            if rootfs_size_gib(f"size={mp}") < current:
-                raise BackendError(f"mp0 of {vmid} cannot shrink from {current}G to {mp}", hint="disks only grow")
-            new["mp0"] = ",".join(p for p in str(old["mp0"]).split(",") if not p.startswith("size=")) + f",size={mp}"
+            if rootfs_size_gib(f"size={mp.size}") < current:
+                raise BackendError(f"mp0 of {vmid} cannot shrink from {current}G to {mp.size}",
+                                   hint="disks only grow")
+            new["mp0"] = (",".join(p for p in str(old["mp0"]).split(",") if not p.startswith("size="))
+                          + f",size={mp.size}")
+        elif mp is not None:  # its whole configuration (e.g. backup=1 set on it)
+            new["mp0"] = str(mp)
         for key, value in changes.items():
             new[key] = _checked_value(key, value, old)
         for key in ("cpulimit", "onboot", "features", "startup", "tags"):

@@ -39,6 +39,7 @@ from pveguard.backends.base import (
     Capabilities,
     DataVolume,
     ExecResult,
+    GrowTo,
     Guest,
     GuestSpec,
     GuestStats,
@@ -822,8 +823,8 @@ class ProxmoxBackend(Backend):
         mp_size = None
         if isinstance(changes.get("mp0"), DataVolume):
             changes["mp0"] = self._new_mp(changes["mp0"])  # a new volume: allocated by the config PUT
-        elif "mp0" in changes:
-            mp_size = changes.pop("mp0")  # an existing one grows through resize, as rootfs
+        elif isinstance(changes.get("mp0"), GrowTo):
+            mp_size = changes.pop("mp0").size  # an existing one grows through resize, as rootfs
         params = dict(changes)
         if delete:
             params["delete"] = ",".join(delete)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pveguard.backends.base import Backend, ExecResult, Guest, GuestSpec
+from pveguard.backends.base import Backend, ExecResult, GrowTo, Guest, GuestSpec
 from pveguard.errors import BackendError, PveguardError
 from pveguard.provision.desired import NET_KEYS, Desired, desired_fields, format_propstring, parse_propstring
 from pveguard.provision.final_backup import data_volumes, left_out_of_backups
@@ -90,7 +90,8 @@ def update_params(changes: list[FieldChange], config: dict[str, Any],
             params["net0"] = format_propstring(merged, first=("name", "bridge"))
         elif c.field == "mp0":
             # a new volume (the backend allocates it on its storage) or an existing one grown to a size
-            params["mp0"] = spec.backup_volume if not c.old and spec is not None else parse_propstring(c.new)["size"]
+            params["mp0"] = (spec.backup_volume if not c.old and spec is not None
+                             else GrowTo(parse_propstring(c.new)["size"]))
         elif c.field in ("features", "startup") and c.new == "":
             delete.append(c.field)
         else:
