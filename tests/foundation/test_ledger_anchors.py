@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.strategies import defaults_file
 from pveguard.security.anchors import (
     ANCHOR_FILE,
     FileAnchor,
@@ -138,7 +139,7 @@ JOURNAL_SCRIPT = textwrap.dedent("""
     # only the journal still knows how far the ledger went.
     {python} -c "$TRUNCATE" {state} 5
     set +e
-    PVEGUARD_LEDGER_KEY_FILE={key} {python} -m pveguard --state-dir {state} --strategy {defaults_file()} \\
+    PVEGUARD_LEDGER_KEY_FILE={key} {python} -m pveguard --state-dir {state} --strategy {strategy} \\
         audit-log verify --json > {out}
     echo $? > {rc}
 """)
@@ -178,7 +179,7 @@ def test_journal_anchor_catches_truncation_the_local_anchors_hide(tmp_path: Path
     key = tmp_path / "key"
     key.write_text("journal-test-key")
     script = JOURNAL_SCRIPT.format(journald=journald, python=sys.executable, state=state, out=out, rc=rc,
-                                   key=key if keyed else "")
+                                   key=key if keyed else "", strategy=defaults_file())
     env = {**os.environ, "APPEND": APPEND, "TRUNCATE": TRUNCATE, "KEY": str(key) if keyed else ""}
     proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                           capture_output=True, text=True, env=env, timeout=120)
