@@ -368,6 +368,17 @@ def test_backup_archives(env: dict[str, str], tmp_path: Path, width: int) -> Non
 
 # --- every table is a FitTable, and every module printing one is read above ----------------------------
 
+@pytest.mark.parametrize("width", WIDTHS)
+def test_certs(sim_env: tuple[Any, dict[str, str]], width: int) -> None:
+    _, env = sim_env
+    doc = json.loads(pveguard(env, "certs", "--json").stdout)
+    assert doc["certificates"]
+    proc = pveguard(env, "certs", width=width)
+    assert proc.returncode == 0, proc.stderr
+    assert_reads_well(proc.stdout, width, [c["where"] for c in doc["certificates"]]
+                      + [c["name"] for c in doc["certificates"]])
+
+
 SRC = Path(__file__).parents[2] / "src/pveguard"
 # module -> the tests above that run its table commands at 80 and 120 columns
 READ_HERE = {
@@ -379,6 +390,7 @@ READ_HERE = {
     "guard/cli.py": ["test_guard_status_and_approvals", "test_guard_check_rendering"],
     "guard/workflow.py": ["test_install_dry_run"],
     "backup/cli.py": ["test_backup_status", "test_backup_archives", "test_backup_run"],
+    "security/certs_cli.py": ["test_certs"],
 }
 
 
