@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pveguard.cli import main as cli_main
+from infra.cli import run_cli
 from pveguard.strategy import load as strategy_load
 from pveguard.strategy.defaults import render
 from pveguard.strategy.enforcement import at_default, non_default
@@ -22,13 +22,7 @@ from pveguard.strategy.models import Strategy
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    try:
-        cli_main(list(argv))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(list(argv), capsys)
 
 
 # The mechanism is tested against a fixed table, so that enforcing a key (and deleting its line from

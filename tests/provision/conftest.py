@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from infra.cli import run_cli
 
 try:
     from pvesim.testing import SimHandle, pvesim, pvesim_factory  # noqa: F401 - fixtures
@@ -41,25 +42,7 @@ class Env:
 
     def run(self, *argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
         """pveguard in-process (like the console script): (exit code, stdout, stderr)."""
-        from pveguard.cli import main
-
-        capsys.readouterr()
-        old = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-        try:
-            try:
-                main(list(argv))
-                code = 0
-            except SystemExit as e:
-                code = int(e.code or 0)
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
-        out, err = capsys.readouterr()
-        return code, out, err
+        return run_cli(list(argv), capsys, self.env)
 
     def json(self, *argv: str, capsys: pytest.CaptureFixture[str]) -> Any:
         code, out, err = self.run(*argv, "--json", capsys=capsys)

@@ -7,22 +7,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from infra.cli import run_cli
 from pveguard.provision.instance import identity, state_instance
 from pveguard.store import Store
 from pveguard.strategy.models import Strategy, Target
 
 
 def cli(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    from pveguard.cli import main
-
-    capsys.readouterr()
-    try:
-        main(list(argv))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(list(argv), capsys)
 
 
 def test_init_writes_the_state_instance_into_the_strategy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
