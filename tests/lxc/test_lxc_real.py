@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from pveguard.backends import cgroups, lxc_net
-from pveguard.backends.base import Guest, GuestSpec, NetSpec
+from pveguard.backends.base import GrowTo, Guest, GuestSpec, NetSpec
 from pveguard.backends.lxc import LxcBackend
 from pveguard.errors import BackendError, ConfigError
 
@@ -353,10 +353,10 @@ def test_backup_volume_and_soft_limits(lxc_env: Any) -> None:
     assert "hard_limits" not in b.get_config(g)
     assert b.cgroup_value(g, "memory.max" if v2 else "memory.limit_in_bytes") == str(128 * MIB)
     # the volume grows (recorded; a directory has no size) and never shrinks
-    b.update(g, {"mp0": "3G"})
+    b.update(g, {"mp0": GrowTo("3G")})
     assert "size=3G" in b.get_config(g)["mp0"]
     with pytest.raises(BackendError, match="cannot shrink"):
-        b.update(g, {"mp0": "1G"})
+        b.update(g, {"mp0": GrowTo("1G")})
     # the final backup before a delete (and every lxc dump) holds the volume where the container sees it
     from pveguard.backup.lxcdump import dump_container
 

@@ -1017,6 +1017,9 @@ class LxcBackend(Backend):
             new["mp0"] = (",".join(p for p in str(old["mp0"]).split(",") if not p.startswith("size="))
                           + f",size={mp.size}")
         elif mp is not None:  # its whole configuration (e.g. backup=1 set on it)
+            if "mp" not in parse_mp(str(mp)):
+                raise ConfigError(f"mp0 of container {vmid}: {mp!r} names no mount point (mp=PATH)",
+                                  hint="give the volume's whole configuration, or GrowTo(size) to grow it")
             new["mp0"] = str(mp)
         for key, value in changes.items():
             new[key] = _checked_value(key, value, old)
