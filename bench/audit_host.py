@@ -23,6 +23,11 @@ from pveguard.audit.findings import GuestView
 from pveguard.context import AppContext
 from pveguard.strategy.models import Strategy
 
+# A benchmark's scratch state dir must be removable afterwards and must not write to this
+# machine's journal: its ledger anchors only to a plain file (as the tests do, tests/conftest.py).
+os.environ.setdefault("PVEGUARD_LEDGER_ANCHORS", "file")
+os.environ.setdefault("PVEGUARD_LEDGER_ANCHOR_APPEND_ONLY", "0")
+
 GOLDEN = Path(__file__).resolve().parents[1] / "tests/audit/golden/pve-fake/root"
 
 

@@ -29,6 +29,11 @@ from pveguard.provision.desired import desired_state
 from pveguard.strategy.models import Strategy
 from pvesim.testing import running
 
+# A benchmark's scratch state dir must be removable afterwards and must not write to this
+# machine's journal: its ledger anchors only to a plain file (as the tests do, tests/conftest.py).
+os.environ.setdefault("PVEGUARD_LEDGER_ANCHORS", "file")
+os.environ.setdefault("PVEGUARD_LEDGER_ANCHOR_APPEND_ONLY", "0")
+
 INSTANCE = "bench00000001"  # the installation whose containers make_managed writes
 
 
