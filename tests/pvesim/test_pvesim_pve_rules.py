@@ -8,27 +8,16 @@ src/PVE/CLI/pct.pm exec; pve-access-control AccessControl.pm verify_token.
 from __future__ import annotations
 
 import subprocess
-from typing import Any
 
 import pytest
 from proxmoxer.core import ResourceException
-from proxmoxer.tools import Tasks
 
+from infra.simct import TEMPLATE, create_ct, wait_task
 from pvesim.testing import SimHandle
 
-TEMPLATE = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst"
 KEYCTL_403 = "Permission check failed (changing feature flags (except nesting) is only allowed for root@pam)"
 
 
-def _wait(sim: SimHandle, upid: str) -> dict[str, Any]:
-    return dict(Tasks.blocking_status(sim.proxmoxer(), upid, polling_interval=0.05))
-
-
-def _ct(sim: SimHandle, vmid: int = 300, **extra: Any) -> None:
-    status, reason, body = sim.api("POST", "/nodes/pve1/lxc", {"vmid": vmid, "ostemplate": TEMPLATE,
-                                                               "rootfs": "local-lvm:4", **extra})
-    assert status == 200, reason
-    assert body is not None and _wait(sim, body["data"])["exitstatus"] == "OK"
 
 
 def _user_token(sim: SimHandle, privs: str) -> str:
@@ -45,7 +34,7 @@ def _user_token(sim: SimHandle, privs: str) -> str:
 
 
 def test_resize_to_the_current_size_is_refused_before_the_task(pvesim: SimHandle) -> None:
-    _ct(pvesim)
+    create_ct(pvesim)
     status, reason, body = pvesim.api("PUT", "/nodes/pve1/lxc/300/resize", {"disk": "rootfs", "size": "4G"})
     assert (status, reason) == (500, "disk is already at specified size")
     assert body == {"data": None, "message": "disk is already at specified size\n"}
@@ -54,11 +43,11 @@ def test_resize_to_the_current_size_is_refused_before_the_task(pvesim: SimHandle
 
 
 def test_two_resizes_to_one_size_race_and_the_second_task_fails(pvesim: SimHandle) -> None:
-    _ct(pvesim)
+    create_ct(pvesim)
     pvesim.control("POST", "/tasks", {"seconds": {"resize": 5}})
     ups = [pvesim.api("PUT", "/nodes/pve1/lxc/300/resize", {"disk": "rootfs", "size": "8G"})[2] for _ in range(2)]
     pvesim.control("POST", "/tasks/finish")
-    results = [_wait(pvesim, str(b["data"]))["exitstatus"] for b in ups if b]
+    results = [wait_task(pvesim, str(b["data"]))["exitstatus"] for b in ups if b]
     assert results == ["OK", "disk is already at specified size"]
 
 
@@ -66,7 +55,7 @@ def test_two_resizes_to_one_size_race_and_the_second_task_fails(pvesim: SimHandl
 
 
 def test_a_root_pam_token_may_not_change_features_other_than_nesting(pvesim: SimHandle) -> None:
-    _ct(pvesim, unprivileged=1, features="nesting=1")
+    create_ct(pvesim, unprivileged=1, features="nesting=1")
     # the root token is "root@pam!pvesim", not "root@pam": PVE refuses it like any other user
     status, reason, _ = pvesim.api("PUT", "/nodes/pve1/lxc/300/config", {"features": "nesting=1,keyctl=1"})
     assert (status, reason) == (403, KEYCTL_403)
@@ -79,7 +68,7 @@ def test_a_root_pam_token_may_not_change_features_other_than_nesting(pvesim: Sim
 
 
 def test_root_pam_itself_may_change_every_feature(pvesim: SimHandle) -> None:
-    _ct(pvesim, unprivileged=1)
+    create_ct(pvesim, unprivileged=1)
     px = pvesim.proxmoxer("password")
     px.nodes("pve1").lxc(300).config.put(features="nesting=1,keyctl=1,fuse=1")
     got = px.nodes("pve1").lxc(300).config.get()["features"]
@@ -87,14 +76,14 @@ def test_root_pam_itself_may_change_every_feature(pvesim: SimHandle) -> None:
 
 
 def test_privileged_containers_take_features_only_from_root_pam(pvesim: SimHandle) -> None:
-    _ct(pvesim)  # unprivileged not set: a privileged container
+    create_ct(pvesim)  # unprivileged not set: a privileged container
     status, reason, _ = pvesim.api("PUT", "/nodes/pve1/lxc/300/config", {"features": "nesting=1"})
     assert (status, reason) == (
         403, "Permission check failed (changing feature flags for privileged container is only allowed for root@pam)")
 
 
 def test_nesting_alone_needs_vm_allocate(pvesim: SimHandle) -> None:
-    _ct(pvesim, unprivileged=1)
+    create_ct(pvesim, unprivileged=1)
     token = _user_token(pvesim, "VM.Audit,VM.Config.Options")  # no VM.Allocate
     status, reason, _ = pvesim.api("PUT", "/nodes/pve1/lxc/300/config", {"features": "nesting=1"}, token=token)
     assert (status, reason) == (403, "Permission check failed (/vms/300, VM.Allocate)")
@@ -114,7 +103,7 @@ def _pct(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture
 def running_ct(pvesim: SimHandle) -> dict[str, str]:
-    _ct(pvesim, start=1)
+    create_ct(pvesim, start=1)
     return {**pvesim.env(), "CALLER_SECRET": "s3cret", "SSL_CERT_FILE": "/etc/x.pem"}
 
 
@@ -156,7 +145,7 @@ def test_fault_data_answers_a_malformed_200(pvesim: SimHandle) -> None:
 
 
 def test_fault_after_lets_the_call_happen_and_loses_the_answer(pvesim: SimHandle) -> None:
-    _ct(pvesim)
+    create_ct(pvesim)
     pvesim.control("POST", "/faults", {"method": "PUT", "path": "/config$", "status": 596, "message": "Broken pipe",
                                        "after": True, "times": 1})
     status, reason, _ = pvesim.api("PUT", "/nodes/pve1/lxc/300/config", {"memory": 1024})
@@ -165,7 +154,7 @@ def test_fault_after_lets_the_call_happen_and_loses_the_answer(pvesim: SimHandle
 
 
 def test_proxmoxer_sees_the_resize_refusal_in_the_reason(pvesim: SimHandle) -> None:
-    _ct(pvesim)
+    create_ct(pvesim)
     with pytest.raises(ResourceException) as ei:
         pvesim.proxmoxer().nodes("pve1").lxc(300).resize.put(disk="rootfs", size="4G")
     assert (ei.value.status_code, ei.value.content) == (500, "disk is already at specified size")

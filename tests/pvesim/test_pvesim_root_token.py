@@ -9,39 +9,24 @@ pve-manager API2/Backup.pm assert_param_permission_common), and a token's auth i
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from proxmoxer.core import ResourceException
-from proxmoxer.tools import Tasks
 
+from infra.simct import TEMPLATE, create_ct, wait_task
 from pvesim.testing import SimHandle
-
-TEMPLATE = "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst"
-
-
-def _wait(sim: SimHandle, upid: str) -> dict[str, Any]:
-    return dict(Tasks.blocking_status(sim.proxmoxer(), upid, polling_interval=0.05))
-
-
-def _ct(sim: SimHandle, vmid: int = 300, **extra: Any) -> None:
-    status, reason, body = sim.api("POST", "/nodes/pve1/lxc", {"vmid": vmid, "ostemplate": TEMPLATE,
-                                                               "rootfs": "local-lvm:4", **extra})
-    assert status == 200, reason
-    assert body is not None and _wait(sim, body["data"])["exitstatus"] == "OK"
 
 
 def test_the_root_token_is_refused_skiplock_root_pam_is_not(pvesim: SimHandle) -> None:
-    _ct(pvesim)
+    create_ct(pvesim)
     status, reason, body = pvesim.api("POST", "/nodes/pve1/lxc/300/status/start", {"skiplock": 1})
     assert (status, reason) == (400, "Parameter verification failed.")
     assert body is not None and body["errors"] == {"skiplock": "Only root may use this option."}
     upid = pvesim.proxmoxer("password").nodes("pve1").lxc(300).status.start.post(skiplock=1)
-    assert _wait(pvesim, upid)["exitstatus"] == "OK"
+    assert wait_task(pvesim, upid)["exitstatus"] == "OK"
 
 
 def test_the_root_token_may_not_bind_mount_or_pass_devices(pvesim: SimHandle) -> None:
-    _ct(pvesim)
+    create_ct(pvesim)
     status, reason, _ = pvesim.api("PUT", "/nodes/pve1/lxc/300/config", {"mp0": "/srv/data,mp=/data"})
     assert (status, reason) == (403, "Permission check failed (mount point type bind is only allowed for root@pam)")
     status, reason, _ = pvesim.api("PUT", "/nodes/pve1/lxc/300/config", {"dev0": "/dev/fuse"})
@@ -55,7 +40,7 @@ def test_the_root_token_may_not_bind_mount_or_pass_devices(pvesim: SimHandle) ->
 
 
 def test_the_root_token_may_not_set_root_only_backup_options(pvesim: SimHandle) -> None:
-    _ct(pvesim)
+    create_ct(pvesim)
     status, _reason, body = pvesim.api("POST", "/nodes/pve1/vzdump", {"vmid": 300, "tmpdir": "/var/tmp"})
     assert status == 400
     assert body is not None and body["errors"] == {"tmpdir": "Only root may set this option."}
@@ -63,7 +48,7 @@ def test_the_root_token_may_not_set_root_only_backup_options(pvesim: SimHandle) 
 
 def test_the_root_token_still_has_every_privilege(pvesim: SimHandle) -> None:
     """Not root for the root-only checks, but privsep=0: root@pam's privileges, so everything else works."""
-    _ct(pvesim, memory=1024, net0="name=eth0,bridge=vmbr0,ip=dhcp")
+    create_ct(pvesim, memory=1024, net0="name=eth0,bridge=vmbr0,ip=dhcp")
     assert pvesim.api("PUT", "/nodes/pve1/lxc/300/config", {"cores": 2, "swap": 0})[0] == 200
     _s, _r, body = pvesim.api("GET", "/access/permissions", {"path": "/"})
     assert body is not None and body["data"]["/"]["Sys.Modify"] == 1
