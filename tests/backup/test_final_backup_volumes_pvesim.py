@@ -10,19 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.provision.conftest import FAST, Env, make_env
+from tests.provision.conftest import FAST, Env, containers, make_env
 
 pytest.importorskip("pvesim.testing")
-
-
-def small(name: str) -> dict[str, Any]:
-    return {"name": name, "role": "app", "resources": {"cores": 1, "memory": "256M", "storage": "2G"}}
-
-
-def containers(*names: str) -> Any:
-    def edit(doc: dict[str, Any]) -> None:
-        doc["containers"] = [small(n) for n in names]
-    return edit
 
 
 @pytest.fixture

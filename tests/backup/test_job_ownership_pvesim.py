@@ -12,16 +12,12 @@ import pytest
 
 from pveguard.security.ledger import Ledger
 from pveguard.store import Store
-from tests.provision.conftest import FAST, Env, make_env
+from tests.provision.conftest import FAST, Env, make_env, small
 
 pytest.importorskip("pvesim.testing")
 
 B_ID = "b0b0b0b0b0b0"
 MARKER = "managed-by: pveguard"
-
-
-def small(name: str) -> dict[str, Any]:
-    return {"name": name, "role": "app", "resources": {"cores": 1, "memory": "256M", "storage": "2G"}}
 
 
 def _setup(env: Env, *names: str, schedule: str = "daily") -> None:

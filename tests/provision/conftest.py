@@ -68,6 +68,18 @@ class Env:
         self.sim.control("DELETE", "/calls")
 
 
+def small(name: str) -> dict[str, Any]:
+    """A strategy container as small as a test needs (1 core, 256M, 2G)."""
+    return {"name": name, "role": "app", "resources": {"cores": 1, "memory": "256M", "storage": "2G"}}
+
+
+def containers(*names: str) -> Any:
+    """A strategy edit (for Env.edit) that makes these small containers the whole list."""
+    def edit(doc: dict[str, Any]) -> None:
+        doc["containers"] = [small(n) for n in names]
+    return edit
+
+
 def make_env(sim: Any, tmp_path: Path, **extra: str) -> Env:
     from pveguard.strategy.defaults import render
 

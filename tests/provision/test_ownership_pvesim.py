@@ -13,26 +13,16 @@ import pytest
 from pveguard.security.ledger import Ledger
 from pveguard.store import Store
 
-from .conftest import FAST, Env, make_env
+from .conftest import FAST, Env, containers, make_env
 
 pytest.importorskip("pvesim.testing")
 
 B_ID = "b0b0b0b0b0b0"
 
 
-
 def flat(out: str) -> str:
     """The plan's text with its line wrapping undone (notes wrap at the terminal's width)."""
     return " ".join(out.split())
-
-def small(name: str) -> dict[str, Any]:
-    return {"name": name, "role": "app", "resources": {"cores": 1, "memory": "256M", "storage": "2G"}}
-
-
-def containers(*names: str) -> Any:
-    def edit(doc: dict[str, Any]) -> None:
-        doc["containers"] = [small(n) for n in names]
-    return edit
 
 
 @pytest.fixture

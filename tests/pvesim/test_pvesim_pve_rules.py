@@ -18,8 +18,6 @@ from pvesim.testing import SimHandle
 KEYCTL_403 = "Permission check failed (changing feature flags (except nesting) is only allowed for root@pam)"
 
 
-
-
 def _user_token(sim: SimHandle, privs: str) -> str:
     """A non-root user's API token (privsep 0) with a role of `privs` on /."""
     assert sim.api("POST", "/access/roles", {"roleid": "Ops", "privs": privs})[0] == 200

@@ -13,6 +13,7 @@ import pytest
 from pveguard.security.ledger import Ledger
 from pveguard.store import Store
 from tests.monitor.receivers import WebhookReceiver, webhook_receiver
+from tests.provision.conftest import small
 
 from .conftest import Env, make_env
 
@@ -21,10 +22,6 @@ pytest.importorskip("pvesim.testing")
 FAST = {"vzcreate": 0.2, "vzstart": 0.1, "vzstop": 0.1, "vzshutdown": 0.1, "vzdestroy": 0.1, "download": 0.1}
 OTHER = "0th3r1n5t4nc"
 MAX = 2
-
-
-def small(name: str) -> dict[str, Any]:
-    return {"name": name, "role": "app", "resources": {"cores": 1, "memory": "256M", "storage": "2G"}}
 
 
 @pytest.fixture
