@@ -254,5 +254,11 @@ class Backend(abc.ABC):
         bridges, storages, config includes...), each with its fix. Runs no mutating call."""
         return []
 
+    def watch_stops(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """Call `wake` soon after any guest stops, so a watchdog loop can sweep at once instead of at its
+        next interval; returns the function that ends the watching, or None when the backend has no
+        such events (then the loop just sweeps every interval)."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

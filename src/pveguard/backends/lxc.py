@@ -28,6 +28,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -939,6 +940,37 @@ class LxcBackend(Backend):
             if proc.returncode == 127 or state in ("running", "degraded", "maintenance", "stopping"):
                 return
             time.sleep(0.2)
+
+    def watch_stops(self, wake: Callable[[], None]) -> Callable[[], None] | None:
+        """`lxc-monitor` on this lxcpath: every container that reaches STOPPED or ABORTING calls `wake`.
+
+        Only a hint to sweep now: what is done is still decided from one listing. Ending it stops the
+        lxc-monitor and asks the lxc-monitord that LXC spawned for this lxcpath to quit.
+        """
+        if shutil.which("lxc-monitor") is None:
+            return None
+        self.lxcpath.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(["lxc-monitor", "-P", str(self.lxcpath), "-n", ".*"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+
+        def read() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # 'NAME' changed state to [STOPPED]
+                if "[STOPPED]" in line or "[ABORTING]" in line:
+                    wake()
+
+        threading.Thread(target=read, name="lxc-monitor", daemon=True).start()
+
+        def end() -> None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            subprocess.run(["lxc-monitor", "-P", str(self.lxcpath), "--quit"], capture_output=True, timeout=10,
+                           check=False)
+        return end
 
     def stop(self, guest: Guest) -> None:
         self._meta(guest.vmid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Annotated, Any
 
@@ -61,6 +62,26 @@ def run_once(app_ctx: AppContext) -> SweepReport:
         backend.close()
 
 
+def _watch_stops(app_ctx: AppContext, wake: threading.Event) -> Callable[[], None] | None:
+    """The backend's stop events (if it has any) wake the loop early; the sweep still reads one listing."""
+    try:
+        backend = connect(app_ctx.strategy)
+    except PveguardError:
+        return None  # the first sweep says what is wrong
+    try:
+        end = backend.watch_stops(wake.set)
+    except OSError:
+        end = None
+    if end is None:
+        backend.close()
+        return None
+
+    def finish() -> None:
+        end()
+        backend.close()
+    return finish
+
+
 def render(report: SweepReport) -> None:
     if not report.containers:
         console.print("no containers of this installation in the strategy's list were found")
@@ -97,14 +118,19 @@ def recover(
         return
     every = app_ctx.strategy.emergency.container_failure.interval.total_seconds()
     stop = threading.Event()
+    wake = threading.Event()  # set by SIGTERM and by the backend's stop events (LXC: lxc-monitor)
 
     def on_term(_sig: int, _frame: FrameType | None) -> None:
         stop.set()
+        wake.set()
 
     previous = signal.signal(signal.SIGTERM, on_term)
-    info(f"watching every {every:g}s (emergency.container_failure.interval); Ctrl-C or SIGTERM stops")
+    end_watch = _watch_stops(app_ctx, wake)
+    info(f"watching every {every:g}s (emergency.container_failure.interval)"
+         + (" and at once when a container stops" if end_watch else "") + "; Ctrl-C or SIGTERM stops")
     try:
         while not stop.is_set():
+            wake.clear()  # a stop seen from here on makes the next wait return at once
             try:
                 report = run_once(app_ctx)
             except UsageError:
@@ -112,12 +138,16 @@ def recover(
             except PveguardError as exc:  # API down, apply running...: say so, try again next time
                 info(f"sweep failed: {exc.message}")
             else:
-                render(SweepReport(report.ts, [o for o in report.containers if o.action != "none"], report.alerts))
-            stop.wait(every)
+                acted = [o for o in report.containers if o.action != "none"]
+                if acted or report.alerts:  # a quiet sweep prints nothing
+                    render(SweepReport(report.ts, acted, report.alerts))
+            wake.wait(every)
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if end_watch:
+            end_watch()
     info("stopped")
 
 
