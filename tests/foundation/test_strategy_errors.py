@@ -25,6 +25,16 @@ CASES: list[tuple[str, str, list[tuple[int, int, str, str]]]] = [
      [(6, 15, "containers[0].resources.memory", "sizes cannot be negative")]),
     ("tiny-memory", CONTAINER.format(memory="1M"),
      [(6, 15, "containers[0].resources.memory", "too little memory")]),
+    # named by the seed but not built: refused with what to do instead, never quietly acting as 'alert'
+    ("on-exhausted-restore", "emergency:\n  container_failure:\n    on_exhausted: restore-last-backup\n",
+     [(3, 19, "emergency.container_failure.on_exhausted",
+       "'restore-last-backup' is not built yet (after the alert, restore the container from its last backup by "
+       "hand ('pct restore' on PVE)); use 'alert' or 'quarantine'")]),
+    ("on-exhausted-migrate", "emergency:\n  container_failure:\n    on_exhausted: migrate\n",
+     [(3, 19, "emergency.container_failure.on_exhausted", "'migrate' is not built yet")]),
+    ("on-exhausted-unknown", "emergency:\n  container_failure:\n    on_exhausted: reboot\n",
+     [(3, 19, "emergency.container_failure.on_exhausted", "'reboot' is not allowed; use one of 'alert' or "
+       "'quarantine'")]),
     ("unknown-top-key", "monitorng:\n  poll_interval: 30s\n",
      [(1, 1, "monitorng", "unknown key 'monitorng'; did you mean 'monitoring'?")]),
     ("unknown-nested-key", "monitoring:\n  treshold: {cpu: 80}\n",

@@ -474,17 +474,32 @@ class Backup(StrictModel):
 # --- emergency ----------------------------------------------------------------------------------
 
 
+NOT_BUILT_ON_EXHAUSTED = {
+    "restore-last-backup": "after the alert, restore the container from its last backup by hand ('pct restore' on PVE)",
+    "migrate": "after the alert, move the container by hand ('pct migrate') when its node is at fault",
+}
+
+
 class ContainerFailure(StrictModel):
     restart: bool = True
     max_restarts: int = Field(3, ge=0, le=100)
     window: Duration = timedelta(hours=1)
     backoff: Duration = Field(timedelta(seconds=30), description="wait before the 2nd restart in the window; "
                               "doubles for each further one (the 1st is at once)")
-    on_exhausted: Literal["alert", "quarantine", "restore-last-backup", "migrate"] = Field(
+    on_exhausted: Literal["alert", "quarantine"] = Field(
         "alert", description="alert: alert and wait for the window to free a restart; quarantine: alert and stop "
         "trying until 'pveguard recover clear NAME'")
     interval: Duration = Field(timedelta(seconds=10),
                                description="how often 'pveguard recover' sweeps (without --once)")
+
+    @field_validator("on_exhausted", mode="before")
+    @classmethod
+    def _not_built(cls, v: object) -> object:
+        # named in the seed's vocabulary but not built: refused rather than quietly acting as 'alert'
+        if v in NOT_BUILT_ON_EXHAUSTED:
+            raise ValueError(f"{v!r} is not built yet ({NOT_BUILT_ON_EXHAUSTED[str(v)]}); use 'alert' or "
+                             "'quarantine'")
+        return v
 
 
 ExhaustionAction = Literal["identify_high_usage", "scale_resources", "migrate", "root_cause_analysis"]
