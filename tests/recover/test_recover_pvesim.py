@@ -207,3 +207,52 @@ def test_the_loop_repairs_and_stops_on_sigterm(env: Env) -> None:
     assert proc.returncode == 0, err
     assert "app-one" in out and "restarted" in out and "stopped" in err
     assert [e.action for e in entries(env, "recover.restart")] == ["recover.restart.intent", "recover.restart"]
+
+
+def test_the_loop_against_crashes_on_a_schedule(env: Env, hook: WebhookReceiver) -> None:
+    """A guest that crashes every 3 s (pvesim's crash schedule) while `pveguard recover` runs as a loop
+    (interval 1 s): each of the first MAX crashes is repaired within the interval plus a restart, the
+    next one spends the budget: quarantined with one alert, and it stays stopped."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env.edit(lambda d: d["emergency"]["container_failure"].update(interval="1s"))
+    vmid = vmid_of(env, "app-one")
+    proc = subprocess.Popen([sys.executable, "-m", "pveguard", "recover"], env={**os.environ, **env.env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    downtimes: list[float] = []
+    try:
+        time.sleep(1.5)  # the loop's first sweep
+        env.sim.control("POST", f"/guests/{vmid}/crash", {"after": 1, "every": 3, "times": MAX + 1})
+        down_since: float | None = None
+        deadline = time.monotonic() + 30
+        # watch from outside (each listing also lets the sim's clock fire a due crash on time)
+        while time.monotonic() < deadline and not entries(env, "recover.quarantined"):
+            now, st = time.monotonic(), status(env, "app-one")
+            if st == "stopped" and down_since is None:
+                down_since = now
+            elif st == "running" and down_since is not None:
+                downtimes.append(now - down_since)
+                down_since = None
+            time.sleep(0.1)
+        assert entries(env, "recover.quarantined"), "never quarantined"
+        time.sleep(2.5)  # two more sweeps: nothing is restarted any more
+        assert status(env, "app-one") == "stopped"
+        assert env.sim.control("GET", f"/guests/{vmid}/crash")["crashes"] == MAX + 1
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    # each crash within the budget was repaired before the next one: down for at most the loop's
+    # interval (1 s) plus a sweep and a restart on pvesim's fast tasks
+    assert len(downtimes) == MAX and all(d < 2.5 for d in downtimes), downtimes
+    assert [e.details["result"] for e in entries(env, "recover.restart") if e.action == "recover.restart"] \
+        == ["ok"] * MAX
+    assert [b["rule"] for b in hook.bodies()] == ["container-quarantined"]
+    assert "quarantined" in out and "recover clear app-one" in out
