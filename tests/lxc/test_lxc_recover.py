@@ -90,3 +90,62 @@ def test_kill_9_of_init_and_a_failing_check_are_repaired(lxc_env: Any) -> None:
     strategy.write_text(yaml.safe_dump(doc, sort_keys=False))
     code, out, err = pveguard(env, "apply", "--prune", "--yes")
     assert code == 0, out + err
+
+
+def test_the_loop_wakes_on_a_stop_event(lxc_env: Any) -> None:
+    """`pveguard recover` as a loop with a 60 s interval repairs a kill -9 within seconds: lxc-monitor's
+    STOPPED wakes it (the sweep itself still reads one listing). SIGTERM ends it and its lxc-monitor."""
+    import signal
+
+    b = lxc_env.backend
+    br = lxc_env.bridge("w")
+    strategy = lxc_env.root / "strategy.yaml"
+    doc: dict[str, Any] = {
+        "version": 1,
+        "network": {"bridge": br, "container_vlan": 31},
+        "containers": [{"name": "pgt-rw", "role": "test", "resources": {"cores": 1, "memory": "256M",
+                                                                         "swap": "256M", "storage": "1G"},
+                        "network": {"ip": "10.250.31.21/24"},
+                        "health_checks": [{"type": "command", "command": ["systemctl", "is-active", "--quiet",
+                                                                          "systemd-journald"], "interval": "60s"}]}],
+        "emergency": {"container_failure": {"interval": "60s", "backoff": "0s"}},
+        "target": {"backend": "lxc", "lxc": {"lxcpath": b.config.lxcpath, "disk_dir": b.config.disk_dir,
+                                             "template_cache": b.config.template_cache}},
+    }
+    strategy.write_text(yaml.safe_dump(doc, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PVEGUARD_BACKEND": "lxc",
+           "PVEGUARD_STRATEGY": str(strategy), "PVEGUARD_STATE_DIR": str(lxc_env.root / "state")}
+    code, out, err = pveguard(env, "apply", "--yes")
+    assert code == 0, out + err
+    [g] = b.list_guests()
+    proc = subprocess.Popen([sys.executable, "-m", "pveguard", "recover"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)  # the first sweep is done; the next timed one is a minute away
+        pid = init_pid(b.config.lxcpath, str(g.vmid))
+        assert pid > 0
+        t0 = time.monotonic()
+        os.kill(pid, 9)
+        while time.monotonic() - t0 < 30:
+            new = init_pid(b.config.lxcpath, str(g.vmid))
+            if new not in (0, pid) and b.exec(g, ["systemctl", "is-active", "--quiet", "systemd-journald"]).ok:
+                break
+            time.sleep(0.2)
+        took = time.monotonic() - t0
+        assert took < 20, f"not running and healthy {took:.1f} s after the crash"
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "at once when a container stops" in err and "restarted - not running (stopped)" in out
+    monitors = subprocess.run(["pgrep", "-f", f"lxc-monitor.*{b.config.lxcpath}"], capture_output=True,
+                              text=True, check=False).stdout.split()
+    assert monitors == [], "lxc-monitor or lxc-monitord left running"
+
+    doc["containers"] = []
+    strategy.write_text(yaml.safe_dump(doc, sort_keys=False))
+    code, out, err = pveguard(env, "apply", "--prune", "--yes")
+    assert code == 0, out + err

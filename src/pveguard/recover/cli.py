@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -63,7 +64,10 @@ def run_once(app_ctx: AppContext) -> SweepReport:
 
 
 def _watch_stops(app_ctx: AppContext, wake: threading.Event) -> Callable[[], None] | None:
-    """The backend's stop events (if it has any) wake the loop early; the sweep still reads one listing."""
+    """The backend's stop events (if it has any) wake the loop early; the sweep still reads one listing.
+    PVEGUARD_RECOVER_EVENTS=0 turns that off (sweeps at the interval only)."""
+    if os.environ.get("PVEGUARD_RECOVER_EVENTS", "1") == "0":
+        return None
     try:
         backend = connect(app_ctx.strategy)
     except PveguardError:
