@@ -43,7 +43,8 @@ CACHE = Path("/var/cache/pveguard-tests/lxc-templates")
 NAME = "pgrb-web"
 CHECK = ["systemctl", "is-active", "--quiet", "systemd-journald"]
 HA_ROW = ("PVE HA (documented, not measured here)", "≈ 120", "",
-          "pve-docs `ha-manager.adoc`: \"typical error detection and failover times of about 2 minutes\"; "
+          "pve-docs `ha-manager.adoc` (<https://pve.proxmox.com/pve-docs/ha-manager.1.html>): \"ha-manager has "
+          "typical error detection and failover times of about 2 minutes\"; "
           "needs a quorate cluster of 3 nodes")
 
 # The seed's emergency procedure for container failure, as a cron job would run it (plain LXC here;

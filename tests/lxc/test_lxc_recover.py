@@ -145,6 +145,30 @@ def test_the_loop_wakes_on_a_stop_event(lxc_env: Any) -> None:
                               text=True, check=False).stdout.split()
     assert monitors == [], "lxc-monitor or lxc-monitord left running"
 
+    # an lxc-monitord someone else's lxc-monitor started keeps running when the loop ends
+    def monitord() -> list[str]:
+        return subprocess.run(["pgrep", "-f", f"lxc-monitord {b.config.lxcpath}"], capture_output=True, text=True,
+                              check=False).stdout.split()
+
+    admin = subprocess.Popen(["lxc-monitor", "-P", b.config.lxcpath, "-n", ".*"], stdout=subprocess.DEVNULL)
+    try:
+        for _ in range(50):
+            if monitord():
+                break
+            time.sleep(0.1)
+        assert monitord()
+        proc = subprocess.Popen([sys.executable, "-m", "pveguard", "recover"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "at once when a container stops" in err, err
+        assert monitord() and admin.poll() is None
+    finally:
+        admin.terminate()
+        admin.wait()
+        subprocess.run(["lxc-monitor", "-P", b.config.lxcpath, "--quit"], capture_output=True, check=False)
+
     doc["containers"] = []
     strategy.write_text(yaml.safe_dump(doc, sort_keys=False))
     code, out, err = pveguard(env, "apply", "--prune", "--yes")

@@ -378,6 +378,18 @@ def parse_lxc_info(text: str) -> dict[str, str]:
     return out
 
 
+def _monitord_running(lxcpath: Path) -> bool:
+    """Whether an lxc-monitord serves this lxcpath already (LXC spawns one per lxcpath on demand)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"lxc-monitord") and str(lxcpath).encode() in argv[1:]:
+            return True
+    return False
+
+
 def _state(lxc_state: str | None) -> GuestState:
     if lxc_state == "RUNNING":
         return "running"
@@ -945,11 +957,13 @@ class LxcBackend(Backend):
         """`lxc-monitor` on this lxcpath: every container that reaches STOPPED or ABORTING calls `wake`.
 
         Only a hint to sweep now: what is done is still decided from one listing. Ending it stops the
-        lxc-monitor and asks the lxc-monitord that LXC spawned for this lxcpath to quit.
+        lxc-monitor and, when it was this call that made LXC spawn the lxc-monitord of this lxcpath,
+        asks that one to quit (one someone else started keeps serving them).
         """
         if shutil.which("lxc-monitor") is None:
             return None
         self.lxcpath.mkdir(parents=True, exist_ok=True)
+        had_monitord = _monitord_running(self.lxcpath)
         proc = subprocess.Popen(["lxc-monitor", "-P", str(self.lxcpath), "-n", ".*"], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
 
@@ -968,8 +982,9 @@ class LxcBackend(Backend):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            subprocess.run(["lxc-monitor", "-P", str(self.lxcpath), "--quit"], capture_output=True, timeout=10,
-                           check=False)
+            if not had_monitord:
+                subprocess.run(["lxc-monitor", "-P", str(self.lxcpath), "--quit"], capture_output=True, timeout=10,
+                               check=False)
         return end
 
     def stop(self, guest: Guest) -> None:
