@@ -558,8 +558,14 @@ def traffic_accept(
             wanted.append(traffic.parse_dest(d))
         except ValueError as exc:
             raise UsageError(str(exc), hint="e.g. tcp/10.0.0.5:443, udp/10.0.0.1:53 or icmp/10.0.0.1") from None
-    changed = traffic.accept(app_ctx.store, c.target, wanted, time.time())
+    changed, unseen = traffic.accept(app_ctx.store, c.target, wanted, time.time())
     if changed:
-        app_ctx.record("monitor.traffic.accept", c.name or c.target, destinations=changed)
-    console.print(f"{c.name or c.target}: accepted {', '.join(changed)}" if changed
-                  else f"{c.name or c.target}: nothing to accept (already in the baseline)")
+        app_ctx.record("monitor.traffic.accept", c.name or c.target, destinations=changed, not_seen_yet=unseen)
+    label = c.name or c.target
+    if not changed:
+        console.print(f"{label}: nothing to accept (already in the baseline)")
+        return
+    console.print(f"{label}: accepted {', '.join(changed)}")
+    if unseen:
+        console.print(f"{label}: not seen yet, added to the baseline ahead of time: {', '.join(unseen)} "
+                      f"(new ones: {', '.join(c.new()) or 'none'})", soft_wrap=False)

@@ -457,10 +457,12 @@ def find_container(view: TrafficView, name: str) -> ContainerTraffic | None:
     return None
 
 
-def accept(store: Store, target: str, dests: Iterable[str], now: float) -> list[str]:
-    """Move destinations into the baseline (state `accepted`); returns the ones that changed."""
+def accept(store: Store, target: str, dests: Iterable[str], now: float) -> tuple[list[str], list[str]]:
+    """Move destinations into the baseline (state `accepted`); one not seen yet is added ahead of time.
+    Returns (the ones that changed, those of them not seen yet)."""
     open_traffic_store(store)
     changed: list[str] = []
+    unseen: list[str] = []
     with store.transaction() as conn:
         for d in dests:
             cur = conn.execute("SELECT state FROM traffic_destinations WHERE target = ? AND dest = ?",
@@ -469,11 +471,12 @@ def accept(store: Store, target: str, dests: Iterable[str], now: float) -> list[
                 conn.execute("INSERT INTO traffic_destinations(target, dest, state, first_seen, last_seen, hits) "
                              "VALUES(?,?,?,?,?,0)", (target, d, "accepted", now, now))
                 changed.append(d)
+                unseen.append(d)
             elif cur["state"] == "new":
                 conn.execute("UPDATE traffic_destinations SET state = 'accepted' WHERE target = ? AND dest = ?",
                              (target, d))
                 changed.append(d)
-    return changed
+    return changed, unseen
 
 
 def traffic_rules(monitoring: Any) -> list[Rule]:
