@@ -64,8 +64,8 @@ class Net:
 
     def connect(self, port: int, timeout: float = 0.4) -> bool:
         """A TCP connection from inside the namespace; True when it was answered."""
-        code = ("import socket,sys\ns=socket.socket();s.settimeout(%s)\n"
-                "try:\n s.connect(('%s',%d));print('ok')\nexcept OSError:\n print('no')" % (timeout, self.host_ip, port))
+        code = (f"import socket\ns=socket.socket();s.settimeout({timeout})\n"
+                f"try:\n s.connect(('{self.host_ip}',{port}));print('ok')\nexcept OSError:\n print('no')")
         return sh("ip", "netns", "exec", self.ns, sys.executable, "-c", code).stdout.strip() == "ok"
 
 
