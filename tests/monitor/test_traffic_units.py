@@ -175,5 +175,6 @@ def test_counter_resets_learning_and_new(tmp_path: Path) -> None:
     c = v.containers[0]
     assert c.new() == ["tcp/203.0.113.9:22"] and not c.learning
     obs, names = v.observations()
-    assert obs["lxc/117>tcp/203.0.113.9:22"] == {"new_destination": 1.0} and names["lxc/117>tcp/203.0.113.9:22"] == "web"
+    key = "lxc/117>tcp/203.0.113.9:22"
+    assert obs[key] == {"new_destination": 1.0} and names[key] == "web"
     store.close()
