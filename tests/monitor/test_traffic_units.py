@@ -178,3 +178,18 @@ def test_counter_resets_learning_and_new(tmp_path: Path) -> None:
     key = "lxc/117>tcp/203.0.113.9:22"
     assert obs[key] == {"new_destination": 1.0} and names[key] == "web"
     store.close()
+
+
+def test_new_destination_alerts_are_capped_per_container(tmp_path: Path) -> None:
+    from pveguard.monitor.traffic import MAX_NEW_ALERTS
+
+    src = Counters()
+    store = Store(tmp_path)
+    watch = TrafficWatch(store, src, every=60, learning=0)
+    t0 = 1_800_000_000.0
+    src.dests = {f"tcp/203.0.113.{i}:443" for i in range(MAX_NEW_ALERTS + 5)}
+    v = watch.observe(t0, _sweep(t0))
+    obs, _ = v.observations()
+    assert len(v.containers[0].new()) == MAX_NEW_ALERTS + 5 and v.containers[0].new_total == MAX_NEW_ALERTS + 5
+    assert len([k for k in obs if ">" in k]) == MAX_NEW_ALERTS
+    store.close()

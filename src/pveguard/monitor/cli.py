@@ -134,7 +134,8 @@ def status_table(mon: Any, limit: int = 40) -> FitTable:
         if st.state != "inactive":
             tag = "" if not st.flapping(res.ts) else " (flapping)"
             # "memory firing": words the column can wrap between, never fold inside
-            alerts.setdefault(target, []).append(f"{rule} {st.state}{tag}")
+            # a new destination's alert (lxc/101>tcp/...) shows on its container's row
+            alerts.setdefault(target.split(">", 1)[0], []).append(f"{rule} {st.state}{tag}")
     guests = [s for s in res.sweep.samples if s.is_guest and not s.template]
     guests.sort(key=lambda s: (s.id not in alerts, not s.managed, -s.cpu, s.id))
     for s in guests[:limit]:

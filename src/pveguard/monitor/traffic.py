@@ -51,6 +51,10 @@ CONNTRACK = Path("/proc/net/nf_conntrack")
 LOG_PAGE = 1000  # lines per firewall-log request
 FIRST_READ_BACK = 60  # a first read looks back this far, not through the whole log history
 SEP = ">"  # alert target of a new destination: "lxc/101>tcp/10.0.0.5:443"
+# new_destination alerts per container at most (the oldest new ones); a container that suddenly talks to
+# hundreds of places is one storm of alerts otherwise. All of them show in `monitor traffic` and count in
+# pveguard_container_unaccepted_destinations.
+MAX_NEW_ALERTS = 20
 
 MIGRATIONS: list[str] = [
     """
@@ -308,7 +312,8 @@ def lxc_addresses(backend: Any) -> Callable[[], dict[str, int]]:
 
     def get() -> dict[str, int]:
         out: dict[str, int] = {}
-        for vmid, pid in backend.running_pids().items():
+        running = getattr(backend, "running_pids", None)
+        for vmid, pid in (running() if running else {}).items():
             try:
                 text = Path(f"/proc/{pid}/net/fib_trie").read_text()
             except OSError:
@@ -357,7 +362,8 @@ class TrafficView:
         for c in self.containers:
             if c.drop_rate is not None:
                 obs.setdefault(c.target, {})["fw_drops"] = c.drop_rate
-            for d in c.new():
+            new = sorted((x for x in c.destinations if x["state"] == "new"), key=lambda x: (x["first_seen"], x["dest"]))
+            for d in [x["dest"] for x in new][:MAX_NEW_ALERTS]:
                 obs[f"{c.target}{SEP}{d}"] = {"new_destination": 1.0}
                 names[f"{c.target}{SEP}{d}"] = c.name
         return obs, names
