@@ -193,3 +193,17 @@ def test_new_destination_alerts_are_capped_per_container(tmp_path: Path) -> None
     assert len(v.containers[0].new()) == MAX_NEW_ALERTS + 5 and v.containers[0].new_total == MAX_NEW_ALERTS + 5
     assert len([k for k in obs if ">" in k]) == MAX_NEW_ALERTS
     store.close()
+
+
+def test_a_node_log_the_token_may_not_read_is_named_with_the_privilege(tmp_path: Path) -> None:
+    from pveguard.backends.proxmox import PveCallError
+
+    def call(method: str, path: str, params: dict[str, Any]) -> Any:
+        raise PveCallError("GET /nodes/pve1/firewall/log: Permission check failed (/nodes/pve1, Sys.Syslog)",
+                           status=403)
+
+    store = Store(tmp_path)
+    view = TrafficWatch(store, PveFirewallLog(call), every=60, learning=60).observe(1e9, _sweep(1e9))
+    assert len(view.errors) == 1 and "needs Sys.Syslog on /nodes/pve1" in view.errors[0]
+    assert [(c.dropped_total, c.drop_rate) for c in view.containers] == [(None, None)]  # unknown, not 0
+    store.close()

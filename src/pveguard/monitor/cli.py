@@ -199,6 +199,8 @@ def monitor(
             print_json(_poll_json(res))
         elif not res.error:  # a failed poll shows no table: an empty one would read as "no guests"
             console.print(status_table(mon, limit))
+            if res.traffic is not None and res.traffic.errors:
+                info("traffic watch: " + "; ".join(res.traffic.errors))
         if res.error:  # an operational failure (exit 1), not a usage error
             from pveguard.errors import OperationError
 

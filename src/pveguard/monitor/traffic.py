@@ -248,7 +248,11 @@ class PveFirewallLog:
                         break
                     start += len(page)
             except PveguardError as exc:
-                r.errors.append(f"node {node}: {exc.message}")
+                why = exc.message
+                if getattr(exc, "status", None) == 403:
+                    why += (f" (reading a node's firewall log needs Sys.Syslog on /nodes/{node}, e.g. "
+                            f"'pveum acl modify /nodes/{node} -token <token> -role PVESysAdmin')")
+                r.errors.append(f"node {node}: {why}")
                 continue
             newest, at_newest = since, set(seen_at_since)
             for text in lines:
