@@ -149,6 +149,19 @@ def _route(sim: Sim, method: str, parts: list[str], doc: dict[str, Any], q: dict
         g.touch()
         sim.changed()
         return {"vmid": g.vmid, "lock": g.config.get("lock")}
+    if head == "firewall" and rest == ["connect"] and method == "POST":
+        from pvesim.handlers.firewall import judge
+
+        g = _guest(sim, str(doc["vmid"]))
+        direction = str(doc.get("direction", "in"))
+        if direction not in ("in", "out"):
+            raise ControlError(400, "direction must be 'in' (to the guest) or 'out' (from it)")
+        proto = str(doc.get("proto", "tcp")).lower()
+        pkt = {"direction": direction, "src": str(doc["src"]), "dst": str(doc["dst"]), "proto": proto,
+               "dport": int(doc["dport"]) if doc.get("dport") is not None else None,
+               "sport": int(doc.get("sport", 40000))}
+        results = [judge(sim, g, pkt) for _ in range(max(1, int(doc.get("count", 1))))]
+        return {"action": results[0][0], "logged": [line for _, line in results if line]}
     if head == "certificates" and rest:
         return _certificates(sim, method, rest, doc)
     if head == "pct":

@@ -424,6 +424,7 @@ class Sim:
         self.fw_cluster: dict[str, Any] = _new_firewall()
         self.fw_groups: dict[str, dict[str, Any]] = {}
         self.fw_guest: dict[int, dict[str, Any]] = {}
+        self.fw_log: dict[str, list[str]] = {}  # node -> /var/log/pve-firewall.log lines (handlers/firewall.py)
         self.notif_endpoints: dict[str, dict[str, dict[str, Any]]] = {
             "sendmail": {
                 "mail-to-root": {

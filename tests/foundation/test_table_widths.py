@@ -146,6 +146,13 @@ def test_monitor_once_and_alerts(sim_env: tuple[Any, dict[str, str]], width: int
     assert_reads_well(proc.stdout, width, [g["id"] for g in poll["guests"]] + [g["name"] for g in poll["guests"]])
     assert LONG_NAME in proc.stdout
 
+    # the traffic watch read the firewall log at that poll: its table keeps every container's name whole
+    traffic = json.loads(pveguard(env, "monitor", "traffic", "--json").stdout)
+    assert traffic["containers"]
+    proc = pveguard(env, "monitor", "traffic", width=width)
+    assert proc.returncode == 0, proc.stderr
+    assert_reads_well(proc.stdout, width, [c["name"] for c in traffic["containers"]])
+
     assert pveguard(env, "alerts", "silence", LONG_NAME, "--for", "2h", "--reason", "the tables test").returncode == 0
     active = json.loads(pveguard(env, "alerts", "--json").stdout)["alerts"]
     assert any(a["target"] == f"lxc/{vmid}" for a in active), active

@@ -70,7 +70,26 @@ def test_plan_shows_guest_drift_as_old_to_new() -> None:
                  guest_rules={101: [{"type": "group", "action": "pvg-monitoring", "enable": 0, "pos": 0}]})
     texts = [c.text() for c in plan_firewall(want, seen, [ct]).changes]
     assert texts == ["ct/101 firewall: off -> on", "ct/101 policy_in: ACCEPT -> DROP",
+                     "ct/101 log_level_in: (unset) -> info",
                      "ct/101 rules: group pvg-monitoring (disabled) -> group pvg-monitoring"]
+
+
+def test_traffic_watch_wants_drops_logged_and_leaves_an_admins_level_alone() -> None:
+    ct = Ct("pve-monitoring", 101, "pve1")
+
+    def texts(s: Strategy, level: str | None) -> list[str]:
+        want = desired_firewall(s)
+        groups = {g: [{**r.params(), "pos": i} for i, r in enumerate(rules)] for g, rules in want.groups.items()}
+        opts: dict[str, Any] = {"enable": 1, "policy_in": "DROP", **({"log_level_in": level} if level else {})}
+        seen = _seen(ipsets={MGMT_IPSET: []}, groups=groups, guest_options={101: opts},
+                     guest_rules={101: [{"type": "group", "action": "pvg-monitoring", "enable": 1, "pos": 0}]})
+        return [c.text() for c in plan_firewall(want, seen, [ct]).changes if c.target == "ct/101"]
+
+    assert texts(Strategy(), None) == ["ct/101 log_level_in: (unset) -> info"]
+    assert texts(Strategy(), "nolog") == ["ct/101 log_level_in: nolog -> info"]
+    assert texts(Strategy(), "debug") == []  # any level logs the drops
+    off = Strategy.model_validate({"security": {"network": {"traffic_monitoring": False}}})
+    assert texts(off, None) == []  # the watch is off: the log level is left as it is
 
 
 def test_lxc_backend_plans_no_firewall_and_says_so() -> None:

@@ -489,6 +489,11 @@ class LxcBackend(Backend):
         proc = self._run(["lxc-ls", "-P", str(self.lxcpath), "-f", "-F", "NAME,STATE,PID"], what="list containers")
         return parse_lxc_ls(proc.stdout.decode(errors="replace"))
 
+    def running_pids(self) -> dict[int, int]:
+        """vmid -> init pid of every running container (one lxc-ls call; the traffic watch maps addresses)."""
+        return {int(name): pid for name, (state, pid) in self._lxc_ls().items()
+                if name.isdigit() and pid is not None and _state(state) == "running"}
+
     def _status(self, vmid: int) -> tuple[GuestState, int | None]:
         proc = self._run(["lxc-info", "-P", str(self.lxcpath), "-n", str(vmid), "-s", "-p"],
                          what=f"read the state of {vmid}", check=False)

@@ -38,6 +38,7 @@ PVE_MGMT_IPSET = "management"
 GROUP_PREFIX = "pvg-"
 GROUP_MAX = 18  # pve-firewall: $max_group_name_length
 COMMENT = "pveguard"
+LOG_LEVEL = "info"  # guests' log_level_in while the traffic watch is on
 READ_WORKERS = 8  # per-guest firewall reads in flight at once
 
 # Component (as named in a strategy container's `components`) -> the ports it listens on.
@@ -138,6 +139,9 @@ class FwDesired:
     mgmt: list[str]  # network.management.cidr, normalized (empty when unset)
     groups: dict[str, list[Rule]]  # group name -> rules in order
     group_of: dict[str, str]  # container name -> group name (only containers with network.firewall)
+    # the guests' log_level_in while the traffic watch is on (pve-firewall logs policy drops only with
+    # one set); None: left as it is
+    log_level_in: str | None = None
 
 
 def pve_cidr(text: str) -> str:
@@ -160,7 +164,9 @@ def desired_firewall(strategy: Strategy) -> FwDesired:
             if r not in groups.setdefault(g, []):
                 groups[g].append(r)
         group_of[c.name] = g
-    return FwDesired(mgmt, groups, group_of)
+    from pveguard.monitor.traffic import enabled as traffic_watch
+
+    return FwDesired(mgmt, groups, group_of, LOG_LEVEL if traffic_watch(strategy) else None)
 
 
 # --- observed -----------------------------------------------------------------------------------
@@ -327,6 +333,9 @@ def plan_firewall(want: FwDesired, seen: FwObserved, cts: list[Ct], *, source: s
         if opts.get("policy_in") != "DROP":
             out.changes.append(FwChange(target, ct.name, "policy_in", str(opts.get("policy_in", "")), "DROP",
                                         op="options", data={"node": ct.node, "vmid": ct.vmid}))
+        if want.log_level_in and str(opts.get("log_level_in") or "nolog") == "nolog":
+            out.changes.append(FwChange(target, ct.name, "log_level_in", str(opts.get("log_level_in", "")),
+                                        want.log_level_in, op="options", data={"node": ct.node, "vmid": ct.vmid}))
         group = want.group_of.get(ct.name)
         on_guest = seen.guest_rules.get(ct.vmid, [])
         if group is not None and not _has_group(on_guest, group):
@@ -403,8 +412,12 @@ def _apply_one(call: Call, c: FwChange, want: FwDesired) -> None:
         _replace_rules(call, f"/cluster/firewall/groups/{c.name}", want.groups[c.name])
     elif c.op == "options":
         base = f"/nodes/{c.data['node']}/lxc/{c.data['vmid']}/firewall/options"
-        digest = (call("GET", base) or {}).get("digest")
-        call("PUT", base, {"enable": 1, "policy_in": "DROP", **({"digest": digest} if digest else {})})
+        current = call("GET", base) or {}
+        digest = current.get("digest")
+        params: dict[str, Any] = {"enable": 1, "policy_in": "DROP", **({"digest": digest} if digest else {})}
+        if want.log_level_in and str(current.get("log_level_in") or "nolog") == "nolog":
+            params["log_level_in"] = want.log_level_in
+        call("PUT", base, params)
     elif c.op == "guest-group":
         base = f"/nodes/{c.data['node']}/lxc/{c.data['vmid']}/firewall/rules"
         rules = call("GET", base) or []

@@ -19,9 +19,7 @@ from pveguard.strategy.models import Container, Strategy
 # Key path (``containers[].x`` means that key of every container; a section covers every key below
 # it) -> the issue that will implement it.
 NOT_ENFORCED: dict[str, int] = {
-    "network.isolation.traffic_monitoring": 13,
     "security.network.vlans": 13,
-    "security.network.traffic_monitoring": 13,
     "security.access.rbac": 13,
     "security.access.audit_logging": 13,  # the ledger records every action whatever this says
     "security.access.api_token_privsep": 13,

@@ -365,6 +365,19 @@ class Notifier(StrictModel):
         return self
 
 
+class TrafficWatch(StrictModel):
+    """The firewall's view of each container's traffic (on while both traffic_monitoring switches are)."""
+
+    read_every: Duration = Field(timedelta(minutes=1), description=(
+        "how often the firewall log (PVE) or the nftables counters and conntrack (lxc) are read; "
+        "polls in between reuse the last reading"))
+    drops_per_minute: float = Field(10, gt=0, description=(
+        "alert when a container's dropped connections reach this rate"))
+    learning: Duration = Field(timedelta(days=1), description=(
+        "destinations a container talks to in its first `learning` are its baseline; a new one after "
+        "that raises an alert"))
+
+
 class Monitoring(StrictModel):
     metrics: list[Metric] = Field(default_factory=lambda: list(DEFAULT_METRICS))
     poll_interval: Duration = timedelta(seconds=30)
@@ -373,6 +386,7 @@ class Monitoring(StrictModel):
     hysteresis: float = Field(5, ge=0, le=50, description="percentage points below the threshold to clear")
     renotify: Duration = timedelta(hours=4)
     notify: list[Notifier] = Field(default_factory=list)
+    traffic: TrafficWatch = Field(default_factory=TrafficWatch)
 
 
 # --- security -----------------------------------------------------------------------------------
