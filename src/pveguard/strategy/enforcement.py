@@ -22,9 +22,7 @@ NOT_ENFORCED: dict[str, int] = {
     "network.isolation.traffic_monitoring": 13,
     "security.network.vlans": 13,
     "security.network.traffic_monitoring": 13,
-    "security.access.rbac": 13,
     "security.access.audit_logging": 13,  # the ledger records every action whatever this says
-    "security.access.api_token_privsep": 13,
     "security.access.certificates.manage": 13,  # warn_before is read by 'pveguard certs'
     "emergency.resource_exhaustion": 14,  # container_failure is read by 'pveguard recover'
 }
