@@ -119,6 +119,10 @@ ANSWER_SHAPES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         ("GET", r"/access/(?:users|roles|acl)", "list"),
         ("GET", r"/access/users/[^/]+/token", "list"),
         ("POST", r"/access/users/[^/]+/token/[^/]+", "object"),
+        ("PUT", r"/access/users/[^/]+/token/[^/]+", "object"),
+        ("DELETE", r"/access/users/[^/]+/token/[^/]+", "null"),
+        ("POST", r"/access/(?:users|roles)", "null"),
+        ("PUT", r"/access/(?:users|roles)/[^/]+", "null"),
         ("PUT", r"/access/acl", "null"),
     ))
 

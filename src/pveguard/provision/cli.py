@@ -25,7 +25,7 @@ from pveguard.provision.instance import identity
 from pveguard.provision.journal import Journal
 from pveguard.provision.observe import observe
 from pveguard.provision.plan import Plan, plan, resolve_journal
-from pveguard.provision.rbac import deliver, guests_of, rbac_plan, remember, running_of
+from pveguard.provision.rbac import deliver, guests_of, rbac_plan, remember
 from pveguard.provision.runlock import apply_lock
 from pveguard.security import rbac
 from pveguard.security.isolation import FwPlan, converge, desired_firewall, enforced
@@ -91,8 +91,7 @@ def rbac_step(app: AppContext, backend: Backend, only: set[str] | None) -> Firew
         p = compute_plan(app, backend, False, None)
         guests = guests_of(p)
         wants = rbac.desired_rbac(app.strategy, managed_cts(p))
-        return rbac.converge(call, p.rbac, wants, record, deliver(backend, guests), remember(app.store),
-                             running_of(guests))
+        return rbac.converge(call, p.rbac, wants, record, deliver(backend, guests), remember(app.store))
 
     return step
 

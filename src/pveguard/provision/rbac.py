@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from pveguard.backends.base import Backend, Guest
 from pveguard.backends.proxmox import ProxmoxBackend
+from pveguard.errors import PveguardError
 from pveguard.provision.firewall import managed_cts
 from pveguard.provision.plan import Plan
 from pveguard.security import rbac, rbac_state
@@ -31,11 +32,17 @@ def guests_of(p: Plan) -> dict[int, Guest]:
 
 
 def has_secret(backend: Backend, guests: dict[int, Guest]) -> rbac.HasSecret:
-    def check(ct: Ct) -> bool | None:
+    def check(ct: Ct) -> bool | str:
         g = guests.get(ct.vmid)
         if g is None or g.status != "running":
-            return None
-        return backend.exec(g, ["test", "-s", rbac.SECRET_PATH], timeout=60).ok
+            return "not running"
+        try:
+            r = backend.exec(g, ["test", "-s", rbac.SECRET_PATH], timeout=60)
+        except PveguardError as exc:
+            return f"pct exec does not reach it: {exc.message}"
+        if r.returncode not in (0, 1):  # 255: ssh or pct failed, not the test
+            return f"pct exec does not reach it: {(r.stderr.strip().splitlines() or ['exit ' + str(r.returncode)])[-1]}"
+        return r.ok
     return check
 
 
@@ -54,6 +61,7 @@ def deliver(backend: Backend, guests: dict[int, Guest]) -> rbac.Deliver:
 
 
 def running_of(guests: dict[int, Guest]) -> Callable[[rbac.RoleWant], list[Ct]]:
+    """The role's containers that run (tokens rotate delivers to these; a failure is the command's)."""
     def running(w: rbac.RoleWant) -> list[Ct]:
         return [c for c in w.containers if (g := guests.get(c.vmid)) is not None and g.status == "running"]
     return running

@@ -184,7 +184,8 @@ def acl_paths(strategy: Strategy) -> list[str]:
 # --- observed -----------------------------------------------------------------------------------
 
 Call = Callable[..., Any]
-HasSecret = Callable[[Ct], "bool | None"]  # True/False: file there or not; None: cannot tell (stopped)
+# True/False: the token file is there or not; a text: why it cannot be told (stopped, pct unreachable)
+HasSecret = Callable[[Ct], "bool | str"]
 
 
 @dataclass
@@ -193,7 +194,7 @@ class RbacSeen:
     tokens: dict[str, dict[str, Any]]  # full token id -> entry
     roles: dict[str, list[str]]  # our PVE roles -> sorted privileges
     acl: list[dict[str, Any]]  # ACL entries of our users and tokens
-    secrets: dict[int, bool | None]  # vmid -> the secret file is there (None: cannot tell)
+    secrets: dict[int, bool | str]  # vmid -> the secret file is there (a text: why that cannot be told)
 
 
 def ours(ugid: str) -> bool:
@@ -214,12 +215,11 @@ def observe_rbac(call: Call, wants: list[RoleWant], has_secret: HasSecret | None
                 tokens[f"{w.userid}!{t['tokenid']}"] = dict(t)
     roles = {str(r["roleid"]): sorted(p for p in str(r.get("privs") or "").split(",") if p)
              for r in call("GET", "/access/roles") or [] if str(r.get("roleid", "")).startswith(ROLE_PREFIX)}
-    secrets: dict[int, bool | None] = {}
+    secrets: dict[int, bool | str] = {}
     if has_secret is not None:
         for w in wants:
-            if w.full_tokenid in tokens:
-                for c in w.containers:
-                    secrets[c.vmid] = has_secret(c)
+            for c in w.containers:
+                secrets[c.vmid] = has_secret(c)
     return RbacSeen(users, tokens, roles, observe_acl(call), secrets)
 
 
@@ -272,26 +272,30 @@ def plan_rbac(wants: list[RoleWant], seen: RbacSeen) -> FwPlan:
                 out.changes.append(FwChange(f"role/{name}", w.role, "privileges", ",".join(have) or "(none)",
                                             ",".join(privs), op="role-privs", data={"privs": privs}))
         tok = seen.tokens.get(w.full_tokenid)
-        running = [c for c in w.containers if seen.secrets.get(c.vmid) is not None]
+        # the containers pveguard can put the token file into now
+        reach = [c for c in w.containers if isinstance(seen.secrets.get(c.vmid), bool)]
+        to = {"to": [c.vmid for c in reach]}
         if tok is None:
-            out.changes.append(FwChange(f"token/{w.full_tokenid}", w.role, "token", "(none)",
-                                        f"privsep={int(w.privsep)}, secret to "
-                                        f"{', '.join(c.name for c in w.containers) or '(no container yet)'}",
-                                        op="token-create"))
+            if reach:
+                out.changes.append(FwChange(f"token/{w.full_tokenid}", w.role, "token", "(none)",
+                                            f"privsep={int(w.privsep)}, secret to {', '.join(c.name for c in reach)}",
+                                            op="token-create", data=to))
             continue
         if int(tok.get("privsep", 1)) != int(w.privsep):
             out.changes.append(FwChange(f"token/{w.full_tokenid}", w.role, "privsep", str(tok.get("privsep", 1)),
                                         str(int(w.privsep)), op="token-privsep", data={"privsep": int(w.privsep)}))
-        missing = [c for c in running if not seen.secrets.get(c.vmid)]
+        missing = [c for c in reach if seen.secrets.get(c.vmid) is False]
         if missing:
             out.changes.append(FwChange(f"token/{w.full_tokenid}", w.role, "secret",
                                         f"missing in {', '.join(c.name for c in missing)}",
-                                        f"new secret in {', '.join(c.name for c in w.containers)}", op="rotate"))
+                                        f"new secret in {', '.join(c.name for c in reach)}", op="rotate", data=to))
     for w in wants:
-        stopped = [c.name for c in w.containers if c.vmid in seen.secrets and seen.secrets[c.vmid] is None]
-        if stopped:
-            out.notes.append(f"role {w.role}: {', '.join(stopped)} not running, its token file cannot be checked "
-                             f"or delivered now")
+        why = {c.name: v for c in w.containers if isinstance(v := seen.secrets.get(c.vmid), str)}
+        if why:
+            waits = "" if w.full_tokenid in seen.tokens or any(
+                isinstance(seen.secrets.get(c.vmid), bool) for c in w.containers) else "its token waits: "
+            out.notes.append(f"role {w.role}: {waits}the token file cannot be checked or delivered in "
+                             + "; ".join(f"{n} ({r})" for n, r in why.items()))
         if w.pending:
             out.notes.append(f"role {w.role}: created containers get their ACLs and token in the same apply: "
                              f"{', '.join(w.pending)}")
@@ -335,7 +339,7 @@ def new_secret(call: Call, w: RoleWant, deliver: Deliver, record: Record, rotate
 
 
 def converge(call: Call, plan: FwPlan, wants: list[RoleWant], record: Record, deliver: Deliver,
-             rotated: Rotated, running: Callable[[RoleWant], list[Ct]]) -> list[str]:
+             rotated: Rotated) -> list[str]:
     """Users, PVE roles, tokens (new secrets delivered), then the ACLs read again and converged."""
     done: list[str] = []
     by_role = {w.role: w for w in wants}
@@ -345,7 +349,8 @@ def converge(call: Call, plan: FwPlan, wants: list[RoleWant], record: Record, de
         w = by_role[c.name]
         details = {"before": {c.field: c.old}, "after": {c.field: c.new}}
         if c.op in ("token-create", "rotate"):
-            new_secret(call, w, deliver, record, rotated, running(w), recreate=c.op == "rotate")
+            to = [ct for ct in w.containers if ct.vmid in c.data["to"]]
+            new_secret(call, w, deliver, record, rotated, to, recreate=c.op == "rotate")
             done.append(c.text())
             continue
         record("rbac", c.target, c.name, None, **details)
