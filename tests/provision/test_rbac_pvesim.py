@@ -130,6 +130,25 @@ def test_rbac_least_privilege_converge_rotate(penv: Env, tmp_path: Path,
     code, out, _ = penv.run("plan", "--detailed-exitcode", capsys=capsys)
     assert code == 0, out
 
+    # a container that was stopped during a rotation keeps the old secret: plan shows it once it runs
+    penv.sim.control("POST", f"/guests/{mon}", {"status": "stopped"})
+    code, out, err = penv.run("tokens", "rotate", "monitoring", capsys=capsys)
+    assert code == 0 and "not running" in out, out + err
+    stale = token_file(penv, mon)["PVE_TOKEN_SECRET"]
+    assert stale == new
+    penv.sim.control("POST", f"/guests/{mon}", {"status": "running"})
+    plan = penv.json("plan", capsys=capsys)
+    assert [(c["target"], c["field"], c["old"]) for c in plan["rbac"]["changes"]] == [
+        ("token/pveguard-monitoring@pve!pveguard", "secret", "missing or old in pve-monitoring")]
+    code, out, err = penv.run("apply", capsys=capsys)
+    assert code == 0, out + err
+    new = token_file(penv, mon)["PVE_TOKEN_SECRET"]
+    assert new != stale
+    status, _r, body = as_token(penv, "monitoring", "GET", "/cluster/resources", {"type": "vm"})
+    assert status == 200 and len(body["data"]) == 4
+    code, out, _ = penv.run("plan", "--detailed-exitcode", capsys=capsys)
+    assert code == 0, out
+
     listing = penv.json("tokens", capsys=capsys)
     rows = {r["role"]: r for r in listing["tokens"]}
     assert set(rows) == set(NAMES)
@@ -143,3 +162,46 @@ def test_rbac_least_privilege_converge_rotate(penv: Env, tmp_path: Path,
     dump = json.dumps([e.details for e in entries])
     assert entries and old not in dump and new not in dump
     assert all(s not in dump for s in secrets.values())
+
+
+def test_without_pct_the_token_waits_and_the_plan_says_why(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """No ssh to the nodes: users, roles and user ACLs converge; no token is made whose secret would be lost."""
+    code, out, err = penv.run("apply", capsys=capsys)
+    assert code == 0, out + err
+    status, _r, body = penv.sim.api("GET", "/access/users/pveguard-monitoring@pve/token")
+    assert status == 200 and body["data"] == []
+    plan = penv.json("plan", capsys=capsys)
+    assert plan["changes"] is False
+    assert any("monitoring: its token waits" in n and "pct exec does not reach it" in n for n in plan["rbac"]["notes"])
+    listing = penv.json("tokens", capsys=capsys)
+    assert {r["role"]: r["exists"] for r in listing["tokens"]} == dict.fromkeys(NAMES, False)
+    code, _out, err = penv.run("tokens", "rotate", capsys=capsys)
+    assert code != 0 and "no token yet" in err and "Traceback" not in err
+
+
+def test_plan_refuses_when_its_own_token_cannot_manage_users(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """pveguard's token with what provisioning needs but not User.Modify etc.: plan names them and stops."""
+    sim = penv.sim
+    ok = [sim.api("POST", "/access/users", {"userid": "ops@pve"}),
+          sim.api("PUT", "/access/acl", {"path": "/", "roles": "PVEAdmin", "users": "ops@pve"})]
+    assert all(s == 200 for s, _r, _b in ok)
+    _s, _r, body = sim.api("POST", "/access/users/ops@pve/token/plan", {"privsep": 0})
+    # PVEAdmin lacks Sys.Modify (roles) and Permissions.Modify (ACLs on /vms, /nodes, /storage)
+    penv.env["PVEGUARD_PVE_TOKEN"] = f"{body['data']['full-tokenid']}={body['data']['value']}"
+    code, _out, err = penv.run("plan", capsys=capsys)
+    assert code != 0 and "Traceback" not in err
+    assert "Sys.Modify" in err and "Permissions.Modify" in err and "pveum" in err, err
+    _s, _r, body = sim.api("GET", "/access/users")
+    assert not [u for u in body["data"] if u["userid"].startswith("pveguard-")]  # nothing was changed
+
+
+def test_lxc_backend_lists_no_tokens_with_a_note(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from infra.cli import run_cli
+    from infra.strategies import defaults_file
+
+    env = {"PVEGUARD_STRATEGY": defaults_file(), "PVEGUARD_STATE_DIR": str(tmp_path / "state"),
+           "PVEGUARD_BACKEND": "lxc"}
+    code, out, err = run_cli(["tokens", "--json"], capsys, env)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert doc["backend"] == "lxc" and doc["tokens"] == [] and "proxmox backend" in doc["note"]

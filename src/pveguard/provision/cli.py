@@ -74,7 +74,7 @@ def compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str] 
              journal=Journal(app.store).entries())
     p = p.only(only) if only is not None else p
     p.firewall = firewall_plan(app.strategy, backend, p)
-    p.rbac = FwPlan(notes=[ONLY_NOTE]) if only is not None else rbac_plan(app.strategy, backend, p)
+    p.rbac = FwPlan(notes=[ONLY_NOTE]) if only is not None else rbac_plan(app.strategy, backend, p, app.store)
     return p
 
 

@@ -74,12 +74,27 @@ def remember(store: Store) -> rbac.Rotated:
     return done
 
 
-def rbac_plan(strategy: Strategy, backend: Backend, p: Plan) -> FwPlan:
+def current(store: Store, wants: list[rbac.RoleWant], check: rbac.HasSecret) -> rbac.HasSecret:
+    """A file that is there counts only if this installation put the current secret there: a container that
+    was not running at the last rotation still holds the old secret (the state says where the new one went)."""
+    states = rbac_state.load(store)
+    role_of = {c.vmid: w.role for w in wants for c in w.containers}
+
+    def has(ct: Ct) -> bool | str:
+        got = check(ct)
+        st = states.get(role_of.get(ct.vmid, ""))
+        if got is True and st is not None and ct.vmid not in {d.get("vmid") for d in st.delivered}:
+            return False  # an older secret
+        return got
+    return has
+
+
+def rbac_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store) -> FwPlan:
     """The RBAC changes (PVE) or why there are none (lxc, switched off)."""
     if not isinstance(backend, ProxmoxBackend):
         return FwPlan(notes=[LXC_NOTE])
     if not rbac.enforced(strategy):
         return FwPlan(notes=[OFF_NOTE])
     wants = rbac.desired_rbac(strategy, managed_cts(p))
-    seen = rbac.observe_rbac(backend.call, wants, has_secret(backend, guests_of(p)))
+    seen = rbac.observe_rbac(backend.call, wants, current(store, wants, has_secret(backend, guests_of(p))))
     return rbac.plan_rbac(wants, seen)

@@ -287,7 +287,7 @@ def plan_rbac(wants: list[RoleWant], seen: RbacSeen) -> FwPlan:
         missing = [c for c in reach if seen.secrets.get(c.vmid) is False]
         if missing:
             out.changes.append(FwChange(f"token/{w.full_tokenid}", w.role, "secret",
-                                        f"missing in {', '.join(c.name for c in missing)}",
+                                        f"missing or old in {', '.join(c.name for c in missing)}",
                                         f"new secret in {', '.join(c.name for c in reach)}", op="rotate", data=to))
     for w in wants:
         why = {c.name: v for c in w.containers if isinstance(v := seen.secrets.get(c.vmid), str)}
