@@ -126,6 +126,9 @@ class Need:
 
     @property
     def why(self) -> str:
+        if self.path == "/access":
+            return {"Sys.Modify": "the PVEGuard* roles of the container roles (security.access.rbac)",
+                    "Sys.Audit": "read the ACLs of the role users and tokens"}.get(self.priv, "")
         return _WHY.get(self.priv, "")
 
 

@@ -74,7 +74,7 @@ def compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str] 
              journal=Journal(app.store).entries())
     p = p.only(only) if only is not None else p
     p.firewall = firewall_plan(app.strategy, backend, p)
-    p.rbac = FwPlan(notes=[ONLY_NOTE]) if only is not None else rbac_plan(app.strategy, backend, p, app.store)
+    p.rbac = FwPlan(notes=[ONLY_NOTE]) if only is not None else rbac_plan(app.strategy, backend, p, app.store, instance)
     return p
 
 
@@ -90,7 +90,7 @@ def rbac_step(app: AppContext, backend: Backend, only: set[str] | None) -> Firew
     def step(record: Callable[..., None]) -> list[str]:
         p = compute_plan(app, backend, False, None)
         guests = guests_of(p)
-        wants = rbac.desired_rbac(app.strategy, managed_cts(p))
+        wants = rbac.desired_rbac(app.strategy, managed_cts(p), instance_id(app))
         return rbac.converge(call, p.rbac, wants, record, deliver(backend, guests), remember(app.store))
 
     return step

@@ -89,12 +89,12 @@ def current(store: Store, wants: list[rbac.RoleWant], check: rbac.HasSecret) -> 
     return has
 
 
-def rbac_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store) -> FwPlan:
+def rbac_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store, instance: str) -> FwPlan:
     """The RBAC changes (PVE) or why there are none (lxc, switched off)."""
     if not isinstance(backend, ProxmoxBackend):
         return FwPlan(notes=[LXC_NOTE])
     if not rbac.enforced(strategy):
         return FwPlan(notes=[OFF_NOTE])
-    wants = rbac.desired_rbac(strategy, managed_cts(p))
+    wants = rbac.desired_rbac(strategy, managed_cts(p), instance)
     seen = rbac.observe_rbac(backend.call, wants, current(store, wants, has_secret(backend, guests_of(p))))
     return rbac.plan_rbac(wants, seen)

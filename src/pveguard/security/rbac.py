@@ -27,7 +27,6 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from pveguard.security.isolation import Ct, FwChange, FwPlan
 
@@ -39,7 +38,8 @@ TOKEN_NAME = "pveguard"
 SECRET_PATH = "/etc/pveguard/pve-token"
 USER_PREFIX = "pveguard-"
 ROLE_PREFIX = "PVEGuard"
-COMMENT = "pveguard: service user of role {role}"
+# a user whose comment does not carry this installation's instance is not ours: it is left alone
+COMMENT = "pveguard: service user of role {role} instance={instance}"
 
 # Every privilege PVE 8/9 knows (pve-access-control AccessControl.pm $privgroups plus the single ones).
 KNOWN_PRIVS: frozenset[str] = frozenset({
@@ -124,6 +124,11 @@ class RoleWant:
     acls: dict[str, str]  # path -> PVE role
     containers: list[Ct]  # the role's existing managed containers (the secret goes to each)
     pending: list[str]  # the role's containers not created yet (theirs: after their creation)
+    instance: str = ""  # this installation (in the comment of the users and tokens it owns)
+
+    @property
+    def comment(self) -> str:
+        return COMMENT.format(role=self.role, instance=self.instance)
 
     @property
     def full_tokenid(self) -> str:
@@ -134,7 +139,7 @@ def enforced(strategy: Strategy) -> bool:
     return bool(strategy.security.access.rbac)
 
 
-def desired_rbac(strategy: Strategy, cts: Iterable[Ct]) -> list[RoleWant]:
+def desired_rbac(strategy: Strategy, cts: Iterable[Ct], instance: str) -> list[RoleWant]:
     """Per container role of the strategy: user, token, PVE roles and ACLs (vmid paths of existing ones)."""
     existing = {c.name: c for c in cts}
     by_role: dict[str, list[str]] = {}
@@ -162,7 +167,7 @@ def desired_rbac(strategy: Strategy, cts: Iterable[Ct]) -> list[RoleWant]:
             acls[p] = name
         out.append(RoleWant(role, userid_of(role), TOKEN_NAME, strategy.security.access.api_token_privsep,
                             {k: sorted(v) for k, v in sorted(pve_roles.items())}, dict(sorted(acls.items())),
-                            own, [n for n in names if n not in existing]))
+                            own, [n for n in names if n not in existing], instance))
     return out
 
 
@@ -211,7 +216,7 @@ def observe_rbac(call: Call, wants: list[RoleWant], has_secret: HasSecret | None
     tokens: dict[str, dict[str, Any]] = {}
     for w in wants:
         if w.userid in users:
-            for t in call("GET", f"/access/users/{quote(w.userid)}/token") or []:
+            for t in call("GET", f"/access/users/{w.userid}/token") or []:
                 tokens[f"{w.userid}!{t['tokenid']}"] = dict(t)
     roles = {str(r["roleid"]): sorted(p for p in str(r.get("privs") or "").split(",") if p)
              for r in call("GET", "/access/roles") or [] if str(r.get("roleid", "")).startswith(ROLE_PREFIX)}
@@ -253,9 +258,24 @@ def _acl_changes(wants: list[RoleWant], acl: list[dict[str, Any]], tokens_presen
     return out
 
 
+def owned(wants: list[RoleWant], users: dict[str, dict[str, Any]]) -> tuple[list[RoleWant], list[RoleWant]]:
+    """(roles whose user is this installation's or does not exist yet, roles whose user is someone else's)."""
+    mine: list[RoleWant] = []
+    other: list[RoleWant] = []
+    for w in wants:
+        u = users.get(w.userid)
+        (mine if u is None or f"instance={w.instance}" in str(u.get("comment") or "").split() else other).append(w)
+    return mine, other
+
+
 def plan_rbac(wants: list[RoleWant], seen: RbacSeen) -> FwPlan:
     """What converging users, PVE roles, tokens, ACLs and delivered secrets would change."""
     out = FwPlan()
+    wants, others = owned(wants, seen.users)
+    for w in others:
+        out.notes.append(f"role {w.role}: the user {w.userid} exists but is not this installation's (its comment: "
+                         f"{str(seen.users[w.userid].get('comment') or '(none)')!r}); it is left alone: give the "
+                         f"role another name, or remove that user if it is a leftover")
     for w in wants:
         u = seen.users.get(w.userid)
         if u is None:
@@ -326,10 +346,10 @@ def new_secret(call: Call, w: RoleWant, deliver: Deliver, record: Record, rotate
                "after": {"token": "new secret", "privsep": int(w.privsep),
                          "delivered": [f"{c.name}:{SECRET_PATH}" for c in running]}}
     record("rbac", target, w.role, None, **details)
-    base = f"/access/users/{quote(w.userid)}/token/{w.tokenid}"
+    base = f"/access/users/{w.userid}/token/{w.tokenid}"
     if recreate:
         call("DELETE", base)
-    got = call("POST", base, {"privsep": int(w.privsep), "comment": COMMENT.format(role=w.role)}) or {}
+    got = call("POST", base, {"privsep": int(w.privsep), "comment": w.comment}) or {}
     secret = str(got.get("value") or "")
     for c in running:
         deliver(c, secret_file(w, secret))
@@ -355,15 +375,15 @@ def converge(call: Call, plan: FwPlan, wants: list[RoleWant], record: Record, de
             continue
         record("rbac", c.target, c.name, None, **details)
         if c.op == "user-create":
-            call("POST", "/access/users", {"userid": w.userid, "comment": COMMENT.format(role=w.role), "enable": 1})
+            call("POST", "/access/users", {"userid": w.userid, "comment": w.comment, "enable": 1})
         elif c.op == "user-enable":
-            call("PUT", f"/access/users/{quote(w.userid)}", {"enable": 1})
+            call("PUT", f"/access/users/{w.userid}", {"enable": 1})
         elif c.op == "role-create":
             call("POST", "/access/roles", {"roleid": c.target.split("/", 1)[1], "privs": ",".join(c.data["privs"])})
         elif c.op == "role-privs":
             call("PUT", f"/access/roles/{c.target.split('/', 1)[1]}", {"privs": ",".join(c.data["privs"])})
         elif c.op == "token-privsep":
-            call("PUT", f"/access/users/{quote(w.userid)}/token/{w.tokenid}", {"privsep": c.data["privsep"]})
+            call("PUT", f"/access/users/{w.userid}/token/{w.tokenid}", {"privsep": c.data["privsep"]})
         record("rbac", c.target, c.name, "ok", **details)
         done.append(c.text())
     done.extend(converge_acls(call, wants, record))
@@ -372,11 +392,13 @@ def converge(call: Call, plan: FwPlan, wants: list[RoleWant], record: Record, de
 
 def converge_acls(call: Call, wants: list[RoleWant], record: Record) -> list[str]:
     """Read the ACLs and tokens again and add/remove what differs (a re-created token lost its ACLs)."""
-    users = {str(u.get("userid")) for u in call("GET", "/access/users") or []}
+    listed = {str(u.get("userid")): dict(u) for u in call("GET", "/access/users") or []}
+    users = set(listed)
+    wants, _others = owned(wants, listed)
     tokens = set()
     for w in wants:
         if w.userid in users:
-            for t in call("GET", f"/access/users/{quote(w.userid)}/token") or []:
+            for t in call("GET", f"/access/users/{w.userid}/token") or []:
                 tokens.add(f"{w.userid}!{t['tokenid']}")
     done = []
     for c in _acl_changes(wants, observe_acl(call), tokens):

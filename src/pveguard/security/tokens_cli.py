@@ -38,7 +38,7 @@ def _read(app_ctx: AppContext, backend: Backend) -> tuple[list[rbac.RoleWant], d
     wanted = {c.name for c in app_ctx.strategy.containers}
     mine = [g for g in managed_guests(observe(backend), instance_id(app_ctx)) if g.name in wanted]
     cts = [Ct(g.name, g.vmid, g.node) for g in sorted(mine, key=lambda g: g.vmid)]
-    return rbac.desired_rbac(app_ctx.strategy, cts), {g.vmid: g for g in mine}
+    return rbac.desired_rbac(app_ctx.strategy, cts, instance_id(app_ctx)), {g.vmid: g for g in mine}
 
 
 def _rows(app_ctx: AppContext, backend: ProxmoxBackend) -> list[dict[str, Any]]:
@@ -53,6 +53,8 @@ def _rows(app_ctx: AppContext, backend: ProxmoxBackend) -> list[dict[str, Any]]:
                  "privileges": seen.roles.get(str(e["roleid"]), [])}
                 for e in sorted(seen.acl, key=lambda e: (str(e["path"]), str(e["roleid"]))) if e["ugid"] == holder]
         st = states.get(w.role)
+        if w.userid in seen.users and w not in rbac.owned([w], seen.users)[0]:
+            tok = None  # someone else's user: not listed as ours
         rows.append({"role": w.role, "user": w.userid, "token": w.full_tokenid, "exists": tok is not None,
                      "privsep": bool(int(tok.get("privsep", 1))) if tok is not None else w.privsep,
                      "expire": _when(float(tok.get("expire") or 0)) if tok is not None else None,
@@ -125,6 +127,10 @@ def rotate_cmd(ctx: typer.Context,
                              hint="the strategy's roles: " + (", ".join(roles) or "(none)"))
         chosen = [w for w in wants if role is None or w.role == role]
         seen = rbac.observe_rbac(backend.call, chosen, None)
+        chosen, others = rbac.owned(chosen, seen.users)
+        if others and role is not None:
+            raise UsageError(f"tokens rotate {role}: the user {others[0].userid} is not this installation's",
+                             hint="'pveguard plan' says whose it is; give the role another name")
         absent = [w.role for w in chosen if w.full_tokenid not in seen.tokens]
         if absent:
             raise UsageError(f"tokens rotate: no token yet for role(s) {', '.join(absent)}",
