@@ -22,7 +22,6 @@ each managed container's /vms/<vmid>, or /vms with backup.containers.guests: all
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -413,16 +412,3 @@ def converge_acls(call: Call, wants: list[RoleWant], record: Record) -> list[str
         record("rbac", c.target, c.name, "ok", **details)
         done.append(c.text())
     return done
-
-
-def effective(call: Call, authid: str, paths: Iterable[str]) -> dict[str, list[str]]:
-    """What PVE itself says `authid` may do on each path (GET /access/permissions?userid=&path=)."""
-    out: dict[str, list[str]] = {}
-    for p in paths:
-        got = call("GET", "/access/permissions", {"userid": authid, "path": p}) or {}
-        out[p] = sorted((got.get(p) or {}).keys())
-    return out
-
-
-def as_dict(w: RoleWant) -> dict[str, Any]:
-    return dataclasses.asdict(w)
