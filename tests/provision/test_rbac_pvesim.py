@@ -159,6 +159,11 @@ def test_rbac_least_privilege_converge_rotate(penv: Env, tmp_path: Path,
 
     with Store(penv.dir / "state") as store:
         entries = [e for e in Ledger(store).entries() if "rbac" in e.action or "tokens" in e.action]
+    restored = [e for e in entries if e.action == "provision.rbac" and e.target == "acl/vms"
+                and e.details["before"] == {"token pveguard-monitoring@pve!pveguard": "(none)"}]
+    assert [e.details["after"] for e in restored] == [{"token pveguard-monitoring@pve!pveguard":
+                                                       "PVEGuardMonitoringVM"}] * len(restored) and restored
+    assert [e for e in entries if e.action == "tokens.rotate.intent" and e.target.startswith("token/")]
     dump = json.dumps([e.details for e in entries])
     assert entries and old not in dump and new not in dump
     assert all(s not in dump for s in secrets.values())
