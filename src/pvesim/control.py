@@ -253,6 +253,8 @@ def _guests(sim: Sim, method: str, rest: list[str], doc: dict[str, Any]) -> Any:
             sim.crashes = [c for c in sim.crashes if c["vmid"] != g.vmid]
         return {"vmid": g.vmid, "status": g.status, "crashes": g.crashes,
                 "scheduled": [dict(c) for c in sim.crashes if c["vmid"] == g.vmid]}
+    if sub == "modes":  # the mode each pushed file got (pct push --perms)
+        return {p: f"{m:04o}" for p, m in sim.guest_file_modes.get(g.vmid, {}).items()}
     if sub == "files":
         files = sim.guest_files.setdefault(g.vmid, {})
         if method == "POST":

@@ -133,6 +133,8 @@ def execute(sim: Sim, argv: list[str], node: str | None = None, data_b64: str | 
         if data_b64 is None:
             return _err(f"failed to open {args[1]} for reading")
         sim.guest_files.setdefault(g.vmid, {})[args[2]] = base64.b64decode(data_b64)
+        perms = args[args.index("--perms") + 1] if "--perms" in args[3:-1] else "644"
+        sim.guest_file_modes.setdefault(g.vmid, {})[args[2]] = int(perms, 8)
         sim.pct_log.append({"vmid": g.vmid, "node": g.node, "argv": ["<push>", args[1], args[2]], "time": sim.now()})
         return Result(0)
     # pull

@@ -463,6 +463,8 @@ class Sim:
         self.pct_keep_env_default = True
         self.guest_packages: dict[int, dict[str, str]] = {}
         self.guest_files: dict[int, dict[str, bytes]] = {}
+        # mode of each pushed file (pct push --perms, default 0644 as pct's file_set_contents)
+        self.guest_file_modes: dict[int, dict[str, int]] = {}
         self.unavailable_packages: set[str] = set()
         # scheduled crashes (control API): {"vmid", "at", "every" (None: once), "left" (None: forever)}
         self.crashes: list[dict[str, Any]] = []

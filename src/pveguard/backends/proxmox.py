@@ -115,6 +115,15 @@ ANSWER_SHAPES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         ("PUT", r"/nodes/[^/]+/lxc/\d+/firewall/options", "null"),
         ("POST", r"/nodes/[^/]+/lxc/\d+/firewall/rules", "null"),
         ("PUT", r"/nodes/[^/]+/lxc/\d+/firewall/rules/[^/]+", "null"),
+        # RBAC per container role (security.access.rbac)
+        ("GET", r"/access/(?:users|roles|acl)", "list"),
+        ("GET", r"/access/users/[^/]+/token", "list"),
+        ("POST", r"/access/users/[^/]+/token/[^/]+", "object"),
+        ("PUT", r"/access/users/[^/]+/token/[^/]+", "object"),
+        ("DELETE", r"/access/users/[^/]+/token/[^/]+", "null"),
+        ("POST", r"/access/(?:users|roles)", "null"),
+        ("PUT", r"/access/(?:users|roles)/[^/]+", "null"),
+        ("PUT", r"/access/acl", "null"),
     ))
 
 # A UPID as PVE parses it (pve-common src/PVE/Tools.pm upid_decode): node, pid, pstart, start time,
@@ -482,6 +491,8 @@ class ProxmoxBackend(Backend):
         # what the strategy will ask for (set by backends.connect): privileges and preflights check these
         self.specs: list[GuestSpec] = []
         self.firewall = False  # the strategy enforces firewall isolation (pveprivs.FIREWALL_CALLS needed)
+        # the strategy enforces RBAC: the ACL paths its grants name (pveprivs.RBAC_CALLS needed); None: off
+        self.rbac_paths: list[str] | None = None
         self.backup_storage: str | None = None
 
     def __repr__(self) -> str:
@@ -1037,7 +1048,8 @@ class ProxmoxBackend(Backend):
 
     def needed_privileges(self) -> list[Need]:
         """Every privilege plan/apply of `specs` need, per ACL path."""
-        return needs(self.specs, self.settings.storage, self.settings.template_storage, self.firewall)
+        return needs(self.specs, self.settings.storage, self.settings.template_storage, self.firewall,
+                     self.rbac_paths)
 
     def missing_privileges(self) -> dict[str, list[Need]]:
         """The privileges plan/apply of `specs` need and the credentials lack, per ACL path, read with

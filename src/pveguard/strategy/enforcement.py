@@ -20,9 +20,7 @@ from pveguard.strategy.models import Container, Strategy
 # it) -> the issue that will implement it.
 NOT_ENFORCED: dict[str, int] = {
     "security.network.vlans": 13,
-    "security.access.rbac": 13,
     "security.access.audit_logging": 13,  # the ledger records every action whatever this says
-    "security.access.api_token_privsep": 13,
     "security.access.certificates.manage": 13,  # warn_before is read by 'pveguard certs'
     "emergency.resource_exhaustion": 14,  # container_failure is read by 'pveguard recover'
 }

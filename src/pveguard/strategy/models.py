@@ -407,11 +407,33 @@ class Certificates(StrictModel):
     warn_before: Duration = timedelta(days=30)
 
 
+def _default_grants() -> dict[str, list[str]]:
+    from pveguard.security.rbac import default_grants
+
+    return default_grants()
+
+
 class Access(StrictModel):
-    rbac: bool = True
+    rbac: bool = Field(True, description="proxmox backend: one PVE user and API token per container role, "
+                                         "least privilege (docs/rbac.md)")
     audit_logging: bool = True
-    api_token_privsep: bool = True
+    api_token_privsep: bool = Field(True, description="the role tokens have only what their own ACLs grant")
+    role_grants: dict[str, list[str]] = Field(
+        default_factory=_default_grants,
+        description="per container role: 'PRIV[,PRIV] on PATH' (PATH: an ACL path, self, guests or "
+                    "backup-storage); a role not listed gets 'VM.Audit on self'")
     certificates: Certificates = Field(default_factory=Certificates)
+
+
+    @field_validator("role_grants")
+    @classmethod
+    def _grants(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        from pveguard.security.rbac import parse_grant
+
+        for texts in v.values():
+            for text in texts:
+                parse_grant(text)
+        return v
 
 
 class Security(StrictModel):
