@@ -15,8 +15,8 @@ containers:
   with room (the one with the most free memory), restart mode; never on a single node (it says why);
 * root cause analysis: the `pveguard rca` report, written to <state-dir>/rca/.
 
-A firing alert is acted on once, then again only when it is still firing `monitoring.sustain` after
-the last action (the monitor had the time to see the effect). Alerts older than the monitor's last
+A firing alert is acted on once, then again only when a monitor poll at least `monitoring.sustain`
+after the last action still has it firing (the monitor had the time to see the effect). Alerts older than the monitor's last
 poll by more than two poll intervals plus a minute are stale: nothing is done on stale data.
 """
 
@@ -268,10 +268,10 @@ def handle(backend: Backend, strategy: Strategy, instance: str, store: Store, re
             continue
         episode, last = memory.get((g.name, resource), (None, None))
         sustain = m.sustain.total_seconds()
-        if episode == st.started_at and last is not None and now - last < sustain:
+        if episode == st.started_at and last is not None and polled - last < sustain:
             h.action = "waiting"
-            h.reason = (f"acted {now - last:.0f}s ago; the next step once the alert is still firing "
-                        f"{m.sustain} after it (monitoring.sustain)")
+            h.reason = (f"acted {now - last:.0f}s ago; the next step once the monitor still sees the alert "
+                        f"firing {m.sustain} after it (monitoring.sustain)")
             continue
         try:
             cfg = backend.get_config(g)
@@ -299,7 +299,7 @@ def handle(backend: Backend, strategy: Strategy, instance: str, store: Store, re
         except PveguardError as exc:
             h.action, h.reason = "failed", f"{why}; {exc.message}"
         _remember(store, g.name, resource, st.started_at, now)
-        record("recover.exhaustion", f"ct/{vmid}", name=g.name, rule=st.rule, value=st.value, action=h.action,
+        record("recover.exhaustion", f"ct/{vmid}", name=g.name, rule=st.rule, value=st.value, outcome=h.action,
                reason=h.reason, top=[p.as_dict() for p in h.top[:5]], share=h.share,
                migrated_to=h.migrated_to)
         if "root_cause_analysis" in ex.actions and state_dir is not None:
@@ -354,14 +354,14 @@ def _act(backend: Backend, strategy: Strategy, c: Container, g: Guest, cfg: dict
         h.reason += f"; no migration: {because}"
         return
     tgt = f"ct/{g.vmid}"
-    record("recover.migrate.intent", tgt, name=g.name, reason=why, source=g.node, target=target, mode="restart",
+    record("recover.migrate.intent", tgt, name=g.name, reason=why, source=g.node, to=target, mode="restart",
            because=because)
     try:
         backend.migrate(g, target, restart=True)
     except BackendError as exc:
-        record("recover.migrate", tgt, name=g.name, source=g.node, target=target, result="failed", error=exc.message)
+        record("recover.migrate", tgt, name=g.name, source=g.node, to=target, result="failed", error=exc.message)
         raise
-    record("recover.migrate", tgt, name=g.name, source=g.node, target=target, result="ok", mode="restart")
+    record("recover.migrate", tgt, name=g.name, source=g.node, to=target, result="ok", mode="restart")
     h.action, h.migrated_to = "migrated", target
     h.reason += f"; migrated (restart mode) from {g.node} to {because}"
 

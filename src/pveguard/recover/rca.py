@@ -132,13 +132,14 @@ def host_oom_lines(text: str, vmid: int) -> list[str]:
     out: list[str] = []
     want_kill = False
     for line in text.splitlines():
-        if "oom-kill:" in line or "Memory cgroup out of memory" in line:
-            want_kill = bool(ours.search(line)) or (want_kill and "Memory cgroup out of memory" in line)
-            if ours.search(line):
+        if "Killed process" in line:
+            if want_kill:
                 out.append(line.strip())
-        elif want_kill and "Killed process" in line:
-            out.append(line.strip())
             want_kill = False
+        elif "oom-kill:" in line:
+            want_kill = bool(ours.search(line))
+            if want_kill:
+                out.append(line.strip())
     return out[-MAX_LINES:]
 
 
