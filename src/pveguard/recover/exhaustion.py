@@ -16,8 +16,9 @@ containers:
 * root cause analysis: the `pveguard rca` report, written to <state-dir>/rca/.
 
 A firing alert is acted on once, then again only when a monitor poll at least `monitoring.sustain`
-after the last action still has it firing (the monitor had the time to see the effect). Alerts older than the monitor's last
-poll by more than two poll intervals plus a minute are stale: nothing is done on stale data.
+after the last action still has it firing (the monitor had the time to see the effect). When the
+monitor's last poll is older than two poll intervals plus a minute, its alerts are stale: nothing is
+done on stale data.
 """
 
 from __future__ import annotations
