@@ -107,3 +107,15 @@ def test_host_oom_lines_keep_only_the_containers_cgroup() -> None:
     lines = host_oom_lines(log, 104)
     assert len(lines) == 2 and "task=memhog" in lines[0] and "Killed process 9 (memhog)" in lines[1]
     assert host_oom_lines(log, 105) == []
+
+
+def test_dmesg_lines_are_cut_to_the_window() -> None:
+    from datetime import UTC, datetime
+
+    from pveguard.recover.rca import _since_iso
+
+    since = datetime(2026, 12, 6, 16, 25, tzinfo=UTC).timestamp()
+    text = ("2026-12-06T16:29:33,490617+00:00 new\nnot a stamped line\n"
+            "2026-12-06T16:20:00,000000+00:00 old\n2026-12-06T16:25:00,000001+00:00 edge")
+    assert _since_iso(text, since).splitlines() == ["2026-12-06T16:29:33,490617+00:00 new",
+                                                   "2026-12-06T16:25:00,000001+00:00 edge"]

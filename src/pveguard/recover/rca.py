@@ -114,15 +114,32 @@ def oom_host(backend: Backend, g: Guest, since: float) -> dict[str, Any] | None:
                 count = None
             if count is not None:
                 break
-    text = ""
+    lines: list[str] = []
+    source = "host kernel log"
     if shutil.which("journalctl"):
         p = subprocess.run(["journalctl", "-k", "-q", "--no-pager", "-o", "short-iso", "--since", f"@{int(since)}"],
                            capture_output=True, text=True, timeout=30, check=False)
-        text = p.stdout
-    if not text.strip() and shutil.which("dmesg"):
-        p = subprocess.run(["dmesg", "-T"], capture_output=True, text=True, timeout=30, check=False)
-        text = p.stdout
-    return {"lines": host_oom_lines(text, g.vmid), "oom_kill": count, "source": "host kernel log"}
+        lines = host_oom_lines(p.stdout, g.vmid)
+    if not lines and shutil.which("dmesg"):  # a journal that does not read the kernel's messages
+        p = subprocess.run(["dmesg", "--time-format", "iso"], capture_output=True, text=True, timeout=30,
+                           check=False)
+        lines = host_oom_lines(_since_iso(p.stdout, since), g.vmid)
+        source = "host kernel ring buffer (dmesg)"
+    return {"lines": lines, "oom_kill": count, "source": source}
+
+
+def _since_iso(text: str, since: float) -> str:
+    """dmesg --time-format iso lines (2026-12-06T16:29:33,490617+00:00 ...) from `since` on."""
+    out = []
+    for line in text.splitlines():
+        stamp = line.split(" ", 1)[0]
+        try:
+            ts = datetime.fromisoformat(stamp.replace(",", ".")).timestamp()
+        except ValueError:
+            continue
+        if ts >= since:
+            out.append(line)
+    return "\n".join(out)
 
 
 def host_oom_lines(text: str, vmid: int) -> list[str]:
