@@ -13,6 +13,8 @@ from pveguard.backends import connect
 from pveguard.context import AppContext
 from pveguard.errors import UsageError
 from pveguard.output import console, info, print_json
+from pveguard.provision.runlock import apply_lock
+from pveguard.recover.scale import Receipt
 
 
 def _app(ctx: typer.Context) -> AppContext:
@@ -45,10 +47,6 @@ def scale_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the receipt as JSON.")] = False,
 ) -> None:
     """Resize NAME live where the backend can (memory, cores; disk grows only), with a receipt in the ledger."""
-    from pveguard.provision.cli import instance_id
-    from pveguard.recover import rca
-    from pveguard.recover.scale import Resource, apply_size, base_size, current_size, revert_target
-
     app_ctx = _app(ctx)
     manual = {k: v for k, v in (("memory", memory), ("cores", cores), ("disk", disk)) if v is not None}
     if revert and manual:
@@ -59,32 +57,8 @@ def scale_cmd(
     strategy = app_ctx.strategy
     backend = connect(strategy)
     try:
-        g = rca.find_guest(backend, strategy, name)
-        cfg = backend.get_config(g)
-        from pveguard.backends.base import Marker, read_marker
-
-        if read_marker(cfg.get("description")) != Marker(instance_id(app_ctx)):
-            raise UsageError(f"{name} (CT {g.vmid}) is not managed by this installation",
-                             hint=f"take it over first with 'pveguard adopt {g.vmid}'")
-        c = next(x for x in strategy.containers if x.name == name)
-        base = base_size(c)
-        notes: list[str] = []
-        want: dict[Resource, int]
-        if revert:
-            want, notes = revert_target(current_size(cfg), base)
-            reason = "revert to the strategy's size"
-        else:
-            want = {}
-            if memory is not None:
-                want["memory"] = _size_mib(memory, "--memory")
-            if cores is not None:
-                want["cores"] = cores
-            if disk is not None:
-                want["disk"] = -(-_size_mib(disk, "--disk") // 1024)
-            reason = "set by an admin"
-        receipt = apply_size(backend, g, cfg, base, want, reason, app_ctx.record,
-                             action="recover.revert" if revert else "recover.scale")
-        receipt.notes += notes
+        with apply_lock(app_ctx.state_dir):  # not while an apply converges the same containers
+            receipt = _scale(app_ctx, backend, name, revert, memory, cores, disk)
     finally:
         backend.close()
     if json_out:
@@ -99,6 +73,41 @@ def scale_cmd(
         console.print(f"{escape(name)}: {r} {receipt.before.get(r)} -> {receipt.after.get(r)} {unit} ({live})")  # type: ignore[arg-type]
     for n in receipt.notes:
         info(f"note: {n}")
+
+
+def _scale(app_ctx: AppContext, backend: Any, name: str, revert: bool, memory: str | None, cores: int | None,
+           disk: str | None) -> Receipt:
+    from pveguard.backends.base import Marker, read_marker
+    from pveguard.provision.cli import instance_id
+    from pveguard.recover import rca
+    from pveguard.recover.scale import Resource, apply_size, base_size, current_size, revert_target
+
+    strategy = app_ctx.strategy
+    g = rca.find_guest(backend, strategy, name)
+    cfg = backend.get_config(g)
+    if read_marker(cfg.get("description")) != Marker(instance_id(app_ctx)):
+        raise UsageError(f"{name} (CT {g.vmid}) is not managed by this installation",
+                         hint=f"take it over first with 'pveguard adopt {g.vmid}'")
+    c = next(x for x in strategy.containers if x.name == name)
+    base = base_size(c)
+    notes: list[str] = []
+    want: dict[Resource, int]
+    if revert:
+        want, notes = revert_target(current_size(cfg), base)
+        reason = "revert to the strategy's size"
+    else:
+        want = {}
+        if memory is not None:
+            want["memory"] = _size_mib(memory, "--memory")
+        if cores is not None:
+            want["cores"] = cores
+        if disk is not None:
+            want["disk"] = -(-_size_mib(disk, "--disk") // 1024)
+        reason = "set by an admin"
+    receipt = apply_size(backend, g, cfg, base, want, reason, app_ctx.record,
+                         action="recover.revert" if revert else "recover.scale")
+    receipt.notes += notes
+    return receipt
 
 
 def rca_cmd(
