@@ -27,7 +27,8 @@ FAST = {"vzcreate": 0.2, "vzstart": 0.1, "vzstop": 0.1, "vzshutdown": 0.1, "vzde
 MIB = 1 << 20
 PS = ("    1  9000  0.0 systemd /sbin/init\n"
       "  412 240000 3.0 memhog /usr/local/bin/memhog --fill 240M\n"
-      "  300  4000  0.0 sshd sshd: /usr/sbin/sshd -D\n")
+      "  300  4000  0.0 sshd sshd: /usr/sbin/sshd -D\n"
+      "  500   100  0.0 evil evil <script>alert(1)</script>\n")
 
 
 def build(pvesim_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], nodes: int,
@@ -208,5 +209,7 @@ def test_rca_reports_and_its_errors(pvesim_factory: Any, tmp_path: Path, capsys:
     assert code == 0, err
     text = html.read_text()
     assert "<h1>Root cause analysis: app-hot" in text and "memhog" in text
+    # what comes from inside the container is escaped
+    assert "<script>" not in text and "evil &lt;script&gt;alert(1)&lt;/script&gt;" in text
     code, out, err = env.run("rca", "app-hot", capsys=capsys)
     assert code == 0 and "| 412 | 234.4 | 3.0 | /usr/local/bin/memhog --fill 240M |" in out, out
