@@ -213,3 +213,33 @@ def test_rca_reports_and_its_errors(pvesim_factory: Any, tmp_path: Path, capsys:
     assert "<script>" not in text and "evil &lt;script&gt;alert(1)&lt;/script&gt;" in text
     code, out, err = env.run("rca", "app-hot", capsys=capsys)
     assert code == 0 and "| 412 | 234.4 | 3.0 | /usr/local/bin/memhog --fill 240M |" in out, out
+
+
+def test_maintenance_stale_alerts_and_other_guests_are_left_alone(
+        pvesim_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env = build(pvesim_factory, tmp_path, capsys, nodes=1)
+    hog(env, "app-hot", 240)
+    # a guest that is not this installation's, as busy: the monitor alerts on it, recover never touches it
+    [stranger] = env.sim.control("POST", "/guests", {"count": 1, "type": "lxc", "status": "running"})
+    env.sim.control("POST", f"/guests/{stranger}", {"mem": 10 ** 12})
+    sustained(env, capsys)
+    firing = {a["target"] for a in env.json("alerts", capsys=capsys)["alerts"]
+              if a["rule"] == "memory" and a["state"] == "firing"}
+    assert firing == {f"lxc/{guest(env, 'app-hot')['vmid']}", f"lxc/{stranger}"}
+    code, _out, err = env.run("maintenance", "app-hot", "on", "--reason", "load test", capsys=capsys)
+    assert code == 0, err
+    code, doc = recover(env, capsys)
+    assert [(h["name"], h["action"], h["reason"]) for h in doc["exhaustion"]] == \
+        [("app-hot", "skipped", "in maintenance (load test)")]
+    assert env.run("maintenance", "app-hot", "off", capsys=capsys)[0] == 0
+    # the monitor stopped polling: its alerts are stale, nothing is done on them
+    with Store(env.dir / "state") as store, store.transaction() as conn:
+        row = conn.execute("SELECT value FROM monitor_meta WHERE key = 'last_counters'").fetchone()
+        data = json.loads(row["value"])
+        data["ts"] -= 3600
+        conn.execute("UPDATE monitor_meta SET value = ? WHERE key = 'last_counters'", (json.dumps(data),))
+    code, doc = recover(env, capsys)
+    [h] = doc["exhaustion"]
+    assert h["action"] == "skipped" and h["reason"].startswith("the monitor's alerts are stale (last poll 36"), h
+    assert not entries(env, "recover.scale") and not entries(env, "recover.exhaustion")
+    assert int(env.config(guest(env, "app-hot")["vmid"])["memory"]) == 256
