@@ -201,6 +201,7 @@ def test_rca_reports_and_its_errors(pvesim_factory: Any, tmp_path: Path, capsys:
     assert r["top"]["processes"][0]["comm"] == "memhog"
     assert [a["what"] for a in r["alerts"] if a["what"].startswith("memory")]
     assert "recover.scale" in [e["action"] for e in r["ledger"]]
+    assert "memory_mib 256 -> 320 (ok)" in [a["detail"] for a in r["alerts"] if a["what"] == "recover.scale"]
     # the package installed in the window, not the one from 2001
     assert [(p["action"], p["package"]) for p in r["packages"]["changes"]] == [("install", "memhog:amd64")]
     assert r["size"]["now"]["memory_mib"] == 320 and r["size"]["strategy"]["memory_mib"] == 256
@@ -213,6 +214,7 @@ def test_rca_reports_and_its_errors(pvesim_factory: Any, tmp_path: Path, capsys:
     assert "<script>" not in text and "evil &lt;script&gt;alert(1)&lt;/script&gt;" in text
     code, out, err = env.run("rca", "app-hot", capsys=capsys)
     assert code == 0 and "| 412 | 234.4 | 3.0 | /usr/local/bin/memhog --fill 240M |" in out, out
+    assert "| evil \\<script>alert(1)\\</script> |" in out and "memory 256 -> 320 MiB (live)" in out
 
 
 def test_maintenance_stale_alerts_and_other_guests_are_left_alone(

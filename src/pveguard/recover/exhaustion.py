@@ -38,6 +38,7 @@ from pveguard.errors import BackendError, PveguardError
 from pveguard.recover.scale import RULE_RESOURCE, Receipt, apply_size, base_size, current_size, step_up
 from pveguard.store import Store
 from pveguard.strategy.models import Container, Strategy
+from pveguard.strategy.units import format_duration
 
 Record = Callable[..., None]
 MIGRATIONS = [
@@ -272,7 +273,7 @@ def handle(backend: Backend, strategy: Strategy, instance: str, store: Store, re
         if episode == st.started_at and last is not None and polled - last < sustain:
             h.action = "waiting"
             h.reason = (f"acted {now - last:.0f}s ago; the next step once the monitor still sees the alert "
-                        f"firing {m.sustain} after it (monitoring.sustain)")
+                        f"firing {format_duration(m.sustain)} after it (monitoring.sustain)")
             continue
         try:
             cfg = backend.get_config(g)
@@ -286,8 +287,8 @@ def handle(backend: Backend, strategy: Strategy, instance: str, store: Store, re
         if cfg.get("lock"):
             h.reason = f"locked ({cfg['lock']})"
             continue
-        why = f"{st.rule} at {st.value:.1f}% (>= {_threshold(strategy, st.rule):g}% for {m.sustain})" \
-            if st.value is not None else f"{st.rule} alert firing"
+        over = f"(>= {_threshold(strategy, st.rule):g}% for {format_duration(m.sustain)})"
+        why = f"{st.rule} at {st.value:.1f}% {over}" if st.value is not None else f"{st.rule} alert firing {over}"
         try:
             if "identify_high_usage" in ex.actions:
                 h.top, h.top_source = top_processes(backend, g)

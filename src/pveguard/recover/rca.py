@@ -228,8 +228,9 @@ def alert_timeline(store: Store, vmid: int, since: float, until: float, ledger: 
         if e.action.startswith("recover."):
             d = e.details
             detail = d.get("reason") or d.get("result") or ""
-            if e.action == "recover.scale" and d.get("before"):
-                detail = f"{d.get('before')} -> {d.get('after')} ({d.get('result')})"
+            if e.action in ("recover.scale", "recover.revert") and d.get("before") and d.get("after"):
+                detail = "; ".join(f"{k} {d['before'][k]} -> {d['after'][k]}" for k in d["after"]
+                                   if d["before"].get(k) != d["after"][k]) + f" ({d.get('result', 'intent')})"
             out.append({"ts": e.ts[:19] + "Z", "what": e.action, "detail": str(detail)})
     return sorted(out, key=lambda x: str(x["ts"]))
 
@@ -394,7 +395,8 @@ status {{ r.container.status }}.</p>
 
 
 def _md(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+    """One table cell or list item: no row breaks, and no raw HTML from inside a container."""
+    return str(value).replace("|", "\\|").replace("\n", " ").replace("<", "\\<")
 
 
 def render(doc: dict[str, Any], fmt: str) -> str:
