@@ -124,7 +124,7 @@ def recover(
                 info(f"sweep failed: {exc.message}")
             else:
                 render(SweepReport(report.ts, [o for o in report.containers if o.action != "none"], report.alerts,
-                                   [h for h in report.exhaustion if h.action != "waiting"]))
+                                   [h for h in report.exhaustion if h.action not in ("waiting", "skipped")]))
             stop.wait(every)
     except KeyboardInterrupt:
         pass
