@@ -23,6 +23,7 @@ from pveguard.monitor import cli as monitor_cli
 from pveguard.output import console, error, print_json, warn
 from pveguard.provision import cli as provision_cli
 from pveguard.recover import cli as recover_cli
+from pveguard.recover import scale_cli
 from pveguard.security import certs_cli, isolation_cli, tokens_cli
 from pveguard.security import cli as audit_log_cli
 
@@ -180,6 +181,8 @@ app.add_typer(monitor_cli.alerts_app, name="alerts")
 app.add_typer(monitor_cli.export_app, name="export")
 app.add_typer(recover_cli.app, name="recover")
 app.command("maintenance")(recover_cli.maintenance_cmd)
+app.command("scale")(scale_cli.scale_cmd)
+app.command("rca")(scale_cli.rca_cmd)
 app.add_typer(audit_log_cli.app, name="audit-log")
 app.add_typer(certs_cli.app, name="certs")
 app.add_typer(tokens_cli.app, name="tokens")

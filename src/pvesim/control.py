@@ -87,6 +87,10 @@ def _route(sim: Sim, method: str, parts: list[str], doc: dict[str, Any], q: dict
                 n.online = bool(doc["online"])
             if "level" in doc:
                 n.level = str(doc["level"])
+            if "maxmem" in doc:  # a node with more (or less) RAM: its headroom in /cluster/resources
+                n.maxmem = int(doc["maxmem"])
+            if "maxcpu" in doc:
+                n.maxcpu = int(doc["maxcpu"])
             for g in sim.guests.values():
                 if g.node == n.name:
                     g.touch()

@@ -249,6 +249,14 @@ class Backend(abc.ABC):
         started it); return the config. Backends without locks simply return the config."""
         return self.get_config(guest)
 
+    def migrate(self, guest: Guest, target: str, restart: bool = True) -> None:
+        """Move the container to another node (restart mode: stop, move, start there). Only a cluster
+        can; backends with one host say so."""
+        from pveguard.errors import BackendError
+
+        raise BackendError(f"the {self.name} backend has one host: CT {guest.vmid} cannot move to {target}",
+                           hint="migration needs a Proxmox VE cluster")
+
     def preflight(self) -> list[Preflight]:
         """Checks that must pass before this backend can act (reachable, permissions, templates,
         bridges, storages, config includes...), each with its fix. Runs no mutating call."""

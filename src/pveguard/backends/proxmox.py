@@ -922,6 +922,16 @@ class ProxmoxBackend(Backend):
     def shutdown(self, guest: Guest, timeout: int = 60) -> None:
         self._power(guest, "shutdown", {"timeout": timeout, "forceStop": True}, done_when="stopped")
 
+    def migrate(self, guest: Guest, target: str, restart: bool = True) -> None:
+        """POST .../migrate with restart=1 (pve-container API2/LXC.pm migrate_vm: a running CT needs
+        --restart or --online, and LXC has no live migration); waits for the vzmigrate task."""
+        what = f"migrating CT {guest.vmid} ({guest.name}) from {guest.node} to {target}"
+        params: dict[str, Any] = {"target": target}
+        if restart:
+            params["restart"] = 1
+        upid = self.call("POST", f"{self._ct(guest)}/migrate", params, safe=False, what=what)
+        self.wait_task(str(upid), what)
+
     def destroy(self, guest: Guest) -> None:
         what = f"destroying CT {guest.vmid} ({guest.name})"
         try:

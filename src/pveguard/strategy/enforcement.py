@@ -22,7 +22,6 @@ NOT_ENFORCED: dict[str, int] = {
     "security.network.vlans": 13,
     "security.access.audit_logging": 13,  # the ledger records every action whatever this says
     "security.access.certificates.manage": 13,  # warn_before is read by 'pveguard certs'
-    "emergency.resource_exhaustion": 14,  # container_failure is read by 'pveguard recover'
 }
 
 Loc = tuple[str | int, ...]

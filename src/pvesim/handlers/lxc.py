@@ -798,20 +798,24 @@ def migrate(ctx: Ctx, g: Guest) -> str:
         raise die(f"no such cluster node '{target}'")
     if not tn.online:
         raise die(f"target node '{target}' is not online")
-    err = lock_error(g)
-    if err:
-        raise die(err)
     running = g.status == "running"
     if ct and running and not (ctx.p.get("online") or ctx.p.get("restart")):
         raise die("can't migrate running container without --online or --restart")
-    if ct and running and ctx.p.get("online") and not ctx.p.get("restart"):
-        raise die("lxc live migration is currently not implemented")
+    ha = sim.ha_resources.get(_ha_sid(g))
+    src = g.node
+    ttype = "hamigrate" if ha else ("vzmigrate" if ct else "qmigrate")
+    # pve-container LXC/Migrate.pm prepare() runs inside the worker: a lock, or --online on a running
+    # CT, aborts the task (AbstractMigrate: "migration aborted (duration ...): <why>"), not the request
+    abort = lock_error(g)
+    if abort is None and ct and running and ctx.p.get("online"):
+        abort = "lxc live migration is currently not implemented"
+    if abort is not None:
+        return sim.new_task(src, ttype, str(g.vmid), ctx.auth, error="migration aborted",
+                            log=[f"ERROR: migration aborted (duration 00:00:00): {abort}"])
     tstorage = ctx.p.get("target-storage")
     g.config["lock"] = "migrate"
     g.touch()
     sim.changed()
-    ha = sim.ha_resources.get(_ha_sid(g))
-    src = g.node
 
     def work() -> list[str]:
         lines = [f"starting migration of {'CT' if ct else 'VM'} {g.vmid} to node '{target}' ({tn.ip})"]
@@ -852,7 +856,6 @@ def migrate(ctx: Ctx, g: Guest) -> str:
         g.touch()
         return msg
 
-    ttype = "hamigrate" if ha else ("vzmigrate" if ct else "qmigrate")
     return sim.new_task(src, ttype, str(g.vmid), ctx.auth, work=work, on_error=on_error)
 
 
