@@ -25,6 +25,7 @@ from pveguard.provision import cli as provision_cli
 from pveguard.recover import cli as recover_cli
 from pveguard.security import certs_cli, isolation_cli
 from pveguard.security import cli as audit_log_cli
+from pveguard.serve import cli as serve_cli
 
 app = typer.Typer(
     name="pveguard",
@@ -182,6 +183,7 @@ app.add_typer(recover_cli.app, name="recover")
 app.command("maintenance")(recover_cli.maintenance_cmd)
 app.add_typer(audit_log_cli.app, name="audit-log")
 app.add_typer(certs_cli.app, name="certs")
+serve_cli.register(app)
 
 
 def command() -> Any:
