@@ -147,6 +147,71 @@ def register(app: FastAPI, rt: Runtime) -> None:
         rt.record(who, "guard.revoke", record.package, approval=record.as_dict())
         return record.as_dict()
 
+    # --- plan and apply ----------------------------------------------------------------------
+
+    @app.get(f"{API}/plan", tags=["plan"])
+    async def plan(prune: bool = False, who: Caller = Depends(auth.viewer)) -> dict[str, Any]:
+        """What apply would do (read-only, as 'pveguard plan --json') and its `digest`."""
+        from pveguard.serve.planning import plan_now
+
+        try:
+            return await asyncio.to_thread(plan_now, rt.ctx, prune, who.actor)
+        except PveguardError as exc:
+            raise _user_error(exc) from None
+
+    @app.post(f"{API}/apply", tags=["plan"])
+    async def apply(body: ApplyIn, who: Caller = Depends(auth.admin)) -> dict[str, Any]:
+        """Apply the plan (admin), only when its digest is still the one sent: 409 when the plan changed.
+        Deletes only with `prune`, never of containers with data volumes (the CLI's --i-mean-it)."""
+        from pveguard.serve.planning import PlanChanged, apply_if_unchanged
+
+        try:
+            result = await asyncio.to_thread(apply_if_unchanged, rt.ctx, body.digest, body.prune, who.actor)
+        except PlanChanged as exc:
+            rt.record(who, "serve.apply.refused", "plan", digest=body.digest, reason=exc.message)
+            raise HTTPException(409, exc.message + f" (hint: {exc.hint})") from None
+        except PveguardError as exc:
+            raise _user_error(exc) from None
+        except KeyboardInterrupt as exc:  # ApplyInterrupted: a step was cut short; the journal resumes it
+            raise HTTPException(500, f"apply was interrupted: {exc}; run it again to finish") from None
+        rt.record(who, "serve.apply", "plan", digest=body.digest, ok=result["ok"], counts=result["plan"]["counts"])
+        return result
+
+    # --- audit, backups ------------------------------------------------------------------------
+
+    @app.get(f"{API}/audit", tags=["audit"], dependencies=[viewer])
+    async def audit(refresh: bool = False) -> dict[str, Any]:
+        """The host audit report ('pveguard audit --json'): the daemon's latest, or a fresh one."""
+        from pveguard.serve.jobs import run_cli
+
+        if refresh or not isinstance(rt.extra.get("audit"), dict):
+            try:
+                data = await asyncio.to_thread(run_cli, rt, "audit", ["audit", "--json"])
+            except PveguardError as exc:
+                raise _user_error(exc) from None
+            rt.extra["audit"] = data
+            if isinstance(data, dict) and isinstance(data.get("score"), dict):
+                rt.extra["compliance_score"] = data["score"].get("value")
+        return dict(rt.extra["audit"])
+
+    @app.get(f"{API}/backups", tags=["backups"], dependencies=[viewer])
+    async def backups() -> dict[str, Any]:
+        """Backup compliance per guest ('pveguard backup status --json') and the daemon's last
+        'backup run --due' result."""
+        from pveguard.serve.jobs import run_cli
+
+        cached = rt.extra.get("backup_status")
+        if not (isinstance(cached, tuple) and time.time() - cached[0] < 60):
+            try:
+                rows = await asyncio.to_thread(run_cli, rt, "backups", ["backup", "status", "--json"], (0, 1))
+            except PveguardError as exc:
+                raise _user_error(exc) from None
+            cached = (time.time(), rows)
+            rt.extra["backup_status"] = cached
+        rows = cached[1] if isinstance(cached[1], list) else []
+        return {"compliant": all(r.get("compliant", True) for r in rows if isinstance(r, dict)),
+                "guests": rows, "last_run": rt.extra.get("backups_run")}
+
     # --- ledger ------------------------------------------------------------------------------
 
     @app.get(f"{API}/ledger", tags=["ledger"], dependencies=[viewer])
