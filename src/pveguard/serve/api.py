@@ -239,22 +239,21 @@ def register(app: FastAPI, rt: Runtime) -> None:
         `ledger`; a comment line every 15 s keeps proxies from closing the stream."""
 
         async def stream() -> AsyncIterator[bytes]:
-            yield b"retry: 3000\n\n"
-            sub = rt.events.subscribe()  # an async generator
-            nxt = asyncio.ensure_future(anext(sub))
+            q = rt.events.attach()
             try:
+                yield b"retry: 3000\n\n"
                 while not await request.is_disconnected():
-                    done, _ = await asyncio.wait({nxt}, timeout=15)
-                    if not done:
+                    try:
+                        ev = await asyncio.wait_for(q.get(), timeout=15)
+                    except TimeoutError:
                         yield b": keep-alive\n\n"
                         continue
-                    ev = nxt.result()
-                    nxt = asyncio.ensure_future(anext(sub))
+                    if ev["type"] == "_close":  # the daemon is stopping
+                        return
                     yield (f"id: {ev['id']}\nevent: {ev['type']}\n"
                            f"data: {json.dumps(ev, separators=(',', ':'))}\n\n").encode()
             finally:
-                nxt.cancel()
-                await sub.aclose()  # type: ignore[attr-defined]
+                rt.events.detach(q)
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -128,6 +128,10 @@ def serve_lock(state_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+class JobStopped(OperationError):
+    """A job cut short by the daemon's stop: not a failure, and it runs again after a restart."""
+
+
 # --- jobs -------------------------------------------------------------------------------------
 
 
@@ -185,21 +189,23 @@ class Scheduler:
             for name, job in self.jobs.items():
                 st = self.rt.jobs[name]
                 if is_due(st, now):
+                    previous = st.last_start
                     st.running, st.last_start = True, now
                     save_job_state(self.rt.ctx.store, st)  # before it runs: a restart does not repeat it
-                    task = asyncio.create_task(self._one(job, st))
+                    task = asyncio.create_task(self._one(job, st, previous))
                     self.tasks.add(task)
                     task.add_done_callback(self.tasks.discard)
             await asyncio.sleep(self.tick)
 
-    async def _one(self, job: Job, st: JobState) -> None:
+    async def _one(self, job: Job, st: JobState, previous: float | None) -> None:
         self.rt.job_update(st)
+        stopped = False
         try:
             await asyncio.to_thread(job.run)
             st.last_ok, st.last_error = True, None
-        except asyncio.CancelledError:
-            st.last_ok, st.last_error = False, "stopped with the daemon"
-            raise
+        except JobStopped:
+            # cut short by the stop: it did not run, so it is due again after a restart
+            stopped, st.last_start = True, previous
         except PveguardError as exc:
             st.last_ok, st.last_error = False, exc.message
             st.failures += 1
@@ -208,12 +214,14 @@ class Scheduler:
             st.failures += 1
             log.exception("job %s failed", job.name)
         finally:
-            st.running, st.last_end = False, time.time()
-            st.runs += 1
+            st.running = False
+            if not stopped:
+                st.last_end = time.time()
+                st.runs += 1
             with contextlib.suppress(Exception):
                 save_job_state(self.rt.ctx.store, st)
             self.rt.job_update(st)
-            if st.last_ok is False:
+            if st.last_ok is False and not stopped:
                 log.warning("job %s failed: %s", job.name, st.last_error)
 
 
@@ -269,26 +277,22 @@ async def _main(rt: Runtime, listen: Listen, jobs: list[Job]) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     serving = asyncio.create_task(server.serve())
-    await asyncio.sleep(0)
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.02)
+    if serving.done():
+        why = serving.exception() if not serving.cancelled() else None
+        raise OperationError(f"cannot listen on {listen.url}" + (f": {why}" if why else
+                             " (the address is in use or not available here)"),
+                             hint="pick another address with --listen HOST:PORT")
     sched_task = asyncio.create_task(sched.run())
     log.info("pveguard serve on %s (state %s, %d jobs)", listen.url, rt.ctx.state_dir, len(jobs))
     print(f"pveguard serve: listening on {listen.url}", file=sys.stderr, flush=True)
-    done, _ = await asyncio.wait({serving, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
-    if serving in done and serving.exception() is not None:
-        sched.stopping = True
-        sched_task.cancel()
-        jobs_mod.stop_children(0)
-        raise OperationError(f"cannot serve on {listen.url}: {serving.exception()}",
-                             hint="is the port in use? pick another with --listen HOST:PORT")
-    if serving in done and not server.started:
-        sched.stopping = True
-        sched_task.cancel()
-        jobs_mod.stop_children(0)
-        raise OperationError(f"cannot listen on {listen.url} (address in use or not available here)",
-                             hint="pick another address with --listen HOST:PORT")
+    await asyncio.wait({serving, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
     log.info("stopping")
     sched.stopping = True
     sched_task.cancel()
+    rt.events.close()
+    await asyncio.sleep(0.05)  # let the event streams end before the server closes their connections
     server.should_exit = True
     await asyncio.to_thread(jobs_mod.stop_children, STOP_GRACE)
     with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):

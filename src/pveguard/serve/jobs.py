@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from pveguard.errors import OperationError
-from pveguard.serve.daemon import CHILD_TIMEOUT, Job
+from pveguard.serve.daemon import CHILD_TIMEOUT, Job, JobStopped
 from pveguard.serve.runtime import Runtime, iso
 
 GUARD_INTERVAL = 300.0
@@ -42,7 +42,7 @@ def run_cli(rt: Runtime, name: str, args: list[str], ok_codes: tuple[int, ...] =
     """Run `pveguard ARGS` as a child in its own process group; its JSON output, or OperationError
     with the child's own message (its last stderr lines)."""
     if _stopping.is_set():
-        raise OperationError("the daemon is stopping")
+        raise JobStopped(f"{name}: the daemon is stopping")
     env = {**os.environ, "PVEGUARD_ACTOR": os.environ.get("PVEGUARD_ACTOR", "pveguard-serve"),
            "COLUMNS": "200"}
     if not rt.ctx.strategy_explicit and not rt.ctx.strategy_path.exists():
@@ -63,6 +63,8 @@ def run_cli(rt: Runtime, name: str, args: list[str], ok_codes: tuple[int, ...] =
     finally:
         with _children_lock:
             _children.discard(proc)
+    if _stopping.is_set() and proc.returncode < 0:
+        raise JobStopped(f"{name}: stopped with the daemon")
     if proc.returncode not in ok_codes:
         lines = [ln for ln in err.decode(errors="replace").splitlines() if ln.strip()]
         detail = " / ".join(lines[-3:]) or f"exit code {proc.returncode}"

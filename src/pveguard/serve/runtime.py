@@ -80,16 +80,32 @@ class EventBus:
                 q.get_nowait()
             q.put_nowait(event)
 
-    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+    def attach(self) -> asyncio.Queue[dict[str, Any]]:
+        """A queue that receives every event from now on; `detach` it when done (event loop only)."""
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
         q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(self._maxsize)
         self._subs.add(q)
+        return q
+
+    def close(self) -> None:
+        """End every stream (at shutdown): each queue gets a `_close` event (event loop only)."""
+        for q in list(self._subs):
+            if q.full():
+                q.get_nowait()
+            q.put_nowait({"id": 0, "type": "_close", "ts": None, "data": {}})
+
+    def detach(self, q: asyncio.Queue[dict[str, Any]]) -> None:
+        self._subs.discard(q)
+
+    async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
+        """The events from now on, as an async iterator (attach/detach around a loop)."""
+        q = self.attach()
         try:
             while True:
                 yield await q.get()
         finally:
-            self._subs.discard(q)
+            self.detach(q)
 
     @property
     def subscribers(self) -> int:
