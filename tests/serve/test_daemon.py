@@ -230,3 +230,26 @@ def test_a_failing_job_is_reported_and_the_others_go_on(tmp_path: Path) -> None:
     assert status["broken"]["failures"] == status["broken"]["runs"]
     assert status["fine"]["last_ok"] is True and status["fine"]["failures"] == 0
     rt.ctx.close()
+
+
+def test_event_stream_and_metrics(rig: Rig) -> None:
+    d = rig.start()
+    req = urllib.request.Request(d.url + "/api/v1/events", headers={"Authorization": f"Bearer {d.secret}"})
+    events: list[dict[str, Any]] = []
+    with urllib.request.urlopen(req, timeout=15) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        kind = ""
+        while len(events) < 2:
+            line = stream.readline().decode().rstrip("\n")
+            if line.startswith("event: "):
+                kind = line[7:]
+            elif line.startswith("data: ") and kind == "status":
+                events.append(json.loads(line[6:]))
+    assert all(e["type"] == "status" and e["data"]["at"] for e in events)
+    assert events[1]["id"] > events[0]["id"]
+    code, _ = d.get("/api/v1/events", auth=False)
+    assert code == 401
+    req = urllib.request.Request(d.url + "/metrics", headers={"Authorization": f"Bearer {d.secret}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        text = r.read().decode()
+    assert "pveguard_polls_total " in text and "pveguard_poll_duration_seconds" in text, text[:500]

@@ -14,16 +14,17 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from pveguard.context import AppContext
+from pveguard.output import iso_utc
 from pveguard.serve import tokens
 from pveguard.serve.tokens import Caller
 
 
 def iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    """Times in the API as in every --json: ISO 8601 UTC with a Z (docs/json.md)."""
+    return iso_utc(ts)
 
 
 @dataclass

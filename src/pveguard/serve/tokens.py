@@ -14,7 +14,6 @@ import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pveguard.store import Store
@@ -72,7 +71,9 @@ def digest(secret: str) -> str:
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+    from pveguard.output import iso_utc
+
+    return iso_utc(ts)
 
 
 @dataclass(frozen=True)
