@@ -1,9 +1,10 @@
 """The daemon: one asyncio process that serves the API (uvicorn) and runs the jobs on schedules.
 
 * A lock (`flock` on <state-dir>/serve.lock) keeps a second daemon off the same state directory.
-* Each job is the same code the CLI runs: the monitor poll in-process (it keeps the live snapshot
-  and the rate counters), the others as `pveguard <command> --json` child processes (their memory
-  is returned after each run, a hung one is killed, and SIGTERM ends them with the daemon).
+* Each job is the same code the CLI runs: the monitor poll (it keeps the live snapshot and the
+  rate counters) and the watchdog sweep in-process, the others as `pveguard <command> --json`
+  child processes (their memory is returned after each run, a hung one is killed, and SIGTERM
+  ends them with the daemon).
 * Each job runs in its own error boundary: a failure is recorded (job state, SSE event, log) and
   the others go on. Start times are persisted in the store before a job runs, so a restart never
   runs a job again before its interval has passed.

@@ -3,7 +3,7 @@
 | job | the CLI equivalent | where it runs |
 |---|---|---|
 | monitor | `pveguard monitor` (one poll: alerts, notifiers, series) | in-process (keeps the live snapshot) |
-| recover | `pveguard recover --once --json` | child process |
+| recover | `pveguard recover --once` (the watchdog sweep) | in-process |
 | backups | `pveguard backup run --due --json` (backups, verification, offsite when due) | child process |
 | audit | `pveguard audit --json` (records the compliance score) | child process |
 | certs | `pveguard certs check --json` | child process |
@@ -161,6 +161,27 @@ def snapshot(res: Any, mon: Any) -> dict[str, Any]:
             "alerts_firing": sorted(firing, key=lambda a: (a["rule"], a["target"]))}
 
 
+class RecoverJob:
+    """One `pveguard recover --once` sweep per run, in-process (every 10 s by default: a child
+    process each time would cost more than the sweep)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        from pveguard.context import AppContext
+
+        self.rt = rt
+        self.ctx = AppContext(rt.ctx.strategy_path, rt.ctx.state_dir, rt.ctx.verbose, rt.ctx.strategy_explicit)
+
+    def __call__(self) -> None:
+        from pveguard.recover.cli import run_once
+
+        report = run_once(self.ctx)
+        data = report.as_dict()
+        self.rt.extra["recover"] = data
+        acted = [o for o in data.get("containers", []) if o.get("action") not in ("none", "skipped")]
+        if acted:
+            self.rt.events.publish("recover", {"containers": acted})
+
+
 def build_jobs(rt: Runtime) -> list[Job]:
     strategy = rt.ctx.strategy_or_default()
     sch = strategy.serve.schedules
@@ -191,8 +212,7 @@ def build_jobs(rt: Runtime) -> list[Job]:
         data = run_cli(rt, "certs", ["certs", "check", "--json"], ok_codes=(0, 1))
         rt.extra["certs"] = data
 
-    def recover() -> None:
-        rt.extra["recover"] = run_cli(rt, "recover", ["recover", "--once", "--json"], ok_codes=(0, 1))
+    recover = RecoverJob(rt)
 
     return [
         Job("monitor", monitor_every, MonitorJob(rt)),

@@ -582,7 +582,7 @@ class ServeSchedules(StrictModel):
     monitor: Duration | None = Field(None, description="monitor poll + alerts; empty = monitoring.poll_interval")
     recover: Duration | None = Field(
         None, description="watchdog sweep; empty = emergency.container_failure.interval")
-    backups: Duration = Field(timedelta(minutes=1), description="how often due backups / verifications are checked")
+    backups: Duration = Field(timedelta(minutes=5), description="how often due backups / verifications are checked")
     audit: Duration = Field(timedelta(days=1), description="host audit and its compliance score")
     certs: Duration = Field(timedelta(hours=12), description="certificate expiry checks")
 
