@@ -84,3 +84,23 @@ def test_install_plan_refusals(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"user@realm!tokenid=secret") as exc:
         install_plan(Strategy.model_validate(doc), doc, wheel, "h", "secret-without-form")
     assert "secret-without-form" not in str(exc.value)
+
+
+@needs_systemd
+def test_serve_print_unit_verifies(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    from infra.strategies import defaults_file
+
+    proc = subprocess.run([sys.executable, "-m", "pveguard", "--strategy", defaults_file(), "--state-dir",
+                           str(tmp_path / "state"), "serve", "--listen", "127.0.0.1:8450", "--print-unit"],
+                          capture_output=True, text=True, check=False,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr
+    assert f"--state-dir {tmp_path / 'state'} serve --listen 127.0.0.1:8450" in proc.stdout
+    unit = tmp_path / UNIT_NAME
+    unit.write_text(proc.stdout)
+    check = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
+                           check=False)
+    assert check.returncode == 0 and not check.stderr.strip(), check.stderr

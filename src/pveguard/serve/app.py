@@ -30,7 +30,8 @@ def create_app(runtime: Runtime, *, dashboard: bool = True) -> FastAPI:
     @app.get("/healthz", tags=["meta"])
     async def healthz() -> dict[str, Any]:
         """Liveness without auth: the process answers; `stale` says whether PVE data is current."""
-        return {"ok": True, "version": __version__, "stale": runtime.stale_since is not None,
+        return {"ok": True, "version": __version__,
+                "stale": runtime.stale_since is not None or runtime.snapshot_at is None,
                 "uptime_s": round(time.time() - runtime.started_at, 1)}
 
     @app.post("/login", tags=["session"])

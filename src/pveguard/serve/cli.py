@@ -111,11 +111,25 @@ def serve_cmd(
     listen: Annotated[str | None, typer.Option(
         "--listen", metavar="HOST:PORT",
         help="Address to serve on [default: the strategy's serve.listen, 127.0.0.1:8450].")] = None,
+    print_unit: Annotated[bool, typer.Option(
+        "--print-unit", help="Print a systemd unit that runs this serve (same options) and exit.")] = False,
 ) -> None:
     """Run the daemon: jobs on the strategy's schedules, the REST API and the dashboard (docs/serve.md)."""
     from pveguard.serve.daemon import run
 
-    run(_app(ctx), listen)
+    app_ctx = _app(ctx)
+    if print_unit:
+        import shutil
+        import sys
+        from pathlib import Path
+
+        from pveguard.serve.deploy import render_unit
+
+        exe = shutil.which("pveguard") or str(Path(sys.executable).with_name("pveguard"))
+        typer.echo(render_unit(str(Path(exe).absolute()), str(app_ctx.strategy_path.absolute()),
+                               str(app_ctx.state_dir.absolute()), listen), nl=False)
+        return
+    run(app_ctx, listen)
 
 
 def register(app: Any) -> None:
