@@ -26,6 +26,7 @@ from pveguard.recover import cli as recover_cli
 from pveguard.recover import scale_cli
 from pveguard.security import certs_cli, isolation_cli, tokens_cli
 from pveguard.security import cli as audit_log_cli
+from pveguard.serve import cli as serve_cli
 
 app = typer.Typer(
     name="pveguard",
@@ -186,6 +187,7 @@ app.command("rca")(scale_cli.rca_cmd)
 app.add_typer(audit_log_cli.app, name="audit-log")
 app.add_typer(certs_cli.app, name="certs")
 app.add_typer(tokens_cli.app, name="tokens")
+serve_cli.register(app)
 
 
 def command() -> Any:

@@ -622,6 +622,45 @@ class Target(StrictModel):
 # --- the strategy -------------------------------------------------------------------------------
 
 
+def _on_off(value: Any) -> Any:
+    """YAML 1.1 reads a bare `off` / `on` as a boolean: take it as the word the user wrote."""
+    return {False: "off", True: "on"}[value] if isinstance(value, bool) else value
+
+
+class ServeTls(StrictModel):
+    mode: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = Field(
+        "auto", description="auto: plain HTTP on loopback, TLS elsewhere; off is refused off loopback")
+    cert_file: str | None = Field(None, description="PEM certificate; empty = one serve creates in the state dir")
+    key_file: str | None = Field(None, description="PEM private key for cert_file")
+
+
+class ServeSchedules(StrictModel):
+    monitor: Duration | None = Field(None, description="monitor poll + alerts; empty = monitoring.poll_interval")
+    recover: Duration | None = Field(
+        None, description="watchdog sweep; empty = emergency.container_failure.interval")
+    backups: Duration = Field(timedelta(minutes=5), description="how often due backups / verifications are checked")
+    audit: Duration = Field(timedelta(days=1), description="host audit and its compliance score")
+    certs: Duration = Field(timedelta(hours=12), description="certificate expiry checks")
+
+
+class Serve(StrictModel):
+    listen: str = Field("127.0.0.1:8450", description="HOST:PORT; plain HTTP only on loopback")
+    tls: ServeTls = Field(default_factory=ServeTls)
+    session_ttl: Duration = Field(timedelta(hours=8), description="web session lifetime after login")
+    schedules: ServeSchedules = Field(default_factory=ServeSchedules)
+    container: str | None = Field(
+        None, description="apply installs and starts 'pveguard serve' in this strategy container "
+        "(e.g. pve-api-gateway); empty = not installed by apply")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8450 or [::1]:8450)")
+        return value
+
+
 class Strategy(StrictModel):
     version: Literal[1] = 1
     core_functions: list[CoreFunction] = Field(
@@ -636,6 +675,7 @@ class Strategy(StrictModel):
     backup: Backup = Field(default_factory=Backup)
     emergency: Emergency = Field(default_factory=Emergency)
     target: Target = Field(default_factory=Target)
+    serve: Serve = Field(default_factory=Serve)
 
     def container(self, name: str) -> Container:
         """The container called `name`; KeyError when the strategy has none."""
