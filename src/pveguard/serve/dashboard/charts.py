@@ -11,8 +11,8 @@ from markupsafe import Markup, escape
 
 from pveguard.monitor.series import Point
 
-WIDTH, HEIGHT = 600, 160
-PAD_L, PAD_R, PAD_T, PAD_B = 44, 8, 10, 22
+WIDTH, HEIGHT = 420, 150
+PAD_L, PAD_R, PAD_T, PAD_B = 52, 10, 10, 20
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -20,7 +20,8 @@ def _fmt(value: float, unit: str) -> str:
         return f"{value:.0f}%"
     for div, suffix in ((1 << 30, "G"), (1 << 20, "M"), (1 << 10, "k")):
         if abs(value) >= div:
-            return f"{value / div:.1f}{suffix}{unit}"
+            scaled = value / div
+            return f"{scaled:.0f}{suffix}{unit}" if abs(scaled) >= 10 else f"{scaled:.1f}{suffix}{unit}"
     return f"{value:.0f}{unit}"
 
 
@@ -47,7 +48,7 @@ def svg_chart(title: str, points: Sequence[Point], unit: str, since: float, unti
     last = points[-1].value if points else None
     label = f"{title}: " + (f"latest {_fmt(last, unit)}, {len(points)} points" if last is not None else "no data yet")
     parts = [f'<svg class="chart" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="{escape(label)}" '
-             'preserveAspectRatio="none">']
+             'preserveAspectRatio="xMidYMid meet">']
     for frac in (0.0, 0.5, 1.0):
         y = PAD_T + plot_h - frac * plot_h
         parts.append(f'<line class="grid" x1="{PAD_L}" y1="{y:.1f}" x2="{WIDTH - PAD_R}" y2="{y:.1f}"/>')
