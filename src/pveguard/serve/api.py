@@ -260,11 +260,16 @@ def register(app: FastAPI, rt: Runtime) -> None:
 
     @app.get("/metrics", tags=["metrics"], dependencies=[viewer])
     async def metrics() -> Response:
-        """The Prometheus exposition of the exporter (`pveguard monitor --exporter`), from the daemon's poll."""
+        """The Prometheus exposition of the exporter (`pveguard monitor --exporter`), from the daemon's
+        last poll (written by its worker process)."""
         from pveguard.monitor.exporter import ExportView, render
+        from pveguard.serve.worker import METRICS_FILE
 
-        view = rt.extra.get("export_view") or ExportView(sweep=None, states={}, polls=0, errors=0)
-        return Response(render(view), media_type="text/plain; version=0.0.4; charset=utf-8")
+        try:
+            body = (rt.ctx.state_dir / METRICS_FILE).read_bytes()
+        except FileNotFoundError:  # no poll yet
+            body = render(ExportView(sweep=None, states={}, polls=0, errors=0))
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
 def ledger_page(rt: Runtime, *, action: str | None, target: str | None, actor: str | None, since: str | None,

@@ -241,7 +241,13 @@ def run(app_ctx: AppContext, listen_opt: str | None) -> None:
         from pveguard.serve.jobs import build_jobs
 
         jobs = build_jobs(rt)
-        asyncio.run(_main(rt, listen, jobs))
+        try:  # uvloop when installed (faster I/O); the stdlib loop otherwise
+            import uvloop
+
+            runner: Callable[[Any], None] = uvloop.run
+        except ImportError:
+            runner = asyncio.run
+        runner(_main(rt, listen, jobs))
 
 
 def _server_class() -> Any:

@@ -2,8 +2,8 @@
 
 | job | the CLI equivalent | where it runs |
 |---|---|---|
-| monitor | `pveguard monitor` (one poll: alerts, notifiers, series) | in-process (keeps the live snapshot) |
-| recover | `pveguard recover --once` (the watchdog sweep) | in-process |
+| monitor | `pveguard monitor` (one poll: alerts, notifiers, series) | the worker process (worker.py) |
+| recover | `pveguard recover --once` (the watchdog sweep) | the worker process |
 | backups | `pveguard backup run --due --json` (backups, verification, offsite when due) | child process |
 | audit | `pveguard audit --json` (records the compliance score) | child process |
 | certs | `pveguard certs check --json` | child process |
@@ -27,7 +27,7 @@ from pveguard.serve.daemon import CHILD_TIMEOUT, Job, JobStopped
 from pveguard.serve.runtime import Runtime, iso
 
 GUARD_INTERVAL = 300.0
-_children: set[subprocess.Popen[bytes]] = set()
+_children: set[subprocess.Popen[Any]] = set()
 _children_lock = threading.Lock()
 _stopping = threading.Event()
 
@@ -78,7 +78,7 @@ def run_cli(rt: Runtime, name: str, args: list[str], ok_codes: tuple[int, ...] =
         return None
 
 
-def _kill(proc: subprocess.Popen[bytes], sig: int) -> None:
+def _kill(proc: subprocess.Popen[Any], sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
 
@@ -98,40 +98,79 @@ def stop_children(grace: float) -> None:
             _kill(p, signal.SIGKILL)
 
 
-# --- the monitor job (in-process) -------------------------------------------------------------
+# --- the worker process (monitor, watchdog) ----------------------------------------------------
+
+
+class Worker:
+    """The long-lived child that runs the monitor and the watchdog (see worker.py); restarted when
+    it dies. One call at a time."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.proc: subprocess.Popen[str] | None = None
+        self.lock = threading.Lock()
+
+    def _start(self) -> subprocess.Popen[str]:
+        ctx = self.rt.ctx
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pveguard.serve.worker", str(ctx.strategy_path), str(ctx.state_dir),
+             "1" if ctx.strategy_explicit else "0"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, start_new_session=True,
+            env={**os.environ, "PVEGUARD_ACTOR": os.environ.get("PVEGUARD_ACTOR", "pveguard-serve")})
+        with _children_lock:
+            if self.proc is not None:
+                _children.discard(self.proc)
+            _children.add(proc)
+        return proc
+
+    def call(self, name: str) -> Any:
+        with self.lock:
+            if _stopping.is_set():
+                raise JobStopped(f"{name}: the daemon is stopping")
+            if self.proc is None or self.proc.poll() is not None:
+                self.proc = self._start()
+            proc = self.proc
+            assert proc.stdin is not None and proc.stdout is not None
+            try:
+                proc.stdin.write(name + "\n")
+                proc.stdin.flush()
+                line = proc.stdout.readline()
+            except (BrokenPipeError, OSError):
+                line = ""
+            if not line:
+                if _stopping.is_set():
+                    raise JobStopped(f"{name}: stopped with the daemon")
+                code = proc.poll()
+                self.proc = None
+                raise OperationError(f"{name}: the worker process ended (exit {code}); it is restarted "
+                                     "at the next run")
+            reply = json.loads(line)
+        if not reply.get("ok"):
+            raise OperationError(f"{name}: {reply.get('error')}")
+        return reply.get("result")
 
 
 class MonitorJob:
-    """One `pveguard monitor` poll per run; keeps the runtime's snapshot (or marks it stale)."""
+    """One `pveguard monitor` poll per run (in the worker); keeps the runtime's snapshot or marks
+    it stale when PVE does not answer."""
 
-    def __init__(self, rt: Runtime) -> None:
-        from pveguard.context import AppContext
-
-        self.rt = rt
-        # its own connection: it runs in a worker thread while the API reads on the event loop
-        self.ctx = AppContext(rt.ctx.strategy_path, rt.ctx.state_dir, rt.ctx.verbose, rt.ctx.strategy_explicit)
-        self.mon: Any = None
+    def __init__(self, rt: Runtime, worker: Worker) -> None:
+        self.rt, self.worker = rt, worker
 
     def __call__(self) -> None:
-        from pveguard.errors import PveguardError
-        from pveguard.monitor.cli import build_monitor, export_view
-
-        now = time.time()
-        if self.mon is None:
-            try:
-                self.mon = build_monitor(self.ctx)
-            except PveguardError as exc:
-                self.rt.mark_stale(exc.message, now)
-                raise
-        res = self.mon.poll()
-        self.rt.extra["export_view"] = export_view(self.mon, self.ctx.state_dir)
-        if res.error:
-            self.rt.mark_stale(res.error, res.ts)
-            raise OperationError(f"monitor: PVE unreachable: {res.error}")
-        self.rt.set_snapshot(snapshot(res, self.mon), res.ts)
-        for e in res.events:
-            self.rt.events.publish("alert", {"rule": e.rule, "target": e.target, "name": e.name,
-                                             "state": e.kind, "value": e.value})
+        try:
+            res = self.worker.call("monitor")
+        except JobStopped:
+            raise
+        except OperationError as exc:
+            self.rt.mark_stale(exc.message, time.time())
+            raise
+        if res.get("error"):
+            self.rt.mark_stale(res["error"], float(res["ts"]))
+            raise OperationError(f"monitor: PVE unreachable: {res['error']}")
+        self.rt.set_snapshot(res["snapshot"], float(res["ts"]))
+        for e in res.get("events", []):
+            self.rt.events.publish("alert", e)
 
 
 def snapshot(res: Any, mon: Any) -> dict[str, Any]:
@@ -162,20 +201,14 @@ def snapshot(res: Any, mon: Any) -> dict[str, Any]:
 
 
 class RecoverJob:
-    """One `pveguard recover --once` sweep per run, in-process (every 10 s by default: a child
-    process each time would cost more than the sweep)."""
+    """One `pveguard recover --once` sweep per run (in the worker: every 10 s by default, a fresh
+    child each time would cost more than the sweep)."""
 
-    def __init__(self, rt: Runtime) -> None:
-        from pveguard.context import AppContext
-
-        self.rt = rt
-        self.ctx = AppContext(rt.ctx.strategy_path, rt.ctx.state_dir, rt.ctx.verbose, rt.ctx.strategy_explicit)
+    def __init__(self, rt: Runtime, worker: Worker) -> None:
+        self.rt, self.worker = rt, worker
 
     def __call__(self) -> None:
-        from pveguard.recover.cli import run_once
-
-        report = run_once(self.ctx)
-        data = report.as_dict()
+        data = self.worker.call("recover")
         self.rt.extra["recover"] = data
         acted = [o for o in data.get("containers", []) if o.get("action") not in ("none", "skipped")]
         if acted:
@@ -212,10 +245,11 @@ def build_jobs(rt: Runtime) -> list[Job]:
         data = run_cli(rt, "certs", ["certs", "check", "--json"], ok_codes=(0, 1))
         rt.extra["certs"] = data
 
-    recover = RecoverJob(rt)
+    worker = Worker(rt)
+    recover = RecoverJob(rt, worker)
 
     return [
-        Job("monitor", monitor_every, MonitorJob(rt)),
+        Job("monitor", monitor_every, MonitorJob(rt, worker)),
         Job("recover", recover_every, recover),
         Job("backups", sch.backups.total_seconds(), backups),
         Job("audit", sch.audit.total_seconds(), audit),
