@@ -58,6 +58,8 @@ class Rig:
     shots: Path
     log: Path
     tmp: Path
+    sim_port: int = 0
+    sim_proc: subprocess.Popen[bytes] | None = None
 
     def sim(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         req = urllib.request.Request(self.sim_url + path, method=method,
@@ -82,9 +84,10 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
     port, sim_port = free_port(), free_port()
     sim = start_pvesim(sim_port, tmp / "sim.json")
     serve: subprocess.Popen[bytes] | None = None
+    rig: Rig | None = None
     try:
         sim_url = f"https://127.0.0.1:{sim_port}/_sim"  # pvesim answers TLS like PVE
-        rig = Rig(f"http://127.0.0.1:{port}", sim_url, {}, [], shots, tmp / "serve.log", tmp)
+        rig = Rig(f"http://127.0.0.1:{port}", sim_url, {}, [], shots, tmp / "serve.log", tmp, sim_port, sim)
         # the cluster's guests are the service containers: pveguard watches guests tagged 'pveguard'
         for g in rig.sim("GET", "/guests"):
             conf = rig.sim("GET", f"/guests/{g['vmid']}")
@@ -120,6 +123,8 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         if serve is not None and serve.poll() is None:
             stop(serve, timeout=10)
         stop(sim)
+        if rig is not None and rig.sim_proc is not None and rig.sim_proc is not sim:
+            stop(rig.sim_proc)
 
 
 @pytest.fixture(scope="module")
@@ -274,3 +279,27 @@ def test_a_viewer_sees_no_approve_button_and_the_api_refuses_it(rig: Rig, browse
     # the silence form is not there either
     page.goto(rig.url + "/alerts")
     assert page.locator("#silence").count() == 0
+
+
+def test_pve_gone_the_open_page_says_stale_since_and_recovers_by_itself(rig: Rig, browser: Any) -> None:
+    """Runs last: it stops pvesim (its guests come back from the same seed, untagged: the page then
+    waits for the first poll after the restart, then shows the state again)."""
+    page = browser("stale").new_page()
+    login(rig, page, "viewer", "/")
+    page.evaluate("window.__noReload = 'still here'")
+    assert page.locator(".banner.stale").count() == 0
+    assert rig.sim_proc is not None
+    rig.sim_proc.kill()
+    rig.sim_proc.wait()
+    banner = page.locator("#banner .banner.stale")
+    banner.wait_for(timeout=30_000)
+    text = banner.inner_text()
+    assert "PVE unreachable since" in text and "showing the last state" in text, text
+    assert page.locator("table.containers tbody tr[data-id]").count() == len(rig.guests)  # the last state stays
+    assert page.evaluate("window.__noReload") == "still here"
+    shot(rig, page, "overview-stale")
+    page.set_viewport_size(PHONE)
+    shot(rig, page, "overview-stale-phone")
+    rig.sim_proc = start_pvesim(rig.sim_port, rig.tmp / "sim.json")
+    page.wait_for_function("!document.querySelector('#banner .banner.stale')", timeout=30_000)
+    assert page.evaluate("window.__noReload") == "still here"
