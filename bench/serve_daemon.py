@@ -50,6 +50,43 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
     return own, children
 
 
+def descendants(pid: int) -> list[int]:
+    """Live child processes of pid, recursively (the worker process, running child jobs)."""
+    out: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            for child in (task / "children").read_text().split():
+                out += [int(child), *descendants(int(child))]
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return out
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds of pid and its reaped children, plus those of its live descendants."""
+    own, reaped = cpu_seconds(pid)
+    total = own + reaped
+    for child in descendants(pid):
+        try:
+            c_own, c_reaped = cpu_seconds(child)
+        except FileNotFoundError:
+            continue
+        total += c_own + c_reaped
+    return total
+
+
+def tree_rss(pid: int) -> tuple[float, float]:
+    """(RSS of pid, RSS of pid + its live descendants) in MiB."""
+    main = rss_mib(pid)
+    rest = 0.0
+    for child in descendants(pid):
+        try:
+            rest += rss_mib(child)
+        except FileNotFoundError:
+            continue
+    return main, main + rest
+
+
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -130,24 +167,32 @@ def main() -> None:
         print(f"warm-up {args.warmup:.0f}s: {st['guests']['total']} guests, {len(st['containers'])} service "
               f"containers, jobs: " + ", ".join(f"{n}={j['runs']} runs ok={j['last_ok']}"
                                                  for n, j in st["jobs"].items()), flush=True)
-        own0, ch0 = cpu_seconds(daemon.pid)
+        own0, _ = cpu_seconds(daemon.pid)
+        all0 = tree_cpu(daemon.pid)
         sim0 = sum(cpu_seconds(sim_pid))
         polls0 = st["jobs"]["monitor"]["runs"]
         rss: list[float] = []
+        rss_all: list[float] = []
+        load0 = os.getloadavg()[0]
         start = time.monotonic()
         while time.monotonic() - start < args.minutes * 60:
-            rss.append(rss_mib(daemon.pid))
+            main_rss, whole = tree_rss(daemon.pid)
+            rss.append(main_rss)
+            rss_all.append(whole)
             time.sleep(1.0)
         wall = time.monotonic() - start
-        own1, ch1 = cpu_seconds(daemon.pid)
+        own1, _ = cpu_seconds(daemon.pid)
+        all1 = tree_cpu(daemon.pid)
         sim1 = sum(cpu_seconds(sim_pid))
         st = status()
         polls = st["jobs"]["monitor"]["runs"] - polls0
         print(f"\nidle serving over {wall:.0f}s ({polls} polls of {args.guests} guests, poll {args.poll}):")
-        print(f"  daemon CPU {own1 - own0:.2f}s = {100 * (own1 - own0) / wall:.2f}% of one core; "
-              f"with its child jobs {(own1 - own0) + (ch1 - ch0):.2f}s = "
-              f"{100 * ((own1 - own0) + (ch1 - ch0)) / wall:.2f}%")
-        print(f"  daemon RSS mean {sum(rss) / len(rss):.0f} MiB, max {max(rss):.0f} MiB")
+        print(f"  serving process CPU {own1 - own0:.2f}s = {100 * (own1 - own0) / wall:.2f}% of one core; "
+              f"with its worker and child jobs {all1 - all0:.2f}s = {100 * (all1 - all0) / wall:.2f}%")
+        print(f"  RSS serving process mean {sum(rss) / len(rss):.0f} MiB, max {max(rss):.0f} MiB; with worker and "
+              f"child jobs mean {sum(rss_all) / len(rss_all):.0f} MiB, max {max(rss_all):.0f} MiB")
+        print(f"  machine load average (1 min) {load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end "
+              f"({os.cpu_count()} CPUs)")
         print(f"  pvesim CPU {sim1 - sim0:.2f}s ({100 * (sim1 - sim0) / wall:.2f}%)")
         print("  jobs: " + ", ".join(f"{n}: runs {j['runs']} failures {j['failures']}" for n, j in st["jobs"].items()))
         for n, j in st["jobs"].items():
@@ -160,8 +205,10 @@ def main() -> None:
         print(f"\nload: {shown}", flush=True)
         size = len(json.dumps(status()))
         own0, _ = cpu_seconds(daemon.pid)
+        load0 = os.getloadavg()[0]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         own1, _ = cpu_seconds(daemon.pid)
+        print(f"machine load average (1 min) {load0:.1f} before the load, {os.getloadavg()[0]:.1f} after")
         print(out)
         lat = dict(re.findall(r"^\s+(50|75|90|99)%\s+(\S+)$", out, re.M))
         rps = re.search(r"Requests/sec:\s+(\S+)", out)

@@ -165,14 +165,16 @@ def test_a_restart_does_not_run_a_job_again(rig: Rig) -> None:
 def start_pvesim(port: int, info: Path) -> subprocess.Popen[bytes]:
     info.unlink(missing_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "pvesim", "--port", str(port), "--nodes", "1", "--guests", "3",
-                             "--seed", "3", "--info-file", str(info)],
+                             "--seed", "3", "--info-file", str(info), "--state", str(info.with_suffix(".state")),
+                             "--task-seconds", "vzcreate=0.2", "--task-seconds", "vzstart=0.1",
+                             "--task-seconds", "download=0.1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: info.exists() and info.read_text().strip(), what="pvesim")
     return proc
 
 
 @needs_sim
-def test_pve_killed_serves_the_last_state_stale_and_recovers(tmp_path: Path) -> None:
+def test_pve_stopped_serves_the_last_state_stale_and_recovers(tmp_path: Path) -> None:
     port = free_port()
     sim = start_pvesim(port, tmp_path / "sim.json")
     token = json.loads((tmp_path / "sim.json").read_text())["token"]
@@ -182,11 +184,17 @@ def test_pve_killed_serves_the_last_state_stale_and_recovers(tmp_path: Path) -> 
     write_strategy(tmp_path / "strategy.yaml", monitor="1s")
     rig = Rig(tmp_path, env)
     try:
+        created = subprocess.run([sys.executable, "-m", "pveguard", "--strategy", str(rig.strategy), "--state-dir",
+                                  str(rig.state), "apply", "--yes"], env=env, capture_output=True, text=True,
+                                 timeout=120, check=False)
+        assert created.returncode == 0, created.stderr
         d = rig.start()
         fresh = wait_for(lambda: (s := d.status())["snapshot_at"] and s["guests"]["total"] and s, what="a poll")
-        assert fresh["stale"] is False and fresh["stale_since"] is None and fresh["guests"]["total"] == 3
-        sim.kill()  # PVE gone, mid-whatever
-        sim.wait()
+        assert fresh["stale"] is False and fresh["stale_since"] is None and fresh["guests"]["total"] == 4
+        (db,) = fresh["containers"]  # the service container, with live usage
+        assert db["name"] == "sv-db" and db["status"] == "running" and {"cpu", "memory"} <= set(db["usage"])
+        sim.terminate()  # PVE gone (pvesim keeps its guests in --state for its restart)
+        sim.wait(timeout=30)
         stale = wait_for(lambda: (s := d.status())["stale_since"] and s, what="stale_since")
         assert stale["stale"] is True and stale["pve_error"]
         assert stale["guests"] == fresh["guests"]  # the last state is still served
@@ -197,7 +205,7 @@ def test_pve_killed_serves_the_last_state_stale_and_recovers(tmp_path: Path) -> 
         sim = start_pvesim(port, tmp_path / "sim.json")
         back = wait_for(lambda: (s := d.status())["stale_since"] is None and s, what="recovery")
         assert back["stale"] is False and back["jobs"]["monitor"]["last_ok"] is True
-        assert back["guests"]["total"] == 3
+        assert back["guests"]["total"] == 4
         assert "Traceback" not in d.log.read_text()
     finally:
         rig.close()

@@ -196,9 +196,24 @@ def authenticate(store: Store, secret: str, now: float | None = None) -> Caller 
     if token.state(now) != "active":
         return None
     if token.last_used_at is None or now - token.last_used_at > 60:  # not one write per request
-        with store.transaction() as conn:
-            conn.execute("UPDATE serve_token SET last_used_at = ? WHERE name = ?", (now, token.name))
+        _touch(store, token.name, now)
     return Caller(token.name, token.role)
+
+
+def _touch(store: Store, name: str, now: float) -> None:
+    """Note the token's use; skipped (tried again next minute) when another process holds the write
+    lock: the API's event loop must never wait on it."""
+    from pveguard.store import BUSY_TIMEOUT_MS
+
+    store.conn.execute("PRAGMA busy_timeout=20")
+    try:
+        with store.transaction() as conn:
+            conn.execute("UPDATE serve_token SET last_used_at = ? WHERE name = ?", (now, name))
+    except Exception as exc:  # StateError (busy) or sqlite3.OperationalError: only a statistic is lost
+        if "busy" not in str(exc) and "locked" not in str(exc):
+            raise
+    finally:
+        store.conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
 
 # --- web sessions ------------------------------------------------------------------------------

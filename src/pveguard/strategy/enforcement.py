@@ -27,6 +27,7 @@ NOT_ENFORCED: dict[str, int] = {
     "security.access.api_token_privsep": 13,
     "security.access.certificates.manage": 13,  # warn_before is read by 'pveguard certs'
     "emergency.resource_exhaustion": 14,  # container_failure is read by 'pveguard recover'
+    "serve.container": 15,  # serve/deploy.py renders what apply will push; apply does not call it yet
 }
 
 Loc = tuple[str | int, ...]
