@@ -9,7 +9,6 @@ and answer 303 back to the page with a notice.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -153,7 +152,7 @@ def register(app: FastAPI, rt: Runtime) -> None:
                           before: int | None = None, who: Caller = Depends(auth.viewer)) -> Response:
         page = data.ledger_page(rt, action=action or None, actor=actor or None, target=target or None,
                                 before=before, limit=50)
-        verify = (await asyncio.to_thread(rt.ctx.verify_ledger)).as_dict()
+        verify = await data.ledger_verify(rt)
         more = None
         if page["next_before"] is not None:
             more = "/ledger?" + urlencode({k: v for k, v in (("action", action), ("actor", actor),

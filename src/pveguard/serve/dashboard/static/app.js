@@ -49,11 +49,14 @@
   var es = new EventSource("/api/v1/events");
   es.onopen = function () { say("live", "on"); };
   es.onerror = function () { say("reconnecting…", "off"); };
+  // which events change what this page shows (the template says so in <body data-live-events>)
+  var kinds = (document.body.dataset.liveEvents || "status").split(/\s+/);
   ["status", "stale", "alert", "ledger", "job", "recover"].forEach(function (kind) {
     es.addEventListener(kind, function (ev) {
       if (kind === "stale") say("PVE unreachable", "off");
       else if (kind === "status") say("live", "on");
-      schedule();
+      // a page showing the "PVE unreachable" banner wants the next status event to clear it
+      if (kinds.indexOf(kind) >= 0 || (kind === "status" && document.querySelector("#banner .banner"))) schedule();
     });
   });
   window.addEventListener("beforeunload", function () { es.close(); });
