@@ -188,11 +188,10 @@ def test_overview_shows_the_cluster_containers_and_a_cpu_alert_arrives_live(rig:
     try:
         page.locator(f'#firing [data-alert="cpu:{hot["id"]}"]').wait_for(timeout=30_000)
         row = page.locator(f'tr[data-id="{hot["id"]}"]')
-        page.wait_for_function("id => document.querySelector(`tr[data-id=\"${id}\"]`).innerText.includes('cpu:firing')",
-                               arg=hot["id"])
+        page.locator(f'tr[data-id="{hot["id"]}"]', has_text="cpu:firing").wait_for()
         assert page.evaluate("window.__noReload") == "still here"  # the same document: no reload
         assert int(page.locator("#firing-count").inner_text()) >= 1
-        assert "cpu:firing" in row.inner_text()
+        assert "cpu:firing" in row.inner_text() and "97%" in row.inner_text()  # live usage, no reload
         shot(rig, page, "overview-alert")
         page.set_viewport_size(PHONE)
         shot(rig, page, "overview-phone")
@@ -276,6 +275,14 @@ def test_a_viewer_sees_no_approve_button_and_the_api_refuses_it(rig: Rig, browse
     csrf = page.evaluate("""async () => (await fetch('/api/v1/approvals', {method: 'POST',
         headers: {'Content-Type': 'application/json'}, body: '{}'})).status""")
     assert csrf == 403
+    # the keyboard: the first Tab reaches the skip link, with a visible focus ring; Enter moves to the content
+    page.goto(rig.url + "/")
+    page.keyboard.press("Tab")
+    focused = page.evaluate("""() => { const e = document.activeElement, s = getComputedStyle(e);
+        return {text: e.textContent, outline: s.outlineStyle, width: s.outlineWidth}; }""")
+    assert focused["text"] == "Skip to content" and focused["outline"] != "none" and focused["width"] != "0px", focused
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
     # the silence form is not there either
     page.goto(rig.url + "/alerts")
     assert page.locator("#silence").count() == 0
@@ -301,5 +308,5 @@ def test_pve_gone_the_open_page_says_stale_since_and_recovers_by_itself(rig: Rig
     page.set_viewport_size(PHONE)
     shot(rig, page, "overview-stale-phone")
     rig.sim_proc = start_pvesim(rig.sim_port, rig.tmp / "sim.json")
-    page.wait_for_function("!document.querySelector('#banner .banner.stale')", timeout=30_000)
+    banner.wait_for(state="detached", timeout=30_000)
     assert page.evaluate("window.__noReload") == "still here"

@@ -174,3 +174,12 @@ def test_stale_state_is_on_every_page(web: Web) -> None:
     web.rt.mark_stale("connection refused", time.time() - 120)
     page = web.client("viewer").get("/ledger").text
     assert "PVE unreachable since" in page and "connection refused" in page
+
+
+def test_pages_are_not_cached_framed_or_open_to_foreign_scripts(web: Web) -> None:
+    for r in (web.client(None).get("/login"), web.client("viewer").get("/")):
+        assert r.headers["cache-control"] == "no-store"
+        assert r.headers["x-frame-options"] == "DENY"
+        csp = r.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
+        assert "<script>" not in r.text  # no inline script: the CSP would block it

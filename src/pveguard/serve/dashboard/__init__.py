@@ -30,6 +30,15 @@ from pveguard.serve.runtime import Runtime
 from pveguard.serve.tokens import Caller
 
 HERE = Path(__file__).parent
+# Pages never cached, never framed (clickjacking on the approve buttons), scripts only from here.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+                               "script-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 PAGES = ("/", "/containers", "/alerts", "/approvals", "/audit", "/ledger")
 
 env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"]),
@@ -73,7 +82,7 @@ def register(app: FastAPI, rt: Runtime) -> None:
             request=request, who=who, version=__version__, path=request.url.path, stale=st["stale"],
             stale_since=st["stale_since"], pve_error=st["pve_error"], snapshot_at=st["snapshot_at"],
             notice=request.query_params.get("notice"), error_msg=request.query_params.get("error"), **ctx)
-        return HTMLResponse(html, status_code=status, headers={"Cache-Control": "no-store"})
+        return HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
 
     def back(path: str, **params: str) -> RedirectResponse:
         return RedirectResponse(path + ("?" + urlencode(params) if params else ""), status_code=303)
