@@ -108,3 +108,25 @@ def test_ledger_paging(api: Api) -> None:
     second = api.client.get("/api/v1/ledger", params={"limit": 2, "action": "test", "before": first["next_before"]},
                             headers=api.h("viewer")).json()
     assert [e["target"] for e in second["entries"]] == ["t2", "t1"]
+
+
+def test_history_of_a_recorded_guest(api: Api) -> None:
+    import time as _t
+
+    from pveguard.monitor.series import SeriesStore, TargetInfo
+
+    now = _t.time()
+    series = SeriesStore(api.rt.ctx.store)
+    for i in range(3):
+        series.record(now - 60 + i * 15, {"lxc/101": {"cpu": 10.0 * (i + 1)}},
+                      [TargetInfo("lxc/101", 101, "pve-monitoring", "pve1", "lxc", True, now)])
+    r = api.client.get("/api/v1/history/pve-monitoring", params={"metric": "cpu", "since": "1h"},
+                       headers=api.h("viewer"))
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["guest"] == "lxc/101" and doc["unit"] == "%"
+    assert [p["value"] for p in doc["points"]] == [10.0, 20.0, 30.0]
+    assert api.client.get("/api/v1/history/lxc/101", headers=api.h("viewer")).json()["name"] == "pve-monitoring"
+    assert api.client.get("/api/v1/history/nope", headers=api.h("viewer")).status_code == 404
+    assert api.client.get("/api/v1/history/lxc/101", params={"metric": "x"}, headers=api.h("viewer")).status_code == 422
+    assert api.client.get("/api/v1/history/lxc/101").status_code == 401

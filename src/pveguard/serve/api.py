@@ -107,6 +107,30 @@ def register(app: FastAPI, rt: Runtime) -> None:
         rt.record(who, "alerts.unsilence", sil.target, silence_id=sil.id)
         return silence_json(sil)
 
+    # --- history ------------------------------------------------------------------------------
+
+    @app.get(f"{API}/history/{{guest:path}}", tags=["status"], dependencies=[viewer])
+    async def history(guest: str, metric: str = Query("cpu", description="cpu, memory, disk, disk_read, "
+                                                      "disk_write, net_in, net_out"),
+                      since: str = Query("6h", description="how far back: 30m, 6h, 7d")) -> dict[str, Any]:
+        """A guest's recorded series (as 'pveguard monitor history --json'): name, vmid or id (lxc/101)."""
+        from pveguard.monitor.collector import SERIES_UNITS
+        from pveguard.monitor.series import SeriesStore
+        from pveguard.output import iso_utc
+
+        if metric not in SERIES_UNITS:
+            raise HTTPException(422, f"unknown metric {metric!r}: use one of {', '.join(SERIES_UNITS)}")
+        seconds = _duration(since, "since")
+        series = SeriesStore(rt.ctx.store)
+        target = series.resolve(guest)
+        if target is None:
+            raise HTTPException(404, f"no recorded series for guest {guest!r}")
+        now = time.time()
+        tier, points = series.history(target.id, metric, now - seconds, now)
+        return {"guest": target.id, "name": target.name, "metric": metric, "unit": SERIES_UNITS[metric],
+                "tier": tier,
+                "points": [{"ts": iso_utc(p.ts), "value": p.value, "min": p.min, "max": p.max} for p in points]}
+
     # --- approvals ---------------------------------------------------------------------------
 
     @app.get(f"{API}/approvals", tags=["approvals"], dependencies=[viewer])

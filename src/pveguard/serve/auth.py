@@ -70,6 +70,17 @@ async def _check_csrf(request: Request, who: Caller) -> None:
                             f"or the '{CSRF_FIELD}' form field")
 
 
+async def optional_caller(request: Request) -> Caller | None:
+    """The caller, or None instead of 401 (for pages that redirect to a login form). A session
+    caller's unsafe request without the CSRF token still gets 403."""
+    try:
+        return await caller(request)
+    except HTTPException as exc:
+        if exc.status_code == 401:
+            return None
+        raise
+
+
 def require(role: Role) -> Callable[..., Awaitable[Caller]]:
     """A dependency: the caller when their role is `role` or above, else 403 naming both roles."""
 

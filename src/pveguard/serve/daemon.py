@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -103,6 +104,28 @@ def resolve_listen(strategy: Strategy, state_dir: Path, listen: str | None) -> L
 
     cert, key = ensure_self_signed(state_dir / "serve-tls", host)
     return Listen(host, port, cert, key)
+
+
+def bind(listen: Listen) -> socket.socket:
+    """The listening socket, bound here so that a taken or foreign address is one clear error."""
+    try:
+        infos = socket.getaddrinfo(listen.host, listen.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise UsageError(f"--listen: cannot resolve {listen.host!r}: {exc.strerror}",
+                         hint="use an IP address, e.g. --listen 127.0.0.1:8450") from None
+    family, kind, proto, _name, addr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise OperationError(f"cannot listen on {listen.url}: {exc.strerror}",
+                             hint="another program holds the port, or the address is not this machine's: "
+                             "pick another with --listen HOST:PORT") from None
+    sock.set_inheritable(False)
+    return sock
 
 
 # --- one daemon per state directory -------------------------------------------------------------
@@ -283,17 +306,18 @@ async def _main(rt: Runtime, listen: Listen, jobs: list[Job]) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    serving = asyncio.create_task(server.serve())
+    sock = bind(listen)
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
     while not server.started and not serving.done():
         await asyncio.sleep(0.02)
     if serving.done():
-        why = serving.exception() if not serving.cancelled() else None
-        raise OperationError(f"cannot listen on {listen.url}" + (f": {why}" if why else
-                             " (the address is in use or not available here)"),
-                             hint="pick another address with --listen HOST:PORT")
+        raise OperationError(f"cannot serve on {listen.url}", hint="see the log lines above")
     sched_task = asyncio.create_task(sched.run())
     log.info("pveguard serve on %s (state %s, %d jobs)", listen.url, rt.ctx.state_dir, len(jobs))
     print(f"pveguard serve: listening on {listen.url}", file=sys.stderr, flush=True)
+    if not any(t.state() == "active" for t in tokens.listing(rt.ctx.store)):
+        log.warning("there is no active API token: only /healthz answers; create one with "
+                    "'pveguard api-token create NAME --role admin'")
     await asyncio.wait({serving, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
     log.info("stopping")
     sched.stopping = True

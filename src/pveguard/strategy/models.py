@@ -571,8 +571,13 @@ class Target(StrictModel):
 # --- the strategy -------------------------------------------------------------------------------
 
 
+def _on_off(value: Any) -> Any:
+    """YAML 1.1 reads a bare `off` / `on` as a boolean: take it as the word the user wrote."""
+    return {False: "off", True: "on"}[value] if isinstance(value, bool) else value
+
+
 class ServeTls(StrictModel):
-    mode: Literal["auto", "on", "off"] = Field(
+    mode: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = Field(
         "auto", description="auto: plain HTTP on loopback, TLS elsewhere; off is refused off loopback")
     cert_file: str | None = Field(None, description="PEM certificate; empty = one serve creates in the state dir")
     key_file: str | None = Field(None, description="PEM private key for cert_file")
