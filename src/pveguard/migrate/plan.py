@@ -170,8 +170,9 @@ def build(facts: HostFacts, strategy: Strategy, service: str, to: str | None = N
     mig = suggest.migration_facts(unit, facts)
     notes += mig.notes
     sizes = installed_sizes(facts.root)
-    packages = [{"name": n, "version": facts.packages[n].version, "installed_size_bytes": sizes.get(n, 0)}
-                for n in service_packages(unit, facts, graph, classifier)]
+    packages: list[dict[str, Any]] = [
+        {"name": n, "version": facts.packages[n].version, "installed_size_bytes": sizes.get(n, 0)}
+        for n in service_packages(unit, facts, graph, classifier)]
     config = [_size_doc(path_size(facts.root, p)) for p in mig.config_paths]
     data = [_size_doc(path_size(facts.root, p)) for p in mig.data_paths]
     data_bytes = sum(p["bytes"] for p in config + data)
@@ -191,7 +192,7 @@ def build(facts: HostFacts, strategy: Strategy, service: str, to: str | None = N
                          must_grow=must_grow, grow_to=f"{grow_gib}G" if grow_gib else None)
     ports = _port_numbers(mig.ports)
     net = spec.network if spec is not None else None
-    network = {
+    network: dict[str, Any] = {
         "source": source,
         "bridge": (net.bridge if net and net.bridge else strategy.network.bridge),
         "vlan": (net.vlan if net and net.vlan is not None else strategy.network.container_vlan),
