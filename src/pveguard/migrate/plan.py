@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pveguard.audit import services, suggest
+from pveguard.audit import services, suggest, unitfile
 from pveguard.audit.facts import HostFacts, Unit
 from pveguard.audit.pkggraph import DependencyGraph
 from pveguard.errors import UsageError
@@ -147,8 +148,9 @@ def _port_numbers(ports: list[str]) -> list[dict[str, Any]]:
 
 
 def build(facts: HostFacts, strategy: Strategy, service: str, to: str | None = None,
-          source: str = "local") -> dict[str, Any]:
-    """The migration plan document (docs/json.md `migrate plan`)."""
+          source: str = "local", sizer: Callable[[str], PathSize] | None = None) -> dict[str, Any]:
+    """The migration plan document (docs/json.md `migrate plan`). `sizer` measures a path (default:
+    below the audited root)."""
     unit = find_unit(facts, service)
     graph = DependencyGraph(facts.packages)
     policy = strategy.installation_policy
@@ -173,8 +175,20 @@ def build(facts: HostFacts, strategy: Strategy, service: str, to: str | None = N
     packages: list[dict[str, Any]] = [
         {"name": n, "version": facts.packages[n].version, "installed_size_bytes": sizes.get(n, 0)}
         for n in service_packages(unit, facts, graph, classifier)]
-    config = [_size_doc(path_size(facts.root, p)) for p in mig.config_paths]
-    data = [_size_doc(path_size(facts.root, p)) for p in mig.data_paths]
+    size = sizer or (lambda p: path_size(facts.root, p))
+    data_paths = list(mig.data_paths)
+    provides = {x for n in service_packages(unit, facts, graph, classifier) for x in facts.packages[n].provides()}
+    if "httpd" in provides and "/var/www" not in data_paths and (facts.root / "var/www").is_dir():
+        data_paths.append("/var/www")  # a web server's documents (created by its admin, listed by no package)
+    carry: list[str] = []
+    if not unit.package and unit.path:   # a hand-made unit: its file and its program move with it
+        carry.append(unit.path)
+        for value in mig.exec_start:
+            argv = unitfile.exec_argv(value)
+            if argv and argv[0].startswith(("/usr/local/", "/opt/", "/srv/")):
+                carry.append(argv[0])
+    config = [_size_doc(size(p)) for p in mig.config_paths]
+    data = [_size_doc(size(p)) for p in sorted(data_paths)]
     data_bytes = sum(p["bytes"] for p in config + data)
     pkg_bytes = sum(p["installed_size_bytes"] for p in packages)
     needed = BASE_FOOTPRINT + pkg_bytes + data_bytes
@@ -220,6 +234,7 @@ def build(facts: HostFacts, strategy: Strategy, service: str, to: str | None = N
         "config_paths": config,
         "data_paths": data,
         "log_paths": mig.log_paths,
+        "unit_paths": carry,
         "ports": ports,
         "users": _user_docs(mig, facts),
         "target": {"container": target, "chosen_by": "--to" if to else "audit suggestion",
