@@ -445,6 +445,7 @@ def step_switch_traffic(m: Migration) -> dict[str, Any]:
         answers[str(p)] = True
     gap = st["switched_at"] - st["source_stopped_at"] if "source_stopped_at" in st else None
     return {"forwarded": [f"{p['proto']}/{p['port']}" for p in ports], "to": st["ct_address"],
+            "switched_at": st["switched_at"],
             "table": st["forward_table"], "gap_seconds": round(gap, 3) if gap is not None else None}
 
 
