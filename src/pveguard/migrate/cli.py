@@ -82,19 +82,25 @@ def run_cmd(
 ) -> None:
     """Migrate SERVICE step by step (create, install, migrate-data, test, switch-traffic, remove-from-host,
     validate). Each step is journaled; run it again after an interruption and it resumes."""
-    import sys
-
     from pveguard.migrate import run
 
     app_ctx = _app(ctx)
     app_ctx.require_named_strategy()
+    with run.migrate_lock(app_ctx.state_dir):
+        _run_locked(app_ctx, service, to, source, yes, json_out)
+
+
+def _run_locked(app_ctx: AppContext, service: str, to: str | None, source: str | None, yes: bool,
+                json_out: bool) -> None:
+    import sys
+
+    from pveguard.migrate import run
+
     m = run.start(app_ctx, service, to, source, _say)
     if m.run.state != "done" and not yes:
         if not sys.stdin.isatty():
             raise UsageError("migrate run changes the source and the container", hint="add --yes to go ahead")
-        left = [s for s in m.run.data["plan"]["steps"] if s["name"] not in m.run.steps
-                or m.run.steps[s["name"]].state != "done"][2:] if not m.run.steps else [
-            s for s in m.run.data["plan"]["steps"][2:] if not m.run.done(s["name"])]
+        left = [s for s in m.run.data["plan"]["steps"][2:] if not m.run.done(s["name"])]
         for s in left:
             typer.echo(f"  {s['n']}. {s['name']}: {s['what']}")
         if not typer.confirm(f"migrate {m.unit} from {m.run.source} to {m.run.target}?"):
@@ -187,5 +193,6 @@ def rollback_cmd(
             raise UsageError("migrate rollback changes the source and the container", hint="add --yes to go ahead")
         if not typer.confirm(f"roll back the migration of {service}?"):
             raise typer.Exit(1)
-    r = run.rollback(app_ctx, service, _say)
+    with run.migrate_lock(app_ctx.state_dir):
+        r = run.rollback(app_ctx, service, _say)
     typer.echo(f"{r.service}: {r.state} (back on {r.source})")

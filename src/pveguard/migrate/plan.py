@@ -178,7 +178,7 @@ def build(facts: HostFacts, strategy: Strategy, service: str, to: str | None = N
     size = sizer or (lambda p: path_size(facts.root, p))
     data_paths = list(mig.data_paths)
     provides = {x for n in service_packages(unit, facts, graph, classifier) for x in facts.packages[n].provides()}
-    if "httpd" in provides and "/var/www" not in data_paths and (facts.root / "var/www").is_dir():
+    if "httpd" in provides and "/var/www" not in data_paths and size("/var/www").exists:
         data_paths.append("/var/www")  # a web server's documents (created by its admin, listed by no package)
     carry: list[str] = []
     if not unit.package and unit.path:   # a hand-made unit: its file and its program move with it

@@ -8,13 +8,15 @@ row, never re-read from a source the migration has already changed.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +158,25 @@ class Migration:
                 backend.start(guest)
             self.backend, self.guest, self.ct = backend, guest, endpoints.for_guest(backend, guest)
         return self.backend, self.guest, self.ct
+
+
+@contextmanager
+def migrate_lock(state_dir: Path) -> Iterator[None]:
+    """One migrate run or rollback at a time per state directory (the kernel drops it on kill -9)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(state_dir / "migrate.lock", os.O_RDWR | os.O_CREAT, 0o640)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise OperationError(f"another pveguard migrate is running (pid {holder})",
+                                 hint="wait for it to finish, then run this command again") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _kill_hook(step: str) -> None:
