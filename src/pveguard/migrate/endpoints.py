@@ -206,15 +206,15 @@ def _pump(src: IO[bytes] | None, errors: list[bytes]) -> None:
 
 def tar_copy(src: Endpoint, dst: Endpoint, paths: Sequence[str], timeout: float = 3600) -> int:
     """Stream `paths` (absolute) from `src` to `dst` with tar: owners by name (users exist on both),
-    modes, symlinks, xattrs kept. Returns the bytes streamed. Missing paths are skipped."""
+    modes, times and symlinks kept. Returns the bytes streamed. Missing paths are skipped."""
     rel = [p.lstrip("/") for p in paths if p.startswith("/")]
     existing = src.run(["sh", "-c", 'cd / && for p in "$@"; do if [ -e "$p" ] || [ -L "$p" ]; '
                                     'then printf "%s\\n" "$p"; fi; done', "sh", *rel])
     rel = [line for line in existing.out.splitlines() if line]
     if not rel:
         return 0
-    reader = src.popen(["tar", "-C", "/", "--xattrs", "--acls", "-cpf", "-", "--", *rel], stdout=subprocess.PIPE)
-    writer = dst.popen(["tar", "-C", "/", "--xattrs", "--acls", "--same-owner", "-xpf", "-"],
+    reader = src.popen(["tar", "-C", "/", "-cpf", "-", "--", *rel], stdout=subprocess.PIPE)
+    writer = dst.popen(["tar", "-C", "/", "--same-owner", "-xpf", "-"],
                        stdin=subprocess.PIPE)
     assert reader.stdout is not None and writer.stdin is not None
     errs: list[bytes] = []

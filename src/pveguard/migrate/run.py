@@ -266,6 +266,9 @@ def step_create(m: Migration) -> dict[str, Any]:
                          f"and the container must grow to {grow}G",
                          hint=f"set resources.storage: {grow}G for {target} in the strategy, run 'pveguard apply', "
                               "then run this again (it resumes here)")
+    if m.doc["ports"] and not m.src.run(["sh", "-c", "command -v nft"]).ok:
+        raise OperationError(f"{m.src.label} has no nft (nftables) for the port forward of the switch",
+                             hint="apt-get install nftables on the source, then run this again")
     m.state["ct_address"] = ct.address()
     m.state["src_address"] = m.src.address()
     m.state["ct_ports_before"] = sorted(_listening(ct))
@@ -358,6 +361,9 @@ def step_migrate_data(m: Migration) -> dict[str, Any]:
     if m.src.run(["systemctl", "is-active", "--quiet", m.unit]).ok:
         first = endpoints.tar_copy(m.src, ct, paths)         # while the service runs
         m.say(f"first sync: {first} bytes")
+        # everything that needs no final data before the service stops: the gap stays short
+        ct.check(["systemctl", "daemon-reload"], "reloading systemd")
+        ct.check(["systemctl", "enable", m.unit], f"enabling {m.unit}")
         st["source_stopped_at"] = time.time()
         m.save()
         m.src.check(["systemctl", "stop", m.unit], f"stopping {m.unit}")
