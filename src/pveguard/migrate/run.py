@@ -276,9 +276,12 @@ def step_create(m: Migration) -> dict[str, Any]:
 
 
 def _listening(ep: Endpoint) -> set[int]:
-    r = ep.run(["ss", "-Hltn"])
+    return _ports_of(ep.run(["ss", "-Hltn"]).out)
+
+
+def _ports_of(ss_output: str) -> set[int]:
     out = set()
-    for line in r.out.splitlines():
+    for line in ss_output.splitlines():
         f = line.split()
         if len(f) >= 4 and f[3].rpartition(":")[2].isdigit():
             out.add(int(f[3].rpartition(":")[2]))
@@ -358,22 +361,29 @@ def step_migrate_data(m: Migration) -> dict[str, Any]:
         m.save()
     paths = m.paths()
     first = 0
+    prepared = False
     if m.src.run(["systemctl", "is-active", "--quiet", m.unit]).ok:
         first = endpoints.tar_copy(m.src, ct, paths)         # while the service runs
         m.say(f"first sync: {first} bytes")
         # everything that needs no final data before the service stops: the gap stays short
         ct.check(["systemctl", "daemon-reload"], "reloading systemd")
         ct.check(["systemctl", "enable", m.unit], f"enabling {m.unit}")
+        prepared = True
         st["source_stopped_at"] = time.time()
         m.save()
         m.src.check(["systemctl", "stop", m.unit], f"stopping {m.unit}")
+        m.say(f"stopped on {m.src.label} ({time.time() - st['source_stopped_at']:.2f}s)")
     final = endpoints.tar_copy(m.src, ct, paths)
     removed = endpoints.delete_extras(m.src, ct, [p for p in paths if not p.startswith("/etc/systemd/")])
-    ct.check(["systemctl", "daemon-reload"], "reloading systemd")
-    ct.check(["systemctl", "enable", m.unit], f"enabling {m.unit}")
+    if not prepared:
+        ct.check(["systemctl", "daemon-reload"], "reloading systemd")
+        ct.check(["systemctl", "enable", m.unit], f"enabling {m.unit}")
     st["ct_started"] = True
     m.save()
     ct.check(["systemctl", "restart", m.unit], f"starting {m.unit}")
+    if "source_stopped_at" in st:
+        m.say(f"final sync {final} bytes, started in {m.run.target} "
+              f"({time.time() - st['source_stopped_at']:.2f}s after the stop)")
     return {"users_created": made, "first_sync_bytes": first, "final_sync_bytes": final,
             "deleted_in_container": len(removed), "paths": paths}
 
@@ -391,12 +401,19 @@ def _wait(check: Callable[[], bool], seconds: float) -> bool:
 def step_test(m: Migration) -> dict[str, Any]:
     _, _, ct = m.container()
     rollback = f"the service is stopped on the source: 'pveguard migrate rollback {m.unit}' brings it back"
-    if not _wait(lambda: ct.run(["systemctl", "is-active", "--quiet", m.unit]).ok, 15):
-        status = ct.run(["systemctl", "status", "--no-pager", "-n", "5", m.unit]).out[-600:]
-        raise OperationError(f"{m.unit} is not active in {m.run.target}: {status}", hint=rollback)
     ports = m.tcp_ports()
-    if not _wait(lambda: set(ports) <= _listening(ct), 15):
-        raise OperationError(f"{m.run.target} does not listen on {sorted(set(ports) - _listening(ct))}",
+    seen: dict[str, Any] = {}
+
+    def up() -> bool:   # one round trip: active, and what listens
+        r = ct.run(["sh", "-c", 'systemctl is-active --quiet "$1" && ss -Hltn', "sh", m.unit])
+        seen["active"] = r.ok
+        seen["ports"] = _ports_of(r.out) if r.ok else set()
+        return r.ok and set(ports) <= seen["ports"]
+    if not _wait(up, 15):
+        if not seen.get("active"):
+            status = ct.run(["systemctl", "status", "--no-pager", "-n", "5", m.unit]).out[-600:]
+            raise OperationError(f"{m.unit} is not active in {m.run.target}: {status}", hint=rollback)
+        raise OperationError(f"{m.run.target} does not listen on {sorted(set(ports) - seen['ports'])}",
                              hint=rollback)
     answers = {}
     for p in ports:
@@ -448,22 +465,24 @@ def step_switch_traffic(m: Migration) -> dict[str, Any]:
     ports = [p for p in m.doc["ports"] if p["proto"] in ("tcp", "udp")]
     if not ports:
         return {"forwarded": [], "note": "the service listens on no port: no traffic to switch"}
-    if not m.src.run(["sh", "-c", "command -v nft"]).ok:
-        raise OperationError(f"{m.src.label} has no nft (nftables) for the port forward",
-                             hint="apt-get install nftables on the source, then run this again (it resumes here)")
-    fwd = m.src.run(["cat", "/proc/sys/net/ipv4/ip_forward"]).out.strip()
-    st.setdefault("ip_forward_before", fwd or "0")
-    m.save()
-    if fwd != "1":
-        m.src.check(["sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"], "turning on IPv4 forwarding")
+    # the old value and forwarding on, in one round trip (the service is down on the source meanwhile)
+    fwd = m.src.run(["sh", "-c", "f=/proc/sys/net/ipv4/ip_forward; cat $f; [ \"$(cat $f)\" = 1 ] || echo 1 > $f; "
+                     "cat $f"]).out.split()
+    if len(fwd) < 2 or fwd[1] != "1":
+        raise OperationError(f"cannot turn on IPv4 forwarding on {m.src.label}",
+                             hint="net.ipv4.ip_forward must be writable there (a container needs its own netns)")
+    st.setdefault("ip_forward_before", fwd[0])
     script = forward_rules(m.unit, st["ct_address"], ports)
     m.src.check(["nft", "-f", "-"], "installing the port forward", input=script.encode())
     st["forward_table"] = table_name(m.unit)
     st["switched_at"] = time.time()
     m.save()
+    if "source_stopped_at" in st:
+        m.say(f"forward on: {st['switched_at'] - st['source_stopped_at']:.2f}s after the stop on the source")
     answers = {}
     for p in m.tcp_ports():
         want = st["baseline"][str(p)]
+
         def answers_as_before(p: int = p, want: dict[str, Any] = want) -> bool:
             return probe.same(want, probe.probe(st["src_address"], p, want["kind"]))
         ok = _wait(answers_as_before, 5)
