@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import http.server
+import json
 import shutil
 import socket
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -103,3 +105,23 @@ def test_forward_rules_are_valid_nft(tmp_path: Path) -> None:
         pytest.skip("no permission for a network namespace")
     assert p.returncode == 0, p.stderr
     assert "dnat to 10.9.0.5" in p.stdout
+
+
+def test_cli_errors_are_clear(tmp_path: Path, capsys: Any) -> None:
+    from infra.cli import run_cli
+    from infra.strategies import defaults_file
+
+    env = {"PVEGUARD_STRATEGY": defaults_file(), "PVEGUARD_STATE_DIR": str(tmp_path / "state")}
+    code, out, err = run_cli(["migrate", "status"], capsys, env)
+    assert code == 0 and "no migrations" in out
+    code, out, _ = run_cli(["migrate", "status", "--json"], capsys, env)
+    assert code == 0 and json.loads(out) == {"migrations": []}
+    code, _, err = run_cli(["migrate", "status", "nginx"], capsys, env)
+    assert code == 2 and "no migration of nginx.service" in err and "migrate run nginx" in err
+    code, _, err = run_cli(["migrate", "rollback", "nginx", "--yes"], capsys, env)
+    assert code == 2 and "no migration of nginx.service" in err
+    code, _, err = run_cli(["migrate", "run", "nginx", "--source", "lxc:nope", "--yes"], capsys, env)
+    assert code == 2 and "no LXC container nope" in err
+    code, _, err = run_cli(["migrate", "run", "nginx", "--source", "ftp:x", "--yes"], capsys, env)
+    assert code == 2 and "not local, lxc:NAME or ssh:HOST" in err
+    assert "Traceback" not in err
