@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -96,15 +96,20 @@ def _run_locked(app_ctx: AppContext, service: str, to: str | None, source: str |
 
     from pveguard.migrate import run
 
-    m = run.start(app_ctx, service, to, source, _say)
-    if m.run.state != "done" and not yes:
-        if not sys.stdin.isatty():
-            raise UsageError("migrate run changes the source and the container", hint="add --yes to go ahead")
-        left = [s for s in m.run.data["plan"]["steps"][2:] if not m.run.done(s["name"])]
-        for s in left:
-            typer.echo(f"  {s['n']}. {s['name']}: {s['what']}")
-        if not typer.confirm(f"migrate {m.unit} from {m.run.source} to {m.run.target}?"):
-            raise typer.Exit(1)
+    if not yes and not sys.stdin.isatty():
+        raise UsageError("migrate run changes the source and the container", hint="add --yes to go ahead")
+
+    def confirm(doc: dict[str, Any], left: list[str]) -> bool:
+        if yes:
+            return True
+        for s in doc["steps"]:
+            if s["name"] in left:
+                typer.echo(f"  {s['n']}. {s['name']}: {s['what']}")
+        return typer.confirm(f"migrate {doc['service']} to {doc['target']['container']}?")
+
+    m = run.start(app_ctx, service, to, source, _say, confirm)
+    if m is None:
+        raise typer.Exit(1)
     try:
         result = run.run_steps(m)
     finally:

@@ -184,8 +184,10 @@ def _kill_hook(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def start(app: AppContext, service: str, to: str | None, source: str | None, say: Progress) -> Migration:
-    """The journaled migration of `service`: resumed when one is under way, else planned and begun."""
+def start(app: AppContext, service: str, to: str | None, source: str | None, say: Progress,
+          confirm: Callable[[dict[str, Any], list[str]], bool] | None = None) -> Migration | None:
+    """The journaled migration of `service`: resumed when one is under way, else planned and begun.
+    `confirm(plan, steps left)` may decline (None is returned, nothing is journaled)."""
     journal = Journal(app.store)
     unit_name = service if "." in service else f"{service}.service"
     run = journal.get(unit_name)
@@ -197,6 +199,9 @@ def start(app: AppContext, service: str, to: str | None, source: str | None, say
                                  f"{given} differs", hint=f"run it without {what}, or 'pveguard migrate rollback "
                                  f"{service}' first")
         say(f"resuming the migration of {unit_name} ({run.state}) from {run.source} to {run.target}")
+        left = [s for s in plan.RUN_STEPS if not run.done(s)]
+        if run.state != "done" and confirm is not None and not confirm(run.data["plan"], left):
+            return None
         return Migration(app, journal, run, endpoints.parse_source(run.source, lxcpath), say)
     src_text = source or "local"
     src = endpoints.parse_source(src_text, lxcpath)
@@ -207,6 +212,8 @@ def start(app: AppContext, service: str, to: str | None, source: str | None, say
     if unit.active not in (None, "active"):
         raise UsageError(f"{doc['service']} is {unit.active} on {src.label}: only a running service is migrated "
                          "(its answers are the test of the copy)", hint=f"start it first: systemctl start {service}")
+    if confirm is not None and not confirm(doc, list(plan.RUN_STEPS)):
+        return None
     run = journal.begin(doc["service"], src_text, doc["target"]["container"],
                         {"plan": doc, "state": {"enabled": unit.enabled}})
     app.record("migrate.begin", doc["service"], source=src_text, container=doc["target"]["container"],
