@@ -95,7 +95,8 @@ def test_forward_rules_are_valid_nft(tmp_path: Path) -> None:
                                                         {"proto": "tcp", "port": 443, "address": "::"},
                                                         {"proto": "udp", "port": 53, "address": "0.0.0.0"}])
     assert table_name("nginx.service") == "pveguard_mig_nginx"
-    assert "tcp dport { 80, 443 } counter dnat to 10.9.0.5" in script and "udp dport { 53 }" in script
+    assert "ip daddr != 127.0.0.0/8 tcp dport { 80, 443 } counter dnat to 10.9.0.5" in script
+    assert "udp dport { 53 }" in script
     if shutil.which("nft") is None or shutil.which("unshare") is None:
         pytest.skip("nft/unshare not installed")
     # load it for real in a throwaway network namespace (nothing of this machine's ruleset is touched)

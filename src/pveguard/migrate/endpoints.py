@@ -94,6 +94,10 @@ class Endpoint:
 class Local(Endpoint):
     label = "local"
 
+    def address(self) -> str:
+        # not loopback: the forward cannot send 127.0.0.1 to another machine (clients use this one)
+        return container_ipv4(self)
+
 
 @dataclass
 class Lxc(Endpoint):

@@ -451,12 +451,14 @@ def forward_rules(service: str, ct_address: str, ports: list[dict[str, Any]]) ->
         by_proto.setdefault(p["proto"], []).append(p["port"])
     for proto, nums in sorted(by_proto.items()):
         ports_text = ", ".join(str(n) for n in sorted(set(nums)))
-        lines.append(f"    fib daddr type local {proto} dport {{ {ports_text} }} counter dnat to {ct_address}")
+        lines.append(f"    fib daddr type local ip daddr != 127.0.0.0/8 {proto} dport {{ {ports_text} }} counter "
+                     f"dnat to {ct_address}")
     lines.append("  }")
     lines.append("  chain output { type nat hook output priority -100; policy accept;")
     for proto, nums in sorted(by_proto.items()):
         ports_text = ", ".join(str(n) for n in sorted(set(nums)))
-        lines.append(f"    fib daddr type local {proto} dport {{ {ports_text} }} counter dnat to {ct_address}")
+        lines.append(f"    fib daddr type local ip daddr != 127.0.0.0/8 {proto} dport {{ {ports_text} }} counter "
+                     f"dnat to {ct_address}")
     lines.append("  }")
     lines.append("  chain postrouting { type nat hook postrouting priority srcnat; policy accept;")
     for proto, nums in sorted(by_proto.items()):
