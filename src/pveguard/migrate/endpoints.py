@@ -9,6 +9,7 @@ binary (BatchMode: a key must already let root in), a container of the proxmox b
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import subprocess
@@ -20,6 +21,7 @@ from typing import IO, Any
 
 from pveguard.errors import OperationError, UsageError
 
+SSH_OPTIONS_ENV = "PVEGUARD_MIGRATE_SSH_OPTIONS"   # e.g. "-i /root/.ssh/migrate -o UserKnownHostsFile=..."
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -129,13 +131,14 @@ class Ssh(Endpoint):
     """A remote host through the ssh binary (no password prompts: BatchMode)."""
 
     host: str
+    options: tuple[str, ...] = ()   # more ssh options: -p PORT, -i KEY, -o UserKnownHostsFile=...
 
     @property
     def label(self) -> str:  # type: ignore[override]
         return f"ssh:{self.host}"
 
     def wrap(self, argv: Sequence[str]) -> list[str]:
-        return ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", self.host,
+        return ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", *self.options, self.host,
                 shlex.join(["env", f"PATH={PATH}", "LANG=C.UTF-8", *argv])]
 
     def address(self) -> str:
@@ -173,7 +176,7 @@ def container_ipv4(ep: Endpoint) -> str:
 
 
 def parse_source(text: str, lxcpath: str) -> Endpoint:
-    """`local`, `lxc:NAME` or `ssh:[USER@]HOST`."""
+    """`local`, `lxc:NAME` or `ssh:[USER@]HOST[:PORT]` (more ssh options in PVEGUARD_MIGRATE_SSH_OPTIONS)."""
     kind, _, rest = text.partition(":")
     if text == "local":
         return Local()
@@ -186,7 +189,9 @@ def parse_source(text: str, lxcpath: str) -> Endpoint:
         if shutil.which("ssh") is None:
             raise UsageError("--source ssh: needs the ssh client on this machine",
                              hint="apt-get install openssh-client")
-        return Ssh(rest)
+        host, _, port = rest.rpartition(":") if rest.rsplit(":", 1)[-1].isdigit() else (rest, "", "")
+        extra = shlex.split(os.environ.get(SSH_OPTIONS_ENV, ""))
+        return Ssh(host, (*(("-p", port) if port else ()), *extra))
     raise UsageError(f"--source {text}: not local, lxc:NAME or ssh:HOST", hint="e.g. --source lxc:web1")
 
 
