@@ -8,7 +8,8 @@ Both are migrated into pve-api-gateway with `--source lxc:<host>`:
   the last; no request that started after the switch fails, and the longest run of failures (the
   gap between stopping nginx on the host and the port forward) is below 2 s. The first run is
   killed (SIGKILL, at the boundary after `install`, through PVEGUARD_MIGRATE_KILL_AFTER); running it
-  again converges. Rollback brings nginx back on the host (reinstalled from the mirror) and removes
+  again converges (the ticker's run is killed inside migrate-data, after the stop on the host, and
+  converges too). Rollback brings nginx back on the host (reinstalled from the mirror) and removes
   the forward.
 * ticker: every line the host wrote before the final sync is in the container's log; after rollback
   the host's log holds the lines the container wrote meanwhile.
@@ -176,9 +177,14 @@ def test_migrate_nginx_and_a_stateful_service(lxc_env: Any, ip_forward_restored:
     assert validate["backup"]["ok"] and validate["monitoring"]["ok"]
     assert 80 in validate["open_ports"]
 
-    # ticker: a hand-made unit with state
-    code, out, err = pveguard(env, "migrate", "run", "ticker", "--to", "pve-api-gateway", "--source", source,
-                              "--yes")
+    # ticker: a hand-made unit with state; killed inside migrate-data, right after the stop on the host
+    code, out, err = pveguard({**env, "PVEGUARD_MIGRATE_KILL_AFTER": "migrate-data:source-stopped"}, "migrate",
+                              "run", "ticker", "--to", "pve-api-gateway", "--source", source, "--yes")
+    assert code == -9, out + err
+    code, out, err = pveguard(env, "migrate", "status", "ticker", "--json")
+    steps = {s["name"]: s["state"] for s in json.loads(out)["migrations"][0]["steps"]}
+    assert steps["migrate-data"] == "running", steps
+    code, out, err = pveguard(env, "migrate", "run", "ticker", "--yes")    # resumes: same source and target
     assert code == 0, out + err
     host_log = sh(hg, "cat /var/lib/ticker/log").stdout.splitlines()
     time.sleep(1)

@@ -31,7 +31,9 @@ from pveguard.migrate.endpoints import Endpoint, Local
 from pveguard.migrate.journal import Journal, Run
 
 Progress = Callable[[str], None]
-KILL_ENV = "PVEGUARD_MIGRATE_KILL_AFTER"   # tests: SIGKILL this process once that step is journaled done
+# tests: SIGKILL this process once that step is journaled done, or at a point inside a step
+# (migrate-data:source-stopped)
+KILL_ENV = "PVEGUARD_MIGRATE_KILL_AFTER"
 APT_ENV = ["env", "DEBIAN_FRONTEND=noninteractive", "APT_LISTCHANGES_FRONTEND=none"]
 # While packages are installed in the container their services must not start with the default
 # configuration (they would answer before the data is there): Debian's policy-rc.d convention.
@@ -380,6 +382,7 @@ def step_migrate_data(m: Migration) -> dict[str, Any]:
         m.save()
         m.src.check(["systemctl", "stop", m.unit], f"stopping {m.unit}")
         m.say(f"stopped on {m.src.label} ({time.time() - st['source_stopped_at']:.2f}s)")
+        _kill_hook("migrate-data:source-stopped")   # tests: killed inside a step, after the stop
     final = endpoints.tar_copy(m.src, ct, paths)
     removed = endpoints.delete_extras(m.src, ct, [p for p in paths if not p.startswith("/etc/systemd/")])
     if not prepared:
