@@ -19,6 +19,7 @@ from pveguard.backup import cli as backup_cli
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, EXIT_USAGE, PveguardError, UsageError
 from pveguard.guard import cli as guard_cli
+from pveguard.migrate import cli as migrate_cli
 from pveguard.monitor import cli as monitor_cli
 from pveguard.output import console, error, print_json, warn
 from pveguard.provision import cli as provision_cli
@@ -188,6 +189,7 @@ app.add_typer(audit_log_cli.app, name="audit-log")
 app.add_typer(certs_cli.app, name="certs")
 app.add_typer(tokens_cli.app, name="tokens")
 serve_cli.register(app)
+app.add_typer(migrate_cli.app, name="migrate")
 
 
 def command() -> Any:

@@ -853,6 +853,9 @@ class LxcBackend(Backend):
             if proc.returncode != 0:
                 raise BackendError(f"unpacking the template into {vmid}'s root disk failed: "
                                    f"{proc.stderr.decode(errors='replace').strip()[-2000:]}")
+            # '/' as on any Debian system: templates built in a mkdtemp directory carry its 0700, and
+            # then no service user (nginx's www-data...) can reach a single file
+            root.chmod(0o755)
 
     def _make_mp_dir(self, vmid: int, unpriv: bool) -> None:
         path = mp_dir(self._image(vmid))
