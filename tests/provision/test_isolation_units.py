@@ -9,7 +9,7 @@ import pytest
 
 from pveguard.backends.base import Backend
 from pveguard.errors import ConfigError
-from pveguard.provision.firewall import LXC_NOTE, firewall_plan
+from pveguard.provision.firewall import OTHER_NOTE, firewall_plan
 from pveguard.provision.plan import Plan
 from pveguard.security.isolation import (
     MGMT_IPSET,
@@ -73,9 +73,9 @@ def test_plan_shows_guest_drift_as_old_to_new() -> None:
                      "ct/101 rules: group pvg-monitoring (disabled) -> group pvg-monitoring"]
 
 
-def test_lxc_backend_plans_no_firewall_and_says_so() -> None:
+def test_a_backend_without_a_firewall_plans_none_and_says_so() -> None:
     fp = firewall_plan(Strategy(), cast(Backend, object()), Plan())
-    assert fp.changes == [] and fp.notes == [LXC_NOTE]
+    assert fp.changes == [] and fp.notes == [OTHER_NOTE]
 
 
 def test_a_container_without_firewall_is_left_alone() -> None:
