@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +25,7 @@ import yaml
 from pveguard.backends import lxc_gateway, lxc_isolation
 from pveguard.backends.base import Guest
 from pveguard.backends.lxc import LxcBackend
+from tests.jsonshape import blocks, check
 
 from .test_lxc_own_network import free_pool, ip_forward_restored, pveguard
 
@@ -32,6 +34,7 @@ __all__ = ["ip_forward_restored"]  # the fixture, used by name
 
 ADMITTED = 8080  # allowed_inbound: tcp/8080 from any
 HIDDEN = 5432  # web-b listens here, no rule admits it
+DOC = Path(__file__).resolve().parents[2] / "docs/json.md"
 
 
 def container(name: str, role: str) -> dict[str, Any]:
@@ -136,6 +139,8 @@ def test_three_containers_on_two_vlans_are_isolated(lxc_env: Any, ip_forward_res
     assert any(p["from"] == "db" and p["to"] == "web-b" and p["result"] == "filtered" for p in report["probes"])
     assert all(p["ok"] for p in report["probes"])
     assert lxc_isolation.dropped_counters().get(w.vmid, 0) > before
+    shape = dict(blocks(DOC.read_text(), "pveguard "))["pveguard isolation check --json"]
+    assert check(report, shape) == []  # the documented shape, with probes in it
 
     # Each change is in the ledger with before/after.
     code, out, _ = pveguard(env, "audit-log", "show", "--json", "--action", "provision.firewall")

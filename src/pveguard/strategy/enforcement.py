@@ -20,7 +20,6 @@ from pveguard.strategy.models import Container, Strategy
 # it) -> the issue that will implement it.
 NOT_ENFORCED: dict[str, int] = {
     "network.isolation.traffic_monitoring": 13,
-    "security.network.vlans": 13,
     "security.network.traffic_monitoring": 13,
     "security.access.rbac": 13,
     "security.access.audit_logging": 13,  # the ledger records every action whatever this says
