@@ -706,7 +706,8 @@ class LxcBackend(Backend):
                          "<bridge>v<tag>")
         if not f.vlan_module:
             notes.append("no 8021q: per-VLAN bridges are host-local segments, not joined to an uplink")
-        notes.append("firewall=1 is recorded in net0 but not enforced (no PVE firewall); isolation is by VLAN")
+        notes.append("firewall: nftables tables pveguard-iso-<bridge> on the host, per container interface "
+                     "(docs/isolation.md)")
         return Capabilities(name=self.name, live_memory_update=True, live_cpu_update=True, vlan_mode=mode,
                             backups=False, notes=notes)
 
