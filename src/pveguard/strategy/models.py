@@ -605,19 +605,15 @@ class Strategy(StrictModel):
     def container_bridge(self, c: Container) -> str:
         return c.network.bridge or self.network.bridge
 
-    def vlans_wanted(self) -> bool:
-        """Containers go on their own VLAN(s): security.network.vlans and network.isolation.separate_vlans
-        (either false: untagged unless a container names its vlan)."""
-        return self.security.network.vlans and self.network.isolation.separate_vlans is not False
-
     def container_vlan(self, c: Container) -> int | None:
-        """The container's own vlan, else none when VLANs are not wanted (vlans_wanted), else
+        """The container's own vlan, else none when VLANs are not wanted (security.network.vlans or
+        separate_vlans false), else
         (separate_vlans: per-role) container_vlan + the index of its role in the order roles first appear
         among the containers, else container_vlan."""
         if c.network.vlan is not None:
             return c.network.vlan
-        if not self.vlans_wanted():
-            return None
+        if not self.security.network.vlans or self.network.isolation.separate_vlans is False:
+            return None  # VLANs not wanted: untagged unless the container names its vlan
         if self.network.isolation.separate_vlans == "per-role":
             roles = list(dict.fromkeys(x.role for x in self.containers))
             return self.network.container_vlan + roles.index(c.role)
