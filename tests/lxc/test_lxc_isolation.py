@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pveguard.backends import lxc_gateway, lxc_isolation
+from pveguard.backends import lxc_gateway, lxc_isolation, lxc_net
 from pveguard.backends.base import Guest
 from pveguard.backends.lxc import LxcBackend
 from tests.jsonshape import blocks, check
@@ -141,6 +141,16 @@ def test_three_containers_on_two_vlans_are_isolated(lxc_env: Any, ip_forward_res
     assert lxc_isolation.dropped_counters().get(w.vmid, 0) > before
     shape = dict(blocks(DOC.read_text(), "pveguard "))["pveguard isolation check --json"]
     assert check(report, shape) == []  # the documented shape, with probes in it
+
+    # Anything else joining a container VLAN's segment is named (here a hand-made veth).
+    intruder = f"{lxc_env.prefix}x"
+    subprocess.run(["ip", "link", "add", intruder, "type", "veth", "peer", "name", f"{lxc_env.prefix}y"], check=True)
+    subprocess.run(["ip", "link", "set", intruder, "master", lxc_net.vlan_bridge_name(bridge, 100)], check=True)
+    code, out, err = pveguard(env, "isolation", "check", "--json", "--no-probe")
+    report = json.loads(out)
+    assert code == 1 and [(v["name"], v["kind"]) for v in report["violations"]] == [(intruder, "unmanaged-on-vlan")]
+    assert report["probes"] == []
+    subprocess.run(["ip", "link", "del", intruder], check=True)
 
     # Each change is in the ledger with before/after.
     code, out, _ = pveguard(env, "audit-log", "show", "--json", "--action", "provision.firewall")

@@ -13,6 +13,7 @@ no rule admits must not (a timeout: dropped), and a container on another VLAN mu
 from __future__ import annotations
 
 import ipaddress
+import re
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from typing import Any
 
 from pveguard.backends import lxc_isolation, lxc_net
 from pveguard.backends.base import Guest
-from pveguard.backends.lxc import LxcBackend
+from pveguard.backends.lxc import LxcBackend, plan_net
 from pveguard.errors import BackendError
 from pveguard.security.isolation import (
     MGMT_IPSET,
@@ -323,11 +324,36 @@ def probe_violations(probes: list[Probe]) -> list[Violation]:
     return out
 
 
+def segment_intruders(backend: LxcBackend, cts: list[Ct], configs: dict[int, dict[str, Any]],
+                      container_vlans: set[str]) -> list[Violation]:
+    """Interfaces on a container VLAN's segment bridge that are not a managed container's (another
+    LXC's container, a hand-made veth): on a host, whatever joins the segment is on the VLAN."""
+    out: list[Violation] = []
+    ours = {lxc_net.host_veth_name(ct.vmid) for ct in cts}
+    links: dict[str, str] = {}
+    for ct in cts:
+        net0 = lxc_net.parse_net0(str(configs.get(ct.vmid, {}).get("net0", "")))
+        plan = plan_net(net0, backend.config.vlan_mode, lxc_net.vlan_filtering(net0.get("bridge", "")))
+        if net0.get("tag") in container_vlans and plan.mode == "bridge_per_vlan":
+            links[plan.link] = str(net0["tag"])
+    for link, tag in sorted(links.items()):
+        for port in lxc_net.bridge_ports(link):
+            if port not in ours:
+                m = re.fullmatch(r"veth(\d+)i\d+", port)
+                out.append(Violation(port, int(m.group(1)) if m else None, "unmanaged-on-vlan",
+                                     f"interface {port} on {link} (VLAN {tag}) is not one of this installation's "
+                                     f"containers"))
+    return out
+
+
 def check_lxc(strategy: Strategy, backend: LxcBackend, cts: list[Ct], configs: dict[int, dict[str, Any]],
               others: list[tuple[str, int, dict[str, Any]]], guests: list[Guest], *, firewall: bool,
               probes: bool = True) -> tuple[list[Violation], list[Probe]]:
     """Every violation on the lxc backend (read back, then probed) and the probes made."""
     out = vlan_violations(strategy, cts, configs, others)
+    vlans = {str(v) for v in (strategy.container_vlan(c) for c in strategy.containers) if v is not None}
+    seen_names = {v.name for v in out if v.kind == "unmanaged-on-vlan"}
+    out += [v for v in segment_intruders(backend, cts, configs, vlans) if v.name not in seen_names]
     done: list[Probe] = []
     if firewall:
         out += firewall_violations(strategy, backend, cts)
