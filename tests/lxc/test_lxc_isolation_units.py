@@ -180,3 +180,31 @@ def test_probe_results_become_named_violations() -> None:
         p("dropped", "no rule admits it", "open"), p("dropped", "across VLANs (101 -> 100)", "closed"),
         p("dropped", "no rule admits it", "filtered"), p("dropped", "no rule admits it", "error: no bash")])]
     assert kinds == ["allowed-dropped", "disallowed-open", "cross-vlan-open"]
+
+
+def test_drift_of_a_real_table(tmp_path: Path) -> None:
+    """apply_table / table_state against the kernel (a bridge-family table needs no bridge to exist)."""
+    if shutil.which("nft") is None or os.geteuid() != 0:
+        pytest.skip("needs nft and root")
+    bridge = f"pgsl{os.getpid() % 10000}"
+    table = iso.table_name(bridge)
+    try:
+        assert iso.table_state(bridge, ENTRIES, tmp_path) == "missing"
+        iso.apply_table(bridge, ENTRIES, tmp_path)
+        assert iso.table_state(bridge, ENTRIES, tmp_path) is None
+        assert iso.chains_present(bridge, 101) == (True, True)
+        # traffic-made state (a flow, a counted packet) is no drift
+        subprocess.run(["nft", "add", "element", "bridge", table, "flows4", "{ tcp . 10.0.0.1 . 80 . 10.0.0.2 . 999 }"],
+                       check=True)
+        assert iso.table_state(bridge, ENTRIES, tmp_path) is None
+        assert iso.table_state(bridge, ENTRIES[:1], tmp_path) == "out of date"  # a container's rules changed
+        subprocess.run(["nft", "insert", "rule", "bridge", table, "in_101", "accept"], check=True)
+        assert iso.table_state(bridge, ENTRIES, tmp_path) == "changed by hand"
+        subprocess.run(["nft", "flush", "chain", "bridge", table, "in_101"], check=True)
+        assert iso.chains_present(bridge, 101) == (False, True)
+        iso.apply_table(bridge, ENTRIES, tmp_path)  # rewritten as a whole
+        assert iso.table_state(bridge, ENTRIES, tmp_path) is None
+        iso.apply_table(bridge, [], tmp_path)  # no container with rules: no table
+        assert iso.listing(bridge) is None and not iso.snapshot_path(tmp_path, bridge).exists()
+    finally:
+        subprocess.run(["nft", "delete", "table", "bridge", table], capture_output=True, check=False)
