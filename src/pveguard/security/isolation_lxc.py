@@ -352,8 +352,8 @@ def check_lxc(strategy: Strategy, backend: LxcBackend, cts: list[Ct], configs: d
     """Every violation on the lxc backend (read back, then probed) and the probes made."""
     out = vlan_violations(strategy, cts, configs, others)
     vlans = {str(v) for v in (strategy.container_vlan(c) for c in strategy.containers) if v is not None}
-    seen_names = {v.name for v in out if v.kind == "unmanaged-on-vlan"}
-    out += [v for v in segment_intruders(backend, cts, configs, vlans) if v.name not in seen_names]
+    named = {v.vmid for v in out if v.kind == "unmanaged-on-vlan"}  # by its config already: not twice
+    out += [v for v in segment_intruders(backend, cts, configs, vlans) if v.vmid is None or v.vmid not in named]
     done: list[Probe] = []
     if firewall:
         out += firewall_violations(strategy, backend, cts)
