@@ -30,42 +30,61 @@ ENTRIES = [Entry(101, [NftRule("tcp", "22", "192.168.1.0/24"), NftRule("tcp", "8
            Entry(102, [], None, None)]
 
 
-def test_the_rendered_table_is_valid_nft_and_replaces_itself_only() -> None:
+def rules_of(text: str, chain: str) -> list[str]:
+    prefix = f"add rule bridge pveguard-iso-vmbr0 {chain} "
+    return [line.removeprefix(prefix) for line in text.splitlines() if line.startswith(prefix)]
+
+
+def test_the_rendered_table_is_valid_nft_and_touches_its_own_table_only() -> None:
     text = iso.render("vmbr0", ENTRIES)
     nft_check(text)
-    lines = [line.strip() for line in text.splitlines()]
-    assert lines[:3] == ["table bridge pveguard-iso-vmbr0", "delete table bridge pveguard-iso-vmbr0",
-                         "table bridge pveguard-iso-vmbr0 {"]
-    assert "flush ruleset" not in text and sum(line.startswith("table") for line in lines) == 2
+    assert "flush ruleset" not in text and "delete table" not in text
+    assert all(" pveguard-iso-vmbr0" in line for line in text.splitlines() if line.startswith(("add", "flush",
+                                                                                             "delete", "table")))
+    fresh = iso.render_fresh("vmbr0", ENTRIES)
+    nft_check(fresh)
+    assert fresh.splitlines()[:2] == ["table bridge pveguard-iso-vmbr0", "delete table bridge pveguard-iso-vmbr0"]
+
+
+def test_a_rewrite_removes_the_chains_and_counters_of_containers_that_left() -> None:
+    text = iso.render("vmbr0", ENTRIES, ["forward", "in_101", "out_105", "in_105"], ["drop_101", "drop_105"])
+    assert "delete chain bridge pveguard-iso-vmbr0 in_105" in text
+    assert "delete counter bridge pveguard-iso-vmbr0 drop_105" in text
+    assert "delete counter bridge pveguard-iso-vmbr0 drop_101" not in text
+    lines = text.splitlines()
+    flushed = [line.split()[-1] for line in lines if line.startswith("flush chain")]
+    assert lines.index("flush chain bridge pveguard-iso-vmbr0 forward") < lines.index(
+        "delete chain bridge pveguard-iso-vmbr0 in_105")  # the jumps to it go first
+    assert set(flushed) >= {"forward", "input", "output", "in_101", "out_101", "in_105", "out_105"}
 
 
 def test_every_drop_counts_into_its_containers_counter() -> None:
     text = iso.render("vmbr0", ENTRIES)
-    drops = [line.strip() for line in text.splitlines() if line.strip().endswith(" drop")]
+    drops = [line for line in text.splitlines() if line.startswith("add rule") and line.endswith(" drop")]
     assert drops and all('counter name "drop_10' in d for d in drops)
     assert "counter drop_101 { }" in text and "counter drop_102 { }" in text
-    in101 = iso.chain_block(text.replace("\t", "  "), "in_101") or ""
-    assert in101.strip().splitlines()[-1].strip() == 'counter name "drop_101" drop'  # default drop, last
+    assert rules_of(text, "in_101")[-1] == 'counter name "drop_101" drop'  # the default: drop, last
 
 
 def test_rules_become_matches_in_the_containers_own_chain() -> None:
-    in101 = iso.chain_block(iso.render("vmbr0", ENTRIES), "in_101") or ""
+    text = iso.render("vmbr0", ENTRIES)
+    in101 = "\n".join(rules_of(text, "in_101"))
     assert "ip saddr 192.168.1.0/24 tcp dport 22 update @flows4" in in101
     assert "ether type ip tcp dport { 80, 443 } update @flows4" in in101  # from any: both families
     assert "ether type ip6 tcp dport { 80, 443 } update @flows6" in in101
     assert "ip6 saddr fd00::/8 udp dport 1000-2000" in in101
     # VLANs apart on pveguard's own network, both ways
     assert 'ip saddr 10.101.0.0/16 ip saddr != 10.101.100.0/24 counter name "drop_101" drop' in in101
-    out101 = iso.chain_block(iso.render("vmbr0", ENTRIES), "out_101") or ""
-    assert 'ip daddr 10.101.0.0/16 ip daddr != 10.101.100.0/24 counter name "drop_101" drop' in out101
-    in102 = iso.chain_block(iso.render("vmbr0", ENTRIES), "in_102") or ""
+    assert ('ip daddr 10.101.0.0/16 ip daddr != 10.101.100.0/24 counter name "drop_101" drop'
+            in rules_of(text, "out_101"))
+    in102 = "\n".join(rules_of(text, "in_102"))
     assert "update @" not in in102 and "10.101" not in in102  # admits nothing new, no segment known
 
 
 def test_the_hooks_jump_by_host_veth() -> None:
     text = iso.render("vmbr0", ENTRIES)
-    assert 'oifname vmap { "veth101i0" : jump in_101, "veth102i0" : jump in_102 }' in text
-    assert 'iifname vmap { "veth101i0" : jump out_101, "veth102i0" : jump out_102 }' in text
+    assert 'oifname vmap { "veth101i0" : jump in_101, "veth102i0" : jump in_102 }' in rules_of(text, "output")
+    assert 'iifname vmap { "veth101i0" : jump out_101, "veth102i0" : jump out_102 }' in rules_of(text, "input")
 
 
 def test_a_table_without_containers_is_still_valid() -> None:
@@ -182,6 +201,12 @@ def test_probe_results_become_named_violations() -> None:
     assert kinds == ["allowed-dropped", "disallowed-open", "cross-vlan-open"]
 
 
+def counter_handle(table: str, name: str) -> int:
+    out = json.loads(subprocess.run(["nft", "-j", "list", "counters", "table", "bridge", table], capture_output=True,
+                                    text=True, check=True).stdout)
+    return next(int(i["counter"]["handle"]) for i in out["nftables"] if i.get("counter", {}).get("name") == name)
+
+
 def test_drift_of_a_real_table(tmp_path: Path) -> None:
     """apply_table / table_state against the kernel (a bridge-family table needs no bridge to exist)."""
     if shutil.which("nft") is None or os.geteuid() != 0:
@@ -198,6 +223,14 @@ def test_drift_of_a_real_table(tmp_path: Path) -> None:
                        check=True)
         assert iso.table_state(bridge, ENTRIES, tmp_path) is None
         assert iso.table_state(bridge, ENTRIES[:1], tmp_path) == "out of date"  # a container's rules changed
+        # a rewrite (another container starts, one leaves) keeps the flows and the drop counts
+        before = counter_handle(table, "drop_101")
+        iso.apply_table(bridge, ENTRIES[:1], tmp_path)
+        live = iso.listing(bridge) or ""
+        assert "10.0.0.1" in live and "in_102" not in live and "drop_102" not in live
+        assert counter_handle(table, "drop_101") == before  # the same counter object, its count kept
+        assert iso.table_state(bridge, ENTRIES[:1], tmp_path) is None
+        iso.apply_table(bridge, ENTRIES, tmp_path)
         subprocess.run(["nft", "insert", "rule", "bridge", table, "in_101", "accept"], check=True)
         assert iso.table_state(bridge, ENTRIES, tmp_path) == "changed by hand"
         subprocess.run(["nft", "flush", "chain", "bridge", table, "in_101"], check=True)

@@ -36,6 +36,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,64 +141,84 @@ def _allow(rule: NftRule) -> list[str]:
     return out
 
 
-def render(bridge: str, entries: list[Entry]) -> str:
-    """The whole table for `bridge`, replacing any earlier version in one transaction."""
+def render(bridge: str, entries: list[Entry], chains: Iterable[str] = (), counters: Iterable[str] = ()) -> str:
+    """One nft transaction that makes the bridge's table what `entries` say.
+
+    It keeps what traffic made: the table, its counters and its flow sets are declared (a no-op when
+    they exist), every chain is flushed and filled again, and the chains and counters of containers
+    that left (`chains` / `counters`: what the live table has) are deleted. So rewriting the table
+    when another container starts neither resets a container's drop count nor forgets the flows
+    whose replies are still on their way.
+    """
     table = table_name(bridge)
-    body = _body(bridge, entries)
-    digest = hashlib.sha256(body.encode()).hexdigest()[:16]
-    return (f"table bridge {table}\n"
-            f"delete table bridge {table}\n"
-            f"table bridge {table} {{\n"
-            f'\tcomment "managed-by: pveguard: isolation for bridge {bridge} ({digest})"\n'
-            f"{body}}}\n")
-
-
-def digest_of(bridge: str, entries: list[Entry]) -> str:
-    return hashlib.sha256(_body(bridge, entries).encode()).hexdigest()[:16]
-
-
-def _body(bridge: str, entries: list[Entry]) -> str:
-    entries = sorted(entries, key=lambda e: e.vmid)
-    lines: list[str] = []
-    for e in entries:
-        lines.append(f"\tcounter {counter_name(e.vmid)} {{ }}")
+    decl, rules = _parts(entries)
+    want_chains = [c for c, _ in decl["chains"]]
+    want_counters = decl["counters"]
+    lines = [f"table bridge {table} {{", f'\tcomment "managed-by: pveguard: isolation for bridge {bridge}"']
+    lines += [f"\tcounter {c} {{ }}" for c in want_counters]
     for name, addr in (("flows4", "ipv4_addr"), ("flows6", "ipv6_addr")):
-        lines += [f"\tset {name} {{",
-                  f"\t\ttype inet_proto . {addr} . inet_service . {addr} . inet_service",
-                  "\t\tflags dynamic,timeout",
-                  f"\t\ttimeout {FLOW_TIMEOUT}",
-                  f"\t\tsize {FLOW_SIZE}",
-                  "\t}"]
+        lines.append(f"\tset {name} {{ type inet_proto . {addr} . inet_service . {addr} . inet_service; "
+                     f"flags dynamic,timeout; timeout {FLOW_TIMEOUT}; size {FLOW_SIZE}; }}")
+    lines += [f"\tchain {c} {{ {hook} }}" if hook else f"\tchain {c} {{ }}" for c, hook in decl["chains"]]
+    lines.append("}")
+    gone = sorted(set(chains) - set(want_chains))
+    lines += [f"flush chain bridge {table} {c}" for c in [*want_chains, *gone]]
+    lines += [f"delete chain bridge {table} {c}" for c in gone]
+    lines += [f"delete counter bridge {table} {c}" for c in sorted(set(counters) - set(want_counters))]
+    lines += [f"add rule bridge {table} {c} {r}" for c, r in rules]
+    return "\n".join(lines) + "\n"
+
+
+def render_fresh(bridge: str, entries: list[Entry]) -> str:
+    """The table made anew (its counters and flows start empty): when the incremental write is refused."""
+    table = table_name(bridge)
+    return f"table bridge {table}\ndelete table bridge {table}\n" + render(bridge, entries)
+
+
+def digest_of(entries: list[Entry]) -> str:
+    """What the table should hold, in 16 hex digits (kept with the listing: `table_state`)."""
+    decl, rules = _parts(entries)
+    text = json.dumps([decl, rules], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _parts(entries: list[Entry]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """(declarations: counters and chains with their hook, rules as (chain, rule))."""
+    entries = sorted(entries, key=lambda e: e.vmid)
+    chains: list[tuple[str, str]] = [(h, f"type filter hook {h} priority filter; policy accept;")
+                                     for h in ("forward", "input", "output")]
+    rules: list[tuple[str, str]] = []
     ins = ", ".join(f'"{e.veth}" : jump in_{e.vmid}' for e in entries)
     outs = ", ".join(f'"{e.veth}" : jump out_{e.vmid}' for e in entries)
     for hook, to_ct, from_ct in (("forward", True, True), ("input", False, True), ("output", True, False)):
-        lines += [f"\tchain {hook} {{", f"\t\ttype filter hook {hook} priority filter; policy accept;"]
         if from_ct and entries:
-            lines.append(f"\t\tiifname vmap {{ {outs} }}")
+            rules.append((hook, f"iifname vmap {{ {outs} }}"))
         if to_ct and entries:
-            lines.append(f"\t\toifname vmap {{ {ins} }}")
-        lines.append("\t}")
+            rules.append((hook, f"oifname vmap {{ {ins} }}"))
     for e in entries:
+        chains += [(f"out_{e.vmid}", ""), (f"in_{e.vmid}", "")]
         count = f'counter name "{counter_name(e.vmid)}" drop'
-        lines += [f"\tchain out_{e.vmid} {{"]
+        out, inn = f"out_{e.vmid}", f"in_{e.vmid}"
         if e.segment and e.pool:
-            lines.append(f"\t\tip daddr {e.pool} ip daddr != {e.segment} {count}")
-        lines += [f"\t\tether type ip meta l4proto {{ tcp, udp }} update @flows4 {{ {_flow('ip', True)} }}",
-                  f"\t\tether type ip6 meta l4proto {{ tcp, udp }} update @flows6 {{ {_flow('ip6', True)} }}",
-                  "\t}",
-                  f"\tchain in_{e.vmid} {{",
-                  "\t\tether type != { ip, ip6 } accept",
-                  f"\t\tether type ip meta l4proto {{ tcp, udp }} {_flow('ip', False)} @flows4 accept",
-                  f"\t\tether type ip6 meta l4proto {{ tcp, udp }} {_flow('ip6', False)} @flows6 accept"]
+            rules.append((out, f"ip daddr {e.pool} ip daddr != {e.segment} {count}"))
+        rules += [(out, f"ether type ip meta l4proto {{ tcp, udp }} update @flows4 {{ {_flow('ip', True)} }}"),
+                  (out, f"ether type ip6 meta l4proto {{ tcp, udp }} update @flows6 {{ {_flow('ip6', True)} }}"),
+                  (inn, "ether type != { ip, ip6 } accept"),
+                  (inn, f"ether type ip meta l4proto {{ tcp, udp }} {_flow('ip', False)} @flows4 accept"),
+                  (inn, f"ether type ip6 meta l4proto {{ tcp, udp }} {_flow('ip6', False)} @flows6 accept")]
         if e.segment and e.pool:
-            lines.append(f"\t\tip saddr {e.pool} ip saddr != {e.segment} {count}")
-        lines += ["\t\tudp sport 67 udp dport 68 accept",
-                  f"\t\ticmp type {{ {ICMP_REPLIES} }} accept",
-                  f"\t\ticmpv6 type {{ {ICMP6_PASS} }} accept"]
-        for r in e.rules:
-            lines += [f"\t\t{line}" for line in _allow(r)]
-        lines += [f"\t\t{count}", "\t}"]
-    return "\n".join(lines) + "\n"
+            rules.append((inn, f"ip saddr {e.pool} ip saddr != {e.segment} {count}"))
+        rules += [(inn, "udp sport 67 udp dport 68 accept"),
+                  (inn, f"icmp type {{ {ICMP_REPLIES} }} accept"),
+                  (inn, f"icmpv6 type {{ {ICMP6_PASS} }} accept")]
+        rules += [(inn, line) for r in e.rules for line in _allow(r)]
+        rules.append((inn, count))
+    return {"counters": [counter_name(e.vmid) for e in entries], "chains": chains}, rules
+
+
+def names_in(listing: str) -> tuple[list[str], list[str]]:
+    """(chains, counters) a table listing declares."""
+    return (re.findall(r"^\s*chain (\S+) \{", listing, re.M), re.findall(r"^\s*counter (\S+) \{", listing, re.M))
 
 
 def policy_of(data: Any) -> list[NftRule] | None:
@@ -233,11 +254,6 @@ def normalize(listing: str) -> str:
 def chain_block(listing: str, chain: str) -> str | None:
     """The text of `chain NAME { ... }` in a listing, None when it is not there."""
     m = re.search(rf"^\s*chain {re.escape(chain)} {{\n(.*?)^\s*}}", listing, re.S | re.M)
-    return m.group(1) if m else None
-
-
-def comment_digest(listing: str) -> str | None:
-    m = re.search(r'comment "managed-by: pveguard: isolation for bridge \S+ \(([0-9a-f]+)\)"', listing)
     return m.group(1) if m else None
 
 
@@ -319,15 +335,22 @@ def apply_table(bridge: str, entries: list[Entry], run_dir: Path) -> None:
     with open(run_dir / f".{table_name(bridge)}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         snap = snapshot_path(run_dir, bridge)
+        live = listing(bridge)
         if not entries:
-            if listing(bridge) is not None:
+            if live is not None:
                 _nft(["delete", "table", "bridge", table_name(bridge)], f"remove the isolation table of {bridge}")
             snap.unlink(missing_ok=True)
             return
-        _nft(["-f", "-"], f"write the isolation table of {bridge} (nftables)", input=render(bridge, entries))
+        what = f"write the isolation table of {bridge} (nftables)"
+        try:
+            _nft(["-f", "-"], what, input=render(bridge, entries, *names_in(live or "")))
+        except BackendError:
+            if live is None:
+                raise
+            _nft(["-f", "-"], what, input=render_fresh(bridge, entries))  # changed by hand beyond a rewrite
         text = listing(bridge)
         if text is not None:
-            snap.write_text(normalize(text))
+            snap.write_text(f"# digest {digest_of(entries)}\n" + normalize(text))
 
 
 def table_state(bridge: str, entries: list[Entry], run_dir: Path) -> str | None:
@@ -337,12 +360,12 @@ def table_state(bridge: str, entries: list[Entry], run_dir: Path) -> str | None:
         return "present but no container on it has rules" if live is not None else None
     if live is None:
         return "missing"
-    if comment_digest(live) != digest_of(bridge, entries):
-        return "out of date"
     try:
-        snap = snapshot_path(run_dir, bridge).read_text()
+        head, _, snap = snapshot_path(run_dir, bridge).read_text().partition("\n")
     except OSError:
         return "not written by this boot's pveguard (no snapshot)"
+    if head != f"# digest {digest_of(entries)}":
+        return "out of date"
     return None if normalize(live) == snap else "changed by hand"
 
 
