@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +131,12 @@ def test_three_containers_on_two_vlans_are_isolated(lxc_env: Any, ip_forward_res
     assert code == 0, out + err
 
     before = lxc_isolation.dropped_counters().get(w.vmid, 0)
+    started = time.monotonic()
     code, out, err = pveguard(env, "isolation", "check", "--json")
+    took = time.monotonic() - started
     report = json.loads(out)
     assert code == 0 and report["ok"], out + err
+    print(f"isolation check of 3 containers with {len(report['probes'])} probes: {took:.1f}s")
     probes = {(p["from"], p["to"], p["port"]): p for p in report["probes"]}
     assert probes[("web-a", "web-b", ADMITTED)]["result"] == "open"
     assert probes[("web-a", "web-b", HIDDEN)]["result"] == "filtered"
