@@ -243,3 +243,15 @@ def test_drift_of_a_real_table(tmp_path: Path) -> None:
         assert iso.listing(bridge) is None and not iso.snapshot_path(tmp_path, bridge).exists()
     finally:
         subprocess.run(["nft", "delete", "table", "bridge", table], capture_output=True, check=False)
+
+
+def test_a_port_nft_cannot_take_is_refused_at_plan_time_naming_the_rule() -> None:
+    s = Strategy()
+    s.security.network.allowed_inbound = ["tcp/99999 from any"]
+    with pytest.raises(ConfigError, match="allowed_inbound: tcp/99999 from any"):
+        lxc_rules(s, "pve-monitoring")
+
+
+def test_the_hook_entry_point_says_how_to_call_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert iso.main(["nonsense"]) == 2
+    assert "usage: python -m pveguard.backends.lxc_isolation restore" in capsys.readouterr().err

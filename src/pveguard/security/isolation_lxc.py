@@ -23,7 +23,7 @@ from typing import Any
 from pveguard.backends import lxc_isolation, lxc_net
 from pveguard.backends.base import Guest
 from pveguard.backends.lxc import LxcBackend, plan_net
-from pveguard.errors import BackendError
+from pveguard.errors import BackendError, ConfigError
 from pveguard.security.isolation import (
     MGMT_IPSET,
     Ct,
@@ -56,6 +56,11 @@ def lxc_rules(strategy: Strategy, name: str) -> list[NftRule] | None:
             if mgmt is None:
                 continue  # the management network is unknown: the rule admits nobody
             source = mgmt
+        try:
+            lxc_isolation.nft_ports(r.dport)
+        except ConfigError as e:
+            raise ConfigError(f"security.network.allowed_inbound: {r.why or r.text()}: {e.message}",
+                              hint="ports are 1-65535: 22, 80,443 or 1000:2000") from None
         rule = NftRule(r.proto, r.dport, source)
         if rule not in out:
             out.append(rule)
