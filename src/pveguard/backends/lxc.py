@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pveguard.backends import cgroups, lxc_gateway, lxc_net, lxc_template
+from pveguard.backends import cgroups, lxc_gateway, lxc_isolation, lxc_net, lxc_template
 from pveguard.backends.base import (
     MANAGED_MARKER,
     MANAGED_TAG,
@@ -286,11 +286,13 @@ def check_includes(paths: list[Path]) -> None:
 
 
 def render_lxc_config(vmid: int, conf: dict[str, Any], facts: HostFacts, *, image: Path, net: NetPlan,
-                      cpuset: str | None, config_dir: Path = LXC_CONFIG_DIR, network_hook: str | None = None) -> str:
+                      cpuset: str | None, config_dir: Path = LXC_CONFIG_DIR, network_hook: str | None = None,
+                      isolation_hook: str | None = None) -> str:
     """The lxc config for a container, from its PVE-form config and this host's facts.
 
     `network_hook` is the pre-start command that brings up pveguard's own network (lxc_gateway);
-    without it, a per-VLAN bridge gets a hook that only makes the bridge.
+    without it, a per-VLAN bridge gets a hook that only makes the bridge. `isolation_hook` re-renders
+    the bridge's isolation table (lxc_isolation) before the container's veth appears.
     """
     unpriv = bool(int(conf.get("unprivileged", 0))) and facts.unprivileged_ok
     features = parse_features(conf.get("features", ""))
@@ -337,6 +339,8 @@ def render_lxc_config(vmid: int, conf: dict[str, Any], facts: HostFacts, *, imag
         lines.append(f"lxc.hook.pre-start = {network_hook}")
     elif net.mode == "bridge_per_vlan":
         lines.append(f"lxc.hook.pre-start = {lxc_net.ensure_bridge_command(net0['bridge'], int(net0['tag']))}")
+    if isolation_hook:
+        lines.append(f"lxc.hook.pre-start = {isolation_hook}")
     lines.append(f"lxc.start.auto = {1 if int(conf.get('onboot', 0)) else 0}")
     startup = dict(p.partition("=")[::2] for p in str(conf.get("startup", "")).split(",") if "=" in p)
     if startup.get("order", "").isdigit():
@@ -564,9 +568,47 @@ class LxcBackend(Backend):
         if self._owns_network(net0.get("bridge", "")):
             tag = int(net0["tag"]) if net0.get("tag") else None
             hook = lxc_gateway.ensure_command(net0["bridge"], tag, self.config.subnet, self.run_dir)
+        bridge = net0.get("bridge", "")
+        iso = lxc_isolation.restore_command(self.lxcpath, bridge, self._pool_of(bridge), self.run_dir)
         text = render_lxc_config(vmid, conf, self.facts, image=self._image(vmid), net=self._net_plan(conf),
-                                 cpuset=meta.get("cpuset"), config_dir=self.lxc_config_dir, network_hook=hook)
+                                 cpuset=meta.get("cpuset"), config_dir=self.lxc_config_dir, network_hook=hook,
+                                 isolation_hook=iso)
         _atomic_write(self._dir(vmid) / "config", text)
+
+    # -- isolation (nftables, backends.lxc_isolation) --
+
+    def _pool_of(self, bridge: str) -> str | None:
+        """The pool of pveguard's own network on `bridge` (its segments are kept apart), else None."""
+        return self.config.subnet if self._owns_network(bridge) else None
+
+    def bridge_of(self, vmid: int) -> str:
+        conf = (self._read_meta(vmid) or {}).get("config", {})
+        return lxc_net.parse_net0(str(conf.get("net0", ""))).get("bridge", "")
+
+    def isolation_entries(self, bridge: str) -> list[lxc_isolation.Entry]:
+        return lxc_isolation.entries_of(self.lxcpath, bridge, lxc_isolation.segment_lookup(self._pool_of(bridge)))
+
+    def isolation_policy(self, vmid: int) -> list[lxc_isolation.NftRule] | None:
+        """What the container admits (None: pveguard keeps no firewall for it)."""
+        return lxc_isolation.read_policy(self.lxcpath, vmid)
+
+    def set_isolation(self, vmid: int, rules: list[lxc_isolation.NftRule] | None) -> None:
+        """Record what the container admits (None: no firewall) and rewrite its bridge's table."""
+        self._meta(vmid)
+        lxc_isolation.write_policy(self.lxcpath, vmid, rules)
+        self.render_isolation(self.bridge_of(vmid))
+
+    def render_isolation(self, bridge: str) -> None:
+        """The bridge's isolation table as its containers' policies say (removed when none has one)."""
+        if not bridge:
+            return
+        entries = self.isolation_entries(bridge)
+        if entries or lxc_isolation.listing(bridge) is not None:
+            lxc_isolation.apply_table(bridge, entries, self.run_dir)
+
+    def isolation_state(self, bridge: str) -> str | None:
+        """None when the bridge's live table is what its containers' policies render to, else what is wrong."""
+        return lxc_isolation.table_state(bridge, self.isolation_entries(bridge), self.run_dir)
 
     def _guest(self, vmid: int) -> Guest:
         return Guest(vmid=vmid, name=str(vmid), node=self.node, type="lxc", status="unknown")
@@ -682,7 +724,8 @@ class LxcBackend(Backend):
                          "<bridge>v<tag>")
         if not f.vlan_module:
             notes.append("no 8021q: per-VLAN bridges are host-local segments, not joined to an uplink")
-        notes.append("firewall=1 is recorded in net0 but not enforced (no PVE firewall); isolation is by VLAN")
+        notes.append("firewall: nftables tables pveguard-iso-<bridge> on the host, per container interface "
+                     "(docs/isolation.md)")
         return Capabilities(name=self.name, live_memory_update=True, live_cpu_update=True, vlan_mode=mode,
                             backups=False, notes=notes)
 
@@ -924,6 +967,7 @@ class LxcBackend(Backend):
             return
         conf = meta["config"]
         self._ensure_network(conf)
+        self.render_isolation(lxc_net.parse_net0(str(conf.get("net0", ""))).get("bridge", ""))
         if conf.get("rootfs"):
             self._grow_disk(vmid, rootfs_size_gib(conf["rootfs"]))
         with self._mounted(vmid) as root:
@@ -1022,6 +1066,7 @@ class LxcBackend(Backend):
         self._remove_files(vmid)
         conf = meta.get("config", {})
         bridge = lxc_net.parse_net0(str(conf.get("net0", ""))).get("bridge", "")
+        self.render_isolation(bridge)  # its policy went with its directory: its rules go too
         if lxc_gateway.owned(bridge):
             self._prune_network(bridge)
             return
@@ -1098,6 +1143,9 @@ class LxcBackend(Backend):
         meta["config"], meta["cpuset"] = new, cpuset
         self._write_meta(vmid, meta)
         self._write_lxc_config(vmid, meta)
+        if "net0" in changed:
+            old_bridge = lxc_net.parse_net0(str(old.get("net0", ""))).get("bridge", "")
+            self.render_isolation(old_bridge)  # the new bridge's table is rendered at the next start
         if state != "running":
             return []
         return [k for k in changed if k in RESTART_KEYS]

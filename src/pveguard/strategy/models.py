@@ -298,7 +298,8 @@ class ManagementNetwork(StrictModel):
 class Isolation(StrictModel):
     separate_vlans: bool | Literal["per-role"] = Field(
         True, description="true: containers on network.container_vlan, apart from management; "
-                          "per-role: each role its own VLAN, container_vlan + the role's index")
+                          "per-role: each role its own VLAN, container_vlan + the role's index; "
+                          "false: untagged (unless a container names its vlan)")
     firewall_rules: bool = True
     traffic_monitoring: bool = True
 
@@ -393,7 +394,8 @@ class Monitoring(StrictModel):
 
 
 class SecurityNetwork(StrictModel):
-    vlans: bool = True
+    vlans: bool = Field(True, description="false: containers untagged and VLANs not checked (as separate_vlans: "
+                                          "false)")
     firewall_rules: bool = True
     traffic_monitoring: bool = True
     allowed_inbound: list[str] = Field(
@@ -695,10 +697,14 @@ class Strategy(StrictModel):
         return c.network.bridge or self.network.bridge
 
     def container_vlan(self, c: Container) -> int | None:
-        """The container's own vlan, else (separate_vlans: per-role) container_vlan + the index of its role
-        in the order roles first appear among the containers, else container_vlan."""
+        """The container's own vlan, else none when VLANs are not wanted (security.network.vlans or
+        separate_vlans false), else
+        (separate_vlans: per-role) container_vlan + the index of its role in the order roles first appear
+        among the containers, else container_vlan."""
         if c.network.vlan is not None:
             return c.network.vlan
+        if not self.security.network.vlans or self.network.isolation.separate_vlans is False:
+            return None  # VLANs not wanted: untagged unless the container names its vlan
         if self.network.isolation.separate_vlans == "per-role":
             roles = list(dict.fromkeys(x.role for x in self.containers))
             return self.network.container_vlan + roles.index(c.role)
