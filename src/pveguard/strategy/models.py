@@ -418,7 +418,8 @@ def _default_grants() -> dict[str, list[str]]:
 class Access(StrictModel):
     rbac: bool = Field(True, description="proxmox backend: one PVE user and API token per container role, "
                                          "least privilege (docs/rbac.md)")
-    audit_logging: bool = True
+    audit_logging: bool = Field(True, description="always true: every action pveguard takes is in its ledger "
+                                "(docs/ledger.md); false is refused")
     api_token_privsep: bool = Field(True, description="the role tokens have only what their own ACLs grant")
     role_grants: dict[str, list[str]] = Field(
         default_factory=_default_grants,
@@ -426,6 +427,16 @@ class Access(StrictModel):
                     "backup-storage); a role not listed gets 'VM.Audit on self'")
     certificates: Certificates = Field(default_factory=Certificates)
 
+
+    @field_validator("audit_logging")
+    @classmethod
+    def _audit_always(cls, v: bool) -> bool:
+        # the ledger is how every other guarantee is checked: it cannot be switched off, and a key
+        # that said so while pveguard went on recording would be a lie
+        if not v:
+            raise ValueError("audit logging cannot be turned off: pveguard records every action in its "
+                             "hash-chained ledger (docs/ledger.md); remove the key or set it to true")
+        return v
 
     @field_validator("role_grants")
     @classmethod
