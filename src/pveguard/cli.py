@@ -25,6 +25,7 @@ from pveguard.provision import cli as provision_cli
 from pveguard.recover import cli as recover_cli
 from pveguard.security import certs_cli, isolation_cli
 from pveguard.security import cli as audit_log_cli
+from pveguard.updates import cli as updates_cli
 
 app = typer.Typer(
     name="pveguard",
@@ -180,6 +181,8 @@ app.add_typer(monitor_cli.alerts_app, name="alerts")
 app.add_typer(monitor_cli.export_app, name="export")
 app.add_typer(recover_cli.app, name="recover")
 app.command("maintenance")(recover_cli.maintenance_cmd)
+app.command("update")(updates_cli.update_cmd)
+app.command("update-timer")(updates_cli.update_timer_cmd)
 app.add_typer(audit_log_cli.app, name="audit-log")
 app.add_typer(certs_cli.app, name="certs")
 

@@ -462,6 +462,8 @@ class Sim:
         self.pct_keep_env_default = True
         self.guest_packages: dict[int, dict[str, str]] = {}
         self.guest_files: dict[int, dict[str, bytes]] = {}
+        # what apt inside a guest could upgrade to: {vmid: {pkg: {"version", "origin", "postinst_fails"}}}
+        self.guest_upgrades: dict[int, dict[str, dict[str, Any]]] = {}
         self.unavailable_packages: set[str] = set()
         # scheduled crashes (control API): {"vmid", "at", "every" (None: once), "left" (None: forever)}
         self.crashes: list[dict[str, Any]] = []
