@@ -187,6 +187,16 @@ def update_one(backend: Backend, strategy: Strategy, g: Guest, c: Container, out
     target = f"ct/{g.vmid}"
     started = clock()
     snap = out.snapshot = snapshot_name(started)
+    try:
+        taken = {s.name for s in backend.snapshots(g)}
+    except BackendError as exc:
+        out.snapshot = None
+        out.action, out.reason = "failed", f"cannot list its snapshots, nothing changed: {exc.message}"
+        return
+    n = 1
+    while snap in taken:  # a second run within the same second
+        n += 1
+        snap = out.snapshot = f"{snapshot_name(started)}_{n}"
     packages = [f"{p.name} {p.installed} -> {p.candidate}" + (" (security)" if p.security else "")
                 for p in out.selected]
     record("update.intent", target, name=g.name, snapshot=snap, security_only=security_only, packages=packages)
