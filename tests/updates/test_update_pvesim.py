@@ -127,7 +127,7 @@ def test_success_upgrades_keeps_the_last_snapshot_and_records_it(env: Env, capsy
                                                         ["tzdata 2024a-0+deb12u1 -> 2025a-0+deb12u1"]]
     assert [e.details["deleted"] for e in entries(env, "update.prune")] == [[first]]
     vmid = vmid_of(env, "app-one")
-    status, _r, body = env.sim.api("GET", f"/nodes/pve1/lxc/{vmid}/config")
+    _status, _r, body = env.sim.api("GET", f"/nodes/pve1/lxc/{vmid}/config")
     assert body["data"]["parent"] == one["snapshot"] and "lock" not in body["data"]
 
 
@@ -174,7 +174,7 @@ def test_a_locked_guest_is_skipped(env: Env, capsys: pytest.CaptureFixture[str])
 
 
 def test_unknown_name_is_a_usage_error(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = env.run("update", "nope", capsys=capsys)
+    code, _out, err = env.run("update", "nope", capsys=capsys)
     assert code == 2 and "no container 'nope' in the strategy" in err and "Traceback" not in err
 
 
