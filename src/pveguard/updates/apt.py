@@ -44,10 +44,12 @@ class Pending:
 
 
 def is_security(origin: str) -> bool:
-    """`Debian-Security:12/stable-security`, `Ubuntu:22.04/jammy-security`: a security archive."""
+    """`Debian-Security:12/stable-security`, `Ubuntu:22.04/jammy-security`, `local:stable-security` (a
+    release without a version, as apt prints it: Origin:Suite): a security archive."""
     low = origin.lower()
-    head, _, suite = low.partition("/")
-    return "security" in head.split(":", 1)[0] or suite.endswith("-security") or suite == "security"
+    name, _, rest = low.partition(":")
+    suite = rest.rsplit("/", 1)[-1]
+    return any(w == "security" or w.endswith("-security") for w in (name, suite))
 
 
 def parse_simulation(text: str) -> list[Pending]:
