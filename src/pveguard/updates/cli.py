@@ -114,7 +114,8 @@ def update_timer_cmd(
     command = [*find_command(pveguard_bin), "--strategy", str(Path(app_ctx.strategy_path).absolute()),
                "--state-dir", str(Path(app_ctx.state_dir).absolute())]
     units = render_units("pveguard-update", [parse(schedule)], [*command, "update", "--scheduled"],
-                         "pveguard safe updates", settings=unit_settings(strategy, os.environ))
+                         "pveguard safe updates", settings=unit_settings(strategy, os.environ),
+                         written_by="update-timer")
     written = install_units([units], unit_dir)
     app_ctx.record("update.install-timer", str(unit_dir), files=[str(p) for p in written], schedule=schedule)
     for p in written:
