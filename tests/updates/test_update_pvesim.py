@@ -191,3 +191,33 @@ def test_pvesim_refuses_snapshots_as_pve_does(env: Env) -> None:
     status, _r, task = env.sim.api("GET", f"/nodes/pve1/tasks/{upid}/status")
     assert task["data"]["exitstatus"] == "CT is locked (backup)"
     env.sim.control("DELETE", f"/locks/{vmid}")
+
+
+def test_pending_security_updates_become_an_audit_finding_and_a_metric(
+        env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    from pveguard.audit.assemble import External, build
+    from pveguard.audit.facts import HostFacts
+    from pveguard.monitor.cli import pending_updates
+    from pveguard.monitor.exporter import ExportView, render
+    from pveguard.strategy.models import Strategy
+    from pveguard.updates.state import findings
+
+    offer(env, "app-one", libssl3={"version": "3.0.15-1~deb12u2", "origin": SECURITY},
+          tzdata={"version": "2025a-0+deb12u1", "origin": STABLE})
+    state = env.dir / "state"
+    code, _doc = update(env, capsys, "--dry-run")  # a check records what is pending
+    assert code == 0
+    assert pending_updates(state) == {"app-one": (2, 1), "app-two": (0, 0)}
+    metrics = render(ExportView(None, pending_updates=pending_updates(state))).decode()
+    assert 'pveguard_container_pending_updates{kind="security",name="app-one"} 1.0' in metrics
+    assert 'pveguard_container_pending_updates{kind="all",name="app-one"} 2.0' in metrics
+    [f] = findings(state, {"app-one", "app-two"})
+    assert (f.id, f.category, f.severity) == ("security-updates:app-one", "updates", "high")
+    assert "libssl3" in f.detail and f.fix.startswith("pveguard update --security-only app-one")
+    doc = build(HostFacts(root=Path("/nonexistent"), live=False), Strategy(), External(updates=[f]))
+    assert "security-updates:app-one" in [x["id"] for x in doc["findings"]]
+
+    code, _doc = update(env, capsys, "--security-only", "app-one")  # installed: no longer pending
+    assert code == 0
+    assert pending_updates(state) == {"app-one": (1, 0), "app-two": (0, 0)}
+    assert findings(state, {"app-one", "app-two"}) == []

@@ -86,12 +86,27 @@ def update_cmd(
                                  security_only=security_only)
     finally:
         backend.close()
+    remember(app_ctx, report)
     if json_out:
         print_json(report.as_dict())
     else:
         render(report)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def remember(app_ctx: AppContext, report: job.Report) -> None:
+    """Keep what each container still has pending, for the audit finding and the exporter's metric."""
+    from pveguard.updates.state import Checked, save
+
+    rows = []
+    for o in report.containers:
+        if not o.checked:
+            continue
+        left = o.left_pending()
+        rows.append(Checked(o.name, o.vmid, report.ts, len(left), sum(1 for p in left if p.security),
+                            sorted(p.name for p in left if p.security)))
+    save(app_ctx.store, rows)
 
 
 def update_timer_cmd(

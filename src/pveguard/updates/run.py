@@ -47,6 +47,14 @@ class Outcome:
     pruned: list[str] = field(default_factory=list)
     checks: list[probes.ProbeResult] = field(default_factory=list)
     seconds: float = 0.0
+    checked: bool = False  # the pending updates were read
+
+    def left_pending(self) -> list[apt.Pending]:
+        """What is still pending after this run (the installed ones are gone when the update succeeded)."""
+        if self.action != "updated":
+            return list(self.pending)
+        done = {p.name for p in self.selected}
+        return [p for p in self.pending if p.name not in done]
 
     @property
     def ok(self) -> bool:
@@ -161,6 +169,7 @@ def run(backend: Backend, strategy: Strategy, instance: str, record: Record, *, 
         except BackendError as exc:
             out.action, out.reason = "failed", exc.message
             continue
+        out.checked = True
         out.selected = [p for p in out.pending if p.security] if security_only else list(out.pending)
         if not out.selected:
             out.action = "up-to-date"
