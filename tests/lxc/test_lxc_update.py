@@ -160,6 +160,30 @@ def test_a_failing_postinst_is_rolled_back_and_the_service_answers_again(lxc_env
     assert ("update.intent", None) in results and ("update.rollback.intent", None) in results
     assert ("update", "rolled-back") in results
 
+    # then a good version 3.0: updated, the service answers 3.0, the rollback's snapshot pruned (keep 1)
+    v3 = build_deb(tmp_path, "3.0", POSTINST_OK.replace("enable --now", "enable") + "systemctl restart pgu-app\n")
+    b.push(g, str(v3), "/srv/repo/pgu-app_3.0_all.deb")
+    assert b.exec(g, ["rm", "/srv/repo/pgu-app_2.0_all.deb"]).ok
+    index = packages_stanza(v3).encode()
+    (tmp_path / "Packages").write_bytes(index)
+    (tmp_path / "Release").write_text(
+        "Origin: pgu-test\nLabel: pgu-test\nSuite: stable-security\nCodename: bookworm-security\n"
+        f"Date: {formatdate(usegmt=True)}\nArchitectures: all amd64\n"
+        f"SHA256:\n {hashlib.sha256(index).hexdigest()} {len(index)} Packages\n")
+    for name in ("Packages", "Release"):
+        b.push(g, str(tmp_path / name), f"/srv/repo/{name}")
+    first = o["snapshot"]
+    code, out, err = pveguard(env, "update", "--json")
+    assert code == 0, out + err
+    [o] = json.loads(out)["containers"]
+    assert o["action"] == "updated" and o["pruned"] == [first], o
+    assert answer() == "pgu-app 3.0"
+    [g] = b.list_guests()
+    assert [s.name for s in b.snapshots(g)] == [o["snapshot"]]
+    snapdir = Path(b.config.disk_dir) / str(g.vmid) / "snapshots"
+    assert sorted(p.name for p in snapdir.iterdir()) == [f"{o['snapshot']}.raw"]
+    assert b.get_config(g).get("lock") is None
+
     doc["containers"] = []
     strategy.write_text(yaml.safe_dump(doc, sort_keys=False))
     code, out, err = pveguard(env, "apply", "--prune", "--yes", "--i-mean-it", "pgu-up")

@@ -108,8 +108,10 @@ def test_dry_run_lists_pending_updates_with_security_marked_and_changes_nothing(
 def test_success_upgrades_keeps_the_last_snapshot_and_records_it(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     offer(env, "app-one", libssl3={"version": "3.0.15-1~deb12u2", "origin": SECURITY},
           tzdata={"version": "2025a-0+deb12u1", "origin": STABLE})
-    code, doc = update(env, capsys, "--security-only", "app-one")
+    # the timer's run: security updates only (updates.security_only defaults to true)
+    code, doc = update(env, capsys, "--scheduled", "app-one")
     assert code == 0, doc
+    assert doc["security_only"] is True
     one = outcome(doc, "app-one")
     assert one["action"] == "updated" and one["snapshot"] and one["pruned"] == []
     assert [c["ok"] for c in one["checks"]] == [True]
