@@ -683,9 +683,10 @@ class LxcBackend(Backend):
             tags = [t for t in str(conf.get("tags", "")).split(";") if t]
             managed = read_marker(str(conf.get("description", ""))) is not None
             maxdisk = rootfs_size_gib(conf["rootfs"]) * GIB if conf.get("rootfs") else 0
+            lock = None if _stale_snapshot_lock(meta) else meta.get("lock")
             guests.append(Guest(vmid=vmid, name=name, node=self.node, type="lxc", status=_state(state), tags=tags,
                                 managed=managed, maxmem=int(conf.get("memory", 0)) * MIB, maxdisk=maxdisk,
-                                cpus=float(conf.get("cores", 0)), lock=meta.get("lock")))
+                                cpus=float(conf.get("cores", 0)), lock=lock))
         return guests
 
     def get_config(self, guest: Guest) -> dict[str, Any]:
@@ -987,16 +988,23 @@ class LxcBackend(Backend):
         return self._image(vmid).parent / "snapshots" / f"{name}.raw"
 
     def _locked(self, vmid: int, lock: str) -> dict[str, Any]:
+        """Take the container's lock for a snapshot operation. A snapshot lock whose process is gone
+        (killed half-way) is taken over, and a container it left frozen is thawed first."""
         meta = self._meta(vmid)
-        if meta.get("lock"):
+        if meta.get("lock") and _stale_snapshot_lock(meta):
+            self._run(["lxc-unfreeze", "-P", str(self.lxcpath), "-n", str(vmid)], what=f"thaw container {vmid}",
+                      check=False)
+        elif meta.get("lock"):
             raise BackendError(f"CT {vmid} is locked ({meta['lock']})",
                                hint="wait for the operation holding the lock to finish, then try again")
         meta["lock"] = lock
+        meta["locker"] = _process_id(os.getpid())
         self._write_meta(vmid, meta)
         return meta
 
     def _unlock(self, vmid: int, meta: dict[str, Any]) -> None:
         meta.pop("lock", None)
+        meta.pop("locker", None)
         self._write_meta(vmid, meta)
 
     def _copy_image(self, src: Path, dst: Path, what: str) -> None:
@@ -1310,6 +1318,16 @@ def _process_id(pid: int) -> list[int]:
     """(pid, start time in ticks): names a process without mistaking a later one with the same pid."""
     fields = _read_text(Path(f"/proc/{pid}/stat")).rsplit(")", 1)[-1].split()
     return [pid, int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else 0]
+
+
+def _stale_snapshot_lock(meta: dict[str, Any]) -> bool:
+    """True for a snapshot, rollback or snapshot-delete lock whose process is gone."""
+    if meta.get("lock") not in ("snapshot", "rollback", "snapshot-delete"):
+        return False
+    locker = meta.get("locker")
+    if not isinstance(locker, list) or len(locker) != 2:
+        return False
+    return _process_id(int(locker[0])) != [int(locker[0]), int(locker[1])]
 
 
 def _stale_create(meta: dict[str, Any]) -> bool:
