@@ -142,7 +142,7 @@ def test_a_failing_postinst_is_rolled_back_and_the_service_answers_again(lxc_env
     assert code == 1, out + err  # the update failed (and was rolled back)
     [o] = json.loads(out)["containers"]
     assert o["action"] == "rolled-back", o
-    assert o["reason"].startswith("apt-get failed (exit 100)"), o["reason"]
+    assert o["reason"].startswith("apt-get failed (exit 100): dpkg: error processing package pgu-app"), o["reason"]
     assert [c["ok"] for c in o["checks"]] == [True]
     [g] = b.list_guests()
     assert g.status == "running" and g.lock is None

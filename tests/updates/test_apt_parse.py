@@ -4,6 +4,7 @@ Debian 12 and Ubuntu 22.04 hosts and from the real-LXC test's local repository).
 from __future__ import annotations
 
 from pveguard.updates.apt import is_security, parse_simulation, upgrade_argv
+from pveguard.updates.run import apt_error
 
 SIM = """Reading package lists...
 Building dependency tree...
@@ -45,3 +46,16 @@ def test_upgrade_argv_is_noninteractive_and_names_only_the_selected() -> None:
     assert "Dpkg::Options::=--force-confold" in whole and "-y" in whole
     some = upgrade_argv(parse_simulation(SIM)[::-1])
     assert some[-4:] == ["--only-upgrade", "libc6", "pgu-app", "tzdata"]
+
+
+def test_apt_error_names_the_failing_maintainer_script() -> None:
+    out = ("Setting up pgu-app (2.0) ...\n")
+    err = ("pgu-app 2.0: postinst fails on purpose\n"
+           "dpkg: error processing package pgu-app (--configure):\n"
+           " installed pgu-app package post-installation script subprocess returned error exit status 1\n"
+           "Errors were encountered while processing:\n pgu-app\n"
+           "E: Sub-process /usr/bin/dpkg returned an error code (1)\n")
+    assert apt_error(out + err) == ("dpkg: error processing package pgu-app (--configure): installed pgu-app package "
+                                    "post-installation script subprocess returned error exit status 1")
+    assert apt_error("W: x\nE: Unable to locate package nope\nE: later\n") == "E: Unable to locate package nope"
+    assert apt_error("just this\n") == "just this"

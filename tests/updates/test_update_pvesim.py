@@ -158,7 +158,8 @@ def test_a_failing_postinst_is_rolled_back(env: Env, capsys: pytest.CaptureFixtu
     code, doc = update(env, capsys)
     assert code == 1
     two = outcome(doc, "app-two")
-    assert two["action"] == "rolled-back" and two["reason"].startswith("apt-get failed (exit 100)")
+    assert two["action"] == "rolled-back"
+    assert two["reason"].startswith("apt-get failed (exit 100): dpkg: error processing package app (--configure)")
     assert packages(env, "app-two") == {"libssl3": "3.0.15-1~deb12u1", "tzdata": "2024a-0+deb12u1", "app": "1.0"}
     assert outcome(doc, "app-one")["action"] == "up-to-date"
 

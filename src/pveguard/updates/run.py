@@ -135,6 +135,17 @@ def pending(backend: Backend, g: Guest, refresh: bool = True) -> list[apt.Pendin
     return apt.parse_simulation(r.stdout)
 
 
+def apt_error(text: str) -> str:
+    """The line that says why apt failed: dpkg's own error (a failing maintainer script), else apt's first
+    `E:` line, else the last line."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if ln.startswith("dpkg: error processing"):
+            detail = lines[i + 1] if i + 1 < len(lines) and not lines[i + 1].startswith(("dpkg:", "E:")) else ""
+            return (ln.rstrip(":") + (f": {detail}" if detail else ""))[:300]
+    return next((ln[:300] for ln in lines if ln.startswith("E:")), _last(text))
+
+
 def _last(text: str) -> str:
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     return lines[-1][:300] if lines else "no output"
@@ -221,7 +232,7 @@ def update_one(backend: Backend, strategy: Strategy, g: Guest, c: Container, out
     try:
         res = backend.exec(g, apt.upgrade_argv(out.selected if security_only else None), timeout=UPGRADE_TIMEOUT)
         if not res.ok:
-            why = f"apt-get failed (exit {res.returncode}): {_last(res.stderr or res.stdout)}"
+            why = f"apt-get failed (exit {res.returncode}): {apt_error(res.stdout + chr(10) + res.stderr)}"
         else:
             out.checks = wait_healthy(backend, g, c, within, clock, sleep)
             if out.checks and probes.verdict(out.checks) is not True:
