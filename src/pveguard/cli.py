@@ -28,6 +28,7 @@ from pveguard.recover import scale_cli
 from pveguard.security import certs_cli, isolation_cli, tokens_cli
 from pveguard.security import cli as audit_log_cli
 from pveguard.serve import cli as serve_cli
+from pveguard.updates import cli as updates_cli
 
 app = typer.Typer(
     name="pveguard",
@@ -185,6 +186,8 @@ app.add_typer(recover_cli.app, name="recover")
 app.command("maintenance")(recover_cli.maintenance_cmd)
 app.command("scale")(scale_cli.scale_cmd)
 app.command("rca")(scale_cli.rca_cmd)
+app.command("update")(updates_cli.update_cmd)
+app.command("update-timer")(updates_cli.update_timer_cmd)
 app.add_typer(audit_log_cli.app, name="audit-log")
 app.add_typer(certs_cli.app, name="certs")
 app.add_typer(tokens_cli.app, name="tokens")

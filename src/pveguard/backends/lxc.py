@@ -49,6 +49,7 @@ from pveguard.backends.base import (
     GuestState,
     GuestStats,
     Preflight,
+    Snapshot,
     read_marker,
 )
 from pveguard.errors import BackendError, BackendUnavailable, ConfigError
@@ -743,9 +744,10 @@ class LxcBackend(Backend):
             tags = [t for t in str(conf.get("tags", "")).split(";") if t]
             managed = read_marker(str(conf.get("description", ""))) is not None
             maxdisk = rootfs_size_gib(conf["rootfs"]) * GIB if conf.get("rootfs") else 0
+            lock = None if _stale_snapshot_lock(meta) else meta.get("lock")
             guests.append(Guest(vmid=vmid, name=name, node=self.node, type="lxc", status=_state(state), tags=tags,
                                 managed=managed, maxmem=int(conf.get("memory", 0)) * MIB, maxdisk=maxdisk,
-                                cpus=float(conf.get("cores", 0)), lock=meta.get("lock")))
+                                cpus=float(conf.get("cores", 0)), lock=lock))
         return guests
 
     def get_config(self, guest: Guest) -> dict[str, Any]:
@@ -1074,6 +1076,126 @@ class LxcBackend(Backend):
         if net.mode == "bridge_per_vlan":
             lxc_net.remove_vlan_bridge_if_unused(net.link)
 
+    # -- snapshots: a sparse copy of the root disk image plus the config, as PVE keeps them --
+    #
+    # `<disk_dir>/<vmid>/snapshots/<name>.raw` is the root disk as it was; the metadata keeps the config
+    # under `snapshots.<name>` and `parent` like a PVE config. A running container is frozen (its cgroup,
+    # lxc-freeze) and the host's filesystems synced while the image is copied, as PVE freezes a container
+    # around its volume snapshots. The data volume (mp0) is a host directory, like a PVE bind mount: not
+    # part of a snapshot (backups kept there survive a rollback).
+
+    def _snap_image(self, vmid: int, name: str) -> Path:
+        return self._image(vmid).parent / "snapshots" / f"{name}.raw"
+
+    def _locked(self, vmid: int, lock: str) -> dict[str, Any]:
+        """Take the container's lock for a snapshot operation. A snapshot lock whose process is gone
+        (killed half-way) is taken over, and a container it left frozen is thawed first."""
+        meta = self._meta(vmid)
+        if meta.get("lock") and _stale_snapshot_lock(meta):
+            self._run(["lxc-unfreeze", "-P", str(self.lxcpath), "-n", str(vmid)], what=f"thaw container {vmid}",
+                      check=False)
+        elif meta.get("lock"):
+            raise BackendError(f"CT {vmid} is locked ({meta['lock']})",
+                               hint="wait for the operation holding the lock to finish, then try again")
+        meta["lock"] = lock
+        meta["locker"] = _process_id(os.getpid())
+        self._write_meta(vmid, meta)
+        return meta
+
+    def _unlock(self, vmid: int, meta: dict[str, Any]) -> None:
+        meta.pop("lock", None)
+        meta.pop("locker", None)
+        self._write_meta(vmid, meta)
+
+    def _copy_image(self, src: Path, dst: Path, what: str) -> None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        try:
+            self._run(["cp", "--sparse=always", "--reflink=auto", str(src), str(tmp)], what=what, timeout=1800)
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def snapshots(self, guest: Guest) -> list[Snapshot]:
+        snaps = self._meta(guest.vmid).get("snapshots", {})
+        out = [Snapshot(n, int(s.get("snaptime", 0)), str(s.get("description", "")), s.get("parent"))
+               for n, s in snaps.items()]
+        return sorted(out, key=lambda s: (s.snaptime, s.name))
+
+    def snapshot(self, guest: Guest, name: str, description: str = "") -> None:
+        vmid = guest.vmid
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]+", name) or len(name) > 40 or name in ("current", "vzdump"):
+            raise ConfigError(f"{name!r} is no valid snapshot name",
+                              hint="a letter, then letters, digits or _ (at most 40); not current or vzdump")
+        meta = self._locked(vmid, "snapshot")
+        try:
+            if name in meta.get("snapshots", {}):
+                raise BackendError(f"snapshot name '{name}' already used")
+            state, _ = self._status(vmid)
+            frozen = False
+            if state == "running":
+                self._run(["lxc-freeze", "-P", str(self.lxcpath), "-n", str(vmid)], what=f"freeze container {vmid}")
+                frozen = True
+            try:
+                os.sync()
+                self._copy_image(self._image(vmid), self._snap_image(vmid, name), f"copy the root disk of {vmid}")
+            finally:
+                if frozen:
+                    self._run(["lxc-unfreeze", "-P", str(self.lxcpath), "-n", str(vmid)],
+                              what=f"thaw container {vmid}")
+            snap: dict[str, Any] = {k: v for k, v in meta["config"].items() if k != "description"}
+            if meta.get("parent"):
+                snap["parent"] = meta["parent"]
+            snap["snaptime"] = int(time.time())
+            if description:
+                snap["description"] = description
+            meta.setdefault("snapshots", {})[name] = snap
+            meta["parent"] = name
+        finally:
+            self._unlock(vmid, meta)
+
+    def rollback(self, guest: Guest, name: str, *, start: bool) -> None:
+        vmid = guest.vmid
+        meta = self._meta(vmid)
+        snap = meta.get("snapshots", {}).get(name)
+        if snap is None or not self._snap_image(vmid, name).exists():
+            raise BackendError(f"snapshot '{name}' does not exist")
+        meta = self._locked(vmid, "rollback")
+        try:
+            if self._status(vmid)[0] == "running":
+                self._run(["lxc-stop", "-P", str(self.lxcpath), "-n", str(vmid), "-k"],
+                          what=f"stop container {vmid}", timeout=60)
+            self._wait_released(vmid)
+            self._copy_image(self._snap_image(vmid, name), self._image(vmid), f"restore the root disk of {vmid}")
+            conf = {k: v for k, v in snap.items() if k not in ("snaptime", "description", "parent")}
+            if meta["config"].get("description"):
+                conf["description"] = meta["config"]["description"]
+            meta["config"] = conf
+            meta["parent"] = name
+        finally:
+            self._unlock(vmid, meta)
+        if start:
+            self.start(guest)
+
+    def delete_snapshot(self, guest: Guest, name: str) -> None:
+        vmid = guest.vmid
+        if name not in self._meta(vmid).get("snapshots", {}):
+            raise BackendError(f"snapshot '{name}' does not exist")
+        meta = self._locked(vmid, "snapshot-delete")
+        try:
+            snap = meta["snapshots"][name]
+            self._snap_image(vmid, name).unlink(missing_ok=True)
+            new_parent = snap.get("parent")
+            for holder in [meta, *(s for n, s in meta["snapshots"].items() if n != name)]:
+                if holder.get("parent") == name:
+                    if new_parent:
+                        holder["parent"] = new_parent
+                    else:
+                        holder.pop("parent", None)
+            del meta["snapshots"][name]
+        finally:
+            self._unlock(vmid, meta)
+
     def _remove_files(self, vmid: int) -> None:
         """Everything a container owns on the host: loop devices, temp mounts, disk, lxc directory."""
         image = self._image(vmid)
@@ -1299,6 +1421,16 @@ def _process_id(pid: int) -> list[int]:
     """(pid, start time in ticks): names a process without mistaking a later one with the same pid."""
     fields = _read_text(Path(f"/proc/{pid}/stat")).rsplit(")", 1)[-1].split()
     return [pid, int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else 0]
+
+
+def _stale_snapshot_lock(meta: dict[str, Any]) -> bool:
+    """True for a snapshot, rollback or snapshot-delete lock whose process is gone."""
+    if meta.get("lock") not in ("snapshot", "rollback", "snapshot-delete"):
+        return False
+    locker = meta.get("locker")
+    if not isinstance(locker, list) or len(locker) != 2:
+        return False
+    return _process_id(int(locker[0])) != [int(locker[0]), int(locker[1])]
 
 
 def _stale_create(meta: dict[str, Any]) -> bool:

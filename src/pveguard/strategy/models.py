@@ -567,6 +567,21 @@ class Emergency(StrictModel):
     resource_exhaustion: ResourceExhaustion = Field(default_factory=ResourceExhaustion)
 
 
+# --- updates ------------------------------------------------------------------------------------
+
+
+class Updates(StrictModel):
+    """Safe updates of the managed containers (`pveguard update`, docs/updates.md)."""
+
+    schedule: Frequency | Literal["never"] = Field(
+        "daily", description="when the timer runs 'pveguard update --scheduled' (a PVE calendar event, or never)")
+    security_only: bool = Field(True, description="the scheduled run installs only security updates")
+    keep_snapshots: int = Field(1, ge=0, le=50, description="update snapshots kept per container after a "
+                                "successful update (older ones are deleted)")
+    health_timeout: Duration = Field(timedelta(seconds=60), description="how long the health checks may take "
+                                     "to pass after an upgrade before it is rolled back")
+
+
 # --- target -------------------------------------------------------------------------------------
 
 
@@ -687,6 +702,7 @@ class Strategy(StrictModel):
     security: Security = Field(default_factory=Security)
     backup: Backup = Field(default_factory=Backup)
     emergency: Emergency = Field(default_factory=Emergency)
+    updates: Updates = Field(default_factory=Updates)
     target: Target = Field(default_factory=Target)
     serve: Serve = Field(default_factory=Serve)
 
