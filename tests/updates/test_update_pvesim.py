@@ -224,3 +224,18 @@ def test_pending_security_updates_become_an_audit_finding_and_a_metric(
     assert code == 0
     assert pending_updates(state) == {"app-one": (1, 0), "app-two": (0, 0)}
     assert findings(state, {"app-one", "app-two"}) == []
+
+
+def test_serve_runs_the_schedule_with_due_once_per_scheduled_time(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """`update --scheduled --due` (serve's updates job, every 5 minutes): the first call runs (never
+    run before), the next says not due until updates.schedule has another run (daily by default)."""
+    offer(env, "app-one", libssl3={"version": "3.0.15-1~deb12u2", "origin": SECURITY})
+    code, doc = update(env, capsys, "--scheduled", "--due", "app-one")
+    assert code == 0 and outcome(doc, "app-one")["action"] == "updated" and "due" not in doc
+    offer(env, "app-one", libssl3={"version": "3.0.15-1~deb12u3", "origin": SECURITY})
+    code, doc = update(env, capsys, "--scheduled", "--due", "app-one")
+    assert code == 0 and doc["due"] is False and doc["containers"] == []
+    assert "not due ('daily'" in doc["reason"]
+    assert packages(env, "app-one")["libssl3"] == "3.0.15-1~deb12u2"  # the second offer waits for tomorrow
+    code, _out, err = env.run("update", "--due", capsys=capsys)
+    assert code == 2 and "--due goes with --scheduled" in err

@@ -8,6 +8,7 @@
 | audit | `pveguard audit --json` (records the compliance score) | child process |
 | certs | `pveguard certs check --json` | child process |
 | guard | `pveguard guard status --json` | child process |
+| updates | `pveguard update --scheduled --due --json` (safe updates when updates.schedule says so) | child process |
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pveguard.serve.daemon import CHILD_TIMEOUT, Job, JobStopped
 from pveguard.serve.runtime import Runtime, iso
 
 GUARD_INTERVAL = 300.0
+UPDATES_INTERVAL = 300.0  # how often serve asks whether updates.schedule has a run due
 _children: set[subprocess.Popen[Any]] = set()
 _children_lock = threading.Lock()
 _stopping = threading.Event()
@@ -245,6 +247,14 @@ def build_jobs(rt: Runtime) -> list[Job]:
         data = run_cli(rt, "certs", ["certs", "check", "--json"], ok_codes=(0, 1))
         rt.extra["certs"] = data
 
+    def updates() -> None:
+        data = run_cli(rt, "updates", ["update", "--scheduled", "--due", "--json"], ok_codes=(0, 1))
+        rt.extra["updates"] = data
+        if isinstance(data, dict) and not data.get("ok", True):
+            ok = ("up-to-date", "would-update", "updated", "skipped")
+            failed = [c.get("name") for c in data.get("containers", []) if c.get("action") not in ok]
+            raise OperationError(f"updates: not updated: {', '.join(map(str, failed)) or 'see the ledger'}")
+
     worker = Worker(rt)
     recover = RecoverJob(rt, worker)
 
@@ -255,4 +265,5 @@ def build_jobs(rt: Runtime) -> list[Job]:
         Job("audit", sch.audit.total_seconds(), audit),
         Job("certs", sch.certs.total_seconds(), certs),
         Job("guard", GUARD_INTERVAL, guard),
+        Job("updates", UPDATES_INTERVAL, updates),
     ]

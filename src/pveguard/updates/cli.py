@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -13,7 +13,7 @@ from rich.markup import escape
 from pveguard.backends import connect
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, UsageError
-from pveguard.output import console, info, print_json
+from pveguard.output import console, info, iso_utc, print_json
 from pveguard.provision.runlock import apply_lock
 from pveguard.updates import run as job
 
@@ -59,6 +59,9 @@ def update_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the pending updates; change nothing.")] = False,
     scheduled: Annotated[bool, typer.Option(
         "--scheduled", help="The timer's run: --security-only when updates.security_only says so.")] = False,
+    due: Annotated[bool, typer.Option(
+        "--due", help="With --scheduled: only when updates.schedule has a run due since the last scheduled "
+        "one (how 'pveguard serve' runs it).")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON (stable shape, see docs/json.md).")] = False,
 ) -> None:
     """Update the managed containers safely: snapshot, apt-get upgrade inside, health checks, and a
@@ -72,8 +75,12 @@ def update_cmd(
     if unknown:
         raise UsageError(f"no container {', '.join(map(repr, unknown))} in the strategy {app_ctx.strategy_path}",
                          hint="the strategy's containers: " + (", ".join(known) or "(none)"))
+    if due and not scheduled:
+        raise UsageError("--due goes with --scheduled", hint="pveguard update --scheduled --due")
     if scheduled and strategy.updates.security_only:
         security_only = True
+    if scheduled and not _scheduled_run_due(app_ctx, strategy, due, json_out):
+        return
     backend = connect(strategy)
     try:
         if dry_run:
@@ -93,6 +100,33 @@ def update_cmd(
         render(report)
     if not report.ok:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _scheduled_run_due(app_ctx: AppContext, strategy: Any, due: bool, json_out: bool) -> bool:
+    """A scheduled run is recorded when it starts; with --due it runs only when updates.schedule has
+    a run due since the last one (never: not at all). Says why when it does not run."""
+    import time
+    from datetime import UTC, datetime
+
+    from pveguard.backup.run import is_due
+    from pveguard.updates.state import last_scheduled, mark_scheduled
+
+    now = time.time()
+    if due:
+        schedule = strategy.updates.schedule
+        last = last_scheduled(app_ctx.store)
+        when = None if last is None else datetime.fromtimestamp(last, UTC)
+        if schedule == "never" or not is_due(schedule, when, datetime.fromtimestamp(now, UTC)):
+            why = ("updates.schedule is never" if schedule == "never"
+                   else f"not due ({schedule!r}, last scheduled run {iso_utc(last)})")
+            if json_out:
+                print_json({**job.Report(now, strategy.updates.security_only, False).as_dict(), "due": False,
+                            "reason": why})
+            else:
+                info(f"scheduled update {why}")
+            return False
+    mark_scheduled(app_ctx.store, now)
+    return True
 
 
 def remember(app_ctx: AppContext, report: job.Report) -> None:

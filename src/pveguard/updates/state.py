@@ -17,6 +17,9 @@ from pveguard.store import DB_NAME, Store
 MIGRATIONS = (
     "CREATE TABLE update_pending (name TEXT PRIMARY KEY, vmid INTEGER NOT NULL, checked_at REAL NOT NULL, "
     "pending INTEGER NOT NULL, security INTEGER NOT NULL, packages TEXT NOT NULL)",
+    # when the last scheduled run ('update --scheduled') started: what 'update --scheduled --due' (serve's
+    # updates job) compares with updates.schedule
+    "CREATE TABLE update_schedule (id INTEGER PRIMARY KEY CHECK (id = 1), last_run REAL NOT NULL)",
 )
 
 
@@ -75,3 +78,16 @@ def findings(state_dir: Path, known: set[str]) -> list[Finding]:
                            fix=f"pveguard update --security-only {c.name} (snapshot, upgrade, checks, rollback "
                                "on failure); the update timer does it on updates.schedule"))
     return out
+
+
+def last_scheduled(store: Store) -> float | None:
+    """When the last scheduled run started (None: never on this state directory)."""
+    store.migrate("updates", MIGRATIONS)
+    row = store.conn.execute("SELECT last_run FROM update_schedule WHERE id = 1").fetchone()
+    return None if row is None else float(row["last_run"])
+
+
+def mark_scheduled(store: Store, ts: float) -> None:
+    store.migrate("updates", MIGRATIONS)
+    with store.transaction() as conn:
+        conn.execute("INSERT OR REPLACE INTO update_schedule (id, last_run) VALUES (1, ?)", (ts,))
