@@ -116,6 +116,8 @@ ANSWER_SHAPES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         ("PUT", r"/nodes/[^/]+/lxc/\d+/firewall/options", "null"),
         ("POST", r"/nodes/[^/]+/lxc/\d+/firewall/rules", "null"),
         ("PUT", r"/nodes/[^/]+/lxc/\d+/firewall/rules/[^/]+", "null"),
+        # the traffic watch (monitoring.traffic): a node's firewall log, [{"n": int, "t": str}]
+        ("GET", r"/nodes/[^/]+/firewall/log", "list"),
         # RBAC per container role (security.access.rbac)
         ("GET", r"/access/(?:users|roles|acl)", "list"),
         ("GET", r"/access/users/[^/]+/token", "list"),
