@@ -200,7 +200,11 @@ def test_cli_prints_one_json_line_and_saves_state(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
-        assert set(info) == {"url", "token", "username", "password", "fingerprint", "cafile"}
+        assert set(info) == {"url", "token", "username", "password", "fingerprint", "cafile", "pve_version"}
+        from pvesim.schema import default_version
+        from pvesim.versions import RELEASES
+
+        assert info["pve_version"] == RELEASES[default_version()].version
         assert info["url"].startswith("http://127.0.0.1:") and info["token"].startswith("root@pam!pvesim=")
         import urllib.request
 
