@@ -112,7 +112,13 @@ def node_status(ctx: Ctx) -> dict[str, Any]:
             "user_hz": 100,
             "flags": "fpu vme de pse",
         },
-        "memory": {"total": n.maxmem, "used": r.get("mem", 0), "free": n.maxmem - int(r.get("mem", 0))},
+        "memory": {
+            "total": n.maxmem,
+            "used": r.get("mem", 0),
+            "free": n.maxmem - int(r.get("mem", 0)),
+            # pve-manager 9 (commit 8fd3420b "api: node status: add the available memory")
+            **({"available": n.maxmem - int(r.get("mem", 0))} if rel.major >= 9 else {}),
+        },
         "swap": {"total": 8 * 1024 * MiB, "used": 0, "free": 8 * 1024 * MiB},
         "rootfs": {
             "total": n.maxdisk,
