@@ -54,7 +54,7 @@ def test_all_green(denv: Env, capsys: pytest.CaptureFixture[str]) -> None:
                           "pve-vmids"}
     assert all(not line.startswith("FAIL") for line in lines.values())
     assert "certificate matches the pinned SHA-256" in lines["pve-tls"]
-    assert "Proxmox VE 8.4" in lines["pve-connection"] and "quorate" in lines["pve-nodes"]
+    assert f"Proxmox VE {denv.sim.sim.release.version}" in lines["pve-connection"] and "quorate" in lines["pve-nodes"]
     data = json.loads(denv.run("doctor", "--json", capsys=capsys)[1])
     assert data["ok"] is True and {c["name"] for c in data["checks"]} == set(lines)
     assert set(data["checks"][0]) == {"name", "ok", "detail", "fix"}
