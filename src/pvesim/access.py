@@ -142,6 +142,11 @@ class Auth:
         return f"{self.userid}!{self.tokenid}" if self.tokenid else self.userid
 
 
+def normalize_path(path: str) -> str:
+    """AccessControl.pm normalize_path: one leading '/', no doubled or trailing slashes."""
+    return "/" + "/".join(p for p in path.split("/") if p)
+
+
 def _split_path(path: str) -> list[str]:
     parts = [p for p in path.split("/") if p]
     out = ["/"]
@@ -382,6 +387,20 @@ class Access:
             if p not in have:
                 raise PermError(f"{path}, {p}")
 
+    def check_perm_modify(self, authid: str, path: str | None) -> None:
+        """RPCEnvironment.pm check_perm_modify: Permissions.Modify on the path, or the object's own allocate
+        privilege (VM.Allocate on /vms/X, Datastore.Allocate on /storage/X, Pool.Allocate on /pool/X);
+        without a path, Permissions.Modify on /access."""
+        if not path:
+            self.check(authid, "/access", ["Permissions.Modify"])
+            return
+        privs = ["Permissions.Modify"]
+        for prefix, priv in (("/storage/", "Datastore.Allocate"), ("/vms/", "VM.Allocate"),
+                             ("/pool/", "Pool.Allocate")):
+            if path.startswith(prefix) and len(path) > len(prefix):
+                privs.append(priv)
+        self.check(authid, path, privs, any_of=True)
+
     def allowed(self, authid: str, path: str, priv: str) -> bool:
         return priv in self.privs(authid, path)
 
@@ -437,7 +456,7 @@ def evaluate_check(access: Access, auth: Auth, check: list[Any], params: dict[st
         raise PermError("/access/groups, User.Modify")
     if kind == "perm-modify":
         path = re.sub(r"\{([^}]+)\}", lambda m: str(params.get(m.group(1), "")), check[1])
-        access.check(auth.authid, path, ["Permissions.Modify"])
+        access.check_perm_modify(auth.authid, normalize_path(path))
         return
     if kind == "admin":
         if auth.authid != "root@pam":

@@ -87,6 +87,10 @@ def _route(sim: Sim, method: str, parts: list[str], doc: dict[str, Any], q: dict
                 n.online = bool(doc["online"])
             if "level" in doc:
                 n.level = str(doc["level"])
+            if "maxmem" in doc:  # a node with more (or less) RAM: its headroom in /cluster/resources
+                n.maxmem = int(doc["maxmem"])
+            if "maxcpu" in doc:
+                n.maxcpu = int(doc["maxcpu"])
             for g in sim.guests.values():
                 if g.node == n.name:
                     g.touch()
@@ -149,6 +153,19 @@ def _route(sim: Sim, method: str, parts: list[str], doc: dict[str, Any], q: dict
         g.touch()
         sim.changed()
         return {"vmid": g.vmid, "lock": g.config.get("lock")}
+    if head == "firewall" and rest == ["connect"] and method == "POST":
+        from pvesim.handlers.firewall import judge
+
+        g = _guest(sim, str(doc["vmid"]))
+        direction = str(doc.get("direction", "in"))
+        if direction not in ("in", "out"):
+            raise ControlError(400, "direction must be 'in' (to the guest) or 'out' (from it)")
+        proto = str(doc.get("proto", "tcp")).lower()
+        pkt = {"direction": direction, "src": str(doc["src"]), "dst": str(doc["dst"]), "proto": proto,
+               "dport": int(doc["dport"]) if doc.get("dport") is not None else None,
+               "sport": int(doc.get("sport", 40000))}
+        results = [judge(sim, g, pkt) for _ in range(max(1, int(doc.get("count", 1))))]
+        return {"action": results[0][0], "logged": [line for _, line in results if line]}
     if head == "certificates" and rest:
         return _certificates(sim, method, rest, doc)
     if head == "pct":
@@ -222,6 +239,17 @@ def _guests(sim: Sim, method: str, rest: list[str], doc: dict[str, Any]) -> Any:
         elif method == "DELETE":
             pk.clear()
         return dict(pk)
+    if sub == "upgrades":
+        # {"pkg": {"version": "1.1", "origin": "Debian-Security:12/stable-security", "postinst_fails": true}}
+        up = sim.guest_upgrades.setdefault(g.vmid, {})
+        if method == "POST":
+            for name, u in doc.items():
+                if not isinstance(u, dict) or "version" not in u:
+                    raise ControlError(400, f'{name}: say {{"version": V, "origin": O, "postinst_fails": B}}')
+                up[str(name)] = dict(u)
+        elif method == "DELETE":
+            up.clear()
+        return dict(up)
     if sub == "crash":
         # {"after": s, "every": s, "times": n}: crash now (no body), once after a delay, or on a schedule
         if method == "POST":
@@ -240,6 +268,8 @@ def _guests(sim: Sim, method: str, rest: list[str], doc: dict[str, Any]) -> Any:
             sim.crashes = [c for c in sim.crashes if c["vmid"] != g.vmid]
         return {"vmid": g.vmid, "status": g.status, "crashes": g.crashes,
                 "scheduled": [dict(c) for c in sim.crashes if c["vmid"] == g.vmid]}
+    if sub == "modes":  # the mode each pushed file got (pct push --perms)
+        return {p: f"{m:04o}" for p, m in sim.guest_file_modes.get(g.vmid, {}).items()}
     if sub == "files":
         files = sim.guest_files.setdefault(g.vmid, {})
         if method == "POST":

@@ -51,6 +51,7 @@ def save_state(sim: Sim, path: str) -> None:
             "fw_cluster": sim.fw_cluster,
             "fw_groups": sim.fw_groups,
             "fw_guest": {str(k): v for k, v in sim.fw_guest.items()},
+            "fw_log": sim.fw_log,
             "notif_endpoints": sim.notif_endpoints,
             "notif_matchers": sim.notif_matchers,
             "datacenter": sim.datacenter,
@@ -109,6 +110,7 @@ def load_state(sim: Sim, path: str) -> None:
         sim.fw_cluster = doc.get("fw_cluster", sim.fw_cluster)
         sim.fw_groups = doc.get("fw_groups", {})
         sim.fw_guest = {int(k): v for k, v in doc.get("fw_guest", {}).items()}
+        sim.fw_log = {str(k): list(v) for k, v in doc.get("fw_log", {}).items()}
         sim.notif_endpoints = doc.get("notif_endpoints", sim.notif_endpoints)
         sim.notif_matchers = doc.get("notif_matchers", sim.notif_matchers)
         sim.datacenter = doc.get("datacenter", sim.datacenter)

@@ -428,6 +428,7 @@ class Sim:
         self.fw_cluster: dict[str, Any] = _new_firewall()
         self.fw_groups: dict[str, dict[str, Any]] = {}
         self.fw_guest: dict[int, dict[str, Any]] = {}
+        self.fw_log: dict[str, list[str]] = {}  # node -> /var/log/pve-firewall.log lines (handlers/firewall.py)
         self.notif_endpoints: dict[str, dict[str, dict[str, Any]]] = {
             "sendmail": {
                 "mail-to-root": {
@@ -468,6 +469,10 @@ class Sim:
         self.pct_keep_env_default = True
         self.guest_packages: dict[int, dict[str, str]] = {}
         self.guest_files: dict[int, dict[str, bytes]] = {}
+        # mode of each pushed file (pct push --perms, default 0644 as pct's file_set_contents)
+        self.guest_file_modes: dict[int, dict[str, int]] = {}
+        # what apt inside a guest could upgrade to: {vmid: {pkg: {"version", "origin", "postinst_fails"}}}
+        self.guest_upgrades: dict[int, dict[str, dict[str, Any]]] = {}
         self.unavailable_packages: set[str] = set()
         # scheduled crashes (control API): {"vmid", "at", "every" (None: once), "left" (None: forever)}
         self.crashes: list[dict[str, Any]] = []

@@ -146,6 +146,13 @@ def test_monitor_once_and_alerts(sim_env: tuple[Any, dict[str, str]], width: int
     assert_reads_well(proc.stdout, width, [g["id"] for g in poll["guests"]] + [g["name"] for g in poll["guests"]])
     assert LONG_NAME in proc.stdout
 
+    # the traffic watch read the firewall log at that poll: its table keeps every container's name whole
+    traffic = json.loads(pveguard(env, "monitor", "traffic", "--json").stdout)
+    assert traffic["containers"]
+    proc = pveguard(env, "monitor", "traffic", width=width)
+    assert proc.returncode == 0, proc.stderr
+    assert_reads_well(proc.stdout, width, [c["name"] for c in traffic["containers"]])
+
     assert pveguard(env, "alerts", "silence", LONG_NAME, "--for", "2h", "--reason", "the tables test").returncode == 0
     active = json.loads(pveguard(env, "alerts", "--json").stdout)["alerts"]
     assert any(a["target"] == f"lxc/{vmid}" for a in active), active
@@ -379,6 +386,16 @@ def test_certs(sim_env: tuple[Any, dict[str, str]], width: int) -> None:
                       + [c["name"] for c in doc["certificates"]])
 
 
+@pytest.mark.parametrize("width", WIDTHS)
+def test_api_token_list(env: dict[str, str], width: int) -> None:
+    names = ["dashboard-operations-team", "ci-runner", "grafana-readonly-viewer"]
+    for name, role in zip(names, ("operator", "admin", "viewer"), strict=True):
+        assert pveguard(env, "api-token", "create", name, "--role", role, "--ttl", "30d").returncode == 0
+    proc = pveguard(env, "api-token", "list", width=width)
+    assert proc.returncode == 0, proc.stderr
+    assert_reads_well(proc.stdout, width, names, in_cells=names)
+
+
 SRC = Path(__file__).parents[2] / "src/pveguard"
 # module -> the tests above that run its table commands at 80 and 120 columns
 READ_HERE = {
@@ -391,6 +408,7 @@ READ_HERE = {
     "guard/workflow.py": ["test_install_dry_run"],
     "backup/cli.py": ["test_backup_status", "test_backup_archives", "test_backup_run"],
     "security/certs_cli.py": ["test_certs"],
+    "serve/cli.py": ["test_api_token_list"],
 }
 
 

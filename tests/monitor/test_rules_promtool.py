@@ -27,7 +27,11 @@ def test_check_rules(tmp_path: Path) -> None:
     (tmp_path / "rules.yml").write_text(prometheus_rules_yaml(Strategy()))
     res = _promtool("check", "rules", "rules.yml", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert "4 rules found" in res.stdout
+    assert "6 rules found" in res.stdout  # 4 threshold rules + the traffic watch's 2
+    off = Strategy.model_validate({"network": {"isolation": {"traffic_monitoring": False}}})
+    (tmp_path / "rules.yml").write_text(prometheus_rules_yaml(off))
+    res = _promtool("check", "rules", "rules.yml", cwd=tmp_path)
+    assert res.returncode == 0 and "4 rules found" in res.stdout, res.stdout + res.stderr
 
 
 @needs_promtool
@@ -155,3 +159,56 @@ def test_grafana_dashboard_panels_and_queries(tmp_path: Path) -> None:
     (tmp_path / "q.yml").write_text(yaml.safe_dump(doc))
     res = _promtool("check", "rules", "q.yml", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+TRAFFIC_TESTS = """
+rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      # 30 drops a minute for 10 minutes, then none
+      - series: 'pveguard_container_firewall_dropped_total{id="lxc/101",name="pve-monitoring"}'
+        values: '0+30x10 300x10'
+      # 5 a minute: under the default 10/min
+      - series: 'pveguard_container_firewall_dropped_total{id="lxc/102",name="pve-backup-manager"}'
+        values: '0+5x20'
+      - series: 'pveguard_container_unaccepted_destinations{id="lxc/103",name="pve-dev-tools"}'
+        values: '0x4 2x4 0x4'
+    alert_rule_test:
+      - eval_time: 6m
+        alertname: PveguardFirewallDrops
+        exp_alerts:
+          - exp_labels: {id: lxc/101, name: pve-monitoring, severity: warning, rule: fw_drops, source: pveguard}
+            exp_annotations:
+              summary: "the firewall drops 30.0 connections/min of pve-monitoring (lxc/101)"
+              description: "dropped connections >= 10/min over 5m"
+      - eval_time: 18m
+        alertname: PveguardFirewallDrops
+        exp_alerts: []
+      - eval_time: 6m
+        alertname: PveguardNewDestination
+        exp_alerts:
+          - exp_labels: {id: lxc/103, name: pve-dev-tools, severity: warning, rule: new_destination, source: pveguard}
+            exp_annotations:
+              summary: "pve-dev-tools (lxc/103) talks to 2 destination(s) never seen before"
+              description: >-
+                see them with 'pveguard monitor traffic'; accept one into the baseline
+                with 'pveguard monitor traffic accept NAME DEST'
+      - eval_time: 10m
+        alertname: PveguardNewDestination
+        exp_alerts: []
+"""
+
+
+@needs_promtool
+def test_promtool_traffic_rules(tmp_path: Path) -> None:
+    (tmp_path / "rules.yml").write_text(prometheus_rules_yaml(Strategy()))
+    (tmp_path / "test.yml").write_text(TRAFFIC_TESTS)
+    res = _promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # a higher threshold must make the 6m expectation fail (the test can fail)
+    s = Strategy.model_validate({"monitoring": {"traffic": {"drops_per_minute": 40}}})
+    (tmp_path / "rules.yml").write_text(prometheus_rules_yaml(s))
+    res = _promtool("test", "rules", "test.yml", cwd=tmp_path)
+    assert res.returncode != 0

@@ -103,9 +103,13 @@ def test_plan_reads_one_listing_plus_one_config_per_managed_guest(penv: Env,
     penv.reset_calls()
     assert penv.run("plan", capsys=capsys)[0] == 0
     # plus one privilege read per ACL path the strategy needs (/, /nodes, /vms, 2 storages, the bridge's VLAN)
-    # and the firewall: one read per cluster collection, the IP set and each role's group, two per guest
+    # and the firewall: one read per cluster collection, the IP set and each role's group, two per guest;
+    # RBAC (security.access.rbac): /access, /access/groups, /access/realm/pve and the grants' /storage
+    # privileges, one read of users, roles and ACLs, the tokens of each role user, and the nodes' addresses
+    # for `pct exec` over ssh (is the token file in each container?)
     assert penv.calls() == {"GET /cluster/resources": 1, "GET /nodes/{node}/lxc/{vmid}/config": 4,
-                            "GET /access/permissions": 6,
+                            "GET /access/permissions": 10, "GET /access/users": 1, "GET /access/roles": 1,
+                            "GET /access/acl": 1, "GET /access/users/{userid}/token": 4, "GET /cluster/status": 1,
                             "GET /cluster/firewall/options": 1, "GET /cluster/firewall/rules": 1,
                             "GET /cluster/firewall/ipset": 1, "GET /cluster/firewall/ipset/{name}": 1,
                             "GET /cluster/firewall/groups": 1, "GET /cluster/firewall/groups/{group}": 4,

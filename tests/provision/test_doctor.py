@@ -96,7 +96,8 @@ CASES: list[tuple[str, Callable[[Env], None], str, str, str]] = [
     ("few privileges", lambda e: e.env.update(PVEGUARD_PVE_TOKEN=_token(e.sim)),
      "pve-permissions", "few@pve!tk lacks privileges that plan and apply need: /: Sys.Modify (privileged "
                         "containers (unprivileged: false); firewall IP sets, groups, datacenter options); "
-                        "/sdn/zones/localnetwork/vmbr0/100: SDN.Use",
+                        "/access: Sys.Modify (the PVEGuard* roles of the container roles (security.access.rbac)); "
+                        "/access/groups: User.Modify (the role users and their API tokens (security.access.rbac))",
      "pveum acl modify /vms --users 'few@pve' --tokens 'few@pve!tk' --roles PVEGuard"),
     ("no quorum", _offline("pve2", "pve3"), "pve-nodes", "1 of 3 nodes online (pve1), offline: pve2, pve3, NOT "
                                                         "quorate", "pvecm status"),

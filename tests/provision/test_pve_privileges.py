@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pveguard.backends.base import GuestSpec, NetSpec
-from pveguard.backends.pveprivs import CALLS, FIREWALL_CALLS, grant_commands, needs
+from pveguard.backends.pveprivs import CALLS, FIREWALL_CALLS, RBAC_CALLS, grant_commands, needs
 
 from .conftest import Env
 
@@ -73,6 +73,35 @@ def test_needed_privileges_cover_the_schema_checks_of_every_call() -> None:
             assert covered == privs, (method, path, check)
 
 
+def test_rbac_privileges_cover_the_schema_checks_of_the_access_calls() -> None:
+    """The RBAC calls (security.access.rbac) against the schema's checks: 'perm' on /access, the user
+    checks (userid-param Realm.AllocateUser, userid-group User.Modify) and perm-modify on the ACL path."""
+    schema = _schema()
+    have: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for method, path, kind, priv in RBAC_CALLS:
+        assert (method, path) in schema, f"{method} {path} is not a PVE API call"
+        have.setdefault((method, path), set()).add((kind, priv))
+
+    def leaves(check: list[Any]) -> list[list[Any]]:
+        return [x for sub in check[1:] for x in leaves(sub)] if check[0] in ("and", "or") else [check]
+
+    for (method, path), got in have.items():
+        check = (schema[(method, path)].get("permissions") or {}).get("check")
+        if not check:
+            continue  # user: all (filtered inside): ACL.pm read_acl wants Sys.Audit on /access for all of them
+        for leaf in leaves(check):
+            if leaf[0] == "perm":
+                assert leaf[1] == "/access" and {("access", p) for p in leaf[2]} <= got, (method, path, leaf)
+            elif leaf == ["userid-param", "Realm.AllocateUser"]:
+                assert ("realm", "Realm.AllocateUser") in got
+            elif leaf[0] == "userid-group":
+                assert ("access-groups", "User.Modify") in got
+            elif leaf[0] == "perm-modify":  # check_perm_modify: VM.Allocate on /vms/<vmid>, else Permissions.Modify
+                assert {("vms", "VM.Allocate"), ("acl", "Permissions.Modify")} <= got
+            else:
+                assert leaf == ["userid-param", "self"], (method, path, leaf)  # an 'or' alternative
+
+
 def _spec(**kw: Any) -> GuestSpec:
     base: dict[str, Any] = {"name": "a", "role": "r", "cores": 1, "memory_mib": 512, "swap_mib": 0, "disk_gib": 4,
                             "net": NetSpec("vmbr0", 100)}
@@ -106,10 +135,13 @@ def test_token_that_cannot_see_guests_is_refused_and_the_grant_commands_work(
     assert "to create" not in out
     assert "plan@pve!ro lacks privileges that plan and apply need" in err
     assert re.search(r"/vms: VM\.Audit \(see the guests[^)]*\), VM\.Allocate", err)
-    assert "/storage/local: Datastore.AllocateTemplate (download a missing template)\n" in err
+    # the backup storage also takes Permissions.Modify: the backup role's ACL goes there (security.access.rbac)
+    assert "/storage/local: Datastore.AllocateTemplate (download a missing template), Permissions.Modify" in err
+    assert "/access/groups: User.Modify" in err and "/access/realm/pve: Realm.AllocateUser" in err
     assert "/storage/local-lvm: Datastore.AllocateSpace" in err
     assert "/sdn/zones/localnetwork/vmbr0/100: SDN.Use" in err
-    assert "/nodes:" not in err  # that one it has
+    # Sys.Audit on /nodes it has; only the ACL for the monitoring role's grant is missing there
+    assert "/nodes: Permissions.Modify (the role users' and tokens' ACLs)\n" in err
     assert "pveum acl modify /vms --users 'plan@pve' --tokens 'plan@pve!ro' --roles PVEGuard" in err
     assert code == penv.run("apply", capsys=capsys)[0]  # apply refuses the same way
 

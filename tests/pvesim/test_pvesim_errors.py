@@ -422,6 +422,26 @@ def test_task_errors_arrive_inside_tasks(sim: SimHandle) -> None:
     assert log["data"][-1] == {"n": log["total"], "t": "TASK ERROR: CT is locked (backup)"}
 
 
+def test_migration_aborts_inside_its_task_on_a_lock_or_online(sim: SimHandle) -> None:
+    """pve-container LXC/Migrate.pm prepare() runs in the worker: a locked CT, or --online for a running
+    one, is accepted (a UPID) and the vzmigrate task ends "migration aborted" with the reason logged."""
+    for path, params, why in (("/nodes/pve1/lxc/202/migrate", {"target": "pve2"}, "CT is locked (backup)"),
+                              ("/nodes/pve1/lxc/201/migrate", {"target": "pve2", "online": 1, "restart": 1},
+                               "lxc live migration is currently not implemented")):
+        st, _rs, body = raw(sim, "POST", path, params)
+        assert st == 200
+        upid = json.loads(body)["data"]
+        assert ":vzmigrate:" in upid
+        sim.control("POST", "/tasks/finish")
+        status = sim.api("GET", f"/nodes/pve1/tasks/{upid}/status")[2]["data"]
+        assert status["status"] == "stopped" and status["exitstatus"] == "migration aborted"
+        lines = [x["t"] for x in sim.api("GET", f"/nodes/pve1/tasks/{upid}/log")[2]["data"]]
+        assert lines == [f"ERROR: migration aborted (duration 00:00:00): {why}", "TASK ERROR: migration aborted"]
+    cfg = sim.api("GET", "/nodes/pve1/lxc/202/config")[2]["data"]
+    assert cfg["lock"] == "backup"  # untouched: the migrate lock is only taken after prepare()
+    assert sim.api("GET", "/nodes/pve1/lxc/201/status/current")[2]["data"]["status"] == "running"
+
+
 def test_extjs_format_and_path_param_conflict(sim: SimHandle) -> None:
     ctx = ssl.create_default_context(cafile=sim.cafile)
     conn = http.client.HTTPSConnection(sim.hostname, sim.port, context=ctx, timeout=10)

@@ -68,3 +68,22 @@ def test_default_paths_for_a_full_token(pvesim: Any) -> None:
     tok = _token(pvesim, "adm@pve", "all", privsep=0)
     tree = _ok(pvesim, "GET", "/access/permissions", token=tok)
     assert set(tree) == {"/", "/access", "/access/groups", "/nodes", "/pool", "/sdn", "/storage", "/vms"}
+
+
+def test_acl_writes_take_check_perm_modify(ops: tuple[Any, str]) -> None:
+    """RPCEnvironment.pm check_perm_modify: Permissions.Modify on the path, or VM.Allocate on /vms/<vmid>
+    (Datastore.Allocate on /storage/<id>, Pool.Allocate on /pool/<id>); /vms itself takes Permissions.Modify."""
+    sim, _tok = ops
+    pw = _token(sim, "ops@pve", "full", privsep=0)  # ops@pve's own privileges: PVEVMAdmin on /vms
+    _ok(sim, "POST", "/access/users", {"userid": "svc@pve"})
+    _ok(sim, "PUT", "/access/acl", {"path": "/vms/100", "roles": "PVEAuditor", "users": "svc@pve"}, token=pw)
+    status, reason, _ = sim.api("PUT", "/access/acl", {"path": "/vms", "roles": "PVEAuditor", "users": "svc@pve"},
+                                token=pw)
+    assert (status, reason) == (403, "Permission check failed (/vms, Permissions.Modify)")
+    status, reason, _ = sim.api("PUT", "/access/acl", {"path": "/storage/local", "roles": "PVEAuditor",
+                                                       "users": "svc@pve"}, token=pw)
+    assert (status, reason) == (403, "Permission check failed (/storage/local, Permissions.Modify|Datastore.Allocate)")
+    # read_acl: without Sys.Audit on /access, only the paths one may modify permissions on
+    listed = {(e["path"], e["ugid"]) for e in _ok(sim, "GET", "/access/acl", token=pw)}
+    assert ("/vms/100", "svc@pve") in listed and ("/vms", "ops@pve") not in listed
+    assert ("/storage/local", "ops@pve") not in listed

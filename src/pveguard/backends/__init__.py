@@ -154,6 +154,9 @@ def _open_proxmox(strategy: Strategy, env: Mapping[str, str], settings: Any = No
     from pveguard.security.isolation import enforced
 
     backend.firewall = enforced(strategy)
+    from pveguard.security import rbac
+
+    backend.rbac_paths = rbac.acl_paths(strategy) if rbac.enforced(strategy) else None
     return backend
 
 

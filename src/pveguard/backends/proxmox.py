@@ -44,6 +44,7 @@ from pveguard.backends.base import (
     GuestSpec,
     GuestStats,
     Preflight,
+    Snapshot,
     read_marker,
 )
 from pveguard.backends.pveprivs import Need, describe_missing, grant_hint, lacking, needs
@@ -115,6 +116,15 @@ ANSWER_SHAPES: tuple[tuple[str, re.Pattern[str], str], ...] = tuple(
         ("PUT", r"/nodes/[^/]+/lxc/\d+/firewall/options", "null"),
         ("POST", r"/nodes/[^/]+/lxc/\d+/firewall/rules", "null"),
         ("PUT", r"/nodes/[^/]+/lxc/\d+/firewall/rules/[^/]+", "null"),
+        # RBAC per container role (security.access.rbac)
+        ("GET", r"/access/(?:users|roles|acl)", "list"),
+        ("GET", r"/access/users/[^/]+/token", "list"),
+        ("POST", r"/access/users/[^/]+/token/[^/]+", "object"),
+        ("PUT", r"/access/users/[^/]+/token/[^/]+", "object"),
+        ("DELETE", r"/access/users/[^/]+/token/[^/]+", "null"),
+        ("POST", r"/access/(?:users|roles)", "null"),
+        ("PUT", r"/access/(?:users|roles)/[^/]+", "null"),
+        ("PUT", r"/access/acl", "null"),
     ))
 
 # A UPID as PVE parses it (pve-common src/PVE/Tools.pm upid_decode): node, pid, pstart, start time,
@@ -482,6 +492,8 @@ class ProxmoxBackend(Backend):
         # what the strategy will ask for (set by backends.connect): privileges and preflights check these
         self.specs: list[GuestSpec] = []
         self.firewall = False  # the strategy enforces firewall isolation (pveprivs.FIREWALL_CALLS needed)
+        # the strategy enforces RBAC: the ACL paths its grants name (pveprivs.RBAC_CALLS needed); None: off
+        self.rbac_paths: list[str] | None = None
         self.backup_storage: str | None = None
 
     def __repr__(self) -> str:
@@ -911,6 +923,44 @@ class ProxmoxBackend(Backend):
     def shutdown(self, guest: Guest, timeout: int = 60) -> None:
         self._power(guest, "shutdown", {"timeout": timeout, "forceStop": True}, done_when="stopped")
 
+    def migrate(self, guest: Guest, target: str, restart: bool = True) -> None:
+        """POST .../migrate with restart=1 (pve-container API2/LXC.pm migrate_vm: a running CT needs
+        --restart or --online, and LXC has no live migration); waits for the vzmigrate task."""
+        what = f"migrating CT {guest.vmid} ({guest.name}) from {guest.node} to {target}"
+        params: dict[str, Any] = {"target": target}
+        if restart:
+            params["restart"] = 1
+        upid = self.call("POST", f"{self._ct(guest)}/migrate", params, safe=False, what=what)
+        self.wait_task(str(upid), what)
+
+    # --- snapshots (pve-container API2/LXC/Snapshot.pm: each a task under the guest's lock) ---
+
+    def snapshots(self, guest: Guest) -> list[Snapshot]:
+        rows = self.call("GET", f"{self._ct(guest)}/snapshot", what=f"listing the snapshots of CT {guest.vmid}")
+        out = [Snapshot(str(r["name"]), int(r.get("snaptime") or 0), str(r.get("description") or ""),
+                        str(r["parent"]) if r.get("parent") else None)
+               for r in rows or [] if r.get("name") != "current"]
+        return sorted(out, key=lambda s: (s.snaptime, s.name))
+
+    def snapshot(self, guest: Guest, name: str, description: str = "") -> None:
+        what = f"snapshot {name} of CT {guest.vmid} ({guest.name})"
+        params: dict[str, Any] = {"snapname": name}
+        if description:
+            params["description"] = description
+        upid = self.call("POST", f"{self._ct(guest)}/snapshot", params, safe=False, what=what)
+        self.wait_task(str(upid), what)
+
+    def rollback(self, guest: Guest, name: str, *, start: bool) -> None:
+        what = f"rollback of CT {guest.vmid} ({guest.name}) to snapshot {name}"
+        upid = self.call("POST", f"{self._ct(guest)}/snapshot/{name}/rollback", {"start": start}, safe=False,
+                         what=what)
+        self.wait_task(str(upid), what)
+
+    def delete_snapshot(self, guest: Guest, name: str) -> None:
+        what = f"deleting snapshot {name} of CT {guest.vmid} ({guest.name})"
+        upid = self.call("DELETE", f"{self._ct(guest)}/snapshot/{name}", safe=False, what=what)
+        self.wait_task(str(upid), what)
+
     def destroy(self, guest: Guest) -> None:
         what = f"destroying CT {guest.vmid} ({guest.name})"
         try:
@@ -1037,7 +1087,8 @@ class ProxmoxBackend(Backend):
 
     def needed_privileges(self) -> list[Need]:
         """Every privilege plan/apply of `specs` need, per ACL path."""
-        return needs(self.specs, self.settings.storage, self.settings.template_storage, self.firewall)
+        return needs(self.specs, self.settings.storage, self.settings.template_storage, self.firewall,
+                     self.rbac_paths)
 
     def missing_privileges(self) -> dict[str, list[Need]]:
         """The privileges plan/apply of `specs` need and the credentials lack, per ACL path, read with

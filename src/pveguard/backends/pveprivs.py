@@ -77,6 +77,25 @@ FIREWALL_CALLS: tuple[tuple[str, str, str, str], ...] = (
 )
 # --- end firewall ----------------------------------------------------------------------------------
 
+# --- RBAC per container role (security.access.rbac): only when the strategy enforces it --------------
+# Users need Realm.AllocateUser on their realm and User.Modify on /access/groups (no group given); roles
+# take Sys.Modify on /access; reading every ACL takes Sys.Audit on /access (ACL.pm read_acl); an ACL
+# takes check_perm_modify on its path: VM.Allocate on /vms/<vmid> (needed anyway), Permissions.Modify
+# elsewhere ("acl" -> the grants' other paths).
+RBAC_CALLS: tuple[tuple[str, str, str, str], ...] = (
+    ("GET", "/access/users", "access-groups", "User.Modify"),
+    ("POST", "/access/users", "realm", "Realm.AllocateUser"),
+    ("POST", "/access/users", "access-groups", "User.Modify"),
+    ("POST", "/access/users/{userid}/token/{tokenid}", "access-groups", "User.Modify"),
+    ("DELETE", "/access/users/{userid}/token/{tokenid}", "access-groups", "User.Modify"),
+    ("GET", "/access/roles", "access", "Sys.Audit"),
+    ("POST", "/access/roles", "access", "Sys.Modify"),
+    ("PUT", "/access/roles/{roleid}", "access", "Sys.Modify"),
+    ("GET", "/access/acl", "access", "Sys.Audit"),
+    ("PUT", "/access/acl", "vms", "VM.Allocate"),
+    ("PUT", "/access/acl", "acl", "Permissions.Modify"),
+)
+
 _WHY = {
     "VM.Audit": "see the guests and read their config",
     "VM.Allocate": "create and delete containers, set nesting",
@@ -92,6 +111,9 @@ _WHY = {
     "Datastore.AllocateTemplate": "download a missing template",
     "Datastore.AllocateSpace": "allocate root disks",
     "SDN.Use": "attach net0 to the bridge/VLAN",
+    "User.Modify": "the role users and their API tokens (security.access.rbac)",
+    "Realm.AllocateUser": "create the role users in realm pve",
+    "Permissions.Modify": "the role users' and tokens' ACLs",
 }
 
 
@@ -104,6 +126,9 @@ class Need:
 
     @property
     def why(self) -> str:
+        if self.path == "/access":
+            return {"Sys.Modify": "the PVEGuard* roles of the container roles (security.access.rbac)",
+                    "Sys.Audit": "read the ACLs of the role users and tokens"}.get(self.priv, "")
         return _WHY.get(self.priv, "")
 
 
@@ -113,9 +138,9 @@ def bridge_path(bridge: str, vlan: int | None) -> str:
 
 
 def needs(specs: Iterable[GuestSpec], rootfs_storage: str, template_storage: str,
-          firewall: bool = False) -> list[Need]:
-    """Every privilege plan/apply of these guests needs (with `firewall`: the isolation calls too),
-    deduplicated, in a stable order."""
+          firewall: bool = False, rbac_paths: Iterable[str] | None = None) -> list[Need]:
+    """Every privilege plan/apply of these guests needs (with `firewall`: the isolation calls too; with
+    `rbac_paths`, the ACL paths of the role grants: the RBAC calls), deduplicated, in a stable order."""
     specs = list(specs)
     paths: dict[str, list[str]] = {"vms": ["/vms"], "nodes": ["/nodes"], "root": ["/"]}
     paths["rootfs"] = sorted({s.storage or rootfs_storage for s in specs} or {rootfs_storage})
@@ -125,8 +150,11 @@ def needs(specs: Iterable[GuestSpec], rootfs_storage: str, template_storage: str
         tmpl.add(template_storage)
     paths["templates"] = [f"/storage/{s}" for s in sorted(tmpl)]
     paths["bridge"] = sorted({bridge_path(s.net.bridge, s.net.vlan) for s in specs})
+    paths.update({"access": ["/access"], "access-groups": ["/access/groups"], "realm": ["/access/realm/pve"],
+                  "acl": sorted(rbac_paths or [])})
+    calls = CALLS + (FIREWALL_CALLS if firewall else ()) + (RBAC_CALLS if rbac_paths is not None else ())
     out: dict[tuple[str, str], Need] = {}
-    for _method, _path, kind, priv in CALLS + (FIREWALL_CALLS if firewall else ()):
+    for _method, _path, kind, priv in calls:
         for p in paths[kind]:
             out.setdefault((p, priv), Need(p, priv))
     if any(not s.unprivileged for s in specs):

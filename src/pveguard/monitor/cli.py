@@ -25,6 +25,7 @@ export_app = typer.Typer(help="Export monitoring configuration for the pve-monit
                          no_args_is_help=True)
 
 SPARK = "▁▂▃▄▅▆▇█"
+RULE_NAMES = ("cpu", "memory", "disk", "down", "fw_drops", "new_destination")
 METRIC_NAMES = ("cpu", "memory", "disk", "disk_read", "disk_write", "net_in", "net_out")
 
 
@@ -71,6 +72,7 @@ def _iso(ts: float | None) -> str:
 
 def build_monitor(app_ctx: Any, source: Any = None, clock: Any = time.time) -> Any:
     """A Monitor for the strategy's target, rules and notifiers."""
+    from pveguard.monitor import traffic
     from pveguard.monitor.alerts import rules_from_strategy
     from pveguard.monitor.collector import open_source
     from pveguard.monitor.engine import Monitor, series_for
@@ -79,9 +81,18 @@ def build_monitor(app_ctx: Any, source: Any = None, clock: Any = time.time) -> A
     strategy = app_ctx.strategy_or_default()
     m = strategy.monitoring
     source = source or open_source(strategy, clock=clock)
-    return Monitor(app_ctx.store, source, rules_from_strategy(m),
+    rules = rules_from_strategy(m)
+    watch = None
+    if traffic.enabled(strategy):
+        backend = getattr(source, "backend", None)
+        if backend is not None:
+            rules += traffic.traffic_rules(m)
+            watch = traffic.TrafficWatch(app_ctx.store, traffic.open_reader(strategy, backend),
+                                         m.traffic.read_every.total_seconds(), m.traffic.learning.total_seconds(),
+                                         clock)
+    return Monitor(app_ctx.store, source, rules,
                    notifiers_from_strategy(m.notify, m.renotify.total_seconds()), clock=clock,
-                   series_metrics=series_for(m.metrics))
+                   series_metrics=series_for(m.metrics), traffic=watch)
 
 
 def export_view(mon: Any, state_dir: Path | None = None) -> Any:
@@ -92,8 +103,16 @@ def export_view(mon: Any, state_dir: Path | None = None) -> Any:
     last = mon.last
     return ExportView(sweep=mon.last_good, states=last.states if last else {}, polls=mon.polls, errors=mon.errors,
                       poll_duration=last.duration if last else 0.0,
-                      severities={r.name: r.severity for r in mon.rules},
-                      compliance_score=compliance_score(state_dir) if state_dir else None)
+                      severities={r.name: r.severity for r in mon.rules}, traffic=mon.last_traffic,
+                      compliance_score=compliance_score(state_dir) if state_dir else None,
+                      pending_updates=pending_updates(state_dir) if state_dir else {})
+
+
+def pending_updates(state_dir: Path) -> dict[str, tuple[int, int]]:
+    """Each container's (pending, security) updates at the last `pveguard update` check."""
+    from pveguard.updates.state import latest
+
+    return {c.name: (c.pending, c.security) for c in latest(state_dir)}
 
 
 def compliance_score(state_dir: Path) -> float | None:
@@ -123,7 +142,8 @@ def status_table(mon: Any, limit: int = 40) -> FitTable:
         if st.state != "inactive":
             tag = "" if not st.flapping(res.ts) else " (flapping)"
             # "memory firing": words the column can wrap between, never fold inside
-            alerts.setdefault(target, []).append(f"{rule} {st.state}{tag}")
+            # a new destination's alert (lxc/101>tcp/...) shows on its container's row
+            alerts.setdefault(target.split(">", 1)[0], []).append(f"{rule} {st.state}{tag}")
     guests = [s for s in res.sweep.samples if s.is_guest and not s.template]
     guests.sort(key=lambda s: (s.id not in alerts, not s.managed, -s.cpu, s.id))
     for s in guests[:limit]:
@@ -187,6 +207,8 @@ def monitor(
             print_json(_poll_json(res))
         elif not res.error:  # a failed poll shows no table: an empty one would read as "no guests"
             console.print(status_table(mon, limit))
+            if res.traffic is not None and res.traffic.errors:
+                info("traffic watch: " + "; ".join(res.traffic.errors))
         if res.error:  # an operational failure (exit 1), not a usage error
             from pveguard.errors import OperationError
 
@@ -392,13 +414,13 @@ def silence(
     target: Annotated[str, typer.Argument(help="Guest name, id (lxc/101) or a glob (pve-*).")],
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit ledger).")],
     for_: Annotated[str, typer.Option("--for", metavar="DURATION", help="How long, e.g. 30m, 2h, 1d.")] = "2h",
-    rule: Annotated[str | None, typer.Option("--rule", help="Only this rule: cpu, memory, disk, down.")] = None,
+    rule: Annotated[str | None, typer.Option("--rule", help="Only this rule: " + ", ".join(RULE_NAMES) + ".")] = None,
 ) -> None:
     """Hold notifications for TARGET; alerts still change state and show in 'pveguard alerts'."""
     from pveguard.monitor.engine import add_silence
 
-    if rule is not None and rule not in ("cpu", "memory", "disk", "down"):
-        raise UsageError(f"unknown rule {rule!r}", hint="use cpu, memory, disk or down")
+    if rule is not None and rule not in RULE_NAMES:
+        raise UsageError(f"unknown rule {rule!r}", hint=f"use one of: {', '.join(RULE_NAMES)}")
     if not reason.strip():
         raise UsageError("a silence needs --reason", hint="e.g. --reason 'planned kernel update'")
     seconds = _duration(for_, "--for")
@@ -454,3 +476,107 @@ def export_grafana_dashboard(ctx: typer.Context, output: OutputOpt = None) -> No
     from pveguard.monitor.rules import grafana_dashboard
 
     _write(json.dumps(grafana_dashboard(_app_ctx(ctx).strategy_or_default()), indent=2) + "\n", output)
+
+
+# --- pveguard monitor traffic -------------------------------------------------------------------
+
+traffic_app = typer.Typer(help="The traffic watch: dropped connections and each container's destination "
+                               "baseline.", invoke_without_command=True)
+monitor_app.add_typer(traffic_app, name="traffic")
+
+
+def traffic_json(view: Any, learning: float) -> dict[str, Any]:
+    return {
+        "last_read": iso_utc(view.last_read) if view.last_read else None, "source": view.source,
+        "errors": list(view.errors), "api_calls": view.api_calls,
+        "containers": [{
+            "id": c.target, "vmid": c.vmid, "name": c.name, "learning": c.learning,
+            "learning_until": iso_utc(c.learn_start + learning),
+            "dropped_total": c.dropped_total, "drops_per_minute": c.drop_rate, "new_total": c.new_total,
+            "destinations": [{"dest": d["dest"], "state": d["state"], "first_seen": iso_utc(d["first_seen"]),
+                              "last_seen": iso_utc(d["last_seen"]), "hits": d["hits"]} for d in c.destinations],
+        } for c in view.containers],
+    }
+
+
+def _traffic_view(app_ctx: Any) -> tuple[Any, float]:
+    from pveguard.monitor import traffic
+
+    strategy = app_ctx.strategy_or_default()
+    if not traffic.enabled(strategy):
+        raise UsageError("the traffic watch is off (network.isolation.traffic_monitoring or "
+                         "security.network.traffic_monitoring is false)",
+                         hint="set both to true in the strategy, then run 'pveguard monitor'")
+    learning = strategy.monitoring.traffic.learning.total_seconds()
+    now = time.time()
+    return traffic.traffic_view(app_ctx.store, now, learning), learning
+
+
+@traffic_app.callback()
+def traffic_cmd(
+    ctx: typer.Context,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Each container's dropped connections and destinations (baseline, accepted, new) as the last
+    'pveguard monitor' poll recorded them."""
+    if ctx.invoked_subcommand:
+        return
+    view, learning = _traffic_view(_app_ctx(ctx))
+    if json_out:
+        print_json(traffic_json(view, learning))
+        return
+    if view.last_read is None:
+        console.print("the traffic watch has not read the firewall yet: run 'pveguard monitor' first")
+        return
+    console.print(f"last read {_iso(view.last_read)} UTC from {view.source}"
+                  + (f"; errors: {'; '.join(view.errors)}" if view.errors else ""), soft_wrap=False)
+    table = FitTable(Col("container", 0, wrap=False), Col("dropped", 1, wrap=False, justify="right"),
+                     Col("drops/min", 2, wrap=False, justify="right"), Col("baseline", 1, wrap=False),
+                     Col("new destinations", 0, min_width=16), title="traffic")
+    for c in view.containers:
+        known = sum(1 for d in c.destinations if d["state"] != "new")
+        base = f"{known} learning until {_iso(c.learn_start + learning)}" if c.learning else f"{known}"
+        table.add_row(c.name or c.target,
+                      f"{c.dropped_total:.0f}" if c.dropped_total is not None else "-",
+                      f"{c.drop_rate:.1f}" if c.drop_rate is not None else "-", base,
+                      ", ".join(c.new()) or "-", style="red" if c.new() else None)
+    console.print(table)
+
+
+@traffic_app.command("accept")
+def traffic_accept(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="Container name, vmid or id (lxc/101).")],
+    dest: Annotated[list[str], typer.Argument(help="Destination(s) like tcp/10.0.0.5:443, or 'new' for all of the "
+                                                   "container's new ones.")],
+) -> None:
+    """Accept destinations into NAME's baseline: their new_destination alerts resolve at the next poll."""
+    from pveguard.monitor import traffic
+
+    app_ctx = _app_ctx(ctx)
+    view, _ = _traffic_view(app_ctx)
+    c = traffic.find_container(view, name)
+    if c is None:
+        known = ", ".join(x.name or x.target for x in view.containers[:10]) or "none yet"
+        raise UsageError(f"the traffic watch knows no container {name!r}",
+                         hint=f"run 'pveguard monitor' first; known: {known}")
+    wanted: list[str] = []
+    for d in dest:
+        if d == "new":
+            wanted += c.new()
+            continue
+        try:
+            wanted.append(traffic.parse_dest(d))
+        except ValueError as exc:
+            raise UsageError(str(exc), hint="e.g. tcp/10.0.0.5:443, udp/10.0.0.1:53 or icmp/10.0.0.1") from None
+    changed, unseen = traffic.accept(app_ctx.store, c.target, wanted, time.time())
+    if changed:
+        app_ctx.record("monitor.traffic.accept", c.name or c.target, destinations=changed, not_seen_yet=unseen)
+    label = c.name or c.target
+    if not changed:
+        console.print(f"{label}: nothing to accept (already in the baseline)")
+        return
+    console.print(f"{label}: accepted {', '.join(changed)}")
+    if unseen:
+        console.print(f"{label}: not seen yet, added to the baseline ahead of time: {', '.join(unseen)} "
+                      f"(new ones: {', '.join(c.new()) or 'none'})", soft_wrap=False)

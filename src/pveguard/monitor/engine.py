@@ -32,6 +32,7 @@ class PollResult:
     delivery: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     duration: float = 0.0
+    traffic: Any = None  # monitor.traffic.TrafficView when the traffic watch runs
 
 
 # strategy metric name -> the series that record it; cpu, memory and disk are always kept because
@@ -66,7 +67,8 @@ class Monitor:
 
     def __init__(self, store: Store, source: Source, rules: list[Rule], notifiers: Iterable[Notifier] = (),
                  clock: Callable[[], float] = time.time, max_targets: int = DEFAULT_MAX_TARGETS,
-                 record_series: bool = True, series_metrics: Iterable[str] | None = None) -> None:
+                 record_series: bool = True, series_metrics: Iterable[str] | None = None,
+                 traffic: Any = None) -> None:
         self.store = open_monitor_store(store)
         self.source = source
         self.rules = rules
@@ -76,9 +78,11 @@ class Monitor:
         self.dispatcher = Dispatcher(store, self.notifiers)
         self.record_series = record_series
         self.series_metrics = set(series_metrics) if series_metrics is not None else None
+        self.traffic = traffic  # a monitor.traffic.TrafficWatch, read on its own (slower) cadence
         self.prev: Sweep | None = load_counters(store, clock())  # only for rates
         self.last_good: Sweep | None = None  # what /metrics shows, kept while the API is down
         self.last: PollResult | None = None
+        self.last_traffic: Any = None  # what /metrics shows of the traffic watch
         self.polls = 0
         self.errors = 0
 
@@ -101,6 +105,18 @@ class Monitor:
         obs = observations(sweep, derived)
         names = {s.id: s.name for s in sweep.samples}
         managed = [s.id for s in sweep.samples if s.managed]
+        traffic = None
+        if self.traffic is not None:
+            try:
+                traffic = self.traffic.observe(now, sweep)
+            except PveguardError as exc:  # the usage poll goes on; the last traffic state stays
+                log.warning("traffic watch: %s", exc.message)
+                traffic = self.traffic.view(now)
+                traffic.errors = [*traffic.errors, exc.message]
+            t_obs, t_names = traffic.observations()
+            for target, values in t_obs.items():
+                obs.setdefault(target, {}).update(values)
+            names.update(t_names)
         # only this monitor's rules: other jobs (certificates) keep their alerts in the same table
         own = {r.name for r in self.rules}
         states = {k: s for k, s in load_states(self.store).items() if k[0] in own}
@@ -117,9 +133,11 @@ class Monitor:
                                           for k, v in derived.items()}, targets)
         delivery = self.dispatcher.deliver(now)
         self.prev = self.last_good = sweep
+        if traffic is not None:
+            self.last_traffic = traffic
         self.polls += 1
         result = PollResult(now, sweep, derived, ev.states, ev.events, delivery,
-                            duration=time.perf_counter() - started)
+                            duration=time.perf_counter() - started, traffic=traffic)
         self.last = result
         return result
 

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -71,6 +72,9 @@ class ExportView:
     poll_duration: float = 0.0
     compliance_score: float | None = None
     severities: Mapping[str, str] = field(default_factory=dict)  # rule name -> severity
+    traffic: Any = None  # monitor.traffic.TrafficView, when the traffic watch runs
+    # container name -> (pending updates, pending security updates) at the last `pveguard update` check
+    pending_updates: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _value(s: Sample, key: str) -> float:
@@ -127,10 +131,49 @@ def pveguard_families(view: ExportView) -> list[Metric]:
                                  value=float(len(sweep.samples) if sweep else 0)))
     out.append(CounterMetricFamily("pveguard_polls", "Polls since start", value=float(view.polls)))
     out.append(CounterMetricFamily("pveguard_poll_errors", "Polls whose sweep failed", value=float(view.errors)))
+    if view.traffic is not None:
+        out += traffic_families(view.traffic)
+    if view.pending_updates:
+        pend = GaugeMetricFamily("pveguard_container_pending_updates",
+                                 "Updates apt inside the container would install at the last 'pveguard update' check "
+                                 "(kind: all, security)", labels=["name", "kind"])
+        for name, (n_all, n_sec) in sorted(view.pending_updates.items()):
+            pend.add_metric([name, "all"], float(n_all))
+            pend.add_metric([name, "security"], float(n_sec))
+        out.append(pend)
     if view.compliance_score is not None:
         out.append(GaugeMetricFamily("pveguard_compliance_score", "Strategy compliance, 0..100",
                                      value=view.compliance_score))
     return out
+
+
+def traffic_families(traffic: Any) -> list[Metric]:
+    """The traffic watch: dropped connections and new destinations per container (monitor/traffic.py)."""
+    labels = ["id", "name"]
+    dropped = CounterMetricFamily("pveguard_container_firewall_dropped",
+                                  "Connections the firewall dropped for the container since the traffic watch "
+                                  "started (PVE: firewall log lines, a lower bound; lxc: nftables drop_<vmid> "
+                                  "counters)", labels=labels)
+    new_total = CounterMetricFamily("pveguard_container_new_destinations",
+                                    "Destinations first seen after the container's learning window", labels=labels)
+    unaccepted = GaugeMetricFamily("pveguard_container_unaccepted_destinations",
+                                   "New destinations not accepted into the baseline yet", labels=labels)
+    learning = GaugeMetricFamily("pveguard_container_traffic_learning",
+                                 "1 while the container's destination baseline is still being learned", labels=labels)
+    for c in traffic.containers:
+        key = [c.target, c.name]
+        if c.dropped_total is not None:
+            dropped.add_metric(key, float(c.dropped_total))
+        new_total.add_metric(key, float(c.new_total))
+        unaccepted.add_metric(key, float(len(c.new())))
+        learning.add_metric(key, 1.0 if c.learning else 0.0)
+    last = GaugeMetricFamily("pveguard_traffic_last_read_timestamp_seconds", "When the traffic watch last read "
+                             "the firewall", value=float(traffic.last_read or 0))
+    calls = GaugeMetricFamily("pveguard_traffic_api_calls_per_read", "PVE API requests the last traffic read made",
+                              value=float(traffic.api_calls))
+    errors = GaugeMetricFamily("pveguard_traffic_read_errors", "Errors in the last traffic read",
+                               value=float(len(traffic.errors)))
+    return [dropped, new_total, unaccepted, learning, last, calls, errors]
 
 
 class ViewCollector(Collector):

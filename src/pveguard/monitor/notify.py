@@ -226,7 +226,8 @@ class AlertmanagerNotifier:
     def alerts(self, event: dict[str, Any]) -> list[dict[str, Any]]:
         now = self.clock()
         ends = min(event["ts"], now) if event["kind"] == "resolved" else now + self.hold
-        labels = {"alertname": f"Pveguard{event['rule'].capitalize()}", "id": event["target"],
+        alertname = "Pveguard" + "".join(w.capitalize() for w in event["rule"].split("_"))  # fw_drops: PveguardFwDrops
+        labels = {"alertname": alertname, "id": event["target"],
                   "rule": event["rule"], "severity": event["severity"], "source": "pveguard"}
         if event.get("name"):
             labels["name"] = event["name"]

@@ -88,7 +88,31 @@ def prometheus_rules(strategy: Strategy) -> dict[str, Any]:
         "annotations": {"summary": "managed guest {{ $labels.id }} is not running",
                         "description": f"a guest pveguard manages has not been running for {sustain}"},
     })
+    from pveguard.monitor.traffic import enabled as traffic_watch
+
+    if traffic_watch(strategy):
+        rules += traffic_prometheus_rules(strategy)
     return {"groups": [{"name": "pveguard", "rules": rules}]}
+
+
+def traffic_prometheus_rules(strategy: Strategy) -> list[dict[str, Any]]:
+    """The traffic watch's two alerts over `pveguard monitor --listen`'s own metrics (no pve_* equivalent)."""
+    per_min = float(strategy.monitoring.traffic.drops_per_minute)
+    return [
+        {"alert": "PveguardFirewallDrops",
+         "expr": f"60 * rate(pveguard_container_firewall_dropped_total[5m]) >= {per_min:g}",
+         "labels": {"severity": "warning", "rule": "fw_drops", "source": "pveguard"},
+         "annotations": {"summary": "the firewall drops {{ $value | printf \"%.1f\" }} connections/min of "
+                                    "{{ $labels.name }} ({{ $labels.id }})",
+                         "description": f"dropped connections >= {per_min:g}/min over 5m"}},
+        {"alert": "PveguardNewDestination",
+         "expr": "pveguard_container_unaccepted_destinations > 0",
+         "labels": {"severity": "warning", "rule": "new_destination", "source": "pveguard"},
+         "annotations": {"summary": "{{ $labels.name }} ({{ $labels.id }}) talks to {{ $value }} destination(s) "
+                                    "never seen before",
+                         "description": "see them with 'pveguard monitor traffic'; accept one into the baseline "
+                                        "with 'pveguard monitor traffic accept NAME DEST'"}},
+    ]
 
 
 def prometheus_rules_yaml(strategy: Strategy) -> str:

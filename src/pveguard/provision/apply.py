@@ -49,6 +49,7 @@ class ApplyReport:
     interrupted: str | None = None
     not_started: list[str] = field(default_factory=list)
     firewall: list[str] = field(default_factory=list)  # firewall changes made (security.isolation)
+    rbac: list[str] = field(default_factory=list)  # users, roles, tokens, ACLs changed (security.access.rbac)
 
     @property
     def ok(self) -> bool:
@@ -59,7 +60,7 @@ class ApplyReport:
         return {"created": self.created, "updated": self.updated, "resumed": self.resumed,
                 "deleted": self.deleted, "skipped": self.skipped, "restart_needed": self.restart_needed,
                 "failed": self.failed, "final_backups": self.final_backups, "interrupted": self.interrupted,
-                "not_started": self.not_started, "firewall": self.firewall, "ok": self.ok}
+                "not_started": self.not_started, "firewall": self.firewall, "rbac": self.rbac, "ok": self.ok}
 
 
 class ApplyInterrupted(KeyboardInterrupt):
@@ -124,7 +125,8 @@ class Applier:
 
     def __init__(self, backend: Backend, recorder: Recorder, journal: Journal,
                  progress: Progress | None = None, done: Progress | None = None,
-                 final_backup: FinalBackup | None = None, firewall: FirewallStep | None = None) -> None:
+                 final_backup: FinalBackup | None = None, firewall: FirewallStep | None = None,
+                 rbac: FirewallStep | None = None) -> None:
         self.backend = backend
         self.recorder = recorder
         self.journal = journal
@@ -132,6 +134,7 @@ class Applier:
         self.done = done or (lambda _m: None)
         self.final_backup = final_backup
         self.firewall = firewall
+        self.rbac = rbac
         self._open: list[tuple[str, str, str]] = []  # intents without a result yet: (step, target, name)
 
     def apply(self, plan: Plan) -> ApplyReport:
@@ -152,19 +155,23 @@ class Applier:
                 report.not_started = [f"{b.kind} {b.name}" for b in todo[i + 1:]]
                 self._close_all("interrupted")
                 raise ApplyInterrupted(report) from None
-        if self.firewall is not None and (plan.firewall.changes or report.created or report.updated):
-            # after the containers: a container created now gets its firewall in the same run
+        for what, step, changes in (("firewall", self.firewall, plan.firewall.changes),
+                                    ("rbac", self.rbac, plan.rbac.changes)):
+            if step is None or not (changes or report.created or report.updated):
+                continue
+            # after the containers: a container created now gets its firewall and token in the same run
             try:
-                self.progress("converging the firewall")
-                report.firewall = self.firewall(self._fw_record)
-                for text in report.firewall:
-                    self.done(f"firewall: {text}")
+                self.progress(f"converging the {what}")
+                texts = step(self._fw_record)
+                setattr(report, what, texts)
+                for text in texts:
+                    self.done(f"{what}: {text}")
             except PveguardError as exc:
-                report.failed["firewall"] = str(exc)
+                report.failed[what] = str(exc)
                 self._close_all("failed", error=exc.message)
-                self.done("failed: firewall")
+                self.done(f"failed: {what}")
             except KeyboardInterrupt:
-                report.interrupted = "firewall"
+                report.interrupted = what
                 self._close_all("interrupted")
                 raise ApplyInterrupted(report) from None
         return report

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from pveguard.backends import connect
 from pveguard.backends.base import Backend, Guest, read_marker
+from pveguard.backends.lxc import LxcBackend
 from pveguard.backends.proxmox import ProxmoxBackend
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
@@ -20,13 +21,15 @@ from pveguard.output import Col, FitTable, console, err_console, error, print_js
 from pveguard.provision.apply import Applier, ApplyInterrupted, ApplyReport, FirewallStep
 from pveguard.provision.desired import actual_fields, check_limits, desired_fields, desired_state
 from pveguard.provision.final_backup import data_volumes, take_final_backup
-from pveguard.provision.firewall import call_of, firewall_plan
+from pveguard.provision.firewall import call_of, firewall_plan, managed_cts
 from pveguard.provision.instance import identity
 from pveguard.provision.journal import Journal
 from pveguard.provision.observe import observe
 from pveguard.provision.plan import Plan, plan, resolve_journal
+from pveguard.provision.rbac import deliver, guests_of, rbac_plan, remember
 from pveguard.provision.runlock import apply_lock
-from pveguard.security.isolation import converge, desired_firewall, enforced
+from pveguard.security import rbac
+from pveguard.security.isolation import FwPlan, converge, desired_firewall, enforced
 
 EXIT_CHANGES = 2
 EXIT_INTERRUPTED = 130
@@ -72,13 +75,43 @@ def compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str] 
              journal=Journal(app.store).entries())
     p = p.only(only) if only is not None else p
     p.firewall = firewall_plan(app.strategy, backend, p)
+    p.rbac = FwPlan(notes=[ONLY_NOTE]) if only is not None else rbac_plan(app.strategy, backend, p, app.store, instance)
     return p
 
 
-def firewall_step(app: AppContext, backend: Backend, only: set[str] | None) -> FirewallStep | None:
-    """apply's last step on PVE: read everything again and converge the firewall (None elsewhere)."""
+ONLY_NOTE = "RBAC (users, tokens, ACLs per role) is converged by a whole apply, not with --only"
+
+
+def rbac_step(app: AppContext, backend: Backend, only: set[str] | None) -> FirewallStep | None:
+    """apply's very last step on PVE: read everything again and converge users, roles, tokens, ACLs."""
     call = call_of(backend)
-    if call is None or not enforced(app.strategy):
+    if call is None or only is not None or not rbac.enforced(app.strategy):
+        return None
+
+    def step(record: Callable[..., None]) -> list[str]:
+        p = compute_plan(app, backend, False, None)
+        guests = guests_of(p)
+        wants = rbac.desired_rbac(app.strategy, managed_cts(p), instance_id(app))
+        return rbac.converge(call, p.rbac, wants, record, deliver(backend, guests), remember(app.store))
+
+    return step
+
+
+def firewall_step(app: AppContext, backend: Backend, only: set[str] | None) -> FirewallStep | None:
+    """apply's last step: read everything again and converge the firewall (PVE, lxc; None elsewhere)."""
+    if not enforced(app.strategy):
+        return None
+    if isinstance(backend, LxcBackend):
+        from pveguard.security.isolation_lxc import converge_lxc
+
+        lxc = backend
+
+        def lxc_step(record: Callable[..., None]) -> list[str]:
+            return converge_lxc(lxc, compute_plan(app, lxc, False, only).firewall, record)
+
+        return lxc_step
+    call = call_of(backend)
+    if call is None:
         return None
 
     def step(record: Callable[..., None]) -> list[str]:
@@ -122,12 +155,19 @@ def render_plan(p: Plan) -> None:
         say(f"    {fc.text()}" + (f" ({fc.name})" if fc.target.startswith("ct/") else ""), hang=6)
     for n in p.firewall.notes:
         say(f"    {n}", hang=6, style="dim")
+    if p.rbac.changes or p.rbac.notes:
+        console.print("[yellow]~ rbac[/]" if p.rbac.changes else "[dim]= rbac[/]")
+    for rc in p.rbac.changes:
+        say(f"    {rc.text()} (role {rc.name})", hang=6)
+    for n in p.rbac.notes:
+        say(f"    {n}", hang=6, style="dim")
     cnt = p.counts()
     say(f"Plan: {cnt['create']} to create, {cnt['update']} to update, {cnt['resume']} to finish, "
         f"{cnt['delete']} to delete, {cnt['unchanged']} unchanged"
         + (f", {cnt['conflict']} conflict(s)" if cnt["conflict"] else "")
         + (f", {cnt['foreign']} not this installation's" if cnt["foreign"] else "")
-        + (f", {len(p.firewall.changes)} firewall change(s)" if p.firewall.changes else "") + ".")
+        + (f", {len(p.firewall.changes)} firewall change(s)" if p.firewall.changes else "")
+        + (f", {len(p.rbac.changes)} RBAC change(s)" if p.rbac.changes else "") + ".")
     if not p.has_changes:
         console.print("Nothing to do.")
 
@@ -200,7 +240,8 @@ def _confirm_deletes(p: Plan, yes: bool, i_mean_it: list[str]) -> None:
 
 def render_report(r: ApplyReport) -> None:
     parts = [f"{len(r.created)} created", f"{len(r.updated)} updated", f"{len(r.resumed)} finished",
-             f"{len(r.deleted)} deleted"] + ([f"{len(r.firewall)} firewall change(s)"] if r.firewall else [])
+             f"{len(r.deleted)} deleted"] + ([f"{len(r.firewall)} firewall change(s)"] if r.firewall else []) \
+        + ([f"{len(r.rbac)} RBAC change(s)"] if r.rbac else [])
     console.print("Apply: " + ", ".join(parts) + (f", {len(r.failed)} failed" if r.failed else "") + ".")
     for name, keys in sorted(r.restart_needed.items()):
         console.print(escape(f"  {name}: restart needed for {', '.join(keys)} "
@@ -266,7 +307,8 @@ def apply_cmd(
 
                     report = Applier(backend, app, Journal(app.store), progress=progress, done=done,
                                      final_backup=final_backup,
-                                     firewall=firewall_step(app, backend, names)).apply(p)
+                                     firewall=firewall_step(app, backend, names),
+                                     rbac=rbac_step(app, backend, names)).apply(p)
     except ApplyInterrupted as exc:
         if json_out and p is not None:
             print_json({"plan": p.as_dict(), "result": exc.report.as_dict()})

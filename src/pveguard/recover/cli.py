@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
 
@@ -19,6 +20,7 @@ from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
 from pveguard.output import console, info, print_json
 from pveguard.provision.runlock import apply_lock
 from pveguard.recover.budget import RestartState
+from pveguard.recover.exhaustion import handle as handle_exhaustion
 from pveguard.recover.state import load_states, save_state, set_maintenance
 from pveguard.recover.watchdog import SweepReport, sweep
 from pveguard.strategy.models import Strategy
@@ -57,8 +59,13 @@ def run_once(app_ctx: AppContext) -> SweepReport:
     backend = connect(strategy)
     try:
         with apply_lock(app_ctx.state_dir):
-            return sweep(backend, strategy, instance_id(app_ctx), app_ctx.store, app_ctx.record,
-                         _alert_through_monitor(app_ctx, strategy))
+            instance = instance_id(app_ctx)
+            report = sweep(backend, strategy, instance, app_ctx.store, app_ctx.record,
+                           _alert_through_monitor(app_ctx, strategy))
+            # the same sweep acts on the monitor's sustained cpu/memory/disk alerts (recover/exhaustion.py)
+            report.exhaustion = handle_exhaustion(backend, strategy, instance, app_ctx.store, app_ctx.record,
+                                                  Path(app_ctx.state_dir))
+            return report
     finally:
         backend.close()
 
@@ -94,6 +101,10 @@ def render(report: SweepReport) -> None:
         what = "ok" if o.action == "none" else o.action
         console.print(f"[{style}]{escape(o.name)}[/] (CT {o.vmid} on {escape(o.node)}): {what}"
                       + (f" - {escape(o.reason)}" if o.reason else ""), soft_wrap=True)
+    for h in report.exhaustion:
+        style = {"scaled": "yellow", "migrated": "yellow", "waiting": "dim", "skipped": "dim"}.get(h.action, "red")
+        console.print(f"[{style}]{escape(h.name)}[/] (CT {h.vmid}) {escape(h.rule)}: {h.action} - {escape(h.reason)}"
+                      + (f"; report {escape(h.report)}" if h.report else ""), soft_wrap=True)
     for a in report.alerts:
         console.print(f"[red]alert[/] {escape(a['rule'])} {escape(a['name'])}: {escape(a['description'])}",
                       soft_wrap=True)
@@ -143,8 +154,9 @@ def recover(
                 info(f"sweep failed: {exc.message}")
             else:
                 acted = [o for o in report.containers if o.action != "none"]
-                if acted or report.alerts:  # a quiet sweep prints nothing
-                    render(SweepReport(report.ts, acted, report.alerts))
+                handled = [h for h in report.exhaustion if h.action not in ("waiting", "skipped")]
+                if acted or report.alerts or handled:  # a quiet sweep prints nothing
+                    render(SweepReport(report.ts, acted, report.alerts, handled))
             wake.wait(every)
     except KeyboardInterrupt:
         pass

@@ -63,14 +63,16 @@ class SweepReport:
     ts: float
     containers: list[Outcome] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    exhaustion: list[Any] = field(default_factory=list)  # recover/exhaustion.py Handling, one per alert
 
     @property
     def ok(self) -> bool:
-        return all(o.ok for o in self.containers)
+        return all(o.ok for o in self.containers) and all(h.ok for h in self.exhaustion)
 
     def as_dict(self) -> dict[str, Any]:
         return {"ts": _iso(self.ts), "ok": self.ok, "containers": [o.as_dict() for o in self.containers],
-                "alerts": [{**a, "ts": _iso(a["ts"]), "started_at": _iso(a["started_at"])} for a in self.alerts]}
+                "alerts": [{**a, "ts": _iso(a["ts"]), "started_at": _iso(a["started_at"])} for a in self.alerts],
+                "exhaustion": [h.as_dict() for h in self.exhaustion]}
 
 
 def _iso(ts: float | None) -> str | None:

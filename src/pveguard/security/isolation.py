@@ -38,6 +38,7 @@ PVE_MGMT_IPSET = "management"
 GROUP_PREFIX = "pvg-"
 GROUP_MAX = 18  # pve-firewall: $max_group_name_length
 COMMENT = "pveguard"
+LOG_LEVEL = "info"  # guests' log_level_in while the traffic watch is on
 READ_WORKERS = 8  # per-guest firewall reads in flight at once
 
 # Component (as named in a strategy container's `components`) -> the ports it listens on.
@@ -138,6 +139,9 @@ class FwDesired:
     mgmt: list[str]  # network.management.cidr, normalized (empty when unset)
     groups: dict[str, list[Rule]]  # group name -> rules in order
     group_of: dict[str, str]  # container name -> group name (only containers with network.firewall)
+    # the guests' log_level_in while the traffic watch is on (pve-firewall logs policy drops only with
+    # one set); None: left as it is
+    log_level_in: str | None = None
 
 
 def pve_cidr(text: str) -> str:
@@ -160,7 +164,9 @@ def desired_firewall(strategy: Strategy) -> FwDesired:
             if r not in groups.setdefault(g, []):
                 groups[g].append(r)
         group_of[c.name] = g
-    return FwDesired(mgmt, groups, group_of)
+    from pveguard.monitor.traffic import enabled as traffic_watch
+
+    return FwDesired(mgmt, groups, group_of, LOG_LEVEL if traffic_watch(strategy) else None)
 
 
 # --- observed -----------------------------------------------------------------------------------
@@ -327,6 +333,9 @@ def plan_firewall(want: FwDesired, seen: FwObserved, cts: list[Ct], *, source: s
         if opts.get("policy_in") != "DROP":
             out.changes.append(FwChange(target, ct.name, "policy_in", str(opts.get("policy_in", "")), "DROP",
                                         op="options", data={"node": ct.node, "vmid": ct.vmid}))
+        if want.log_level_in and str(opts.get("log_level_in") or "nolog") == "nolog":
+            out.changes.append(FwChange(target, ct.name, "log_level_in", str(opts.get("log_level_in", "")),
+                                        want.log_level_in, op="options", data={"node": ct.node, "vmid": ct.vmid}))
         group = want.group_of.get(ct.name)
         on_guest = seen.guest_rules.get(ct.vmid, [])
         if group is not None and not _has_group(on_guest, group):
@@ -403,8 +412,12 @@ def _apply_one(call: Call, c: FwChange, want: FwDesired) -> None:
         _replace_rules(call, f"/cluster/firewall/groups/{c.name}", want.groups[c.name])
     elif c.op == "options":
         base = f"/nodes/{c.data['node']}/lxc/{c.data['vmid']}/firewall/options"
-        digest = (call("GET", base) or {}).get("digest")
-        call("PUT", base, {"enable": 1, "policy_in": "DROP", **({"digest": digest} if digest else {})})
+        current = call("GET", base) or {}
+        digest = current.get("digest")
+        params: dict[str, Any] = {"enable": 1, "policy_in": "DROP", **({"digest": digest} if digest else {})}
+        if want.log_level_in and str(current.get("log_level_in") or "nolog") == "nolog":
+            params["log_level_in"] = want.log_level_in
+        call("PUT", base, params)
     elif c.op == "guest-group":
         base = f"/nodes/{c.data['node']}/lxc/{c.data['vmid']}/firewall/rules"
         rules = call("GET", base) or []
@@ -466,23 +479,9 @@ def check(strategy: Strategy, want: FwDesired, seen: FwObserved, cts: list[Ct],
     if str(seen.cluster_options.get("enable", 0)) != "1":
         out.append(Violation("datacenter", None, "datacenter-firewall-off",
                              "the datacenter firewall is off: no guest firewall rule takes effect"))
-    mgmt_bridge, mgmt_vlan = strategy.network.management.bridge, strategy.network.management.vlan
-    by_name = {c.name: c for c in strategy.containers}
+    out += vlan_violations(strategy, cts, configs, [])
     for ct in cts:
-        c = by_name.get(ct.name)
         net = parse_propstring(str(configs.get(ct.vmid, {}).get("net0", "")))
-        tag = net.get("tag")
-        if c is not None:
-            want_tag = strategy.container_vlan(c)
-            if tag is None:
-                what = " on the management bridge" if net.get("bridge") == mgmt_bridge else ""
-                out.append(Violation(ct.name, ct.vmid, "untagged", f"net0 has no VLAN tag{what} "
-                                                                   f"(wants {want_tag})"))
-            elif want_tag is not None and tag != str(want_tag):
-                out.append(Violation(ct.name, ct.vmid, "wrong-vlan", f"net0 is on VLAN {tag}, wants {want_tag}"))
-            elif mgmt_vlan is not None and tag == str(mgmt_vlan):
-                out.append(Violation(ct.name, ct.vmid, "management-vlan",
-                                     f"net0 is on the management VLAN {tag}"))
         if ct.name not in want.group_of:
             continue  # network.firewall: false -- only its VLAN is checked
         if net.get("firewall") not in ("1", "on", "yes", "true"):
@@ -499,7 +498,35 @@ def check(strategy: Strategy, want: FwDesired, seen: FwObserved, cts: list[Ct],
         have = [rule_of(r) for r in seen.groups.get(g, [])]
         for r in [r for r in want.groups.get(g, []) if r not in have]:
             out.append(Violation(ct.name, ct.vmid, "rule-missing", f"security group {g} lacks {r.text()}"))
-    container_vlans = {str(strategy.container_vlan(c)) for c in strategy.containers}
+    return out + vlan_violations(strategy, [], {}, others)
+
+
+def vlan_violations(strategy: Strategy, cts: list[Ct], configs: dict[int, dict[str, Any]],
+                    others: list[tuple[str, int, dict[str, Any]]]) -> list[Violation]:
+    """The VLAN part of the check, on both backends: each managed container's net0 tag against the strategy,
+    and other containers on a container VLAN (nothing when the strategy wants no VLANs)."""
+    from pveguard.provision.desired import parse_propstring
+
+    out: list[Violation] = []
+    mgmt_bridge, mgmt_vlan = strategy.network.management.bridge, strategy.network.management.vlan
+    by_name = {c.name: c for c in strategy.containers}
+    for ct in cts:
+        c = by_name.get(ct.name)
+        net = parse_propstring(str(configs.get(ct.vmid, {}).get("net0", "")))
+        tag = net.get("tag")
+        if c is None:
+            continue
+        want_tag = strategy.container_vlan(c)
+        if want_tag is None:
+            continue  # VLANs not wanted (security.network.vlans / separate_vlans false)
+        if tag is None:
+            what = " on the management bridge" if net.get("bridge") == mgmt_bridge else ""
+            out.append(Violation(ct.name, ct.vmid, "untagged", f"net0 has no VLAN tag{what} (wants {want_tag})"))
+        elif tag != str(want_tag):
+            out.append(Violation(ct.name, ct.vmid, "wrong-vlan", f"net0 is on VLAN {tag}, wants {want_tag}"))
+        elif mgmt_vlan is not None and tag == str(mgmt_vlan):
+            out.append(Violation(ct.name, ct.vmid, "management-vlan", f"net0 is on the management VLAN {tag}"))
+    container_vlans = {str(v) for v in (strategy.container_vlan(c) for c in strategy.containers) if v is not None}
     for name, vmid, cfg in others:
         net = parse_propstring(str(cfg.get("net0", "")))
         if net.get("tag") in container_vlans:

@@ -404,11 +404,23 @@ def role_delete(ctx: Ctx) -> None:
 # -- ACLs ------------------------------------------------------------------------------------------
 @api("GET", "/access/acl")
 def acl(ctx: Ctx) -> list[dict[str, Any]]:
+    # ACL.pm read_acl: everything with Sys.Audit on /access, else the paths the caller may modify
+    # permissions on (check_perm_modify)
+    acc = ctx.sim.access
+    audit = ctx.is_root or ctx.can("/access", "Sys.Audit")
     out = []
-    for e in ctx.sim.access.acl:
-        if ctx.is_root or ctx.can(e.path, "Sys.Audit") or ctx.can(e.path, "Permissions.Modify"):
+    for e in acc.acl:
+        if audit or _may_modify(ctx, e.path):
             out.append({"path": e.path, "type": e.type, "ugid": e.ugid, "roleid": e.roleid, "propagate": e.propagate})
     return out
+
+
+def _may_modify(ctx: Ctx, path: str) -> bool:
+    try:
+        ctx.sim.access.check_perm_modify(ctx.auth.authid, path)
+    except PermError:
+        return False
+    return True
 
 
 @api("PUT", "/access/acl")
@@ -416,7 +428,7 @@ def acl_update(ctx: Ctx) -> None:
     acc = ctx.sim.access
     path = "/" + str(ctx.p["path"]).strip("/") if str(ctx.p["path"]) != "/" else "/"
     if not ctx.is_root:
-        ctx.check(path, ["Permissions.Modify"])
+        acc.check_perm_modify(ctx.auth.authid, path)
     roles_ = split_list(str(ctx.p["roles"]))
     for r in roles_:
         if r not in acc.roles:

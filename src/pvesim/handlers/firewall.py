@@ -430,3 +430,162 @@ def group_delete(ctx: Ctx) -> None:
 @api("GET", "/cluster/firewall")
 def fw_index(ctx: Ctx) -> list[dict[str, Any]]:
     return [{"name": n} for n in ("aliases", "groups", "ipset", "macros", "options", "refs", "rules")]
+
+
+# --- the firewall log (pvefw-logger's /var/log/pve-firewall.log) ----------------------------------
+#
+# pve-firewall logs a packet only where its ruleset has an NFLOG rule: a guest chain's policy DROP/REJECT
+# when the guest's log_level_in/out is set (ruleset_add_chain_policy; a policy ACCEPT adds no log rule),
+# and a rule that carries `log` (ruleset_generate_rule, message "<ACTION>: "). Nothing is compiled while
+# the datacenter firewall is off, and a guest's chains exist only for interfaces with firewall=1 and the
+# guest firewall enabled. pvefw-logger writes `<vmid> <level> <chain> <dd/Mon/YYYY:HH:MM:SS> <zone>
+# <msg>IN=...`; PVE::Firewall::Helpers::dump_fw_logfile serves it (a guest's endpoint: the lines that
+# start with "<vmid> "), with PVE::Tools::dump_logfile_by_filehandle's paging: `start` skips that many
+# matching lines, `limit` (default 50, 0 = all) caps the answer, `n` counts from 1, and an empty answer
+# is one line "no content".
+
+LOG_LEVELS = {"debug": 7, "info": 6, "notice": 5, "warning": 4, "err": 3, "crit": 2, "alert": 1, "emerg": 0}
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _log_time(ts: float) -> str:
+    import time as _time
+
+    t = _time.gmtime(ts)
+    return f"{t.tm_mday:02d}/{_MONTHS[t.tm_mon - 1]}/{t.tm_year}:{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
+
+
+def _on(v: Any) -> bool:
+    return str(v if v is not None else 0) in ("1", "on", "yes", "true")
+
+
+def _ports(spec: str) -> list[tuple[int, int]]:
+    out = []
+    for part in str(spec).split(","):
+        a, _, b = part.strip().partition(":")
+        if a.isdigit():
+            out.append((int(a), int(b) if b.isdigit() else int(a)))
+    return out
+
+
+def _addr_in(sim: Any, fw: dict[str, Any], spec: str, addr: str) -> bool:
+    """A rule's source/dest (empty, CIDR list, +ipset, alias) holds `addr`."""
+    if not spec:
+        return True
+    ip = ipaddress.ip_address(addr)
+    for item in str(spec).split(","):
+        item = item.strip()
+        if item.startswith("+"):
+            name = item[1:].split("/")[-1]
+            s = fw["ipsets"].get(name) or sim.fw_cluster["ipsets"].get(name) or {"entries": []}
+            nets = [e["cidr"] for e in s["entries"] if not e.get("nomatch")]
+        else:
+            name = item.split("/")[-1]
+            alias = fw["aliases"].get(name) or sim.fw_cluster["aliases"].get(name)
+            nets = [alias["cidr"]] if alias else [item]
+        for n in nets:
+            try:
+                if ip in ipaddress.ip_network(str(n), strict=False):
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
+def _matches(sim: Any, fw: dict[str, Any], r: dict[str, Any], pkt: dict[str, Any]) -> bool:
+    if r.get("macro"):
+        return False  # macros (SSH, HTTP, ...) are not expanded by the emulator
+    if r.get("proto") and str(r["proto"]).lower() != pkt["proto"]:
+        return False
+    if r.get("dport") and (pkt.get("dport") is None
+                           or not any(a <= int(pkt["dport"]) <= b for a, b in _ports(str(r["dport"])))):
+        return False
+    return _addr_in(sim, fw, str(r.get("source", "")), pkt["src"]) and \
+        _addr_in(sim, fw, str(r.get("dest", "")), pkt["dst"])
+
+
+def judge(sim: Any, g: Any, pkt: dict[str, Any]) -> tuple[str, str | None]:
+    """What the guest's firewall does with a new connection (`direction` in = to the guest, out = from it):
+    (action, the log line it writes or None)."""
+    direction = pkt["direction"]
+    fw = sim.fw_guest.get(g.vmid) or _new_firewall()
+    net = str(g.config.get("net0", ""))
+    active = _on(sim.fw_cluster["options"].get("enable")) and _on(fw["options"].get("enable")) \
+        and "firewall=1" in net.split(",")
+    if not active:
+        return "ACCEPT", None
+    action, log, msg = "", None, ""
+    for r in fw["rules"]:
+        if not _on(r.get("enable")):
+            continue
+        if r.get("type") == "group":
+            group = sim.fw_groups.get(str(r.get("action")), {"rules": []})
+            for gr in group["rules"]:
+                if _on(gr.get("enable")) and gr.get("type") == direction and _matches(sim, fw, gr, pkt):
+                    action, log, msg = str(gr["action"]), gr.get("log"), f"{gr['action']}: "
+                    break
+        elif r.get("type") == direction and _matches(sim, fw, r, pkt):
+            action, log, msg = str(r["action"]), r.get("log"), f"{r['action']}: "
+        if action:
+            break
+    if not action:
+        key = "policy_in" if direction == "in" else "policy_out"
+        action = str(fw["options"].get(key) or ("DROP" if direction == "in" else "ACCEPT"))
+        if action == "ACCEPT":
+            return action, None  # a policy ACCEPT has no log rule
+        log = fw["options"].get("log_level_in" if direction == "in" else "log_level_out")
+        msg = f"policy {action}: "
+    if not log or log == "nolog" or log not in LOG_LEVELS:
+        return action, None
+    chain = f"{'veth' if g.type == 'lxc' else 'tap'}{g.vmid}i0-{'IN' if direction == 'in' else 'OUT'}"
+    proto = pkt["proto"].upper()
+    ports = f"SPT={pkt.get('sport', 40000)} DPT={pkt['dport']} " if pkt.get("dport") is not None else ""
+    tcp = "SEQ=0 ACK=0 WINDOW=64240 SYN " if proto == "TCP" else ("LEN=8 " if proto == "UDP" else "TYPE=8 CODE=0 ")
+    iface = chain.rsplit("-", 1)[0]
+    text = (f"{g.vmid} {LOG_LEVELS[log]} {chain} {_log_time(sim.now())} {msg}"
+            f"IN=fwbr{g.vmid}i0 OUT=fwbr{g.vmid}i0 PHYSIN=fwln{g.vmid}i0 PHYSOUT={iface} "
+            f"SRC={pkt['src']} DST={pkt['dst']} LEN=60 TOS=0x00 PREC=0x00 TTL=64 ID=0 DF PROTO={proto} {ports}{tcp}")
+    sim.fw_log.setdefault(g.node, []).append(text)
+    return action, text
+
+
+def _log_ts(line: str) -> float | None:
+    import datetime as _dt
+
+    words = line.split(" ")
+    try:
+        return _dt.datetime.strptime(f"{words[3]} {words[4]}", "%d/%b/%Y:%H:%M:%S %z").timestamp()
+    except (IndexError, ValueError):
+        return None
+
+
+def _dump_log(ctx: Ctx, lines: list[str]) -> list[dict[str, Any]]:
+    since, until = ctx.p.get("since"), ctx.p.get("until")
+    if since is not None or until is not None:
+        def keep(line: str) -> bool:
+            ts = _log_ts(line)
+            return ts is not None and not (since and ts < int(since)) and not (until and ts > int(until))
+        lines = [x for x in lines if keep(x)]
+    start = int(ctx.p.get("start") or 0)
+    limit = int(ctx.p["limit"]) if ctx.p.get("limit") is not None else 50
+    if not lines:
+        return [{"n": 1, "t": "no content"}]
+    chosen = lines[start:] if limit == 0 else lines[start:start + limit]
+    return [{"n": start + i + 1, "t": t} for i, t in enumerate(chosen)]
+
+
+@api("GET", "/nodes/{node}/firewall/log")
+def node_log(ctx: Ctx) -> list[dict[str, Any]]:
+    return _dump_log(ctx, list(ctx.sim.fw_log.get(ctx.node, [])))
+
+
+def _guest_log(kind: str) -> Callable[[Ctx], list[dict[str, Any]]]:
+    def handler(ctx: Ctx) -> list[dict[str, Any]]:
+        g = ctx.guest(kind)
+        return _dump_log(ctx, [x for x in ctx.sim.fw_log.get(ctx.node, []) if x.startswith(f"{g.vmid} ")])
+
+    return handler
+
+
+api("GET", "/nodes/{node}/lxc/{vmid}/firewall/log")(_guest_log("lxc"))
+api("GET", "/nodes/{node}/qemu/{vmid}/firewall/log")(_guest_log("qemu"))

@@ -1,0 +1,100 @@
+"""The RBAC part of plan/apply (security.access.rbac): per container role a PVE user, token, roles and ACLs.
+
+On PVE the plan reads users, roles, tokens and ACLs back, and checks (one `test -s` per running
+container) that each role's container holds its token file; apply re-reads everything after the
+containers are created and converges, delivering new secrets. The lxc backend has no PVE, so no RBAC:
+the plan says so and nothing is changed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+
+from pveguard.backends.base import Backend, Guest
+from pveguard.backends.proxmox import ProxmoxBackend
+from pveguard.errors import PveguardError
+from pveguard.provision.firewall import managed_cts
+from pveguard.provision.plan import Plan
+from pveguard.security import rbac, rbac_state
+from pveguard.security.isolation import Ct, FwPlan
+from pveguard.store import Store
+from pveguard.strategy.models import Strategy
+
+LXC_NOTE = ("RBAC (security.access.rbac) applies to the proxmox backend: the lxc backend has no PVE users or "
+            "API tokens; nothing RBAC-related is changed")
+OFF_NOTE = "security.access.rbac is false: PVE users, tokens and ACLs are left as they are"
+
+
+def guests_of(p: Plan) -> dict[int, Guest]:
+    return {a.vmid: a.guest for a in p.actions if a.guest is not None and a.vmid is not None}
+
+
+def has_secret(backend: Backend, guests: dict[int, Guest]) -> rbac.HasSecret:
+    def check(ct: Ct) -> bool | str:
+        g = guests.get(ct.vmid)
+        if g is None or g.status != "running":
+            return "not running"
+        try:
+            r = backend.exec(g, ["test", "-s", rbac.SECRET_PATH], timeout=60)
+        except PveguardError as exc:
+            return f"pct exec does not reach it: {exc.message}"
+        if r.returncode not in (0, 1):  # 255: ssh or pct failed, not the test
+            return f"pct exec does not reach it: {(r.stderr.strip().splitlines() or ['exit ' + str(r.returncode)])[-1]}"
+        return r.ok
+    return check
+
+
+def deliver(backend: Backend, guests: dict[int, Guest]) -> rbac.Deliver:
+    """Put the token file into a container: /etc/pveguard (0700) then the file, 0600, root-owned."""
+    def put(ct: Ct, content: str) -> None:
+        g = guests[ct.vmid]
+        backend.exec(g, ["mkdir", "-p", "-m", "0700", os.path.dirname(rbac.SECRET_PATH)], timeout=60)
+        with tempfile.TemporaryDirectory(prefix="pveguard-token-") as d:
+            path = os.path.join(d, "pve-token")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(content)
+            backend.push(g, path, rbac.SECRET_PATH, mode=0o600)
+    return put
+
+
+def running_of(guests: dict[int, Guest]) -> Callable[[rbac.RoleWant], list[Ct]]:
+    """The role's containers that run (tokens rotate delivers to these; a failure is the command's)."""
+    def running(w: rbac.RoleWant) -> list[Ct]:
+        return [c for c in w.containers if (g := guests.get(c.vmid)) is not None and g.status == "running"]
+    return running
+
+
+def remember(store: Store) -> rbac.Rotated:
+    def done(role: str, cts: list[Ct]) -> None:
+        rbac_state.save(store, role, f"{rbac.userid_of(role)}!{rbac.TOKEN_NAME}",
+                        [{"container": c.name, "vmid": c.vmid, "path": rbac.SECRET_PATH} for c in cts])
+    return done
+
+
+def current(store: Store, wants: list[rbac.RoleWant], check: rbac.HasSecret) -> rbac.HasSecret:
+    """A file that is there counts only if this installation put the current secret there: a container that
+    was not running at the last rotation still holds the old secret (the state says where the new one went)."""
+    states = rbac_state.load(store)
+    role_of = {c.vmid: w.role for w in wants for c in w.containers}
+
+    def has(ct: Ct) -> bool | str:
+        got = check(ct)
+        st = states.get(role_of.get(ct.vmid, ""))
+        if got is True and st is not None and ct.vmid not in {d.get("vmid") for d in st.delivered}:
+            return False  # an older secret
+        return got
+    return has
+
+
+def rbac_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store, instance: str) -> FwPlan:
+    """The RBAC changes (PVE) or why there are none (lxc, switched off)."""
+    if not isinstance(backend, ProxmoxBackend):
+        return FwPlan(notes=[LXC_NOTE])
+    if not rbac.enforced(strategy):
+        return FwPlan(notes=[OFF_NOTE])
+    wants = rbac.desired_rbac(strategy, managed_cts(p), instance)
+    seen = rbac.observe_rbac(backend.call, wants, current(store, wants, has_secret(backend, guests_of(p))))
+    return rbac.plan_rbac(wants, seen)

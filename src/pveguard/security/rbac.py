@@ -1,0 +1,414 @@
+"""RBAC on PVE: one user and API token per service-container role, least privilege, as desired state.
+
+Per container role `<role>` (security.access.rbac; docs/rbac.md has the how-to):
+
+* a user `pveguard-<role>@pve` (realm pve, no password: it only holds the token);
+* a token `pveguard-<role>@pve!pveguard` with `privsep=1` (security.access.api_token_privsep), so it has
+  only what both its own ACLs and its user's grant (pve-access-control RPCEnvironment.pm permissions);
+* one PVE role per role and ACL path family, `PVEGuard<Role><Family>` (e.g. PVEGuardMonitoringVM),
+  holding the privileges `security.access.role_grants` gives that role on paths of that family;
+* ACLs on exactly the paths the grants name, for the user and (privsep) the token; ACLs of these
+  users and tokens that the strategy does not ask for are removed;
+* the token secret in every running container of the role at /etc/pveguard/pve-token (0600, root),
+  never printed, logged or written to the ledger. PVE shows a secret once, at creation, and has no call
+  that regenerates one (API2/User.pm: POST creates, PUT changes privsep/expire/comment), so a new secret
+  means deleting and re-creating the token (which drops the token's ACLs: they are put back at once).
+
+Grants are `PRIV[,PRIV...] on PATH`; PATH is an ACL path (`/vms`, `/storage/local`, `/pool/x`...) or
+`self` (each of the role's own containers, /vms/<vmid>), `guests` (the guests backups cover:
+each managed container's /vms/<vmid>, or /vms with backup.containers.guests: all) or `backup-storage`
+(/storage/<backup.containers.storage>).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pveguard.security.isolation import Ct, FwChange, FwPlan
+
+if TYPE_CHECKING:
+    from pveguard.strategy.models import Strategy
+
+REALM = "pve"
+TOKEN_NAME = "pveguard"
+SECRET_PATH = "/etc/pveguard/pve-token"
+USER_PREFIX = "pveguard-"
+ROLE_PREFIX = "PVEGuard"
+# a user whose comment does not carry this installation's instance is not ours: it is left alone
+COMMENT = "pveguard: service user of role {role} instance={instance}"
+
+# Every privilege PVE 8/9 knows (pve-access-control AccessControl.pm $privgroups plus the single ones).
+KNOWN_PRIVS: frozenset[str] = frozenset({
+    "VM.Allocate", "VM.Audit", "VM.Backup", "VM.Clone", "VM.Config.CDROM", "VM.Config.CPU", "VM.Config.Cloudinit",
+    "VM.Config.Disk", "VM.Config.HWType", "VM.Config.Memory", "VM.Config.Network", "VM.Config.Options",
+    "VM.Console", "VM.Migrate", "VM.Monitor", "VM.PowerMgmt", "VM.Snapshot", "VM.Snapshot.Rollback",
+    "VM.GuestAgent.Audit", "VM.GuestAgent.FileRead", "VM.GuestAgent.FileWrite", "VM.GuestAgent.FileSystemMgmt",
+    "VM.GuestAgent.Unrestricted", "VM.Replicate",
+    "Sys.AccessNetwork", "Sys.Audit", "Sys.Console", "Sys.Incoming", "Sys.Modify", "Sys.PowerMgmt", "Sys.Syslog",
+    "Datastore.Allocate", "Datastore.AllocateSpace", "Datastore.AllocateTemplate", "Datastore.Audit",
+    "SDN.Allocate", "SDN.Audit", "SDN.Use", "User.Modify", "Group.Allocate", "Realm.Allocate",
+    "Realm.AllocateUser", "Pool.Allocate", "Pool.Audit", "Mapping.Audit", "Mapping.Modify", "Mapping.Use",
+    "Permissions.Modify",
+})
+PLACEHOLDERS = ("self", "guests", "backup-storage")
+_FAMILY = {"vms": "VM", "storage": "Storage", "nodes": "Node", "pool": "Pool", "sdn": "SDN", "access": "Access",
+           "mapping": "Mapping", "": "DC"}
+_GRANT_RE = re.compile(r"^\s*([A-Za-z.,\s]+?)\s+on\s+(\S+)\s*$")
+
+
+def default_grants() -> dict[str, list[str]]:
+    """The default strategy's grants: monitoring reads, backup backs up, the others see themselves."""
+    return {
+        "monitoring": ["Sys.Audit,Sys.Syslog on /nodes", "VM.Audit on /vms", "Datastore.Audit on /storage"],
+        "backup": ["VM.Audit,VM.Backup on guests", "Datastore.Audit,Datastore.AllocateSpace on backup-storage"],
+        "devtools": ["VM.Audit on self"],
+        "gateway": ["VM.Audit on self"],
+    }
+
+
+DEFAULT_GRANT = "VM.Audit on self"  # a role the strategy names no grants for
+
+
+@dataclass(frozen=True)
+class Grant:
+    privileges: tuple[str, ...]
+    path: str  # an ACL path or a placeholder
+
+
+def parse_grant(text: str) -> Grant:
+    """`VM.Audit,VM.Backup on guests` -> Grant; ValueError saying what is wrong."""
+    m = _GRANT_RE.match(text)
+    if not m:
+        raise ValueError(f"{text!r} is not 'PRIV[,PRIV] on PATH', e.g. 'VM.Audit on self'")
+    privs = tuple(p.strip() for p in m.group(1).split(",") if p.strip())
+    unknown = [p for p in privs if p not in KNOWN_PRIVS]
+    if unknown or not privs:
+        raise ValueError(f"{text!r}: {', '.join(unknown) or 'no privilege'} is not a PVE privilege "
+                         f"(e.g. VM.Audit, VM.PowerMgmt, Datastore.Audit, Sys.Audit)")
+    path = m.group(2)
+    if path not in PLACEHOLDERS and not re.fullmatch(r"/[A-Za-z0-9._/-]*", path):
+        raise ValueError(f"{text!r}: the path must be an ACL path like /vms/101 or one of "
+                         f"{', '.join(PLACEHOLDERS)}")
+    if path not in PLACEHOLDERS:
+        path = "/" + "/".join(p for p in path.split("/") if p)
+    return Grant(privs, path)
+
+
+def camel(role: str) -> str:
+    return "".join(p[:1].upper() + p[1:] for p in re.split(r"[^A-Za-z0-9]+", role) if p)
+
+
+def userid_of(role: str) -> str:
+    return f"{USER_PREFIX}{role}@{REALM}"
+
+
+def pve_role_name(role: str, path: str) -> str:
+    top = path.strip("/").split("/", 1)[0]
+    return f"{ROLE_PREFIX}{camel(role)}{_FAMILY.get(top, camel(top))}"
+
+
+# --- desired ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RoleWant:
+    role: str
+    userid: str
+    tokenid: str
+    privsep: bool
+    pve_roles: dict[str, list[str]]  # PVE role -> sorted privileges
+    acls: dict[str, str]  # path -> PVE role
+    containers: list[Ct]  # the role's existing managed containers (the secret goes to each)
+    pending: list[str]  # the role's containers not created yet (theirs: after their creation)
+    instance: str = ""  # this installation (in the comment of the users and tokens it owns)
+
+    @property
+    def comment(self) -> str:
+        return COMMENT.format(role=self.role, instance=self.instance)
+
+    @property
+    def full_tokenid(self) -> str:
+        return f"{self.userid}!{self.tokenid}"
+
+
+def enforced(strategy: Strategy) -> bool:
+    return bool(strategy.security.access.rbac)
+
+
+def desired_rbac(strategy: Strategy, cts: Iterable[Ct], instance: str) -> list[RoleWant]:
+    """Per container role of the strategy: user, token, PVE roles and ACLs (vmid paths of existing ones)."""
+    existing = {c.name: c for c in cts}
+    by_role: dict[str, list[str]] = {}
+    for c in strategy.containers:
+        by_role.setdefault(c.role, []).append(c.name)
+    grants = strategy.security.access.role_grants
+    guests_all = strategy.backup.containers.guests == "all"
+    managed_paths = sorted(f"/vms/{c.vmid}" for c in existing.values())
+    out: list[RoleWant] = []
+    for role, names in by_role.items():
+        own = [existing[n] for n in names if n in existing]
+        paths_of = {"self": [f"/vms/{c.vmid}" for c in own],
+                    "guests": ["/vms"] if guests_all else managed_paths,
+                    "backup-storage": [f"/storage/{strategy.backup.containers.storage}"]}
+        privs_on: dict[str, set[str]] = {}
+        for text in grants.get(role, [DEFAULT_GRANT]):
+            g = parse_grant(text)
+            for p in paths_of.get(g.path, [g.path]):
+                privs_on.setdefault(p, set()).update(g.privileges)
+        pve_roles: dict[str, set[str]] = {}
+        acls: dict[str, str] = {}
+        for p, privs in privs_on.items():
+            name = pve_role_name(role, p)
+            pve_roles.setdefault(name, set()).update(privs)
+            acls[p] = name
+        out.append(RoleWant(role, userid_of(role), TOKEN_NAME, strategy.security.access.api_token_privsep,
+                            {k: sorted(v) for k, v in sorted(pve_roles.items())}, dict(sorted(acls.items())),
+                            own, [n for n in names if n not in existing], instance))
+    return out
+
+
+def acl_paths(strategy: Strategy) -> list[str]:
+    """The ACL paths (not /vms/<vmid>) the grants name, for pveguard's own privilege check."""
+    out: set[str] = set()
+    for texts in strategy.security.access.role_grants.values():
+        for text in texts:
+            g = parse_grant(text)
+            if g.path == "backup-storage":
+                out.add(f"/storage/{strategy.backup.containers.storage}")
+            elif g.path == "guests" and strategy.backup.containers.guests == "all":
+                out.add("/vms")
+            elif g.path not in PLACEHOLDERS and not re.fullmatch(r"/vms/\d+", g.path):
+                out.add(g.path)
+    return sorted(out)
+
+
+# --- observed -----------------------------------------------------------------------------------
+
+Call = Callable[..., Any]
+# True/False: the token file is there or not; a text: why it cannot be told (stopped, pct unreachable)
+HasSecret = Callable[[Ct], "bool | str"]
+
+
+@dataclass
+class RbacSeen:
+    users: dict[str, dict[str, Any]]  # our users: userid -> entry
+    tokens: dict[str, dict[str, Any]]  # full token id -> entry
+    roles: dict[str, list[str]]  # our PVE roles -> sorted privileges
+    acl: list[dict[str, Any]]  # ACL entries of our users and tokens
+    secrets: dict[int, bool | str]  # vmid -> the secret file is there (a text: why that cannot be told)
+
+
+def ours(ugid: str) -> bool:
+    return ugid.startswith(USER_PREFIX) and ugid.split("!", 1)[0].endswith(f"@{REALM}")
+
+
+def observe_acl(call: Call) -> list[dict[str, Any]]:
+    return [dict(e) for e in call("GET", "/access/acl") or [] if ours(str(e.get("ugid", "")))]
+
+
+def observe_rbac(call: Call, wants: list[RoleWant], has_secret: HasSecret | None) -> RbacSeen:
+    users = {str(u["userid"]): dict(u) for u in call("GET", "/access/users") or []
+             if str(u.get("userid", "")).startswith(USER_PREFIX)}
+    tokens: dict[str, dict[str, Any]] = {}
+    for w in wants:
+        if w.userid in users:
+            for t in call("GET", f"/access/users/{w.userid}/token") or []:
+                tokens[f"{w.userid}!{t['tokenid']}"] = dict(t)
+    roles = {str(r["roleid"]): sorted(p for p in str(r.get("privs") or "").split(",") if p)
+             for r in call("GET", "/access/roles") or [] if str(r.get("roleid", "")).startswith(ROLE_PREFIX)}
+    secrets: dict[int, bool | str] = {}
+    if has_secret is not None:
+        for w in wants:
+            for c in w.containers:
+                secrets[c.vmid] = has_secret(c)
+    return RbacSeen(users, tokens, roles, observe_acl(call), secrets)
+
+
+# --- plan ---------------------------------------------------------------------------------------
+
+
+def _acl_changes(wants: list[RoleWant], acl: list[dict[str, Any]], tokens_present: set[str]) -> list[FwChange]:
+    out: list[FwChange] = []
+    want_entries: set[tuple[str, str, str, str]] = set()  # (path, type, ugid, role)
+    for w in wants:
+        holders = [("user", w.userid)] + ([("token", w.full_tokenid)] if w.privsep else [])
+        for path, role in w.acls.items():
+            for typ, ugid in holders:
+                want_entries.add((path, typ, ugid, role))
+    have = {(str(e["path"]), str(e["type"]), str(e["ugid"]), str(e["roleid"])): int(e.get("propagate", 1))
+            for e in acl}
+    role_of = {w.userid: w.role for w in wants} | {w.full_tokenid: w.role for w in wants}
+    for path, typ, ugid, role in sorted(want_entries):
+        prop = have.get((path, typ, ugid, role))
+        if prop == 1:
+            continue
+        if typ == "token" and ugid not in tokens_present:
+            continue  # the token is created first; its ACLs follow in the same apply
+        out.append(FwChange(f"acl{path}", role_of[ugid], f"{typ} {ugid}",
+                            "(none)" if prop is None else f"{role} (propagate 0)", role, op="acl-add",
+                            data={"path": path, "type": typ, "ugid": ugid, "role": role}))
+    for (path, typ, ugid, role) in sorted(have):
+        if (path, typ, ugid, role) not in want_entries and ugid.split("!", 1)[0] in {w.userid for w in wants}:
+            out.append(FwChange(f"acl{path}", role_of.get(ugid, ugid), f"{typ} {ugid}", role, "(none)",
+                                op="acl-remove", data={"path": path, "type": typ, "ugid": ugid, "role": role}))
+    return out
+
+
+def owned(wants: list[RoleWant], users: dict[str, dict[str, Any]]) -> tuple[list[RoleWant], list[RoleWant]]:
+    """(roles whose user is this installation's or does not exist yet, roles whose user is someone else's)."""
+    mine: list[RoleWant] = []
+    other: list[RoleWant] = []
+    for w in wants:
+        u = users.get(w.userid)
+        (mine if u is None or f"instance={w.instance}" in str(u.get("comment") or "").split() else other).append(w)
+    return mine, other
+
+
+def plan_rbac(wants: list[RoleWant], seen: RbacSeen) -> FwPlan:
+    """What converging users, PVE roles, tokens, ACLs and delivered secrets would change."""
+    out = FwPlan()
+    wants, others = owned(wants, seen.users)
+    for w in others:
+        out.notes.append(f"role {w.role}: the user {w.userid} exists but is not this installation's (its comment: "
+                         f"{str(seen.users[w.userid].get('comment') or '(none)')!r}); it is left alone: give the "
+                         f"role another name, or remove that user if it is a leftover")
+    for w in wants:
+        u = seen.users.get(w.userid)
+        if u is None:
+            out.changes.append(FwChange(f"user/{w.userid}", w.role, "user", "(none)", w.userid, op="user-create",
+                                        data={"role": w.role}))
+        elif str(u.get("enable", 1)) != "1":
+            out.changes.append(FwChange(f"user/{w.userid}", w.role, "enable", "0", "1", op="user-enable"))
+        for name, privs in w.pve_roles.items():
+            have = seen.roles.get(name)
+            if have is None:
+                out.changes.append(FwChange(f"role/{name}", w.role, "privileges", "(no such role)", ",".join(privs),
+                                            op="role-create", data={"privs": privs}))
+            elif have != privs:
+                out.changes.append(FwChange(f"role/{name}", w.role, "privileges", ",".join(have) or "(none)",
+                                            ",".join(privs), op="role-privs", data={"privs": privs}))
+        tok = seen.tokens.get(w.full_tokenid)
+        # the containers pveguard can put the token file into now
+        reach = [c for c in w.containers if isinstance(seen.secrets.get(c.vmid), bool)]
+        to = {"to": [c.vmid for c in reach]}
+        if tok is None:
+            if reach:
+                out.changes.append(FwChange(f"token/{w.full_tokenid}", w.role, "token", "(none)",
+                                            f"privsep={int(w.privsep)}, secret to {', '.join(c.name for c in reach)}",
+                                            op="token-create", data=to))
+            continue
+        if int(tok.get("privsep", 1)) != int(w.privsep):
+            out.changes.append(FwChange(f"token/{w.full_tokenid}", w.role, "privsep", str(tok.get("privsep", 1)),
+                                        str(int(w.privsep)), op="token-privsep", data={"privsep": int(w.privsep)}))
+        missing = [c for c in reach if seen.secrets.get(c.vmid) is False]
+        if missing:
+            out.changes.append(FwChange(f"token/{w.full_tokenid}", w.role, "secret",
+                                        f"missing or old in {', '.join(c.name for c in missing)}",
+                                        f"new secret in {', '.join(c.name for c in reach)}", op="rotate", data=to))
+    for w in wants:
+        why = {c.name: v for c in w.containers if isinstance(v := seen.secrets.get(c.vmid), str)}
+        if why:
+            waits = "" if w.full_tokenid in seen.tokens or any(
+                isinstance(seen.secrets.get(c.vmid), bool) for c in w.containers) else "its token waits: "
+            out.notes.append(f"role {w.role}: {waits}the token file cannot be checked or delivered in "
+                             + "; ".join(f"{n} ({r})" for n, r in why.items()))
+        if w.pending:
+            out.notes.append(f"role {w.role}: created containers get their ACLs and token in the same apply: "
+                             f"{', '.join(w.pending)}")
+    out.changes.extend(_acl_changes(wants, seen.acl, set(seen.tokens)))
+    return out
+
+
+# --- apply --------------------------------------------------------------------------------------
+
+Record = Callable[..., None]
+# Puts the secret file into a container (0600, root); raises PveguardError when it cannot.
+Deliver = Callable[[Ct, str], None]
+# Called after a token got a new secret: (role, containers it reached).
+Rotated = Callable[[str, list[Ct]], None]
+
+
+def secret_file(w: RoleWant, secret: str) -> str:
+    """What the container gets: the token id and its secret, shell-sourcable."""
+    return (f"# pveguard: PVE API token of role {w.role} (rotated by 'pveguard tokens rotate {w.role}')\n"
+            f"PVE_TOKEN_ID={w.full_tokenid}\nPVE_TOKEN_SECRET={secret}\n")
+
+
+def new_secret(call: Call, w: RoleWant, deliver: Deliver, record: Record, rotated: Rotated,
+               running: list[Ct], recreate: bool) -> None:
+    """Create (or delete and re-create) the token and deliver its secret to `running`; the secret stays here."""
+    target = f"token/{w.full_tokenid}"
+    details = {"before": {"token": "exists" if recreate else None},
+               "after": {"token": "new secret", "privsep": int(w.privsep),
+                         "delivered": [f"{c.name}:{SECRET_PATH}" for c in running]}}
+    record("rbac", target, w.role, None, **details)
+    base = f"/access/users/{w.userid}/token/{w.tokenid}"
+    if recreate:
+        call("DELETE", base)
+    got = call("POST", base, {"privsep": int(w.privsep), "comment": w.comment}) or {}
+    secret = str(got.get("value") or "")
+    for c in running:
+        deliver(c, secret_file(w, secret))
+    del secret, got
+    rotated(w.role, running)
+    record("rbac", target, w.role, "ok", **details)
+
+
+def converge(call: Call, plan: FwPlan, wants: list[RoleWant], record: Record, deliver: Deliver,
+             rotated: Rotated) -> list[str]:
+    """Users, PVE roles, tokens (new secrets delivered), then the ACLs read again and converged."""
+    done: list[str] = []
+    by_role = {w.role: w for w in wants}
+    for c in plan.changes:
+        if c.op.startswith("acl-"):
+            continue
+        w = by_role[c.name]
+        details = {"before": {c.field: c.old}, "after": {c.field: c.new}}
+        if c.op in ("token-create", "rotate"):
+            to = [ct for ct in w.containers if ct.vmid in c.data["to"]]
+            new_secret(call, w, deliver, record, rotated, to, recreate=c.op == "rotate")
+            done.append(c.text())
+            continue
+        record("rbac", c.target, c.name, None, **details)
+        if c.op == "user-create":
+            call("POST", "/access/users", {"userid": w.userid, "comment": w.comment, "enable": 1})
+        elif c.op == "user-enable":
+            call("PUT", f"/access/users/{w.userid}", {"enable": 1})
+        elif c.op == "role-create":
+            call("POST", "/access/roles", {"roleid": c.target.split("/", 1)[1], "privs": ",".join(c.data["privs"])})
+        elif c.op == "role-privs":
+            call("PUT", f"/access/roles/{c.target.split('/', 1)[1]}", {"privs": ",".join(c.data["privs"])})
+        elif c.op == "token-privsep":
+            call("PUT", f"/access/users/{w.userid}/token/{w.tokenid}", {"privsep": c.data["privsep"]})
+        record("rbac", c.target, c.name, "ok", **details)
+        done.append(c.text())
+    done.extend(converge_acls(call, wants, record))
+    return done
+
+
+def converge_acls(call: Call, wants: list[RoleWant], record: Record) -> list[str]:
+    """Read the ACLs and tokens again and add/remove what differs (a re-created token lost its ACLs)."""
+    listed = {str(u.get("userid")): dict(u) for u in call("GET", "/access/users") or []}
+    users = set(listed)
+    wants, _others = owned(wants, listed)
+    tokens = set()
+    for w in wants:
+        if w.userid in users:
+            for t in call("GET", f"/access/users/{w.userid}/token") or []:
+                tokens.add(f"{w.userid}!{t['tokenid']}")
+    done = []
+    for c in _acl_changes(wants, observe_acl(call), tokens):
+        d = c.data
+        details = {"before": {c.field: c.old}, "after": {c.field: c.new}}
+        record("rbac", c.target, c.name, None, **details)
+        params: dict[str, Any] = {"path": d["path"], "roles": d["role"], f"{d['type']}s": d["ugid"], "propagate": 1}
+        if c.op == "acl-remove":
+            params["delete"] = 1
+            params.pop("propagate")
+        call("PUT", "/access/acl", params)
+        record("rbac", c.target, c.name, "ok", **details)
+        done.append(c.text())
+    return done
