@@ -126,10 +126,10 @@ def passed(checks: list[Preflight]) -> bool:
 
 def render(checks: list[Preflight]) -> None:
     for c in checks:
-        mark, style = _MARK[c.ok]
+        mark, style = _MARK[c.ok] if not (c.ok and c.fix) else ("WARN", "yellow bold")  # passed, with advice
         # one entry per check; at a narrow terminal it wraps at words, indented under the check's name
         line = Text.assemble((f"{mark:4}", style), f" {c.name}: {c.detail}")
-        if c.ok is False and c.fix:
+        if c.ok is not None and c.fix:
             line.append("  ").append("fix:", "bold").append(f" {c.fix}")
         say(line, hang=5)
     failed = [c.name for c in checks if c.ok is False]

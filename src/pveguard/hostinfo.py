@@ -131,7 +131,8 @@ def _render_backend(b: dict[str, Any]) -> None:
         if pve["reachable"]:
             nodes = ", ".join(f"{n['name']} ({'online' if n['online'] else 'offline'})" for n in pve["nodes"])
             quorum = {True: "quorate", False: "NOT quorate", None: "quorum unknown"}[pve["quorate"]]
-            say(f"  Proxmox VE {pve['version']}; nodes: {nodes or 'none visible'}; {quorum}", hang=4)
+            support = f" ({pve['support']})" if pve.get("support") else ""
+            say(f"  Proxmox VE {pve['version']}{support}; nodes: {nodes or 'none visible'}; {quorum}", hang=4)
     if b.get("lxc"):
         console.print(f"  LXC {b['lxc']['version'] or 'version unknown'}", highlight=False)
     if b["error"]:

@@ -1,4 +1,4 @@
-"""pvesim: a schema-driven Proxmox VE 8.4 API emulator for tests and benchmarks (not shipped in the wheel).
+"""pvesim: a schema-driven Proxmox VE 8.4 / 9.1 API emulator for tests and benchmarks (not shipped in the wheel).
 
 Quick use::
 

@@ -12,7 +12,16 @@ from typing import Any
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m pvesim", description="Proxmox VE 8.4 API emulator (pvesim)")
+    from pvesim.schema import VERSIONS, default_version
+
+    ap = argparse.ArgumentParser(prog="python -m pvesim", description="Proxmox VE 8.4 / 9.1 API emulator (pvesim)")
+    ap.add_argument(
+        "--pve-version",
+        default=default_version(),
+        choices=VERSIONS,
+        help="the PVE release to emulate: its API schema and the behaviour that changed "
+        "(default: $PVESIM_PVE_VERSION, else 8.4)",
+    )
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8006, help="0 = pick a free port")
     ap.add_argument("--nodes", type=int, default=3)
@@ -58,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from pvesim.state import Sim, SimOptions
 
     try:
-        load_schema()
+        load_schema(version=args.pve_version)
     except SchemaNotFoundError as e:
         print(f"pvesim: {e}", file=sys.stderr)
         return 2
@@ -86,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             task_seconds=seconds,
             auth_fail_delay=args.auth_fail_delay,
             status_lag=args.status_lag,
+            pve_version=args.pve_version,
         )
     )
     if args.state:
@@ -118,7 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.info_file:
         Path(args.info_file).write_text(line + "\n")
     print(line, flush=True)
-    logging.info("listening on %s (%d nodes, %d guests)", server.url, len(sim.nodes), len(sim.guests))
+    logging.info(
+        "listening on %s (PVE %s, %d nodes, %d guests)",
+        server.url,
+        sim.release.version,
+        len(sim.nodes),
+        len(sim.guests),
+    )
 
     def stop(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt

@@ -20,7 +20,8 @@ NOT_FOUND = 255  # PVE CLI tools exit(-1) on die
 
 # `pct exec|enter --keep-env` exists since pve-container 5.0.9 (March 2024, commit "pct: add keep-env
 # option to the 'enter' and 'exec' command"); its default is 1 (lxc-attach --keep-env) in PVE 8 and, as
-# of pve-container master, still 1 with a FIXME to switch to 0 "with pve 9" (src/PVE/CLI/pct.pm).
+# of pve-container master, still 1 with a FIXME to switch to 0 "with pve 9" (src/PVE/CLI/pct.pm; still
+# so in 6.1.10, June 2026: PVE 9.1 keeps the environment too unless told --keep-env 0).
 KEEP_ENV_SINCE = (5, 0, 9)
 # What lxc-attach --clear-env leaves: lxc puts `container=lxc` and a default PATH into the cleared env.
 CLEAR_ENV = {"container": "lxc", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}

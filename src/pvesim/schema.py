@@ -4,37 +4,75 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 SCHEMA_ENV = "PVESIM_SCHEMA"
-SCHEMA_NAME = "pve-api-8.4.json"
-_SHARED_DEFAULT = Path("/work/shared/pve-api") / SCHEMA_NAME
+VERSION_ENV = "PVESIM_PVE_VERSION"
+VERSIONS = ("8.4", "9.1")  # the PVE releases pvesim emulates, one schema file each
+DEFAULT_VERSION = "8.4"
+SCHEMA_NAME = f"pve-api-{DEFAULT_VERSION}.json"
+_SHARED_DIR = Path("/work/shared/pve-api")
+
+
+def schema_name(version: str = DEFAULT_VERSION) -> str:
+    """The schema file of one PVE release: pve-api-8.4.json, pve-api-9.1.json."""
+    return f"pve-api-{version}.json"
+
+
+def default_version() -> str:
+    """The PVE release to emulate when none is named: $PVESIM_PVE_VERSION, else 8.4."""
+    return os.environ.get(VERSION_ENV) or DEFAULT_VERSION
+
+
+def check_version(version: str) -> str:
+    """`version` when pvesim emulates it, else ValueError naming the ones it does."""
+    if version not in VERSIONS:
+        raise ValueError(f"pvesim emulates PVE {' and '.join(VERSIONS)}, not {version!r}")
+    return version
 
 
 class SchemaNotFoundError(RuntimeError):
     """The PVE API schema file is not where pvesim looks for it."""
 
 
-def schema_candidates() -> list[Path]:
-    """Places searched for the schema, in order (env var first, then the shared folders)."""
-    out: list[Path] = []
+def _env_schema(version: str) -> Path | None:
+    """$PVESIM_SCHEMA: a folder holding pve-api-<version>.json, or the 8.4 file itself (then the
+    other releases' files are looked for beside it)."""
     env = os.environ.get(SCHEMA_ENV)
-    if env:
-        out.append(Path(env))
-    out.append(_SHARED_DEFAULT)
+    if not env:
+        return None
+    p = Path(env)
+    if p.is_dir():
+        return p / schema_name(version)
+    return p if version == DEFAULT_VERSION else p.parent / schema_name(version)
+
+
+def schema_candidates(version: str = DEFAULT_VERSION) -> list[Path]:
+    """Places searched for the schema of `version`, in order (env var first, then the shared folders)."""
+    name = schema_name(version)
+    out: list[Path] = []
+    env = _env_schema(version)
+    if env is not None:
+        out.append(env)
+    out.append(_SHARED_DIR / name)
     # CI keeps shared/ beside the checkout: <repo>/../shared/pve-api/
     repo = Path(__file__).resolve().parents[2]
-    out.append(repo.parent / "shared" / "pve-api" / SCHEMA_NAME)
-    out.append(Path.cwd().parent / "shared" / "pve-api" / SCHEMA_NAME)
+    out.append(repo.parent / "shared" / "pve-api" / name)
+    out.append(Path.cwd().parent / "shared" / "pve-api" / name)
     return out
 
 
-def find_schema() -> Path:
-    """Return the schema path or raise SchemaNotFoundError saying where it was looked for."""
-    tried = schema_candidates()
+def find_schema(version: str | None = None) -> Path:
+    """Return the schema path of `version` (default: default_version()) or raise SchemaNotFoundError
+    saying where it was looked for."""
+    version = check_version(version or default_version())
+    tried = schema_candidates(version)
     if os.environ.get(SCHEMA_ENV):
         # An explicit setting must not silently fall back to another file.
         tried = tried[:1]
@@ -42,9 +80,9 @@ def find_schema() -> Path:
         if p.is_file():
             return p
     raise SchemaNotFoundError(
-        "PVE API schema not found (looked at: "
+        f"PVE {version} API schema not found (looked at: "
         + ", ".join(str(p) for p in tried)
-        + f"); set {SCHEMA_ENV} to the path of {SCHEMA_NAME}"
+        + f"); set {SCHEMA_ENV} to the folder holding {schema_name(version)}"
     )
 
 
@@ -74,7 +112,8 @@ class _Trie:
 class Schema:
     """The API tree: path templates with their methods, and a segment trie to route paths."""
 
-    def __init__(self, tree: list[dict[str, Any]]) -> None:
+    def __init__(self, tree: list[dict[str, Any]], version: str = DEFAULT_VERSION) -> None:
+        self.version = version
         self.methods: dict[tuple[str, str], Method] = {}
         self.paths: dict[str, dict[str, Method]] = {}
         self.children: dict[str, list[str]] = {}
@@ -147,11 +186,32 @@ class Schema:
 
 
 @lru_cache(maxsize=4)
-def _load(path: str) -> Schema:
+def _load(path: str, version: str) -> Schema:
     with open(path, encoding="utf-8") as fh:
-        return Schema(json.load(fh))
+        return Schema(json.load(fh), version)
 
 
-def load_schema(path: Path | str | None = None) -> Schema:
-    """Load (once per process) and index the schema at `path` or the default location."""
-    return _load(str(path or find_schema()))
+_active = threading.local()
+
+
+@contextmanager
+def active(schema: Schema) -> Iterator[Schema]:
+    """Make `schema` what load_schema() answers in this thread (the request pipeline sets the
+    schema of the sim it serves, so handlers' schema look-ups follow the emulated release)."""
+    prev = getattr(_active, "schema", None)
+    _active.schema = schema
+    try:
+        yield schema
+    finally:
+        _active.schema = prev
+
+
+def load_schema(path: Path | str | None = None, version: str | None = None) -> Schema:
+    """Load (once per process) and index the schema at `path`, or the one of `version`; with neither,
+    the schema active in this thread (see active()), else the default release's."""
+    if path is None and version is None:
+        cur: Schema | None = getattr(_active, "schema", None)
+        if cur is not None:
+            return cur
+    version = check_version(version or default_version())
+    return _load(str(path or find_schema(version)), version)

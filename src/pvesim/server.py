@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pvesim import control
 from pvesim.access import Auth, AuthError, PermError, evaluate_check
 from pvesim.handlers import HANDLERS, Ctx, RawData, Reply, load_all
-from pvesim.schema import Schema, load_schema
+from pvesim.schema import Schema, active, load_schema
 from pvesim.state import ApiError, Sim
 from pvesim.validate import MethodValidator, ParamError
 
@@ -74,7 +74,7 @@ class Api:
     def __init__(self, sim: Sim, schema: Schema | None = None) -> None:
         load_all()
         self.sim = sim
-        self.schema = schema or load_schema()
+        self.schema = schema or load_schema(version=sim.opts.pve_version)
         self._validators: dict[tuple[str, str], MethodValidator] = {}
         self._vlock = threading.Lock()
 
@@ -88,6 +88,10 @@ class Api:
 
     # -- the pipeline -----------------------------------------------------------------------------
     def handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
+        with active(self.schema):  # handlers' schema look-ups follow the emulated release
+            return self._handle(method, target, headers, body)
+
+    def _handle(self, method: str, target: str, headers: dict[str, str], body: bytes) -> Answer:
         parts = urlsplit(target)
         path = parts.path
         if path.startswith("/_sim"):
@@ -481,6 +485,7 @@ class SimServer:
             "password": self.sim.password,
             "fingerprint": self.fingerprint,
             "cafile": self.cafile,
+            "pve_version": self.sim.release.version,
         }
 
     def start(self) -> None:

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pvesim.access import Access, Auth
+from pvesim.schema import check_version, default_version
 from pvesim.usage import STAT_INTERVAL, USAGE_KEYS, GuestConsts, guest_consts, node_usage, usage_at
+from pvesim.versions import RELEASES
 
 log = logging.getLogger("pvesim")
 
@@ -351,10 +353,12 @@ class SimOptions:
     running_share: float = 0.85
     auth_fail_delay: float = 0.0
     status_lag: float = 0.0  # seconds a new guest shows status "unknown" in /cluster/resources (PVE: ~10)
+    pve_version: str = field(default_factory=default_version)  # "8.4" or "9.1" ($PVESIM_PVE_VERSION)
 
     def __post_init__(self) -> None:
         if self.nodes < 1 or self.guests < 0 or self.time_scale <= 0:
             raise ValueError("pvesim needs nodes >= 1, guests >= 0 and time_scale > 0")
+        check_version(self.pve_version)
 
 
 class Sim:
@@ -459,7 +463,9 @@ class Sim:
         self.pct_log: list[dict[str, Any]] = []
         self.pct_scripts: list[dict[str, Any]] = []
         self.pct_default_exit = 0
-        self.pct_version: tuple[int, ...] = (5, 3, 5)  # pve-container, newest on stable-bookworm (PVE 8.4)
+        self.release = RELEASES[opts.pve_version]
+        self.pve_major = self.release.major
+        self.pct_version: tuple[int, ...] = self.release.pct_version  # pve-container of the emulated release
         self.pct_keep_env_default = True
         self.guest_packages: dict[int, dict[str, str]] = {}
         self.guest_files: dict[int, dict[str, bytes]] = {}

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pveguard.backends.pvepreflight import version_verdict
+from pveguard.backends.pvepreflight import version_support, version_verdict
 
 from .conftest import Env
 
@@ -34,7 +34,7 @@ def _lines(out: str) -> dict[str, str]:
     found: dict[str, str] = {}
     name = None
     for line in out.splitlines():
-        m = re.match(r"(ok|FAIL|skip)\s+([\w-]+): ", line)
+        m = re.match(r"(ok|FAIL|WARN|skip)\s+([\w-]+): ", line)
         if m:
             name = m[2]
             found[name] = line
@@ -54,7 +54,7 @@ def test_all_green(denv: Env, capsys: pytest.CaptureFixture[str]) -> None:
                           "pve-vmids"}
     assert all(not line.startswith("FAIL") for line in lines.values())
     assert "certificate matches the pinned SHA-256" in lines["pve-tls"]
-    assert "Proxmox VE 8.4" in lines["pve-connection"] and "quorate" in lines["pve-nodes"]
+    assert f"Proxmox VE {denv.sim.sim.release.version}" in lines["pve-connection"] and "quorate" in lines["pve-nodes"]
     data = json.loads(denv.run("doctor", "--json", capsys=capsys)[1])
     assert data["ok"] is True and {c["name"] for c in data["checks"]} == set(lines)
     assert set(data["checks"][0]) == {"name", "ok", "detail", "fix"}
@@ -139,8 +139,35 @@ def test_unreachable_api_skips_what_needs_it(denv: Env, capsys: pytest.CaptureFi
     assert all(lines[n].startswith("skip") for n in ("pve-version", "pve-permissions", "pve-bridges", "pve-vmids"))
 
 
-@pytest.mark.parametrize(("version", "ok"), [("8.4.1", True), ("9.1.2", True), ("8.0", True), ("7.4-3", False),
-                                             ("10.0.1", False), ("garbage", False)])
-def test_version_verdict(version: str, ok: bool) -> None:
-    supported, fix = version_verdict(version)
-    assert supported is ok and bool(fix) is not ok
+@pytest.mark.parametrize(("version", "verdict"), [("8.4.1", True), ("8.4.0", True), ("9.0.3", True), ("9.1.9", True),
+                                                  ("8.0", None), ("8.3.5", None), ("10.0.1", None), ("7.4-3", False),
+                                                  ("garbage", False)])
+def test_version_support(version: str, verdict: bool | None) -> None:
+    got, what, fix = version_support(version)
+    assert got is verdict and bool(fix) is (verdict is not True)
+    assert ("WARNING" in what) is (verdict is None) and "8.4 and later 8.x, 9.x" in what + fix
+    assert version_verdict(version) == (verdict is True, fix)
+
+
+@pytest.mark.parametrize(("version", "mark"), [("8.2.4", "WARN"), ("10.0.1", "WARN"), ("7.4-3", "FAIL")])
+def test_doctor_warns_on_an_untested_version_and_fails_on_an_old_major(
+        denv: Env, capsys: pytest.CaptureFixture[str], version: str, mark: str) -> None:
+    denv.sim.control("POST", "/faults", {"method": "GET", "path": "^/version$",
+                                         "data": {"version": version, "release": version[:3], "repoid": "deadbeef"}})
+    _code, out, err = denv.run("doctor", capsys=capsys)
+    assert "Traceback" not in out + err
+    line = _lines(out)["pve-version"]
+    assert line.startswith(f"{mark} pve-version: Proxmox VE {version}"), line
+    assert "fix: " in line, line
+    assert ("pve-version" in out.splitlines()[-1]) is (mark == "FAIL")
+
+
+def test_doctor_and_info_report_the_version_found(denv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """Against pvesim of either release (--pve-version): doctor and info name it and call it supported."""
+    rel = denv.sim.sim.release
+    line = _lines(denv.run("doctor", capsys=capsys)[1])["pve-version"]
+    assert line.startswith(f"ok   pve-version: Proxmox VE {rel.version} (supported: 8.4 and later 8.x, 9.x)"), line
+    pve = denv.json("info", capsys=capsys)["backend"]["proxmox"]
+    assert (pve["version"], pve["supported"]) == (rel.version, True)
+    _code, out, _err = denv.run("info", capsys=capsys)
+    assert f"Proxmox VE {rel.version} (supported: 8.4 and later 8.x, 9.x)" in " ".join(out.split())

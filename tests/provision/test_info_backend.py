@@ -17,11 +17,14 @@ def test_info_shows_resolved_backend_version_nodes_and_quorum(penv: Env, capsys:
     assert code == 0, err
     assert "backend: proxmox (from auto)" not in out  # PVEGUARD_BACKEND=proxmox was asked for explicitly
     assert "backend: proxmox" in out and "backend: auto" not in out
-    assert "Proxmox VE 8.4.1; nodes: pve1 (online), pve2 (online), pve3 (offline); quorate" in out
+    version = penv.sim.sim.release.version  # 8.4.1, or 9.1.9 under --pve-version 9.1
+    assert (f"Proxmox VE {version} (supported: 8.4 and later 8.x, 9.x); nodes: pve1 (online), pve2 (online), "
+            "pve3 (offline); quorate") in " ".join(out.split())
     data = json.loads(penv.run("info", "--json", capsys=capsys)[1])
     b = data["backend"]
     assert (b["wanted"], b["resolved"], b["error"]) == ("proxmox", "proxmox", None)
-    assert b["proxmox"]["reachable"] is True and b["proxmox"]["version"] == "8.4.1"
+    assert b["proxmox"]["reachable"] is True and b["proxmox"]["version"] == version
+    assert b["proxmox"]["supported"] is True
     assert b["proxmox"]["quorate"] is True and {"name": "pve3", "online": False} in b["proxmox"]["nodes"]
     assert data["strategy"]["backend"] == "auto"  # the strategy's own value stays where it was
 

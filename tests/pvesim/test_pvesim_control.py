@@ -25,7 +25,8 @@ def test_resources_fields_and_usage_moves(pvesim_factory) -> None:  # type: igno
     sim: SimHandle = pvesim_factory(guests=20, seed=5, running_share=0.5)
     before = _res(sim)
     kinds = {r["type"] for r in before.values()}
-    assert kinds == {"lxc", "qemu", "node", "storage", "sdn"}
+    # PVE 9.1 lists the localnetwork zone as type 'network' instead of 'sdn'
+    assert kinds == {"lxc", "qemu", "node", "storage", "sdn" if sim.sim.pve_major < 9 else "network"}
     guest_keys = {
         "id",
         "type",
@@ -200,7 +201,11 @@ def test_cli_prints_one_json_line_and_saves_state(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None
         info = json.loads(proc.stdout.readline())
-        assert set(info) == {"url", "token", "username", "password", "fingerprint", "cafile"}
+        assert set(info) == {"url", "token", "username", "password", "fingerprint", "cafile", "pve_version"}
+        from pvesim.schema import default_version
+        from pvesim.versions import RELEASES
+
+        assert info["pve_version"] == RELEASES[default_version()].version
         assert info["url"].startswith("http://127.0.0.1:") and info["token"].startswith("root@pam!pvesim=")
         import urllib.request
 

@@ -49,7 +49,8 @@ def test_collector_scrapes_pvesim(pvesim_factory) -> None:  # type: ignore[no-un
     }
     text = collect_pve(config, sim.hostname, True, True, _options()).decode()
     assert 'pve_up{id="node/pve1"} 1.0' in text
-    assert 'pve_version_info{release="8.4",repoid="2a5fa54a8503f96d",version="8.4.1"} 1.0' in text
+    rel = sim.sim.release
+    assert f'pve_version_info{{release="{rel.release}",repoid="{rel.repoid}",version="{rel.version}"}} 1.0' in text
     assert 'pve_cluster_info{id="cluster/pvesim",nodes="3",quorate="1",version="5"} 1.0' in text
     assert 'pve_cpu_usage_ratio{id="lxc/100"} 0.5' in text
     # every seeded guest appears with memory and disk figures

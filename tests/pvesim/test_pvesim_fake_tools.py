@@ -37,7 +37,7 @@ def pct(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_proxmoxer_local_backend_via_fake_pvesh(pvesim: SimHandle, env: dict[str, str]) -> None:
     px = ProxmoxAPI(backend="local", service="PVE")
-    assert px.version.get()["release"] == "8.4"
+    assert px.version.get()["release"] == pvesim.sim.release.release
     upid = px.nodes("pve1").lxc.create(vmid=300, ostemplate=TEMPLATE, rootfs="local-lvm:4", hostname="db")
     assert Tasks.blocking_status(px, upid, polling_interval=0.05)["exitstatus"] == "OK"
     assert px.nodes("pve1").lxc(300).config.get()["hostname"] == "db"

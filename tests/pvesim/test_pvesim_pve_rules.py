@@ -74,7 +74,7 @@ def test_root_pam_itself_may_change_every_feature(pvesim: SimHandle) -> None:
 
 
 def test_privileged_containers_take_features_only_from_root_pam(pvesim: SimHandle) -> None:
-    create_ct(pvesim)  # unprivileged not set: a privileged container
+    create_ct(pvesim, unprivileged=0)  # explicit: PVE 9 creates unprivileged ones by default
     status, reason, _ = pvesim.api("PUT", "/nodes/pve1/lxc/300/config", {"features": "nesting=1"})
     assert (status, reason) == (
         403, "Permission check failed (changing feature flags for privileged container is only allowed for root@pam)")

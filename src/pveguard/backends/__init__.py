@@ -202,7 +202,8 @@ def facts(strategy: Strategy, env: Mapping[str, str] | None = None, pve_dir: Pat
         out["resolved"] = name = choose(strategy, env, pve_dir)
         if name == "lxc":
             return out
-        pve: dict[str, Any] = {"api": None, "reachable": False, "version": None, "nodes": [], "quorate": None}
+        pve: dict[str, Any] = {"api": None, "reachable": False, "version": None, "supported": None,
+                               "support": None, "nodes": [], "quorate": None}
         out["proxmox"] = pve
         settings = proxmox_settings(strategy, env)
         pve["api"] = settings.describe()
@@ -211,6 +212,11 @@ def facts(strategy: Strategy, env: Mapping[str, str] | None = None, pve_dir: Pat
         try:
             pve["version"] = str(backend.version().get("version") or "") or None
             pve["reachable"] = True
+            from pveguard.backends.pvepreflight import version_support
+
+            verdict, what, fix = version_support(pve["version"] or "")
+            # supported: true (8.4+, 9.x), null (may work, untested: 8.0-8.3, 10+), false (7.x and older)
+            pve["supported"], pve["support"] = verdict, what + (f"; {fix}" if fix else "")
             pve["nodes"] = [{"name": n.name, "online": n.online} for n in backend.nodes()]
             pve["quorate"] = backend.quorum()
         finally:

@@ -19,21 +19,40 @@ from pveguard.errors import BackendError
 if TYPE_CHECKING:
     from pveguard.backends.proxmox import ProxmoxBackend
 
-SUPPORTED_MAJOR = (8, 9)  # tested against the PVE 8.4 API schema; 9.x differences are handled
+SUPPORTED_MAJOR = (8, 9)  # tested against pvesim emulating PVE 8.4 and 9.1 (their API schemas)
+SUPPORTED_FROM = (8, 4)  # the oldest release the tests cover
+SUPPORTED_TEXT = "8.4 and later 8.x, 9.x"
+
+
+def version_support(version: str) -> tuple[bool | None, str, str]:
+    """(verdict, what, fix) for a PVE version string like '8.4.1' or '9.1.9'.
+
+    verdict True: supported (8.4+ and 9.x); None: a warning, it may work but is untested (8.0-8.3, or a
+    major newer than 9); False: not supported (PVE 7 and older, or an unreadable version).
+    """
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if not m:
+        return False, f"PVE reported an unreadable version {version!r}", \
+            f"pveguard supports PVE {SUPPORTED_TEXT}; check 'pveversion' on the node"
+    major, minor = int(m[1]), int(m[2])
+    if major < SUPPORTED_MAJOR[0]:
+        return False, f"PVE {major} is not supported (supported: {SUPPORTED_TEXT})", \
+            f"upgrade the cluster to PVE {SUPPORTED_FROM[0]}.{SUPPORTED_FROM[1]} or later " \
+            f"(see 'pve{major}to{major + 1}')"
+    if major > SUPPORTED_MAJOR[-1]:
+        return None, f"WARNING: PVE {major} is newer than pveguard knows (supported: {SUPPORTED_TEXT}); " \
+                     "its API may have changed", f"use a pveguard release that supports PVE {major}"
+    if (major, minor) < SUPPORTED_FROM:
+        return None, f"WARNING: PVE {major}.{minor} is older than {SUPPORTED_FROM[0]}.{SUPPORTED_FROM[1]}, the " \
+                     f"oldest release pveguard is tested with (supported: {SUPPORTED_TEXT})", \
+            "update the nodes to the latest 8.x point release ('apt update && apt full-upgrade')"
+    return True, f"supported: {SUPPORTED_TEXT}", ""
 
 
 def version_verdict(version: str) -> tuple[bool, str]:
-    """(supported, fix) for a PVE version string like '8.4.1'."""
-    m = re.match(r"(\d+)\.(\d+)", version)
-    if not m:
-        return False, f"PVE reported an unreadable version {version!r}; pveguard needs PVE 8 or 9"
-    major = int(m[1])
-    if major < SUPPORTED_MAJOR[0]:
-        return False, f"upgrade the cluster to PVE {SUPPORTED_MAJOR[0]} (see 'pve{major}to{major + 1}')"
-    if major > SUPPORTED_MAJOR[-1]:
-        return False, f"pveguard is tested with PVE {SUPPORTED_MAJOR[0]} and {SUPPORTED_MAJOR[-1]}; " \
-                      f"use a pveguard release that supports PVE {major}"
-    return True, ""
+    """(supported, fix) for a PVE version string: supported only when tested (8.4+ and 9.x)."""
+    verdict, _what, fix = version_support(version)
+    return verdict is True, fix
 
 
 def run(b: ProxmoxBackend) -> list[Preflight]:
@@ -54,9 +73,9 @@ def run(b: ProxmoxBackend) -> list[Preflight]:
         return out
     release = str(version.get("version", "?"))
     out.append(Preflight("pve-connection", True, f"{b.settings.describe()}: Proxmox VE {release}"))
-    supported, fix = version_verdict(release)
-    out.append(Preflight("pve-version", supported, f"Proxmox VE {release}"
-                         + (" (supported)" if supported else " is not supported"), fix))
+    verdict, what, fix = version_support(release)
+    # a warning passes (doctor shows it as WARN, with its fix): pveguard may well work there
+    out.append(Preflight("pve-version", verdict is not False, f"Proxmox VE {release} ({what})", fix))
     out.append(_guarded("pve-permissions", lambda: _permissions(b)))
     nodes: list[str] = []
     out.append(_guarded("pve-nodes", lambda: _nodes(b, nodes)))

@@ -83,13 +83,28 @@ def resources(ctx: Ctx) -> RawData:
                         pe[k] = sum(x.get(k, 0) for x in ents)
                     pe["cpu"] = round(pe["cpu"] / max(1, len(ents)), 6)
                 extra.append(pe)
-    if typ in (None, "sdn"):
+    if typ in (None, "sdn") and sim.pve_major < 9:
         for n in sim.nodes.values():
             extra.append(
                 {
                     "id": f"sdn/{n.name}/localnetwork",
                     "type": "sdn",
                     "sdn": "localnetwork",
+                    "node": n.name,
+                    "status": "ok" if n.online else "unknown",
+                }
+            )
+    if typ is None and sim.pve_major >= 9:
+        # pve-manager 9.1 (commit 1804cdf1 "api: cluster: add support for network resource type"): the
+        # default "localnetwork" zone moved from type 'sdn' to type 'network'; `?type=` has no 'network'
+        # value (the parameter's enum is unchanged), so only the unfiltered listing carries these.
+        for n in sim.nodes.values():
+            extra.append(
+                {
+                    "id": f"network/{n.name}/zone/localnetwork",
+                    "type": "network",
+                    "network-type": "zone",
+                    "network": "localnetwork",
                     "node": n.name,
                     "status": "ok" if n.online else "unknown",
                 }

@@ -47,20 +47,22 @@ NON_CONFIG = {
     "pool",
     "ignore-unpack-errors",
     "bwlimit",
+    "ha-managed",
 }
 
 
 def _fmt(name: str) -> PropertyString:
     """Property-string format of an LXC option (`net[n]`, `rootfs`, `mp[n]`), from the schema."""
-    cache = _FMT_CACHE.get(name)
+    schema = load_schema()  # the emulated release's (9.1 adds net[n] host-managed, mp[n] keepattrs)
+    cache = _FMT_CACHE.get((schema.version, name))
     if cache is None:
-        props = load_schema().methods[("POST", "/nodes/{node}/lxc")].parameters["properties"]
+        props = schema.methods[("POST", "/nodes/{node}/lxc")].parameters["properties"]
         cache = PropertyString(props[name]["format"])
-        _FMT_CACHE[name] = cache
+        _FMT_CACHE[(schema.version, name)] = cache
     return cache
 
 
-_FMT_CACHE: dict[str, PropertyString] = {}
+_FMT_CACHE: dict[tuple[str, str], PropertyString] = {}
 
 
 def normalize_tags(tags: str) -> str:
@@ -378,6 +380,13 @@ def create_lxc(ctx: Ctx) -> str:
     # may create what first, then what the storages support. (PVE 9 adds Sys.Modify on / for
     # privileged containers and makes unprivileged the default; PVE 8 has neither.)
     unprivileged = p.get("unprivileged")
+    pve9 = sim.pve_major >= 9
+    if pve9 and not restore:  # pve-container 6.0.6: "api: create CT: default to unprivileged containers"
+        if unprivileged is None:
+            unprivileged = 1
+            p = {**p, "unprivileged": 1}
+        if not unprivileged:
+            ctx.check("/", ["Sys.Modify"])
     if existing is not None and not (restore and p.get("force")):
         kind = "CT" if existing.type == "lxc" else "VM"
         raise die(f"{kind} {vmid} already exists on node '{existing.node}'")
@@ -388,7 +397,10 @@ def create_lxc(ctx: Ctx) -> str:
         pass
     elif restore and p.get("force") and existing is not None and ctx.can(f"/vms/{vmid}", "VM.Backup"):
         if existing.config.get("unprivileged") and unprivileged is not None and not unprivileged:
-            raise PermError("cannot change from unprivileged to privileged without VM.Allocate")
+            if pve9:  # pve-container 6.0.6: Sys.Modify on / instead of a flat refusal
+                ctx.check("/", ["Sys.Modify"])
+            else:
+                raise PermError("cannot change from unprivileged to privileged without VM.Allocate")
     else:
         raise PermError()
     ostemplate = str(p["ostemplate"])
@@ -455,6 +467,7 @@ def create_lxc(ctx: Ctx) -> str:
     sim.guests[vmid] = g
     sim.changed()
     start = bool(p.get("start"))
+    ha_managed = bool(p.get("ha-managed"))
 
     def work() -> list[str]:
         if not restore and ostemplate not in sim.storage_volumes(node, tsid):
@@ -486,6 +499,9 @@ def create_lxc(ctx: Ctx) -> str:
             sim.access.changed()
         if start:
             sim.set_running(g, True)
+        if ha_managed:  # PVE 9: 'ha-managed' adds the CT as an HA resource once created
+            sim.ha_resources.setdefault(f"ct:{vmid}", {"state": "started"})
+            lines.append(f"adding CT {vmid} as HA resource")
         sim.changed()
         return lines
 
@@ -631,16 +647,19 @@ def put_config(ctx: Ctx) -> None:
     return None
 
 
-_VALIDATOR: Any = None
+_VALIDATOR: dict[str, Any] = {}
 
 
 def sim_validator() -> Any:
-    global _VALIDATOR
-    if _VALIDATOR is None:
+    schema = load_schema()
+    v = _VALIDATOR.get(schema.version)
+    if v is None:
         from pvesim.validate import MethodValidator
 
-        _VALIDATOR = MethodValidator(load_schema().methods[("PUT", "/nodes/{node}/lxc/{vmid}/config")].parameters)
-    return _VALIDATOR
+        v = _VALIDATOR[schema.version] = MethodValidator(
+            schema.methods[("PUT", "/nodes/{node}/lxc/{vmid}/config")].parameters
+        )
+    return v
 
 
 @api("GET", "/nodes/{node}/lxc/{vmid}/status")

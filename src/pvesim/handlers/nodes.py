@@ -14,12 +14,17 @@ UPID_RX = re.compile(
     r"UPID:([a-zA-Z0-9]([a-zA-Z0-9\-]*[a-zA-Z0-9])?):([0-9A-Fa-f]{8}):([0-9A-Fa-f]{8,9}):([0-9A-Fa-f]{8}):"
     r"([^:\s/]+):([^:\s/]*):([^:\s/]+):"
 )
-PVE_VERSION = {"version": "8.4.1", "release": "8.4", "repoid": "2a5fa54a8503f96d"}
+
+
+def pve_version(ctx: Ctx) -> dict[str, Any]:
+    """GET /version of the emulated release (versions.RELEASES)."""
+    r = ctx.sim.release
+    return {"version": r.version, "release": r.release, "repoid": r.repoid}
 
 
 @api("GET", "/version")
 def version(ctx: Ctx) -> dict[str, Any]:
-    return {**PVE_VERSION, "console": "xtermjs"}
+    return {**pve_version(ctx), "console": "xtermjs"}
 
 
 @api("GET", "/nodes")
@@ -88,14 +93,15 @@ def node_index(ctx: Ctx) -> list[dict[str, Any]]:
 def node_status(ctx: Ctx) -> dict[str, Any]:
     n = ctx.sim.nodes[ctx.node]
     r = ctx.sim.node_entry(n)
+    rel = ctx.sim.release
     return {
         "cpu": r.get("cpu", 0),
         "uptime": r.get("uptime", 0),
         "idle": 0,
         "wait": 0.0,
         "loadavg": ["0.42", "0.38", "0.35"],
-        "kversion": "Linux 6.8.12-9-pve #1 SMP PREEMPT_DYNAMIC PMX 6.8.12-9",
-        "pveversion": "pve-manager/8.4.1/2a5fa54a8503f96d",
+        "kversion": f"Linux {rel.kernel} #1 SMP PREEMPT_DYNAMIC PMX {rel.kernel.removesuffix('-pve')}",
+        "pveversion": rel.pveversion,
         "cpuinfo": {
             "cpus": n.maxcpu,
             "cores": n.maxcpu // 2,
@@ -106,7 +112,13 @@ def node_status(ctx: Ctx) -> dict[str, Any]:
             "user_hz": 100,
             "flags": "fpu vme de pse",
         },
-        "memory": {"total": n.maxmem, "used": r.get("mem", 0), "free": n.maxmem - int(r.get("mem", 0))},
+        "memory": {
+            "total": n.maxmem,
+            "used": r.get("mem", 0),
+            "free": n.maxmem - int(r.get("mem", 0)),
+            # pve-manager 9 (commit 8fd3420b "api: node status: add the available memory")
+            **({"available": n.maxmem - int(r.get("mem", 0))} if rel.major >= 9 else {}),
+        },
         "swap": {"total": 8 * 1024 * MiB, "used": 0, "free": 8 * 1024 * MiB},
         "rootfs": {
             "total": n.maxdisk,
@@ -118,16 +130,16 @@ def node_status(ctx: Ctx) -> dict[str, Any]:
         "boot-info": {"mode": "efi", "secureboot": 0},
         "current-kernel": {
             "sysname": "Linux",
-            "release": "6.8.12-9-pve",
+            "release": rel.kernel,
             "machine": "x86_64",
-            "version": "#1 SMP PREEMPT_DYNAMIC PMX 6.8.12-9 (2025-03-16T19:18Z)",
+            "version": f"#1 SMP PREEMPT_DYNAMIC PMX {rel.kernel.removesuffix('-pve')} {rel.kernel_build}",
         },
     }
 
 
 @api("GET", "/nodes/{node}/version")
 def node_version(ctx: Ctx) -> dict[str, Any]:
-    return dict(PVE_VERSION)
+    return pve_version(ctx)
 
 
 @api("GET", "/nodes/{node}/subscription")
