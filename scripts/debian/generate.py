@@ -41,7 +41,8 @@ def launcher() -> str:
 def completion() -> str:
     from typer._completion_shared import get_completion_script
 
-    return get_completion_script(prog_name="pveguard", complete_var="_PVEGUARD_COMPLETE", shell="bash").rstrip("\n") + "\n"
+    script = get_completion_script(prog_name="pveguard", complete_var="_PVEGUARD_COMPLETE", shell="bash")
+    return script.rstrip("\n") + "\n"
 
 
 def _roff(text: str) -> str:
