@@ -62,7 +62,8 @@ def _skip_reason() -> str | None:
 def debs() -> Iterator[dict[str, Path]]:
     """Both versions, built once per session. The compiled dependency tree is cached next to the
     debootstrap roots (build-deb --cache, keyed by the requirements and the interpreter), so only the
-    first build on a machine runs pip."""
+    first build on a machine runs pip. zstd (which Debian 12's dpkg reads) instead of the default xz:
+    0.9 s instead of 35-50 s per build on a loaded 2-CPU machine."""
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
@@ -73,7 +74,7 @@ def debs() -> Iterator[dict[str, Path]]:
             start = time.monotonic()
             r = subprocess.run(["/usr/bin/python3", str(BUILD), "--version", version, "--out", str(out),
                                 "--cache", str(CACHE / "deb"), "--timings"], capture_output=True, text=True,
-                               timeout=1800)
+                               timeout=1800, env={**os.environ, "PVEGUARD_DEB_COMPRESSION": "zstd"})
             assert r.returncode == 0, f"build-deb failed:\n{r.stdout}\n{r.stderr}"
             built[version] = Path(r.stdout.strip().splitlines()[-1])
             sys.stderr.write(f"\n{r.stderr}build-deb {version}: {time.monotonic() - start:.1f}s, "
