@@ -8,6 +8,7 @@ then removes and purges it and compares the file system with the one before the 
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -164,6 +165,9 @@ def test_install_guard_upgrade_through_the_guard_and_purge(debs: dict[str, Path]
               "/usr/share/man/man1/pveguard.1.gz", "/usr/share/bash-completion/completions/pveguard",
               "/usr/share/pveguard/apt/05pveguard"):
         assert chroot.path(f).is_file(), f
+    man = gzip.decompress(chroot.path("/usr/share/man/man1/pveguard.1.gz").read_bytes()).decode()
+    assert man.startswith(".TH PVEGUARD 1") and f"pveguard {V1}" in man
+    assert '.SS "pveguard guard install"' in man and '.SS "pveguard backup install\\-timers"' in man
     assert "backup run --due" in chroot.path("/usr/lib/systemd/system/pveguard-backup.service").read_text()
     assert not list(chroot.path("/etc/systemd/system").rglob("pveguard*")), "units must not be enabled"
     assert not chroot.path("/etc/apt/apt.conf.d/05pveguard").exists(), "the guard is off until guard install"
@@ -206,6 +210,7 @@ def test_install_guard_upgrade_through_the_guard_and_purge(debs: dict[str, Path]
     # remove takes the guard out of apt (its hook cannot run without pveguard): apt keeps working
     chroot.ok("apt-get", "remove", "-y", "-q", "pveguard")
     assert not chroot.path("/etc/apt/apt.conf.d/05pveguard").exists()
+    assert not chroot.path("/usr/local/lib/pveguard/apt-hook").exists(), "guard uninstall ran, not the fallback"
     assert not chroot.path("/usr/lib/pveguard").exists()
     assert chroot.path("/etc/pveguard/strategy.yaml").exists(), "remove keeps the configuration"
     chroot.ok("apt-get", "install", "-y", "-q", f"/tmp/{fake.name}")
