@@ -3,7 +3,7 @@
 Usage: python3 -I generate.py <staged lib dir> <stage root>
 
 Writes, under the stage root: /usr/bin/pveguard, the bash completion, the man page (from the
-commands' own help), the backup timer and service for the default strategy (not enabled), the apt
+commands' own help), the serve service and the backup and update timers for the default strategy (not enabled), the apt
 hook configuration as an inactive reference copy, and /etc/pveguard/strategy.yaml (the commented
 default strategy, a conffile).
 """
@@ -108,21 +108,29 @@ def man_page(version: str) -> str:
 
 
 def units() -> dict[str, str]:
+    """The serve daemon and the backup and update timers for the default strategy, as the commands that
+    write them (`serve --print-unit`, `backup install-timers`, `update-timer`) render them."""
     from pveguard.backup.calendar import parse
     from pveguard.backup.timers import render_units, unit_settings
+    from pveguard.serve.deploy import ENV_FILE, UNIT_NAME, render_unit
     from pveguard.strategy.models import Strategy
 
     strategy = Strategy()
+    settings = unit_settings(strategy, {})
     b = strategy.backup
     schedules = [b.host_config.schedule, b.containers.schedule]
     if b.verification.enabled:
         schedules.append(b.verification.schedule)
-    rendered = render_units("pveguard-backup", [parse(s) for s in schedules], [BIN, "backup", "run", "--due"],
-                            "pveguard backups", settings=unit_settings(strategy, {}))
-    note = ("# Shipped by the pveguard package for the default strategy's schedules, not enabled.\n"
-            "# 'pveguard backup install-timers' writes the strategy's own units to /etc/systemd/system,\n"
-            "# which take precedence; enable with: systemctl enable --now pveguard-backup.timer\n")
-    return {name: note + "\n".join(text.splitlines()[1:]) + "\n" for name, text in rendered.files.items()}
+    rendered = dict(render_units("pveguard-backup", [parse(s) for s in schedules], [BIN, "backup", "run", "--due"],
+                                 "pveguard backups", settings=settings).files)
+    if strategy.updates.schedule != "never":
+        rendered.update(render_units("pveguard-update", [parse(strategy.updates.schedule)],
+                                     [BIN, "update", "--scheduled"], "pveguard safe updates",
+                                     settings=settings, written_by="update-timer").files)
+    rendered[UNIT_NAME] = render_unit(BIN, "/etc/pveguard/strategy.yaml", "/var/lib/pveguard", env_file=ENV_FILE)
+    note = ("# Shipped by the pveguard package for the default strategy, not enabled. The commands that\n"
+            "# write a strategy's own units put them in /etc/systemd/system, which takes precedence.\n")
+    return {name: note + "\n".join(text.splitlines()[1:]) + "\n" for name, text in rendered.items()}
 
 
 def main() -> None:

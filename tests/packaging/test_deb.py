@@ -161,6 +161,11 @@ def test_install_guard_upgrade_through_the_guard_and_purge(debs: dict[str, Path]
     assert chroot.ok("pveguard", "--version").strip() == f"pveguard {V1}"
     shebang = chroot.path("/usr/bin/pveguard").read_text().splitlines()[0]
     assert shebang == "#!/usr/bin/python3 -I"
+    units = chroot.path("/usr/lib/systemd/system")
+    assert "/usr/bin/pveguard --strategy /etc/pveguard/strategy.yaml --state-dir /var/lib/pveguard serve" in \
+        (units / "pveguard-serve.service").read_text()
+    assert "update --scheduled" in (units / "pveguard-update.service").read_text()
+    assert "OnCalendar=" in (units / "pveguard-update.timer").read_text()
     for f in ("/usr/lib/systemd/system/pveguard-backup.timer", "/usr/lib/systemd/system/pveguard-backup.service",
               "/usr/share/man/man1/pveguard.1.gz", "/usr/share/bash-completion/completions/pveguard",
               "/usr/share/pveguard/apt/05pveguard"):
