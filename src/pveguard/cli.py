@@ -89,7 +89,9 @@ def init(
     path = app_ctx.strategy_path
     before = None
     if path.exists():
-        if not force:
+        # The Debian package ships the default strategy unpinned (a conffile, the same on every host):
+        # replacing that pristine copy with a pinned one loses nothing, so it needs no --force.
+        if not force and path.read_bytes() != render(Strategy()).encode():
             raise UsageError(f"{path} already exists", hint="use 'pveguard init --force' to overwrite it")
         before = hashlib.sha256(path.read_bytes()).hexdigest()
     # the installation's identity (see provision/instance.py): the state's, or a new one kept there

@@ -56,6 +56,23 @@ def test_init_refuses_to_overwrite_without_force(paths: list[str], tmp_path: Pat
     assert len(entries) == 2 and entries[1]["details"]["before_sha256"] is not None
 
 
+def test_init_pins_the_packaged_unpinned_default_without_force(paths: list[str], tmp_path: Path) -> None:
+    """The Debian package ships the default strategy without an instance; init replaces exactly that
+    copy (nothing is lost) and still refuses any other content, even one byte more."""
+    from pveguard.strategy.defaults import render
+
+    strategy = tmp_path / "strategy.yaml"
+    strategy.write_text(render())
+    assert "instance: null" in strategy.read_text()
+    proc = run(*paths, "init")
+    assert proc.returncode == 0, proc.stderr
+    assert "instance: null" not in strategy.read_text() and "instance: " in strategy.read_text()
+    strategy.write_text(render() + "\n")
+    proc = run(*paths, "init")
+    assert proc.returncode == 2 and "--force" in proc.stderr
+    assert strategy.read_text() == render() + "\n"
+
+
 def test_check_reports_errors_with_exit_2(paths: list[str], tmp_path: Path) -> None:
     (tmp_path / "strategy.yaml").write_text("network:\n  container_vlan: 5000\nmonitorng: {}\n")
     proc = run(*paths, "check")

@@ -248,3 +248,18 @@ def test_core_function_packages_are_core_roots_in_the_policy_file(tmp_path: Path
     policy = parse_policy(render_policy(policy_from_strategy(bare, tmp_path, None)))
     verdict = Classifier({}, policy.core_roots, policy.extra_allowed).classify("nut-client")
     assert not decide([new("nut-client", verdict)], policy, [], NOW).allowed
+
+
+def test_pveguard_itself_is_allowed_under_the_strictest_policy() -> None:
+    """The guard lets its own package through: an upgrade (with a new dependency), a first install
+    (moving from a checkout to the package, with what it pulls in), a reinstall; a package that only
+    looks like it is still refused."""
+    strict = Policy(allow_core_only=True, require_approval=True, container_first=True)
+    up = decide([upgrade("pveguard", pulls=("e2fsprogs",)), new("e2fsprogs")], strict, [], NOW)
+    assert up.allowed and [(i.package, i.verdict) for i in up.items] == [("pveguard", "allow"), ("e2fsprogs", "allow")]
+    first = decide([new("pveguard", pulls=("python3",)), new("python3")], strict, [], NOW)
+    assert first.allowed and first.items[0].reason == "pveguard" and first.items[1].reason == "dependency"
+    assert decide([reinstall("pveguard")], strict, [], NOW).allowed
+    for other in ("pveguard-extras", "python3-pveguard"):
+        d = decide([new(other)], strict, [], NOW)
+        assert not d.allowed and d.items[0].reason == "non-core", other

@@ -247,6 +247,12 @@ class Decision:
         return sorted({i.approval_id for i in self.items if i.approval_id is not None and i.verdict == "allow"})
 
 
+# pveguard's own Debian package: upgrades pass like any installed package's; a first install
+# (a host moving from a git checkout with the guard on to the package) is allowed too, and what it
+# pulls in with it as its dependencies.
+SELF_PACKAGE = "pveguard"
+
+
 def decide(candidates: Sequence[Candidate], policy: Policy, approvals: Sequence[Approval],
            now: float) -> Decision:
     """Apply the rules to one transaction (one candidate per package)."""
@@ -262,6 +268,8 @@ def decide(candidates: Sequence[Candidate], policy: Policy, approvals: Sequence[
         elif a.kind == "install":
             if c.verdict.core:
                 item.reason, item.detail = "core", _verdict_text(c.verdict)
+            elif a.package == SELF_PACKAGE:
+                item.reason, item.detail = "pveguard", "the guard's own package (docs/packaging.md)"
             else:
                 pending[a.package] = c
                 continue
