@@ -100,13 +100,16 @@ def _route(sim: Sim, method: str, parts: list[str], doc: dict[str, Any], q: dict
         return _guests(sim, method, rest, doc)
     if head == "options":
         if method == "POST":
-            for k in ("status_lag", "auth_fail_delay"):
+            for k in ("status_lag", "auth_fail_delay", "latency"):
                 if k in doc:
+                    if float(doc[k]) < 0:
+                        raise ControlError(400, f"{k} must be at least 0")
                     setattr(sim.opts, k, float(doc[k]))
             for g in sim.guests.values():
                 g.touch()
             sim.changed()
-        return {"status_lag": sim.opts.status_lag, "auth_fail_delay": sim.opts.auth_fail_delay}
+        return {"status_lag": sim.opts.status_lag, "auth_fail_delay": sim.opts.auth_fail_delay,
+                "latency": sim.opts.latency}
     if head == "faults":
         if method == "POST":
             f: dict[str, Any] = {

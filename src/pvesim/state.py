@@ -351,10 +351,11 @@ class SimOptions:
     running_share: float = 0.85
     auth_fail_delay: float = 0.0
     status_lag: float = 0.0  # seconds a new guest shows status "unknown" in /cluster/resources (PVE: ~10)
+    latency: float = 0.0  # milliseconds every API request waits before it is answered (a LAN ~1-5, a WAN ~20+)
 
     def __post_init__(self) -> None:
-        if self.nodes < 1 or self.guests < 0 or self.time_scale <= 0:
-            raise ValueError("pvesim needs nodes >= 1, guests >= 0 and time_scale > 0")
+        if self.nodes < 1 or self.guests < 0 or self.time_scale <= 0 or self.latency < 0:
+            raise ValueError("pvesim needs nodes >= 1, guests >= 0, time_scale > 0 and latency >= 0")
 
 
 class Sim:

@@ -22,6 +22,7 @@ import re
 import shlex
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -46,9 +47,10 @@ from pveguard.backends.base import (
     Preflight,
     read_marker,
 )
+from pveguard.backends.inflight import IN_FLIGHT
 from pveguard.backends.pveprivs import Need, describe_missing, grant_hint, lacking, needs
 from pveguard.backends.pvetls import PveAdapter, TicketAuth, Trust, session_for
-from pveguard.errors import BackendError, BackendUnavailable, PolicyRefused
+from pveguard.errors import BackendError, BackendUnavailable, PolicyRefused, PveguardError
 
 log = logging.getLogger(__name__)
 
@@ -488,6 +490,7 @@ class ProxmoxBackend(Backend):
         self._templates: dict[tuple[str, str], str] = {}
         self._node_ips: dict[str, str] | None = None
         self._local_name: str | None = None
+        self._status_lock = threading.Lock()  # parallel readers ask for the node addresses once
         # what the strategy will ask for (set by backends.connect): privileges and preflights check these
         self.specs: list[GuestSpec] = []
         self.firewall = False  # the strategy enforces firewall isolation (pveprivs.FIREWALL_CALLS needed)
@@ -947,16 +950,18 @@ class ProxmoxBackend(Backend):
 
     def _cluster_status(self) -> None:
         """Node addresses and which node we run on, from one GET /cluster/status."""
-        if self._node_ips is not None:
-            return
-        try:
-            rows = self.call("GET", "/cluster/status", what="reading node addresses")
-        except BackendError:
-            rows = []
-        self._node_ips = {str(r["name"]): str(r["ip"]) for r in rows if r.get("type") == "node" and r.get("ip")}
-        local = [str(r["name"]) for r in rows if r.get("type") == "node" and r.get("local")]
-        if local and self._local_name is None:
-            self._local_name = local[0]
+        with self._status_lock:
+            if self._node_ips is not None:
+                return
+            try:
+                rows = self.call("GET", "/cluster/status", what="reading node addresses")
+            except BackendError:
+                rows = []
+            local = [str(r["name"]) for r in rows if r.get("type") == "node" and r.get("local")]
+            if local and self._local_name is None:
+                self._local_name = local[0]
+            self._node_ips = {str(r["name"]): str(r["ip"]) for r in rows
+                              if r.get("type") == "node" and r.get("ip")}
 
     def _local_node(self) -> str | None:
         """The node we run on (pct works directly there); None over https."""
@@ -1007,6 +1012,54 @@ class ProxmoxBackend(Backend):
                                hint="update the node (apt full-upgrade); without the option pct would pass "
                                     "this machine's environment into the container")
         return ExecResult(p.returncode, p.stdout.decode(errors="replace"), stderr)
+
+    def has_files(self, guests: list[Guest], path: str, timeout: float = 600) -> dict[int, bool | str]:
+        """`test -s PATH` in many containers: one process per node (pct locally, else one ssh), nodes in parallel.
+
+        vmid -> True (there, not empty) / False (absent or empty) / why it cannot be told. One ssh per
+        container costs a connection each (10 ms of CPU here, a handshake over a WAN); a node runs its
+        `pct exec`s one after another inside one session.
+        """
+        by_node: dict[str, list[Guest]] = {}
+        for g in guests:
+            by_node.setdefault(g.node, []).append(g)
+        test = shlex.join(["test", "-s", path])
+        out: dict[int, bool | str] = {}
+
+        def node_run(node: str, gs: list[Guest]) -> dict[int, bool | str]:
+            lines = [f'err=$(pct exec {g.vmid} --keep-env 0 -- {test} 2>&1 >/dev/null); '
+                     f'echo "pveguard-rc {g.vmid} $? $(printf %s "$err" | tail -n 1)"' for g in gs]
+            script = "\n".join(lines)
+            argv = ["sh", "-c", script] if node == self._local_node() else \
+                [*self.settings.ssh_command, f"{self.settings.ssh_user}@{self._node_address(node)}", script]
+            try:
+                p = self._run(argv, f"checking {path} in {len(gs)} containers on {node}", timeout=timeout)
+            except PveguardError as exc:
+                return {g.vmid: f"pct exec does not reach it: {exc.message}" for g in gs}
+            got: dict[int, bool | str] = {}
+            for line in p.stdout.decode(errors="replace").splitlines():
+                parts = line.split(" ", 3)
+                if len(parts) < 3 or parts[0] != "pveguard-rc" or not parts[1].isdigit():
+                    continue
+                rc, err = parts[2], (parts[3] if len(parts) > 3 else "").strip()
+                if rc in ("0", "1"):
+                    got[int(parts[1])] = rc == "0"
+                elif "Unknown option: keep-env" in err:
+                    got[int(parts[1])] = (f"pct on node {node} does not know --keep-env (pve-container older "
+                                          "than 5.0.9): update the node")
+                else:
+                    got[int(parts[1])] = f"pct exec does not reach it: {err or 'exit ' + rc}"
+            failed = (p.stderr.decode(errors="replace").strip().splitlines() or [f"exit {p.returncode}"])[-1]
+            return {g.vmid: got.get(g.vmid, f"pct exec does not reach it: {failed}") for g in gs}
+
+        if len(by_node) <= 1:
+            results = [node_run(n, gs) for n, gs in by_node.items()]
+        else:
+            with ThreadPoolExecutor(max_workers=min(IN_FLIGHT, len(by_node))) as pool:
+                results = list(pool.map(lambda item: node_run(*item), by_node.items()))
+        for r in results:
+            out.update(r)
+        return out
 
     def push(self, guest: Guest, local: str, remote: str, mode: int = 0o644) -> None:
         what = f"copying {local} to CT {guest.vmid}:{remote}"

@@ -10,11 +10,11 @@ from rich.markup import escape
 
 from pveguard.backends import connect
 from pveguard.backends.base import Guest
+from pveguard.backends.inflight import IN_FLIGHT as READ_WORKERS
 from pveguard.backends.proxmox import ProxmoxBackend
 from pveguard.errors import EXIT_FAILED, BackendError, UsageError
 from pveguard.output import console, print_json
 from pveguard.security.isolation import (
-    READ_WORKERS,
     Ct,
     Violation,
     check,
