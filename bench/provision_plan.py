@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -75,30 +76,36 @@ def make_managed(sim: Any, doc: dict[str, Any]) -> None:
         sim.sim.changed()
 
 
-def run_plan(env: dict[str, str]) -> tuple[float, dict[str, Any]]:
-    """One `pveguard plan --json` as a user runs it; wall time including Python's start-up."""
+def run_plan(env: dict[str, str]) -> tuple[float, float, dict[str, Any]]:
+    """One `pveguard plan --json` as a user runs it: wall time (incl. Python's start-up), its CPU time, the plan."""
     t0 = time.perf_counter()
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.run([sys.executable, "-m", "pveguard", "plan", "--json"], env=env, capture_output=True,
                        text=True, check=False)
     wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     if p.returncode != 0:
         raise SystemExit(f"plan failed: {p.stderr}")
-    return wall, json.loads(p.stdout)
+    return wall, cpu, json.loads(p.stdout)
 
 
 def measure(sim: Any, envs: dict[str, dict[str, str]], repeat: int) -> dict[str, dict[str, Any]]:
     """Each code version (envs: label -> environment) `repeat` times, interleaved."""
     walls: dict[str, list[float]] = {k: [] for k in envs}
+    cpus: dict[str, list[float]] = {k: [] for k in envs}
     out: dict[str, dict[str, Any]] = {}
     for _ in range(repeat):
         for label, env in envs.items():
             sim.control("DELETE", "/calls")
-            wall, plan = run_plan(env)
+            wall, cpu, plan = run_plan(env)
             walls[label].append(wall)
+            cpus[label].append(cpu)
             c = sim.control("GET", "/calls")
             out[label] = {"api_calls": c["total"], "calls_by_path": c["calls"], "counts": plan["counts"]}
     for label, r in out.items():
-        r.update(wall_median_s=round(statistics.median(walls[label]), 2), wall_min_s=round(min(walls[label]), 2))
+        r.update(wall_median_s=round(statistics.median(walls[label]), 2), wall_min_s=round(min(walls[label]), 2),
+                 cpu_median_s=round(statistics.median(cpus[label]), 2))
     return out
 
 
@@ -139,14 +146,14 @@ def main() -> None:
                 sim.control("POST", "/options", {"latency": 0})
     print(f"cluster: {total} guests on {args.nodes} nodes; desired: {args.desired} containers; "
           f"median of {args.repeat} runs of `pveguard plan --json` (subprocess, incl. Python start-up)")
-    print("| case | latency | code | plan result | wall time (median / min) | API calls |")
-    print("|---|---|---|---|---|---|")
+    print("| case | latency | code | plan result | wall time (median / min) | plan's CPU (median) | API calls |")
+    print("|---|---|---|---|---|---|---|")
     for (case, ms), by in results.items():
         for label, r in by.items():
             c = r["counts"]
             what = ", ".join(f"{v} {k}" for k, v in c.items() if v)
             print(f"| {case} | {ms:g} ms | {label} | {what} | {r['wall_median_s']} s / {r['wall_min_s']} s | "
-                  f"{r['api_calls']} |")
+                  f"{r['cpu_median_s']} s | {r['api_calls']} |")
     print()
     print("API calls by path (last run of each):")
     for (case, ms), by in results.items():
