@@ -114,6 +114,9 @@ class Node:
     boot: float
     online: bool = True
     level: str = ""
+    # HA node maintenance (ha-manager crm-command node-maintenance enable): /cluster/resources shows the
+    # node's row with hastate "maintenance" (pve-manager PVE/API2/Cluster.pm, from the HA manager status)
+    maintenance: bool = False
 
 
 @dataclass
@@ -883,6 +886,8 @@ class Sim:
         }
         if n.online:
             e2.update({"uptime": int(self.now() - n.boot), "cpu": u["cpu"], "mem": u["mem"], "disk": u["disk"]})
+        if n.maintenance:
+            e2["hastate"] = "maintenance"
         return e2
 
     def storage_entry(self, node: str, st: Storage) -> dict[str, Any]:

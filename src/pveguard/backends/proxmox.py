@@ -463,19 +463,61 @@ class NodeInfo:
     online: bool
     maxmem: int
     mem: int
+    # HA node maintenance (`ha-manager crm-command node-maintenance enable`): /cluster/resources shows the
+    # node row with hastate "maintenance"; the HA stack moves guests away, so nothing new belongs there
+    maintenance: bool = False
 
 
-def choose_node(nodes: list[NodeInfo], placed: dict[str, int]) -> str | None:
-    """The online node with the most free memory after what this run already placed (None if none)."""
-    best: tuple[int, str] | None = None
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
+
+
+@dataclass
+class Placement:
+    """Where a new guest goes and why the other nodes were passed over."""
+
+    node: str | None
+    free: int = 0  # bytes free on the chosen node before this guest
+    skipped: dict[str, str] = field(default_factory=dict)  # node -> why not
+    short: bool = False  # no node had the memory free: the most free one was taken (LXC memory overcommits)
+
+    def why(self) -> str:
+        if self.node is None:
+            return "no node can take it: " + "; ".join(f"{n} {w}" for n, w in sorted(self.skipped.items()))
+        text = f"{self.node} (most free memory: {_gib(self.free)})"
+        if self.short:
+            text += " - no node has the memory free, so the one with most free memory (containers overcommit)"
+        return text
+
+
+def place_on(nodes: list[NodeInfo], placed: dict[str, int], need: int = 0) -> Placement:
+    """The node with the most free memory after what this run already placed, passing over the offline
+    ones, those in maintenance and (while another has room) those without `need` bytes free."""
+    skipped: dict[str, str] = {}
+    fit: list[tuple[int, str]] = []
+    short: list[tuple[int, str]] = []
     for n in nodes:
         if not n.online:
+            skipped[n.name] = "offline"
+            continue
+        if n.maintenance:
+            skipped[n.name] = "in maintenance"
             continue
         free = n.maxmem - n.mem - placed.get(n.name, 0)
-        # ties go to the alphabetically first node, so placement is repeatable
-        if best is None or free > best[0] or (free == best[0] and n.name < best[1]):
-            best = (free, n.name)
-    return best[1] if best else None
+        (fit if free >= need else short).append((free, n.name))
+    # ties go to the alphabetically first node, so placement is repeatable
+    pick = min(fit or short, key=lambda x: (-x[0], x[1]), default=None)
+    if fit:
+        for free, name in short:
+            skipped[name] = f"short of memory ({_gib(max(free, 0))} free, needs {_gib(need)})"
+    if pick is None:
+        return Placement(None, skipped=skipped)
+    return Placement(pick[1], pick[0], skipped, short=not fit and need > 0)
+
+
+def choose_node(nodes: list[NodeInfo], placed: dict[str, int], need: int = 0) -> str | None:
+    """The fit node with the most free memory (see place_on); None if no node is online and out of maintenance."""
+    return place_on(nodes, placed, need).node
 
 
 class ProxmoxBackend(Backend):
@@ -599,7 +641,8 @@ class ProxmoxBackend(Backend):
 
     def nodes(self) -> list[NodeInfo]:
         rows = self.resources("node", what="reading the cluster nodes")
-        return [NodeInfo(str(r["node"]), r.get("status") == "online", _int(r.get("maxmem")), _int(r.get("mem")))
+        return [NodeInfo(str(r["node"]), r.get("status") == "online", _int(r.get("maxmem")), _int(r.get("mem")),
+                         maintenance=r.get("hastate") == "maintenance")
                 for r in rows]
 
     def resources(self, type: str | None = None, what: str | None = None) -> list[dict[str, Any]]:
@@ -674,11 +717,28 @@ class ProxmoxBackend(Backend):
             if not n.online:
                 raise BackendError(f"node {pinned} (pinned for {spec.name}) is offline",
                                    hint="bring it back, or pin the container to another node")
+            if n.maintenance:
+                raise BackendError(f"node {pinned} (pinned for {spec.name}) is in maintenance",
+                                   hint="wait for 'ha-manager crm-command node-maintenance disable "
+                                        f"{pinned}', or pin the container to another node")
             return n.name
-        chosen = choose_node(nodes, self._placed)
-        if chosen is None:
-            raise BackendError("no online node in the cluster to place " + spec.name)
-        return chosen
+        where = place_on(nodes, self._placed, spec.memory_mib << 20)
+        if where.node is None:
+            raise BackendError(f"no node to place {spec.name}: {where.why()}",
+                               hint="bring a node back online or out of maintenance")
+        return where.node
+
+    def placements(self, specs: list[GuestSpec]) -> dict[str, Placement]:
+        """Where each unpinned spec would go now, in order, as apply's place() will choose (one listing)."""
+        nodes = self.nodes()
+        placed = dict(self._placed)
+        out: dict[str, Placement] = {}
+        for spec in specs:
+            where = place_on(nodes, placed, spec.memory_mib << 20)
+            out[spec.name] = where
+            if where.node is not None:
+                placed[where.node] = placed.get(where.node, 0) + (spec.memory_mib << 20)
+        return out
 
     def ensure_template(self, node: str, template: str, progress: Progress | None = None) -> str:
         """The volid of `template` on the node's template storage, downloading it via aplinfo if missing."""
