@@ -18,6 +18,7 @@ so a broken answer (`{"data": null}` for a list) is an error naming the call, ne
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shlex
 import socket
@@ -256,6 +257,7 @@ def open_api(s: PveSettings) -> Any:
         api = ProxmoxAPI(s.host, backend="https", **kwargs)
         session = api._store["session"]  # proxmoxer has no public hook for its transport
         session.mount("https://", PveAdapter(s.host, s.trust))
+        fixed_environment(session, api._store["base_url"], verify)
         if s.token_id is None and s.password is not None:
             session.auth = TicketAuth(session_for(s.host, s.trust), api._store["base_url"], str(s.user),
                                       s.password, verify=verify, timeout=s.http_timeout)
@@ -266,6 +268,17 @@ def open_api(s: PveSettings) -> Any:
     except requests.exceptions.RequestException as exc:  # TLS failures were explained by PveAdapter
         raise BackendUnavailable(f"cannot reach PVE at {s.host}: {type(exc).__name__}",
                                  hint="check PVEGUARD_PVE_HOST (host[:port]) and that pveproxy runs") from None
+
+
+def fixed_environment(session: requests.Session, base_url: str, verify: bool | str) -> None:
+    """Read the proxy environment once instead of on every call (requests scans all of os.environ per
+    request: ~0.4 ms, a third of a call's CPU). Every call goes to base_url's host, so the proxies (and
+    no_proxy) that apply to it are the same each time. A CA bundle from the environment only matters when
+    verifying with the system CAs: then the environment stays live."""
+    if verify is True and (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")):
+        return
+    session.proxies.update(requests.utils.get_environ_proxies(base_url))
+    session.trust_env = False
 
 
 def pve_params(values: dict[str, Any]) -> dict[str, Any]:
