@@ -72,6 +72,7 @@ def test_everything_on_the_offline_node_is_unknown(big: Env, capsys: pytest.Capt
     big.edit(lambda d: d["containers"][0].update(node="pve3"))
     assert big.run("apply", capsys=capsys)[0] == 0
     big.sim.control("POST", "/nodes/pve3", {"online": False})
+    big.reset_calls()
     st = big.json("status", capsys=capsys)
     rows = {r["name"]: r for r in st["containers"]}
     assert st["missing"] == [] and rows["app-a"]["state"] == "unknown"
@@ -84,9 +85,15 @@ def test_everything_on_the_offline_node_is_unknown(big: Env, capsys: pytest.Capt
     assert a["action"] not in ("create", "delete"), a  # never recreated while its node is away
     assert any("pve3" in n and "cannot be read" in n for n in a["notes"]), a
     assert not [x for x in plan["actions"] if x["action"] == "create"]
+    big.reset_calls()
     code, out, err = big.run("monitor", "--json", capsys=capsys)
     assert code == 0, err
+    calls = big.calls()
     mon = json.loads(out)
+    # the sweep is one listing on 16 nodes too (per-guest reads: none; the traffic watch reads each
+    # online node's firewall log on its own)
+    assert calls.get("GET /cluster/resources") == 1 and mon["api_calls"] == 1, calls
+    assert not [k for k in calls if "/lxc/" in k], calls
     rows = {g["name"]: g for g in mon["guests"] if g["name"] in NAMES}
     assert rows["app-a"]["status"] == "unknown" and rows["app-a"]["values"] == {}
     assert all(rows[n]["status"] == "running" and rows[n]["values"] for n in NAMES[1:])
