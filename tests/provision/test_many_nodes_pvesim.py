@@ -85,6 +85,13 @@ def test_everything_on_the_offline_node_is_unknown(big: Env, capsys: pytest.Capt
     assert a["action"] not in ("create", "delete"), a  # never recreated while its node is away
     assert any("pve3" in n and "cannot be read" in n for n in a["notes"]), a
     assert not [x for x in plan["actions"] if x["action"] == "create"]
+    code, out, err = big.run("isolation", "check", "--json", capsys=capsys)
+    iso = json.loads(out)
+    assert code == 1 and not iso["ok"] and "app-a" not in iso["absent"], iso
+    assert [(u["name"], u["node"]) for u in iso["unknown"]] == [("app-a", "pve3")], iso
+    assert sorted(c["name"] for c in iso["checked"]) == list(NAMES[1:])
+    code, out, _ = big.run("isolation", "check", capsys=capsys)
+    assert code == 1 and "unknown (not checked): app-a" in out and "not created yet" not in out
     big.reset_calls()
     code, out, err = big.run("monitor", "--json", capsys=capsys)
     assert code == 0, err

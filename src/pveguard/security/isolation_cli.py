@@ -54,7 +54,13 @@ def check_cmd(ctx: typer.Context,
         want = desired_firewall(strategy)
         fw = observe_firewall(backend.call, cts, want.groups)
         mine_ids = {g.vmid for g in managed_guests(seen_guests, instance)}
-        others = [g for g in seen_guests.guests if g.type == "lxc" and g.vmid not in mine_ids]
+        # a strategy container whose config cannot be read (its node offline): unknown, not absent
+        unknown = [{"name": g.name, "vmid": g.vmid, "node": g.node,
+                    "reason": (f"node {g.node} offline or not reporting" if g.status == "unknown"
+                               else f"config cannot be read: {seen_guests.unreadable[g.vmid]}")}
+                   for g in seen_guests.guests if g.vmid in seen_guests.unreadable and g.name in wanted]
+        others = [g for g in seen_guests.guests
+                  if g.type == "lxc" and g.vmid not in mine_ids and g.vmid not in seen_guests.unreadable]
 
         def read(g: Guest) -> tuple[str, int, dict[str, Any]]:
             cfg = seen_guests.configs.get(g.vmid)
@@ -70,13 +76,17 @@ def check_cmd(ctx: typer.Context,
         violations = check(strategy, want, fw, cts, seen_guests.configs, other_cfgs)
     if not enforced(strategy):
         violations = [v for v in violations if v.kind not in FIREWALL_KINDS]
-    absent = sorted(wanted - {c.name for c in cts})
+    absent = sorted(wanted - {c.name for c in cts} - {str(u["name"]) for u in unknown})
     if json_out:
-        print_json({"ok": not violations, "checked": [{"name": c.name, "vmid": c.vmid, "node": c.node} for c in cts],
-                    "absent": absent, "violations": [v.as_dict() for v in violations]})
+        print_json({"ok": not violations and not unknown,
+                    "checked": [{"name": c.name, "vmid": c.vmid, "node": c.node} for c in cts],
+                    "absent": absent, "unknown": unknown, "violations": [v.as_dict() for v in violations]})
     else:
         _render(cts, absent, violations)
-    if violations:
+        for u in unknown:
+            console.print(escape(f"unknown (not checked): {u['name']} (CT {u['vmid']} on {u['node']}): "
+                                 f"{u['reason']}"), soft_wrap=True)
+    if violations or unknown:
         raise typer.Exit(EXIT_FAILED)
 
 
