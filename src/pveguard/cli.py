@@ -19,6 +19,7 @@ from pveguard.backup import cli as backup_cli
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, EXIT_USAGE, PveguardError, UsageError
 from pveguard.guard import cli as guard_cli
+from pveguard.migrate import cli as migrate_cli
 from pveguard.monitor import cli as monitor_cli
 from pveguard.output import console, error, print_json, warn
 from pveguard.provision import cli as provision_cli
@@ -26,6 +27,8 @@ from pveguard.recover import cli as recover_cli
 from pveguard.recover import scale_cli
 from pveguard.security import certs_cli, isolation_cli, tokens_cli
 from pveguard.security import cli as audit_log_cli
+from pveguard.serve import cli as serve_cli
+from pveguard.updates import cli as updates_cli
 
 app = typer.Typer(
     name="pveguard",
@@ -183,9 +186,13 @@ app.add_typer(recover_cli.app, name="recover")
 app.command("maintenance")(recover_cli.maintenance_cmd)
 app.command("scale")(scale_cli.scale_cmd)
 app.command("rca")(scale_cli.rca_cmd)
+app.command("update")(updates_cli.update_cmd)
+app.command("update-timer")(updates_cli.update_timer_cmd)
 app.add_typer(audit_log_cli.app, name="audit-log")
 app.add_typer(certs_cli.app, name="certs")
 app.add_typer(tokens_cli.app, name="tokens")
+serve_cli.register(app)
+app.add_typer(migrate_cli.app, name="migrate")
 
 
 def command() -> Any:

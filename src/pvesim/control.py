@@ -245,6 +245,17 @@ def _guests(sim: Sim, method: str, rest: list[str], doc: dict[str, Any]) -> Any:
         elif method == "DELETE":
             pk.clear()
         return dict(pk)
+    if sub == "upgrades":
+        # {"pkg": {"version": "1.1", "origin": "Debian-Security:12/stable-security", "postinst_fails": true}}
+        up = sim.guest_upgrades.setdefault(g.vmid, {})
+        if method == "POST":
+            for name, u in doc.items():
+                if not isinstance(u, dict) or "version" not in u:
+                    raise ControlError(400, f'{name}: say {{"version": V, "origin": O, "postinst_fails": B}}')
+                up[str(name)] = dict(u)
+        elif method == "DELETE":
+            up.clear()
+        return dict(up)
     if sub == "crash":
         # {"after": s, "every": s, "times": n}: crash now (no body), once after a delay, or on a schedule
         if method == "POST":

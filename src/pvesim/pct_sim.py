@@ -219,10 +219,16 @@ def _builtin(sim: Sim, g: Guest, cmd: list[str]) -> Result:
         return Result(0)
     prog = cmd[0].rsplit("/", 1)[-1]
     args = cmd[1:]
+    if prog == "timeout":  # coreutils timeout [OPTION] DURATION COMMAND...: runs the command (never slow here)
+        rest = list(args)
+        while rest and rest[0].startswith("-"):
+            if rest.pop(0) in ("-k", "-s", "--kill-after", "--signal") and rest:
+                rest.pop(0)
+        return _run(sim, g, rest[1:]) if len(rest) > 1 else Result(125, "", "timeout: missing operand\n")
     pkgs = sim.guest_packages.setdefault(g.vmid, {})
     files = sim.guest_files.setdefault(g.vmid, {})
     if prog in ("apt-get", "apt"):
-        return _apt(sim, pkgs, args)
+        return _apt(sim, pkgs, args, sim.guest_upgrades.get(g.vmid, {}), files)
     if prog == "dpkg-query":
         return _dpkg_query(pkgs, args)
     if prog == "dpkg":
@@ -266,8 +272,14 @@ def _builtin(sim: Sim, g: Guest, cmd: list[str]) -> Result:
     return Result(sim.pct_default_exit)
 
 
-def _apt(sim: Sim, pkgs: dict[str, str], args: list[str]) -> Result:
-    words = [a for a in args if not a.startswith("-")]
+def _apt(sim: Sim, pkgs: dict[str, str], args: list[str], upgrades: dict[str, dict[str, Any]] | None = None,
+         files: dict[str, bytes] | None = None) -> Result:
+    upgrades = upgrades or {}
+    # values of -o options are no operation words
+    words = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] != "-o")]
+    if (words and words[0] in ("upgrade", "dist-upgrade", "full-upgrade")) or "--only-upgrade" in args:
+        return _upgrade(pkgs, words[1:], upgrades, simulate="-s" in args or "--simulate" in args,
+                        only="--only-upgrade" in args, files=files)
     if not words:
         return Result(100, "", "E: Invalid operation\n")
     op, names = words[0], words[1:]
@@ -302,9 +314,49 @@ def _apt(sim: Sim, pkgs: dict[str, str], args: list[str]) -> Result:
             else:
                 out += f"Package '{n}' is not installed, so not removed\n"
         return Result(0, out)
-    if op in ("upgrade", "dist-upgrade", "full-upgrade", "clean", "autoclean"):
+    if op in ("clean", "autoclean"):
         return Result(0, "Reading package lists...\n0 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.\n")
     return Result(100, "", f"E: Invalid operation {op}\n")
+
+
+def _upgrade(pkgs: dict[str, str], names: list[str], upgrades: dict[str, dict[str, Any]], *, simulate: bool,
+             only: bool, files: dict[str, bytes] | None) -> Result:
+    """apt-get [-s] upgrade / install --only-upgrade NAMES against the guest's available upgrades
+    (control API: {"pkg": {"version", "origin", "postinst_fails", "files"}}), in apt's own words. The new
+    version's `files` ({path: content, or null for removed}) replace the guest's when it is unpacked; a
+    package whose postinst fails stays unpacked at the new version and apt exits 100, as dpkg leaves it."""
+    files = {} if files is None else files
+    todo = [n for n in sorted(upgrades) if n in pkgs and pkgs[n] != str(upgrades[n]["version"])
+            and (not only or n in names)]
+    out = ("Reading package lists...\nBuilding dependency tree...\nReading state information...\n"
+           "Calculating upgrade...\n")
+    if simulate:
+        for n in todo:
+            u = upgrades[n]
+            out += f"Inst {n} [{pkgs[n]}] ({u['version']} {u.get('origin', 'Debian:12.8/stable')} [amd64])\n"
+        for n in todo:
+            out += f"Conf {n} ({upgrades[n]['version']} {upgrades[n].get('origin', 'Debian:12.8/stable')} [amd64])\n"
+        return Result(0, out)
+    out += f"{len(todo)} upgraded, 0 newly installed, 0 to remove and 0 not upgraded.\n"
+    failed = []
+    for n in todo:
+        out += f"Unpacking {n} ({upgrades[n]['version']}) over ({pkgs[n]}) ...\n"
+        pkgs[n] = str(upgrades[n]["version"])
+        for path, content in dict(upgrades[n].get("files") or {}).items():
+            if content is None:
+                files.pop(str(path), None)
+            else:
+                files[str(path)] = str(content).encode()
+    for n in todo:
+        out += f"Setting up {n} ({pkgs[n]}) ...\n"
+        if upgrades[n].get("postinst_fails"):
+            out += (f"dpkg: error processing package {n} (--configure):\n installed {n} package "
+                    "post-installation script subprocess returned error exit status 1\n")
+            failed.append(n)
+    if failed:
+        return Result(100, out, "Errors were encountered while processing:\n" + "".join(f" {n}\n" for n in failed)
+                      + "E: Sub-process /usr/bin/dpkg returned an error code (1)\n")
+    return Result(0, out)
 
 
 def _dpkg_query(pkgs: dict[str, str], args: list[str]) -> Result:

@@ -469,6 +469,8 @@ class Sim:
         self.guest_files: dict[int, dict[str, bytes]] = {}
         # mode of each pushed file (pct push --perms, default 0644 as pct's file_set_contents)
         self.guest_file_modes: dict[int, dict[str, int]] = {}
+        # what apt inside a guest could upgrade to: {vmid: {pkg: {"version", "origin", "postinst_fails"}}}
+        self.guest_upgrades: dict[int, dict[str, dict[str, Any]]] = {}
         self.unavailable_packages: set[str] = set()
         # scheduled crashes (control API): {"vmid", "at", "every" (None: once), "left" (None: forever)}
         self.crashes: list[dict[str, Any]] = []

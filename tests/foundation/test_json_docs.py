@@ -54,7 +54,7 @@ def outputs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, subp
 
         def run(*argv: str) -> subprocess.CompletedProcess[str]:
             return subprocess.run([sys.executable, "-m", "pveguard", *argv], env=env, capture_output=True,
-                                  text=True, timeout=180, check=False)
+                                  cwd=DOC.parents[1], text=True, timeout=180, check=False)
 
         for argv in (["apply", "--yes"], ["approve", "grafana", "--reason", "lab dashboards"],
                      ["backup", "host-config", "init"]):

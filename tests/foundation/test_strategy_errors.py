@@ -25,6 +25,9 @@ CASES: list[tuple[str, str, list[tuple[int, int, str, str]]]] = [
      [(6, 15, "containers[0].resources.memory", "sizes cannot be negative")]),
     ("tiny-memory", CONTAINER.format(memory="1M"),
      [(6, 15, "containers[0].resources.memory", "too little memory")]),
+    # the ledger cannot be switched off: refused, never accepted and ignored
+    ("audit-logging-off", "security:\n  access:\n    audit_logging: false\n",
+     [(3, 20, "security.access.audit_logging", "audit logging cannot be turned off")]),
     # named by the seed but not built: refused with what to do instead, never quietly acting as 'alert'
     ("on-exhausted-restore", "emergency:\n  container_failure:\n    on_exhausted: restore-last-backup\n",
      [(3, 19, "emergency.container_failure.on_exhausted",

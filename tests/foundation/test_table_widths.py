@@ -386,6 +386,16 @@ def test_certs(sim_env: tuple[Any, dict[str, str]], width: int) -> None:
                       + [c["name"] for c in doc["certificates"]])
 
 
+@pytest.mark.parametrize("width", WIDTHS)
+def test_api_token_list(env: dict[str, str], width: int) -> None:
+    names = ["dashboard-operations-team", "ci-runner", "grafana-readonly-viewer"]
+    for name, role in zip(names, ("operator", "admin", "viewer"), strict=True):
+        assert pveguard(env, "api-token", "create", name, "--role", role, "--ttl", "30d").returncode == 0
+    proc = pveguard(env, "api-token", "list", width=width)
+    assert proc.returncode == 0, proc.stderr
+    assert_reads_well(proc.stdout, width, names, in_cells=names)
+
+
 SRC = Path(__file__).parents[2] / "src/pveguard"
 # module -> the tests above that run its table commands at 80 and 120 columns
 READ_HERE = {
@@ -398,6 +408,7 @@ READ_HERE = {
     "guard/workflow.py": ["test_install_dry_run"],
     "backup/cli.py": ["test_backup_status", "test_backup_archives", "test_backup_run"],
     "security/certs_cli.py": ["test_certs"],
+    "serve/cli.py": ["test_api_token_list"],
 }
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from infra.processes import stop
 from infra.rootfs import CACHE
-from pveguard.backends import lxc_gateway
+from pveguard.backends import lxc_gateway, lxc_isolation
 from pveguard.backends.lxc import LxcBackend
 from pveguard.strategy.models import LxcTarget
 
@@ -73,10 +73,11 @@ class LxcEnv:
 
 
 def _own_tables(prefix: str) -> list[str]:
-    """nftables tables of pveguard networks on this test's bridges."""
-    out = run("nft", "list", "tables", "ip") if shutil.which("nft") else ""
-    return [line.split()[-1] for line in out.splitlines()
-            if line.split()[-1].startswith(lxc_gateway.table_name(prefix))]
+    """nftables tables of pveguard networks (`ip`) and isolation (`bridge`) on this test's bridges."""
+    out = run("nft", "list", "tables") if shutil.which("nft") else ""
+    mine = (lxc_gateway.table_name(prefix), lxc_isolation.table_name(prefix))
+    return [f"{line.split()[1]} {line.split()[2]}" for line in out.splitlines()
+            if len(line.split()) == 3 and line.split()[1] in ("ip", "bridge") and line.split()[2].startswith(mine)]
 
 
 def _own_pidfiles(prefix: str) -> list[Path]:
@@ -103,7 +104,9 @@ def _cleanup(env: LxcEnv) -> None:
         pidfile.unlink(missing_ok=True)
         pidfile.with_suffix(".leases").unlink(missing_ok=True)
     for table in _own_tables(env.prefix):
-        subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True, check=False)
+        subprocess.run(["nft", "delete", "table", *table.split()], capture_output=True, check=False)
+    for snap in lxc_gateway.RUN_DIR.glob(f"*{lxc_isolation.table_name(env.prefix)}*"):
+        snap.unlink(missing_ok=True)
     for line in run("ip", "-o", "link").splitlines():
         name = line.split(":")[1].strip().split("@")[0]
         if name.startswith(env.prefix):

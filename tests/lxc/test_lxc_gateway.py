@@ -67,3 +67,11 @@ def test_the_strategy_refuses_a_subnet_that_cannot_be_pveguards(subnet: str) -> 
     with pytest.raises(ValidationError):
         LxcTarget(subnet=subnet)
     assert LxcTarget(subnet="10.1.0.0/16").subnet == "10.1.0.0/16"
+
+
+def test_traffic_inside_a_segment_passes_the_forward_hook() -> None:
+    # with br_netfilter (host-wide bridge-nf-call-iptables=1) bridged traffic meets the IP forward hook,
+    # entering and leaving by the same bridge: it must not meet the rule that keeps segments apart
+    lines = [line.strip() for line in gw.nft_ruleset("vmbr0", "10.101.0.0/16", ["vmbr0", "vmbr0v100"]).splitlines()]
+    accept = lines.index('iifname . oifname { "vmbr0" . "vmbr0", "vmbr0v100" . "vmbr0v100" } accept')
+    assert accept < lines.index("ip saddr 10.101.0.0/16 ip daddr 10.101.0.0/16 drop")

@@ -9,7 +9,7 @@ import pytest
 
 from pveguard.backends.base import Backend
 from pveguard.errors import ConfigError
-from pveguard.provision.firewall import LXC_NOTE, firewall_plan
+from pveguard.provision.firewall import OTHER_NOTE, firewall_plan
 from pveguard.provision.plan import Plan
 from pveguard.security.isolation import (
     MGMT_IPSET,
@@ -21,6 +21,7 @@ from pveguard.security.isolation import (
     group_name,
     parse_inbound,
     plan_firewall,
+    vlan_violations,
 )
 from pveguard.strategy.models import Strategy
 
@@ -92,9 +93,9 @@ def test_traffic_watch_wants_drops_logged_and_leaves_an_admins_level_alone() -> 
     assert texts(off, None) == []  # the watch is off: the log level is left as it is
 
 
-def test_lxc_backend_plans_no_firewall_and_says_so() -> None:
+def test_a_backend_without_a_firewall_plans_none_and_says_so() -> None:
     fp = firewall_plan(Strategy(), cast(Backend, object()), Plan())
-    assert fp.changes == [] and fp.notes == [LXC_NOTE]
+    assert fp.changes == [] and fp.notes == [OTHER_NOTE]
 
 
 def test_a_container_without_firewall_is_left_alone() -> None:
@@ -105,3 +106,23 @@ def test_a_container_without_firewall_is_left_alone() -> None:
     cts = [Ct(s.containers[0].name, 101, "pve1"), Ct(s.containers[1].name, 102, "pve1")]
     targets = {c.target for c in plan_firewall(want, _seen(ipsets={MGMT_IPSET: []}), cts).changes}
     assert "ct/102" in targets and "ct/101" not in targets
+
+
+@pytest.mark.parametrize(("vlans", "separate", "want"), [(True, True, 100), (True, "per-role", 101),
+                                                         (False, True, None), (True, False, None)])
+def test_security_network_vlans_and_separate_vlans_decide_the_tag(vlans: bool, separate: Any, want: Any) -> None:
+    s = Strategy()
+    s.security.network.vlans = vlans
+    s.network.isolation.separate_vlans = separate
+    assert s.container_vlan(s.containers[1]) == want
+    s.containers[1].network.vlan = 42  # a container's own vlan always wins
+    assert s.container_vlan(s.containers[1]) == 42
+
+
+def test_without_vlans_an_untagged_container_is_no_violation() -> None:
+    s = Strategy()
+    ct = Ct(s.containers[0].name, 101, "pve1")
+    untagged = {101: {"net0": "name=eth0,bridge=vmbr0,firewall=1"}}
+    assert [v.kind for v in vlan_violations(s, [ct], untagged, [])] == ["untagged"]
+    s.security.network.vlans = False
+    assert vlan_violations(s, [ct], untagged, [("other", 200, {"net0": "bridge=vmbr0,tag=100"})]) == []

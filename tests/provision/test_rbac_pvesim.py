@@ -21,7 +21,7 @@ pytest.importorskip("pvesim.testing")
 FORBIDDEN_ON_ROOT = {"Sys.Modify", "Permissions.Modify", "User.Modify", "VM.Allocate"}
 # what each default role may hold anywhere (its grants in the default strategy)
 ALLOWED = {
-    "monitoring": {"Sys.Audit", "VM.Audit", "Datastore.Audit"},
+    "monitoring": {"Sys.Audit", "Sys.Syslog", "VM.Audit", "Datastore.Audit"},  # Sys.Syslog: the firewall log
     "backup": {"VM.Audit", "VM.Backup", "Datastore.Audit", "Datastore.AllocateSpace"},
     "devtools": {"VM.Audit"},
     "gateway": {"VM.Audit"},

@@ -209,3 +209,37 @@ def test_renew_says_when_acme_is_not_configured_and_renews_when_it_is(rig: Rig,
     code, out, _ = rig.run("audit-log", "show", "--json", "--action", "certs", capsys=capsys)
     actions = [(e["action"], e["details"].get("ok")) for e in json.loads(out)]
     assert ("certs.renew.result", True) in actions and ("certs.renew.result", False) in actions
+
+
+def test_managed_certificates_are_renewed_by_the_check(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
+    """security.access.certificates.manage: `certs check` (run by its timer and by serve) renews a
+    node's ACME certificate inside warn_before before it raises the alert; off, it only alerts."""
+    assert rig.sim.api("PUT", "/nodes/pve1/config", {"acme": "domains=pve1.example.com"})[0] == 200
+    rig.sim.proxmoxer(auth="password").cluster.acme.account.post(contact="admin@example.com")
+    assert rig.run("certs", "renew", "pve1", capsys=capsys)[0] == 0  # pveproxy-ssl.pem, 90 days
+    rig.sim.control("POST", "/certificates/pve1", {"file": "pveproxy-ssl.pem", "days": 5})
+
+    off = yaml.safe_load(Path(rig.env["PVEGUARD_STRATEGY"]).read_text())
+    off.setdefault("security", {}).setdefault("access", {})["certificates"] = {"manage": False}
+    (rig.dir / "off.yaml").write_text(yaml.safe_dump(off, sort_keys=False))
+    off_env = {**rig.env, "PVEGUARD_STRATEGY": str(rig.dir / "off.yaml")}
+    code, out, err = run_cli(["certs", "check", "--json"], capsys, off_env)
+    doc = json.loads(out)
+    assert code == 1 and doc["renewals"] == [], err
+    assert "node/pve1/pveproxy-ssl.pem" in doc["alerts_firing"]
+    assert _by(doc)[("pve1", "pveproxy-ssl.pem")]["days_left"] == 4
+
+    code, out, err = rig.run("certs", "check", "--json", capsys=capsys)
+    doc = json.loads(out)
+    assert [(r["node"], r["ok"], r["action"]) for r in doc["renewals"]] == [("pve1", True, "renew")], err
+    assert _by(doc)[("pve1", "pveproxy-ssl.pem")]["days_left"] == 89
+    assert "node/pve1/pveproxy-ssl.pem" not in doc["alerts_firing"]  # resolved by the renewal
+    assert _by(doc)[("pve1", "pveproxy-ssl.pem")]["fingerprint"] == _served_fingerprint(rig.sim)
+    code, out, _ = rig.run("audit-log", "show", "--json", "--action", "certs.renew", capsys=capsys)
+    intents = [e for e in json.loads(out) if e["action"] == "certs.renew.intent"]
+    assert intents[-1]["details"] == {"force": False, "by": "certificates.manage"}
+    # pve2 has no ACME: its certificate is never renewed by pveguard, only alerted on
+    rig.sim.control("POST", "/certificates/pve2", {"days": 3})
+    code, out, _ = rig.run("certs", "check", "--json", capsys=capsys)
+    doc = json.loads(out)
+    assert doc["renewals"] == [] and "node/pve2/pve-ssl.pem" in doc["alerts_firing"]

@@ -35,6 +35,7 @@ class External:
     backend: str | None = None  # the backend pveguard would use on this host (None: judge from the facts)
     certs: CertReport | None = None  # pveguard.security.certs.collect, None = unavailable
     certs_reason: str = "not queried"
+    updates: list[Finding] = field(default_factory=list)  # pveguard.updates.state.findings (last checks)
 
 
 def build(facts: HostFacts, strategy: Strategy, external: External, now: datetime | None = None) -> dict[str, Any]:
@@ -118,6 +119,7 @@ def build(facts: HostFacts, strategy: Strategy, external: External, now: datetim
     all_findings += findings.package_findings(manual_non_core, with_services)
     all_findings += findings.backup_findings(external.backup)
     all_findings += findings.certificate_findings(external.certs)
+    all_findings += external.updates
     all_findings += findings.host_findings(facts.pve_detected, policy.core_roots)
     order = {s: i for i, s in enumerate(findings.SEVERITIES)}
     all_findings.sort(key=lambda f: (order[f.severity], f.category, f.id))

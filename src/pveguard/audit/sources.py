@@ -105,8 +105,11 @@ def external(ctx: AppContext, strategy: Strategy, root: Path, now: datetime | No
         cert_report, certs_reason = certificates(strategy, view, backend)
     finally:
         _close(backend)
+    from pveguard.updates.state import findings as update_findings
+
     return External(view, guard_result, guard_reason, coverage, backup_reason, backend=_backend_name(strategy, root),
-                    certs=cert_report, certs_reason=certs_reason)
+                    certs=cert_report, certs_reason=certs_reason,
+                    updates=update_findings(Path(ctx.state_dir), {c.name for c in strategy.containers}))
 
 
 def certificates(strategy: Strategy, view: GuestView, backend: Any) -> tuple[Any, str]:

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pveguard.errors import BackendError
+
 GuestState = Literal["running", "stopped", "unknown"]
 
 MANAGED_TAG = "pveguard"
@@ -161,6 +163,16 @@ class ExecResult:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """A guest snapshot as PVE lists it (`GET .../snapshot`, without the `current` entry)."""
+
+    name: str
+    snaptime: int = 0
+    description: str = ""
+    parent: str | None = None
+
+
+@dataclass(frozen=True)
 class Preflight:
     """One check `pveguard doctor` runs before anything acts: what was found and, when it failed, the fix."""
 
@@ -243,6 +255,24 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def stats(self) -> list[GuestStats]:
         """Usage of every guest in one sweep (never one call per guest)."""
+
+    # Snapshots (safe updates). Backends that cannot take them say so with a BackendError.
+
+    def snapshots(self, guest: Guest) -> list[Snapshot]:
+        """The guest's snapshots, oldest first."""
+        raise BackendError(f"the {self.name} backend cannot take snapshots")
+
+    def snapshot(self, guest: Guest, name: str, description: str = "") -> None:
+        """Take snapshot `name` of the guest (running or not) and wait for it."""
+        raise BackendError(f"the {self.name} backend cannot take snapshots")
+
+    def rollback(self, guest: Guest, name: str, *, start: bool) -> None:
+        """Roll the guest back to snapshot `name` (it is stopped first, as PVE does); start it after when `start`."""
+        raise BackendError(f"the {self.name} backend cannot take snapshots")
+
+    def delete_snapshot(self, guest: Guest, name: str) -> None:
+        """Delete snapshot `name` and wait for it."""
+        raise BackendError(f"the {self.name} backend cannot take snapshots")
 
     def wait_unlocked(self, guest: Guest, what: str, progress: Any = None, timeout: float = 900) -> dict[str, Any]:
         """Wait while another operation holds the guest's lock (e.g. a create that outlived the run that

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pveguard.backends import cgroups, lxc_gateway, lxc_net, lxc_template
+from pveguard.backends import cgroups, lxc_gateway, lxc_isolation, lxc_net, lxc_template
 from pveguard.backends.base import (
     MANAGED_MARKER,
     MANAGED_TAG,
@@ -49,6 +49,7 @@ from pveguard.backends.base import (
     GuestState,
     GuestStats,
     Preflight,
+    Snapshot,
     read_marker,
 )
 from pveguard.errors import BackendError, BackendUnavailable, ConfigError
@@ -286,11 +287,13 @@ def check_includes(paths: list[Path]) -> None:
 
 
 def render_lxc_config(vmid: int, conf: dict[str, Any], facts: HostFacts, *, image: Path, net: NetPlan,
-                      cpuset: str | None, config_dir: Path = LXC_CONFIG_DIR, network_hook: str | None = None) -> str:
+                      cpuset: str | None, config_dir: Path = LXC_CONFIG_DIR, network_hook: str | None = None,
+                      isolation_hook: str | None = None) -> str:
     """The lxc config for a container, from its PVE-form config and this host's facts.
 
     `network_hook` is the pre-start command that brings up pveguard's own network (lxc_gateway);
-    without it, a per-VLAN bridge gets a hook that only makes the bridge.
+    without it, a per-VLAN bridge gets a hook that only makes the bridge. `isolation_hook` re-renders
+    the bridge's isolation table (lxc_isolation) before the container's veth appears.
     """
     unpriv = bool(int(conf.get("unprivileged", 0))) and facts.unprivileged_ok
     features = parse_features(conf.get("features", ""))
@@ -337,6 +340,8 @@ def render_lxc_config(vmid: int, conf: dict[str, Any], facts: HostFacts, *, imag
         lines.append(f"lxc.hook.pre-start = {network_hook}")
     elif net.mode == "bridge_per_vlan":
         lines.append(f"lxc.hook.pre-start = {lxc_net.ensure_bridge_command(net0['bridge'], int(net0['tag']))}")
+    if isolation_hook:
+        lines.append(f"lxc.hook.pre-start = {isolation_hook}")
     lines.append(f"lxc.start.auto = {1 if int(conf.get('onboot', 0)) else 0}")
     startup = dict(p.partition("=")[::2] for p in str(conf.get("startup", "")).split(",") if "=" in p)
     if startup.get("order", "").isdigit():
@@ -564,9 +569,47 @@ class LxcBackend(Backend):
         if self._owns_network(net0.get("bridge", "")):
             tag = int(net0["tag"]) if net0.get("tag") else None
             hook = lxc_gateway.ensure_command(net0["bridge"], tag, self.config.subnet, self.run_dir)
+        bridge = net0.get("bridge", "")
+        iso = lxc_isolation.restore_command(self.lxcpath, bridge, self._pool_of(bridge), self.run_dir)
         text = render_lxc_config(vmid, conf, self.facts, image=self._image(vmid), net=self._net_plan(conf),
-                                 cpuset=meta.get("cpuset"), config_dir=self.lxc_config_dir, network_hook=hook)
+                                 cpuset=meta.get("cpuset"), config_dir=self.lxc_config_dir, network_hook=hook,
+                                 isolation_hook=iso)
         _atomic_write(self._dir(vmid) / "config", text)
+
+    # -- isolation (nftables, backends.lxc_isolation) --
+
+    def _pool_of(self, bridge: str) -> str | None:
+        """The pool of pveguard's own network on `bridge` (its segments are kept apart), else None."""
+        return self.config.subnet if self._owns_network(bridge) else None
+
+    def bridge_of(self, vmid: int) -> str:
+        conf = (self._read_meta(vmid) or {}).get("config", {})
+        return lxc_net.parse_net0(str(conf.get("net0", ""))).get("bridge", "")
+
+    def isolation_entries(self, bridge: str) -> list[lxc_isolation.Entry]:
+        return lxc_isolation.entries_of(self.lxcpath, bridge, lxc_isolation.segment_lookup(self._pool_of(bridge)))
+
+    def isolation_policy(self, vmid: int) -> list[lxc_isolation.NftRule] | None:
+        """What the container admits (None: pveguard keeps no firewall for it)."""
+        return lxc_isolation.read_policy(self.lxcpath, vmid)
+
+    def set_isolation(self, vmid: int, rules: list[lxc_isolation.NftRule] | None) -> None:
+        """Record what the container admits (None: no firewall) and rewrite its bridge's table."""
+        self._meta(vmid)
+        lxc_isolation.write_policy(self.lxcpath, vmid, rules)
+        self.render_isolation(self.bridge_of(vmid))
+
+    def render_isolation(self, bridge: str) -> None:
+        """The bridge's isolation table as its containers' policies say (removed when none has one)."""
+        if not bridge:
+            return
+        entries = self.isolation_entries(bridge)
+        if entries or lxc_isolation.listing(bridge) is not None:
+            lxc_isolation.apply_table(bridge, entries, self.run_dir)
+
+    def isolation_state(self, bridge: str) -> str | None:
+        """None when the bridge's live table is what its containers' policies render to, else what is wrong."""
+        return lxc_isolation.table_state(bridge, self.isolation_entries(bridge), self.run_dir)
 
     def _guest(self, vmid: int) -> Guest:
         return Guest(vmid=vmid, name=str(vmid), node=self.node, type="lxc", status="unknown")
@@ -682,7 +725,8 @@ class LxcBackend(Backend):
                          "<bridge>v<tag>")
         if not f.vlan_module:
             notes.append("no 8021q: per-VLAN bridges are host-local segments, not joined to an uplink")
-        notes.append("firewall=1 is recorded in net0 but not enforced (no PVE firewall); isolation is by VLAN")
+        notes.append("firewall: nftables tables pveguard-iso-<bridge> on the host, per container interface "
+                     "(docs/isolation.md)")
         return Capabilities(name=self.name, live_memory_update=True, live_cpu_update=True, vlan_mode=mode,
                             backups=False, notes=notes)
 
@@ -700,9 +744,10 @@ class LxcBackend(Backend):
             tags = [t for t in str(conf.get("tags", "")).split(";") if t]
             managed = read_marker(str(conf.get("description", ""))) is not None
             maxdisk = rootfs_size_gib(conf["rootfs"]) * GIB if conf.get("rootfs") else 0
+            lock = None if _stale_snapshot_lock(meta) else meta.get("lock")
             guests.append(Guest(vmid=vmid, name=name, node=self.node, type="lxc", status=_state(state), tags=tags,
                                 managed=managed, maxmem=int(conf.get("memory", 0)) * MIB, maxdisk=maxdisk,
-                                cpus=float(conf.get("cores", 0)), lock=meta.get("lock")))
+                                cpus=float(conf.get("cores", 0)), lock=lock))
         return guests
 
     def get_config(self, guest: Guest) -> dict[str, Any]:
@@ -853,6 +898,9 @@ class LxcBackend(Backend):
             if proc.returncode != 0:
                 raise BackendError(f"unpacking the template into {vmid}'s root disk failed: "
                                    f"{proc.stderr.decode(errors='replace').strip()[-2000:]}")
+            # '/' as on any Debian system: templates built in a mkdtemp directory carry its 0700, and
+            # then no service user (nginx's www-data...) can reach a single file
+            root.chmod(0o755)
 
     def _make_mp_dir(self, vmid: int, unpriv: bool) -> None:
         path = mp_dir(self._image(vmid))
@@ -921,6 +969,7 @@ class LxcBackend(Backend):
             return
         conf = meta["config"]
         self._ensure_network(conf)
+        self.render_isolation(lxc_net.parse_net0(str(conf.get("net0", ""))).get("bridge", ""))
         if conf.get("rootfs"):
             self._grow_disk(vmid, rootfs_size_gib(conf["rootfs"]))
         with self._mounted(vmid) as root:
@@ -1019,12 +1068,133 @@ class LxcBackend(Backend):
         self._remove_files(vmid)
         conf = meta.get("config", {})
         bridge = lxc_net.parse_net0(str(conf.get("net0", ""))).get("bridge", "")
+        self.render_isolation(bridge)  # its policy went with its directory: its rules go too
         if lxc_gateway.owned(bridge):
             self._prune_network(bridge)
             return
         net = self._net_plan(conf)
         if net.mode == "bridge_per_vlan":
             lxc_net.remove_vlan_bridge_if_unused(net.link)
+
+    # -- snapshots: a sparse copy of the root disk image plus the config, as PVE keeps them --
+    #
+    # `<disk_dir>/<vmid>/snapshots/<name>.raw` is the root disk as it was; the metadata keeps the config
+    # under `snapshots.<name>` and `parent` like a PVE config. A running container is frozen (its cgroup,
+    # lxc-freeze) and the host's filesystems synced while the image is copied, as PVE freezes a container
+    # around its volume snapshots. The data volume (mp0) is a host directory, like a PVE bind mount: not
+    # part of a snapshot (backups kept there survive a rollback).
+
+    def _snap_image(self, vmid: int, name: str) -> Path:
+        return self._image(vmid).parent / "snapshots" / f"{name}.raw"
+
+    def _locked(self, vmid: int, lock: str) -> dict[str, Any]:
+        """Take the container's lock for a snapshot operation. A snapshot lock whose process is gone
+        (killed half-way) is taken over, and a container it left frozen is thawed first."""
+        meta = self._meta(vmid)
+        if meta.get("lock") and _stale_snapshot_lock(meta):
+            self._run(["lxc-unfreeze", "-P", str(self.lxcpath), "-n", str(vmid)], what=f"thaw container {vmid}",
+                      check=False)
+        elif meta.get("lock"):
+            raise BackendError(f"CT {vmid} is locked ({meta['lock']})",
+                               hint="wait for the operation holding the lock to finish, then try again")
+        meta["lock"] = lock
+        meta["locker"] = _process_id(os.getpid())
+        self._write_meta(vmid, meta)
+        return meta
+
+    def _unlock(self, vmid: int, meta: dict[str, Any]) -> None:
+        meta.pop("lock", None)
+        meta.pop("locker", None)
+        self._write_meta(vmid, meta)
+
+    def _copy_image(self, src: Path, dst: Path, what: str) -> None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f".{dst.name}.tmp")
+        try:
+            self._run(["cp", "--sparse=always", "--reflink=auto", str(src), str(tmp)], what=what, timeout=1800)
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def snapshots(self, guest: Guest) -> list[Snapshot]:
+        snaps = self._meta(guest.vmid).get("snapshots", {})
+        out = [Snapshot(n, int(s.get("snaptime", 0)), str(s.get("description", "")), s.get("parent"))
+               for n, s in snaps.items()]
+        return sorted(out, key=lambda s: (s.snaptime, s.name))
+
+    def snapshot(self, guest: Guest, name: str, description: str = "") -> None:
+        vmid = guest.vmid
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]+", name) or len(name) > 40 or name in ("current", "vzdump"):
+            raise ConfigError(f"{name!r} is no valid snapshot name",
+                              hint="a letter, then letters, digits or _ (at most 40); not current or vzdump")
+        meta = self._locked(vmid, "snapshot")
+        try:
+            if name in meta.get("snapshots", {}):
+                raise BackendError(f"snapshot name '{name}' already used")
+            state, _ = self._status(vmid)
+            frozen = False
+            if state == "running":
+                self._run(["lxc-freeze", "-P", str(self.lxcpath), "-n", str(vmid)], what=f"freeze container {vmid}")
+                frozen = True
+            try:
+                os.sync()
+                self._copy_image(self._image(vmid), self._snap_image(vmid, name), f"copy the root disk of {vmid}")
+            finally:
+                if frozen:
+                    self._run(["lxc-unfreeze", "-P", str(self.lxcpath), "-n", str(vmid)],
+                              what=f"thaw container {vmid}")
+            snap: dict[str, Any] = {k: v for k, v in meta["config"].items() if k != "description"}
+            if meta.get("parent"):
+                snap["parent"] = meta["parent"]
+            snap["snaptime"] = int(time.time())
+            if description:
+                snap["description"] = description
+            meta.setdefault("snapshots", {})[name] = snap
+            meta["parent"] = name
+        finally:
+            self._unlock(vmid, meta)
+
+    def rollback(self, guest: Guest, name: str, *, start: bool) -> None:
+        vmid = guest.vmid
+        meta = self._meta(vmid)
+        snap = meta.get("snapshots", {}).get(name)
+        if snap is None or not self._snap_image(vmid, name).exists():
+            raise BackendError(f"snapshot '{name}' does not exist")
+        meta = self._locked(vmid, "rollback")
+        try:
+            if self._status(vmid)[0] == "running":
+                self._run(["lxc-stop", "-P", str(self.lxcpath), "-n", str(vmid), "-k"],
+                          what=f"stop container {vmid}", timeout=60)
+            self._wait_released(vmid)
+            self._copy_image(self._snap_image(vmid, name), self._image(vmid), f"restore the root disk of {vmid}")
+            conf = {k: v for k, v in snap.items() if k not in ("snaptime", "description", "parent")}
+            if meta["config"].get("description"):
+                conf["description"] = meta["config"]["description"]
+            meta["config"] = conf
+            meta["parent"] = name
+        finally:
+            self._unlock(vmid, meta)
+        if start:
+            self.start(guest)
+
+    def delete_snapshot(self, guest: Guest, name: str) -> None:
+        vmid = guest.vmid
+        if name not in self._meta(vmid).get("snapshots", {}):
+            raise BackendError(f"snapshot '{name}' does not exist")
+        meta = self._locked(vmid, "snapshot-delete")
+        try:
+            snap = meta["snapshots"][name]
+            self._snap_image(vmid, name).unlink(missing_ok=True)
+            new_parent = snap.get("parent")
+            for holder in [meta, *(s for n, s in meta["snapshots"].items() if n != name)]:
+                if holder.get("parent") == name:
+                    if new_parent:
+                        holder["parent"] = new_parent
+                    else:
+                        holder.pop("parent", None)
+            del meta["snapshots"][name]
+        finally:
+            self._unlock(vmid, meta)
 
     def _remove_files(self, vmid: int) -> None:
         """Everything a container owns on the host: loop devices, temp mounts, disk, lxc directory."""
@@ -1095,6 +1265,9 @@ class LxcBackend(Backend):
         meta["config"], meta["cpuset"] = new, cpuset
         self._write_meta(vmid, meta)
         self._write_lxc_config(vmid, meta)
+        if "net0" in changed:
+            old_bridge = lxc_net.parse_net0(str(old.get("net0", ""))).get("bridge", "")
+            self.render_isolation(old_bridge)  # the new bridge's table is rendered at the next start
         if state != "running":
             return []
         return [k for k in changed if k in RESTART_KEYS]
@@ -1248,6 +1421,16 @@ def _process_id(pid: int) -> list[int]:
     """(pid, start time in ticks): names a process without mistaking a later one with the same pid."""
     fields = _read_text(Path(f"/proc/{pid}/stat")).rsplit(")", 1)[-1].split()
     return [pid, int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else 0]
+
+
+def _stale_snapshot_lock(meta: dict[str, Any]) -> bool:
+    """True for a snapshot, rollback or snapshot-delete lock whose process is gone."""
+    if meta.get("lock") not in ("snapshot", "rollback", "snapshot-delete"):
+        return False
+    locker = meta.get("locker")
+    if not isinstance(locker, list) or len(locker) != 2:
+        return False
+    return _process_id(int(locker[0])) != [int(locker[0]), int(locker[1])]
 
 
 def _stale_create(meta: dict[str, Any]) -> bool:

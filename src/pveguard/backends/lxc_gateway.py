@@ -71,9 +71,17 @@ def table_name(bridge: str) -> str:
     return f"{TABLE_PREFIX}{bridge}"
 
 
-def nft_ruleset(bridge: str, pool: str) -> str:
-    """The nftables table for a network, replacing any earlier version in one transaction."""
+def nft_ruleset(bridge: str, pool: str, segments: list[str] | tuple[str, ...] = ()) -> str:
+    """The nftables table for a network, replacing any earlier version in one transaction.
+
+    `segments`: the network's segment bridges. Traffic between two containers of one segment is
+    bridged, not routed, but with br_netfilter on (net.bridge.bridge-nf-call-iptables, a host-wide
+    switch the per-bridge setting cannot turn off) it also passes the IP forward hook, entering and
+    leaving by the same bridge: it is let through before the rule that keeps segments apart.
+    """
     table = table_name(bridge)
+    same = ", ".join(f'"{s}" . "{s}"' for s in segments)
+    bridged = f"\t\tiifname . oifname {{ {same} }} accept\n" if segments else ""
     return (
         f"table ip {table}\n"
         f"delete table ip {table}\n"
@@ -81,6 +89,7 @@ def nft_ruleset(bridge: str, pool: str) -> str:
         f'\tcomment "managed-by: pveguard: NAT for bridge {bridge} ({pool})"\n'
         "\tchain forward {\n"
         "\t\ttype filter hook forward priority filter; policy accept;\n"
+        f"{bridged}"
         f"\t\tip saddr {pool} ip daddr {pool} drop\n"
         "\t}\n"
         "\tchain postrouting {\n"
@@ -240,7 +249,8 @@ def _ensure_segment(bridge: str, tag: int | None, pool: str, run_dir: Path) -> s
     gateway = gateway_of(segment)
     if not _has_address(name, gateway):
         _run(["ip", "addr", "add", gateway.with_prefixlen, "dev", name], f"give {name} the address {gateway}")
-    _run(["nft", "-f", "-"], f"set up NAT for {bridge} (nftables)", input=nft_ruleset(bridge, pool))
+    _run(["nft", "-f", "-"], f"set up NAT for {bridge} (nftables)",
+         input=nft_ruleset(bridge, pool, segments_of(bridge)))
     _ip_forward_on(run_dir)
     ensure_dnsmasq(name, segment, run_dir)
     return name

@@ -71,6 +71,7 @@ def _build(cache: Path, template: str, progress: Progress | None) -> Path:
     compress = shutil.which("zstd") is not None
     target = cache / f"{template}_{BUILD_VERSION}_amd64{'.tar.zst' if compress else '.tar.gz'}"
     build = Path(tempfile.mkdtemp(prefix=".build-", dir=cache))
+    build.chmod(0o755)  # mkdtemp's 0700 would become the containers' root directory mode
     try:
         mirror = debian_mirror(SUITE)
         if progress:

@@ -46,6 +46,7 @@ from pveguard.backends.base import (
     GuestSpec,
     GuestStats,
     Preflight,
+    Snapshot,
     read_marker,
 )
 from pveguard.backends.inflight import IN_FLIGHT
@@ -1006,6 +1007,34 @@ class ProxmoxBackend(Backend):
         if restart:
             params["restart"] = 1
         upid = self.call("POST", f"{self._ct(guest)}/migrate", params, safe=False, what=what)
+        self.wait_task(str(upid), what)
+
+    # --- snapshots (pve-container API2/LXC/Snapshot.pm: each a task under the guest's lock) ---
+
+    def snapshots(self, guest: Guest) -> list[Snapshot]:
+        rows = self.call("GET", f"{self._ct(guest)}/snapshot", what=f"listing the snapshots of CT {guest.vmid}")
+        out = [Snapshot(str(r["name"]), int(r.get("snaptime") or 0), str(r.get("description") or ""),
+                        str(r["parent"]) if r.get("parent") else None)
+               for r in rows or [] if r.get("name") != "current"]
+        return sorted(out, key=lambda s: (s.snaptime, s.name))
+
+    def snapshot(self, guest: Guest, name: str, description: str = "") -> None:
+        what = f"snapshot {name} of CT {guest.vmid} ({guest.name})"
+        params: dict[str, Any] = {"snapname": name}
+        if description:
+            params["description"] = description
+        upid = self.call("POST", f"{self._ct(guest)}/snapshot", params, safe=False, what=what)
+        self.wait_task(str(upid), what)
+
+    def rollback(self, guest: Guest, name: str, *, start: bool) -> None:
+        what = f"rollback of CT {guest.vmid} ({guest.name}) to snapshot {name}"
+        upid = self.call("POST", f"{self._ct(guest)}/snapshot/{name}/rollback", {"start": start}, safe=False,
+                         what=what)
+        self.wait_task(str(upid), what)
+
+    def delete_snapshot(self, guest: Guest, name: str) -> None:
+        what = f"deleting snapshot {name} of CT {guest.vmid} ({guest.name})"
+        upid = self.call("DELETE", f"{self._ct(guest)}/snapshot/{name}", safe=False, what=what)
         self.wait_task(str(upid), what)
 
     def destroy(self, guest: Guest) -> None:

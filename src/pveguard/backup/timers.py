@@ -191,6 +191,7 @@ def render_units(
     description: str,
     persistent: bool = False,
     settings: UnitSettings | None = None,
+    written_by: str = "backup install-timers",
 ) -> TimerUnits:
     """Units named ``<name>.timer`` / ``<name>.service`` running ``command`` on ``event`` (or on
     each of several events: one ``OnCalendar=`` line per event, duplicates once)."""
@@ -210,13 +211,13 @@ def render_units(
     exec_start = " ".join(shlex.quote(a) for a in command)
     extra = "".join(f"{line}\n" for line in _service_lines(settings or UnitSettings()))
     timer = (
-        "# Written by pveguard (backup install-timers); changes are overwritten.\n"
+        f"# Written by pveguard ({written_by}); changes are overwritten.\n"
         f"[Unit]\nDescription={description} (schedule: {sources})\n\n"
         "[Timer]\n" + "".join(f"{line}\n" for line in lines) + f"Persistent={'true' if persistent else 'false'}\n"
         f"Unit={name}.service\n\n[Install]\nWantedBy=timers.target\n"
     )
     service = (
-        "# Written by pveguard (backup install-timers); changes are overwritten.\n"
+        f"# Written by pveguard ({written_by}); changes are overwritten.\n"
         f"[Unit]\nDescription={description}\n\n"
         f"[Service]\nType=oneshot\nExecStart={exec_start}\n{extra}Nice=10\nIOSchedulingClass=idle\n"
     )

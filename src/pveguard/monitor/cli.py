@@ -104,7 +104,15 @@ def export_view(mon: Any, state_dir: Path | None = None) -> Any:
     return ExportView(sweep=mon.last_good, states=last.states if last else {}, polls=mon.polls, errors=mon.errors,
                       poll_duration=last.duration if last else 0.0,
                       severities={r.name: r.severity for r in mon.rules}, traffic=mon.last_traffic,
-                      compliance_score=compliance_score(state_dir) if state_dir else None)
+                      compliance_score=compliance_score(state_dir) if state_dir else None,
+                      pending_updates=pending_updates(state_dir) if state_dir else {})
+
+
+def pending_updates(state_dir: Path) -> dict[str, tuple[int, int]]:
+    """Each container's (pending, security) updates at the last `pveguard update` check."""
+    from pveguard.updates.state import latest
+
+    return {c.name: (c.pending, c.security) for c in latest(state_dir)}
 
 
 def compliance_score(state_dir: Path) -> float | None:

@@ -73,6 +73,8 @@ class ExportView:
     compliance_score: float | None = None
     severities: Mapping[str, str] = field(default_factory=dict)  # rule name -> severity
     traffic: Any = None  # monitor.traffic.TrafficView, when the traffic watch runs
+    # container name -> (pending updates, pending security updates) at the last `pveguard update` check
+    pending_updates: Mapping[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def _value(s: Sample, key: str) -> float:
@@ -131,6 +133,14 @@ def pveguard_families(view: ExportView) -> list[Metric]:
     out.append(CounterMetricFamily("pveguard_poll_errors", "Polls whose sweep failed", value=float(view.errors)))
     if view.traffic is not None:
         out += traffic_families(view.traffic)
+    if view.pending_updates:
+        pend = GaugeMetricFamily("pveguard_container_pending_updates",
+                                 "Updates apt inside the container would install at the last 'pveguard update' check "
+                                 "(kind: all, security)", labels=["name", "kind"])
+        for name, (n_all, n_sec) in sorted(view.pending_updates.items()):
+            pend.add_metric([name, "all"], float(n_all))
+            pend.add_metric([name, "security"], float(n_sec))
+        out.append(pend)
     if view.compliance_score is not None:
         out.append(GaugeMetricFamily("pveguard_compliance_score", "Strategy compliance, 0..100",
                                      value=view.compliance_score))

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from pveguard.backends import connect
 from pveguard.backends.base import Backend, Guest, read_marker
+from pveguard.backends.lxc import LxcBackend
 from pveguard.backends.proxmox import ProxmoxBackend
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
@@ -119,9 +120,20 @@ def rbac_step(app: AppContext, backend: Backend, only: set[str] | None) -> Firew
 
 
 def firewall_step(app: AppContext, backend: Backend, only: set[str] | None) -> FirewallStep | None:
-    """apply's last step on PVE: read everything again and converge the firewall (None elsewhere)."""
+    """apply's last step: read everything again and converge the firewall (PVE, lxc; None elsewhere)."""
+    if not enforced(app.strategy):
+        return None
+    if isinstance(backend, LxcBackend):
+        from pveguard.security.isolation_lxc import converge_lxc
+
+        lxc = backend
+
+        def lxc_step(record: Callable[..., None]) -> list[str]:
+            return converge_lxc(lxc, compute_plan(app, lxc, False, only).firewall, record)
+
+        return lxc_step
     call = call_of(backend)
-    if call is None or not enforced(app.strategy):
+    if call is None:
         return None
 
     def step(record: Callable[..., None]) -> list[str]:

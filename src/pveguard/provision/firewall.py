@@ -2,8 +2,8 @@
 
 On PVE the plan reads the firewall back for this installation's existing containers; apply re-reads it
 after the containers are created and converges (so a container created in the same run gets its
-firewall too). The lxc backend has no firewall desired state yet (the nftables part is later work):
-the plan says so and nothing is changed.
+firewall too). On the lxc backend the same rules become nftables tables on the host
+(security.isolation_lxc, backends.lxc_isolation), planned and converged the same way.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from pveguard.backends.base import Backend
+from pveguard.backends.lxc import LxcBackend
 from pveguard.backends.proxmox import ProxmoxBackend
 from pveguard.provision.plan import Plan
 from pveguard.security.isolation import (
@@ -24,8 +25,7 @@ from pveguard.security.isolation import (
 )
 from pveguard.strategy.models import Strategy
 
-LXC_NOTE = ("firewall and VLAN isolation are not enforced on the lxc backend yet (its nftables rules are "
-            "later work); nothing firewall-related is changed")
+OTHER_NOTE = "this backend has no firewall pveguard can keep; nothing firewall-related is changed"
 OFF_NOTE = ("firewall desired state is off (network.isolation.firewall_rules or security.network.firewall_rules "
             "is false); the firewall is left as it is")
 
@@ -38,11 +38,19 @@ def managed_cts(p: Plan) -> list[Ct]:
 
 
 def firewall_plan(strategy: Strategy, backend: Backend, p: Plan) -> FwPlan:
-    """The firewall changes (PVE) or why there are none (lxc, switched off)."""
-    if not isinstance(backend, ProxmoxBackend):
-        return FwPlan(notes=[LXC_NOTE])
+    """The firewall changes (PVE, lxc) or why there are none (switched off)."""
+    if not isinstance(backend, ProxmoxBackend | LxcBackend):
+        return FwPlan(notes=[OTHER_NOTE])
     if not enforced(strategy):
         return FwPlan(notes=[OFF_NOTE])
+    if isinstance(backend, LxcBackend):
+        from pveguard.security.isolation_lxc import plan_lxc
+
+        fp = plan_lxc(strategy, backend, managed_cts(p))
+        pending = [a.name for a in p.actions if a.kind == "create"]
+        if pending:
+            fp.notes.append(f"created containers get their firewall in the same apply: {', '.join(pending)}")
+        return fp
     want = desired_firewall(strategy)
     seen = observe_firewall(backend.call, managed_cts(p), want.groups)
     s = backend.settings

@@ -290,6 +290,21 @@ def check(store: Any, report: Report, strategy: Strategy, notifiers: Iterable[An
 
 # --- renewing -------------------------------------------------------------------------------------
 
+PVE_RENEW_WINDOW = 30 * DAY  # PVE renews an ACME certificate without --force only inside 30 days
+
+
+def due_renewals(report: Report) -> list[tuple[str, bool]]:
+    """Nodes whose certificate is inside warn_before and whose ACME is configured: (node, force).
+    force when the certificate is further from expiry than PVE's own 30 days (the strategy asks to
+    renew earlier than PVE would by itself)."""
+    acme = {a.node for a in report.acme if a.configured}
+    due: dict[str, bool] = {}
+    for c in report.expiring():
+        if c.kind == "node" and c.where in acme and c.not_after is not None:
+            force = c.not_after - report.now > PVE_RENEW_WINDOW
+            due[c.where] = due.get(c.where, True) and force
+    return sorted(due.items())
+
 
 def renew(backend: Any, node: str, force: bool = False) -> tuple[str, str]:
     """Order (no ACME certificate yet) or renew a node's ACME certificate; wait for the task.

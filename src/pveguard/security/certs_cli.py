@@ -60,25 +60,63 @@ def certs(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 @app.command("check")
 def check_cmd(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """Raise or clear the certificate expiry alert (shown by 'pveguard alerts', sent to the strategy's
-    notifiers); exit 1 while any certificate is inside warn_before."""
+    notifiers); with security.access.certificates.manage, first renew the ACME certificates of nodes
+    inside warn_before (each in the ledger). Exit 1 while any certificate is inside warn_before."""
     from pveguard.monitor.notify import notifiers_from_strategy
     from pveguard.security.certs import check
 
     app_ctx = _app_ctx(ctx)
     strategy = app_ctx.strategy_or_default()
     report = _report(app_ctx)
+    renewals: list[dict[str, Any]] = []
+    if strategy.security.access.certificates.manage:
+        renewals = _renew_due(app_ctx, report)
+        if renewals:
+            report = _report(app_ctx)  # the alert follows what the nodes serve now
     m = strategy.monitoring
     states, events, _delivery = check(app_ctx.store, report, strategy,
                                       notifiers_from_strategy(m.notify, m.renotify.total_seconds()))
     firing = sorted(t for (_r, t), s in states.items() if s.state == "firing")
     if json_out:
-        print_json({**report.as_dict(), "alerts_firing": firing, "notifications": len(events)})
+        print_json({**report.as_dict(), "alerts_firing": firing, "notifications": len(events),
+                    "renewals": renewals})
     else:
         _print(report)
+        for r in renewals:
+            info(f"ACME certificate of {r['node']}: {r['action']} done" if r["ok"]
+                 else f"ACME certificate of {r['node']}: renewal failed: {r['error']}")
         for target in firing:
             info(f"alert firing: certificate {target}")
     if report.expiring():
         raise typer.Exit(EXIT_FAILED)
+
+
+def _renew_due(app_ctx: Any, report: Report) -> list[dict[str, Any]]:
+    """security.access.certificates.manage: renew the ACME certificates inside warn_before, each
+    recorded in the ledger; a failure is reported (the alert stays) and the others go on."""
+    from pveguard.backends import connect
+    from pveguard.security.certs import due_renewals, renew
+
+    due = due_renewals(report)
+    if not due:
+        return []
+    done: list[dict[str, Any]] = []
+    backend = connect(app_ctx.strategy_or_default())
+    try:
+        for node, force in due:
+            app_ctx.record("certs.renew.intent", node, force=force, by="certificates.manage")
+            try:
+                action, upid = renew(backend, node, force)
+            except PveguardError as exc:
+                app_ctx.record("certs.renew.result", node, ok=False, error=exc.message)
+                done.append({"node": node, "ok": False, "action": None, "upid": None, "error": exc.message})
+                continue
+            app_ctx.record("certs.renew.result", node, ok=True, order=action, upid=upid)
+            done.append({"node": node, "ok": True, "action": action, "upid": upid, "error": None})
+    finally:
+        with contextlib.suppress(Exception):
+            backend.close()
+    return done
 
 
 @app.command("renew")

@@ -479,23 +479,9 @@ def check(strategy: Strategy, want: FwDesired, seen: FwObserved, cts: list[Ct],
     if str(seen.cluster_options.get("enable", 0)) != "1":
         out.append(Violation("datacenter", None, "datacenter-firewall-off",
                              "the datacenter firewall is off: no guest firewall rule takes effect"))
-    mgmt_bridge, mgmt_vlan = strategy.network.management.bridge, strategy.network.management.vlan
-    by_name = {c.name: c for c in strategy.containers}
+    out += vlan_violations(strategy, cts, configs, [])
     for ct in cts:
-        c = by_name.get(ct.name)
         net = parse_propstring(str(configs.get(ct.vmid, {}).get("net0", "")))
-        tag = net.get("tag")
-        if c is not None:
-            want_tag = strategy.container_vlan(c)
-            if tag is None:
-                what = " on the management bridge" if net.get("bridge") == mgmt_bridge else ""
-                out.append(Violation(ct.name, ct.vmid, "untagged", f"net0 has no VLAN tag{what} "
-                                                                   f"(wants {want_tag})"))
-            elif want_tag is not None and tag != str(want_tag):
-                out.append(Violation(ct.name, ct.vmid, "wrong-vlan", f"net0 is on VLAN {tag}, wants {want_tag}"))
-            elif mgmt_vlan is not None and tag == str(mgmt_vlan):
-                out.append(Violation(ct.name, ct.vmid, "management-vlan",
-                                     f"net0 is on the management VLAN {tag}"))
         if ct.name not in want.group_of:
             continue  # network.firewall: false -- only its VLAN is checked
         if net.get("firewall") not in ("1", "on", "yes", "true"):
@@ -512,7 +498,35 @@ def check(strategy: Strategy, want: FwDesired, seen: FwObserved, cts: list[Ct],
         have = [rule_of(r) for r in seen.groups.get(g, [])]
         for r in [r for r in want.groups.get(g, []) if r not in have]:
             out.append(Violation(ct.name, ct.vmid, "rule-missing", f"security group {g} lacks {r.text()}"))
-    container_vlans = {str(strategy.container_vlan(c)) for c in strategy.containers}
+    return out + vlan_violations(strategy, [], {}, others)
+
+
+def vlan_violations(strategy: Strategy, cts: list[Ct], configs: dict[int, dict[str, Any]],
+                    others: list[tuple[str, int, dict[str, Any]]]) -> list[Violation]:
+    """The VLAN part of the check, on both backends: each managed container's net0 tag against the strategy,
+    and other containers on a container VLAN (nothing when the strategy wants no VLANs)."""
+    from pveguard.provision.desired import parse_propstring
+
+    out: list[Violation] = []
+    mgmt_bridge, mgmt_vlan = strategy.network.management.bridge, strategy.network.management.vlan
+    by_name = {c.name: c for c in strategy.containers}
+    for ct in cts:
+        c = by_name.get(ct.name)
+        net = parse_propstring(str(configs.get(ct.vmid, {}).get("net0", "")))
+        tag = net.get("tag")
+        if c is None:
+            continue
+        want_tag = strategy.container_vlan(c)
+        if want_tag is None:
+            continue  # VLANs not wanted (security.network.vlans / separate_vlans false)
+        if tag is None:
+            what = " on the management bridge" if net.get("bridge") == mgmt_bridge else ""
+            out.append(Violation(ct.name, ct.vmid, "untagged", f"net0 has no VLAN tag{what} (wants {want_tag})"))
+        elif tag != str(want_tag):
+            out.append(Violation(ct.name, ct.vmid, "wrong-vlan", f"net0 is on VLAN {tag}, wants {want_tag}"))
+        elif mgmt_vlan is not None and tag == str(mgmt_vlan):
+            out.append(Violation(ct.name, ct.vmid, "management-vlan", f"net0 is on the management VLAN {tag}"))
+    container_vlans = {str(v) for v in (strategy.container_vlan(c) for c in strategy.containers) if v is not None}
     for name, vmid, cfg in others:
         net = parse_propstring(str(cfg.get("net0", "")))
         if net.get("tag") in container_vlans:

@@ -62,7 +62,7 @@ _GRANT_RE = re.compile(r"^\s*([A-Za-z.,\s]+?)\s+on\s+(\S+)\s*$")
 def default_grants() -> dict[str, list[str]]:
     """The default strategy's grants: monitoring reads, backup backs up, the others see themselves."""
     return {
-        "monitoring": ["Sys.Audit on /nodes", "VM.Audit on /vms", "Datastore.Audit on /storage"],
+        "monitoring": ["Sys.Audit,Sys.Syslog on /nodes", "VM.Audit on /vms", "Datastore.Audit on /storage"],
         "backup": ["VM.Audit,VM.Backup on guests", "Datastore.Audit,Datastore.AllocateSpace on backup-storage"],
         "devtools": ["VM.Audit on self"],
         "gateway": ["VM.Audit on self"],

@@ -37,6 +37,10 @@ SECTION_NOTES = {
         "Schedules are 'hourly', 'daily' or a PVE calendar event such as 'mon..fri 02:30'."
     ),
     "emergency": "Recovery from container failure and resource exhaustion.",
+    "serve": (
+        "The daemon ('pveguard serve'): REST API and dashboard address, TLS, job intervals, and the\n"
+        "container apply installs it in. Plain HTTP only on loopback; elsewhere TLS (created when not named)."
+    ),
     "target": (
         "Where containers live: auto (local PVE when /etc/pve exists, else LXC), proxmox or lxc.\n"
         "Overridden by PVEGUARD_BACKEND, PVEGUARD_PVE_HOST, PVEGUARD_PVE_TOKEN, PVEGUARD_PVE_USER,\n"

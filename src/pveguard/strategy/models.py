@@ -298,7 +298,8 @@ class ManagementNetwork(StrictModel):
 class Isolation(StrictModel):
     separate_vlans: bool | Literal["per-role"] = Field(
         True, description="true: containers on network.container_vlan, apart from management; "
-                          "per-role: each role its own VLAN, container_vlan + the role's index")
+                          "per-role: each role its own VLAN, container_vlan + the role's index; "
+                          "false: untagged (unless a container names its vlan)")
     firewall_rules: bool = True
     traffic_monitoring: bool = True
 
@@ -393,7 +394,8 @@ class Monitoring(StrictModel):
 
 
 class SecurityNetwork(StrictModel):
-    vlans: bool = True
+    vlans: bool = Field(True, description="false: containers untagged and VLANs not checked (as separate_vlans: "
+                                          "false)")
     firewall_rules: bool = True
     traffic_monitoring: bool = True
     allowed_inbound: list[str] = Field(
@@ -416,7 +418,8 @@ def _default_grants() -> dict[str, list[str]]:
 class Access(StrictModel):
     rbac: bool = Field(True, description="proxmox backend: one PVE user and API token per container role, "
                                          "least privilege (docs/rbac.md)")
-    audit_logging: bool = True
+    audit_logging: bool = Field(True, description="always true: every action pveguard takes is in its ledger "
+                                "(docs/ledger.md); false is refused")
     api_token_privsep: bool = Field(True, description="the role tokens have only what their own ACLs grant")
     role_grants: dict[str, list[str]] = Field(
         default_factory=_default_grants,
@@ -424,6 +427,16 @@ class Access(StrictModel):
                     "backup-storage); a role not listed gets 'VM.Audit on self'")
     certificates: Certificates = Field(default_factory=Certificates)
 
+
+    @field_validator("audit_logging")
+    @classmethod
+    def _audit_always(cls, v: bool) -> bool:
+        # the ledger is how every other guarantee is checked: it cannot be switched off, and a key
+        # that said so while pveguard went on recording would be a lie
+        if not v:
+            raise ValueError("audit logging cannot be turned off: pveguard records every action in its "
+                             "hash-chained ledger (docs/ledger.md); remove the key or set it to true")
+        return v
 
     @field_validator("role_grants")
     @classmethod
@@ -554,6 +567,21 @@ class Emergency(StrictModel):
     resource_exhaustion: ResourceExhaustion = Field(default_factory=ResourceExhaustion)
 
 
+# --- updates ------------------------------------------------------------------------------------
+
+
+class Updates(StrictModel):
+    """Safe updates of the managed containers (`pveguard update`, docs/updates.md)."""
+
+    schedule: Frequency | Literal["never"] = Field(
+        "daily", description="when the timer runs 'pveguard update --scheduled' (a PVE calendar event, or never)")
+    security_only: bool = Field(True, description="the scheduled run installs only security updates")
+    keep_snapshots: int = Field(1, ge=0, le=50, description="update snapshots kept per container after a "
+                                "successful update (older ones are deleted)")
+    health_timeout: Duration = Field(timedelta(seconds=60), description="how long the health checks may take "
+                                     "to pass after an upgrade before it is rolled back")
+
+
 # --- target -------------------------------------------------------------------------------------
 
 
@@ -622,6 +650,45 @@ class Target(StrictModel):
 # --- the strategy -------------------------------------------------------------------------------
 
 
+def _on_off(value: Any) -> Any:
+    """YAML 1.1 reads a bare `off` / `on` as a boolean: take it as the word the user wrote."""
+    return {False: "off", True: "on"}[value] if isinstance(value, bool) else value
+
+
+class ServeTls(StrictModel):
+    mode: Annotated[Literal["auto", "on", "off"], BeforeValidator(_on_off)] = Field(
+        "auto", description="auto: plain HTTP on loopback, TLS elsewhere; off is refused off loopback")
+    cert_file: str | None = Field(None, description="PEM certificate; empty = one serve creates in the state dir")
+    key_file: str | None = Field(None, description="PEM private key for cert_file")
+
+
+class ServeSchedules(StrictModel):
+    monitor: Duration | None = Field(None, description="monitor poll + alerts; empty = monitoring.poll_interval")
+    recover: Duration | None = Field(
+        None, description="watchdog sweep; empty = emergency.container_failure.interval")
+    backups: Duration = Field(timedelta(minutes=5), description="how often due backups / verifications are checked")
+    audit: Duration = Field(timedelta(days=1), description="host audit and its compliance score")
+    certs: Duration = Field(timedelta(hours=12), description="certificate expiry checks")
+
+
+class Serve(StrictModel):
+    listen: str = Field("127.0.0.1:8450", description="HOST:PORT; plain HTTP only on loopback")
+    tls: ServeTls = Field(default_factory=ServeTls)
+    session_ttl: Duration = Field(timedelta(hours=8), description="web session lifetime after login")
+    schedules: ServeSchedules = Field(default_factory=ServeSchedules)
+    container: str | None = Field(
+        None, description="apply installs and starts 'pveguard serve' in this strategy container "
+        "(e.g. pve-api-gateway); empty = not installed by apply")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8450 or [::1]:8450)")
+        return value
+
+
 class Strategy(StrictModel):
     version: Literal[1] = 1
     core_functions: list[CoreFunction] = Field(
@@ -635,7 +702,9 @@ class Strategy(StrictModel):
     security: Security = Field(default_factory=Security)
     backup: Backup = Field(default_factory=Backup)
     emergency: Emergency = Field(default_factory=Emergency)
+    updates: Updates = Field(default_factory=Updates)
     target: Target = Field(default_factory=Target)
+    serve: Serve = Field(default_factory=Serve)
 
     def container(self, name: str) -> Container:
         """The container called `name`; KeyError when the strategy has none."""
@@ -655,10 +724,14 @@ class Strategy(StrictModel):
         return c.network.bridge or self.network.bridge
 
     def container_vlan(self, c: Container) -> int | None:
-        """The container's own vlan, else (separate_vlans: per-role) container_vlan + the index of its role
-        in the order roles first appear among the containers, else container_vlan."""
+        """The container's own vlan, else none when VLANs are not wanted (security.network.vlans or
+        separate_vlans false), else
+        (separate_vlans: per-role) container_vlan + the index of its role in the order roles first appear
+        among the containers, else container_vlan."""
         if c.network.vlan is not None:
             return c.network.vlan
+        if not self.security.network.vlans or self.network.isolation.separate_vlans is False:
+            return None  # VLANs not wanted: untagged unless the container names its vlan
         if self.network.isolation.separate_vlans == "per-role":
             roles = list(dict.fromkeys(x.role for x in self.containers))
             return self.network.container_vlan + roles.index(c.role)

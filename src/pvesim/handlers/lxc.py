@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
@@ -906,22 +907,41 @@ def lxc_rrddata(ctx: Ctx) -> list[dict[str, Any]]:
     return rrddata(ctx, ctx.guest())
 
 
+# Snapshots follow pve-container's API2/LXC/Snapshot.pm and pve-guest-common's AbstractConfig.pm:
+# the snapshot takes the config as it is (without lock, digest, description, unused volumes), the
+# guest's `parent` names the snapshot it was taken or rolled back to, a rollback stops the guest and
+# applies the snapshot's config (keeping the description), a delete relinks the parents. Each runs as a
+# task under the guest's lock (snapshot, rollback, snapshot-delete). The simulated disk contents (the
+# per-guest package list and files the fake pct acts on) are part of a snapshot and come back with it.
+
+_NOT_IN_SNAPSHOT = ("snapshots", "snapstate", "snaptime", "vmstate", "lock", "digest", "description")
+_DISK = ("_disk_packages", "_disk_files")
+
+
+def _copy_config(source: dict[str, Any]) -> dict[str, Any]:
+    """AbstractConfig __snapshot_copy_config."""
+    return {k: v for k, v in source.items()
+            if k not in _NOT_IN_SNAPSHOT and not re.fullmatch(r"unused\d+", k) and k not in _DISK}
+
+
 @api("GET", "/nodes/{node}/lxc/{vmid}/snapshot")
 def list_snapshots(ctx: Ctx) -> list[dict[str, Any]]:
     g = ctx.guest()
-    out: list[dict[str, Any]] = [
-        {
-            "name": n,
-            "description": s.get("description", ""),
-            "snaptime": s.get("snaptime", 0),
-            "parent": s.get("parent"),
-        }
-        for n, s in g.snapshots.items()
-    ]
-    for e in out:
-        if e["parent"] is None:
-            e.pop("parent")
-    out.append({"name": "current", "description": "You are here!", "running": int(g.status == "running")})
+    out: list[dict[str, Any]] = []
+    for n, s in g.snapshots.items():
+        item: dict[str, Any] = {"name": n, "snaptime": s.get("snaptime") or 0,
+                                "description": s.get("description") or ""}
+        if s.get("parent") is not None:
+            item["parent"] = s["parent"]
+        if s.get("snapstate"):
+            item["snapstate"] = s["snapstate"]
+        out.append(item)
+    # the schema (PVE 8.4) requires a description on every entry: current says "You are here!"
+    current: dict[str, Any] = {"name": "current", "description": "You are here!", "digest": g.digest,
+                               "running": int(g.status == "running")}
+    if g.config.get("parent") is not None:
+        current["parent"] = g.config["parent"]
+    out.append(current)
     return out
 
 
@@ -930,25 +950,38 @@ def create_snapshot(ctx: Ctx) -> str:
     sim = ctx.sim
     g = ctx.guest()
     name = str(ctx.p["snapname"])
-    if name in g.snapshots:
-        raise die(f"snapshot name '{name}' already used")
-    err = lock_error(g)
-    if err:
-        raise die(err)
+    if name in ("current", "vzdump"):
+        raise die(f"unable to use snapshot name '{name}' (reserved name)")
+    # the rest is checked inside the worker (__snapshot_prepare): a refusal is a failed task
+    refusal = ("you can't take a snapshot if it's a template" if g.config.get("template") else
+               lock_error(g) or (f"snapshot name '{name}' already used" if name in g.snapshots else None))
+    if refusal:
+        return sim.new_task(ctx.node, "vzsnapshot", str(g.vmid), ctx.auth, error=refusal, seconds=0)
     g.config["lock"] = "snapshot"
     g.touch()
 
     def work() -> None:
-        g.config.pop("lock", None)
-        snap = {k: v for k, v in g.config.items()}
+        for other in g.snapshots.values():  # "deleting parent reference ... to avoid bogus snapshot cycle"
+            if other.get("parent") == name:
+                other.pop("parent", None)
+        snap = _copy_config(g.config)
         snap["snaptime"] = int(sim.now())
         if ctx.p.get("description"):
             snap["description"] = ctx.p["description"]
+        snap["_disk_packages"] = dict(sim.guest_packages.get(g.vmid, {}))
+        snap["_disk_files"] = {k: base64.b64encode(v).decode() for k, v in sim.guest_files.get(g.vmid, {}).items()}
         g.snapshots[name] = snap
+        g.config.pop("lock", None)
+        g.config["parent"] = name
         g.touch()
         sim.changed()
 
-    return sim.new_task(ctx.node, "vzsnapshot", str(g.vmid), ctx.auth, work=work)
+    def on_error(msg: str) -> str:
+        g.config.pop("lock", None)
+        g.touch()
+        return msg
+
+    return sim.new_task(ctx.node, "vzsnapshot", str(g.vmid), ctx.auth, work=work, on_error=on_error)
 
 
 @api("GET", "/nodes/{node}/lxc/{vmid}/interfaces")
@@ -1163,17 +1196,34 @@ def _snapshot(ctx: Ctx) -> tuple[Guest, str, dict[str, Any]]:
     return g, name, snap
 
 
+def _refused(ctx: Ctx, ttype: str) -> tuple[Guest, str, dict[str, Any]] | str:
+    """A delete or rollback worker's first checks (snapshot exists, no lock): a failed task when refused."""
+    g = ctx.guest()
+    name = str(ctx.p["snapname"])
+    snap = g.snapshots.get(name)
+    refusal = f"snapshot '{name}' does not exist" if snap is None else lock_error(g)
+    if ttype == "vzrollback" and not refusal and g.config.get("template"):
+        refusal = "you can't rollback if vm is a template"
+    if refusal or snap is None:
+        return ctx.sim.new_task(ctx.node, ttype, str(g.vmid), ctx.auth, error=refusal, seconds=0)
+    return g, name, snap
+
+
 @api("GET", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/config")
 def snapshot_config(ctx: Ctx) -> dict[str, Any]:
     _g, _name, snap = _snapshot(ctx)
-    return dict(snap)
+    return {k: v for k, v in snap.items() if k not in _DISK}
 
 
 @api("PUT", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/config")
 def snapshot_update(ctx: Ctx) -> None:
     g, _name, snap = _snapshot(ctx)
-    if "description" in ctx.p:
-        snap["description"] = ctx.p["description"]
+    if "description" not in ctx.p:
+        return None
+    err = lock_error(g)
+    if err:
+        raise die(err)
+    snap["description"] = ctx.p["description"]
     g.touch()
     return None
 
@@ -1181,38 +1231,62 @@ def snapshot_update(ctx: Ctx) -> None:
 @api("DELETE", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}")
 def snapshot_delete(ctx: Ctx) -> str:
     sim = ctx.sim
-    g, name, _snap = _snapshot(ctx)
-    err = lock_error(g)
-    if err and not ctx.p.get("force"):
-        raise die(err)
+    # set_lock('snapshot-delete') dies on any lock; `force` only forgives failed volume snapshot deletes
+    found = _refused(ctx, "vzdelsnapshot")
+    if isinstance(found, str):
+        return found
+    g, name, _snap = found
     g.config["lock"] = "snapshot-delete"
     g.touch()
 
     def work() -> None:
-        g.snapshots.pop(name, None)
+        snap = g.snapshots.get(name)
+        if snap is not None:
+            snap["snapstate"] = "delete"
+            new_parent = snap.get("parent")
+            for holder in [g.config, *(s for n, s in g.snapshots.items() if n != name)]:
+                if holder.get("parent") == name:
+                    if new_parent:
+                        holder["parent"] = new_parent
+                    else:
+                        holder.pop("parent", None)
+            g.snapshots.pop(name, None)
         g.config.pop("lock", None)
         g.touch()
         sim.changed()
 
-    return sim.new_task(ctx.node, "vzdelsnapshot", str(g.vmid), ctx.auth, work=work)
+    def on_error(msg: str) -> str:
+        g.config.pop("lock", None)
+        g.touch()
+        return msg
+
+    return sim.new_task(ctx.node, "vzdelsnapshot", str(g.vmid), ctx.auth, work=work, on_error=on_error)
 
 
 @api("POST", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/rollback")
 def snapshot_rollback(ctx: Ctx) -> str:
     sim = ctx.sim
-    g, name, snap = _snapshot(ctx)
-    err = lock_error(g)
-    if err:
-        raise die(err)
+    found = _refused(ctx, "vzrollback")
+    if isinstance(found, str):
+        return found
+    g, name, snap = found
     g.config["lock"] = "rollback"
     g.touch()
     start = bool(ctx.p.get("start"))
 
     def work() -> list[str]:
+        if snap.get("snapstate"):
+            raise TaskError(f"unable to rollback to incomplete snapshot (snapstate = {snap['snapstate']})")
         if g.status == "running":
             sim.set_running(g, False)
-        g.config = {k: v for k, v in snap.items() if k not in ("snaptime", "description", "parent")}
+        # __snapshot_apply_config: the snapshot's config, plus the description and unused volumes kept
+        conf = {k: v for k, v in g.config.items() if k == "description" or re.fullmatch(r"unused\d+", k)}
+        conf.update(_copy_config(snap))
+        conf["parent"] = name
+        g.config = conf
         g.pending, g.pending_delete = {}, []
+        sim.guest_packages[g.vmid] = dict(snap.get("_disk_packages", {}))
+        sim.guest_files[g.vmid] = {k: base64.b64decode(v) for k, v in snap.get("_disk_files", {}).items()}
         g.touch()
         if start:
             sim.set_running(g, True)

@@ -1,0 +1,1 @@
+"""Safe updates of the managed containers: pending packages, snapshot, upgrade, checks, rollback."""
