@@ -6,7 +6,13 @@ is included) against pvesim over HTTPS, with the API calls counted by pvesim (GE
 * fresh:     none of the 1,000 exists yet among 10,000 foreign guests -> 1,000 creates
 * converged: the 1,000 exist (managed, matching) among the 10,000      -> 1,000 unchanged
 
+at each network latency of --latency (pvesim waits that many ms before answering every API call, as a node
+over a LAN or WAN does), and with --old DIR also the same plan run by another checkout's code (e.g. the code
+before the speed work: `git worktree add /tmp/pveguard-old 621eeea`) against the same sim in the same run,
+alternating old and new, so a loaded machine slows both alike.
+
 Run:  .venv/bin/python bench/provision_plan.py [--desired 1000] [--guests 10000] [--nodes 10] [--repeat 3]
+                                              [--latency 0,5,20] [--old /tmp/pveguard-old]
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -69,28 +76,37 @@ def make_managed(sim: Any, doc: dict[str, Any]) -> None:
         sim.sim.changed()
 
 
-def run_plan(env: dict[str, str]) -> tuple[float, dict[str, Any]]:
+def run_plan(env: dict[str, str]) -> tuple[float, float, dict[str, Any]]:
+    """One `pveguard plan --json` as a user runs it: wall time (incl. Python's start-up), its CPU time, the plan."""
     t0 = time.perf_counter()
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.run([sys.executable, "-m", "pveguard", "plan", "--json"], env=env, capture_output=True,
                        text=True, check=False)
     wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     if p.returncode != 0:
         raise SystemExit(f"plan failed: {p.stderr}")
-    return wall, json.loads(p.stdout)
+    return wall, cpu, json.loads(p.stdout)
 
 
-def measure(sim: Any, env: dict[str, str], repeat: int) -> dict[str, Any]:
-    walls, calls = [], None
-    counts = None
+def measure(sim: Any, envs: dict[str, dict[str, str]], repeat: int) -> dict[str, dict[str, Any]]:
+    """Each code version (envs: label -> environment) `repeat` times, interleaved."""
+    walls: dict[str, list[float]] = {k: [] for k in envs}
+    cpus: dict[str, list[float]] = {k: [] for k in envs}
+    out: dict[str, dict[str, Any]] = {}
     for _ in range(repeat):
-        sim.control("DELETE", "/calls")
-        wall, plan = run_plan(env)
-        walls.append(wall)
-        c = sim.control("GET", "/calls")
-        calls, counts = c["total"], plan["counts"]
-        per = c["calls"]
-    return {"wall_median_s": round(statistics.median(walls), 2), "wall_min_s": round(min(walls), 2),
-            "api_calls": calls, "calls_by_path": per, "counts": counts}
+        for label, env in envs.items():
+            sim.control("DELETE", "/calls")
+            wall, cpu, plan = run_plan(env)
+            walls[label].append(wall)
+            cpus[label].append(cpu)
+            c = sim.control("GET", "/calls")
+            out[label] = {"api_calls": c["total"], "calls_by_path": c["calls"], "counts": plan["counts"]}
+    for label, r in out.items():
+        r.update(wall_median_s=round(statistics.median(walls[label]), 2), wall_min_s=round(min(walls[label]), 2),
+                 cpu_median_s=round(statistics.median(cpus[label]), 2))
+    return out
 
 
 def main() -> None:
@@ -99,28 +115,51 @@ def main() -> None:
     ap.add_argument("--guests", type=int, default=10000)
     ap.add_argument("--nodes", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--latency", default="0", help="comma-separated ms per API call, e.g. 0,5,20")
+    ap.add_argument("--old", help="another checkout (its src/ is used) to run side by side, e.g. /tmp/pveguard-old")
+    ap.add_argument("--cases", default="fresh,converged")
     args = ap.parse_args()
+    latencies = [float(x) for x in args.latency.split(",")]
+    cases = args.cases.split(",")
     doc = strategy_doc(args.desired)
-    results: dict[str, Any] = {}
+    results: dict[tuple[str, float], dict[str, dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="pveguard-bench-") as tmp, \
             running(nodes=args.nodes, guests=args.guests, seed=1) as sim:
         Path(tmp, "strategy.yaml").write_text(yaml.safe_dump(doc))
         env = {**os.environ, "PVEGUARD_STRATEGY": f"{tmp}/strategy.yaml", "PVEGUARD_STATE_DIR": f"{tmp}/state",
                "PVEGUARD_BACKEND": "proxmox", "PVEGUARD_PVE_HOST": sim.host, "PVEGUARD_PVE_TOKEN": sim.token,
                "PVEGUARD_PVE_VERIFY_SSL": "0", "PYTHONWARNINGS": "ignore"}
+        here = str(Path(__file__).resolve().parent.parent / "src")
+        envs = {"this code": {**env, "PYTHONPATH": here}}
+        if args.old:
+            envs = {"old": {**env, "PYTHONPATH": str(Path(args.old, "src")),
+                            "PVEGUARD_STATE_DIR": f"{tmp}/state-old"}, **envs}
         total = len(sim.api("GET", "/cluster/resources", {"type": "vm"})[2]["data"])
-        results["fresh"] = measure(sim, env, args.repeat)
-        make_managed(sim, doc)
-        results["converged"] = measure(sim, env, args.repeat)
+        for case in ("fresh", "converged"):
+            if case == "converged":
+                make_managed(sim, doc)
+            if case not in cases:
+                continue
+            for ms in latencies:
+                sim.control("POST", "/options", {"latency": ms})
+                results[(case, ms)] = measure(sim, envs, args.repeat)
+                sim.control("POST", "/options", {"latency": 0})
     print(f"cluster: {total} guests on {args.nodes} nodes; desired: {args.desired} containers; "
           f"median of {args.repeat} runs of `pveguard plan --json` (subprocess, incl. Python start-up)")
-    print("| case | plan result | wall time (median / min) | API calls |")
-    print("|---|---|---|---|")
-    for case, r in results.items():
-        c = r["counts"]
-        what = ", ".join(f"{v} {k}" for k, v in c.items() if v)
-        print(f"| {case} | {what} | {r['wall_median_s']} s / {r['wall_min_s']} s | {r['api_calls']} "
-              f"({', '.join(f'{k}: {v}' for k, v in sorted(r['calls_by_path'].items()))}) |")
+    print("| case | latency | code | plan result | wall time (median / min) | plan's CPU (median) | API calls |")
+    print("|---|---|---|---|---|---|---|")
+    for (case, ms), by in results.items():
+        for label, r in by.items():
+            c = r["counts"]
+            what = ", ".join(f"{v} {k}" for k, v in c.items() if v)
+            print(f"| {case} | {ms:g} ms | {label} | {what} | {r['wall_median_s']} s / {r['wall_min_s']} s | "
+                  f"{r['cpu_median_s']} s | {r['api_calls']} |")
+    print()
+    print("API calls by path (last run of each):")
+    for (case, ms), by in results.items():
+        for label, r in by.items():
+            per = sorted(r["calls_by_path"].items())
+            print(f"* {case}, {ms:g} ms, {label}: " + ", ".join(f"{k}: {v}" for k, v in per))
 
 
 if __name__ == "__main__":

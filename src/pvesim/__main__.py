@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="sim seconds a new guest shows status 'unknown' in /cluster/resources (real PVE: ~10)",
     )
+    ap.add_argument("--latency", type=float, default=0.0, metavar="MS",
+                    help="milliseconds every API request waits before it is answered (network round trip)")
     ap.add_argument("--certdir", help="write the self-signed certificate here (default: temp dir)")
     ap.add_argument("--info-file", help="also write the JSON line to this file")
     ap.add_argument("-v", "--verbose", action="store_true", help="log every request")
@@ -71,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     except SchemaNotFoundError as e:
         print(f"pvesim: {e}", file=sys.stderr)
         return 2
-    if args.nodes < 1 or args.guests < 0 or args.time_scale <= 0:
-        print("pvesim: --nodes must be at least 1, --guests at least 0 and --time-scale above 0", file=sys.stderr)
+    if args.nodes < 1 or args.guests < 0 or args.time_scale <= 0 or args.latency < 0:
+        print("pvesim: --nodes must be at least 1, --guests and --latency at least 0 and --time-scale above 0",
+              file=sys.stderr)
         return 2
     seconds: dict[str, float] = {}
     for item in args.task_seconds:
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             auth_fail_delay=args.auth_fail_delay,
             status_lag=args.status_lag,
             pve_version=args.pve_version,
+            latency=args.latency,
         )
     )
     if args.state:

@@ -87,6 +87,8 @@ def _route(sim: Sim, method: str, parts: list[str], doc: dict[str, Any], q: dict
                 n.online = bool(doc["online"])
             if "level" in doc:
                 n.level = str(doc["level"])
+            if "maintenance" in doc:  # HA node maintenance: hastate "maintenance" on its resources row
+                n.maintenance = bool(doc["maintenance"])
             if "maxmem" in doc:  # a node with more (or less) RAM: its headroom in /cluster/resources
                 n.maxmem = int(doc["maxmem"])
             if "maxcpu" in doc:
@@ -95,18 +97,22 @@ def _route(sim: Sim, method: str, parts: list[str], doc: dict[str, Any], q: dict
                 if g.node == n.name:
                     g.touch()
             sim.changed()
-        return {"node": n.name, "online": n.online, "maxcpu": n.maxcpu, "maxmem": n.maxmem}
+        return {"node": n.name, "online": n.online, "maxcpu": n.maxcpu, "maxmem": n.maxmem,
+                "maintenance": n.maintenance}
     if head == "guests":
         return _guests(sim, method, rest, doc)
     if head == "options":
         if method == "POST":
-            for k in ("status_lag", "auth_fail_delay"):
+            for k in ("status_lag", "auth_fail_delay", "latency"):
                 if k in doc:
+                    if float(doc[k]) < 0:
+                        raise ControlError(400, f"{k} must be at least 0")
                     setattr(sim.opts, k, float(doc[k]))
             for g in sim.guests.values():
                 g.touch()
             sim.changed()
-        return {"status_lag": sim.opts.status_lag, "auth_fail_delay": sim.opts.auth_fail_delay}
+        return {"status_lag": sim.opts.status_lag, "auth_fail_delay": sim.opts.auth_fail_delay,
+                "latency": sim.opts.latency}
     if head == "faults":
         if method == "POST":
             f: dict[str, Any] = {

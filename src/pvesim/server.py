@@ -102,6 +102,9 @@ class Api:
             return Answer(501, f"Method '{method} {path}' not implemented", _json({"data": None}))
         fmt = m.group(1)
         api_path = m.group(2) or "/"
+        if self.sim.opts.latency:
+            # the round trip of a real node over a LAN/WAN: outside the sim lock, so concurrent callers overlap
+            time.sleep(self.sim.opts.latency / 1000)
         ans = self._api(method, api_path, parts.query, headers, body)
         if fmt == "extjs" and ans.status != 200 and ans.status < 590:
             doc: dict[str, Any] = {"success": 0, "status": ans.status, "message": ans.reason, "data": None}

@@ -116,6 +116,9 @@ class Node:
     boot: float
     online: bool = True
     level: str = ""
+    # HA node maintenance (ha-manager crm-command node-maintenance enable): /cluster/resources shows the
+    # node's row with hastate "maintenance" (pve-manager PVE/API2/Cluster.pm, from the HA manager status)
+    maintenance: bool = False
 
 
 @dataclass
@@ -354,10 +357,11 @@ class SimOptions:
     auth_fail_delay: float = 0.0
     status_lag: float = 0.0  # seconds a new guest shows status "unknown" in /cluster/resources (PVE: ~10)
     pve_version: str = field(default_factory=default_version)  # "8.4" or "9.1" ($PVESIM_PVE_VERSION)
+    latency: float = 0.0  # milliseconds every API request waits before it is answered (a LAN ~1-5, a WAN ~20+)
 
     def __post_init__(self) -> None:
-        if self.nodes < 1 or self.guests < 0 or self.time_scale <= 0:
-            raise ValueError("pvesim needs nodes >= 1, guests >= 0 and time_scale > 0")
+        if self.nodes < 1 or self.guests < 0 or self.time_scale <= 0 or self.latency < 0:
+            raise ValueError("pvesim needs nodes >= 1, guests >= 0, time_scale > 0 and latency >= 0")
         check_version(self.pve_version)
 
 
@@ -890,6 +894,8 @@ class Sim:
         }
         if n.online:
             e2.update({"uptime": int(self.now() - n.boot), "cpu": u["cpu"], "mem": u["mem"], "disk": u["disk"]})
+        if n.maintenance:
+            e2["hastate"] = "maintenance"
         return e2
 
     def storage_entry(self, node: str, st: Storage) -> dict[str, Any]:

@@ -136,7 +136,7 @@ def running(
 
     opts are pvesim.state.SimOptions fields: nodes, guests, seed, time_scale, password, token_secret,
     cluster_name, task_seconds ({"vzcreate": 0.2, ...}), qemu_share, running_share, auth_fail_delay,
-    status_lag.
+    status_lag, latency (milliseconds added to every API request).
     """
     from pvesim.persist import load_state
     from pvesim.server import SimServer

@@ -18,10 +18,12 @@ so a broken answer (`{"data": null}` for a list) is an error naming the call, ne
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shlex
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -47,9 +49,10 @@ from pveguard.backends.base import (
     Snapshot,
     read_marker,
 )
+from pveguard.backends.inflight import IN_FLIGHT
 from pveguard.backends.pveprivs import Need, describe_missing, grant_hint, lacking, needs
 from pveguard.backends.pvetls import PveAdapter, TicketAuth, Trust, session_for
-from pveguard.errors import BackendError, BackendUnavailable, PolicyRefused
+from pveguard.errors import BackendError, BackendUnavailable, PolicyRefused, PveguardError
 
 log = logging.getLogger(__name__)
 
@@ -257,6 +260,7 @@ def open_api(s: PveSettings) -> Any:
         api = ProxmoxAPI(s.host, backend="https", **kwargs)
         session = api._store["session"]  # proxmoxer has no public hook for its transport
         session.mount("https://", PveAdapter(s.host, s.trust))
+        fixed_environment(session, api._store["base_url"], verify)
         if s.token_id is None and s.password is not None:
             session.auth = TicketAuth(session_for(s.host, s.trust), api._store["base_url"], str(s.user),
                                       s.password, verify=verify, timeout=s.http_timeout)
@@ -267,6 +271,17 @@ def open_api(s: PveSettings) -> Any:
     except requests.exceptions.RequestException as exc:  # TLS failures were explained by PveAdapter
         raise BackendUnavailable(f"cannot reach PVE at {s.host}: {type(exc).__name__}",
                                  hint="check PVEGUARD_PVE_HOST (host[:port]) and that pveproxy runs") from None
+
+
+def fixed_environment(session: requests.Session, base_url: str, verify: bool | str) -> None:
+    """Read the proxy environment once instead of on every call (requests scans all of os.environ per
+    request: ~0.4 ms, a third of a call's CPU). Every call goes to base_url's host, so the proxies (and
+    no_proxy) that apply to it are the same each time. A CA bundle from the environment only matters when
+    verifying with the system CAs: then the environment stays live."""
+    if verify is True and (os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")):
+        return
+    session.proxies.update(requests.utils.get_environ_proxies(base_url))
+    session.trust_env = False
 
 
 def pve_params(values: dict[str, Any]) -> dict[str, Any]:
@@ -464,19 +479,61 @@ class NodeInfo:
     online: bool
     maxmem: int
     mem: int
+    # HA node maintenance (`ha-manager crm-command node-maintenance enable`): /cluster/resources shows the
+    # node row with hastate "maintenance"; the HA stack moves guests away, so nothing new belongs there
+    maintenance: bool = False
 
 
-def choose_node(nodes: list[NodeInfo], placed: dict[str, int]) -> str | None:
-    """The online node with the most free memory after what this run already placed (None if none)."""
-    best: tuple[int, str] | None = None
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
+
+
+@dataclass
+class Placement:
+    """Where a new guest goes and why the other nodes were passed over."""
+
+    node: str | None
+    free: int = 0  # bytes free on the chosen node before this guest
+    skipped: dict[str, str] = field(default_factory=dict)  # node -> why not
+    short: bool = False  # no node had the memory free: the most free one was taken (LXC memory overcommits)
+
+    def why(self) -> str:
+        if self.node is None:
+            return "no node can take it: " + "; ".join(f"{n} {w}" for n, w in sorted(self.skipped.items()))
+        text = f"{self.node} (most free memory: {_gib(self.free)})"
+        if self.short:
+            text += " - no node has the memory free, so the one with most free memory (containers overcommit)"
+        return text
+
+
+def place_on(nodes: list[NodeInfo], placed: dict[str, int], need: int = 0) -> Placement:
+    """The node with the most free memory after what this run already placed, passing over the offline
+    ones, those in maintenance and (while another has room) those without `need` bytes free."""
+    skipped: dict[str, str] = {}
+    fit: list[tuple[int, str]] = []
+    short: list[tuple[int, str]] = []
     for n in nodes:
         if not n.online:
+            skipped[n.name] = "offline"
+            continue
+        if n.maintenance:
+            skipped[n.name] = "in maintenance"
             continue
         free = n.maxmem - n.mem - placed.get(n.name, 0)
-        # ties go to the alphabetically first node, so placement is repeatable
-        if best is None or free > best[0] or (free == best[0] and n.name < best[1]):
-            best = (free, n.name)
-    return best[1] if best else None
+        (fit if free >= need else short).append((free, n.name))
+    # ties go to the alphabetically first node, so placement is repeatable
+    pick = min(fit or short, key=lambda x: (-x[0], x[1]), default=None)
+    if fit:
+        for free, name in short:
+            skipped[name] = f"short of memory ({_gib(max(free, 0))} free, needs {_gib(need)})"
+    if pick is None:
+        return Placement(None, skipped=skipped)
+    return Placement(pick[1], pick[0], skipped, short=not fit and need > 0)
+
+
+def choose_node(nodes: list[NodeInfo], placed: dict[str, int], need: int = 0) -> str | None:
+    """The fit node with the most free memory (see place_on); None if no node is online and out of maintenance."""
+    return place_on(nodes, placed, need).node
 
 
 class ProxmoxBackend(Backend):
@@ -491,6 +548,7 @@ class ProxmoxBackend(Backend):
         self._templates: dict[tuple[str, str], str] = {}
         self._node_ips: dict[str, str] | None = None
         self._local_name: str | None = None
+        self._status_lock = threading.Lock()  # parallel readers ask for the node addresses once
         # what the strategy will ask for (set by backends.connect): privileges and preflights check these
         self.specs: list[GuestSpec] = []
         self.firewall = False  # the strategy enforces firewall isolation (pveprivs.FIREWALL_CALLS needed)
@@ -599,7 +657,8 @@ class ProxmoxBackend(Backend):
 
     def nodes(self) -> list[NodeInfo]:
         rows = self.resources("node", what="reading the cluster nodes")
-        return [NodeInfo(str(r["node"]), r.get("status") == "online", _int(r.get("maxmem")), _int(r.get("mem")))
+        return [NodeInfo(str(r["node"]), r.get("status") == "online", _int(r.get("maxmem")), _int(r.get("mem")),
+                         maintenance=r.get("hastate") == "maintenance")
                 for r in rows]
 
     def resources(self, type: str | None = None, what: str | None = None) -> list[dict[str, Any]]:
@@ -674,11 +733,28 @@ class ProxmoxBackend(Backend):
             if not n.online:
                 raise BackendError(f"node {pinned} (pinned for {spec.name}) is offline",
                                    hint="bring it back, or pin the container to another node")
+            if n.maintenance:
+                raise BackendError(f"node {pinned} (pinned for {spec.name}) is in maintenance",
+                                   hint="wait for 'ha-manager crm-command node-maintenance disable "
+                                        f"{pinned}', or pin the container to another node")
             return n.name
-        chosen = choose_node(nodes, self._placed)
-        if chosen is None:
-            raise BackendError("no online node in the cluster to place " + spec.name)
-        return chosen
+        where = place_on(nodes, self._placed, spec.memory_mib << 20)
+        if where.node is None:
+            raise BackendError(f"no node to place {spec.name}: {where.why()}",
+                               hint="bring a node back online or out of maintenance")
+        return where.node
+
+    def placements(self, specs: list[GuestSpec]) -> dict[str, Placement]:
+        """Where each unpinned spec would go now, in order, as apply's place() will choose (one listing)."""
+        nodes = self.nodes()
+        placed = dict(self._placed)
+        out: dict[str, Placement] = {}
+        for spec in specs:
+            where = place_on(nodes, placed, spec.memory_mib << 20)
+            out[spec.name] = where
+            if where.node is not None:
+                placed[where.node] = placed.get(where.node, 0) + (spec.memory_mib << 20)
+        return out
 
     def ensure_template(self, node: str, template: str, progress: Progress | None = None) -> str:
         """The volid of `template` on the node's template storage, downloading it via aplinfo if missing."""
@@ -978,16 +1054,18 @@ class ProxmoxBackend(Backend):
 
     def _cluster_status(self) -> None:
         """Node addresses and which node we run on, from one GET /cluster/status."""
-        if self._node_ips is not None:
-            return
-        try:
-            rows = self.call("GET", "/cluster/status", what="reading node addresses")
-        except BackendError:
-            rows = []
-        self._node_ips = {str(r["name"]): str(r["ip"]) for r in rows if r.get("type") == "node" and r.get("ip")}
-        local = [str(r["name"]) for r in rows if r.get("type") == "node" and r.get("local")]
-        if local and self._local_name is None:
-            self._local_name = local[0]
+        with self._status_lock:
+            if self._node_ips is not None:
+                return
+            try:
+                rows = self.call("GET", "/cluster/status", what="reading node addresses")
+            except BackendError:
+                rows = []
+            local = [str(r["name"]) for r in rows if r.get("type") == "node" and r.get("local")]
+            if local and self._local_name is None:
+                self._local_name = local[0]
+            self._node_ips = {str(r["name"]): str(r["ip"]) for r in rows
+                              if r.get("type") == "node" and r.get("ip")}
 
     def _local_node(self) -> str | None:
         """The node we run on (pct works directly there); None over https."""
@@ -1038,6 +1116,54 @@ class ProxmoxBackend(Backend):
                                hint="update the node (apt full-upgrade); without the option pct would pass "
                                     "this machine's environment into the container")
         return ExecResult(p.returncode, p.stdout.decode(errors="replace"), stderr)
+
+    def has_files(self, guests: list[Guest], path: str, timeout: float = 600) -> dict[int, bool | str]:
+        """`test -s PATH` in many containers: one process per node (pct locally, else one ssh), nodes in parallel.
+
+        vmid -> True (there, not empty) / False (absent or empty) / why it cannot be told. One ssh per
+        container costs a connection each (10 ms of CPU here, a handshake over a WAN); a node runs its
+        `pct exec`s one after another inside one session.
+        """
+        by_node: dict[str, list[Guest]] = {}
+        for g in guests:
+            by_node.setdefault(g.node, []).append(g)
+        test = shlex.join(["test", "-s", path])
+        out: dict[int, bool | str] = {}
+
+        def node_run(node: str, gs: list[Guest]) -> dict[int, bool | str]:
+            lines = [f'err=$(pct exec {g.vmid} --keep-env 0 -- {test} 2>&1 >/dev/null); '
+                     f'echo "pveguard-rc {g.vmid} $? $(printf %s "$err" | tail -n 1)"' for g in gs]
+            script = "\n".join(lines)
+            argv = ["sh", "-c", script] if node == self._local_node() else \
+                [*self.settings.ssh_command, f"{self.settings.ssh_user}@{self._node_address(node)}", script]
+            try:
+                p = self._run(argv, f"checking {path} in {len(gs)} containers on {node}", timeout=timeout)
+            except PveguardError as exc:
+                return {g.vmid: f"pct exec does not reach it: {exc.message}" for g in gs}
+            got: dict[int, bool | str] = {}
+            for line in p.stdout.decode(errors="replace").splitlines():
+                parts = line.split(" ", 3)
+                if len(parts) < 3 or parts[0] != "pveguard-rc" or not parts[1].isdigit():
+                    continue
+                rc, err = parts[2], (parts[3] if len(parts) > 3 else "").strip()
+                if rc in ("0", "1"):
+                    got[int(parts[1])] = rc == "0"
+                elif "Unknown option: keep-env" in err:
+                    got[int(parts[1])] = (f"pct on node {node} does not know --keep-env (pve-container older "
+                                          "than 5.0.9): update the node")
+                else:
+                    got[int(parts[1])] = f"pct exec does not reach it: {err or 'exit ' + rc}"
+            failed = (p.stderr.decode(errors="replace").strip().splitlines() or [f"exit {p.returncode}"])[-1]
+            return {g.vmid: got.get(g.vmid, f"pct exec does not reach it: {failed}") for g in gs}
+
+        if len(by_node) <= 1:
+            results = [node_run(n, gs) for n, gs in by_node.items()]
+        else:
+            with ThreadPoolExecutor(max_workers=min(IN_FLIGHT, len(by_node))) as pool:
+                results = list(pool.map(lambda item: node_run(*item), by_node.items()))
+        for r in results:
+            out.update(r)
+        return out
 
     def push(self, guest: Guest, local: str, remote: str, mode: int = 0o644) -> None:
         what = f"copying {local} to CT {guest.vmid}:{remote}"

@@ -28,6 +28,7 @@ from proxmoxer.core import AuthenticationError
 from requests.adapters import HTTPAdapter
 from requests.cookies import cookiejar_from_dict
 
+from pveguard.backends.inflight import IN_FLIGHT
 from pveguard.errors import BackendUnavailable
 
 PVE_PORT = 8006
@@ -150,7 +151,9 @@ class PveAdapter(HTTPAdapter):
     def __init__(self, host: str, trust: Trust) -> None:
         self._host, self._port = split_host(host)
         self._trust = trust
-        super().__init__()
+        # one pooled connection per call in flight (observe and friends read in parallel): requests' default
+        # of 10 would drop the extra connections after each call and pay a new TLS handshake every time
+        super().__init__(pool_connections=2, pool_maxsize=IN_FLIGHT)
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         if self._trust.fingerprint:

@@ -50,13 +50,15 @@ def series_for(metrics: Iterable[str]) -> set[str]:
 
 
 def observations(sweep: Sweep, derived: dict[str, Derived]) -> dict[str, dict[str, float]]:
-    """Alertable values per guest (templates excluded); `down` is 1 for a managed guest not running."""
+    """Alertable values per guest (templates excluded); `down` is 1 for a managed guest not running, absent
+    for one whose status is unknown."""
     out: dict[str, dict[str, float]] = {}
     for s in sweep.samples:
         if not s.is_guest or s.template:
             continue
         values = dict(derived[s.id].values) if s.id in derived else {}
-        if s.managed:
+        if s.managed and s.status != "unknown":
+            # "unknown" (its node offline or not reporting) is not "down": nothing is known about it
             values["down"] = 0.0 if s.up else 1.0
         out[s.id] = values
     return out

@@ -74,9 +74,31 @@ def compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str] 
     p = plan(desired_state(app.strategy, instance), observe(backend), instance=instance, prune=prune,
              journal=Journal(app.store).entries())
     p = p.only(only) if only is not None else p
+    if isinstance(backend, ProxmoxBackend):
+        say_placement(backend, p)
     p.firewall = firewall_plan(app.strategy, backend, p)
     p.rbac = FwPlan(notes=[ONLY_NOTE]) if only is not None else rbac_plan(app.strategy, backend, p, app.store, instance)
     return p
+
+
+PLACE_NOTE = "node: chosen at apply (on PVE: most free memory)"
+
+
+def say_placement(backend: ProxmoxBackend, p: Plan) -> None:
+    """Each unpinned create's note says the node apply would choose now and why others are passed over."""
+    creates = [a for a in p.actions if a.kind == "create" and a.desired is not None and not a.desired.spec.node]
+    if not creates:
+        return
+    where = backend.placements([a.desired.spec for a in creates if a.desired is not None])
+    for a in creates:
+        w = where.get(a.name)
+        if w is None:
+            continue
+        note = f"node at apply: {w.why()}" if w.node is None else f"node at apply (as of now): {w.why()}"
+        passed = "; ".join(f"{n} {why}" for n, why in sorted(w.skipped.items()))
+        if w.node is not None and passed:
+            note += f"; passed over: {passed}"
+        a.notes = [note if n == PLACE_NOTE else n for n in a.notes]
 
 
 ONLY_NOTE = "RBAC (users, tokens, ACLs per role) is converged by a whole apply, not with --only"

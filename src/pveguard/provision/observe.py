@@ -6,12 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pveguard.backends.base import Backend, Guest
+from pveguard.backends.inflight import IN_FLIGHT as READ_WORKERS
 from pveguard.errors import BackendError
 from pveguard.provision.plan import Observed, candidate_vmids
-
-# Config reads are independent and latency-bound; a few in flight hide the round trips without
-# loading the API node much.
-READ_WORKERS = 8
 
 
 def observe(backend: Backend) -> Observed:

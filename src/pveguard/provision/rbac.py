@@ -31,11 +31,21 @@ def guests_of(p: Plan) -> dict[int, Guest]:
     return {a.vmid: a.guest for a in p.actions if a.guest is not None and a.vmid is not None}
 
 
-def has_secret(backend: Backend, guests: dict[int, Guest]) -> rbac.HasSecret:
+def has_secret(backend: Backend, guests: dict[int, Guest], cts: list[Ct] | None = None) -> rbac.HasSecret:
+    """Whether each container holds the token file. With `cts` (the plan's), the running ones are checked
+    up front in one batch (one process per node, ProxmoxBackend.has_files); others one `pct exec` each."""
+    batch: dict[int, bool | str] = {}
+    if cts and isinstance(backend, ProxmoxBackend):
+        up = [g for c in cts if (g := guests.get(c.vmid)) is not None and g.status == "running"]
+        if up:
+            batch = backend.has_files(up, rbac.SECRET_PATH, timeout=60 + 2 * len(up))
+
     def check(ct: Ct) -> bool | str:
         g = guests.get(ct.vmid)
         if g is None or g.status != "running":
             return "not running"
+        if ct.vmid in batch:
+            return batch[ct.vmid]
         try:
             r = backend.exec(g, ["test", "-s", rbac.SECRET_PATH], timeout=60)
         except PveguardError as exc:
@@ -96,5 +106,6 @@ def rbac_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store, insta
     if not rbac.enforced(strategy):
         return FwPlan(notes=[OFF_NOTE])
     wants = rbac.desired_rbac(strategy, managed_cts(p), instance)
-    seen = rbac.observe_rbac(backend.call, wants, current(store, wants, has_secret(backend, guests_of(p))))
+    cts = [c for w in wants for c in w.containers]
+    seen = rbac.observe_rbac(backend.call, wants, current(store, wants, has_secret(backend, guests_of(p), cts)))
     return rbac.plan_rbac(wants, seen)

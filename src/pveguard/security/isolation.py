@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from pveguard.backends.inflight import IN_FLIGHT as READ_WORKERS  # per-guest reads in flight at once
 from pveguard.errors import ConfigError
 from pveguard.strategy.models import Container, Strategy
 
@@ -39,7 +40,6 @@ GROUP_PREFIX = "pvg-"
 GROUP_MAX = 18  # pve-firewall: $max_group_name_length
 COMMENT = "pveguard"
 LOG_LEVEL = "info"  # guests' log_level_in while the traffic watch is on
-READ_WORKERS = 8  # per-guest firewall reads in flight at once
 
 # Component (as named in a strategy container's `components`) -> the ports it listens on.
 COMPONENT_PORTS: dict[str, tuple[tuple[str, str], ...]] = {

@@ -10,12 +10,12 @@ from rich.markup import escape
 
 from pveguard.backends import connect
 from pveguard.backends.base import Guest
+from pveguard.backends.inflight import IN_FLIGHT as READ_WORKERS
 from pveguard.backends.lxc import LxcBackend
 from pveguard.backends.proxmox import ProxmoxBackend
 from pveguard.errors import EXIT_FAILED, BackendError, UsageError
 from pveguard.output import console, print_json
 from pveguard.security.isolation import (
-    READ_WORKERS,
     Ct,
     Violation,
     check,
@@ -63,7 +63,13 @@ def check_cmd(ctx: typer.Context,
         want = desired_firewall(strategy)
         fw = observe_firewall(backend.call, cts, want.groups)
         mine_ids = {g.vmid for g in managed_guests(seen_guests, instance)}
-        others = [g for g in seen_guests.guests if g.type == "lxc" and g.vmid not in mine_ids]
+        # a strategy container whose config cannot be read (its node offline): unknown, not absent
+        unknown = [{"name": g.name, "vmid": g.vmid, "node": g.node,
+                    "reason": (f"node {g.node} offline or not reporting" if g.status == "unknown"
+                               else f"config cannot be read: {seen_guests.unreadable[g.vmid]}")}
+                   for g in seen_guests.guests if g.vmid in seen_guests.unreadable and g.name in wanted]
+        others = [g for g in seen_guests.guests
+                  if g.type == "lxc" and g.vmid not in mine_ids and g.vmid not in seen_guests.unreadable]
 
         def read(g: Guest) -> tuple[str, int, dict[str, Any]]:
             cfg = seen_guests.configs.get(g.vmid)
@@ -79,14 +85,17 @@ def check_cmd(ctx: typer.Context,
         violations = check(strategy, want, fw, cts, seen_guests.configs, other_cfgs)
     if not enforced(strategy):
         violations = [v for v in violations if v.kind not in FIREWALL_KINDS]
-    absent = sorted(wanted - {c.name for c in cts})
-    _report(cts, absent, violations, [], json_out)
+    absent = sorted(wanted - {c.name for c in cts} - {str(u["name"]) for u in unknown})
+    _report(cts, absent, violations, [], json_out, unknown)
 
 
-def _report(cts: list[Ct], absent: list[str], violations: list[Violation], probes: list[Any], json_out: bool) -> None:
+def _report(cts: list[Ct], absent: list[str], violations: list[Violation], probes: list[Any], json_out: bool,
+            unknown: list[dict[str, Any]] | None = None) -> None:
+    unknown = unknown or []
     if json_out:
-        print_json({"ok": not violations, "checked": [{"name": c.name, "vmid": c.vmid, "node": c.node} for c in cts],
-                    "absent": absent, "violations": [v.as_dict() for v in violations],
+        print_json({"ok": not violations and not unknown,
+                    "checked": [{"name": c.name, "vmid": c.vmid, "node": c.node} for c in cts],
+                    "absent": absent, "unknown": unknown, "violations": [v.as_dict() for v in violations],
                     "probes": [p.as_dict() for p in probes]})
     else:
         for p in probes:
@@ -95,7 +104,10 @@ def _report(cts: list[Ct], absent: list[str], violations: list[Violation], probe
                                  f"{'to answer' if p.expect == 'answers' else 'dropped'} ({p.why}) [{mark}]"),
                           soft_wrap=True, highlight=False)
         _render(cts, absent, violations)
-    if violations:
+        for u in unknown:
+            console.print(escape(f"unknown (not checked): {u['name']} (CT {u['vmid']} on {u['node']}): "
+                                 f"{u['reason']}"), soft_wrap=True)
+    if violations or unknown:
         raise typer.Exit(EXIT_FAILED)
 
 

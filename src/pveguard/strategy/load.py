@@ -112,6 +112,11 @@ class _Limit(Exception):
         self.problem = problem
 
 
+# libyaml's parser (PyYAML built with it, as Debian's python3-yaml and the wheels are): ~10x faster than
+# the pure-Python one on a 1,000-container file, with the same line/column marks on events and errors.
+FastLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _screen(text: str, path: str) -> None:
     """Walk the YAML events once: nesting depth, alias use and the size after alias expansion.
 
@@ -138,7 +143,7 @@ def _screen(text: str, path: str) -> None:
                                  + "; a strategy is far smaller - check for aliases (*name) that repeat "
                                    "large parts"))
 
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+    for event in yaml.parse(text, Loader=FastLoader):
         if isinstance(event, yaml.CollectionStartEvent):
             if len(stack) >= MAX_DEPTH:
                 raise _Limit(Problem(path, *at(event.start_mark), "",
@@ -224,7 +229,7 @@ def parse_yaml(text: str, path: str) -> tuple[Any, Positions, list[Problem]]:
         return None, pos, problems
     try:
         _screen(text, path)
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        node = yaml.compose(text, Loader=FastLoader)
     except _Limit as exc:
         problems.append(exc.problem)
         return None, pos, problems
