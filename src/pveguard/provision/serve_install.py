@@ -67,12 +67,13 @@ def read_manifest(backend: Backend, g: Guest) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def _render(strategy: Strategy, doc: dict[str, Any], wheel: Path) -> Any:
-    px = strategy.target.proxmox
+def _render(strategy: Strategy, doc: dict[str, Any], backend: ProxmoxBackend, wheel: Path) -> Any:
+    """The installation, reaching PVE where this pveguard does (PVEGUARD_PVE_HOST or target.proxmox)."""
+    s = backend.settings
     name = strategy.serve.container or ""
     role = strategy.container(name).role
-    return install_plan(strategy, doc, wheel, px.host or "", rbac.userid_of(role), rbac.TOKEN_NAME,
-                        px.fingerprint, px.verify_ssl)
+    return install_plan(strategy, doc, wheel, s.host or "", rbac.userid_of(role), rbac.TOKEN_NAME,
+                        s.fingerprint, s.verify_ssl)
 
 
 def serve_plan(strategy: Strategy, doc: dict[str, Any], backend: Backend, p: Plan,
@@ -86,7 +87,7 @@ def serve_plan(strategy: Strategy, doc: dict[str, Any], backend: Backend, p: Pla
         return FwPlan(notes=[LXC_NOTE])
     if not rbac.enforced(strategy):
         return FwPlan(notes=[NO_RBAC_NOTE])
-    if not strategy.target.proxmox.host:
+    if not backend.settings.host or backend.settings.mode == "local":
         return FwPlan(notes=[NO_HOST_NOTE])
     wheel = find_wheel()
     want = wheel_version(wheel) if wheel is not None and wheel.is_file() else None
@@ -105,7 +106,7 @@ def serve_plan(strategy: Strategy, doc: dict[str, Any], backend: Backend, p: Pla
     old = f"pveguard {have.get('version')}"
     if want is None or wheel is None:
         return FwPlan(notes=[f"{name} runs {old}; no wheel to compare with (set {WHEEL_ENV} or build dist/)"])
-    rendered = _render(strategy, doc, wheel).manifest()
+    rendered = _render(strategy, doc, backend, wheel).manifest()
     differ = sorted(os.path.basename(f) for f, h in rendered["files"].items()
                     if (have.get("files") or {}).get(f) != h)
     if have.get("version") == want and not differ:
@@ -138,5 +139,6 @@ def converge_serve(strategy: Strategy, doc: dict[str, Any], backend: Backend, p:
         raise OperationError(f"{name} holds no role token at {rbac.SECRET_PATH}: serve there runs with it",
                              hint="'pveguard plan' shows why RBAC did not deliver it; 'pveguard tokens rotate' "
                                   "delivers a new one")
-    plan = _render(strategy, doc, wheel)
+    assert isinstance(backend, ProxmoxBackend)  # serve_plan has no change on another backend
+    plan = _render(strategy, doc, backend, wheel)
     return install_into(backend, g, plan, record)
