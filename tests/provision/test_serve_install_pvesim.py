@@ -164,6 +164,10 @@ def test_serve_in_the_container_never_recovers_its_own_container(
     mine = next(c for c in json.loads(out)["containers"] if c["name"] == GW)
     assert mine["action"] == "skipped" and "never acts on its own container" in mine["reason"], mine
     assert next(g for g in penv.lxc() if g["vmid"] == gw)["status"] == "stopped"
+    # nor does its plan try to converge its own installation
+    penv.edit(lambda d: d["serve"].update(listen="0.0.0.0:8453"))
+    serve = penv.json("plan", capsys=capsys)["serve"]
+    assert serve["changes"] == [] and "never by itself" in serve["notes"][0]
     # the admin's pveguard (outside) does restart it
     del penv.env["PVEGUARD_SELF_CONTAINER"]
     code, out, err = penv.run("recover", "--once", "--json", capsys=capsys)

@@ -19,6 +19,7 @@ from pveguard.backends.base import Backend, Guest
 from pveguard.backends.proxmox import ProxmoxBackend
 from pveguard.errors import OperationError, PveguardError
 from pveguard.provision.plan import Plan
+from pveguard.recover.state import own_container
 from pveguard.security import rbac
 from pveguard.security.isolation import FwChange, FwPlan
 from pveguard.serve.deploy import MANIFEST, install_into, install_plan, wheel_version
@@ -31,6 +32,8 @@ NO_RBAC_NOTE = ("serve.container is not installed: it runs with its role's least
                 "security.access.rbac creates and delivers; that is switched off")
 NO_HOST_NOTE = ("serve.container is not installed: target.proxmox.host is empty (pveguard talks to the local "
                 "node), so there is no API address to give the daemon in the container; set it")
+SELF_NOTE = ("this pveguard runs in {name} (PVEGUARD_SELF_CONTAINER): its own installation there is "
+             "converged by the admin's 'pveguard apply', never by itself")
 ONLY_NOTE = "serve.container is converged by a whole apply or with --only {name}"
 
 
@@ -83,6 +86,8 @@ def serve_plan(strategy: Strategy, doc: dict[str, Any], backend: Backend, p: Pla
         return FwPlan()
     if only is not None and name not in only:
         return FwPlan(notes=[ONLY_NOTE.format(name=name)])
+    if own_container() == name:  # serve in that container: it never acts on its own container
+        return FwPlan(notes=[SELF_NOTE.format(name=name)])
     if not isinstance(backend, ProxmoxBackend):
         return FwPlan(notes=[LXC_NOTE])
     if not rbac.enforced(strategy):
@@ -100,7 +105,11 @@ def serve_plan(strategy: Strategy, doc: dict[str, Any], backend: Backend, p: Pla
     if g.status != "running":
         return FwPlan(changes=[FwChange(target, name, "serve", f"(unknown: {name} is {g.status})", shown,
                                         op="install")])
-    have = read_manifest(backend, g)
+    try:
+        have = read_manifest(backend, g)
+    except PveguardError as exc:
+        return FwPlan(changes=[FwChange(target, name, "serve", f"(unknown: cannot read it: {exc.message})", shown,
+                                        op="install")])
     if have is None:
         return FwPlan(changes=[FwChange(target, name, "serve", "(not installed)", shown, op="install")])
     old = f"pveguard {have.get('version')}"

@@ -21,7 +21,6 @@ from pveguard.strategy.models import Container, Strategy
 NOT_ENFORCED: dict[str, int] = {
     "security.access.audit_logging": 13,  # the ledger records every action whatever this says
     "security.access.certificates.manage": 13,  # warn_before is read by 'pveguard certs'
-    "serve.container": 15,  # serve/deploy.py renders what apply will push; apply does not call it yet
 }
 
 Loc = tuple[str | int, ...]
