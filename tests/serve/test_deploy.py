@@ -72,6 +72,13 @@ def test_install_plan_pushes_the_strategy_unit_and_wheel_never_a_secret(tmp_path
     cmds = plan.as_dict()["commands"]
     assert cmds[-2:] == [f"systemctl enable {UNIT_NAME}", f"systemctl restart {UNIT_NAME}"]
     assert cmds[0] == "python3 -m venv /opt/pveguard"
+    # an admin's CA file (a path on the admin's machine) travels as its content, or not at all
+    doc["target"]["proxmox"]["ca_file"] = "/home/admin/pve-root-ca.pem"
+    assert yaml.safe_load(install_plan(strategy, doc, wheel, "h:8006", "u@pve", "t").files[STRATEGY][0]
+                          )["target"]["proxmox"]["ca_file"] is None
+    with_ca = install_plan(strategy, doc, wheel, "h:8006", "u@pve", "t", ca_pem=b"-----BEGIN CERTIFICATE-----\n")
+    assert with_ca.files["/etc/pveguard/pve-ca.pem"] == (b"-----BEGIN CERTIFICATE-----\n", 0o644)
+    assert yaml.safe_load(with_ca.files[STRATEGY][0])["target"]["proxmox"]["ca_file"] == "/etc/pveguard/pve-ca.pem"
 
 
 def test_install_plan_refusals(tmp_path: Path) -> None:

@@ -75,8 +75,15 @@ def _render(strategy: Strategy, doc: dict[str, Any], backend: ProxmoxBackend, wh
     s = backend.settings
     name = strategy.serve.container or ""
     role = strategy.container(name).role
+    ca = None
+    if s.ca_file:
+        try:
+            ca = Path(s.ca_file).read_bytes()
+        except OSError as exc:
+            raise OperationError(f"cannot read target.proxmox.ca_file {s.ca_file} for serve in {name}: "
+                                 f"{exc.strerror}", hint="fix the path; its content goes into the container") from None
     return install_plan(strategy, doc, wheel, s.host or "", rbac.userid_of(role), rbac.TOKEN_NAME,
-                        s.fingerprint, s.verify_ssl)
+                        s.fingerprint, s.verify_ssl, ca)
 
 
 def serve_plan(strategy: Strategy, doc: dict[str, Any], backend: Backend, p: Plan,

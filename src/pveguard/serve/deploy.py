@@ -27,6 +27,7 @@ STATE_DIR = "/var/lib/pveguard"
 STRATEGY = "/etc/pveguard/strategy.yaml"
 ENV_FILE = "/etc/pveguard/serve.env"
 TOKEN_FILE = "/etc/pveguard/pve-token"
+CA_FILE = "/etc/pveguard/pve-ca.pem"  # target.proxmox.ca_file's content, when the admin's strategy has one
 
 
 def render_unit(pveguard: str, strategy: str, state_dir: str, listen: str | None = None,
@@ -92,7 +93,8 @@ def wheel_version(wheel: Path) -> str:
 
 
 def install_plan(strategy: Strategy, strategy_doc: dict[str, Any], wheel: Path, pve_host: str, userid: str,
-                 token_name: str, fingerprint: str | None = None, verify_ssl: bool | None = None) -> InstallPlan:
+                 token_name: str, fingerprint: str | None = None, verify_ssl: bool | None = None,
+                 ca_pem: bytes | None = None) -> InstallPlan:
     """What apply pushes into `serve.container` and runs there. The daemon inside reaches PVE over
     its API (`pve_host`) as `userid!token_name`, the role's least-privilege token whose secret RBAC
     already delivered at TOKEN_FILE in that container (0600): the secret is read there, never
@@ -118,11 +120,15 @@ def install_plan(strategy: Strategy, strategy_doc: dict[str, Any], wheel: Path, 
                    password_file=None, fingerprint=fingerprint or proxmox.get("fingerprint"))
     if verify_ssl is not None:
         proxmox["verify_ssl"] = verify_ssl
+    # the admin's CA file is a path on the admin's machine: its content goes along (ca_pem) or nothing
+    proxmox["ca_file"] = CA_FILE if ca_pem else None
     target.update(backend="proxmox", proxmox=proxmox)
     doc["target"] = target
     remote_wheel = f"/root/{wheel.name}"
     plan = InstallPlan(name, version=wheel_version(wheel))
     plan.files[STRATEGY] = (yaml.safe_dump(doc, sort_keys=False).encode(), 0o600)
+    if ca_pem:
+        plan.files[CA_FILE] = (ca_pem, 0o644)
     plan.files[ENV_FILE] = (f"PVEGUARD_BACKEND=proxmox\n{SELF_ENV}={name}\n".encode(), 0o600)
     plan.files[f"/etc/systemd/system/{UNIT_NAME}"] = (
         render_unit(f"{PREFIX}/bin/pveguard", STRATEGY, STATE_DIR, env_file=ENV_FILE).encode(), 0o644)
