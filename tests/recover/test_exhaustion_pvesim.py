@@ -245,3 +245,21 @@ def test_maintenance_stale_alerts_and_other_guests_are_left_alone(
     assert h["action"] == "skipped" and h["reason"].startswith("the monitor's alerts are stale (last poll 36"), h
     assert not entries(env, "recover.scale") and not entries(env, "recover.exhaustion")
     assert int(env.config(guest(env, "app-hot")["vmid"])["memory"]) == 256
+
+
+def test_serve_in_a_container_leaves_its_own_container_alone(
+        pvesim_factory: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """PVEGUARD_SELF_CONTAINER (the env file apply pushes into serve.container): no scaling of itself."""
+    env = build(pvesim_factory, tmp_path, capsys, nodes=1)
+    hog(env, "app-hot", 240)
+    sustained(env, capsys)
+    env.env["PVEGUARD_SELF_CONTAINER"] = "app-hot"
+    code, doc = recover(env, capsys)
+    [h] = doc["exhaustion"]
+    assert (h["name"], h["action"]) == ("app-hot", "skipped") and "never acts on its own container" in h["reason"]
+    assert int(env.config(guest(env, "app-hot")["vmid"])["memory"]) == 256
+    assert not entries(env, "recover.scale")
+    del env.env["PVEGUARD_SELF_CONTAINER"]  # the same alert, seen from outside: scaled
+    code, doc = recover(env, capsys)
+    assert code == 0, doc
+    assert doc["exhaustion"][0]["action"] == "scaled", doc

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pveguard.errors import ConfigError
+from pveguard.errors import ConfigError, OperationError
 from pveguard.serve.deploy import ENV_FILE, STRATEGY, TOKEN_FILE, UNIT_NAME, install_plan, render_unit
 from pveguard.strategy.defaults import render
 from pveguard.strategy.load import check_text
@@ -45,18 +45,21 @@ def test_unit_needs_absolute_paths() -> None:
         render_unit("pveguard", "/etc/s.yaml", "/var/lib/pveguard")
 
 
-def test_install_plan_pushes_the_strategy_token_unit_and_wheel(tmp_path: Path) -> None:
+def test_install_plan_pushes_the_strategy_unit_and_wheel_never_a_secret(tmp_path: Path) -> None:
     doc = yaml.safe_load(render())
     doc["serve"]["container"] = "pve-api-gateway"
     doc["serve"]["listen"] = "0.0.0.0:8450"
     strategy = Strategy.model_validate(doc)
     wheel = tmp_path / "pveguard-0.1.0-py3-none-any.whl"
     wheel.write_bytes(b"PK-fake-wheel")
-    plan = install_plan(strategy, doc, wheel, "10.0.0.1:8006", "pveguard@pve!gateway=s3cr3t-uuid", FP)
-    assert plan.container == "pve-api-gateway"
-    assert plan.files[TOKEN_FILE] == (b"s3cr3t-uuid\n", 0o600)
+    plan = install_plan(strategy, doc, wheel, "10.0.0.1:8006", "pveguard@pve", "gateway", FP)
+    assert plan.container == "pve-api-gateway" and plan.version == "0.1.0"
+    # the role token RBAC delivered stays where it is: serve reads it in the container
+    assert TOKEN_FILE not in plan.files
+    assert plan.files[STRATEGY][1] == 0o600 and plan.files[ENV_FILE][1] == 0o600
+    assert b"PVEGUARD_SELF_CONTAINER=pve-api-gateway\n" in plan.files[ENV_FILE][0]
+    assert f"/root/{wheel.name}" not in plan.manifest()["files"]  # the wheel is compared by its version
     pushed_text = plan.files[STRATEGY][0].decode()
-    assert "s3cr3t" not in pushed_text  # the secret travels only in its own 0600 file
     pushed, problems = check_text(pushed_text, "pushed.yaml")
     assert pushed is not None, problems
     px = pushed.target.proxmox
@@ -68,7 +71,14 @@ def test_install_plan_pushes_the_strategy_token_unit_and_wheel(tmp_path: Path) -
     assert plan.files[f"/root/{wheel.name}"][0] == b"PK-fake-wheel"
     cmds = plan.as_dict()["commands"]
     assert cmds[-2:] == [f"systemctl enable {UNIT_NAME}", f"systemctl restart {UNIT_NAME}"]
-    assert "s3cr3t" not in str(plan.as_dict())
+    assert cmds[0] == "python3 -m venv /opt/pveguard"
+    # an admin's CA file (a path on the admin's machine) travels as its content, or not at all
+    doc["target"]["proxmox"]["ca_file"] = "/home/admin/pve-root-ca.pem"
+    assert yaml.safe_load(install_plan(strategy, doc, wheel, "h:8006", "u@pve", "t").files[STRATEGY][0]
+                          )["target"]["proxmox"]["ca_file"] is None
+    with_ca = install_plan(strategy, doc, wheel, "h:8006", "u@pve", "t", ca_pem=b"-----BEGIN CERTIFICATE-----\n")
+    assert with_ca.files["/etc/pveguard/pve-ca.pem"] == (b"-----BEGIN CERTIFICATE-----\n", 0o644)
+    assert yaml.safe_load(with_ca.files[STRATEGY][0])["target"]["proxmox"]["ca_file"] == "/etc/pveguard/pve-ca.pem"
 
 
 def test_install_plan_refusals(tmp_path: Path) -> None:
@@ -76,14 +86,22 @@ def test_install_plan_refusals(tmp_path: Path) -> None:
     wheel = tmp_path / "w.whl"
     wheel.write_bytes(b"x")
     with pytest.raises(ConfigError, match="not set"):
-        install_plan(Strategy.model_validate(doc), doc, wheel, "h", "a@pve!b=c")
+        install_plan(Strategy.model_validate(doc), doc, wheel, "h", "a@pve", "b")
     doc["serve"]["container"] = "nope"
     with pytest.raises(ConfigError, match="not one of the strategy's containers"):
-        install_plan(Strategy.model_validate(doc), doc, wheel, "h", "a@pve!b=c")
+        install_plan(Strategy.model_validate(doc), doc, wheel, "h", "a@pve", "b")
     doc["serve"]["container"] = "pve-api-gateway"
-    with pytest.raises(ConfigError, match=r"user@realm!tokenid=secret") as exc:
-        install_plan(Strategy.model_validate(doc), doc, wheel, "h", "secret-without-form")
-    assert "secret-without-form" not in str(exc.value)
+    with pytest.raises(ConfigError, match="not a wheel file name"):
+        install_plan(Strategy.model_validate(doc), doc, wheel, "h", "a@pve", "b")
+    with pytest.raises(OperationError, match="no pveguard wheel"):
+        install_plan(Strategy.model_validate(doc), doc, tmp_path / "pveguard-1-py3-none-any.whl", "h", "a@pve", "b")
+
+
+def test_a_token_secret_file_may_be_the_role_token_file() -> None:
+    from pveguard.backends import token_secret_of
+
+    assert token_secret_of("# comment\nPVE_TOKEN_ID=u@pve!pveguard\nPVE_TOKEN_SECRET=abc-123\n") == "abc-123"
+    assert token_secret_of("abc-123\n") == "abc-123"
 
 
 @needs_systemd

@@ -43,6 +43,16 @@ def _read_secret(path: str, what: str) -> str:
                           hint="check the path in target.proxmox and that pveguard may read it") from None
 
 
+def token_secret_of(text: str) -> str:
+    """The secret in a token secret file: the bare secret, or the role token file RBAC delivers
+    (`PVE_TOKEN_ID=...` / `PVE_TOKEN_SECRET=...` lines, docs/rbac.md), which serve in its container reads."""
+    for line in text.splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key == "PVE_TOKEN_SECRET":
+            return value.strip().strip("'\"")
+    return text.strip()
+
+
 def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
     value = env.get(name)
     if value is None or value == "":
@@ -101,7 +111,7 @@ def proxmox_settings(strategy: Strategy, env: Mapping[str, str]) -> Any:
     elif t.token_id:
         if not t.user or not t.token_secret_file:
             raise ConfigError("target.proxmox.token_id needs 'user' and 'token_secret_file'")
-        s.token_secret = _read_secret(t.token_secret_file, "token secret")
+        s.token_secret = token_secret_of(_read_secret(t.token_secret_file, "token secret"))
     elif t.password_file:
         if not t.user:
             raise ConfigError("target.proxmox.password_file needs 'user'")

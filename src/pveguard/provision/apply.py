@@ -50,6 +50,7 @@ class ApplyReport:
     not_started: list[str] = field(default_factory=list)
     firewall: list[str] = field(default_factory=list)  # firewall changes made (security.isolation)
     rbac: list[str] = field(default_factory=list)  # users, roles, tokens, ACLs changed (security.access.rbac)
+    serve: list[str] = field(default_factory=list)  # what installing serve in serve.container did
 
     @property
     def ok(self) -> bool:
@@ -60,7 +61,8 @@ class ApplyReport:
         return {"created": self.created, "updated": self.updated, "resumed": self.resumed,
                 "deleted": self.deleted, "skipped": self.skipped, "restart_needed": self.restart_needed,
                 "failed": self.failed, "final_backups": self.final_backups, "interrupted": self.interrupted,
-                "not_started": self.not_started, "firewall": self.firewall, "rbac": self.rbac, "ok": self.ok}
+                "not_started": self.not_started, "firewall": self.firewall, "rbac": self.rbac,
+                "serve": self.serve, "ok": self.ok}
 
 
 class ApplyInterrupted(KeyboardInterrupt):
@@ -126,7 +128,7 @@ class Applier:
     def __init__(self, backend: Backend, recorder: Recorder, journal: Journal,
                  progress: Progress | None = None, done: Progress | None = None,
                  final_backup: FinalBackup | None = None, firewall: FirewallStep | None = None,
-                 rbac: FirewallStep | None = None) -> None:
+                 rbac: FirewallStep | None = None, serve: FirewallStep | None = None) -> None:
         self.backend = backend
         self.recorder = recorder
         self.journal = journal
@@ -135,6 +137,7 @@ class Applier:
         self.final_backup = final_backup
         self.firewall = firewall
         self.rbac = rbac
+        self.serve = serve
         self._open: list[tuple[str, str, str]] = []  # intents without a result yet: (step, target, name)
 
     def apply(self, plan: Plan) -> ApplyReport:
@@ -156,10 +159,11 @@ class Applier:
                 self._close_all("interrupted")
                 raise ApplyInterrupted(report) from None
         for what, step, changes in (("firewall", self.firewall, plan.firewall.changes),
-                                    ("rbac", self.rbac, plan.rbac.changes)):
+                                    ("rbac", self.rbac, plan.rbac.changes),
+                                    ("serve", self.serve, plan.serve.changes)):
             if step is None or not (changes or report.created or report.updated):
                 continue
-            # after the containers: a container created now gets its firewall and token in the same run
+            # after the containers: a container created now gets its firewall, token and serve in the same run
             try:
                 self.progress(f"converging the {what}")
                 texts = step(self._fw_record)

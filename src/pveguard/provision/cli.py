@@ -28,6 +28,7 @@ from pveguard.provision.observe import observe
 from pveguard.provision.plan import Plan, plan, resolve_journal
 from pveguard.provision.rbac import deliver, guests_of, rbac_plan, remember
 from pveguard.provision.runlock import apply_lock
+from pveguard.provision.serve_install import converge_serve, load_doc, serve_plan
 from pveguard.security import rbac
 from pveguard.security.isolation import FwPlan, converge, desired_firewall, enforced
 
@@ -78,6 +79,7 @@ def compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str] 
         say_placement(backend, p)
     p.firewall = firewall_plan(app.strategy, backend, p)
     p.rbac = FwPlan(notes=[ONLY_NOTE]) if only is not None else rbac_plan(app.strategy, backend, p, app.store, instance)
+    p.serve = serve_plan(app.strategy, load_doc(app.strategy_path), backend, p, only)
     return p
 
 
@@ -115,6 +117,18 @@ def rbac_step(app: AppContext, backend: Backend, only: set[str] | None) -> Firew
         guests = guests_of(p)
         wants = rbac.desired_rbac(app.strategy, managed_cts(p), instance_id(app))
         return rbac.converge(call, p.rbac, wants, record, deliver(backend, guests), remember(app.store))
+
+    return step
+
+
+def serve_step(app: AppContext, backend: Backend, only: set[str] | None) -> FirewallStep | None:
+    """After RBAC: install or upgrade pveguard serve in serve.container (provision/serve_install.py)."""
+    if not app.strategy.serve.container:
+        return None
+
+    def step(record: Callable[..., None]) -> list[str]:
+        p = compute_plan(app, backend, False, only)
+        return converge_serve(app.strategy, load_doc(app.strategy_path), backend, p, record)
 
     return step
 
@@ -183,13 +197,20 @@ def render_plan(p: Plan) -> None:
         say(f"    {rc.text()} (role {rc.name})", hang=6)
     for n in p.rbac.notes:
         say(f"    {n}", hang=6, style="dim")
+    if p.serve.changes or p.serve.notes:
+        console.print("[yellow]~ serve[/]" if p.serve.changes else "[dim]= serve[/]")
+    for sc in p.serve.changes:
+        say(f"    {sc.name} ({sc.target}) {sc.op}: {sc.old or '(none)'} -> {sc.new}", hang=6)
+    for n in p.serve.notes:
+        say(f"    {n}", hang=6, style="dim")
     cnt = p.counts()
     say(f"Plan: {cnt['create']} to create, {cnt['update']} to update, {cnt['resume']} to finish, "
         f"{cnt['delete']} to delete, {cnt['unchanged']} unchanged"
         + (f", {cnt['conflict']} conflict(s)" if cnt["conflict"] else "")
         + (f", {cnt['foreign']} not this installation's" if cnt["foreign"] else "")
         + (f", {len(p.firewall.changes)} firewall change(s)" if p.firewall.changes else "")
-        + (f", {len(p.rbac.changes)} RBAC change(s)" if p.rbac.changes else "") + ".")
+        + (f", {len(p.rbac.changes)} RBAC change(s)" if p.rbac.changes else "")
+        + (f", serve to {p.serve.changes[0].op}" if p.serve.changes else "") + ".")
     if not p.has_changes:
         console.print("Nothing to do.")
 
@@ -263,7 +284,7 @@ def _confirm_deletes(p: Plan, yes: bool, i_mean_it: list[str]) -> None:
 def render_report(r: ApplyReport) -> None:
     parts = [f"{len(r.created)} created", f"{len(r.updated)} updated", f"{len(r.resumed)} finished",
              f"{len(r.deleted)} deleted"] + ([f"{len(r.firewall)} firewall change(s)"] if r.firewall else []) \
-        + ([f"{len(r.rbac)} RBAC change(s)"] if r.rbac else [])
+        + ([f"{len(r.rbac)} RBAC change(s)"] if r.rbac else []) + (["serve installed"] if r.serve else [])
     console.print("Apply: " + ", ".join(parts) + (f", {len(r.failed)} failed" if r.failed else "") + ".")
     for name, keys in sorted(r.restart_needed.items()):
         console.print(escape(f"  {name}: restart needed for {', '.join(keys)} "
@@ -330,7 +351,8 @@ def apply_cmd(
                     report = Applier(backend, app, Journal(app.store), progress=progress, done=done,
                                      final_backup=final_backup,
                                      firewall=firewall_step(app, backend, names),
-                                     rbac=rbac_step(app, backend, names)).apply(p)
+                                     rbac=rbac_step(app, backend, names),
+                                     serve=serve_step(app, backend, names)).apply(p)
     except ApplyInterrupted as exc:
         if json_out and p is not None:
             print_json({"plan": p.as_dict(), "result": exc.report.as_dict()})

@@ -86,13 +86,16 @@ class Plan:
     firewall: FwPlan = field(default_factory=FwPlan)
     # PVE users, tokens, roles and ACLs per container role (security.access.rbac): filled by the CLI
     rbac: FwPlan = field(default_factory=FwPlan)
+    # pveguard serve installed in serve.container (provision/serve_install.py): filled by the CLI
+    serve: FwPlan = field(default_factory=FwPlan)
 
     def of(self, kind: ActionKind) -> list[Action]:
         return [a for a in self.actions if a.kind == kind]
 
     @property
     def has_changes(self) -> bool:
-        return any(a.kind in CHANGING for a in self.actions) or bool(self.firewall.changes) or bool(self.rbac.changes)
+        return any(a.kind in CHANGING for a in self.actions) or bool(self.firewall.changes) or bool(self.rbac.changes) \
+            or bool(self.serve.changes)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = dict.fromkeys(KINDS, 0)
@@ -103,11 +106,12 @@ class Plan:
     def as_dict(self) -> dict[str, Any]:
         return {"changes": self.has_changes, "counts": self.counts(),
                 "actions": [a.as_dict() for a in self.actions], "firewall": self.firewall.as_dict(),
-                "rbac": self.rbac.as_dict()}
+                "rbac": self.rbac.as_dict(), "serve": self.serve.as_dict()}
 
     def only(self, names: set[str]) -> Plan:
         """The actions for these containers only (`--only`)."""
-        return Plan([a for a in self.actions if a.name in names], self.stale_journal, self.firewall, self.rbac)
+        return Plan([a for a in self.actions if a.name in names], self.stale_journal, self.firewall,
+                    self.rbac, self.serve)
 
 
 @dataclass(frozen=True)

@@ -239,9 +239,10 @@ def handle(backend: Backend, strategy: Strategy, instance: str, store: Store, re
     ex = strategy.emergency.resource_exhaustion
     wanted = {c.name: c for c in strategy.containers}
     guests = {g.vmid: g for g in backend.list_guests() if g.type == "lxc"}
-    from pveguard.recover.state import maintenance
+    from pveguard.recover.state import SELF_ENV, SELF_REASON, maintenance, own_container
 
     held = maintenance(store)
+    own = own_container()
     memory = _memory(store)
     out: list[Handling] = []
     stats: dict[int, Any] | None = None
@@ -258,6 +259,9 @@ def handle(backend: Backend, strategy: Strategy, instance: str, store: Store, re
         if polled is None or now - polled > stale_after:
             h.reason = ("the monitor's alerts are stale (last poll "
                         + (f"{now - polled:.0f}s ago" if polled else "never") + "): run 'pveguard monitor'")
+            continue
+        if g.name == own:
+            h.reason = SELF_REASON.format(env=SELF_ENV)
             continue
         if g.name in held:
             h.reason = f"in maintenance ({held[g.name].reason})"

@@ -4,10 +4,22 @@ container name, so `pveguard recover --once` from a timer continues where the pr
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 from pveguard.recover.budget import RestartState
 from pveguard.store import Store
+
+# Set (by the env file apply pushes into serve.container) to the container `pveguard serve` runs in:
+# the watchdog and the exhaustion handling never act on their own container (ARCHITECTURE).
+SELF_ENV = "PVEGUARD_SELF_CONTAINER"
+SELF_REASON = "pveguard serve runs in it ({env}): it never acts on its own container; PVE HA or the admin does"
+
+
+def own_container() -> str | None:
+    """The container this pveguard runs in, when apply installed it there (else None)."""
+    return os.environ.get(SELF_ENV, "").strip() or None
+
 
 MIGRATIONS = [
     """

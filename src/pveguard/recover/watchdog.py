@@ -22,7 +22,16 @@ from pveguard.backends.base import MANAGED_TAG, Backend, Guest, Marker, read_mar
 from pveguard.errors import BackendError
 from pveguard.recover import probes
 from pveguard.recover.budget import Budget, Decision, RestartState, decide
-from pveguard.recover.state import checked, load_states, maintenance, save_state, set_checked
+from pveguard.recover.state import (
+    SELF_ENV,
+    SELF_REASON,
+    checked,
+    load_states,
+    maintenance,
+    own_container,
+    save_state,
+    set_checked,
+)
 from pveguard.store import Store
 from pveguard.strategy.models import Container, Strategy
 
@@ -99,6 +108,7 @@ def sweep(backend: Backend, strategy: Strategy, instance: str, store: Store, rec
     last_checked = checked(store)
     budget = budget_of(strategy)
     restart_on = strategy.emergency.container_failure.restart
+    own = own_container()
     for g in sorted(guests, key=lambda g: g.vmid):
         c = wanted.get(g.name)
         if g.type != "lxc" or MANAGED_TAG not in g.tags or c is None:
@@ -107,6 +117,9 @@ def sweep(backend: Backend, strategy: Strategy, instance: str, store: Store, rec
         report.containers.append(out)
         st = states.get(g.name, RestartState())
         out.restarts_in_window = len(st.in_window(budget, now))
+        if g.name == own:
+            out.action, out.reason = "skipped", SELF_REASON.format(env=SELF_ENV)
+            continue
         if g.name in held:
             out.action, out.reason = "skipped", f"in maintenance ({held[g.name].reason})"
             continue

@@ -63,7 +63,7 @@ def apply_if_unchanged(base: AppContext, digest: str, prune: bool, actor: str) -
     prune, and never of a container with data volumes (that needs the CLI's --i-mean-it)."""
     from pveguard.backends import connect
     from pveguard.provision.apply import Applier
-    from pveguard.provision.cli import compute_plan, firewall_step, rbac_step, with_feature_notes
+    from pveguard.provision.cli import compute_plan, firewall_step, rbac_step, serve_step, with_feature_notes
     from pveguard.provision.final_backup import data_volumes
     from pveguard.provision.journal import Journal
     from pveguard.provision.runlock import apply_lock
@@ -85,7 +85,8 @@ def apply_if_unchanged(base: AppContext, digest: str, prune: bool, actor: str) -
                                         hint="deleting data volumes needs 'pveguard apply --prune --yes "
                                         "--i-mean-it NAME' on the command line")
                 report = Applier(backend, ctx, Journal(ctx.store), firewall=firewall_step(ctx, backend, None),
-                                 rbac=rbac_step(ctx, backend, None)).apply(p)
+                                 rbac=rbac_step(ctx, backend, None),
+                                 serve=serve_step(ctx, backend, None)).apply(p)
         finally:
             backend.close()
         return {"digest": digest, "plan": p.as_dict(), "result": report.as_dict(), "ok": report.ok}

@@ -19,7 +19,6 @@ from pveguard.strategy.models import Container, Strategy
 # Key path (``containers[].x`` means that key of every container; a section covers every key below
 # it) -> the issue that will implement it.
 NOT_ENFORCED: dict[str, int] = {
-    "serve.container": 15,  # serve/deploy.py renders what apply will push; apply does not call it yet
 }
 
 Loc = tuple[str | int, ...]
