@@ -198,16 +198,24 @@ def check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     except StrategyInvalid as exc:  # too large or not UTF-8: reported like any other problem
         strategy, problems = None, exc.problems
     if strategy is not None:
-        from pveguard.backends.proxmox import feature_credential_warnings
+        from pveguard.backends import choose
         from pveguard.provision.instance import pin_warning
         from pveguard.strategy.load import Problem
 
         unpinned = pin_warning(strategy, app_ctx.state_dir)
         if unpinned:
             problems.append(Problem(str(path), 0, 0, "target.instance", unpinned, "warning"))
-        # what the strategy asks and the PVE credentials may not do
-        problems += [Problem(str(path), 0, 0, fld, msg, "warning")
-                     for fld, msg in feature_credential_warnings(strategy, os.environ)]
+        # what the strategy asks and the PVE credentials may not do (the PVE client is loaded
+        # only when the target is PVE)
+        try:
+            on_pve = choose(strategy, os.environ) == "proxmox"
+        except PveguardError:
+            on_pve = False  # reported by the commands that connect
+        if on_pve:
+            from pveguard.backends.proxmox import feature_credential_warnings
+
+            problems += [Problem(str(path), 0, 0, fld, msg, "warning")
+                         for fld, msg in feature_credential_warnings(strategy, os.environ)]
     if json_out:
         print_json({"file": str(path), "valid": strategy is not None,
                     "problems": [p.__dict__ for p in problems],
