@@ -27,6 +27,8 @@ def main() -> None:
     args = ap.parse_args()
     new_src = str(Path(__file__).resolve().parent.parent / "src")
     versions = {"new": new_src, **({"old": args.old_src} if args.old_src else {})}
+    # as every bench: ledger anchors in a plain file (not append-only), so the directory can go
+    os.environ.update(PVEGUARD_LEDGER_ANCHORS="file", PVEGUARD_LEDGER_ANCHOR_APPEND_ONLY="0")
     with tempfile.TemporaryDirectory() as tmp:
         strategy, state = f"{tmp}/strategy.yaml", f"{tmp}/state"
         base = [sys.executable, "-m", "pveguard"]

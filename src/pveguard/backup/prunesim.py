@@ -17,7 +17,7 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime, timedelta, tzinfo
 from itertools import repeat
-from operator import add, floordiv, itemgetter, sub
+from operator import add, itemgetter
 from typing import Any, cast
 
 from pveguard.backup.retention import _TO_MARK, _TO_RULE, KeepPolicy, _marks
@@ -33,7 +33,7 @@ _LINE = (
 _STRICT = re.compile(f"(?:{_LINE}\n)*+(?:{_LINE})?")  # fullmatch: every line of a chunk is strict
 _STAMP = re.compile(r"-([0-9]{4}_[0-9]{2}_[0-9]{2}-[0-9]{2}_[0-9]{2}_[0-9]{2})\.")
 _GROUP = re.compile(r"vzdump-([a-z]+-[0-9]+)-")
-_DAY, _TOD = itemgetter(slice(0, 10)), itemgetter(slice(11, 19))  # YYYY_MM_DD, hh_mm_ss
+_HOUR, _MINSEC = itemgetter(slice(0, 13)), itemgetter(slice(14, 19))  # YYYY_MM_DD-hh, mm_ss
 _EPOCH_DATE = datetime(1970, 1, 1)
 
 
@@ -41,52 +41,48 @@ class _Slow(Exception):
     """A chunk that the strict reader does not settle: read it line by line."""
 
 
-class _Days(dict[str, int]):
-    """``YYYY_MM_DD`` -> local seconds of that midnight since 1970-01-01 (wall clock)."""
+class _Hours(dict[str, int]):
+    """``YYYY_MM_DD-hh`` -> Unix seconds of that local hour's start (fold=0), for hours in which
+    local - UTC is the same throughout; hours with a DST change inside are listed in ``mixed`` and
+    computed per item."""
+
+    def __init__(self, zone: tzinfo) -> None:
+        super().__init__()
+        self.zone = zone
+        self.mixed: set[str] = set()
+        self.local: dict[str, int] = {}  # key -> local wall-clock seconds since 1970 of the hour
+
+    def exact(self, local: int) -> int:
+        when = (_EPOCH_DATE + timedelta(seconds=local)).replace(tzinfo=self.zone, fold=0)
+        return int(when.timestamp())
 
     def __missing__(self, key: str) -> int:
         try:
             d = date(int(key[:4]), int(key[5:7]), int(key[8:10]))
         except ValueError:
             raise _Slow from None
+        hour = int(key[11:13])
         # _check_year: UTC and local year in 1900..9998; one day inside that is always safe.
-        if not 1901 <= d.year <= 9997:
+        if not 1901 <= d.year <= 9997 or hour > 23:
             raise _Slow
-        value = self[key] = (d.toordinal() - 719163) * 86400
-        return value
+        first = (d.toordinal() - 719163) * 86400 + hour * 3600
+        start = self.exact(first)
+        if first + 3599 - self.exact(first + 3599) != first - start:
+            self.mixed.add(key)
+            self.local[key] = first
+        self[key] = start
+        return start
 
 
-class _Tods(dict[str, int]):
-    """``hh_mm_ss`` -> seconds since midnight."""
+class _MinSecs(dict[str, int]):
+    """``mm_ss`` -> seconds."""
 
     def __missing__(self, key: str) -> int:
-        h, m, s = int(key[:2]), int(key[3:5]), int(key[6:8])
-        if h > 23 or m > 59 or s > 59:
+        m, s = int(key[:2]), int(key[3:5])
+        if m > 59 or s > 59:
             raise _Slow
-        value = self[key] = h * 3600 + m * 60 + s
+        value = self[key] = m * 60 + s
         return value
-
-
-class _HourOffsets(dict[int, int]):
-    """Local hour -> (local - epoch) seconds for every wall-clock time of that hour (fold=0);
-    hours in which that differs (a DST change inside) are listed in ``mixed``."""
-
-    def __init__(self, zone: tzinfo) -> None:
-        super().__init__()
-        self.zone = zone
-        self.mixed: set[int] = set()
-
-    def exact(self, local: int) -> int:
-        when = (_EPOCH_DATE + timedelta(seconds=local)).replace(tzinfo=self.zone, fold=0)
-        return int(when.timestamp())
-
-    def __missing__(self, hour: int) -> int:
-        first = hour * 3600
-        off = first - self.exact(first)
-        if first + 3599 - self.exact(first + 3599) != off:
-            self.mixed.add(hour)
-        self[hour] = off
-        return off
 
 
 class _Groups(dict[str, int]):
@@ -121,25 +117,16 @@ def _chunks(text: str) -> Iterator[tuple[int, int]]:
         start = end
 
 
-def _strict_times(chunk: str, lines: int, days: _Days, tods: _Tods, hours: _HourOffsets) -> list[int]:
+def _strict_times(chunk: str, lines: int, hours: _Hours, minsecs: _MinSecs) -> list[int]:
     """Unix seconds of each line of a strict chunk (raises _Slow when the chunk needs the precise path)."""
     stamps = _STAMP.findall(chunk)
     if len(stamps) != lines:  # a directory name that looks like a time stamp
         raise _Slow
-    local = list(
-        map(
-            add,
-            map(days.__getitem__, map(_DAY, stamps)),
-            map(tods.__getitem__, map(_TOD, stamps)),
-        )
-    )
-    del stamps
-    hour = list(map(floordiv, local, repeat(3600)))
-    epoch = list(map(sub, local, map(hours.__getitem__, hour)))
-    if hours.mixed and not hours.mixed.isdisjoint(hour):
-        for i, h in enumerate(hour):
-            if h in hours.mixed:
-                epoch[i] = hours.exact(local[i])
+    epoch = list(map(add, map(hours.__getitem__, map(_HOUR, stamps)), map(minsecs.__getitem__, map(_MINSEC, stamps))))
+    if hours.mixed and any(key in chunk for key in hours.mixed):
+        for i, stamp in enumerate(stamps):
+            if stamp[:13] in hours.mixed:
+                epoch[i] = hours.exact(hours.local[stamp[:13]] + minsecs[stamp[14:]])
     return epoch
 
 
@@ -213,7 +200,7 @@ def simulate(text: str, policy: KeepPolicy, zone: tzinfo) -> PruneResult:
 
     result = PruneResult()
     result.text = text
-    days, tods, hours = _Days(), _Tods(), _HourOffsets(zone)
+    hours, minsecs = _Hours(zone), _MinSecs()
     groups = _Groups()
     typevmid = _TypeVmid(groups)
     times = result.times
@@ -225,7 +212,7 @@ def simulate(text: str, policy: KeepPolicy, zone: tzinfo) -> PruneResult:
         lines = chunk.count("\n") + (not chunk.endswith("\n"))
         if _STRICT.fullmatch(chunk) is not None:
             try:
-                epoch = _strict_times(chunk, lines, days, tods, hours)
+                epoch = _strict_times(chunk, lines, hours, minsecs)
                 chunk_gids = _strict_groups(chunk, lines, typevmid)
             except _Slow:
                 pass
