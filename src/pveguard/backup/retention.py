@@ -172,11 +172,14 @@ class _Offsets(dict[int, int]):
         return first
 
 
-def _local_seconds(times: Sequence[int], zone: tzinfo) -> Sequence[int]:
+_BLOCK = 8192  # positions whose period keys are computed at once
+
+
+def _local_seconds(times: Sequence[int], zone: tzinfo, offsets: _Offsets | None = None) -> Sequence[int]:
     """Epoch seconds shifted by the zone's UTC offset at that instant (wall-clock seconds)."""
     if zone is UTC:
         return array("q", times)
-    offsets = _Offsets(zone)
+    offsets = _Offsets(zone) if offsets is None else offsets
     out = array("q", map(add, times, map(offsets.__getitem__, map(floordiv, times, repeat(900)))))
     if offsets.mixed:  # a change inside a 15-minute bucket (not in tzdata since 1970)
         mixed = offsets.mixed
@@ -244,55 +247,63 @@ def _marks(
     state = marks[::-1] if ascending else bytearray(map(marks.__getitem__, order))
     if ascending:
         del marks
-    local = _local_seconds(stamps, tz)
-    keys: dict[int, Sequence[int]] = {}
+    offsets = _Offsets(tz)
+    local_blocks: dict[int, Sequence[int]] = {}
+    months = _Months()
 
-    def days() -> Sequence[int]:
-        if 2 not in keys:
-            keys[2] = array("q", map(floordiv, local, repeat(86400)))
-        return keys[2]
+    def block_keys(rule: int, b: int) -> Sequence[int]:
+        """Periods of ``rule`` (index into RULES) for the positions of block ``b``, in C loops.
 
-    def period_keys(rule: int) -> Sequence[int]:
-        """Per position the period of ``rule`` (index into RULES), computed once, in C loops."""
-        if rule not in keys:
-            if rule == 0:
-                keys[0] = stamps
-            elif rule == 1:
-                keys[1] = array("q", map(floordiv, local, repeat(3600)))
-            elif rule == 3:
-                # 1970-01-01 was a Thursday: +3 makes weeks start on Monday, as ISO weeks (%G/%V) do.
-                keys[3] = array("q", map(floordiv, map(add, days(), repeat(3)), repeat(7)))
-            elif rule == 4:
-                keys[4] = array("q", map(_Months().__getitem__, days()))
-            elif rule == 5:
-                keys[5] = array("q", map(floordiv, period_keys(4), repeat(12)))
-            else:
-                days()
-        return keys[rule]
+        Blocks, because most passes stop early: only what a pass reaches is computed."""
+        lo = b * _BLOCK
+        if rule == 0:
+            return stamps[lo : lo + _BLOCK]
+        local = local_blocks.get(b)
+        if local is None:
+            local = local_blocks[b] = _local_seconds(stamps[lo : lo + _BLOCK], tz, offsets)
+        if rule == 1:
+            return list(map(floordiv, local, repeat(3600)))
+        days = map(floordiv, local, repeat(86400))
+        if rule == 2:
+            return list(days)
+        if rule == 3:
+            # 1970-01-01 was a Thursday: +3 makes weeks start on Monday, as ISO weeks (%G/%V) do.
+            return list(map(floordiv, map(add, days, repeat(3)), repeat(7)))
+        month = map(months.__getitem__, days)
+        return list(month) if rule == 4 else list(map(floordiv, month, repeat(12)))
 
     counts = (policy.last, policy.hourly, policy.daily, policy.weekly, policy.monthly, policy.yearly)
     kept: list[int] = []
     for rule, count in enumerate(counts):
         if count <= 0:
             continue
-        period = period_keys(rule)
         keep_mark = _KEEP + rule
-        covered = {period[j] for j in kept}
+        by_block: dict[int, list[int]] = {}
+        for j in kept:
+            by_block.setdefault(j // _BLOCK, []).append(j)
+        covered: set[int] = set()
+        for b, members in by_block.items():
+            period = block_keys(rule, b)
+            covered.update(period[j - b * _BLOCK] for j in members)
         chosen: set[int] = set()
-        for j in range(n):
-            if state[j]:
-                continue
-            key = period[j]
-            if key in covered:
-                continue
-            if key in chosen:
-                state[j] = _REMOVE
-                continue
-            if len(chosen) >= count:
+        done = False
+        for b in range(0, (n + _BLOCK - 1) // _BLOCK):
+            period = block_keys(rule, b)
+            lo = b * _BLOCK
+            for j, key in zip(range(lo, min(n, lo + _BLOCK)), period):  # noqa: B905 (same length)
+                if state[j] or key in covered:
+                    continue
+                if key in chosen:
+                    state[j] = _REMOVE
+                    continue
+                if len(chosen) >= count:
+                    done = True
+                    break
+                chosen.add(key)
+                state[j] = keep_mark
+                kept.append(j)
+            if done:
                 break
-            chosen.add(key)
-            state[j] = keep_mark
-            kept.append(j)
     if ascending:
         state.reverse()
         return state
