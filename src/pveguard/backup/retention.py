@@ -251,16 +251,19 @@ def _marks(
     local_blocks: dict[int, Sequence[int]] = {}
     months = _Months()
 
+    def local_block(b: int) -> Sequence[int]:
+        local = local_blocks.get(b)
+        if local is None:
+            local = local_blocks[b] = _local_seconds(stamps[b * _BLOCK : (b + 1) * _BLOCK], tz, offsets)
+        return local
+
     def block_keys(rule: int, b: int) -> Sequence[int]:
         """Periods of ``rule`` (index into RULES) for the positions of block ``b``, in C loops.
 
         Blocks, because most passes stop early: only what a pass reaches is computed."""
-        lo = b * _BLOCK
         if rule == 0:
-            return stamps[lo : lo + _BLOCK]
-        local = local_blocks.get(b)
-        if local is None:
-            local = local_blocks[b] = _local_seconds(stamps[lo : lo + _BLOCK], tz, offsets)
+            return stamps[b * _BLOCK : (b + 1) * _BLOCK]
+        local = local_block(b)
         if rule == 1:
             return list(map(floordiv, local, repeat(3600)))
         days = map(floordiv, local, repeat(86400))
@@ -272,19 +275,26 @@ def _marks(
         month = map(months.__getitem__, days)
         return list(month) if rule == 4 else list(map(floordiv, month, repeat(12)))
 
+    def period_of(rule: int, j: int) -> int:
+        """The period of ``rule`` for the (already kept, so computed) position j."""
+        if rule == 0:
+            return stamps[j]
+        t = local_block(j // _BLOCK)[j % _BLOCK]
+        if rule == 1:
+            return t // 3600
+        if rule == 2:
+            return t // 86400
+        if rule == 3:
+            return (t // 86400 + 3) // 7
+        return months[t // 86400] // (12 if rule == 5 else 1)
+
     counts = (policy.last, policy.hourly, policy.daily, policy.weekly, policy.monthly, policy.yearly)
     kept: list[int] = []
     for rule, count in enumerate(counts):
         if count <= 0:
             continue
         keep_mark = _KEEP + rule
-        by_block: dict[int, list[int]] = {}
-        for j in kept:
-            by_block.setdefault(j // _BLOCK, []).append(j)
-        covered: set[int] = set()
-        for b, members in by_block.items():
-            period = block_keys(rule, b)
-            covered.update(period[j - b * _BLOCK] for j in members)
+        covered = {period_of(rule, j) for j in kept}
         chosen: set[int] = set()
         done = False
         for b in range(0, (n + _BLOCK - 1) // _BLOCK):
