@@ -1,6 +1,15 @@
-"""Benchmark: the prune algorithm over 1,000,000 archives of one group.
+"""Benchmark: `pveguard backup prune-sim` as users run it, and the prune algorithm alone.
 
-Run: .venv/bin/python bench/backup_retention.py [--count N] [--repeat R]
+Run: .venv/bin/python bench/backup_retention.py [--count N] [--repeat R] [--old-src DIR]
+
+The command (first table): N names `vzdump-lxc-101-YYYY_MM_DD-HH_MM_SS.tar.zst`, one a minute from
+2020-01-01 (every 100th with ' protected'), TZ=Europe/Berlin,
+`pveguard backup prune-sim --keep-last 3 --keep-daily 7 --keep-monthly 12 -f FILE` in a fresh
+process: wall time and peak RSS from /usr/bin/time. With --old-src (the src/ directory of another
+checkout, e.g. a `git worktree add /tmp/old <commit>`), that code runs the same command in the same
+loop, alternating, and its output must be byte-identical.
+
+The algorithm (second table):
 
 Scenarios (all in Europe/Berlin, so DST changes are in the data; 1% of archives protected):
 * typical   - one archive a minute (~1.9 years), keep-last=3,hourly=24,daily=7,weekly=4,monthly=12,yearly=5
@@ -13,9 +22,15 @@ Prints one markdown table row per scenario: best and median wall time of R runs.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from datetime import datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from pveguard.backup.retention import KeepPolicy, Mark, mark_archives
@@ -40,11 +55,57 @@ def scenario(name: str, count: int) -> tuple[list[int], list[bool], KeepPolicy]:
     return times, protected, KeepPolicy(last=3, hourly=24, daily=7, weekly=4, monthly=12, yearly=5)
 
 
+def _names(path: Path, count: int) -> None:
+    t = datetime(2020, 1, 1)
+    with path.open("w") as fh:
+        for i in range(count):
+            fh.write(f"vzdump-lxc-101-{t:%Y_%m_%d-%H_%M_%S}.tar.zst{' protected' if i % 100 == 0 else ''}\n")
+            t += timedelta(minutes=1)
+
+
+def _command(src: str, names: Path, out: Path) -> tuple[float, int]:
+    """(wall seconds, peak RSS MB) of one prune-sim run with `src` on PYTHONPATH."""
+    argv = ["/usr/bin/time", "-f", "%e %M", sys.executable, "-m", "pveguard", "backup", "prune-sim"]
+    argv += ["--keep-last", "3", "--keep-daily", "7", "--keep-monthly", "12", "-f", str(names)]
+    env = {**os.environ, "PYTHONPATH": src, "TZ": "Europe/Berlin"}
+    with out.open("w") as fh:
+        done = subprocess.run(argv, env=env, stdout=fh, stderr=subprocess.PIPE, text=True, check=True)
+    wall, rss_kb = done.stderr.strip().splitlines()[-1].split()
+    return float(wall), int(rss_kb) // 1024
+
+
+def command_table(count: int, repeat: int, old_src: str | None) -> None:
+    new_src = str(Path(__file__).resolve().parent.parent / "src")
+    with tempfile.TemporaryDirectory() as tmp:
+        names = Path(tmp) / "names.txt"
+        _names(names, count)
+        runs: dict[str, list[tuple[float, int]]] = {"new": [], "old": []}
+        for _ in range(repeat):
+            runs["new"].append(_command(new_src, names, Path(tmp) / "new.out"))
+            if old_src:
+                runs["old"].append(_command(old_src, names, Path(tmp) / "old.out"))
+                if (Path(tmp) / "new.out").read_bytes() != (Path(tmp) / "old.out").read_bytes():
+                    raise SystemExit("old and new output differ")
+    print(f"`backup prune-sim` over {count:,} names (keep-last 3, keep-daily 7, keep-monthly 12), {repeat} runs\n")
+    print("| code | best (s) | median (s) | peak RSS (MB) |")
+    print("|---|---:|---:|---:|")
+    for name, rows in runs.items():
+        if rows:
+            walls = [w for w, _ in rows]
+            print(f"| {name} | {min(walls):.2f} | {statistics.median(walls):.2f} | {max(r for _, r in rows)} |")
+    print()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--old-src", help="src/ of another checkout to run side by side (same output required)")
+    ap.add_argument("--command-only", action="store_true", help="skip the algorithm-only table")
     args = ap.parse_args()
+    command_table(args.count, args.repeat, args.old_src)
+    if args.command_only:
+        return
     print("| scenario | archives | kept | best (s) | median (s) |")
     print("|---|---:|---:|---:|---:|")
     for name in ("typical", "deep", "shuffled"):

@@ -9,28 +9,89 @@ import hashlib
 import os
 import sys
 import typing
+from importlib import import_module
 from typing import Annotated, Any
 
 import typer
+from typer._click.shell_completion import CompletionItem
+from typer.core import TyperGroup
 
-from pveguard import __version__, doctor
-from pveguard.audit import cli as audit_cli
-from pveguard.backup import cli as backup_cli
-from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, EXIT_USAGE, PveguardError, UsageError
-from pveguard.guard import cli as guard_cli
-from pveguard.migrate import cli as migrate_cli
-from pveguard.monitor import cli as monitor_cli
-from pveguard.output import console, error, print_json, warn
-from pveguard.provision import cli as provision_cli
-from pveguard.recover import cli as recover_cli
-from pveguard.recover import scale_cli
-from pveguard.security import certs_cli, isolation_cli, tokens_cli
-from pveguard.security import cli as audit_log_cli
-from pveguard.serve import cli as serve_cli
-from pveguard.updates import cli as updates_cli
+
+if typing.TYPE_CHECKING:
+    from pveguard.context import AppContext
+
+# Commands are imported when they run (or --help of theirs is asked): `pveguard --help`, shell
+# completion and `check` do not load every subcommand, pydantic and the PVE client. One line per
+# command: name -> "module:attribute" (a function, or a typer.Typer for a group) and the first
+# paragraph of its help, which --help and completion show without importing it
+# (tests/foundation/test_cli_lazy.py checks it against the loaded command). In --help order:
+# typer lists commands before groups.
+LAZY: dict[str, tuple[str, str, dict[str, Any]]] = {}
+
+
+def lazy(name: str, target: str, help: str, **settings: Any) -> None:
+    """Register `pveguard NAME` (``settings``: what app.command()/add_typer() take, e.g. hidden)."""
+    LAZY[name] = (target, help, settings)
+
+
+class LazyGroup(TyperGroup):
+    """The root command: registered commands are imported on first use."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*self.commands, *(name for name in LAZY if name not in self.commands)]
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name not in self.commands and cmd_name in LAZY:
+            self.commands[cmd_name] = _load(cmd_name)
+        return self.commands.get(cmd_name)
+
+    def _short_help(self, name: str, limit: int) -> str | None:
+        """The listing's help of NAME (None: hidden), without importing a lazy command."""
+        from typer._click.utils import make_default_short_help
+
+        if name in self.commands:
+            cmd = self.commands[name]
+            return None if cmd.hidden else cmd.get_short_help_str(limit)
+        _, text, settings = LAZY[name]
+        return None if settings.get("hidden") else make_default_short_help(text, limit)
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        names = [n for n in self.list_commands(ctx) if self._short_help(n, 45) is not None]
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(n) for n in names)
+        with formatter.section("Commands"):
+            formatter.write_dl([(n, self._short_help(n, limit) or "") for n in names])
+
+    def shell_complete(self, ctx: Any, incomplete: str) -> list[CompletionItem]:
+        results = []
+        for name in self.list_commands(ctx):
+            if name.startswith(incomplete):
+                text = self._short_help(name, 45)
+                if text is not None:
+                    results.append(CompletionItem(name, help=text))
+        results.extend(super(TyperGroup, self).shell_complete(ctx, incomplete))
+        return results
+
+
+def _load(name: str) -> Any:
+    """The click command of a lazy registration, as app.command()/add_typer() would have made it."""
+    target, _, settings = LAZY[name]
+    module, _, attr = target.partition(":")
+    obj = getattr(import_module(module), attr)
+    holder = typer.Typer(pretty_exceptions_enable=False, rich_markup_mode=None, add_completion=False)
+    if isinstance(obj, typer.Typer):
+        holder.add_typer(obj, name=name, **settings)
+    else:
+        holder.command(name, **settings)(obj)
+    cmd = typer.main.get_group(holder).commands[name]
+    _name_placeholders(cmd)
+    return cmd
+
 
 app = typer.Typer(
+    cls=LazyGroup,
     name="pveguard",
     help="Container-first guardrails for Proxmox VE hosts: audit -> plan -> apply -> serve.",
     no_args_is_help=True,
@@ -44,6 +105,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON (stable shape,
 
 def _version(value: bool) -> None:
     if value:
+        from pveguard import __version__
+        from pveguard.output import console
+
         console.print(f"pveguard {__version__}")
         raise typer.Exit()
 
@@ -62,6 +126,8 @@ def main_options(
                                           help="Show the version and exit.")] = False,
 ) -> None:
     """Global options go before the command: pveguard --strategy s.yaml --state-dir st init."""
+    from pveguard.context import AppContext
+
     ctx.obj = AppContext.from_options(strategy, state_dir, verbose)
     ctx.call_on_close(ctx.obj.close)
     # `init` creates the file; `apt-hook` reads the installed policy, never the strategy.
@@ -70,6 +136,8 @@ def main_options(
 
 
 def get_ctx(ctx: typer.Context) -> AppContext:
+    from pveguard.context import AppContext
+
     obj = ctx.find_root().obj
     assert isinstance(obj, AppContext)
     return obj
@@ -81,6 +149,7 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing strategy file.")] = False,
 ) -> None:
     """Write the default strategy as a commented YAML file."""
+    from pveguard.output import console
     from pveguard.provision.instance import instance_for_init
     from pveguard.strategy.defaults import render
     from pveguard.strategy.models import Strategy, Target
@@ -118,6 +187,7 @@ def init(
 @app.command()
 def check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """Validate the strategy file; report every error as FILE:LINE:COL: field: message."""
+    from pveguard.output import console, error, print_json, warn
     from pveguard.output import info as info_line
     from pveguard.strategy import enforcement
     from pveguard.strategy.enforcement import NOT_ENFORCED
@@ -130,16 +200,24 @@ def check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     except StrategyInvalid as exc:  # too large or not UTF-8: reported like any other problem
         strategy, problems = None, exc.problems
     if strategy is not None:
-        from pveguard.backends.proxmox import feature_credential_warnings
+        from pveguard.backends import choose
         from pveguard.provision.instance import pin_warning
         from pveguard.strategy.load import Problem
 
         unpinned = pin_warning(strategy, app_ctx.state_dir)
         if unpinned:
             problems.append(Problem(str(path), 0, 0, "target.instance", unpinned, "warning"))
-        # what the strategy asks and the PVE credentials may not do
-        problems += [Problem(str(path), 0, 0, fld, msg, "warning")
-                     for fld, msg in feature_credential_warnings(strategy, os.environ)]
+        # what the strategy asks and the PVE credentials may not do (the PVE client is loaded
+        # only when the target is PVE)
+        try:
+            on_pve = choose(strategy, os.environ) == "proxmox"
+        except PveguardError:
+            on_pve = False  # reported by the commands that connect
+        if on_pve:
+            from pveguard.backends.proxmox import feature_credential_warnings
+
+            problems += [Problem(str(path), 0, 0, fld, msg, "warning")
+                         for fld, msg in feature_credential_warnings(strategy, os.environ)]
     if json_out:
         print_json({"file": str(path), "valid": strategy is not None,
                     "problems": [p.__dict__ for p in problems],
@@ -161,6 +239,7 @@ def check(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 def info(ctx: typer.Context, json_out: JsonOpt = False) -> None:
     """Show the loaded strategy and what pveguard sees on this machine."""
     from pveguard.hostinfo import describe, render_info
+    from pveguard.output import print_json
 
     app_ctx = get_ctx(ctx)
     data = describe(app_ctx)
@@ -170,37 +249,71 @@ def info(ctx: typer.Context, json_out: JsonOpt = False) -> None:
         render_info(data)
 
 
-# The rest of the commands, in the order of the admin's loop (typer lists them as registered):
-# audit -> plan -> apply -> status; the guard; backups; monitoring; the ledger.
-app.command("audit")(audit_cli.audit)
-app.command("plan")(provision_cli.plan_cmd)
-app.command("apply")(provision_cli.apply_cmd)
-app.command("status")(provision_cli.status_cmd)
-app.command("adopt")(provision_cli.adopt_cmd)
-app.command("doctor")(doctor.doctor_cmd)
-app.add_typer(isolation_cli.app, name="isolation")
-guard_cli.register(app)
-app.add_typer(backup_cli.app, name="backup")
-app.add_typer(monitor_cli.monitor_app, name="monitor")
-app.add_typer(monitor_cli.alerts_app, name="alerts")
-app.add_typer(monitor_cli.export_app, name="export")
-app.add_typer(recover_cli.app, name="recover")
-app.command("maintenance")(recover_cli.maintenance_cmd)
-app.command("scale")(scale_cli.scale_cmd)
-app.command("rca")(scale_cli.rca_cmd)
-app.command("update")(updates_cli.update_cmd)
-app.command("update-timer")(updates_cli.update_timer_cmd)
-app.add_typer(audit_log_cli.app, name="audit-log")
-app.add_typer(certs_cli.app, name="certs")
-app.add_typer(tokens_cli.app, name="tokens")
-serve_cli.register(app)
-app.add_typer(migrate_cli.app, name="migrate")
+# The rest of the commands, in the order of the admin's loop: audit -> plan -> apply -> status;
+# the guard; backups; monitoring; the ledger (commands first, then groups, as typer lists them).
+lazy("audit", "pveguard.audit.cli:audit",
+     "Inventory this host, classify every service and package, suggest containers, score compliance.")
+lazy("plan", "pveguard.provision.cli:plan_cmd",
+     "Show what apply would do: creates, updates (field: old -> new), unchanged, deletes (--prune).")
+lazy("apply", "pveguard.provision.cli:apply_cmd",
+     "Carry out the plan: create, converge and (with --prune) delete this installation's containers.")
+lazy("status", "pveguard.provision.cli:status_cmd",
+     "Managed containers: node, state, configured vs used resources; backend capabilities.")
+lazy("adopt", "pveguard.provision.cli:adopt_cmd",
+     "Make an existing container this installation's: its marker names this instance (recorded).")
+lazy("doctor", "pveguard.doctor:doctor_cmd",
+     "Run every preflight (strategy, state, guard, backend: TLS, privileges, storages, templates,\n"
+     "bridges, VMIDs, LXC includes...) and print one line per check with its fix; exit 1 if one fails.")
+lazy("apt-hook", "pveguard.guard.cli:apt_hook",
+     "What apt runs (DPkg::Pre-Install-Pkgs, protocol v3 on $APT_HOOK_INFO_FD). Not for people.", hidden=False)
+lazy("approve", "pveguard.guard.cli:approve",
+     "Approve a non-core package (or removing/downgrading a core one) on the host.")
+lazy("approvals", "pveguard.guard.cli:approvals_list", "List active approvals (or all of them).")
+lazy("revoke", "pveguard.guard.cli:revoke", "Revoke an approval.")
+lazy("install", "pveguard.guard.cli:install_cmd",
+     "Container-first install: core packages fit the host, everything else goes into the strategy\n"
+     "container whose components match (or --container), created first when it does not exist.")
+lazy("maintenance", "pveguard.recover.cli:maintenance_cmd",
+     "Put NAME in maintenance (the watchdog never touches it) or take it out.")
+lazy("scale", "pveguard.recover.scale_cli:scale_cmd",
+     "Resize NAME live where the backend can (memory, cores; disk grows only), with a receipt in the ledger.")
+lazy("rca", "pveguard.recover.scale_cli:rca_cmd",
+     "A root-cause report: metrics, alerts, OOM and journal lines, top processes, package and config changes.")
+lazy("isolation", "pveguard.security.isolation_cli:app", "Firewall and VLAN isolation of the managed containers.")
+lazy("guard", "pveguard.guard.cli:app", "The apt install guard: register, remove, inspect, dry-run a transaction.")
+lazy("backup", "pveguard.backup.cli:app", "Backup schedules and retention: PVE calendar events and keep-* rules.")
+lazy("monitor", "pveguard.monitor.cli:monitor_app", "Poll the containers, keep series and alerts, serve /metrics.")
+lazy("alerts", "pveguard.monitor.cli:alerts_app", "Alert states and silences.")
+lazy("export", "pveguard.monitor.cli:export_app", "Export monitoring configuration for the pve-monitoring container.")
+lazy("recover", "pveguard.recover.cli:app",
+     "The watchdog: restart this installation's failed containers within a budget.")
+lazy("audit-log", "pveguard.security.cli:app", "Read and verify the audit ledger.")
+lazy("certs", "pveguard.security.certs_cli:app",
+     "Node certificates, ACME and the containers' TLS endpoints, with days left.")
+lazy("tokens", "pveguard.security.tokens_cli:app", "The PVE API token of each container role (security.access.rbac).")
+lazy("update", "pveguard.updates.cli:update_cmd",
+     "Update the managed containers safely: snapshot, apt-get upgrade inside, health checks, and a\n"
+     "rollback to the snapshot when the upgrade or the checks fail (docs/updates.md).")
+lazy("update-timer", "pveguard.updates.cli:update_timer_cmd",
+     "Write the systemd timer that runs 'pveguard update --scheduled' at the strategy's updates.schedule.")
+lazy("serve", "pveguard.serve.cli:serve_cmd",
+     "Run the daemon: jobs on the strategy's schedules, the REST API and the dashboard (docs/serve.md).")
+lazy("api-token", "pveguard.serve.cli:token_app",
+     "pveguard's own API tokens (for 'pveguard serve'): create, list, revoke.")
+lazy("migrate", "pveguard.migrate.cli:app",
+     "Move a service from the host into a container: plan, run (resumable), status, rollback.")
 
 
-def command() -> Any:
-    """The click command behind `app`, with every value placeholder in --help named as a word."""
-    cmd = typer.main.get_command(app)
+def command(eager: bool = False) -> Any:
+    """The click command behind `app`, with every value placeholder in --help named as a word.
+
+    ``eager``: load every lazily registered command now (tests compare both ways).
+    """
+    cmd: Any = typer.main.get_command(app)
     _name_placeholders(cmd)
+    if eager:
+        for name in LAZY:
+            cmd.get_command(None, name)
     return cmd
 
 
@@ -247,11 +360,15 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return command()(args=argv, standalone_mode=True, prog_name="pveguard")
     except PveguardError as exc:
+        from pveguard.output import error
+
         error(exc.message)
         if exc.hint:
             _hint(exc.hint)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
+        from pveguard.output import error
+
         error("interrupted")
         sys.exit(130)
     except BrokenPipeError:
@@ -259,6 +376,8 @@ def main(argv: list[str] | None = None) -> Any:
     except Exception as exc:  # a bug: say so plainly, show the traceback only on request
         if verbose:
             raise
+        from pveguard.output import error
+
         error(f"internal error (this is a bug in pveguard): {type(exc).__name__}: {exc}")
         _hint("re-run with --verbose for the traceback and report it")
         sys.exit(EXIT_FAILED)

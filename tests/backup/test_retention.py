@@ -288,3 +288,15 @@ def test_policy_for_duration(span: timedelta, policy: KeepPolicy) -> None:
 def test_policy_for_duration_rejects_zero() -> None:
     with pytest.raises(RetentionError, match="positive"):
         KeepPolicy.for_duration(timedelta(0))
+
+
+@settings(max_examples=300, deadline=None)
+@given(archives=archive_sets, policy=policies)
+def test_ascending_listing_matches_literal_reference(
+    archives: tuple[list[int], list[bool]], policy: KeepPolicy
+) -> None:
+    """Strictly ascending input (a sorted dump directory) skips the sort: same marks."""
+    times = sorted(set(archives[0]))
+    protected = archives[1][: len(times)]
+    protected += [False] * (len(times) - len(protected))
+    assert mark_archives(times, policy, protected, BERLIN) == _reference(times, policy, protected, BERLIN)

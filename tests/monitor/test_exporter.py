@@ -152,3 +152,45 @@ def test_float_format_matches_prometheus_client(value: float) -> None:
     from pveguard.monitor.exporter import _go
 
     assert _go(value) == floatToGoString(value)
+
+
+def test_scrapes_between_polls_get_the_cached_bytes() -> None:
+    """One render per poll however many scrapes; gzip compressed once and served when asked."""
+    import gzip
+
+    import requests
+
+    from pveguard.monitor.exporter import serve
+
+    from .receivers import free_port
+
+    polls = [1]
+    views: list[int] = []
+
+    def view() -> ExportView:
+        views.append(polls[0])
+        base = _view()
+        return ExportView(sweep=base.sweep, states=base.states, polls=polls[0], errors=base.errors,
+                          poll_duration=base.poll_duration, compliance_score=base.compliance_score,
+                          severities=base.severities)
+
+    port = free_port()
+    server = serve(f"127.0.0.1:{port}", view, get_key=lambda: polls[0])
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        first = requests.get(url, headers={"Accept-Encoding": "identity"}, timeout=5).content
+        again = [requests.get(url, headers={"Accept-Encoding": "identity"}, timeout=5).content for _ in range(3)]
+        zipped = [requests.get(url, headers={"Accept-Encoding": "gzip, deflate"}, timeout=5, stream=True)
+                  for _ in range(3)]
+        assert all(r.headers["Content-Encoding"] == "gzip" for r in zipped)
+        bodies = [r.raw.read() for r in zipped]
+        assert again == [first] * 3 and len(set(bodies)) == 1 and gzip.decompress(bodies[0]) == first
+        assert views == [1] and server.cache.renders == 1 and server.cache.compressions == 1  # type: ignore[attr-defined]
+        assert b"pveguard_polls_total 1.0" in first
+        polls[0] = 2  # the next poll: rendered anew on the next scrape, once
+        second = [requests.get(url, headers={"Accept-Encoding": "identity"}, timeout=5).content for _ in range(2)]
+        assert second[0] == second[1] != first and b"pveguard_polls_total 2.0" in second[0]
+        assert views == [1, 2] and server.cache.renders == 2  # type: ignore[attr-defined]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -16,7 +16,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import typer
 
 from pveguard.backup.calendar import local_zone, next_runs, parse
-from pveguard.backup.retention import KeepPolicy, Mark, explain_archives
+from pveguard.backup.retention import KeepPolicy
 from pveguard.errors import PveguardError, UsageError
 from pveguard.output import Col, FitTable, console, error, info, print_json, say, warn
 
@@ -106,25 +106,27 @@ def next_runs_cmd(
         info(f"no further runs of {expr!r} after {lines[-1] if lines else _format(start, event.utc, zone)}")
 
 
-def _read_lines(file: Path | None) -> Iterable[str]:
+def _read_text(file: Path | None) -> str:
     if file is None:
-        return sys.stdin.read().splitlines()
+        return sys.stdin.read()
     try:
-        return file.read_text(encoding="utf-8").splitlines()
+        return file.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise UsageError(f"file {file} does not exist", hint="pass a readable file or pipe the list in") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read {file}: {exc}") from None
 
 
-def parse_archive_lines(lines: Iterable[str], zone: tzinfo) -> list[tuple[str, datetime, bool, str]]:
+def parse_archive_lines(
+    lines: Iterable[str], zone: tzinfo, first_number: int = 1
+) -> list[tuple[str, datetime, bool, str]]:
     """``TIMESTAMP[ protected]`` or a vzdump archive name per line; blank lines and ``#`` comments
     are skipped. Returns (text, time, protected, group): archive names are grouped per guest as in
-    PVE, plain timestamps form one group."""
+    PVE, plain timestamps form one group. ``first_number``: the line number of the first line."""
     from pveguard.backup.archive import parse_archive_name
 
     out: list[tuple[str, datetime, bool, str]] = []
-    for number, raw in enumerate(lines, 1):
+    for number, raw in enumerate(lines, first_number):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -192,34 +194,17 @@ def prune_sim(
         monthly=keep_monthly, yearly=keep_yearly, keep_all=keep_all,
     )  # fmt: skip
     zone = local_zone()
-    archives = parse_archive_lines(_read_lines(file), zone)
+    from pveguard.backup.prunesim import simulate
+
+    result = simulate(_read_text(file), policy, zone)
     if policy.keeps_everything and not keep_all:
         info("note: no --keep-* option above 0, so everything is kept (as in PVE)")
-    explained: list[tuple[Mark, str | None]] = [(Mark.KEEP, None)] * len(archives)
-    groups: dict[str, list[int]] = {}
-    for i, (_, _, _, group) in enumerate(archives):
-        groups.setdefault(group, []).append(i)
-    for members in groups.values():
-        marks = explain_archives(
-            [int(archives[i][1].timestamp()) for i in members], policy, [archives[i][2] for i in members], zone
-        )
-        for i, verdict in zip(members, marks, strict=True):
-            explained[i] = verdict
     if json_out:
-        print_json(
-            {
-                "policy": str(policy),
-                "archives": [
-                    {"timestamp": text, "mark": str(mark), "rule": rule, "group": group or None}
-                    for (text, _, _, group), (mark, rule) in zip(archives, explained, strict=True)
-                ],
-            }
-        )
+        print_json({"policy": str(policy), "archives": list(result.json_rows())})
         return
-    for (text, _, _, _), (mark, _) in zip(archives, explained, strict=True):
-        sys.stdout.write(f"{mark} {text}\n")
-    removed = sum(1 for mark, _ in explained if mark is Mark.REMOVE)
-    info(f"{len(archives) - removed} kept, {removed} removed ({str(policy) or 'keep everything'})")
+    result.write(sys.stdout.write)
+    removed = result.removed()
+    info(f"{len(result) - removed} kept, {removed} removed ({str(policy) or 'keep everything'})")
 
 
 # ------------------------------------------------------------------------------------------------

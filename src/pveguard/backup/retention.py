@@ -20,10 +20,13 @@ an older archive of a month than the newest one (see the worked examples in the 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from enum import StrEnum
+from itertools import islice, repeat
+from operator import add, floordiv, lt
 
 from pveguard.backup.calendar import local_zone
 from pveguard.errors import UsageError
@@ -145,48 +148,54 @@ _TO_MARK = (Mark.REMOVE, Mark.REMOVE, Mark.PROTECTED) + (Mark.KEEP,) * len(RULES
 _TO_RULE: tuple[str | None, ...] = (None, None, None, *RULES)
 
 
-def _local_seconds(times: Sequence[int], zone: tzinfo) -> list[int]:
-    """Epoch seconds shifted by the zone's UTC offset at that instant (wall-clock seconds).
+class _Offsets(dict[int, int]):
+    """15-minute bucket -> the zone's UTC offset there; buckets in which it changes go to ``mixed``.
 
-    Fastest when ``times`` is sorted: consecutive archives mostly share a 15-minute bucket.
+    Offsets change at most every few months and (in tzdata since 1970) on 15-minute boundaries, so
+    one lookup per bucket is enough when both ends of it agree.
     """
-    if zone is UTC:
-        return list(times)
-    out: list[int] = []
-    append = out.append
 
-    def offset(t: int) -> int:
-        delta = datetime.fromtimestamp(t, zone).utcoffset()
+    def __init__(self, zone: tzinfo) -> None:
+        super().__init__()
+        self.zone = zone
+        self.mixed: set[int] = set()
+
+    def at(self, t: int) -> int:
+        delta = datetime.fromtimestamp(t, self.zone).utcoffset()
         return int(delta.total_seconds()) if delta is not None else 0
 
-    # Offsets change at most every few months and (in tzdata since 1970) on 15-minute
-    # boundaries, so one lookup per 15-minute bucket is enough when both ends of it agree.
-    lo = hi = 0
-    off = 0
-    cache: dict[int, int] = {}
-    for t in times:
-        if lo <= t < hi:
-            append(t + off)
-            continue
-        bucket = t // 900
-        cached = cache.get(bucket)
-        if cached is None:
-            first = offset(bucket * 900)
-            if first != offset(bucket * 900 + 899):
-                append(t + offset(t))
-                continue
-            cache[bucket] = cached = first
-        lo, hi, off = bucket * 900, bucket * 900 + 900, cached
-        append(t + off)
+    def __missing__(self, bucket: int) -> int:
+        first = self.at(bucket * 900)
+        if first != self.at(bucket * 900 + 899):
+            self.mixed.add(bucket)
+        self[bucket] = first
+        return first
+
+
+_BLOCK = 8192  # positions whose period keys are computed at once
+
+
+def _local_seconds(times: Sequence[int], zone: tzinfo, offsets: _Offsets | None = None) -> Sequence[int]:
+    """Epoch seconds shifted by the zone's UTC offset at that instant (wall-clock seconds)."""
+    if zone is UTC:
+        return array("q", times)
+    offsets = _Offsets(zone) if offsets is None else offsets
+    out = array("q", map(add, times, map(offsets.__getitem__, map(floordiv, times, repeat(900)))))
+    if offsets.mixed:  # a change inside a 15-minute bucket (not in tzdata since 1970)
+        mixed = offsets.mixed
+        for i, bucket in enumerate(map(floordiv, times, repeat(900))):
+            if bucket in mixed:
+                out[i] = times[i] + offsets.at(times[i])
     return out
 
 
-def _month_key(day: int, cache: dict[int, int]) -> int:
-    key = cache.get(day)
-    if key is None:
-        d = date.fromordinal(day + 719163)  # day 0 = 1970-01-01
-        key = cache[day] = d.year * 12 + d.month - 1
-    return key
+class _Months(dict[int, int]):
+    """Day number (0 = 1970-01-01) -> year * 12 + month - 1."""
+
+    def __missing__(self, day: int) -> int:
+        d = date.fromordinal(day + 719163)
+        key = self[day] = d.year * 12 + d.month - 1
+        return key
 
 
 def mark_archives(
@@ -219,60 +228,95 @@ def _marks(
     policy: KeepPolicy,
     protected: Sequence[bool] | None,
     zone: tzinfo | None,
-) -> list[int]:
+) -> bytearray:
+    """Per archive (input order) its internal mark, one byte each."""
     n = len(times)
     if protected is not None and len(protected) != n:
         raise ValueError("times and protected must have the same length")
-    marks = [_NONE] * n
-    if protected is not None:
-        for i, flag in enumerate(protected):
-            if flag:
-                marks[i] = _PROTECTED
+    marks = bytearray(n) if protected is None else bytearray(map(_PROTECTED.__mul__, map(bool, protected)))
     if policy.keeps_everything:
         # PVE keeps everything here; the rule shown is "all" only in spirit, so none is named.
-        return [m if m == _PROTECTED else _KEEP for m in marks]
+        return marks.replace(bytes([_NONE]), bytes([_KEEP]))
 
     tz = zone if zone is not None else local_zone()
     # Work in "position" space: position j is the j-th newest archive. Ties keep input order.
-    order = sorted(range(n), key=times.__getitem__, reverse=True)
-    stamps = [times[i] for i in order]
-    local = _local_seconds(stamps, tz)
-    state = [marks[i] for i in order]
-    months: dict[int, int] = {}
+    ascending = all(map(lt, times, islice(times, 1, None)))  # the usual listing: no sort needed
+    order: Sequence[int] = range(n - 1, -1, -1) if ascending else sorted(range(n), key=times.__getitem__, reverse=True)
+    # Large per-position columns are arrays of machine ints: 8 bytes an archive, not 36.
+    stamps = array("q", map(times.__getitem__, order))
+    state = marks[::-1] if ascending else bytearray(map(marks.__getitem__, order))
+    if ascending:
+        del marks
+    offsets = _Offsets(tz)
+    local_blocks: dict[int, Sequence[int]] = {}
+    months = _Months()
 
-    def month(j: int) -> int:
-        return _month_key(local[j] // 86400, months)
+    def local_block(b: int) -> Sequence[int]:
+        local = local_blocks.get(b)
+        if local is None:
+            local = local_blocks[b] = _local_seconds(stamps[b * _BLOCK : (b + 1) * _BLOCK], tz, offsets)
+        return local
 
-    rules: list[tuple[int, Callable[[int], int]]] = [
-        (policy.last, stamps.__getitem__),
-        (policy.hourly, lambda j: local[j] // 3600),
-        (policy.daily, lambda j: local[j] // 86400),
-        # 1970-01-01 was a Thursday: +3 makes weeks start on Monday, as ISO weeks (%G/%V) do.
-        (policy.weekly, lambda j: (local[j] // 86400 + 3) // 7),
-        (policy.monthly, month),
-        (policy.yearly, lambda j: month(j) // 12),
-    ]
+    def block_keys(rule: int, b: int) -> Sequence[int]:
+        """Periods of ``rule`` (index into RULES) for the positions of block ``b``, in C loops.
+
+        Blocks, because most passes stop early: only what a pass reaches is computed."""
+        if rule == 0:
+            return stamps[b * _BLOCK : (b + 1) * _BLOCK]
+        local = local_block(b)
+        if rule == 1:
+            return list(map(floordiv, local, repeat(3600)))
+        days = map(floordiv, local, repeat(86400))
+        if rule == 2:
+            return list(days)
+        if rule == 3:
+            # 1970-01-01 was a Thursday: +3 makes weeks start on Monday, as ISO weeks (%G/%V) do.
+            return list(map(floordiv, map(add, days, repeat(3)), repeat(7)))
+        month = map(months.__getitem__, days)
+        return list(month) if rule == 4 else list(map(floordiv, month, repeat(12)))
+
+    def period_of(rule: int, j: int) -> int:
+        """The period of ``rule`` for the (already kept, so computed) position j."""
+        if rule == 0:
+            return stamps[j]
+        t = local_block(j // _BLOCK)[j % _BLOCK]
+        if rule == 1:
+            return t // 3600
+        if rule == 2:
+            return t // 86400
+        if rule == 3:
+            return (t // 86400 + 3) // 7
+        return months[t // 86400] // (12 if rule == 5 else 1)
+
+    counts = (policy.last, policy.hourly, policy.daily, policy.weekly, policy.monthly, policy.yearly)
     kept: list[int] = []
-    for rule, (count, period) in enumerate(rules):
+    for rule, count in enumerate(counts):
         if count <= 0:
             continue
         keep_mark = _KEEP + rule
-        covered = {period(j) for j in kept}
+        covered = {period_of(rule, j) for j in kept}
         chosen: set[int] = set()
-        for j in range(n):
-            if state[j]:
-                continue
-            key = period(j)
-            if key in covered:
-                continue
-            if key in chosen:
-                state[j] = _REMOVE
-                continue
-            if len(chosen) >= count:
+        done = False
+        for b in range(0, (n + _BLOCK - 1) // _BLOCK):
+            period = block_keys(rule, b)
+            lo = b * _BLOCK
+            for j, key in zip(range(lo, min(n, lo + _BLOCK)), period):  # noqa: B905 (same length)
+                if state[j] or key in covered:
+                    continue
+                if key in chosen:
+                    state[j] = _REMOVE
+                    continue
+                if len(chosen) >= count:
+                    done = True
+                    break
+                chosen.add(key)
+                state[j] = keep_mark
+                kept.append(j)
+            if done:
                 break
-            chosen.add(key)
-            state[j] = keep_mark
-            kept.append(j)
+    if ascending:
+        state.reverse()
+        return state
     for j, i in enumerate(order):
         marks[i] = state[j]
     return marks

@@ -303,14 +303,4 @@ def install_cmd(
         raise typer.Exit(result.exit_code)
 
 
-def register(root: typer.Typer) -> None:
-    """Add the guard's commands to the root command line (one call from pveguard.cli)."""
-    root.add_typer(app, name="guard")
-    root.command("apt-hook", hidden=False)(apt_hook)
-    root.command("approve")(approve)
-    root.command("approvals")(approvals_list)
-    root.command("revoke")(revoke)
-    root.command("install")(install_cmd)
-
-
-__all__ = ["app", "register"]
+__all__ = ["app"]

@@ -220,7 +220,9 @@ def monitor(
         from pveguard.monitor.exporter import serve
 
         state_dir = Path(app_ctx.state_dir)
-        serve(listen, lambda: export_view(mon, state_dir))
+        # rendered once per poll (or when `pveguard audit` records a new score), not per scrape
+        serve(listen, lambda: export_view(mon, state_dir),
+              get_key=lambda: (mon.polls, mon.errors, compliance_score(state_dir)))
         info(f"serving /metrics on http://{listen}/metrics (poll every {every:g}s; Ctrl-C stops)")
     try:
         if watch:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import gzip
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -265,17 +265,47 @@ def _go(d: float) -> str:
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+class ScrapeCache:
+    """The exposition rendered once per poll: plain and gzip bytes are kept and served to every
+    scrape until ``get_key()`` (e.g. the poll counters) changes. Without ``get_key`` every scrape
+    renders anew. Thread-safe: concurrent scrapes of a new poll render it once."""
+
+    def __init__(self, get_view: Callable[[], ExportView], get_key: Callable[[], Hashable] | None = None) -> None:
+        self.get_view = get_view
+        self.get_key = get_key
+        self._lock = threading.Lock()
+        self._key: Hashable = object()
+        self._plain = b""
+        self._gzip: bytes | None = None
+        self.renders = 0  # how often the view was rendered (tests, benchmarks)
+        self.compressions = 0
+
+    def body(self, gzipped: bool) -> bytes:
+        """The exposition of the current view, gzip-compressed when asked."""
+        key = self.get_key() if self.get_key is not None else object()
+        with self._lock:
+            if key != self._key:
+                # a poll that ends after get_key() was read is rendered now and stored under the
+                # older key: the next scrape sees the new key and renders again (never stale)
+                self._plain, self._gzip, self._key = render(self.get_view()), None, key
+                self.renders += 1
+            if not gzipped:
+                return self._plain
+            if self._gzip is None:
+                self._gzip = gzip.compress(self._plain, compresslevel=1)
+                self.compressions += 1
+            return self._gzip
+
+
 class _Handler(BaseHTTPRequestHandler):
-    get_view: Callable[[], ExportView]
+    cache: ScrapeCache
 
     def do_GET(self) -> None:
         if self.path.split("?", 1)[0] not in ("/metrics", "/"):
             self.send_error(404, "only /metrics lives here")
             return
-        body = render(self.get_view())
         gzipped = "gzip" in self.headers.get("Accept-Encoding", "")
-        if gzipped:
-            body = gzip.compress(body, compresslevel=1)
+        body = self.cache.body(gzipped)
         self.send_response(200)
         self.send_header("Content-Type", CONTENT_TYPE)
         if gzipped:
@@ -288,19 +318,26 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-def serve(listen: str, get_view: Callable[[], ExportView]) -> ThreadingHTTPServer:
-    """Serve /metrics on HOST:PORT from a background thread; returns the server (call shutdown())."""
+def serve(listen: str, get_view: Callable[[], ExportView],
+          get_key: Callable[[], Hashable] | None = None) -> ThreadingHTTPServer:
+    """Serve /metrics on HOST:PORT from a background thread; returns the server (call shutdown()).
+
+    ``get_key``: a value that changes when the view does (the poll counters); scrapes in between
+    get the bytes rendered for the first of them (see ScrapeCache; ``server.cache`` holds it).
+    """
     from pveguard.errors import UsageError
 
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
         raise UsageError(f"--listen {listen!r} is not HOST:PORT", hint="e.g. --listen 127.0.0.1:9632")
-    handler = type("MetricsHandler", (_Handler,), {"get_view": staticmethod(get_view)})
+    cache = ScrapeCache(get_view, get_key)
+    handler = type("MetricsHandler", (_Handler,), {"cache": cache})
     try:
         server = ThreadingHTTPServer((host.strip("[]") or "127.0.0.1", int(port)), handler)
     except OSError as exc:
         raise UsageError(f"cannot listen on {listen}: {exc.strerror}",
                          hint="pick a free port, or stop what listens there") from None
     server.daemon_threads = True
+    server.cache = cache  # type: ignore[attr-defined]
     threading.Thread(target=server.serve_forever, name="pveguard-metrics", daemon=True).start()
     return server

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -131,7 +131,3 @@ def serve_cmd(
         return
     run(app_ctx, listen)
 
-
-def register(app: Any) -> None:
-    app.command("serve")(serve_cmd)
-    app.add_typer(token_app, name="api-token")

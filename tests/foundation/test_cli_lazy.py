@@ -1,0 +1,88 @@
+"""The root command imports subcommands on first use: --help and completion list every command
+with the help it has when loaded, without loading it; every registration resolves."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pveguard import cli
+
+SRC = str(Path(cli.__file__).resolve().parent.parent)
+EAGER = "import functools, sys; from pveguard import cli; cli.command = functools.partial(cli.command, eager=True); "
+
+
+def _run(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": SRC, "COLUMNS": "100", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("argv", [["--help"], [], ["backup", "--help"], ["guard", "--help"]])
+def test_help_is_the_same_lazy_and_eager(argv: list[str]) -> None:
+    lazy = _run(f"from pveguard import cli; cli.main({argv!r})")
+    eager = _run(EAGER + f"cli.main({argv!r})")
+    assert lazy.stdout == eager.stdout and lazy.stderr == eager.stderr
+    assert lazy.returncode == eager.returncode
+    if argv in (["--help"], []):
+        listed = lazy.stdout + lazy.stderr
+        for name in cli.LAZY:
+            assert f"  {name} " in listed, name
+
+
+def test_every_registration_loads_with_the_registered_help() -> None:
+    from typer._click.utils import make_default_short_help
+
+    for name, (_, text, settings) in cli.LAZY.items():
+        cmd = cli._load(name)
+        assert cmd.name == name
+        assert make_default_short_help(cmd.help or "", 200) == make_default_short_help(text, 200), name
+        assert bool(cmd.hidden) == bool(settings.get("hidden")), name
+
+
+def test_help_and_completion_import_no_subcommand() -> None:
+    probe = (
+        "import sys\nfrom pveguard import cli\ntry:\n    cli.main(ARGV)\nexcept SystemExit:\n    pass\n"
+        "print('MODULES', sorted(m for m in sys.modules if m.startswith('pveguard') or m in ('pydantic', 'requests')),"
+        " file=sys.stderr)\n"
+    )
+    help_run = _run(probe.replace("ARGV", "['--help']"))
+    modules = help_run.stderr.split("MODULES", 1)[1]
+    assert modules.strip() == "['pveguard', 'pveguard.cli', 'pveguard.errors']"
+    complete = _run(
+        probe.replace("ARGV", "None"), _PVEGUARD_COMPLETE="complete_bash", COMP_WORDS="pveguard ba", COMP_CWORD="1"
+    )
+    assert complete.stdout.split() == ["backup"]
+    # (typer's own completion code may load pydantic to inspect parameter types: not ours to cut)
+    assert complete.stderr.split("MODULES", 1)[1].strip().replace(", 'pydantic'", "") == (
+        "['pveguard', 'pveguard.cli', 'pveguard.errors']"
+    )
+
+
+def test_completion_reaches_into_a_lazy_group() -> None:
+    done = _run(
+        "from pveguard import cli; cli.main()",
+        _PVEGUARD_COMPLETE="complete_bash",
+        COMP_WORDS="pveguard backup prune-s",
+        COMP_CWORD="2",
+    )
+    assert done.stdout.split() == ["prune-sim"]
+    zsh = _run(
+        "from pveguard import cli; cli.main()", _PVEGUARD_COMPLETE="complete_zsh", _TYPER_COMPLETE_ARGS="pveguard ap"
+    )
+    assert '"approve":"Approve a non-core package' in zsh.stdout and '"apply":' in zsh.stdout
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    done = _run("from pveguard import cli; cli.main(['no-such-command'])")
+    assert done.returncode == 2
+    assert "No such command" in done.stderr
