@@ -122,8 +122,13 @@ def test_migrate_nginx_and_a_stateful_service(lxc_env: Any, ip_forward_restored:
                                 template_cache=b.config.template_cache, subnet=free_pool())
     gateway = next(c for c in doc["containers"] if c["name"] == "pve-api-gateway")
     gateway["resources"].update(memory="1G", storage="4G")
+    # migrate does not open the target's firewall for the ports it moves yet (issue #16's note): with
+    # plain LXC's nftables isolation on, the probes and the forwarded clients would be dropped at both
+    # containers (the "host" one here is a container too)
+    gateway.setdefault("network", {})["firewall"] = False
     host = {"name": "mig-host", "role": "host", "purpose": "plays the PVE host in the migrate test",
-            "resources": {"cores": 1, "memory": "1G", "storage": "4G"}, "packages": ["nginx", "nftables"]}
+            "resources": {"cores": 1, "memory": "1G", "storage": "4G"}, "packages": ["nginx", "nftables"],
+            "network": {"firewall": False}}
     doc["containers"] = [gateway, host]
     strategy.write_text(yaml.safe_dump(doc, sort_keys=False))
     code, out, err = pveguard(env, "apply", "--yes")

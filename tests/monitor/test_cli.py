@@ -109,7 +109,9 @@ def test_monitor_listen_serves_metrics(sim_env: tuple[Any, dict[str, str]]) -> N
         score.record(store, score.Score(87, counts, 13), "2026-11-26T10:00:00+00:00", "pve1")
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "pveguard", "monitor", "--listen", f"127.0.0.1:{port}",
-                             "--interval", "1s"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--interval", "1s"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a suite run in the background (`cmd &`) ignores SIGINT, and the child would inherit it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 30
         text = ""

@@ -106,8 +106,11 @@ def test_every_mutation_has_an_intent_before_and_a_result_after(penv: Env, capsy
 
 
 def start_apply(penv: Env) -> subprocess.Popen[str]:
+    # SIGINT back to its default in the child: a suite started in the background (`cmd &`) has it
+    # ignored, and Python keeps an inherited SIG_IGN, so the Ctrl-C below would never arrive
     return subprocess.Popen([*pveguard_argv(), "apply"], env={**os.environ, **penv.env}, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(proc: subprocess.Popen[str], marker: str, timeout: float = 60) -> None:

@@ -231,7 +231,7 @@ def test_cli_reports_missing_schema(tmp_path: Path) -> None:
         [sys.executable, "-m", "pvesim", "--port", "0"], capture_output=True, text=True, env=env, timeout=30
     )
     assert r.returncode == 2 and r.stdout == ""
-    assert "PVE API schema not found" in r.stderr and "PVESIM_SCHEMA" in r.stderr
+    assert "API schema not found" in r.stderr and "PVESIM_SCHEMA" in r.stderr
 
 
 def test_quorum_loss_blocks_writes_and_rrddata(pvesim_factory) -> None:  # type: ignore[no-untyped-def]
