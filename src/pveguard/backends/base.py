@@ -48,6 +48,18 @@ def read_marker(description: str | None) -> Marker | None:
     return None
 
 
+def not_ours_or_locked(config: dict[str, Any], instance: str) -> str | None:
+    """Why an action of this installation must leave a guest alone, read from its config: another
+    installation's (or no) marker, or a lock (backup, migrate, snapshot...). None: it may act."""
+    marker = read_marker(config.get("description"))
+    if marker != Marker(instance):
+        return (f"owned by another pveguard instance {marker.instance}" if marker and marker.instance
+                else "not managed by this installation")
+    if config.get("lock"):
+        return f"locked ({config['lock']})"
+    return None
+
+
 def with_marker(description: str | None, instance: str) -> str:
     """The description with its marker line (if any) replaced by this instance's, else one added."""
     lines = str(description or "").rstrip("\n").splitlines()

@@ -8,7 +8,6 @@ row, never re-read from a source the migration has already changed.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import re
 import signal
@@ -29,6 +28,7 @@ from pveguard.errors import OperationError, PolicyRefused, UsageError
 from pveguard.migrate import endpoints, plan, probe
 from pveguard.migrate.endpoints import Endpoint, Local
 from pveguard.migrate.journal import Journal, Run
+from pveguard.provision.runlock import state_lock
 
 Progress = Callable[[str], None]
 # tests: SIGKILL this process once that step is journaled done, or at a point inside a step
@@ -165,20 +165,8 @@ class Migration:
 @contextmanager
 def migrate_lock(state_dir: Path) -> Iterator[None]:
     """One migrate run or rollback at a time per state directory (the kernel drops it on kill -9)."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(state_dir / "migrate.lock", os.O_RDWR | os.O_CREAT, 0o640)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise OperationError(f"another pveguard migrate is running (pid {holder})",
-                                 hint="wait for it to finish, then run this command again") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    with state_lock(state_dir, "migrate.lock", "migrate"):
         yield
-    finally:
-        os.close(fd)
 
 
 def _kill_hook(step: str) -> None:

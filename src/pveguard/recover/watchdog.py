@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pveguard.backends.base import MANAGED_TAG, Backend, Guest, Marker, read_marker
+from pveguard.backends.base import MANAGED_TAG, Backend, Guest, not_ours_or_locked
 from pveguard.errors import BackendError
 from pveguard.recover import probes
 from pveguard.recover.budget import Budget, Decision, RestartState, decide
@@ -201,12 +201,9 @@ def _not_ours(backend: Backend, g: Guest, instance: str) -> str | None:
         cfg = backend.get_config(g)
     except BackendError as exc:
         return f"config unreadable: {exc.message}"
-    marker = read_marker(cfg.get("description"))
-    if marker != Marker(instance):
-        return (f"owned by another pveguard instance {marker.instance}" if marker and marker.instance
-                else "not managed by this installation")
-    if cfg.get("lock"):
-        return f"locked ({cfg['lock']})"
+    why = not_ours_or_locked(cfg, instance)
+    if why is not None:
+        return why
     if str(cfg.get("onboot", "0")) not in ("1", "true", "True"):
         return "onboot is off (not meant to run)"
     return None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pveguard.backends.base import MANAGED_TAG, Backend, Guest, Marker, read_marker
+from pveguard.backends.base import MANAGED_TAG, Backend, Guest, not_ours_or_locked
 from pveguard.errors import BackendError
 from pveguard.recover import probes
 from pveguard.strategy.models import Container, Strategy
@@ -110,13 +110,7 @@ def why_not(backend: Backend, g: Guest, instance: str) -> str | None:
         cfg = backend.get_config(g)
     except BackendError as exc:
         return f"config unreadable: {exc.message}"
-    marker = read_marker(cfg.get("description"))
-    if marker != Marker(instance):
-        return (f"owned by another pveguard instance {marker.instance}" if marker and marker.instance
-                else "not managed by this installation")
-    if cfg.get("lock"):
-        return f"locked ({cfg['lock']})"
-    return None
+    return not_ours_or_locked(cfg, instance)
 
 
 def pending(backend: Backend, g: Guest, refresh: bool = True) -> list[apt.Pending]:
