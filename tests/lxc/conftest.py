@@ -11,13 +11,16 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from infra.processes import stop
 from infra.rootfs import CACHE
@@ -50,6 +53,18 @@ class LxcEnv:
     root: Path
     prefix: str  # every bridge this test makes starts with it
     bridges: list[str] = field(default_factory=list)
+
+    def cli_env(self, doc: dict[str, Any]) -> dict[str, str]:
+        """Write `doc` as this test's strategy, its `target` set (in `doc` too, for later rewrites) to
+        this env's private lxcpath, disks and template cache, and return the environment a
+        `python -m pveguard` child needs to use it."""
+        c = self.backend.config
+        doc["target"] = {"backend": "lxc", "lxc": {"lxcpath": c.lxcpath, "disk_dir": c.disk_dir,
+                                                   "template_cache": c.template_cache}}
+        strategy = self.root / "strategy.yaml"
+        strategy.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PVEGUARD_BACKEND": "lxc",
+                "PVEGUARD_STRATEGY": str(strategy), "PVEGUARD_STATE_DIR": str(self.root / "state")}
 
     def bridge(self, suffix: str) -> str:
         name = f"{self.prefix}{suffix}"

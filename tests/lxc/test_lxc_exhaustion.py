@@ -6,7 +6,6 @@ and the OOM-killer lines of an earlier kill, and `scale --revert` puts the strat
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -42,12 +41,8 @@ def test_a_memory_hog_is_scaled_live_reported_and_reverted(lxc_env: Any) -> None
                         "network": {"ip": "10.250.31.21/24"}}],
         "monitoring": {"sustain": "1s", "poll_interval": "5s", "thresholds": {"memory": 85}},
         "emergency": {"resource_exhaustion": {"scale_step": 0.25, "scale_max": 2.0}},
-        "target": {"backend": "lxc", "lxc": {"lxcpath": b.config.lxcpath, "disk_dir": b.config.disk_dir,
-                                             "template_cache": b.config.template_cache}},
     }
-    strategy.write_text(yaml.safe_dump(doc, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PVEGUARD_BACKEND": "lxc",
-           "PVEGUARD_STRATEGY": str(strategy), "PVEGUARD_STATE_DIR": str(lxc_env.root / "state")}
+    env = lxc_env.cli_env(doc)
     code, out, err = pveguard(env, "apply", "--yes")
     assert code == 0, out + err
     [g] = b.list_guests()

@@ -42,12 +42,8 @@ def test_kill_9_of_init_and_a_failing_check_are_repaired(lxc_env: Any) -> None:
                         "health_checks": [{"type": "command", "command": ["sh", "-c", "test ! -e /run/broken"],
                                            "interval": "1s"}]}],
         "emergency": {"container_failure": {"max_restarts": 3, "window": "1h", "backoff": "0s"}},
-        "target": {"backend": "lxc", "lxc": {"lxcpath": b.config.lxcpath, "disk_dir": b.config.disk_dir,
-                                             "template_cache": b.config.template_cache}},
     }
-    strategy.write_text(yaml.safe_dump(doc, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PVEGUARD_BACKEND": "lxc",
-           "PVEGUARD_STRATEGY": str(strategy), "PVEGUARD_STATE_DIR": str(lxc_env.root / "state")}
+    env = lxc_env.cli_env(doc)
     code, out, err = pveguard(env, "apply", "--yes")
     assert code == 0, out + err
     [g] = b.list_guests()
@@ -109,12 +105,8 @@ def test_the_loop_wakes_on_a_stop_event(lxc_env: Any) -> None:
                         "health_checks": [{"type": "command", "command": ["systemctl", "is-active", "--quiet",
                                                                           "systemd-journald"], "interval": "60s"}]}],
         "emergency": {"container_failure": {"interval": "60s", "backoff": "0s"}},
-        "target": {"backend": "lxc", "lxc": {"lxcpath": b.config.lxcpath, "disk_dir": b.config.disk_dir,
-                                             "template_cache": b.config.template_cache}},
     }
-    strategy.write_text(yaml.safe_dump(doc, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PVEGUARD_BACKEND": "lxc",
-           "PVEGUARD_STRATEGY": str(strategy), "PVEGUARD_STATE_DIR": str(lxc_env.root / "state")}
+    env = lxc_env.cli_env(doc)
     code, out, err = pveguard(env, "apply", "--yes")
     assert code == 0, out + err
     [g] = b.list_guests()

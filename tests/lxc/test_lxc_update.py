@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from email.utils import formatdate
@@ -92,12 +91,8 @@ def test_a_failing_postinst_is_rolled_back_and_the_service_answers_again(lxc_env
                         "backup_volume": {"size": "1G", "mountpoint": "/srv/backup"},
                         "health_checks": [{"type": "tcp", "port": 8080, "interval": "1s", "timeout": "2s"}]}],
         "updates": {"keep_snapshots": 1, "health_timeout": "20s"},
-        "target": {"backend": "lxc", "lxc": {"lxcpath": b.config.lxcpath, "disk_dir": b.config.disk_dir,
-                                             "template_cache": b.config.template_cache}},
     }
-    strategy.write_text(yaml.safe_dump(doc, sort_keys=False))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PVEGUARD_BACKEND": "lxc",
-           "PVEGUARD_STRATEGY": str(strategy), "PVEGUARD_STATE_DIR": str(lxc_env.root / "state")}
+    env = lxc_env.cli_env(doc)
     code, out, err = pveguard(env, "apply", "--yes")
     assert code == 0, out + err
     [g] = b.list_guests()
