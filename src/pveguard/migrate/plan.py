@@ -213,8 +213,11 @@ def build(facts: HostFacts, strategy: Strategy, service: str, to: str | None = N
         "ip": net.ip if net else None,
         "ports": ports,
         "switch": "DNAT on the source: each port above is forwarded to the container's address, "
-                  "clients keep using the source's address",
+                  "clients keep using the source's address (127.0.0.1 on the source too)",
     }
+    if spec is not None and spec.network.firewall and ports:
+        network["switch"] += ("; the container's firewall admits those ports from the source's address (kept "
+                              "in its desired firewall state until rollback)")
     if not ports and facts.is_unavailable("listening sockets"):
         network["switch"] += "; the ports are read live by 'migrate run' (offline root: none known)"
     bpol = strategy.backup.containers

@@ -29,6 +29,7 @@ from pveguard.migrate import endpoints, plan, probe
 from pveguard.migrate.endpoints import Endpoint, Local
 from pveguard.migrate.journal import Journal, Run
 from pveguard.provision.runlock import state_lock
+from pveguard.security import extra_inbound
 
 Progress = Callable[[str], None]
 # tests: SIGKILL this process once that step is journaled done, or at a point inside a step
@@ -413,15 +414,23 @@ def step_test(m: Migration) -> dict[str, Any]:
             raise OperationError(f"{m.unit} is not active in {m.run.target}: {status}", hint=rollback)
         raise OperationError(f"{m.run.target} does not listen on {sorted(set(ports) - seen['ports'])}",
                              hint=rollback)
+    # the target's firewall admits the moved ports from the source before anything is asked through it
+    firewall = _open_firewall(m) if any(p["proto"] in ("tcp", "udp") for p in m.doc["ports"]) else None
     answers = {}
     for p in ports:
         want = m.state["baseline"][str(p)]
         got = probe.probe(m.state["ct_address"], p, want["kind"])
         if not probe.same(want, got):
+            hint = rollback
+            if not got.get("ok") and "timed out" in str(got.get("error")):
+                hint = (f"nothing answered: the firewall of {m.run.target} admits port {p} only from the source "
+                        f"({m.state.get('fw_source')}) and what the strategy allows, and this probe comes from "
+                        "this machine; admit it (network.management.cidr / security.network.allowed_inbound), "
+                        f"then run this again; or {rollback}")
             raise OperationError(f"port {p} answers differently in {m.run.target}: {_answer(got)} "
-                                 f"(the source answered {_answer(want)})", hint=rollback)
+                                 f"(the source answered {_answer(want)})", hint=hint)
         answers[str(p)] = got
-    return {"active": True, "ports": ports, "answers": answers}
+    return {"active": True, "ports": ports, "answers": answers, "firewall": firewall}
 
 
 def _answer(a: dict[str, Any]) -> str:
@@ -432,14 +441,25 @@ def _answer(a: dict[str, Any]) -> str:
     return f"TCP banner sha256 {a['banner_sha256'][:12]}"
 
 
-def forward_rules(service: str, ct_address: str, ports: list[dict[str, Any]]) -> str:
-    """The nft script that sends the source's ports to the container (replacing an earlier one)."""
+def forward_rules(service: str, ct_address: str, ports: list[dict[str, Any]], guard_dev: str | None = None) -> str:
+    """The nft script that sends the source's ports to the container (replacing an earlier one).
+
+    Clients from outside arrive in prerouting; the source's own clients, 127.0.0.1 included, in output
+    (a loopback-sourced packet may leave towards the container only with route_localnet on its
+    interface, which the switch turns on; the masquerade then gives it the interface's address).
+    `guard_dev`: the interface route_localnet was turned on for: packets to 127.0.0.0/8 arriving there
+    from outside are dropped before routing (route_localnet would otherwise route them to the source's
+    loopback services; the replies of the forwarded flows are still addressed to the source then)."""
     t = table_name(service)
-    lines = [f"table ip {t} {{}}", f"delete table ip {t}", f"table ip {t} {{",
-             "  chain prerouting { type nat hook prerouting priority dstnat; policy accept;"]
+    lines = [f"table ip {t} {{}}", f"delete table ip {t}", f"table ip {t} {{"]
     by_proto: dict[str, list[int]] = {}
     for p in ports:
         by_proto.setdefault(p["proto"], []).append(p["port"])
+    if guard_dev:
+        lines.append("  chain localnet_guard { type filter hook prerouting priority -150; policy accept;")
+        lines.append(f'    iifname "{guard_dev}" ip daddr 127.0.0.0/8 counter drop')
+        lines.append("  }")
+    lines.append("  chain prerouting { type nat hook prerouting priority dstnat; policy accept;")
     for proto, nums in sorted(by_proto.items()):
         ports_text = ", ".join(str(n) for n in sorted(set(nums)))
         lines.append(f"    fib daddr type local ip daddr != 127.0.0.0/8 {proto} dport {{ {ports_text} }} counter "
@@ -448,8 +468,7 @@ def forward_rules(service: str, ct_address: str, ports: list[dict[str, Any]]) ->
     lines.append("  chain output { type nat hook output priority -100; policy accept;")
     for proto, nums in sorted(by_proto.items()):
         ports_text = ", ".join(str(n) for n in sorted(set(nums)))
-        lines.append(f"    fib daddr type local ip daddr != 127.0.0.0/8 {proto} dport {{ {ports_text} }} counter "
-                     f"dnat to {ct_address}")
+        lines.append(f"    fib daddr type local {proto} dport {{ {ports_text} }} counter dnat to {ct_address}")
     lines.append("  }")
     lines.append("  chain postrouting { type nat hook postrouting priority srcnat; policy accept;")
     for proto, nums in sorted(by_proto.items()):
@@ -460,19 +479,115 @@ def forward_rules(service: str, ct_address: str, ports: list[dict[str, Any]]) ->
     return "\n".join(lines) + "\n"
 
 
+def _route_to(m: Migration, address: str) -> tuple[str, str]:
+    """(the source's own address towards `address`, the interface it leaves by): what the container sees
+    as the client of every forwarded (masqueraded) flow."""
+    r = m.src.run(["ip", "-4", "-o", "route", "get", address])
+    src, dev = re.search(r"\bsrc (\S+)", r.out), re.search(r"\bdev (\S+)", r.out)
+    if not r.ok or src is None or dev is None:
+        raise OperationError(f"{m.src.label} has no route to the container's address {address}: "
+                             f"{(r.err or r.out)[-300:]}", hint="the source must reach the container's network "
+                             "(the bridge, or a routed gateway); 'ip route get ADDRESS' there shows the path")
+    return src.group(1), dev.group(1)
+
+
+FW_OWNER = "migrate:{unit}"
+
+
+def _fw_record(m: Migration) -> Callable[..., None]:
+    """The converge's ledger writer: intent before, result after, like apply's."""
+    def record(step: str, target: str, name: str, result: str | None, **details: Any) -> None:
+        action = f"migrate.{step}" + (".intent" if result is None else "")
+        m.app.record(action, target, name=name, service=m.unit, **({"result": result} if result else {}),
+                     **details)
+    return record
+
+
+def _converge_firewall(m: Migration) -> dict[str, Any]:
+    """The target's firewall made what its desired state says now (the strategy's rules and the store's
+    extra ones) through apply's own firewall step, restricted to the target."""
+    from pveguard.provision.cli import firewall_step
+    from pveguard.provision.runlock import apply_lock
+    from pveguard.security.isolation import enforced
+
+    target = m.run.target
+    if not any(c.name == target for c in m.app.strategy.containers):
+        return {"converged": [], "note": f"{target} is not a strategy container: pveguard keeps no firewall for "
+                                         "it; admit the moved ports there yourself"}
+    if not enforced(m.app.strategy):
+        return {"converged": [], "note": "firewall desired state is off in the strategy: nothing converged"}
+    backend, _, _ = m.container()
+    step = firewall_step(m.app, backend, {target})
+    if step is None:
+        return {"converged": [], "note": f"the {backend.name} backend has no firewall pveguard keeps"}
+    with apply_lock(m.app.state_dir):
+        return {"converged": step(_fw_record(m))}
+
+
+def _open_firewall(m: Migration) -> dict[str, Any]:
+    """The moved ports become part of the target's desired firewall state (security.extra_inbound),
+    admitted only from the address the source reaches the container from, and converged at once.
+    `plan` shows them, `apply` keeps them, `migrate rollback` removes them."""
+    from pveguard.security.isolation import Rule
+
+    st = m.state
+    if "fw_source" not in st:
+        st["fw_source"], st["route_dev"] = _route_to(m, st["ct_address"])
+        m.save()
+    by_proto: dict[str, set[int]] = {}
+    for p in m.doc["ports"]:
+        if p["proto"] in ("tcp", "udp"):
+            by_proto.setdefault(p["proto"], set()).add(int(p["port"]))
+    why = f"migrate {m.unit} from {m.run.source}"
+    rules = [Rule(proto, ",".join(str(n) for n in sorted(nums)), st["fw_source"], why=why)
+             for proto, nums in sorted(by_proto.items())]
+    owner = FW_OWNER.format(unit=m.unit)
+    before, after = extra_inbound.set_rules(m.app.store, owner, m.run.target, rules)
+    if before != after:
+        m.app.record("migrate.firewall-desired", m.run.target, service=m.unit, owner=owner,
+                     before=[r.text() for r in before], after=[r.text() for r in after])
+    return {"rules": [r.text() for r in rules], **_converge_firewall(m)}
+
+
+def _close_firewall(m: Migration) -> dict[str, Any]:
+    """The moved ports leave the target's desired firewall state, and the firewall follows."""
+    owner = FW_OWNER.format(unit=m.unit)
+    gone = extra_inbound.drop(m.app.store, owner)
+    if not gone:
+        return {"removed": []}
+    m.app.record("migrate.firewall-desired", m.run.target, service=m.unit, owner=owner,
+                 before=[e.rule.text() for e in gone], after=[])
+    return {"removed": [e.rule.text() for e in gone], **_converge_firewall(m)}
+
+
 def step_switch_traffic(m: Migration) -> dict[str, Any]:
     st = m.state
     ports = [p for p in m.doc["ports"] if p["proto"] in ("tcp", "udp")]
     if not ports:
         return {"forwarded": [], "note": "the service listens on no port: no traffic to switch"}
-    # the old value and forwarding on, in one round trip (the service is down on the source meanwhile)
-    fwd = m.src.run(["sh", "-c", "f=/proc/sys/net/ipv4/ip_forward; cat $f; [ \"$(cat $f)\" = 1 ] || echo 1 > $f; "
-                     "cat $f"]).out.split()
-    if len(fwd) < 2 or fwd[1] != "1":
-        raise OperationError(f"cannot turn on IPv4 forwarding on {m.src.label}",
-                             hint="net.ipv4.ip_forward must be writable there (a container needs its own netns)")
-    st.setdefault("ip_forward_before", fwd[0])
-    script = forward_rules(m.unit, st["ct_address"], ports)
+    firewall = _open_firewall(m)    # before the forward: its first packet is admitted
+    dev = st["route_dev"]
+    knobs = ["/proc/sys/net/ipv4/ip_forward", f"/proc/sys/net/ipv4/conf/{dev}/route_localnet"]
+    if "ip_forward_before" not in st or "route_localnet_before" not in st:
+        # journal first: the old values are saved before anything changes them, so a run killed in
+        # between resumes (and rolls back) with the values from before the migration
+        old = m.src.run(["cat", *knobs]).out.split()
+        if len(old) != 2:
+            raise OperationError(f"cannot read {' and '.join(knobs)} on {m.src.label}",
+                                 hint="the source must be a Linux host (or a container with its own netns)")
+        st.setdefault("ip_forward_before", old[0])
+        st.setdefault("route_localnet_before", {"dev": dev, "value": old[1]})
+        m.save()
+    # forwarding on, and route_localnet on the container's interface (the source's own 127.0.0.1 clients)
+    on = m.src.run(["sh", "-c", 'for f in "$@"; do [ "$(cat "$f")" = 1 ] || echo 1 > "$f"; cat "$f"; done', "sh",
+                    *knobs]).out.split()
+    if on != ["1", "1"]:
+        raise OperationError(f"cannot turn on IPv4 forwarding and route_localnet of {dev} on {m.src.label}",
+                             hint="net.ipv4.ip_forward and net.ipv4.conf.<if>.route_localnet must be writable "
+                                  "there (a container needs its own netns)")
+    _kill_hook("switch-traffic:forwarding-on")   # tests: killed between the change and the step's end
+    guard = dev if st["route_localnet_before"]["value"] != "1" else None
+    script = forward_rules(m.unit, st["ct_address"], ports, guard)
     m.src.check(["nft", "-f", "-"], "installing the port forward", input=script.encode())
     st["forward_table"] = table_name(m.unit)
     st["switched_at"] = time.time()
@@ -493,7 +608,7 @@ def step_switch_traffic(m: Migration) -> dict[str, Any]:
         answers[str(p)] = True
     gap = st["switched_at"] - st["source_stopped_at"] if "source_stopped_at" in st else None
     return {"forwarded": [f"{p['proto']}/{p['port']}" for p in ports], "to": st["ct_address"],
-            "switched_at": st["switched_at"],
+            "switched_at": st["switched_at"], "firewall": firewall, "loopback": True,
             "table": st["forward_table"], "gap_seconds": round(gap, 3) if gap is not None else None}
 
 
@@ -678,11 +793,13 @@ def rollback(app: AppContext, service: str, say: Progress) -> Run:
     if "migrate-data" in touched:
         data = _undo_data(m)
     undo("switch-traffic", lambda: _undo_switch(m))
-    undo("test", lambda: {})
+    undo("test", lambda: {"firewall": _close_firewall(m)})
     undo("migrate-data", lambda: data)
     undo("install", lambda: _undo_install(m))
     undo("create", lambda: {"note": f"{run.target} is kept (a strategy container; 'pveguard apply --prune' "
                                     "manages it)"})
+    if extra_inbound.of_owner(app.store, FW_OWNER.format(unit=unit_name)):
+        _close_firewall(m)   # opened by a step the journal lost track of: still never left behind
     st.pop("baseline", None)
     journal.save(run, "rolled-back")
     app.record("migrate.rollback", unit_name, result="ok")
@@ -744,7 +861,11 @@ def _undo_switch(m: Migration) -> dict[str, Any]:
     before = st.get("ip_forward_before")
     if before is not None and before != "1":
         m.src.run(["sh", "-c", f"echo {int(before)} > /proc/sys/net/ipv4/ip_forward"])
-    return {"removed_table": t, "ip_forward": before}
+    localnet = st.get("route_localnet_before")
+    if localnet is not None and localnet["value"] != "1":
+        m.src.run(["sh", "-c", 'echo "$2" > "/proc/sys/net/ipv4/conf/$1/route_localnet"', "sh", localnet["dev"],
+                   str(int(localnet["value"]))])
+    return {"removed_table": t, "ip_forward": before, "route_localnet": localnet, "firewall": _close_firewall(m)}
 
 
 def _undo_install(m: Migration) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from pveguard.provision.plan import Plan, plan, resolve_journal
 from pveguard.provision.rbac import deliver, guests_of, rbac_plan, remember
 from pveguard.provision.runlock import apply_lock
 from pveguard.provision.serve_install import converge_serve, load_doc, serve_plan
-from pveguard.security import rbac
+from pveguard.security import extra_inbound, rbac
 from pveguard.security.isolation import FwPlan, converge, desired_firewall, enforced
 
 EXIT_CHANGES = 2
@@ -77,7 +77,7 @@ def compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str] 
     p = p.only(only) if only is not None else p
     if isinstance(backend, ProxmoxBackend):
         say_placement(backend, p)
-    p.firewall = firewall_plan(app.strategy, backend, p)
+    p.firewall = firewall_plan(app.strategy, backend, p, app.store)
     p.rbac = FwPlan(notes=[ONLY_NOTE]) if only is not None else rbac_plan(app.strategy, backend, p, app.store, instance)
     p.serve = serve_plan(app.strategy, load_doc(app.strategy_path), backend, p, only)
     return p
@@ -152,7 +152,8 @@ def firewall_step(app: AppContext, backend: Backend, only: set[str] | None) -> F
 
     def step(record: Callable[..., None]) -> list[str]:
         p = compute_plan(app, backend, False, only)
-        return converge(call, p.firewall, desired_firewall(app.strategy), record)
+        return converge(call, p.firewall, desired_firewall(app.strategy, extra_inbound.by_container(app.store)),
+                        record)
 
     return step
 

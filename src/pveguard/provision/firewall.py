@@ -14,6 +14,7 @@ from pveguard.backends.base import Backend
 from pveguard.backends.lxc import LxcBackend
 from pveguard.backends.proxmox import ProxmoxBackend
 from pveguard.provision.plan import Plan
+from pveguard.security import extra_inbound
 from pveguard.security.isolation import (
     Ct,
     FwPlan,
@@ -23,6 +24,7 @@ from pveguard.security.isolation import (
     plan_firewall,
     talking_from,
 )
+from pveguard.store import Store
 from pveguard.strategy.models import Strategy
 
 OTHER_NOTE = "this backend has no firewall pveguard can keep; nothing firewall-related is changed"
@@ -37,27 +39,29 @@ def managed_cts(p: Plan) -> list[Ct]:
             and a.vmid is not None and a.node is not None]
 
 
-def firewall_plan(strategy: Strategy, backend: Backend, p: Plan) -> FwPlan:
-    """The firewall changes (PVE, lxc) or why there are none (switched off)."""
+def firewall_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store | None = None) -> FwPlan:
+    """The firewall changes (PVE, lxc) or why there are none (switched off). The store's extra rules
+    (security.extra_inbound: a migrated service's ports) are part of the desired state."""
     if not isinstance(backend, ProxmoxBackend | LxcBackend):
         return FwPlan(notes=[OTHER_NOTE])
     if not enforced(strategy):
         return FwPlan(notes=[OFF_NOTE])
+    extras = extra_inbound.listing(store)
+    extra = extra_inbound.by_container(store)
     if isinstance(backend, LxcBackend):
         from pveguard.security.isolation_lxc import plan_lxc
 
-        fp = plan_lxc(strategy, backend, managed_cts(p))
-        pending = [a.name for a in p.actions if a.kind == "create"]
-        if pending:
-            fp.notes.append(f"created containers get their firewall in the same apply: {', '.join(pending)}")
-        return fp
-    want = desired_firewall(strategy)
-    seen = observe_firewall(backend.call, managed_cts(p), want.groups)
-    s = backend.settings
-    fp = plan_firewall(want, seen, managed_cts(p), source=talking_from(s.host), local=s.mode == "local")
+        fp = plan_lxc(strategy, backend, managed_cts(p), extra)
+    else:
+        want = desired_firewall(strategy, extra)
+        seen = observe_firewall(backend.call, managed_cts(p), want.groups)
+        s = backend.settings
+        fp = plan_firewall(want, seen, managed_cts(p), source=talking_from(s.host), local=s.mode == "local")
     pending = [a.name for a in p.actions if a.kind == "create"]
     if pending:
         fp.notes.append(f"created containers get their firewall in the same apply: {', '.join(pending)}")
+    for e in extras:
+        fp.notes.append(f"kept beyond the strategy: {e.text()}")
     return fp
 
 

@@ -39,6 +39,9 @@ PVE_MGMT_IPSET = "management"
 GROUP_PREFIX = "pvg-"
 GROUP_MAX = 18  # pve-firewall: $max_group_name_length
 COMMENT = "pveguard"
+# the comment prefix of a guest rule pveguard keeps beyond the strategy (security.extra_inbound: the ports a
+# migrated service brought); rules with it that are no longer desired are removed, others are the admin's
+EXTRA_COMMENT = "pveguard-extra"
 LOG_LEVEL = "info"  # guests' log_level_in while the traffic watch is on
 
 # Component (as named in a strategy container's `components`) -> the ports it listens on.
@@ -142,6 +145,8 @@ class FwDesired:
     # the guests' log_level_in while the traffic watch is on (pve-firewall logs policy drops only with
     # one set); None: left as it is
     log_level_in: str | None = None
+    # container name -> its rules beyond the strategy (security.extra_inbound), as guest rules of its own
+    guest_rules: dict[str, list[Rule]] = dataclasses.field(default_factory=dict)
 
 
 def pve_cidr(text: str) -> str:
@@ -150,7 +155,8 @@ def pve_cidr(text: str) -> str:
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
-def desired_firewall(strategy: Strategy) -> FwDesired:
+def desired_firewall(strategy: Strategy, extra: dict[str, list[Rule]] | None = None) -> FwDesired:
+    """The strategy's firewall, plus `extra` (security.extra_inbound.by_container) on the guests it names."""
     cidr = strategy.network.management.cidr
     mgmt = [pve_cidr(cidr)] if cidr else []
     groups: dict[str, list[Rule]] = {}
@@ -166,7 +172,8 @@ def desired_firewall(strategy: Strategy) -> FwDesired:
         group_of[c.name] = g
     from pveguard.monitor.traffic import enabled as traffic_watch
 
-    return FwDesired(mgmt, groups, group_of, LOG_LEVEL if traffic_watch(strategy) else None)
+    guest_rules = {name: list(rules) for name, rules in (extra or {}).items() if name in group_of and rules}
+    return FwDesired(mgmt, groups, group_of, LOG_LEVEL if traffic_watch(strategy) else None, guest_rules)
 
 
 # --- observed -----------------------------------------------------------------------------------
@@ -341,6 +348,16 @@ def plan_firewall(want: FwDesired, seen: FwObserved, cts: list[Ct], *, source: s
         if group is not None and not _has_group(on_guest, group):
             out.changes.append(FwChange(target, ct.name, "rules", _guest_rules_text(on_guest), f"group {group}",
                                         op="guest-group", data={"node": ct.node, "vmid": ct.vmid, "group": group}))
+        wanted = want.guest_rules.get(ct.name, [])
+        ours = [r for r in on_guest if _is_extra(r)]
+        have_extra: list[Rule] = [x for x in map(rule_of, ours) if x is not None]
+        add = [r for r in wanted if r not in have_extra]
+        remove = [_key(r) for r in ours if rule_of(r) is None or rule_of(r) not in wanted]
+        if add or remove:
+            out.changes.append(FwChange(target, ct.name, "extra rules", _rules_text(have_extra) or "(none)",
+                                        _rules_text(wanted) or "(none)", op="guest-extra",
+                                        data={"node": ct.node, "vmid": ct.vmid,
+                                              "add": [{**dataclasses.asdict(r)} for r in add], "remove": remove}))
     if str(seen.cluster_options.get("enable", 0)) != "1":
         why = datacenter_decision(seen.cluster_options, seen.cluster_rules, want.mgmt, source, local)
         if why is None:
@@ -357,6 +374,19 @@ def plan_firewall(want: FwDesired, seen: FwObserved, cts: list[Ct], *, source: s
                              f"will not turn it on: {why}. Turn it on at Datacenter > Firewall > Options once "
                              f"the nodes' API and SSH stay reachable")
     return out
+
+
+def _is_extra(pve: dict[str, Any]) -> bool:
+    return str(pve.get("comment") or "").startswith(EXTRA_COMMENT)
+
+
+def _key(pve: dict[str, Any]) -> dict[str, str]:
+    return {k: str(pve.get(k, "")) for k in ("proto", "dport", "source")}
+
+
+def extra_params(r: Rule) -> dict[str, Any]:
+    """A guest rule beyond the strategy as pveguard writes it (its comment marks it as pveguard's)."""
+    return {**r.params(), "comment": f"{EXTRA_COMMENT}: {r.why}" if r.why else EXTRA_COMMENT}
 
 
 def _has_group(rules: list[dict[str, Any]], group: str) -> bool:
@@ -428,6 +458,16 @@ def _apply_one(call: Call, c: FwChange, want: FwDesired) -> None:
                 return
         # PVE puts a new rule first (create_rule unshifts), ahead of the admin's own
         call("POST", base, {"type": "group", "action": c.data["group"], "enable": 1, "comment": COMMENT})
+    elif c.op == "guest-extra":
+        base = f"/nodes/{c.data['node']}/lxc/{c.data['vmid']}/firewall/rules"
+        for key in c.data["remove"]:
+            # positions shift with each delete: read again and delete by the digest just listed
+            rules = call("GET", base) or []
+            found = next((r for r in rules if _is_extra(r) and _key(r) == key), None)
+            if found is not None:
+                call("DELETE", f"{base}/{found['pos']}", {"digest": found["digest"]})
+        for r in reversed(c.data["add"]):
+            call("POST", base, extra_params(Rule(**r)))
     elif c.op == "pve-mgmt":
         if not c.data["exists"]:
             call("POST", "/cluster/firewall/ipset", {"name": PVE_MGMT_IPSET})
@@ -498,6 +538,9 @@ def check(strategy: Strategy, want: FwDesired, seen: FwObserved, cts: list[Ct],
         have = [rule_of(r) for r in seen.groups.get(g, [])]
         for r in [r for r in want.groups.get(g, []) if r not in have]:
             out.append(Violation(ct.name, ct.vmid, "rule-missing", f"security group {g} lacks {r.text()}"))
+        extra = [rule_of(r) for r in seen.guest_rules.get(ct.vmid, []) if _is_extra(r)]
+        for r in [r for r in want.guest_rules.get(ct.name, []) if r not in extra]:
+            out.append(Violation(ct.name, ct.vmid, "rule-missing", f"its guest rules lack {r.text()} ({r.why})"))
     return out + vlan_violations(strategy, [], {}, others)
 
 

@@ -15,6 +15,7 @@ from pveguard.backends.lxc import LxcBackend
 from pveguard.backends.proxmox import ProxmoxBackend
 from pveguard.errors import EXIT_FAILED, BackendError, UsageError
 from pveguard.output import console, print_json
+from pveguard.security import extra_inbound
 from pveguard.security.isolation import (
     Ct,
     Violation,
@@ -60,7 +61,7 @@ def check_cmd(ctx: typer.Context,
         wanted = {c.name for c in strategy.containers}
         mine = [g for g in managed_guests(seen_guests, instance) if g.name in wanted]
         cts = [Ct(g.name, g.vmid, g.node) for g in sorted(mine, key=lambda g: g.vmid)]
-        want = desired_firewall(strategy)
+        want = desired_firewall(strategy, extra_inbound.by_container(app_ctx.store))
         fw = observe_firewall(backend.call, cts, want.groups)
         mine_ids = {g.vmid for g in managed_guests(seen_guests, instance)}
         # a strategy container whose config cannot be read (its node offline): unknown, not absent
@@ -135,7 +136,8 @@ def _check_lxc(app_ctx: Any, backend: LxcBackend, json_out: bool, probes: bool) 
     by_vmid = {g.vmid: g for g in seen.guests}
     configs = {ct.vmid: seen.configs.get(ct.vmid) or backend.get_config(by_vmid[ct.vmid]) for ct in cts}
     violations, done = check_lxc(strategy, backend, cts, configs, others, seen.guests,
-                                 firewall=enforced(strategy), probes=probes)
+                                 firewall=enforced(strategy), probes=probes,
+                                 extra=extra_inbound.by_container(app_ctx.store))
     absent = sorted(wanted - {c.name for c in cts})
     _report(cts, absent, violations, done, json_out)
 

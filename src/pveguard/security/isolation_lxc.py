@@ -29,6 +29,7 @@ from pveguard.security.isolation import (
     Ct,
     FwChange,
     FwPlan,
+    Rule,
     Violation,
     role_rules,
     vlan_violations,
@@ -42,15 +43,19 @@ PROBE_PORT = 9  # discard: a port no default role admits, probed when the target
 MAX_PER_KIND = 3
 
 
-def lxc_rules(strategy: Strategy, name: str) -> list[NftRule] | None:
-    """The rules a container admits on the lxc backend (None: `network.firewall: false`, no firewall)."""
+Extra = dict[str, list[Rule]]   # container name -> rules beyond the strategy (security.extra_inbound)
+
+
+def lxc_rules(strategy: Strategy, name: str, extra: Extra | None = None) -> list[NftRule] | None:
+    """The rules a container admits on the lxc backend (None: `network.firewall: false`, no firewall):
+    the strategy's, then `extra`'s for it (a migrated service's ports)."""
     c = next((c for c in strategy.containers if c.name == name), None)
     if c is None or not c.network.firewall:
         return None
     cidr = strategy.network.management.cidr
     mgmt = str(ipaddress.ip_network(cidr, strict=False)) if cidr else None
     out: list[NftRule] = []
-    for r in role_rules(strategy, c):
+    for r in [*role_rules(strategy, c), *(extra or {}).get(name, [])]:
         source = r.source
         if source == f"+{MGMT_IPSET}":
             if mgmt is None:
@@ -73,13 +78,13 @@ def _text(rules: list[NftRule] | None) -> str:
     return "; ".join(r.text() for r in rules) or "(drop all)"
 
 
-def plan_lxc(strategy: Strategy, backend: LxcBackend, cts: list[Ct]) -> FwPlan:
+def plan_lxc(strategy: Strategy, backend: LxcBackend, cts: list[Ct], extra: Extra | None = None) -> FwPlan:
     """Each managed container's recorded rules against the strategy, and each bridge's live table."""
     out = FwPlan()
     bridges: dict[str, list[Ct]] = {}
     changed: set[str] = set()
     for ct in cts:
-        want = lxc_rules(strategy, ct.name)
+        want = lxc_rules(strategy, ct.name, extra)
         have = backend.isolation_policy(ct.vmid)
         bridge = backend.bridge_of(ct.vmid)
         bridges.setdefault(bridge, []).append(ct)
@@ -119,12 +124,13 @@ def converge_lxc(backend: LxcBackend, plan: FwPlan, record: Callable[..., None])
 # --- check --------------------------------------------------------------------------------------
 
 
-def firewall_violations(strategy: Strategy, backend: LxcBackend, cts: list[Ct]) -> list[Violation]:
+def firewall_violations(strategy: Strategy, backend: LxcBackend, cts: list[Ct],
+                        extra: Extra | None = None) -> list[Violation]:
     """The nft side read back: each container's recorded rules, its chains, its bridge's table."""
     out: list[Violation] = []
     tables: dict[str, str | None] = {}
     for ct in cts:
-        want = lxc_rules(strategy, ct.name)
+        want = lxc_rules(strategy, ct.name, extra)
         if want is None:
             continue  # network.firewall: false -- only its VLAN is checked
         bridge = backend.bridge_of(ct.vmid)
@@ -293,7 +299,8 @@ def ipv4_of(backend: LxcBackend, vmid: int) -> str | None:
     return None
 
 
-def run_probes(strategy: Strategy, backend: LxcBackend, cts: list[Ct], guests: list[Guest]) -> list[Probe]:
+def run_probes(strategy: Strategy, backend: LxcBackend, cts: list[Ct], guests: list[Guest],
+               extra: Extra | None = None) -> list[Probe]:
     """Probe the running managed containers from each other (all on this host)."""
     running = {g.vmid for g in guests if g.status == "running"}
     seen: list[Seen] = []
@@ -303,7 +310,7 @@ def run_probes(strategy: Strategy, backend: LxcBackend, cts: list[Ct], guests: l
         conf = backend.get_config(_guest(backend, ct.vmid))
         net0 = lxc_net.parse_net0(str(conf.get("net0", "")))
         seen.append(Seen(ct.name, ct.vmid, net0.get("bridge", ""), net0.get("tag"), ipv4_of(backend, ct.vmid),
-                         lxc_rules(strategy, ct.name)))
+                         lxc_rules(strategy, ct.name, extra)))
     with ThreadPoolExecutor(max_workers=PROBE_WORKERS) as pool:
         listening = dict(zip([s.vmid for s in seen], pool.map(lambda s: listening_ports(backend, s.vmid), seen),
                              strict=True))
@@ -353,7 +360,7 @@ def segment_intruders(backend: LxcBackend, cts: list[Ct], configs: dict[int, dic
 
 def check_lxc(strategy: Strategy, backend: LxcBackend, cts: list[Ct], configs: dict[int, dict[str, Any]],
               others: list[tuple[str, int, dict[str, Any]]], guests: list[Guest], *, firewall: bool,
-              probes: bool = True) -> tuple[list[Violation], list[Probe]]:
+              probes: bool = True, extra: Extra | None = None) -> tuple[list[Violation], list[Probe]]:
     """Every violation on the lxc backend (read back, then probed) and the probes made."""
     out = vlan_violations(strategy, cts, configs, others)
     vlans = {str(v) for v in (strategy.container_vlan(c) for c in strategy.containers) if v is not None}
@@ -361,8 +368,8 @@ def check_lxc(strategy: Strategy, backend: LxcBackend, cts: list[Ct], configs: d
     out += [v for v in segment_intruders(backend, cts, configs, vlans) if v.vmid is None or v.vmid not in named]
     done: list[Probe] = []
     if firewall:
-        out += firewall_violations(strategy, backend, cts)
+        out += firewall_violations(strategy, backend, cts, extra)
         if probes:
-            done = run_probes(strategy, backend, cts, guests)
+            done = run_probes(strategy, backend, cts, guests, extra)
             out += probe_violations(done)
     return out, done
