@@ -90,6 +90,12 @@ class Client(threading.Thread):
         return worst
 
 
+def reach(b: Any, guest: Any, address: str, port: int) -> str:
+    """From inside `guest`: open (connected), closed (refused: the firewall let it through) or filtered."""
+    r = b.exec(guest, ["timeout", "3", "bash", "-c", f"exec 3<>/dev/tcp/{address}/{port}"], timeout=30)
+    return "open" if r.returncode == 0 else "filtered" if r.returncode == 124 else "closed"
+
+
 @pytest.fixture
 def bridged_traffic_unfiltered() -> Any:
     """Container-to-container traffic inside one segment stays at layer 2. With br_netfilter loaded
@@ -122,11 +128,16 @@ def test_migrate_nginx_and_a_stateful_service(lxc_env: Any, ip_forward_restored:
                                 template_cache=b.config.template_cache, subnet=free_pool())
     gateway = next(c for c in doc["containers"] if c["name"] == "pve-api-gateway")
     gateway["resources"].update(memory="1G", storage="4G")
-    # migrate does not open the target's firewall for the ports it moves yet (issue #16's note): with
-    # plain LXC's nftables isolation on, the probes and the forwarded clients would be dropped at both
-    # containers (the "host" one here is a container too)
-    gateway.setdefault("network", {})["firewall"] = False
-    host = {"name": "mig-host", "role": "host", "purpose": "plays the PVE host in the migrate test",
+    # the target keeps its firewall (plain LXC's nftables isolation, default drop): the management
+    # network is this machine alone (its address on the containers' segment), so the gateway role admits
+    # 22 and 80/443 from here (the test step's probes) but nothing from the "host" container; what
+    # arrives from there (the forwarded clients, masqueraded) passes only by the rule migrate adds
+    from pveguard.backends import lxc_gateway
+
+    segment = lxc_gateway.segment_subnet(doc["target"]["lxc"]["subnet"], doc["network"]["container_vlan"])
+    doc["network"]["management"]["cidr"] = f"{lxc_gateway.gateway_of(segment).ip}/32"
+    # the "host" plays the PVE host, which has no guest firewall of pveguard's
+    host = {"name": "mfw-host", "role": "host", "purpose": "plays the PVE host in the migrate test",
             "resources": {"cores": 1, "memory": "1G", "storage": "4G"}, "packages": ["nginx", "nftables"],
             "network": {"firewall": False}}
     doc["containers"] = [gateway, host]
@@ -134,14 +145,18 @@ def test_migrate_nginx_and_a_stateful_service(lxc_env: Any, ip_forward_restored:
     code, out, err = pveguard(env, "apply", "--yes")
     assert code == 0, out + err
     guests = {g.name: g for g in b.list_guests()}
-    hg, ct = guests["mig-host"], guests["pve-api-gateway"]
+    hg, ct = guests["mfw-host"], guests["pve-api-gateway"]
     sh = lambda g, script, **kw: b.exec(g, ["sh", "-c", script], **kw)  # noqa: E731
     assert sh(hg, "cat > /var/www/html/index.html", input=PAGE).ok
     assert sh(hg, "cat > /usr/local/bin/ticker && chmod 755 /usr/local/bin/ticker", input=TICKER).ok
     assert sh(hg, "cat > /etc/systemd/system/ticker.service", input=TICKER_UNIT).ok
     assert sh(hg, "systemctl daemon-reload && systemctl enable --now ticker && systemctl restart nginx").ok
+    # the host's routing and loopback knobs as a fresh PVE host has them (rollback must give them back)
+    assert sh(hg, "echo 0 > /proc/sys/net/ipv4/ip_forward && echo 0 > /proc/sys/net/ipv4/conf/eth0/route_localnet").ok
     host_ip = sh(hg, "hostname -I").stdout.split()[0]
+    ct_ip = sh(ct, "hostname -I").stdout.split()[0]
     source = f"lxc:{hg.vmid}"
+    assert reach(b, hg, ct_ip, 80) == "filtered"    # before: the host is not admitted to the gateway
 
     client = Client(host_ip)
     client.start()
@@ -181,6 +196,25 @@ def test_migrate_nginx_and_a_stateful_service(lxc_env: Any, ip_forward_restored:
     validate = next(s for s in status["steps"] if s["name"] == "validate")["detail"]
     assert validate["backup"]["ok"] and validate["monitoring"]["ok"]
     assert 80 in validate["open_ports"]
+    # the target's firewall: the moved port is admitted from the host only, a port not moved stays filtered
+    assert reach(b, hg, ct_ip, 80) == "open"
+    assert reach(b, hg, ct_ip, 8080) == "filtered"
+    policy = json.loads((Path(b.config.lxcpath) / str(ct.vmid) / "firewall.json").read_text())["rules"]
+    assert {"proto": "tcp", "dport": "80", "source": host_ip} in policy
+    # the source's own clients on 127.0.0.1 reach the container too (output DNAT + route_localnet)
+    local = b.exec(hg, ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/80 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && "
+                                      "timeout 5 cat <&3"])
+    assert local.ok and local.stdout.endswith(PAGE), local.stdout + local.stderr
+    # the rule is desired state: plan shows it and has nothing to change, apply keeps it
+    code, out, err = pveguard(env, "plan", "--json")
+    assert code == 0, out + err
+    fw = json.loads(out)["firewall"]
+    assert fw["changes"] == [] and any("tcp/80 from " + host_ip + " (migrate:nginx.service)" in n for n in fw["notes"]), fw
+    code, out, err = pveguard(env, "apply", "--yes")
+    assert code == 0, out + err
+    assert reach(b, hg, ct_ip, 80) == "open"
+    code, out, err = pveguard(env, "isolation", "check", "--json")
+    assert code == 0, out + err
 
     # ticker: a hand-made unit with state; killed inside migrate-data, right after the stop on the host
     code, out, err = pveguard({**env, "PVEGUARD_MIGRATE_KILL_AFTER": "migrate-data:source-stopped"}, "migrate",
@@ -212,6 +246,9 @@ def test_migrate_nginx_and_a_stateful_service(lxc_env: Any, ip_forward_restored:
     assert b.exec(hg, ["dpkg-query", "-W", "-f", "${Status}", "nginx"]).stdout.endswith(" installed")
     assert b.exec(hg, ["systemctl", "is-active", "nginx"]).stdout.strip() == "active"
     assert "pveguard_mig" not in b.exec(hg, ["nft", "list", "tables"]).stdout
+    knobs = sh(hg, "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/eth0/route_localnet").stdout.split()
+    assert knobs == ["0", "0"]
+    assert reach(b, hg, ct_ip, 80) == "filtered"     # the rule left with the migration
     import urllib.request
 
     with urllib.request.urlopen(f"http://{host_ip}/", timeout=2) as r:
