@@ -209,7 +209,8 @@ def test_migrate_nginx_and_a_stateful_service(lxc_env: Any, ip_forward_restored:
     code, out, err = pveguard(env, "plan", "--json")
     assert code == 0, out + err
     fw = json.loads(out)["firewall"]
-    assert fw["changes"] == [] and any("tcp/80 from " + host_ip + " (migrate:nginx.service)" in n for n in fw["notes"]), fw
+    kept = f"pve-api-gateway: tcp/80 from {host_ip} (migrate:nginx.service)"
+    assert fw["changes"] == [] and any(kept in n for n in fw["notes"]), fw
     code, out, err = pveguard(env, "apply", "--yes")
     assert code == 0, out + err
     assert reach(b, hg, ct_ip, 80) == "open"

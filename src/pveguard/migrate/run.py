@@ -534,6 +534,9 @@ def _open_firewall(m: Migration) -> dict[str, Any]:
     if "fw_source" not in st:
         st["fw_source"], st["route_dev"] = _route_to(m, st["ct_address"])
         m.save()
+    if not any(c.name == m.run.target for c in m.app.strategy.containers):
+        return {"rules": [], "note": f"{m.run.target} is not a strategy container: pveguard keeps no firewall "
+                                     f"for it; admit the moved ports there from {st['fw_source']} yourself"}
     by_proto: dict[str, set[int]] = {}
     for p in m.doc["ports"]:
         if p["proto"] in ("tcp", "udp"):
