@@ -13,6 +13,10 @@ Both are migrated into pve-api-gateway with `--source lxc:<host>`:
   the forward.
 * ticker: every line the host wrote before the final sync is in the container's log; after rollback
   the host's log holds the lines the container wrote meanwhile.
+* the target keeps its firewall (plain LXC's nftables isolation): migrate admits the moved port from
+  the host's address only (a port not moved stays filtered), `plan`/`apply`/`isolation check` treat
+  the rule as desired state, the host's own 127.0.0.1:80 is forwarded, and rollback removes the rule
+  and sets ip_forward and route_localnet back to 0.
 """
 
 from __future__ import annotations
