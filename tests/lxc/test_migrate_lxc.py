@@ -200,6 +200,7 @@ def test_migrate_nginx_and_a_stateful_service(lxc_env: Any, ip_forward_restored:
     validate = next(s for s in status["steps"] if s["name"] == "validate")["detail"]
     assert validate["backup"]["ok"] and validate["monitoring"]["ok"]
     assert 80 in validate["open_ports"]
+    assert validate["firewall"].startswith("as desired"), validate
     # the target's firewall: the moved port is admitted from the host only, a port not moved stays filtered
     assert reach(b, hg, ct_ip, 80) == "open"
     assert reach(b, hg, ct_ip, 8080) == "filtered"

@@ -707,6 +707,10 @@ def step_validate(m: Migration) -> dict[str, Any]:
     open_now = _listening(ct)
     if open_now != expected:
         problems.append(f"{m.run.target} listens on {sorted(open_now)}, expected {sorted(expected)}")
+    firewall = _firewall_pending(m, backend, guest)
+    if firewall:
+        problems.append(f"the firewall of {m.run.target} is not as its desired state says: {'; '.join(firewall)} "
+                        "('pveguard apply' converges it)")
     backup = _backup(m, backend, guest)
     if not backup.get("ok"):
         problems.append(f"backup: {backup.get('detail')}")
@@ -716,7 +720,26 @@ def step_validate(m: Migration) -> dict[str, Any]:
     if problems:
         raise OperationError(f"validation of {m.unit} in {m.run.target}: " + "; ".join(problems),
                              hint="fix it and run 'pveguard migrate run' again (only validate runs again)")
-    return {"latency": latency, "open_ports": sorted(open_now), "backup": backup, "monitoring": monitored}
+    return {"latency": latency, "open_ports": sorted(open_now), "backup": backup, "monitoring": monitored,
+            "firewall": "as desired (the moved ports admitted from the source)" if m.state.get("fw_source") and
+            _fw_kept(m) else "not kept by pveguard for this target"}
+
+
+def _fw_kept(m: Migration) -> bool:
+    from pveguard.security.isolation import enforced
+
+    return enforced(m.app.strategy) and any(c.name == m.run.target and c.network.firewall
+                                            for c in m.app.strategy.containers)
+
+
+def _firewall_pending(m: Migration, backend: Backend, guest: Guest) -> list[str]:
+    """The target's firewall changes a plan would still make (the moved ports missing, or other drift)."""
+    if not _fw_kept(m):
+        return []
+    from pveguard.provision.cli import compute_plan
+
+    p = compute_plan(m.app, backend, False, {m.run.target})
+    return [c.text() for c in p.firewall.changes if c.target == f"ct/{guest.vmid}"]
 
 
 def _backup(m: Migration, backend: Backend, guest: Guest) -> dict[str, Any]:
