@@ -97,6 +97,13 @@ def test_forward_rules_are_valid_nft(tmp_path: Path) -> None:
     assert table_name("nginx.service") == "pveguard_mig_nginx"
     assert "ip daddr != 127.0.0.0/8 tcp dport { 80, 443 } counter dnat to 10.9.0.5" in script
     assert "udp dport { 53 }" in script
+    # the source's own clients, loopback included, in output; no guard unless route_localnet was turned on
+    assert "chain output" in script and "fib daddr type local tcp dport { 80, 443 } counter dnat to 10.9.0.5" in script
+    assert "localnet_guard" not in script
+    script = forward_rules("nginx.service", "10.9.0.5", [{"proto": "tcp", "port": 80, "address": "0.0.0.0"},
+                                                        {"proto": "tcp", "port": 443, "address": "::"},
+                                                        {"proto": "udp", "port": 53, "address": "0.0.0.0"}], "eth0")
+    assert 'iifname "eth0" ip daddr 127.0.0.0/8 counter drop' in script
     if shutil.which("nft") is None or shutil.which("unshare") is None:
         pytest.skip("nft/unshare not installed")
     # load it for real in a throwaway network namespace (nothing of this machine's ruleset is touched)
@@ -105,7 +112,28 @@ def test_forward_rules_are_valid_nft(tmp_path: Path) -> None:
     if p.returncode != 0 and "Operation not permitted" in p.stderr:
         pytest.skip("no permission for a network namespace")
     assert p.returncode == 0, p.stderr
-    assert "dnat to 10.9.0.5" in p.stdout
+    assert "dnat to 10.9.0.5" in p.stdout and 'iifname "eth0" ip daddr 127.0.0.0/8' in p.stdout
+
+
+def test_extra_rules_join_the_desired_rules(tmp_path: Path) -> None:
+    from pveguard.security import extra_inbound
+    from pveguard.security.isolation import Rule, desired_firewall
+    from pveguard.security.isolation_lxc import lxc_rules
+    from pveguard.strategy.models import Strategy
+
+    store = Store(tmp_path)
+    rule = Rule("tcp", "80,443", "10.0.3.7", why="migrate nginx.service from lxc:101")
+    assert extra_inbound.set_rules(store, "migrate:nginx.service", "pve-api-gateway", [rule]) == ([], [rule])
+    extra = extra_inbound.by_container(store)
+    assert extra == {"pve-api-gateway": [rule]}
+    strategy = Strategy()
+    got = lxc_rules(strategy, "pve-api-gateway", extra)
+    assert got is not None and got[-1].as_dict() == {"proto": "tcp", "dport": "80,443", "source": "10.0.3.7"}
+    assert lxc_rules(strategy, "pve-monitoring", extra) == lxc_rules(strategy, "pve-monitoring")
+    assert desired_firewall(strategy, extra).guest_rules == {"pve-api-gateway": [rule]}
+    assert [e.text() for e in extra_inbound.drop(store, "migrate:nginx.service")] == [
+        "pve-api-gateway: tcp/80,443 from 10.0.3.7 (migrate:nginx.service)"]
+    assert extra_inbound.by_container(store) == {}
 
 
 def test_cli_errors_are_clear(tmp_path: Path, capsys: Any) -> None:
