@@ -24,7 +24,7 @@ from pveguard.audit import inventory
 from pveguard.audit.facts import HostFacts, Socket
 from pveguard.backends.base import Backend, Guest
 from pveguard.context import AppContext
-from pveguard.errors import OperationError, PolicyRefused, UsageError
+from pveguard.errors import OperationError, PolicyRefused, PveguardError, UsageError
 from pveguard.migrate import endpoints, plan, probe
 from pveguard.migrate.endpoints import Endpoint, Local
 from pveguard.migrate.journal import Journal, Run
@@ -560,7 +560,14 @@ def _close_firewall(m: Migration) -> dict[str, Any]:
         return {"removed": []}
     m.app.record("migrate.firewall-desired", m.run.target, service=m.unit, owner=owner,
                  before=[e.rule.text() for e in gone], after=[])
-    return {"removed": [e.rule.text() for e in gone], **_converge_firewall(m)}
+    removed = [e.rule.text() for e in gone]
+    try:
+        return {"removed": removed, **_converge_firewall(m)}
+    except PveguardError as exc:
+        # no longer desired either way: the rollback goes on, and the next apply removes what is left
+        m.say(f"note: the firewall of {m.run.target} was not converged now ({exc.message}); 'pveguard apply' "
+              "removes the moved ports' rules")
+        return {"removed": removed, "converged": [], "note": exc.message}
 
 
 def step_switch_traffic(m: Migration) -> dict[str, Any]:
