@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import logging
 import os
@@ -14,7 +15,7 @@ from typing import Any
 
 from pveguard.errors import PveguardError, UsageError
 from pveguard.monitor.alerts import AlertState, Event, Rule, Silence, evaluate
-from pveguard.monitor.collector import Derived, Source, Sweep, derive
+from pveguard.monitor.collector import Derived, Sample, Source, Sweep, derive
 from pveguard.monitor.notify import Dispatcher, Notifier, enqueue
 from pveguard.monitor.series import DEFAULT_MAX_TARGETS, SeriesStore, TargetInfo, open_monitor_store
 from pveguard.store import Store
@@ -62,6 +63,18 @@ def observations(sweep: Sweep, derived: dict[str, Derived]) -> dict[str, dict[st
             values["down"] = 0.0 if s.up else 1.0
         out[s.id] = values
     return out
+
+
+def series_targets(samples: Iterable[Sample], limit: int) -> list[Sample]:
+    """The guests (templates excluded) whose series are kept: what series.select_targets picks from
+    all of them (managed first, then by id), without building a TargetInfo for each of 10,000."""
+    guests = [s for s in samples if (s.type == "lxc" or s.type == "qemu") and not s.template]
+    managed = sorted((s for s in guests if s.managed), key=lambda s: s.id)[:max(limit, 0)]
+    rest = limit - len(managed)
+    if rest <= 0:
+        return managed
+    others = {s.id: s for s in guests if not s.managed}
+    return managed + [others[i] for i in heapq.nsmallest(rest, others)]
 
 
 class Monitor:
@@ -128,11 +141,13 @@ class Monitor:
             enqueue(conn, [e.to_dict() for e in ev.events], list(self.dispatcher.notifiers), now)
             save_counters(conn, sweep)
         if self.record_series:
-            targets = [TargetInfo(s.id, s.vmid, s.name, s.node, s.type, s.managed, sweep.ts)
-                       for s in sweep.samples if s.is_guest and not s.template]
+            # only the guests whose series are kept (max_targets of them, as select_targets picks)
+            chosen = series_targets(sweep.samples, self.series.max_targets)
+            targets = [TargetInfo(s.id, s.vmid, s.name, s.node, s.type, s.managed, sweep.ts) for s in chosen]
             keep = self.series_metrics
-            self.series.record(sweep.ts, {k: {m: x for m, x in v.values.items() if keep is None or m in keep}
-                                          for k, v in derived.items()}, targets)
+            self.series.record(sweep.ts, {s.id: {m: x for m, x in derived[s.id].values.items()
+                                                 if keep is None or m in keep}
+                                          for s in chosen if s.id in derived}, targets)
         delivery = self.dispatcher.deliver(now)
         self.prev = self.last_good = sweep
         if traffic is not None:
@@ -159,8 +174,6 @@ def save_counters(conn: Any, sweep: Sweep) -> None:
 
 def load_counters(store: Store, now: float) -> Sweep | None:
     """The last sweep's counters (a `pveguard monitor --once` from a timer gets rates too)."""
-    from pveguard.monitor.collector import Sample
-
     open_monitor_store(store)
     row = store.conn.execute("SELECT value FROM monitor_meta WHERE key = ?", (COUNTERS_KEY,)).fetchone()
     if row is None:
