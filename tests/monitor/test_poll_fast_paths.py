@@ -1,19 +1,21 @@
 """The poll's fast paths give what the plain code gives.
 
 parse_resources fills Samples without the dataclass constructor, derive computes rates inline,
-render formats integers without a float, and the engine picks the series targets before building
-TargetInfos: each is checked here against the plain code it replaces, on ordinary and odd input
-(numeric strings, nulls, booleans, huge and negative numbers, counters that went back)."""
+render formats integers without a float, the engine picks the series targets before building
+TargetInfos, and evaluate skips the targets with nothing to say without a call each: each is
+checked here against the plain code it replaces, on ordinary and odd input (numeric strings,
+nulls, booleans, huge and negative numbers, counters that went back)."""
 
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import pytest
 
 from pveguard.backends.base import MANAGED_TAG
+from pveguard.monitor.alerts import AlertState, Evaluation, Rule, Silence, evaluate, step
 from pveguard.monitor.collector import (
     _USAGE_FIELDS,
     Sample,
@@ -152,3 +154,65 @@ def test_series_targets_picks_what_select_targets_picks(limit: int) -> None:
              for s in samples if s.is_guest and not s.template]
     assert {s.id for s in chosen} == select_targets(infos, limit)
     assert len(chosen) == min(limit, len(infos))
+
+
+def plain_evaluate(rules: list[Rule], states: dict[tuple[str, str], AlertState],
+                   observations: dict[str, dict[str, float]], now: float, names: dict[str, str],
+                   managed: set[str], silences: list[Silence]) -> Evaluation:
+    """evaluate() as it was before its target pre-selection: every target stepped through in turn."""
+    out = Evaluation()
+    for rule in rules:
+        targets = [t for t in observations if not rule.managed_only or t in managed]
+        targets += [k[1] for k in states if k[0] == rule.name and k[1] not in observations]
+        for target in dict.fromkeys(targets):
+            value = observations.get(target, {}).get(rule.metric)
+            known = states.get((rule.name, target))
+            if known is None and not rule.breached(value):
+                continue
+            name = names.get(target, "")
+            st = known or AlertState(rule.name, target, name)
+            if name and st.name != name:
+                st = replace(st, name=name)
+            silenced = any(s.matches(rule.name, target, name, now) for s in silences if s.until > now)
+            new, events = step(rule, st, value, now, silenced)
+            out.events += events
+            if new.state != "inactive" or new.notified or new.changes or new.flapping(now):
+                out.states[new.key] = new
+    return out
+
+
+@dataclass(frozen=True)
+class Below(Rule):
+    """A rule whose breached() is its own (evaluate must call it, not assume value >= threshold)."""
+
+    def breached(self, value: float | None) -> bool:
+        return value is not None and value < self.threshold
+
+
+def test_evaluate_steps_the_same_alerts_in_the_same_order() -> None:
+    rnd = random.Random(5)
+    rules = [Rule("cpu", "cpu", 80.0, sustain=0.0), Rule("memory", "memory", 85.0, sustain=60.0),
+             Rule("down", "down", 1.0, sustain=0.0, hysteresis=0.0, managed_only=True),
+             Below("low", "cpu", 5.0, sustain=0.0, hysteresis=0.0)]
+    targets = [f"lxc/{i}" for i in range(400)]
+    managed = set(rnd.sample(targets, 40))
+    names = {t: f"n{t}" for t in targets}
+    silences = [Silence(1, "nlxc/1*", 10**9, "x")]
+    states: dict[tuple[str, str], AlertState] = {}
+    plain_states: dict[tuple[str, str], AlertState] = {}
+    for step_no in range(12):
+        now = 1000.0 + 30 * step_no
+        obs: dict[str, dict[str, float]] = {}
+        for t in targets:
+            if rnd.random() < 0.05:
+                continue  # gone this poll
+            v = {"cpu": rnd.choice([1.0, 50.0, 79.9, 80.0, 95.0]), "memory": rnd.choice([10.0, 84.0, 90.0])}
+            if t in managed:
+                v["down"] = rnd.choice([0.0, 0.0, 1.0])
+            obs[t] = v
+        got = evaluate(rules, states, obs, now, names, managed, silences)
+        want = plain_evaluate(rules, plain_states, obs, now, names, managed, silences)
+        assert list(got.states.items()) == list(want.states.items())
+        assert got.events == want.events
+        states, plain_states = got.states, want.states
+    assert states and any(k[0] == "low" for k in states) and any(k[0] == "down" for k in states)

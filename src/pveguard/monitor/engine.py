@@ -9,7 +9,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,17 +50,20 @@ def series_for(metrics: Iterable[str]) -> set[str]:
     return out
 
 
-def observations(sweep: Sweep, derived: dict[str, Derived]) -> dict[str, dict[str, float]]:
+def observations(sweep: Sweep, derived: dict[str, Derived]) -> dict[str, Mapping[str, float]]:
     """Alertable values per guest (templates excluded); `down` is 1 for a managed guest not running, absent
-    for one whose status is unknown."""
-    out: dict[str, dict[str, float]] = {}
+    for one whose status is unknown. A guest's derived values are shared, not copied: treat them as
+    read-only (the engine merges the traffic watch's values into a new mapping)."""
+    out: dict[str, Mapping[str, float]] = {}
+    empty: Mapping[str, float] = {}
     for s in sweep.samples:
-        if not s.is_guest or s.template:
+        if (s.type != "lxc" and s.type != "qemu") or s.template:
             continue
-        values = dict(derived[s.id].values) if s.id in derived else {}
+        d = derived.get(s.id)
+        values = d.values if d is not None else empty
         if s.managed and s.status != "unknown":
             # "unknown" (its node offline or not reporting) is not "down": nothing is known about it
-            values["down"] = 0.0 if s.up else 1.0
+            values = {**values, "down": 0.0 if s.status == "running" else 1.0}
         out[s.id] = values
     return out
 
@@ -130,7 +133,7 @@ class Monitor:
                 traffic.errors = [*traffic.errors, exc.message]
             t_obs, t_names = traffic.observations()
             for target, values in t_obs.items():
-                obs.setdefault(target, {}).update(values)
+                obs[target] = {**obs.get(target, {}), **values}
             names.update(t_names)
         # only this monitor's rules: other jobs (certificates) keep their alerts in the same table
         own = {r.name for r in self.rules}
