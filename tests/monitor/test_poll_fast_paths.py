@@ -216,3 +216,37 @@ def test_evaluate_steps_the_same_alerts_in_the_same_order() -> None:
         assert got.events == want.events
         states, plain_states = got.states, want.states
     assert states and any(k[0] == "low" for k in states) and any(k[0] == "down" for k in states)
+
+
+def test_the_poll_and_the_render_run_with_the_cyclic_gc_paused(tmp_path: Any) -> None:
+    import gc
+
+    from pveguard.monitor.collector import gc_paused
+    from pveguard.monitor.engine import Monitor
+    from pveguard.store import Store
+
+    seen: list[bool] = []
+
+    class Source:
+        name = "test"
+
+        def sweep(self) -> Sweep:
+            seen.append(gc.isenabled())
+            return Sweep(10.0, parse_resources(resources(random.Random(1), 50, False)))
+
+    assert gc.isenabled()
+    mon = Monitor(Store(tmp_path), Source(), [Rule("cpu", "cpu", 80.0)], clock=lambda: 10.0)
+    res = mon.poll()
+    assert seen == [False] and gc.isenabled() and res.sweep is not None
+    render(ExportView(res.sweep))
+    assert gc.isenabled()
+    gc.disable()  # a caller that turned it off keeps it off
+    try:
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(ZeroDivisionError), gc_paused():
+        1 / 0  # noqa: B018
+    assert gc.isenabled()

@@ -8,8 +8,10 @@ uptime rather than reported as a negative or a huge jump. A stopped guest has no
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -89,6 +91,23 @@ class Derived:
 
     id: str
     values: Mapping[str, float] = field(default_factory=dict)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No automatic cyclic garbage collection inside: objects are still freed by reference counting,
+    and what is cyclic is collected after (GC comes back on if it was on; nesting and threads are safe:
+    whoever found it on turns it back on)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 # --- pure functions -----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 
 from pveguard.errors import PveguardError, UsageError
 from pveguard.monitor.alerts import AlertState, Event, Rule, Silence, evaluate
-from pveguard.monitor.collector import Derived, Sample, Source, Sweep, derive
+from pveguard.monitor.collector import Derived, Sample, Source, Sweep, derive, gc_paused
 from pveguard.monitor.notify import Dispatcher, Notifier, enqueue
 from pveguard.monitor.series import DEFAULT_MAX_TARGETS, SeriesStore, TargetInfo, open_monitor_store
 from pveguard.store import Store
@@ -105,7 +105,16 @@ class Monitor:
         self.errors = 0
 
     def poll(self) -> PollResult:
-        """One cycle; a failing source is reported in the result (and the exporter), not raised."""
+        """One cycle; a failing source is reported in the result (and the exporter), not raised.
+
+        Python's cyclic garbage collector is paused for the cycle (gc_paused): a sweep of 10,000
+        guests allocates some 100,000 containers (the JSON rows, Samples, values), none of them in a
+        reference cycle, and the collections they would trigger (full ones among them, over every
+        object of the process) cost about as much as the rest of the poll's own work."""
+        with gc_paused():
+            return self._poll()
+
+    def _poll(self) -> PollResult:
         started = time.perf_counter()
         now = self.clock()
         try:

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from pveguard.monitor.alerts import AlertState
-from pveguard.monitor.collector import Sample, Sweep
+from pveguard.monitor.collector import Sample, Sweep, gc_paused
 
 # Which /cluster/resources fields each resource type carries (pve-manager's PVE/API2/Cluster.pm): the reference
 # exporter emits a metric for every field present, so we emit the same set per type.
@@ -226,7 +226,13 @@ def _emits(s: Sample) -> frozenset[str]:
 def render(view: ExportView) -> bytes:
     """The text exposition of a view, byte for byte what `render_reference` gives, about 8x faster:
     the pve_* lines are formatted straight from the samples instead of through metric objects, and
-    integer values (bytes, seconds: most of them) take _go_int's short path."""
+    integer values (bytes, seconds: most of them) take _go_int's short path. The cyclic garbage
+    collector is paused meanwhile (collector.gc_paused: 130,000 lines allocate no cycles)."""
+    with gc_paused():
+        return _render(view)
+
+
+def _render(view: ExportView) -> bytes:
     samples = view.sweep.samples if view.sweep is not None else []
     out: list[str] = []
     if view.sweep is not None:
