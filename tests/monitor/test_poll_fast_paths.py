@@ -76,6 +76,8 @@ def resources(rnd: random.Random, n: int, odd: bool) -> list[dict[str, Any]]:
             r["cpu"] = rnd.random()
         if odd and rnd.random() < 0.05:
             r.pop("id")
+        if odd and rnd.random() < 0.05:  # not strings where PVE sends strings
+            r.update(name=rnd.choice([12345, None, 0]), node=rnd.choice([7, None]), status=rnd.choice([None, 1]))
         out.append(r)
     return out
 

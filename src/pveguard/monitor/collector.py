@@ -171,7 +171,10 @@ def parse_resources(items: Iterable[Mapping[str, Any]], managed_names: Iterable[
         uptime, cpu, maxcpu = get("uptime", 0), get("cpu", 0.0), get("maxcpu", 0.0)
         raw_tags = get("tags")
         tags = _tags(raw_tags) if raw_tags else ()
-        name = str(get("name") or get("storage") or get("node") or "")
+        name = get("name") or get("storage") or get("node") or ""
+        if name.__class__ is not str:
+            name = str(name)
+        node, status = get("node", ""), get("status", "unknown")
         raw_vmid = get("vmid")
         vmid = (raw_vmid if raw_vmid.__class__ is int else _int(raw_vmid)) if raw_vmid is not None else None
         rid = get("id")
@@ -180,7 +183,8 @@ def parse_resources(items: Iterable[Mapping[str, Any]], managed_names: Iterable[
         s = new(Sample)
         s.__dict__.update({  # every field of Sample (test_parse_resources_fast_path_equals_the_constructor)
             "id": str(rid) if rid else (f"{rtype}/{vmid}" if vmid is not None else f"{rtype}/{name}"),
-            "type": rtype, "node": str(get("node", "")), "status": str(get("status", "unknown")),
+            "type": rtype, "node": node if node.__class__ is str else str(node),
+            "status": status if status.__class__ is str else str(status),
             "name": name, "vmid": vmid,
             "cpu": float(cpu) if cpu.__class__ in _NUMBER else _float(cpu),
             "maxcpu": float(maxcpu) if maxcpu.__class__ in _NUMBER else _float(maxcpu),
