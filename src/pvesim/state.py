@@ -845,11 +845,14 @@ class Sim:
             sid = f"ct:{g.vmid}" if g.type == "lxc" else f"vm:{g.vmid}"
             ha = self.ha_resources.get(sid)
             # PVE::HA::Config::get_service_status: an ignored resource counts as not managed; the state is
-            # the CRM's service state, not the requested one
+            # the CRM's service state, not the requested one; the group only up to PVE 8 (pve-ha-manager
+            # 86c4db1 "config: remove groups field from service status data", 5.0.x)
             d["ha"] = (
                 {"managed": 1, "state": ha_service_state(ha)}
                 if ha and ha.get("state", "started") != "ignored" else {"managed": 0}
             )
+            if d["ha"]["managed"] and self.pve_major < 9 and ha and ha.get("group"):
+                d["ha"]["group"] = ha["group"]
         if g.type == "qemu":
             d["qmpstatus"] = g.status
         return d

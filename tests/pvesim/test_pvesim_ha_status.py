@@ -4,9 +4,9 @@ Sources: pve-manager PVE/API2/Cluster.pm (a node row's hastate is the CRM's node
 service_status state, else the configured state), pve-ha-manager src/PVE/HA/NodeStatus.pm (online,
 maintenance, unknown), CRM.pm can_get_active (the CRM becomes active for a configured resource or a
 maintenance request), Tools.pm get_verbose_service_state, Config.pm get_service_status (an ignored
-resource is not managed), API2/HA/Status.pm (quorum, master, lrm:NODE "(maintenance mode, ...)",
-services; the fencing entry and the LRM watchdog since 2d143ac), pve-manager PVE/API2/Nodes.pm
-(/nodes has no hastate)."""
+resource is not managed; the group field only before 86c4db1, i.e. on PVE 8), API2/HA/Status.pm
+(quorum, master, lrm:NODE "(maintenance mode, ...)", services; the fencing entry and the LRM watchdog
+since 2d143ac), pve-manager PVE/API2/Nodes.pm (/nodes has no hastate)."""
 
 from __future__ import annotations
 
@@ -119,3 +119,14 @@ def test_maintenance_ha_and_offered_upgrades_survive_a_restart(tmp_path: Path) -
             "app": {"version": "2.0", "origin": "Debian-Security:12"}}
         sim.control("POST", "/nodes/pve3", {"maintenance": False})
         assert _nodes(sim)["pve3"]["hastate"] == "online"
+
+
+@VERSIONS
+def test_status_current_names_the_group_up_to_pve_8(version: str) -> None:
+    with running(nodes=2, guests=1, seed=5, qemu_share=0.0, pve_version=version) as sim:
+        assert sim.api("POST", "/cluster/ha/groups", {"group": "g1", "nodes": "pve1,pve2"})[0] == 200
+        assert sim.api("POST", "/cluster/ha/resources", {"sid": "ct:100", "group": "g1"})[0] == 200
+        node = _get(sim, "/cluster/resources", type="vm")[0]["node"]
+        ha = _get(sim, f"/nodes/{node}/lxc/100/status/current")["ha"]
+        assert ha == ({"managed": 1, "state": "started", "group": "g1"} if version == "8.4"
+                      else {"managed": 1, "state": "started"})
