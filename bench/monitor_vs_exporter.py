@@ -12,7 +12,13 @@ state and series writes in SQLite, plus rendering /metrics once. The exporter's 
 /pve?target=...&cluster=1&node=1 handler does (`collect_pve` with its default collectors); the
 "node=0" row is the same without the node collectors (no per-guest config reads).
 
-    .venv/bin/python bench/monitor_vs_exporter.py --sizes 1000 5000 10000 --runs 3
+The pveguard poll runs in a worker process (this script with --worker), so that with --old DIR the
+same poll by another checkout's code (e.g. `git worktree add /tmp/pveguard-old <commit>`) runs side
+by side against the same sim in the same run, polls alternating; client CPU is the worker's own CPU
+time around each poll. With the sim clock frozen, both workers' pve_* exposition lines must be the
+same (same metrics, same samples, same values), else the run fails.
+
+    .venv/bin/python bench/monitor_vs_exporter.py --sizes 1000 5000 10000 --runs 5 --old /tmp/pveguard-old
 """
 
 from __future__ import annotations
@@ -30,13 +36,6 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
-
-from pveguard.monitor.alerts import rules_from_strategy
-from pveguard.monitor.collector import ProxmoxResourcesSource
-from pveguard.monitor.engine import Monitor
-from pveguard.monitor.exporter import ExportView, render
-from pveguard.store import Store
-from pveguard.strategy.models import Strategy
 
 OVERLAP = ("pve_up", "pve_cpu_usage_ratio", "pve_cpu_usage_limit", "pve_memory_usage_bytes",
            "pve_memory_size_bytes", "pve_disk_usage_bytes", "pve_disk_size_bytes", "pve_uptime_seconds",
@@ -88,7 +87,72 @@ class Sim:
         self.proc.wait(timeout=30)
 
 
-def measure(sim: Sim, fn: Any) -> dict[str, float]:
+class Worker:
+    """A pveguard poll loop in a child process (this script --worker), with a given src/ on its path."""
+
+    def __init__(self, sim: Sim, src: str | None, state: str) -> None:
+        env = dict(os.environ)
+        if src:
+            env["PYTHONPATH"] = os.pathsep.join([src, *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(
+            {"api": sim.api_kwargs(), "state": state})], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+            text=True)
+
+    def ask(self, cmd: str) -> dict[str, Any]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit("the pveguard poll worker died")
+        reply: dict[str, Any] = json.loads(line)
+        if reply.get("error"):
+            raise SystemExit(f"poll failed: {reply['error']}")
+        return reply
+
+    def poll(self) -> tuple[int, float]:
+        r = self.ask("poll")
+        return r["length"], r["cpu"]
+
+    def text(self) -> str:
+        return str(self.ask("text")["text"])
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def worker_main(conf: dict[str, Any]) -> None:
+    """--worker: poll on each "poll" line (the whole daemon cycle plus rendering /metrics once) and
+    answer with this process's CPU time for it; "text" answers with the last exposition."""
+    from proxmoxer import ProxmoxAPI
+
+    from pveguard.monitor.alerts import rules_from_strategy
+    from pveguard.monitor.collector import ProxmoxResourcesSource
+    from pveguard.monitor.engine import Monitor
+    from pveguard.monitor.exporter import ExportView, render
+    from pveguard.store import Store
+    from pveguard.strategy.models import Strategy
+
+    kw = dict(conf["api"])
+    api = ProxmoxAPI(kw.pop("host"), **kw)
+    mon = Monitor(Store(Path(conf["state"])), ProxmoxResourcesSource(api), rules_from_strategy(Strategy().monitoring))
+    last = b""
+    for line in sys.stdin:
+        if line.strip() == "text":
+            print(json.dumps({"text": last.decode()}), flush=True)
+            continue
+        c0 = time.process_time()
+        res = mon.poll()
+        if res.error:
+            print(json.dumps({"error": res.error}), flush=True)
+            continue
+        last = render(ExportView(res.sweep, res.states, mon.polls, mon.errors, res.duration))
+        print(json.dumps({"cpu": time.process_time() - c0, "length": len(last)}), flush=True)
+
+
+def measure(sim: Sim, fn: Any, own_cpu: bool = False) -> dict[str, float]:
     """Run fn once; wall, client CPU, server CPU and API calls it cost.
 
     The sim clock first moves on by one PVE status interval (10 s), so the sweep cannot be served
@@ -101,6 +165,8 @@ def measure(sim: Sim, fn: Any) -> dict[str, float]:
     c0, w0 = time.process_time(), time.perf_counter()
     out = fn()
     wall, ccpu = time.perf_counter() - w0, time.process_time() - c0
+    if own_cpu:  # fn ran in a worker and says what CPU it used
+        out, ccpu = out
     time.sleep(0.05)  # let the server finish accounting the last response
     scpu = sim.cpu() - scpu0
     calls = sim.calls() - calls0
@@ -116,24 +182,24 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def run_size(guests: int, nodes: int, runs: int, exporter_runs: int) -> dict[str, Any]:
+def pve_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("pve_")]
+
+
+def run_size(guests: int, nodes: int, runs: int, exporter_runs: int, old_src: str | None) -> dict[str, Any]:
     from proxmoxer import ProxmoxAPI
     from pve_exporter.collector import CollectorsOptions, collect_pve
 
     sim = Sim(guests, nodes)
+    workers: dict[str, Worker] = {}
     try:
         kw = sim.api_kwargs()
         host = kw.pop("host")
-        api = ProxmoxAPI(host, **kw)
+        ProxmoxAPI(host, **kw)
         with tempfile.TemporaryDirectory() as state:
-            mon = Monitor(Store(Path(state)), ProxmoxResourcesSource(api), rules_from_strategy(Strategy().monitoring))
-
-            def pveguard_poll() -> bytes:
-                res = mon.poll()
-                if res.error:
-                    raise SystemExit(res.error)
-                return render(ExportView(res.sweep, res.states, mon.polls, mon.errors, res.duration))
-
+            workers["pveguard"] = Worker(sim, None, f"{state}/new")
+            if old_src:
+                workers["old"] = Worker(sim, old_src, f"{state}/old")
             exporter_cfg = dict(kw)
             # the exporter's default collectors, minus any whose endpoint pvesim does not implement
             names = CollectorsOptions._fields
@@ -152,16 +218,35 @@ def run_size(guests: int, nodes: int, runs: int, exporter_runs: int) -> dict[str
             def exporter_cluster_only() -> bytes:  # /pve?target=...&node=0: no per-guest config reads
                 return bytes(collect_pve(exporter_cfg, host, True, False, options))
 
-            pveguard_poll()  # warm-up: connection, schema migration, first sweep
-            ours = [measure(sim, pveguard_poll) for _ in range(runs)]
+            for w in workers.values():  # warm-up: connection, schema migration, first sweep
+                w.poll()
+            polls: dict[str, list[dict[str, float]]] = {k: [] for k in workers}
+            lean = []
+            for _ in range(runs):  # alternating, so a machine that gets busier slows all alike
+                for k, w in workers.items():
+                    polls[k].append(measure(sim, w.poll, own_cpu=True))
+                lean.append(measure(sim, exporter_cluster_only))
             theirs = [measure(sim, exporter_scrape) for _ in range(exporter_runs)]
-            lean = [measure(sim, exporter_cluster_only) for _ in range(runs)]
-            # agreement: freeze the sim clock so both read the same values
+            # agreement: freeze the sim clock so all read the same values
             sim.control("POST", "/clock", {"time_scale": 0})
-            a = samples(pveguard_poll().decode())
+            texts = {}
+            for k, w in workers.items():
+                w.poll()
+                texts[k] = w.text()
+            a = samples(texts["pveguard"])
             b = samples(exporter_scrape().decode())
             sim.control("POST", "/clock", {"time_scale": 1})
+            same_as_old = None
+            if old_src:
+                mine, old = pve_lines(texts["pveguard"]), pve_lines(texts["old"])
+                same_as_old = mine == old
+                if not same_as_old:
+                    first = next(((x, y) for x, y in zip(mine, old, strict=False) if x != y), "past the end")
+                    raise SystemExit(f"the pve_* exposition differs from the old code's: {len(mine)} vs "
+                                     f"{len(old)} lines, first difference {first}")
     finally:
+        for w in workers.values():
+            w.close()
         sim.close()
     common = set(a) & set(b)
     equal = sum(1 for k in common if a[k] == b[k] or abs(a[k] - b[k]) <= 1e-9 * max(abs(a[k]), abs(b[k])))
@@ -169,33 +254,42 @@ def run_size(guests: int, nodes: int, runs: int, exporter_runs: int) -> dict[str
     def med(rows: list[dict[str, float]], key: str) -> float:
         return statistics.median(r[key] for r in rows)
 
-    return {
+    keys = ("wall", "client_cpu", "server_cpu", "calls")
+    out: dict[str, Any] = {
         "guests": guests, "nodes": nodes,
-        "pveguard": {k: med(ours, k) for k in ("wall", "client_cpu", "server_cpu", "calls")},
-        "exporter": {k: med(theirs, k) for k in ("wall", "client_cpu", "server_cpu", "calls")},
-        "exporter_node0": {k: med(lean, k) for k in ("wall", "client_cpu", "server_cpu", "calls")},
+        "pveguard": {k: med(polls["pveguard"], k) for k in keys},
+        "exporter": {k: med(theirs, k) for k in keys},
+        "exporter_node0": {k: med(lean, k) for k in keys},
+        "pve_lines": len(pve_lines(texts["pveguard"])),
         "overlap_series": len(common), "agree": equal,
         "only_pveguard": len(set(a) - set(b)), "only_exporter": len(set(b) - set(a)),
         "runs": runs, "exporter_runs": exporter_runs, "exporter_collectors_skipped": skipped,
     }
+    if old_src:
+        out["old"] = {k: med(polls["old"], k) for k in keys}
+        out["same_pve_lines_as_old"] = same_as_old
+    return out
+
+
+def _cost(row: dict[str, float]) -> float:
+    return row["client_cpu"] + row["server_cpu"]
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    lines = ["| guests | tool | API calls | wall (s) | client CPU (s) | pvesim CPU (s) "
-             "| exporter cost / pveguard cost (client+pvesim CPU) | overlapping series agreeing |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| guests | tool | API calls | wall (s) | client CPU (s) | pvesim CPU (s) | cost (CPU-s) "
+             "| cost / exporter node=0 cost | overlapping series agreeing |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
-        p, e = r["pveguard"], r["exporter"]
-        ratio = (e["client_cpu"] + e["server_cpu"]) / max(p["client_cpu"] + p["server_cpu"], 1e-9)
-        lines.append(f"| {r['guests']:,} | pveguard poll | {p['calls']:.0f} | {p['wall']:.3f} | "
-                     f"{p['client_cpu']:.3f} | {p['server_cpu']:.3f} | {ratio:.1f}x | "
-                     f"{r['agree']:,}/{r['overlap_series']:,} |")
-        lines.append(f"| {r['guests']:,} | exporter scrape (defaults) | {e['calls']:.0f} | {e['wall']:.3f} | "
-                     f"{e['client_cpu']:.3f} | {e['server_cpu']:.3f} | | |")
         n = r["exporter_node0"]
-        lean = (n["client_cpu"] + n["server_cpu"]) / max(p["client_cpu"] + p["server_cpu"], 1e-9)
-        lines.append(f"| {r['guests']:,} | exporter scrape, node=0 | {n['calls']:.0f} | {n['wall']:.3f} | "
-                     f"{n['client_cpu']:.3f} | {n['server_cpu']:.3f} | {lean:.1f}x | |")
+        rows = [("pveguard poll", r["pveguard"], f"{r['agree']:,}/{r['overlap_series']:,}")]
+        if "old" in r:
+            rows.append(("pveguard poll, before (old code)", r["old"], "same pve_* lines" if
+                         r.get("same_pve_lines_as_old") else "DIFFERENT"))
+        rows += [("exporter scrape, node=0", n, ""), ("exporter scrape (defaults)", r["exporter"], "")]
+        for name, row, agree in rows:
+            lines.append(f"| {r['guests']:,} | {name} | {row['calls']:.0f} | {row['wall']:.3f} | "
+                         f"{row['client_cpu']:.3f} | {row['server_cpu']:.3f} | {_cost(row):.3f} | "
+                         f"{_cost(row) / max(_cost(n), 1e-9):.2f}x | {agree} |")
     return "\n".join(lines)
 
 
@@ -206,10 +300,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="pveguard polls per size")
     ap.add_argument("--exporter-runs", type=int, default=1, help="exporter scrapes per size (slow: one call per guest)")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
+    ap.add_argument("--old", help="another checkout (its src/ is used) to poll side by side, e.g. /tmp/pveguard-old")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        worker_main(json.loads(args.worker))
+        return
     results = []
     for n in args.sizes:
-        r = run_size(n, args.nodes, args.runs, args.exporter_runs)
+        r = run_size(n, args.nodes, args.runs, args.exporter_runs, str(Path(args.old, "src")) if args.old else None)
         print(json.dumps(r), file=sys.stderr, flush=True)
         results.append(r)
     if args.json:

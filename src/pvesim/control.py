@@ -87,8 +87,9 @@ def _route(sim: Sim, method: str, parts: list[str], doc: dict[str, Any], q: dict
                 n.online = bool(doc["online"])
             if "level" in doc:
                 n.level = str(doc["level"])
-            if "maintenance" in doc:  # HA node maintenance: hastate "maintenance" on its resources row
+            if "maintenance" in doc:  # ha-manager crm-command node-maintenance enable|disable NODE
                 n.maintenance = bool(doc["maintenance"])
+                sim.ha_manager = sim.ha_manager or n.maintenance  # the request makes the CRM active
             if "maxmem" in doc:  # a node with more (or less) RAM: its headroom in /cluster/resources
                 n.maxmem = int(doc["maxmem"])
             if "maxcpu" in doc:

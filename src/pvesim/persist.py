@@ -12,12 +12,14 @@ from pvesim.state import Guest, Sim, Volume
 
 
 def save_state(sim: Sim, path: str) -> None:
-    """Write guests, volumes, pools, jobs, firewall, HA, notifications and access config atomically."""
+    """Write guests (with their packages and offered upgrades), volumes, pools, jobs, firewall, HA, notifications
+    and access config atomically."""
     with sim.lock:
         doc: dict[str, Any] = {
             "version": 1,
             "now": sim.now(),
-            "nodes": {n: {"online": x.online, "level": x.level} for n, x in sim.nodes.items()},
+            "nodes": {n: {"online": x.online, "level": x.level, "maintenance": x.maintenance}
+                      for n, x in sim.nodes.items()},
             "guests": [
                 {
                     "vmid": g.vmid,
@@ -48,6 +50,7 @@ def save_state(sim: Sim, path: str) -> None:
             "backup_jobs": sim.backup_jobs,
             "ha_resources": sim.ha_resources,
             "ha_groups": sim.ha_groups,
+            "ha_manager": sim.ha_manager,
             "fw_cluster": sim.fw_cluster,
             "fw_groups": sim.fw_groups,
             "fw_guest": {str(k): v for k, v in sim.fw_guest.items()},
@@ -61,6 +64,9 @@ def save_state(sim: Sim, path: str) -> None:
             "acl": [asdict(e) for e in sim.access.acl],
             "roles": {k: sorted(v) for k, v in sim.access.roles.items()},
             "packages": {str(k): v for k, v in sim.guest_packages.items()},
+            # what apt inside each guest is offered: its package lists live on the guest's disk, and
+            # PVE keeps a node's list too (pve-manager PVE/API2/APT.pm: /var/lib/pve-manager/pkgupdates)
+            "upgrades": {str(k): v for k, v in sim.guest_upgrades.items()},
         }
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -77,6 +83,7 @@ def load_state(sim: Sim, path: str) -> None:
             if n in sim.nodes:
                 sim.nodes[n].online = bool(v.get("online", True))
                 sim.nodes[n].level = v.get("level", "")
+                sim.nodes[n].maintenance = bool(v.get("maintenance", False))
         sim.guests = {}
         for gd in doc.get("guests", []):
             if gd["node"] not in sim.nodes:
@@ -107,6 +114,7 @@ def load_state(sim: Sim, path: str) -> None:
         sim.backup_jobs = doc.get("backup_jobs", {})
         sim.ha_resources = doc.get("ha_resources", {})
         sim.ha_groups = doc.get("ha_groups", {})
+        sim.ha_manager = bool(doc.get("ha_manager", bool(sim.ha_resources)))
         sim.fw_cluster = doc.get("fw_cluster", sim.fw_cluster)
         sim.fw_groups = doc.get("fw_groups", {})
         sim.fw_guest = {int(k): v for k, v in doc.get("fw_guest", {}).items()}
@@ -127,5 +135,6 @@ def load_state(sim: Sim, path: str) -> None:
         for k, v in doc.get("roles", {}).items():
             acc.roles.setdefault(k, frozenset(v))
         sim.guest_packages = {int(k): v for k, v in doc.get("packages", {}).items()}
+        sim.guest_upgrades = {int(k): v for k, v in doc.get("upgrades", {}).items()}
         acc.changed()
         sim.changed()

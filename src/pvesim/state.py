@@ -116,8 +116,9 @@ class Node:
     boot: float
     online: bool = True
     level: str = ""
-    # HA node maintenance (ha-manager crm-command node-maintenance enable): /cluster/resources shows the
-    # node's row with hastate "maintenance" (pve-manager PVE/API2/Cluster.pm, from the HA manager status)
+    # HA node maintenance (ha-manager crm-command node-maintenance enable): the node's LRM runs in
+    # maintenance mode and the CRM's node_status says "maintenance" (pve-ha-manager NodeStatus.pm), which
+    # /cluster/resources shows as the node row's hastate (pve-manager PVE/API2/Cluster.pm)
     maintenance: bool = False
 
 
@@ -340,6 +341,19 @@ class TaskError(Exception):
         self.lines = lines or []
 
 
+def ha_service_state(resource: dict[str, Any]) -> str:
+    """A guest's hastate: the CRM's service state for a resource it manages (pve-manager Cluster.pm reads
+    service_status first), which the instantly converging sim has already reached: "started" for a
+    requested started/enabled, "stopped" for stopped/disabled; an ignored resource has no service
+    status, so the configured "ignored" shows (pve-ha-manager Manager.pm, Config.pm)."""
+    req = str(resource.get("state") or "started")
+    if req in ("started", "enabled"):
+        return "started"
+    if req in ("stopped", "disabled"):
+        return "stopped"
+    return req
+
+
 @dataclass
 class SimOptions:
     """Options of one emulator instance (CLI flags and `pvesim.running(**opts)`)."""
@@ -429,6 +443,10 @@ class Sim:
         self.backup_jobs: dict[str, dict[str, Any]] = {}
         self.ha_resources: dict[str, dict[str, Any]] = {}
         self.ha_groups: dict[str, dict[str, Any]] = {}
+        # the HA manager (CRM) has run and written its manager status: it becomes active once a resource
+        # is configured or a node maintenance is requested (pve-ha-manager CRM.pm can_get_active), and its
+        # status file stays after that; only then do node rows carry a hastate
+        self.ha_manager = False
         self.fw_cluster: dict[str, Any] = _new_firewall()
         self.fw_groups: dict[str, dict[str, Any]] = {}
         self.fw_guest: dict[int, dict[str, Any]] = {}
@@ -722,7 +740,7 @@ class Sim:
                 tail["tags"] = g.config["tags"]
             ha = self.ha_resources.get(f"ct:{g.vmid}" if g.type == "lxc" else f"vm:{g.vmid}")
             if ha:
-                tail["hastate"] = ha.get("state", "started")
+                tail["hastate"] = ha_service_state(ha)
             pre = json.dumps(head, separators=(",", ":")).encode()[:-1] + b","
             post = (b"," + json.dumps(tail, separators=(",", ":")).encode()[1:]) if tail else b"}"
             cpus = g.cpus(node.maxcpu if node else 1)
@@ -826,11 +844,15 @@ class Sim:
         if with_ha:
             sid = f"ct:{g.vmid}" if g.type == "lxc" else f"vm:{g.vmid}"
             ha = self.ha_resources.get(sid)
+            # PVE::HA::Config::get_service_status: an ignored resource counts as not managed; the state is
+            # the CRM's service state, not the requested one; the group only up to PVE 8 (pve-ha-manager
+            # 86c4db1 "config: remove groups field from service status data", 5.0.x)
             d["ha"] = (
-                {"managed": 1, "state": ha.get("state", "started"), "group": ha.get("group")} if ha else {"managed": 0}
+                {"managed": 1, "state": ha_service_state(ha)}
+                if ha and ha.get("state", "started") != "ignored" else {"managed": 0}
             )
-            if ha and not ha.get("group"):
-                d["ha"].pop("group")
+            if d["ha"]["managed"] and self.pve_major < 9 and ha and ha.get("group"):
+                d["ha"]["group"] = ha["group"]
         if g.type == "qemu":
             d["qmpstatus"] = g.status
         return d
@@ -894,9 +916,21 @@ class Sim:
         }
         if n.online:
             e2.update({"uptime": int(self.now() - n.boot), "cpu": u["cpu"], "mem": u["mem"], "disk": u["disk"]})
-        if n.maintenance:
-            e2["hastate"] = "maintenance"
+        hastate = self.ha_node_state(n)
+        if hastate is not None:
+            e2["hastate"] = hastate
         return e2
+
+    def ha_node_state(self, n: Node) -> str | None:
+        """The CRM's node_status of a node (pve-ha-manager NodeStatus.pm), None while no manager status
+        exists. A node outside the quorate partition turns "unknown", except one whose LRM last said
+        maintenance, which stays "maintenance"; "fence" and "gone" (a node with HA services that went
+        away, a deleted node) are not emulated."""
+        if not self.ha_manager:
+            return None
+        if n.maintenance:
+            return "maintenance"
+        return "online" if n.online else "unknown"
 
     def storage_entry(self, node: str, st: Storage) -> dict[str, Any]:
         n = self.nodes[node]

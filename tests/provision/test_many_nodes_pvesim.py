@@ -39,7 +39,9 @@ def test_maintenance_shows_as_hastate_on_the_node_row(big: Env) -> None:
     rows = {r["node"]: r for r in big.sim.api("GET", "/cluster/resources", {"type": "node"})[2]["data"]}
     assert len(rows) == 16
     assert rows[MAINT].get("hastate") == "maintenance" and rows[MAINT]["status"] == "online"
-    assert "hastate" not in rows["pve1"] and rows[OFFLINE]["status"] == "offline"
+    # the CRM's node_status for every node it knows (pve-ha-manager NodeStatus.pm; test_pvesim_ha_status.py)
+    assert rows["pve1"]["hastate"] == "online" and rows[OFFLINE]["status"] == "offline"
+    assert rows[OFFLINE]["hastate"] == "unknown"
 
 
 def test_placement_passes_over_unfit_nodes_and_says_why(big: Env, capsys: pytest.CaptureFixture[str]) -> None:

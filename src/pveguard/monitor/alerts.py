@@ -217,14 +217,23 @@ def evaluate(rules: Iterable[Rule], states: Mapping[tuple[str, str], AlertState]
     managed_set = set(managed)
     active_silences = [s for s in silences if s.until > now]
     out = Evaluation()
+    empty: Mapping[str, float] = {}
     for rule in rules:
-        targets = [t for t in observations if not rule.managed_only or t in managed_set]
-        targets += [k[1] for k in states if k[0] == rule.name and k[1] not in observations]
+        known_here = dict.fromkeys(k[1] for k in states if k[0] == rule.name)  # ordered, as the states
+        metric, breached, threshold = rule.metric, rule.breached, rule.threshold
+        plain = type(rule).breached is Rule.breached  # then breached(v) is: v is not None and v >= threshold
+        # the targets with something to remember or to say, in the order of the observations: the common
+        # case (no state, not breached) is skipped without a call per target
+        targets = [t for t, obs in observations.items()
+                   if (t in known_here or ((v := obs.get(metric)) is not None and v >= threshold if plain
+                                           else breached(obs.get(metric))))
+                   and (not rule.managed_only or t in managed_set)]
+        targets += [t for t in known_here if t not in observations]
         for target in dict.fromkeys(targets):
-            value = observations.get(target, {}).get(rule.metric)
+            value = observations.get(target, empty).get(metric)
             known = states.get((rule.name, target))
-            if known is None and not rule.breached(value):
-                continue  # the common case: nothing to remember, nothing to say
+            if known is None and not breached(value):
+                continue
             name = names.get(target, "")
             st = known or AlertState(rule.name, target, name)
             if name and st.name != name:

@@ -8,8 +8,10 @@ uptime rather than reported as a negative or a huge jump. A stopped guest has no
 
 from __future__ import annotations
 
+import gc
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -91,6 +93,23 @@ class Derived:
     values: Mapping[str, float] = field(default_factory=dict)
 
 
+# --- helpers ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """No automatic cyclic garbage collection inside: objects are still freed by reference counting,
+    and what is cyclic is collected after (GC comes back on if it was on; nesting and threads are safe:
+    whoever found it on turns it back on)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 # --- pure functions -----------------------------------------------------------------------------
 
 
@@ -117,35 +136,80 @@ def _float(v: Any) -> float:
         return 0.0
 
 
+_KINDS = frozenset(("lxc", "qemu", "node", "storage"))
+_GUEST_KINDS = frozenset(("lxc", "qemu"))
+_FIELD_SETS: dict[tuple[str, ...], frozenset[str]] = {}  # key order -> usage fields: a sweep has a few
+
+
+def _present(keys: tuple[str, ...]) -> frozenset[str]:
+    got = _FIELD_SETS.get(keys)
+    if got is None:
+        if len(_FIELD_SETS) > 1024:
+            _FIELD_SETS.clear()
+        got = _FIELD_SETS[keys] = frozenset(k for k in _USAGE_FIELDS if k in keys)
+    return got
+
+
 def parse_resources(items: Iterable[Mapping[str, Any]], managed_names: Iterable[str] = ()) -> list[Sample]:
-    """`/cluster/resources` entries -> Samples (guests, nodes, storages; pools/sdn are skipped)."""
+    """`/cluster/resources` entries -> Samples (guests, nodes, storages; pools/sdn are skipped).
+
+    This runs for every entry of every poll (10,000 guests = 10,000 entries), so it fills each
+    Sample's fields directly: numbers PVE sent as JSON numbers are taken as they are, anything else
+    (a numeric string, null) goes through the tolerant _int/_float, which give what the plain
+    constructor got (tests/monitor/test_collector.py compares both)."""
     names = set(managed_names)
     out: list[Sample] = []
+    append = out.append
+    new = object.__new__
     for r in items:
-        rtype = str(r.get("type", ""))
-        if rtype not in ("lxc", "qemu", "node", "storage"):
+        rtype = r.get("type")
+        if rtype not in _KINDS:
             continue
-        tags = _tags(r.get("tags"))
-        name = str(r.get("name") or r.get("storage") or r.get("node") or "")
-        vmid = _int(r["vmid"]) if r.get("vmid") is not None else None
-        out.append(Sample(
-            id=str(r.get("id") or (f"{rtype}/{vmid}" if vmid is not None else f"{rtype}/{name}")),
-            type=rtype, node=str(r.get("node", "")), status=str(r.get("status", "unknown")),
-            name=name, vmid=vmid,
-            cpu=_float(r.get("cpu")), maxcpu=_float(r.get("maxcpu")),
-            mem=_int(r.get("mem")), maxmem=_int(r.get("maxmem")),
-            disk=_int(r.get("disk")), maxdisk=_int(r.get("maxdisk")),
-            netin=_int(r.get("netin")), netout=_int(r.get("netout")),
-            diskread=_int(r.get("diskread")), diskwrite=_int(r.get("diskwrite")),
-            uptime=_int(r.get("uptime")), template=bool(_int(r.get("template"))),
-            tags=tags,
-            managed=rtype in ("lxc", "qemu") and (MANAGED_TAG in tags or name in names),
-            shared=bool(_int(r.get("shared"))) if rtype == "storage" else None,
-            plugintype=str(r.get("plugintype", "")),
-            content=",".join(sorted(str(r.get("content", "")).split(","))) if r.get("content") else "",
-            fields=frozenset(k for k in _USAGE_FIELDS if k in r),
-        ))
+        get = r.get
+        mem, maxmem, disk, maxdisk = get("mem", 0), get("maxmem", 0), get("disk", 0), get("maxdisk", 0)
+        netin, netout, dread, dwrite = get("netin", 0), get("netout", 0), get("diskread", 0), get("diskwrite", 0)
+        uptime, cpu, maxcpu = get("uptime", 0), get("cpu", 0.0), get("maxcpu", 0.0)
+        raw_tags = get("tags")
+        tags = _tags(raw_tags) if raw_tags else ()
+        name = get("name") or get("storage") or get("node") or ""
+        if name.__class__ is not str:
+            name = str(name)
+        node, status = get("node", ""), get("status", "unknown")
+        raw_vmid = get("vmid")
+        vmid = (raw_vmid if raw_vmid.__class__ is int else _int(raw_vmid)) if raw_vmid is not None else None
+        rid = get("id")
+        content = get("content")
+        template = get("template")
+        s = new(Sample)
+        s.__dict__.update({  # every field of Sample (test_parse_resources_fast_path_equals_the_constructor)
+            "id": str(rid) if rid else (f"{rtype}/{vmid}" if vmid is not None else f"{rtype}/{name}"),
+            "type": rtype, "node": node if node.__class__ is str else str(node),
+            "status": status if status.__class__ is str else str(status),
+            "name": name, "vmid": vmid,
+            "cpu": float(cpu) if cpu.__class__ in _NUMBER else _float(cpu),
+            "maxcpu": float(maxcpu) if maxcpu.__class__ in _NUMBER else _float(maxcpu),
+            "mem": mem if mem.__class__ is int else _int(mem),
+            "maxmem": maxmem if maxmem.__class__ is int else _int(maxmem),
+            "disk": disk if disk.__class__ is int else _int(disk),
+            "maxdisk": maxdisk if maxdisk.__class__ is int else _int(maxdisk),
+            "netin": netin if netin.__class__ is int else _int(netin),
+            "netout": netout if netout.__class__ is int else _int(netout),
+            "diskread": dread if dread.__class__ is int else _int(dread),
+            "diskwrite": dwrite if dwrite.__class__ is int else _int(dwrite),
+            "uptime": uptime if uptime.__class__ is int else _int(uptime),
+            "template": bool(template if template.__class__ is int else _int(template)) if template else False,
+            "tags": tags,
+            "managed": rtype in _GUEST_KINDS and (MANAGED_TAG in tags or name in names),
+            "shared": bool(_int(get("shared"))) if rtype == "storage" else None,
+            "plugintype": str(get("plugintype", "")),
+            "content": ",".join(sorted(str(content).split(","))) if content else "",
+            "fields": _present(tuple(r)),
+        })
+        append(s)
     return out
+
+
+_NUMBER = (int, float)
 
 
 def samples_from_stats(stats: Iterable[GuestStats], managed_names: Iterable[str] = (),
@@ -178,26 +242,50 @@ def counter_rate(prev: int, prev_ts: float, cur: int, cur_ts: float,
 
 
 def derive(prev: Sweep | None, cur: Sweep) -> dict[str, Derived]:
-    """Per resource: cpu/memory/disk in percent and the four byte rates (running guests only)."""
-    before = prev.by_id() if prev else {}
+    """Per resource: cpu/memory/disk in percent and the four byte rates (running guests only).
+
+    The same arithmetic as `counter_rate` and `Sample.up`, written out inline: it runs for every
+    resource of every poll (tests/monitor/test_collector.py checks it against counter_rate)."""
+    before = {s.id: s for s in prev.samples} if prev else {}
+    dt = cur.ts - prev.ts if prev is not None else 0.0
     out: dict[str, Derived] = {}
+    new = object.__new__
     for s in cur.samples:
         values: dict[str, float] = {}
-        running = s.up
-        if s.type != "storage" and running:
+        stype, status = s.type, s.status
+        guest = stype == "lxc" or stype == "qemu"
+        if guest:
+            running = status == "running"
+        elif stype == "node":
+            running = status == "online"
+        else:
+            running = status == "available"
+        if running and stype != "storage":
             values["cpu"] = round(s.cpu * 100, 3)
             if s.maxmem > 0:
                 values["memory"] = round(s.mem * 100 / s.maxmem, 3)
-        if s.maxdisk > 0 and (running or s.type == "storage") and s.disk > 0:
+        if s.maxdisk > 0 and s.disk > 0 and (running or stype == "storage"):
             values["disk"] = round(s.disk * 100 / s.maxdisk, 3)
-        p = before.get(s.id)
-        if s.is_guest and running and p is not None and p.up and prev is not None:
-            for series, counter in _RATE_OF.items():
-                r = counter_rate(getattr(p, counter), prev.ts, getattr(s, counter), cur.ts,
-                                 p.uptime, s.uptime)
-                if r is not None:
-                    values[series] = round(r, 3)
-        out[s.id] = Derived(s.id, values)
+        if guest and running and dt > 0:
+            p = before.get(s.id)
+            if p is not None and p.status == "running":
+                up, pup = s.uptime, p.uptime
+                a, b, c, e = s.netin, s.netout, s.diskread, s.diskwrite
+                pa, pb, pc, pe = p.netin, p.netout, p.diskread, p.diskwrite
+                if (up < pup and up > 0 and pup > 0) or a < pa or b < pb or c < pc or e < pe:
+                    for series, cur_v, prev_v in (("net_in", a, pa), ("net_out", b, pb),
+                                                  ("disk_read", c, pc), ("disk_write", e, pe)):
+                        r = counter_rate(prev_v, prev.ts, cur_v, cur.ts, pup, up)  # type: ignore[union-attr]
+                        if r is not None:
+                            values[series] = round(r, 3)
+                else:  # the common case: no counter went back
+                    values["net_in"] = round((a - pa) / dt, 3)
+                    values["net_out"] = round((b - pb) / dt, 3)
+                    values["disk_read"] = round((c - pc) / dt, 3)
+                    values["disk_write"] = round((e - pe) / dt, 3)
+        d = new(Derived)
+        d.__dict__.update({"id": s.id, "values": values})
+        out[s.id] = d
     return out
 
 

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from pveguard.monitor.alerts import AlertState
-from pveguard.monitor.collector import Sample, Sweep
+from pveguard.monitor.collector import Sample, Sweep, gc_paused
 
 # Which /cluster/resources fields each resource type carries (pve-manager's PVE/API2/Cluster.pm): the reference
 # exporter emits a metric for every field present, so we emit the same set per type.
@@ -207,28 +207,58 @@ def _header(name: str, doc: str, kind: str) -> str:
     return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"
 
 
+_FIELD_SETS = {t: frozenset(keys) for t, keys in _FIELDS.items()}
+_EMIT: dict[tuple[str, frozenset[str]], frozenset[str]] = {}  # (type, fields present) -> gauges to emit
+
+
+def _emits(s: Sample) -> frozenset[str]:
+    """The gauge keys a sample gets a line for: its type's fields that the API reported."""
+    key = (s.type, s.fields)
+    got = _EMIT.get(key)
+    if got is None:
+        if len(_EMIT) > 1024:
+            _EMIT.clear()
+        kinds = _FIELD_SETS.get(s.type, frozenset())
+        got = _EMIT[key] = kinds & s.fields if s.fields else kinds
+    return got
+
+
 def render(view: ExportView) -> bytes:
-    """The text exposition of a view, byte for byte what `render_reference` gives, about 5x faster:
-    the pve_* lines are formatted straight from the samples instead of through metric objects."""
+    """The text exposition of a view, byte for byte what `render_reference` gives, about 8x faster:
+    the pve_* lines are formatted straight from the samples instead of through metric objects, and
+    integer values (bytes, seconds: most of them) take _go_int's short path. The cyclic garbage
+    collector is paused meanwhile (collector.gc_paused: 130,000 lines allocate no cycles)."""
+    with gc_paused():
+        return _render(view)
+
+
+def _render(view: ExportView) -> bytes:
     samples = view.sweep.samples if view.sweep is not None else []
     out: list[str] = []
     if view.sweep is not None:
-        ids = {s.id: f'{{id="{_esc(s.id)}"}} ' for s in samples}
+        rows = [(s, f'{{id="{_esc(s.id)}"}} ', _emits(s)) for s in samples]
         out.append(_header("pve_up", "Node/VM/CT-Status is online/running", "gauge"))
-        out += [f"pve_up{ids[s.id]}{'1.0' if s.up else '0.0'}\n" for s in samples]
+        out += [f"pve_up{i}{'1.0' if s.up else '0.0'}\n" for s, i, _e in rows]
         for key, (name, doc) in _GAUGES.items():
             out.append(_header(name, doc, "gauge"))
-            out += [f"{name}{ids[s.id]}{_go(_value(s, key))}\n" for s in samples
-                    if key in _FIELDS.get(s.type, ()) and (not s.fields or key in s.fields)]
-        guests = [s for s in samples if s.is_guest]
+            if key == "shared":
+                out += [f"{name}{i}{'1.0' if s.shared else '0.0'}\n" for s, i, e in rows if key in e]
+            elif key in _STATIC:  # sizes repeat across guests and polls: each distinct value formatted once
+                known = _STATIC_TEXT
+                out += [f"{name}{i}{known.get(v) or _static(v)}\n" for s, i, e in rows
+                        if key in e and (v := getattr(s, key)) is not None]
+            else:
+                out += [f"{name}{i}{_go_int(v) if v.__class__ is int else _go(float(v))}\n" for s, i, e in rows
+                        if key in e and (v := getattr(s, key)) is not None]
+        guests = [(s, i) for s, i, _e in rows if s.type == "lxc" or s.type == "qemu"]
         for key, (name, doc) in _COUNTERS.items():
             out.append(_header(name + "_total", doc, "counter"))
-            out += [f"{name}_total{ids[s.id]}{_go(float(getattr(s, key)))}\n" for s in guests
-                    if not s.fields or key in s.fields]
+            out += [f"{name}_total{i}{_go_int(v) if v.__class__ is int else _go(float(v))}\n" for s, i in guests
+                    if (not s.fields or key in s.fields) and (v := getattr(s, key)) is not None]
         out.append(_header("pve_guest_info", "VM/CT info", "gauge"))
         out += [f'pve_guest_info{{id="{_esc(s.id)}",name="{_esc(s.name)}",node="{_esc(s.node)}",'
                 f'tags="{_esc(";".join(s.tags))}",template="{int(s.template)}",type="{_esc(s.type)}"}} 1.0\n'
-                for s in guests]
+                for s, _i in guests]
         out.append(_header("pve_storage_info", "Storage info", "gauge"))
         out += [f'pve_storage_info{{content="{_esc(s.content)}",id="{_esc(s.id)}",node="{_esc(s.node)}",'
                 f'plugintype="{_esc(s.plugintype)}",storage="{_esc(s.name)}"}} 1.0\n'
@@ -259,6 +289,42 @@ def _go(d: float) -> str:
         mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1:]}".rstrip("0.")
         return f"{mantissa}e+{dot - 1:02d}"
     return s
+
+
+_EXACT = 2**53  # below this every int is exactly a float, so repr(float(n)) is its digits + ".0"
+
+
+def _go_int(n: int) -> str:
+    """_go(float(n)) for an int, without the float: the digits + ".0", or Go's exponent form from
+    1e6 on (1073741824 -> 1.073741824e+09); beyond 2**53 (not exact as a float) through _go."""
+    if n < 1_000_000:
+        return f"{n}.0" if n > -_EXACT else _go(float(n))
+    if n >= _EXACT:
+        return _go(float(n))
+    digits = str(n)
+    tail = digits[1:].rstrip("0")
+    return f"{digits[0]}.{tail}{_EXP[len(digits)]}" if tail else f"{digits[0]}{_EXP[len(digits)]}"
+
+
+_EXP = [f"e+{max(n - 1, 0):02d}" for n in range(18)]  # by the number of digits
+
+
+_STATIC = frozenset(("maxmem", "maxdisk", "maxcpu"))
+_STATIC_TEXT: dict[float, str] = {}
+
+
+def _static(v: float) -> str:
+    """_num(v), remembered (bounded): for the size fields, which take few distinct values."""
+    if len(_STATIC_TEXT) > 65536:
+        _STATIC_TEXT.clear()
+    text = _STATIC_TEXT[v] = _num(v)
+    return text
+
+
+def _num(v: float) -> str:
+    """The exposition's text of a sample value (prometheus-client's floatToGoString(float(v)))."""
+    return _go_int(v) if v.__class__ is int else _go(float(v))
+
 
 
 # The classic text format: every name we emit is a legacy-valid one, and Prometheus 2.x reads it.

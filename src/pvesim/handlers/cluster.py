@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from pvesim.formats import split_list
 from pvesim.handlers import Ctx, RawData, api
-from pvesim.state import die, param_error
+from pvesim.state import die, ha_service_state, param_error
 from pvesim.usage import STAT_INTERVAL
 
 
@@ -368,6 +369,7 @@ def ha_create(ctx: Ctx) -> None:
     r = {k: v for k, v in ctx.p.items() if k not in ("sid", "type")}
     r.setdefault("state", "started")
     sim.ha_resources[sid] = r
+    sim.ha_manager = True  # a configured resource makes the CRM active (its manager status stays)
     g.touch()
     sim.changed()
     return None
@@ -450,30 +452,79 @@ def ha_group_delete(ctx: Ctx) -> None:
 
 @api("GET", "/cluster/ha/status/current")
 def ha_status(ctx: Ctx) -> list[dict[str, Any]]:
+    """pve-ha-manager PVE/API2/HA/Status.pm: quorum, the CRM master, one LRM entry per node the manager
+    knows (a node in maintenance: "NODE (maintenance mode, ...)"), then the services; PVE 9 adds the
+    fencing entry and the LRM's watchdog. The sim's CRM and LRMs are always current (active)."""
     sim = ctx.sim
+    local = next(iter(sim.nodes))  # the node that answers (pvesim answers as the first)
     quorate = sum(n.online for n in sim.nodes.values()) * 2 > len(sim.nodes)
     out: list[dict[str, Any]] = [
         {
             "id": "quorum",
             "type": "quorum",
-            "node": next(iter(sim.nodes)),
-            "status": "OK" if quorate else "No quorum",
+            "node": local,
+            "status": "OK" if quorate else f"No quorum on node '{local}'!",
             "quorate": int(quorate),
         }
     ]
-    for sid, r in sim.ha_resources.items():
-        vmid = sid.split(":")[1]
-        g = sim.guests.get(int(vmid)) if vmid.isdigit() else None
-        out.append(
-            {
-                "id": f"service:{sid}",
-                "type": "service",
-                "sid": sid,
-                "node": g.node if g else "",
-                "state": r.get("state", "started"),
-                "status": f"{sid} ({g.node if g else '?'}, {r.get('state', 'started')})",
-                "crm_state": r.get("state", "started"),
-                "request_state": r.get("state", "started"),
-            }
-        )
+    now = int(sim.now())
+    stamp = time.strftime("%a %b %e %H:%M:%S %Y", time.localtime(now))  # Perl's scalar localtime()
+    fencing = sim.pve_major >= 9
+    master = next((n.name for n in sim.nodes.values() if n.online and not n.maintenance),
+                  next((n.name for n in sim.nodes.values() if n.online), None))
+    if sim.ha_manager and master is not None:
+        state = "active" if quorate else "idle"
+        out.append({"id": "master", "type": "master", "node": master, "status": f"{master} ({state}, {stamp})",
+                    "timestamp": now})
+    if fencing:
+        armed = "armed" if sim.ha_manager and quorate else "standby"
+        watchdog = "CRM watchdog active" if armed == "armed" else "CRM watchdog standby"
+        out.append({"id": "fencing", "type": "fencing", "node": master or local,
+                    "status": f"{armed} ({watchdog})", "armed-state": armed})
+    if sim.ha_manager:
+        for name in sorted(sim.nodes):
+            n = sim.nodes[name]
+            active = [sid for sid in sim.ha_resources if _ha_node(sim, sid) == name
+                      and ha_service_state(sim.ha_resources[sid]) in ("started", "migrate", "relocate")]
+            if n.online:
+                status = "maintenance mode" if n.maintenance else ("active" if active else "idle")
+                watchdog = "watchdog active" if n.maintenance or active else "watchdog standby"
+            else:  # its last status is older than 30 s
+                status = "maintenance mode" if n.maintenance else "old timestamp - dead?"
+                watchdog = "watchdog standby"
+            text = f"{name} ({status}, {watchdog}, {stamp})" if fencing else f"{name} ({status}, {stamp})"
+            out.append({"id": f"lrm:{name}", "type": "lrm", "node": name, "status": text, "timestamp": now})
+    for sid in sorted(sim.ha_resources):
+        r = sim.ha_resources[sid]
+        node = _ha_node(sim, sid) or "---"
+        entry: dict[str, Any] = {"id": f"service:{sid}", "type": "service", "sid": sid, "node": node}
+        if r.get("state", "started") == "ignored":  # no service status: the CRM leaves it alone
+            entry["state"] = "ignored"
+        else:
+            entry["crm_state"] = ha_service_state(r)
+            entry["state"] = _verbose_state(sim, sid, r)
+        entry["status"] = f"{sid} ({node}, {entry['state']})"
+        entry["request_state"] = r.get("state", "started")
+        for key in ("group", "max_restart", "max_relocate", "failback", "comment"):
+            if r.get(key) is not None:
+                entry[key] = r[key]
+        out.append(entry)
     return out
+
+
+def _ha_node(sim: Any, sid: str) -> str | None:
+    vmid = sid.split(":")[1]
+    g = sim.guests.get(int(vmid)) if vmid.isdigit() else None
+    return g.node if g else None
+
+
+def _verbose_state(sim: Any, sid: str, r: dict[str, Any]) -> str:
+    """PVE::HA::Tools::get_verbose_service_state for the sim's (converged) service status."""
+    cur, req = ha_service_state(r), str(r.get("state") or "started")
+    vmid = sid.split(":")[1]
+    g = sim.guests.get(int(vmid)) if vmid.isdigit() else None
+    if cur == "stopped":
+        return "disabled" if req == "disabled" else "stopped"
+    if cur == "started" and (g is None or g.status != "running"):
+        return "starting"
+    return cur

@@ -1,0 +1,254 @@
+"""The poll's fast paths give what the plain code gives.
+
+parse_resources fills Samples without the dataclass constructor, derive computes rates inline,
+render formats integers without a float, the engine picks the series targets before building
+TargetInfos, and evaluate skips the targets with nothing to say without a call each: each is
+checked here against the plain code it replaces, on ordinary and odd input (numeric strings,
+nulls, booleans, huge and negative numbers, counters that went back)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import pytest
+
+from pveguard.backends.base import MANAGED_TAG
+from pveguard.monitor.alerts import AlertState, Evaluation, Rule, Silence, evaluate, step
+from pveguard.monitor.collector import (
+    _USAGE_FIELDS,
+    Sample,
+    Sweep,
+    _float,
+    _int,
+    _tags,
+    counter_rate,
+    derive,
+    parse_resources,
+)
+from pveguard.monitor.engine import series_targets
+from pveguard.monitor.exporter import ExportView, _go, _go_int, render, render_reference
+from pveguard.monitor.series import TargetInfo, select_targets
+
+ODD = [0, 1, -1, 7, 999_999, 1_000_000, 1_000_001, 1_230_000, 10**15, 2**53 - 1, 2**53, 2**53 + 1, 10**16,
+       10**17 + 3, -10**7, -2**53, -2**60, "123", "12.5", "", None, True, False, 1.5, 0.25, 1e20, "x"]
+
+
+def plain_sample(r: dict[str, Any], names: set[str]) -> Sample | None:
+    """What parse_resources built before its fast path (the dataclass constructor, field by field)."""
+    rtype = str(r.get("type", ""))
+    if rtype not in ("lxc", "qemu", "node", "storage"):
+        return None
+    tags = _tags(r.get("tags"))
+    name = str(r.get("name") or r.get("storage") or r.get("node") or "")
+    vmid = _int(r["vmid"]) if r.get("vmid") is not None else None
+    return Sample(
+        id=str(r.get("id") or (f"{rtype}/{vmid}" if vmid is not None else f"{rtype}/{name}")),
+        type=rtype, node=str(r.get("node", "")), status=str(r.get("status", "unknown")), name=name, vmid=vmid,
+        cpu=_float(r.get("cpu")), maxcpu=_float(r.get("maxcpu")), mem=_int(r.get("mem")),
+        maxmem=_int(r.get("maxmem")), disk=_int(r.get("disk")), maxdisk=_int(r.get("maxdisk")),
+        netin=_int(r.get("netin")), netout=_int(r.get("netout")), diskread=_int(r.get("diskread")),
+        diskwrite=_int(r.get("diskwrite")), uptime=_int(r.get("uptime")), template=bool(_int(r.get("template"))),
+        tags=tags, managed=rtype in ("lxc", "qemu") and (MANAGED_TAG in tags or name in names),
+        shared=bool(_int(r.get("shared"))) if rtype == "storage" else None,
+        plugintype=str(r.get("plugintype", "")),
+        content=",".join(sorted(str(r.get("content", "")).split(","))) if r.get("content") else "",
+        fields=frozenset(k for k in _USAGE_FIELDS if k in r))
+
+
+def resources(rnd: random.Random, n: int, odd: bool) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for i in range(n):
+        kind = rnd.choice(["lxc", "lxc", "qemu", "node", "storage", "sdn", "pool"])
+        r: dict[str, Any] = {"id": f"{kind}/{100 + i}", "type": kind, "node": f"pve{i % 3}",
+                             "status": rnd.choice(["running", "stopped", "online", "offline", "available"])}
+        if kind in ("lxc", "qemu"):
+            r.update(vmid=100 + i, name=f"g{i}", template=rnd.choice([0, 0, 1]),
+                     tags=rnd.choice(["", MANAGED_TAG, "a;b", None]))
+        if kind == "storage":
+            r.update(storage=f"s{i}", shared=rnd.choice([0, 1, "1"]), plugintype="dir",
+                     content=rnd.choice(["iso,backup", "", "vztmpl"]))
+        for f in _USAGE_FIELDS:
+            if rnd.random() < 0.9:
+                r[f] = rnd.choice(ODD) if odd and rnd.random() < 0.3 else rnd.randrange(0, 10**12)
+        if rnd.random() < 0.3:
+            r["cpu"] = rnd.random()
+        if odd and rnd.random() < 0.05:
+            r.pop("id")
+        if odd and rnd.random() < 0.05:  # not strings where PVE sends strings
+            r.update(name=rnd.choice([12345, None, 0]), node=rnd.choice([7, None]), status=rnd.choice([None, 1]))
+        out.append(r)
+    return out
+
+
+@pytest.mark.parametrize("odd", [False, True])
+def test_parse_resources_fast_path_equals_the_constructor(odd: bool) -> None:
+    rows = resources(random.Random(7 + odd), 3000, odd)
+    names = {"g5", "g17", "g300"}
+    fast = parse_resources(rows, names)
+    plain = [s for s in (plain_sample(r, names) for r in rows) if s is not None]
+    assert len(fast) == len(plain) > 1000
+    for a, b in zip(fast, plain, strict=True):
+        assert a == b and hash(a) == hash(b)
+        for f in fields(Sample):  # same values and the same types (1 vs 1.0 vs True would compare equal)
+            assert type(getattr(a, f.name)) is type(getattr(b, f.name)), (f.name, a, b)
+    assert asdict(fast[0]).keys() == {f.name for f in fields(Sample)}
+
+
+def test_derive_inline_rates_equal_counter_rate() -> None:
+    rnd = random.Random(3)
+    first = parse_resources(resources(rnd, 2000, False))
+    later = []
+    for s in first:
+        change: dict[str, Any] = {c: getattr(s, c) + rnd.randrange(0, 10**6) for c in ("netin", "netout",
+                                                                                       "diskread", "diskwrite")}
+        change["uptime"] = s.uptime + 30
+        roll = rnd.random()
+        if roll < 0.1:  # restarted: uptime went back
+            change["uptime"] = rnd.randrange(1, 20)
+        elif roll < 0.2:  # one counter went back
+            change["netout"] = rnd.randrange(0, 1000)
+        elif roll < 0.25:
+            change["status"] = "stopped"
+        later.append(Sample(**{**asdict(s), **change}))
+    for dt in (30.0, 0.0, -5.0):
+        got = derive(Sweep(100.0, first), Sweep(100.0 + dt, later))
+        before = {s.id: s for s in first}
+        for s in later:
+            values = dict(got[s.id].values)
+            p = before[s.id]
+            for series, c in (("net_in", "netin"), ("net_out", "netout"), ("disk_read", "diskread"),
+                              ("disk_write", "diskwrite")):
+                want = None
+                if s.is_guest and s.up and p.up:
+                    r = counter_rate(getattr(p, c), 100.0, getattr(s, c), 100.0 + dt, p.uptime, s.uptime)
+                    want = round(r, 3) if r is not None else None
+                assert values.pop(series, None) == want, (s.id, series, dt)
+            expect: dict[str, float] = {}
+            if s.type != "storage" and s.up:
+                expect["cpu"] = round(s.cpu * 100, 3)
+                if s.maxmem > 0:
+                    expect["memory"] = round(s.mem * 100 / s.maxmem, 3)
+            if s.maxdisk > 0 and (s.up or s.type == "storage") and s.disk > 0:
+                expect["disk"] = round(s.disk * 100 / s.maxdisk, 3)
+            assert values == expect
+
+
+@pytest.mark.parametrize("n", [v for v in ODD if isinstance(v, int) and not isinstance(v, bool)]
+                         + [random.Random(1).randrange(-10**18, 10**18) for _ in range(200)])
+def test_go_int_is_go_of_the_float(n: int) -> None:
+    assert _go_int(n) == _go(float(n))
+
+
+def test_render_with_odd_values_is_the_reference() -> None:
+    samples = parse_resources(resources(random.Random(11), 1500, True))
+    view = ExportView(Sweep(5.0, samples), polls=2)
+    assert render(view) == render_reference(view)
+    assert render(view) == render(view)  # the remembered size texts give the same bytes again
+
+
+@pytest.mark.parametrize("limit", [0, 1, 5, 40, 5000])
+def test_series_targets_picks_what_select_targets_picks(limit: int) -> None:
+    samples = parse_resources(resources(random.Random(limit), 1200, False), {"g1", "g9", "g77", "g500"})
+    chosen = series_targets(samples, limit)
+    infos = [TargetInfo(s.id, s.vmid, s.name, s.node, s.type, s.managed, 0.0)
+             for s in samples if s.is_guest and not s.template]
+    assert {s.id for s in chosen} == select_targets(infos, limit)
+    assert len(chosen) == min(limit, len(infos))
+
+
+def plain_evaluate(rules: list[Rule], states: dict[tuple[str, str], AlertState],
+                   observations: dict[str, dict[str, float]], now: float, names: dict[str, str],
+                   managed: set[str], silences: list[Silence]) -> Evaluation:
+    """evaluate() as it was before its target pre-selection: every target stepped through in turn."""
+    out = Evaluation()
+    for rule in rules:
+        targets = [t for t in observations if not rule.managed_only or t in managed]
+        targets += [k[1] for k in states if k[0] == rule.name and k[1] not in observations]
+        for target in dict.fromkeys(targets):
+            value = observations.get(target, {}).get(rule.metric)
+            known = states.get((rule.name, target))
+            if known is None and not rule.breached(value):
+                continue
+            name = names.get(target, "")
+            st = known or AlertState(rule.name, target, name)
+            if name and st.name != name:
+                st = replace(st, name=name)
+            silenced = any(s.matches(rule.name, target, name, now) for s in silences if s.until > now)
+            new, events = step(rule, st, value, now, silenced)
+            out.events += events
+            if new.state != "inactive" or new.notified or new.changes or new.flapping(now):
+                out.states[new.key] = new
+    return out
+
+
+@dataclass(frozen=True)
+class Below(Rule):
+    """A rule whose breached() is its own (evaluate must call it, not assume value >= threshold)."""
+
+    def breached(self, value: float | None) -> bool:
+        return value is not None and value < self.threshold
+
+
+def test_evaluate_steps_the_same_alerts_in_the_same_order() -> None:
+    rnd = random.Random(5)
+    rules = [Rule("cpu", "cpu", 80.0, sustain=0.0), Rule("memory", "memory", 85.0, sustain=60.0),
+             Rule("down", "down", 1.0, sustain=0.0, hysteresis=0.0, managed_only=True),
+             Below("low", "cpu", 5.0, sustain=0.0, hysteresis=0.0)]
+    targets = [f"lxc/{i}" for i in range(400)]
+    managed = set(rnd.sample(targets, 40))
+    names = {t: f"n{t}" for t in targets}
+    silences = [Silence(1, "nlxc/1*", 10**9, "x")]
+    states: dict[tuple[str, str], AlertState] = {}
+    plain_states: dict[tuple[str, str], AlertState] = {}
+    for step_no in range(12):
+        now = 1000.0 + 30 * step_no
+        obs: dict[str, dict[str, float]] = {}
+        for t in targets:
+            if rnd.random() < 0.05:
+                continue  # gone this poll
+            v = {"cpu": rnd.choice([1.0, 50.0, 79.9, 80.0, 95.0]), "memory": rnd.choice([10.0, 84.0, 90.0])}
+            if t in managed:
+                v["down"] = rnd.choice([0.0, 0.0, 1.0])
+            obs[t] = v
+        got = evaluate(rules, states, obs, now, names, managed, silences)
+        want = plain_evaluate(rules, plain_states, obs, now, names, managed, silences)
+        assert list(got.states.items()) == list(want.states.items())
+        assert got.events == want.events
+        states, plain_states = got.states, want.states
+    assert states and any(k[0] == "low" for k in states) and any(k[0] == "down" for k in states)
+
+
+def test_the_poll_and_the_render_run_with_the_cyclic_gc_paused(tmp_path: Any) -> None:
+    import gc
+
+    from pveguard.monitor.collector import gc_paused
+    from pveguard.monitor.engine import Monitor
+    from pveguard.store import Store
+
+    seen: list[bool] = []
+
+    class Source:
+        name = "test"
+
+        def sweep(self) -> Sweep:
+            seen.append(gc.isenabled())
+            return Sweep(10.0, parse_resources(resources(random.Random(1), 50, False)))
+
+    assert gc.isenabled()
+    mon = Monitor(Store(tmp_path), Source(), [Rule("cpu", "cpu", 80.0)], clock=lambda: 10.0)
+    res = mon.poll()
+    assert seen == [False] and gc.isenabled() and res.sweep is not None
+    render(ExportView(res.sweep))
+    assert gc.isenabled()
+    gc.disable()  # a caller that turned it off keeps it off
+    try:
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(ZeroDivisionError), gc_paused():
+        1 / 0  # noqa: B018
+    assert gc.isenabled()
