@@ -1282,11 +1282,15 @@ class LxcBackend(Backend):
         (losetup -c), and ext4 grows mounted (the EXT4_IOC_RESIZE_FS ioctl resize2fs uses online, on
         the container's root seen through /proc/PID/root: the filesystem is mounted only in the
         container's mount namespace, where the host's resize2fs would not find it). False when this
-        is not possible (not one loop device, not ext4): the disk then grows at the next start."""
+        is not possible (not one loop device, not ext4, the kernel refuses online growth): the image
+        is then left as it was and the disk grows at the next start (resize2fs, unmounted)."""
         image = self._image(vmid)
         size = size_gib * GIB
-        if not image.exists() or image.stat().st_size >= size:
-            return image.exists()
+        if not image.exists():
+            return False
+        old_size = image.stat().st_size
+        if old_size >= size:
+            return True
         devices = loop_devices_of(image)
         if len(devices) != 1:
             return False
@@ -1300,11 +1304,13 @@ class LxcBackend(Backend):
             self._run(["losetup", "-c", devices[0]], what=f"refresh the size of {devices[0]} ({vmid}'s disk)")
             try:
                 fcntl.ioctl(fd, EXT4_IOC_RESIZE_FS, struct.pack("=Q", size // block))
-            except OSError as e:
-                raise BackendError(f"growing the mounted root disk of {vmid} to {size_gib}G failed: "
-                                   f"{e.strerror or e}",
-                                   hint=f"the image is {size_gib}G already: stop the container, run 'e2fsck -f "
-                                        f"{image} && resize2fs {image}', start it") from None
+            except OSError:
+                # e.g. EPERM from a kernel that allows no online resize: nothing used the new blocks,
+                # so the image goes back to its size and grows offline at the next start
+                with open(image, "r+b") as f:
+                    f.truncate(old_size)
+                self._run(["losetup", "-c", devices[0]], what=f"refresh the size of {devices[0]}", check=False)
+                return False
         finally:
             os.close(fd)
         return True

@@ -343,7 +343,43 @@ def provide_target(app: AppContext, doc: dict[str, Any], say: Progress) -> tuple
     if grow_disk and guest.maxdisk < grow_disk * plan.GIB:
         raise OperationError(f"{target} still has {guest.maxdisk // plan.GIB}G of disk after growing it to "
                              f"{grow_disk}G", hint="see 'pveguard plan' and 'pveguard status'")
+    if grow_disk:
+        detail["restarted"] = _grown_inside(app, backend, guest, grow_disk, say)
     return backend, guest, detail
+
+
+def _fs_bytes(ct: Endpoint) -> int | None:
+    r = ct.run(["df", "-B1", "--output=size", "/"])
+    last = r.out.split()[-1] if r.ok and r.out.split() else ""
+    return int(last) if last.isdigit() else None
+
+
+def _grown_inside(app: AppContext, backend: Backend, guest: Guest, disk_gib: int, say: Progress) -> bool:
+    """The root filesystem seen inside has the grown size; where it could not grow while running
+    (plain LXC on a kernel without online ext4 resize: the loop image grows at the start) the
+    container is restarted for it, before anything of the migration is in it. True: restarted."""
+    from pveguard.backends.lxc import LxcBackend
+
+    if not isinstance(backend, LxcBackend):   # PVE's resize grows a running container's filesystem at once
+        return False
+    ct = endpoints.for_guest(backend, guest)
+    want = int(disk_gib * plan.GIB * 0.9)   # ext4's own metadata takes a few percent
+    size = _fs_bytes(ct)
+    if size is None or size >= want:
+        return False
+    change = {"name": guest.name, "before": {"fs_bytes": size}, "reason": f"grow the root disk to {disk_gib}G"}
+    say(f"{guest.name}: the root disk can only grow at a start here (no online resize): restarting it")
+    app.record("migrate.create.restart.intent", f"ct/{guest.vmid}", **change)
+    backend.shutdown(guest)
+    backend.start(guest)
+    guest.status = "running"
+    after = _fs_bytes(ct)
+    app.record("migrate.create.restart", f"ct/{guest.vmid}", result="ok" if after and after >= want else "failed",
+               after={"fs_bytes": after}, **change)
+    if after is None or after < want:
+        raise OperationError(f"{guest.name}'s root filesystem is {after} bytes after the restart, not {disk_gib}G",
+                             hint="check 'pveguard status' and the container's disk; run this again")
+    return True
 
 
 def _listening(ep: Endpoint) -> set[int]:
