@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from pveguard.errors import UsageError
+from pveguard.provision import floors
 from pveguard.store import Store
 
 from ..provision.conftest import Env, small
@@ -110,6 +111,13 @@ def test_a_small_strategy_container_grows_and_plan_stays_empty(penv: Env, app: A
     penv.edit(lambda d: d["containers"][0]["resources"].update(memory="1G"))
     plan = penv.json("plan", capsys=capsys)
     assert [(c["field"], c["old"], c["new"]) for c in plan["actions"][0]["changes"]] == [("memory", "768", "1024")]
+    # the migration's rollback releases its floor: the strategy's sizes count again (the disk never shrinks)
+    penv.edit(lambda d: d["containers"][0]["resources"].update(memory="256M"))
+    with Store(penv.dir / "state") as store:
+        assert floors.release(store, "migrate nginx.service") == {"floors": ["pve-api-gateway"], "extras": []}
+    [action] = penv.json("plan", capsys=capsys)["actions"]
+    assert [(c["field"], c["old"], c["new"], c["possible"]) for c in action["changes"]] == [
+        ("memory", "768", "256", True), ("rootfs", "6G", "2G", False)]
 
 
 def test_a_missing_target_outside_the_strategy_is_created_with_the_suggestions_defaults(
@@ -138,6 +146,11 @@ def test_a_missing_target_outside_the_strategy_is_created_with_the_suggestions_d
     assert by_name["web-1"]["action"] == "unchanged" and by_name["pve-api-gateway"]["action"] == "create"
     assert any("created by migrate nginx.service with the defaults of pve-api-gateway" in n
                for n in by_name["web-1"]["notes"])
+    # released (the migration rolled back): web-1 is a managed guest the strategy does not want
+    with Store(penv.dir / "state") as store:
+        assert floors.release(store, "migrate nginx.service") == {"floors": ["web-1"], "extras": ["web-1"]}
+    plan = penv.json("plan", "--prune", capsys=capsys)
+    assert {x["name"]: x["action"] for x in plan["actions"]}["web-1"] == "delete"
 
 
 def test_a_foreign_container_that_is_too_small_is_refused_clearly(penv: Env, app: Any, root: Path,
@@ -158,6 +171,4 @@ def test_a_foreign_container_that_is_too_small_is_refused_clearly(penv: Env, app
     a.close()
     assert "size=2G" in penv.config(150)["rootfs"]
     with Store(penv.dir / "state") as store:
-        from pveguard.provision import floors
-
         assert floors.load(store).floors == {} and floors.load(store).extras == []

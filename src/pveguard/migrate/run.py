@@ -319,7 +319,7 @@ def provide_target(app: AppContext, doc: dict[str, Any], say: Progress) -> tuple
         why = f"created by migrate {unit} with the defaults of {base.name} (role {base.role})"
         app.record("migrate.create.container", target, service=unit, base=base.name, role=base.role,
                    before=None, after=values)
-        floors.add_extra(app.store, spec, why)
+        floors.add_extra(app.store, spec, f"migrate {unit}", why)
         detail["defaults_of"] = base.name
         say(f"{target} is not in the strategy: it is created with the defaults of {base.name}")
     floor = added.floors.get(target)
@@ -330,8 +330,8 @@ def provide_target(app: AppContext, doc: dict[str, Any], say: Progress) -> tuple
     grow_disk = need_disk if need_disk > have_disk else None
     grow_mem = need_mem if need_mem is not None and need_mem > have_mem else None
     if grow_disk or grow_mem:
-        _before, after = floors.raise_floor(app.store, target, f"grown by migrate {unit}", disk_gib=grow_disk,
-                                           memory_mib=grow_mem)
+        after = floors.raise_floor(app.store, target, f"migrate {unit}", f"grown by migrate {unit}",
+                                   disk_gib=grow_disk, memory_mib=grow_mem)
         change = {"before": {"disk_gib": have_disk, "memory_mib": have_mem},
                   "after": {"disk_gib": grow_disk or have_disk, "memory_mib": grow_mem or have_mem}}
         app.record("migrate.create.grow", target, service=unit, floor=asdict(after), **change)
@@ -791,12 +791,22 @@ def rollback(app: AppContext, service: str, say: Progress) -> Run:
     undo("test", lambda: {})
     undo("migrate-data", lambda: data)
     undo("install", lambda: _undo_install(m))
-    undo("create", lambda: {"note": f"{run.target} is kept (a strategy container; 'pveguard apply --prune' "
-                                    "manages it)"})
+    undo("create", lambda: _undo_create(m))
     st.pop("baseline", None)
     journal.save(run, "rolled-back")
     app.record("migrate.rollback", unit_name, result="ok")
     return run
+
+
+def _undo_create(m: Migration) -> dict[str, Any]:
+    """The container is kept; what this migration added to the desired state (a floor, a container
+    outside the strategy) is released, so the strategy's sizes count again and `apply --prune`
+    removes a container the migration created."""
+    from pveguard.provision import floors
+
+    released = floors.release(m.app.store, f"migrate {m.unit}")
+    return {"note": f"{m.run.target} is kept ('pveguard plan' shows what the strategy makes of it now)",
+            "released": released}
 
 
 def _undo_remove(m: Migration) -> dict[str, Any]:

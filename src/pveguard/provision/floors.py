@@ -5,7 +5,9 @@
 later `apply` does not shrink memory back nor `plan` report drift), and creates a container the
 strategy does not name when the migration targets one (an *extra*: the role defaults of the
 container the audit suggested, under the new name). The desired-state builder
-(provision/desired.py) reads both; `plan` shows why ("grown by migrate nginx.service").
+(provision/desired.py) reads both; `plan` shows why ("grown by migrate nginx.service"). Each row
+has an owner (`migrate nginx.service`); `release(owner)` (the migration's rollback) drops its rows,
+and the strategy's own sizes count again (a container it created is then pruned by `apply --prune`).
 """
 
 from __future__ import annotations
@@ -21,17 +23,20 @@ from pveguard.strategy.models import Container
 MIGRATIONS = [
     """
     CREATE TABLE provision_floor (
-        name TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        owner TEXT NOT NULL,
         disk_gib INTEGER,
         memory_mib INTEGER,
         cores INTEGER,
         reason TEXT NOT NULL,
-        at TEXT NOT NULL
+        at TEXT NOT NULL,
+        PRIMARY KEY (name, owner)
     )
     """,
     """
     CREATE TABLE provision_extra (
         name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
         spec TEXT NOT NULL,
         reason TEXT NOT NULL,
         at TEXT NOT NULL
@@ -70,45 +75,61 @@ def _now() -> str:
 
 
 def load(store: Store) -> Additions:
-    """Everything recorded (empty on a read-only store that never had the tables)."""
+    """Everything recorded (empty on a read-only store that never had the tables); several owners'
+    floors of one container combine to the largest of each."""
     store.migrate("provision_floors", MIGRATIONS)
     try:
-        floors = store.conn.execute("SELECT * FROM provision_floor ORDER BY name").fetchall()
+        floors = store.conn.execute("SELECT * FROM provision_floor ORDER BY name, owner").fetchall()
         extras = store.conn.execute("SELECT * FROM provision_extra ORDER BY name").fetchall()
     except sqlite3.OperationalError:   # read-only state directory from before this table
         return Additions()
-    return Additions(
-        {r["name"]: Floor(r["name"], r["disk_gib"], r["memory_mib"], r["cores"], r["reason"]) for r in floors},
-        [Extra(Container.model_validate(json.loads(r["spec"])), r["reason"]) for r in extras])
+    out = Additions(extras=[Extra(Container.model_validate(json.loads(r["spec"])), r["reason"]) for r in extras])
+    for r in floors:
+        f = Floor(r["name"], r["disk_gib"], r["memory_mib"], r["cores"], r["reason"])
+        old = out.floors.get(f.name)
+        out.floors[f.name] = f if old is None else Floor(
+            f.name, _max(old.disk_gib, f.disk_gib), _max(old.memory_mib, f.memory_mib), _max(old.cores, f.cores),
+            f"{old.reason}; {f.reason}")
+    return out
 
 
 def _max(a: int | None, b: int | None) -> int | None:
     return b if a is None else a if b is None else max(a, b)
 
 
-def raise_floor(store: Store, name: str, reason: str, *, disk_gib: int | None = None,
-                memory_mib: int | None = None, cores: int | None = None) -> tuple[Floor | None, Floor]:
-    """Raise `name`'s floor (never lowers one): (before, after)."""
+def raise_floor(store: Store, name: str, owner: str, reason: str, *, disk_gib: int | None = None,
+                memory_mib: int | None = None, cores: int | None = None) -> Floor:
+    """Raise `owner`'s floor of `name` (never lowers it); the floor now held by that owner."""
     store.migrate("provision_floors", MIGRATIONS)
     with store.transaction() as conn:
-        row = conn.execute("SELECT * FROM provision_floor WHERE name = ?", (name,)).fetchone()
-        before = Floor(name, row["disk_gib"], row["memory_mib"], row["cores"], row["reason"]) if row else None
-        after = Floor(name, _max(before.disk_gib if before else None, disk_gib),
-                      _max(before.memory_mib if before else None, memory_mib),
-                      _max(before.cores if before else None, cores), reason)
-        conn.execute("INSERT INTO provision_floor(name, disk_gib, memory_mib, cores, reason, at) "
-                     "VALUES(?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET disk_gib = excluded.disk_gib, "
-                     "memory_mib = excluded.memory_mib, cores = excluded.cores, reason = excluded.reason, "
-                     "at = excluded.at",
-                     (name, after.disk_gib, after.memory_mib, after.cores, reason, _now()))
-    return before, after
+        row = conn.execute("SELECT * FROM provision_floor WHERE name = ? AND owner = ?", (name, owner)).fetchone()
+        after = Floor(name, _max(row["disk_gib"] if row else None, disk_gib),
+                      _max(row["memory_mib"] if row else None, memory_mib),
+                      _max(row["cores"] if row else None, cores), reason)
+        conn.execute("INSERT INTO provision_floor(name, owner, disk_gib, memory_mib, cores, reason, at) "
+                     "VALUES(?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name, owner) DO UPDATE SET "
+                     "disk_gib = excluded.disk_gib, memory_mib = excluded.memory_mib, cores = excluded.cores, "
+                     "reason = excluded.reason, at = excluded.at",
+                     (name, owner, after.disk_gib, after.memory_mib, after.cores, reason, _now()))
+    return after
 
 
-def add_extra(store: Store, container: Container, reason: str) -> None:
+def add_extra(store: Store, container: Container, owner: str, reason: str) -> None:
     """Record a container outside the strategy (replaces one of that name)."""
     store.migrate("provision_floors", MIGRATIONS)
     with store.transaction() as conn:
-        conn.execute("INSERT INTO provision_extra(name, spec, reason, at) VALUES(?, ?, ?, ?) "
-                     "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, reason = excluded.reason, "
-                     "at = excluded.at",
-                     (container.name, json.dumps(container.model_dump(mode="json")), reason, _now()))
+        conn.execute("INSERT INTO provision_extra(name, owner, spec, reason, at) VALUES(?, ?, ?, ?, ?) "
+                     "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, spec = excluded.spec, "
+                     "reason = excluded.reason, at = excluded.at",
+                     (container.name, owner, json.dumps(container.model_dump(mode="json")), reason, _now()))
+
+
+def release(store: Store, owner: str) -> dict[str, list[str]]:
+    """Drop `owner`'s floors and extra containers: {"floors": names, "extras": names}."""
+    store.migrate("provision_floors", MIGRATIONS)
+    with store.transaction() as conn:
+        floors = [r["name"] for r in conn.execute("SELECT name FROM provision_floor WHERE owner = ?", (owner,))]
+        extras = [r["name"] for r in conn.execute("SELECT name FROM provision_extra WHERE owner = ?", (owner,))]
+        conn.execute("DELETE FROM provision_floor WHERE owner = ?", (owner,))
+        conn.execute("DELETE FROM provision_extra WHERE owner = ?", (owner,))
+    return {"floors": sorted(floors), "extras": sorted(extras)}
