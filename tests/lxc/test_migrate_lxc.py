@@ -232,6 +232,9 @@ def test_migrate_nginx_and_a_stateful_service(lxc_env: Any, ip_forward_restored:
     assert b.exec(hg, ["dpkg-query", "-W", "-f", "${Status}", "nginx"]).stdout.endswith(" installed")
     assert b.exec(hg, ["systemctl", "is-active", "nginx"]).stdout.strip() == "active"
     assert "pveguard_mig" not in b.exec(hg, ["nft", "list", "tables"]).stdout
+    # the floor create raised is released: the disk stays 2G (never shrinks), plan says so and no more
+    code, out, err = pveguard(env, "plan")
+    assert "grown by migrate" not in out and "rootfs cannot change from 2G to 1G" in out, out + err
     import urllib.request
 
     with urllib.request.urlopen(f"http://{host_ip}/", timeout=2) as r:
