@@ -172,3 +172,28 @@ def test_a_foreign_container_that_is_too_small_is_refused_clearly(penv: Env, app
     assert "size=2G" in penv.config(150)["rootfs"]
     with Store(penv.dir / "state") as store:
         assert floors.load(store).floors == {} and floors.load(store).extras == []
+
+
+def test_the_created_targets_endpoint_runs_through_pct_exec(penv: Env, app: Any, root: Path, tmp_path: Path) -> None:
+    """The endpoint migrate uses for a proxmox container (`pct exec VMID --keep-env 0 -- ...`, over ssh to
+    the container's node): run through pvesim's pct, which reads the options as pct does."""
+    from pveguard.migrate import endpoints, run
+
+    from ..provision.test_exec_pvesim import fake_ssh
+
+    sim_env = penv.sim.env()
+    bindir = fake_ssh(tmp_path, penv)
+    os.environ.update(PATH=f"{bindir}{os.pathsep}{sim_env['PATH']}", PVESIM_INFO=sim_env["PVESIM_INFO"],
+                      SSL_CERT_DIR="/must/not/reach/the/container")
+    a = app()
+    backend, guest, _detail = run.provide_target(a, doc_for(a, root, memory=None), say)
+    a.close()
+    ct = endpoints.for_guest(backend, guest)
+    assert isinstance(ct, endpoints.Pct) and ct.prefix[0] == "ssh"
+    assert ct.run(["echo", "a b", "--keep-env", "-c"]).out == "a b --keep-env -c\n"
+    assert ct.run(["hostname"]).out == "pve-api-gateway\n"
+    entry = next(e for e in penv.sim.control("GET", "/pct/log") if "a b" in e["argv"])
+    # the command as given (after env PATH=...), in the container of its node, with lxc's cleared env
+    assert entry["argv"] == ["env", f"PATH={endpoints.PATH}", "echo", "a b", "--keep-env", "-c"]
+    assert entry["vmid"] == guest.vmid and entry["node"] == guest.node
+    assert entry["env"] == {"container": "lxc", "PATH": endpoints.PATH}
