@@ -131,7 +131,11 @@ def test_migrate_nginx_and_a_stateful_service(lxc_env: Any, ip_forward_restored:
     doc["target"]["lxc"].update(lxcpath=b.config.lxcpath, disk_dir=b.config.disk_dir,
                                 template_cache=b.config.template_cache, subnet=free_pool())
     gateway = next(c for c in doc["containers"] if c["name"] == "pve-api-gateway")
-    gateway["resources"].update(memory="1G", storage="4G")
+    # 1G: too small for nginx (a 1 GiB Debian base plus packages and data, 80 % full at most), so
+    # create grows it through provisioning: online (the loop image, its loop device, ext4 mounted)
+    # where the kernel allows it, else with a restart before anything is in it
+    gateway["resources"].update(memory="1G", storage="1G")
+    gateway["packages"] = ["acl", "attr"]   # getfacl/getfattr to look at what arrived
     # the target keeps its firewall (plain LXC's nftables isolation, default drop): the management
     # network is this machine alone (its address on the containers' segment), so the gateway role admits
     # 22 and 80/443 from here (the test step's probes) but nothing from the "host" container; what
@@ -142,7 +146,8 @@ def test_migrate_nginx_and_a_stateful_service(lxc_env: Any, ip_forward_restored:
     doc["network"]["management"]["cidr"] = f"{lxc_gateway.gateway_of(segment).ip}/32"
     # the "host" plays the PVE host, which has no guest firewall of pveguard's
     host = {"name": "mfw-host", "role": "host", "purpose": "plays the PVE host in the migrate test",
-            "resources": {"cores": 1, "memory": "1G", "storage": "4G"}, "packages": ["nginx", "nftables"],
+            "resources": {"cores": 1, "memory": "1G", "storage": "4G"},
+            "packages": ["nginx", "nftables", "acl", "attr"],
             "network": {"firewall": False}}
     doc["containers"] = [gateway, host]
     strategy.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -152,6 +157,12 @@ def test_migrate_nginx_and_a_stateful_service(lxc_env: Any, ip_forward_restored:
     hg, ct = guests["mfw-host"], guests["pve-api-gateway"]
     sh = lambda g, script, **kw: b.exec(g, ["sh", "-c", script], **kw)  # noqa: E731
     assert sh(hg, "cat > /var/www/html/index.html", input=PAGE).ok
+    # a file with a POSIX ACL and a user xattr: both must arrive (tar --acls --xattrs on both ends)
+    assert sh(hg, "echo secret > /var/www/html/acl.txt && setfacl -m u:www-data:rw,g:adm:r /var/www/html/acl.txt"
+                  " && setfattr -n user.origin -v the-host /var/www/html/acl.txt").ok
+    acl_before = sh(hg, "getfacl -c /var/www/html/acl.txt").stdout
+    assert "user:www-data:rw-" in acl_before
+    assert int(sh(ct, "df -B1 --output=size / | tail -1").stdout) < int(1.05 * 1024 ** 3)   # 1G before
     assert sh(hg, "cat > /usr/local/bin/ticker && chmod 755 /usr/local/bin/ticker", input=TICKER).ok
     assert sh(hg, "cat > /etc/systemd/system/ticker.service", input=TICKER_UNIT).ok
     assert sh(hg, "systemctl daemon-reload && systemctl enable --now ticker && systemctl restart nginx").ok
@@ -197,6 +208,15 @@ def test_migrate_nginx_and_a_stateful_service(lxc_env: Any, ip_forward_restored:
     # the host no longer runs nginx: the package is gone, the container answers through the forward
     assert not b.exec(hg, ["dpkg-query", "-W", "-f", "${Status}", "nginx"]).stdout.endswith(" installed")
     assert b.exec(ct, ["systemctl", "is-active", "nginx"]).stdout.strip() == "active"
+    create = next(s for s in status["steps"] if s["name"] == "create")["detail"]
+    assert create["grown"]["before"]["disk_gib"] == 1 and create["grown"]["after"]["disk_gib"] == 2, create
+    # the filesystem inside is 2G now (restarted: the kernel refused the online ext4 resize)
+    assert int(sh(ct, "df -B1 --output=size / | tail -1").stdout) > int(1.8 * 1024 ** 3)
+    print(f"\ncreate grew pve-api-gateway 1G -> 2G {'with a restart' if create['restarted'] else 'online'}")
+    code, out, err = pveguard(env, "plan", "--detailed-exitcode")
+    assert code == 0 and "grown by migrate nginx.service: rootfs 1G -> 2G" in out, out + err
+    assert sh(ct, "getfacl -c /var/www/html/acl.txt").stdout == acl_before
+    assert sh(ct, "getfattr --only-values -n user.origin /var/www/html/acl.txt").stdout == "the-host"
     validate = next(s for s in status["steps"] if s["name"] == "validate")["detail"]
     assert validate["backup"]["ok"] and validate["monitoring"]["ok"]
     assert 80 in validate["open_ports"]
@@ -255,6 +275,9 @@ def test_migrate_nginx_and_a_stateful_service(lxc_env: Any, ip_forward_restored:
     knobs = sh(hg, "cat /proc/sys/net/ipv4/ip_forward /proc/sys/net/ipv4/conf/eth0/route_localnet").stdout.split()
     assert knobs == ["0", "0"]
     assert reach(b, hg, ct_ip, 80) == "filtered"     # the rule left with the migration
+    # the floor create raised is released: the disk stays 2G (never shrinks), plan says so and no more
+    code, out, err = pveguard(env, "plan")
+    assert "grown by migrate" not in out and "rootfs cannot change from 2G to 1G" in out, out + err
     import urllib.request
 
     with urllib.request.urlopen(f"http://{host_ip}/", timeout=2) as r:

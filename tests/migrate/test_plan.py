@@ -70,7 +70,20 @@ def test_big_data_means_the_container_must_grow(root: Path, capsys: Any) -> None
     assert r["must_grow"] is True
     assert r["disk_needed_bytes"] > 20 * 1024 ** 3
     grow = int(r["grow_to"].removesuffix("G"))
-    assert grow * 1024 ** 3 * 0.8 >= r["disk_needed_bytes"]
+    assert grow * 1024 ** 3 * 0.8 >= r["disk_needed_bytes"] > (grow - 1) * 1024 ** 3 * 0.8
+    code, out, err = run_cli(["migrate", "plan", "nginx", "--root", str(root)], capsys,
+                             {"PVEGUARD_STRATEGY": defaults_file()})
+    assert f"the container must grow to {grow}G" in out
+
+
+def test_memory_need_from_the_service_now() -> None:
+    from pveguard.migrate.plan import MIB, memory_for, memory_needed
+
+    assert memory_needed(None) is None
+    need = memory_needed(400 * MIB)
+    assert need == 128 * MIB + 600 * MIB
+    assert memory_for(need) == 768            # the next 256 MiB step
+    assert memory_for(768 * MIB) == 768
 
 
 def test_to_another_container_and_one_outside_the_strategy(root: Path, capsys: Any) -> None:
@@ -81,7 +94,12 @@ def test_to_another_container_and_one_outside_the_strategy(root: Path, capsys: A
     code, doc, _ = plan(root, capsys, "--to", "web-1")
     assert code == 0
     assert doc["target"]["in_strategy"] is False
-    assert doc["backup"]["covered"] is False and doc["resources"]["must_grow"] is None
+    assert doc["backup"]["covered"] is False
+    # sized as the container it would be created from: the audit's suggestion (pve-api-gateway, 10G)
+    assert doc["resources"]["disk_bytes"] == 10 * 1024 ** 3 and doc["resources"]["must_grow"] is False
+    assert any("creates it with the defaults of pve-api-gateway (role gateway)" in n for n in doc["notes"])
+    # offline: the service's memory is not known, so neither is the memory it needs
+    assert doc["resources"]["memory_needed_bytes"] is None and doc["resources"]["memory_grow_to"] is None
 
 
 def test_unknown_and_core_services_are_clear_errors(root: Path, capsys: Any) -> None:

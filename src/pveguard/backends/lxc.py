@@ -20,12 +20,14 @@ Limits follow PVE's cgroup mapping (backends.cgroups), networking PVE's veth/bri
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -1262,6 +1264,8 @@ class LxcBackend(Backend):
             cpuset = self._choose_cpuset(vmid, int(new["cores"]))
         if state == "running" and pid is not None:
             self._apply_live(vmid, pid, limits_of(old, meta.get("cpuset")), limits_of(new, cpuset))
+        grown_live = ("rootfs" in changed and state == "running" and pid is not None
+                      and self._grow_disk_online(vmid, pid, rootfs_size_gib(new["rootfs"])))
         meta["config"], meta["cpuset"] = new, cpuset
         self._write_meta(vmid, meta)
         self._write_lxc_config(vmid, meta)
@@ -1270,7 +1274,46 @@ class LxcBackend(Backend):
             self.render_isolation(old_bridge)  # the new bridge's table is rendered at the next start
         if state != "running":
             return []
-        return [k for k in changed if k in RESTART_KEYS]
+        return [k for k in changed if k in RESTART_KEYS and not (k == "rootfs" and grown_live)]
+
+    def _grow_disk_online(self, vmid: int, pid: int, size_gib: int) -> bool:
+        """Grow a running container's root disk in place, as PVE's resize does for a raw image on dir
+        storage: the image file is extended, the loop device LXC mounted it through re-reads its size
+        (losetup -c), and ext4 grows mounted (the EXT4_IOC_RESIZE_FS ioctl resize2fs uses online, on
+        the container's root seen through /proc/PID/root: the filesystem is mounted only in the
+        container's mount namespace, where the host's resize2fs would not find it). False when this
+        is not possible (not one loop device, not ext4, the kernel refuses online growth): the image
+        is then left as it was and the disk grows at the next start (resize2fs, unmounted)."""
+        image = self._image(vmid)
+        size = size_gib * GIB
+        if not image.exists():
+            return False
+        old_size = image.stat().st_size
+        if old_size >= size:
+            return True
+        devices = loop_devices_of(image)
+        if len(devices) != 1:
+            return False
+        fd = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _fs_type(Path(f"/proc/{pid}/mounts"), "/") != "ext4":
+                return False
+            block = os.fstatvfs(fd).f_frsize
+            with open(image, "r+b") as f:
+                f.truncate(size)  # sparse, as at creation
+            self._run(["losetup", "-c", devices[0]], what=f"refresh the size of {devices[0]} ({vmid}'s disk)")
+            try:
+                fcntl.ioctl(fd, EXT4_IOC_RESIZE_FS, struct.pack("=Q", size // block))
+            except OSError:
+                # e.g. EPERM from a kernel that allows no online resize: nothing used the new blocks,
+                # so the image goes back to its size and grows offline at the next start
+                with open(image, "r+b") as f:
+                    f.truncate(old_size)
+                self._run(["losetup", "-c", devices[0]], what=f"refresh the size of {devices[0]}", check=False)
+                return False
+        finally:
+            os.close(fd)
+        return True
 
     def _apply_live(self, vmid: int, pid: int, old: cgroups.Limits, new: cgroups.Limits) -> None:
         layout = self.facts.layout
@@ -1462,6 +1505,20 @@ def _uts_name(config: Path) -> str | None:
         if sep and key.strip() == "lxc.uts.name":
             return value.strip()
     return None
+
+
+# linux/ext4.h: _IOW('f', 16, __u64), the new block count
+EXT4_IOC_RESIZE_FS = 0x40086610
+
+
+def _fs_type(mounts: Path, mountpoint: str) -> str | None:
+    """The filesystem type mounted on `mountpoint` in a mounts table (the last mount wins)."""
+    found = None
+    for line in _read_text(mounts).splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] == mountpoint:
+            found = parts[2]
+    return found
 
 
 def loop_devices_of(image: Path) -> list[str]:

@@ -54,7 +54,13 @@ def plan_cmd(
     app_ctx = _app(ctx)
     strategy = app_ctx.strategy_or_default()
     facts = inventory.collect(_root(root))
-    doc = plan.build(facts, strategy, service, to)
+    memory = None
+    if facts.live:   # the service's memory now, as 'migrate run' reads it (offline: unknown)
+        from pveguard.migrate.endpoints import Local
+        from pveguard.migrate.run import service_memory
+
+        memory = service_memory(Local(), service if "." in service else f"{service}.service")
+    doc = plan.build(facts, strategy, service, to, memory_bytes=memory)
     if json_out:
         print_json(doc)
     else:

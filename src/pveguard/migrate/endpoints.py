@@ -213,17 +213,39 @@ def _pump(src: IO[bytes] | None, errors: list[bytes]) -> None:
         errors.append(src.read())
 
 
+# POSIX ACLs and every extended attribute (user.*, security.capability, ...) travel with the files;
+# the same on both ends, or GNU tar drops what the other side wrote into the archive.
+TAR_META = ["--acls", "--xattrs", "--xattrs-include=*"]
+_TAR_CHECKED: dict[str, bool] = {}
+
+
+def require_tar_meta(ep: Endpoint) -> None:
+    """Refuse clearly when the endpoint's tar cannot keep ACLs and extended attributes (busybox tar,
+    a GNU tar built without them): the copy would silently lose them."""
+    key = f"{type(ep).__name__}:{ep.label}"
+    if key not in _TAR_CHECKED:
+        r = ep.run(["tar", "--help"])
+        _TAR_CHECKED[key] = r.ok and all(opt in r.out for opt in ("--acls", "--xattrs", "--xattrs-include"))
+    if not _TAR_CHECKED[key]:
+        raise OperationError(f"{ep.label}: tar cannot keep POSIX ACLs and extended attributes (its --help lists "
+                             "no --acls/--xattrs/--xattrs-include), so a copy would lose them",
+                             hint="install GNU tar there (apt-get install tar) and run this again")
+
+
 def tar_copy(src: Endpoint, dst: Endpoint, paths: Sequence[str], timeout: float = 3600) -> int:
     """Stream `paths` (absolute) from `src` to `dst` with tar: owners by name (users exist on both),
-    modes, times and symlinks kept. Returns the bytes streamed. Missing paths are skipped."""
+    modes, times, symlinks, POSIX ACLs and extended attributes kept. Returns the bytes streamed.
+    Missing paths are skipped."""
     rel = [p.lstrip("/") for p in paths if p.startswith("/")]
     existing = src.run(["sh", "-c", 'cd / && for p in "$@"; do if [ -e "$p" ] || [ -L "$p" ]; '
                                     'then printf "%s\\n" "$p"; fi; done', "sh", *rel])
     rel = [line for line in existing.out.splitlines() if line]
     if not rel:
         return 0
-    reader = src.popen(["tar", "-C", "/", "-cpf", "-", "--", *rel], stdout=subprocess.PIPE)
-    writer = dst.popen(["tar", "-C", "/", "--same-owner", "-xpf", "-"],
+    require_tar_meta(src)
+    require_tar_meta(dst)
+    reader = src.popen(["tar", *TAR_META, "-C", "/", "-cpf", "-", "--", *rel], stdout=subprocess.PIPE)
+    writer = dst.popen(["tar", *TAR_META, "-C", "/", "--same-owner", "-xpf", "-"],
                        stdin=subprocess.PIPE)
     assert reader.stdout is not None and writer.stdin is not None
     errs: list[bytes] = []

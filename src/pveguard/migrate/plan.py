@@ -28,6 +28,12 @@ GIB = 1024 ** 3
 BASE_FOOTPRINT = 1 * GIB
 # Keep this much of the root disk free after the data moved in (the monitor warns at 90 %).
 HEADROOM = 0.8
+MIB = 1024 ** 2
+# Memory: a container's own processes (systemd, journald, sshd...) plus the service's memory now
+# (the source's cgroup, read live) with half of it again for peaks; grown in steps of 256 MiB.
+BASE_MEMORY = 128 * MIB
+MEMORY_HEADROOM = 1.5
+MEMORY_STEP = 256 * MIB
 
 # The seed's checklist: identify -> plan -> create -> install -> migrate data -> test -> switch traffic
 # -> remove from host -> validate. The first two are this command; `migrate run` performs the rest.
@@ -147,10 +153,28 @@ def _port_numbers(ports: list[str]) -> list[dict[str, Any]]:
     return out
 
 
+def disk_gib_for(needed: int) -> int:
+    """The root disk (whole GiB) that holds `needed` bytes with the headroom left free."""
+    return -(-int(needed / HEADROOM) // GIB)
+
+
+def memory_needed(service_bytes: int | None) -> int | None:
+    """The memory a container needs for a service that uses `service_bytes` now (None: unknown)."""
+    if service_bytes is None:
+        return None
+    return BASE_MEMORY + int(service_bytes * MEMORY_HEADROOM)
+
+
+def memory_for(needed: int) -> int:
+    """`needed` rounded up to the next 256 MiB step, in MiB."""
+    return -(-needed // MEMORY_STEP) * (MEMORY_STEP // MIB)
+
+
 def build(facts: HostFacts, strategy: Strategy, service: str, to: str | None = None,
-          source: str = "local", sizer: Callable[[str], PathSize] | None = None) -> dict[str, Any]:
+          source: str = "local", sizer: Callable[[str], PathSize] | None = None,
+          memory_bytes: int | None = None) -> dict[str, Any]:
     """The migration plan document (docs/json.md `migrate plan`). `sizer` measures a path (default:
-    below the audited root)."""
+    below the audited root); `memory_bytes` is the service's memory now (read live; None offline)."""
     unit = find_unit(facts, service)
     graph = DependencyGraph(facts.packages)
     policy = strategy.installation_policy
@@ -193,17 +217,27 @@ def build(facts: HostFacts, strategy: Strategy, service: str, to: str | None = N
     pkg_bytes = sum(p["installed_size_bytes"] for p in packages)
     needed = BASE_FOOTPRINT + pkg_bytes + data_bytes
     spec = _container(strategy, target)
+    mem_needed = memory_needed(memory_bytes)
     resources: dict[str, Any] = {"disk_needed_bytes": needed, "data_bytes": data_bytes,
                                  "packages_bytes": pkg_bytes, "disk_bytes": None, "cores": None,
-                                 "memory_bytes": None, "must_grow": None, "grow_to": None}
+                                 "memory_bytes": None, "must_grow": None, "grow_to": None,
+                                 "service_memory_bytes": memory_bytes, "memory_needed_bytes": mem_needed,
+                                 "memory_grow_to": None}
+    base = _container(strategy, sug.container) if sug.container else None
     if spec is None:
-        notes.append(f"{target} is not a strategy container: its size and backups are not pveguard's to plan")
-    else:
-        disk = spec.resources.storage
+        notes.append(f"{target} is not a strategy container: if it does not exist, 'migrate run' creates it "
+                     f"with the defaults of {base.name} (role {base.role})" if base else
+                     f"{target} is not a strategy container and the audit suggests none to take defaults from: "
+                     "it must exist before 'migrate run'")
+    sized = spec or base
+    if sized is not None:
+        disk = sized.resources.storage
         must_grow = needed > disk * HEADROOM
-        grow_gib = -(-int(needed / HEADROOM) // GIB) if must_grow else None
-        resources.update(disk_bytes=disk, cores=spec.resources.cores, memory_bytes=spec.resources.memory,
-                         must_grow=must_grow, grow_to=f"{grow_gib}G" if grow_gib else None)
+        grow_gib = disk_gib_for(needed) if must_grow else None
+        grow_mem = memory_for(mem_needed) if mem_needed is not None and mem_needed > sized.resources.memory else None
+        resources.update(disk_bytes=disk, cores=sized.resources.cores, memory_bytes=sized.resources.memory,
+                         must_grow=must_grow or grow_mem is not None, grow_to=f"{grow_gib}G" if grow_gib else None,
+                         memory_grow_to=f"{grow_mem}M" if grow_mem else None)
     ports = _port_numbers(mig.ports)
     net = spec.network if spec is not None else None
     network: dict[str, Any] = {
@@ -277,8 +311,12 @@ def render_text(doc: dict[str, Any]) -> str:
     lines.append("  ports: " + (", ".join(f"{p['proto']}/{p['port']}" for p in doc["ports"]) or "none known"))
     lines.append("  users: " + (", ".join(u["name"] for u in doc["users"]) or "none"))
     if r["disk_bytes"] is not None:
-        grow = f"must grow to {r['grow_to']}" if r["must_grow"] else "fits"
+        grow = f"the container must grow to {r['grow_to']}" if r["grow_to"] else "fits"
         lines.append(f"  disk: needs {human_bytes(r['disk_needed_bytes'])} of {human_bytes(r['disk_bytes'])} ({grow})")
+    if r["memory_bytes"] is not None and r["memory_needed_bytes"] is not None:
+        grow = f"the container must grow to {r['memory_grow_to']}" if r["memory_grow_to"] else "fits"
+        lines.append(f"  memory: needs {human_bytes(r['memory_needed_bytes'])} of {human_bytes(r['memory_bytes'])} "
+                     f"({grow}; the service uses {human_bytes(r['service_memory_bytes'])} now)")
     n = doc["network"]
     lines.append(f"  network: bridge {n['bridge']} vlan {n['vlan']}; {n['switch']}")
     b = doc["backup"]

@@ -16,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +198,9 @@ def start(app: AppContext, service: str, to: str | None, source: str | None, say
     src = endpoints.parse_source(src_text, lxcpath)
     with tempfile.TemporaryDirectory(prefix="pveguard-migrate-") as work:
         facts, sizer = source_facts(src, Path(work))
-        doc = plan.build(facts, app.strategy, service, to, source=src_text, sizer=sizer)
+        unit_for_memory = service if "." in service else f"{service}.service"
+        doc = plan.build(facts, app.strategy, service, to, source=src_text, sizer=sizer,
+                         memory_bytes=service_memory(src, unit_for_memory))
     unit = facts.units[doc["service"]]
     if unit.active not in (None, "active"):
         raise UsageError(f"{doc['service']} is {unit.active} on {src.label}: only a running service is migrated "
@@ -245,32 +247,140 @@ def run_steps(m: Migration) -> Run:
 
 
 def step_create(m: Migration) -> dict[str, Any]:
-    target = m.run.target
-    d = m.doc
-    existed = True
-    if d["target"]["in_strategy"]:
-        from pveguard.backends import connect
-        from pveguard.provision.ensure import ensure_container
-
-        backend = connect(m.app.strategy)
-        existed = any(g.name == target for g in backend.list_guests())
-        backend, guest = ensure_container(m.app, target, backend=backend, progress=m.say)
-        m.backend, m.guest, m.ct = backend, guest, endpoints.for_guest(backend, guest)
+    backend, guest, detail = provide_target(m.app, m.doc, m.say)
+    m.backend, m.guest, m.ct = backend, guest, endpoints.for_guest(backend, guest)
     backend, guest, ct = m.container()
-    needed = d["resources"]["disk_needed_bytes"]
-    if guest.maxdisk and needed > guest.maxdisk * plan.HEADROOM:
-        grow = -(-int(needed / plan.HEADROOM) // plan.GIB)
-        raise UsageError(f"{target} has {guest.maxdisk // plan.GIB}G of disk; {m.unit} needs {needed // plan.GIB}G "
-                         f"and the container must grow to {grow}G",
-                         hint=f"set resources.storage: {grow}G for {target} in the strategy, run 'pveguard apply', "
-                              "then run this again (it resumes here)")
     if m.doc["ports"] and not m.src.run(["sh", "-c", "command -v nft"]).ok:
         raise OperationError(f"{m.src.label} has no nft (nftables) for the port forward of the switch",
                              hint="apt-get install nftables on the source, then run this again")
     m.state["ct_address"] = ct.address()
     m.state["src_address"] = m.src.address()
     m.state["ct_ports_before"] = sorted(_listening(ct))
-    return {"container": target, "vmid": guest.vmid, "created": not existed, "address": m.state["ct_address"]}
+    return {**detail, "vmid": guest.vmid, "address": m.state["ct_address"]}
+
+
+def service_memory(src: Endpoint, unit: str) -> int | None:
+    """The memory the unit's cgroup uses now on the source (None: not known there)."""
+    r = src.run(["systemctl", "show", "--property=MemoryCurrent", "--value", unit])
+    text = r.out.strip()
+    return int(text) if r.ok and text.isdigit() and int(text) < 1 << 60 else None
+
+
+def provide_target(app: AppContext, doc: dict[str, Any], say: Progress) -> tuple[Backend, Guest, dict[str, Any]]:
+    """The target container, running and large enough for the service, through provisioning: created
+    when missing (a container outside the strategy with the defaults of the audit's suggestion,
+    recorded in the store so plan and apply keep it), grown when too small (a floor in the store that
+    the desired state honours, so a later apply does not shrink it back nor plan report drift: the
+    disk for the data with the headroom, the memory for the service)."""
+    from pveguard.backends import connect
+    from pveguard.provision import floors
+    from pveguard.provision.ensure import ensure_container
+    from pveguard.strategy.models import Container
+
+    target, unit = str(doc["target"]["container"]), str(doc["service"])
+    strategy = app.strategy
+    backend = connect(strategy)
+    existing = next((g for g in backend.list_guests() if g.name == target), None)
+    added = floors.load(app.store)
+    spec = next((c for c in strategy.containers if c.name == target), None) or next(
+        (e.container for e in added.extras if e.container.name == target), None)
+    res = doc["resources"]
+    need_disk = plan.disk_gib_for(int(res["disk_needed_bytes"]))
+    need_mem = plan.memory_for(int(res["memory_needed_bytes"])) if res.get("memory_needed_bytes") else None
+    detail: dict[str, Any] = {"container": target, "created": existing is None, "grown": {}}
+    if spec is None and existing is not None:
+        # not pveguard's container: used as it is when it fits, never resized from here
+        small = []
+        if existing.maxdisk and need_disk * plan.GIB > existing.maxdisk:
+            small.append(f"disk {existing.maxdisk // plan.GIB}G, needs {need_disk}G")
+        if need_mem and existing.maxmem and need_mem * plan.MIB > existing.maxmem:
+            small.append(f"memory {existing.maxmem // plan.MIB}M, needs {need_mem}M")
+        if small:
+            raise UsageError(f"{target} is too small for {unit} ({'; '.join(small)}) and is not a strategy "
+                             "container, so pveguard does not resize it",
+                             hint=f"grow it by hand (pct resize / pct set), or add {target} to the strategy "
+                                  "with that size, then run this again (it resumes here)")
+        if existing.status != "running":
+            backend.start(existing)
+            existing.status = "running"
+        return backend, existing, {**detail, "note": f"{target} is not a strategy container: used as it is"}
+    if spec is None:
+        base_name = doc["target"].get("suggestion")
+        base = next((c for c in strategy.containers if c.name == base_name), None)
+        if base is None:
+            raise UsageError(f"container {target} does not exist, is not in the strategy, and the audit suggests "
+                             f"no strategy container for {unit} to take its defaults from",
+                             hint=f"add {target} to the strategy's containers (or --to one that is there), "
+                                  "then run this again")
+        values = base.model_dump(mode="json")
+        values.update(name=target, components=[], purpose=f"{unit} moved here by pveguard migrate", vmid=None,
+                      packages=[], health_checks=[], backup_volume=None,
+                      network={**values["network"], "ip": "dhcp", "gateway": None})
+        spec = Container.model_validate(values)
+        why = f"created by migrate {unit} with the defaults of {base.name} (role {base.role})"
+        app.record("migrate.create.container", target, service=unit, base=base.name, role=base.role,
+                   before=None, after=values)
+        floors.add_extra(app.store, spec, f"migrate {unit}", why)
+        detail["defaults_of"] = base.name
+        say(f"{target} is not in the strategy: it is created with the defaults of {base.name}")
+    floor = added.floors.get(target)
+    have_disk = max(-(-spec.resources.storage // plan.GIB), floor.disk_gib if floor and floor.disk_gib else 0,
+                    (existing.maxdisk + plan.GIB - 1) // plan.GIB if existing else 0)
+    have_mem = max(spec.resources.memory // plan.MIB, floor.memory_mib if floor and floor.memory_mib else 0,
+                   existing.maxmem // plan.MIB if existing else 0)
+    grow_disk = need_disk if need_disk > have_disk else None
+    grow_mem = need_mem if need_mem is not None and need_mem > have_mem else None
+    if grow_disk or grow_mem:
+        after = floors.raise_floor(app.store, target, f"migrate {unit}", f"grown by migrate {unit}",
+                                   disk_gib=grow_disk, memory_mib=grow_mem)
+        change = {"before": {"disk_gib": have_disk, "memory_mib": have_mem},
+                  "after": {"disk_gib": grow_disk or have_disk, "memory_mib": grow_mem or have_mem}}
+        app.record("migrate.create.grow", target, service=unit, floor=asdict(after), **change)
+        detail["grown"] = change
+        grows = [f"disk {have_disk}G -> {grow_disk}G"] if grow_disk else []
+        grows += [f"memory {have_mem}M -> {grow_mem}M"] if grow_mem else []
+        say(f"{target} must grow for {unit}: {', '.join(grows)} (through provisioning)")
+    backend, guest = ensure_container(app, target, backend=backend, progress=say)
+    if grow_disk and guest.maxdisk < grow_disk * plan.GIB:
+        raise OperationError(f"{target} still has {guest.maxdisk // plan.GIB}G of disk after growing it to "
+                             f"{grow_disk}G", hint="see 'pveguard plan' and 'pveguard status'")
+    if grow_disk:
+        detail["restarted"] = _grown_inside(app, backend, guest, grow_disk, say)
+    return backend, guest, detail
+
+
+def _fs_bytes(ct: Endpoint) -> int | None:
+    r = ct.run(["df", "-B1", "--output=size", "/"])
+    last = r.out.split()[-1] if r.ok and r.out.split() else ""
+    return int(last) if last.isdigit() else None
+
+
+def _grown_inside(app: AppContext, backend: Backend, guest: Guest, disk_gib: int, say: Progress) -> bool:
+    """The root filesystem seen inside has the grown size; where it could not grow while running
+    (plain LXC on a kernel without online ext4 resize: the loop image grows at the start) the
+    container is restarted for it, before anything of the migration is in it. True: restarted."""
+    from pveguard.backends.lxc import LxcBackend
+
+    if not isinstance(backend, LxcBackend):   # PVE's resize grows a running container's filesystem at once
+        return False
+    ct = endpoints.for_guest(backend, guest)
+    want = int(disk_gib * plan.GIB * 0.9)   # ext4's own metadata takes a few percent
+    size = _fs_bytes(ct)
+    if size is None or size >= want:
+        return False
+    change = {"name": guest.name, "before": {"fs_bytes": size}, "reason": f"grow the root disk to {disk_gib}G"}
+    say(f"{guest.name}: the root disk can only grow at a start here (no online resize): restarting it")
+    app.record("migrate.create.restart.intent", f"ct/{guest.vmid}", **change)
+    backend.shutdown(guest)
+    backend.start(guest)
+    guest.status = "running"
+    after = _fs_bytes(ct)
+    app.record("migrate.create.restart", f"ct/{guest.vmid}", result="ok" if after and after >= want else "failed",
+               after={"fs_bytes": after}, **change)
+    if after is None or after < want:
+        raise OperationError(f"{guest.name}'s root filesystem is {after} bytes after the restart, not {disk_gib}G",
+                             hint="check 'pveguard status' and the container's disk; run this again")
+    return True
 
 
 def _listening(ep: Endpoint) -> set[int]:
@@ -829,14 +939,24 @@ def rollback(app: AppContext, service: str, say: Progress) -> Run:
     undo("test", lambda: {"firewall": _close_firewall(m)})
     undo("migrate-data", lambda: data)
     undo("install", lambda: _undo_install(m))
-    undo("create", lambda: {"note": f"{run.target} is kept (a strategy container; 'pveguard apply --prune' "
-                                    "manages it)"})
+    undo("create", lambda: _undo_create(m))
     if extra_inbound.of_owner(app.store, FW_OWNER.format(unit=unit_name)):
         _close_firewall(m)   # opened by a step the journal lost track of: still never left behind
     st.pop("baseline", None)
     journal.save(run, "rolled-back")
     app.record("migrate.rollback", unit_name, result="ok")
     return run
+
+
+def _undo_create(m: Migration) -> dict[str, Any]:
+    """The container is kept; what this migration added to the desired state (a floor, a container
+    outside the strategy) is released, so the strategy's sizes count again and `apply --prune`
+    removes a container the migration created."""
+    from pveguard.provision import floors
+
+    released = floors.release(m.app.store, f"migrate {m.unit}")
+    return {"note": f"{m.run.target} is kept ('pveguard plan' shows what the strategy makes of it now)",
+            "released": released}
 
 
 def _undo_remove(m: Migration) -> dict[str, Any]:

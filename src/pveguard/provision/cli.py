@@ -18,6 +18,7 @@ from pveguard.backends.proxmox import ProxmoxBackend
 from pveguard.context import AppContext
 from pveguard.errors import EXIT_FAILED, PveguardError, UsageError
 from pveguard.output import Col, FitTable, console, err_console, error, print_json, say, warn
+from pveguard.provision import floors
 from pveguard.provision.apply import Applier, ApplyInterrupted, ApplyReport, FirewallStep
 from pveguard.provision.desired import actual_fields, check_limits, desired_fields, desired_state
 from pveguard.provision.final_backup import data_volumes, take_final_backup
@@ -72,8 +73,8 @@ def compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str] 
         backend.require_privileges()
     check_limits(app.strategy, backend, app.strategy_path)
     instance = instance_id(app)
-    p = plan(desired_state(app.strategy, instance), observe(backend), instance=instance, prune=prune,
-             journal=Journal(app.store).entries())
+    p = plan(desired_state(app.strategy, instance, floors.load(app.store)), observe(backend), instance=instance,
+             prune=prune, journal=Journal(app.store).entries())
     p = p.only(only) if only is not None else p
     if isinstance(backend, ProxmoxBackend):
         say_placement(backend, p)
@@ -429,7 +430,7 @@ def status_data(app: AppContext, backend: Backend) -> dict[str, Any]:
     """
     instance = instance_id(app)
     obs = observe(backend)
-    wanted = desired_state(app.strategy, instance)
+    wanted = desired_state(app.strategy, instance, floors.load(app.store))
     desired = {d.spec.name: d for d in wanted}
     stats = {s.vmid: s for s in backend.stats()}
     caps = backend.capabilities()

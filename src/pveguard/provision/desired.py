@@ -14,6 +14,7 @@ from typing import Any
 
 from pveguard.backends.base import MANAGED_TAG, Backend, DataVolume, GuestSpec, NetSpec, marker_line
 from pveguard.errors import ConfigError
+from pveguard.provision.floors import Additions, Floor
 from pveguard.strategy.models import Container, Strategy
 from pveguard.strategy.units import GIB, MIB
 
@@ -43,6 +44,8 @@ class Desired:
 
     spec: GuestSpec
     packages: list[str] = field(default_factory=list)
+    # why it differs from the strategy (a floor or a container added by migrate): shown by plan
+    notes: list[str] = field(default_factory=list)
 
 
 def description_for(c: Container, instance: str) -> str:
@@ -65,11 +68,15 @@ def check_limits(strategy: Strategy, backend: Backend, where: object) -> None:
                                "false means memory.high instead of memory.max and no cpulimit quota")
 
 
-def desired_state(strategy: Strategy, instance: str) -> list[Desired]:
-    """One Desired per strategy container, in strategy order, marked as this instance's."""
+def desired_state(strategy: Strategy, instance: str, additions: Additions | None = None) -> list[Desired]:
+    """One Desired per strategy container, in strategy order, marked as this instance's; with
+    `additions` (provision/floors.py, from the store) the containers migrate added after them and
+    every container at least as large as its floor."""
     pinned = strategy.target.proxmox.node
     out = []
-    for c in strategy.containers:
+    names = {c.name for c in strategy.containers}
+    extras = [e for e in (additions.extras if additions else []) if e.container.name not in names]
+    for c in [*strategy.containers, *(e.container for e in extras)]:
         net = NetSpec(bridge=strategy.container_bridge(c), vlan=strategy.container_vlan(c), ip=c.network.ip,
                       gateway=c.network.gateway, firewall=c.network.firewall)
         spec = GuestSpec(
@@ -86,8 +93,32 @@ def desired_state(strategy: Strategy, instance: str) -> list[Desired]:
         if bv is not None:
             spec.backup_volume = DataVolume(size_gib=max(1, -(-bv.size // GIB)), mountpoint=bv.mountpoint,
                                             storage=bv.storage or c.storage)
-        out.append(Desired(spec=spec, packages=list(c.packages)))
+        d = Desired(spec=spec, packages=list(c.packages))
+        extra = next((e for e in extras if e.container is c), None)
+        if extra is not None:
+            d.notes.append(f"{extra.reason}; not in the strategy: add it there to manage it as the others")
+        floor = additions.floors.get(c.name) if additions else None
+        if floor is not None:
+            _apply_floor(d, floor)
+        out.append(d)
     return out
+
+
+def _apply_floor(d: Desired, floor: Floor) -> None:
+    spec = d.spec
+    grown = []
+    if floor.disk_gib is not None and floor.disk_gib > spec.disk_gib:
+        grown.append(f"rootfs {spec.disk_gib}G -> {floor.disk_gib}G")
+        spec.disk_gib = floor.disk_gib
+    if floor.memory_mib is not None and floor.memory_mib > spec.memory_mib:
+        grown.append(f"memory {spec.memory_mib} -> {floor.memory_mib} MiB")
+        spec.memory_mib = floor.memory_mib
+    if floor.cores is not None and floor.cores > spec.cores:
+        grown.append(f"cores {spec.cores} -> {floor.cores}")
+        spec.cores = floor.cores
+    if grown:
+        d.notes.append(f"{floor.reason}: {', '.join(grown)} above the strategy's size (kept: the container "
+                       "never shrinks back; raise the strategy's resources to make this note go)")
 
 
 # --- property strings ---------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from pveguard.backends import connect
 from pveguard.backends.base import Backend, ExecResult, Guest
 from pveguard.context import AppContext
 from pveguard.errors import ConfigError, OperationError
+from pveguard.provision import floors
 from pveguard.provision.apply import Applier, Progress, install_packages
 from pveguard.provision.desired import check_limits, desired_state
 from pveguard.provision.instance import identity
@@ -26,7 +27,7 @@ def ensure_container(app: AppContext, name: str, *, backend: Backend | None = No
     """
     strategy = app.strategy
     instance = identity(strategy, app.store, app.record).id
-    desired = [d for d in desired_state(strategy, instance) if d.spec.name == name]
+    desired = [d for d in desired_state(strategy, instance, floors.load(app.store)) if d.spec.name == name]
     if not desired:
         raise ConfigError(f"the strategy has no container named {name!r}",
                           hint="known: " + ", ".join(c.name for c in strategy.containers))

@@ -282,7 +282,8 @@ def plan(desired: list[Desired], observed: Observed, *, instance: str, prune: bo
                         f"already uses it; change or remove 'vmid' in the strategy"]))
                     continue
             actions.append(Action("create", name, vmid=d.spec.vmid, node=d.spec.node, desired=d,
-                                  resume=["start", "packages"] if d.packages else ["start"], notes=notes))
+                                  resume=["start", "packages"] if d.packages else ["start"],
+                                  notes=[*notes, *d.notes]))
             continue
         g = found[0]
         cfg = observed.configs[g.vmid]
@@ -297,6 +298,7 @@ def plan(desired: list[Desired], observed: Observed, *, instance: str, prune: bo
         changes = diff_fields(desired_fields(d.spec), actual_fields(cfg))
         notes = [f"{c.field} cannot change from {c.old or '(none)'} to {c.new or '(none)'} in place "
                  f"({_why_not(c.field)}); left as is" for c in changes if not c.possible]
+        notes += d.notes
         if g.lock:
             notes.append(f"guest is locked ({g.lock}); changes fail until the lock is released")
         resume = resume_left.get(name, [])
