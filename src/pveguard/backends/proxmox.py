@@ -50,6 +50,7 @@ from pveguard.backends.base import (
     read_marker,
 )
 from pveguard.backends.inflight import IN_FLIGHT
+from pveguard.backends.pvefast import FastGet, fast_get
 from pveguard.backends.pveprivs import Need, describe_missing, grant_hint, lacking, needs
 from pveguard.backends.pvetls import PveAdapter, TicketAuth, Trust, session_for
 from pveguard.errors import BackendError, BackendUnavailable, PolicyRefused, PveguardError
@@ -282,6 +283,12 @@ def fixed_environment(session: requests.Session, base_url: str, verify: bool | s
         return
     session.proxies.update(requests.utils.get_environ_proxies(base_url))
     session.trust_env = False
+
+
+def lean_reader(api: Any, s: PveSettings) -> FastGet | None:
+    """The lean GET transport for an https API (pvefast), or None where proxmoxer's path must be kept."""
+    token = f"PVEAPIToken={s.user}!{s.token_id}={s.token_secret}" if s.token_id else None
+    return fast_get(api, token, s.http_timeout, s.trust.requests_verify())
 
 
 def pve_params(values: dict[str, Any]) -> dict[str, Any]:
@@ -544,6 +551,8 @@ class ProxmoxBackend(Backend):
     def __init__(self, settings: PveSettings, api: Any = None) -> None:
         self.settings = settings
         self.api = api if api is not None else open_api(settings)
+        # GETs (most of a plan's calls) skip requests' and proxmoxer's per-call work on the same pinned pool
+        self._fast = None if api is not None or settings.mode != "https" else lean_reader(self.api, settings)
         self._placed: dict[str, int] = {}
         self._templates: dict[tuple[str, str], str] = {}
         self._node_ips: dict[str, str] | None = None
@@ -562,6 +571,8 @@ class ProxmoxBackend(Backend):
     # --- calling the API ----------------------------------------------------------------------
 
     def _raw(self, method: str, path: str, params: dict[str, Any] | None = None) -> Any:
+        if method == "GET" and self._fast is not None:
+            return self._fast.get(path, pve_params(params or {}))
         res = self.api(path.strip("/"))
         fn = {"GET": res.get, "POST": res.post, "PUT": res.put, "DELETE": res.delete}[method]
         return fn(**pve_params(params or {}))

@@ -171,7 +171,16 @@ class PveAdapter(HTTPAdapter):
         try:
             resp = super().send(request, *args, **kwargs)
         except requests.exceptions.SSLError as exc:
-            raise _tls_failure(exc, self._host, self._port, self._trust) from None
+            raise self.tls_failure(exc) from None
+        return self.after(request, resp, *args, **kwargs)
+
+    def tls_failure(self, exc: requests.exceptions.SSLError) -> BackendUnavailable:
+        """What a failed handshake with this endpoint means, said plainly (pin mismatch, plain HTTP...)."""
+        return _tls_failure(exc, self._host, self._port, self._trust)
+
+    def after(self, request: requests.PreparedRequest, resp: requests.Response, *args: Any,
+              **kwargs: Any) -> requests.Response:
+        """An answer that may not come from PVE at all (404/405/501, a page that is not JSON) is checked."""
         if resp.status_code in (404, 405, 501) or (resp.ok and not _is_json(resp)):
             self._require_pve(request, resp, *args, **kwargs)
         return resp
@@ -247,9 +256,14 @@ class TicketAuth(ProxmoxHTTPAuthBase):  # type: ignore[misc]
     def get_tokens(self) -> tuple[str, str]:
         return self._ticket, self._csrf
 
-    def __call__(self, req: requests.PreparedRequest) -> requests.PreparedRequest:
+    def current_ticket(self) -> str:
+        """The ticket, renewed first when it is due (for requests sent without this auth object)."""
         if time.monotonic() - self._born >= self.renew_age:
             self._renew(self._ticket)
+        return self._ticket
+
+    def __call__(self, req: requests.PreparedRequest) -> requests.PreparedRequest:
+        self.current_ticket()
         if req.method != "GET":
             req.headers["CSRFPreventionToken"] = self._csrf
         return req
