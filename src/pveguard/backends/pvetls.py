@@ -158,7 +158,7 @@ class PveAdapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         # One TLS context for every connection: without one urllib3 builds a context per connection and,
-        # when no CA is named (a pin, or verify_ssl off), loads the system's whole CA store into it -- ~25 ms
+        # when no CA is named (a pin, or verify_ssl off), loads the system's whole CA store into it -- ~23 ms
         # of CPU each, that verification never uses (it checks with CERT_NONE plus the pin, or with the CA
         # file it is given). The pool still sets verify_mode, hostname checking and the CA file on it.
         verify = self._trust.requests_verify()
