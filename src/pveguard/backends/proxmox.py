@@ -33,7 +33,6 @@ from typing import Any
 import requests
 from proxmoxer import ProxmoxAPI, ResourceException
 from proxmoxer.core import AuthenticationError
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from pveguard.backends import vztmpl
 from pveguard.backends.base import (
@@ -592,18 +591,22 @@ class ProxmoxBackend(Backend):
             meaning = classify(exc)
             return meaning == LOCKED or (safe and meaning == RETRY)
 
-        try:
-            for attempt in Retrying(stop=stop_after_attempt(max(1, self.settings.retries)), reraise=True,
-                                    retry=retry_if_exception(worth_repeating),
-                                    wait=wait_exponential(multiplier=self.settings.retry_wait, max=10)):
-                with attempt:
-                    if attempt.retry_state.attempt_number > 1:
-                        log.info("retrying %s %s (attempt %d)", method, path, attempt.retry_state.attempt_number)
-                    data = self._raw(method, path, params)
-        except (ResourceException, requests.exceptions.RequestException, subprocess.TimeoutExpired) as exc:
-            raise self._error(exc, what or f"{method} {path}") from None
-        except KeyError:  # proxmoxer reads json["data"]: a JSON answer without it
-            data = _NO_DATA
+        # attempts as tenacity's stop_after_attempt(retries) + wait_exponential(retry_wait, max=10) made them
+        # (retry_wait, 2x, 4x... between attempts), without its bookkeeping on every call (~40 us each)
+        attempts, attempt = max(1, self.settings.retries), 1
+        while True:
+            try:
+                data = self._raw(method, path, params)
+                break
+            except (ResourceException, requests.exceptions.RequestException, subprocess.TimeoutExpired) as exc:
+                if attempt >= attempts or not worth_repeating(exc):
+                    raise self._error(exc, what or f"{method} {path}") from None
+                time.sleep(max(0.0, min(self.settings.retry_wait * 2 ** (attempt - 1), 10)))
+                attempt += 1
+                log.info("retrying %s %s (attempt %d)", method, path, attempt)
+            except KeyError:  # proxmoxer reads json["data"]: a JSON answer without it
+                data = _NO_DATA
+                break
         wrong = check_shape(method, path, data)
         if wrong is not None:
             raise PveCallError(f"{what + ': ' if what else ''}{method} {path} {wrong}",
