@@ -170,7 +170,8 @@ def needs(specs: Iterable[GuestSpec], rootfs_storage: str, template_storage: str
     paths["bridge"] = sorted({bridge_path(s.net.bridge, s.net.vlan) for s in specs})
     paths.update({"access": ["/access"], "access-groups": ["/access/groups"], "realm": ["/access/realm/pve"],
                   "acl": sorted(rbac_paths or [])})
-    calls = CALLS + UPDATE_CALLS + (MIGRATE_CALLS if migrate else ()) + (FIREWALL_CALLS if firewall else ()) + (RBAC_CALLS if rbac_paths is not None else ())
+    calls = CALLS + UPDATE_CALLS + (MIGRATE_CALLS if migrate else ()) + (FIREWALL_CALLS if firewall else ()) \
+        + (RBAC_CALLS if rbac_paths is not None else ())
     out: dict[tuple[str, str], Need] = {}
     for _method, _path, kind, priv in calls:
         for p in paths[kind]:
