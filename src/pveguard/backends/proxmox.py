@@ -554,7 +554,7 @@ class ProxmoxBackend(Backend):
         self.firewall = False  # the strategy enforces firewall isolation (pveprivs.FIREWALL_CALLS needed)
         # the strategy enforces RBAC: the ACL paths its grants name (pveprivs.RBAC_CALLS needed); None: off
         self.rbac_paths: list[str] | None = None
-        self.migrate = False  # exhaustion may migrate (pveprivs.MIGRATE_CALLS needed)
+        self.may_migrate = False  # exhaustion may migrate (pveprivs.MIGRATE_CALLS needed)
         self.backup_storage: str | None = None
 
     def __repr__(self) -> str:
@@ -1217,7 +1217,7 @@ class ProxmoxBackend(Backend):
     def needed_privileges(self) -> list[Need]:
         """Every privilege plan/apply of `specs` need, per ACL path."""
         return needs(self.specs, self.settings.storage, self.settings.template_storage, self.firewall,
-                     self.rbac_paths, self.migrate)
+                     self.rbac_paths, self.may_migrate)
 
     def missing_privileges(self) -> dict[str, list[Need]]:
         """The privileges plan/apply of `specs` need and the credentials lack, per ACL path, read with
