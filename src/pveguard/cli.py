@@ -357,6 +357,9 @@ def _placeholder(param: Any) -> str:
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: user errors become one clear message and an exit code, never a traceback."""
     verbose = "--verbose" in (argv or sys.argv) or "-v" in (argv or sys.argv)
+    from pveguard import invocation
+
+    invocation.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return command()(args=argv, standalone_mode=True, prog_name="pveguard")
     except PveguardError as exc:
