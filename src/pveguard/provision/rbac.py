@@ -107,5 +107,6 @@ def rbac_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store, insta
         return FwPlan(notes=[OFF_NOTE])
     wants = rbac.desired_rbac(strategy, managed_cts(p), instance)
     cts = [c for w in wants for c in w.containers]
-    seen = rbac.observe_rbac(backend.call, wants, current(store, wants, has_secret(backend, guests_of(p), cts)))
-    return rbac.plan_rbac(wants, seen)
+    seen = rbac.observe_rbac(backend.call, wants, current(store, wants, has_secret(backend, guests_of(p), cts)),
+                             instance)
+    return rbac.plan_rbac(wants, seen, instance)
