@@ -53,6 +53,7 @@ from pveguard.backends.inflight import IN_FLIGHT
 from pveguard.backends.pveprivs import Need, describe_missing, grant_hint, lacking, needs
 from pveguard.backends.pvetls import PveAdapter, TicketAuth, Trust, session_for
 from pveguard.errors import BackendError, BackendUnavailable, PolicyRefused, PveguardError
+from pveguard.invocation import during
 
 log = logging.getLogger(__name__)
 
@@ -589,7 +590,8 @@ class ProxmoxBackend(Backend):
                 with attempt:
                     if attempt.retry_state.attempt_number > 1:
                         log.info("retrying %s %s (attempt %d)", method, path, attempt.retry_state.attempt_number)
-                    data = self._raw(method, path, params)
+                    with during(what or f"{method} {path}"):  # what a Ctrl-C interrupted
+                        data = self._raw(method, path, params)
         except (ResourceException, requests.exceptions.RequestException, subprocess.TimeoutExpired) as exc:
             raise self._error(exc, what or f"{method} {path}") from None
         except KeyError:  # proxmoxer reads json["data"]: a JSON answer without it
@@ -610,6 +612,12 @@ class ProxmoxBackend(Backend):
 
     def wait_task(self, upid: str, what: str, progress: Progress | None = None,
                   timeout: float | None = None) -> None:
+        """Wait for a PVE task (a Ctrl-C meanwhile is reported as interrupting the wait for `what`)."""
+        with during(f"waiting for {what}"):
+            self._wait_task(upid, what, progress, timeout)
+
+    def _wait_task(self, upid: str, what: str, progress: Progress | None = None,
+                   timeout: float | None = None) -> None:
         """Wait for a PVE task; raise BackendError with the task's own error on failure or timeout.
 
         Polls like proxmoxer's Tasks.blocking_status, but starts fast and slows down (most tasks take
