@@ -275,6 +275,9 @@ def test_a_role_that_leaves_the_strategy_takes_its_user_token_roles_and_acls(
 
     with Store(penv.dir / "state") as store:
         entries = [e for e in Ledger(store).entries() if e.action.startswith("provision.rbac")]
+        from pveguard.security import rbac_state
+
+        assert set(rbac_state.load(store)) == {"monitoring", "backup"}  # where the removed secrets went: forgotten
     user = [e for e in entries if e.target == "user/pveguard-devtools@pve"]
     assert [e.details.get("result") for e in user][-2:] == [None, "ok"]
     assert user[-1].details["before"] == {"user": "pveguard-devtools@pve"} and user[-1].details["after"] == {

@@ -84,6 +84,13 @@ def remember(store: Store) -> rbac.Rotated:
     return done
 
 
+def forget(store: Store) -> Callable[[str], None]:
+    """A removed role's delivery record goes with its user and token."""
+    def gone(role: str) -> None:
+        rbac_state.forget(store, role)
+    return gone
+
+
 def current(store: Store, wants: list[rbac.RoleWant], check: rbac.HasSecret) -> rbac.HasSecret:
     """A file that is there counts only if this installation put the current secret there: a container that
     was not running at the last rotation still holds the old secret (the state says where the new one went)."""

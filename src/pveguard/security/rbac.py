@@ -443,9 +443,10 @@ def new_secret(call: Call, w: RoleWant, deliver: Deliver, record: Record, rotate
 
 
 def converge(call: Call, plan: FwPlan, wants: list[RoleWant], record: Record, deliver: Deliver,
-             rotated: Rotated) -> list[str]:
-    """Users, PVE roles, tokens (new secrets delivered), then the ACLs read again and converged."""
-    done: list[str] = remove(call, [c for c in plan.changes if c.data.get("leftover")], record)
+             rotated: Rotated, forget: Callable[[str], None] | None = None) -> list[str]:
+    """What roles that left the strategy had goes first (`forget(role)` once its user is gone); then users,
+    PVE roles, tokens (new secrets delivered), then the ACLs read again and converged."""
+    done: list[str] = remove(call, [c for c in plan.changes if c.data.get("leftover")], record, forget)
     by_role = {w.role: w for w in wants}
     for c in plan.changes:
         if c.op.startswith("acl-") or c.data.get("leftover"):
@@ -474,7 +475,8 @@ def converge(call: Call, plan: FwPlan, wants: list[RoleWant], record: Record, de
     return done
 
 
-def remove(call: Call, changes: list[FwChange], record: Record) -> list[str]:
+def remove(call: Call, changes: list[FwChange], record: Record,
+           forget: Callable[[str], None] | None = None) -> list[str]:
     """Take away what a role that left the strategy had, in plan order (ACLs, token, roles, user last),
     each with its ledger intent and result. Something already gone counts as done."""
     done: list[str] = []
@@ -496,6 +498,8 @@ def remove(call: Call, changes: list[FwChange], record: Record) -> list[str]:
             record("rbac", c.target, c.name, "failed", **details)
             raise
         record("rbac", c.target, c.name, "ok", **details)
+        if c.op == "user-remove" and forget is not None:
+            forget(c.name)
         done.append(c.text())
     return done
 
