@@ -28,6 +28,7 @@ if typing.TYPE_CHECKING:
 # (tests/foundation/test_cli_lazy.py checks it against the loaded command). In --help order:
 # typer lists commands before groups.
 LAZY: dict[str, tuple[str, str, dict[str, Any]]] = {}
+_ARGV: list[str] | None = None  # the words after `pveguard` (main), for pveguard.invocation
 
 
 def lazy(name: str, target: str, help: str, **settings: Any) -> None:
@@ -63,6 +64,24 @@ class LazyGroup(TyperGroup):
         limit = formatter.width - 6 - max(len(n) for n in names)
         with formatter.section("Commands"):
             formatter.write_dl([(n, self._short_help(n, limit) or "") for n in names])
+
+    def invoke(self, ctx: Any) -> Any:
+        """Every command: a Ctrl-C says what the command was doing and what it changed or left
+        (pveguard.invocation, from the ledger entries this run wrote), exit 130; not click's "Aborted."."""
+        from typer import Abort
+
+        from pveguard import invocation
+
+        invocation.begin(_ARGV)  # the lock file and the Ctrl-C message name the command
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _interrupted(at_prompt=False)
+        except Abort as exc:  # a question (confirm/prompt) turns Ctrl-C into Abort; a closed stdin too
+            if not isinstance(exc.__context__, KeyboardInterrupt):
+                raise
+            _interrupted(at_prompt=True)
+        raise typer.Exit(130)
 
     def shell_complete(self, ctx: Any, incomplete: str) -> list[CompletionItem]:
         results = []
@@ -357,6 +376,8 @@ def _placeholder(param: Any) -> str:
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: user errors become one clear message and an exit code, never a traceback."""
     verbose = "--verbose" in (argv or sys.argv) or "-v" in (argv or sys.argv)
+    global _ARGV
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
     try:
         return command()(args=argv, standalone_mode=True, prog_name="pveguard")
     except PveguardError as exc:
@@ -366,10 +387,8 @@ def main(argv: list[str] | None = None) -> Any:
         if exc.hint:
             _hint(exc.hint)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        from pveguard.output import error
-
-        error("interrupted")
+    except KeyboardInterrupt:  # before a command started (parsing its options)
+        _interrupted(at_prompt=False)
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(EXIT_FAILED)
@@ -381,6 +400,14 @@ def main(argv: list[str] | None = None) -> Any:
         error(f"internal error (this is a bug in pveguard): {type(exc).__name__}: {exc}")
         _hint("re-run with --verbose for the traceback and report it")
         sys.exit(EXIT_FAILED)
+
+
+def _interrupted(at_prompt: bool) -> None:
+    from pveguard import invocation
+    from pveguard.output import err_console
+
+    err_console.print(invocation.interrupted_message(at_prompt), style="red", markup=False, highlight=False,
+                      soft_wrap=True)
 
 
 def _hint(text: str) -> None:

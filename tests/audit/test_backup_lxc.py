@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pveguard.backends.base import GuestSpec, NetSpec
+from pveguard.backends.base import GuestSpec, NetSpec, marker_line
 from pveguard.strategy.defaults import render
 from tests.lxc.conftest import TEMPLATE_CACHE, lxc_env, lxcfs  # noqa: F401  (fixtures)
 from tests.provision.conftest import Env
@@ -37,6 +37,8 @@ def _backup(env: Env, capsys: pytest.CaptureFixture[str]) -> tuple[dict[str, str
     return {f["id"]: f["severity"] for f in doc["findings"] if f["category"] == "backup"}, doc
 
 
+INSTANCE = "1a51a51a51a5"  # the strategy pins it; the container carries its marker
+
 def test_audit_backup_findings_on_plain_lxc(lxc_env: Any, tmp_path: Path,  # noqa: F811
                                             capsys: pytest.CaptureFixture[str],
                                             monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,7 +46,8 @@ def test_audit_backup_findings_on_plain_lxc(lxc_env: Any, tmp_path: Path,  # noq
     br = lxc_env.bridge("a")
     name = f"{lxc_env.prefix}-bk"
     g = b.create(GuestSpec(name=name, role="test", cores=1, memory_mib=256, swap_mib=0, disk_gib=1,
-                           net=NetSpec(bridge=br, ip="10.250.51.2/24"), tags=["pveguard"]))  # fmt: skip
+                           net=NetSpec(bridge=br, ip="10.250.51.2/24"), tags=["pveguard"],
+                           description=marker_line(INSTANCE)))  # this installation's  # fmt: skip
     b.start(g)
     doc = yaml.safe_load(render())
     (tmp_path / "etc").mkdir()
@@ -53,6 +56,7 @@ def test_audit_backup_findings_on_plain_lxc(lxc_env: Any, tmp_path: Path,  # noq
     doc["backup"]["verification"].update(restore_test=False)
     doc["target"] = {"backend": "lxc", "lxc": {"lxcpath": str(b.lxcpath), "disk_dir": str(b.disk_dir),
                                                "template_cache": str(TEMPLATE_CACHE)}}  # fmt: skip
+    doc["target"]["instance"] = INSTANCE
     (tmp_path / "strategy.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     env = Env(None, tmp_path, {"PVEGUARD_STRATEGY": str(tmp_path / "strategy.yaml"),
                                "PVEGUARD_STATE_DIR": str(tmp_path / "state")})  # fmt: skip

@@ -165,10 +165,17 @@ def test_failing_backend_and_backup_check_are_reported(monkeypatch: pytest.Monke
     assert ext.backup is None and "RuntimeError: jobs.cfg unreadable" in ext.backup_reason
     monkeypatch.undo()
 
-    # the real check on a non-PVE backend: pveguard's own archives in <state-dir>/dump (none here)
+    # the real check on a non-PVE backend: pveguard's own archives in <state-dir>/dump (none here); only
+    # this installation's guest counts (its marker), not another's with the same tag (#15's loose end)
+    from pveguard.backends.base import marker_line
+
+    mine = Strategy.model_validate({"target": {"instance": "a1a1a1a1a1a1"}})
+    stand_in.guests.append(Guest(103, "theirs", "n1", "lxc", "running", managed=True))
+    stand_in.configs.update({101: {"description": marker_line("a1a1a1a1a1a1")},
+                             103: {"description": marker_line("b2b2b2b2b2b2")}})
     monkeypatch.setattr(backends, "connect", lambda s: stand_in, raising=False)
-    ext = sources.external(ctx, Strategy(), Path("/"))
-    assert ext.backup is not None and ext.backup.names == {"lxc/101": "web"}  # only the managed guest
+    ext = sources.external(ctx, mine, Path("/"))
+    assert ext.backup is not None and ext.backup.names == {"lxc/101": "web"}  # only this installation's guest
     got = findings.backup_findings(ext.backup)
     assert [(f.id, f.severity) for f in got] == [("backup-no-backup:web", "high")]
     assert got[0].title == "guest 101 (web) has no backup at all" and "pveguard backup run" in got[0].fix

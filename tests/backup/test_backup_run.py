@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pveguard.backends.base import GuestSpec, NetSpec
+from pveguard.backends.base import GuestSpec, NetSpec, marker_line
 from pveguard.strategy.defaults import render
 from tests.lxc.conftest import TEMPLATE_CACHE, lxc_env, lxcfs  # noqa: F401  (fixtures)
 from tests.provision.conftest import Env
@@ -24,11 +24,14 @@ pytestmark = [
 FAR = "2199-01-01"  # a schedule whose next run is far away: after the first run nothing is due
 
 
+INSTANCE = "1a51a51a51a5"  # the strategy pins it; the container carries its marker
+
 def test_run_then_nothing_due(lxc_env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: F811
     b = lxc_env.backend
     br = lxc_env.bridge("r")
     g = b.create(GuestSpec(name="pgt-run", role="test", cores=1, memory_mib=256, swap_mib=0, disk_gib=1,
-                           net=NetSpec(bridge=br, ip="10.250.50.2/24"), tags=["pveguard"]))  # fmt: skip
+                           net=NetSpec(bridge=br, ip="10.250.50.2/24"), tags=["pveguard"],
+                           description=marker_line(INSTANCE)))  # this installation's  # fmt: skip
     b.start(g)
     # The state dir holds the restore test's throwaway containers: as with the lxcpath, keep it off
     # pytest's 0700 basetemp so an unprivileged container's mapped root can reach its rootfs.
@@ -43,6 +46,7 @@ def test_run_then_nothing_due(lxc_env: Any, tmp_path: Path, capsys: pytest.Captu
     doc["backup"]["offsite"] = {"type": "directory", "target": str(tmp_path / "nas"), "schedule": FAR}
     doc["target"] = {"backend": "lxc", "lxc": {"lxcpath": str(b.lxcpath), "disk_dir": str(b.disk_dir),
                                                "template_cache": str(TEMPLATE_CACHE)}}  # fmt: skip
+    doc["target"]["instance"] = INSTANCE
     (tmp_path / "strategy.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     env = Env(None, tmp_path, {"PVEGUARD_STRATEGY": str(tmp_path / "strategy.yaml"),
                                "PVEGUARD_STATE_DIR": str(state)})  # fmt: skip

@@ -241,3 +241,22 @@ def test_adopting_another_installations_job_warns_and_the_other_then_refuses(
     code, _, err = a.run("backup", "apply", capsys=capsys)
     assert code == 2 and f"belongs to another pveguard instance {B_ID}" in err
     assert f"pveguard backup adopt pveguard-{ida}" in err and jobs(a) == before
+
+
+def test_backup_status_and_the_audit_judge_only_this_installations_guests(
+        two: tuple[Env, Env], capsys: pytest.CaptureFixture[str]) -> None:
+    """Both installations' containers carry the `pveguard` tag; each one's status and audit count its own."""
+    a, b = two
+    for env, mine in ((a, ["a-one", "a-two"]), (b, ["b-one"])):
+        code, out, err = env.run("backup", "status", "--json", capsys=capsys)
+        assert code == 1, out + err  # no job, no backup yet: not compliant
+        assert sorted(r["name"] for r in json.loads(out)) == mine
+        code, out, err = env.run("audit", "--json", capsys=capsys)
+        assert code == 0, err
+        doc = json.loads(out)
+        assert sorted(r["name"] for r in doc["backup"]["items"]) == mine
+        assert sorted(f["id"].split(":", 1)[1] for f in doc["findings"] if f["category"] == "backup") == mine
+    # `guests: all` means every container, whoever made it
+    a.edit(lambda d: d["backup"]["containers"].update(guests="all"))
+    code, out, err = a.run("backup", "status", "--json", capsys=capsys)
+    assert sorted(r["name"] for r in json.loads(out)) == ["a-one", "a-two", "b-one"], out + err

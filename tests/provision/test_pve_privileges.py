@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from pveguard.backends.base import GuestSpec, NetSpec
-from pveguard.backends.pveprivs import CALLS, FIREWALL_CALLS, RBAC_CALLS, grant_commands, needs
+from pveguard.backends.pveprivs import (
+    CALLS,
+    FIREWALL_CALLS,
+    MIGRATE_CALLS,
+    RBAC_CALLS,
+    UPDATE_CALLS,
+    grant_commands,
+    needs,
+)
 
 from .conftest import Env
 
@@ -55,7 +63,7 @@ _KIND_OF_PATH = {"/vms/{vmid}": "vms", "/nodes/{node}": "nodes", "/": "root",
 def test_needed_privileges_cover_the_schema_checks_of_every_call() -> None:
     schema = _schema()
     kinds: dict[tuple[str, str], set[tuple[str, str]]] = {}
-    for method, path, kind, priv in CALLS + FIREWALL_CALLS:
+    for method, path, kind, priv in CALLS + UPDATE_CALLS + MIGRATE_CALLS + FIREWALL_CALLS:
         assert (method, path) in schema, f"{method} {path} is not a PVE API call"
         kinds.setdefault((method, path), set()).add((kind, priv))
     for (method, path), have in kinds.items():
@@ -200,3 +208,36 @@ def test_what_the_hint_grants_is_enough_to_create_the_guests(
     code, out, err = penv.run("apply", capsys=capsys)
     assert code == 0, out + err
     assert len([g for g in sim.sim.guests.values() if g.type == "lxc"]) == 4
+
+
+def test_update_snapshots_and_exhaustion_migration_privileges_are_named(
+        penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """VM.Snapshot (update: snapshot, rollback, prune) and VM.Migrate (exhaustion's migration) are checked by
+    plan and doctor like the others: a token granted all but those two is refused with their names."""
+    sim = penv.sim
+    token = _token(sim, "plan@pve", "ro")
+    penv.env["PVEGUARD_PVE_TOKEN"] = token
+    code, _out, err = penv.run("plan", capsys=capsys)
+    assert code == 3, err
+    privs = re.search(r'pveum role add PVEGuard --privs "([^"]+)"', err)
+    assert privs is not None and {"VM.Snapshot", "VM.Migrate"} <= set(privs[1].split(","))
+    without = ",".join(p for p in privs[1].split(",") if p not in ("VM.Snapshot", "VM.Migrate"))
+    _ok(sim, "POST", "/access/roles", {"roleid": "PVEGuard", "privs": without})
+    for path in re.findall(r"pveum acl modify (\S+) --users", err):
+        _ok(sim, "PUT", "/access/acl", {"path": path, "roles": "PVEGuard", "users": "plan@pve",
+                                        "tokens": "plan@pve!ro"})
+    code, out, err = penv.run("plan", capsys=capsys)
+    assert code == 3, out + err
+    assert ("/vms: VM.Snapshot (update's snapshot before upgrading, its rollback and pruning), VM.Migrate (move a "
+            "capped container to the node with most headroom, resource_exhaustion: migrate)") in err, err
+    code, out, err = penv.run("doctor", capsys=capsys)
+    line = next(ln for ln in out.splitlines() if "pve-permissions" in ln)
+    assert line.startswith("FAIL") and "VM.Snapshot" in out and "VM.Migrate" in out, out
+    # without `migrate` in the exhaustion actions only VM.Snapshot is asked for
+    penv.edit(lambda d: d.setdefault("emergency", {}).setdefault("resource_exhaustion", {}).update(
+        actions=["identify_high_usage", "scale_resources"]))
+    code, _out, err = penv.run("plan", capsys=capsys)
+    assert code == 3 and "VM.Snapshot" in err and "VM.Migrate" not in err, err
+    _ok(sim, "PUT", "/access/roles/PVEGuard", {"privs": "VM.Snapshot", "append": 1})
+    code, out, err = penv.run("plan", capsys=capsys)
+    assert code == 0, out + err

@@ -210,3 +210,77 @@ def test_lxc_backend_lists_no_tokens_with_a_note(tmp_path: Path, capsys: pytest.
     assert code == 0, err
     doc = json.loads(out)
     assert doc["backend"] == "lxc" and doc["tokens"] == [] and "proxmox backend" in doc["note"]
+
+
+def test_a_role_that_leaves_the_strategy_takes_its_user_token_roles_and_acls(
+        penv: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only this installation's: another installation's role user and its PVEGuard role stay, and a PVEGuard
+    role someone else's ACL uses stays; each removal is in the ledger with before/after."""
+    with_pct(penv, tmp_path)
+    assert penv.run("apply", capsys=capsys)[0] == 0
+    sim = penv.sim
+    # another installation's role user, role and ACL on the same PVE
+    ok = [sim.api("POST", "/access/users", {"userid": "pveguard-ci@pve",
+                                            "comment": "pveguard: service user of role ci instance=0therinst"}),
+          sim.api("POST", "/access/roles", {"roleid": "PVEGuardCiVM", "privs": "VM.Audit"}),
+          sim.api("PUT", "/access/acl", {"path": "/vms", "roles": "PVEGuardCiVM", "users": "pveguard-ci@pve"}),
+          # an admin gave the gateway's role to a user of their own: that role is in use, it stays
+          sim.api("POST", "/access/users", {"userid": "alice@pve"}),
+          sim.api("PUT", "/access/acl", {"path": "/pool/x", "roles": "PVEGuardGatewayVM", "users": "alice@pve"})]
+    assert all(s == 200 for s, _r, _b in ok), ok
+    dev = vmids(penv)["pve-dev-tools"]
+    gw = vmids(penv)["pve-api-gateway"]
+
+    def drop(doc: dict[str, Any]) -> None:
+        doc["containers"] = [c for c in doc["containers"] if c["name"] not in ("pve-dev-tools", "pve-api-gateway")]
+    penv.edit(drop)
+    plan = penv.json("plan", capsys=capsys)
+    got = [(c["target"], c["field"], c["old"], c["new"]) for c in plan["rbac"]["changes"]]
+    # the backup role no longer covers the two (a container that left the strategy, as before)
+    assert [g for g in got if "backup" in g[1]] == [
+        (f"acl/vms/{v}", f"{t} pveguard-backup@pve{s}", "PVEGuardBackupVM", "(none)")
+        for v in (dev, gw) for t, s in (("token", "!pveguard"), ("user", ""))]
+    assert [g for g in got if "backup" not in g[1]] == [
+        (f"acl/vms/{dev}", "token pveguard-devtools@pve!pveguard", "PVEGuardDevtoolsVM", "(none)"),
+        (f"acl/vms/{dev}", "user pveguard-devtools@pve", "PVEGuardDevtoolsVM", "(none)"),
+        ("token/pveguard-devtools@pve!pveguard", "token", "exists", "(none)"),
+        ("role/PVEGuardDevtoolsVM", "privileges", "VM.Audit", "(no such role)"),
+        ("user/pveguard-devtools@pve", "user", "pveguard-devtools@pve", "(none)"),
+        (f"acl/vms/{gw}", "token pveguard-gateway@pve!pveguard", "PVEGuardGatewayVM", "(none)"),
+        (f"acl/vms/{gw}", "user pveguard-gateway@pve", "PVEGuardGatewayVM", "(none)"),
+        ("token/pveguard-gateway@pve!pveguard", "token", "exists", "(none)"),
+        ("user/pveguard-gateway@pve", "user", "pveguard-gateway@pve", "(none)")], got
+    assert any("role devtools left the strategy" in n for n in plan["rbac"]["notes"])
+    code, out, err = penv.run("plan", "--detailed-exitcode", capsys=capsys)
+    assert code == 2 and "user/pveguard-devtools@pve" in out, out + err
+    old = token_file(penv, dev)
+
+    code, out, err = penv.run("apply", capsys=capsys)
+    assert code == 0, out + err
+    _s, _r, body = sim.api("GET", "/access/users")
+    users = {u["userid"] for u in body["data"]}
+    assert "pveguard-devtools@pve" not in users and "pveguard-gateway@pve" not in users
+    assert {"pveguard-ci@pve", "alice@pve", "pveguard-monitoring@pve", "pveguard-backup@pve"} <= users
+    _s, _r, body = sim.api("GET", "/access/roles")
+    roles = {r["roleid"] for r in body["data"]}
+    assert "PVEGuardDevtoolsVM" not in roles and {"PVEGuardCiVM", "PVEGuardGatewayVM", "PVEGuardMonitoringVM"} <= roles
+    _s, _r, body = sim.api("GET", "/access/acl")
+    assert not [e for e in body["data"] if e["ugid"].startswith(("pveguard-devtools@", "pveguard-gateway@"))]
+    assert {(e["path"], e["ugid"]) for e in body["data"] if e["roleid"] in ("PVEGuardCiVM", "PVEGuardGatewayVM")} \
+        == {("/vms", "pveguard-ci@pve"), ("/pool/x", "alice@pve")}
+    status, _r, _b = sim.api("GET", "/version", token=f"{old['PVE_TOKEN_ID']}={old['PVE_TOKEN_SECRET']}")
+    assert status == 401  # the token file left in the unpruned container opens nothing any more
+    plan = penv.json("plan", capsys=capsys)
+    assert plan["rbac"]["changes"] == [], plan["rbac"]
+
+    with Store(penv.dir / "state") as store:
+        entries = [e for e in Ledger(store).entries() if e.action.startswith("provision.rbac")]
+        from pveguard.security import rbac_state
+
+        assert set(rbac_state.load(store)) == {"monitoring", "backup"}  # where the removed secrets went: forgotten
+    user = [e for e in entries if e.target == "user/pveguard-devtools@pve"]
+    assert [e.details.get("result") for e in user][-2:] == [None, "ok"]
+    assert user[-1].details["before"] == {"user": "pveguard-devtools@pve"} and user[-1].details["after"] == {
+        "user": "(none)"}
+    assert [e for e in entries if e.target == "role/PVEGuardDevtoolsVM" and e.details.get("result") == "ok"
+            and e.details["before"] == {"privileges": "VM.Audit"}]

@@ -142,6 +142,19 @@ def test_certs_lists_node_certificates_and_the_endpoint_with_days_left(rig: Rig,
     assert code == 0 and "pve-ssl.pem" in out and rig.url in out
 
 
+def test_an_offline_nodes_acme_state_is_unknown(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
+    rig.sim.control("POST", "/nodes/pve2", {"online": False})
+    code, out, err = rig.run("certs", "--json", capsys=capsys)
+    assert code == 0, err
+    doc = json.loads(out)
+    assert _by(doc)[("pve2", "-")]["error"] == "node offline"
+    assert doc["acme"]["nodes"] == [
+        {"node": "pve1", "configured": False, "account": None, "domains": [], "error": None},
+        {"node": "pve2", "configured": None, "account": None, "domains": [], "error": "node offline"}]
+    code, out, err = rig.run("certs", capsys=capsys)
+    assert "ACME on pve2: unknown (node offline)" in out + err
+
+
 def test_expiry_fires_the_alert_and_survives_monitor_polls(rig: Rig, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = rig.run("certs", "check", "--json", capsys=capsys)
     assert code == 1, err  # one certificate inside warn_before

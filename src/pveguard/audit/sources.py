@@ -88,7 +88,12 @@ def backup_coverage(ctx: AppContext, strategy: Strategy, view: GuestView, backen
     if not view.available or backend is None:
         return None, "needs the guest list, which is unavailable"
     try:
-        return collect(strategy, backend, ctx.state_dir, now=now, guests=view.listed), ""
+        from pveguard.provision.instance import known_instance
+
+        by_name = {g.name: g.vmid for g in view.listed}
+        configs = {by_name[n]: c for n, c in view.configs.items() if n in by_name}
+        return collect(strategy, backend, ctx.state_dir, now=now, guests=view.listed,
+                       instance=known_instance(strategy, ctx.state_dir), configs=configs), ""
     except PveguardError as exc:
         return None, f"backup compliance check failed: {exc.message}"
     except Exception as exc:  # reported as unavailable, like any other fact the audit could not read

@@ -167,6 +167,7 @@ def _open_proxmox(strategy: Strategy, env: Mapping[str, str], settings: Any = No
     from pveguard.security import rbac
 
     backend.rbac_paths = rbac.acl_paths(strategy) if rbac.enforced(strategy) else None
+    backend.may_migrate = "migrate" in strategy.emergency.resource_exhaustion.actions
     return backend
 
 

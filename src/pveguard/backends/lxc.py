@@ -55,6 +55,7 @@ from pveguard.backends.base import (
     read_marker,
 )
 from pveguard.errors import BackendError, BackendUnavailable, ConfigError
+from pveguard.invocation import during
 from pveguard.strategy.models import LxcTarget, Strategy
 
 GIB = 1024 ** 3
@@ -454,7 +455,8 @@ class LxcBackend(Backend):
     def _run(self, argv: list[str], *, what: str, timeout: float = 120, input: bytes | None = None,
              check: bool = True) -> subprocess.CompletedProcess[bytes]:
         try:
-            proc = subprocess.run(argv, capture_output=True, input=input, timeout=timeout, check=False)
+            with during(what):  # what a Ctrl-C interrupted
+                proc = subprocess.run(argv, capture_output=True, input=input, timeout=timeout, check=False)
         except subprocess.TimeoutExpired:
             raise BackendError(f"{what} did not finish within {timeout:.0f}s ({' '.join(argv[:4])} ...)") from None
         except FileNotFoundError:

@@ -53,6 +53,7 @@ from pveguard.backends.pvefast import FastGet, fast_get
 from pveguard.backends.pveprivs import Need, describe_missing, grant_hint, lacking, needs
 from pveguard.backends.pvetls import PveAdapter, TicketAuth, Trust, session_for
 from pveguard.errors import BackendError, BackendUnavailable, PolicyRefused, PveguardError
+from pveguard.invocation import during
 
 log = logging.getLogger(__name__)
 
@@ -562,6 +563,7 @@ class ProxmoxBackend(Backend):
         self.firewall = False  # the strategy enforces firewall isolation (pveprivs.FIREWALL_CALLS needed)
         # the strategy enforces RBAC: the ACL paths its grants name (pveprivs.RBAC_CALLS needed); None: off
         self.rbac_paths: list[str] | None = None
+        self.may_migrate = False  # exhaustion may migrate (pveprivs.MIGRATE_CALLS needed)
         self.backup_storage: str | None = None
 
     def __repr__(self) -> str:
@@ -596,7 +598,8 @@ class ProxmoxBackend(Backend):
         attempts, attempt = max(1, self.settings.retries), 1
         while True:
             try:
-                data = self._raw(method, path, params)
+                with during(what or f"{method} {path}"):  # what a Ctrl-C interrupted
+                    data = self._raw(method, path, params)
                 break
             except (ResourceException, requests.exceptions.RequestException, subprocess.TimeoutExpired) as exc:
                 if attempt >= attempts or not worth_repeating(exc):
@@ -623,6 +626,12 @@ class ProxmoxBackend(Backend):
 
     def wait_task(self, upid: str, what: str, progress: Progress | None = None,
                   timeout: float | None = None) -> None:
+        """Wait for a PVE task (a Ctrl-C meanwhile is reported as interrupting the wait for `what`)."""
+        with during(f"waiting for {what}"):
+            self._wait_task(upid, what, progress, timeout)
+
+    def _wait_task(self, upid: str, what: str, progress: Progress | None = None,
+                   timeout: float | None = None) -> None:
         """Wait for a PVE task; raise BackendError with the task's own error on failure or timeout.
 
         Polls like proxmoxer's Tasks.blocking_status, but starts fast and slows down (most tasks take
@@ -1230,7 +1239,7 @@ class ProxmoxBackend(Backend):
     def needed_privileges(self) -> list[Need]:
         """Every privilege plan/apply of `specs` need, per ACL path."""
         return needs(self.specs, self.settings.storage, self.settings.template_storage, self.firewall,
-                     self.rbac_paths)
+                     self.rbac_paths, self.may_migrate)
 
     def missing_privileges(self) -> dict[str, list[Need]]:
         """The privileges plan/apply of `specs` need and the credentials lack, per ACL path, read with

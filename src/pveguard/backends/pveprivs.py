@@ -52,6 +52,21 @@ CALLS: tuple[tuple[str, str, str, str], ...] = (
     ("DELETE", "/nodes/{node}/lxc/{vmid}", "vms", "VM.Allocate"),
 )
 
+# --- safe updates (`pveguard update`, always available): a snapshot before the upgrade, a rollback when the
+# health checks fail, old ones pruned (pve-container API2/LXC/Snapshot.pm). Rollback takes VM.Snapshot or
+# VM.Snapshot.Rollback: VM.Snapshot, needed anyway, covers it.
+UPDATE_CALLS: tuple[tuple[str, str, str, str], ...] = (
+    ("GET", "/nodes/{node}/lxc/{vmid}/snapshot", "vms", "VM.Audit"),
+    ("POST", "/nodes/{node}/lxc/{vmid}/snapshot", "vms", "VM.Snapshot"),
+    ("POST", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}/rollback", "vms", "VM.Snapshot"),
+    ("DELETE", "/nodes/{node}/lxc/{vmid}/snapshot/{snapname}", "vms", "VM.Snapshot"),
+)
+# --- resource exhaustion's restart-mode migration: only when emergency.resource_exhaustion.actions has
+# `migrate` (pve-container API2/LXC.pm migrate_vm) ----------------------------------------------------
+MIGRATE_CALLS: tuple[tuple[str, str, str, str], ...] = (
+    ("POST", "/nodes/{node}/lxc/{vmid}/migrate", "vms", "VM.Migrate"),
+)
+
 # --- firewall and VLAN isolation (security.isolation): only when the strategy enforces it ---------------
 # Cluster-wide firewall objects (IP sets, security groups, datacenter options) take Sys.Modify on /
 # to write (pve-firewall's rules_modify_permissions); a guest's firewall takes VM.Config.Network.
@@ -86,11 +101,14 @@ RBAC_CALLS: tuple[tuple[str, str, str, str], ...] = (
     ("GET", "/access/users", "access-groups", "User.Modify"),
     ("POST", "/access/users", "realm", "Realm.AllocateUser"),
     ("POST", "/access/users", "access-groups", "User.Modify"),
+    ("DELETE", "/access/users/{userid}", "realm", "Realm.AllocateUser"),  # a role that left the strategy
+    ("DELETE", "/access/users/{userid}", "access-groups", "User.Modify"),
     ("POST", "/access/users/{userid}/token/{tokenid}", "access-groups", "User.Modify"),
     ("DELETE", "/access/users/{userid}/token/{tokenid}", "access-groups", "User.Modify"),
     ("GET", "/access/roles", "access", "Sys.Audit"),
     ("POST", "/access/roles", "access", "Sys.Modify"),
     ("PUT", "/access/roles/{roleid}", "access", "Sys.Modify"),
+    ("DELETE", "/access/roles/{roleid}", "access", "Sys.Modify"),
     ("GET", "/access/acl", "access", "Sys.Audit"),
     ("PUT", "/access/acl", "vms", "VM.Allocate"),
     ("PUT", "/access/acl", "acl", "Permissions.Modify"),
@@ -105,6 +123,8 @@ _WHY = {
     "VM.Config.Options": "onboot, startup, tags, description",
     "VM.Config.Disk": "root disk, resize",
     "VM.PowerMgmt": "start, stop, shutdown",
+    "VM.Snapshot": "update's snapshot before upgrading, its rollback and pruning",
+    "VM.Migrate": "move a capped container to the node with most headroom, resource_exhaustion: migrate",
     "Sys.Audit": "node state and memory, cluster status",
     "Sys.Modify": "privileged containers (unprivileged: false); firewall IP sets, groups, datacenter options",
     "Datastore.Audit": "list and use templates",
@@ -138,9 +158,10 @@ def bridge_path(bridge: str, vlan: int | None) -> str:
 
 
 def needs(specs: Iterable[GuestSpec], rootfs_storage: str, template_storage: str,
-          firewall: bool = False, rbac_paths: Iterable[str] | None = None) -> list[Need]:
-    """Every privilege plan/apply of these guests needs (with `firewall`: the isolation calls too; with
-    `rbac_paths`, the ACL paths of the role grants: the RBAC calls), deduplicated, in a stable order."""
+          firewall: bool = False, rbac_paths: Iterable[str] | None = None, migrate: bool = False) -> list[Need]:
+    """Every privilege plan/apply of these guests needs, update's snapshots included (with `firewall`: the
+    isolation calls too; with `rbac_paths`, the ACL paths of the role grants: the RBAC calls; with
+    `migrate`: exhaustion's migration), deduplicated, in a stable order."""
     specs = list(specs)
     paths: dict[str, list[str]] = {"vms": ["/vms"], "nodes": ["/nodes"], "root": ["/"]}
     paths["rootfs"] = sorted({s.storage or rootfs_storage for s in specs} or {rootfs_storage})
@@ -152,7 +173,8 @@ def needs(specs: Iterable[GuestSpec], rootfs_storage: str, template_storage: str
     paths["bridge"] = sorted({bridge_path(s.net.bridge, s.net.vlan) for s in specs})
     paths.update({"access": ["/access"], "access-groups": ["/access/groups"], "realm": ["/access/realm/pve"],
                   "acl": sorted(rbac_paths or [])})
-    calls = CALLS + (FIREWALL_CALLS if firewall else ()) + (RBAC_CALLS if rbac_paths is not None else ())
+    calls = CALLS + UPDATE_CALLS + (MIGRATE_CALLS if migrate else ()) + (FIREWALL_CALLS if firewall else ()) \
+        + (RBAC_CALLS if rbac_paths is not None else ())
     out: dict[tuple[str, str], Need] = {}
     for _method, _path, kind, priv in calls:
         for p in paths[kind]:

@@ -866,6 +866,7 @@ def backup_status(
     Exit 1 when a guest is not compliant. The same verdicts become findings in 'pveguard audit'."""
     from pveguard.backends import connect
     from pveguard.backup.coverage import collect
+    from pveguard.provision.instance import known_instance
 
     app_ctx = _app_context(ctx)
     if app_ctx is None:
@@ -873,7 +874,9 @@ def backup_status(
     strategy = app_ctx.strategy
     backend = connect(strategy)
     try:
-        coverage = collect(strategy, backend, _state_dir(ctx), dump_dir)
+        # this installation's containers only: another's carry the same tag (provision/instance.py)
+        coverage = collect(strategy, backend, _state_dir(ctx), dump_dir,
+                           instance=known_instance(strategy, _state_dir(ctx)))
     finally:
         backend.close()
     if json_out:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,6 +73,35 @@ def policy_guest(guest: Any, containers: ContainerBackups) -> bool:
     return containers.guests == "all" or bool(guest.managed) or MANAGED_TAG in guest.tags
 
 
+def own_guests(backend: Any, guests: Sequence[Any], instance: str | None,
+               configs: Mapping[int, Mapping[str, Any]] | None = None) -> list[Any]:
+    """The guests whose managed marker names `instance` (another installation's carry the same tag and
+    are that one's to back up and report on), as `pveguard plan` and `--prune` judge them (read_marker).
+    ``configs``: configs the caller already read, by vmid; the others are read here (in parallel). A
+    guest whose config cannot be read is left out (whose it is cannot be told); no instance: none."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pveguard.backends.base import Marker, read_marker
+    from pveguard.backends.inflight import IN_FLIGHT
+    from pveguard.errors import PveguardError
+
+    if not instance or not guests:
+        return []
+
+    def config(g: Any) -> Mapping[str, Any] | None:
+        if configs is not None and g.vmid in configs:
+            return configs[g.vmid]
+        try:
+            return dict(backend.get_config(g))
+        except PveguardError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=min(IN_FLIGHT, len(guests))) as pool:
+        read = list(pool.map(config, guests))
+    return [g for g, cfg in zip(guests, read, strict=True)
+            if cfg is not None and read_marker(cfg.get("description")) == Marker(instance)]
+
+
 def status_row(s: GuestStatus, name: str) -> dict[str, Any]:
     """One guest's verdict as JSON (``problems`` are sentences, ``kinds`` their machine names)."""
     return {"guest": s.guest, "name": name, "archives": s.archives,
@@ -90,13 +119,20 @@ def collect(
     dump_dir: Path | None = None,
     now: datetime | None = None,
     guests: Sequence[Any] | None = None,
+    *,
+    instance: str | None,
+    configs: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> Coverage:
-    """Per-guest backup compliance of the guests the policy covers. ``guests``: the backend's
-    listing when the caller already has it (else it is listed here); ``now``: judge as of then."""
+    """Per-guest backup compliance of the guests the policy covers: with ``guests: managed``, this
+    installation's (``instance``: own_guests; None: it has none yet), with ``all`` every container.
+    ``guests``: the backend's listing when the caller already has it (else it is listed here), ``configs``
+    the guests' configs it already read (by vmid); ``now``: judge as of then."""
     b = strategy.backup
     c = b.containers
     listed = list(guests) if guests is not None else backend.list_guests()
     mine = [g for g in listed if policy_guest(g, c)]
+    if c.guests != "all":
+        mine = own_guests(backend, mine, instance, configs)
     names = {f"lxc/{g.vmid}": g.name for g in mine}
     if not names:  # nothing to judge: skip the storage reads and the calendar arithmetic
         return Coverage(getattr(backend, "name", type(backend).__name__), "")

@@ -118,7 +118,12 @@ def run_backups(
 
         c = b.containers
         keep = _keep(c)
-        guests = [g for g in backend.list_guests() if c.guests == "all" or g.managed or "pveguard" in g.tags]
+        from pveguard.backup.coverage import own_guests, policy_guest
+        from pveguard.provision.instance import known_instance
+
+        guests = [g for g in backend.list_guests() if policy_guest(g, c)]
+        if c.guests != "all":  # this installation's (its marker), as `backup status` judges them
+            guests = own_guests(backend, guests, known_instance(strategy, markers))
         for guest in guests:
 
             def one(guest: Any = guest) -> str | None:

@@ -27,7 +27,7 @@ from pveguard.provision.instance import identity
 from pveguard.provision.journal import Journal
 from pveguard.provision.observe import observe
 from pveguard.provision.plan import Plan, plan, resolve_journal
-from pveguard.provision.rbac import deliver, guests_of, rbac_plan, remember
+from pveguard.provision.rbac import deliver, forget, guests_of, rbac_plan, remember
 from pveguard.provision.runlock import apply_lock
 from pveguard.provision.serve_install import converge_serve, load_doc, serve_plan
 from pveguard.security import extra_inbound, rbac
@@ -119,7 +119,8 @@ def rbac_step(app: AppContext, backend: Backend, only: set[str] | None) -> Firew
         p = compute_plan(app, backend, False, None)
         guests = guests_of(p)
         wants = rbac.desired_rbac(app.strategy, managed_cts(p), instance_id(app))
-        return rbac.converge(call, p.rbac, wants, record, deliver(backend, guests), remember(app.store))
+        return rbac.converge(call, p.rbac, wants, record, deliver(backend, guests), remember(app.store),
+                             forget(app.store))
 
     return step
 

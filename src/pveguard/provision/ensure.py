@@ -34,7 +34,7 @@ def ensure_container(app: AppContext, name: str, *, backend: Backend | None = No
     backend = backend or connect(strategy)
     check_limits(strategy, backend, app.strategy_path)
     journal = Journal(app.store)
-    with apply_lock(app.state_dir):
+    with apply_lock(app.state_dir, "container-first install"):
         action = next(a for a in plan(desired, observe(backend), instance=instance,
                                       journal=journal.entries()).actions if a.name == name)
         if action.kind == "conflict":

@@ -83,10 +83,13 @@ def instance_for_init(store: Store) -> str:
     return kept
 
 
-def pin_warning(strategy: Strategy, state_dir: Path) -> str | None:
-    """What `pveguard check` says when the strategy does not pin the instance id (reads, never creates)."""
-    if strategy.target.instance:
-        return None
+def known_instance(strategy: Strategy, state_dir: Path) -> str | None:
+    """This installation's id for a reader (status, audit): the strategy's, else the state's, else None
+    (no id yet: nothing is this installation's). Reads, never creates or records."""
+    return strategy.target.instance or _state_instance_ro(state_dir)
+
+
+def _state_instance_ro(state_dir: Path) -> str | None:
     kept: str | None = None
     db = state_dir / DB_NAME
     if db.is_file():
@@ -99,6 +102,14 @@ def pin_warning(strategy: Strategy, state_dir: Path) -> str | None:
             kept = str(row[0]) if row else None
         except sqlite3.Error:
             kept = None
+    return kept
+
+
+def pin_warning(strategy: Strategy, state_dir: Path) -> str | None:
+    """What `pveguard check` says when the strategy does not pin the instance id (reads, never creates)."""
+    if strategy.target.instance:
+        return None
+    kept = _state_instance_ro(state_dir)
     if kept:
         return (f"not set; this installation's identity comes from the state in {state_dir} ({kept}); "
                 f"pin it so another state directory cannot lose it: add 'instance: {kept}' under 'target:'")

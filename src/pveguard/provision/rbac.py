@@ -84,6 +84,13 @@ def remember(store: Store) -> rbac.Rotated:
     return done
 
 
+def forget(store: Store) -> Callable[[str], None]:
+    """A removed role's delivery record goes with its user and token."""
+    def gone(role: str) -> None:
+        rbac_state.forget(store, role)
+    return gone
+
+
 def current(store: Store, wants: list[rbac.RoleWant], check: rbac.HasSecret) -> rbac.HasSecret:
     """A file that is there counts only if this installation put the current secret there: a container that
     was not running at the last rotation still holds the old secret (the state says where the new one went)."""
@@ -107,5 +114,6 @@ def rbac_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store, insta
         return FwPlan(notes=[OFF_NOTE])
     wants = rbac.desired_rbac(strategy, managed_cts(p), instance)
     cts = [c for w in wants for c in w.containers]
-    seen = rbac.observe_rbac(backend.call, wants, current(store, wants, has_secret(backend, guests_of(p), cts)))
-    return rbac.plan_rbac(wants, seen)
+    seen = rbac.observe_rbac(backend.call, wants, current(store, wants, has_secret(backend, guests_of(p), cts)),
+                             instance)
+    return rbac.plan_rbac(wants, seen, instance)

@@ -58,7 +58,7 @@ def run_once(app_ctx: AppContext) -> SweepReport:
     strategy = app_ctx.strategy
     backend = connect(strategy)
     try:
-        with apply_lock(app_ctx.state_dir):
+        with apply_lock(app_ctx.state_dir, "watchdog sweep"):
             instance = instance_id(app_ctx)
             report = sweep(backend, strategy, instance, app_ctx.store, app_ctx.record,
                            _alert_through_monitor(app_ctx, strategy))

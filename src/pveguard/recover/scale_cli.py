@@ -57,7 +57,7 @@ def scale_cmd(
     strategy = app_ctx.strategy
     backend = connect(strategy)
     try:
-        with apply_lock(app_ctx.state_dir):  # not while an apply converges the same containers
+        with apply_lock(app_ctx.state_dir, "scale"):  # not while an apply converges the same containers
             receipt = _scale(app_ctx, backend, name, revert, memory, cores, disk)
     finally:
         backend.close()

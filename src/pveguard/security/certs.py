@@ -79,7 +79,8 @@ class NodeAcme:
         return bool(self.domains)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "configured": self.configured, "account": self.account,
+        # configured is null when it cannot be told (node offline, its config unreadable: see error)
+        return {"node": self.node, "configured": None if self.error else self.configured, "account": self.account,
                 "domains": [{"domain": d, "plugin": p} for d, p in self.domains], "error": self.error}
 
 
@@ -142,6 +143,7 @@ def node_certificates(backend: Any) -> tuple[list[Cert], list[NodeAcme], list[st
     for n in backend.nodes():
         if not n.online:
             certs.append(Cert("node", n.name, "-", error="node offline"))
+            acme.append(NodeAcme(n.name, error="node offline"))  # unknown, not "not configured"
             continue
         try:
             rows = backend.call("GET", f"/nodes/{n.name}/certificates/info",

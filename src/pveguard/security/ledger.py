@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pveguard import invocation
 from pveguard.errors import ConfigError, StateError, UsageError
 from pveguard.security.anchors import AnchorSink, Head, Reading, default_anchors, verify_anchors
 from pveguard.store import DB_NAME, Store
@@ -158,6 +159,7 @@ class Ledger:
         # rolled-back append would look like truncation). Anchors may miss the newest entry instead
         # when the process dies here, which verify accepts.
         head = Head(seq, digest, self._head_mac(seq, digest))
+        invocation.wrote(seq, ts, action, target, details or {})  # what an interrupted command says it left
         for anchor in self.anchors:
             with contextlib.suppress(OSError):
                 anchor.record(head)

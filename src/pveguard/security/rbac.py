@@ -9,6 +9,10 @@ Per container role `<role>` (security.access.rbac; docs/rbac.md has the how-to):
   holding the privileges `security.access.role_grants` gives that role on paths of that family;
 * ACLs on exactly the paths the grants name, for the user and (privsep) the token; ACLs of these
   users and tokens that the strategy does not ask for are removed;
+* a role that leaves the strategy (its last container does) takes its user, token, PVE roles and ACLs with
+  it, and a PVEGuard role no grant asks for any more goes too. Only this installation's: the user's
+  comment carries the instance id (COMMENT); its PVEGuard<Role><Family> roles are removed while no ACL of
+  anyone else uses them, and the user (the ownership mark) goes last, so a cut-short apply resumes;
 * the token secret in every running container of the role at /etc/pveguard/pve-token (0600, root),
   never printed, logged or written to the ledger. PVE shows a secret once, at creation, and has no call
   that regenerates one (API2/User.pm: POST creates, PUT changes privsep/expire/comment), so a new secret
@@ -22,6 +26,7 @@ each managed container's /vms/<vmid>, or /vms with backup.containers.guests: all
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -199,6 +204,8 @@ class RbacSeen:
     roles: dict[str, list[str]]  # our PVE roles -> sorted privileges
     acl: list[dict[str, Any]]  # ACL entries of our users and tokens
     secrets: dict[int, bool | str]  # vmid -> the secret file is there (a text: why that cannot be told)
+    # PVE roles that ACL entries of anyone but pveguard's role users and tokens use (never removed)
+    used_elsewhere: set[str] = dataclasses.field(default_factory=set)
 
 
 def ours(ugid: str) -> bool:
@@ -209,14 +216,33 @@ def observe_acl(call: Call) -> list[dict[str, Any]]:
     return [dict(e) for e in call("GET", "/access/acl") or [] if ours(str(e.get("ugid", "")))]
 
 
-def observe_rbac(call: Call, wants: list[RoleWant], has_secret: HasSecret | None) -> RbacSeen:
+def role_of_user(userid: str) -> str | None:
+    """`pveguard-<role>@pve` -> role (None for any other user id)."""
+    if userid.startswith(USER_PREFIX) and userid.endswith(f"@{REALM}"):
+        return userid[len(USER_PREFIX):-len(REALM) - 1] or None
+    return None
+
+
+def mine(user: dict[str, Any], instance: str) -> bool:
+    """Whether a role user is this installation's: its comment carries `instance=<id>` (COMMENT)."""
+    return bool(instance) and f"instance={instance}" in str(user.get("comment") or "").split()
+
+
+def leftovers(wants: list[RoleWant], users: dict[str, dict[str, Any]], instance: str) -> list[str]:
+    """This installation's role users whose role left the strategy."""
+    wanted = {w.userid for w in wants}
+    return sorted(u for u, entry in users.items()
+                  if u not in wanted and role_of_user(u) is not None and mine(entry, instance))
+
+
+def observe_rbac(call: Call, wants: list[RoleWant], has_secret: HasSecret | None, instance: str = "") -> RbacSeen:
     users = {str(u["userid"]): dict(u) for u in call("GET", "/access/users") or []
              if str(u.get("userid", "")).startswith(USER_PREFIX)}
     tokens: dict[str, dict[str, Any]] = {}
-    for w in wants:
-        if w.userid in users:
-            for t in call("GET", f"/access/users/{w.userid}/token") or []:
-                tokens[f"{w.userid}!{t['tokenid']}"] = dict(t)
+    for userid in [w.userid for w in wants] + leftovers(wants, users, instance or _instance_of(wants)):
+        if userid in users:
+            for t in call("GET", f"/access/users/{userid}/token") or []:
+                tokens[f"{userid}!{t['tokenid']}"] = dict(t)
     roles = {str(r["roleid"]): sorted(p for p in str(r.get("privs") or "").split(",") if p)
              for r in call("GET", "/access/roles") or [] if str(r.get("roleid", "")).startswith(ROLE_PREFIX)}
     secrets: dict[int, bool | str] = {}
@@ -224,7 +250,60 @@ def observe_rbac(call: Call, wants: list[RoleWant], has_secret: HasSecret | None
         for w in wants:
             for c in w.containers:
                 secrets[c.vmid] = has_secret(c)
-    return RbacSeen(users, tokens, roles, observe_acl(call), secrets)
+    acl = [dict(e) for e in call("GET", "/access/acl") or []]
+    return RbacSeen(users, tokens, roles, [e for e in acl if ours(str(e.get("ugid", "")))], secrets,
+                    {str(e.get("roleid")) for e in acl if not ours(str(e.get("ugid", "")))})
+
+
+def _instance_of(wants: list[RoleWant]) -> str:
+    return next((w.instance for w in wants if w.instance), "")
+
+
+FAMILIES = frozenset(_FAMILY.values())
+
+
+def stale_roles(role: str, seen: RbacSeen, wanted_roles: set[str], extra_families: Iterable[str] = ()) -> list[str]:
+    """PVEGuard<Role><Family> roles of `role` that no grant asks for and no one else's ACL uses."""
+    head = f"{ROLE_PREFIX}{camel(role)}"
+    families = FAMILIES | set(extra_families)
+    return sorted(r for r in seen.roles if r.startswith(head) and r[len(head):] in families
+                  and r not in wanted_roles and r not in seen.used_elsewhere)
+
+
+def _removals(wants: list[RoleWant], seen: RbacSeen, instance: str) -> tuple[list[FwChange], list[str]]:
+    """Changes that take away what this installation owns and the strategy no longer asks for: the users,
+    tokens, ACLs and PVE roles of roles that left it (ACLs, token, roles, then the user: the user's comment
+    is the ownership mark), and PVE roles of remaining roles that no grant names any more."""
+    out: list[FwChange] = []
+    notes: list[str] = []
+    wanted_roles = {r for w in wants for r in w.pve_roles}
+    for userid in leftovers(wants, seen.users, instance):
+        role = role_of_user(userid) or userid
+        entries = [e for e in seen.acl if str(e["ugid"]).split("!", 1)[0] == userid]
+        for e in sorted(entries, key=lambda e: (str(e["path"]), str(e["type"]), str(e["ugid"]))):
+            out.append(FwChange(f"acl{e['path']}", role, f"{e['type']} {e['ugid']}", str(e["roleid"]), "(none)",
+                                op="acl-remove", data={"path": str(e["path"]), "type": str(e["type"]),
+                                                       "ugid": str(e["ugid"]), "role": str(e["roleid"]),
+                                                       "leftover": True}))
+        for full in sorted(t for t in seen.tokens if t.split("!", 1)[0] == userid):
+            out.append(FwChange(f"token/{full}", role, "token", "exists", "(none)", op="token-remove",
+                                data={"userid": userid, "tokenid": full.split("!", 1)[1], "leftover": True}))
+        used = {str(e["roleid"]) for e in entries}
+        for name in stale_roles(role, seen, wanted_roles, {u[len(ROLE_PREFIX) + len(camel(role)):] for u in used
+                                                           if u.startswith(ROLE_PREFIX + camel(role))}):
+            out.append(FwChange(f"role/{name}", role, "privileges", ",".join(seen.roles[name]) or "(none)",
+                                "(no such role)", op="role-remove", data={"leftover": True}))
+        out.append(FwChange(f"user/{userid}", role, "user", userid, "(none)", op="user-remove",
+                            data={"userid": userid, "leftover": True}))
+        notes.append(f"role {role} left the strategy: its user {userid}, token, PVE roles and ACLs are removed "
+                     f"(a container of the role that is still there keeps a token file that no longer works)")
+    for w in wants:
+        if w.userid not in seen.users or not mine(seen.users[w.userid], instance):
+            continue  # another installation's role user (or none yet): its roles are not ours to judge
+        for name in stale_roles(w.role, seen, wanted_roles):
+            out.append(FwChange(f"role/{name}", w.role, "privileges", ",".join(seen.roles[name]) or "(none)",
+                                "(no such role)", op="role-remove", data={"leftover": True}))
+    return out, notes
 
 
 # --- plan ---------------------------------------------------------------------------------------
@@ -267,9 +346,12 @@ def owned(wants: list[RoleWant], users: dict[str, dict[str, Any]]) -> tuple[list
     return mine, other
 
 
-def plan_rbac(wants: list[RoleWant], seen: RbacSeen) -> FwPlan:
-    """What converging users, PVE roles, tokens, ACLs and delivered secrets would change."""
+def plan_rbac(wants: list[RoleWant], seen: RbacSeen, instance: str = "") -> FwPlan:
+    """What converging users, PVE roles, tokens, ACLs and delivered secrets would change (and removing
+    what this installation made for roles that left the strategy)."""
     out = FwPlan()
+    instance = instance or _instance_of(wants)
+    all_wants = wants
     wants, others = owned(wants, seen.users)
     for w in others:
         out.notes.append(f"role {w.role}: the user {w.userid} exists but is not this installation's (its comment: "
@@ -319,6 +401,9 @@ def plan_rbac(wants: list[RoleWant], seen: RbacSeen) -> FwPlan:
             out.notes.append(f"role {w.role}: created containers get their ACLs and token in the same apply: "
                              f"{', '.join(w.pending)}")
     out.changes.extend(_acl_changes(wants, seen.acl, set(seen.tokens)))
+    removals, notes = _removals(all_wants, seen, instance)
+    out.changes.extend(removals)
+    out.notes.extend(notes)
     return out
 
 
@@ -358,12 +443,13 @@ def new_secret(call: Call, w: RoleWant, deliver: Deliver, record: Record, rotate
 
 
 def converge(call: Call, plan: FwPlan, wants: list[RoleWant], record: Record, deliver: Deliver,
-             rotated: Rotated) -> list[str]:
-    """Users, PVE roles, tokens (new secrets delivered), then the ACLs read again and converged."""
-    done: list[str] = []
+             rotated: Rotated, forget: Callable[[str], None] | None = None) -> list[str]:
+    """What roles that left the strategy had goes first (`forget(role)` once its user is gone); then users,
+    PVE roles, tokens (new secrets delivered), then the ACLs read again and converged."""
+    done: list[str] = remove(call, [c for c in plan.changes if c.data.get("leftover")], record, forget)
     by_role = {w.role: w for w in wants}
     for c in plan.changes:
-        if c.op.startswith("acl-"):
+        if c.op.startswith("acl-") or c.data.get("leftover"):
             continue
         w = by_role[c.name]
         details = {"before": {c.field: c.old}, "after": {c.field: c.new}}
@@ -386,6 +472,35 @@ def converge(call: Call, plan: FwPlan, wants: list[RoleWant], record: Record, de
         record("rbac", c.target, c.name, "ok", **details)
         done.append(c.text())
     done.extend(converge_acls(call, wants, record))
+    return done
+
+
+def remove(call: Call, changes: list[FwChange], record: Record,
+           forget: Callable[[str], None] | None = None) -> list[str]:
+    """Take away what a role that left the strategy had, in plan order (ACLs, token, roles, user last),
+    each with its ledger intent and result. Something already gone counts as done."""
+    done: list[str] = []
+    for c in changes:
+        d = c.data
+        details = {"before": {c.field: c.old}, "after": {c.field: c.new}}
+        record("rbac", c.target, c.name, None, **details)
+        try:
+            if c.op == "acl-remove":
+                call("PUT", "/access/acl", {"path": d["path"], "roles": d["role"], f"{d['type']}s": d["ugid"],
+                                            "delete": 1})
+            elif c.op == "token-remove":
+                call("DELETE", f"/access/users/{d['userid']}/token/{d['tokenid']}")
+            elif c.op == "role-remove":
+                call("DELETE", f"/access/roles/{c.target.split('/', 1)[1]}")
+            elif c.op == "user-remove":
+                call("DELETE", f"/access/users/{d['userid']}")
+        except Exception:
+            record("rbac", c.target, c.name, "failed", **details)
+            raise
+        record("rbac", c.target, c.name, "ok", **details)
+        if c.op == "user-remove" and forget is not None:
+            forget(c.name)
+        done.append(c.text())
     return done
 
 

@@ -46,3 +46,9 @@ def save(store: Store, role: str, tokenid: str, delivered: list[dict[str, object
                      "ON CONFLICT(role) DO UPDATE SET tokenid = excluded.tokenid, rotated_at = excluded.rotated_at, "
                      "delivered = excluded.delivered",
                      (role, tokenid, time.time() if at is None else at, json.dumps(delivered)))
+
+
+def forget(store: Store, role: str) -> None:
+    """The role's user and token are gone (the role left the strategy): nothing was delivered any more."""
+    with _open(store).transaction() as conn:
+        conn.execute("DELETE FROM rbac_tokens WHERE role = ?", (role,))

@@ -114,7 +114,7 @@ def rotate_cmd(ctx: typer.Context,
     app_ctx = get_ctx(ctx)
     backend = connect(app_ctx.strategy)
     done: list[dict[str, Any]] = []
-    with apply_lock(app_ctx.state_dir), _closing(backend):
+    with apply_lock(app_ctx.state_dir, "tokens rotate"), _closing(backend):
         if not isinstance(backend, ProxmoxBackend):
             raise UsageError("tokens rotate: " + LXC_NOTE, hint="RBAC needs target.backend: proxmox")
         if not rbac.enforced(app_ctx.strategy):

@@ -72,7 +72,7 @@ def apply_if_unchanged(base: AppContext, digest: str, prune: bool, actor: str) -
     try:
         backend = connect(ctx.strategy)
         try:
-            with apply_lock(ctx.state_dir):
+            with apply_lock(ctx.state_dir, "apply (serve API)"):
                 p = with_feature_notes(compute_plan(ctx, backend, prune), backend)
                 now = digest_of(p.as_dict())
                 if now != digest:

@@ -88,7 +88,7 @@ def update_cmd(
                              security_only=security_only, dry_run=True)
         else:
             # not while an apply or a watchdog sweep runs on this state directory (both start and stop guests)
-            with apply_lock(app_ctx.state_dir):
+            with apply_lock(app_ctx.state_dir, "update"):
                 report = job.run(backend, strategy, instance_id(app_ctx), app_ctx.record, names=names,
                                  security_only=security_only)
     finally:
