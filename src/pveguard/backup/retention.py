@@ -250,6 +250,7 @@ def _marks(
     ascending = all(map(lt, times, islice(times, 1, None)))  # the usual listing: no sort needed
     order: Sequence[int] = range(n - 1, -1, -1) if ascending else sorted(range(n), key=times.__getitem__, reverse=True)
     # Large per-position columns are arrays of machine ints: 8 bytes an archive, not 36.
+    stamps: array[int]
     if ascending and isinstance(times, array) and times.typecode == "q":
         stamps = times[::-1]  # prune-sim's column: a reversed copy in C
     else:
