@@ -163,6 +163,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=15, help="runs per cell for the one-package cases")
     ap.add_argument("--runs-300", type=int, default=7, help="runs per cell for the 300-package cases")
     ap.add_argument("--old-src", type=Path, help="src/ of another checkout: its hook runs in the same rounds")
+    ap.add_argument("--one-package-only", action="store_true", help="only the two one-package transactions")
     opts = ap.parse_args()
     modes = MODES[:3] + (OLD_MODES if opts.old_src else []) + MODES[3:]
     reason = aptchroot.skip_reason()
@@ -187,6 +188,8 @@ def main() -> int:
                                                   opts.runs_300, False),
             "install 300 new packages (hooks only)": ([*dry, "install", "proxmox-kernel-bulk"], opts.runs_300, False),
         }
+        if opts.one_package_only:
+            cases = {k: v for k, v in cases.items() if k.startswith("install 1 ")}
         apt_times: dict[str, dict[str, list[float]]] = {}
         hook_times: dict[str, dict[str, list[float]]] = {}
         internal: dict[str, list[float]] = {}
@@ -235,6 +238,7 @@ def print_table(apt_times: dict[str, dict[str, list[float]]], hook_times: dict[s
 
     hooked = modes[1:]
     old = f" --old-src {opts.old_src}" if opts.old_src else ""
+    old += " --one-package-only" if opts.one_package_only else ""
     print(f"Command: `sudo .venv/bin/python bench/guard_hook.py --runs {opts.runs} --runs-300 {opts.runs_300}{old}`\n")
     print("Time the hook adds (its wall time as apt runs it, start-up included), median (p90) in ms:\n")
     print("| transaction | runs | " + " | ".join(hooked) + " |")
