@@ -91,7 +91,8 @@ echo "$s $e" >> /tmp/bench-hook.times
 exit $rc
 """
 HOOKS = {"pveguard": "/usr/local/lib/pveguard/apt-hook", "apt-listbugs": "/usr/bin/apt-listbugs apt",
-         "pveguard-old": "/usr/local/lib/pveguard/apt-hook-old"}
+         "pveguard-old": "/usr/local/lib/pveguard/apt-hook-old",
+         "python3": "/usr/bin/python3 -IS -c pass"}  # the reference: a bare interpreter start
 OLD_LAUNCHER = ("import sys; sys.path.insert(0, '/opt/pveguard/old-lib'); "
                 "from pveguard.guard.install import render_launcher; "
                 "sys.stdout.write(render_launcher(package_parent='/opt/pveguard/old-lib'))")
@@ -154,7 +155,7 @@ def timed(ch: aptchroot.AptChroot, args: list[str], env: dict[str, str]) -> floa
     return elapsed
 
 
-MODES = ["none", "pveguard", "pveguard (cold core cache)", "apt-listbugs"]
+MODES = ["none", "pveguard", "pveguard (cold core cache)", "apt-listbugs", "python3 -IS -c pass"]
 OLD_MODES = ["pveguard-old", "pveguard-old (cold core cache)"]
 
 
