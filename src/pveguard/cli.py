@@ -47,10 +47,12 @@ class LazyGroup(TyperGroup):
 
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         if cmd_name not in self.commands and cmd_name in LAZY:
-            self.commands[cmd_name] = cmd = _load(cmd_name)
-            if ctx is not None:
-                _plain_coercion(cmd, ctx)  # their --help options too
-        return self.commands.get(cmd_name)
+            self.commands[cmd_name] = _load(cmd_name)
+        cmd: Any = self.commands.get(cmd_name)
+        if cmd is not None and ctx is not None and not getattr(cmd, "_plain_help", False):
+            cmd._plain_help = True
+            _plain_coercion(cmd, ctx)  # their --help options too
+        return cmd
 
     def get_params(self, ctx: Any) -> list[Any]:
         params: list[Any] = super().get_params(ctx)

@@ -126,3 +126,15 @@ def test_unknown_command_is_a_usage_error() -> None:
     done = _run("from pveguard import cli; cli.main(['no-such-command'])")
     assert done.returncode == 2
     assert "No such command" in done.stderr
+
+
+def test_check_builds_no_typer_adapter(tmp_path: Path) -> None:
+    """`check` needs pydantic for the strategy models, not for its own options (cli._plain_coercion)."""
+    from infra.strategies import defaults_file
+
+    done = _run("import sys\nfrom pveguard import cli\ntry:\n    cli.main(['--strategy', sys.argv[1], "
+                "'--state-dir', sys.argv[2], 'check'])\nexcept SystemExit:\n    pass\n"
+                "print('ADAPTERS', 'typer._adapters' in sys.modules, file=sys.stderr)\n"
+                .replace("sys.argv[1]", repr(str(defaults_file()))).replace("sys.argv[2]", repr(str(tmp_path / "st"))))
+    assert "ok (" in done.stdout, done.stderr
+    assert "ADAPTERS False" in done.stderr
