@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from array import array
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta, tzinfo
@@ -149,10 +150,10 @@ _TO_RULE: tuple[str | None, ...] = (None, None, None, *RULES)
 
 
 class _Offsets(dict[int, int]):
-    """15-minute bucket -> the zone's UTC offset there; buckets in which it changes go to ``mixed``.
+    """Hour (Unix seconds // 3600) -> the zone's UTC offset there; hours in which it changes go to ``mixed``.
 
-    Offsets change at most every few months and (in tzdata since 1970) on 15-minute boundaries, so
-    one lookup per bucket is enough when both ends of it agree.
+    Offsets change at most every few months, never twice within an hour, so one lookup per hour is
+    enough when both ends of it agree; an hour whose ends differ is computed per item.
     """
 
     def __init__(self, zone: tzinfo) -> None:
@@ -165,8 +166,8 @@ class _Offsets(dict[int, int]):
         return int(delta.total_seconds()) if delta is not None else 0
 
     def __missing__(self, bucket: int) -> int:
-        first = self.at(bucket * 900)
-        if first != self.at(bucket * 900 + 899):
+        first = self.at(bucket * 3600)
+        if first != self.at(bucket * 3600 + 3599):
             self.mixed.add(bucket)
         self[bucket] = first
         return first
@@ -182,10 +183,10 @@ def _local_seconds(times: Sequence[int], zone: tzinfo, offsets: _Offsets | None 
     if zone is UTC:
         return array("q", times)
     offsets = _Offsets(zone) if offsets is None else offsets
-    out = array("q", map(add, times, map(offsets.__getitem__, map(floordiv, times, repeat(900)))))
-    if offsets.mixed:  # a change inside a 15-minute bucket (not in tzdata since 1970)
+    out = array("q", map(add, times, map(offsets.__getitem__, map(floordiv, times, repeat(3600)))))
+    if offsets.mixed:  # an hour with a change inside (Lord Howe's, at half past): exact per item
         mixed = offsets.mixed
-        for i, bucket in enumerate(map(floordiv, times, repeat(900))):
+        for i, bucket in enumerate(map(floordiv, times, repeat(3600))):
             if bucket in mixed:
                 out[i] = times[i] + offsets.at(times[i])
     return out
@@ -339,8 +340,7 @@ def _marks(
     if ascending:
         state.reverse()
         return state
-    for j, i in enumerate(order):
-        marks[i] = state[j]
+    deque(map(marks.__setitem__, order, state), maxlen=0)  # marks[order[j]] = state[j], in C
     return marks
 
 
