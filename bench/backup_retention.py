@@ -63,15 +63,15 @@ def _names(path: Path, count: int) -> None:
             t += timedelta(minutes=1)
 
 
-def _command(src: str, names: Path, out: Path) -> tuple[float, int]:
-    """(wall seconds, peak RSS MB) of one prune-sim run with `src` on PYTHONPATH."""
-    argv = ["/usr/bin/time", "-f", "%e %M", sys.executable, "-m", "pveguard", "backup", "prune-sim"]
+def _command(src: str, names: Path, out: Path) -> tuple[float, int, float]:
+    """(wall seconds, peak RSS MB, CPU seconds: user + system) of one prune-sim run with `src` on PYTHONPATH."""
+    argv = ["/usr/bin/time", "-f", "%e %M %U %S", sys.executable, "-m", "pveguard", "backup", "prune-sim"]
     argv += ["--keep-last", "3", "--keep-daily", "7", "--keep-monthly", "12", "-f", str(names)]
     env = {**os.environ, "PYTHONPATH": src, "TZ": "Europe/Berlin"}
     with out.open("w") as fh:
         done = subprocess.run(argv, env=env, stdout=fh, stderr=subprocess.PIPE, text=True, check=True)
-    wall, rss_kb = done.stderr.strip().splitlines()[-1].split()
-    return float(wall), int(rss_kb) // 1024
+    wall, rss_kb, user, system = done.stderr.strip().splitlines()[-1].split()
+    return float(wall), int(rss_kb) // 1024, float(user) + float(system)
 
 
 def command_table(count: int, repeat: int, old_src: str | None) -> None:
@@ -79,7 +79,7 @@ def command_table(count: int, repeat: int, old_src: str | None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         names = Path(tmp) / "names.txt"
         _names(names, count)
-        runs: dict[str, list[tuple[float, int]]] = {"new": [], "old": []}
+        runs: dict[str, list[tuple[float, int, float]]] = {"new": [], "old": []}
         for _ in range(repeat):
             runs["new"].append(_command(new_src, names, Path(tmp) / "new.out"))
             if old_src:
@@ -87,12 +87,13 @@ def command_table(count: int, repeat: int, old_src: str | None) -> None:
                 if (Path(tmp) / "new.out").read_bytes() != (Path(tmp) / "old.out").read_bytes():
                     raise SystemExit("old and new output differ")
     print(f"`backup prune-sim` over {count:,} names (keep-last 3, keep-daily 7, keep-monthly 12), {repeat} runs\n")
-    print("| code | best (s) | median (s) | peak RSS (MB) |")
-    print("|---|---:|---:|---:|")
+    print("| code | best (s) | median (s) | CPU median (s) | peak RSS (MB) |")
+    print("|---|---:|---:|---:|---:|")
     for name, rows in runs.items():
         if rows:
-            walls = [w for w, _ in rows]
-            print(f"| {name} | {min(walls):.2f} | {statistics.median(walls):.2f} | {max(r for _, r in rows)} |")
+            walls = [w for w, _, _ in rows]
+            cpu, rss = statistics.median(c for _, _, c in rows), max(r for _, r, _ in rows)
+            print(f"| {name} | {min(walls):.2f} | {statistics.median(walls):.2f} | {cpu:.2f} | {rss} |")
     print()
 
 

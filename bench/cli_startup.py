@@ -5,13 +5,16 @@ Run: .venv/bin/python bench/cli_startup.py [--runs N] [--old-src DIR]
 Each case is a fresh process (`python -m pveguard ...`); the cases and the code versions alternate
 within each round so machine load hits all alike. `check` reads a default strategy written by
 `init` into a temporary directory. --old-src: the src/ directory of another checkout (e.g. a
-`git worktree add /tmp/old <commit>`). Prints a markdown table: median and best wall time (ms).
+`git worktree add /tmp/old <commit>`). Prints a markdown table: median and best wall time (ms), and
+the median CPU time (user + system) of the process, which load from other work on the machine
+changes much less than wall time.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -44,22 +47,28 @@ def main() -> None:
             "pveguard check": ([*base, "--strategy", strategy, "--state-dir", state, "check"], {}),
         }
         times: dict[tuple[str, str], list[float]] = {}
+        cpu: dict[tuple[str, str], list[float]] = {}
         for _ in range(args.runs):
             for case, (argv, extra) in cases.items():
                 for version, src in versions.items():
                     if case.startswith("python") and version != "new":
                         continue
                     env = {**os.environ, "PYTHONPATH": src, **extra}
+                    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                     t0 = time.perf_counter()
                     subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
                     times.setdefault((case, version), []).append((time.perf_counter() - t0) * 1000)
-    print(f"| case | {' | '.join(f'{v} median (ms) | {v} best (ms)' for v in versions)} |")
-    print(f"|---|{'---:|---:|' * len(versions)}")
+                    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    used = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
+                    cpu.setdefault((case, version), []).append(used * 1000)
+    print(f"| case | {' | '.join(f'{v} median (ms) | {v} best (ms) | {v} CPU median (ms)' for v in versions)} |")
+    print(f"|---|{'---:|---:|---:|' * len(versions)}")
     for case in cases:
         cells = []
         for version in versions:
-            runs = times.get((case, version)) or times[(case, "new")]
-            cells.append(f"{statistics.median(runs):.0f} | {min(runs):.0f}")
+            key = (case, version) if (case, version) in times else (case, "new")
+            runs = times[key]
+            cells.append(f"{statistics.median(runs):.0f} | {min(runs):.0f} | {statistics.median(cpu[key]):.0f}")
         print(f"| {case} | {' | '.join(cells)} |")
 
 

@@ -15,7 +15,11 @@ the timing (which changes the dpkg status, so pveguard's core cache is rebuilt i
 apt-listbugs is answered by a fake Debian BTS (SOAP `get_bugs` -> no bugs) on 127.0.0.1 through
 `http_proxy`, so its network round trip is a loopback one.
 
-    sudo .venv/bin/python bench/guard_hook.py [--runs 15] [--runs-300 7]
+With --old-src (the src/ of another checkout, e.g. `git worktree add /tmp/old <commit>`), that
+code's hook runs too, in the same rounds: byte-compiled in /opt/pveguard/old-lib, behind the launcher
+its own `render_launcher` writes, reading the same installed policy and state.
+
+    sudo .venv/bin/python bench/guard_hook.py [--runs 15] [--runs-300 7] [--old-src DIR]
 """
 
 from __future__ import annotations
@@ -86,7 +90,28 @@ e=$(date +%s%N)
 echo "$s $e" >> /tmp/bench-hook.times
 exit $rc
 """
-HOOKS = {"pveguard": "/usr/local/lib/pveguard/apt-hook", "apt-listbugs": "/usr/bin/apt-listbugs apt"}
+HOOKS = {"pveguard": "/usr/local/lib/pveguard/apt-hook", "apt-listbugs": "/usr/bin/apt-listbugs apt",
+         "pveguard-old": "/usr/local/lib/pveguard/apt-hook-old",
+         "python3": "/usr/bin/python3 -IS -c pass"}  # the reference: a bare interpreter start
+OLD_LAUNCHER = ("import sys; sys.path.insert(0, '/opt/pveguard/old-lib'); "
+                "from pveguard.guard.install import render_launcher; "
+                "sys.stdout.write(render_launcher(package_parent='/opt/pveguard/old-lib'))")
+
+
+def add_old(base: Path, old_src: Path) -> None:
+    """The other checkout's pveguard, byte-compiled, with its own launcher at HOOKS['pveguard-old']."""
+    lib = base / "opt/pveguard/old-lib"
+    shutil.copytree(old_src / "pveguard", lib / "pveguard", ignore=shutil.ignore_patterns("__pycache__"))
+    with aptchroot.mounted(base) as ch:
+        r = ch.run(["python3", "-m", "compileall", "-q", "/opt/pveguard/old-lib"])
+        if r.returncode != 0:
+            raise RuntimeError(f"compileall failed:\n{r.stdout}\n{r.stderr}")
+        r = ch.run(["python3", "-c", OLD_LAUNCHER], env={"PYTHONPATH": "/opt/pveguard/old-lib:/opt/pveguard/site"})
+        if r.returncode != 0:
+            raise RuntimeError(f"the old code's render_launcher failed:\n{r.stderr}")
+        launcher = ch.path(HOOKS["pveguard-old"])
+        launcher.write_text(r.stdout)
+        launcher.chmod(0o755)
 
 
 def setup_hooks(ch: aptchroot.AptChroot) -> None:
@@ -130,14 +155,18 @@ def timed(ch: aptchroot.AptChroot, args: list[str], env: dict[str, str]) -> floa
     return elapsed
 
 
-MODES = ["none", "pveguard", "pveguard (cold core cache)", "apt-listbugs"]
+MODES = ["none", "pveguard", "pveguard (cold core cache)", "apt-listbugs", "python3 -IS -c pass"]
+OLD_MODES = ["pveguard-old", "pveguard-old (cold core cache)"]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=15, help="runs per cell for the one-package cases")
     ap.add_argument("--runs-300", type=int, default=7, help="runs per cell for the 300-package cases")
+    ap.add_argument("--old-src", type=Path, help="src/ of another checkout: its hook runs in the same rounds")
+    ap.add_argument("--one-package-only", action="store_true", help="only the two one-package transactions")
     opts = ap.parse_args()
+    modes = MODES[:3] + (OLD_MODES if opts.old_src else []) + MODES[3:]
     reason = aptchroot.skip_reason()
     if reason:
         print(f"cannot run: {reason}", file=sys.stderr)
@@ -150,6 +179,8 @@ def main() -> int:
     try:
         base = aptchroot.prepare(work / "root", extra=extra_debs(),
                                  extra_install=[f"bulk-{i:03d}=1.0" for i in range(N_BULK)], compiled_copy=True)
+        if opts.old_src:
+            add_old(base, opts.old_src)
         dry = ["-o", "Debug::pkgDPkgPM=1"]
         cases = {
             "install 1 package (real dpkg run)": (["install", "pve-docs"], opts.runs, True),
@@ -158,6 +189,8 @@ def main() -> int:
                                                   opts.runs_300, False),
             "install 300 new packages (hooks only)": ([*dry, "install", "proxmox-kernel-bulk"], opts.runs_300, False),
         }
+        if opts.one_package_only:
+            cases = {k: v for k, v in cases.items() if k.startswith("install 1 ")}
         apt_times: dict[str, dict[str, list[float]]] = {}
         hook_times: dict[str, dict[str, list[float]]] = {}
         internal: dict[str, list[float]] = {}
@@ -166,13 +199,13 @@ def main() -> int:
             env = {"http_proxy": proxy}
             cache = ch.root / "var/lib/pveguard/guard-core-cache.json"
             for case, (args, runs, real) in cases.items():
-                for mode in MODES:  # warm-up: page cache, our core cache, ruby's gems
+                for mode in modes:  # warm-up: page cache, our core cache, ruby's gems
                     set_mode(ch, mode)
                     timed(ch, args, env)
                     if real:
                         ch.run(["dpkg", "--purge", "pve-docs"])
                 for _ in range(runs):
-                    order = MODES[:]
+                    order = modes[:]
                     rng.shuffle(order)  # interleaved, so load from elsewhere hits every mode alike
                     for mode in order:
                         set_mode(ch, mode)
@@ -190,7 +223,7 @@ def main() -> int:
             for e in json.loads(log.stdout):
                 if e["action"] in ("guard.decision", "guard.check"):
                     internal.setdefault(str(len(e["details"]["packages"])), []).append(e["details"]["elapsed_ms"])
-        print_table(apt_times, hook_times, cases, internal, opts)
+        print_table(apt_times, hook_times, cases, internal, opts, modes)
         print(f"\nfake BTS answered {FakeBts.requests} SOAP requests", file=sys.stderr)
     finally:
         server.shutdown()
@@ -200,12 +233,14 @@ def main() -> int:
 
 def print_table(apt_times: dict[str, dict[str, list[float]]], hook_times: dict[str, dict[str, list[float]]],
                 cases: dict[str, tuple[list[str], int, bool]], internal: dict[str, list[float]],
-                opts: argparse.Namespace) -> None:
+                opts: argparse.Namespace, modes: list[str]) -> None:
     def ms(v: float) -> str:
         return f"{v * 1000:.0f}"
 
-    hooked = MODES[1:]
-    print(f"Command: `sudo .venv/bin/python bench/guard_hook.py --runs {opts.runs} --runs-300 {opts.runs_300}`\n")
+    hooked = modes[1:]
+    old = f" --old-src {opts.old_src}" if opts.old_src else ""
+    old += " --one-package-only" if opts.one_package_only else ""
+    print(f"Command: `sudo .venv/bin/python bench/guard_hook.py --runs {opts.runs} --runs-300 {opts.runs_300}{old}`\n")
     print("Time the hook adds (its wall time as apt runs it, start-up included), median (p90) in ms:\n")
     print("| transaction | runs | " + " | ".join(hooked) + " |")
     print("|---|---:|" + "---:|" * len(hooked))
@@ -216,10 +251,10 @@ def print_table(apt_times: dict[str, dict[str, list[float]]], hook_times: dict[s
             cells.append(f"{ms(statistics.median(v))} ({ms(v[min(len(v) - 1, int(len(v) * 0.9))])})")
         print(f"| {case} | {runs} | " + " | ".join(cells) + " |")
     print("\nWhole apt-get run, median ms (same runs, interleaved):\n")
-    print("| transaction | " + " | ".join(MODES) + " |")
-    print("|---|" + "---:|" * len(MODES))
+    print("| transaction | " + " | ".join(modes) + " |")
+    print("|---|" + "---:|" * len(modes))
     for case in cases:
-        print(f"| {case} | " + " | ".join(ms(statistics.median(apt_times[case][m])) for m in MODES) + " |")
+        print(f"| {case} | " + " | ".join(ms(statistics.median(apt_times[case][m])) for m in modes) + " |")
     print("\nDecision time inside pveguard's hook (the ledger's `elapsed_ms`: from reading fd 20 to the "
           "ledger write; no interpreter start-up, no imports):\n")
     print("| packages in the transaction | runs | median ms | max ms |")

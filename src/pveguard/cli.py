@@ -9,11 +9,15 @@ import hashlib
 import os
 import sys
 import typing
+from dataclasses import dataclass
 from importlib import import_module
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from typer._click.shell_completion import CompletionItem
+from typer._coercion import RuntimeParam, TypeDescriptor, build_runtime_param
+from typer._param_types import coerce_cli_path
 from typer.core import TyperGroup
 
 from pveguard.errors import EXIT_FAILED, EXIT_USAGE, PveguardError, UsageError
@@ -45,7 +49,16 @@ class LazyGroup(TyperGroup):
     def get_command(self, ctx: Any, cmd_name: str) -> Any:
         if cmd_name not in self.commands and cmd_name in LAZY:
             self.commands[cmd_name] = _load(cmd_name)
-        return self.commands.get(cmd_name)
+        cmd: Any = self.commands.get(cmd_name)
+        if cmd is not None and ctx is not None and not getattr(cmd, "_plain_help", False):
+            cmd._plain_help = True
+            _plain_coercion(cmd, ctx)  # their --help options too
+        return cmd
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)
+        _plain_params(params)
+        return params
 
     def _short_help(self, name: str, limit: int) -> str | None:
         """The listing's help of NAME (None: hidden), without importing a lazy command."""
@@ -106,7 +119,81 @@ def _load(name: str) -> Any:
         holder.command(name, **settings)(obj)
     cmd = typer.main.get_group(holder).commands[name]
     _name_placeholders(cmd)
+    _plain_coercion(cmd)
     return cmd
+
+
+# typer 0.29 turns every option value into its Python type through a pydantic TypeAdapter, built on
+# first use: resolving `--strategy` (even when it is not given) imports pydantic, ~60-80 ms that
+# shell completion and `backup prune-sim` do not otherwise need. For the plain cases below the
+# result is computed here exactly as that adapter would (tests/foundation/test_cli_lazy.py compares
+# both on many values); anything else -- a non-digit int, a bound not met, bytes -- goes to
+# typer's own adapter, so its values and error messages are unchanged.
+_NOT_PLAIN = object()
+
+
+def _plain_value(desc: TypeDescriptor, value: Any) -> Any:
+    """``value`` as typer's adapter for ``desc`` returns it, or _NOT_PLAIN to ask the adapter."""
+    info = desc.parameter_info
+    if info.parser is not None:
+        return _NOT_PLAIN
+    annotation = desc.annotation
+    if annotation is bool:
+        return value if type(value) is bool else _NOT_PLAIN
+    if annotation is str:
+        return value if type(value) is str else _NOT_PLAIN  # typer's str adapter: str(value)
+    if annotation is int and not info.clamp:
+        if type(value) is int:  # a default
+            number = value
+        elif type(value) is str and value.isascii() and value.isdigit() and len(value) <= 18:
+            number = int(value)
+        else:
+            return _NOT_PLAIN
+        if (info.min is not None and number < info.min) or (info.max is not None and number > info.max):
+            return _NOT_PLAIN  # the adapter says why
+        return number
+    return _NOT_PLAIN
+
+
+@dataclass(frozen=True)
+class _PlainRuntimeParam(RuntimeParam):
+    """A parameter's coercion: the plain cases here, the rest through typer's adapter."""
+
+    descriptor: TypeDescriptor | None = None
+
+    def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+        assert self.descriptor is not None
+        desc = self.descriptor
+        if desc.annotation is Path and desc.parameter_info.path_type is None and type(value) is str \
+                and "\0" not in value:
+            # typer's path adapter: pydantic's str -> Path, then the same checks (exists, ...)
+            return coerce_cli_path(Path(value), desc.parameter_info, path_type=Path, param=param, ctx=ctx)
+        plain = _plain_value(desc, value)
+        if plain is not _NOT_PLAIN:
+            return plain
+        return build_runtime_param(desc)._coerce_value(value, param=param, ctx=ctx)
+
+
+def _plain_params(params: Any) -> None:
+    for param in params:
+        desc = getattr(param, "type_descriptor", None)
+        if desc is None or getattr(param, "_runtime_param", None) is not None or param.multiple \
+                or param.nargs != 1 or desc.file_annotation is not None:
+            continue
+        if desc.annotation in (str, int, bool, Path) and desc.parameter_info.parser is None:
+            param._runtime_param = _PlainRuntimeParam(parameter_info=desc.parameter_info,
+                                                      annotation=desc.annotation, descriptor=desc)
+
+
+def _plain_coercion(cmd: Any, ctx: Any = None) -> None:
+    """Give the single-value str, int, bool and Path parameters of ``cmd`` and its subcommands
+    (with ``ctx``: their --help options too) the plain coercion above."""
+    params = list(getattr(cmd, "params", ()))
+    if ctx is not None and getattr(cmd, "get_help_option", None) is not None:
+        params.append(cmd.get_help_option(ctx))
+    _plain_params(p for p in params if p is not None)
+    for sub in getattr(cmd, "commands", {}).values():
+        _plain_coercion(sub, ctx)
 
 
 app = typer.Typer(
@@ -330,6 +417,7 @@ def command(eager: bool = False) -> Any:
     """
     cmd: Any = typer.main.get_command(app)
     _name_placeholders(cmd)
+    _plain_coercion(cmd)
     if eager:
         for name in LAZY:
             cmd.get_command(None, name)

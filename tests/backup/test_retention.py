@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -300,3 +302,36 @@ def test_ascending_listing_matches_literal_reference(
     protected = archives[1][: len(times)]
     protected += [False] * (len(times) - len(protected))
     assert mark_archives(times, policy, protected, BERLIN) == _reference(times, policy, protected, BERLIN)
+
+
+ZONES = [ZoneInfo(z) for z in ("Australia/Lord_Howe", "Asia/Kathmandu", "America/New_York", "Europe/Berlin")]
+
+
+@settings(max_examples=400, deadline=None)
+@given(archives=archive_sets, policy=policies, zone=st.sampled_from(ZONES), columns=st.booleans())
+def test_other_zones_and_prune_sims_columns_match_literal_reference(
+    archives: tuple[list[int], list[bool]], policy: KeepPolicy, zone: ZoneInfo, columns: bool
+) -> None:
+    """Lord Howe changes by 30 minutes at half past an hour (UTC), Kathmandu is +05:45; prune-sim
+    hands in an array of times and a bytearray of flags (reversed / translated in C). Ascending and
+    unordered input both."""
+    times, protected = archives
+    for ts, flags in ((times, protected), (sorted(set(times)), protected[: len(set(times))])):
+        flags = flags + [False] * (len(ts) - len(flags))
+        got_times: Sequence[int] = array("q", ts) if columns else ts
+        got_flags: Sequence[bool] = bytearray(flags) if columns else flags  # type: ignore[assignment]
+        assert mark_archives(got_times, policy, got_flags, zone) == _reference(ts, policy, flags, zone)
+
+
+@pytest.mark.parametrize("zone", ZONES)
+def test_every_five_minutes_across_dst_changes(zone: ZoneInfo) -> None:
+    """Archives every 5 minutes over the days of 2023's DST changes (none in Kathmandu): each hour
+    with a change inside is computed per archive."""
+    days = ["2023-03-12", "2023-03-26", "2023-04-02", "2023-10-01", "2023-10-29", "2023-11-05"]
+    times = sorted({int(datetime.fromisoformat(d).replace(tzinfo=UTC).timestamp()) + t
+                    for d in days for t in range(-86400, 2 * 86400, 300)})
+    protected = [i % 97 == 0 for i in range(len(times))]
+    policy = KeepPolicy(last=2, hourly=200, daily=5, weekly=2, monthly=3, yearly=1)
+    for ts in (times, times[::-1]):
+        assert mark_archives(array("q", ts), policy, bytearray(protected), zone) == _reference(
+            ts, policy, protected, zone)

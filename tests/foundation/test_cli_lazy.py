@@ -62,10 +62,50 @@ def test_help_and_completion_import_no_subcommand() -> None:
         probe.replace("ARGV", "None"), _PVEGUARD_COMPLETE="complete_bash", COMP_WORDS="pveguard ba", COMP_CWORD="1"
     )
     assert complete.stdout.split() == ["backup"]
-    # (typer's own completion code may load pydantic to inspect parameter types: not ours to cut)
-    assert complete.stderr.split("MODULES", 1)[1].strip().replace(", 'pydantic'", "") == (
-        "['pveguard', 'pveguard.cli', 'pveguard.errors']"
-    )
+    # nor pydantic: the root options' values are coerced without typer's pydantic adapters (cli._plain_value)
+    assert complete.stderr.split("MODULES", 1)[1].strip() == "['pveguard', 'pveguard.cli', 'pveguard.errors']"
+    deep = _run(probe.replace("ARGV", "None"), _PVEGUARD_COMPLETE="complete_bash",
+                COMP_WORDS="pveguard backup prune-sim --keep-l", COMP_CWORD="3")
+    assert deep.stdout.split() == ["--keep-last"]
+    assert "'pydantic'" not in deep.stderr.split("MODULES", 1)[1]
+
+
+def _outcome(runtime: object, value: object, param: object, ctx: object) -> tuple[str, object, object]:
+    from typer._click.exceptions import BadParameter
+
+    try:
+        got = runtime._coerce_value(value, param=param, ctx=ctx)  # type: ignore[attr-defined]
+        return "ok", type(got), got
+    except BadParameter as exc:
+        return "error", None, exc.format_message()
+
+
+def test_plain_coercion_is_what_typers_adapter_gives() -> None:
+    """cli._PlainRuntimeParam against typer's own (pydantic) coercion of the same parameter: the same
+    value, or the same error, for str, bounded and unbounded int, bool and Path options."""
+    from typer._click import Context
+    from typer._coercion import build_runtime_param
+
+    root = cli.command()
+    backup = root.get_command(Context(root), "backup")
+    prune = backup.commands["prune-sim"]
+    params = [*root.params, *prune.params, *backup.commands["next-runs"].params]
+    kinds = {p.type_descriptor.annotation for p in params}
+    assert {str, int, bool, Path} <= kinds
+    values: list[object] = ["", "0", "7", "007", "42", "-1", "+3", " 5", "5 ", "1_000", "3.0", "0x10", "١٢",
+                            "123456789012345678", "1234567890123456789012", "a", "/tmp/x", " x ", ".",
+                            0, 3, -2, True, False, 2.5, b"7"]
+    checked = 0
+    for param in params:
+        desc = param.type_descriptor
+        plain = cli._PlainRuntimeParam(parameter_info=desc.parameter_info, annotation=desc.annotation,
+                                       descriptor=desc)
+        ctx = Context(prune)
+        for value in values:
+            assert _outcome(plain, value, param, ctx) == _outcome(build_runtime_param(desc), value, param, ctx), (
+                param.name, value)
+            checked += 1
+    assert checked > 100
 
 
 def test_completion_reaches_into_a_lazy_group() -> None:
@@ -86,3 +126,15 @@ def test_unknown_command_is_a_usage_error() -> None:
     done = _run("from pveguard import cli; cli.main(['no-such-command'])")
     assert done.returncode == 2
     assert "No such command" in done.stderr
+
+
+def test_check_builds_no_typer_adapter(tmp_path: Path) -> None:
+    """`check` needs pydantic for the strategy models, not for its own options (cli._plain_coercion)."""
+    from infra.strategies import defaults_file
+
+    done = _run("import sys\nfrom pveguard import cli\ntry:\n    cli.main(['--strategy', sys.argv[1], "
+                "'--state-dir', sys.argv[2], 'check'])\nexcept SystemExit:\n    pass\n"
+                "print('ADAPTERS', 'typer._adapters' in sys.modules, file=sys.stderr)\n"
+                .replace("sys.argv[1]", repr(str(defaults_file()))).replace("sys.argv[2]", repr(str(tmp_path / "st"))))
+    assert "ok (" in done.stdout, done.stderr
+    assert "ADAPTERS False" in done.stderr

@@ -148,3 +148,22 @@ def test_cli_verify_names_first_bad_entry(ledger: Ledger, tmp_path: Path) -> Non
                           capture_output=True, text=True)
     assert proc.returncode == 1
     assert "entry 2" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_digests_are_hashlibs_sha256_and_hmac(tmp_path: Path) -> None:
+    """The ledger hashes with CPython's built-in SHA-256 (no OpenSSL import on the apt hook's path):
+    the same digests as hashlib's and hmac's, keyed and unkeyed."""
+    import hashlib
+    import hmac
+
+    from pveguard.security import ledger as ledger_mod
+
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"k" * 32)
+    key_file.chmod(0o600)
+    with Store(tmp_path / "st") as store:
+        plain, keyed = Ledger(store), Ledger(store, str(key_file))
+        for payload in (b"", b"pveguard", bytes(range(256)) * 50):
+            assert plain._digest(payload) == hashlib.sha256(payload).hexdigest()
+            assert keyed._digest(payload) == hmac.new(keyed._key or b"", payload, hashlib.sha256).hexdigest()
+    assert ledger_mod._same("ab", "ab") and not ledger_mod._same("ab", "ac")

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from infra.cli import run_cli
-from pveguard.strategy import load as strategy_load
+from pveguard.strategy import paths as strategy_paths
 from pveguard.strategy.defaults import render
 from pveguard.strategy.enforcement import at_default, non_default
 from pveguard.strategy.load import check_text
@@ -75,7 +75,7 @@ def test_init_creates_the_named_file(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_only_the_default_path_falls_back_to_the_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(strategy_load, "DEFAULT_PATH", tmp_path / "etc/strategy.yaml")
+    monkeypatch.setattr(strategy_paths, "DEFAULT_PATH", tmp_path / "etc/strategy.yaml")
     code, out, err = run(capsys, "export", "prometheus-rules")
     assert code == 0, err
     assert "PveguardCpuHigh" in out

@@ -84,7 +84,8 @@ def test_install_status_tamper_uninstall_under_a_root(tmp_path: Path) -> None:
     report = install.install(ctx, paths=paths)
     assert {r["role"] for r in report} == {"launcher", "policy", "cluster-policy", "apt-conf"}
     assert paths.launcher.stat().st_mode & 0o111
-    assert paths.launcher.read_text().splitlines()[0].endswith(" -I")
+    # isolated (-I) and without site (-S): the hook needs only the standard library and pveguard
+    assert paths.launcher.read_text().splitlines()[0].endswith(" -IS")
     assert 'DPkg::Tools::Options::/usr/local/lib/pveguard/apt-hook::InfoFD "20";' in paths.apt_conf.read_text()
     policy = parse_policy(paths.cluster_policy.read_text())
     assert policy.allow_core_only and policy.require_approval and policy.container_first

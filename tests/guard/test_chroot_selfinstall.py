@@ -60,7 +60,7 @@ def test_the_guard_lets_its_own_package_in_and_then_runs_from_it(chroot: AptChro
     r = chroot.run(["/usr/bin/pveguard", "guard", "install"], env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     hook = chroot.path("/usr/local/lib/pveguard/apt-hook").read_text()
-    assert hook.startswith("#!/usr/bin/python3 -I\n") and "'/usr/lib/pveguard/lib'" in hook
+    assert hook.startswith("#!/usr/bin/python3 -IS\n") and "'/usr/lib/pveguard/lib'" in hook
     assert "/opt/pveguard" not in hook
     status = json.loads(chroot.run(["/usr/bin/pveguard", "guard", "status", "--json"], env=env).stdout)
     assert status["installed"] and status["intact"], status

@@ -281,6 +281,64 @@ def test_read_deb_control(tmp_path: Path, compression: str) -> None:
     assert pkg.fields["recommends"] == "d, e"
 
 
+def _tar(members: list[tuple[str, bytes | None]], fmt: int) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
+        for name, content in members:
+            info = tarfile.TarInfo(name)
+            if content is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+@needs_dpkg_deb
+def test_the_hooks_own_tar_reader_reads_what_tarfile_reads(tmp_path: Path) -> None:
+    """hook._plain_tar_control (no tarfile import on apt's path) gives tarfile's answer for what
+    dpkg-deb writes, and hands everything else to tarfile (_NOT_PLAIN), never a different answer."""
+    import gzip
+    import lzma
+    import tarfile
+
+    control = b"Package: foo\nVersion: 1.0\nArchitecture: all\nMaintainer: t <t@invalid>\nDescription: x\n"
+    long_dir = "d" * 120
+    cases: list[tuple[str, bytes]] = []
+    for compression, name in (("xz", "control.tar.xz"), ("gzip", "control.tar.gz"), ("none", "control.tar")):
+        tree = tmp_path / compression
+        (tree / "DEBIAN").mkdir(parents=True)
+        (tree / "DEBIAN/control").write_bytes(control)
+        (tree / "DEBIAN/postinst").write_text("#!/bin/sh\n" + "x" * 700 + "\n")
+        (tree / "DEBIAN/postinst").chmod(0o755)
+        out = tmp_path / f"{compression}.deb"
+        subprocess.run(["dpkg-deb", "--root-owner-group", f"-Z{compression}", "--build", str(tree), str(out)],
+                       check=True, capture_output=True)
+        ar = subprocess.run(["ar", "p", str(out), name], check=True, capture_output=True).stdout
+        cases.append((name, ar))
+    for fmt in (tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT):
+        for members in ([("./", None), ("./md5sums", b"abc\n"), ("./control", control)],
+                        [("control", control)], [("./control", None)], [("./other", b"x")],
+                        [(f"{long_dir}/x", b"1"), ("./control", control)]):
+            raw = _tar(members, fmt)
+            cases += [("control.tar", raw), ("control.tar.gz", gzip.compress(raw)),
+                      ("control.tar.xz", lzma.compress(raw)), ("control.tar", raw[:700]),
+                      ("control.tar.gz", gzip.compress(raw) + gzip.compress(raw)),
+                      ("control.tar.zst", raw), ("control.tar.xz", b"junk")]
+    plain = 0
+    for name, data in cases:
+        got = hook._plain_tar_control(name, data)
+        if got is not hook._NOT_PLAIN:
+            plain += 1
+            assert got == hook._tarfile_control(data), (name, data[:40])
+    assert plain >= 30  # what dpkg-deb writes is read here, not handed on
+    assert all(hook._plain_tar_control(n, d) == control.decode() for n, d in cases[:3])
+
+
 def test_read_deb_control_of_junk(tmp_path: Path) -> None:
     junk = tmp_path / "junk.deb"
     junk.write_bytes(b"!<arch>\n" + b"control.tar.xz  0           0     0     100644  99999999  `\n" + b"x" * 50)

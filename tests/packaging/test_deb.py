@@ -194,7 +194,7 @@ def test_install_guard_upgrade_through_the_guard_and_purge(debs: dict[str, Path]
     # the guard on: a non-core package is refused on the host
     chroot.ok("pveguard", "guard", "install")
     hook = chroot.path("/usr/local/lib/pveguard/apt-hook").read_text()
-    assert hook.startswith("#!/usr/bin/python3 -I\n") and "/usr/lib/pveguard/lib" in hook
+    assert hook.startswith("#!/usr/bin/python3 -IS\n") and "/usr/lib/pveguard/lib" in hook
     r = chroot.run("apt-get", "install", "-y", "-q", f"/tmp/{fake.name}")
     assert r.returncode != 0 and "random-tool" in r.stdout + r.stderr, r.stdout + r.stderr
     assert not chroot.path("/usr/share/doc/random-tool").exists()

@@ -23,11 +23,13 @@ import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pveguard.backends.base import Backend
 from pveguard.errors import BackendUnavailable, ConfigError
 from pveguard.strategy.models import Strategy, normalize_fingerprint
+
+if TYPE_CHECKING:  # `check` asks `choose` only: the backend classes load with a backend
+    from pveguard.backends.base import Backend
 
 PVE_DIR = Path("/etc/pve")
 BACKENDS = ("auto", "proxmox", "lxc")

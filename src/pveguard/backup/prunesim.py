@@ -16,7 +16,6 @@ import re
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date, datetime, timedelta, tzinfo
-from itertools import repeat
 from operator import add, itemgetter
 from typing import Any, cast
 
@@ -143,6 +142,21 @@ def _strict_groups(chunk: str, lines: int, typevmid: _TypeVmid) -> list[int]:
     return list(map(typevmid.__getitem__, found))
 
 
+def _strict_flags(chunk: str, lines: int) -> bytearray:
+    """Per line of a strict chunk, 1 when it ends with ' protected'. In a strict line ' protected'
+    can only be that suffix, so each occurrence marks its line: found with str.find/count in C, no
+    string per line (most chunks have a few hundred protected archives, or none)."""
+    flags = bytearray(lines)
+    pos = chunk.find(" protected")
+    line = last = 0
+    while pos >= 0:
+        line += chunk.count("\n", last, pos)
+        last = pos
+        flags[line] = 1
+        pos = chunk.find(" protected", pos + 10)
+    return flags
+
+
 class PruneResult:
     """Per input line (in order) its mark; texts are re-derived chunk by chunk when written."""
 
@@ -217,10 +231,7 @@ def simulate(text: str, policy: KeepPolicy, zone: tzinfo) -> PruneResult:
             except _Slow:
                 pass
             else:
-                texts = chunk.split("\n", lines - 1)
-                texts[-1] = texts[-1].removesuffix("\n")
-                protected.extend(map(str.endswith, texts, repeat(" protected")))
-                del texts
+                protected.extend(_strict_flags(chunk, lines))
                 times.extend(epoch)
                 gids.extend(chunk_gids)
                 result.pieces.append(((begin, end), lines))

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import re
 from array import array
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from enum import StrEnum
-from itertools import islice, repeat
-from operator import add, floordiv, lt
+from itertools import compress, islice, repeat
+from operator import add, floordiv, lt, ne
 
 from pveguard.backup.calendar import local_zone
 from pveguard.errors import UsageError
@@ -149,10 +150,10 @@ _TO_RULE: tuple[str | None, ...] = (None, None, None, *RULES)
 
 
 class _Offsets(dict[int, int]):
-    """15-minute bucket -> the zone's UTC offset there; buckets in which it changes go to ``mixed``.
+    """Hour (Unix seconds // 3600) -> the zone's UTC offset there; hours in which it changes go to ``mixed``.
 
-    Offsets change at most every few months and (in tzdata since 1970) on 15-minute boundaries, so
-    one lookup per bucket is enough when both ends of it agree.
+    Offsets change at most every few months, never twice within an hour, so one lookup per hour is
+    enough when both ends of it agree; an hour whose ends differ is computed per item.
     """
 
     def __init__(self, zone: tzinfo) -> None:
@@ -165,14 +166,16 @@ class _Offsets(dict[int, int]):
         return int(delta.total_seconds()) if delta is not None else 0
 
     def __missing__(self, bucket: int) -> int:
-        first = self.at(bucket * 900)
-        if first != self.at(bucket * 900 + 899):
+        first = self.at(bucket * 3600)
+        if first != self.at(bucket * 3600 + 3599):
             self.mixed.add(bucket)
         self[bucket] = first
         return first
 
 
 _BLOCK = 8192  # positions whose period keys are computed at once
+_FREE_TO_REMOVE = bytes([_REMOVE, *range(1, 256)])  # bytes.translate: _NONE -> _REMOVE, the rest as is
+_FLAG_TO_PROTECTED = bytes([_NONE] + [_PROTECTED] * 255)  # a true flag byte -> _PROTECTED
 
 
 def _local_seconds(times: Sequence[int], zone: tzinfo, offsets: _Offsets | None = None) -> Sequence[int]:
@@ -180,10 +183,10 @@ def _local_seconds(times: Sequence[int], zone: tzinfo, offsets: _Offsets | None 
     if zone is UTC:
         return array("q", times)
     offsets = _Offsets(zone) if offsets is None else offsets
-    out = array("q", map(add, times, map(offsets.__getitem__, map(floordiv, times, repeat(900)))))
-    if offsets.mixed:  # a change inside a 15-minute bucket (not in tzdata since 1970)
+    out = array("q", map(add, times, map(offsets.__getitem__, map(floordiv, times, repeat(3600)))))
+    if offsets.mixed:  # an hour with a change inside (Lord Howe's, at half past): exact per item
         mixed = offsets.mixed
-        for i, bucket in enumerate(map(floordiv, times, repeat(900))):
+        for i, bucket in enumerate(map(floordiv, times, repeat(3600))):
             if bucket in mixed:
                 out[i] = times[i] + offsets.at(times[i])
     return out
@@ -233,7 +236,12 @@ def _marks(
     n = len(times)
     if protected is not None and len(protected) != n:
         raise ValueError("times and protected must have the same length")
-    marks = bytearray(n) if protected is None else bytearray(map(_PROTECTED.__mul__, map(bool, protected)))
+    if protected is None:
+        marks = bytearray(n)
+    elif isinstance(protected, (bytes, bytearray)):  # prune-sim's flags: one C pass
+        marks = bytearray(protected.translate(_FLAG_TO_PROTECTED))
+    else:
+        marks = bytearray(map(_PROTECTED.__mul__, map(bool, protected)))
     if policy.keeps_everything:
         # PVE keeps everything here; the rule shown is "all" only in spirit, so none is named.
         return marks.replace(bytes([_NONE]), bytes([_KEEP]))
@@ -243,7 +251,11 @@ def _marks(
     ascending = all(map(lt, times, islice(times, 1, None)))  # the usual listing: no sort needed
     order: Sequence[int] = range(n - 1, -1, -1) if ascending else sorted(range(n), key=times.__getitem__, reverse=True)
     # Large per-position columns are arrays of machine ints: 8 bytes an archive, not 36.
-    stamps = array("q", map(times.__getitem__, order))
+    stamps: array[int]
+    if ascending and isinstance(times, array) and times.typecode == "q":
+        stamps = times[::-1]  # prune-sim's column: a reversed copy in C
+    else:
+        stamps = array("q", map(times.__getitem__, order))
     state = marks[::-1] if ascending else bytearray(map(marks.__getitem__, order))
     if ascending:
         del marks
@@ -300,25 +312,35 @@ def _marks(
         for b in range(0, (n + _BLOCK - 1) // _BLOCK):
             period = block_keys(rule, b)
             lo = b * _BLOCK
-            for j, key in zip(range(lo, min(n, lo + _BLOCK)), period):  # noqa: B905 (same length)
-                if state[j] or key in covered:
+            # Runs of equal keys (a period's archives are adjacent in position space), found in C.
+            # Per run, what the per-position rule does: positions already marked are skipped; the
+            # first free one keeps the run's period (unless covered, or the count is reached: then
+            # the pass ends there); every other free one of an already chosen period is removed.
+            bounds = [0, *compress(range(1, len(period)), map(ne, period, islice(period, 1, None))), len(period)]
+            for r in range(len(bounds) - 1):
+                a, z = lo + bounds[r], lo + bounds[r + 1]
+                key = period[bounds[r]]
+                if key in covered:
                     continue
-                if key in chosen:
-                    state[j] = _REMOVE
-                    continue
-                if len(chosen) >= count:
-                    done = True
-                    break
-                chosen.add(key)
-                state[j] = keep_mark
-                kept.append(j)
+                if key not in chosen:
+                    a = state.find(0, a, z)
+                    if a < 0:
+                        continue
+                    if len(chosen) >= count:
+                        done = True
+                        break
+                    chosen.add(key)
+                    state[a] = keep_mark
+                    kept.append(a)
+                    a += 1
+                if a < z:
+                    state[a:z] = state[a:z].translate(_FREE_TO_REMOVE)
             if done:
                 break
     if ascending:
         state.reverse()
         return state
-    for j, i in enumerate(order):
-        marks[i] = state[j]
+    deque(map(marks.__setitem__, order, state), maxlen=0)  # marks[order[j]] = state[j], in C
     return marks
 
 

@@ -143,7 +143,7 @@ def render_launcher(python: str | None = None, package_parent: str | None = None
         call = (f"main(paths=HookEnv(policy_file=Path({str(policy_file)!r}), "
                 f"cluster_policy_file=Path({str(policy_file)!r})))")
     return (
-        f"#!{python} -I\n"
+        f"#!{python} -IS\n"
         "# pveguard apt hook launcher, written by 'pveguard guard install'. apt runs it as a\n"
         "# DPkg::Pre-Install-Pkgs hook; it is 'pveguard apt-hook' without the command line's start-up\n"
         "# cost. Do not edit: 'pveguard guard status' reports changes.\n"

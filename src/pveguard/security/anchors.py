@@ -26,14 +26,14 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
-import socket
 import struct
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # socket, shutil and subprocess are imported where used: the apt hook pays every import
+    import socket
 
 ANCHOR_FILE = "ledger.anchor"
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
@@ -155,6 +155,8 @@ class _DatagramSink:
         if self._stalled:
             raise TimeoutError(f"{self.socket_path} stalled earlier in this process")
         if self._sock is None:
+            import socket
+
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             self._sock.settimeout(self.TIMEOUT)
         try:
@@ -183,6 +185,9 @@ class JournalAnchor(_DatagramSink):
         self._send("".join(f"{k}={v}\n" for k, v in fields.items() if "\n" not in v).encode())
 
     def read(self) -> Reading:
+        import shutil
+        import subprocess
+
         where = "journald (journalctl)"
         journalctl = shutil.which("journalctl")
         if journalctl is None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import getpass
-import hashlib
-import hmac
 import json
 import os
 import sqlite3
@@ -22,12 +20,35 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pveguard import invocation
 from pveguard.errors import ConfigError, StateError, UsageError
 from pveguard.security.anchors import AnchorSink, Head, Reading, default_anchors, verify_anchors
 from pveguard.store import DB_NAME, Store
+
+# SHA-256 from CPython's built-in module when there is one: `hashlib` loads OpenSSL (~2 ms), which the
+# apt hook pays on every apt run; the digests are the same (tests/security/test_ledger.py).
+# `hmac` (which imports hashlib) is imported only where a key or a comparison needs it.
+if TYPE_CHECKING:
+    from hashlib import sha256 as _sha256
+else:
+    try:
+        from _sha256 import sha256 as _sha256
+    except ImportError:  # Python 3.12+ (_sha2) or another interpreter
+        from hashlib import sha256 as _sha256
+
+
+def _hmac(key: bytes, payload: bytes) -> str:
+    import hmac
+
+    return hmac.new(key, payload, _sha256).hexdigest()
+
+
+def _same(a: str, b: str) -> bool:
+    import hmac
+
+    return hmac.compare_digest(a, b)
 
 GENESIS = "0" * 64
 CHECKPOINT_EVERY = 100
@@ -119,17 +140,17 @@ class Ledger:
         """A fingerprint of the key ("none" when unkeyed): safe to store, says nothing of the key."""
         if self._key is None:
             return "none"
-        return hmac.new(self._key, b"pveguard ledger key id", hashlib.sha256).hexdigest()[:16]
+        return _hmac(self._key, b"pveguard ledger key id")[:16]
 
     def _digest(self, payload: bytes) -> str:
         if self._key is not None:
-            return hmac.new(self._key, payload, hashlib.sha256).hexdigest()
-        return hashlib.sha256(payload).hexdigest()
+            return _hmac(self._key, payload)
+        return _sha256(payload).hexdigest()
 
     def _head_mac(self, seq: int, digest: str) -> str | None:
         if self._key is None:
             return None
-        return hmac.new(self._key, f"pveguard ledger head {seq}:{digest}".encode(), hashlib.sha256).hexdigest()
+        return _hmac(self._key, f"pveguard ledger head {seq}:{digest}".encode())
 
     def append(self, action: str, target: str = "", details: dict[str, Any] | None = None,
                actor: str | None = None) -> Entry:
@@ -247,7 +268,7 @@ class Ledger:
                                   "an earlier entry was replaced")
             digest = self._digest(_canonical(seq, row["ts"], row["actor"], row["action"], row["target"],
                                              row["details"], row["prev_hash"]))
-            if not hmac.compare_digest(digest, row["hash"]):
+            if not _same(digest, row["hash"]):
                 reason = f"entry {seq} was modified (its hash does not match)"
                 if seq == 1 and self._key is None and "ledger_meta" not in tables:
                     reason += f"; if this ledger is keyed, {KEY_ENV_HINT}"
@@ -320,7 +341,7 @@ class Ledger:
             name = f"anchor '{r.name}' ({r.where})"
             if self._key is not None:
                 forged = [h for h in r.heads if h.mac is not None
-                          and not hmac.compare_digest(h.mac, self._head_mac(h.seq, h.hash) or "")]
+                          and not _same(h.mac, self._head_mac(h.seq, h.hash) or "")]
                 if forged:
                     r.verdict = f"{len(forged)} head(s) not signed with this key"
                     problems.append((forged[0].seq, f"{name} holds a head for entry {forged[0].seq} that this "

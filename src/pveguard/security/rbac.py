@@ -32,6 +32,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pveguard.security.grants import DEFAULT_GRANT as DEFAULT_GRANT  # re-exported: the grants live there
+from pveguard.security.grants import KNOWN_PRIVS as KNOWN_PRIVS
+from pveguard.security.grants import PLACEHOLDERS as PLACEHOLDERS
+from pveguard.security.grants import Grant as Grant
+from pveguard.security.grants import default_grants as default_grants
+from pveguard.security.grants import parse_grant as parse_grant
 from pveguard.security.isolation import Ct, FwChange, FwPlan
 
 if TYPE_CHECKING:
@@ -45,61 +51,8 @@ ROLE_PREFIX = "PVEGuard"
 # a user whose comment does not carry this installation's instance is not ours: it is left alone
 COMMENT = "pveguard: service user of role {role} instance={instance}"
 
-# Every privilege PVE 8/9 knows (pve-access-control AccessControl.pm $privgroups plus the single ones).
-KNOWN_PRIVS: frozenset[str] = frozenset({
-    "VM.Allocate", "VM.Audit", "VM.Backup", "VM.Clone", "VM.Config.CDROM", "VM.Config.CPU", "VM.Config.Cloudinit",
-    "VM.Config.Disk", "VM.Config.HWType", "VM.Config.Memory", "VM.Config.Network", "VM.Config.Options",
-    "VM.Console", "VM.Migrate", "VM.Monitor", "VM.PowerMgmt", "VM.Snapshot", "VM.Snapshot.Rollback",
-    "VM.GuestAgent.Audit", "VM.GuestAgent.FileRead", "VM.GuestAgent.FileWrite", "VM.GuestAgent.FileSystemMgmt",
-    "VM.GuestAgent.Unrestricted", "VM.Replicate",
-    "Sys.AccessNetwork", "Sys.Audit", "Sys.Console", "Sys.Incoming", "Sys.Modify", "Sys.PowerMgmt", "Sys.Syslog",
-    "Datastore.Allocate", "Datastore.AllocateSpace", "Datastore.AllocateTemplate", "Datastore.Audit",
-    "SDN.Allocate", "SDN.Audit", "SDN.Use", "User.Modify", "Group.Allocate", "Realm.Allocate",
-    "Realm.AllocateUser", "Pool.Allocate", "Pool.Audit", "Mapping.Audit", "Mapping.Modify", "Mapping.Use",
-    "Permissions.Modify",
-})
-PLACEHOLDERS = ("self", "guests", "backup-storage")
 _FAMILY = {"vms": "VM", "storage": "Storage", "nodes": "Node", "pool": "Pool", "sdn": "SDN", "access": "Access",
            "mapping": "Mapping", "": "DC"}
-_GRANT_RE = re.compile(r"^\s*([A-Za-z.,\s]+?)\s+on\s+(\S+)\s*$")
-
-
-def default_grants() -> dict[str, list[str]]:
-    """The default strategy's grants: monitoring reads, backup backs up, the others see themselves."""
-    return {
-        "monitoring": ["Sys.Audit,Sys.Syslog on /nodes", "VM.Audit on /vms", "Datastore.Audit on /storage"],
-        "backup": ["VM.Audit,VM.Backup on guests", "Datastore.Audit,Datastore.AllocateSpace on backup-storage"],
-        "devtools": ["VM.Audit on self"],
-        "gateway": ["VM.Audit on self"],
-    }
-
-
-DEFAULT_GRANT = "VM.Audit on self"  # a role the strategy names no grants for
-
-
-@dataclass(frozen=True)
-class Grant:
-    privileges: tuple[str, ...]
-    path: str  # an ACL path or a placeholder
-
-
-def parse_grant(text: str) -> Grant:
-    """`VM.Audit,VM.Backup on guests` -> Grant; ValueError saying what is wrong."""
-    m = _GRANT_RE.match(text)
-    if not m:
-        raise ValueError(f"{text!r} is not 'PRIV[,PRIV] on PATH', e.g. 'VM.Audit on self'")
-    privs = tuple(p.strip() for p in m.group(1).split(",") if p.strip())
-    unknown = [p for p in privs if p not in KNOWN_PRIVS]
-    if unknown or not privs:
-        raise ValueError(f"{text!r}: {', '.join(unknown) or 'no privilege'} is not a PVE privilege "
-                         f"(e.g. VM.Audit, VM.PowerMgmt, Datastore.Audit, Sys.Audit)")
-    path = m.group(2)
-    if path not in PLACEHOLDERS and not re.fullmatch(r"/[A-Za-z0-9._/-]*", path):
-        raise ValueError(f"{text!r}: the path must be an ACL path like /vms/101 or one of "
-                         f"{', '.join(PLACEHOLDERS)}")
-    if path not in PLACEHOLDERS:
-        path = "/" + "/".join(p for p in path.split("/") if p)
-    return Grant(privs, path)
 
 
 def camel(role: str) -> str:

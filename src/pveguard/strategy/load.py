@@ -20,9 +20,9 @@ from pydantic import BaseModel, ValidationError
 from pveguard.errors import ConfigError
 from pveguard.strategy import enforcement
 from pveguard.strategy.models import Strategy
-
-DEFAULT_PATH = Path("/etc/pveguard/strategy.yaml")
-ENV_VAR = "PVEGUARD_STRATEGY"
+from pveguard.strategy.paths import DEFAULT_PATH as DEFAULT_PATH  # re-exported: callers read them here
+from pveguard.strategy.paths import ENV_VAR as ENV_VAR
+from pveguard.strategy.paths import resolve_path as resolve_path
 
 Loc = tuple[str | int, ...]
 
@@ -85,14 +85,6 @@ def format_loc(loc: Iterable[str | int]) -> str:
             part = part[:60] + "..."
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
-
-
-def resolve_path(cli_value: str | os.PathLike[str] | None) -> Path:
-    """--strategy, then $PVEGUARD_STRATEGY, then /etc/pveguard/strategy.yaml."""
-    if cli_value:
-        return Path(cli_value)
-    env = os.environ.get(ENV_VAR)
-    return Path(env) if env else DEFAULT_PATH
 
 
 # Limits checked on the YAML event stream before any node or Python object is built, so a hostile

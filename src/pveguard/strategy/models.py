@@ -410,7 +410,7 @@ class Certificates(StrictModel):
 
 
 def _default_grants() -> dict[str, list[str]]:
-    from pveguard.security.rbac import default_grants
+    from pveguard.security.grants import default_grants
 
     return default_grants()
 
@@ -441,7 +441,7 @@ class Access(StrictModel):
     @field_validator("role_grants")
     @classmethod
     def _grants(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
-        from pveguard.security.rbac import parse_grant
+        from pveguard.security.grants import parse_grant
 
         for texts in v.values():
             for text in texts:
