@@ -8,7 +8,8 @@ call (a node over a LAN or WAN). With --old DIR the same apply runs with another
 code before concurrent creates: `git worktree add /tmp/pveguard-old 6b58b3a`) in the same run,
 alternating old and new, so a loaded machine slows both alike.
 
-The floor: the task time of 50 creates and starts split over the creates in flight
+The stderr line "converging the firewall" marks the end of the creates and starts (the firewall, RBAC and
+serve steps follow). The floor: the task time of 50 creates and starts split over the creates in flight
 (PVEGUARD_PVE_CREATE_CONCURRENCY, 8): ceil(50 / 8) x (create + start).
 
 Run:  .venv/bin/python bench/provision_apply.py [--creates 50] [--latency 0,5,20] [--repeat 1]
@@ -46,18 +47,28 @@ def strategy_doc(n: int) -> dict[str, Any]:
         for i in range(n)]}
 
 
-def run_apply(env: dict[str, str]) -> tuple[float, float, dict[str, Any]]:
-    """One `pveguard apply --json`: wall time (incl. Python's start-up), its CPU time, the result."""
+def run_apply(env: dict[str, str]) -> tuple[float, float, float, dict[str, Any]]:
+    """One `pveguard apply --json`: wall time (incl. Python's start-up), the time its creates were done
+    (its "converging the firewall" progress line), its CPU time, the result."""
     t0 = time.perf_counter()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    p = subprocess.run([sys.executable, "-m", "pveguard", "apply", "--json"], env=env, capture_output=True,
-                       text=True, check=False)
+    p = subprocess.Popen([sys.executable, "-m", "pveguard", "apply", "--json"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    assert p.stderr is not None and p.stdout is not None
+    creates_done = 0.0
+    err: list[str] = []
+    for line in p.stderr:
+        err.append(line)
+        if not creates_done and "converging the firewall" in line:
+            creates_done = time.perf_counter() - t0
+    out = p.stdout.read()
+    p.wait()
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     if p.returncode != 0:
-        raise SystemExit(f"apply failed ({p.returncode}): {p.stderr[-3000:]}")
-    return wall, cpu, json.loads(p.stdout)["result"]
+        raise SystemExit(f"apply failed ({p.returncode}): {''.join(err)[-3000:]}")
+    return wall, creates_done, cpu, json.loads(out)["result"]
 
 
 def one(args: argparse.Namespace, src: str, ms: float) -> dict[str, Any]:
@@ -71,14 +82,14 @@ def one(args: argparse.Namespace, src: str, ms: float) -> dict[str, Any]:
                "PVEGUARD_BACKEND": "proxmox", "PVEGUARD_PVE_HOST": sim.host, "PVEGUARD_PVE_TOKEN": sim.token,
                "PVEGUARD_PVE_VERIFY_SSL": "0", "PYTHONWARNINGS": "ignore", "PYTHONPATH": src}
         sim.control("POST", "/options", {"latency": ms})
-        wall, cpu, result = run_apply(env)
+        wall, creates_done, cpu, result = run_apply(env)
         calls = sim.control("GET", "/calls")
         made = [g for g in sim.api("GET", "/cluster/resources", {"type": "vm"})[2]["data"]
                 if str(g.get("name", "")).startswith("app-")]
     assert len(result["created"]) == args.creates and len(made) == args.creates, result
     assert len({g["vmid"] for g in made}) == args.creates
     polls = sum(v for k, v in calls["calls"].items() if k.endswith("/tasks/{upid}/status"))
-    return {"wall": wall, "cpu": cpu, "calls": calls["total"], "polls": polls}
+    return {"wall": wall, "creates": creates_done, "cpu": cpu, "calls": calls["total"], "polls": polls}
 
 
 def main() -> None:
@@ -110,12 +121,14 @@ def main() -> None:
           f"median of {args.repeat} run(s) of `pveguard apply --json` (subprocess, incl. Python start-up)")
     print(f"task-time floor: one after another {floor_old:g} s; {width} at once "
           f"ceil({args.creates}/{width}) x {task:g} s = {floor_new:g} s")
-    print("| latency | code | wall time (median) | over the task-time floor | apply's CPU | API calls | task polls |")
-    print("|---|---|---|---|---|---|---|")
+    print("| latency | code | wall time (median) | creates and starts done at | over the task-time floor | "
+          "apply's CPU | API calls | task polls |")
+    print("|---|---|---|---|---|---|---|---|")
     for (ms, label), rs in runs.items():
         wall = statistics.median(r["wall"] for r in rs)
         floor = floor_old if label == "old" else floor_new
-        print(f"| {ms:g} ms | {label} | {wall:.1f} s | +{wall - floor:.1f} s | "
+        creates = statistics.median(r["creates"] for r in rs)
+        print(f"| {ms:g} ms | {label} | {wall:.1f} s | {creates:.1f} s | +{wall - floor:.1f} s | "
               f"{statistics.median(r['cpu'] for r in rs):.1f} s | {rs[-1]['calls']} | {rs[-1]['polls']} |")
 
 

@@ -140,3 +140,36 @@ def test_a_vmid_another_client_takes_meanwhile_is_replaced(penv: Env) -> None:
     assert ("race-1", stolen) in asked  # first tried, refused by PVE, then another
     by_vmid = {g["vmid"]: g["name"] for g in penv.lxc()}
     assert by_vmid[stolen] == "other" and by_vmid[made["race-1"]] == "race-1"
+
+
+def test_the_firewall_of_new_containers_is_written_guest_by_guest_in_parallel(
+        penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """After the creates, each guest's firewall (options, then its group rule) is written with the guests in
+    parallel: per guest an intent before and a result after each change; one guest refused leaves the
+    others converged, its intent closed as failed, and apply exits 1 naming it."""
+    penv.edit(containers(*NAMES[:6]))
+    refusal = "Permission check failed (/vms/0, VM.Config.Network)"
+    penv.sim.control("POST", "/faults", {"method": "POST", "path": r"/lxc/\d+/firewall/rules$", "times": 1,
+                                         "status": 403, "message": refusal})
+    code, out, err = penv.run("apply", "--json", capsys=capsys)
+    assert code == 1, err
+    result = json.loads(out)["result"]
+    assert "Permission check failed" in result["failed"]["firewall"]
+    assert sorted(result["created"]) == sorted(NAMES[:6])
+    with Store(penv.dir / "state") as store:
+        rows = [(e.target, e.action, e.details.get("result"))
+                for e in Ledger(store).entries(action="provision.firewall")]
+    per: dict[str, list[tuple[str, str | None]]] = {}
+    for target, action, res in rows:
+        if target.startswith("ct/"):
+            per.setdefault(target, []).append((action, res))
+    assert len(per) == 6
+    pair = [("provision.firewall.intent", None), ("provision.firewall", "ok")]
+    refused = [t for t, r in per.items() if r != pair * 2]
+    assert len(refused) == 1, per
+    assert per[refused[0]] == [*pair, ("provision.firewall.intent", None), ("provision.firewall", "failed")]
+    # the next apply writes only what is missing: the refused guest's rule
+    penv.reset_calls()
+    assert penv.run("apply", capsys=capsys)[0] == 0
+    assert penv.calls().get("POST /nodes/{node}/lxc/{vmid}/firewall/rules") == 1
+    assert "PUT /nodes/{node}/lxc/{vmid}/firewall/options" not in penv.calls()
