@@ -138,6 +138,10 @@ _UPID_RX = re.compile(r"UPID:([a-zA-Z0-9](?:[a-zA-Z0-9\-]*[a-zA-Z0-9])?):[0-9A-F
                       r"[0-9A-Fa-f]{8}:[^:\s/]+:[^:\s/]*:[^:\s/]+:")
 
 
+# the tasks apply runs for every container, of similar length within a run (wait_task's first pause)
+LEARNED_TASKS = frozenset({"vzcreate", "vzstart"})
+
+
 def upid_node(upid: Any) -> str | None:
     """The node a task runs on, or None when `upid` is not a UPID PVE would accept."""
     m = _UPID_RX.fullmatch(upid) if isinstance(upid, str) else None
@@ -625,9 +629,10 @@ class ProxmoxBackend(Backend):
 
         Polls like proxmoxer's Tasks.blocking_status, but starts fast and slows down (most tasks take
         a second), reports progress, survives a transient 5xx/595 while polling, and does not sleep
-        once more after the task stopped. Once a task of the same type (vzcreate, vzstart...) was seen
-        to end, the first poll waits 0.8x the shortest such task: fifty creates then cost fifty task
-        times, not fifty times the pause between two polls on top.
+        once more after the task stopped. Once a create or start (LEARNED_TASKS) was seen to end, the
+        first poll of the next one waits 0.8x the shortest seen (at most 5 s): fifty creates then cost
+        fifty task times, not fifty times the pause between two polls on top. Tasks whose length
+        depends on the guest (vzdump, migrate, resize) are not learned.
         """
         timeout = self.settings.task_timeout if timeout is None else timeout
         node = upid_node(upid)
@@ -639,9 +644,9 @@ class ProxmoxBackend(Backend):
         last_report = start
         path = f"/nodes/{node}/tasks/{upid}/status"
         ttype = upid.split(":")[5]
-        expected = self._task_seconds.get(ttype)
+        expected = self._task_seconds.get(ttype) if ttype in LEARNED_TASKS else None
         if expected:
-            self._sleep(min(0.8 * expected, timeout))
+            self._sleep(min(0.8 * expected, 5.0, timeout))
         while True:
             try:
                 status = self._raw("GET", path)
