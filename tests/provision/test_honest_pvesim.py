@@ -113,13 +113,17 @@ def start_apply(penv: Env) -> subprocess.Popen[str]:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def wait_for(proc: subprocess.Popen[str], marker: str, timeout: float = 60) -> None:
+def wait_for(proc: subprocess.Popen[str], *markers: str, timeout: float = 60) -> None:
+    """Read apply's progress lines until every marker was shown (creates run at once: in any order)."""
     assert proc.stderr is not None
     deadline = time.monotonic() + timeout
+    left = set(markers)
     for line in proc.stderr:
-        if marker in line or time.monotonic() > deadline:
-            return
-    raise AssertionError(f"{marker!r} never shown")
+        left = {m for m in left if m not in line}
+        if not left or time.monotonic() > deadline:
+            break
+    if left:
+        raise AssertionError(f"{sorted(left)!r} never shown")
 
 
 def test_kill_during_create_leaves_its_intent_with_the_vmid(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
@@ -146,8 +150,7 @@ def test_ctrl_c_during_apply_says_what_it_left(penv: Env, capsys: pytest.Capture
     penv.sim.control("POST", "/tasks", {"seconds": {"vzcreate": 3}})
     penv.env["PVEGUARD_PVE_CREATE_CONCURRENCY"] = "2"  # two creates run, two wait their turn
     proc = start_apply(penv)
-    wait_for(proc, "creating pve-monitoring as CT")
-    wait_for(proc, "creating pve-backup-manager as CT")
+    wait_for(proc, "creating pve-monitoring as CT", "creating pve-backup-manager as CT")
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=30)
