@@ -113,27 +113,33 @@ def start_apply(penv: Env) -> subprocess.Popen[str]:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
-def wait_for(proc: subprocess.Popen[str], marker: str, timeout: float = 60) -> None:
+def wait_for(proc: subprocess.Popen[str], *markers: str, timeout: float = 60) -> None:
+    """Read apply's progress lines until every marker was shown (creates run at once: in any order)."""
     assert proc.stderr is not None
     deadline = time.monotonic() + timeout
+    left = set(markers)
     for line in proc.stderr:
-        if marker in line or time.monotonic() > deadline:
-            return
-    raise AssertionError(f"{marker!r} never shown")
+        left = {m for m in left if m not in line}
+        if not left or time.monotonic() > deadline:
+            break
+    if left:
+        raise AssertionError(f"{sorted(left)!r} never shown")
 
 
 def test_kill_during_create_leaves_its_intent_with_the_vmid(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
     penv.sim.control("POST", "/tasks", {"seconds": {"vzcreate": 3}})
     proc = start_apply(penv)
     wait_for(proc, "creating pve-monitoring as CT")
-    time.sleep(0.5)  # the POST is on its way; PVE keeps creating without us
+    time.sleep(0.5)  # the POSTs are on their way (all four at once); PVE keeps creating without us
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     penv.sim.control("POST", "/tasks/finish")
-    [g] = penv.lxc()
+    guests = penv.lxc()
+    assert "pve-monitoring" in [g["name"] for g in guests]
     log = [(e.action, e.target, e.details.get("result")) for e in entries(penv)]
-    # the creation is visible as begun and not finished: an intent with the VMID, no result
-    assert ("provision.create.intent", f"ct/{g['vmid']}", None) in log
+    # each creation is visible as begun and not finished: an intent with its VMID, no result
+    for g in guests:
+        assert ("provision.create.intent", f"ct/{g['vmid']}", None) in log
     assert not any(a == "provision.create" for a, _t, _r in log)
     penv.sim.control("POST", "/tasks", {"seconds": {"vzcreate": 0.2}})
     assert penv.run("apply", capsys=capsys)[0] == 0
@@ -142,18 +148,22 @@ def test_kill_during_create_leaves_its_intent_with_the_vmid(penv: Env, capsys: p
 
 def test_ctrl_c_during_apply_says_what_it_left(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
     penv.sim.control("POST", "/tasks", {"seconds": {"vzcreate": 3}})
+    penv.env["PVEGUARD_PVE_CREATE_CONCURRENCY"] = "2"  # two creates run, two wait their turn
     proc = start_apply(penv)
-    wait_for(proc, "creating pve-monitoring as CT")
+    wait_for(proc, "creating pve-monitoring as CT", "creating pve-backup-manager as CT")
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert "interrupted (Ctrl-C) during: create pve-monitoring" in err
-    assert "not started: create pve-backup-manager, create pve-dev-tools, create pve-api-gateway" in err
+    assert "interrupted (Ctrl-C) during: create pve-monitoring, create pve-backup-manager" in err
+    assert "not started: create pve-dev-tools, create pve-api-gateway" in err
     assert "run 'pveguard apply' again to converge" in err
-    results = [(e.action, e.details.get("result")) for e in entries(penv, "provision.create")]
-    assert results == [("provision.create.intent", None), ("provision.create", "interrupted")]
+    results = sorted((e.action, e.target, e.details.get("result")) for e in entries(penv, "provision.create"))
+    vmids = sorted(f"ct/{g['vmid']}" for g in penv.lxc())
+    assert len(vmids) == 2
+    assert results == sorted([("provision.create.intent", t, None) for t in vmids]
+                             + [("provision.create", t, "interrupted") for t in vmids])
     penv.sim.control("POST", "/tasks", {"seconds": {"vzcreate": 0.2}})
     assert penv.run("apply", capsys=capsys)[0] == 0
     assert sorted(x["name"] for x in penv.lxc()) == sorted(NAMES)

@@ -97,6 +97,12 @@ def proxmox_settings(strategy: Strategy, env: Mapping[str, str]) -> Any:
                 setattr(s, attr, float(env[var]))
             except ValueError:
                 raise ConfigError(f"{var} must be a number of seconds, not {env[var]!r}") from None
+    if env.get("PVEGUARD_PVE_CREATE_CONCURRENCY"):
+        raw = env["PVEGUARD_PVE_CREATE_CONCURRENCY"]
+        if not raw.strip().isdigit() or not 1 <= int(raw) <= 64:
+            raise ConfigError(f"PVEGUARD_PVE_CREATE_CONCURRENCY must be a whole number from 1 to 64, not {raw!r}",
+                              hint="how many creates apply sends to PVE at once (default 8; 1: one after another)")
+        s.create_concurrency = int(raw)
     token = env.get("PVEGUARD_PVE_TOKEN")
     if token:
         m = _TOKEN_RE.match(token.strip())

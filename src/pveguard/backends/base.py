@@ -215,6 +215,16 @@ class Backend(abc.ABC):
     name: str = "base"
     # `resources.hard_limits: false` can be met (PVE always applies hard limits; see docs/lxc.md)
     soft_limits: bool = False
+    # how many create() calls apply may run at once (threads); 1: one after another
+    create_concurrency: int = 1
+
+    def prepare_creates(self, specs: list[GuestSpec]) -> None:
+        """Before concurrent creates: settle what they must not race for (node, VMID). Default: nothing."""
+        return None
+
+    def interrupt(self) -> None:
+        """Ctrl-C while creates run in other threads: make their waits end soon. Default: nothing."""
+        return None
 
     @abc.abstractmethod
     def capabilities(self) -> Capabilities: ...

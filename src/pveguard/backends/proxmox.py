@@ -139,6 +139,10 @@ _UPID_RX = re.compile(r"UPID:([a-zA-Z0-9](?:[a-zA-Z0-9\-]*[a-zA-Z0-9])?):[0-9A-F
                       r"[0-9A-Fa-f]{8}:[^:\s/]+:[^:\s/]*:[^:\s/]+:")
 
 
+# the tasks apply runs for every container, of similar length within a run (wait_task's first pause)
+LEARNED_TASKS = frozenset({"vzcreate", "vzstart"})
+
+
 def upid_node(upid: Any) -> str | None:
     """The node a task runs on, or None when `upid` is not a UPID PVE would accept."""
     m = _UPID_RX.fullmatch(upid) if isinstance(upid, str) else None
@@ -209,7 +213,12 @@ class PveSettings:
     ssh_user: str = "root"
     task_timeout: float = 600.0
     http_timeout: float = 30.0
-    poll_interval: float = 1.0
+    # longest pause between task status polls (they start at 0.1 s and grow 1.5x): a task ends on average
+    # half of it before we see it, once per task -- a create and a start per container
+    poll_interval: float = 0.5
+    # creates apply sends at once: PVE runs each as its own worker task (fork_worker); pveproxy answers
+    # the synchronous part with a few workers, so a handful in flight hides the task time
+    create_concurrency: int = 8
     retries: int = 4
     retry_wait: float = 1.0
     local_node: str | None = None  # this machine's node name when on a node (default: short hostname)
@@ -558,6 +567,13 @@ class ProxmoxBackend(Backend):
         self._node_ips: dict[str, str] | None = None
         self._local_name: str | None = None
         self._status_lock = threading.Lock()  # parallel readers ask for the node addresses once
+        # concurrent creates (apply): node and VMID chosen under one lock, never the same twice in a run
+        self._alloc_lock = threading.Lock()
+        self._template_lock = threading.Lock()
+        self._reserved: set[int] = set()  # VMIDs this run chose (PVE's nextid knows them only once created)
+        self._prepared: dict[str, tuple[str, int]] = {}  # spec name -> (node, vmid) from prepare_creates
+        self._interrupt = threading.Event()  # Ctrl-C in apply: waits stop at their next poll
+        self._task_seconds: dict[str, float] = {}  # task type -> the shortest seen (wait_task's first pause)
         # what the strategy will ask for (set by backends.connect): privileges and preflights check these
         self.specs: list[GuestSpec] = []
         self.firewall = False  # the strategy enforces firewall isolation (pveprivs.FIREWALL_CALLS needed)
@@ -636,7 +652,10 @@ class ProxmoxBackend(Backend):
 
         Polls like proxmoxer's Tasks.blocking_status, but starts fast and slows down (most tasks take
         a second), reports progress, survives a transient 5xx/595 while polling, and does not sleep
-        once more after the task stopped.
+        once more after the task stopped. Once a create or start (LEARNED_TASKS) was seen to end, the
+        first poll of the next one waits 0.8x the shortest seen (at most 5 s): fifty creates then cost
+        fifty task times, not fifty times the pause between two polls on top. Tasks whose length
+        depends on the guest (vzdump, migrate, resize) are not learned.
         """
         timeout = self.settings.task_timeout if timeout is None else timeout
         node = upid_node(upid)
@@ -647,6 +666,10 @@ class ProxmoxBackend(Backend):
         interval = min(0.1, self.settings.poll_interval)
         last_report = start
         path = f"/nodes/{node}/tasks/{upid}/status"
+        ttype = upid.split(":")[5]
+        expected = self._task_seconds.get(ttype) if ttype in LEARNED_TASKS else None
+        if expected:
+            self._sleep(min(0.8 * expected, 5.0, timeout))
         while True:
             try:
                 status = self._raw("GET", path)
@@ -668,13 +691,23 @@ class ProxmoxBackend(Backend):
             if progress and time.monotonic() - last_report >= 5:
                 progress(f"{what}: running on {node} ({elapsed:.0f}s)")
                 last_report = time.monotonic()
-            time.sleep(min(interval, max(0.0, timeout - elapsed)))
+            self._sleep(min(interval, max(0.0, timeout - elapsed)))
             interval = min(interval * 1.5, self.settings.poll_interval)
+        took = time.monotonic() - start
+        self._task_seconds[ttype] = min(took, self._task_seconds.get(ttype, took))
         exitstatus = str(status.get("exitstatus", ""))
         if exitstatus != "OK" and not exitstatus.startswith("WARNINGS"):
             raise PveTaskError(f"{what} failed on node {node}: {exitstatus or 'unknown task error'}",
                                hint=f"see the task log: pvesh get /nodes/{node}/tasks/{upid}/log",
                                exitstatus=exitstatus)
+
+    def _sleep(self, seconds: float) -> None:
+        """time.sleep that ends early with KeyboardInterrupt once interrupt() was called (any thread)."""
+        if self._interrupt.wait(seconds):
+            raise KeyboardInterrupt
+
+    def interrupt(self) -> None:
+        self._interrupt.set()
 
     # --- cluster state ------------------------------------------------------------------------
 
@@ -744,9 +777,9 @@ class ProxmoxBackend(Backend):
 
     # --- creating -----------------------------------------------------------------------------
 
-    def place(self, spec: GuestSpec) -> str:
+    def place(self, spec: GuestSpec, nodes: list[NodeInfo] | None = None) -> str:
         """The node for a new guest: the pinned one (checked), else the one with most free memory."""
-        nodes = self.nodes()
+        nodes = self.nodes() if nodes is None else nodes
         pinned = spec.node or self.settings.node
         if pinned:
             n = next((x for x in nodes if x.name == pinned), None)
@@ -783,10 +816,16 @@ class ProxmoxBackend(Backend):
         """The volid of `template` on the node's template storage, downloading it via aplinfo if missing."""
         if ":" in template:
             return template
-        storage = self.settings.template_storage
         key = (node, template)
         if key in self._templates:
             return self._templates[key]
+        with self._template_lock:  # concurrent creates on a node list (and download) a template once
+            if key not in self._templates:
+                self._templates[key] = self._find_template(node, template, progress)
+        return self._templates[key]
+
+    def _find_template(self, node: str, template: str, progress: Progress | None) -> str:
+        storage = self.settings.template_storage
         content = self.call("GET", f"/nodes/{node}/storage/{storage}/content", {"content": "vztmpl"},
                             what=f"listing templates on {node}:{storage}")
         # the newest by Debian version (12.12-1 beats 12.7-1), not by text
@@ -805,7 +844,6 @@ class ProxmoxBackend(Backend):
                              what=f"downloading template {name}")
             self.wait_task(str(upid), f"downloading template {name}", progress)
             best = f"{storage}:vztmpl/{name}"
-        self._templates[key] = best
         return best
 
     def feature_note(self, features: dict[str, bool], current: str | None, vmid: int | None,
@@ -843,7 +881,64 @@ class ProxmoxBackend(Backend):
         return f"{vol.storage or self.settings.storage}:{vol.size_gib},mp={vol.mountpoint},backup=1"
 
     def _nextid(self) -> int:
-        return _int(self.call("GET", "/cluster/nextid", what="asking PVE for a free VMID"))
+        """A free VMID no other create of this run holds (reserved for the run).
+
+        PVE's /cluster/nextid reserves nothing (pve-manager PVE/API2/Cluster.pm: the lowest id not in
+        the vmlist), so concurrent creates asking it would all get the same id. An id this run already
+        chose is skipped and the next one checked with `nextid?vmid=N` (400 "VM N already exists").
+        """
+        with self._alloc_lock:
+            vmid = _int(self.call("GET", "/cluster/nextid", what="asking PVE for a free VMID"))
+            while vmid in self._reserved:
+                vmid += 1
+                if vmid in self._reserved:
+                    continue
+                try:
+                    self.call("GET", "/cluster/nextid", {"vmid": vmid}, what=f"checking that VMID {vmid} is free")
+                except PveCallError as exc:
+                    if exc.status != 400:
+                        raise
+                    self._reserved.add(vmid)  # taken by a guest PVE knows: skip it too
+            self._reserved.add(vmid)
+            return vmid
+
+    @property
+    def create_concurrency(self) -> int:  # type: ignore[override]
+        return self.settings.create_concurrency
+
+    def prepare_creates(self, specs: list[GuestSpec]) -> None:
+        """Choose node and VMID for every create of a run up front, from one node listing, one nextid and
+        one guest listing, so creates sent at once never pick the same VMID nor all the same node.
+
+        Placement is place()'s (most free memory after what this run placed, in order, as plan shows).
+        What cannot be settled here (a pinned node that is offline...) is left to create(), which says why.
+        """
+        if not specs:
+            return
+        nodes = self.nodes()
+        with self._alloc_lock:
+            used = set(self._reserved) | {s.vmid for s in specs if s.vmid}
+            need_ids = [s for s in specs if not s.vmid and s.name not in self._prepared]
+            next_free = 0
+            if need_ids:
+                next_free = _int(self.call("GET", "/cluster/nextid", what="asking PVE for a free VMID"))
+                used |= {_int(r["vmid"]) for r in self.resources("vm", what="listing the cluster's VMIDs")}
+            for spec in specs:
+                if spec.name in self._prepared:
+                    continue
+                try:
+                    node = self.place(spec, nodes)
+                except BackendError:
+                    continue  # create() places it again and raises the clear error for this container
+                vmid = spec.vmid
+                if not vmid:
+                    while next_free in used:
+                        next_free += 1
+                    vmid = next_free
+                    used.add(vmid)
+                    self._reserved.add(vmid)
+                self._placed[node] = self._placed.get(node, 0) + (spec.memory_mib << 20)
+                self._prepared[spec.name] = (node, vmid)
 
     def find_created(self, node: str, vmid: int, name: str, description: str = "") -> str:
         """After a failed create: 'ours' when the guest exists as we asked (name and managed marker, the
@@ -874,20 +969,44 @@ class ProxmoxBackend(Backend):
                                    hint="another operation holds it; wait for it, then run the command again")
             if progress:
                 progress(f"{what}: CT {guest.vmid} is locked ({cfg['lock']}), waiting")
-            time.sleep(self.settings.poll_interval)
+            self._sleep(self.settings.poll_interval)
 
     def create(self, spec: GuestSpec, progress: Progress | None = None,
                before_request: Callable[[int, str], None] | None = None) -> Guest:
-        """Create (not start) a container; never twice, even when PVE fails half-way."""
-        node = self.place(spec)
+        """Create (not start) a container; never twice, even when PVE fails half-way.
+
+        Safe to call from several threads at once (apply's concurrent creates): node and VMID come from
+        prepare_creates() or are chosen under a lock; a VMID another client took meanwhile ("CT N already
+        exists on node 'x'", or "unable to create CT N - ..." when both passed PVE's first check) is
+        replaced by the next free one.
+        """
+        prepared = self._prepared.pop(spec.name, None)
+        if prepared is not None:
+            node, vmid = prepared
+        else:
+            with self._alloc_lock:
+                node = self.place(spec)
+                self._placed[node] = self._placed.get(node, 0) + (spec.memory_mib << 20)
+            vmid = 0
+        try:
+            return self._create(spec, node, vmid, progress, before_request)
+        except BaseException:
+            with self._alloc_lock:  # nothing was placed there after all
+                self._placed[node] = self._placed.get(node, 0) - (spec.memory_mib << 20)
+            raise
+
+    def _create(self, spec: GuestSpec, node: str, vmid: int, progress: Progress | None,
+                before_request: Callable[[int, str], None] | None) -> Guest:
         ostemplate = self.ensure_template(node, spec.template, progress)
         what = f"creating {spec.name}"
         last: BackendError | None = None
         # The VMID doubles as an idempotency key: after an ambiguous failure (timeout, lost answer) we
         # send the same VMID again, so a create that did happen makes the retry fail with "already
         # exists" instead of making a second guest. Only a VMID taken by someone else is replaced.
-        vmid = spec.vmid or self._nextid()
+        vmid = vmid or spec.vmid or self._nextid()
         for attempt in range(1, self.settings.retries + 1):
+            if self._interrupt.is_set():
+                raise KeyboardInterrupt
             if progress:
                 progress(f"{what} as CT {vmid} on {node}")
             params = self.create_params(spec, vmid, ostemplate)
@@ -912,14 +1031,13 @@ class ProxmoxBackend(Backend):
                     vmid = self._nextid()
                 if progress:
                     progress(f"{what}: {exc.message}; retrying (attempt {attempt + 1})")
-                time.sleep(self.settings.retry_wait * attempt)
+                self._sleep(self.settings.retry_wait * attempt)
                 continue
             self.wait_task(str(upid), what, progress)
             break
         else:
             assert last is not None
             raise last
-        self._placed[node] = self._placed.get(node, 0) + (spec.memory_mib << 20)
         return Guest(vmid=vmid, name=spec.name, node=node, type="lxc", status="stopped", tags=list(spec.tags),
                      managed=True, maxmem=spec.memory_mib << 20, maxdisk=spec.disk_gib << 30,
                      cpus=float(spec.cores))

@@ -5,11 +5,21 @@ with the VMID it will use) and `provision.<step>` with its result (ok, failed, i
 so an apply killed half-way leaves an intent without a result. One container's failure does not
 stop the others; the report lists what failed and why, and a second apply picks up where this one
 stopped (journal + tag/marker identification).
+
+Creates run concurrently when the backend allows it (`Backend.create_concurrency`, PVE: 8 at once,
+PVEGUARD_PVE_CREATE_CONCURRENCY): each container's create -> start -> packages runs in a worker thread,
+node and VMID are chosen for all of them first (`Backend.prepare_creates`), and the ledger, journal
+and progress lines are written under one lock, each intent still before its request. Updates, resumes
+and deletes follow one after another. Ctrl-C stops the creates at their next poll; the report names
+those it cut short (their intents get an "interrupted" result) and those never begun.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -45,7 +55,8 @@ class ApplyReport:
     restart_needed: dict[str, list[str]] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     final_backups: dict[str, str] = field(default_factory=dict)
-    # set when Ctrl-C stopped the run: "<action> <name>" in progress, and the actions never begun
+    # set when Ctrl-C stopped the run: "<action> <name>" in progress (", "-joined when creates ran at once),
+    # and the actions never begun
     interrupted: str | None = None
     not_started: list[str] = field(default_factory=list)
     firewall: list[str] = field(default_factory=list)  # firewall changes made (security.isolation)
@@ -138,7 +149,21 @@ class Applier:
         self.firewall = firewall
         self.rbac = rbac
         self.serve = serve
-        self._open: list[tuple[str, str, str]] = []  # intents without a result yet: (step, target, name)
+        # concurrent creates write the ledger, the journal and the terminal one at a time
+        self._lock = threading.RLock()
+        self.recorder = _Serialized(recorder, self._lock)
+        self.journal = _Serialized(journal, self._lock)  # type: ignore[assignment]
+        self.progress = _locked(self.progress, self._lock)
+        self.done = _locked(self.done, self._lock)
+        self._local = threading.local()
+
+    @property
+    def _open(self) -> list[tuple[str, str, str]]:
+        """This thread's intents without a result yet: (step, target, name) -- one create per thread."""
+        opened: list[tuple[str, str, str]] | None = getattr(self._local, "open", None)
+        if opened is None:
+            opened = self._local.open = []
+        return opened
 
     def apply(self, plan: Plan) -> ApplyReport:
         report = ApplyReport()
@@ -146,6 +171,11 @@ class Applier:
             self.journal.done(name)  # nothing is left to finish for it (see plan.resolve_journal)
         todo = [a for a in plan.actions if a.kind in ("create", "update", "resume", "delete")]
         report.skipped = [a.name for a in plan.actions if a.kind == "conflict"]
+        creates = [a for a in todo if a.kind == "create"]
+        width = min(max(1, self.backend.create_concurrency), len(creates))
+        if width > 1:
+            todo = [a for a in todo if a.kind != "create"]
+            self._create_concurrently(creates, width, report, todo)
         for i, a in enumerate(todo):
             try:
                 getattr(self, f"_{a.kind}")(a, report)
@@ -179,6 +209,64 @@ class Applier:
                 self._close_all("interrupted")
                 raise ApplyInterrupted(report) from None
         return report
+
+    def _create_concurrently(self, creates: list[Action], width: int, report: ApplyReport,
+                             after: list[Action]) -> None:
+        """Up to `width` creates at once, each with its start and packages; one failure stops none of the
+        others. Ctrl-C: the running ones stop at their next poll (backend.interrupt) and are reported as
+        interrupted, the queued ones as not started, with `after` (the actions that follow)."""
+        state: dict[str, str] = {}  # name -> "running" | "done" | "interrupted"
+
+        def one(a: Action) -> None:
+            if stopping.is_set():
+                return
+            with self._lock:
+                state[a.name] = "running"
+            try:
+                self._create(a, report)
+                state[a.name] = "done"
+            except PveguardError as exc:
+                with self._lock:
+                    report.failed[a.name] = str(exc)
+                self._close_all("failed", error=exc.message)
+                self.done(f"failed: create {a.name}")
+                state[a.name] = "done"
+            except KeyboardInterrupt:
+                self._close_all("interrupted")
+                state[a.name] = "interrupted"
+            except BaseException as exc:  # a bug: its intents get a result, then it surfaces in the main thread
+                self._close_all("failed", error=f"{type(exc).__name__}: {exc}")
+                state[a.name] = "done"
+                raise
+
+        stopping = threading.Event()
+        try:
+            self.backend.prepare_creates([a.desired.spec for a in creates if a.desired is not None])
+        except PveguardError as exc:  # each create settles its node and VMID itself then, one at a time
+            self.progress(f"choosing nodes and VMIDs up front failed ({exc.message}); each create chooses its own")
+        pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix="apply-create")
+        futures: list[Future[None]] = [pool.submit(one, a) for a in creates]
+        try:
+            pending: set[Future[None]] = set(futures)
+            while pending:  # short waits, so Ctrl-C reaches this (the main) thread at once
+                done, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+                for f in done:
+                    f.result()  # a bug in a worker surfaces here, as it would without threads
+        except KeyboardInterrupt:
+            stopping.set()
+            self.backend.interrupt()
+            for f in futures:
+                f.cancel()
+            _drain(futures)
+            with self._lock:
+                cut = [a for a in creates if state.get(a.name) in ("interrupted", "running")]
+                report.interrupted = ", ".join(f"create {a.name}" for a in cut) or "create"
+                report.not_started = [f"create {a.name}" for a in creates if a.name not in state] + \
+                    [f"{b.kind} {b.name}" for b in after]
+            raise ApplyInterrupted(report) from None
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        report.created.sort(key=[a.name for a in creates].index)
 
     def _fw_record(self, step: str, target: str, name: str, result: str | None, **details: Any) -> None:
         if result is None:
@@ -232,7 +320,8 @@ class Applier:
         self._result("create", f"ct/{guest.vmid}", name, node=guest.node, before=None, after=after)
         self.done(f"created {name} as CT {guest.vmid} on {guest.node}")
         self._finish(guest, d, ["start", "packages"])
-        report.created.append(name)
+        with self._lock:
+            report.created.append(name)
 
     def _resume(self, a: Action, report: ApplyReport) -> None:
         assert a.guest is not None and a.desired is not None
@@ -309,6 +398,36 @@ class Applier:
         self.journal.done(a.name)
         self.done(f"deleted {a.name} (CT {a.vmid})")
         report.deleted.append(a.name)
+
+
+class _Serialized:
+    """Calls the wrapped object's methods under a lock (the ledger and the journal from worker threads)."""
+
+    def __init__(self, inner: Any, lock: threading.RLock) -> None:
+        self._inner, self._lock = inner, lock
+
+    def __getattr__(self, attr: str) -> Any:
+        fn = getattr(self._inner, attr)
+        if not callable(fn):
+            return fn
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return fn(*args, **kwargs)
+        return call
+
+
+def _locked(fn: Progress, lock: threading.RLock) -> Progress:
+    def say(msg: str) -> None:
+        with lock:
+            fn(msg)
+    return say
+
+
+def _drain(futures: list[Future[None]]) -> None:
+    """Wait for the workers to stop after Ctrl-C (they do at their next poll); a second Ctrl-C stops waiting."""
+    with contextlib.suppress(KeyboardInterrupt):
+        wait(futures)
 
 
 def _target(a: Action) -> str:

@@ -20,8 +20,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import ipaddress
+import queue
 import re
 import socket
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -422,21 +424,95 @@ Record = Callable[..., None]
 
 def converge(call: Call, plan: FwPlan, want: FwDesired, record: Record) -> list[str]:
     """Carry out the firewall changes in order (IP sets, groups, guests, datacenter last), each with its
-    intent before and result after (`record(step, target, name, result|None, **details)`). Returns texts."""
-    done: list[str] = []
+    intent before and result after (`record(step, target, name, result|None, **details)`). Returns texts.
+
+    The guests' own changes (options, their group rule) touch one guest's firewall file each, so
+    different guests are written READ_WORKERS at a time (a guest's own changes stay in order); every
+    ledger record is made in the calling thread. After apply created 50 containers that is 200 calls:
+    4 s one after another at 20 ms a round trip.
+    """
+    units: list[tuple[FwChange, list[FwChange]]] = []
     handled: set[tuple[str, str]] = set()
     for c in plan.changes:
         key = (c.target, c.op)
         if key in handled:
             continue  # one options write carries both enable and policy_in
         handled.add(key)
-        same = [x for x in plan.changes if (x.target, x.op) == key]
-        details = {"before": {x.field: x.old for x in same}, "after": {x.field: x.new for x in same}}
+        units.append((c, [x for x in plan.changes if (x.target, x.op) == key]))
+    done: list[str] = []
+    i = 0
+    while i < len(units):
+        j = i
+        while j < len(units) and units[j][0].target.startswith("ct/"):
+            j += 1
+        if j - i > 1:
+            _converge_guests(call, units[i:j], want, record, done)
+            i = j
+            continue
+        c, same = units[i]
+        details = _details(same)
         record("firewall", c.target, c.name, None, **details)
         _apply_one(call, c, want)
         record("firewall", c.target, c.name, "ok", **details)
         done.extend(x.text() for x in same)
+        i += 1
     return done
+
+
+def _details(same: list[FwChange]) -> dict[str, Any]:
+    return {"before": {x.field: x.old for x in same}, "after": {x.field: x.new for x in same}}
+
+
+def _converge_guests(call: Call, units: list[tuple[FwChange, list[FwChange]]], want: FwDesired,
+                     record: Record, done: list[str]) -> None:
+    """Guests' changes, guests in parallel. Every record is made here, in the calling thread: a worker
+    asks for its change's intent and waits until it is written before its request, then reports the
+    result. On a failure the other guests finish, then the first error is raised (its intent is left
+    open for the caller to close as failed)."""
+    by_target: dict[str, list[tuple[FwChange, list[FwChange]]]] = {}
+    for u in units:
+        by_target.setdefault(u[0].target, []).append(u)
+    events: queue.Queue[tuple[str, FwChange, list[FwChange], Any]] = queue.Queue()
+
+    def run(todo: list[tuple[FwChange, list[FwChange]]]) -> None:
+        for c, same in todo:
+            recorded = threading.Event()
+            events.put(("intent", c, same, recorded))
+            while not recorded.wait(0.1):
+                if abort.is_set():  # the calling thread stopped (Ctrl-C, a ledger error): no more requests
+                    return
+            try:
+                _apply_one(call, c, want)
+            except BaseException as exc:
+                events.put(("error", c, same, exc))
+                return
+            events.put(("ok", c, same, None))
+        events.put(("end", todo[0][0], [], None))
+
+    abort = threading.Event()
+    first: BaseException | None = None
+    pool = ThreadPoolExecutor(max_workers=min(READ_WORKERS, len(by_target)))
+    try:
+        for todo in by_target.values():
+            pool.submit(run, todo)
+        left = len(by_target)
+        while left:
+            kind, c, same, extra = events.get()
+            if kind == "intent":
+                record("firewall", c.target, c.name, None, **_details(same))
+                extra.set()
+            elif kind == "ok":
+                record("firewall", c.target, c.name, "ok", **_details(same))
+                done.extend(x.text() for x in same)
+            else:
+                left -= 1
+                if kind == "error" and first is None:
+                    first = extra
+    finally:
+        abort.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+    if first is not None:
+        raise first
 
 
 def _apply_one(call: Call, c: FwChange, want: FwDesired) -> None:
