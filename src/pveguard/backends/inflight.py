@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-DEFAULT = 16
+DEFAULT = 32
 
 
 def in_flight() -> int:

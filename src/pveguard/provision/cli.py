@@ -79,7 +79,9 @@ def compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str] 
         say_placement(backend, p)
     p.firewall = firewall_plan(app.strategy, backend, p, app.store)
     p.rbac = FwPlan(notes=[ONLY_NOTE]) if only is not None else rbac_plan(app.strategy, backend, p, app.store, instance)
-    p.serve = serve_plan(app.strategy, load_doc(app.strategy_path), backend, p, only)
+    # the raw document only matters to a serve.container; parsing it again costs for nothing else
+    doc = load_doc(app.strategy_path) if app.strategy.serve.container else {}
+    p.serve = serve_plan(app.strategy, doc, backend, p, only)
     return p
 
 

@@ -202,30 +202,44 @@ Call = Callable[..., Any]
 
 
 def observe_firewall(call: Call, cts: Iterable[Ct], group_names: Iterable[str]) -> FwObserved:
-    """One read per cluster collection and wanted group, two per guest (bounded concurrency)."""
-    options = call("GET", "/cluster/firewall/options") or {}
-    rules = call("GET", "/cluster/firewall/rules") or []
-    ipsets: dict[str, list[str]] = {}
-    for s in call("GET", "/cluster/firewall/ipset") or []:
-        if s["name"] in (MGMT_IPSET, PVE_MGMT_IPSET):
-            ipsets[s["name"]] = [str(e["cidr"]) for e in call("GET", f"/cluster/firewall/ipset/{s['name']}") or []]
-        else:
-            ipsets[s["name"]] = []
-    existing = {g["group"] for g in call("GET", "/cluster/firewall/groups") or []}
-    groups = {g: list(call("GET", f"/cluster/firewall/groups/{g}") or []) for g in group_names if g in existing}
+    """One read per cluster collection and wanted group, two per guest (bounded concurrency).
 
-    def read(ct: Ct) -> tuple[int, dict[str, Any], list[dict[str, Any]]]:
-        base = f"/nodes/{ct.node}/lxc/{ct.vmid}/firewall"
-        return ct.vmid, dict(call("GET", base + "/options") or {}), list(call("GET", base + "/rules") or [])
+    The cluster's collections are read one after another (each names what the next reads) while the
+    guests' options and rules are read alongside them, each its own call, so no round trip waits for another.
+    """
+    group_names = list(group_names)
+
+    def cluster() -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, list[str]], dict[str, list[dict[str, Any]]]]:
+        options = call("GET", "/cluster/firewall/options") or {}
+        rules = call("GET", "/cluster/firewall/rules") or []
+        ipsets: dict[str, list[str]] = {}
+        for s in call("GET", "/cluster/firewall/ipset") or []:
+            if s["name"] in (MGMT_IPSET, PVE_MGMT_IPSET):
+                ipsets[s["name"]] = [str(e["cidr"]) for e in call("GET", f"/cluster/firewall/ipset/{s['name']}") or []]
+            else:
+                ipsets[s["name"]] = []
+        existing = {g["group"] for g in call("GET", "/cluster/firewall/groups") or []}
+        groups = {g: list(call("GET", f"/cluster/firewall/groups/{g}") or []) for g in group_names if g in existing}
+        return dict(options), list(rules), ipsets, groups
+
+    def read(item: tuple[Ct, str]) -> Any:
+        ct, what = item
+        got = call("GET", f"/nodes/{ct.node}/lxc/{ct.vmid}/firewall/{what}")
+        return dict(got or {}) if what == "options" else list(got or [])
 
     cts = list(cts)
-    if len(cts) <= 1:
-        results = [read(c) for c in cts]
+    reads = [(c, w) for c in cts for w in ("options", "rules")]
+    if not cts:
+        options, rules, ipsets, groups = cluster()
+        results: list[Any] = []
     else:
         with ThreadPoolExecutor(max_workers=READ_WORKERS) as pool:
-            results = list(pool.map(read, cts))
-    return FwObserved(dict(options), list(rules), ipsets, groups, {v: o for v, o, _ in results},
-                      {v: r for v, _, r in results})
+            first = pool.submit(cluster)
+            results = list(pool.map(read, reads))
+            options, rules, ipsets, groups = first.result()
+    got = dict(zip(((c.vmid, w) for c, w in reads), results, strict=True))
+    return FwObserved(options, rules, ipsets, groups, {c.vmid: got[(c.vmid, "options")] for c in cts},
+                      {c.vmid: got[(c.vmid, "rules")] for c in cts})
 
 
 def talking_from(host: str | None) -> str | None:
