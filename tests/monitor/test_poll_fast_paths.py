@@ -148,6 +148,41 @@ def test_render_with_odd_values_is_the_reference() -> None:
     assert render(view) == render(view)  # the remembered size texts give the same bytes again
 
 
+@pytest.mark.parametrize("change", ["maxmem", "maxdisk", "maxcpu", "status", "name", "node", "tags", "template",
+                                    "shared", "content", "plugintype", "fields", "id", "added", "removed", "none"])
+def test_static_lines_are_reused_only_while_what_they_show_stays(change: str) -> None:
+    """Sizes, pve_up, the shared flag and the info lines are formatted once and reused by the next
+    render while nothing they show changed; a change of any of them (or of which guests there are)
+    renders them anew. Every render equals the reference, the varying values always being new."""
+    from pveguard.monitor import exporter
+
+    rnd = random.Random(5)
+    first = parse_resources(resources(rnd, 800, False))
+    view = ExportView(Sweep(5.0, first), polls=1)
+    assert render(view) == render_reference(view)
+    static = exporter._LAST_STATIC
+    later = [replace(s, mem=s.mem + 1, netin=s.netin + 7, cpu=s.cpu / 2, uptime=s.uptime + 10) for s in first]
+    i = next(k for k, s in enumerate(later) if s.type == ("storage" if change in ("shared", "content", "plugintype")
+                                                            else "lxc") and s.status == "running" and s.fields)
+    s = later[i]
+    edits: dict[str, Any] = {"maxmem": {"maxmem": s.maxmem + 1}, "maxdisk": {"maxdisk": s.maxdisk * 2 + 1},
+                             "maxcpu": {"maxcpu": s.maxcpu + 1}, "status": {"status": "stopped"},
+                             "name": {"name": s.name + "x"}, "node": {"node": "elsewhere"},
+                             "tags": {"tags": (*s.tags, "new")}, "template": {"template": not s.template},
+                             "shared": {"shared": not s.shared}, "content": {"content": "images"},
+                             "plugintype": {"plugintype": "zfspool"}, "fields": {"fields": s.fields - {"maxmem"}},
+                             "id": {"id": s.id + "0"}}
+    if change == "added":
+        later.append(replace(s, id="lxc/99999", vmid=99999, name="new"))
+    elif change == "removed":
+        del later[i]
+    elif change != "none":
+        later[i] = replace(s, **edits[change])
+    view = ExportView(Sweep(15.0, later), polls=2)
+    assert render(view) == render_reference(view)
+    assert (exporter._LAST_STATIC is static) == (change == "none")
+
+
 @pytest.mark.parametrize("limit", [0, 1, 5, 40, 5000])
 def test_series_targets_picks_what_select_targets_picks(limit: int) -> None:
     samples = parse_resources(resources(random.Random(limit), 1200, False), {"g1", "g9", "g77", "g500"})
