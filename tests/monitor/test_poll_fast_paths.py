@@ -287,3 +287,30 @@ def test_the_poll_and_the_render_run_with_the_cyclic_gc_paused(tmp_path: Any) ->
     with pytest.raises(ZeroDivisionError), gc_paused():
         1 / 0  # noqa: B018
     assert gc.isenabled()
+
+
+@pytest.mark.parametrize("body", [
+    b'{"data":[{"id":"lxc/100","mem":123,"cpu":0.0123456789,"maxcpu":2,"name":"a\\u00e9\\ud83d\\ude00","x":null}]}',
+    b'{"data":{"a":1,"a":2}}', b'{"data":[1e400,-0.0,1.5e-7,12345678901234567890]}',
+    b'{"data":123456789012345678901234567890}', b'{"data":NaN}', b'{"data":[Infinity,-Infinity]}',
+    b'{"data":"\xff"}', b'{"data":', b"", b"  {\"data\": true}  ", b'{"data":"\\ud800"}',
+])
+def test_lean_get_parses_json_as_json_does(body: bytes) -> None:
+    """The lean GET's parser (orjson, json for what it refuses) gives json.loads' values and types, and
+    fails where it fails."""
+    import json
+
+    from pveguard.backends.pvefast import _loads
+
+    try:
+        want = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        with pytest.raises(type(exc)):
+            _loads(body)
+        return
+    got = _loads(body)
+    if body == b'{"data":123456789012345678901234567890}':
+        # the one difference: an integer past 64 bits comes as the nearest float (PVE's Perl emits none:
+        # its integers are 64-bit IV/UV, larger numbers are NVs, written with an exponent)
+        want = {"data": float(want["data"])}
+    assert repr(got) == repr(want)  # repr: types too (1 vs 1.0), and NaN equals itself

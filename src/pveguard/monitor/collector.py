@@ -250,39 +250,51 @@ def derive(prev: Sweep | None, cur: Sweep) -> dict[str, Derived]:
     dt = cur.ts - prev.ts if prev is not None else 0.0
     out: dict[str, Derived] = {}
     new = object.__new__
+    get = before.get
     for s in cur.samples:
-        values: dict[str, float] = {}
         stype, status = s.type, s.status
-        guest = stype == "lxc" or stype == "qemu"
-        if guest:
-            running = status == "running"
-        elif stype == "node":
-            running = status == "online"
-        else:
-            running = status == "available"
-        if running and stype != "storage":
-            values["cpu"] = round(s.cpu * 100, 3)
-            if s.maxmem > 0:
-                values["memory"] = round(s.mem * 100 / s.maxmem, 3)
-        if s.maxdisk > 0 and s.disk > 0 and (running or stype == "storage"):
-            values["disk"] = round(s.disk * 100 / s.maxdisk, 3)
-        if guest and running and dt > 0:
-            p = before.get(s.id)
-            if p is not None and p.status == "running":
-                up, pup = s.uptime, p.uptime
-                a, b, c, e = s.netin, s.netout, s.diskread, s.diskwrite
-                pa, pb, pc, pe = p.netin, p.netout, p.diskread, p.diskwrite
-                if (up < pup and up > 0 and pup > 0) or a < pa or b < pb or c < pc or e < pe:
-                    for series, cur_v, prev_v in (("net_in", a, pa), ("net_out", b, pb),
-                                                  ("disk_read", c, pc), ("disk_write", e, pe)):
+        if stype == "lxc" or stype == "qemu":
+            if status == "running":
+                maxmem, maxdisk, disk = s.maxmem, s.maxdisk, s.disk
+                p = get(s.id) if dt > 0 else None
+                if maxmem > 0 and maxdisk > 0 and disk > 0 and p is not None and p.status == "running":
+                    up, pup = s.uptime, p.uptime
+                    a, b, c, e = s.netin, s.netout, s.diskread, s.diskwrite
+                    pa, pb, pc, pe = p.netin, p.netout, p.diskread, p.diskwrite
+                    if not ((up < pup and up > 0 and pup > 0) or a < pa or b < pb or c < pc or e < pe):
+                        # the common case, as one literal: every value, no counter went back
+                        values = {"cpu": round(s.cpu * 100, 3), "memory": round(s.mem * 100 / maxmem, 3),
+                                  "disk": round(disk * 100 / maxdisk, 3),
+                                  "net_in": round((a - pa) / dt, 3), "net_out": round((b - pb) / dt, 3),
+                                  "disk_read": round((c - pc) / dt, 3), "disk_write": round((e - pe) / dt, 3)}
+                        d = new(Derived)
+                        d.__dict__.update({"id": s.id, "values": values})
+                        out[s.id] = d
+                        continue
+                values = {"cpu": round(s.cpu * 100, 3)}
+                if maxmem > 0:
+                    values["memory"] = round(s.mem * 100 / maxmem, 3)
+                if maxdisk > 0 and disk > 0:
+                    values["disk"] = round(disk * 100 / maxdisk, 3)
+                if p is not None and p.status == "running":
+                    up, pup = s.uptime, p.uptime
+                    for series, cur_v, prev_v in (("net_in", s.netin, p.netin), ("net_out", s.netout, p.netout),
+                                                  ("disk_read", s.diskread, p.diskread),
+                                                  ("disk_write", s.diskwrite, p.diskwrite)):
                         r = counter_rate(prev_v, prev.ts, cur_v, cur.ts, pup, up)  # type: ignore[union-attr]
                         if r is not None:
                             values[series] = round(r, 3)
-                else:  # the common case: no counter went back
-                    values["net_in"] = round((a - pa) / dt, 3)
-                    values["net_out"] = round((b - pb) / dt, 3)
-                    values["disk_read"] = round((c - pc) / dt, 3)
-                    values["disk_write"] = round((e - pe) / dt, 3)
+            else:
+                values = {}
+        else:
+            running = status == "online" if stype == "node" else status == "available"
+            values = {}
+            if running and stype != "storage":
+                values["cpu"] = round(s.cpu * 100, 3)
+                if s.maxmem > 0:
+                    values["memory"] = round(s.mem * 100 / s.maxmem, 3)
+            if s.maxdisk > 0 and s.disk > 0 and (running or stype == "storage"):
+                values["disk"] = round(s.disk * 100 / s.maxdisk, 3)
         d = new(Derived)
         d.__dict__.update({"id": s.id, "values": values})
         out[s.id] = d
