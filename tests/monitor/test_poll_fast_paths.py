@@ -96,7 +96,8 @@ def test_parse_resources_fast_path_equals_the_constructor(odd: bool) -> None:
     assert asdict(fast[0]).keys() == {f.name for f in fields(Sample)}
 
 
-def test_derive_inline_rates_equal_counter_rate() -> None:
+@pytest.mark.parametrize("lazy", [False, True])
+def test_derive_inline_rates_equal_counter_rate(lazy: bool) -> None:
     rnd = random.Random(3)
     first = parse_resources(resources(rnd, 2000, False))
     later = []
@@ -113,10 +114,16 @@ def test_derive_inline_rates_equal_counter_rate() -> None:
             change["status"] = "stopped"
         later.append(Sample(**{**asdict(s), **change}))
     for dt in (30.0, 0.0, -5.0):
-        got = derive(Sweep(100.0, first), Sweep(100.0 + dt, later))
+        got = derive(Sweep(100.0, first), Sweep(100.0 + dt, later), lazy_rates=lazy)
         before = {s.id: s for s in first}
+        if lazy and dt > 0:
+            assert sum(1 for d in got.values() if "_deltas" in d.__dict__) > 50  # some are lazy
         for s in later:
-            values = dict(got[s.id].values)
+            d = got[s.id]
+            assert d.values is d.values  # read once, the same dict after
+            usage = dict(d.usage)
+            values = dict(d.values)
+            assert usage == {k: v for k, v in values.items() if k in ("cpu", "memory", "disk")} or usage == values
             p = before[s.id]
             for series, c in (("net_in", "netin"), ("net_out", "netout"), ("disk_read", "diskread"),
                               ("disk_write", "diskwrite")):
@@ -314,3 +321,61 @@ def test_lean_get_parses_json_as_json_does(body: bytes) -> None:
         # its integers are 64-bit IV/UV, larger numbers are NVs, written with an exponent)
         want = {"data": float(want["data"])}
     assert repr(got) == repr(want)  # repr: types too (1 vs 1.0), and NaN equals itself
+
+
+def test_rates_from_the_saved_counters_are_the_in_memory_ones(tmp_path: Any) -> None:
+    """save_counters keeps only the running guests' counters; the next process's first rates (from the
+    saved ones) are what the same process would have computed from the whole previous sweep."""
+    from pveguard.monitor.engine import load_counters, save_counters
+    from pveguard.monitor.series import open_monitor_store
+    from pveguard.store import Store
+
+    rnd = random.Random(9)
+    first = parse_resources(resources(rnd, 2000, False))
+    later = []
+    for s in first:
+        roll = rnd.random()
+        status = {True: "running", False: "stopped"}[roll < 0.7] if s.is_guest else s.status
+        up = s.uptime + 30 if roll < 0.6 else rnd.randrange(0, 20)
+        later.append(replace(s, status=status, uptime=up, netin=s.netin + rnd.randrange(-10, 10**6)))
+    store = open_monitor_store(Store(tmp_path))
+    with store.transaction() as conn:
+        save_counters(conn, Sweep(100.0, first))
+    saved = load_counters(store, 110.0)
+    assert saved is not None
+    assert {s.id for s in saved.samples} == {s.id for s in first if s.is_guest and s.status == "running"}
+    cur = Sweep(130.0, later)
+    want = {k: dict(d.values) for k, d in derive(Sweep(100.0, first), cur).items()}
+    assert {k: dict(d.values) for k, d in derive(saved, cur).items()} == want
+    assert sum(1 for v in want.values() if "net_in" in v) > 100
+
+
+
+def test_a_poll_with_lazy_rates_gives_what_eager_rates_give(tmp_path: Any) -> None:
+    """The engine rounds the byte rates only for what reads them; the derived values every consumer
+    sees, the alerts, the series and the exposition are those of the plain derive()."""
+    from pveguard.monitor.engine import Monitor
+    from pveguard.store import Store
+
+    rnd = random.Random(4)
+    first = parse_resources(resources(rnd, 1500, False))
+    second = [replace(s, netin=s.netin + rnd.randrange(0, 10**6), cpu=rnd.random(), mem=s.maxmem * rnd.random() // 1
+                      if s.maxmem else s.mem, uptime=s.uptime + 10) for s in first]
+    sweeps = iter([Sweep(100.0, first), Sweep(110.0, second)])
+
+    class Source:
+        name = "test"
+
+        def sweep(self) -> Sweep:
+            return next(sweeps)
+
+    rules = [Rule("cpu", "cpu", 50.0, sustain=0.0), Rule("memory", "memory", 60.0, sustain=0.0)]
+    mon = Monitor(Store(tmp_path), Source(), rules, clock=lambda: 110.0, max_targets=50)
+    mon.poll()
+    res = mon.poll()
+    plain = derive(Sweep(100.0, first), Sweep(110.0, second))
+    assert {k: dict(d.values) for k, d in res.derived.items()} == {k: dict(d.values) for k, d in plain.items()}
+    assert sum(1 for v in plain.values() if "net_in" in v.values) > 100
+    assert any(st.state == "firing" for st in res.states.values())
+    kept = [s.id for s in series_targets(second, 50) if "net_in" in plain[s.id].values]
+    assert kept and all(mon.series.latest(t, "net_in", 1) == [plain[t].values["net_in"]] for t in kept)

@@ -92,6 +92,36 @@ class Derived:
     id: str
     values: Mapping[str, float] = field(default_factory=dict)
 
+    @property
+    def usage(self) -> Mapping[str, float]:
+        """The percentages (cpu, memory, disk); the values may hold the byte rates too."""
+        return self.values
+
+
+RATE_SERIES = frozenset(("net_in", "net_out", "disk_read", "disk_write"))
+
+
+class _LazyRates(Derived):
+    """A running guest's Derived whose four byte rates are rounded only when its `values` are read: the
+    alert rules read only the percentages (`usage`), and at 10,000 guests the series, the status view and
+    the table read the rates of a few hundred. `values` is what derive(lazy_rates=False) gives, the
+    same dict each time it is read."""
+
+    @property
+    def usage(self) -> Mapping[str, float]:
+        got: Mapping[str, float] = self.__dict__["_usage"]
+        return got
+
+    @property  # a read-only field, computed once
+    def values(self) -> Mapping[str, float]:
+        d = self.__dict__
+        got: dict[str, float] | None = d.get("_values")
+        if got is None:
+            da, db, dc, de, dt = d["_deltas"]
+            got = d["_values"] = {**d["_usage"], "net_in": round(da / dt, 3), "net_out": round(db / dt, 3),
+                                  "disk_read": round(dc / dt, 3), "disk_write": round(de / dt, 3)}
+        return got
+
 
 # --- helpers ------------------------------------------------------------------------------------
 
@@ -241,11 +271,13 @@ def counter_rate(prev: int, prev_ts: float, cur: int, cur_ts: float,
     return cur / span if span > 0 else None
 
 
-def derive(prev: Sweep | None, cur: Sweep) -> dict[str, Derived]:
+def derive(prev: Sweep | None, cur: Sweep, lazy_rates: bool = False) -> dict[str, Derived]:
     """Per resource: cpu/memory/disk in percent and the four byte rates (running guests only).
 
     The same arithmetic as `counter_rate` and `Sample.up`, written out inline: it runs for every
-    resource of every poll (tests/monitor/test_collector.py checks it against counter_rate)."""
+    resource of every poll (tests/monitor/test_collector.py checks it against counter_rate).
+    `lazy_rates`: a running guest's rates (the common case: no counter went back) are divided and
+    rounded when its `values` are first read, not here (`_LazyRates`)."""
     before = {s.id: s for s in prev.samples} if prev else {}
     dt = cur.ts - prev.ts if prev is not None else 0.0
     out: dict[str, Derived] = {}
@@ -262,13 +294,24 @@ def derive(prev: Sweep | None, cur: Sweep) -> dict[str, Derived]:
                     a, b, c, e = s.netin, s.netout, s.diskread, s.diskwrite
                     pa, pb, pc, pe = p.netin, p.netout, p.diskread, p.diskwrite
                     if not ((up < pup and up > 0 and pup > 0) or a < pa or b < pb or c < pc or e < pe):
+                        if lazy_rates:
+                            lazy = new(_LazyRates)
+                            dd = lazy.__dict__
+                            dd["id"] = s.id
+                            dd["_usage"] = {"cpu": round(s.cpu * 100, 3), "memory": round(s.mem * 100 / maxmem, 3),
+                                            "disk": round(disk * 100 / maxdisk, 3)}
+                            dd["_deltas"] = (a - pa, b - pb, c - pc, e - pe, dt)
+                            out[s.id] = lazy
+                            continue
                         # the common case, as one literal: every value, no counter went back
                         values = {"cpu": round(s.cpu * 100, 3), "memory": round(s.mem * 100 / maxmem, 3),
                                   "disk": round(disk * 100 / maxdisk, 3),
                                   "net_in": round((a - pa) / dt, 3), "net_out": round((b - pb) / dt, 3),
                                   "disk_read": round((c - pc) / dt, 3), "disk_write": round((e - pe) / dt, 3)}
                         d = new(Derived)
-                        d.__dict__.update({"id": s.id, "values": values})
+                        dd = d.__dict__  # two stores: cheaper than an update() from a dict literal
+                        dd["id"] = s.id
+                        dd["values"] = values
                         out[s.id] = d
                         continue
                 values = {"cpu": round(s.cpu * 100, 3)}
@@ -296,7 +339,9 @@ def derive(prev: Sweep | None, cur: Sweep) -> dict[str, Derived]:
             if s.maxdisk > 0 and s.disk > 0 and (running or stype == "storage"):
                 values["disk"] = round(s.disk * 100 / s.maxdisk, 3)
         d = new(Derived)
-        d.__dict__.update({"id": s.id, "values": values})
+        dd = d.__dict__
+        dd["id"] = s.id
+        dd["values"] = values
         out[s.id] = d
     return out
 
