@@ -379,3 +379,21 @@ def test_a_poll_with_lazy_rates_gives_what_eager_rates_give(tmp_path: Any) -> No
     assert any(st.state == "firing" for st in res.states.values())
     kept = [s.id for s in series_targets(second, 50) if "net_in" in plain[s.id].values]
     assert kept and all(mon.series.latest(t, "net_in", 1) == [plain[t].values["net_in"]] for t in kept)
+
+
+def test_counters_past_64_bits_are_saved_too(tmp_path: Any) -> None:
+    """orjson writes the counters; one it cannot write (past 64 bits) makes json write them all."""
+    from pveguard.monitor.engine import load_counters, save_counters
+    from pveguard.monitor.series import open_monitor_store
+    from pveguard.store import Store
+
+    big = Sample(id="lxc/1", type="lxc", node="n", status="running", netin=2**70, uptime=5)
+    plain = Sample(id="qemu/2", type="qemu", node="n", status="running", netout=7, uptime=9)
+    store = open_monitor_store(Store(tmp_path))
+    for samples in ([big, plain], [plain]):
+        with store.transaction() as conn:
+            save_counters(conn, Sweep(100.0, samples))
+        saved = load_counters(store, 101.0)
+        assert saved is not None
+        assert [(s.id, s.netin, s.netout, s.uptime) for s in saved.samples] == [
+            (s.id, s.netin, s.netout, s.uptime) for s in samples]

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from pveguard.errors import PveguardError, UsageError
 from pveguard.monitor.alerts import AlertState, Event, Rule, Silence, evaluate
 from pveguard.monitor.collector import RATE_SERIES, Derived, Sample, Source, Sweep, derive, gc_paused
@@ -185,8 +187,13 @@ def save_counters(conn: Any, sweep: Sweep) -> None:
     treats one missing from the previous sweep the same way)."""
     items = {s.id: [s.status, s.netin, s.netout, s.diskread, s.diskwrite, s.uptime]
              for s in sweep.samples if s.status == "running" and (s.type == "lxc" or s.type == "qemu")}
+    data = {"ts": sweep.ts, "items": items}
+    try:  # orjson: a third of json's time for 10,000 rows; json.loads reads both the same
+        text = orjson.dumps(data).decode()
+    except TypeError:  # what orjson cannot write (an integer past 64 bits)
+        text = json.dumps(data, separators=(",", ":"))
     conn.execute("INSERT INTO monitor_meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = "
-                 "excluded.value", (COUNTERS_KEY, json.dumps({"ts": sweep.ts, "items": items}, separators=(",", ":"))))
+                 "excluded.value", (COUNTERS_KEY, text))
 
 
 def load_counters(store: Store, now: float) -> Sweep | None:
