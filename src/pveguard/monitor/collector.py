@@ -9,6 +9,7 @@ uptime rather than reported as a negative or a huge jump. A stopped guest has no
 from __future__ import annotations
 
 import gc
+import operator
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -196,9 +197,12 @@ def parse_resources(items: Iterable[Mapping[str, Any]], managed_names: Iterable[
         if rtype not in _KINDS:
             continue
         get = r.get
-        mem, maxmem, disk, maxdisk = get("mem", 0), get("maxmem", 0), get("disk", 0), get("maxdisk", 0)
-        netin, netout, dread, dwrite = get("netin", 0), get("netout", 0), get("diskread", 0), get("diskwrite", 0)
-        uptime, cpu, maxcpu = get("uptime", 0), get("cpu", 0.0), get("maxcpu", 0.0)
+        try:  # a guest's or node's row has them all: one C call instead of eleven get()s
+            mem, maxmem, disk, maxdisk, netin, netout, dread, dwrite, uptime, cpu, maxcpu = _USAGE_OF(r)
+        except KeyError:
+            mem, maxmem, disk, maxdisk = get("mem", 0), get("maxmem", 0), get("disk", 0), get("maxdisk", 0)
+            netin, netout, dread, dwrite = get("netin", 0), get("netout", 0), get("diskread", 0), get("diskwrite", 0)
+            uptime, cpu, maxcpu = get("uptime", 0), get("cpu", 0.0), get("maxcpu", 0.0)
         raw_tags = get("tags")
         tags = _tags(raw_tags) if raw_tags else ()
         name = get("name") or get("storage") or get("node") or ""
@@ -240,6 +244,8 @@ def parse_resources(items: Iterable[Mapping[str, Any]], managed_names: Iterable[
 
 
 _NUMBER = (int, float)
+_USAGE_OF = operator.itemgetter("mem", "maxmem", "disk", "maxdisk", "netin", "netout", "diskread", "diskwrite",
+                                "uptime", "cpu", "maxcpu")
 
 
 def samples_from_stats(stats: Iterable[GuestStats], managed_names: Iterable[str] = (),
