@@ -199,7 +199,9 @@ def parse_resources(items: Iterable[Mapping[str, Any]], managed_names: Iterable[
         get = r.get
         try:  # a guest's or node's row has them all: one C call instead of eleven get()s
             mem, maxmem, disk, maxdisk, netin, netout, dread, dwrite, uptime, cpu, maxcpu = _USAGE_OF(r)
+            fields = _ALL_BUT_SHARED if "shared" not in r else _ALL_USAGE  # = _present(tuple(r))
         except KeyError:
+            fields = _present(tuple(r))
             mem, maxmem, disk, maxdisk = get("mem", 0), get("maxmem", 0), get("disk", 0), get("maxdisk", 0)
             netin, netout, dread, dwrite = get("netin", 0), get("netout", 0), get("diskread", 0), get("diskwrite", 0)
             uptime, cpu, maxcpu = get("uptime", 0), get("cpu", 0.0), get("maxcpu", 0.0)
@@ -237,13 +239,15 @@ def parse_resources(items: Iterable[Mapping[str, Any]], managed_names: Iterable[
             "shared": bool(_int(get("shared"))) if rtype == "storage" else None,
             "plugintype": str(get("plugintype", "")),
             "content": ",".join(sorted(str(content).split(","))) if content else "",
-            "fields": _present(tuple(r)),
+            "fields": fields,
         })
         append(s)
     return out
 
 
 _NUMBER = (int, float)
+_ALL_USAGE = frozenset(_USAGE_FIELDS)
+_ALL_BUT_SHARED = _ALL_USAGE - {"shared"}
 _USAGE_OF = operator.itemgetter("mem", "maxmem", "disk", "maxdisk", "netin", "netout", "diskread", "diskwrite",
                                 "uptime", "cpu", "maxcpu")
 
