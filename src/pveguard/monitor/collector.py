@@ -9,6 +9,7 @@ uptime rather than reported as a negative or a huge jump. A stopped guest has no
 from __future__ import annotations
 
 import gc
+import operator
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -92,6 +93,36 @@ class Derived:
     id: str
     values: Mapping[str, float] = field(default_factory=dict)
 
+    @property
+    def usage(self) -> Mapping[str, float]:
+        """The percentages (cpu, memory, disk); the values may hold the byte rates too."""
+        return self.values
+
+
+RATE_SERIES = frozenset(("net_in", "net_out", "disk_read", "disk_write"))
+
+
+class _LazyRates(Derived):
+    """A running guest's Derived whose four byte rates are rounded only when its `values` are read: the
+    alert rules read only the percentages (`usage`), and at 10,000 guests the series, the status view and
+    the table read the rates of a few hundred. `values` is what derive(lazy_rates=False) gives, the
+    same dict each time it is read."""
+
+    @property
+    def usage(self) -> Mapping[str, float]:
+        got: Mapping[str, float] = self.__dict__["_usage"]
+        return got
+
+    @property  # a read-only field, computed once
+    def values(self) -> Mapping[str, float]:
+        d = self.__dict__
+        got: dict[str, float] | None = d.get("_values")
+        if got is None:
+            da, db, dc, de, dt = d["_deltas"]
+            got = d["_values"] = {**d["_usage"], "net_in": round(da / dt, 3), "net_out": round(db / dt, 3),
+                                  "disk_read": round(dc / dt, 3), "disk_write": round(de / dt, 3)}
+        return got
+
 
 # --- helpers ------------------------------------------------------------------------------------
 
@@ -166,9 +197,14 @@ def parse_resources(items: Iterable[Mapping[str, Any]], managed_names: Iterable[
         if rtype not in _KINDS:
             continue
         get = r.get
-        mem, maxmem, disk, maxdisk = get("mem", 0), get("maxmem", 0), get("disk", 0), get("maxdisk", 0)
-        netin, netout, dread, dwrite = get("netin", 0), get("netout", 0), get("diskread", 0), get("diskwrite", 0)
-        uptime, cpu, maxcpu = get("uptime", 0), get("cpu", 0.0), get("maxcpu", 0.0)
+        try:  # a guest's or node's row has them all: one C call instead of eleven get()s
+            mem, maxmem, disk, maxdisk, netin, netout, dread, dwrite, uptime, cpu, maxcpu = _USAGE_OF(r)
+            fields = _ALL_BUT_SHARED if "shared" not in r else _ALL_USAGE  # = _present(tuple(r))
+        except KeyError:
+            fields = _present(tuple(r))
+            mem, maxmem, disk, maxdisk = get("mem", 0), get("maxmem", 0), get("disk", 0), get("maxdisk", 0)
+            netin, netout, dread, dwrite = get("netin", 0), get("netout", 0), get("diskread", 0), get("diskwrite", 0)
+            uptime, cpu, maxcpu = get("uptime", 0), get("cpu", 0.0), get("maxcpu", 0.0)
         raw_tags = get("tags")
         tags = _tags(raw_tags) if raw_tags else ()
         name = get("name") or get("storage") or get("node") or ""
@@ -203,13 +239,17 @@ def parse_resources(items: Iterable[Mapping[str, Any]], managed_names: Iterable[
             "shared": bool(_int(get("shared"))) if rtype == "storage" else None,
             "plugintype": str(get("plugintype", "")),
             "content": ",".join(sorted(str(content).split(","))) if content else "",
-            "fields": _present(tuple(r)),
+            "fields": fields,
         })
         append(s)
     return out
 
 
 _NUMBER = (int, float)
+_ALL_USAGE = frozenset(_USAGE_FIELDS)
+_ALL_BUT_SHARED = _ALL_USAGE - {"shared"}
+_USAGE_OF = operator.itemgetter("mem", "maxmem", "disk", "maxdisk", "netin", "netout", "diskread", "diskwrite",
+                                "uptime", "cpu", "maxcpu")
 
 
 def samples_from_stats(stats: Iterable[GuestStats], managed_names: Iterable[str] = (),
@@ -241,50 +281,77 @@ def counter_rate(prev: int, prev_ts: float, cur: int, cur_ts: float,
     return cur / span if span > 0 else None
 
 
-def derive(prev: Sweep | None, cur: Sweep) -> dict[str, Derived]:
+def derive(prev: Sweep | None, cur: Sweep, lazy_rates: bool = False) -> dict[str, Derived]:
     """Per resource: cpu/memory/disk in percent and the four byte rates (running guests only).
 
     The same arithmetic as `counter_rate` and `Sample.up`, written out inline: it runs for every
-    resource of every poll (tests/monitor/test_collector.py checks it against counter_rate)."""
+    resource of every poll (tests/monitor/test_collector.py checks it against counter_rate).
+    `lazy_rates`: a running guest's rates (the common case: no counter went back) are divided and
+    rounded when its `values` are first read, not here (`_LazyRates`)."""
     before = {s.id: s for s in prev.samples} if prev else {}
     dt = cur.ts - prev.ts if prev is not None else 0.0
     out: dict[str, Derived] = {}
     new = object.__new__
+    get = before.get
     for s in cur.samples:
-        values: dict[str, float] = {}
         stype, status = s.type, s.status
-        guest = stype == "lxc" or stype == "qemu"
-        if guest:
-            running = status == "running"
-        elif stype == "node":
-            running = status == "online"
-        else:
-            running = status == "available"
-        if running and stype != "storage":
-            values["cpu"] = round(s.cpu * 100, 3)
-            if s.maxmem > 0:
-                values["memory"] = round(s.mem * 100 / s.maxmem, 3)
-        if s.maxdisk > 0 and s.disk > 0 and (running or stype == "storage"):
-            values["disk"] = round(s.disk * 100 / s.maxdisk, 3)
-        if guest and running and dt > 0:
-            p = before.get(s.id)
-            if p is not None and p.status == "running":
-                up, pup = s.uptime, p.uptime
-                a, b, c, e = s.netin, s.netout, s.diskread, s.diskwrite
-                pa, pb, pc, pe = p.netin, p.netout, p.diskread, p.diskwrite
-                if (up < pup and up > 0 and pup > 0) or a < pa or b < pb or c < pc or e < pe:
-                    for series, cur_v, prev_v in (("net_in", a, pa), ("net_out", b, pb),
-                                                  ("disk_read", c, pc), ("disk_write", e, pe)):
+        if stype == "lxc" or stype == "qemu":
+            if status == "running":
+                maxmem, maxdisk, disk = s.maxmem, s.maxdisk, s.disk
+                p = get(s.id) if dt > 0 else None
+                if maxmem > 0 and maxdisk > 0 and disk > 0 and p is not None and p.status == "running":
+                    up, pup = s.uptime, p.uptime
+                    a, b, c, e = s.netin, s.netout, s.diskread, s.diskwrite
+                    pa, pb, pc, pe = p.netin, p.netout, p.diskread, p.diskwrite
+                    if not ((up < pup and up > 0 and pup > 0) or a < pa or b < pb or c < pc or e < pe):
+                        if lazy_rates:
+                            lazy = new(_LazyRates)
+                            dd = lazy.__dict__
+                            dd["id"] = s.id
+                            dd["_usage"] = {"cpu": round(s.cpu * 100, 3), "memory": round(s.mem * 100 / maxmem, 3),
+                                            "disk": round(disk * 100 / maxdisk, 3)}
+                            dd["_deltas"] = (a - pa, b - pb, c - pc, e - pe, dt)
+                            out[s.id] = lazy
+                            continue
+                        # the common case, as one literal: every value, no counter went back
+                        values = {"cpu": round(s.cpu * 100, 3), "memory": round(s.mem * 100 / maxmem, 3),
+                                  "disk": round(disk * 100 / maxdisk, 3),
+                                  "net_in": round((a - pa) / dt, 3), "net_out": round((b - pb) / dt, 3),
+                                  "disk_read": round((c - pc) / dt, 3), "disk_write": round((e - pe) / dt, 3)}
+                        d = new(Derived)
+                        dd = d.__dict__  # two stores: cheaper than an update() from a dict literal
+                        dd["id"] = s.id
+                        dd["values"] = values
+                        out[s.id] = d
+                        continue
+                values = {"cpu": round(s.cpu * 100, 3)}
+                if maxmem > 0:
+                    values["memory"] = round(s.mem * 100 / maxmem, 3)
+                if maxdisk > 0 and disk > 0:
+                    values["disk"] = round(disk * 100 / maxdisk, 3)
+                if p is not None and p.status == "running":
+                    up, pup = s.uptime, p.uptime
+                    for series, cur_v, prev_v in (("net_in", s.netin, p.netin), ("net_out", s.netout, p.netout),
+                                                  ("disk_read", s.diskread, p.diskread),
+                                                  ("disk_write", s.diskwrite, p.diskwrite)):
                         r = counter_rate(prev_v, prev.ts, cur_v, cur.ts, pup, up)  # type: ignore[union-attr]
                         if r is not None:
                             values[series] = round(r, 3)
-                else:  # the common case: no counter went back
-                    values["net_in"] = round((a - pa) / dt, 3)
-                    values["net_out"] = round((b - pb) / dt, 3)
-                    values["disk_read"] = round((c - pc) / dt, 3)
-                    values["disk_write"] = round((e - pe) / dt, 3)
+            else:
+                values = {}
+        else:
+            running = status == "online" if stype == "node" else status == "available"
+            values = {}
+            if running and stype != "storage":
+                values["cpu"] = round(s.cpu * 100, 3)
+                if s.maxmem > 0:
+                    values["memory"] = round(s.mem * 100 / s.maxmem, 3)
+            if s.maxdisk > 0 and s.disk > 0 and (running or stype == "storage"):
+                values["disk"] = round(s.disk * 100 / s.maxdisk, 3)
         d = new(Derived)
-        d.__dict__.update({"id": s.id, "values": values})
+        dd = d.__dict__
+        dd["id"] = s.id
+        dd["values"] = values
         out[s.id] = d
     return out
 

@@ -13,9 +13,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from pveguard.errors import PveguardError, UsageError
 from pveguard.monitor.alerts import AlertState, Event, Rule, Silence, evaluate
-from pveguard.monitor.collector import Derived, Sample, Source, Sweep, derive, gc_paused
+from pveguard.monitor.collector import RATE_SERIES, Derived, Sample, Source, Sweep, derive, gc_paused
 from pveguard.monitor.notify import Dispatcher, Notifier, enqueue
 from pveguard.monitor.series import DEFAULT_MAX_TARGETS, SeriesStore, TargetInfo, open_monitor_store
 from pveguard.store import Store
@@ -50,17 +52,18 @@ def series_for(metrics: Iterable[str]) -> set[str]:
     return out
 
 
-def observations(sweep: Sweep, derived: dict[str, Derived]) -> dict[str, Mapping[str, float]]:
+def observations(sweep: Sweep, derived: dict[str, Derived], rates: bool = True) -> dict[str, Mapping[str, float]]:
     """Alertable values per guest (templates excluded); `down` is 1 for a managed guest not running, absent
     for one whose status is unknown. A guest's derived values are shared, not copied: treat them as
-    read-only (the engine merges the traffic watch's values into a new mapping)."""
+    read-only (the engine merges the traffic watch's values into a new mapping). `rates=False`: the
+    percentages, without the byte rates where they are not computed yet (no rule reads them)."""
     out: dict[str, Mapping[str, float]] = {}
     empty: Mapping[str, float] = {}
     for s in sweep.samples:
         if (s.type != "lxc" and s.type != "qemu") or s.template:
             continue
         d = derived.get(s.id)
-        values = d.values if d is not None else empty
+        values = (d.values if rates else d.usage) if d is not None else empty
         if s.managed and s.status != "unknown":
             # "unknown" (its node offline or not reporting) is not "down": nothing is known about it
             values = {**values, "down": 0.0 if s.status == "running" else 1.0}
@@ -128,8 +131,10 @@ class Monitor:
             result.delivery = self.dispatcher.deliver(now)
             self.last = result
             return result
-        derived = derive(self.prev, sweep)
-        obs = observations(sweep, derived)
+        # the byte rates are rounded only for the guests whose values are read (series, status, table)
+        # unless a rule alerts on one
+        derived = derive(self.prev, sweep, lazy_rates=True)
+        obs = observations(sweep, derived, rates=any(r.metric in RATE_SERIES for r in self.rules))
         names = {s.id: s.name for s in sweep.samples}
         managed = [s.id for s in sweep.samples if s.managed]
         traffic = None
@@ -178,10 +183,17 @@ COUNTERS_MAX_AGE = 3600.0  # older counters would average a rate over too long a
 
 
 def save_counters(conn: Any, sweep: Sweep) -> None:
+    """The running guests' counters (a guest not running has no rates from its last reading: derive
+    treats one missing from the previous sweep the same way)."""
     items = {s.id: [s.status, s.netin, s.netout, s.diskread, s.diskwrite, s.uptime]
-             for s in sweep.samples if s.is_guest}
+             for s in sweep.samples if s.status == "running" and (s.type == "lxc" or s.type == "qemu")}
+    data = {"ts": sweep.ts, "items": items}
+    try:  # orjson: a third of json's time for 10,000 rows; json.loads reads both the same
+        text = orjson.dumps(data).decode()
+    except TypeError:  # what orjson cannot write (an integer past 64 bits)
+        text = json.dumps(data, separators=(",", ":"))
     conn.execute("INSERT INTO monitor_meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = "
-                 "excluded.value", (COUNTERS_KEY, json.dumps({"ts": sweep.ts, "items": items}, separators=(",", ":"))))
+                 "excluded.value", (COUNTERS_KEY, text))
 
 
 def load_counters(store: Store, now: float) -> Sweep | None:
