@@ -56,7 +56,7 @@ def firewall_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store | 
     else:
         want = desired_firewall(strategy, extra)
         cts = managed_cts(p)
-        with backend.reading(firewall_paths(cts, want.groups)) as ready:
+        with backend.reading(firewall_paths(cts)) as ready:
             seen = observe_firewall(backend.call, cts, want.groups, ready)
         s = backend.settings
         fp = plan_firewall(want, seen, managed_cts(p), source=talking_from(s.host), local=s.mode == "local")

@@ -201,11 +201,11 @@ class FwObserved:
 Call = Callable[..., Any]
 
 
-def firewall_paths(cts: Iterable[Ct], group_names: Iterable[str]) -> list[str]:
-    """Every path observe_firewall may read (for a backend that reads them all up front, together)."""
+def firewall_paths(cts: Iterable[Ct]) -> list[str]:
+    """The paths observe_firewall reads whatever exists (for a backend that reads them all up front,
+    together); an IP set's entries and a group's rules are read after the listing says they exist."""
     return ["/cluster/firewall/options", "/cluster/firewall/rules", "/cluster/firewall/ipset",
-            f"/cluster/firewall/ipset/{MGMT_IPSET}", f"/cluster/firewall/ipset/{PVE_MGMT_IPSET}",
-            "/cluster/firewall/groups", *(f"/cluster/firewall/groups/{g}" for g in group_names),
+            "/cluster/firewall/groups",
             *(f"/nodes/{c.node}/lxc/{c.vmid}/firewall/{w}" for c in cts for w in ("options", "rules"))]
 
 
