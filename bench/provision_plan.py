@@ -5,6 +5,8 @@ is included) against pvesim over HTTPS, with the API calls counted by pvesim (GE
 
 * fresh:     none of the 1,000 exists yet among 10,000 foreign guests -> 1,000 creates
 * converged: the 1,000 exist (managed, matching) among the 10,000      -> 1,000 unchanged
+             (their firewall written by one untimed `pveguard apply`; RBAC off, see strategy_doc; the run
+             stops unless every converged plan has nothing to change)
 
 at each network latency of --latency (pvesim waits that many ms before answering every API call, as a node
 over a LAN or WAN does), and with --old DIR also the same plan run by another checkout's code (e.g. the code
