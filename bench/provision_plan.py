@@ -5,6 +5,8 @@ is included) against pvesim over HTTPS, with the API calls counted by pvesim (GE
 
 * fresh:     none of the 1,000 exists yet among 10,000 foreign guests -> 1,000 creates
 * converged: the 1,000 exist (managed, matching) among the 10,000      -> 1,000 unchanged
+             (their firewall written by one untimed `pveguard apply`; RBAC off, see strategy_doc; the run
+             stops unless every converged plan has nothing to change)
 
 at each network latency of --latency (pvesim waits that many ms before answering every API call, as a node
 over a LAN or WAN does), and with --old DIR also the same plan run by another checkout's code (e.g. the code
@@ -47,7 +49,9 @@ INSTANCE = "bench00000001"  # the installation whose containers make_managed wri
 
 def strategy_doc(n: int) -> dict[str, Any]:
     roles = ["monitoring", "backup", "devtools", "gateway"]
-    return {"version": 1, "target": {"instance": INSTANCE}, "containers": [
+    # RBAC off: its token-file check is one `pct exec` per running container (over ssh, one session per node),
+    # which pvesim's fake pct (a Python process per call) cannot time as a node would; see docs/benchmarks.md
+    return {"version": 1, "target": {"instance": INSTANCE}, "security": {"access": {"rbac": False}}, "containers": [
         {"name": f"svc-{i:04d}", "role": roles[i % 4], "resources": {"cores": 1 + i % 2, "memory": "512M",
                                                                       "storage": "8G"},
          "startup": {"order": 1 + i % 4}} for i in range(n)]}
@@ -77,6 +81,16 @@ def make_managed(sim: Any, doc: dict[str, Any]) -> None:
         sim.sim.changed()
 
 
+def converge(env: dict[str, str]) -> None:
+    """`pveguard apply` once, untimed: it writes what a converged installation has beyond the containers
+    (the IP set, a security group per role, each guest's firewall options and rules). The containers
+    already match (make_managed), so apply changes nothing else; the plan after it must be empty."""
+    p = subprocess.run([sys.executable, "-m", "pveguard", "apply", "--yes"], env=env, capture_output=True,
+                       text=True, check=False)
+    if p.returncode != 0:
+        raise SystemExit(f"apply (converging the firewall) failed: {p.stdout[-2000:]}{p.stderr[-2000:]}")
+
+
 def run_plan(env: dict[str, str]) -> tuple[float, float, dict[str, Any]]:
     """One `pveguard plan --json` as a user runs it: wall time (incl. Python's start-up), its CPU time, the plan."""
     t0 = time.perf_counter()
@@ -91,7 +105,7 @@ def run_plan(env: dict[str, str]) -> tuple[float, float, dict[str, Any]]:
     return wall, cpu, json.loads(p.stdout)
 
 
-def measure(sim: Any, envs: dict[str, dict[str, str]], repeat: int) -> dict[str, dict[str, Any]]:
+def measure(sim: Any, envs: dict[str, dict[str, str]], repeat: int, converged: bool) -> dict[str, dict[str, Any]]:
     """Each code version (envs: label -> environment) `repeat` times, interleaved."""
     walls: dict[str, list[float]] = {k: [] for k in envs}
     cpus: dict[str, list[float]] = {k: [] for k in envs}
@@ -105,6 +119,9 @@ def measure(sim: Any, envs: dict[str, dict[str, str]], repeat: int) -> dict[str,
             walls[label].append(wall)
             cpus[label].append(cpu)
             c = sim.control("GET", "/calls")
+            if converged and (plan["changes"] or plan["counts"]["unchanged"] != len(plan["actions"])):
+                raise SystemExit(f"{label}: the converged plan is not empty: counts {plan['counts']}, "
+                                 f"firewall {plan['firewall']['changes'][:3]}, rbac {plan['rbac']['changes'][:3]}")
             out[label] = {"api_calls": c["total"], "calls_by_path": c["calls"], "counts": plan["counts"]}
     for label, r in out.items():
         r.update(wall_median_s=round(statistics.median(walls[label]), 2), wall_min_s=round(min(walls[label]), 2),
@@ -145,11 +162,12 @@ def main() -> None:
         for case in ("fresh", "converged"):
             if case == "converged":
                 make_managed(sim, doc)
+                converge(envs["this code"])
             if case not in cases:
                 continue
             for ms in latencies:
                 sim.control("POST", "/options", {"latency": ms})
-                results[(case, ms)] = measure(sim, envs, args.repeat)
+                results[(case, ms)] = measure(sim, envs, args.repeat, case == "converged")
                 sim.control("POST", "/options", {"latency": 0})
     print(f"cluster: {total} guests on {args.nodes} nodes; desired: {args.desired} containers; "
           f"median of {args.repeat} runs of `pveguard plan --json` (subprocess, incl. Python start-up)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -236,6 +237,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def get_config(self, guest: Guest) -> dict[str, Any]:
         """The guest's configuration in PVE's key/value form (cores, memory, swap, net0, rootfs...)."""
+
+    def reading_configs(self, guests: list[Guest]) -> AbstractContextManager[Callable[[Guest], bool]]:
+        """Inside: get_config of these guests may answer from reads made up front, all together (a backend
+        that can read many at once does so; the default reads each when asked). It gives whether a guest's
+        config is already read (then get_config costs nothing: no need for a thread to wait on it)."""
+        return nullcontext(lambda _g: False)
 
     @abc.abstractmethod
     def create(self, spec: GuestSpec, progress: Callable[[str], None] | None = None,

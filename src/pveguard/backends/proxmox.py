@@ -25,8 +25,9 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,7 +50,7 @@ from pveguard.backends.base import (
     read_marker,
 )
 from pveguard.backends.inflight import IN_FLIGHT
-from pveguard.backends.pvefast import FastGet, fast_get
+from pveguard.backends.pvefast import MISS, FastGet, fast_get
 from pveguard.backends.pveprivs import Need, describe_missing, grant_hint, lacking, needs
 from pveguard.backends.pvetls import PveAdapter, TicketAuth, Trust, session_for
 from pveguard.errors import BackendError, BackendUnavailable, PolicyRefused, PveguardError
@@ -581,6 +582,7 @@ class ProxmoxBackend(Backend):
         self.rbac_paths: list[str] | None = None
         self.may_migrate = False  # exhaustion may migrate (pveprivs.MIGRATE_CALLS needed)
         self.backup_storage: str | None = None
+        self._read: dict[str, Any] = {}  # path -> answer read up front (`reading`), each used once
 
     def __repr__(self) -> str:
         return f"ProxmoxBackend({self.settings.describe()})"
@@ -602,6 +604,10 @@ class ProxmoxBackend(Backend):
         Failures, and answers without the shape the schema promises, become BackendError naming the call
         with PVE's own message.
         """
+        if self._read and method == "GET" and not params:
+            got = self._read.pop(path, MISS)
+            if got is not MISS:
+                return got
         if safe is None:
             safe = method == "GET"
 
@@ -770,6 +776,30 @@ class ProxmoxBackend(Backend):
 
     def _ct(self, guest: Guest) -> str:
         return f"/nodes/{guest.node}/lxc/{guest.vmid}"
+
+    @contextmanager
+    def reading(self, paths: list[str]) -> Iterator[Callable[[str], bool]]:
+        """Inside: a plain GET of one of these paths answers from a read made up front, all of them together
+        in one thread on the pool's pinned connections (FastGet.get_many), once each. What that read could
+        not settle -- an error, an unusual answer, a dropped connection, an answer without the shape the
+        schema promises -- is not kept: that GET goes out again when asked, through `call`'s own path
+        (errors, hints, retries). Outside, nothing read here is used: later calls read afresh."""
+        if self._fast is None or len(paths) < 2:
+            yield lambda _p: False
+            return
+        with during(f"reading {len(paths)} API paths"):
+            got = self._fast.get_many(paths, IN_FLIGHT)
+        self._read = {p: d for p, d in zip(paths, got, strict=True)
+                      if d is not MISS and check_shape("GET", p, d) is None}
+        try:
+            yield lambda p: p in self._read
+        finally:
+            self._read = {}
+
+    @contextmanager
+    def reading_configs(self, guests: list[Guest]) -> Iterator[Callable[[Guest], bool]]:
+        with self.reading([f"{self._ct(g)}/config" for g in guests]) as ready:
+            yield lambda g: ready(f"{self._ct(g)}/config")
 
     def get_config(self, guest: Guest) -> dict[str, Any]:
         cfg = self.call("GET", f"{self._ct(guest)}/config", what=f"reading the config of CT {guest.vmid}")

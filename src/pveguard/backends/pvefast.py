@@ -18,8 +18,15 @@ none) and a proxy between us and PVE (`https_proxy`) are left to the requests pa
 
 from __future__ import annotations
 
+import contextlib
 import json
+import selectors
+import ssl
+import time
+import zlib
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from http import client as httplib
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -61,7 +68,10 @@ def _loads(body: bytes) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
         return json.loads(body.decode("utf-8"))
+
+
 _JSON = JsonSerializer()
+MISS = object()  # get_many: this one is left to `get` (an error, an unusual answer, a broken connection)
 
 
 class FastGet:
@@ -115,6 +125,121 @@ class FastGet:
         if 200 <= resp.status_code < 300:
             return _JSON.loads(resp)
         return None  # 1xx/3xx: proxmoxer answers None too
+
+    def get_many(self, paths: list[str], in_flight: int) -> list[Any]:
+        """Many plain GETs (no parameters) in one thread: up to `in_flight` keep-alive connections of the same
+        pool, driven by one selector loop, one request at a time on each -- no thread per call, no urllib3 and
+        http.client per call. The connections are the pool's own (`_get_conn`; new ones connect, pin and
+        all, through urllib3's `connect`, the handshakes in parallel) and go back to the pool after.
+
+        Only a complete 2xx JSON answer with a Content-Length is read here; for anything else (an error
+        status, chunked or compressed otherwise than gzip, a closed or stalled connection, a timeout) the
+        entry is MISS and the caller sends that GET again through `get`, the path whose errors, hints and
+        retries are the tested ones. A GET is safe to send twice."""
+        out: list[Any] = [MISS] * len(paths)
+        if not paths:
+            return out
+        todo = deque(range(len(paths)))
+        conns = self._connections(min(in_flight, len(paths)))
+        netloc = urlsplit(self._base_url).netloc
+        head = "".join(f"{k}: {v}\r\n" for k, v in self._headers().items())
+        timeout = self._timeout.read_timeout if isinstance(self._timeout.read_timeout, int | float) else 60.0
+        sel = selectors.DefaultSelector()
+        state: dict[Any, list[Any]] = {}  # conn -> [index, received bytes, deadline]
+        good: list[Any] = []
+        timeouts = {c: c.sock.gettimeout() for c in conns}
+
+        def start(conn: Any) -> bool:
+            if not todo:
+                return False
+            i = todo.popleft()
+            rel = requote_uri("/" + paths[i].strip("/"))
+            req = f"GET {self._prefix}{rel} HTTP/1.1\r\nHost: {netloc}\r\n{head}\r\n".encode()
+            try:
+                _send_all(conn.sock, req, timeout)
+            except (OSError, ValueError):
+                return False
+            state[conn] = [i, bytearray(), time.monotonic() + timeout]
+            return True
+
+        def drop(conn: Any) -> None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                sel.unregister(conn.sock)
+            state.pop(conn, None)
+            conn.close()
+
+        try:
+            for conn in conns:
+                conn.sock.setblocking(False)
+                if start(conn):
+                    sel.register(conn.sock, selectors.EVENT_READ, conn)
+                else:
+                    conn.close()
+            while state:
+                now = time.monotonic()
+                wait = max(0.0, min(st[2] for st in state.values()) - now)
+                for key, _ev in sel.select(wait):
+                    conn = key.data
+                    st = state[conn]
+                    closed = _receive(conn.sock, st[1])
+                    got = _answer(st[1]) if not closed or st[1] else None
+                    if got is None and not closed:
+                        continue  # more to come
+                    if got is not None and got is not _INCOMPLETE:
+                        value, keep = got
+                        out[st[0]] = value
+                        if keep and start(conn):
+                            continue
+                        if keep and not todo:
+                            sel.unregister(conn.sock)
+                            state.pop(conn)
+                            good.append(conn)
+                            continue
+                    drop(conn)
+                now = time.monotonic()
+                for conn in [c for c, st in state.items() if st[2] < now]:
+                    drop(conn)  # stalled: its GET is left to `get`, with urllib3's timeouts and errors
+        finally:
+            for conn in list(state):
+                drop(conn)
+            for conn in good:
+                conn.sock.settimeout(timeouts[conn])
+            for conn in conns:
+                self._pool._put_conn(conn if conn in good else None)
+        return out
+
+    def _connections(self, n: int) -> list[Any]:
+        """n of the pool's connections, connected (urllib3's handshake: pin, CA file or verify_ssl as set)."""
+        got: list[Any] = []
+        pool: Any = self._pool
+        try:
+            for _ in range(n):
+                got.append(pool._get_conn(timeout=0.001))
+        except Exception:  # the pool is busy or closed: fewer connections (or none) here
+            pass
+
+        def ready(conn: Any) -> Any:
+            try:
+                if conn.sock is None or conn.is_connected is False:
+                    conn.close()
+                    conn.timeout = self._timeout.connect_timeout
+                    conn.connect()
+                return conn if isinstance(conn.sock, ssl.SSLSocket) else None
+            except Exception:  # `get` meets the same failure and reports it as requests would
+                conn.close()
+                return None
+
+        fresh = [c for c in got if c.sock is None or c.is_connected is False]
+        if len(fresh) > 1:
+            with ThreadPoolExecutor(max_workers=len(fresh)) as ex:
+                done = dict(zip(fresh, ex.map(ready, fresh), strict=True))
+        else:
+            done = {c: ready(c) for c in fresh}
+        usable = [c for c in got if (done[c] if c in done else ready(c)) is not None]
+        for c in got:
+            if c not in usable:
+                pool._put_conn(None)
+        return usable
 
     def _transport_error(self, exc: BaseException, url: str) -> Exception:
         """The exception requests' HTTPAdapter.send raises for this urllib3 failure (TLS ones explained)."""
@@ -171,3 +296,75 @@ def fast_get(api: Any, token_header: str | None, timeout: float, verify: bool | 
     else:
         return None
     return FastGet(session, base_url, headers, timeout, verify)
+
+
+_INCOMPLETE = object()
+
+
+def _send_all(sock: ssl.SSLSocket, data: bytes, timeout: float) -> None:
+    """A request (a few hundred bytes) on a non-blocking TLS socket: usually one send."""
+    view = memoryview(data)
+    deadline = time.monotonic() + timeout
+    while view:
+        try:
+            n = sock.send(view)
+            view = view[n:]
+        except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+            if time.monotonic() > deadline:
+                raise OSError("send timed out") from None
+            selectors.DefaultSelector().select(0.01)
+
+
+def _receive(sock: ssl.SSLSocket, buf: bytearray) -> bool:
+    """Read what is there (TLS may hold more than the socket showed); True when the connection closed."""
+    while True:
+        try:
+            chunk = sock.recv(262144)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
+            return False
+        except OSError:
+            return True
+        if not chunk:
+            return True
+        buf += chunk
+
+
+def _answer(buf: bytearray) -> Any:
+    """(data, keep-alive) for a complete plain 2xx JSON answer; _INCOMPLETE; or None while it is still coming.
+    _INCOMPLETE means: not one this loop reads (the caller leaves it to `get`)."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        return _INCOMPLETE
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        k, sep, v = line.partition(":")
+        if not sep:
+            return _INCOMPLETE
+        headers[k.strip().lower()] = v.strip()
+    status = int(parts[1])
+    length = headers.get("content-length", "")
+    if not 200 <= status < 300 or "json" not in headers.get("content-type", "").lower() or not length.isdigit() \
+            or "transfer-encoding" in headers:
+        return _INCOMPLETE
+    if len(buf) < end + 4 + int(length):
+        return None
+    if len(buf) > end + 4 + int(length):
+        return _INCOMPLETE  # more than one answer: not something this loop asked for
+    body = bytes(buf[end + 4:])
+    enc = headers.get("content-encoding", "identity").lower()
+    try:
+        if enc == "gzip":
+            body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
+        elif enc != "identity":
+            return _INCOMPLETE
+        doc = _loads(body)
+    except (ValueError, zlib.error):
+        return _INCOMPLETE
+    if not isinstance(doc, dict) or "data" not in doc:
+        return _INCOMPLETE
+    keep = headers.get("connection", "").lower() != "close" and parts[0] != "HTTP/1.0"
+    return doc["data"], keep

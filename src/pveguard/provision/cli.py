@@ -67,7 +67,18 @@ def _only(app: AppContext, only: list[str] | None) -> set[str] | None:
 
 
 def compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str] | None = None) -> Plan:
-    """Read the cluster (one listing + one config per managed guest) and plan against the strategy."""
+    """Read the cluster (one listing + one config per managed guest) and plan against the strategy.
+
+    Without automatic cyclic GC meanwhile: the 10,000-guest listing and thousands of answers are
+    long-lived allocations that only make the collector walk them again and again (~0.2 s of a 1,000-guest
+    plan); reference counting still frees what is dropped, and the collector resumes after."""
+    from pveguard.monitor.collector import gc_paused
+
+    with gc_paused():
+        return _compute_plan(app, backend, prune, only)
+
+
+def _compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str] | None) -> Plan:
     if isinstance(backend, ProxmoxBackend):
         # PVE hides what a token may not see instead of failing: check the privileges before planning
         backend.require_privileges()

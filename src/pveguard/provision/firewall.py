@@ -20,6 +20,7 @@ from pveguard.security.isolation import (
     FwPlan,
     desired_firewall,
     enforced,
+    firewall_paths,
     observe_firewall,
     plan_firewall,
     talking_from,
@@ -54,7 +55,9 @@ def firewall_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store | 
         fp = plan_lxc(strategy, backend, managed_cts(p), extra)
     else:
         want = desired_firewall(strategy, extra)
-        seen = observe_firewall(backend.call, managed_cts(p), want.groups)
+        cts = managed_cts(p)
+        with backend.reading(firewall_paths(cts)) as ready:
+            seen = observe_firewall(backend.call, cts, want.groups, ready)
         s = backend.settings
         fp = plan_firewall(want, seen, managed_cts(p), source=talking_from(s.host), local=s.mode == "local")
     pending = [a.name for a in p.actions if a.kind == "create"]

@@ -25,11 +25,15 @@ def observe(backend: Backend) -> Observed:
 
     configs: dict[int, dict[str, Any]] = {}
     failed: dict[int, str] = {}
-    if len(tagged) <= 1:
-        results = [read(g) for g in tagged]
-    else:
-        with ThreadPoolExecutor(max_workers=READ_WORKERS) as pool:
-            results = list(pool.map(read, tagged))
+    with backend.reading_configs(tagged) as ready:
+        here = [g for g in tagged if ready(g)]  # before reading: a read answer is used once
+        rest = [g for g in tagged if not ready(g)]
+        results = [read(g) for g in here]
+        if len(rest) <= 1:
+            results += [read(g) for g in rest]
+        else:
+            with ThreadPoolExecutor(max_workers=READ_WORKERS) as pool:
+                results += list(pool.map(read, rest))
     for vmid, cfg in results:
         if isinstance(cfg, dict):
             configs[vmid] = cfg

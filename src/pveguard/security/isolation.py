@@ -203,13 +203,24 @@ class FwObserved:
 Call = Callable[..., Any]
 
 
-def observe_firewall(call: Call, cts: Iterable[Ct], group_names: Iterable[str]) -> FwObserved:
+def firewall_paths(cts: Iterable[Ct]) -> list[str]:
+    """The paths observe_firewall reads whatever exists (for a backend that reads them all up front,
+    together); an IP set's entries and a group's rules are read after the listing says they exist."""
+    return ["/cluster/firewall/options", "/cluster/firewall/rules", "/cluster/firewall/ipset",
+            "/cluster/firewall/groups",
+            *(f"/nodes/{c.node}/lxc/{c.vmid}/firewall/{w}" for c in cts for w in ("options", "rules"))]
+
+
+def observe_firewall(call: Call, cts: Iterable[Ct], group_names: Iterable[str],
+                     ready: Callable[[str], bool] | None = None) -> FwObserved:
     """One read per cluster collection and wanted group, two per guest (bounded concurrency).
 
     The cluster's collections are read one after another (each names what the next reads) while the
     guests' options and rules are read alongside them, each its own call, so no round trip waits for another.
+    `ready` says which paths the backend already read up front (`firewall_paths`): those cost no thread.
     """
     group_names = list(group_names)
+    ready = ready or (lambda _p: False)
 
     def cluster() -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, list[str]], dict[str, list[dict[str, Any]]]]:
         options = call("GET", "/cluster/firewall/options") or {}
@@ -231,15 +242,17 @@ def observe_firewall(call: Call, cts: Iterable[Ct], group_names: Iterable[str]) 
 
     cts = list(cts)
     reads = [(c, w) for c in cts for w in ("options", "rules")]
-    if not cts:
+    here = [r for r in reads if ready(f"/nodes/{r[0].node}/lxc/{r[0].vmid}/firewall/{r[1]}")]
+    done = set(here)
+    rest = [r for r in reads if r not in done] if here else reads
+    got = {(c.vmid, w): read((c, w)) for c, w in here}
+    if not rest:
         options, rules, ipsets, groups = cluster()
-        results: list[Any] = []
     else:
         with ThreadPoolExecutor(max_workers=READ_WORKERS) as pool:
             first = pool.submit(cluster)
-            results = list(pool.map(read, reads))
+            got.update(zip(((c.vmid, w) for c, w in rest), pool.map(read, rest), strict=True))
             options, rules, ipsets, groups = first.result()
-    got = dict(zip(((c.vmid, w) for c, w in reads), results, strict=True))
     return FwObserved(options, rules, ipsets, groups, {c.vmid: got[(c.vmid, "options")] for c in cts},
                       {c.vmid: got[(c.vmid, "rules")] for c in cts})
 
