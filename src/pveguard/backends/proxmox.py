@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
+# `pct exec`s at once per node in has_files (each a Perl process on the node; 8 keeps a node's CPUs for PVE)
+HAS_FILES_PER_NODE = 8
+
 # Status codes worth repeating a safe call for: server errors and AnyEvent's proxy pseudo-codes.
 _RETRY_STATUS = range(500, 600)
 
@@ -1292,19 +1295,27 @@ class ProxmoxBackend(Backend):
         """`test -s PATH` in many containers: one process per node (pct locally, else one ssh), nodes in parallel.
 
         vmid -> True (there, not empty) / False (absent or empty) / why it cannot be told. One ssh per
-        container costs a connection each (10 ms of CPU here, a handshake over a WAN); a node runs its
-        `pct exec`s one after another inside one session.
+        container costs a connection each (10 ms of CPU here, a handshake over a WAN); inside a node's one
+        session its `pct exec`s run HAS_FILES_PER_NODE at a time (`xargs -P`, findutils is Essential on
+        Debian): each is a Perl start on the node (~0.3 s), so 100 containers one after another took ~30 s.
+        `pct exec` takes no lock (it only reads the config and attaches). Each result is one short `echo`
+        (the error's last line, or pct's "Unknown option: keep-env", cut to 1000 characters), a single
+        write below PIPE_BUF, so lines from concurrent checks never mix.
         """
         by_node: dict[str, list[Guest]] = {}
         for g in guests:
             by_node.setdefault(g.node, []).append(g)
         test = shlex.join(["test", "-s", path])
+        # pct's Getopt says "Unknown option: keep-env" and then dies "unable to parse option": keep the former
+        one = (f'err=$(pct exec "$1" --keep-env 0 -- {test} 2>&1 >/dev/null); rc=$?; '
+               'msg=$(printf %s "$err" | grep -m 1 "Unknown option: keep-env" || printf %s "$err" | tail -n 1); '
+               'echo "pveguard-rc $1 $rc $(printf %s "$msg" | cut -c 1-1000)"')
         out: dict[int, bool | str] = {}
 
         def node_run(node: str, gs: list[Guest]) -> dict[int, bool | str]:
-            lines = [f'err=$(pct exec {g.vmid} --keep-env 0 -- {test} 2>&1 >/dev/null); '
-                     f'echo "pveguard-rc {g.vmid} $? $(printf %s "$err" | tail -n 1)"' for g in gs]
-            script = "\n".join(lines)
+            ids = " ".join(str(g.vmid) for g in gs)
+            script = (f"printf '%s\\n' {ids} | xargs -n 1 -P {HAS_FILES_PER_NODE} "
+                      f"sh -c {shlex.quote(one)} pveguard-check")
             argv = ["sh", "-c", script] if node == self._local_node() else \
                 [*self.settings.ssh_command, f"{self.settings.ssh_user}@{self._node_address(node)}", script]
             try:

@@ -1,0 +1,138 @@
+"""ProxmoxBackend.has_files (the RBAC token-file check of `plan`) against pvesim's pct: 20 containers on 2 nodes
+(one local, one over ssh), checked concurrently per node, bounded, with the same answers as one `pct exec` each."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from pveguard.backends.base import Guest
+from pveguard.backends.proxmox import HAS_FILES_PER_NODE, ProxmoxBackend, PveSettings
+from pveguard.provision.rbac import has_secret
+from pveguard.security import rbac
+from pveguard.security.isolation import Ct
+
+from .conftest import Env
+from .test_exec_pvesim import fake_ssh
+
+pytest.importorskip("pvesim.testing")
+
+SECRET = rbac.SECRET_PATH
+PCT_SECONDS = 0.3  # what one `pct exec` costs on a node (a Perl start), added by a wrapper around the sim's pct
+
+
+def slow_pct(tmp_path: Path, real: str) -> Path:
+    """A `pct` that takes PCT_SECONDS and logs when each call on a node starts and ends (ns)."""
+    bindir = tmp_path / "slowpct"
+    bindir.mkdir()
+    script = bindir / "pct"
+    log = tmp_path / "pct-times.log"
+    script.write_text(f"""#!/bin/sh
+echo "start ${{PVESIM_NODE:-?}} $(date +%s%N)" >> {log}
+sleep {PCT_SECONDS}
+{real} "$@"; rc=$?
+echo "end ${{PVESIM_NODE:-?}} $(date +%s%N)" >> {log}
+exit $rc
+""")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return bindir
+
+
+def most_at_once(log: Path) -> dict[str, int]:
+    """Per node: the most `pct` calls running at the same time."""
+    events: dict[str, list[tuple[int, int]]] = {}
+    for line in log.read_text().splitlines():
+        kind, node, ns = line.split()
+        events.setdefault(node, []).append((int(ns), 1 if kind == "start" else -1))
+    peak: dict[str, int] = {}
+    for node, ev in events.items():
+        now = best = 0
+        for _t, d in sorted(ev, key=lambda e: (e[0], e[1])):  # an end before a start at the same instant
+            now += d
+            best = max(best, now)
+        peak[node] = best
+    return peak
+
+
+def test_concurrent_token_checks_answer_as_one_pct_exec_each(penv: Env, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    sim = penv.sim
+    sim_env = sim.env()
+    real_pct = str(Path(sim_env["PATH"].split(os.pathsep)[0]) / "pct")
+    ssh_bin = fake_ssh(tmp_path, penv)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(slow_pct(tmp_path, real_pct)), str(ssh_bin), sim_env["PATH"]]))
+    monkeypatch.setenv("PVESIM_INFO", sim_env["PVESIM_INFO"])
+    monkeypatch.setenv("PVESIM_NODE", "pve1")  # we "are" pve1: its pct runs here, pve2's over (fake) ssh
+    ids = {n: sim.control("POST", "/guests", {"count": 10, "type": "lxc", "node": n, "status": "running"})
+           for n in ("pve1", "pve2")}
+    assert [len(v) for v in ids.values()] == [10, 10]
+    guests = [Guest(vmid=v, name=f"CT{v}", node=n, type="lxc", status="running") for n, vs in ids.items() for v in vs]
+    want: dict[int, bool | str] = {}
+    for i, g in enumerate(guests):
+        kind = i % 5
+        if kind in (0, 1):  # the token file is there
+            sim.control("POST", f"/guests/{g.vmid}/files", {"path": SECRET, "content": "PVE_TOKEN_ID=x\n"})
+            want[g.vmid] = True
+        elif kind in (2, 4):  # absent
+            want[g.vmid] = False
+        elif kind == 3:  # empty: pvesim's `test -s` does not look at the size, so PVE's answer (exit 1) is scripted
+            sim.control("POST", f"/guests/{g.vmid}/files", {"path": SECRET, "content": ""})
+            sim.control("POST", "/pct/scripts", {"vmid": g.vmid, "match": f"^test -s {SECRET}$", "exit": 1})
+            want[g.vmid] = False
+    p1, p2 = ids["pve1"], ids["pve2"]
+    # stopped since the listing said running (pct's own words), and one moved to pve3 since (not on its node)
+    for v in (p1[0], p2[6]):  # both hold the file: a stopped one is not taken for done
+        sim.control("POST", f"/guests/{v}", {"status": "stopped"})
+        want[v] = f"pct exec does not reach it: container '{v}' not running!"
+    sim.control("POST", f"/guests/{p2[3]}", {"node": "pve3"})
+    want[p2[3]] = f"pct exec does not reach it: Configuration file 'nodes/pve2/lxc/{p2[3]}.conf' does not exist"
+    assert set(want) == {g.vmid for g in guests}
+
+    backend = ProxmoxBackend(PveSettings(mode="local", local_node="pve1"), api=sim.proxmoxer("token"))
+    log = tmp_path / "pct-times.log"
+    got = backend.has_files(guests, SECRET, timeout=60)
+    assert got == want
+    # concurrent on each node, never more than the bound: 10 calls of 0.3 s a node took >= 3 s one by one
+    peak = most_at_once(log)
+    assert set(peak) == {"pve1", "pve2"} and all(1 < n <= HAS_FILES_PER_NODE for n in peak.values()), peak
+    assert (tmp_path / "ssh.log").read_text().split() == ["root@127.0.2.12"]  # one session for pve2's ten
+
+    # the same answers as the one-by-one path (one `pct exec` each through backend.exec)
+    log.unlink()
+    one_by_one = has_secret(backend, {g.vmid: g for g in guests})
+    assert {g.vmid: one_by_one(Ct(g.name, g.vmid, g.node)) for g in guests} == want
+    assert max(most_at_once(log).values()) == 1
+
+    # a node whose pct predates --keep-env: every check there says so, nothing is taken for absent
+    sim.control("POST", "/pct/default", {"version": "5.0.8"})
+    old = backend.has_files([g for g in guests if g.node == "pve2"], SECRET, timeout=60)
+    # (pct reads its options before it looks at the container's state; the moved one is not on pve2 at all)
+    assert old == {**dict.fromkeys(p2, "pct on node pve2 does not know --keep-env (pve-container older than 5.0.9): "
+                                       "update the node"), p2[3]: want[p2[3]]}
+
+
+def test_a_node_ssh_cannot_reach_gives_each_of_its_containers_the_reason(penv: Env, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    sim = penv.sim
+    sim_env = sim.env()
+    bindir = tmp_path / "nossh"
+    bindir.mkdir()
+    ssh = bindir / "ssh"
+    ssh.write_text("#!/bin/sh\necho 'ssh: connect to host 127.0.2.12 port 22: Connection refused' >&2\nexit 255\n")
+    ssh.chmod(ssh.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{sim_env['PATH']}")
+    monkeypatch.setenv("PVESIM_INFO", sim_env["PVESIM_INFO"])
+    monkeypatch.setenv("PVESIM_NODE", "pve1")
+    on1 = sim.control("POST", "/guests", {"count": 3, "type": "lxc", "node": "pve1", "status": "running"})
+    on2 = sim.control("POST", "/guests", {"count": 3, "type": "lxc", "node": "pve2", "status": "running"})
+    sim.control("POST", f"/guests/{on1[0]}/files", {"path": SECRET, "content": "x\n"})
+    guests = [Guest(vmid=v, name=f"CT{v}", node=n, type="lxc", status="running")
+              for n, vs in (("pve1", on1), ("pve2", on2)) for v in vs]
+    backend = ProxmoxBackend(PveSettings(mode="local", local_node="pve1"), api=sim.proxmoxer("token"))
+    got = backend.has_files(guests, SECRET, timeout=60)
+    assert got == {on1[0]: True, on1[1]: False, on1[2]: False,
+                   **dict.fromkeys(on2, "pct exec does not reach it: "
+                                        "ssh: connect to host 127.0.2.12 port 22: Connection refused")}
