@@ -254,8 +254,10 @@ def _builtin(sim: Sim, g: Guest, cmd: list[str]) -> Result:
         return Result(0, out)
     if prog in ("test", "["):
         a = [x for x in args if x != "]"]
-        if len(a) == 2 and a[0] in ("-f", "-e", "-s"):
+        if len(a) == 2 and a[0] in ("-f", "-e"):
             return Result(0 if a[1] in files else 1)
+        if len(a) == 2 and a[0] == "-s":  # exists and is not empty
+            return Result(0 if files.get(a[1]) else 1)
         return Result(0)
     if prog == "rm":
         for f in args:
