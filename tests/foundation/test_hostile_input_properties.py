@@ -227,3 +227,12 @@ def test_found_calendar_digits_beyond_int_limit(text: str) -> None:
 def test_found_retention_digits_int_refuses(text: str) -> None:
     with pytest.raises(RetentionError, match="needs a whole number >= 0"):
         KeepPolicy.parse(text)
+
+
+def test_an_undefined_alias_with_a_huge_name_is_not_echoed_whole() -> None:
+    # found by the property test above: the anchor name was put into the message twice, 10,000 characters each
+    from pveguard.strategy.load import parse_yaml
+
+    problems = parse_yaml("x0: &x0 [lol]\nx1: [*" + "9" * 10000 + "x0]\n", "s.yaml")[2]
+    assert len(problems) == 1 and "is not defined before this point" in problems[0].message
+    assert len(problems[0].message) < 1000

@@ -153,10 +153,11 @@ def _screen(text: str, path: str) -> None:
         elif isinstance(event, yaml.AliasEvent):
             if event.anchor not in sizes:
                 inside = any(frame[0] == event.anchor for frame in stack)
+                name = _short(event.anchor)   # an anchor name can be megabytes long
                 raise _Limit(Problem(path, *at(event.start_mark), "",
-                                     f"alias *{event.anchor} " + (
+                                     f"alias *{name} " + (
                                          "refers to the value that contains it (a loop)" if inside else
-                                         f"is not defined before this point; define &{event.anchor} first")))
+                                         f"is not defined before this point; define &{name} first")))
             add(sizes[event.anchor], event)
 
 
