@@ -28,7 +28,7 @@ from pveguard.monitor.collector import (
     parse_resources,
 )
 from pveguard.monitor.engine import series_targets
-from pveguard.monitor.exporter import ExportView, _go, _go_int, render, render_reference
+from pveguard.monitor.exporter import ExportView, _go, _num, render, render_reference
 from pveguard.monitor.series import TargetInfo, select_targets
 
 ODD = [0, 1, -1, 7, 999_999, 1_000_000, 1_000_001, 1_230_000, 10**15, 2**53 - 1, 2**53, 2**53 + 1, 10**16,
@@ -145,7 +145,7 @@ def test_derive_inline_rates_equal_counter_rate(lazy: bool) -> None:
 @pytest.mark.parametrize("n", [v for v in ODD if isinstance(v, int) and not isinstance(v, bool)]
                          + [random.Random(1).randrange(-10**18, 10**18) for _ in range(200)])
 def test_go_int_is_go_of_the_float(n: int) -> None:
-    assert _go_int(n) == _go(float(n))
+    assert _num(n) == _go(float(n))
 
 
 def test_render_with_odd_values_is_the_reference() -> None:
