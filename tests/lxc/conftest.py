@@ -45,6 +45,13 @@ def run(*argv: str) -> str:
     return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
 
 
+def pveguard(env: dict[str, str], *argv: str, timeout: float = 1800) -> tuple[int, str, str]:
+    """`python -m pveguard ARGV` as a child with `env`: exit code, stdout, stderr."""
+    proc = subprocess.run([sys.executable, "-m", "pveguard", *argv], capture_output=True, text=True, env=env,
+                          timeout=timeout, check=False)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
 @dataclass
 class LxcEnv:
     """A backend on a private lxcpath plus the names the test may create."""
@@ -65,6 +72,17 @@ class LxcEnv:
         strategy.write_text(yaml.safe_dump(doc, sort_keys=False))
         return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PVEGUARD_BACKEND": "lxc",
                 "PVEGUARD_STRATEGY": str(strategy), "PVEGUARD_STATE_DIR": str(self.root / "state")}
+
+    def init_env(self) -> dict[str, str]:
+        """The environment a `python -m pveguard` child needs for this test's strategy file
+        (`root/strategy.yaml`) and state dir, after `pveguard init` wrote the default strategy there;
+        the backend is left to the strategy."""
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path),
+               "PVEGUARD_STRATEGY": str(self.root / "strategy.yaml"), "PVEGUARD_STATE_DIR": str(self.root / "state")}
+        env.pop("PVEGUARD_BACKEND", None)
+        code, _, err = pveguard(env, "init")
+        assert code == 0, err
+        return env
 
     def bridge(self, suffix: str) -> str:
         name = f"{self.prefix}{suffix}"

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import pytest
 import yaml
 
 from pveguard.backends import lxc_net
+
+from .conftest import pveguard as run_pveguard
 
 pytestmark = pytest.mark.slow
 MIB = 1024 * 1024
@@ -32,10 +35,7 @@ def container(name: str, vlan: int, ip: str) -> dict[str, Any]:
             "network": {"vlan": vlan, "ip": ip, "firewall": False}}
 
 
-def pveguard(env: dict[str, str], *argv: str) -> tuple[int, str, str]:
-    proc = subprocess.run([sys.executable, "-m", "pveguard", *argv], capture_output=True, text=True, env=env,
-                          timeout=900, check=False)
-    return proc.returncode, proc.stdout, proc.stderr
+pveguard = partial(run_pveguard, timeout=900)
 
 
 def test_plan_apply_converge_update_prune_through_the_cli(lxc_env: Any) -> None:

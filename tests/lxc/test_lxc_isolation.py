@@ -12,10 +12,8 @@ removing a container removes its rules, removing the last one the table.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -73,11 +71,7 @@ def test_three_containers_on_two_vlans_are_isolated(lxc_env: Any, ip_forward_res
     b = LxcBackend(b.config.model_copy(update={"subnet": pool}))  # the strategy's network, as the CLI sees it
     web_segment = lxc_gateway.segment_subnet(pool, 100)
     strategy = lxc_env.root / "strategy.yaml"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PVEGUARD_STRATEGY": str(strategy),
-           "PVEGUARD_STATE_DIR": str(lxc_env.root / "state")}
-    env.pop("PVEGUARD_BACKEND", None)
-    code, _, err = pveguard(env, "init")
-    assert code == 0, err
+    env = lxc_env.init_env()
     doc = yaml.safe_load(strategy.read_text())
     doc["network"].update(bridge=bridge, management={"bridge": bridge, "cidr": str(web_segment)},
                           isolation={"separate_vlans": "per-role", "firewall_rules": True})

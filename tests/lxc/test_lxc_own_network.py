@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import random
 import shutil
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -26,15 +24,11 @@ import yaml
 
 from pveguard.backends import lxc_gateway
 
+from .conftest import pveguard
+
 pytestmark = pytest.mark.slow
 SEEDS = ["pve-monitoring", "pve-backup-manager", "pve-dev-tools", "pve-api-gateway"]
 PACKAGE = "less"  # small, not in the template: proves apt reached the mirror through the NAT
-
-
-def pveguard(env: dict[str, str], *argv: str, timeout: float = 1800) -> tuple[int, str, str]:
-    proc = subprocess.run([sys.executable, "-m", "pveguard", *argv], capture_output=True, text=True, env=env,
-                          timeout=timeout, check=False)
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 def free_pool() -> str:
@@ -76,11 +70,7 @@ def test_default_strategy_applies_with_pveguards_own_network(lxc_env: Any, ip_fo
     bridge = f"{lxc_env.prefix}n"
     pool = free_pool()
     strategy = lxc_env.root / "strategy.yaml"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PVEGUARD_STRATEGY": str(strategy),
-           "PVEGUARD_STATE_DIR": str(lxc_env.root / "state")}
-    env.pop("PVEGUARD_BACKEND", None)
-    code, _, err = pveguard(env, "init")
-    assert code == 0, err
+    env = lxc_env.init_env()
     doc = yaml.safe_load(strategy.read_text())
     assert [c["name"] for c in doc["containers"]] == SEEDS and doc["network"]["bridge"] == "vmbr0"
     doc["network"]["bridge"] = bridge

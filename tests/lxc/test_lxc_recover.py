@@ -8,18 +8,18 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from typing import Any
 
 import pytest
 import yaml
 
+from .conftest import pveguard as run_pveguard
+
 pytestmark = pytest.mark.slow
 
 
-def pveguard(env: dict[str, str], *argv: str) -> tuple[int, str, str]:
-    proc = subprocess.run([sys.executable, "-m", "pveguard", *argv], capture_output=True, text=True, env=env,
-                          timeout=900, check=False)
-    return proc.returncode, proc.stdout, proc.stderr
+pveguard = partial(run_pveguard, timeout=900)
 
 
 def init_pid(lxcpath: str, name: str) -> int:

@@ -11,7 +11,6 @@ delivers it; the daemon's PVE is unreachable, which it must survive (it serves t
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -47,11 +46,7 @@ def test_serve_is_installed_in_a_real_container_and_answers_healthz(
             pytest.skip(f"{tool} is not installed (scripts/debian-packages.txt lists it)")
     b = lxc_env.backend
     strategy = lxc_env.root / "strategy.yaml"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PVEGUARD_STRATEGY": str(strategy),
-           "PVEGUARD_STATE_DIR": str(lxc_env.root / "state")}
-    env.pop("PVEGUARD_BACKEND", None)
-    code, _, err = pveguard(env, "init")
-    assert code == 0, err
+    env = lxc_env.init_env()
     doc = yaml.safe_load(strategy.read_text())
     doc["containers"] = [c for c in doc["containers"] if c["name"] == GW]
     doc["network"]["bridge"] = f"{lxc_env.prefix}n"

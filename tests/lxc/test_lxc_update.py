@@ -16,13 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
-import sys
 from email.utils import formatdate
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from .conftest import pveguard as run_pveguard
 
 pytestmark = pytest.mark.slow
 
@@ -72,10 +74,7 @@ def packages_stanza(deb: Path) -> str:
             f"SHA256: {hashlib.sha256(data).hexdigest()}\n\n")
 
 
-def pveguard(env: dict[str, str], *argv: str) -> tuple[int, str, str]:
-    proc = subprocess.run([sys.executable, "-m", "pveguard", *argv], capture_output=True, text=True, env=env,
-                          timeout=1200, check=False)
-    return proc.returncode, proc.stdout, proc.stderr
+pveguard = partial(run_pveguard, timeout=1200)
 
 
 def test_a_failing_postinst_is_rolled_back_and_the_service_answers_again(lxc_env: Any, tmp_path: Path) -> None:

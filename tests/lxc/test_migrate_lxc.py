@@ -22,10 +22,7 @@ Both are migrated into pve-api-gateway with `--source lxc:<host>`:
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -34,6 +31,7 @@ from typing import Any
 import pytest
 import yaml
 
+from .conftest import pveguard
 from .test_lxc_own_network import free_pool, ip_forward_restored  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.slow
@@ -49,12 +47,6 @@ StateDirectory=ticker
 [Install]
 WantedBy=multi-user.target
 """
-
-
-def pveguard(env: dict[str, str], *argv: str, timeout: float = 1800) -> tuple[int, str, str]:
-    proc = subprocess.run([sys.executable, "-m", "pveguard", *argv], capture_output=True, text=True, env=env,
-                          timeout=timeout, check=False)
-    return proc.returncode, proc.stdout, proc.stderr
 
 
 class Client(threading.Thread):
@@ -122,10 +114,7 @@ def test_migrate_nginx_and_a_stateful_service(lxc_env: Any, ip_forward_restored:
             pytest.skip(f"{tool} is not installed (scripts/debian-packages.txt lists it)")
     b = lxc_env.backend
     strategy = lxc_env.root / "strategy.yaml"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PVEGUARD_STRATEGY": str(strategy),
-           "PVEGUARD_STATE_DIR": str(lxc_env.root / "state")}
-    env.pop("PVEGUARD_BACKEND", None)
-    assert pveguard(env, "init")[0] == 0
+    env = lxc_env.init_env()
     doc = yaml.safe_load(strategy.read_text())
     doc["network"]["bridge"] = f"{lxc_env.prefix}n"
     doc["target"]["lxc"].update(lxcpath=b.config.lxcpath, disk_dir=b.config.disk_dir,

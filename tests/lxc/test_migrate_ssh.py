@@ -12,10 +12,8 @@ package is gone from the host; rollback brings nginx back on the host and remove
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -41,10 +39,7 @@ def test_migrate_from_an_ssh_source_and_back(lxc_env: Any, ip_forward_restored: 
             pytest.skip(f"{tool} is not installed (scripts/debian-packages.txt lists it)")
     b = lxc_env.backend
     strategy = lxc_env.root / "strategy.yaml"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "PVEGUARD_STRATEGY": str(strategy),
-           "PVEGUARD_STATE_DIR": str(lxc_env.root / "state")}
-    env.pop("PVEGUARD_BACKEND", None)
-    assert pveguard(env, "init")[0] == 0
+    env = lxc_env.init_env()
     doc = yaml.safe_load(strategy.read_text())
     doc["network"]["bridge"] = f"{lxc_env.prefix}n"
     doc["target"]["lxc"].update(lxcpath=b.config.lxcpath, disk_dir=b.config.disk_dir,
