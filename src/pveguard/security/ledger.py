@@ -187,8 +187,10 @@ class Ledger:
         return Entry(seq, ts, actor, action, target, json.loads(details_json), prev, digest)
 
     def entries(self, *, since: str | None = None, action: str | None = None,
-                target: str | None = None, limit: int | None = None) -> list[Entry]:
-        """Entries in chain order, filtered; `action` matches exactly or as a prefix ending in '.'."""
+                target: str | None = None, actor: str | None = None, before: int | None = None,
+                limit: int | None = None) -> list[Entry]:
+        """Entries in chain order, filtered; `action` matches exactly or as a prefix ending in '.', `actor`
+        as a substring, `before` keeps entries older than that seq; `limit` keeps the newest."""
         sql = "SELECT * FROM ledger WHERE 1=1"
         args: list[Any] = []
         if since:
@@ -200,6 +202,12 @@ class Ledger:
         if target:
             sql += " AND target = ?"
             args.append(target)
+        if actor:
+            sql += " AND instr(actor, ?) > 0"
+            args.append(actor)
+        if before is not None:
+            sql += " AND seq < ?"
+            args.append(before)
         sql += " ORDER BY seq"
         if limit:
             sql = f"SELECT * FROM ({sql.replace('ORDER BY seq', 'ORDER BY seq DESC')} LIMIT {int(limit)}) ORDER BY seq"

@@ -300,19 +300,9 @@ def ledger_page(rt: Runtime, *, action: str | None, target: str | None, actor: s
                 before: int | None, limit: int) -> dict[str, Any]:
     from datetime import UTC, datetime
 
-    from pveguard.security.ledger import _entry
     from pveguard.strategy.units import parse_duration
 
-    sql, args = "SELECT * FROM ledger WHERE 1=1", []  # type: tuple[str, list[Any]]
-    if action:
-        sql += " AND (action = ? OR action LIKE ?)"
-        args += [action, f"{action}.%"]
-    if target:
-        sql += " AND target = ?"
-        args.append(target)
-    if actor:
-        sql += " AND instr(actor, ?) > 0"
-        args.append(actor)
+    cut = None
     if since:
         try:
             cut = datetime.fromtimestamp(time.time() - parse_duration(since).total_seconds(), UTC).isoformat()
@@ -321,14 +311,8 @@ def ledger_page(rt: Runtime, *, action: str | None, target: str | None, actor: s
                 cut = datetime.fromisoformat(since.replace("Z", "+00:00")).astimezone(UTC).isoformat()
             except ValueError:
                 raise HTTPException(422, f"since: {since!r} is neither a duration (6h) nor an ISO time") from None
-        sql += " AND ts >= ?"
-        args.append(cut)
-    if before is not None:
-        sql += " AND seq < ?"
-        args.append(before)
-    sql += " ORDER BY seq DESC LIMIT ?"
-    args.append(limit + 1)
-    rt.ctx.ledger  # noqa: B018 - makes sure the ledger tables exist
-    rows = rt.ctx.store.conn.execute(sql, args).fetchall()
-    entries = [_entry(r).as_dict() for r in rows[:limit]]
+    # one more than a page, newest first: the extra one says whether an older page exists
+    rows = rt.ctx.ledger.entries(since=cut, action=action, target=target, actor=actor, before=before,
+                                 limit=limit + 1)[::-1]
+    entries = [e.as_dict() for e in rows[:limit]]
     return {"entries": entries, "next_before": entries[-1]["seq"] if len(rows) > limit else None}
