@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pveguard import subproc
 from pveguard.backends import cgroups, lxc_gateway, lxc_isolation, lxc_net, lxc_template
 from pveguard.backends.base import (
     MANAGED_MARKER,
@@ -456,7 +457,7 @@ class LxcBackend(Backend):
              check: bool = True) -> subprocess.CompletedProcess[bytes]:
         try:
             with during(what):  # what a Ctrl-C interrupted
-                proc = subprocess.run(argv, capture_output=True, input=input, timeout=timeout, check=False)
+                proc = subproc.run(argv, input=input, timeout=timeout)  # lxc-attach's children go too
         except subprocess.TimeoutExpired:
             raise BackendError(f"{what} did not finish within {timeout:.0f}s ({' '.join(argv[:4])} ...)") from None
         except FileNotFoundError:

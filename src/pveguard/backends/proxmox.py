@@ -35,6 +35,7 @@ import requests
 from proxmoxer import ProxmoxAPI, ResourceException
 from proxmoxer.core import AuthenticationError
 
+from pveguard import subproc
 from pveguard.backends import vztmpl
 from pveguard.backends.base import (
     Backend,
@@ -1265,7 +1266,7 @@ class ProxmoxBackend(Backend):
     def _run(self, argv: list[str], what: str, *, input: bytes | None = None,
              timeout: float = 600) -> subprocess.CompletedProcess[bytes]:
         try:
-            return subprocess.run(argv, input=input, capture_output=True, timeout=timeout, check=False)
+            return subproc.run(argv, input=input, timeout=timeout)  # pct under sh/ssh goes too on a timeout
         except FileNotFoundError:
             raise BackendUnavailable(f"{what}: {argv[0]} is not installed",
                                      hint="exec/push/pull need pct on the node, or ssh to reach it") from None

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from pveguard import subproc
 from pveguard.errors import OperationError, UsageError
 
 SSH_OPTIONS_ENV = "PVEGUARD_MIGRATE_SSH_OPTIONS"   # e.g. "-i /root/.ssh/migrate -o UserKnownHostsFile=..."
@@ -62,7 +63,7 @@ class Endpoint:
             raise OperationError(f"{self.label}: {cmd[0]} is not installed on this machine",
                                  hint=f"install it to reach {self.label}")
         try:
-            p = subprocess.run(cmd, input=input, capture_output=True, timeout=timeout, check=False)
+            p = subproc.run(cmd, input=input, timeout=timeout)  # what sh/ssh started goes too on a timeout
         except subprocess.TimeoutExpired:
             raise OperationError(f"{self.label}: '{shlex.join(argv)}' did not finish within {timeout:.0f}s") from None
         return Result(p.returncode, p.stdout, p.stderr)
