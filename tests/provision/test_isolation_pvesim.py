@@ -160,3 +160,63 @@ def test_a_bad_allowed_inbound_entry_is_a_config_error(penv: Env, capsys: pytest
     code, out, err = penv.run("plan", capsys=capsys)
     assert code == 2 and "allowed_inbound: 'ssh' is not '<tcp|udp>/<port> from" in err
     assert "Traceback" not in out + err
+
+
+def _groups(penv: Env) -> dict[str, str]:
+    return {g["group"]: g.get("comment", "") for g in _api(penv, "GET", "/cluster/firewall/groups")}
+
+
+def test_a_group_no_role_uses_goes_unless_a_rule_still_references_it(
+        penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only this installation's groups (the instance in the comment) go, never one a guest's rule still
+    names (PVE itself would delete it: Rules.pm refuses only a group with rules); an older pveguard's group
+    the strategy still uses gets the mark, one it no longer uses is left alone."""
+    from .test_apply_pvesim import instance
+
+    assert penv.run("apply", capsys=capsys)[0] == 0
+    mine = f"pveguard role rules instance={instance(penv)}"
+    assert {g: c for g, c in _groups(penv).items() if g.startswith("pvg-")} == {
+        "pvg-monitoring": mine, "pvg-backup": mine, "pvg-devtools": mine, "pvg-gateway": mine}
+    # another installation's group, a group an older pveguard made (no mark), and our monitoring group
+    # as an older pveguard left it
+    _api(penv, "POST", "/cluster/firewall/groups", {"group": "pvg-ci", "comment": "pveguard role rules instance=0ther"})
+    _api(penv, "POST", "/cluster/firewall/groups", {"group": "pvg-old", "comment": "pveguard role rules"})
+    _api(penv, "POST", "/cluster/firewall/groups", {"group": "pvg-monitoring", "rename": "pvg-monitoring",
+                                                    "comment": "pveguard role rules"})
+    guests = managed(penv)
+    dev, gw = guests["pve-dev-tools"], guests["pve-api-gateway"]
+    penv.edit(lambda d: d.update(containers=[c for c in d["containers"]
+                                             if c["name"] not in ("pve-dev-tools", "pve-api-gateway")]))
+
+    # both left containers are kept (no --prune) and their rules still name their groups: nothing goes
+    fw = penv.json("plan", capsys=capsys)["firewall"]
+    got = [(c["target"], c["field"], c["old"], c["new"]) for c in fw["changes"]]
+    assert got == [("group/pvg-monitoring", "comment", "pveguard role rules", mine)], got
+    kept = [n for n in fw["notes"] if "is kept: still referenced" in n]
+    assert len(kept) == 2 and f"CT {dev['vmid']} (pve-dev-tools)" in kept[0] and "pvg-devtools" in kept[0]
+    assert f"CT {gw['vmid']} (pve-api-gateway)" in kept[1] and "pvg-gateway" in kept[1]
+    assert any("pvg-old is no longer used" in n and "left alone" in n for n in fw["notes"])
+    assert not any("pvg-ci" in n for n in fw["notes"])
+    # with --prune the dev-tools container goes first in the same apply: its reference does not count
+    fw = penv.json("plan", "--prune", capsys=capsys)["firewall"]
+    assert ("group/pvg-devtools", "group", "tcp/22 from +pveguard-mgmt; tcp/8080 from +pveguard-mgmt", "(none)") \
+        in [(c["target"], c["field"], c["old"], c["new"]) for c in fw["changes"]]
+
+    # the admin takes the gateway's group rule out of its guest firewall: now the group can go
+    base = f"/nodes/{gw['node']}/lxc/{gw['vmid']}/firewall/rules"
+    rule = next(r for r in _api(penv, "GET", base) if r["type"] == "group")
+    _api(penv, "DELETE", f"{base}/{rule['pos']}", {"digest": rule["digest"]})
+    code, out, err = penv.run("plan", "--detailed-exitcode", capsys=capsys)
+    assert code == 2 and "group/pvg-gateway group: tcp/22 from +pveguard-mgmt; tcp/80" in " ".join(out.split()), out
+    code, out, err = penv.run("apply", capsys=capsys)
+    assert code == 0, out + err
+    groups = _groups(penv)
+    assert "pvg-gateway" not in groups
+    assert {"pvg-devtools", "pvg-ci", "pvg-old", "pvg-monitoring", "pvg-backup"} <= set(groups)
+    assert groups["pvg-monitoring"] == mine and groups["pvg-ci"].endswith("instance=0ther")
+    fw = penv.json("plan", capsys=capsys)["firewall"]
+    assert fw["changes"] == [], fw
+    entries = [e for e in ledger_entries(penv, "provision.firewall") if e.target == "group/pvg-gateway"]
+    assert [e.details.get("result") for e in entries[-2:]] == [None, "ok"]
+    assert entries[-1].details["after"] == {"group": "(none)"}
+    assert entries[-1].details["before"]["group"].startswith("tcp/22 from +pveguard-mgmt")

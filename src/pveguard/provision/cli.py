@@ -89,7 +89,7 @@ def _compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str]
     p = p.only(only) if only is not None else p
     if isinstance(backend, ProxmoxBackend):
         say_placement(backend, p)
-    p.firewall = firewall_plan(app.strategy, backend, p, app.store)
+    p.firewall = firewall_plan(app.strategy, backend, p, app.store, instance, whole=only is None)
     p.rbac = FwPlan(notes=[ONLY_NOTE]) if only is not None else rbac_plan(app.strategy, backend, p, app.store, instance)
     # the raw document only matters to a serve.container; parsing it again costs for nothing else
     doc = load_doc(app.strategy_path) if app.strategy.serve.container else {}
@@ -167,7 +167,8 @@ def firewall_step(app: AppContext, backend: Backend, only: set[str] | None) -> F
 
     def step(record: Callable[..., None]) -> list[str]:
         p = compute_plan(app, backend, False, only)
-        return converge(call, p.firewall, desired_firewall(app.strategy, extra_inbound.by_container(app.store)),
+        return converge(call, p.firewall,
+                        desired_firewall(app.strategy, extra_inbound.by_container(app.store), instance_id(app)),
                         record)
 
     return step

@@ -40,9 +40,12 @@ def managed_cts(p: Plan) -> list[Ct]:
             and a.vmid is not None and a.node is not None]
 
 
-def firewall_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store | None = None) -> FwPlan:
+def firewall_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store | None = None,
+                  instance: str = "", *, whole: bool = True) -> FwPlan:
     """The firewall changes (PVE, lxc) or why there are none (switched off). The store's extra rules
-    (security.extra_inbound: a migrated service's ports) are part of the desired state."""
+    (security.extra_inbound: a migrated service's ports) are part of the desired state. With `instance`
+    (PVE), this installation's security groups that no strategy role uses any more are removed (by a whole
+    plan: `whole` is False for `--only`)."""
     if not isinstance(backend, ProxmoxBackend | LxcBackend):
         return FwPlan(notes=[OTHER_NOTE])
     if not enforced(strategy):
@@ -54,12 +57,13 @@ def firewall_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store | 
 
         fp = plan_lxc(strategy, backend, managed_cts(p), extra)
     else:
-        want = desired_firewall(strategy, extra)
+        want = desired_firewall(strategy, extra, instance)
         cts = managed_cts(p)
         with backend.reading(firewall_paths(cts)) as ready:
-            seen = observe_firewall(backend.call, cts, want.groups, ready)
+            seen = observe_firewall(backend.call, cts, want.groups, ready, instance if whole else "")
         s = backend.settings
-        fp = plan_firewall(want, seen, managed_cts(p), source=talking_from(s.host), local=s.mode == "local")
+        fp = plan_firewall(want, seen, managed_cts(p), source=talking_from(s.host), local=s.mode == "local",
+                           going=[a.vmid for a in p.actions if a.kind == "delete" and a.vmid is not None])
     pending = [a.name for a in p.actions if a.kind == "create"]
     if pending:
         fp.notes.append(f"created containers get their firewall in the same apply: {', '.join(pending)}")

@@ -6,7 +6,9 @@ What pveguard keeps (docs/isolation.md has the how-to and the port table):
   rule "from management" admits nobody rather than everybody);
 * one security group per role, `pvg-<role>` (PVE allows 18 characters: `[A-Za-z][A-Za-z0-9_-]+`),
   holding the rules from `security.network.allowed_inbound` followed by the role's own ports, derived
-  from the container's components (COMPONENT_PORTS), all from the management IP set;
+  from the container's components (COMPONENT_PORTS), all from the management IP set; its comment carries
+  the instance id, and a group of this installation's that no strategy role uses any more is removed
+  (its rules, then the group) unless a rule of any guest, node or the datacenter still references it;
 * per managed container: guest firewall options `enable: 1`, `policy_in: DROP`, and one enabled rule
   referencing its role's group. Rules an admin added to a guest are left alone.
 
@@ -41,6 +43,9 @@ PVE_MGMT_IPSET = "management"
 GROUP_PREFIX = "pvg-"
 GROUP_MAX = 18  # pve-firewall: $max_group_name_length
 COMMENT = "pveguard"
+# a security group's comment: the instance id marks it as this installation's (older pveguard wrote the
+# bare text: such a group the strategy still uses gets the mark, one it no longer uses is left alone)
+GROUP_COMMENT = "pveguard role rules"
 # the comment prefix of a guest rule pveguard keeps beyond the strategy (security.extra_inbound: the ports a
 # migrated service brought); rules with it that are no longer desired are removed, others are the admin's
 EXTRA_COMMENT = "pveguard-extra"
@@ -149,6 +154,11 @@ class FwDesired:
     log_level_in: str | None = None
     # container name -> its rules beyond the strategy (security.extra_inbound), as guest rules of its own
     guest_rules: dict[str, list[Rule]] = dataclasses.field(default_factory=dict)
+    instance: str = ""  # this installation (in the comment of the security groups it creates)
+
+    @property
+    def group_comment(self) -> str:
+        return f"{GROUP_COMMENT} instance={self.instance}" if self.instance else GROUP_COMMENT
 
 
 def pve_cidr(text: str) -> str:
@@ -157,8 +167,10 @@ def pve_cidr(text: str) -> str:
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
-def desired_firewall(strategy: Strategy, extra: dict[str, list[Rule]] | None = None) -> FwDesired:
-    """The strategy's firewall, plus `extra` (security.extra_inbound.by_container) on the guests it names."""
+def desired_firewall(strategy: Strategy, extra: dict[str, list[Rule]] | None = None,
+                     instance: str = "") -> FwDesired:
+    """The strategy's firewall, plus `extra` (security.extra_inbound.by_container) on the guests it names;
+    `instance` marks the security groups this installation creates as its own."""
     cidr = strategy.network.management.cidr
     mgmt = [pve_cidr(cidr)] if cidr else []
     groups: dict[str, list[Rule]] = {}
@@ -175,7 +187,8 @@ def desired_firewall(strategy: Strategy, extra: dict[str, list[Rule]] | None = N
     from pveguard.monitor.traffic import enabled as traffic_watch
 
     guest_rules = {name: list(rules) for name, rules in (extra or {}).items() if name in group_of and rules}
-    return FwDesired(mgmt, groups, group_of, LOG_LEVEL if traffic_watch(strategy) else None, guest_rules)
+    return FwDesired(mgmt, groups, group_of, LOG_LEVEL if traffic_watch(strategy) else None, guest_rules,
+                     instance)
 
 
 # --- observed -----------------------------------------------------------------------------------
@@ -198,6 +211,60 @@ class FwObserved:
     groups: dict[str, list[dict[str, Any]]]  # security group -> its rules as PVE lists them
     guest_options: dict[int, dict[str, Any]]
     guest_rules: dict[int, list[dict[str, Any]]]
+    group_comments: dict[str, str] = dataclasses.field(default_factory=dict)  # every security group's comment
+    # this installation's security groups the strategy no longer uses -> what still references each:
+    # (vmid or None, "CT 105 (name)" / "VM 200" / "node pve1" / "datacenter"); read only when there are any
+    refs: dict[str, list[tuple[int | None, str]]] = dataclasses.field(default_factory=dict)
+
+
+def owns_group(comment: str, instance: str) -> bool:
+    """Whether a security group's comment marks it as this installation's (GROUP_COMMENT + instance)."""
+    return bool(instance) and comment.startswith(GROUP_COMMENT) and f"instance={instance}" in comment.split()
+
+
+def legacy_group(comment: str) -> bool:
+    """A group an older pveguard made: its comment is GROUP_COMMENT without any instance."""
+    return comment.strip() == GROUP_COMMENT
+
+
+def leftover_groups(seen: FwObserved, wanted: Iterable[str], instance: str) -> list[str]:
+    """This installation's `pvg-` groups that the strategy no longer uses."""
+    wanted = set(wanted)
+    return sorted(g for g, c in seen.group_comments.items()
+                  if g.startswith(GROUP_PREFIX) and g not in wanted and owns_group(c, instance))
+
+
+def group_references(call: Call, groups: Iterable[str],
+                     cluster_rules: list[dict[str, Any]]) -> dict[str, list[tuple[int | None, str]]]:
+    """Where `groups` are still used: every guest's firewall rules (containers and VMs, anyone's), every
+    node's host rules and the datacenter's. PVE deletes a group that rules still reference (Rules.pm
+    delete_security_group only refuses a group that has rules), and those rules then match nothing."""
+    want = set(groups)
+    out: dict[str, list[tuple[int | None, str]]] = {g: [] for g in want}
+
+    def note(rules: Iterable[dict[str, Any]], vmid: int | None, where: str) -> None:
+        for r in rules or []:
+            if r.get("type") == "group" and r.get("action") in want and (vmid, where) not in out[r["action"]]:
+                out[str(r["action"])].append((vmid, where))
+
+    note(cluster_rules, None, "datacenter")
+    resources = call("GET", "/cluster/resources", {"type": "vm"}) or []
+    nodes = sorted({str(n["node"]) for n in call("GET", "/nodes") or [] if n.get("node")})
+    guests = [(str(r["node"]), str(r.get("type")), int(r["vmid"]), str(r.get("name") or ""))
+              for r in resources if r.get("type") in ("lxc", "qemu") and r.get("node") and r.get("vmid") is not None]
+
+    def read(item: tuple[str, str, int, str]) -> tuple[int, str, list[dict[str, Any]]]:
+        node, typ, vmid, name = item
+        where = f"{'CT' if typ == 'lxc' else 'VM'} {vmid}" + (f" ({name})" if name else "")
+        return vmid, where, list(call("GET", f"/nodes/{node}/{typ}/{vmid}/firewall/rules") or [])
+
+    with ThreadPoolExecutor(max_workers=READ_WORKERS) as pool:
+        for vmid, where, rules in pool.map(read, guests):
+            note(rules, vmid, where)
+        for node, rules in zip(nodes, pool.map(lambda n: list(call("GET", f"/nodes/{n}/firewall/rules") or []),
+                                               nodes), strict=True):
+            note(rules, None, f"node {node}")
+    return out
 
 
 Call = Callable[..., Any]
@@ -212,15 +279,19 @@ def firewall_paths(cts: Iterable[Ct]) -> list[str]:
 
 
 def observe_firewall(call: Call, cts: Iterable[Ct], group_names: Iterable[str],
-                     ready: Callable[[str], bool] | None = None) -> FwObserved:
+                     ready: Callable[[str], bool] | None = None, instance: str = "") -> FwObserved:
     """One read per cluster collection and wanted group, two per guest (bounded concurrency).
 
     The cluster's collections are read one after another (each names what the next reads) while the
     guests' options and rules are read alongside them, each its own call, so no round trip waits for another.
     `ready` says which paths the backend already read up front (`firewall_paths`): those cost no thread.
+    With `instance`, this installation's groups the strategy no longer uses are read too, and what still
+    references them (`group_references`: every guest's rules, only when there is such a group).
     """
     group_names = list(group_names)
     ready = ready or (lambda _p: False)
+
+    comments: dict[str, str] = {}
 
     def cluster() -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, list[str]], dict[str, list[dict[str, Any]]]]:
         options = call("GET", "/cluster/firewall/options") or {}
@@ -231,8 +302,12 @@ def observe_firewall(call: Call, cts: Iterable[Ct], group_names: Iterable[str],
                 ipsets[s["name"]] = [str(e["cidr"]) for e in call("GET", f"/cluster/firewall/ipset/{s['name']}") or []]
             else:
                 ipsets[s["name"]] = []
-        existing = {g["group"] for g in call("GET", "/cluster/firewall/groups") or []}
-        groups = {g: list(call("GET", f"/cluster/firewall/groups/{g}") or []) for g in group_names if g in existing}
+        comments.update({str(g["group"]): str(g.get("comment") or "")
+                         for g in call("GET", "/cluster/firewall/groups") or []})
+        gone = [g for g in comments if g.startswith(GROUP_PREFIX) and g not in group_names
+                and owns_group(comments[g], instance)]
+        groups = {g: list(call("GET", f"/cluster/firewall/groups/{g}") or [])
+                  for g in [*group_names, *gone] if g in comments}
         return dict(options), list(rules), ipsets, groups
 
     def read(item: tuple[Ct, str]) -> Any:
@@ -253,8 +328,12 @@ def observe_firewall(call: Call, cts: Iterable[Ct], group_names: Iterable[str],
             first = pool.submit(cluster)
             got.update(zip(((c.vmid, w) for c, w in rest), pool.map(read, rest), strict=True))
             options, rules, ipsets, groups = first.result()
-    return FwObserved(options, rules, ipsets, groups, {c.vmid: got[(c.vmid, "options")] for c in cts},
-                      {c.vmid: got[(c.vmid, "rules")] for c in cts})
+    seen = FwObserved(options, rules, ipsets, groups, {c.vmid: got[(c.vmid, "options")] for c in cts},
+                      {c.vmid: got[(c.vmid, "rules")] for c in cts}, comments)
+    gone = leftover_groups(seen, group_names, instance)
+    if gone:
+        seen.refs = group_references(call, gone, rules)
+    return seen
 
 
 def talking_from(host: str | None) -> str | None:
@@ -333,8 +412,9 @@ def datacenter_decision(options: dict[str, Any], cluster_rules: list[dict[str, A
 
 
 def plan_firewall(want: FwDesired, seen: FwObserved, cts: list[Ct], *, source: str | None = None,
-                  local: bool = False) -> FwPlan:
-    """What converging the firewall would change. Containers not created yet get theirs after creation."""
+                  local: bool = False, going: Iterable[int] = ()) -> FwPlan:
+    """What converging the firewall would change. Containers not created yet get theirs after creation.
+    `going`: guests the same apply deletes first (their references to a group do not keep it)."""
     out = FwPlan()
     have_mgmt = seen.ipsets.get(MGMT_IPSET)
     if have_mgmt is None:
@@ -353,6 +433,11 @@ def plan_firewall(want: FwDesired, seen: FwObserved, cts: list[Ct], *, source: s
             out.changes.append(FwChange(f"group/{g}", g, "rules", "(no such group)", _rules_text(rules),
                                         op="group-rules", data={"create": True}))
             continue
+        comment = seen.group_comments.get(g, "")
+        if want.instance and legacy_group(comment):
+            # made by a pveguard before groups carried the instance: the strategy uses it, so it is ours
+            out.changes.append(FwChange(f"group/{g}", g, "comment", comment, want.group_comment,
+                                        op="group-comment"))
         have = [rule_of(r) for r in seen.groups[g]]
         if have != rules:
             out.changes.append(FwChange(f"group/{g}", g, "rules",
@@ -387,6 +472,7 @@ def plan_firewall(want: FwDesired, seen: FwObserved, cts: list[Ct], *, source: s
                                         _rules_text(wanted) or "(none)", op="guest-extra",
                                         data={"node": ct.node, "vmid": ct.vmid,
                                               "add": [{**dataclasses.asdict(r)} for r in add], "remove": remove}))
+    _plan_leftovers(out, want, seen, set(going))
     if str(seen.cluster_options.get("enable", 0)) != "1":
         why = datacenter_decision(seen.cluster_options, seen.cluster_rules, want.mgmt, source, local)
         if why is None:
@@ -403,6 +489,28 @@ def plan_firewall(want: FwDesired, seen: FwObserved, cts: list[Ct], *, source: s
                              f"will not turn it on: {why}. Turn it on at Datacenter > Firewall > Options once "
                              f"the nodes' API and SSH stay reachable")
     return out
+
+
+def _plan_leftovers(out: FwPlan, want: FwDesired, seen: FwObserved, going: set[int]) -> None:
+    """This installation's groups that no strategy role uses any more go, unless a rule still uses them;
+    `pvg-` groups without any instance mark (an older pveguard's, or anyone's) are left alone."""
+    for g in leftover_groups(seen, want.groups, want.instance):
+        if g not in seen.refs:
+            continue  # what references it was not read (observe_firewall without the instance: --only)
+        users = [where for vmid, where in seen.refs.get(g, []) if vmid is None or vmid not in going]
+        if users:
+            out.notes.append(f"security group {g} is no longer used by the strategy but is kept: still referenced "
+                             f"by {', '.join(users)}; remove the 'group {g}' rule there (or 'apply --prune' the "
+                             f"container), then apply again")
+            continue
+        have = [r for r in (rule_of(x) for x in seen.groups.get(g, [])) if r is not None]
+        out.changes.append(FwChange(f"group/{g}", g, "group", _rules_text(have) or "(no rules)", "(none)",
+                                    op="group-remove"))
+    for g in sorted(seen.group_comments):
+        if g.startswith(GROUP_PREFIX) and g not in want.groups and legacy_group(seen.group_comments[g]):
+            out.notes.append(f"security group {g} is no longer used by the strategy; it carries no installation's "
+                             f"mark (an older pveguard made it), so it is left alone: delete it at Datacenter > "
+                             f"Firewall > Security Group once no other pveguard installation uses it")
 
 
 def _is_extra(pve: dict[str, Any]) -> bool:
@@ -541,8 +649,17 @@ def _apply_one(call: Call, c: FwChange, want: FwDesired) -> None:
             call("DELETE", f"/cluster/firewall/ipset/{MGMT_IPSET}/{quote(cidr, safe='')}")
     elif c.op == "group-rules":
         if c.data.get("create"):
-            call("POST", "/cluster/firewall/groups", {"group": c.name, "comment": "pveguard role rules"})
+            call("POST", "/cluster/firewall/groups", {"group": c.name, "comment": want.group_comment})
         _replace_rules(call, f"/cluster/firewall/groups/{c.name}", want.groups[c.name])
+    elif c.op == "group-comment":
+        # Groups.pm: 'rename' set to the group's own name updates only its comment
+        call("POST", "/cluster/firewall/groups", {"group": c.name, "rename": c.name, "comment": want.group_comment})
+    elif c.op == "group-remove":
+        # PVE deletes only an empty group: its rules go first (last first, each with the digest just listed)
+        base = f"/cluster/firewall/groups/{c.name}"
+        while have := call("GET", base) or []:
+            call("DELETE", f"{base}/{have[-1]['pos']}", {"digest": have[-1]["digest"]})
+        call("DELETE", base)
     elif c.op == "options":
         base = f"/nodes/{c.data['node']}/lxc/{c.data['vmid']}/firewall/options"
         current = call("GET", base) or {}
