@@ -284,3 +284,45 @@ def test_a_role_that_leaves_the_strategy_takes_its_user_token_roles_and_acls(
         "user": "(none)"}
     assert [e for e in entries if e.target == "role/PVEGuardDevtoolsVM" and e.details.get("result") == "ok"
             and e.details["before"] == {"privileges": "VM.Audit"}]
+
+
+def _works(penv: Env, f: dict[str, str]) -> bool:
+    status, _r, _b = penv.sim.api("GET", "/version", token=f"{f['PVE_TOKEN_ID']}={f['PVE_TOKEN_SECRET']}")
+    return status == 200
+
+
+def test_a_container_that_changes_role_gets_the_new_roles_token_and_the_old_secret_stops_working(
+        penv: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The container kept its name and moved to another role: its token file becomes the new role's, and
+    the old role's secret it held opens nothing any more (the old role's other container gets a new one)."""
+    with_pct(penv, tmp_path)
+
+    def both_devtools(doc: dict[str, Any]) -> None:
+        for c in doc["containers"]:
+            if c["name"] == "pve-api-gateway":
+                c["role"] = "devtools"
+    penv.edit(both_devtools)
+    assert penv.run("apply", capsys=capsys)[0] == 0
+    ids = vmids(penv)
+    dev, gw = ids["pve-dev-tools"], ids["pve-api-gateway"]
+    before = token_file(penv, gw)
+    assert before["PVE_TOKEN_ID"] == "pveguard-devtools@pve!pveguard" and token_file(penv, dev) == before
+
+    def back_to_gateway(doc: dict[str, Any]) -> None:
+        for c in doc["containers"]:
+            if c["name"] == "pve-api-gateway":
+                c["role"] = "gateway"
+    penv.edit(back_to_gateway)
+    plan = penv.json("plan", capsys=capsys)
+    assert [a["action"] for a in plan["actions"] if a["name"] == "pve-api-gateway"] != ["create"]
+    code, out, err = penv.run("apply", capsys=capsys)
+    assert code == 0, out + err
+    assert vmids(penv)["pve-api-gateway"] == gw  # kept, not re-created
+    now = token_file(penv, gw)
+    assert now["PVE_TOKEN_ID"] == "pveguard-gateway@pve!pveguard" and _works(penv, now)
+    assert not _works(penv, before), "the devtools secret the gateway container held still opens PVE"
+    kept = token_file(penv, dev)
+    assert kept["PVE_TOKEN_ID"] == "pveguard-devtools@pve!pveguard" and _works(penv, kept)
+    assert before["PVE_TOKEN_SECRET"] not in out + err + now["PVE_TOKEN_SECRET"] + kept["PVE_TOKEN_SECRET"]
+    code, out, _ = penv.run("plan", "--detailed-exitcode", capsys=capsys)
+    assert code == 0, out

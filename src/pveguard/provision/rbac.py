@@ -116,4 +116,25 @@ def rbac_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store, insta
     cts = [c for w in wants for c in w.containers]
     seen = rbac.observe_rbac(backend.call, wants, current(store, wants, has_secret(backend, guests_of(p), cts)),
                              instance)
+    seen.left = left_roles(store, wants, p)
     return rbac.plan_rbac(wants, seen, instance)
+
+
+def left_roles(store: Store, wants: list[rbac.RoleWant], p: Plan) -> dict[str, list[str]]:
+    """Per role: the containers its current secret was delivered to that are no longer of the role but still
+    exist (the role changed with the name kept, or the container left the strategy and was not pruned). A
+    container this apply deletes does not count: it goes before the RBAC step."""
+    deleted = {a.vmid for a in p.actions if a.kind == "delete"}
+    there = {vmid: g.name for vmid, g in guests_of(p).items() if vmid not in deleted}
+    out: dict[str, list[str]] = {}
+    states = rbac_state.load(store)
+    for w in wants:
+        st = states.get(w.role)
+        if st is None:
+            continue
+        own = {c.vmid for c in w.containers}
+        names = sorted({there[v] for d in st.delivered if isinstance(v := d.get("vmid"), int)
+                        and v in there and v not in own})
+        if names:
+            out[w.role] = names
+    return out

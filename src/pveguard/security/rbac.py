@@ -159,6 +159,9 @@ class RbacSeen:
     secrets: dict[int, bool | str]  # vmid -> the secret file is there (a text: why that cannot be told)
     # PVE roles that ACL entries of anyone but pveguard's role users and tokens use (never removed)
     used_elsewhere: set[str] = dataclasses.field(default_factory=set)
+    # role -> containers that still exist and were given its current secret but are no longer of the role
+    # (their role changed, or they left the strategy unpruned): the secret they hold must stop working
+    left: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 def ours(ugid: str) -> bool:
@@ -339,10 +342,15 @@ def plan_rbac(wants: list[RoleWant], seen: RbacSeen, instance: str = "") -> FwPl
             out.changes.append(FwChange(f"token/{w.full_tokenid}", w.role, "privsep", str(tok.get("privsep", 1)),
                                         str(int(w.privsep)), op="token-privsep", data={"privsep": int(w.privsep)}))
         missing = [c for c in reach if seen.secrets.get(c.vmid) is False]
-        if missing:
-            out.changes.append(FwChange(f"token/{w.full_tokenid}", w.role, "secret",
-                                        f"missing or old in {', '.join(c.name for c in missing)}",
-                                        f"new secret in {', '.join(c.name for c in reach)}", op="rotate", data=to))
+        left = seen.left.get(w.role, [])
+        if missing or left:
+            # a new secret: delivered to the role's containers, and the one a container that left the role
+            # still holds stops working (PVE cannot change a secret: the token is deleted and made again)
+            old = "; ".join([*([f"missing or old in {', '.join(c.name for c in missing)}"] if missing else []),
+                             *([f"also held by {', '.join(left)} (no longer of the role)"] if left else [])])
+            out.changes.append(FwChange(f"token/{w.full_tokenid}", w.role, "secret", old,
+                                        f"new secret in {', '.join(c.name for c in reach) or 'no container yet'}",
+                                        op="rotate", data=to))
     for w in wants:
         why = {c.name: v for c in w.containers if isinstance(v := seen.secrets.get(c.vmid), str)}
         if why:
