@@ -178,3 +178,84 @@ def test_switch_killed_after_forwarding_on_keeps_the_old_values_and_forwards_loo
     assert back.returncode == 0, back.stderr
     assert knobs(src) == ["0", "0"]
     assert sh("ip", "netns", "exec", src, "nft", "list", "tables").stdout.strip() == ""
+
+
+V6_SERVER = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", int(sys.argv[1])))
+s.listen()
+print("ready", flush=True)
+while True:
+    c, a = s.accept()
+    c.sendall(b"served by the container\n")
+    c.close()
+"""
+
+
+def test_ipv6_loopback_cannot_be_forwarded_with_nat() -> None:
+    """Why docs/migrate.md says `::1` clients are not forwarded: the kernel's fact, kept true here.
+
+    The same forward as the switch's, in IPv6 (output dnat + masquerade) to a container with an IPv6
+    address: the SYN leaves and is answered, but the answer, translated back to ::1, is dropped on arrival
+    (Ip6InNoRoutes), since IPv6 has no route_localnet. If a kernel ever lets it through, this test fails
+    and the forward can learn ::1."""
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None:
+        pytest.skip("needs root, ip and nft")
+    tag = secrets.token_hex(2)
+    src, ct = f"mf6-src-{tag}", f"mf6-ct-{tag}"
+    made: list[str] = []
+    server = None
+    try:
+        for ns in (src, ct):
+            sh("ip", "netns", "add", ns)
+            made.append(ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        sh("ip", "-n", src, "link", "add", "mf6a", "type", "veth", "peer", "name", "mf6b", "netns", ct)
+        sh("ip", "-n", src, "addr", "add", "fd00:6::1/64", "dev", "mf6a", "nodad")
+        sh("ip", "-n", ct, "addr", "add", "fd00:6::2/64", "dev", "mf6b", "nodad")
+        sh("ip", "-n", src, "link", "set", "mf6a", "up")
+        sh("ip", "-n", ct, "link", "set", "mf6b", "up")
+        server = subprocess.Popen(["ip", "netns", "exec", ct, sys.executable, "-c", V6_SERVER, str(PORT)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        sh("ip", "netns", "exec", src, "nft", "-f", "-", input=(
+            "table ip6 mig6 {\n"
+            "  chain output { type nat hook output priority -100; policy accept;\n"
+            f"    fib daddr type local tcp dport {PORT} counter dnat to [fd00:6::2]\n  }}\n"
+            "  chain postrouting { type nat hook postrouting priority srcnat; policy accept;\n"
+            f"    ip6 daddr fd00:6::2 tcp dport {PORT} counter masquerade\n  }}\n"
+            "  chain answers { type filter hook prerouting priority -300; policy accept;\n"
+            f"    tcp sport {PORT} counter\n  }}\n"
+            "}\n"))
+        connect = ("import socket, sys\n"
+                   "try:\n"
+                   "    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)\n"
+                   "    print(s.recv(100).decode().strip())\n"
+                   "except OSError as e:\n"
+                   "    print(type(e).__name__)\n")
+
+        def client(address: str) -> str:
+            return sh("ip", "netns", "exec", src, sys.executable, "-c", connect, address, str(PORT)).stdout.strip()
+
+        def no_routes() -> int:
+            snmp = sh("ip", "netns", "exec", src, "cat", "/proc/net/snmp6").stdout
+            return int(next(line.split()[1] for line in snmp.splitlines() if line.startswith("Ip6InNoRoutes ")))
+
+        def answers() -> int:
+            text = sh("ip", "netns", "exec", src, "nft", "list", "chain", "ip6", "mig6", "answers").stdout
+            return int(text.split("counter packets ", 1)[1].split()[0])
+
+        assert client("fd00:6::2") == "served by the container"  # the path itself works
+        before, seen = no_routes(), answers()
+        assert client("::1") == "TimeoutError"
+        got = answers() - seen
+        assert got >= 2  # the container answered the SYN (and its retries)...
+        assert no_routes() - before >= got - 1  # ...and each answer to ::1 was dropped as having no route
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait(5)
+        for ns in made:
+            sh("ip", "netns", "del", ns, check=False)

@@ -247,7 +247,8 @@ def build(facts: HostFacts, strategy: Strategy, service: str, to: str | None = N
         "ip": net.ip if net else None,
         "ports": ports,
         "switch": "DNAT on the source: each port above is forwarded to the container's address, "
-                  "clients keep using the source's address (127.0.0.1 on the source too)",
+                  "clients keep using the source's address (127.0.0.1 on the source too; not ::1, which the kernel "
+                  "cannot forward: docs/migrate.md)",
     }
     if spec is not None and spec.network.firewall and ports:
         network["switch"] += ("; the container's firewall admits those ports from the source's address (kept "
