@@ -220,3 +220,32 @@ def test_a_group_no_role_uses_goes_unless_a_rule_still_references_it(
     assert [e.details.get("result") for e in entries[-2:]] == [None, "ok"]
     assert entries[-1].details["after"] == {"group": "(none)"}
     assert entries[-1].details["before"]["group"].startswith("tcp/22 from +pveguard-mgmt")
+
+
+def test_a_group_is_kept_while_a_guests_rules_cannot_be_read(penv: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    """Unknown is not unused: a guest whose firewall rules PVE will not show keeps every leftover group."""
+    assert penv.run("apply", capsys=capsys)[0] == 0
+    gw = managed(penv)["pve-api-gateway"]
+    other = _api(penv, "GET", "/cluster/nextid")
+    _api(penv, "POST", "/nodes/pve1/lxc", {"vmid": other, "hostname": "someones", "ostemplate":
+                                           "local:vztmpl/debian-12-standard_12.7-1_amd64.tar.zst",
+                                           "storage": "local-lvm"})
+    import time
+
+    for _ in range(100):
+        if any(x["vmid"] == int(other) for x in penv.lxc()):
+            break
+        time.sleep(0.05)
+    penv.edit(lambda d: d.update(containers=[c for c in d["containers"] if c["name"] != "pve-api-gateway"]))
+    base = f"/nodes/{gw['node']}/lxc/{gw['vmid']}/firewall/rules"
+    rule = next(r for r in _api(penv, "GET", base) if r["type"] == "group")
+    _api(penv, "DELETE", f"{base}/{rule['pos']}", {"digest": rule["digest"]})
+    penv.sim.control("POST", "/faults", {"method": "GET", "path": rf"^/nodes/pve1/lxc/{other}/firewall/rules$",
+                                         "status": 403, "message": "Permission check failed (/vms/x, VM.Audit)"})
+    fw = penv.json("plan", capsys=capsys)["firewall"]
+    assert fw["changes"] == [], fw
+    assert any("pvg-gateway is no longer used by the strategy but is kept" in n
+               and f"CT {other} (someones), whose firewall rules could not be read" in n for n in fw["notes"]), fw
+    penv.sim.control("DELETE", "/faults")
+    fw = penv.json("plan", capsys=capsys)["firewall"]
+    assert [c["target"] for c in fw["changes"]] == ["group/pvg-gateway"], fw

@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import quote
 
 from pveguard.backends.inflight import IN_FLIGHT as READ_WORKERS  # per-guest reads in flight at once
-from pveguard.errors import ConfigError
+from pveguard.errors import ConfigError, PveguardError
 from pveguard.strategy.models import Container, Strategy
 
 MGMT_IPSET = "pveguard-mgmt"
@@ -253,17 +253,29 @@ def group_references(call: Call, groups: Iterable[str],
     guests = [(str(r["node"]), str(r.get("type")), int(r["vmid"]), str(r.get("name") or ""))
               for r in resources if r.get("type") in ("lxc", "qemu") and r.get("node") and r.get("vmid") is not None]
 
-    def read(item: tuple[str, str, int, str]) -> tuple[int, str, list[dict[str, Any]]]:
+    def rules_of(path: str) -> list[dict[str, Any]] | str:
+        try:
+            return list(call("GET", path) or [])
+        except PveguardError as exc:  # unknown is not "unused": the groups stay, the note says why
+            return exc.message
+
+    def read(item: tuple[str, str, int, str]) -> tuple[int, str, list[dict[str, Any]] | str]:
         node, typ, vmid, name = item
         where = f"{'CT' if typ == 'lxc' else 'VM'} {vmid}" + (f" ({name})" if name else "")
-        return vmid, where, list(call("GET", f"/nodes/{node}/{typ}/{vmid}/firewall/rules") or [])
+        return vmid, where, rules_of(f"/nodes/{node}/{typ}/{vmid}/firewall/rules")
+
+    def take(rules: list[dict[str, Any]] | str, vmid: int | None, where: str) -> None:
+        if isinstance(rules, str):
+            for g in out:
+                out[g].append((vmid, f"{where}, whose firewall rules could not be read ({rules})"))
+        else:
+            note(rules, vmid, where)
 
     with ThreadPoolExecutor(max_workers=READ_WORKERS) as pool:
         for vmid, where, rules in pool.map(read, guests):
-            note(rules, vmid, where)
-        for node, rules in zip(nodes, pool.map(lambda n: list(call("GET", f"/nodes/{n}/firewall/rules") or []),
-                                               nodes), strict=True):
-            note(rules, None, f"node {node}")
+            take(rules, vmid, where)
+        for node, got in zip(nodes, pool.map(lambda n: rules_of(f"/nodes/{n}/firewall/rules"), nodes), strict=True):
+            take(got, None, f"node {node}")
     return out
 
 
