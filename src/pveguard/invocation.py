@@ -15,13 +15,14 @@ import sys
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+
+from pveguard.records import record
 
 argv: list[str] | None = None  # the words after `pveguard` (set by cli.main)
 interrupted_during: str | None = None  # the innermost `during(what)` a Ctrl-C went through
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Written:
     """One ledger entry this process wrote."""
 

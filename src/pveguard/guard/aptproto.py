@@ -14,8 +14,9 @@ Only the standard library is used here: this module sits on the hook's hot path.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Literal
+
+from pveguard.records import field, record
 
 Kind = Literal["install", "upgrade", "downgrade", "reinstall", "remove", "configure", "error"]
 
@@ -35,7 +36,7 @@ class ProtocolError(ValueError):
     """The hook's input is not what apt's protocol version 2/3 sends."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Action:
     """One line of the action section."""
 
@@ -68,7 +69,7 @@ class Action:
         return None if self.target in _SPECIAL else self.target
 
 
-@dataclass
+@record
 class HookInput:
     """A parsed hook message: protocol version, apt's configuration, planned actions."""
 

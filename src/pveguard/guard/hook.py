@@ -28,7 +28,6 @@ import sqlite3
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,6 +35,7 @@ from pveguard.guard.aptproto import Action, HookInput, ProtocolError, parse
 from pveguard.guard.decide import Candidate, Decision, Policy, PolicyFileError, decide, messages, parse_policy
 from pveguard.packages.classify import Classifier, Verdict, static_verdict
 from pveguard.packages.status import Package, parse_relations, parse_status
+from pveguard.records import record
 
 POLICY_FILE = Path("/etc/pveguard/installation_policy.conf")
 CLUSTER_POLICY_FILE = Path("/etc/pve/installation_policy.conf")
@@ -62,7 +62,7 @@ class HookFailure(Exception):
         self.hint = hint
 
 
-@dataclass
+@record
 class HookEnv:
     """Where the hook finds things; tests and benchmarks point it elsewhere."""
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Literal
 
 from pveguard.packages.status import Package
+from pveguard.records import record
 
 PVEVERSION_ALWAYS = frozenset("""
 proxmox-ve pve-manager ceph-fuse corosync glusterfs-client libjs-extjs libknet1 libproxmox-acme-perl
@@ -50,7 +50,7 @@ Reason = Literal["closure", "pveversion", "kernel", "boot", "essential", "requir
                  "non-core"]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Verdict:
     core: bool
     reason: Reason
@@ -120,7 +120,7 @@ def _resolve(name: str, packages: Mapping[str, Package], provided: Mapping[str, 
     return list(provided.get(name, []))
 
 
-@dataclass
+@record
 class Classifier:
     """Classifies package names against one dpkg status snapshot."""
 

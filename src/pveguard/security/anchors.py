@@ -28,9 +28,10 @@ import json
 import os
 import struct
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from pveguard.records import field, record
 
 if TYPE_CHECKING:  # socket, shutil and subprocess are imported where used: the apt hook pays every import
     import socket
@@ -52,7 +53,7 @@ _FS_IOC_SETFLAGS = 0x40086602
 _FS_APPEND_FL = 0x00000020
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Head:
     """One head as an anchor records it; `mac` is set when the ledger is keyed."""
 
@@ -61,7 +62,7 @@ class Head:
     mac: str | None = None
 
 
-@dataclass
+@record
 class Reading:
     """What one anchor says about one ledger."""
 

@@ -17,13 +17,13 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pveguard import invocation
 from pveguard.errors import ConfigError, StateError, UsageError
+from pveguard.records import record
 from pveguard.security.anchors import AnchorSink, Head, Reading, default_anchors, verify_anchors
 from pveguard.store import DB_NAME, Store
 
@@ -79,7 +79,7 @@ MIGRATIONS = [
 KEY_ENV_HINT = "set PVEGUARD_LEDGER_KEY_FILE or security.ledger_hmac_key_file"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Entry:
     seq: int
     ts: str
@@ -97,7 +97,7 @@ class Entry:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VerifyResult:
     ok: bool
     entries: int
