@@ -10,7 +10,6 @@ without reading the database again, and a lock file can name the command that ho
 
 from __future__ import annotations
 
-import shlex
 import sys
 from collections import deque
 from collections.abc import Iterator
@@ -109,6 +108,8 @@ def interrupted_message(at_prompt: bool = False) -> str:
 def command_line(limit: int = 200) -> str:
     """`pveguard WORDS...` as typed (shell-quoted, cut at `limit` characters)."""
     words = argv if argv is not None else sys.argv[1:]
+    import shlex  # not on the apt hook's path, which imports this module
+
     text = " ".join(["pveguard", *(shlex.quote(w) for w in words)])
     return text if len(text) <= limit else text[:limit - 3] + "..."
 

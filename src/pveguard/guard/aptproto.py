@@ -14,11 +14,14 @@ Only the standard library is used here: this module sits on the hook's hot path.
 from __future__ import annotations
 
 import re
-from typing import Literal
 
 from pveguard.records import field, record
 
-Kind = Literal["install", "upgrade", "downgrade", "reinstall", "remove", "configure", "error"]
+TYPE_CHECKING = False  # typing is not imported at run time: apt waits for the hook's start-up (mypy: true)
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Kind = Literal["install", "upgrade", "downgrade", "reinstall", "remove", "configure", "error"]
 
 CONFIGURE = "**CONFIGURE**"
 REMOVE = "**REMOVE**"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Literal
 
 from pveguard.guard.aptproto import Action
 from pveguard.packages.classify import REASON_TEXT, Verdict
@@ -25,7 +24,11 @@ from pveguard.records import field, record, replace
 
 POLICY_FORMAT_VERSION = 1
 
-ItemVerdict = Literal["allow", "refuse", "record"]
+TYPE_CHECKING = False  # typing is not imported at run time: apt waits for the hook's start-up (mypy: true)
+if TYPE_CHECKING:
+    from typing import Literal
+
+    ItemVerdict = Literal["allow", "refuse", "record"]
 
 
 # --- policy file --------------------------------------------------------------------------------

@@ -29,13 +29,16 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
 
 from pveguard.guard.aptproto import Action, HookInput, ProtocolError, parse
 from pveguard.guard.decide import Candidate, Decision, Policy, PolicyFileError, decide, messages, parse_policy
 from pveguard.packages.classify import Classifier, Verdict, static_verdict
 from pveguard.packages.status import Package, parse_relations, parse_status
 from pveguard.records import record
+
+TYPE_CHECKING = False  # typing is not imported at run time: apt waits for the hook's start-up (mypy: true)
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 POLICY_FILE = Path("/etc/pveguard/installation_policy.conf")
 CLUSTER_POLICY_FILE = Path("/etc/pve/installation_policy.conf")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Iterable, Mapping
-from typing import Literal
 
 from pveguard.packages.status import Package
 from pveguard.records import record
@@ -46,8 +45,12 @@ NEVER_STOP_UNITS = ("pve-cluster", "corosync", "pvedaemon", "pveproxy", "pvestat
                     "pve-ha-crm", "watchdog-mux", "pve-firewall", "qmeventd", "lxcfs", "pve-lxc-syscalld",
                     "rrdcached", "spiceproxy", "ssh", "sshd", "chrony", "pve-guests", "pve-container@*")
 
-Reason = Literal["closure", "pveversion", "kernel", "boot", "essential", "required", "extra", "optional",
-                 "non-core"]
+TYPE_CHECKING = False  # typing is not imported at run time: apt waits for the hook's start-up (mypy: true)
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Reason = Literal["closure", "pveversion", "kernel", "boot", "essential", "required", "extra", "optional",
+                     "non-core"]
 
 
 @record(frozen=True)

@@ -29,12 +29,15 @@ import os
 import struct
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
 
 from pveguard.records import field, record
 
+TYPE_CHECKING = False  # typing is not imported at run time: apt waits for the hook's start-up (mypy: true)
 if TYPE_CHECKING:  # socket, shutil and subprocess are imported where used: the apt hook pays every import
     import socket
+    from typing import Any, Protocol
+else:
+    Protocol = object  # AnchorSink is only a static interface (never used with isinstance)
 
 ANCHOR_FILE = "ledger.anchor"
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")

@@ -12,14 +12,12 @@ chain with every anchor it can read.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import os
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from pveguard import invocation
 from pveguard.errors import ConfigError, StateError, UsageError
@@ -30,8 +28,10 @@ from pveguard.store import DB_NAME, Store
 # SHA-256 from CPython's built-in module when there is one: `hashlib` loads OpenSSL (~2 ms), which the
 # apt hook pays on every apt run; the digests are the same (tests/security/test_ledger.py).
 # `hmac` (which imports hashlib) is imported only where a key or a comparison needs it.
+TYPE_CHECKING = False  # typing is not imported at run time: apt waits for the hook's start-up (mypy: true)
 if TYPE_CHECKING:
     from hashlib import sha256 as _sha256
+    from typing import Any
 else:
     try:
         from _sha256 import sha256 as _sha256
@@ -115,6 +115,8 @@ def current_actor() -> str:
     user = os.environ.get("SUDO_USER") or os.environ.get("PVEGUARD_ACTOR")
     if not user:
         try:
+            import getpass  # only without SUDO_USER / PVEGUARD_ACTOR (the apt hook pays every import)
+
             user = getpass.getuser()
         except (KeyError, OSError):
             user = "unknown"
