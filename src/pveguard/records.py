@@ -35,6 +35,12 @@ else:
 
     _MISSING = _Missing()
 
+    class _Factory:
+        def __repr__(self) -> str:
+            return "<factory>"  # what a dataclass's signature shows for a default_factory field
+
+    _HAS_FACTORY = _Factory()
+
     class _Field:
         __slots__ = ("default", "default_factory", "repr")
 
@@ -77,15 +83,15 @@ else:
         return tuple(out.items())
 
     def _make_init(cls: type, fields: tuple[tuple[str, _Field], ...], frozen: bool) -> None:
-        env: dict[str, object] = {"__MISSING": _MISSING, "__object_setattr": object.__setattr__}
+        env: dict[str, object] = {"__HAS_FACTORY": _HAS_FACTORY, "__object_setattr": object.__setattr__}
         params: list[str] = []
         body: list[str] = []
         seen_default = False
         for name, spec in fields:
             if spec.default_factory is not _MISSING:
                 env[f"__factory_{name}"] = spec.default_factory
-                params.append(f"{name}=__MISSING")
-                value = f"__factory_{name}() if {name} is __MISSING else {name}"
+                params.append(f"{name}=__HAS_FACTORY")
+                value = f"__factory_{name}() if {name} is __HAS_FACTORY else {name}"
                 seen_default = True
             elif spec.default is not _MISSING:
                 env[f"__default_{name}"] = spec.default
@@ -110,6 +116,10 @@ else:
         exec(source, env, namespace)  # what dataclasses does: a real signature and real TypeErrors
         init = namespace["__init__"]
         init.__qualname__ = f"{cls.__qualname__}.__init__"
+        annotations = {}
+        for klass in reversed(cls.__mro__):
+            annotations.update(klass.__dict__.get("__annotations__", {}))  # noqa: RUF063 - see above
+        init.__annotations__ = {name: annotations[name] for name, _ in fields} | {"return": None}
         cls.__init__ = init
 
     def _repr(self: object) -> str:
