@@ -30,6 +30,7 @@ OFF_THE_HOOK_PATH = {
     "linecache": "pulled in by inspect",
     "typing": "typing names only under TYPE_CHECKING (from __future__ import annotations)",
     "getpass": "imported where the fallback needs it",
+    "threading": "the store takes _thread.RLock (what threading.RLock is)",
     "shlex": "imported where invocation quotes a command line",
     "tarfile": "the hook reads dpkg-deb's control.tar itself (tarfile only for odd archives)",
     "hashlib": "the ledger uses _sha256 (hashlib loads OpenSSL) unless a key needs hmac",
