@@ -10,18 +10,18 @@ without reading the database again, and a lock file can name the command that ho
 
 from __future__ import annotations
 
-import shlex
 import sys
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+
+from pveguard.records import record
 
 argv: list[str] | None = None  # the words after `pveguard` (set by cli.main)
 interrupted_during: str | None = None  # the innermost `during(what)` a Ctrl-C went through
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Written:
     """One ledger entry this process wrote."""
 
@@ -108,6 +108,8 @@ def interrupted_message(at_prompt: bool = False) -> str:
 def command_line(limit: int = 200) -> str:
     """`pveguard WORDS...` as typed (shell-quoted, cut at `limit` characters)."""
     words = argv if argv is not None else sys.argv[1:]
+    import shlex  # not on the apt hook's path, which imports this module
+
     text = " ".join(["pveguard", *(shlex.quote(w) for w in words)])
     return text if len(text) <= limit else text[:limit - 3] + "..."
 

@@ -8,9 +8,9 @@ of failing, so concurrent writers (an apt hook during a daemon poll) simply queu
 
 from __future__ import annotations
 
+import _thread  # threading.RLock is _thread.RLock; importing threading costs the apt hook ~0.6 ms
 import os
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -40,7 +40,7 @@ class Store:
         self.path = state_dir / DB_NAME
         self.readonly = readonly
         self._migrated: set[str] = set()
-        self._lock = threading.RLock()
+        self._lock = _thread.RLock()
         try:
             if not readonly:
                 _prepare(state_dir, self.path)
@@ -110,6 +110,13 @@ class Store:
         if component in self._migrated:
             return
         if self.readonly:
+            self._migrated.add(component)
+            return
+        # The common case (every command, every apt hook run): already at the newest version. One
+        # read says so without taking the write lock; versions only go up, so it stays true.
+        with self._lock:
+            row = self.conn.execute("SELECT version FROM schema_version WHERE component = ?", (component,)).fetchone()
+        if row is not None and row["version"] == len(migrations):
             self._migrated.add(component)
             return
         with self.transaction() as conn:

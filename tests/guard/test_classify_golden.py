@@ -8,10 +8,14 @@ constraints, alternatives, Provides, a config-files-only package).
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from pveguard.packages import classify
 from pveguard.packages.classify import Classifier, static_verdict
 from pveguard.packages.status import Package, read_status
 
@@ -82,3 +86,18 @@ def test_core_set() -> None:
 def test_static_verdict_for_packages_not_installed(name: str, pkg: Package | None, core: bool, reason: str) -> None:
     v = static_verdict(name, pkg, ("proxmox-ve",), ("zabbix-agent*",))
     assert (v.core, v.reason) == (core, reason)
+
+
+PATTERN_SETS = [classify.KERNEL_PATTERNS, classify.NEVER_STOP_UNITS, ("a*", "a", "*", "", "a?c", "[ab]*", "a*b*"),
+                ("x[*", "x]", "*x", "x**")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(PATTERN_SETS),
+       st.lists(st.sampled_from([*"apxrmoeknl-*?[]\n", "proxmox-kernel-", "pve-headers-"]),
+                max_size=8).map("".join))
+def test_name_matcher_is_fnmatchcase(patterns: tuple[str, ...], name: str) -> None:
+    expected = any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    assert classify.name_matcher(patterns)(name) is expected
+    for kernel in ("proxmox-kernel-6.8", "pve-headers-6.5.13-1-pve", "proxmox-default-kernel", "proxmox-kernel-\n"):
+        assert classify.name_matcher(classify.KERNEL_PATTERNS)(kernel)

@@ -251,6 +251,23 @@ def test_core_cache_is_keyed_by_the_status_file(env: hook.HookEnv) -> None:
     assert again["random-tool"][0] is False and "htop" in again
 
 
+def test_a_stale_core_cache_is_not_parsed_and_a_current_one_is(env: hook.HookEnv,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    policy = hook.load_policy(env)
+    state = Path(policy.state_dir)
+    state.mkdir(parents=True)
+    first = hook.core_index(env.dpkg_status, state, policy)
+    parsed: list[int] = []
+    loads = json.loads
+    monkeypatch.setattr(hook.json, "loads", lambda text: parsed.append(len(text)) or loads(text))
+    assert hook.core_index(env.dpkg_status, state, policy) == first and len(parsed) == 1
+    # dpkg ran: the key in the cache's first bytes differs, so it is rebuilt without being parsed
+    env.dpkg_status.write_text(STATUS + "\nPackage: htop\nStatus: install ok installed\nVersion: 3\n")
+    again = hook.core_index(env.dpkg_status, state, policy)
+    assert "htop" in again and len(parsed) == 1
+    assert hook.core_index(env.dpkg_status, state, policy) == again and len(parsed) == 2
+
+
 needs_dpkg_deb = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
 
 

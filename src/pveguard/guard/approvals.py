@@ -12,10 +12,10 @@ import re
 import sqlite3
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pveguard.guard.decide import Approval
+from pveguard.records import record
 from pveguard.store import Store
 
 MIGRATIONS = [
@@ -48,7 +48,7 @@ _PKG = re.compile(r"^[a-z0-9][a-z0-9+.\-]+$")
 _VERSION = re.compile(r"^[A-Za-z0-9.+~:\-]+$")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ApprovalRecord:
     id: int
     package: str

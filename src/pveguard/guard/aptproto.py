@@ -14,10 +14,14 @@ Only the standard library is used here: this module sits on the hook's hot path.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from typing import Literal
 
-Kind = Literal["install", "upgrade", "downgrade", "reinstall", "remove", "configure", "error"]
+from pveguard.records import field, record
+
+TYPE_CHECKING = False  # typing is not imported at run time: apt waits for the hook's start-up (mypy: true)
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Kind = Literal["install", "upgrade", "downgrade", "reinstall", "remove", "configure", "error"]
 
 CONFIGURE = "**CONFIGURE**"
 REMOVE = "**REMOVE**"
@@ -35,7 +39,7 @@ class ProtocolError(ValueError):
     """The hook's input is not what apt's protocol version 2/3 sends."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Action:
     """One line of the action section."""
 
@@ -68,7 +72,7 @@ class Action:
         return None if self.target in _SPECIAL else self.target
 
 
-@dataclass
+@record
 class HookInput:
     """A parsed hook message: protocol version, apt's configuration, planned actions."""
 

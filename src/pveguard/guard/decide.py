@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Literal
 
 from pveguard.guard.aptproto import Action
 from pveguard.packages.classify import REASON_TEXT, Verdict
+from pveguard.records import field, record, replace
 
 POLICY_FORMAT_VERSION = 1
 
-ItemVerdict = Literal["allow", "refuse", "record"]
+TYPE_CHECKING = False  # typing is not imported at run time: apt waits for the hook's start-up (mypy: true)
+if TYPE_CHECKING:
+    from typing import Literal
+
+    ItemVerdict = Literal["allow", "refuse", "record"]
 
 
 # --- policy file --------------------------------------------------------------------------------
@@ -35,7 +38,7 @@ class PolicyFileError(ValueError):
     """The policy file is not what `pveguard guard install` writes."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Policy:
     """The installation policy as the hook reads it (rendered from the strategy by `guard install`)."""
 
@@ -165,7 +168,7 @@ def fitting_container(package: str, containers: Iterable[tuple[str, Sequence[str
 # --- approvals ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Approval:
     """An approval as the rules see it (the store keeps who, why and when)."""
 
@@ -200,7 +203,7 @@ def match_approval(approvals: Iterable[Approval], package: str, version: str | N
 # --- decisions ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Candidate:
     """One package of the transaction with what the rules need to know about it."""
 
@@ -211,7 +214,7 @@ class Candidate:
     provides: tuple[str, ...] = ()
 
 
-@dataclass
+@record
 class Item:
     package: str
     kind: str
@@ -229,7 +232,7 @@ class Item:
                 "detail": self.detail, "approval": self.approval_id, "container": self.container}
 
 
-@dataclass
+@record
 class Decision:
     allowed: bool
     items: list[Item] = field(default_factory=list)

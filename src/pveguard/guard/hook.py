@@ -28,14 +28,17 @@ import sqlite3
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
 
 from pveguard.guard.aptproto import Action, HookInput, ProtocolError, parse
 from pveguard.guard.decide import Candidate, Decision, Policy, PolicyFileError, decide, messages, parse_policy
 from pveguard.packages.classify import Classifier, Verdict, static_verdict
 from pveguard.packages.status import Package, parse_relations, parse_status
+from pveguard.records import record
+
+TYPE_CHECKING = False  # typing is not imported at run time: apt waits for the hook's start-up (mypy: true)
+if TYPE_CHECKING:
+    from typing import IO, Any
 
 POLICY_FILE = Path("/etc/pveguard/installation_policy.conf")
 CLUSTER_POLICY_FILE = Path("/etc/pve/installation_policy.conf")
@@ -62,7 +65,7 @@ class HookFailure(Exception):
         self.hint = hint
 
 
-@dataclass
+@record
 class HookEnv:
     """Where the hook finds things; tests and benchmarks point it elsewhere."""
 
@@ -250,9 +253,14 @@ def core_index(status_path: Path, state_dir: Path, policy: Policy) -> dict[str, 
     key = [_CACHE_FORMAT, st.st_ino, st.st_size, st.st_mtime_ns, list(policy.core_roots), list(policy.extra_allowed)]
     cache = state_dir / CORE_CACHE_NAME
     try:
-        cached = json.loads(cache.read_text(encoding="utf-8"))
-        if cached.get("key") == key:
-            return {name: (bool(v[0]), str(v[1]), str(v[2])) for name, v in cached["packages"].items()}
+        text = cache.read_text(encoding="utf-8")
+        # After every dpkg run the key differs: the cache as this function writes it says so in its
+        # first bytes, without parsing the whole file (apt waits). Any other text is parsed and judged.
+        compact = '{"key":' + json.dumps(key, separators=(",", ":")) + ","
+        if text.startswith(compact) or not text.startswith('{"key":['):
+            cached = json.loads(text)
+            if cached.get("key") == key:
+                return {name: (bool(v[0]), str(v[1]), str(v[2])) for name, v in cached["packages"].items()}
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         pass  # no cache or a damaged one: rebuild it
     try:

@@ -13,11 +13,10 @@ Rules, in priority order (docs/guard.md "The rules", docs/audit.md "Classificati
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Iterable, Mapping
 
 from pveguard.packages.status import Package
+from pveguard.records import record
 
 PVEVERSION_ALWAYS = frozenset("""
 proxmox-ve pve-manager ceph-fuse corosync glusterfs-client libjs-extjs libknet1 libproxmox-acme-perl
@@ -42,15 +41,46 @@ BOOT_CHAIN = frozenset({"grub-pc", "grub-efi-amd64", "grub-efi-amd64-signed", "g
                         "shim-signed", "systemd-boot", "efibootmgr", "proxmox-kernel-helper"})
 
 # Units that must never be stopped or moved, whatever owns them.
+
+
+def name_matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
+    """`lambda name: any(fnmatch.fnmatchcase(name, p) for p in patterns)`, with the plain forms --
+    an exact name, a prefix followed by one `*` -- checked without fnmatch's regexes: the apt hook
+    classifies every installed package this way after each dpkg run, and apt waits for it."""
+    exact: set[str] = set()
+    prefixes: list[str] = []
+    other: list[str] = []
+    for p in patterns:
+        body = p[:-1] if p.endswith("*") else p
+        if any(c in body for c in "*?["):
+            other.append(p)
+        elif p.endswith("*"):
+            prefixes.append(body)
+        else:
+            exact.add(p)
+    starts = tuple(prefixes)
+
+    def match(name: str) -> bool:
+        return name in exact or name.startswith(starts) or any(fnmatch.fnmatchcase(name, p) for p in other)
+
+    return match
+
+
+_is_kernel = name_matcher(KERNEL_PATTERNS)
+
 NEVER_STOP_UNITS = ("pve-cluster", "corosync", "pvedaemon", "pveproxy", "pvestatd", "pvescheduler", "pve-ha-lrm",
                     "pve-ha-crm", "watchdog-mux", "pve-firewall", "qmeventd", "lxcfs", "pve-lxc-syscalld",
                     "rrdcached", "spiceproxy", "ssh", "sshd", "chrony", "pve-guests", "pve-container@*")
 
-Reason = Literal["closure", "pveversion", "kernel", "boot", "essential", "required", "extra", "optional",
-                 "non-core"]
+TYPE_CHECKING = False  # typing is not imported at run time: apt waits for the hook's start-up (mypy: true)
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Reason = Literal["closure", "pveversion", "kernel", "boot", "essential", "required", "extra", "optional",
+                     "non-core"]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Verdict:
     core: bool
     reason: Reason
@@ -120,7 +150,7 @@ def _resolve(name: str, packages: Mapping[str, Package], provided: Mapping[str, 
     return list(provided.get(name, []))
 
 
-@dataclass
+@record
 class Classifier:
     """Classifies package names against one dpkg status snapshot."""
 
@@ -155,7 +185,7 @@ def static_verdict(name: str, pkg: Package | None, core_roots: Iterable[str] = (
         return Verdict(True, "closure", "a core root")
     if name in PVEVERSION_ALWAYS:
         return Verdict(True, "pveversion")
-    if any(fnmatch.fnmatchcase(name, p) for p in KERNEL_PATTERNS):
+    if _is_kernel(name):
         return Verdict(True, "kernel")
     if name in BOOT_CHAIN:
         return Verdict(True, "boot")

@@ -8,8 +8,9 @@ on a 2,000-package status file); relationship fields are parsed on demand.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
+
+from pveguard.records import field, record
 
 DPKG_STATUS = Path("/var/lib/dpkg/status")
 APT_EXTENDED_STATES = Path("/var/lib/apt/extended_states")
@@ -20,7 +21,7 @@ _VERSION_RE = re.compile(r"\s*\(.*?\)")
 _ARCH_RE = re.compile(r"\s*\[.*?\]|\s*<.*?>")
 
 
-@dataclass
+@record
 class Package:
     name: str
     version: str = ""

@@ -28,12 +28,16 @@ import json
 import os
 import struct
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
 
+from pveguard.records import field, record
+
+TYPE_CHECKING = False  # typing is not imported at run time: apt waits for the hook's start-up (mypy: true)
 if TYPE_CHECKING:  # socket, shutil and subprocess are imported where used: the apt hook pays every import
     import socket
+    from typing import Any, Protocol
+else:
+    Protocol = object  # AnchorSink is only a static interface (never used with isinstance)
 
 ANCHOR_FILE = "ledger.anchor"
 JOURNAL_SOCKET = Path("/run/systemd/journal/socket")
@@ -52,7 +56,7 @@ _FS_IOC_SETFLAGS = 0x40086602
 _FS_APPEND_FL = 0x00000020
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Head:
     """One head as an anchor records it; `mac` is set when the ledger is keyed."""
 
@@ -61,7 +65,7 @@ class Head:
     mac: str | None = None
 
 
-@dataclass
+@record
 class Reading:
     """What one anchor says about one ledger."""
 

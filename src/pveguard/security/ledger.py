@@ -12,26 +12,26 @@ chain with every anchor it can read.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import os
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 from pveguard import invocation
 from pveguard.errors import ConfigError, StateError, UsageError
+from pveguard.records import record
 from pveguard.security.anchors import AnchorSink, Head, Reading, default_anchors, verify_anchors
 from pveguard.store import DB_NAME, Store
 
 # SHA-256 from CPython's built-in module when there is one: `hashlib` loads OpenSSL (~2 ms), which the
 # apt hook pays on every apt run; the digests are the same (tests/security/test_ledger.py).
 # `hmac` (which imports hashlib) is imported only where a key or a comparison needs it.
+TYPE_CHECKING = False  # typing is not imported at run time: apt waits for the hook's start-up (mypy: true)
 if TYPE_CHECKING:
     from hashlib import sha256 as _sha256
+    from typing import Any
 else:
     try:
         from _sha256 import sha256 as _sha256
@@ -79,7 +79,7 @@ MIGRATIONS = [
 KEY_ENV_HINT = "set PVEGUARD_LEDGER_KEY_FILE or security.ledger_hmac_key_file"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Entry:
     seq: int
     ts: str
@@ -97,7 +97,7 @@ class Entry:
         }
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class VerifyResult:
     ok: bool
     entries: int
@@ -115,6 +115,8 @@ def current_actor() -> str:
     user = os.environ.get("SUDO_USER") or os.environ.get("PVEGUARD_ACTOR")
     if not user:
         try:
+            import getpass  # only without SUDO_USER / PVEGUARD_ACTOR (the apt hook pays every import)
+
             user = getpass.getuser()
         except (KeyError, OSError):
             user = "unknown"
