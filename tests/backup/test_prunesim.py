@@ -63,8 +63,8 @@ def _reference(text: str, zone: ZoneInfo) -> tuple[list[str], list[int]]:
 def _simulated(text: str, zone: ZoneInfo) -> tuple[tuple[list[str], list[int]], int]:
     result = prunesim.simulate(text, POLICY, zone)
     out: list[str] = []
-    result.write(out.append)
-    strict = sum(isinstance(piece, tuple) for piece, _ in result.pieces)
+    prunesim.write_lines(result, out.append)
+    strict = sum(kind != prunesim._TEXTS for kind, _, _ in result.pieces)
     return ("".join(out).splitlines(), list(result.times)), strict
 
 
@@ -132,3 +132,87 @@ def test_counts_lines_as_splitlines_does() -> None:
     with pytest.raises(UsageError) as caught:
         prunesim.simulate("\n".join(names), POLICY, ZoneInfo("Europe/Berlin"))
     assert caught.value.message.startswith("line 152:")
+
+
+def _uniform_names(seed: int, count: int, vmids: list[str], path: str = "", ext: str = "tar.zst") -> list[str]:
+    """Names of one shape (same type, vmid width, path and extension): the uniform reader's input."""
+    rng = random.Random(seed)
+    t = datetime(2023, 3, 1)
+    out = []
+    for _ in range(count):
+        t += timedelta(minutes=rng.choice([1, 7, 30, 59, 61, 24 * 60]))
+        when = rng.choice(DST_TIMES) if rng.random() < 0.05 else t
+        name = f"{path}vzdump-lxc-{rng.choice(vmids)}-{when:%Y_%m_%d-%H_%M_%S}.{ext}"
+        out.append(name + " protected" if rng.random() < 0.1 else name)
+    return out
+
+
+def _kinds(text: str, zone: ZoneInfo) -> list[int]:
+    return [kind for kind, _, _ in prunesim.simulate(text, POLICY, zone).pieces]
+
+
+@pytest.mark.parametrize("zone", ZONES)
+@pytest.mark.parametrize(
+    ("vmids", "path", "ext"),
+    [
+        (["101"], "", "tar.zst"),
+        (["101", "102", "999"], "/var/lib/vz/dump/", "tar.bz2"),  # several guests: per line
+        (["12345678"], "d/", "vma.lzo"),
+        (["123456789", "223456789"], "", "tgz"),  # 9 digits and several: the regex reader
+    ],
+)
+@pytest.mark.parametrize("end", ["\n", "", " protected"])
+def test_uniform_names_match_the_precise_reader(
+    zone: str, vmids: list[str], path: str, ext: str, end: str
+) -> None:
+    tz = ZoneInfo(zone)
+    names = _uniform_names(len(zone), 3000, vmids, path, ext)
+    names[-1] = names[-1].removesuffix(" protected")
+    text = "\n".join(names) + end
+    lines, _ = _simulated(text, tz)
+    assert lines == _reference(text, tz)
+    kinds = _kinds(text, tz)
+    if len(vmids[0]) <= 8:
+        assert kinds.count(prunesim._UNIFORM) >= len(kinds) - 1, "one shape: the uniform reader"
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [
+        "vzdump-lxc-101-2023_03_26-02_60_00.tar.zst",  # minute 60
+        "vzdump-lxc-101-2023_03_26-02_00_61.tar.zst",
+        "vzdump-lxc-101-2023_03_26-24_00_00.tar.zst",
+        "vzdump-lxc-101-2023_02_29-02_00_00.tar.zst",
+        "vzdump-lxc-101-2023_13_01-02_00_00.tar.zst",
+        "vzdump-lxc-101-2023_00_01-02_00_00.tar.zst",
+        "vzdump-lxc-101-9999_01_01-00_00_00.tar.zst",
+        "vzdump-lxc-101-1900_01_01-00_30_00.tar.zst",
+        "vzdump-lxc-011-2023_03_01-00_00_00.tar.zst",  # vmid with a leading 0: not a standard name
+        "vzdump-lxc-101-2023_03_01-00_00_00.tar.bz7",  # the digit of bz2 changed
+        "vzdump-lxc-101-2023_03_01-00_00_00.tar.zst protectet",
+    ],
+)
+def test_one_odd_line_in_a_uniform_chunk_gives_the_precise_result(odd: str) -> None:
+    tz = ZoneInfo("Europe/Berlin")
+    names = _uniform_names(9, 200, ["101"])
+    names[77] = odd
+    text = "\n".join(names) + "\n"
+    try:
+        expected: object = _reference(text, tz)
+    except UsageError as exc:
+        expected = exc.message
+    try:
+        got: object = _simulated(text, tz)[0]
+    except UsageError as exc:
+        got = exc.message
+    assert got == expected
+
+
+def test_uniform_chunks_before_1970_and_across_a_century() -> None:
+    tz = ZoneInfo("America/New_York")
+    start = datetime(1901, 1, 1)
+    names = [f"vzdump-qemu-100-{start + timedelta(days=3 * i):%Y_%m_%d-%H_%M_%S}.vma" for i in range(50000)]
+    text = "\n".join(names) + "\n"
+    lines, _ = _simulated(text, tz)
+    assert lines == _reference(text, tz)
+    assert prunesim._UNIFORM in _kinds(text, tz)
