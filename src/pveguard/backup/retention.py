@@ -232,8 +232,10 @@ def _marks(
     policy: KeepPolicy,
     protected: Sequence[bool] | None,
     zone: tzinfo | None,
+    offsets: _Offsets | None = None,
 ) -> bytearray:
-    """Per archive (input order) its internal mark, one byte each."""
+    """Per archive (input order) its internal mark, one byte each. ``offsets``: a cache of ``zone``'s
+    offsets to share between calls (prune-sim's groups)."""
     n = len(times)
     if protected is not None and len(protected) != n:
         raise ValueError("times and protected must have the same length")
@@ -265,7 +267,7 @@ def _marks(
             state[a : a + len(members)] = bytes(map(marks.__getitem__, members))
         stamps.reverse()
         state.reverse()
-    _passes(stamps, state, policy, tz)
+    _passes(stamps, state, policy, tz, offsets if offsets is not None and offsets.zone is tz else _Offsets(tz))
     if windows is None:
         deque(map(marks.__setitem__, order, state), maxlen=0)  # marks[order[j]] = state[j], in C
         return marks
@@ -314,10 +316,9 @@ def _windows(times: Sequence[int]) -> list[tuple[int, list[int]]] | None:
 _DENSE: float = 16  # archives per hour (block average) from which a pass walks hour by hour (0: never)
 
 
-def _passes(stamps: array[int], state: bytearray, policy: KeepPolicy, tz: tzinfo) -> None:
+def _passes(stamps: array[int], state: bytearray, policy: KeepPolicy, tz: tzinfo, offsets: _Offsets) -> None:
     """The six passes over ``stamps`` (newest first), marking ``state`` (same positions)."""
     n = len(stamps)
-    offsets = _Offsets(tz)
     months = _Months()
     local_blocks: dict[int, Sequence[int]] = {}
 
