@@ -78,6 +78,13 @@ def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(prunesim, "CHUNK_LINES", 40)  # many chunks, of both kinds
 
 
+@pytest.fixture(params=["hour runs", "per line"])
+def hour_runs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The uniform reader's two ways to the times: hour starts repeated per run of lines of one
+    local hour (forced here for any listing), or one look-up per line (forced for all)."""
+    monkeypatch.setattr(prunesim, "_SPARSE_RUNS", 0 if request.param == "hour runs" else 10**9)
+
+
 @pytest.mark.parametrize("zone", ZONES)
 @pytest.mark.parametrize("mixed", [False, True])
 def test_strict_names_match_the_precise_reader(zone: str, mixed: bool) -> None:
@@ -167,6 +174,7 @@ def _kinds(text: str, zone: ZoneInfo) -> list[int]:
     ],
 )
 @pytest.mark.parametrize("end", ["\n", "", " protected"])
+@pytest.mark.usefixtures("hour_runs")
 def test_uniform_names_match_the_precise_reader(
     zone: str, vmids: list[str], path: str, ext: str, end: str
 ) -> None:
@@ -203,6 +211,7 @@ def test_uniform_names_match_the_precise_reader(
     ],
 )
 @pytest.mark.parametrize("where", [0, 77])
+@pytest.mark.usefixtures("hour_runs")
 def test_one_odd_line_in_a_uniform_chunk_gives_the_precise_result(odd: str, where: int) -> None:
     tz = ZoneInfo("Europe/Berlin")
     names = _uniform_names(9, 200, ["101"], "d2/" if "d" in odd[:2] else "", "tar.bz2")
@@ -219,6 +228,7 @@ def test_one_odd_line_in_a_uniform_chunk_gives_the_precise_result(odd: str, wher
     assert got == expected
 
 
+@pytest.mark.usefixtures("hour_runs")
 def test_uniform_chunks_before_1970_and_across_a_century() -> None:
     tz = ZoneInfo("America/New_York")
     start = datetime(1901, 1, 1)

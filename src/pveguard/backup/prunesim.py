@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import re
+import struct
 import sys
 from array import array
 from collections import Counter, deque
@@ -224,6 +225,54 @@ def _pairs(tens: bytes, ones: bytes) -> bytes:
     return total.to_bytes(n, "little")
 
 
+def _lanes(minutes: bytes, seconds: bytes, width: int, base: int = 0) -> array[int]:
+    """Per line ``base + 60 * mm + ss`` (``base``: one big int of native lanes) in a lane of ``width``
+    bytes: (ss + 256 mm) - 196 mm in every lane, each result in 0..2^(8 width) - 1, so no carry or
+    borrow crosses lanes."""
+    n = len(minutes)
+    lanes = bytearray(width * n)
+    lanes[_LOW * (width - 1) :: width] = seconds  # the lane's lowest byte
+    lanes[(_LOW * (width - 1) + (1 if _ORDER == "little" else -1)) :: width] = minutes
+    high = bytearray(width * n)
+    high[_LOW * (width - 1) :: width] = minutes
+    value = base + int.from_bytes(lanes, _ORDER) - 196 * int.from_bytes(high, _ORDER)
+    return array("H" if width == 2 else "q", value.to_bytes(width * n, _ORDER))
+
+
+_PAIR_CHANGED = bytes([0] + [1] * 255)
+_SPARSE_RUNS = 8  # lines per local hour (chunk average) below which each line is looked up alone
+_INT64 = struct.Struct("=q")
+
+
+def _hour_runs(
+    col: list[bytes], keys: array[int], minutes: bytes, seconds: bytes, table: _PackedHours
+) -> array[int] | None:
+    """Unix seconds per line when lines of one local hour come in runs (a sorted listing): each
+    run's hour start looked up once, repeated in 64-bit lanes and added to 60 * mm + ss of every
+    line as one big int. None when there are too many runs or an hour starts before 1970."""
+    n = len(keys)
+    changed = 0
+    for c in (col[i] for i in (0, 1, 2, 3, 5, 6, 8, 9, 11, 12)):  # the hour's digits
+        changed |= int.from_bytes(c[1:], "little") ^ int.from_bytes(c[:-1], "little")
+    pairs = changed.to_bytes(n - 1, "little").translate(_PAIR_CHANGED)  # 1: line i + 1 starts a run
+    if pairs.count(1) * _SPARSE_RUNS > n:
+        return None
+    parts = []
+    start = 0
+    i = pairs.find(1)
+    while True:
+        end = n if i < 0 else i + 1
+        base = table[keys[start]]
+        if base < 0:
+            return None
+        parts.append(_INT64.pack(base) * (end - start))
+        if i < 0:
+            break
+        start = end
+        i = pairs.find(1, end)
+    return _lanes(minutes, seconds, 8, int.from_bytes(b"".join(parts), _ORDER))
+
+
 def _uniform(chunk: bytes, reader: _Reader) -> tuple[array[int], array[int], bytearray]:
     """Unix seconds, group numbers and protected flags of each line of a uniform chunk (_Slow: it
     is not uniform, or a time or vmid needs a slower reader)."""
@@ -277,17 +326,12 @@ def _uniform(chunk: bytes, reader: _Reader) -> tuple[array[int], array[int], byt
     for j, i in enumerate((5, 6, 8, 9, 11, 12), 2):
         hours[j::8] = col[i]
     minutes, seconds = _pairs(col[14], col[15]), _pairs(col[17], col[18])
-    lanes = bytearray(2 * n)
-    lanes[_LOW::2] = seconds
-    lanes[_HIGH::2] = minutes
-    high = bytearray(2 * n)
-    high[_LOW::2] = minutes
-    # (ss + 256 mm) - 196 mm = 60 mm + ss in every lane (0..3599: no borrow crosses lanes)
-    value = int.from_bytes(lanes, _ORDER) - 196 * int.from_bytes(high, _ORDER)
-    minsec = array("H", value.to_bytes(2 * n, _ORDER))
+    minsec = _lanes(minutes, seconds, 2)
     keys = array("Q", hours)
     table = reader.packed_hours
-    epoch = array("q", map(add, map(table.__getitem__, keys), minsec))
+    epoch = _hour_runs(col, keys, minutes, seconds, table)
+    if epoch is None:
+        epoch = array("q", map(add, map(table.__getitem__, keys), minsec))
     if table.mixed and not table.mixed.isdisjoint(keys):
         for i, key in enumerate(keys):
             if key in table.mixed:
