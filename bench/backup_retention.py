@@ -1,13 +1,15 @@
 """Benchmark: `pveguard backup prune-sim` as users run it, and the prune algorithm alone.
 
 Run: .venv/bin/python bench/backup_retention.py [--count N] [--repeat R] [--old-src DIR]
+     [--command-only] [--guests G --step-minutes M]
 
 The command (first table): N names `vzdump-lxc-101-YYYY_MM_DD-HH_MM_SS.tar.zst`, one a minute from
 2020-01-01 (every 100th with ' protected'), TZ=Europe/Berlin,
 `pveguard backup prune-sim --keep-last 3 --keep-daily 7 --keep-monthly 12 -f FILE` in a fresh
 process: wall time and peak RSS from /usr/bin/time. With --old-src (the src/ directory of another
 checkout, e.g. a `git worktree add /tmp/old <commit>`), that code runs the same command in the same
-loop, alternating, and its output must be byte-identical.
+loop, alternating, and its output must be byte-identical. --guests G --step-minutes M: names of G
+guests (vmids 101...), N/G each, one every M minutes, guest after guest.
 
 The algorithm (second table):
 
@@ -55,12 +57,15 @@ def scenario(name: str, count: int) -> tuple[list[int], list[bool], KeepPolicy]:
     return times, protected, KeepPolicy(last=3, hourly=24, daily=7, weekly=4, monthly=12, yearly=5)
 
 
-def _names(path: Path, count: int) -> None:
-    t = datetime(2020, 1, 1)
+def _names(path: Path, count: int, guests: int = 1, step: int = 1) -> None:
+    """count // guests names per guest (vmids 101...), one every `step` minutes from 2020-01-01,
+    guest after guest as `ls` lists a dump directory; every 100th of a guest protected."""
     with path.open("w") as fh:
-        for i in range(count):
-            fh.write(f"vzdump-lxc-101-{t:%Y_%m_%d-%H_%M_%S}.tar.zst{' protected' if i % 100 == 0 else ''}\n")
-            t += timedelta(minutes=1)
+        for vmid in range(101, 101 + guests):
+            t = datetime(2020, 1, 1)
+            for i in range(count // guests):
+                fh.write(f"vzdump-lxc-{vmid}-{t:%Y_%m_%d-%H_%M_%S}.tar.zst{' protected' if i % 100 == 0 else ''}\n")
+                t += timedelta(minutes=step)
 
 
 def _command(src: str, names: Path, out: Path) -> tuple[float, int, float]:
@@ -74,11 +79,11 @@ def _command(src: str, names: Path, out: Path) -> tuple[float, int, float]:
     return float(wall), int(rss_kb) // 1024, float(user) + float(system)
 
 
-def command_table(count: int, repeat: int, old_src: str | None) -> None:
+def command_table(count: int, repeat: int, old_src: str | None, guests: int = 1, step: int = 1) -> None:
     new_src = str(Path(__file__).resolve().parent.parent / "src")
     with tempfile.TemporaryDirectory() as tmp:
         names = Path(tmp) / "names.txt"
-        _names(names, count)
+        _names(names, count, guests, step)
         runs: dict[str, list[tuple[float, int, float]]] = {"new": [], "old": []}
         for _ in range(repeat):
             runs["new"].append(_command(new_src, names, Path(tmp) / "new.out"))
@@ -86,7 +91,9 @@ def command_table(count: int, repeat: int, old_src: str | None) -> None:
                 runs["old"].append(_command(old_src, names, Path(tmp) / "old.out"))
                 if (Path(tmp) / "new.out").read_bytes() != (Path(tmp) / "old.out").read_bytes():
                     raise SystemExit("old and new output differ")
-    print(f"`backup prune-sim` over {count:,} names (keep-last 3, keep-daily 7, keep-monthly 12), {repeat} runs\n")
+    shape = f", {guests} guests, one name every {step} min each" if guests > 1 or step > 1 else ""
+    policy = "keep-last 3, keep-daily 7, keep-monthly 12"
+    print(f"`backup prune-sim` over {count:,} names{shape} ({policy}), {repeat} runs\n")
     print("| code | best (s) | median (s) | CPU median (s) | peak RSS (MB) |")
     print("|---|---:|---:|---:|---:|")
     for name, rows in runs.items():
@@ -103,8 +110,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--old-src", help="src/ of another checkout to run side by side (same output required)")
     ap.add_argument("--command-only", action="store_true", help="skip the algorithm-only table")
+    ap.add_argument("--guests", type=int, default=1, help="names of this many guests, guest after guest")
+    ap.add_argument("--step-minutes", type=int, default=1, help="minutes between a guest's names")
     args = ap.parse_args()
-    command_table(args.count, args.repeat, args.old_src)
+    command_table(args.count, args.repeat, args.old_src, args.guests, args.step_minutes)
     if args.command_only:
         return
     print("| scenario | archives | kept | best (s) | median (s) |")

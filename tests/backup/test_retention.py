@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import random
 from array import array
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from unittest.mock import patch
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pveguard.backup import retention
 from pveguard.backup.retention import (
     RULES,
     KeepPolicy,
@@ -335,3 +338,73 @@ def test_every_five_minutes_across_dst_changes(zone: ZoneInfo) -> None:
     for ts in (times, times[::-1]):
         assert mark_archives(array("q", ts), policy, bytearray(protected), zone) == _reference(
             ts, policy, protected, zone)
+
+
+# The fast paths of _marks: a nearly ascending listing is put in order window by window, and a pass
+# walks a dense block hour by hour (bisection) instead of position by position.
+
+HOUR_BY_HOUR = (1e-9, 0)  # retention._DENSE: always, never
+
+
+def _nearly_ascending(draw: st.DrawFn) -> list[int]:
+    base = draw(st.integers(1546300800, 1703980800))
+    steps = draw(st.lists(st.sampled_from([0, 1, 60, 300, 1800, 3599, 3600, 86400]), min_size=1, max_size=120))
+    times = []
+    t = base
+    for step in steps:
+        t += step
+        times.append(t)
+    for _ in range(draw(st.integers(0, 4))):  # a few elements moved back or forth by a few places
+        i = draw(st.integers(0, len(times) - 1))
+        j = min(len(times) - 1, max(0, i + draw(st.integers(-5, 5))))
+        times.insert(j, times.pop(i))
+    return times
+
+
+nearly_ascending = st.composite(_nearly_ascending)()
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    times=nearly_ascending, policy=policies, zone=st.sampled_from(ZONES), dense=st.sampled_from(HOUR_BY_HOUR),
+    block=st.sampled_from([4, 8192]), flags=st.randoms(use_true_random=False),
+)
+def test_nearly_ascending_and_dense_match_literal_reference(
+    times: list[int], policy: KeepPolicy, zone: ZoneInfo, dense: float, block: int, flags: random.Random
+) -> None:
+    """Ties, moved elements and repeated times; small blocks so that runs and windows cross them."""
+    protected = [flags.random() < 0.1 for _ in times]
+    with patch.object(retention, "_DENSE", dense), patch.object(retention, "_BLOCK", block):
+        got = mark_archives(array("q", times), policy, bytearray(protected), zone)
+        assert got == mark_archives(times, policy, protected, zone)
+    assert got == _reference(times, policy, protected, zone)
+
+
+@pytest.mark.parametrize("dense", HOUR_BY_HOUR)
+@pytest.mark.parametrize("zone", ZONES)
+def test_every_minute_across_dst_changes_hour_by_hour(zone: ZoneInfo, dense: float) -> None:
+    """The local wall-clock listing prune-sim reads: a name a minute through the days of 2023's DST
+    changes, the skipped hour's names included (they map onto the next hour: out of order)."""
+    days = ["2023-03-12", "2023-03-26", "2023-04-02", "2023-10-01", "2023-10-29", "2023-11-05"]
+    local = [datetime.fromisoformat(d) + timedelta(minutes=m) for d in days for m in range(-1440, 2880, 1)]
+    times = [int(t.replace(tzinfo=zone, fold=0).timestamp()) for t in sorted(set(local))]
+    protected = [i % 97 == 0 for i in range(len(times))]
+    policy = KeepPolicy(last=2, hourly=300, daily=9, weekly=3, monthly=3, yearly=1)
+    with patch.object(retention, "_DENSE", dense), patch.object(retention, "_BLOCK", 512):
+        assert retention._windows(times) is not None or zone.key == "Asia/Kathmandu"
+        assert mark_archives(array("q", times), policy, bytearray(protected), zone) == _reference(
+            times, policy, protected, zone)
+
+
+def test_windows_put_ties_and_moved_elements_in_order() -> None:
+    times = [1, 2, 3, 3, 5, 4, 6, 9, 7, 8, 8, 10, 11, 12, 11, 11, 13]
+    windows = retention._windows(times)
+    assert windows is not None
+    assert sum(len(members) for _, members in windows) < len(times)  # only the disordered places
+    order = list(range(len(times)))
+    for a, members in windows:
+        order[a : a + len(members)] = members
+    assert order == sorted(range(len(times)), key=lambda i: (times[i], -i))
+    assert retention._windows([1, 2, 3]) == []
+    assert retention._windows([1, 2, 5, 6, 3, 4, 0]) is None  # 0 belongs before the run it follows
+    assert retention._windows([5, 4, 3, 2, 1] * 40) is None  # a full sort is cheaper

@@ -6,6 +6,9 @@ Every command turns bad input into one clear message on stderr and exit code 2.
 
 from __future__ import annotations
 
+import codecs
+import io
+import os
 import sys
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, tzinfo
@@ -106,15 +109,33 @@ def next_runs_cmd(
         info(f"no further runs of {expr!r} after {lines[-1] if lines else _format(start, event.utc, zone)}")
 
 
-def _read_text(file: Path | None) -> str:
+def _read_input(file: Path | None) -> str | bytes:
+    """prune-sim's input: UTF-8 bytes with newlines as text mode gives them (\\r\\n and \\r -> \\n)
+    when the file or this process's stdin is UTF-8 text, read in one go without decoding it into a
+    str that the fast reader would only encode again; else stdin's own text."""
     if file is None:
-        return sys.stdin.read()
-    try:
-        return file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"file {file} does not exist", hint="pass a readable file or pipe the list in") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read {file}: {exc}") from None
+        stdin = sys.stdin
+        if not isinstance(stdin, io.TextIOWrapper) or stdin is not sys.__stdin__ or os.name != "posix" \
+                or stdin.errors != "strict" or codecs.lookup(stdin.encoding).name != "utf-8":
+            return stdin.read()  # a replaced stream, or one with its own decoding: as it reads
+        data: bytes = stdin.buffer.read()  # POSIX stdin splits lines at \n only: no newline translation
+        where = "standard input"
+    else:
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError:
+            raise UsageError(f"file {file} does not exist", hint="pass a readable file or pipe the list in") from None
+        except OSError as exc:
+            raise UsageError(f"cannot read {file}: {exc}") from None
+        if b"\r" in data:  # text mode's universal newlines
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        where = str(file)
+    if not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"cannot read {where}: {exc}", hint="the list must be UTF-8 text") from None
+    return data
 
 
 def parse_archive_lines(
@@ -196,13 +217,13 @@ def prune_sim(
     zone = local_zone()
     from pveguard.backup.prunesim import simulate
 
-    result = simulate(_read_text(file), policy, zone)
+    result = simulate(_read_input(file), policy, zone)
     if policy.keeps_everything and not keep_all:
         info("note: no --keep-* option above 0, so everything is kept (as in PVE)")
     if json_out:
         print_json({"policy": str(policy), "archives": list(result.json_rows())})
         return
-    result.write(sys.stdout.write)
+    result.write(sys.stdout)
     removed = result.removed()
     info(f"{len(result) - removed} kept, {removed} removed ({str(policy) or 'keep everything'})")
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import re
 from array import array
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from enum import StrEnum
 from itertools import compress, islice, repeat
-from operator import add, floordiv, lt, ne
+from operator import add, floordiv, ge, ne, neg
 
 from pveguard.backup.calendar import local_zone
 from pveguard.errors import UsageError
@@ -231,8 +232,10 @@ def _marks(
     policy: KeepPolicy,
     protected: Sequence[bool] | None,
     zone: tzinfo | None,
+    offsets: _Offsets | None = None,
 ) -> bytearray:
-    """Per archive (input order) its internal mark, one byte each."""
+    """Per archive (input order) its internal mark, one byte each. ``offsets``: a cache of ``zone``'s
+    offsets to share between calls (prune-sim's groups)."""
     n = len(times)
     if protected is not None and len(protected) != n:
         raise ValueError("times and protected must have the same length")
@@ -248,57 +251,147 @@ def _marks(
 
     tz = zone if zone is not None else local_zone()
     # Work in "position" space: position j is the j-th newest archive. Ties keep input order.
-    ascending = all(map(lt, times, islice(times, 1, None)))  # the usual listing: no sort needed
-    order: Sequence[int] = range(n - 1, -1, -1) if ascending else sorted(range(n), key=times.__getitem__, reverse=True)
     # Large per-position columns are arrays of machine ints: 8 bytes an archive, not 36.
-    stamps: array[int]
-    if ascending and isinstance(times, array) and times.typecode == "q":
-        stamps = times[::-1]  # prune-sim's column: a reversed copy in C
-    else:
+    windows = _windows(times)
+    if windows is None:
+        order = sorted(range(n), key=times.__getitem__, reverse=True)
         stamps = array("q", map(times.__getitem__, order))
-    state = marks[::-1] if ascending else bytearray(map(marks.__getitem__, order))
-    if ascending:
-        del marks
-    offsets = _Offsets(tz)
-    local_blocks: dict[int, Sequence[int]] = {}
+        state = bytearray(map(marks.__getitem__, order))
+    else:
+        # Ascending but for a few windows (the usual listing; the hour a DST change skips): the
+        # ascending order is a copy with each window's elements put in order, reversed in C.
+        stamps = times[:] if isinstance(times, array) and times.typecode == "q" else array("q", times)
+        state = marks[:]
+        for a, members in windows:
+            stamps[a : a + len(members)] = array("q", map(times.__getitem__, members))
+            state[a : a + len(members)] = bytes(map(marks.__getitem__, members))
+        stamps.reverse()
+        state.reverse()
+    _passes(stamps, state, policy, tz, offsets if offsets is not None and offsets.zone is tz else _Offsets(tz))
+    if windows is None:
+        deque(map(marks.__setitem__, order, state), maxlen=0)  # marks[order[j]] = state[j], in C
+        return marks
+    state.reverse()  # ascending order again: input order but inside the windows
+    for a, members in windows:
+        deque(map(state.__setitem__, members, state[a : a + len(members)]), maxlen=0)
+    return state
+
+
+_FEW_WINDOWS = 64  # a full sort once more than 1 in this many neighbours are out of order
+
+
+def _windows(times: Sequence[int]) -> list[tuple[int, list[int]]] | None:
+    """How to put ``times`` in ascending (time, -index) order -- the newest-first order with ties in
+    input order, reversed -- when it nearly is: per window of positions that are out of order, its
+    start and its members (input indices) in order. [] when already ascending, None when a full
+    sort is the better way."""
+    n = len(times)
+    # i where times[i - 1] >= times[i]: a tie is out of order too (the later index goes first).
+    breaks = list(compress(range(1, n), map(ge, times, islice(times, 1, None))))
+    if not breaks:
+        return []
+    if len(breaks) > n // _FEW_WINDOWS + 8:
+        return None
+    spans: list[list[int]] = []
+    for k, i in enumerate(breaks):
+        # The runs around break i are ascending: [previous break, i) and [i, next break).
+        run_start = breaks[k - 1] if k else 0
+        run_end = breaks[k + 1] if k + 1 < len(breaks) else n
+        a = bisect_left(times, times[i], run_start, i)  # first of the left run that i must precede
+        b = bisect_right(times, times[i - 1], i, run_end)  # first of the right run after i - 1
+        if spans and a <= spans[-1][1]:
+            spans[-1][1] = max(spans[-1][1], b)
+        else:
+            spans.append([a, b])
+    windows = []
+    for a, b in spans:
+        members = sorted(range(b - 1, a - 1, -1), key=times.__getitem__)  # ties: later index first
+        # Outside the windows every neighbour pair is in order; check each window's two edges.
+        if (a > 0 and times[a - 1] >= times[members[0]]) or (b < n and times[members[-1]] >= times[b]):
+            return None
+        windows.append((a, members))
+    return windows
+
+
+_DENSE: float = 16  # archives per hour (block average) from which a pass walks hour by hour (0: never)
+
+
+def _passes(stamps: array[int], state: bytearray, policy: KeepPolicy, tz: tzinfo, offsets: _Offsets) -> None:
+    """The six passes over ``stamps`` (newest first), marking ``state`` (same positions)."""
+    n = len(stamps)
     months = _Months()
+    local_blocks: dict[int, Sequence[int]] = {}
 
-    def local_block(b: int) -> Sequence[int]:
-        local = local_blocks.get(b)
-        if local is None:
-            local = local_blocks[b] = _local_seconds(stamps[b * _BLOCK : (b + 1) * _BLOCK], tz, offsets)
-        return local
+    def local(t: int) -> int:
+        bucket = t // 3600
+        return t + (offsets.at(t) if bucket in offsets.mixed else offsets[bucket])
 
-    def block_keys(rule: int, b: int) -> Sequence[int]:
-        """Periods of ``rule`` (index into RULES) for the positions of block ``b``, in C loops.
-
-        Blocks, because most passes stop early: only what a pass reaches is computed."""
-        if rule == 0:
-            return stamps[b * _BLOCK : (b + 1) * _BLOCK]
-        local = local_block(b)
-        if rule == 1:
-            return list(map(floordiv, local, repeat(3600)))
-        days = map(floordiv, local, repeat(86400))
-        if rule == 2:
-            return list(days)
-        if rule == 3:
-            # 1970-01-01 was a Thursday: +3 makes weeks start on Monday, as ISO weeks (%G/%V) do.
-            return list(map(floordiv, map(add, days, repeat(3)), repeat(7)))
-        month = map(months.__getitem__, days)
-        return list(month) if rule == 4 else list(map(floordiv, month, repeat(12)))
-
-    def period_of(rule: int, j: int) -> int:
-        """The period of ``rule`` for the (already kept, so computed) position j."""
-        if rule == 0:
-            return stamps[j]
-        t = local_block(j // _BLOCK)[j % _BLOCK]
+    def key_of(rule: int, t: int) -> int:
+        """The period of ``rule`` (index into RULES) of local wall-clock seconds ``t``."""
         if rule == 1:
             return t // 3600
         if rule == 2:
             return t // 86400
         if rule == 3:
+            # 1970-01-01 was a Thursday: +3 makes weeks start on Monday, as ISO weeks (%G/%V) do.
             return (t // 86400 + 3) // 7
         return months[t // 86400] // (12 if rule == 5 else 1)
+
+    def block_runs(rule: int, b: int) -> list[tuple[int, int, int]]:
+        """(first, end, period) of runs of positions of block ``b`` that share a period of ``rule``.
+
+        Blocks, because most passes stop early: only what a pass reaches is computed."""
+        lo, hi = b * _BLOCK, min(n, (b + 1) * _BLOCK)
+        if rule and _DENSE and (stamps[lo] // 3600 - stamps[hi - 1] // 3600 + 1) * _DENSE <= hi - lo:
+            return hour_runs(rule, lo, hi)
+        period: Sequence[int]
+        if rule == 0:
+            period = stamps[lo:hi]
+        else:
+            local_seconds = local_blocks.get(b)
+            if local_seconds is None:
+                local_seconds = local_blocks[b] = _local_seconds(stamps[lo:hi], tz, offsets)
+            days = map(floordiv, local_seconds, repeat(86400))
+            if rule == 1:
+                period = list(map(floordiv, local_seconds, repeat(3600)))
+            elif rule == 2:
+                period = list(days)
+            elif rule == 3:
+                period = list(map(floordiv, map(add, days, repeat(3)), repeat(7)))
+            else:
+                month = map(months.__getitem__, days)
+                period = list(month) if rule == 4 else list(map(floordiv, month, repeat(12)))
+        # Runs of equal keys (a period's archives are adjacent in position space), found in C.
+        bounds = [0, *compress(range(1, len(period)), map(ne, period, islice(period, 1, None))), len(period)]
+        return [(lo + bounds[r], lo + bounds[r + 1], period[bounds[r]]) for r in range(len(bounds) - 1)]
+
+    def hour_runs(rule: int, lo: int, hi: int) -> list[tuple[int, int, int]]:
+        """block_runs for a dense block: one Unix hour after the other (found by bisection), whose
+        archives share the zone's offset unless it changes inside the hour; within an hour local
+        time grows with the Unix time, so at most one period change, also found by bisection."""
+        runs = []
+        j = lo
+        while j < hi:
+            t = stamps[j]
+            bucket = t // 3600
+            end = bisect_right(stamps, -bucket * 3600, j, hi, key=neg)  # first of an earlier hour
+            if bucket in offsets.mixed:
+                runs += [(m, m + 1, key_of(rule, local(stamps[m]))) for m in range(j, end)]
+                j = end
+                continue
+            off = offsets[bucket]
+            first, last = key_of(rule, t + off), key_of(rule, stamps[end - 1] + off)
+            if first == last:
+                runs.append((j, end, first))
+            else:
+                split = bisect_right(stamps, -first, j, end, key=lambda s: -key_of(rule, s + off))
+                runs += [(j, split, first), (split, end, last)]
+            j = end
+        return runs
+
+    def period_of(rule: int, j: int) -> int:
+        """The period of ``rule`` for position j."""
+        return stamps[j] if rule == 0 else key_of(rule, local(stamps[j]))
 
     counts = (policy.last, policy.hourly, policy.daily, policy.weekly, policy.monthly, policy.yearly)
     kept: list[int] = []
@@ -310,16 +403,10 @@ def _marks(
         chosen: set[int] = set()
         done = False
         for b in range(0, (n + _BLOCK - 1) // _BLOCK):
-            period = block_keys(rule, b)
-            lo = b * _BLOCK
-            # Runs of equal keys (a period's archives are adjacent in position space), found in C.
             # Per run, what the per-position rule does: positions already marked are skipped; the
             # first free one keeps the run's period (unless covered, or the count is reached: then
             # the pass ends there); every other free one of an already chosen period is removed.
-            bounds = [0, *compress(range(1, len(period)), map(ne, period, islice(period, 1, None))), len(period)]
-            for r in range(len(bounds) - 1):
-                a, z = lo + bounds[r], lo + bounds[r + 1]
-                key = period[bounds[r]]
+            for a, z, key in block_runs(rule, b):
                 if key in covered:
                     continue
                 if key not in chosen:
@@ -337,11 +424,6 @@ def _marks(
                     state[a:z] = state[a:z].translate(_FREE_TO_REMOVE)
             if done:
                 break
-    if ascending:
-        state.reverse()
-        return state
-    deque(map(marks.__setitem__, order, state), maxlen=0)  # marks[order[j]] = state[j], in C
-    return marks
 
 
 def mark_datetimes(
