@@ -15,16 +15,19 @@ alternating old and new, so a loaded machine slows both alike. Each version runs
 (bytecode caches written, as an installed pveguard has them).
 
 With --rbac, RBAC stays on (the default): the converged plan also checks each running container's token
-file, one `pct exec VMID --keep-env 0 -- test -s /etc/pveguard/pve-token` each over one ssh session per node
-(a fake ssh here: the node's commands run on this machine as that node). pvesim's own `pct` is a Python
-process per call (~70 ms of CPU on THIS machine, the emulator's cost, not PVE's); on a real node a `pct exec`
-is a Perl start (~0.3 s) on the node's CPUs. --pct-ms MS models that: each token-file check sleeps MS and
-answers from the files the converging apply delivered (every other pct call still goes to pvesim's pct).
-The table then also shows the plan's own CPU (the pveguard process, without ssh/sh/pct).
+file over one ssh session per node (a fake ssh here: the node's commands run on this machine as that node):
+`lxc-attach -n VMID --clear-env -- test -s /etc/pveguard/pve-token` each, where the node has lxc-attach
+(what `pct exec VMID --keep-env 0` runs; the code before this change, and --old, ran `pct exec` itself).
+pvesim's own `pct` and `lxc-attach` are a Python process per call (~70 ms of CPU on THIS machine, the
+emulator's cost, not PVE's); on a real node a `pct exec` is a Perl start (~0.3 s) and lxc-attach a C program
+(5.8 ms a call measured with the real one, bench/lxc_attach_cost.sh; the model's default is 10 ms) on the
+node's CPUs. --pct-ms MS and --attach-ms MS model those: each token-file check sleeps MS and
+answers from the files the converging apply delivered (every other call still goes to pvesim's tools).
+The table then also shows the plan's own CPU (the pveguard process, without ssh/sh/pct/lxc-attach).
 
 Run:  .venv/bin/python bench/provision_plan.py [--desired 1000] [--guests 10000] [--nodes 10] [--repeat 3]
                                               [--latency 0,5,20] [--old /tmp/pveguard-old]
-                                              [--rbac [--pct-ms 300]]
+                                              [--rbac [--pct-ms 300 [--attach-ms 10]]]
 """
 
 from __future__ import annotations
@@ -93,9 +96,10 @@ def make_managed(sim: Any, doc: dict[str, Any]) -> None:
         sim.sim.changed()
 
 
-def node_tools(sim: Any, tmp: str, pct_ms: float) -> dict[str, str]:
-    """PATH and PVESIM_INFO for `pct` on the sim's nodes: a fake ssh (runs the command here as the node its
-    address belongs to) and pvesim's pct, or with pct_ms > 0 a model of it for the token-file check."""
+def node_tools(sim: Any, tmp: str, pct_ms: float, attach_ms: float = 0) -> dict[str, str]:
+    """PATH and PVESIM_INFO for `pct` and `lxc-attach` on the sim's nodes: a fake ssh (runs the command here as
+    the node its address belongs to) and pvesim's pct and lxc-attach, or with pct_ms / attach_ms > 0 a model of
+    each for the token-file check."""
     nodes = {r["ip"]: r["name"] for r in sim.api("GET", "/cluster/status")[2]["data"] if r["type"] == "node"}
     bindir = Path(tmp, "nodebin")
     bindir.mkdir()
@@ -116,6 +120,15 @@ if [ "$1" = exec ] && [ "$5" = -- ] && [ "$6" = test ] && [ "$7" = -s ]; then
   sleep {pct_ms / 1000:.3f}; [ -e "{tmp}/has-token/$2" ]; exit $?
 fi
 exec {real_pct} "$@"
+"""
+    if attach_ms > 0:
+        # `lxc-attach -n VMID --clear-env -- test -s PATH`: MS of the node's time, then the sim's files' answer
+        real_attach = Path(sim_env["PATH"].split(os.pathsep)[0], "lxc-attach")
+        tools["lxc-attach"] = f"""#!/bin/sh
+if [ "$1" = -n ] && [ "$3" = --clear-env ] && [ "$4" = -- ] && [ "$5" = test ] && [ "$6" = -s ]; then
+  sleep {attach_ms / 1000:.3f}; [ -e "{tmp}/has-token/$2" ]; exit $?
+fi
+exec {real_attach} "$@"
 """
     for name, text in tools.items():
         f = bindir / name
@@ -210,7 +223,12 @@ def main() -> None:
     ap.add_argument("--pct-ms", type=float, default=0,
                     help="with --rbac: model a node's `pct exec` for the token-file check as MS of the node's time "
                          "(0: pvesim's own pct, a Python process here per call)")
+    ap.add_argument("--attach-ms", type=float, default=None,
+                    help="with --rbac: model a node's `lxc-attach` for the token-file check as MS of the node's time "
+                         "(default: 10 with --pct-ms, else 0: pvesim's own lxc-attach, a Python process here)")
     args = ap.parse_args()
+    if args.attach_ms is None:
+        args.attach_ms = 10.0 if args.pct_ms > 0 else 0.0
     latencies = [float(x) for x in args.latency.split(",")]
     cases = args.cases.split(",")
     doc = strategy_doc(args.desired, args.rbac)
@@ -226,7 +244,7 @@ def main() -> None:
                "PVEGUARD_BACKEND": "proxmox", "PVEGUARD_PVE_HOST": sim.host, "PVEGUARD_PVE_TOKEN": sim.token,
                "PVEGUARD_PVE_VERIFY_SSL": "0", "PYTHONWARNINGS": "ignore"}
         if args.rbac:
-            env.update(node_tools(sim, tmp, args.pct_ms))
+            env.update(node_tools(sim, tmp, args.pct_ms, args.attach_ms))
         here = str(Path(__file__).resolve().parent.parent / "src")
         envs = {"this code": {**env, "PYTHONPATH": here}}
         if args.old:
@@ -246,7 +264,9 @@ def main() -> None:
                 results[(case, ms)] = measure(sim, envs, args.repeat, case == "converged")
                 sim.control("POST", "/options", {"latency": 0})
     rbac = ("RBAC off" if not args.rbac else "RBAC on, token-file checks by " +
-            (f"a model of pct ({args.pct_ms:g} ms a call on the node)" if args.pct_ms else "pvesim's pct (Python)"))
+            (f"a model of pct ({args.pct_ms:g} ms a call on the node)" if args.pct_ms else "pvesim's pct (Python)") +
+            " and (this code) " + (f"a model of lxc-attach ({args.attach_ms:g} ms a call)" if args.attach_ms
+                                   else "pvesim's lxc-attach (Python)"))
     print(f"cluster: {total} guests on {args.nodes} nodes; desired: {args.desired} containers; {rbac}; "
           f"median of {args.repeat} runs of `pveguard plan --json` (subprocess, incl. Python start-up)")
     print("| case | latency | code | plan result | wall time (median / min) | plan's CPU (median) "

@@ -1,4 +1,4 @@
-"""What the fake `pct` does inside the sim: exec / push / pull / status / list / config.
+"""What the fake `pct` does inside the sim: exec / push / pull / status / list / config; and the fake `lxc-attach`.
 
 Wording follows pve-container's PVE/CLI/pct.pm. Commands run "inside" a container are recorded;
 scripted answers (control API) win, then a few built-ins (apt-get, dpkg-query, dpkg, cat, test,
@@ -148,6 +148,66 @@ def execute(sim: Sim, argv: list[str], node: str | None = None, data_b64: str | 
     if data is None:
         return _err(f"failed to open {args[1]}: No such file or directory")
     return Result(0, data_b64=base64.b64encode(data).decode())
+
+
+# lxc-attach (lxc src/lxc/attach.c, the same lines in lxc 5.0.2 and 6.0.0-6.0.4): a container that does not run on
+# this node (stopped, another node's, no such name) has no command socket, so there is no init pid to attach to;
+# the tool then exits EXIT_FAILURE (1) -- the same status as a command inside that fails with 1.
+ATTACH_NOT_RUNNING = ("lxc-attach: {name}: ../src/lxc/attach.c: get_attach_context: 406 Connection refused - "
+                      "Failed to get init pid\n"
+                      "lxc-attach: {name}: ../src/lxc/attach.c: lxc_attach: 1470 Connection refused - "
+                      "Failed to get attach context\n")
+# options lxc-attach takes a value for (lxc src/lxc/tools/lxc_attach.c my_longopts + the common ones)
+_ATTACH_VALUED = {"-n": "name", "--name": "name", "-a": None, "--arch": None, "-s": None,
+                  "--namespaces": None, "-L": None, "--pty-log": None, "-v": None, "--set-var": None,
+                  "--keep-var": None, "-f": None, "--rcfile": None, "-u": None, "--uid": None, "-g": None,
+                  "--gid": None, "-c": None, "--context": None, "-o": None, "--logfile": None, "-l": None,
+                  "--logpriority": None, "-P": None, "--lxcpath": None}
+_ATTACH_FLAGS = {"--clear-env", "--keep-env", "-R", "--remount-sys-proc", "-q", "--quiet", "-e",
+                 "--elevated-privileges"}
+
+
+def attach(sim: Sim, argv: list[str], node: str | None = None, env: dict[str, str] | None = None) -> Result:
+    """One `lxc-attach` on a node (PVESIM_NODE; default: the container's own) as lxc's tool answers: the
+    command's exit status when the container runs there, else lxc's two errors and exit 1. The name is the
+    VMID on PVE (pct exec runs `lxc-attach -n VMID --keep-env|--clear-env -- CMD`); the environment is kept
+    unless --clear-env (lxc's default is to keep it), which leaves container=lxc and a default PATH."""
+    name: str | None = None
+    keep = True
+    rest = list(argv)
+    while rest and rest[0].startswith("-") and rest[0] != "--":
+        opt = rest.pop(0)
+        key, eq, value = opt.partition("=")
+        if key in _ATTACH_VALUED:
+            if not eq:
+                if not rest:
+                    return _err(f"lxc-attach: option '{key}' requires an argument", 1)
+                value = rest.pop(0)
+            if _ATTACH_VALUED[key] == "name":
+                name = value
+        elif opt in _ATTACH_FLAGS:
+            if opt == "--clear-env":
+                keep = False
+            elif opt == "--keep-env":
+                keep = True
+        else:
+            return _err(f"lxc-attach: unrecognized option '{opt}'\nUsage: lxc-attach --name=NAME [-- COMMAND]", 1)
+    if rest and rest[0] == "--":
+        rest = rest[1:]
+    if name is None and rest:  # lxc's tools take the first word for the name when -n is missing
+        name = rest.pop(0)
+    if name is None:
+        return _err("lxc-attach: missing container name, use --name option", 1)
+    g = sim.guests.get(int(name)) if name.isdigit() else None
+    here = node or (g.node if g else None)
+    if g is None or g.type != "lxc" or g.node != here or g.status != "running":
+        return _err(ATTACH_NOT_RUNNING.format(name=name), 1)
+    if not rest:  # no command: the user's shell (not emulated beyond succeeding)
+        return Result(0)
+    inside = dict(env or {}) if keep else dict(CLEAR_ENV)
+    sim.pct_log.append({"vmid": g.vmid, "node": g.node, "argv": rest, "time": sim.now(), "env": inside,
+                        "tool": "lxc-attach"})
+    return _run(sim, g, rest, inside)
 
 
 def _scripted(sim: Sim, g: Guest, cmd: list[str]) -> Result | None:
@@ -415,6 +475,10 @@ def control(sim: Sim, method: str, rest: list[str], doc: dict[str, Any], q: dict
         env = doc.get("env")
         return execute(sim, argv, doc.get("node"), doc.get("data_b64"),
                        {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else None).as_dict()
+    if head == "attach" and method == "POST":  # the fake lxc-attach
+        env = doc.get("env")
+        return attach(sim, [str(a) for a in doc.get("argv", [])], doc.get("node"),
+                      {str(k): str(v) for k, v in env.items()} if isinstance(env, dict) else None).as_dict()
     if head == "log":
         if method == "DELETE":
             sim.pct_log.clear()

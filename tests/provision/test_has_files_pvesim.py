@@ -1,5 +1,7 @@
-"""ProxmoxBackend.has_files (the RBAC token-file check of `plan`) against pvesim's pct: 20 containers on 2 nodes
-(one local, one over ssh), checked concurrently per node, bounded, with the same answers as one `pct exec` each."""
+"""ProxmoxBackend.has_files (the RBAC token-file check of `plan`) against pvesim's lxc-attach and pct: 20 containers on
+2 nodes (one local, one over ssh), checked concurrently per node, bounded, with the same answers as one `pct exec`
+each -- through lxc-attach where the node has it (pct only where lxc-attach cannot answer), and through pct alone
+on a node without lxc-attach."""
 
 from __future__ import annotations
 
@@ -24,12 +26,13 @@ SECRET = rbac.SECRET_PATH
 PCT_SECONDS = 0.3  # what one `pct exec` costs on a node (a Perl start), added by a wrapper around the sim's pct
 
 
-def slow_pct(tmp_path: Path, real: str) -> Path:
-    """A `pct` that takes PCT_SECONDS and logs when each call on a node starts and ends (ns)."""
-    bindir = tmp_path / "slowpct"
-    bindir.mkdir()
-    script = bindir / "pct"
-    log = tmp_path / "pct-times.log"
+def slow_pct(tmp_path: Path, real: str, tool: str = "pct") -> Path:
+    """A `pct` (or `lxc-attach`) that takes PCT_SECONDS and logs when each call on a node starts and ends (ns),
+    in TOOL-times.log."""
+    bindir = tmp_path / f"slow-{tool}"
+    bindir.mkdir(exist_ok=True)
+    script = bindir / tool
+    log = tmp_path / f"{tool}-times.log"
     script.write_text(f"""#!/bin/sh
 echo "start ${{PVESIM_NODE:-?}} $(date +%s%N)" >> {log}
 sleep {PCT_SECONDS}
@@ -39,6 +42,20 @@ exit $rc
 """)
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     return bindir
+
+
+def without_lxc_attach(tmp_path: Path, sim_bin: str) -> str:
+    """A PATH on which no lxc-attach is found (this machine has LXC's real one in /usr/bin): the sim's pct and
+    pvesh, and everything else of the system's bin directories by symlink."""
+    d = tmp_path / "no-lxc-attach"
+    d.mkdir()
+    for src in [Path(sim_bin), *(Path(p) for p in os.environ["PATH"].split(os.pathsep) if p)]:
+        if not src.is_dir():
+            continue
+        for f in src.iterdir():
+            if f.name != "lxc-attach" and not (d / f.name).exists():
+                (d / f.name).symlink_to(f)
+    return str(d)
 
 
 def most_at_once(log: Path) -> dict[str, int]:
@@ -59,11 +76,14 @@ def most_at_once(log: Path) -> dict[str, int]:
 
 def test_concurrent_token_checks_answer_as_one_pct_exec_each(penv: Env, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """On nodes without lxc-attach (or where it cannot be found): every check is a `pct exec`."""
     sim = penv.sim
     sim_env = sim.env()
-    real_pct = str(Path(sim_env["PATH"].split(os.pathsep)[0]) / "pct")
+    sim_bin = sim_env["PATH"].split(os.pathsep)[0]
+    real_pct = str(Path(sim_bin) / "pct")
     ssh_bin = fake_ssh(tmp_path, penv)
-    monkeypatch.setenv("PATH", os.pathsep.join([str(slow_pct(tmp_path, real_pct)), str(ssh_bin), sim_env["PATH"]]))
+    monkeypatch.setenv("PATH", os.pathsep.join([str(slow_pct(tmp_path, real_pct)), str(ssh_bin),
+                                                without_lxc_attach(tmp_path, sim_bin)]))
     monkeypatch.setenv("PVESIM_INFO", sim_env["PVESIM_INFO"])
     monkeypatch.setenv("PVESIM_NODE", "pve1")  # we "are" pve1: its pct runs here, pve2's over (fake) ssh
     ids = {n: sim.control("POST", "/guests", {"count": 10, "type": "lxc", "node": n, "status": "running"})
@@ -135,3 +155,64 @@ def test_a_node_ssh_cannot_reach_gives_each_of_its_containers_the_reason(penv: E
     assert got == {on1[0]: True, on1[1]: False, on1[2]: False,
                    **dict.fromkeys(on2, "pct exec does not reach it: "
                                         "ssh: connect to host 127.0.2.12 port 22: Connection refused")}
+
+
+def test_token_checks_go_through_lxc_attach_and_ask_pct_only_where_it_cannot_answer(
+        penv: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the node has lxc-attach, each check is `lxc-attach -n VMID --clear-env -- test -s PATH` (what
+    `pct exec VMID --keep-env 0` runs after its checks); a stopped, moved or otherwise failing one is asked of
+    `pct exec`, whose reason is the answer: the same answers as the pct-only path."""
+    sim = penv.sim
+    sim_env = sim.env()
+    sim_bin = sim_env["PATH"].split(os.pathsep)[0]
+    slow = [slow_pct(tmp_path, str(Path(sim_bin) / t), t) for t in ("pct", "lxc-attach")]
+    monkeypatch.setenv("PATH", os.pathsep.join([*map(str, slow), str(fake_ssh(tmp_path, penv)), sim_env["PATH"]]))
+    monkeypatch.setenv("PVESIM_INFO", sim_env["PVESIM_INFO"])
+    monkeypatch.setenv("PVESIM_NODE", "pve1")
+    monkeypatch.setenv("PVEGUARD_SECRET_LEAK", "must not reach a container")
+    ids = {n: sim.control("POST", "/guests", {"count": 10, "type": "lxc", "node": n, "status": "running"})
+           for n in ("pve1", "pve2")}
+    guests = [Guest(vmid=v, name=f"CT{v}", node=n, type="lxc", status="running") for n, vs in ids.items() for v in vs]
+    want: dict[int, bool | str] = {}
+    for i, g in enumerate(guests):
+        if i % 3 == 0:
+            sim.control("POST", f"/guests/{g.vmid}/files", {"path": SECRET, "content": "PVE_TOKEN_ID=x\n"})
+            want[g.vmid] = True
+        elif i % 3 == 1:  # there but empty
+            sim.control("POST", f"/guests/{g.vmid}/files", {"path": SECRET, "content": ""})
+            want[g.vmid] = False
+        else:  # absent
+            want[g.vmid] = False
+    p1, p2 = ids["pve1"], ids["pve2"]
+    sim.control("POST", f"/guests/{p1[0]}", {"status": "stopped"})  # it holds the file: not taken for done
+    want[p1[0]] = f"pct exec does not reach it: container '{p1[0]}' not running!"
+    sim.control("POST", f"/guests/{p2[3]}", {"node": "pve3"})
+    want[p2[3]] = f"pct exec does not reach it: Configuration file 'nodes/pve2/lxc/{p2[3]}.conf' does not exist"
+    # a container without `test`: lxc-attach exits 127 with lxc's own error; pct exec (the same attach) says so
+    nocmd = (f'lxc-attach: {p2[5]}: ../src/lxc/attach.c: lxc_attach_run_command: 1841 No such file or directory - '
+             'Failed to exec "test"')
+    sim.control("POST", "/pct/scripts", {"vmid": p2[5], "match": "^test -s", "exit": 127, "stderr": nocmd + "\n"})
+    want[p2[5]] = f"pct exec does not reach it: {nocmd}"
+
+    backend = ProxmoxBackend(PveSettings(mode="local", local_node="pve1"), api=sim.proxmoxer("token"))
+    sim.control("DELETE", "/pct/log")
+    assert backend.has_files(guests, SECRET, timeout=60) == want
+    # pct was asked for the three that lxc-attach could not answer, nothing else
+    asked_pct = (tmp_path / "pct-times.log").read_text().split("\n")
+    assert sum(1 for line in asked_pct if line.startswith("start ")) == 3
+    log = sim.control("GET", "/pct/log")
+    attached = [e for e in log if e.get("tool") == "lxc-attach"]
+    assert sorted(e["vmid"] for e in attached) == sorted(v for v in want if v not in (p1[0], p2[3]))
+    assert all(e["argv"] == ["test", "-s", SECRET] for e in attached)
+    # --clear-env: nothing of this process's environment inside, as with pct exec --keep-env 0
+    assert all(e["env"] == {"container": "lxc", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+               for e in attached)
+    peak = most_at_once(tmp_path / "lxc-attach-times.log")
+    assert set(peak) == {"pve1", "pve2"} and all(1 < n <= HAS_FILES_PER_NODE for n in peak.values()), peak
+
+    # a node whose pct predates --keep-env does not matter where lxc-attach answers (it clears the environment
+    # itself); where pct is asked, its refusal is the answer as before
+    sim.control("POST", "/pct/default", {"version": "5.0.8"})
+    old = backend.has_files([g for g in guests if g.node == "pve1"], SECRET, timeout=60)
+    assert old == {**{v: want[v] for v in p1[1:]},
+                   p1[0]: "pct on node pve1 does not know --keep-env (pve-container older than 5.0.9): update the node"}

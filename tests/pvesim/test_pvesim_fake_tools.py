@@ -110,3 +110,43 @@ def test_pct_scripted_outputs_and_files(pvesim: SimHandle, env: dict[str, str], 
     r = pct(env, "pull", "300", "/nope", str(dest))
     assert (r.returncode, r.stderr) == (255, "failed to open /nope: No such file or directory\n")
     assert os.access(Path(env["PATH"].split(os.pathsep)[0]) / "pct", os.X_OK)
+
+
+def lxc_attach(env: dict[str, str], *args: str, node: str | None = None) -> subprocess.CompletedProcess[str]:
+    e = {**env, "PVESIM_NODE": node} if node else env
+    return subprocess.run(["lxc-attach", *args], env=e, capture_output=True, text=True, timeout=30)
+
+
+def test_lxc_attach_as_pct_exec_calls_it(pvesim: SimHandle, env: dict[str, str]) -> None:
+    """`lxc-attach -n VMID --clear-env -- CMD` on a node, as lxc's tool answers (src/lxc/tools/lxc_attach.c,
+    src/lxc/attach.c): the command's own status; a container that does not run there has no init pid."""
+    _ct(pvesim)
+    pvesim.control("POST", "/guests/300/files", {"path": "/etc/x", "content": "1"})
+    pvesim.control("POST", "/guests/300/files", {"path": "/etc/empty", "content": ""})
+    assert lxc_attach(env, "-n", "300", "--clear-env", "--", "test", "-s", "/etc/x").returncode == 0
+    for path in ("/etc/empty", "/etc/none"):
+        r = lxc_attach(env, "-n", "300", "--clear-env", "--", "test", "-s", path)
+        assert (r.returncode, r.stderr) == (1, "")  # test's own "no": nothing on stderr
+    # --clear-env leaves container=lxc and a default PATH; lxc's default keeps the caller's environment
+    e = {**env, "PVEGUARD_SECRET_LEAK": "x"}
+    r = subprocess.run(["lxc-attach", "-n", "300", "--clear-env", "--", "env"], env=e, capture_output=True,
+                       text=True, timeout=30)
+    assert dict(x.split("=", 1) for x in r.stdout.splitlines()) == {
+        "container": "lxc", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
+    r = subprocess.run(["lxc-attach", "-n", "300", "--", "env"], env=e, capture_output=True, text=True, timeout=30)
+    assert "PVEGUARD_SECRET_LEAK=x" in r.stdout
+    log = pvesim.control("GET", "/pct/log")
+    assert log[0]["tool"] == "lxc-attach" and log[0]["argv"] == ["test", "-s", "/etc/x"]
+    # not running on that node (another node's, stopped, no such guest): lxc's two errors, exit 1
+    failed = ("lxc-attach: {n}: ../src/lxc/attach.c: get_attach_context: 406 Connection refused - Failed to get "
+              "init pid\nlxc-attach: {n}: ../src/lxc/attach.c: lxc_attach: 1470 Connection refused - Failed to get "
+              "attach context\n")
+    r = lxc_attach(env, "-n", "300", "--clear-env", "--", "true", node="pve2")
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", failed.format(n=300))
+    r = lxc_attach(env, "-n", "999", "--clear-env", "--", "true")
+    assert (r.returncode, r.stderr) == (1, failed.format(n=999))
+    pvesim.control("POST", "/guests/300", {"status": "stopped"})
+    r = lxc_attach(env, "-n", "300", "--clear-env", "--", "test", "-s", "/etc/x", node="pve1")
+    assert (r.returncode, r.stderr) == (1, failed.format(n=300))
+    r = lxc_attach(env, "-n", "300", "--bogus")
+    assert r.returncode == 1 and r.stderr.startswith("lxc-attach: unrecognized option '--bogus'\n")

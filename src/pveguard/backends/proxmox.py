@@ -26,7 +26,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +61,8 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 
-# `pct exec`s at once per node in has_files (each a Perl process on the node; 8 keeps a node's CPUs for PVE)
+# token-file checks at once per node in has_files (lxc-attach, or a `pct exec` -- a Perl process -- where it cannot
+# answer; 8 keeps a node's CPUs for PVE)
 HAS_FILES_PER_NODE = 8
 
 # Status codes worth repeating a safe call for: server errors and AnyEvent's proxy pseudo-codes.
@@ -550,6 +551,71 @@ def place_on(nodes: list[NodeInfo], placed: dict[str, int], need: int = 0) -> Pl
     if pick is None:
         return Placement(None, skipped=skipped)
     return Placement(pick[1], pick[0], skipped, short=not fit and need > 0)
+
+
+class FileChecks:
+    """Node sessions of has_files running in the background, one thread each (IN_FLIGHT nodes at once).
+
+    Each session is its own process group, so cancel() ends it with what it started (xargs, sh, pct; over
+    ssh the local end), and nothing reads the caller's stdin. A timeout is counted from the session's start
+    and says what has_files said before ("no result within Ns")."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._cancelled = False
+        self._pool: ThreadPoolExecutor | None = None
+        self._futures: list[Future[dict[int, bool | str]]] = []
+
+    def start(self, node_run: Callable[[str, list[Guest]], dict[int, bool | str]],
+              by_node: dict[str, list[Guest]]) -> None:
+        if not by_node:
+            return
+        self._pool = ThreadPoolExecutor(max_workers=min(IN_FLIGHT, len(by_node)),
+                                        thread_name_prefix="pveguard-has-files")
+        self._futures = [self._pool.submit(node_run, n, gs) for n, gs in by_node.items()]
+
+    def run(self, argv: list[str], what: str, *, timeout: float) -> subprocess.CompletedProcess[bytes]:
+        try:
+            with self._lock:
+                if self._cancelled:
+                    raise BackendError(f"{what}: cancelled")
+                p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, start_new_session=True)
+                self._procs.add(p)
+        except FileNotFoundError:
+            raise BackendUnavailable(f"{what}: {argv[0]} is not installed",
+                                     hint="exec/push/pull need pct on the node, or ssh to reach it") from None
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            subproc.kill_group(p)
+            p.communicate()
+            raise BackendError(f"{what}: no result within {timeout:.0f}s") from None
+        finally:
+            with self._lock:
+                self._procs.discard(p)
+        return subprocess.CompletedProcess(argv, p.returncode, out, err)
+
+    def result(self) -> dict[int, bool | str]:
+        out: dict[int, bool | str] = {}
+        try:
+            for f in self._futures:
+                out.update(f.result())
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+        return out
+
+    def cancel(self) -> None:
+        """End the sessions still running (plan failed or was interrupted before it needed the answers)."""
+        with self._lock:
+            self._cancelled = True
+            procs = list(self._procs)
+        for p in procs:
+            subproc.kill_group(p)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def choose_node(nodes: list[NodeInfo], placed: dict[str, int], need: int = 0) -> str | None:
@@ -1293,34 +1359,52 @@ class ProxmoxBackend(Backend):
         return ExecResult(p.returncode, p.stdout.decode(errors="replace"), stderr)
 
     def has_files(self, guests: list[Guest], path: str, timeout: float = 600) -> dict[int, bool | str]:
-        """`test -s PATH` in many containers: one process per node (pct locally, else one ssh), nodes in parallel.
+        """`test -s PATH` in many containers: one process per node (sh locally, else one ssh), nodes in parallel.
 
         vmid -> True (there, not empty) / False (absent or empty) / why it cannot be told. One ssh per
         container costs a connection each (10 ms of CPU here, a handshake over a WAN); inside a node's one
-        session its `pct exec`s run HAS_FILES_PER_NODE at a time (`xargs -P`, findutils is Essential on
-        Debian): each is a Perl start on the node (~0.3 s), so 100 containers one after another took ~30 s.
-        `pct exec` takes no lock (it only reads the config and attaches). Each result is one short `echo`
-        (the error's last line, or pct's "Unknown option: keep-env", cut to 1000 characters), a single
-        write below PIPE_BUF, so lines from concurrent checks never mix.
+        session the checks run HAS_FILES_PER_NODE at a time (`xargs -P`, findutils is Essential on Debian).
+
+        Each check is what `pct exec VMID --keep-env 0 -- test -s PATH` runs after its own checks (pve-container
+        src/PVE/CLI/pct.pm exec, 5.0.9 to 6.1.10): `lxc-attach -n VMID --clear-env -- test -s PATH`, called
+        directly -- a C program (~6 ms here) instead of a Perl start (~0.3 s a call; 100 containers a node took
+        ~4 s 8 at a time, ~30 s one after another). pct's own checks (the config on this node, the container
+        running) are where a check cannot be answered, and there lxc-attach itself fails: it has no init pid
+        to attach to, says so on stderr and exits 1. So an answer counts only when lxc-attach exits 0 (there)
+        or 1 with nothing on stderr (`test` says no); anything else -- and a node without lxc-attach -- asks
+        `pct exec` for that container, whose answer and reason are the ones before (docs/rbac.md). Neither
+        takes a lock (pct only reads the config). Each result is one short `echo` (the error's last line, or
+        pct's "Unknown option: keep-env", cut to 1000 characters), a single write below PIPE_BUF, so lines
+        from concurrent checks never mix.
         """
+        return self.start_has_files(guests, path, timeout).result()
+
+    def start_has_files(self, guests: list[Guest], path: str, timeout: float = 600) -> FileChecks:
+        """has_files started in the background (plan starts it from the guest listing, so the checks run while
+        the API is read): `result()` waits for the same answers has_files gives, `cancel()` ends what still runs."""
         by_node: dict[str, list[Guest]] = {}
         for g in guests:
             by_node.setdefault(g.node, []).append(g)
         test = shlex.join(["test", "-s", path])
+        # lxc-attach as pct exec --keep-env 0 calls it; its answer is kept when it is test's own (see has_files)
+        fast = ('if command -v lxc-attach >/dev/null 2>&1; then '
+                f'err=$(lxc-attach -n "$1" --clear-env -- {test} 2>&1 >/dev/null); rc=$?; '
+                'if [ "$rc" = 0 ] || { [ "$rc" = 1 ] && [ -z "$err" ]; }; then '
+                'echo "pveguard-rc $1 $rc"; exit 0; fi; fi; ')
         # pct's Getopt says "Unknown option: keep-env" and then dies "unable to parse option": keep the former
-        one = (f'err=$(pct exec "$1" --keep-env 0 -- {test} 2>&1 >/dev/null); rc=$?; '
-               'msg=$(printf %s "$err" | grep -m 1 "Unknown option: keep-env" || printf %s "$err" | tail -n 1); '
-               'echo "pveguard-rc $1 $rc $(printf %s "$msg" | cut -c 1-1000)"')
-        out: dict[int, bool | str] = {}
+        one = fast + (f'err=$(pct exec "$1" --keep-env 0 -- {test} 2>&1 >/dev/null); rc=$?; '
+                      'msg=$(printf %s "$err" | grep -m 1 "Unknown option: keep-env" || printf %s "$err" | tail -n 1); '
+                      'echo "pveguard-rc $1 $rc $(printf %s "$msg" | cut -c 1-1000)"')
+        checks = FileChecks()
 
         def node_run(node: str, gs: list[Guest]) -> dict[int, bool | str]:
             ids = " ".join(str(g.vmid) for g in gs)
             script = (f"printf '%s\\n' {ids} | xargs -n 1 -P {HAS_FILES_PER_NODE} "
                       f"sh -c {shlex.quote(one)} pveguard-check")
-            argv = ["sh", "-c", script] if node == self._local_node() else \
-                [*self.settings.ssh_command, f"{self.settings.ssh_user}@{self._node_address(node)}", script]
             try:
-                p = self._run(argv, f"checking {path} in {len(gs)} containers on {node}", timeout=timeout)
+                argv = ["sh", "-c", script] if node == self._local_node() else \
+                    [*self.settings.ssh_command, f"{self.settings.ssh_user}@{self._node_address(node)}", script]
+                p = checks.run(argv, f"checking {path} in {len(gs)} containers on {node}", timeout=timeout)
             except PveguardError as exc:
                 return {g.vmid: f"pct exec does not reach it: {exc.message}" for g in gs}
             got: dict[int, bool | str] = {}
@@ -1339,14 +1423,8 @@ class ProxmoxBackend(Backend):
             failed = (p.stderr.decode(errors="replace").strip().splitlines() or [f"exit {p.returncode}"])[-1]
             return {g.vmid: got.get(g.vmid, f"pct exec does not reach it: {failed}") for g in gs}
 
-        if len(by_node) <= 1:
-            results = [node_run(n, gs) for n, gs in by_node.items()]
-        else:
-            with ThreadPoolExecutor(max_workers=min(IN_FLIGHT, len(by_node))) as pool:
-                results = list(pool.map(lambda item: node_run(*item), by_node.items()))
-        for r in results:
-            out.update(r)
-        return out
+        checks.start(node_run, by_node)
+        return checks
 
     def push(self, guest: Guest, local: str, remote: str, mode: int = 0o644) -> None:
         what = f"copying {local} to CT {guest.vmid}:{remote}"

@@ -27,7 +27,7 @@ from pveguard.provision.instance import identity
 from pveguard.provision.journal import Journal
 from pveguard.provision.observe import observe
 from pveguard.provision.plan import Plan, plan, resolve_journal
-from pveguard.provision.rbac import deliver, forget, guests_of, rbac_plan, remember
+from pveguard.provision.rbac import deliver, early_checks, forget, guests_of, rbac_plan, remember
 from pveguard.provision.runlock import apply_lock
 from pveguard.provision.serve_install import converge_serve, load_doc, serve_plan
 from pveguard.security import extra_inbound, rbac
@@ -84,13 +84,21 @@ def _compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str]
         backend.require_privileges()
     check_limits(app.strategy, backend, app.strategy_path)
     instance = instance_id(app)
-    p = plan(desired_state(app.strategy, instance, floors.load(app.store)), observe(backend), instance=instance,
-             prune=prune, journal=Journal(app.store).entries())
-    p = p.only(only) if only is not None else p
-    if isinstance(backend, ProxmoxBackend):
-        say_placement(backend, p)
-    p.firewall = firewall_plan(app.strategy, backend, p, app.store, instance, whole=only is None)
-    p.rbac = FwPlan(notes=[ONLY_NOTE]) if only is not None else rbac_plan(app.strategy, backend, p, app.store, instance)
+    # RBAC's token-file checks (a process per container on the nodes) start from the listing, while the API is read
+    early = early_checks(app.strategy, backend, only)
+    try:
+        p = plan(desired_state(app.strategy, instance, floors.load(app.store)),
+                 observe(backend, early.listed if early is not None else None), instance=instance,
+                 prune=prune, journal=Journal(app.store).entries())
+        p = p.only(only) if only is not None else p
+        if isinstance(backend, ProxmoxBackend):
+            say_placement(backend, p)
+        p.firewall = firewall_plan(app.strategy, backend, p, app.store, instance, whole=only is None)
+        p.rbac = FwPlan(notes=[ONLY_NOTE]) if only is not None else \
+            rbac_plan(app.strategy, backend, p, app.store, instance, early)
+    finally:
+        if early is not None:
+            early.close()
     # the raw document only matters to a serve.container; parsing it again costs for nothing else
     doc = load_doc(app.strategy_path) if app.strategy.serve.container else {}
     p.serve = serve_plan(app.strategy, doc, backend, p, only)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -11,9 +12,12 @@ from pveguard.errors import BackendError
 from pveguard.provision.plan import Observed, candidate_vmids
 
 
-def observe(backend: Backend) -> Observed:
-    """The guests (one call) and the configs of the tagged containers (one call each, in parallel)."""
+def observe(backend: Backend, listed: Callable[[list[Guest]], None] | None = None) -> Observed:
+    """The guests (one call) and the configs of the tagged containers (one call each, in parallel).
+    `listed` is told the listing before the configs are read (plan starts its token-file checks there)."""
     guests = backend.list_guests()
+    if listed is not None:
+        listed(guests)
     wanted = set(candidate_vmids(guests))
     tagged = [g for g in guests if g.vmid in wanted]
 

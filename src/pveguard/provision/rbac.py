@@ -12,8 +12,8 @@ import os
 import tempfile
 from collections.abc import Callable
 
-from pveguard.backends.base import Backend, Guest
-from pveguard.backends.proxmox import ProxmoxBackend
+from pveguard.backends.base import MANAGED_TAG, Backend, Guest
+from pveguard.backends.proxmox import FileChecks, ProxmoxBackend
 from pveguard.errors import PveguardError
 from pveguard.provision.firewall import managed_cts
 from pveguard.provision.plan import Plan
@@ -31,13 +31,64 @@ def guests_of(p: Plan) -> dict[int, Guest]:
     return {a.vmid: a.guest for a in p.actions if a.guest is not None and a.vmid is not None}
 
 
-def has_secret(backend: Backend, guests: dict[int, Guest], cts: list[Ct] | None = None) -> rbac.HasSecret:
+class EarlyChecks:
+    """The token-file checks of `plan`, started from the guest listing instead of after every API read.
+
+    All they need is which managed containers run on which node, and the listing says that: every running
+    LXC guest carrying the managed tag and named like a strategy container is checked at once (nodes in
+    parallel, ProxmoxBackend.start_has_files) while the configs, firewall and RBAC objects are read. The
+    plan then takes the answers of the containers it checks (this installation's, running, on the node the
+    listing named) and checks any it still lacks (one renamed since it was created) as before, so the
+    answers and their meanings are the ones has_files gives; answers for guests the plan does not check (a
+    same-named container of another installation) are dropped. Planning that fails first ends the checks
+    (close)."""
+
+    def __init__(self, backend: ProxmoxBackend, names: set[str]) -> None:
+        self.backend, self.names = backend, names
+        self.started: dict[int, Guest] = {}
+        self.run: FileChecks | None = None
+
+    def listed(self, guests: list[Guest]) -> None:
+        up = [g for g in guests if g.type == "lxc" and g.status == "running" and MANAGED_TAG in g.tags
+              and g.name in self.names]
+        if up:
+            self.started = {g.vmid: g for g in up}
+            self.run = self.backend.start_has_files(up, rbac.SECRET_PATH, timeout=60 + 2 * len(up))
+
+    def answers(self, up: list[Guest]) -> dict[int, bool | str]:
+        """The answers for `up` (the plan's running containers): those started early, the rest checked now."""
+        got, self.run = (self.run.result() if self.run is not None else {}), None
+        out = {g.vmid: got[g.vmid] for g in up
+               if g.vmid in got and (s := self.started.get(g.vmid)) is not None and s.node == g.node}
+        rest = [g for g in up if g.vmid not in out]
+        if rest:
+            out.update(self.backend.has_files(rest, rbac.SECRET_PATH, timeout=60 + 2 * len(rest)))
+        return out
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.cancel()
+            self.run = None
+
+
+def early_checks(strategy: Strategy, backend: Backend, only: set[str] | None) -> EarlyChecks | None:
+    """The token-file checks to start from the listing: on PVE with RBAC on, for a whole plan (not --only)."""
+    if only is not None or not isinstance(backend, ProxmoxBackend) or not rbac.enforced(strategy):
+        return None
+    return EarlyChecks(backend, {c.name for c in strategy.containers})
+
+
+def has_secret(backend: Backend, guests: dict[int, Guest], cts: list[Ct] | None = None,
+               early: EarlyChecks | None = None) -> rbac.HasSecret:
     """Whether each container holds the token file. With `cts` (the plan's), the running ones are checked
-    up front in one batch (one process per node, ProxmoxBackend.has_files); others one `pct exec` each."""
+    up front in one batch (one process per node, ProxmoxBackend.has_files; with `early`, mostly started from the
+    listing already); others one `pct exec` each."""
     batch: dict[int, bool | str] = {}
     if cts and isinstance(backend, ProxmoxBackend):
         up = [g for c in cts if (g := guests.get(c.vmid)) is not None and g.status == "running"]
-        if up:
+        if early is not None:
+            batch = early.answers(up)
+        elif up:
             batch = backend.has_files(up, rbac.SECRET_PATH, timeout=60 + 2 * len(up))
 
     def check(ct: Ct) -> bool | str:
@@ -106,15 +157,17 @@ def current(store: Store, wants: list[rbac.RoleWant], check: rbac.HasSecret) -> 
     return has
 
 
-def rbac_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store, instance: str) -> FwPlan:
-    """The RBAC changes (PVE) or why there are none (lxc, switched off)."""
+def rbac_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store, instance: str,
+              early: EarlyChecks | None = None) -> FwPlan:
+    """The RBAC changes (PVE) or why there are none (lxc, switched off); `early`: the token-file checks
+    started from the listing (early_checks)."""
     if not isinstance(backend, ProxmoxBackend):
         return FwPlan(notes=[LXC_NOTE])
     if not rbac.enforced(strategy):
         return FwPlan(notes=[OFF_NOTE])
     wants = rbac.desired_rbac(strategy, managed_cts(p), instance)
     cts = [c for w in wants for c in w.containers]
-    seen = rbac.observe_rbac(backend.call, wants, current(store, wants, has_secret(backend, guests_of(p), cts)),
+    seen = rbac.observe_rbac(backend.call, wants, current(store, wants, has_secret(backend, guests_of(p), cts, early)),
                              instance)
     seen.left = left_roles(store, wants, p)
     return rbac.plan_rbac(wants, seen, instance)
