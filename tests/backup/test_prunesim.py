@@ -11,6 +11,7 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -33,13 +34,18 @@ DST_TIMES = [  # gap and repeated hours (local wall-clock) in the zones above
 ]  # fmt: skip
 
 
-def _names(seed: int, count: int, mixed: bool) -> list[str]:
-    rng = random.Random(seed)
+def _times(rng: random.Random, count: int) -> Iterator[datetime]:
+    """Ascending local times from 2023-03-01 at uneven steps, about one in twenty a DST edge case instead."""
     t = datetime(2023, 3, 1)
-    out = []
     for _ in range(count):
         t += timedelta(minutes=rng.choice([1, 7, 30, 59, 61, 24 * 60]))
-        when = rng.choice(DST_TIMES) if rng.random() < 0.05 else t
+        yield rng.choice(DST_TIMES) if rng.random() < 0.05 else t
+
+
+def _names(seed: int, count: int, mixed: bool) -> list[str]:
+    rng = random.Random(seed)
+    out = []
+    for when in _times(rng, count):
         group = rng.choice(["lxc-101", "qemu-200", "lxc-1011", "openvz-999"]) if mixed else "lxc-101"
         ext = rng.choice(["tar.zst", "tgz", "vma.gz", "tar", "vma.lzo", "tar.bz2"])
         name = f"vzdump-{group}-{when:%Y_%m_%d-%H_%M_%S}.{ext}"
@@ -149,11 +155,8 @@ def test_counts_lines_as_splitlines_does() -> None:
 def _uniform_names(seed: int, count: int, vmids: list[str], path: str = "", ext: str = "tar.zst") -> list[str]:
     """Names of one shape (same type, vmid width, path and extension): the uniform reader's input."""
     rng = random.Random(seed)
-    t = datetime(2023, 3, 1)
     out = []
-    for _ in range(count):
-        t += timedelta(minutes=rng.choice([1, 7, 30, 59, 61, 24 * 60]))
-        when = rng.choice(DST_TIMES) if rng.random() < 0.05 else t
+    for when in _times(rng, count):
         name = f"{path}vzdump-lxc-{rng.choice(vmids)}-{when:%Y_%m_%d-%H_%M_%S}.{ext}"
         out.append(name + " protected" if rng.random() < 0.1 else name)
     return out

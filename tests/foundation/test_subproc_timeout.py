@@ -33,6 +33,16 @@ def alive(pid: int) -> bool:
         return False
 
 
+def assert_gone(pidfile: Path) -> None:
+    """The process whose pid the child wrote is gone soon (killed here if not, so the test leaves nothing)."""
+    pid = int(pidfile.read_text())
+    try:
+        assert gone_soon(pid)
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
 def gone_soon(pid: int, within: float = 3.0) -> bool:
     end = time.monotonic() + within
     while time.monotonic() < end:
@@ -91,12 +101,7 @@ def test_migrate_endpoint_timeout_kills_the_tree(tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     with pytest.raises(OperationError, match="did not finish within 1s"):
         Local().sh(f"sleep 300 & echo $! > {pidfile}; wait", timeout=1)
-    pid = int(pidfile.read_text())
-    try:
-        assert gone_soon(pid)
-    finally:
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    assert_gone(pidfile)
 
 
 def test_ctrl_c_kills_the_tree(tmp_path: Path) -> None:
@@ -110,12 +115,7 @@ def test_ctrl_c_kills_the_tree(tmp_path: Path) -> None:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-    pid = int(pidfile.read_text())
-    try:
-        assert gone_soon(pid)
-    finally:
-        if alive(pid):
-            os.kill(pid, signal.SIGKILL)
+    assert_gone(pidfile)
 
 
 def test_output_and_status_as_subprocess_run() -> None:

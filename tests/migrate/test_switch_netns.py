@@ -14,6 +14,7 @@ namespace:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -68,45 +69,57 @@ def sh(*argv: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess
     return p
 
 
-@pytest.fixture
-def netns() -> Iterator[dict[str, str]]:
-    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None:
-        pytest.skip("needs root, ip and nft")
+@contextlib.contextmanager
+def ns_pair(prefix: str, link: str, src_addr: str, ct_addr: str, *opts: str) -> Iterator[tuple[str, str]]:
+    """Two fresh network namespaces (`{prefix}-src-*`, `{prefix}-ct-*`, loopback up) joined by a veth pair
+    `{link}a`/`{link}b` carrying src_addr/ct_addr; both deleted on the way out, even on failure."""
     tag = secrets.token_hex(2)
-    src, ct = f"mfw-src-{tag}", f"mfw-ct-{tag}"
-    net = f"10.251.{int(tag, 16) % 250}"
+    src, ct = f"{prefix}-src-{tag}", f"{prefix}-ct-{tag}"
     made: list[str] = []
-    server = None
     try:
         for ns in (src, ct):
             sh("ip", "netns", "add", ns)
             made.append(ns)
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", src, "link", "add", "mfwa", "type", "veth", "peer", "name", "mfwb", "netns", ct)
-        sh("ip", "-n", src, "addr", "add", f"{net}.1/24", "dev", "mfwa")
-        sh("ip", "-n", ct, "addr", "add", f"{net}.2/24", "dev", "mfwb")
-        sh("ip", "-n", src, "link", "set", "mfwa", "up")
-        sh("ip", "-n", ct, "link", "set", "mfwb", "up")
-        sh("ip", "-n", ct, "route", "add", "default", "via", f"{net}.1")
-        sh("ip", "netns", "exec", src, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward; "
-           "echo 0 > /proc/sys/net/ipv4/conf/mfwa/route_localnet")
-        www = Path(f"/tmp/{src}-www")
-        www.mkdir()
-        (www / "index.html").write_text("served by the container\n")
-        server = subprocess.Popen(["ip", "netns", "exec", ct, sys.executable, "-m", "http.server", str(PORT),
-                                   "--bind", "0.0.0.0", "--directory", str(www)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and str(PORT) not in sh("ip", "netns", "exec", ct, "ss", "-Hltn").stdout:
-            time.sleep(0.1)
-        yield {"src": src, "ct": ct, "src_ip": f"{net}.1", "ct_ip": f"{net}.2"}
+        sh("ip", "-n", src, "link", "add", f"{link}a", "type", "veth", "peer", "name", f"{link}b", "netns", ct)
+        sh("ip", "-n", src, "addr", "add", src_addr, "dev", f"{link}a", *opts)
+        sh("ip", "-n", ct, "addr", "add", ct_addr, "dev", f"{link}b", *opts)
+        sh("ip", "-n", src, "link", "set", f"{link}a", "up")
+        sh("ip", "-n", ct, "link", "set", f"{link}b", "up")
+        yield src, ct
     finally:
-        if server is not None:
-            server.kill()
-            server.wait(5)
-        shutil.rmtree(f"/tmp/{src}-www", ignore_errors=True)
         for ns in made:
             sh("ip", "netns", "del", ns, check=False)
+
+
+@pytest.fixture
+def netns() -> Iterator[dict[str, str]]:
+    if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None:
+        pytest.skip("needs root, ip and nft")
+    net = f"10.251.{secrets.randbelow(250)}"
+    server = None
+    www: Path | None = None
+    with ns_pair("mfw", "mfw", f"{net}.1/24", f"{net}.2/24") as (src, ct):
+        try:
+            sh("ip", "-n", ct, "route", "add", "default", "via", f"{net}.1")
+            sh("ip", "netns", "exec", src, "sh", "-c", "echo 0 > /proc/sys/net/ipv4/ip_forward; "
+               "echo 0 > /proc/sys/net/ipv4/conf/mfwa/route_localnet")
+            www = Path(f"/tmp/{src}-www")
+            www.mkdir()
+            (www / "index.html").write_text("served by the container\n")
+            server = subprocess.Popen(["ip", "netns", "exec", ct, sys.executable, "-m", "http.server", str(PORT),
+                                       "--bind", "0.0.0.0", "--directory", str(www)],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and str(PORT) not in sh("ip", "netns", "exec", ct, "ss", "-Hltn").stdout:
+                time.sleep(0.1)
+            yield {"src": src, "ct": ct, "src_ip": f"{net}.1", "ct_ip": f"{net}.2"}
+        finally:
+            if server is not None:
+                server.kill()
+                server.wait(5)
+            if www is not None:
+                shutil.rmtree(www, ignore_errors=True)
 
 
 def child(ns: str, state: Path, what: str, *extra: str, env: dict[str, str] | None = None
@@ -203,59 +216,46 @@ def test_ipv6_loopback_cannot_be_forwarded_with_nat() -> None:
     and the forward can learn ::1."""
     if os.geteuid() != 0 or shutil.which("ip") is None or shutil.which("nft") is None:
         pytest.skip("needs root, ip and nft")
-    tag = secrets.token_hex(2)
-    src, ct = f"mf6-src-{tag}", f"mf6-ct-{tag}"
-    made: list[str] = []
     server = None
-    try:
-        for ns in (src, ct):
-            sh("ip", "netns", "add", ns)
-            made.append(ns)
-            sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "-n", src, "link", "add", "mf6a", "type", "veth", "peer", "name", "mf6b", "netns", ct)
-        sh("ip", "-n", src, "addr", "add", "fd00:6::1/64", "dev", "mf6a", "nodad")
-        sh("ip", "-n", ct, "addr", "add", "fd00:6::2/64", "dev", "mf6b", "nodad")
-        sh("ip", "-n", src, "link", "set", "mf6a", "up")
-        sh("ip", "-n", ct, "link", "set", "mf6b", "up")
-        server = subprocess.Popen(["ip", "netns", "exec", ct, sys.executable, "-c", V6_SERVER, str(PORT)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-        sh("ip", "netns", "exec", src, "nft", "-f", "-", input=(
-            "table ip6 mig6 {\n"
-            "  chain output { type nat hook output priority -100; policy accept;\n"
-            f"    fib daddr type local tcp dport {PORT} counter dnat to [fd00:6::2]\n  }}\n"
-            "  chain postrouting { type nat hook postrouting priority srcnat; policy accept;\n"
-            f"    ip6 daddr fd00:6::2 tcp dport {PORT} counter masquerade\n  }}\n"
-            "  chain answers { type filter hook prerouting priority -300; policy accept;\n"
-            f"    tcp sport {PORT} counter\n  }}\n"
-            "}\n"))
-        connect = ("import socket, sys\n"
-                   "try:\n"
-                   "    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)\n"
-                   "    print(s.recv(100).decode().strip())\n"
-                   "except OSError as e:\n"
-                   "    print(type(e).__name__)\n")
+    with ns_pair("mf6", "mf6", "fd00:6::1/64", "fd00:6::2/64", "nodad") as (src, ct):
+        try:
+            server = subprocess.Popen(["ip", "netns", "exec", ct, sys.executable, "-c", V6_SERVER, str(PORT)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+            sh("ip", "netns", "exec", src, "nft", "-f", "-", input=(
+                "table ip6 mig6 {\n"
+                "  chain output { type nat hook output priority -100; policy accept;\n"
+                f"    fib daddr type local tcp dport {PORT} counter dnat to [fd00:6::2]\n  }}\n"
+                "  chain postrouting { type nat hook postrouting priority srcnat; policy accept;\n"
+                f"    ip6 daddr fd00:6::2 tcp dport {PORT} counter masquerade\n  }}\n"
+                "  chain answers { type filter hook prerouting priority -300; policy accept;\n"
+                f"    tcp sport {PORT} counter\n  }}\n"
+                "}\n"))
+            connect = ("import socket, sys\n"
+                       "try:\n"
+                       "    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)\n"
+                       "    print(s.recv(100).decode().strip())\n"
+                       "except OSError as e:\n"
+                       "    print(type(e).__name__)\n")
 
-        def client(address: str) -> str:
-            return sh("ip", "netns", "exec", src, sys.executable, "-c", connect, address, str(PORT)).stdout.strip()
+            def client(address: str) -> str:
+                return sh("ip", "netns", "exec", src, sys.executable, "-c", connect, address, str(PORT)).stdout.strip()
 
-        def no_routes() -> int:
-            snmp = sh("ip", "netns", "exec", src, "cat", "/proc/net/snmp6").stdout
-            return int(next(line.split()[1] for line in snmp.splitlines() if line.startswith("Ip6InNoRoutes ")))
+            def no_routes() -> int:
+                snmp = sh("ip", "netns", "exec", src, "cat", "/proc/net/snmp6").stdout
+                return int(next(line.split()[1] for line in snmp.splitlines() if line.startswith("Ip6InNoRoutes ")))
 
-        def answers() -> int:
-            text = sh("ip", "netns", "exec", src, "nft", "list", "chain", "ip6", "mig6", "answers").stdout
-            return int(text.split("counter packets ", 1)[1].split()[0])
+            def answers() -> int:
+                text = sh("ip", "netns", "exec", src, "nft", "list", "chain", "ip6", "mig6", "answers").stdout
+                return int(text.split("counter packets ", 1)[1].split()[0])
 
-        assert client("fd00:6::2") == "served by the container"  # the path itself works
-        before, seen = no_routes(), answers()
-        assert client("::1") == "TimeoutError"
-        got = answers() - seen
-        assert got >= 2  # the container answered the SYN (and its retries)...
-        assert no_routes() - before >= got - 1  # ...and each answer to ::1 was dropped as having no route
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait(5)
-        for ns in made:
-            sh("ip", "netns", "del", ns, check=False)
+            assert client("fd00:6::2") == "served by the container"  # the path itself works
+            before, seen = no_routes(), answers()
+            assert client("::1") == "TimeoutError"
+            got = answers() - seen
+            assert got >= 2  # the container answered the SYN (and its retries)...
+            assert no_routes() - before >= got - 1  # ...and each answer to ::1 was dropped as having no route
+        finally:
+            if server is not None:
+                server.kill()
+                server.wait(5)
