@@ -265,7 +265,7 @@ def test_evaluate_steps_the_same_alerts_in_the_same_order() -> None:
 def test_the_poll_and_the_render_run_with_the_cyclic_gc_paused(tmp_path: Any) -> None:
     import gc
 
-    from pveguard.monitor.collector import gc_paused
+    from pveguard.gcpause import gc_paused
     from pveguard.monitor.engine import Monitor
     from pveguard.store import Store
 

@@ -21,8 +21,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pveguard.gcpause import gc_paused
 from pveguard.monitor.alerts import AlertState
-from pveguard.monitor.collector import Sample, Sweep, gc_paused
+from pveguard.monitor.collector import Sample, Sweep
 
 # Which /cluster/resources fields each resource type carries (pve-manager's PVE/API2/Cluster.pm): the reference
 # exporter emits a metric for every field present, so we emit the same set per type.
@@ -228,7 +229,7 @@ def render(view: ExportView) -> bytes:
     """The text exposition of a view, byte for byte what `render_reference` gives, about 8x faster:
     the pve_* lines are formatted straight from the samples instead of through metric objects, and
     integer values (bytes, seconds: most of them) take _num's short path. The cyclic garbage
-    collector is paused meanwhile (collector.gc_paused: 130,000 lines allocate no cycles)."""
+    collector is paused meanwhile (pveguard.gcpause: 130,000 lines allocate no cycles)."""
     with gc_paused():
         return _render(view)
 
