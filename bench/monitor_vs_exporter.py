@@ -11,6 +11,8 @@ Per size it reports, medians over the runs with their range (min-max):
     requests. Each poll/scrape pays for fresh figures, and it does not matter whether pvesim's stat
     thread or the request computed them first;
   * the cost ratio per round (each poll's cost over the node=0 scrape's in the same round), median and range;
+    and the same without the interval's refresh: pvesim's CPU beyond that of the round's no-client interval
+    (what the call itself added; each call then pays only for its own requests);
   * API calls per poll/scrape (pvesim's request counter);
   * agreement of the overlapping metrics (same name and `id` label) with the clock frozen.
 
@@ -277,27 +279,34 @@ def run_size(guests: int, nodes: int, runs: int, exporter_runs: int, old_src: st
     common = set(a) & set(b)
     equal = sum(1 for k in common if a[k] == b[k] or abs(a[k] - b[k]) <= 1e-9 * max(abs(a[k]), abs(b[k])))
 
-    def stats(rows: list[dict[str, float]]) -> dict[str, Any]:
-        """Median of each figure, with its min and max over the runs."""
-        for r in rows:
+    idle_median = statistics.median(r["server_cpu"] for r in idle)
+
+    def stats(rows: list[dict[str, float]], rounds: bool = True) -> dict[str, Any]:
+        """Median of each figure, with its min and max over the runs. "own": pvesim's CPU beyond the
+        interval's stat refresh (the no-client interval of the same round; its median for the default scrape,
+        which runs after the rounds), and the cost with that."""
+        for i, r in enumerate(rows):
             r["cost"] = r["client_cpu"] + r["server_cpu"]
+            r["server_own"] = r["server_cpu"] - (idle[i]["server_cpu"] if rounds else idle_median)
+            r["own_cost"] = r["client_cpu"] + r["server_own"]
         got: dict[str, Any] = {}
-        for k in ("wall", "client_cpu", "server_cpu", "cost", "calls"):
+        for k in ("wall", "client_cpu", "server_cpu", "cost", "server_own", "own_cost", "calls"):
             xs = [r[k] for r in rows]
             got[k], got[k + "_range"] = statistics.median(xs), [min(xs), max(xs)]
         return got
 
     def ratios(rows: list[dict[str, float]]) -> dict[str, Any]:
         """Per round: this poll's cost over the node=0 scrape's of the same round."""
-        xs = [(r["client_cpu"] + r["server_cpu"]) / (n["client_cpu"] + n["server_cpu"])
-              for r, n in zip(rows, lean, strict=True)]
-        return {"ratio": statistics.median(xs), "ratio_range": [min(xs), max(xs)], "ratios": xs}
+        xs = [r["cost"] / n["cost"] for r, n in zip(rows, lean, strict=True)]
+        own = [r["own_cost"] / n["own_cost"] for r, n in zip(rows, lean, strict=True)]
+        return {"ratio": statistics.median(xs), "ratio_range": [min(xs), max(xs)], "ratios": xs,
+                "own_ratio": statistics.median(own), "own_ratio_range": [min(own), max(own)], "own_ratios": own}
 
     out: dict[str, Any] = {
         "guests": guests, "nodes": nodes,
-        "pveguard": {**stats(polls["pveguard"]), **ratios(polls["pveguard"])},
-        "exporter": stats(theirs),
         "exporter_node0": stats(lean),
+        "pveguard": {**stats(polls["pveguard"]), **ratios(polls["pveguard"])},
+        "exporter": stats(theirs, rounds=False),
         "idle_interval": stats(idle),
         "pve_lines": len(pve_lines(texts["pveguard"])),
         "overlap_series": len(common), "agree": equal,
@@ -320,8 +329,9 @@ def _fig(row: dict[str, Any], key: str, digits: int = 3) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = ["| guests | tool | API calls | wall (s) | client CPU (s) | pvesim CPU (s) | cost (CPU-s) "
-             "| cost / exporter node=0 cost | overlapping series agreeing |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| cost / exporter node=0 cost | pvesim CPU beyond the refresh (s) | that cost / node=0's "
+             "| overlapping series agreeing |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         n = r["exporter_node0"]
         rows = [("pveguard poll", r["pveguard"], f"{r['agree']:,}/{r['overlap_series']:,}")]
@@ -334,11 +344,15 @@ def table(results: list[dict[str, Any]]) -> str:
             if "ratio" in row:  # per round, against that round's node=0 scrape
                 lo, hi = row["ratio_range"]
                 ratio = f"{row['ratio']:.3f}x ({lo:.3f}-{hi:.3f})"
+                lo, hi = row["own_ratio_range"]
+                own = f"{row['own_ratio']:.3f}x ({lo:.3f}-{hi:.3f})"
             else:
                 ratio = f"{row['cost'] / max(n['cost'], 1e-9):.3f}x"
+                own = f"{row['own_cost'] / max(n['own_cost'], 1e-9):.3f}x" if row is not r["idle_interval"] else ""
+            own_cpu = _fig(row, "server_own") if row is not r["idle_interval"] else ""
             lines.append(f"| {r['guests']:,} | {name} | {row['calls']:.0f} | {row['wall']:.3f} | "
                          f"{_fig(row, 'client_cpu')} | {_fig(row, 'server_cpu')} | {_fig(row, 'cost')} | "
-                         f"{ratio} | {agree} |")
+                         f"{ratio} | {own_cpu} | {own} | {agree} |")
     return "\n".join(lines)
 
 
