@@ -1,9 +1,18 @@
 """Side by side: one pveguard poll vs one scrape of the unmodified prometheus-pve-exporter, on the
 same pvesim cluster (pvesim runs as its own process so its CPU is the "PVE node" cost).
 
-Per size it reports, medians over the runs:
-  * wall time and client CPU time per poll/scrape (this process's CPU, measured around the call);
-  * pvesim CPU time per poll/scrape (utime+stime of the pvesim process: what the API side pays);
+Per size it reports, medians over the runs with their range (min-max):
+  * wall time and client CPU time per poll/scrape (the polling process's CPU, measured around the call);
+  * pvesim CPU time per poll/scrape (what the API side pays): the pvesim process's CPU clock, to the
+    nanosecond (clock_gettime on its per-process CPU clock: all threads, those that ended too; /proc's
+    utime+stime come in 10 ms ticks, coarser than a poll's share), from before the sim clock moves on to
+    the next status interval until pvesim is idle again after the call: the interval's stat refresh (what
+    pvestatd does on a real node every 10 s, whether anyone polls or not; its own row, "no client") plus the
+    requests. Each poll/scrape pays for fresh figures, and it does not matter whether pvesim's stat
+    thread or the request computed them first;
+  * the cost ratio per round (each poll's cost over the node=0 scrape's in the same round), median and range;
+    and the same without the interval's refresh: pvesim's CPU beyond that of the round's no-client interval
+    (what the call itself added; each call then pays only for its own requests);
   * API calls per poll/scrape (pvesim's request counter);
   * agreement of the overlapping metrics (same name and `id` label) with the clock frozen.
 
@@ -68,9 +77,20 @@ class Sim:
             return json.loads(r.read())["data"]
 
     def cpu(self) -> float:
-        """utime + stime of the pvesim process, seconds."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """The pvesim process's CPU time in seconds, to the nanosecond: the kernel's CPU clock of that process
+        (Linux: clockid ((~pid) << 3) | CPUCLOCK_SCHED, what clock_getcpuclockid(pid) gives), which counts
+        every thread, those that ended too."""
+        return time.clock_gettime(((~self.proc.pid) << 3) | 2)
+
+    def settle(self, since: float) -> None:
+        """Wait until pvesim is idle: its stat thread (it wakes at least once a second) has refreshed the
+        interval the clock moved to at `since` (time.monotonic()) and no answer is still being sent."""
+        time.sleep(max(0.0, since + 1.2 - time.monotonic()))
+        for _ in range(100):
+            c = self.cpu()
+            time.sleep(0.1)
+            if self.cpu() - c < 0.001:
+                return
 
     def calls(self) -> int:
         return int(self.control("GET", "/calls")["total"])
@@ -161,17 +181,19 @@ def measure(sim: Sim, fn: Any, own_cpu: bool = False) -> dict[str, float]:
 
     The sim clock first moves on by one PVE status interval (10 s), so the sweep cannot be served
     from pvesim's per-interval cache: each poll/scrape pays for fresh figures, as after a real poll
-    interval."""
-    sim.control("POST", "/clock", {"advance": 10})
+    interval. pvesim's CPU is counted from before that move until pvesim is idle after the call (see
+    Sim.settle): the interval's stat refresh and the requests, whichever of them computed the figures."""
     calls0 = sim.calls()  # control calls (/_sim) are not counted by pvesim
-    time.sleep(0.05)
+    sim.settle(0.0)
     scpu0 = sim.cpu()
+    sim.control("POST", "/clock", {"advance": 10})  # its own CPU (~1 ms) is in every row alike
+    moved = time.monotonic()
     c0, w0 = time.process_time(), time.perf_counter()
     out = fn()
     wall, ccpu = time.perf_counter() - w0, time.process_time() - c0
     if own_cpu:  # fn ran in a worker and says what CPU it used
         out, ccpu = out
-    time.sleep(0.05)  # let the server finish accounting the last response
+    sim.settle(moved)
     scpu = sim.cpu() - scpu0
     calls = sim.calls() - calls0
     return {"wall": wall, "client_cpu": ccpu, "server_cpu": scpu, "calls": calls, "out": out}
@@ -226,10 +248,12 @@ def run_size(guests: int, nodes: int, runs: int, exporter_runs: int, old_src: st
                 w.poll()
             polls: dict[str, list[dict[str, float]]] = {k: [] for k in workers}
             lean = []
+            idle = []  # an interval nobody polls: pvesim's own refresh (the baseline in every row)
             for _ in range(runs):  # alternating, so a machine that gets busier slows all alike
                 for k, w in workers.items():
                     polls[k].append(measure(sim, w.poll, own_cpu=True))
                 lean.append(measure(sim, exporter_cluster_only))
+                idle.append(measure(sim, lambda: None))
             theirs = [measure(sim, exporter_scrape) for _ in range(exporter_runs)]
             # agreement: freeze the sim clock so all read the same values
             sim.control("POST", "/clock", {"time_scale": 0})
@@ -255,45 +279,80 @@ def run_size(guests: int, nodes: int, runs: int, exporter_runs: int, old_src: st
     common = set(a) & set(b)
     equal = sum(1 for k in common if a[k] == b[k] or abs(a[k] - b[k]) <= 1e-9 * max(abs(a[k]), abs(b[k])))
 
-    def med(rows: list[dict[str, float]], key: str) -> float:
-        return statistics.median(r[key] for r in rows)
+    idle_median = statistics.median(r["server_cpu"] for r in idle)
 
-    keys = ("wall", "client_cpu", "server_cpu", "calls")
+    def stats(rows: list[dict[str, float]], rounds: bool = True) -> dict[str, Any]:
+        """Median of each figure, with its min and max over the runs. "own": pvesim's CPU beyond the
+        interval's stat refresh (the no-client interval of the same round; its median for the default scrape,
+        which runs after the rounds), and the cost with that."""
+        for i, r in enumerate(rows):
+            r["cost"] = r["client_cpu"] + r["server_cpu"]
+            r["server_own"] = r["server_cpu"] - (idle[i]["server_cpu"] if rounds else idle_median)
+            r["own_cost"] = r["client_cpu"] + r["server_own"]
+        got: dict[str, Any] = {}
+        for k in ("wall", "client_cpu", "server_cpu", "cost", "server_own", "own_cost", "calls"):
+            xs = [r[k] for r in rows]
+            got[k], got[k + "_range"] = statistics.median(xs), [min(xs), max(xs)]
+        return got
+
+    def ratios(rows: list[dict[str, float]]) -> dict[str, Any]:
+        """Per round: this poll's cost over the node=0 scrape's of the same round."""
+        xs = [r["cost"] / n["cost"] for r, n in zip(rows, lean, strict=True)]
+        own = [r["own_cost"] / n["own_cost"] for r, n in zip(rows, lean, strict=True)]
+        return {"ratio": statistics.median(xs), "ratio_range": [min(xs), max(xs)], "ratios": xs,
+                "own_ratio": statistics.median(own), "own_ratio_range": [min(own), max(own)], "own_ratios": own}
+
     out: dict[str, Any] = {
         "guests": guests, "nodes": nodes,
-        "pveguard": {k: med(polls["pveguard"], k) for k in keys},
-        "exporter": {k: med(theirs, k) for k in keys},
-        "exporter_node0": {k: med(lean, k) for k in keys},
+        "exporter_node0": stats(lean),
+        "pveguard": {**stats(polls["pveguard"]), **ratios(polls["pveguard"])},
+        "exporter": stats(theirs, rounds=False),
+        "idle_interval": stats(idle),
         "pve_lines": len(pve_lines(texts["pveguard"])),
         "overlap_series": len(common), "agree": equal,
         "only_pveguard": len(set(a) - set(b)), "only_exporter": len(set(b) - set(a)),
         "runs": runs, "exporter_runs": exporter_runs, "exporter_collectors_skipped": skipped,
     }
     if old_src:
-        out["old"] = {k: med(polls["old"], k) for k in keys}
+        out["old"] = {**stats(polls["old"]), **ratios(polls["old"])}
         out["same_pve_lines_as_old"] = same_as_old
     return out
 
 
-def _cost(row: dict[str, float]) -> float:
-    return row["client_cpu"] + row["server_cpu"]
+def _fig(row: dict[str, Any], key: str, digits: int = 3) -> str:
+    """median (min-max) of one figure."""
+    lo, hi = row[key + "_range"]
+    if lo == hi:
+        return f"{row[key]:.{digits}f}"
+    return f"{row[key]:.{digits}f} ({lo:.{digits}f}-{hi:.{digits}f})"
 
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = ["| guests | tool | API calls | wall (s) | client CPU (s) | pvesim CPU (s) | cost (CPU-s) "
-             "| cost / exporter node=0 cost | overlapping series agreeing |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| cost / exporter node=0 cost | pvesim CPU beyond the refresh (s) | that cost / node=0's "
+             "| overlapping series agreeing |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         n = r["exporter_node0"]
         rows = [("pveguard poll", r["pveguard"], f"{r['agree']:,}/{r['overlap_series']:,}")]
         if "old" in r:
             rows.append(("pveguard poll, before (old code)", r["old"], "same pve_* lines" if
                          r.get("same_pve_lines_as_old") else "DIFFERENT"))
-        rows += [("exporter scrape, node=0", n, ""), ("exporter scrape (defaults)", r["exporter"], "")]
+        rows += [("exporter scrape, node=0", n, ""), ("exporter scrape (defaults)", r["exporter"], ""),
+                 ("no client (the interval's stat refresh alone)", r["idle_interval"], "")]
         for name, row, agree in rows:
+            if "ratio" in row:  # per round, against that round's node=0 scrape
+                lo, hi = row["ratio_range"]
+                ratio = f"{row['ratio']:.3f}x ({lo:.3f}-{hi:.3f})"
+                lo, hi = row["own_ratio_range"]
+                own = f"{row['own_ratio']:.3f}x ({lo:.3f}-{hi:.3f})"
+            else:
+                ratio = f"{row['cost'] / max(n['cost'], 1e-9):.3f}x"
+                own = f"{row['own_cost'] / max(n['own_cost'], 1e-9):.3f}x" if row is not r["idle_interval"] else ""
+            own_cpu = _fig(row, "server_own") if row is not r["idle_interval"] else ""
             lines.append(f"| {r['guests']:,} | {name} | {row['calls']:.0f} | {row['wall']:.3f} | "
-                         f"{row['client_cpu']:.3f} | {row['server_cpu']:.3f} | {_cost(row):.3f} | "
-                         f"{_cost(row) / max(_cost(n), 1e-9):.2f}x | {agree} |")
+                         f"{_fig(row, 'client_cpu')} | {_fig(row, 'server_cpu')} | {_fig(row, 'cost')} | "
+                         f"{ratio} | {own_cpu} | {own} | {agree} |")
     return "\n".join(lines)
 
 

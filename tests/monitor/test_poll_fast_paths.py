@@ -8,6 +8,7 @@ nulls, booleans, huge and negative numbers, counters that went back)."""
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
@@ -265,7 +266,7 @@ def test_evaluate_steps_the_same_alerts_in_the_same_order() -> None:
 def test_the_poll_and_the_render_run_with_the_cyclic_gc_paused(tmp_path: Any) -> None:
     import gc
 
-    from pveguard.monitor.collector import gc_paused
+    from pveguard.gcpause import gc_paused
     from pveguard.monitor.engine import Monitor
     from pveguard.store import Store
 
@@ -397,3 +398,18 @@ def test_counters_past_64_bits_are_saved_too(tmp_path: Any) -> None:
         assert saved is not None
         assert [(s.id, s.netin, s.netout, s.uptime) for s in saved.samples] == [
             (s.id, s.netin, s.netout, s.uptime) for s in samples]
+
+
+@pytest.mark.parametrize("values", [
+    [0, 1, 7, 999_999, 1_000_000, 1_000_001, 1_230_000, 10**15, 2**53 - 1, 123456789012],  # the int path
+    [0, 5, 2**53],  # one past 2**53: every value through _num
+    [0, -1, 10],  # a negative: through _num
+    [0.0, -0.0, 1e-7, 0.25, 999_999.999_999, 0.342_17, 12.0, -3.5],  # the float path
+    [0.5, 1e6], [0.5, 1e300, -1e300], [0.5, math.nan], [0.5, math.inf],  # floats through _num
+    [1, 2.5], [True, 3],  # a mix, a bool: through _num
+])
+def test_a_family_formatted_at_once_is_num_of_each_value(values: list[Any]) -> None:
+    from pveguard.monitor.exporter import _lines
+
+    prefixes = [f"m{{id=\"{i}\"}} " for i in range(len(values))]
+    assert list(_lines(prefixes, values)) == [p + _go(float(v)) for p, v in zip(prefixes, values, strict=True)]

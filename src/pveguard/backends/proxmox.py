@@ -797,11 +797,12 @@ class ProxmoxBackend(Backend):
         """GET /cluster/resources[?type=]: every row an object with the key its type needs (vmid, node)."""
         params = {"type": type} if type else None
         rows: list[dict[str, Any]] = self.call("GET", "/cluster/resources", params, what=what)
-        for r in rows:
-            need = "vmid" if r.get("type") in ("lxc", "qemu") else "node" if r.get("type") == "node" else None
+        for r in rows:  # 10,000 rows a poll: the type read once
+            kind = r.get("type")
+            need = "vmid" if kind == "lxc" or kind == "qemu" else "node" if kind == "node" else None
             if need and r.get(need) is None:
                 raise PveCallError(f"{what + ': ' if what else ''}GET /cluster/resources returned a "
-                                   f"{r.get('type')} without '{need}'", status=200)
+                                   f"{kind} without '{need}'", status=200)
         return rows
 
     def capabilities(self) -> Capabilities:

@@ -8,11 +8,9 @@ uptime rather than reported as a negative or a huge jump. A stopped guest has no
 
 from __future__ import annotations
 
-import gc
 import operator
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -122,23 +120,6 @@ class _LazyRates(Derived):
             got = d["_values"] = {**d["_usage"], "net_in": round(da / dt, 3), "net_out": round(db / dt, 3),
                                   "disk_read": round(dc / dt, 3), "disk_write": round(de / dt, 3)}
         return got
-
-
-# --- helpers ------------------------------------------------------------------------------------
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """No automatic cyclic garbage collection inside: objects are still freed by reference counting,
-    and what is cyclic is collected after (GC comes back on if it was on; nesting and threads are safe:
-    whoever found it on turns it back on)."""
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
 
 
 # --- pure functions -----------------------------------------------------------------------------

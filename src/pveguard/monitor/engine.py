@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 
 from pveguard.errors import PveguardError, UsageError
+from pveguard.gcpause import gc_paused
 from pveguard.monitor.alerts import AlertState, Event, Rule, Silence, evaluate
-from pveguard.monitor.collector import RATE_SERIES, Derived, Sample, Source, Sweep, derive, gc_paused
+from pveguard.monitor.collector import RATE_SERIES, Derived, Sample, Source, Sweep, derive
 from pveguard.monitor.notify import Dispatcher, Notifier, enqueue
 from pveguard.monitor.series import DEFAULT_MAX_TARGETS, SeriesStore, TargetInfo, open_monitor_store
 from pveguard.store import Store

@@ -21,8 +21,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from pveguard.gcpause import gc_paused
 from pveguard.monitor.alerts import AlertState
-from pveguard.monitor.collector import Sample, Sweep, gc_paused
+from pveguard.monitor.collector import Sample, Sweep
 
 # Which /cluster/resources fields each resource type carries (pve-manager's PVE/API2/Cluster.pm): the reference
 # exporter emits a metric for every field present, so we emit the same set per type.
@@ -228,7 +229,7 @@ def render(view: ExportView) -> bytes:
     """The text exposition of a view, byte for byte what `render_reference` gives, about 8x faster:
     the pve_* lines are formatted straight from the samples instead of through metric objects, and
     integer values (bytes, seconds: most of them) take _num's short path. The cyclic garbage
-    collector is paused meanwhile (collector.gc_paused: 130,000 lines allocate no cycles)."""
+    collector is paused meanwhile (pveguard.gcpause: 130,000 lines allocate no cycles)."""
     with gc_paused():
         return _render(view)
 
@@ -310,7 +311,28 @@ def _varying_lines(static: _Static, key: str, samples: list[Sample]) -> str:
         prefixes, values = [p for p, _v in kept], [v for _p, v in kept]
     if not values:
         return ""
-    return "\n".join(map(operator.add, prefixes, map(_num, values))) + "\n"
+    return "\n".join(_lines(prefixes, values)) + "\n"
+
+
+def _lines(prefixes: list[str], values: list[Any]) -> Iterable[str]:
+    """prefix + _num(value) for each: a family of plain ints in [0, 2**53) or of finite floats below 1e6
+    (what every varying family of a sweep is) without a call per value: str() is the int's digits, _num
+    then adds ".0" below 1e6 or writes Go's exponent form; a float below 1e6 has no exponent in Go's form,
+    so it is repr()'s text. Anything else (a negative, a huge value, NaN, a mix) goes through _num.
+    tests/monitor/test_poll_fast_paths.py compares both with prometheus-client's formatting."""
+    kinds = set(map(type, values))
+    if kinds == _INT:
+        if min(values) >= 0 and max(values) < _EXACT:
+            exp = _EXP
+            return [f"{p}{d}.0" if len(d) < 7 else
+                    (f"{p}{d[0]}.{tail}{exp[len(d)]}" if (tail := d[1:].rstrip("0")) else f"{p}{d[0]}{exp[len(d)]}")
+                    for p, d in zip(prefixes, map(str, values), strict=True)]
+    elif kinds == _FLOAT and math.isfinite(sum(values)) and max(values) < 1e6:
+        return map(operator.add, prefixes, map(repr, values))
+    return map(operator.add, prefixes, map(_num, values))
+
+
+_INT, _FLOAT = {int}, {float}
 
 
 def _render(view: ExportView) -> bytes:

@@ -72,7 +72,7 @@ def compute_plan(app: AppContext, backend: Backend, prune: bool, only: set[str] 
     Without automatic cyclic GC meanwhile: the 10,000-guest listing and thousands of answers are
     long-lived allocations that only make the collector walk them again and again (~0.2 s of a 1,000-guest
     plan); reference counting still frees what is dropped, and the collector resumes after."""
-    from pveguard.monitor.collector import gc_paused
+    from pveguard.gcpause import gc_paused
 
     with gc_paused():
         return _compute_plan(app, backend, prune, only)
