@@ -60,8 +60,8 @@ def main() -> None:
     wrap(proxmox.ProxmoxBackend, "call", "GET + JSON (ProxmoxBackend.call)")
     wrap(proxmox.ProxmoxBackend, "resources", "ProxmoxBackend.resources (GET + shape check)")
     wrap(collector, "parse_resources", "parse_resources (Samples)")
-    for name in ("derive", "observations", "evaluate", "load_states", "save_states", "enqueue", "save_counters",
-                 "series_targets", "load_silences"):
+    for name in ("derive", "alert_candidates", "observations", "evaluate", "load_states", "save_states", "enqueue",
+                 "save_counters", "series_targets", "load_silences"):
         wrap(engine, name)
     wrap(series.SeriesStore, "record", "SeriesStore.record (SQLite)")
     wrap(notify.Dispatcher, "deliver", "Dispatcher.deliver")

@@ -413,3 +413,104 @@ def test_a_family_formatted_at_once_is_num_of_each_value(values: list[Any]) -> N
 
     prefixes = [f"m{{id=\"{i}\"}} " for i in range(len(values))]
     assert list(_lines(prefixes, values)) == [p + _go(float(v)) for p, v in zip(prefixes, values, strict=True)]
+
+
+def breach_sweep(rnd: random.Random, n: int, ts: float, prev: list[Sample] | None) -> Sweep:
+    """Guests near and past the thresholds of near_rules() (values that round onto a threshold too),
+    managed and unmanaged, running, stopped and unknown, templates, restarts; a few gone or new."""
+    out: list[Sample] = []
+    before = {s.id: s for s in prev or []}
+    near = [0.0, 0.3, 0.79994, 0.799949, 0.79995, 0.799996, 0.8, 0.81, 0.9, 0.7499, 0.7499996, 0.75, 1.0]
+    for i in range(n):
+        sid = f"{'lxc' if i % 4 else 'qemu'}/{100 + i}"
+        if rnd.random() < 0.03:
+            continue  # gone this poll
+        p = before.get(sid)
+        maxmem = 0 if i % 11 == 0 else 2**30
+        maxdisk = rnd.choice([10**10, 10**10, 0])
+        up = p.uptime + 10 if p is not None and rnd.random() < 0.9 else rnd.randrange(1, 5)
+        out.append(Sample(
+            id=sid, type=sid.split("/")[0], node=f"pve{i % 3}", name=f"g{i}", vmid=100 + i,
+            status=rnd.choice(["running"] * 6 + ["stopped", "unknown"]),
+            cpu=rnd.choice(near) if rnd.random() < 0.06 else rnd.random() * 0.7,
+            maxcpu=2.0, maxmem=maxmem, mem=p.mem if p is not None and rnd.random() < 0.6 else int(
+                maxmem * (rnd.choice(near) if rnd.random() < 0.06 else 0.5)),
+            maxdisk=maxdisk, disk=int(maxdisk * (rnd.choice(near) if rnd.random() < 0.06 else 0.4)),
+            netin=(p.netin if p else 0) + rnd.randrange(0, 10**6), netout=(p.netout if p else 0) + 5,
+            diskread=(p.diskread if p else 0) + 7, diskwrite=(p.diskwrite if p else 0) + 9, uptime=up,
+            template=i % 97 == 0, managed=i % 5 == 0, tags=(MANAGED_TAG,) if i % 5 == 0 else ()))
+    out.append(Sample(id="node/pve0", type="node", node="pve0", status="online", cpu=0.99, maxmem=10, mem=10))
+    return Sweep(ts, out)
+
+
+def near_rules() -> list[Rule]:
+    return [Rule("cpu", "cpu", 80.0, sustain=0.0), Rule("memory", "memory", 75.0, sustain=10.0),
+            Rule("disk", "disk", 80.0, sustain=0.0, severity="critical"),
+            Rule("mcpu", "cpu", 90.0, sustain=0.0, managed_only=True),
+            Rule("down", "down", 1.0, sustain=10.0, hysteresis=0.0, severity="critical", managed_only=True)]
+
+
+@pytest.mark.parametrize("rules", [near_rules(), [*near_rules(), Rule("net", "net_in", 50_000.0, sustain=0.0)],
+                                   [*near_rules(), Below("low", "cpu", 5.0, sustain=0.0, hysteresis=0.0)]],
+                         ids=["percentages", "a-rate-rule", "own-breached"])
+def test_a_poll_observing_only_the_candidates_alerts_as_observing_all(tmp_path: Any, rules: list[Rule]) -> None:
+    """The engine rounds the percentages only for the rules' candidates (alert_candidates): over polls
+    where managed and unmanaged guests breach, pend, fire and clear, the alert states and notifications
+    are those of evaluate() on every guest's eager values, and every derived value read after the poll
+    is the eager one. A rule on a byte rate or with its own breached() makes every guest observed."""
+    from pveguard.monitor.engine import Monitor, alert_candidates, load_states, observations
+    from pveguard.store import Store
+
+    rnd = random.Random(11)
+    now = [1000.0]
+    prev: Sweep | None = None
+    sweeps: list[Sweep] = []
+
+    class Source:
+        name = "test"
+
+        def sweep(self) -> Sweep:
+            nonlocal prev
+            s = breach_sweep(rnd, 1200, now[0], prev.samples if prev else None)
+            sweeps.append(s)
+            return s
+
+    mon = Monitor(Store(tmp_path), Source(), rules, clock=lambda: now[0], max_targets=40)
+    own = {r.name for r in rules}
+    fired: set[tuple[str, bool]] = set()
+    rounded_onto = 0
+    for _ in range(8):
+        states = {k: s for k, s in load_states(mon.store).items() if k[0] in own}
+        res = mon.poll()
+        sweep = sweeps[-1]
+        eager = derive(prev, sweep)
+        obs = {k: dict(v) for k, v in observations(sweep, eager).items()}
+        want = evaluate(rules, states, obs, now[0], {s.id: s.name for s in sweep.samples},
+                        [s.id for s in sweep.samples if s.managed])
+        assert list(res.states.items()) == list(want.states.items())
+        assert res.events == want.events
+        picked = alert_candidates(sweep.samples, rules, {k[1] for k in states})
+        if rules == near_rules():
+            assert picked is not None and len(picked) < len(obs)  # fewer guests observed
+            lazy = [d for d in res.derived.values() if "_s" in d.__dict__]
+            assert prev is None or (len(lazy) > 200 and sum(1 for d in lazy if "_usage" not in d.__dict__) > 100)
+        else:
+            assert picked is None
+        # repr: NaN equals itself, and the types too
+        assert repr({k: d.values for k, d in res.derived.items()}) == repr({k: d.values for k, d in eager.items()})
+        pct = ("cpu", "memory", "disk")  # usage: the percentages, with the rates where computed at once
+        assert ({k: {m: v for m, v in d.usage.items() if m in pct} for k, d in res.derived.items()}
+                == {k: {m: v for m, v in d.usage.items() if m in pct} for k, d in eager.items()})
+        managed = {s.id for s in sweep.samples if s.managed}
+        fired |= {(e.rule, e.target in managed) for e in res.events if e.kind == "firing"}
+        # below the threshold, rounded onto it: still a candidate (the margin alert_candidates leaves)
+        onto = [s.id for s in sweep.samples if s.is_guest and not s.template and s.status == "running"
+                and s.cpu * 100 < 80.0 <= round(s.cpu * 100, 3)]
+        assert all(("cpu", t) in res.states for t in onto)
+        rounded_onto += len(onto)
+        prev = sweep
+        now[0] += 10.0
+    # both kinds of guest breached, on every rule
+    assert {("cpu", True), ("cpu", False), ("memory", True), ("memory", False), ("disk", False),
+            ("mcpu", True), ("down", True)} <= fired
+    assert rounded_onto > 5

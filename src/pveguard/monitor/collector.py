@@ -101,14 +101,21 @@ RATE_SERIES = frozenset(("net_in", "net_out", "disk_read", "disk_write"))
 
 
 class _LazyRates(Derived):
-    """A running guest's Derived whose four byte rates are rounded only when its `values` are read: the
-    alert rules read only the percentages (`usage`), and at 10,000 guests the series, the status view and
-    the table read the rates of a few hundred. `values` is what derive(lazy_rates=False) gives, the
-    same dict each time it is read."""
+    """A running guest's Derived whose values are computed only when read: at 10,000 guests the alert
+    rules read the percentages (`usage`) of the few guests near a threshold (the engine picks them with
+    `alert_candidates`), and the series, the status view and the table read the values of a few hundred.
+    `_deltas` are the four counters' differences and the interval; `_s` is the Sample, whose percentages
+    are rounded at the first read (or `_usage` is given already, by derive(lazy_usage=False)). `usage` and
+    `values` are what derive(lazy_rates=False) gives, the same dict each time they are read."""
 
     @property
     def usage(self) -> Mapping[str, float]:
-        got: Mapping[str, float] = self.__dict__["_usage"]
+        d = self.__dict__
+        got: dict[str, float] | None = d.get("_usage")
+        if got is None:  # the expressions of derive()'s eager path
+            s = d["_s"]
+            got = d["_usage"] = {"cpu": round(s.cpu * 100, 3), "memory": round(s.mem * 100 / s.maxmem, 3),
+                                 "disk": round(s.disk * 100 / s.maxdisk, 3)}
         return got
 
     @property  # a read-only field, computed once
@@ -117,7 +124,7 @@ class _LazyRates(Derived):
         got: dict[str, float] | None = d.get("_values")
         if got is None:
             da, db, dc, de, dt = d["_deltas"]
-            got = d["_values"] = {**d["_usage"], "net_in": round(da / dt, 3), "net_out": round(db / dt, 3),
+            got = d["_values"] = {**self.usage, "net_in": round(da / dt, 3), "net_out": round(db / dt, 3),
                                   "disk_read": round(dc / dt, 3), "disk_write": round(de / dt, 3)}
         return got
 
@@ -262,13 +269,14 @@ def counter_rate(prev: int, prev_ts: float, cur: int, cur_ts: float,
     return cur / span if span > 0 else None
 
 
-def derive(prev: Sweep | None, cur: Sweep, lazy_rates: bool = False) -> dict[str, Derived]:
+def derive(prev: Sweep | None, cur: Sweep, lazy_rates: bool = False, lazy_usage: bool = False) -> dict[str, Derived]:
     """Per resource: cpu/memory/disk in percent and the four byte rates (running guests only).
 
     The same arithmetic as `counter_rate` and `Sample.up`, written out inline: it runs for every
     resource of every poll (tests/monitor/test_collector.py checks it against counter_rate).
     `lazy_rates`: a running guest's rates (the common case: no counter went back) are divided and
-    rounded when its `values` are first read, not here (`_LazyRates`)."""
+    rounded when its `values` are first read, not here (`_LazyRates`); with `lazy_usage` too, its
+    percentages are rounded when its `usage` or `values` are first read."""
     before = {s.id: s for s in prev.samples} if prev else {}
     dt = cur.ts - prev.ts if prev is not None else 0.0
     out: dict[str, Derived] = {}
@@ -289,8 +297,11 @@ def derive(prev: Sweep | None, cur: Sweep, lazy_rates: bool = False) -> dict[str
                             lazy = new(_LazyRates)
                             dd = lazy.__dict__
                             dd["id"] = s.id
-                            dd["_usage"] = {"cpu": round(s.cpu * 100, 3), "memory": round(s.mem * 100 / maxmem, 3),
-                                            "disk": round(disk * 100 / maxdisk, 3)}
+                            if lazy_usage:
+                                dd["_s"] = s
+                            else:
+                                dd["_usage"] = {"cpu": round(s.cpu * 100, 3), "memory": round(s.mem * 100 / maxmem, 3),
+                                                "disk": round(disk * 100 / maxdisk, 3)}
                             dd["_deltas"] = (a - pa, b - pb, c - pc, e - pe, dt)
                             out[s.id] = lazy
                             continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 import heapq
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -53,14 +54,16 @@ def series_for(metrics: Iterable[str]) -> set[str]:
     return out
 
 
-def observations(sweep: Sweep, derived: dict[str, Derived], rates: bool = True) -> dict[str, Mapping[str, float]]:
+def observations(sweep: Sweep, derived: dict[str, Derived], rates: bool = True,
+                 samples: Iterable[Sample] | None = None) -> dict[str, Mapping[str, float]]:
     """Alertable values per guest (templates excluded); `down` is 1 for a managed guest not running, absent
     for one whose status is unknown. A guest's derived values are shared, not copied: treat them as
     read-only (the engine merges the traffic watch's values into a new mapping). `rates=False`: the
-    percentages, without the byte rates where they are not computed yet (no rule reads them)."""
+    percentages, without the byte rates where they are not computed yet (no rule reads them).
+    `samples`: only these of the sweep's (alert_candidates), in the sweep's order."""
     out: dict[str, Mapping[str, float]] = {}
     empty: Mapping[str, float] = {}
-    for s in sweep.samples:
+    for s in sweep.samples if samples is None else samples:
         if (s.type != "lxc" and s.type != "qemu") or s.template:
             continue
         d = derived.get(s.id)
@@ -69,6 +72,52 @@ def observations(sweep: Sweep, derived: dict[str, Derived], rates: bool = True) 
             # "unknown" (its node offline or not reporting) is not "down": nothing is known about it
             values = {**values, "down": 0.0 if s.status == "running" else 1.0}
         out[s.id] = values
+    return out
+
+
+_PERCENT_METRICS = ("cpu", "memory", "disk")
+# below a threshold by more than this, a percentage cannot reach it by derive()'s rounding to 3 decimals
+_ROUNDING_MARGIN = 0.01
+
+
+def alert_candidates(samples: Iterable[Sample], rules: Iterable[Rule],
+                     known: Iterable[str]) -> list[Sample] | None:
+    """The guests whose observations `evaluate` can act on, in the sweep's order: those with an alert
+    state (`known`) and those whose value may breach a rule (a running guest's cpu/memory/disk within
+    the rounding margin of the lowest threshold on it, a managed guest's `down`). evaluate() skips every
+    other target (no state, not breached), so evaluating only these steps the same alerts in the same
+    order, and derive(lazy_usage=True) rounds the percentages of these guests only. None when a rule is
+    not a plain threshold (its own breached()) or reads another metric (the byte rates, the traffic
+    watch's): then every guest is observed."""
+    floor = dict.fromkeys(_PERCENT_METRICS, math.inf)
+    down = math.inf
+    for r in rules:
+        if type(r).breached is not Rule.breached:
+            return None
+        if r.metric in floor:
+            floor[r.metric] = min(floor[r.metric], r.threshold - _ROUNDING_MARGIN)
+        elif r.metric == "down":
+            down = min(down, r.threshold)
+        else:
+            return None
+    fc, fm, fd = floor["cpu"], floor["memory"], floor["disk"]
+    down_running, down_stopped = down <= 0.0, down <= 1.0  # observations(): down is 0.0 or 1.0
+    keep = set(known)
+    out: list[Sample] = []
+    for s in samples:
+        t = s.type
+        if (t != "lxc" and t != "qemu") or s.template:
+            continue
+        status = s.status
+        if s.id in keep:
+            out.append(s)
+        elif status == "running":
+            # derive()'s expressions before the rounding (NaN compares false both here and in evaluate)
+            if (s.cpu * 100 >= fc or (s.maxmem > 0 and s.mem * 100 / s.maxmem >= fm)
+                    or (s.maxdisk > 0 and s.disk * 100 / s.maxdisk >= fd) or (down_running and s.managed)):
+                out.append(s)
+        elif down_stopped and s.managed and status != "unknown":
+            out.append(s)
     return out
 
 
@@ -132,10 +181,17 @@ class Monitor:
             result.delivery = self.dispatcher.deliver(now)
             self.last = result
             return result
-        # the byte rates are rounded only for the guests whose values are read (series, status, table)
-        # unless a rule alerts on one
-        derived = derive(self.prev, sweep, lazy_rates=True)
-        obs = observations(sweep, derived, rates=any(r.metric in RATE_SERIES for r in self.rules))
+        # only this monitor's rules: other jobs (certificates) keep their alerts in the same table
+        own = {r.name for r in self.rules}
+        states = {k: s for k, s in load_states(self.store).items() if k[0] in own}
+        # the percentages and byte rates are rounded only for the guests whose values are read: the rules'
+        # candidates (all guests when a rule reads a byte rate or the traffic watch runs), the series,
+        # the status view, the table
+        chosen_obs = None if self.traffic is not None else alert_candidates(
+            sweep.samples, self.rules, {k[1] for k in states})
+        derived = derive(self.prev, sweep, lazy_rates=True, lazy_usage=chosen_obs is not None)
+        obs = observations(sweep, derived, rates=any(r.metric in RATE_SERIES for r in self.rules),
+                           samples=chosen_obs)
         names = {s.id: s.name for s in sweep.samples}
         managed = [s.id for s in sweep.samples if s.managed]
         traffic = None
@@ -150,9 +206,6 @@ class Monitor:
             for target, values in t_obs.items():
                 obs[target] = {**obs.get(target, {}), **values}
             names.update(t_names)
-        # only this monitor's rules: other jobs (certificates) keep their alerts in the same table
-        own = {r.name for r in self.rules}
-        states = {k: s for k, s in load_states(self.store).items() if k[0] in own}
         ev = evaluate(self.rules, states, obs, now, names, managed, load_silences(self.store, now))
         with self.store.transaction() as conn:
             save_states(conn, states, ev.states)
