@@ -33,7 +33,7 @@ from pathlib import Path
 from pveguard.guard.aptproto import Action, HookInput, ProtocolError, parse
 from pveguard.guard.decide import Candidate, Decision, Policy, PolicyFileError, decide, messages, parse_policy
 from pveguard.packages.classify import Classifier, Verdict, static_verdict
-from pveguard.packages.status import Package, parse_relations, parse_status
+from pveguard.packages.status import Package, parse_paragraph, parse_relations, parse_status
 from pveguard.records import record
 
 TYPE_CHECKING = False  # typing is not imported at run time: apt waits for the hook's start-up (mypy: true)
@@ -46,6 +46,7 @@ BREAK_GLASS_FILE = Path("/etc/pveguard/break-glass")
 BREAK_GLASS_LOG = Path("/var/log/pveguard-break-glass.log")
 DPKG_STATUS = Path("/var/lib/dpkg/status")
 CORE_CACHE_NAME = "guard-core-cache.json"
+CORE_BASE_NAME = "guard-core-cache.base"  # the status text the cache was built from (incremental rebuild)
 CHECK_RESULT_ENV = "PVEGUARD_CHECK_RESULT"
 DEFAULT_STATE_DIR = "/var/lib/pveguard"
 
@@ -244,7 +245,10 @@ def _ledger(store: Any, policy: Policy) -> Any:
 
 def core_index(status_path: Path, state_dir: Path, policy: Policy) -> dict[str, tuple[bool, str, str]]:
     """Installed package -> (core, reason, detail), cached in the state dir keyed by the dpkg status
-    file's identity (inode, size, mtime) and the core roots / extras, so most runs skip parsing it."""
+    file's identity (inode, size, mtime) and the core roots / extras, so most runs skip parsing it.
+
+    After a dpkg run (the key differs) the index is brought up to date from the one before when it
+    can be (`incremental_core_index`, from the status text it was built from), else rebuilt."""
     try:
         st = status_path.stat()
     except OSError as exc:
@@ -264,23 +268,164 @@ def core_index(status_path: Path, state_dir: Path, policy: Policy) -> dict[str, 
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         pass  # no cache or a damaged one: rebuild it
     try:
-        packages = parse_status(status_path.read_text(encoding="utf-8", errors="replace"))
+        status = status_path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise HookFailure(f"cannot read the dpkg status {status_path}: {exc.strerror}",
                           "check the file; the guard cannot classify packages without it") from None
-    classifier = Classifier(packages, tuple(policy.core_roots), tuple(policy.extra_allowed))
+    roots, extras = tuple(policy.core_roots), tuple(policy.extra_allowed)
+    base_file = state_dir / CORE_BASE_NAME
+    built = incremental_core_index(status, read_core_base(base_file), roots, extras)
+    if built is None:
+        built = full_core_index(status, roots, extras)
+    index = built.index
+    try:
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "packages": index}, separators=(",", ":")), encoding="utf-8")
+        os.replace(tmp, cache)
+        tmp = base_file.with_name(f".{base_file.name}.{os.getpid()}")
+        tmp.write_text(built.dump(status), encoding="utf-8")
+        os.replace(tmp, base_file)
+    except OSError:
+        pass  # a cache we cannot write only costs time
+    return index
+
+
+_BASE_FORMAT = 1
+_INCREMENTAL_LIMIT = 64  # changed paragraphs beyond which a full rebuild is as quick
+
+
+class CoreBase:
+    """A core index with what it was built from, so the next one can reuse its verdicts:
+    the package name of each paragraph of the status text (None for none), the names the closure
+    walk looked up (the roots and every alternative of every member's Depends/Pre-Depends) and the
+    closure's members. Stored as one JSON line followed by that status text (CORE_BASE_NAME)."""
+
+    def __init__(self, roots: tuple[str, ...], extras: tuple[str, ...], names: list[str | None],
+                 lookups: set[str], members: list[str], index: dict[str, tuple[bool, str, str]],
+                 text: str = "") -> None:
+        self.roots, self.extras, self.names = roots, extras, names
+        self.lookups, self.members, self.index, self.text = lookups, members, index, text
+
+    def dump(self, text: str) -> str:
+        head = {"format": _BASE_FORMAT, "roots": list(self.roots), "extras": list(self.extras),
+                "names": self.names, "lookups": sorted(self.lookups), "members": self.members,
+                "index": self.index}
+        return json.dumps(head, separators=(",", ":")) + "\n" + text
+
+
+def read_core_base(path: Path) -> CoreBase | None:
+    """The stored CoreBase, or None when there is none or it cannot be trusted to be whole."""
+    try:
+        head, sep, text = path.read_text(encoding="utf-8").partition("\n")
+        meta = json.loads(head)
+        if not sep or meta["format"] != _BASE_FORMAT:
+            return None
+        index = {str(n): (bool(v[0]), str(v[1]), str(v[2])) for n, v in meta["index"].items()}
+        names = [None if n is None else str(n) for n in meta["names"]]
+        return CoreBase(tuple(meta["roots"]), tuple(meta["extras"]), names, {str(n) for n in meta["lookups"]},
+                        [str(n) for n in meta["members"]], index, text)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None
+
+
+def full_core_index(status: str, roots: tuple[str, ...], extras: tuple[str, ...]) -> CoreBase:
+    """Classify every installed package of the status text `status` (what parse_status reads)."""
+    parsed = [parse_paragraph(p) for p in status.split("\n\n")]
+    packages: dict[str, Package] = {}
+    for pkg in parsed:
+        if pkg is not None:
+            packages[pkg.name] = pkg
+    classifier = Classifier(packages, roots, extras)
     index: dict[str, tuple[bool, str, str]] = {}
     for name, pkg in packages.items():
         if pkg.installed:
             v = classifier.classify(name, pkg)
             index[name] = (v.core, v.reason, v.detail)
-    try:
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"key": key, "packages": index}, separators=(",", ":")), encoding="utf-8")
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # a cache we cannot write only costs time
-    return index
+    lookups = set(roots)
+    for member in classifier.closure:
+        found = packages.get(member)
+        if found is not None:
+            for group in found.depends():
+                lookups.update(group)
+    return CoreBase(roots, extras, [None if p is None else p.name for p in parsed], lookups,
+                    list(classifier.closure), index)
+
+
+def incremental_core_index(status: str, base: CoreBase | None, roots: tuple[str, ...],
+                           extras: tuple[str, ...]) -> CoreBase | None:
+    """What full_core_index(status) gives, from `base` (the index of an earlier status text) by
+    parsing only the paragraphs that differ; None when that cannot be sure of the same result.
+
+    The closure walk depends only on what it looks up (whether each looked-up name is installed or
+    provided, and by which packages in which order) and on its members' relationships. When no
+    changed, added or removed paragraph names a looked-up name or a member, or provides a looked-up
+    name, and the unchanged paragraphs keep their order, the walk is the same: the closure's
+    verdicts stand, every untouched package keeps its verdict, and the touched ones get the rules
+    that do not depend on the closure (static_verdict), as in Classifier.classify.
+    """
+    if base is None or base.roots != roots or base.extras != extras:
+        return None
+    old = base.text.split("\n\n")
+    if len(old) != len(base.names):
+        return None
+    position = {p: j for j, p in enumerate(old) if p.strip()}
+    paras = status.split("\n\n")
+    names: list[str | None] = [None] * len(paras)
+    changed: list[int] = []
+    matched: set[int] = set()
+    last = -1
+    for i, p in enumerate(paras):
+        j = position.get(p)
+        if j is None:
+            if p.strip():
+                changed.append(i)
+            continue
+        if j <= last:
+            return None  # reordered or repeated paragraphs: let the full rebuild decide
+        last = j
+        matched.add(j)
+        names[i] = base.names[j]
+    removed = [p for j, p in enumerate(old) if j not in matched and p.strip()]
+    if len(changed) + len(removed) > _INCREMENTAL_LIMIT:
+        return None
+    touched: set[str] = set()
+    provided: set[str] = set()
+    fresh: dict[int, Package] = {}
+    for i in changed:
+        pkg = parse_paragraph(paras[i])
+        if pkg is not None:
+            names[i] = pkg.name
+            fresh[i] = pkg
+            touched.add(pkg.name)
+            provided.update(pkg.provides())
+    for p in removed:
+        gone = parse_paragraph(p)
+        if gone is not None:
+            touched.add(gone.name)
+            provided.update(gone.provides())
+    if not touched.isdisjoint(base.lookups) or not touched.isdisjoint(base.members) \
+            or not provided.isdisjoint(base.lookups):
+        return None
+    winner: dict[str, int] = {}  # last paragraph of each touched name: it is the one dpkg (and we) keep
+    for i, name in enumerate(names):
+        if name is not None and name in touched:
+            winner[name] = i
+    verdicts: dict[str, tuple[bool, str, str]] = {}
+    for name, i in winner.items():
+        pkg = fresh.get(i) or parse_paragraph(paras[i])
+        if pkg is not None and pkg.installed:
+            v = static_verdict(name, pkg, roots, extras)
+            verdicts[name] = (v.core, v.reason, v.detail)
+    index: dict[str, tuple[bool, str, str]] = {}
+    seen: set[str] = set()
+    for name in names:
+        if name is None or name in seen:
+            continue
+        seen.add(name)
+        verdict = verdicts.get(name) if name in touched else base.index.get(name)
+        if verdict is not None:
+            index[name] = verdict
+    return CoreBase(roots, extras, names, base.lookups, base.members, index)
 
 
 def build_candidates(actions: list[Action], policy: Policy, status_path: Path,
