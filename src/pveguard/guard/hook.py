@@ -274,7 +274,8 @@ def core_index(status_path: Path, state_dir: Path, policy: Policy) -> dict[str, 
                           "check the file; the guard cannot classify packages without it") from None
     roots, extras = tuple(policy.core_roots), tuple(policy.extra_allowed)
     base_file = state_dir / CORE_BASE_NAME
-    built = incremental_core_index(raw, read_core_base(base_file), roots, extras)
+    base = read_core_base(base_file)
+    built = incremental_core_index(raw, base, roots, extras)
     if built is None:
         built = full_core_index(raw, roots, extras)
     index = built.index
@@ -282,6 +283,8 @@ def core_index(status_path: Path, state_dir: Path, policy: Policy) -> dict[str, 
         tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
         tmp.write_text(json.dumps({"key": key, "packages": index}, separators=(",", ":")), encoding="utf-8")
         os.replace(tmp, cache)
+        if built is base:
+            return index  # the same bytes as before (dpkg rewrote the file unchanged): the base stands
         tmp = base_file.with_name(f".{base_file.name}.{os.getpid()}")
         with open(tmp, "wb") as f:
             f.write(built.header())
@@ -429,6 +432,8 @@ def incremental_core_index(raw: bytes, base: CoreBase | None, roots: tuple[str, 
     if base is None or base.roots != roots or base.extras != extras:
         return None
     old, seps, count = base.raw, base.seps, len(base.names)
+    if old == raw:
+        return base
     prefix = _common_prefix(old, raw)
     suffix = _common_suffix(old, raw, min(len(old), len(raw)) - prefix)
     # k: the breaks wholly inside the common prefix, and the k paragraphs before them, are the same
