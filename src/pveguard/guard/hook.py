@@ -33,7 +33,7 @@ from pathlib import Path
 from pveguard.guard.aptproto import Action, HookInput, ProtocolError, parse
 from pveguard.guard.decide import Candidate, Decision, Policy, PolicyFileError, decide, messages, parse_policy
 from pveguard.packages.classify import Classifier, Verdict, static_verdict
-from pveguard.packages.status import Package, parse_relations, parse_status
+from pveguard.packages.status import Package, parse_paragraph, parse_relations, parse_status
 from pveguard.records import record
 
 TYPE_CHECKING = False  # typing is not imported at run time: apt waits for the hook's start-up (mypy: true)
@@ -46,6 +46,7 @@ BREAK_GLASS_FILE = Path("/etc/pveguard/break-glass")
 BREAK_GLASS_LOG = Path("/var/log/pveguard-break-glass.log")
 DPKG_STATUS = Path("/var/lib/dpkg/status")
 CORE_CACHE_NAME = "guard-core-cache.json"
+CORE_BASE_NAME = "guard-core-cache.base"  # the status text the cache was built from (incremental rebuild)
 CHECK_RESULT_ENV = "PVEGUARD_CHECK_RESULT"
 DEFAULT_STATE_DIR = "/var/lib/pveguard"
 
@@ -244,7 +245,10 @@ def _ledger(store: Any, policy: Policy) -> Any:
 
 def core_index(status_path: Path, state_dir: Path, policy: Policy) -> dict[str, tuple[bool, str, str]]:
     """Installed package -> (core, reason, detail), cached in the state dir keyed by the dpkg status
-    file's identity (inode, size, mtime) and the core roots / extras, so most runs skip parsing it."""
+    file's identity (inode, size, mtime) and the core roots / extras, so most runs skip parsing it.
+
+    After a dpkg run (the key differs) the index is brought up to date from the one before when it
+    can be (`incremental_core_index`, from the status text it was built from), else rebuilt."""
     try:
         st = status_path.stat()
     except OSError as exc:
@@ -264,23 +268,259 @@ def core_index(status_path: Path, state_dir: Path, policy: Policy) -> dict[str, 
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         pass  # no cache or a damaged one: rebuild it
     try:
-        packages = parse_status(status_path.read_text(encoding="utf-8", errors="replace"))
+        raw = status_path.read_bytes()
     except OSError as exc:
         raise HookFailure(f"cannot read the dpkg status {status_path}: {exc.strerror}",
                           "check the file; the guard cannot classify packages without it") from None
-    classifier = Classifier(packages, tuple(policy.core_roots), tuple(policy.extra_allowed))
+    roots, extras = tuple(policy.core_roots), tuple(policy.extra_allowed)
+    base_file = state_dir / CORE_BASE_NAME
+    base = read_core_base(base_file)
+    built = incremental_core_index(raw, base, roots, extras)
+    if built is None:
+        built = full_core_index(raw, roots, extras)
+    index = built.index
+    try:
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"key": key, "packages": index}, separators=(",", ":")), encoding="utf-8")
+        os.replace(tmp, cache)
+        if built is base:
+            return index  # the same bytes as before (dpkg rewrote the file unchanged): the base stands
+        tmp = base_file.with_name(f".{base_file.name}.{os.getpid()}")
+        with open(tmp, "wb") as f:
+            f.write(built.header())
+            f.write(raw)
+        os.replace(tmp, base_file)
+    except OSError:
+        pass  # a cache we cannot write only costs time
+    return index
+
+
+_BASE_FORMAT = 2
+_INCREMENTAL_LIMIT = 64  # changed paragraphs beyond which a full rebuild is as quick
+_SEP = b"\n\n"  # what parse_status splits paragraphs at (decoding UTF-8 never makes or eats a newline)
+
+
+class CoreBase:
+    """A core index with what it was built from, so the next one can reuse its verdicts: the
+    package name of each paragraph of the status file (None for none) and where each paragraph
+    break is (the offsets `raw.split(b"\\n\\n")` cuts at), the names the closure walk looked up (the
+    roots and every alternative of every member's Depends/Pre-Depends) and the closure's members.
+    Stored as one JSON line followed by the status file's bytes (CORE_BASE_NAME)."""
+
+    def __init__(self, roots: tuple[str, ...], extras: tuple[str, ...], names: list[str | None],
+                 seps: list[int], lookups: set[str], members: list[str],
+                 index: dict[str, tuple[bool, str, str]], raw: bytes = b"") -> None:
+        self.roots, self.extras, self.names, self.seps = roots, extras, names, seps
+        self.lookups, self.members, self.index, self.raw = lookups, members, index, raw
+
+    def header(self) -> bytes:
+        head = {"format": _BASE_FORMAT, "roots": list(self.roots), "extras": list(self.extras),
+                "names": self.names, "seps": self.seps, "lookups": sorted(self.lookups), "members": self.members,
+                "index": self.index}
+        return json.dumps(head, separators=(",", ":")).encode("ascii") + b"\n"
+
+
+def read_core_base(path: Path) -> CoreBase | None:
+    """The stored CoreBase, or None when there is none or it cannot be trusted to be whole."""
+    try:
+        data = path.read_bytes()
+        end = data.index(b"\n")
+        meta = json.loads(data[:end])
+        if meta["format"] != _BASE_FORMAT:
+            return None
+        index = {str(n): (bool(v[0]), str(v[1]), str(v[2])) for n, v in meta["index"].items()}
+        names = [None if n is None else str(n) for n in meta["names"]]
+        seps = [int(n) for n in meta["seps"]]
+        raw = data[end + 1:]
+        if len(names) != len(seps) + 1 or any(raw[i:i + 2] != _SEP for i in seps[-1:]):
+            return None
+        return CoreBase(tuple(meta["roots"]), tuple(meta["extras"]), names, seps, {str(n) for n in meta["lookups"]},
+                        [str(n) for n in meta["members"]], index, raw)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None
+
+
+def _cuts(pieces: list[bytes], start: int) -> list[int]:
+    """The offsets a split at _SEP cut at, from its pieces (the first piece starting at `start`)."""
+    out: list[int] = []
+    pos = start
+    for piece in pieces[:-1]:
+        pos += len(piece)
+        out.append(pos)
+        pos += 2
+    return out
+
+
+def full_core_index(raw: bytes, roots: tuple[str, ...], extras: tuple[str, ...]) -> CoreBase:
+    """Classify every installed package of the status file `raw` (what parse_status reads)."""
+    parsed = [parse_paragraph(p) for p in raw.decode("utf-8", "replace").split("\n\n")]
+    packages: dict[str, Package] = {}
+    for pkg in parsed:
+        if pkg is not None:
+            packages[pkg.name] = pkg
+    classifier = Classifier(packages, roots, extras)
     index: dict[str, tuple[bool, str, str]] = {}
     for name, pkg in packages.items():
         if pkg.installed:
             v = classifier.classify(name, pkg)
             index[name] = (v.core, v.reason, v.detail)
-    try:
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"key": key, "packages": index}, separators=(",", ":")), encoding="utf-8")
-        os.replace(tmp, cache)
-    except OSError:
-        pass  # a cache we cannot write only costs time
-    return index
+    lookups = set(roots)
+    for member in classifier.closure:
+        found = packages.get(member)
+        if found is not None:
+            for group in found.depends():
+                lookups.update(group)
+    return CoreBase(roots, extras, [None if p is None else p.name for p in parsed], _cuts(raw.split(_SEP), 0),
+                    lookups, list(classifier.closure), index)
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """Length of the longest common prefix (chunks compared with memcmp, not byte by byte)."""
+    n = min(len(a), len(b))
+    lo, hi, step = 0, 0, 4096
+    while lo < n:
+        hi = min(n, lo + step)
+        if a[lo:hi] != b[lo:hi]:
+            break
+        lo, step = hi, step * 2
+    else:
+        return n
+    while hi - lo > 1:  # a[:lo] == b[:lo] and a[lo:hi] != b[lo:hi]
+        mid = (lo + hi) // 2
+        if a[lo:mid] == b[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
+    """Length of the longest common suffix, at most `limit`."""
+    la, lb = len(a), len(b)
+    lo, hi, step = 0, 0, 4096
+    while lo < limit:
+        hi = min(limit, lo + step)
+        if a[la - hi:la - lo] != b[lb - hi:lb - lo]:
+            break
+        lo, step = hi, step * 2
+    else:
+        return limit
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[la - mid:la - lo] == b[lb - mid:lb - lo]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def incremental_core_index(raw: bytes, base: CoreBase | None, roots: tuple[str, ...],
+                           extras: tuple[str, ...]) -> CoreBase | None:
+    """What full_core_index(raw) gives, from `base` (the index of an earlier status file) by parsing
+    only the paragraphs that differ; None when that cannot be sure of the same result.
+
+    The paragraphs before the first differing byte and those after the last one are the same
+    paragraphs (a paragraph break is the first b"\\n\\n" a left-to-right scan meets: one in the common
+    tail not preceded by a newline is a break in both files). Between them, paragraphs are matched by
+    their bytes. The closure walk depends only on what it looks up (whether each looked-up name is
+    installed or provided, and by which packages in which order) and on its members' relationships.
+    When no changed, added or removed paragraph names a looked-up name or a member, or provides a
+    looked-up name, and the unchanged paragraphs keep their order, the walk is the same: the
+    closure's verdicts stand, every untouched package keeps its verdict, and the touched ones get the
+    rules that do not depend on the closure (static_verdict), as in Classifier.classify.
+    """
+    if base is None or base.roots != roots or base.extras != extras:
+        return None
+    old, seps, count = base.raw, base.seps, len(base.names)
+    if old == raw:
+        return base
+    prefix = _common_prefix(old, raw)
+    suffix = _common_suffix(old, raw, min(len(old), len(raw)) - prefix)
+    # k: the breaks wholly inside the common prefix, and the k paragraphs before them, are the same
+    lo, hi = 0, len(seps)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if seps[mid] + 2 <= prefix:
+            lo = mid + 1
+        else:
+            hi = mid
+    k = lo
+    start = seps[k - 1] + 2 if k else 0
+    # j: the first break inside the common suffix with no newline just before it (no break can
+    # overlap it from the left), so it and everything after it are the same in both files
+    j = k
+    while j < len(seps) and (seps[j] < len(old) - suffix + 1 or old[seps[j] - 1] == 10):
+        j += 1
+    delta = len(raw) - len(old)
+    end_old, end_new = (seps[j], seps[j] + delta) if j < len(seps) else (len(old), len(raw))
+    old_mid = old[start:end_old].split(_SEP)
+    paras = raw[start:end_new].split(_SEP)
+    tail = count - k - len(old_mid)
+    if tail < 0 or tail != len(seps) - j:
+        return None
+    position = {p: i for i, p in enumerate(old_mid) if p.strip()}
+    mid_names: list[str | None] = [None] * len(paras)
+    changed: list[int] = []
+    matched: set[int] = set()
+    last = -1
+    for i, p in enumerate(paras):
+        at = position.get(p)
+        if at is None:
+            if p.strip():
+                changed.append(i)
+            continue
+        if at <= last:
+            return None  # reordered or repeated paragraphs: let the full rebuild decide
+        last = at
+        matched.add(at)
+        mid_names[i] = base.names[k + at]
+    removed = [p for i, p in enumerate(old_mid) if i not in matched and p.strip()]
+    if len(changed) + len(removed) > _INCREMENTAL_LIMIT:
+        return None
+    touched: set[str] = set()
+    provided: set[str] = set()
+    fresh: dict[int, Package] = {}
+    for i in changed:
+        pkg = parse_paragraph(paras[i].decode("utf-8", "replace"))
+        if pkg is not None:
+            mid_names[i] = pkg.name
+            fresh[k + i] = pkg
+            touched.add(pkg.name)
+            provided.update(pkg.provides())
+    for p in removed:
+        gone = parse_paragraph(p.decode("utf-8", "replace"))
+        if gone is not None:
+            touched.add(gone.name)
+            provided.update(gone.provides())
+    if not touched.isdisjoint(base.lookups) or not touched.isdisjoint(base.members) \
+            or not provided.isdisjoint(base.lookups):
+        return None
+    names = base.names[:k] + mid_names + base.names[count - tail:]
+    new_seps = seps[:k] + _cuts(paras, start) + [s + delta for s in seps[j:]]
+    winner: dict[str, int] = {}  # last paragraph of each touched name: it is the one dpkg (and we) keep
+    for i, name in enumerate(names):
+        if name is not None and name in touched:
+            winner[name] = i
+    verdicts: dict[str, tuple[bool, str, str]] = {}
+    for name, i in winner.items():
+        pkg = fresh.get(i)
+        if pkg is None:
+            begin = new_seps[i - 1] + 2 if i else 0
+            finish = new_seps[i] if i < len(new_seps) else len(raw)
+            pkg = parse_paragraph(raw[begin:finish].decode("utf-8", "replace"))
+        if pkg is not None and pkg.installed:
+            v = static_verdict(name, pkg, roots, extras)
+            verdicts[name] = (v.core, v.reason, v.detail)
+    index: dict[str, tuple[bool, str, str]] = {}
+    seen: set[str] = set()
+    for name in names:
+        if name is None or name in seen:
+            continue
+        seen.add(name)
+        verdict = verdicts.get(name) if name in touched else base.index.get(name)
+        if verdict is not None:
+            index[name] = verdict
+    return CoreBase(roots, extras, names, new_seps, base.lookups, base.members, index)
 
 
 def build_candidates(actions: list[Action], policy: Policy, status_path: Path,

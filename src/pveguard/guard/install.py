@@ -231,6 +231,7 @@ def install(ctx: AppContext, *, dry_run: bool = False, paths: GuardPaths | None 
                          (str(f.path), f.role, f.sha256, now))
     # Drop the core cache: new roots or extras must take effect at once (the key covers them too).
     (ctx.state_dir / hook.CORE_CACHE_NAME).unlink(missing_ok=True)
+    (ctx.state_dir / hook.CORE_BASE_NAME).unlink(missing_ok=True)
     ctx.record("guard.install", str(paths.apt_conf), files=report)
     return report
 

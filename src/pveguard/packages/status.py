@@ -71,39 +71,47 @@ def parse_status(text: str) -> dict[str, Package]:
     """All paragraphs of a dpkg status file, keyed by package name (last one wins, like dpkg)."""
     packages: dict[str, Package] = {}
     for para in text.split("\n\n"):
-        if not para.strip():
-            continue
-        fields: dict[str, str] = {}
-        key = ""
-        for line in para.split("\n"):
-            if not line:
-                continue
-            if line[0] in " \t":
-                if key in _KEEP:
-                    fields[key] += "\n" + line.strip()
-                continue
-            k, _, v = line.partition(":")
-            key = k.strip().lower()
-            if key in _KEEP:
-                fields[key] = v.strip()
-        name = fields.get("package")
-        if not name:
-            continue
-        packages[name] = Package(
-            name=name,
-            version=fields.get("version", ""),
-            status=fields.get("status", ""),
-            architecture=fields.get("architecture", ""),
-            essential=fields.get("essential", "").lower() == "yes",
-            priority=fields.get("priority", ""),
-            section=fields.get("section", ""),
-            maintainer=fields.get("maintainer", ""),
-            depends_raw=fields.get("depends", ""),
-            pre_depends_raw=fields.get("pre-depends", ""),
-            provides_raw=fields.get("provides", ""),
-            fields=fields,
-        )
+        pkg = parse_paragraph(para)
+        if pkg is not None:
+            packages[pkg.name] = pkg
     return packages
+
+
+def parse_paragraph(para: str) -> Package | None:
+    """One paragraph of a status file (split at blank lines, as parse_status does), or None when it
+    names no package. Each paragraph is read on its own, so a caller may parse only some of them."""
+    if not para.strip():
+        return None
+    fields: dict[str, str] = {}
+    key = ""
+    for line in para.split("\n"):
+        if not line:
+            continue
+        if line[0] in " \t":
+            if key in _KEEP:
+                fields[key] += "\n" + line.strip()
+            continue
+        k, _, v = line.partition(":")
+        key = k.strip().lower()
+        if key in _KEEP:
+            fields[key] = v.strip()
+    name = fields.get("package")
+    if not name:
+        return None
+    return Package(
+        name=name,
+        version=fields.get("version", ""),
+        status=fields.get("status", ""),
+        architecture=fields.get("architecture", ""),
+        essential=fields.get("essential", "").lower() == "yes",
+        priority=fields.get("priority", ""),
+        section=fields.get("section", ""),
+        maintainer=fields.get("maintainer", ""),
+        depends_raw=fields.get("depends", ""),
+        pre_depends_raw=fields.get("pre-depends", ""),
+        provides_raw=fields.get("provides", ""),
+        fields=fields,
+    )
 
 
 def read_status(path: Path = DPKG_STATUS) -> dict[str, Package]:
