@@ -2,7 +2,7 @@
 
 Wording follows pve-container's PVE/CLI/pct.pm. Commands run "inside" a container are recorded;
 scripted answers (control API) win, then a few built-ins (apt-get, dpkg-query, dpkg, cat, test,
-rm, echo, true/false) act on a per-guest package list and file map; anything else succeeds
+grep -F, rm, echo, true/false) act on a per-guest package list and file map; anything else succeeds
 silently with exit 0 (or the configured default exit code).
 """
 
@@ -319,6 +319,8 @@ def _builtin(sim: Sim, g: Guest, cmd: list[str]) -> Result:
         if len(a) == 2 and a[0] == "-s":  # exists and is not empty
             return Result(0 if files.get(a[1]) else 1)
         return Result(0)
+    if prog == "grep":
+        return _grep(args, files)
     if prog == "rm":
         for f in args:
             if not f.startswith("-"):
@@ -333,6 +335,78 @@ def _builtin(sim: Sim, g: Guest, cmd: list[str]) -> Result:
     if prog == "hostname":
         return Result(0, f"{g.name}\n")
     return Result(sim.pct_default_exit)
+
+
+_GREP_USAGE = "Usage: grep [OPTION]... PATTERNS [FILE]...\nTry 'grep --help' for more information.\n"
+
+
+def _grep(args: list[str], files: dict[str, bytes]) -> Result:
+    """GNU grep with -F (fixed strings) and -x, -q, -s, -e PATTERN (short options may be bundled, `--` ends them):
+    exit 0 a line matched, 1 none, 2 an error (an absent file: "No such file or directory" unless -s; with -q a
+    match wins over an error, as GNU grep stops at the first match). Without -F only patterns free of BRE
+    characters are taken (then the same as -F); anything else exits 2 saying pvesim does not emulate it."""
+    quiet = silent = fixed = whole = False
+    patterns: list[str] = []
+    rest = list(args)
+    operands: list[str] = []
+    while rest:
+        a = rest.pop(0)
+        if a == "--":
+            operands.extend(rest)
+            break
+        if not a.startswith("-") or a == "-":
+            operands.append(a)
+            continue
+        if a.startswith("--"):
+            long = {"--quiet": "q", "--silent": "q", "--no-messages": "s", "--fixed-strings": "F",
+                    "--line-regexp": "x"}
+            if a.startswith("--regexp="):
+                patterns.append(a.split("=", 1)[1])
+                continue
+            if a not in long:
+                return Result(2, "", f"grep: unrecognized option '{a}'\n{_GREP_USAGE}")
+            a = "-" + long[a]
+        i = 1
+        while i < len(a):
+            c = a[i]
+            if c == "e":
+                value = a[i + 1:]
+                if not value:
+                    if not rest:
+                        return Result(2, "", f"grep: option requires an argument -- 'e'\n{_GREP_USAGE}")
+                    value = rest.pop(0)
+                patterns.append(value)
+                break
+            if c not in "qsFx":
+                return Result(2, "", f"grep: invalid option -- '{c}'\n{_GREP_USAGE}")
+            quiet, silent, fixed, whole = quiet or c == "q", silent or c == "s", fixed or c == "F", whole or c == "x"
+            i += 1
+    if not patterns:
+        if not operands:
+            return Result(2, "", _GREP_USAGE)
+        patterns = [operands.pop(0)]
+    if not fixed and any(re.search(r"[.\[\]*^$\\]", p) for p in patterns):
+        return Result(2, "", "grep: pvesim emulates fixed strings only (-F, or a pattern without BRE characters)\n")
+    # a pattern with newlines is one pattern per line (GNU grep)
+    wanted = [q.encode() for p in patterns for q in p.split("\n")]
+    out, err, matched, failed = "", "", False, False
+    for f in operands:
+        data = files.get(f)
+        if data is None:
+            failed = True
+            if not silent:
+                err += f"grep: {f}: No such file or directory\n"
+            continue
+        lines = data.split(b"\n")
+        if lines and lines[-1] == b"":
+            lines.pop()
+        for line in lines:
+            if any(line == w if whole else w in line for w in wanted):
+                matched = True
+                if quiet:
+                    return Result(0, "", err)
+                out += (f"{f}:" if len(operands) > 1 else "") + line.decode("utf-8", "replace") + "\n"
+    return Result(2 if failed else (0 if matched else 1), out, err)
 
 
 def _apt(sim: Sim, pkgs: dict[str, str], args: list[str], upgrades: dict[str, dict[str, Any]] | None = None,

@@ -5,6 +5,7 @@ on a node without lxc-attach."""
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -216,3 +217,55 @@ def test_token_checks_go_through_lxc_attach_and_ask_pct_only_where_it_cannot_ans
     old = backend.has_files([g for g in guests if g.node == "pve1"], SECRET, timeout=60)
     assert old == {**{v: want[v] for v in p1[1:]},
                    p1[0]: "pct on node pve1 does not know --keep-env (pve-container older than 5.0.9): update the node"}
+
+
+@pytest.mark.parametrize("tool", ["lxc-attach", "pct"])
+def test_expected_token_id_tells_another_roles_file_from_the_right_one(
+        penv: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tool: str) -> None:
+    """With `expect` each check is `grep -q -s -F -x -e PVE_TOKEN_ID=<id> PATH`: the role's own id is current;
+    another role's id, an old id, a prefix of it, an empty file or none is not; a stopped one says why. The
+    secret in the files is never on a command line (the sim logs each tool's argv)."""
+    sim = penv.sim
+    sim_env = sim.env()
+    sim_bin = sim_env["PATH"].split(os.pathsep)[0]
+    path = sim_env["PATH"] if tool == "lxc-attach" else without_lxc_attach(tmp_path, sim_bin)
+    monkeypatch.setenv("PATH", os.pathsep.join([str(fake_ssh(tmp_path, penv)), path]))
+    monkeypatch.setenv("PVESIM_INFO", sim_env["PVESIM_INFO"])
+    monkeypatch.setenv("PVESIM_NODE", "pve1")
+    ids = {n: sim.control("POST", "/guests", {"count": 4, "type": "lxc", "node": n, "status": "running"})
+           for n in ("pve1", "pve2")}
+    guests = [Guest(vmid=v, name=f"CT{v}", node=n, type="lxc", status="running") for n, vs in ids.items() for v in vs]
+    mine, other = "PVE_TOKEN_ID=pveguard-monitoring@pve!pveguard", "PVE_TOKEN_ID=pveguard-backup@pve!pveguard"
+    secret = "5e1c2f0a-secret-never-in-argv"
+    content = {  # per container on each node: what its token file holds (None: no file)
+        0: f"# pveguard\n{mine}\nPVE_TOKEN_SECRET={secret}\n",
+        1: f"# pveguard\n{other}\nPVE_TOKEN_SECRET={secret}\n",
+        2: "",
+        3: None,
+    }
+    expect = {g.vmid: mine for g in guests}
+    want: dict[int, bool | str] = {}
+    for vs in ids.values():
+        for i, v in enumerate(vs):
+            if content[i] is not None:
+                sim.control("POST", f"/guests/{v}/files", {"path": SECRET, "content": content[i]})
+            want[v] = i == 0
+    p2 = ids["pve2"]
+    sim.control("POST", f"/guests/{p2[1]}/files", {"path": SECRET, "content": f"{mine}x\n"})  # a longer id
+    sim.control("POST", f"/guests/{p2[0]}", {"status": "stopped"})
+    want[p2[0]] = f"pct exec does not reach it: container '{p2[0]}' not running!"
+    backend = ProxmoxBackend(PveSettings(mode="local", local_node="pve1"), api=sim.proxmoxer("token"))
+    sim.control("DELETE", "/pct/log")
+    assert backend.has_files(guests, SECRET, timeout=60, expect=expect) == want
+    log = sim.control("GET", "/pct/log")
+    greps = [e for e in log if e["argv"][:1] == ["grep"]]
+    assert {e["vmid"] for e in greps} == set(want) - {p2[0]}
+    assert all(e["argv"] == ["grep", "-q", "-s", "-F", "-x", "-e", mine, SECRET] for e in greps)
+    assert all((e.get("tool") == "lxc-attach") == (tool == "lxc-attach") for e in greps), greps
+    assert secret not in json.dumps(log)
+    # without `expect` the check is `test -s` as before: any non-empty file counts
+    assert backend.has_files(guests, SECRET, timeout=60) == {**want, ids["pve1"][1]: True, p2[1]: True}
+    # the one-by-one path (one `pct exec` each) gives the same answers for the same question
+    one_by_one = has_secret(backend, {g.vmid: g for g in guests}, expect=expect)
+    assert {g.vmid: one_by_one(Ct(g.name, g.vmid, g.node)) for g in guests} == want
+    assert secret not in json.dumps(sim.control("GET", "/pct/log"))

@@ -150,3 +150,27 @@ def test_lxc_attach_as_pct_exec_calls_it(pvesim: SimHandle, env: dict[str, str])
     assert (r.returncode, r.stderr) == (1, failed.format(n=300))
     r = lxc_attach(env, "-n", "300", "--bogus")
     assert r.returncode == 1 and r.stderr.startswith("lxc-attach: unrecognized option '--bogus'\n")
+
+
+def test_grep_in_a_container_answers_as_gnu_grep(pvesim: SimHandle, env: dict[str, str], tmp_path: Path) -> None:
+    """The options pveguard's token-file check uses (`grep -q -s -F -x -e LINE FILE`), through pct exec and
+    lxc-attach, give GNU grep's exit status and stderr for the same files (this machine's grep is the oracle)."""
+    _ct(pvesim)
+    content = {"tok": "# c\nPVE_TOKEN_ID=pveguard-a@pve!pveguard\nPVE_TOKEN_SECRET=s\n", "empty": "",
+               "noeol": "PVE_TOKEN_ID=pveguard-a@pve!pveguard", "longer": "PVE_TOKEN_ID=pveguard-a@pve!pveguardx\n"}
+    for name, text in content.items():
+        (tmp_path / name).write_text(text)
+        pvesim.control("POST", "/guests/300/files", {"path": str(tmp_path / name), "content": text})
+    line = "PVE_TOKEN_ID=pveguard-a@pve!pveguard"
+    cases = [[*opts, "-e", pat, str(tmp_path / f)]
+             for opts in (["-q", "-s", "-F", "-x"], ["-qsFx"], ["-F", "-x"], ["-q", "-F"])
+             for pat in (line, "PVE_TOKEN_ID=pveguard-b@pve!pveguard", "PVE_TOKEN_ID")
+             for f in (*content, "absent")]
+    seen = set()
+    for argv in cases:
+        real = subprocess.run(["grep", *argv], capture_output=True, text=True, timeout=30)
+        for got in (pct(env, "exec", "300", "--keep-env", "0", "--", "grep", *argv),
+                    lxc_attach(env, "-n", "300", "--clear-env", "--", "grep", *argv)):
+            assert (got.returncode, got.stdout, got.stderr) == (real.returncode, real.stdout, real.stderr), argv
+        seen.add(real.returncode)
+    assert seen == {0, 1, 2}

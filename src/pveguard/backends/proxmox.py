@@ -1359,10 +1359,14 @@ class ProxmoxBackend(Backend):
                                     "this machine's environment into the container")
         return ExecResult(p.returncode, p.stdout.decode(errors="replace"), stderr)
 
-    def has_files(self, guests: list[Guest], path: str, timeout: float = 600) -> dict[int, bool | str]:
+    def has_files(self, guests: list[Guest], path: str, timeout: float = 600,
+                  expect: dict[int, str] | None = None) -> dict[int, bool | str]:
         """`test -s PATH` in many containers: one process per node (sh locally, else one ssh), nodes in parallel.
 
-        vmid -> True (there, not empty) / False (absent or empty) / why it cannot be told. One ssh per
+        vmid -> True (there, not empty) / False (absent or empty) / why it cannot be told. With `expect`, a
+        container named there is asked `grep -q -s -F -x -e LINE PATH` (check_argv) instead: True only when the
+        file holds that exact line; absent, unreadable (grep's 2 without a word, -s) or without it is False.
+        LINE is written into the command line, so it must be nothing secret (the RBAC token id is not). One ssh per
         container costs a connection each (10 ms of CPU here, a handshake over a WAN); inside a node's one
         session the checks run HAS_FILES_PER_NODE at a time (`xargs -P`, findutils is Essential on Debian).
 
@@ -1372,36 +1376,48 @@ class ProxmoxBackend(Backend):
         ~4 s 8 at a time, ~30 s one after another). pct's own checks (the config on this node, the container
         running) are where a check cannot be answered, and there lxc-attach itself fails: it has no init pid
         to attach to, says so on stderr and exits 1. So an answer counts only when lxc-attach exits 0 (there)
-        or 1 with nothing on stderr (`test` says no); anything else -- and a node without lxc-attach -- asks
-        `pct exec` for that container, whose answer and reason are the ones before (docs/rbac.md). Neither
-        takes a lock (pct only reads the config). Each result is one short `echo` (the error's last line, or
-        pct's "Unknown option: keep-env", cut to 1000 characters), a single write below PIPE_BUF, so lines
-        from concurrent checks never mix.
+        or 1 (2 for grep) with nothing on stderr (the check says no); anything else -- and a node without
+        lxc-attach -- asks `pct exec` for that container, whose answer and reason are the ones before
+        (docs/rbac.md). Neither takes a lock (pct only reads the config). Each result is one short `echo`
+        (the error's last line, or pct's "Unknown option: keep-env", cut to 1000 characters), a single write
+        below PIPE_BUF, so lines from concurrent checks never mix.
         """
-        return self.start_has_files(guests, path, timeout).result()
+        return self.start_has_files(guests, path, timeout, expect).result()
 
-    def start_has_files(self, guests: list[Guest], path: str, timeout: float = 600) -> FileChecks:
+    @staticmethod
+    def check_argv(path: str, line: str | None = None) -> list[str]:
+        """What has_files runs in a container: `test -s PATH`, or with `line` whether PATH holds that exact line
+        (-F fixed string, -x the whole line, -q no output, -s no word about an absent or unreadable file)."""
+        return ["test", "-s", path] if line is None else ["grep", "-q", "-s", "-F", "-x", "-e", line, path]
+
+    def start_has_files(self, guests: list[Guest], path: str, timeout: float = 600,
+                        expect: dict[int, str] | None = None) -> FileChecks:
         """has_files started in the background (plan starts it from the guest listing, so the checks run while
         the API is read): `result()` waits for the same answers has_files gives, `cancel()` ends what still runs."""
         by_node: dict[str, list[Guest]] = {}
         for g in guests:
             by_node.setdefault(g.node, []).append(g)
-        test = shlex.join(["test", "-s", path])
-        # lxc-attach as pct exec --keep-env 0 calls it; its answer is kept when it is test's own (see has_files)
+        expect = expect or {}
+        # lxc-attach as pct exec --keep-env 0 calls it; its answer is kept when it is the check's own (see has_files)
         fast = ('if command -v lxc-attach >/dev/null 2>&1; then '
-                f'err=$(lxc-attach -n "$1" --clear-env -- {test} 2>&1 >/dev/null); rc=$?; '
-                'if [ "$rc" = 0 ] || { [ "$rc" = 1 ] && [ -z "$err" ]; }; then '
-                'echo "pveguard-rc $1 $rc"; exit 0; fi; fi; ')
+                'err=$(lxc-attach -n "$v" --clear-env -- "$@" 2>&1 >/dev/null); rc=$?; '
+                'if [ "$rc" = 0 ] || { [ "$rc" -le "$no" ] && [ -z "$err" ]; }; then '
+                'echo "pveguard-rc $v $rc"; exit 0; fi; fi; ')
         # pct's Getopt says "Unknown option: keep-env" and then dies "unable to parse option": keep the former
-        one = fast + (f'err=$(pct exec "$1" --keep-env 0 -- {test} 2>&1 >/dev/null); rc=$?; '
+        one = fast + ('err=$(pct exec "$v" --keep-env 0 -- "$@" 2>&1 >/dev/null); rc=$?; '
                       'msg=$(printf %s "$err" | grep -m 1 "Unknown option: keep-env" || printf %s "$err" | tail -n 1); '
-                      'echo "pveguard-rc $1 $rc $(printf %s "$msg" | cut -c 1-1000)"')
+                      'echo "pveguard-rc $v $rc $(printf %s "$msg" | cut -c 1-1000)"')
         checks = FileChecks()
 
         def node_run(node: str, gs: list[Guest]) -> dict[int, bool | str]:
             ids = " ".join(str(g.vmid) for g in gs)
+            # each container's command (the expected lines are per container: a `case` on the VMID, shell-quoted)
+            # ($no: the highest exit that is the check's "no" -- grep -s says 2 for an absent file, test never)
+            cases = "".join(f"{g.vmid}) no=2; set -- {shlex.join(self.check_argv(path, expect[g.vmid]))};; "
+                            for g in gs if g.vmid in expect)
+            pick = f'v=$1; case "$v" in {cases}*) no=1; set -- {shlex.join(self.check_argv(path))};; esac; '
             script = (f"printf '%s\\n' {ids} | xargs -n 1 -P {HAS_FILES_PER_NODE} "
-                      f"sh -c {shlex.quote(one)} pveguard-check")
+                      f"sh -c {shlex.quote(pick + one)} pveguard-check")
             try:
                 argv = ["sh", "-c", script] if node == self._local_node() else \
                     [*self.settings.ssh_command, f"{self.settings.ssh_user}@{self._node_address(node)}", script]
@@ -1414,8 +1430,8 @@ class ProxmoxBackend(Backend):
                 if len(parts) < 3 or parts[0] != "pveguard-rc" or not parts[1].isdigit():
                     continue
                 rc, err = parts[2], (parts[3] if len(parts) > 3 else "").strip()
-                if rc in ("0", "1"):
-                    got[int(parts[1])] = rc == "0"
+                if rc in ("0", "1") or (rc == "2" and not err and int(parts[1]) in expect):
+                    got[int(parts[1])] = rc == "0"  # grep -s: 2 without a word is an absent/unreadable file
                 elif "Unknown option: keep-env" in err:
                     got[int(parts[1])] = (f"pct on node {node} does not know --keep-env (pve-container older "
                                           "than 5.0.9): update the node")

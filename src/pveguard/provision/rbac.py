@@ -1,7 +1,7 @@
 """The RBAC part of plan/apply (security.access.rbac): per container role a PVE user, token, roles and ACLs.
 
-On PVE the plan reads users, roles, tokens and ACLs back, and checks (one `test -s` per running
-container) that each role's container holds its token file; apply re-reads everything after the
+On PVE the plan reads users, roles, tokens and ACLs back, and checks (one `grep` per running container)
+that each role's container holds its token file naming the role's token; apply re-reads everything after the
 containers are created and converges, delivering new secrets. The lxc backend has no PVE, so no RBAC:
 the plan says so and nothing is changed.
 """
@@ -43,9 +43,10 @@ class EarlyChecks:
     same-named container of another installation) are dropped. Planning that fails first ends the checks
     (close)."""
 
-    def __init__(self, backend: ProxmoxBackend, names: set[str]) -> None:
-        self.backend, self.names = backend, names
+    def __init__(self, backend: ProxmoxBackend, names: dict[str, str]) -> None:
+        self.backend, self.names = backend, names  # container name -> the token id line its file must hold
         self.started: dict[int, Guest] = {}
+        self.expected: dict[int, str] = {}
         self.run: FileChecks | None = None
 
     def listed(self, guests: list[Guest]) -> None:
@@ -53,16 +54,20 @@ class EarlyChecks:
               and g.name in self.names]
         if up:
             self.started = {g.vmid: g for g in up}
-            self.run = self.backend.start_has_files(up, rbac.SECRET_PATH, timeout=60 + 2 * len(up))
+            self.expected = {g.vmid: self.names[g.name] for g in up}
+            self.run = self.backend.start_has_files(up, rbac.SECRET_PATH, timeout=60 + 2 * len(up),
+                                                    expect=self.expected)
 
-    def answers(self, up: list[Guest]) -> dict[int, bool | str]:
-        """The answers for `up` (the plan's running containers): those started early, the rest checked now."""
+    def answers(self, up: list[Guest], expect: dict[int, str]) -> dict[int, bool | str]:
+        """The answers for `up` (the plan's running containers; `expect`: the token id line each file must hold):
+        those started early for the same node and line, the rest checked now."""
         got, self.run = (self.run.result() if self.run is not None else {}), None
         out = {g.vmid: got[g.vmid] for g in up
-               if g.vmid in got and (s := self.started.get(g.vmid)) is not None and s.node == g.node}
+               if g.vmid in got and (s := self.started.get(g.vmid)) is not None and s.node == g.node
+               and self.expected.get(g.vmid) == expect.get(g.vmid)}
         rest = [g for g in up if g.vmid not in out]
         if rest:
-            out.update(self.backend.has_files(rest, rbac.SECRET_PATH, timeout=60 + 2 * len(rest)))
+            out.update(self.backend.has_files(rest, rbac.SECRET_PATH, timeout=60 + 2 * len(rest), expect=expect))
         return out
 
     def close(self) -> None:
@@ -75,21 +80,23 @@ def early_checks(strategy: Strategy, backend: Backend, only: set[str] | None) ->
     """The token-file checks to start from the listing: on PVE with RBAC on, for a whole plan (not --only)."""
     if only is not None or not isinstance(backend, ProxmoxBackend) or not rbac.enforced(strategy):
         return None
-    return EarlyChecks(backend, {c.name for c in strategy.containers})
+    return EarlyChecks(backend, {c.name: rbac.id_line_of(c.role) for c in strategy.containers})
 
 
 def has_secret(backend: Backend, guests: dict[int, Guest], cts: list[Ct] | None = None,
-               early: EarlyChecks | None = None) -> rbac.HasSecret:
-    """Whether each container holds the token file. With `cts` (the plan's), the running ones are checked
-    up front in one batch (one process per node, ProxmoxBackend.has_files; with `early`, mostly started from the
-    listing already); others one `pct exec` each."""
+               early: EarlyChecks | None = None, expect: dict[int, str] | None = None) -> rbac.HasSecret:
+    """Whether each container holds the token file -- with `expect` (vmid -> its role's token id line,
+    rbac.id_line), a file naming that token (another role's or an old token's is no file: rewritten). With `cts`
+    (the plan's), the running ones are checked up front in one batch (one process per node,
+    ProxmoxBackend.has_files; with `early`, mostly started from the listing already); others one `pct exec` each."""
     batch: dict[int, bool | str] = {}
+    expect = expect or {}
     if cts and isinstance(backend, ProxmoxBackend):
         up = [g for c in cts if (g := guests.get(c.vmid)) is not None and g.status == "running"]
         if early is not None:
-            batch = early.answers(up)
+            batch = early.answers(up, expect)
         elif up:
-            batch = backend.has_files(up, rbac.SECRET_PATH, timeout=60 + 2 * len(up))
+            batch = backend.has_files(up, rbac.SECRET_PATH, timeout=60 + 2 * len(up), expect=expect)
 
     def check(ct: Ct) -> bool | str:
         g = guests.get(ct.vmid)
@@ -97,10 +104,13 @@ def has_secret(backend: Backend, guests: dict[int, Guest], cts: list[Ct] | None 
             return "not running"
         if ct.vmid in batch:
             return batch[ct.vmid]
+        line = expect.get(ct.vmid)
         try:
-            r = backend.exec(g, ["test", "-s", rbac.SECRET_PATH], timeout=60)
+            r = backend.exec(g, ProxmoxBackend.check_argv(rbac.SECRET_PATH, line), timeout=60)
         except PveguardError as exc:
             return f"pct exec does not reach it: {exc.message}"
+        if line is not None and r.returncode == 2 and not r.stderr.strip():
+            return False  # grep -s: an absent or unreadable file
         if r.returncode not in (0, 1):  # 255: ssh or pct failed, not the test
             return f"pct exec does not reach it: {(r.stderr.strip().splitlines() or ['exit ' + str(r.returncode)])[-1]}"
         return r.ok
@@ -167,8 +177,9 @@ def rbac_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store, insta
         return FwPlan(notes=[OFF_NOTE])
     wants = rbac.desired_rbac(strategy, managed_cts(p), instance)
     cts = [c for w in wants for c in w.containers]
-    seen = rbac.observe_rbac(backend.call, wants, current(store, wants, has_secret(backend, guests_of(p), cts, early)),
-                             instance)
+    expect = {c.vmid: rbac.id_line(w) for w in wants for c in w.containers}
+    seen = rbac.observe_rbac(backend.call, wants,
+                             current(store, wants, has_secret(backend, guests_of(p), cts, early, expect)), instance)
     seen.left = left_roles(store, wants, p)
     return rbac.plan_rbac(wants, seen, instance)
 

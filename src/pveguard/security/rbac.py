@@ -146,7 +146,8 @@ def acl_paths(strategy: Strategy) -> list[str]:
 # --- observed -----------------------------------------------------------------------------------
 
 Call = Callable[..., Any]
-# True/False: the token file is there or not; a text: why it cannot be told (stopped, pct unreachable)
+# True/False: the token file is there with the role's token id or not (absent, empty, another token's id); a
+# text: why it cannot be told (stopped, pct unreachable)
 HasSecret = Callable[[Ct], "bool | str"]
 
 
@@ -377,10 +378,19 @@ Deliver = Callable[[Ct, str], None]
 Rotated = Callable[[str, list[Ct]], None]
 
 
+def id_line_of(role: str) -> str:
+    """The token file's line naming the role's token (not secret): plan checks the file holds this exact line."""
+    return f"PVE_TOKEN_ID={userid_of(role)}!{TOKEN_NAME}"
+
+
+def id_line(w: RoleWant) -> str:
+    return f"PVE_TOKEN_ID={w.full_tokenid}"
+
+
 def secret_file(w: RoleWant, secret: str) -> str:
     """What the container gets: the token id and its secret, shell-sourcable."""
     return (f"# pveguard: PVE API token of role {w.role} (rotated by 'pveguard tokens rotate {w.role}')\n"
-            f"PVE_TOKEN_ID={w.full_tokenid}\nPVE_TOKEN_SECRET={secret}\n")
+            f"{id_line(w)}\nPVE_TOKEN_SECRET={secret}\n")
 
 
 def new_secret(call: Call, w: RoleWant, deliver: Deliver, record: Record, rotated: Rotated,
