@@ -16,8 +16,9 @@ alternating old and new, so a loaded machine slows both alike. Each version runs
 
 With --rbac, RBAC stays on (the default): the converged plan also checks each running container's token
 file over one ssh session per node (a fake ssh here: the node's commands run on this machine as that node):
-`lxc-attach -n VMID --clear-env -- test -s /etc/pveguard/pve-token` each, where the node has lxc-attach
-(what `pct exec VMID --keep-env 0` runs; the code before this change, and --old, ran `pct exec` itself).
+`lxc-attach -n VMID --clear-env -- grep -q -s -F -x -e PVE_TOKEN_ID=... /etc/pveguard/pve-token` each, where
+the node has lxc-attach (what `pct exec VMID --keep-env 0` runs; the code before this change, and --old, ran
+`pct exec` itself).
 pvesim's own `pct` and `lxc-attach` are a Python process per call (~70 ms of CPU on THIS machine, the
 emulator's cost, not PVE's); on a real node a `pct exec` is a Perl start (~0.3 s) and lxc-attach a C program
 (5.8 ms a call measured with the real one, bench/lxc_attach_cost.sh; the model's default is 10 ms) on the
@@ -114,18 +115,20 @@ exec sh -c "$*"
     sim_env = sim.env()
     real_pct = Path(sim_env["PATH"].split(os.pathsep)[0], "pct")
     if pct_ms > 0:
-        # `pct exec VMID --keep-env 0 -- test -s PATH`: MS of the node's time, then the answer the sim's files give
+        # `pct exec VMID --keep-env 0 -- grep -q -s -F -x -e ID_LINE PATH` (`test -s PATH` without an expected
+        # id): MS of the node's time, then the answer the sim's files give (after apply: the role's own files)
         tools["pct"] = f"""#!/bin/sh
-if [ "$1" = exec ] && [ "$5" = -- ] && [ "$6" = test ] && [ "$7" = -s ]; then
+if [ "$1" = exec ] && [ "$5" = -- ] && {{ [ "$6" = grep ] || [ "$6" = test ]; }}; then
   sleep {pct_ms / 1000:.3f}; [ -e "{tmp}/has-token/$2" ]; exit $?
 fi
 exec {real_pct} "$@"
 """
     if attach_ms > 0:
-        # `lxc-attach -n VMID --clear-env -- test -s PATH`: MS of the node's time, then the sim's files' answer
+        # `lxc-attach -n VMID --clear-env -- grep ... PATH` (or `test -s PATH`): MS of the node's time, then the
+        # sim's files' answer
         real_attach = Path(sim_env["PATH"].split(os.pathsep)[0], "lxc-attach")
         tools["lxc-attach"] = f"""#!/bin/sh
-if [ "$1" = -n ] && [ "$3" = --clear-env ] && [ "$4" = -- ] && [ "$5" = test ] && [ "$6" = -s ]; then
+if [ "$1" = -n ] && [ "$3" = --clear-env ] && [ "$4" = -- ] && {{ [ "$5" = grep ] || [ "$5" = test ]; }}; then
   sleep {attach_ms / 1000:.3f}; [ -e "{tmp}/has-token/$2" ]; exit $?
 fi
 exec {real_attach} "$@"
