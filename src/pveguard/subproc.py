@@ -18,10 +18,15 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 
-def kill_group(proc: subprocess.Popen[Any]) -> None:
-    """SIGKILL the child's process group (the child leads it: start_new_session), then reap the child."""
+def signal_group(proc: subprocess.Popen[Any], sig: int) -> None:
+    """Send sig to the child's process group (the child leads it: start_new_session); gone already is fine."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, sig)
+
+
+def kill_group(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL the child's process group, then reap the child."""
+    signal_group(proc, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         proc.kill()  # a child that left its group itself
     proc.wait()

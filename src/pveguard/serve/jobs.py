@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -23,6 +22,7 @@ import threading
 import time
 from typing import Any
 
+from pveguard import subproc
 from pveguard.errors import OperationError
 from pveguard.serve.daemon import CHILD_TIMEOUT, Job, JobStopped
 from pveguard.serve.runtime import Runtime, iso
@@ -58,7 +58,7 @@ def run_cli(rt: Runtime, name: str, args: list[str], ok_codes: tuple[int, ...] =
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill(proc, signal.SIGKILL)
+        subproc.signal_group(proc, signal.SIGKILL)
         proc.communicate()
         raise OperationError(f"{name}: 'pveguard {' '.join(args)}' took longer than {timeout:.0f}s "
                              "and was killed") from None
@@ -80,24 +80,19 @@ def run_cli(rt: Runtime, name: str, args: list[str], ok_codes: tuple[int, ...] =
         return None
 
 
-def _kill(proc: subprocess.Popen[Any], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-
-
 def stop_children(grace: float) -> None:
     """SIGTERM every child's process group, SIGKILL what is left after `grace` seconds."""
     _stopping.set()
     with _children_lock:
         procs = list(_children)
     for p in procs:
-        _kill(p, signal.SIGTERM)
+        subproc.signal_group(p, signal.SIGTERM)
     deadline = time.monotonic() + grace
     for p in procs:
         try:
             p.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            _kill(p, signal.SIGKILL)
+            subproc.signal_group(p, signal.SIGKILL)
 
 
 # --- the worker process (monitor, watchdog) ----------------------------------------------------
