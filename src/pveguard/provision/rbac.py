@@ -86,7 +86,7 @@ def early_checks(strategy: Strategy, backend: Backend, only: set[str] | None) ->
 def has_secret(backend: Backend, guests: dict[int, Guest], cts: list[Ct] | None = None,
                early: EarlyChecks | None = None, expect: dict[int, str] | None = None) -> rbac.HasSecret:
     """Whether each container holds the token file -- with `expect` (vmid -> its role's token id line,
-    rbac.id_line), a file naming that token (another role's or an old token's is no file: rewritten). With `cts`
+    rbac.id_line_of), a file naming that token (another role's or an old token's is no file: rewritten). With `cts`
     (the plan's), the running ones are checked up front in one batch (one process per node,
     ProxmoxBackend.has_files; with `early`, mostly started from the listing already); others one `pct exec` each."""
     batch: dict[int, bool | str] = {}
@@ -140,7 +140,7 @@ def running_of(guests: dict[int, Guest]) -> Callable[[rbac.RoleWant], list[Ct]]:
 
 def remember(store: Store) -> rbac.Rotated:
     def done(role: str, cts: list[Ct]) -> None:
-        rbac_state.save(store, role, f"{rbac.userid_of(role)}!{rbac.TOKEN_NAME}",
+        rbac_state.save(store, role, rbac.tokenid_of(role),
                         [{"container": c.name, "vmid": c.vmid, "path": rbac.SECRET_PATH} for c in cts])
     return done
 
@@ -152,10 +152,11 @@ def forget(store: Store) -> Callable[[str], None]:
     return gone
 
 
-def current(store: Store, wants: list[rbac.RoleWant], check: rbac.HasSecret) -> rbac.HasSecret:
+def current(states: dict[str, rbac_state.TokenState], wants: list[rbac.RoleWant],
+            check: rbac.HasSecret) -> rbac.HasSecret:
     """A file that is there counts only if this installation put the current secret there: a container that
-    was not running at the last rotation still holds the old secret (the state says where the new one went)."""
-    states = rbac_state.load(store)
+    was not running at the last rotation still holds the old secret (the state says where the new one went).
+    states: rbac_state.load()."""
     role_of = {c.vmid: w.role for w in wants for c in w.containers}
 
     def has(ct: Ct) -> bool | str:
@@ -177,21 +178,21 @@ def rbac_plan(strategy: Strategy, backend: Backend, p: Plan, store: Store, insta
         return FwPlan(notes=[OFF_NOTE])
     wants = rbac.desired_rbac(strategy, managed_cts(p), instance)
     cts = [c for w in wants for c in w.containers]
-    expect = {c.vmid: rbac.id_line(w) for w in wants for c in w.containers}
+    expect = {c.vmid: rbac.id_line_of(w.role) for w in wants for c in w.containers}
+    states = rbac_state.load(store)
     seen = rbac.observe_rbac(backend.call, wants,
-                             current(store, wants, has_secret(backend, guests_of(p), cts, early, expect)), instance)
-    seen.left = left_roles(store, wants, p)
+                             current(states, wants, has_secret(backend, guests_of(p), cts, early, expect)), instance)
+    seen.left = left_roles(states, wants, p)
     return rbac.plan_rbac(wants, seen, instance)
 
 
-def left_roles(store: Store, wants: list[rbac.RoleWant], p: Plan) -> dict[str, list[str]]:
+def left_roles(states: dict[str, rbac_state.TokenState], wants: list[rbac.RoleWant], p: Plan) -> dict[str, list[str]]:
     """Per role: the containers its current secret was delivered to that are no longer of the role but still
     exist (the role changed with the name kept, or the container left the strategy and was not pruned). A
     container this apply deletes does not count: it goes before the RBAC step."""
     deleted = {a.vmid for a in p.actions if a.kind == "delete"}
     there = {vmid: g.name for vmid, g in guests_of(p).items() if vmid not in deleted}
     out: dict[str, list[str]] = {}
-    states = rbac_state.load(store)
     for w in wants:
         st = states.get(w.role)
         if st is None:

@@ -63,6 +63,11 @@ def userid_of(role: str) -> str:
     return f"{USER_PREFIX}{role}@{REALM}"
 
 
+def tokenid_of(role: str) -> str:
+    """The full token id (user!token) of the role's API token."""
+    return f"{userid_of(role)}!{TOKEN_NAME}"
+
+
 def pve_role_name(role: str, path: str) -> str:
     top = path.strip("/").split("/", 1)[0]
     return f"{ROLE_PREFIX}{camel(role)}{_FAMILY.get(top, camel(top))}"
@@ -380,17 +385,13 @@ Rotated = Callable[[str, list[Ct]], None]
 
 def id_line_of(role: str) -> str:
     """The token file's line naming the role's token (not secret): plan checks the file holds this exact line."""
-    return f"PVE_TOKEN_ID={userid_of(role)}!{TOKEN_NAME}"
-
-
-def id_line(w: RoleWant) -> str:
-    return f"PVE_TOKEN_ID={w.full_tokenid}"
+    return f"PVE_TOKEN_ID={tokenid_of(role)}"
 
 
 def secret_file(w: RoleWant, secret: str) -> str:
     """What the container gets: the token id and its secret, shell-sourcable."""
     return (f"# pveguard: PVE API token of role {w.role} (rotated by 'pveguard tokens rotate {w.role}')\n"
-            f"{id_line(w)}\nPVE_TOKEN_SECRET={secret}\n")
+            f"{id_line_of(w.role)}\nPVE_TOKEN_SECRET={secret}\n")
 
 
 def new_secret(call: Call, w: RoleWant, deliver: Deliver, record: Record, rotated: Rotated,
