@@ -811,15 +811,5 @@ def _record_break_glass(message: str, reason: str, environ: Mapping[str, str], p
             return "nowhere (the ledger and the fallback log are both unwritable)"
 
 
-def policy_sha256(paths: HookEnv | None = None) -> str | None:
-    """Fingerprint of the policy file the hook would read (None when unreadable)."""
-    import hashlib
-
-    try:
-        return hashlib.sha256(policy_path(paths or HookEnv()).read_bytes()).hexdigest()
-    except OSError:
-        return None
-
-
 if __name__ == "__main__":  # pragma: no cover - the launcher calls main()
     sys.exit(main())

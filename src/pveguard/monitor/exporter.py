@@ -244,7 +244,6 @@ class _Static:
     """The lines that stay while the guests' sizes, states and labels do (most polls): formatted once."""
 
     key: list[tuple[Any, ...]]
-    rows: list[tuple[str, frozenset[str]]]  # per sample: its `{id="..."} ` label and the gauges it gets
     blocks: dict[str, str]  # family key -> its joined lines ("up", the _STATIC sizes, "shared", "info")
     # a varying family's key -> (which samples get a line, their `name{id="..."} ` prefixes)
     varying: dict[str, tuple[Callable[[list[Sample]], Iterable[Sample]], list[str]]]
@@ -298,7 +297,7 @@ def _static_blocks(samples: list[Sample]) -> _Static:
         idx = [j for j, s in enumerate(samples)
                if (s.type == "lxc" or s.type == "qemu") and (not s.fields or k in s.fields)]
         varying[k] = (_picker(idx, len(samples)), [f"{name}_total{rows[j][0]}" for j in idx])
-    out = _LAST_STATIC = _Static(key, rows, blocks, varying)
+    out = _LAST_STATIC = _Static(key, blocks, varying)
     return out
 
 

@@ -40,7 +40,6 @@ KERNEL_PATTERNS = ("proxmox-kernel-*", "pve-kernel-*", "proxmox-default-kernel",
 BOOT_CHAIN = frozenset({"grub-pc", "grub-efi-amd64", "grub-efi-amd64-signed", "grub-common", "grub2-common",
                         "shim-signed", "systemd-boot", "efibootmgr", "proxmox-kernel-helper"})
 
-# Units that must never be stopped or moved, whatever owns them.
 
 
 def name_matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
@@ -68,6 +67,7 @@ def name_matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
 
 _is_kernel = name_matcher(KERNEL_PATTERNS)
 
+# Units that must never be stopped or moved, whatever owns them.
 NEVER_STOP_UNITS = ("pve-cluster", "corosync", "pvedaemon", "pveproxy", "pvestatd", "pvescheduler", "pve-ha-lrm",
                     "pve-ha-crm", "watchdog-mux", "pve-firewall", "qmeventd", "lxcfs", "pve-lxc-syscalld",
                     "rrdcached", "spiceproxy", "ssh", "sshd", "chrony", "pve-guests", "pve-container@*")

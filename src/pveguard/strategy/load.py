@@ -20,9 +20,6 @@ from pydantic import BaseModel, ValidationError
 from pveguard.errors import ConfigError
 from pveguard.strategy import enforcement
 from pveguard.strategy.models import Strategy
-from pveguard.strategy.paths import DEFAULT_PATH as DEFAULT_PATH  # re-exported: callers read them here
-from pveguard.strategy.paths import ENV_VAR as ENV_VAR
-from pveguard.strategy.paths import resolve_path as resolve_path
 
 Loc = tuple[str | int, ...]
 
