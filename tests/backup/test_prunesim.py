@@ -73,10 +73,10 @@ def _reference(text: str, zone: tzinfo, policy: KeepPolicy = POLICY) -> tuple[li
 
 def _simulated(text: str, zone: ZoneInfo) -> tuple[tuple[list[str], list[int]], int]:
     result = prunesim.simulate(text, POLICY, zone)
-    out: list[str] = []
-    prunesim.write_lines(result, out.append)
+    out = io.StringIO()
+    result.write(out)
     strict = sum(kind != prunesim._TEXTS for kind, _, _ in result.pieces)
-    return ("".join(out).splitlines(), list(result.times)), strict
+    return (out.getvalue().splitlines(), list(result.times)), strict
 
 
 @pytest.fixture(autouse=True)
@@ -291,12 +291,12 @@ def test_uniform_output_when_most_lines_are_kept(keep_all: bool) -> None:
     text = "\n".join(_uniform_names(13, 400, ["101"])) + "\n"
     policy = KeepPolicy(keep_all=True) if keep_all else KeepPolicy(hourly=250, monthly=2)
     result = prunesim.simulate(text, policy, tz)
-    out: list[str] = []
-    prunesim.write_lines(result, out.append)
+    out = io.StringIO()
+    result.write(out)
     archives = parse_archive_lines(text.splitlines(), tz)
     times = [int(w.timestamp()) for _, w, _, _ in archives]
     marks = explain_archives(times, policy, [p for _, _, p, _ in archives], tz)
-    assert "".join(out).splitlines() == [f"{m} {a[0]}" for (m, _), a in zip(marks, archives, strict=True)]
+    assert out.getvalue().splitlines() == [f"{m} {a[0]}" for (m, _), a in zip(marks, archives, strict=True)]
     rows = list(result.json_rows())
     assert [(r["timestamp"], r["mark"], r["rule"], r["group"]) for r in rows] == [
         (a[0], str(m), rule, "lxc/101") for (m, rule), a in zip(marks, archives, strict=True)

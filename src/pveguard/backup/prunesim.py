@@ -28,7 +28,7 @@ import struct
 import sys
 from array import array
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import date, datetime, timedelta, timezone, tzinfo
 from operator import add, itemgetter
 from typing import Any, TextIO, cast
@@ -575,9 +575,3 @@ def simulate(text: str | bytes, policy: KeepPolicy, zone: tzinfo) -> PruneResult
         deque(map(marks.__setitem__, members, group_marks), maxlen=0)
     result.marks = marks
     return result
-
-
-def write_lines(result: PruneResult, out: Callable[[str], Any]) -> None:
-    """Write ``result``'s text output through a str writer (tests, callers without a stream)."""
-    for part in result.output():
-        out(part if isinstance(part, str) else part.decode("ascii"))
