@@ -1390,6 +1390,15 @@ class ProxmoxBackend(Backend):
         (-F fixed string, -x the whole line, -q no output, -s no word about an absent or unreadable file)."""
         return ["test", "-s", path] if line is None else ["grep", "-q", "-s", "-F", "-x", "-e", line, path]
 
+    @staticmethod
+    def check_answer(rc: str | int, err: str, line: bool) -> bool | None:
+        """check_argv's answer from its exit status (`line`: it was the grep), or None when the check did not run
+        (pct/ssh/lxc-attach failed): 0 yes, 1 no, and grep -s's 2 without a word (an absent or unreadable file) no."""
+        rc = str(rc)
+        if rc in ("0", "1") or (rc == "2" and line and not err.strip()):
+            return rc == "0"
+        return None
+
     def start_has_files(self, guests: list[Guest], path: str, timeout: float = 600,
                         expect: dict[int, str] | None = None) -> FileChecks:
         """has_files started in the background (plan starts it from the guest listing, so the checks run while
@@ -1430,8 +1439,8 @@ class ProxmoxBackend(Backend):
                 if len(parts) < 3 or parts[0] != "pveguard-rc" or not parts[1].isdigit():
                     continue
                 rc, err = parts[2], (parts[3] if len(parts) > 3 else "").strip()
-                if rc in ("0", "1") or (rc == "2" and not err and int(parts[1]) in expect):
-                    got[int(parts[1])] = rc == "0"  # grep -s: 2 without a word is an absent/unreadable file
+                if (answer := self.check_answer(rc, err, int(parts[1]) in expect)) is not None:
+                    got[int(parts[1])] = answer
                 elif "Unknown option: keep-env" in err:
                     got[int(parts[1])] = (f"pct on node {node} does not know --keep-env (pve-container older "
                                           "than 5.0.9): update the node")

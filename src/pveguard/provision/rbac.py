@@ -109,11 +109,10 @@ def has_secret(backend: Backend, guests: dict[int, Guest], cts: list[Ct] | None 
             r = backend.exec(g, ProxmoxBackend.check_argv(rbac.SECRET_PATH, line), timeout=60)
         except PveguardError as exc:
             return f"pct exec does not reach it: {exc.message}"
-        if line is not None and r.returncode == 2 and not r.stderr.strip():
-            return False  # grep -s: an absent or unreadable file
-        if r.returncode not in (0, 1):  # 255: ssh or pct failed, not the test
+        if (answer := ProxmoxBackend.check_answer(r.returncode, r.stderr, line is not None)) is None:
+            # 255: ssh or pct failed, not the check
             return f"pct exec does not reach it: {(r.stderr.strip().splitlines() or ['exit ' + str(r.returncode)])[-1]}"
-        return r.ok
+        return answer
     return check
 
 
