@@ -27,7 +27,7 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pveguard.guard.aptproto import Action, HookInput, ProtocolError, parse
@@ -364,54 +364,39 @@ def full_core_index(raw: bytes, roots: tuple[str, ...], extras: tuple[str, ...])
         if pkg.installed:
             v = classifier.classify(name, pkg)
             index[name] = (v.core, v.reason, v.detail)
-    lookups = set(roots)
-    for member in classifier.closure:
-        found = packages.get(member)
-        if found is not None:
-            for group in found.depends():
-                lookups.update(group)
     return CoreBase(roots, extras, [None if p is None else p.name for p in parsed], _cuts(raw.split(_SEP), 0),
-                    lookups, list(classifier.closure), index)
+                    classifier.lookups, list(classifier.closure), index)
 
 
-def _common_prefix(a: bytes, b: bytes) -> int:
-    """Length of the longest common prefix (chunks compared with memcmp, not byte by byte)."""
-    n = min(len(a), len(b))
+def _matched_length(limit: int, same: Callable[[int, int], bool]) -> int:
+    """The largest n <= limit with same(0, n), where same(lo, hi) compares the window [lo, hi) of a match
+    that holds up to lo: windows doubling from 4 KiB (memcmp, not byte by byte), then a bisection."""
     lo, hi, step = 0, 0, 4096
-    while lo < n:
-        hi = min(n, lo + step)
-        if a[lo:hi] != b[lo:hi]:
+    while lo < limit:
+        hi = min(limit, lo + step)
+        if not same(lo, hi):
             break
         lo, step = hi, step * 2
     else:
-        return n
-    while hi - lo > 1:  # a[:lo] == b[:lo] and a[lo:hi] != b[lo:hi]
+        return limit
+    while hi - lo > 1:  # [0, lo) matches and [lo, hi) does not
         mid = (lo + hi) // 2
-        if a[lo:mid] == b[lo:mid]:
+        if same(lo, mid):
             lo = mid
         else:
             hi = mid
     return lo
+
+
+def _common_prefix(a: bytes, b: bytes) -> int:
+    """Length of the longest common prefix."""
+    return _matched_length(min(len(a), len(b)), lambda lo, hi: a[lo:hi] == b[lo:hi])
 
 
 def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
     """Length of the longest common suffix, at most `limit`."""
     la, lb = len(a), len(b)
-    lo, hi, step = 0, 0, 4096
-    while lo < limit:
-        hi = min(limit, lo + step)
-        if a[la - hi:la - lo] != b[lb - hi:lb - lo]:
-            break
-        lo, step = hi, step * 2
-    else:
-        return limit
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if a[la - mid:la - lo] == b[lb - mid:lb - lo]:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+    return _matched_length(limit, lambda lo, hi: a[la - hi:la - lo] == b[lb - hi:lb - lo])
 
 
 def incremental_core_index(raw: bytes, base: CoreBase | None, roots: tuple[str, ...],

@@ -114,11 +114,14 @@ def providers(packages: Mapping[str, Package]) -> dict[str, list[str]]:
     return out
 
 
-def closure(roots: Iterable[str], packages: Mapping[str, Package]) -> dict[str, str]:
+def closure(roots: Iterable[str], packages: Mapping[str, Package],
+            lookups: set[str] | None = None) -> dict[str, str]:
     """Installed packages reachable from `roots` by Depends/Pre-Depends -> the package that pulled each in.
 
     An alternative group is satisfied by the first alternative that is installed (directly or through
     Provides); only that one joins the closure, as only it is what the root actually uses here.
+    `lookups`: gets every name the walk looked up (each member's every alternative), for the apt hook's
+    core index, which must redo the walk when one of them changes.
     """
     provided = providers(packages)
     via: dict[str, str] = {}
@@ -135,6 +138,8 @@ def closure(roots: Iterable[str], packages: Mapping[str, Package]) -> dict[str, 
         if pkg is None:
             continue
         for group in pkg.depends():
+            if lookups is not None:
+                lookups.update(group)
             for alt in group:
                 resolved = _resolve(alt, packages, provided)
                 if resolved:
@@ -159,7 +164,8 @@ class Classifier:
     extra_allowed: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        self.closure = closure(self.core_roots, self.packages)
+        self.lookups = set(self.core_roots)  # the roots and every name the closure walk looked up
+        self.closure = closure(self.core_roots, self.packages, self.lookups)
 
     def classify(self, name: str, pkg: Package | None = None) -> Verdict:
         """The verdict for `name`; `pkg` supplies fields for a package not yet installed."""
