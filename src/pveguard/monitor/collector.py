@@ -105,7 +105,7 @@ class _LazyRates(Derived):
     rules read the percentages (`usage`) of the few guests near a threshold (the engine picks them with
     `alert_candidates`), and the series, the status view and the table read the values of a few hundred.
     `_deltas` are the four counters' differences and the interval; `_s` is the Sample, whose percentages
-    are rounded at the first read (or `_usage` is given already, by derive(lazy_usage=False)). `usage` and
+    are rounded at the first read. `usage` and
     `values` are what derive(lazy_rates=False) gives, the same dict each time they are read."""
 
     @property
@@ -269,14 +269,13 @@ def counter_rate(prev: int, prev_ts: float, cur: int, cur_ts: float,
     return cur / span if span > 0 else None
 
 
-def derive(prev: Sweep | None, cur: Sweep, lazy_rates: bool = False, lazy_usage: bool = False) -> dict[str, Derived]:
+def derive(prev: Sweep | None, cur: Sweep, lazy_rates: bool = False) -> dict[str, Derived]:
     """Per resource: cpu/memory/disk in percent and the four byte rates (running guests only).
 
     The same arithmetic as `counter_rate` and `Sample.up`, written out inline: it runs for every
     resource of every poll (tests/monitor/test_collector.py checks it against counter_rate).
-    `lazy_rates`: a running guest's rates (the common case: no counter went back) are divided and
-    rounded when its `values` are first read, not here (`_LazyRates`); with `lazy_usage` too, its
-    percentages are rounded when its `usage` or `values` are first read."""
+    `lazy_rates`: a running guest's rates and percentages (the common case: no counter went back) are
+    divided and rounded when its `usage` or `values` are first read, not here (`_LazyRates`)."""
     before = {s.id: s for s in prev.samples} if prev else {}
     dt = cur.ts - prev.ts if prev is not None else 0.0
     out: dict[str, Derived] = {}
@@ -297,11 +296,7 @@ def derive(prev: Sweep | None, cur: Sweep, lazy_rates: bool = False, lazy_usage:
                             lazy = new(_LazyRates)
                             dd = lazy.__dict__
                             dd["id"] = s.id
-                            if lazy_usage:
-                                dd["_s"] = s
-                            else:
-                                dd["_usage"] = {"cpu": round(s.cpu * 100, 3), "memory": round(s.mem * 100 / maxmem, 3),
-                                                "disk": round(disk * 100 / maxdisk, 3)}
+                            dd["_s"] = s
                             dd["_deltas"] = (a - pa, b - pb, c - pc, e - pe, dt)
                             out[s.id] = lazy
                             continue

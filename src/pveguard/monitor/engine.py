@@ -86,7 +86,7 @@ def alert_candidates(samples: Iterable[Sample], rules: Iterable[Rule],
     state (`known`) and those whose value may breach a rule (a running guest's cpu/memory/disk within
     the rounding margin of the lowest threshold on it, a managed guest's `down`). evaluate() skips every
     other target (no state, not breached), so evaluating only these steps the same alerts in the same
-    order, and derive(lazy_usage=True) rounds the percentages of these guests only. None when a rule is
+    order, and derive(lazy_rates=True) rounds the percentages of these guests only. None when a rule is
     not a plain threshold (its own breached()) or reads another metric (the byte rates, the traffic
     watch's): then every guest is observed."""
     floor = dict.fromkeys(_PERCENT_METRICS, math.inf)
@@ -189,7 +189,7 @@ class Monitor:
         # the status view, the table
         chosen_obs = None if self.traffic is not None else alert_candidates(
             sweep.samples, self.rules, {k[1] for k in states})
-        derived = derive(self.prev, sweep, lazy_rates=True, lazy_usage=chosen_obs is not None)
+        derived = derive(self.prev, sweep, lazy_rates=True)
         obs = observations(sweep, derived, rates=any(r.metric in RATE_SERIES for r in self.rules),
                            samples=chosen_obs)
         names = {s.id: s.name for s in sweep.samples}
