@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from monitor_vs_exporter import Sim
+from monitor_vs_exporter import Sim, backend_from
 
 
 def main() -> None:
@@ -72,10 +72,7 @@ def main() -> None:
 
     sim = Sim(args.guests, args.nodes)
     try:
-        kw = sim.api_kwargs()
-        backend = proxmox.ProxmoxBackend(proxmox.PveSettings(
-            mode="https", host=f"{kw['host']}:{kw['port']}", user=kw["user"], token_id=kw["token_name"],
-            token_secret=kw["token_value"], ca_file=kw["verify_ssl"]))
+        backend = backend_from(sim.api_kwargs())
         with tempfile.TemporaryDirectory() as state:
             mon = engine.Monitor(Store(Path(state)), collector.ProxmoxResourcesSource(backend),
                                  rules_from_strategy(Strategy().monitoring))

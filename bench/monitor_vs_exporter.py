@@ -143,10 +143,20 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
+def backend_from(kw: dict[str, Any]) -> Any:
+    """The backend as the daemon opens it (backends.connect: PveSettings from the strategy's target and the
+    token) from Sim.api_kwargs(), so each checkout's poll goes through its own transport, not a bare
+    proxmoxer object's (imported here: the worker runs with the checkout's src/ first on sys.path)."""
+    from pveguard.backends.proxmox import ProxmoxBackend, PveSettings
+
+    return ProxmoxBackend(PveSettings(mode="https", host=f"{kw['host']}:{kw['port']}", user=kw["user"],
+                                      token_id=kw["token_name"], token_secret=kw["token_value"],
+                                      ca_file=kw["verify_ssl"]))
+
+
 def worker_main(conf: dict[str, Any]) -> None:
     """--worker: poll on each "poll" line (the whole daemon cycle plus rendering /metrics once) and
     answer with this process's CPU time for it; "text" answers with the last exposition."""
-    from pveguard.backends.proxmox import ProxmoxBackend, PveSettings
     from pveguard.monitor.alerts import rules_from_strategy
     from pveguard.monitor.collector import ProxmoxResourcesSource
     from pveguard.monitor.engine import Monitor
@@ -154,12 +164,7 @@ def worker_main(conf: dict[str, Any]) -> None:
     from pveguard.store import Store
     from pveguard.strategy.models import Strategy
 
-    kw = conf["api"]
-    # the backend as the daemon opens it (backends.connect: PveSettings from the strategy's target and the
-    # token), so each checkout's poll goes through its own transport, not a bare proxmoxer object's
-    backend = ProxmoxBackend(PveSettings(mode="https", host=f"{kw['host']}:{kw['port']}", user=kw["user"],
-                                         token_id=kw["token_name"], token_secret=kw["token_value"],
-                                         ca_file=kw["verify_ssl"]))
+    backend = backend_from(conf["api"])
     mon = Monitor(Store(Path(conf["state"])), ProxmoxResourcesSource(backend),
                   rules_from_strategy(Strategy().monitoring))
     last = b""
