@@ -14,7 +14,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 
@@ -42,13 +42,17 @@ def _stop(proc: subprocess.Popen[Any]) -> None:
 
 def run(argv: Sequence[str], *, input: bytes | None = None, timeout: float | None = None,
         stdin: IO[Any] | int | None = None, cwd: str | os.PathLike[str] | None = None,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+        env: dict[str, str] | None = None,
+        started: Callable[[subprocess.Popen[bytes]], None] | None = None) -> subprocess.CompletedProcess[bytes]:
     """subprocess.run(argv, capture_output=True, check=False) with the child's process group killed on a
-    timeout (subprocess.TimeoutExpired is raised after) or Ctrl-C (KeyboardInterrupt is re-raised)."""
+    timeout (subprocess.TimeoutExpired is raised after) or Ctrl-C (KeyboardInterrupt is re-raised).
+    `started(proc)`: called once the child runs (to track it); what it raises stops the child and goes on."""
     proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE if input is not None else stdin,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd, env=env,
                             start_new_session=True)
     try:
+        if started is not None:
+            started(proc)
         out, err = proc.communicate(input=input, timeout=timeout)
     except subprocess.TimeoutExpired:
         _stop(proc)

@@ -553,6 +553,19 @@ def place_on(nodes: list[NodeInfo], placed: dict[str, int], need: int = 0) -> Pl
     return Placement(pick[1], pick[0], skipped, short=not fit and need > 0)
 
 
+def run_on_node(argv: list[str], what: str, *, timeout: float, input: bytes | None = None, stdin: int | None = None,
+                started: Callable[[subprocess.Popen[bytes]], None] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """pct (or sh/ssh running it) through subproc.run: what pct starts under sh/ssh goes too on a timeout;
+    a missing tool and a timeout as the backend's errors."""
+    try:
+        return subproc.run(argv, input=input, timeout=timeout, stdin=stdin, started=started)
+    except FileNotFoundError:
+        raise BackendUnavailable(f"{what}: {argv[0]} is not installed",
+                                 hint="exec/push/pull need pct on the node, or ssh to reach it") from None
+    except subprocess.TimeoutExpired:
+        raise BackendError(f"{what}: no result within {timeout:.0f}s") from None
+
+
 class FileChecks:
     """Node sessions of has_files running in the background, one thread each (IN_FLIGHT nodes at once).
 
@@ -576,26 +589,22 @@ class FileChecks:
         self._futures = [self._pool.submit(node_run, n, gs) for n, gs in by_node.items()]
 
     def run(self, argv: list[str], what: str, *, timeout: float) -> subprocess.CompletedProcess[bytes]:
-        try:
+        with self._lock:
+            if self._cancelled:
+                raise BackendError(f"{what}: cancelled")
+        mine: list[subprocess.Popen[bytes]] = []
+
+        def track(p: subprocess.Popen[bytes]) -> None:  # cancel() sees it, or it sees cancel()
             with self._lock:
+                mine.append(p)
+                self._procs.add(p)
                 if self._cancelled:
                     raise BackendError(f"{what}: cancelled")
-                p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, start_new_session=True)
-                self._procs.add(p)
-        except FileNotFoundError:
-            raise BackendUnavailable(f"{what}: {argv[0]} is not installed",
-                                     hint="exec/push/pull need pct on the node, or ssh to reach it") from None
         try:
-            out, err = p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            subproc.kill_group(p)
-            p.communicate()
-            raise BackendError(f"{what}: no result within {timeout:.0f}s") from None
+            return run_on_node(argv, what, timeout=timeout, stdin=subprocess.DEVNULL, started=track)
         finally:
             with self._lock:
-                self._procs.discard(p)
-        return subprocess.CompletedProcess(argv, p.returncode, out, err)
+                self._procs.difference_update(mine)
 
     def result(self) -> dict[int, bool | str]:
         out: dict[int, bool | str] = {}
@@ -1332,13 +1341,7 @@ class ProxmoxBackend(Backend):
 
     def _run(self, argv: list[str], what: str, *, input: bytes | None = None,
              timeout: float = 600) -> subprocess.CompletedProcess[bytes]:
-        try:
-            return subproc.run(argv, input=input, timeout=timeout)  # pct under sh/ssh goes too on a timeout
-        except FileNotFoundError:
-            raise BackendUnavailable(f"{what}: {argv[0]} is not installed",
-                                     hint="exec/push/pull need pct on the node, or ssh to reach it") from None
-        except subprocess.TimeoutExpired:
-            raise BackendError(f"{what}: no result within {timeout:.0f}s") from None
+        return run_on_node(argv, what, input=input, timeout=timeout)
 
     def exec(self, guest: Guest, argv: list[str], *, input: str | None = None, timeout: float = 600) -> ExecResult:
         """Run argv in the guest with a clean environment, on PVE 8 and 9 alike.
